@@ -1,0 +1,719 @@
+//! The metadata store: repositories, blob links, manifests and their references, tags,
+//! referrers, upload sessions and the audit log.
+//!
+//! One implementation serves SQLite (the embedded default) and PostgreSQL through sqlx's
+//! `Any` driver: the queries are written once in the SQL both dialects share (`$n`
+//! placeholders, `ON CONFLICT`, bytewise ordering), and only the schema files and the way a
+//! write transaction begins differ per [`Backend`]. Every state change writes its audit row in
+//! the same transaction as the change.
+//!
+//! This crate is the only one that knows SQL; it knows nothing of paths or HTTP.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row, Transaction};
+
+/// Which engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata URL {0:?} is neither sqlite: nor postgres://")]
+    UnknownScheme(String),
+    #[error("metadata database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("metadata is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = MetaError> = std::result::Result<T, E>;
+
+/// Microseconds since the Unix epoch, the unit of every timestamp column.
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// What a manifest points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefKind {
+    Blob,
+    Manifest,
+}
+
+impl RefKind {
+    fn code(self) -> i64 {
+        match self {
+            RefKind::Blob => 0,
+            RefKind::Manifest => 1,
+        }
+    }
+}
+
+/// One reference of a manifest being stored.
+#[derive(Debug, Clone)]
+pub struct ManifestRef {
+    pub digest: String,
+    pub kind: RefKind,
+    /// Must exist in the repository for the manifest to be accepted.
+    pub required: bool,
+}
+
+/// A manifest to store, with everything derived from its bytes.
+#[derive(Debug, Clone)]
+pub struct NewManifest<'a> {
+    pub repo: &'a str,
+    pub digest: &'a str,
+    pub media_type: &'a str,
+    pub artifact_type: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    /// JSON object text, for the referrers API.
+    pub annotations: Option<&'a str>,
+    pub content: &'a [u8],
+    pub refs: &'a [ManifestRef],
+    pub tag: Option<&'a str>,
+    pub actor: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutManifest {
+    Stored,
+    /// A required reference is absent; nothing was written.
+    Missing(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredManifest {
+    pub media_type: String,
+    pub content: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    NotFound,
+    /// Refused: this manifest still needs it.
+    Referenced(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub repo: String,
+    pub size: u64,
+    pub hash_state: Vec<u8>,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referrer {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub repository: Option<String>,
+    pub target: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct MetaStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const SQLITE_SCHEMA: &[&str] = &[include_str!("../migrations/sqlite/0001_core.sql")];
+const POSTGRES_SCHEMA: &[&str] = &[include_str!("../migrations/postgres/0001_core.sql")];
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl MetaStore {
+    /// Connects to `sqlite:PATH` or `postgres://…` and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<MetaStore> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(MetaError::UnknownScheme(url.to_owned()));
+        };
+        let options = match backend {
+            Backend::Sqlite => AnyPoolOptions::new()
+                .max_connections(8)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // WAL lets readers run beside the one writer; FULL sync keeps every
+                        // acknowledged push across a power cut, not only a process crash.
+                        sqlx::raw_sql(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        )
+                        .execute(conn)
+                        .await?;
+                        Ok(())
+                    })
+                }),
+            Backend::Postgres => AnyPoolOptions::new().max_connections(16),
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_owned(),
+        };
+        let pool = options.connect(&url).await?;
+        let store = MetaStore { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS berth_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM berth_schema")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        let steps = match self.backend {
+            Backend::Sqlite => SQLITE_SCHEMA,
+            Backend::Postgres => POSTGRES_SCHEMA,
+        };
+        for (i, sql) in steps.iter().enumerate() {
+            let version = i as i64 + 1;
+            if version <= current {
+                continue;
+            }
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO berth_schema (version, applied_at) VALUES ($1, $2)")
+                .bind(version)
+                .bind(now_micros())
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(version, "applied metadata schema migration");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Begins a write transaction. SQLite's must take the write lock up front: a deferred
+    /// transaction that reads and then writes fails with SQLITE_BUSY if another writer got
+    /// there first, instead of waiting for it.
+    async fn write(&self) -> Result<Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    async fn audit(
+        tx: &mut Transaction<'static, sqlx::Any>,
+        actor: &str,
+        action: &str,
+        repo: Option<&str>,
+        target: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, repository, target) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(now_micros())
+        .bind(actor)
+        .bind(action)
+        .bind(repo)
+        .bind(target)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn ensure_repo_in(tx: &mut Transaction<'static, sqlx::Any>, name: &str) -> Result<i64> {
+        sqlx::query("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(now_micros())
+            .execute(&mut **tx)
+            .await?;
+        let id: i64 = sqlx::query("SELECT id FROM repositories WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get(0)?;
+        Ok(id)
+    }
+
+    async fn repo_id_in<'e, E>(exec: E, name: &str) -> Result<Option<i64>>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        let row = sqlx::query("SELECT id FROM repositories WHERE name = $1")
+            .bind(name)
+            .fetch_optional(exec)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Whether the repository exists (has ever received content).
+    pub async fn repo_exists(&self, name: &str) -> Result<bool> {
+        Ok(Self::repo_id_in(&self.pool, name).await?.is_some())
+    }
+
+    // ---- uploads ----
+
+    /// Records a new upload session, creating the repository if needed.
+    pub async fn create_upload(&self, id: &str, repo: &str, hash_state: &[u8]) -> Result<()> {
+        let mut tx = self.write().await?;
+        let repo_id = Self::ensure_repo_in(&mut tx, repo).await?;
+        let now = now_micros();
+        sqlx::query(
+            "INSERT INTO uploads (id, repo_id, size, hash_state, created_at, updated_at) VALUES ($1, $2, 0, $3, $4, $4)",
+        )
+        .bind(id)
+        .bind(repo_id)
+        .bind(hash_state)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_upload(&self, id: &str) -> Result<Option<Upload>> {
+        let row = sqlx::query(
+            "SELECT r.name, u.size, u.hash_state, u.updated_at FROM uploads u JOIN repositories r ON r.id = u.repo_id WHERE u.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r: AnyRow| -> Result<Upload> {
+            Ok(Upload {
+                repo: r.try_get(0)?,
+                size: to_u64(r.try_get(1)?),
+                hash_state: r.try_get(2)?,
+                updated_at: r.try_get(3)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Moves an upload from `from` to `to` bytes. Returns false if another request moved it
+    /// first (the caller's data is then not acknowledged).
+    pub async fn advance_upload(
+        &self,
+        id: &str,
+        from: u64,
+        to: u64,
+        hash_state: &[u8],
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE uploads SET size = $1, hash_state = $2, updated_at = $3 WHERE id = $4 AND size = $5",
+        )
+        .bind(to_i64(to))
+        .bind(hash_state)
+        .bind(now_micros())
+        .bind(id)
+        .bind(to_i64(from))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn delete_upload(&self, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Upload sessions untouched since `before` (microseconds).
+    pub async fn stale_uploads(&self, before: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT id FROM uploads WHERE updated_at < $1")
+            .bind(before)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    // ---- blobs ----
+
+    /// Records a verified blob and links it to `repo`; if `upload` is given, that session is
+    /// closed in the same transaction.
+    pub async fn link_blob(
+        &self,
+        repo: &str,
+        digest: &str,
+        size: u64,
+        upload: Option<&str>,
+        actor: &str,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        let repo_id = Self::ensure_repo_in(&mut tx, repo).await?;
+        let now = now_micros();
+        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(digest)
+            .bind(to_i64(size))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES ($1, $2, $3) ON CONFLICT (repo_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(digest)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(id) = upload {
+            sqlx::query("DELETE FROM uploads WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Self::audit(&mut tx, actor, "blob.link", Some(repo), Some(digest)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Size of a blob if it is linked to `repo`.
+    pub async fn repo_blob(&self, repo: &str, digest: &str) -> Result<Option<u64>> {
+        let row = sqlx::query(
+            "SELECT b.size FROM repo_blobs rb JOIN repositories r ON r.id = rb.repo_id JOIN blobs b ON b.digest = rb.digest WHERE r.name = $1 AND rb.digest = $2",
+        )
+        .bind(repo)
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get::<i64, _>(0)).transpose()?.map(to_u64))
+    }
+
+    /// Size of a blob known to the registry, in any repository.
+    pub async fn blob(&self, digest: &str) -> Result<Option<u64>> {
+        let row = sqlx::query("SELECT size FROM blobs WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get::<i64, _>(0)).transpose()?.map(to_u64))
+    }
+
+    /// Unlinks a blob from a repository, unless a manifest there still needs it.
+    pub async fn unlink_blob(&self, repo: &str, digest: &str, actor: &str) -> Result<Removal> {
+        let mut tx = self.write().await?;
+        let Some(repo_id) = Self::repo_id_in(&mut *tx, repo).await? else {
+            return Ok(Removal::NotFound);
+        };
+        // Delete first, then look for users: on PostgreSQL the row lock taken here orders
+        // this against a concurrent manifest put that touches the same link.
+        let gone = sqlx::query("DELETE FROM repo_blobs WHERE repo_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
+        if gone.rows_affected() == 0 {
+            return Ok(Removal::NotFound);
+        }
+        let user = sqlx::query(
+            "SELECT manifest_digest FROM manifest_refs WHERE repo_id = $1 AND child_digest = $2 AND kind = 0 LIMIT 1",
+        )
+        .bind(repo_id)
+        .bind(digest)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(user) = user {
+            tx.rollback().await?;
+            return Ok(Removal::Referenced(user.try_get(0)?));
+        }
+        Self::audit(&mut tx, actor, "blob.unlink", Some(repo), Some(digest)).await?;
+        tx.commit().await?;
+        Ok(Removal::Removed)
+    }
+
+    // ---- manifests and tags ----
+
+    /// Stores a manifest, its references and optionally a tag in one transaction, after
+    /// checking that every required reference exists in the repository.
+    pub async fn put_manifest(&self, m: &NewManifest<'_>) -> Result<PutManifest> {
+        let mut tx = self.write().await?;
+        let repo_id = Self::ensure_repo_in(&mut tx, m.repo).await?;
+        for r in m.refs.iter().filter(|r| r.required) {
+            // A no-op UPDATE rather than a SELECT: it locks the row on PostgreSQL, so a
+            // concurrent delete of the blob or child cannot slip in before this commits.
+            let sql = match r.kind {
+                RefKind::Blob => {
+                    "UPDATE repo_blobs SET created_at = created_at WHERE repo_id = $1 AND digest = $2"
+                }
+                RefKind::Manifest => {
+                    "UPDATE manifests SET created_at = created_at WHERE repo_id = $1 AND digest = $2"
+                }
+            };
+            let found = sqlx::query(sql)
+                .bind(repo_id)
+                .bind(r.digest.as_str())
+                .execute(&mut *tx)
+                .await?;
+            if found.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(PutManifest::Missing(r.digest.clone()));
+            }
+        }
+        let now = now_micros();
+        let inserted = sqlx::query(
+            "INSERT INTO manifests (repo_id, digest, media_type, artifact_type, subject, annotations, content, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (repo_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(m.digest)
+        .bind(m.media_type)
+        .bind(m.artifact_type)
+        .bind(m.subject)
+        .bind(m.annotations)
+        .bind(m.content)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            for r in m.refs {
+                sqlx::query(
+                    "INSERT INTO manifest_refs (repo_id, manifest_digest, child_digest, kind) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (repo_id, manifest_digest, child_digest) DO NOTHING",
+                )
+                .bind(repo_id)
+                .bind(m.digest)
+                .bind(r.digest.as_str())
+                .bind(r.kind.code())
+                .execute(&mut *tx)
+                .await?;
+            }
+            Self::audit(
+                &mut tx,
+                m.actor,
+                "manifest.put",
+                Some(m.repo),
+                Some(m.digest),
+            )
+            .await?;
+        }
+        if let Some(tag) = m.tag {
+            sqlx::query(
+                "INSERT INTO tags (repo_id, name, sort_key, digest, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (repo_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+            )
+            .bind(repo_id)
+            .bind(tag)
+            .bind(berth_oci::tag_sort_key(tag))
+            .bind(m.digest)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let target = format!("{tag}@{}", m.digest);
+            Self::audit(&mut tx, m.actor, "tag.set", Some(m.repo), Some(&target)).await?;
+        }
+        tx.commit().await?;
+        Ok(PutManifest::Stored)
+    }
+
+    pub async fn get_manifest(&self, repo: &str, digest: &str) -> Result<Option<StoredManifest>> {
+        let row = sqlx::query(
+            "SELECT m.media_type, m.content FROM manifests m JOIN repositories r ON r.id = m.repo_id WHERE r.name = $1 AND m.digest = $2",
+        )
+        .bind(repo)
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| -> Result<StoredManifest> {
+            Ok(StoredManifest {
+                media_type: r.try_get(0)?,
+                content: r.try_get(1)?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repo_id WHERE r.name = $1 AND t.name = $2",
+        )
+        .bind(repo)
+        .bind(tag)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Deletes a manifest and every tag on it, unless an index in the repository still
+    /// lists it.
+    pub async fn delete_manifest(&self, repo: &str, digest: &str, actor: &str) -> Result<Removal> {
+        let mut tx = self.write().await?;
+        let Some(repo_id) = Self::repo_id_in(&mut *tx, repo).await? else {
+            return Ok(Removal::NotFound);
+        };
+        sqlx::query("DELETE FROM tags WHERE repo_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
+        let gone = sqlx::query("DELETE FROM manifests WHERE repo_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?;
+        if gone.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(Removal::NotFound);
+        }
+        let user = sqlx::query(
+            "SELECT manifest_digest FROM manifest_refs WHERE repo_id = $1 AND child_digest = $2 AND kind = 1 LIMIT 1",
+        )
+        .bind(repo_id)
+        .bind(digest)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(user) = user {
+            tx.rollback().await?;
+            return Ok(Removal::Referenced(user.try_get(0)?));
+        }
+        Self::audit(&mut tx, actor, "manifest.delete", Some(repo), Some(digest)).await?;
+        tx.commit().await?;
+        Ok(Removal::Removed)
+    }
+
+    pub async fn delete_tag(&self, repo: &str, tag: &str, actor: &str) -> Result<Removal> {
+        let mut tx = self.write().await?;
+        let Some(repo_id) = Self::repo_id_in(&mut *tx, repo).await? else {
+            return Ok(Removal::NotFound);
+        };
+        let gone = sqlx::query("DELETE FROM tags WHERE repo_id = $1 AND name = $2")
+            .bind(repo_id)
+            .bind(tag)
+            .execute(&mut *tx)
+            .await?;
+        if gone.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(Removal::NotFound);
+        }
+        Self::audit(&mut tx, actor, "tag.delete", Some(repo), Some(tag)).await?;
+        tx.commit().await?;
+        Ok(Removal::Removed)
+    }
+
+    /// Up to `limit` tags after `last` in the one tag order; `None` if the repository is
+    /// unknown.
+    pub async fn list_tags(
+        &self,
+        repo: &str,
+        last: Option<&str>,
+        limit: u64,
+    ) -> Result<Option<Vec<String>>> {
+        let Some(repo_id) = Self::repo_id_in(&self.pool, repo).await? else {
+            return Ok(None);
+        };
+        let after = last.map(berth_oci::tag_sort_key).unwrap_or_default();
+        let rows = sqlx::query(
+            "SELECT name FROM tags WHERE repo_id = $1 AND sort_key > $2 ORDER BY sort_key LIMIT $3",
+        )
+        .bind(repo_id)
+        .bind(after)
+        .bind(to_i64(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(
+            rows.iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?,
+        ))
+    }
+
+    /// Repositories holding at least one manifest, in byte order, after `last`.
+    pub async fn catalog(&self, last: Option<&str>, limit: u64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT name FROM repositories r WHERE name > $1 \
+             AND EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id) ORDER BY name LIMIT $2",
+        )
+        .bind(last.unwrap_or(""))
+        .bind(to_i64(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type.
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        subject: &str,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        let rows = sqlx::query(
+            "SELECT m.digest, m.media_type, length(m.content), m.artifact_type, m.annotations \
+             FROM manifests m JOIN repositories r ON r.id = m.repo_id \
+             WHERE r.name = $1 AND m.subject = $2 AND ($3 IS NULL OR m.artifact_type = $3) ORDER BY m.digest",
+        )
+        .bind(repo)
+        .bind(subject)
+        .bind(artifact_type)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Referrer {
+                    digest: r.try_get(0)?,
+                    media_type: r.try_get(1)?,
+                    size: to_u64(r.try_get::<i64, _>(2)?),
+                    artifact_type: r.try_get(3)?,
+                    annotations: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The newest audit entries first.
+    pub async fn audit_log(&self, limit: u64) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT at, actor, action, repository, target FROM audit_log ORDER BY id DESC LIMIT $1",
+        )
+        .bind(to_i64(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    at: r.try_get(0)?,
+                    actor: r.try_get(1)?,
+                    action: r.try_get(2)?,
+                    repository: r.try_get(3)?,
+                    target: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+}

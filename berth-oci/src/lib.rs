@@ -1,0 +1,21 @@
+//! The OCI data model, with no I/O: bytes and strings in, validated values out.
+//!
+//! * [`digest`]: `algorithm:encoded` content digests.
+//! * [`name`]: repository names, tags and references, validated by the distribution spec's grammar.
+//! * [`manifest`]: lenient manifest and index parsing that yields what a registry must check.
+//! * [`range`]: `Content-Range` (uploads) and `Range` (downloads) header parsing.
+//! * [`error`]: the fourteen error codes of the distribution spec.
+//!
+//! Everything here is deterministic and panic-free on any input, so it can be fuzzed.
+
+pub mod digest;
+pub mod error;
+pub mod manifest;
+pub mod media;
+pub mod name;
+pub mod range;
+
+pub use digest::{Algorithm, Digest, DigestError};
+pub use error::ErrorCode;
+pub use manifest::{Descriptor, ManifestError, ManifestKind, ParsedManifest};
+pub use name::{NameError, Reference, RepoName, Tag, tag_sort_key};

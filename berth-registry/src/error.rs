@@ -1,0 +1,59 @@
+use berth_meta::MetaError;
+use berth_oci::Digest;
+use berth_storage::StorageError;
+
+/// Why a use case failed. The server turns each into an OCI error response in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("blob unknown to registry")]
+    BlobUnknown,
+    #[error("blob upload unknown to registry")]
+    UploadUnknown,
+    #[error("blob upload invalid: {0}")]
+    UploadInvalid(String),
+    #[error("chunk does not start at the upload's offset {offset}")]
+    ChunkOutOfOrder { offset: u64 },
+    #[error("requested range is outside the blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("content has digest {actual}, not {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("manifest references {0}, which is not in the repository")]
+    ManifestBlobUnknown(String),
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest exceeds the limit of {limit} bytes")]
+    ManifestTooLarge { limit: u64 },
+    #[error("blob exceeds the limit of {limit} bytes")]
+    BlobTooLarge { limit: u64 },
+    #[error("manifest unknown to registry")]
+    ManifestUnknown,
+    #[error("repository name not known to registry")]
+    NameUnknown,
+    #[error("{0}")]
+    InUse(String),
+    #[error("request body failed: {0}")]
+    Body(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error(transparent)]
+    Storage(StorageError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+impl From<StorageError> for RegistryError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::UploadUnknown(_) => RegistryError::UploadUnknown,
+            StorageError::OffsetMismatch { actual, .. } => {
+                RegistryError::ChunkOutOfOrder { offset: actual }
+            }
+            StorageError::DigestMismatch { expected, actual } => {
+                RegistryError::DigestMismatch { expected, actual }
+            }
+            StorageError::TooLarge { limit } => RegistryError::BlobTooLarge { limit },
+            StorageError::Body(e) => RegistryError::Body(e.to_string()),
+            other => RegistryError::Storage(other),
+        }
+    }
+}

@@ -1,0 +1,622 @@
+//! The registry's use cases, independent of HTTP: upload sessions, manifest put with
+//! reference checks, reads, deletes, listings. The server and the CLI both call these, so
+//! they cannot disagree about the rules.
+
+mod error;
+
+use std::time::Duration;
+
+use berth_meta::{ManifestRef, MetaStore, NewManifest, PutManifest, RefKind, Removal};
+use berth_oci::manifest::parse_manifest;
+use berth_oci::range::{RangeError, resolve_range};
+use berth_oci::{Algorithm, Digest, Reference, RepoName};
+use berth_storage::{BlobReader, BlobStore, HashState, StorageError, digest_of};
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::Serialize;
+
+pub use berth_meta::{Backend, Referrer};
+pub use error::RegistryError;
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// Rules that an operator may tune.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Largest manifest accepted, in bytes.
+    pub max_manifest_bytes: u64,
+    /// Largest blob accepted, in bytes.
+    pub max_blob_bytes: u64,
+    /// Accept an index whose children are not (yet) in the repository.
+    pub allow_sparse_index: bool,
+    /// Most entries one tags or catalog page returns.
+    pub max_page: u64,
+    /// Unfinished uploads untouched for this long are removed.
+    pub upload_ttl: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            max_manifest_bytes: 4 << 20,
+            max_blob_bytes: u64::MAX,
+            allow_sparse_index: false,
+            max_page: 10_000,
+            upload_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Who is acting, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+impl Actor {
+    pub fn anonymous() -> Actor {
+        Actor("anonymous".to_owned())
+    }
+}
+
+/// An upload session's position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadStatus {
+    pub id: String,
+    /// Bytes received so far.
+    pub offset: u64,
+}
+
+/// A manifest as served.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub content: Bytes,
+}
+
+/// What a successful manifest put reports back.
+#[derive(Debug, Clone)]
+pub struct PutOutcome {
+    pub digest: Digest,
+    /// The manifest's subject, for the `OCI-Subject` header.
+    pub subject: Option<String>,
+}
+
+/// A blob ready to stream, with the part of it requested.
+pub struct BlobRead {
+    pub size: u64,
+    /// Inclusive byte range when a `Range` was honoured.
+    pub range: Option<(u64, u64)>,
+    pub reader: Option<BlobReader>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexDescriptor<'a> {
+    media_type: &'a str,
+    digest: &'a str,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    artifact_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    annotations: Option<Box<serde_json::value::RawValue>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReferrersIndex<'a> {
+    schema_version: u32,
+    media_type: &'static str,
+    manifests: Vec<IndexDescriptor<'a>>,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    blobs: BlobStore,
+    meta: MetaStore,
+    config: RegistryConfig,
+}
+
+impl Registry {
+    pub fn new(blobs: BlobStore, meta: MetaStore, config: RegistryConfig) -> Registry {
+        Registry {
+            blobs,
+            meta,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    // ---- blobs ----
+
+    /// Size of a blob linked to `repo`, checking that its bytes are really there.
+    pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        let size = self
+            .meta
+            .repo_blob(repo.as_str(), digest.as_str())
+            .await?
+            .ok_or(RegistryError::BlobUnknown)?;
+        Ok(size)
+    }
+
+    /// Opens a blob for reading; `range` is the request's `Range` header, if any.
+    pub async fn read_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<&str>,
+        with_body: bool,
+    ) -> Result<BlobRead> {
+        let size = self.stat_blob(repo, digest).await?;
+        let range = match range.map(|r| resolve_range(r, size)).transpose() {
+            Ok(r) => r.flatten(),
+            Err(RangeError::Unsatisfiable) => {
+                return Err(RegistryError::RangeNotSatisfiable { size });
+            }
+            Err(RangeError::Malformed) => None,
+        };
+        let reader = if with_body {
+            let reader = self.blobs.open(digest, range).await?;
+            if reader.is_none() {
+                tracing::error!(%digest, "blob is linked but its bytes are missing from storage");
+                return Err(RegistryError::BlobUnknown);
+            }
+            reader
+        } else {
+            None
+        };
+        Ok(BlobRead {
+            size,
+            range,
+            reader,
+        })
+    }
+
+    /// Unlinks a blob from a repository. Refused while a manifest there needs it.
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest, actor: &Actor) -> Result<()> {
+        match self
+            .meta
+            .unlink_blob(repo.as_str(), digest.as_str(), &actor.0)
+            .await?
+        {
+            Removal::Removed => Ok(()),
+            Removal::NotFound => Err(RegistryError::BlobUnknown),
+            Removal::Referenced(by) => Err(RegistryError::InUse(format!(
+                "blob is referenced by manifest {by}; delete the manifest first"
+            ))),
+        }
+    }
+
+    /// Links a blob from another repository; false if it cannot be mounted from there.
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: &RepoName,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let Some(size) = self.meta.repo_blob(from.as_str(), digest.as_str()).await? else {
+            return Ok(false);
+        };
+        if self.blobs.stat(digest).await?.is_none() {
+            return Ok(false);
+        }
+        self.meta
+            .link_blob(repo.as_str(), digest.as_str(), size, None, &actor.0)
+            .await?;
+        Ok(true)
+    }
+
+    // ---- uploads ----
+
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.blobs.create_upload(&id).await?;
+        self.meta
+            .create_upload(&id, repo.as_str(), &HashState::new().to_bytes())
+            .await?;
+        Ok(UploadStatus { id, offset: 0 })
+    }
+
+    async fn session(&self, repo: &RepoName, id: &str) -> Result<berth_meta::Upload> {
+        match self.meta.get_upload(id).await? {
+            Some(u) if u.repo == repo.as_str() => Ok(u),
+            _ => Err(RegistryError::UploadUnknown),
+        }
+    }
+
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus> {
+        let u = self.session(repo, id).await?;
+        Ok(UploadStatus {
+            id: id.to_owned(),
+            offset: u.size,
+        })
+    }
+
+    /// Appends a chunk. `content_range` is the inclusive range the client says it sends;
+    /// it must start where the upload stands.
+    pub async fn upload_chunk<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        content_range: Option<(u64, u64)>,
+        body: S,
+    ) -> Result<UploadStatus>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let u = self.session(repo, id).await?;
+        if let Some((start, _)) = content_range
+            && start != u.size
+        {
+            return Err(RegistryError::ChunkOutOfOrder { offset: u.size });
+        }
+        let mut state = HashState::from_bytes(&u.hash_state)?;
+        let new_size = self
+            .blobs
+            .append_upload(id, u.size, &mut state, body, self.config.max_blob_bytes)
+            .await?;
+        if let Some((start, end)) = content_range
+            && new_size - u.size != end - start + 1
+        {
+            return Err(RegistryError::UploadInvalid(format!(
+                "Content-Range {start}-{end} announced {} bytes, the body had {}",
+                end - start + 1,
+                new_size - u.size
+            )));
+        }
+        if !self
+            .meta
+            .advance_upload(id, u.size, new_size, &state.to_bytes())
+            .await?
+        {
+            // Another request moved the session meanwhile; our bytes are not acknowledged.
+            let now = self.session(repo, id).await?;
+            return Err(RegistryError::ChunkOutOfOrder { offset: now.size });
+        }
+        Ok(UploadStatus {
+            id: id.to_owned(),
+            offset: new_size,
+        })
+    }
+
+    /// Closes an upload with its last (possibly empty) chunk and links the verified blob.
+    pub async fn complete_upload<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        content_range: Option<(u64, u64)>,
+        body: S,
+        actor: &Actor,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let status = self.upload_chunk(repo, id, content_range, body).await?;
+        let u = self.session(repo, id).await?;
+        let state = HashState::from_bytes(&u.hash_state)?;
+        match self
+            .blobs
+            .finish_upload(id, status.offset, &state, digest)
+            .await
+        {
+            Ok(()) => {}
+            Err(StorageError::DigestMismatch { expected, actual }) => {
+                // These bytes can never become the claimed blob: drop the session.
+                self.cancel_upload(repo, id).await?;
+                return Err(RegistryError::DigestMismatch { expected, actual });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.meta
+            .link_blob(
+                repo.as_str(),
+                digest.as_str(),
+                status.offset,
+                Some(id),
+                &actor.0,
+            )
+            .await?;
+        Ok(status.offset)
+    }
+
+    /// Uploads a whole blob in one request (`POST ?digest=` or a monolithic `PUT`).
+    pub async fn put_blob<S, E>(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: S,
+        actor: &Actor,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        // No session row: a crash leaves only a data file, which the stale-upload sweep
+        // removes.
+        let id = uuid::Uuid::new_v4().to_string();
+        self.blobs.create_upload(&id).await?;
+        let result = async {
+            let mut state = HashState::new();
+            let size = self
+                .blobs
+                .append_upload(&id, 0, &mut state, body, self.config.max_blob_bytes)
+                .await?;
+            self.blobs.finish_upload(&id, size, &state, digest).await?;
+            Ok::<u64, RegistryError>(size)
+        }
+        .await;
+        let size = match result {
+            Ok(size) => size,
+            Err(e) => {
+                self.blobs.delete_upload(&id).await?;
+                return Err(e);
+            }
+        };
+        self.meta
+            .link_blob(repo.as_str(), digest.as_str(), size, None, &actor.0)
+            .await?;
+        Ok(size)
+    }
+
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        self.session(repo, id).await?;
+        self.meta.delete_upload(id).await?;
+        self.blobs.delete_upload(id).await?;
+        Ok(())
+    }
+
+    /// Removes upload sessions and data files older than the configured age.
+    pub async fn purge_stale_uploads(&self) -> Result<usize> {
+        let cutoff = berth_meta::now_micros()
+            - i64::try_from(self.config.upload_ttl.as_micros()).unwrap_or(i64::MAX);
+        let mut removed = 0;
+        for id in self.meta.stale_uploads(cutoff).await? {
+            self.meta.delete_upload(&id).await?;
+            self.blobs.delete_upload(&id).await?;
+            removed += 1;
+        }
+        removed += self
+            .blobs
+            .purge_stale_uploads(self.config.upload_ttl)
+            .await?;
+        Ok(removed)
+    }
+
+    // ---- manifests ----
+
+    /// Validates and stores a manifest under a tag or its digest.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+        actor: &Actor,
+    ) -> Result<PutOutcome> {
+        if body.len() as u64 > self.config.max_manifest_bytes {
+            return Err(RegistryError::ManifestTooLarge {
+                limit: self.config.max_manifest_bytes,
+            });
+        }
+        let digest = match reference {
+            Reference::Digest(claimed) => {
+                let actual = digest_of(claimed.algorithm(), &body);
+                if &actual != claimed {
+                    return Err(RegistryError::DigestMismatch {
+                        expected: claimed.clone(),
+                        actual,
+                    });
+                }
+                actual
+            }
+            Reference::Tag(_) => digest_of(Algorithm::Sha256, &body),
+        };
+        let parsed = parse_manifest(&body, content_type)
+            .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+
+        let mut refs = Vec::with_capacity(parsed.layers.len() + parsed.manifests.len() + 1);
+        for d in parsed.config.iter().chain(&parsed.layers) {
+            let required = !d.has_urls;
+            match d.known_digest() {
+                Some(known) => refs.push(ManifestRef {
+                    digest: known.to_string(),
+                    kind: RefKind::Blob,
+                    required,
+                }),
+                // Berth cannot hold a blob of an algorithm it cannot verify.
+                None if required => {
+                    return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));
+                }
+                None => {}
+            }
+        }
+        for d in &parsed.manifests {
+            match d.known_digest() {
+                Some(known) => refs.push(ManifestRef {
+                    digest: known.to_string(),
+                    kind: RefKind::Manifest,
+                    required: !self.config.allow_sparse_index,
+                }),
+                None if !self.config.allow_sparse_index => {
+                    return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));
+                }
+                None => {}
+            }
+        }
+        let subject = parsed
+            .subject
+            .as_ref()
+            .and_then(|s| s.known_digest())
+            .map(|d| d.to_string());
+        let annotations = if parsed.annotations.is_empty() {
+            None
+        } else {
+            serde_json::to_string(&parsed.annotations).ok()
+        };
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.as_str()),
+            Reference::Digest(_) => None,
+        };
+        let outcome = self
+            .meta
+            .put_manifest(&NewManifest {
+                repo: repo.as_str(),
+                digest: digest.as_str(),
+                media_type: parsed.kind.media_type(),
+                artifact_type: parsed.artifact_type.as_deref(),
+                subject: subject.as_deref(),
+                annotations: annotations.as_deref(),
+                content: &body,
+                refs: &refs,
+                tag,
+                actor: &actor.0,
+            })
+            .await?;
+        match outcome {
+            PutManifest::Stored => Ok(PutOutcome { digest, subject }),
+            PutManifest::Missing(d) => Err(RegistryError::ManifestBlobUnknown(d)),
+        }
+    }
+
+    /// Resolves a reference to the digest it names in `repo`.
+    pub async fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest> {
+        match reference {
+            Reference::Digest(d) => Ok(d.clone()),
+            Reference::Tag(t) => {
+                let d = self
+                    .meta
+                    .resolve_tag(repo.as_str(), t.as_str())
+                    .await?
+                    .ok_or(RegistryError::ManifestUnknown)?;
+                d.parse().map_err(|_| {
+                    RegistryError::Internal(format!("stored tag points at bad digest {d:?}"))
+                })
+            }
+        }
+    }
+
+    pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest> {
+        let digest = self.resolve(repo, reference).await?;
+        let m = self
+            .meta
+            .get_manifest(repo.as_str(), digest.as_str())
+            .await?
+            .ok_or(RegistryError::ManifestUnknown)?;
+        Ok(Manifest {
+            digest,
+            media_type: m.media_type,
+            content: Bytes::from(m.content),
+        })
+    }
+
+    /// Deletes a manifest (by digest, with its tags) or just a tag.
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        actor: &Actor,
+    ) -> Result<()> {
+        let outcome = match reference {
+            Reference::Digest(d) => {
+                self.meta
+                    .delete_manifest(repo.as_str(), d.as_str(), &actor.0)
+                    .await?
+            }
+            Reference::Tag(t) => {
+                self.meta
+                    .delete_tag(repo.as_str(), t.as_str(), &actor.0)
+                    .await?
+            }
+        };
+        match outcome {
+            Removal::Removed => Ok(()),
+            Removal::NotFound => Err(RegistryError::ManifestUnknown),
+            Removal::Referenced(by) => Err(RegistryError::InUse(format!(
+                "manifest is listed by index {by}; delete the index first"
+            ))),
+        }
+    }
+
+    // ---- listings ----
+
+    /// One page of tags; the second value says whether more follow.
+    pub async fn list_tags(
+        &self,
+        repo: &RepoName,
+        n: Option<u64>,
+        last: Option<&str>,
+    ) -> Result<(Vec<String>, bool)> {
+        let limit = n.unwrap_or(self.config.max_page).min(self.config.max_page);
+        if limit == 0 {
+            if !self.meta.repo_exists(repo.as_str()).await? {
+                return Err(RegistryError::NameUnknown);
+            }
+            return Ok((Vec::new(), false));
+        }
+        let mut tags = self
+            .meta
+            .list_tags(repo.as_str(), last, limit + 1)
+            .await?
+            .ok_or(RegistryError::NameUnknown)?;
+        let more = tags.len() as u64 > limit;
+        tags.truncate(limit as usize);
+        Ok((tags, more))
+    }
+
+    pub async fn catalog(&self, n: Option<u64>, last: Option<&str>) -> Result<(Vec<String>, bool)> {
+        let limit = n.unwrap_or(self.config.max_page).min(self.config.max_page);
+        if limit == 0 {
+            return Ok((Vec::new(), false));
+        }
+        let mut repos = self.meta.catalog(last, limit + 1).await?;
+        let more = repos.len() as u64 > limit;
+        repos.truncate(limit as usize);
+        Ok((repos, more))
+    }
+
+    /// The referrers index for `subject`, as JSON bytes.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<u8>> {
+        let rows = self
+            .meta
+            .referrers(repo.as_str(), subject.as_str(), artifact_type)
+            .await?;
+        let manifests = rows
+            .iter()
+            .map(|r| IndexDescriptor {
+                media_type: &r.media_type,
+                digest: &r.digest,
+                size: r.size,
+                artifact_type: r.artifact_type.as_deref(),
+                annotations: r
+                    .annotations
+                    .as_deref()
+                    .and_then(|a| serde_json::value::RawValue::from_string(a.to_owned()).ok()),
+            })
+            .collect();
+        serde_json::to_vec(&ReferrersIndex {
+            schema_version: 2,
+            media_type: berth_oci::media::OCI_INDEX,
+            manifests,
+        })
+        .map_err(|e| RegistryError::Internal(e.to_string()))
+    }
+}

@@ -1,0 +1,201 @@
+//! The one place where failures become HTTP: status, OCI error code and JSON body.
+
+use axum::response::{IntoResponse, Response};
+use berth_oci::ErrorCode;
+use berth_registry::RegistryError;
+use http::{HeaderValue, StatusCode, header};
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("invalid repository name")]
+    NameInvalid,
+    #[error("invalid digest")]
+    DigestInvalid,
+    #[error("invalid tag or digest in the manifest reference")]
+    ManifestInvalidReference,
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+    #[error("{1}")]
+    BadRequest(ErrorCode, String),
+    /// A chunk that does not continue the upload: 416 with where the upload stands.
+    #[error("chunk does not start at offset {offset}")]
+    ChunkOutOfOrder { location: String, offset: u64 },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Builds the spec's `Range` value for an upload holding `offset` bytes.
+pub fn upload_range(offset: u64) -> String {
+    format!("0-{}", offset.saturating_sub(1))
+}
+
+fn is_no_space(e: &RegistryError) -> bool {
+    match e {
+        RegistryError::Storage(berth_storage_error) => {
+            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(berth_storage_error);
+            while let Some(s) = src {
+                if let Some(io) = s.downcast_ref::<std::io::Error>()
+                    && io.kind() == std::io::ErrorKind::StorageFull
+                {
+                    return true;
+                }
+                src = s.source();
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+impl ApiError {
+    /// The status table. Server faults carry no OCI code: the spec's codes all describe
+    /// something the client can act on, and the log names the cause.
+    fn status_and_code(&self) -> (StatusCode, Option<ErrorCode>) {
+        use RegistryError as R;
+        match self {
+            ApiError::NotFound => (StatusCode::NOT_FOUND, Some(ErrorCode::Unsupported)),
+            ApiError::NameInvalid => (StatusCode::BAD_REQUEST, Some(ErrorCode::NameInvalid)),
+            ApiError::DigestInvalid => (StatusCode::BAD_REQUEST, Some(ErrorCode::DigestInvalid)),
+            ApiError::ManifestInvalidReference => {
+                (StatusCode::BAD_REQUEST, Some(ErrorCode::ManifestInvalid))
+            }
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, Some(ErrorCode::Unsupported))
+            }
+            ApiError::BadRequest(code, _) => (StatusCode::BAD_REQUEST, Some(*code)),
+            ApiError::ChunkOutOfOrder { .. } => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                Some(ErrorCode::BlobUploadInvalid),
+            ),
+            ApiError::Registry(e) => match e {
+                R::BlobUnknown => (StatusCode::NOT_FOUND, Some(ErrorCode::BlobUnknown)),
+                R::UploadUnknown => (StatusCode::NOT_FOUND, Some(ErrorCode::BlobUploadUnknown)),
+                R::UploadInvalid(_) | R::Body(_) => {
+                    (StatusCode::BAD_REQUEST, Some(ErrorCode::BlobUploadInvalid))
+                }
+                R::ChunkOutOfOrder { .. } => (
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    Some(ErrorCode::BlobUploadInvalid),
+                ),
+                R::RangeNotSatisfiable { .. } => (
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    Some(ErrorCode::SizeInvalid),
+                ),
+                R::DigestMismatch { .. } => {
+                    (StatusCode::BAD_REQUEST, Some(ErrorCode::DigestInvalid))
+                }
+                R::ManifestBlobUnknown(_) => (
+                    StatusCode::BAD_REQUEST,
+                    Some(ErrorCode::ManifestBlobUnknown),
+                ),
+                R::ManifestInvalid(_) => {
+                    (StatusCode::BAD_REQUEST, Some(ErrorCode::ManifestInvalid))
+                }
+                R::ManifestTooLarge { .. } | R::BlobTooLarge { .. } => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, Some(ErrorCode::SizeInvalid))
+                }
+                R::ManifestUnknown => (StatusCode::NOT_FOUND, Some(ErrorCode::ManifestUnknown)),
+                R::NameUnknown => (StatusCode::NOT_FOUND, Some(ErrorCode::NameUnknown)),
+                R::InUse(_) => (StatusCode::METHOD_NOT_ALLOWED, Some(ErrorCode::Unsupported)),
+                R::Storage(_) if is_no_space(e) => (StatusCode::INSUFFICIENT_STORAGE, None),
+                R::Internal(_) | R::Storage(_) | R::Meta(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, None)
+                }
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = match code {
+            Some(code) => {
+                serde_json::json!({"errors": [{"code": code.as_str(), "message": self.to_string(), "detail": null}]})
+            }
+            None => {
+                tracing::error!(error = %self, "request failed");
+                serde_json::json!({"errors": []})
+            }
+        };
+        let mut resp = (status, body.to_string()).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match &self {
+            ApiError::ChunkOutOfOrder { location, offset } => {
+                if let Ok(v) = HeaderValue::from_str(location) {
+                    h.insert(header::LOCATION, v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&upload_range(*offset)) {
+                    h.insert(header::RANGE, v);
+                }
+            }
+            ApiError::Registry(RegistryError::RangeNotSatisfiable { size }) => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    h.insert(header::CONTENT_RANGE, v);
+                }
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_error_has_a_spec_code() {
+        let cases = [
+            (ApiError::NameInvalid, 400, "NAME_INVALID"),
+            (ApiError::DigestInvalid, 400, "DIGEST_INVALID"),
+            (
+                ApiError::Registry(RegistryError::BlobUnknown),
+                404,
+                "BLOB_UNKNOWN",
+            ),
+            (
+                ApiError::Registry(RegistryError::UploadUnknown),
+                404,
+                "BLOB_UPLOAD_UNKNOWN",
+            ),
+            (
+                ApiError::Registry(RegistryError::ManifestUnknown),
+                404,
+                "MANIFEST_UNKNOWN",
+            ),
+            (
+                ApiError::Registry(RegistryError::NameUnknown),
+                404,
+                "NAME_UNKNOWN",
+            ),
+            (
+                ApiError::Registry(RegistryError::ManifestBlobUnknown("x".into())),
+                400,
+                "MANIFEST_BLOB_UNKNOWN",
+            ),
+            (
+                ApiError::Registry(RegistryError::ManifestTooLarge { limit: 1 }),
+                413,
+                "SIZE_INVALID",
+            ),
+            (
+                ApiError::Registry(RegistryError::ChunkOutOfOrder { offset: 3 }),
+                416,
+                "BLOB_UPLOAD_INVALID",
+            ),
+        ];
+        for (err, status, code) in cases {
+            let (s, c) = err.status_and_code();
+            assert_eq!(s.as_u16(), status, "{err}");
+            assert_eq!(c.map(|c| c.as_str()), Some(code), "{err}");
+        }
+    }
+}

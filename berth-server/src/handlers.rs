@@ -1,0 +1,546 @@
+//! One function per endpoint and method. Handlers translate HTTP into `berth-registry` calls
+//! and back; the rules live in the registry.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use berth_oci::range::parse_content_range;
+use berth_oci::{Digest, ErrorCode, Reference, RepoName};
+use berth_registry::{Actor, RegistryError};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio_util::io::ReaderStream;
+
+use crate::AppState;
+use crate::endpoint::{Endpoint, parse_digest};
+use crate::error::{ApiError, upload_range};
+use crate::metrics::RequestLabels;
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Bytes read from disk per body frame: large frames keep syscalls and wakeups per
+/// gigabyte low.
+const READ_CHUNK: usize = 256 * 1024;
+
+const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
+const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    match state.registry().meta().catalog(None, 1).await {
+        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: metadata store unreachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "metadata store unreachable\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut resp = state.metrics().encode().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
+/// Entry point for everything that is not an operational route.
+pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+    let method = req.method().clone();
+    let (route, result) = match Endpoint::parse(req.uri().path()) {
+        Ok(ep) => (ep.route(), handle(&state, ep, req).await),
+        // No manifest can exist under a malformed tag: reading one is a plain miss, only
+        // writing one is a bad request.
+        Err(ApiError::ManifestInvalidReference) if method != Method::PUT => (
+            "manifest",
+            Err(ApiError::Registry(RegistryError::ManifestUnknown)),
+        ),
+        Err(e) => ("invalid", Err(e)),
+    };
+    let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    resp.headers_mut()
+        .insert("docker-distribution-api-version", API_VERSION);
+    state
+        .metrics()
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            method: method.as_str().to_owned(),
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+async fn handle(state: &AppState, ep: Endpoint, req: Request) -> ApiResult {
+    let actor = Actor::anonymous();
+    let m = req.method().clone();
+    match ep {
+        Endpoint::Base => match m {
+            Method::GET | Method::HEAD => Ok(json_response(StatusCode::OK, b"{}".to_vec())),
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Endpoint::Catalog if m == Method::GET => catalog(state, req).await,
+        Endpoint::Tags { name } if m == Method::GET => tags(state, name, req).await,
+        Endpoint::Manifest { name, reference } => match m {
+            Method::GET => get_manifest(state, name, reference, req, true).await,
+            Method::HEAD => get_manifest(state, name, reference, req, false).await,
+            Method::PUT => put_manifest(state, name, reference, req, &actor).await,
+            Method::DELETE => {
+                state
+                    .registry()
+                    .delete_manifest(&name, &reference, &actor)
+                    .await?;
+                Ok(StatusCode::ACCEPTED.into_response())
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Endpoint::Blob { name, digest } => match m {
+            Method::GET => get_blob(state, name, digest, req, true).await,
+            Method::HEAD => get_blob(state, name, digest, req, false).await,
+            Method::DELETE => {
+                state.registry().delete_blob(&name, &digest, &actor).await?;
+                Ok(StatusCode::ACCEPTED.into_response())
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Endpoint::UploadStart { name } if m == Method::POST => {
+            start_upload(state, name, req, &actor).await
+        }
+        Endpoint::Upload { name, id } => match m {
+            Method::GET => {
+                let s = state.registry().upload_status(&name, &id).await?;
+                Ok(upload_response(
+                    state,
+                    StatusCode::NO_CONTENT,
+                    &name,
+                    &id,
+                    s.offset,
+                ))
+            }
+            Method::PATCH => patch_upload(state, name, id, req).await,
+            Method::PUT => finish_upload(state, name, id, req, &actor).await,
+            Method::DELETE => {
+                state.registry().cancel_upload(&name, &id).await?;
+                state.metrics().uploads_in_progress.dec();
+                Ok(StatusCode::NO_CONTENT.into_response())
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        },
+        Endpoint::Referrers { name, digest } if m == Method::GET => {
+            referrers(state, name, digest, req).await
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+// ---- helpers ----
+
+fn query(req: &Request) -> HashMap<String, String> {
+    Query::<HashMap<String, String>>::try_from_uri(req.uri())
+        .map(|q| q.0)
+        .unwrap_or_default()
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn hv(s: &str) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(s).map_err(|e| ApiError::Registry(RegistryError::Internal(e.to_string())))
+}
+
+fn location(state: &AppState, path: &str) -> String {
+    match &state.config().public_url {
+        Some(base) => format!("{}{path}", base.trim_end_matches('/')),
+        None => path.to_owned(),
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, JSON);
+    resp
+}
+
+fn upload_location(state: &AppState, name: &RepoName, id: &str) -> String {
+    location(state, &format!("/v2/{name}/blobs/uploads/{id}"))
+}
+
+fn upload_response(
+    state: &AppState,
+    status: StatusCode,
+    name: &RepoName,
+    id: &str,
+    offset: u64,
+) -> Response {
+    let mut resp = status.into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&upload_location(state, name, id)) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&upload_range(offset)) {
+        h.insert(header::RANGE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert("docker-upload-uuid", v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
+fn blob_created(state: &AppState, name: &RepoName, digest: &Digest) -> ApiResult {
+    let mut resp = StatusCode::CREATED.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::LOCATION,
+        hv(&location(state, &format!("/v2/{name}/blobs/{digest}")))?,
+    );
+    h.insert("docker-content-digest", hv(digest.as_str())?);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    Ok(resp)
+}
+
+/// A chunk's announced range, if the request has one.
+fn content_range(req: &Request) -> Result<Option<(u64, u64)>, ApiError> {
+    match header_str(req.headers(), header::CONTENT_RANGE) {
+        None => Ok(None),
+        Some(v) => parse_content_range(v).map(Some).map_err(|_| {
+            ApiError::BadRequest(
+                ErrorCode::BlobUploadInvalid,
+                format!("malformed Content-Range {v:?}"),
+            )
+        }),
+    }
+}
+
+fn body_stream(
+    req: Request,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, axum::Error>> + Send {
+    req.into_body().into_data_stream()
+}
+
+/// Turns an out-of-order chunk into the 416 that tells the client where the upload stands.
+fn chunk_error(state: &AppState, name: &RepoName, id: &str, e: RegistryError) -> ApiError {
+    match e {
+        RegistryError::ChunkOutOfOrder { offset } => ApiError::ChunkOutOfOrder {
+            location: upload_location(state, name, id),
+            offset,
+        },
+        other => ApiError::Registry(other),
+    }
+}
+
+// ---- blobs ----
+
+async fn get_blob(
+    state: &AppState,
+    name: RepoName,
+    digest: Digest,
+    req: Request,
+    with_body: bool,
+) -> ApiResult {
+    let range = header_str(req.headers(), header::RANGE);
+    let read = state
+        .registry()
+        .read_blob(&name, &digest, range, with_body)
+        .await?;
+    let (status, len) = match read.range {
+        Some((first, last)) => (StatusCode::PARTIAL_CONTENT, last - first + 1),
+        None => (StatusCode::OK, read.size),
+    };
+    let body = match read.reader {
+        Some(r) => {
+            state.metrics().bytes_out.inc_by(len);
+            Body::from_stream(ReaderStream::with_capacity(r.body, READ_CHUNK))
+        }
+        None => Body::empty(),
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, OCTET_STREAM);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert("docker-content-digest", hv(digest.as_str())?);
+    h.insert(header::ETAG, hv(&format!("\"{digest}\""))?);
+    if let Some((first, last)) = read.range {
+        h.insert(
+            header::CONTENT_RANGE,
+            hv(&format!("bytes {first}-{last}/{}", read.size))?,
+        );
+    }
+    Ok(resp)
+}
+
+async fn start_upload(state: &AppState, name: RepoName, req: Request, actor: &Actor) -> ApiResult {
+    let q = query(&req);
+    let reg = state.registry();
+    if let Some(mount) = q.get("mount") {
+        let digest = parse_digest(mount)?;
+        // Without `from` there is nothing to mount from: automatic discovery would let a
+        // client probe other repositories, so it falls back to an ordinary upload.
+        if let Some(from) = q.get("from") {
+            let from: RepoName = from.parse().map_err(|_| ApiError::NameInvalid)?;
+            if reg.mount_blob(&name, &digest, &from, actor).await? {
+                return blob_created(state, &name, &digest);
+            }
+        }
+    } else if let Some(d) = q.get("digest") {
+        let digest = parse_digest(d)?;
+        let size = reg
+            .put_blob(&name, &digest, body_stream(req), actor)
+            .await?;
+        state.metrics().bytes_in.inc_by(size);
+        return blob_created(state, &name, &digest);
+    }
+    let s = reg.start_upload(&name).await?;
+    state.metrics().uploads_started.inc();
+    state.metrics().uploads_in_progress.inc();
+    Ok(upload_response(
+        state,
+        StatusCode::ACCEPTED,
+        &name,
+        &s.id,
+        s.offset,
+    ))
+}
+
+async fn patch_upload(state: &AppState, name: RepoName, id: String, req: Request) -> ApiResult {
+    let range = content_range(&req)?;
+    let before = state.registry().upload_status(&name, &id).await?.offset;
+    let s = state
+        .registry()
+        .upload_chunk(&name, &id, range, body_stream(req))
+        .await
+        .map_err(|e| chunk_error(state, &name, &id, e))?;
+    state
+        .metrics()
+        .bytes_in
+        .inc_by(s.offset.saturating_sub(before));
+    Ok(upload_response(
+        state,
+        StatusCode::ACCEPTED,
+        &name,
+        &id,
+        s.offset,
+    ))
+}
+
+async fn finish_upload(
+    state: &AppState,
+    name: RepoName,
+    id: String,
+    req: Request,
+    actor: &Actor,
+) -> ApiResult {
+    let q = query(&req);
+    let digest = match q.get("digest") {
+        Some(d) => parse_digest(d)?,
+        None => {
+            return Err(ApiError::BadRequest(
+                ErrorCode::DigestInvalid,
+                "the digest query parameter is required to finish an upload".into(),
+            ));
+        }
+    };
+    let range = content_range(&req)?;
+    let before = state.registry().upload_status(&name, &id).await?.offset;
+    let size = state
+        .registry()
+        .complete_upload(&name, &id, &digest, range, body_stream(req), actor)
+        .await
+        .map_err(|e| chunk_error(state, &name, &id, e))?;
+    state.metrics().bytes_in.inc_by(size.saturating_sub(before));
+    state.metrics().uploads_in_progress.dec();
+    blob_created(state, &name, &digest)
+}
+
+// ---- manifests ----
+
+/// Whether an `Accept` header admits `media_type`. No header, or a wildcard, admits all.
+fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
+    let mut any = false;
+    for v in headers.get_all(header::ACCEPT) {
+        let Ok(v) = v.to_str() else { continue };
+        for item in v.split(',') {
+            let t = item.split(';').next().unwrap_or("").trim();
+            if t.is_empty() {
+                continue;
+            }
+            any = true;
+            if t == media_type || t == "*/*" || t == "application/*" {
+                return true;
+            }
+        }
+    }
+    !any
+}
+
+async fn get_manifest(
+    state: &AppState,
+    name: RepoName,
+    reference: Reference,
+    req: Request,
+    with_body: bool,
+) -> ApiResult {
+    let m = state.registry().get_manifest(&name, &reference).await?;
+    if !accepts(req.headers(), &m.media_type) {
+        return Err(ApiError::Registry(RegistryError::ManifestUnknown));
+    }
+    let len = m.content.len();
+    let mut resp = if with_body {
+        Response::new(Body::from(m.content))
+    } else {
+        Response::new(Body::empty())
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, hv(&m.media_type)?);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert("docker-content-digest", hv(m.digest.as_str())?);
+    h.insert(header::ETAG, hv(&format!("\"{}\"", m.digest))?);
+    Ok(resp)
+}
+
+async fn put_manifest(
+    state: &AppState,
+    name: RepoName,
+    reference: Reference,
+    req: Request,
+    actor: &Actor,
+) -> ApiResult {
+    let limit = state.registry().config().max_manifest_bytes;
+    let too_large = || ApiError::Registry(RegistryError::ManifestTooLarge { limit });
+    let announced =
+        header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
+    // Read at most the limit: a huge body is cut off without ever being buffered whole.
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    let body = match Limited::new(req.into_body(), cap).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
+        Err(e) => return Err(ApiError::Registry(RegistryError::Body(e.to_string()))),
+    };
+    let out = state
+        .registry()
+        .put_manifest(&name, &reference, content_type.as_deref(), body, actor)
+        .await?;
+    let mut resp = StatusCode::CREATED.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::LOCATION,
+        hv(&location(
+            state,
+            &format!("/v2/{name}/manifests/{}", out.digest),
+        ))?,
+    );
+    h.insert("docker-content-digest", hv(out.digest.as_str())?);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    if let Some(subject) = out.subject {
+        h.insert("oci-subject", hv(&subject)?);
+    }
+    Ok(resp)
+}
+
+// ---- listings ----
+
+/// `n` as the spec defines it; absurd values are clamped by the registry, junk is refused.
+fn page_size(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
+    match q.get("n") {
+        None => Ok(None),
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(Some(v.parse().unwrap_or(u64::MAX)))
+        }
+        Some(v) => Err(ApiError::BadRequest(
+            ErrorCode::Unsupported,
+            format!("n must be a non-negative integer, not {v:?}"),
+        )),
+    }
+}
+
+fn with_next_link(
+    mut resp: Response,
+    more: bool,
+    path: &str,
+    n: u64,
+    last: Option<&String>,
+) -> Result<Response, ApiError> {
+    if let (true, Some(last)) = (more, last) {
+        let link = format!("<{path}?n={n}&last={last}>; rel=\"next\"");
+        resp.headers_mut().insert(header::LINK, hv(&link)?);
+    }
+    Ok(resp)
+}
+
+async fn tags(state: &AppState, name: RepoName, req: Request) -> ApiResult {
+    let q = query(&req);
+    let n = page_size(&q)?;
+    let last = q.get("last").map(String::as_str);
+    let (tags, more) = state.registry().list_tags(&name, n, last).await?;
+    let body = serde_json::to_vec(&serde_json::json!({"name": name.as_str(), "tags": tags}))
+        .map_err(|e| ApiError::Registry(RegistryError::Internal(e.to_string())))?;
+    let page = n
+        .unwrap_or(state.registry().config().max_page)
+        .min(state.registry().config().max_page);
+    with_next_link(
+        json_response(StatusCode::OK, body),
+        more,
+        &format!("/v2/{name}/tags/list"),
+        page,
+        tags.last(),
+    )
+}
+
+async fn catalog(state: &AppState, req: Request) -> ApiResult {
+    let q = query(&req);
+    let n = page_size(&q)?;
+    let last = q.get("last").map(String::as_str);
+    let (repos, more) = state.registry().catalog(n, last).await?;
+    let body = serde_json::to_vec(&serde_json::json!({"repositories": repos}))
+        .map_err(|e| ApiError::Registry(RegistryError::Internal(e.to_string())))?;
+    let page = n
+        .unwrap_or(state.registry().config().max_page)
+        .min(state.registry().config().max_page);
+    with_next_link(
+        json_response(StatusCode::OK, body),
+        more,
+        "/v2/_catalog",
+        page,
+        repos.last(),
+    )
+}
+
+async fn referrers(state: &AppState, name: RepoName, digest: Digest, req: Request) -> ApiResult {
+    let q = query(&req);
+    let artifact_type = q.get("artifactType").filter(|s| !s.is_empty());
+    let body = state
+        .registry()
+        .referrers(&name, &digest, artifact_type.map(String::as_str))
+        .await?;
+    let mut resp = (StatusCode::OK, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(berth_oci::media::OCI_INDEX),
+    );
+    if artifact_type.is_some() {
+        resp.headers_mut().insert(
+            "oci-filters-applied",
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    Ok(resp)
+}

@@ -1,0 +1,70 @@
+//! Prometheus metrics, kept in the server state rather than a global so that every test
+//! server counts on its own.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub method: String,
+    pub status: u16,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub uploads_started: Counter,
+    pub uploads_in_progress: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("berth");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let bytes_in = Counter::default();
+        let bytes_out = Counter::default();
+        let uploads_started = Counter::default();
+        let uploads_in_progress = Gauge::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests.clone(),
+        );
+        registry.register("received_bytes", "Blob bytes received", bytes_in.clone());
+        registry.register("sent_bytes", "Blob bytes sent", bytes_out.clone());
+        registry.register(
+            "upload_sessions_started",
+            "Blob upload sessions started",
+            uploads_started.clone(),
+        );
+        registry.register(
+            "upload_sessions_open",
+            "Chunked upload sessions opened by this process and not yet finished",
+            uploads_in_progress.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            bytes_in,
+            bytes_out,
+            uploads_started,
+            uploads_in_progress,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

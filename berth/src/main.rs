@@ -1,0 +1,165 @@
+//! `berth`: the command line. Reads the configuration, sets up logging, and hands the
+//! work to the library crates.
+
+mod config;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_meta::MetaStore;
+use berth_registry::{Registry, RegistryConfig};
+use berth_server::{AppState, ServerConfig};
+use berth_storage::{BlobStore, FsStore};
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "A container image registry for Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file (TOML). Without one, every default applies.
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on; overrides `listen` in the config.
+    #[arg(long, env = "BERTH_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory; overrides `data_dir` in the config.
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Metadata database URL; overrides `[metadata] url`.
+    #[arg(long, env = "BERTH_METADATA_URL", hide_env_values = true)]
+    metadata_url: Option<String>,
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(u) = args.metadata_url {
+        config.metadata.url = Some(u);
+    }
+    init_logging(&config);
+    config.check_protected_mode()?;
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let blobs = BlobStore::Fs(FsStore::new(config.data_dir.clone()).await?);
+    let meta = MetaStore::connect(&config.metadata_url())
+        .await
+        .context("opening the metadata store")?;
+    let registry = Registry::new(
+        blobs,
+        meta.clone(),
+        RegistryConfig {
+            max_manifest_bytes: config.limits.max_manifest_bytes,
+            max_blob_bytes: match config.limits.max_blob_bytes {
+                0 => u64::MAX,
+                n => n,
+            },
+            allow_sparse_index: config.allow_sparse_index,
+            max_page: config.limits.max_page.max(1),
+            upload_ttl: Duration::from_secs(config.uploads.ttl_secs),
+        },
+    );
+    let state = AppState::new(
+        registry.clone(),
+        ServerConfig {
+            public_url: config.public_url.clone(),
+            header_read_timeout: Duration::from_secs(config.limits.header_read_timeout_secs.max(1)),
+            max_connections: config.limits.max_connections.max(1),
+            ..ServerConfig::default()
+        },
+    );
+
+    let purge_every = Duration::from_secs(config.uploads.purge_interval_secs.max(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(purge_every);
+        loop {
+            tick.tick().await;
+            match registry.purge_stale_uploads().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed stale uploads"),
+                Err(e) => tracing::warn!(error = %e, "stale upload sweep failed"),
+            }
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        data_dir = %config.data_dir.display(),
+        metadata = ?meta.backend(),
+        "berth is serving (anonymous push and pull: no authentication configured)"
+    );
+    berth_server::run(listener, state, shutdown_signal()).await?;
+    meta.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    }
+}
