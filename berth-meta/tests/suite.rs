@@ -1,0 +1,267 @@
+//! One metadata test suite, run against every backend: SQLite in a temp dir and PostgreSQL
+//! at `BERTH_TEST_POSTGRES_URL` (each test in a schema of its own). The PostgreSQL half is
+//! not optional: without the variable its tests fail, so a green run always means both.
+
+use berth_meta::{ManifestRef, MetaStore, NewManifest, PutManifest, RefKind, Removal};
+
+const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+const M1: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const M2: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const IDX: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
+struct Db {
+    store: MetaStore,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Db {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite:{}", dir.path().join("meta.db").display());
+    Db {
+        store: MetaStore::connect(&url).await.expect("sqlite connects"),
+        _dir: Some(dir),
+    }
+}
+
+async fn postgres() -> Db {
+    let base = std::env::var("BERTH_TEST_POSTGRES_URL").expect(
+        "BERTH_TEST_POSTGRES_URL must point at a PostgreSQL database (bash .ci/start-postgres.sh prints one)",
+    );
+    sqlx::any::install_default_drivers();
+    let schema = format!("t{}", uuid_like());
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
+        .await
+        .expect("postgres reachable");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut conn)
+        .await
+        .expect("create schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+    Db {
+        store: MetaStore::connect(&url).await.expect("postgres connects"),
+        _dir: None,
+    }
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{nanos:x}{:x}", std::process::id())
+}
+
+fn image<'a>(repo: &'a str, digest: &'a str, refs: &'a [ManifestRef], tag: Option<&'a str>) -> NewManifest<'a> {
+    NewManifest {
+        repo,
+        digest,
+        media_type: "application/vnd.oci.image.manifest.v1+json",
+        artifact_type: Some("application/vnd.oci.image.config.v1+json"),
+        subject: None,
+        annotations: None,
+        content: b"{\"exact\":  \"bytes\"}",
+        refs,
+        tag,
+        actor: "tester",
+    }
+}
+
+fn blob_refs() -> Vec<ManifestRef> {
+    vec![
+        ManifestRef { digest: D1.into(), kind: RefKind::Blob, required: true },
+        ManifestRef { digest: D2.into(), kind: RefKind::Blob, required: true },
+    ]
+}
+
+async fn blobs_are_linked_per_repository(db: Db) {
+    let s = &db.store;
+    assert_eq!(s.repo_blob("a", D1).await.expect("query"), None);
+    s.link_blob("a", D1, 10, None, "t").await.expect("link");
+    s.link_blob("a", D1, 10, None, "t").await.expect("linking twice is harmless");
+    assert_eq!(s.repo_blob("a", D1).await.expect("query"), Some(10));
+    assert_eq!(s.repo_blob("b", D1).await.expect("query"), None, "not linked to b");
+    assert_eq!(s.blob(D1).await.expect("query"), Some(10));
+    assert_eq!(s.unlink_blob("a", D1, "t").await.expect("unlink"), Removal::Removed);
+    assert_eq!(s.unlink_blob("a", D1, "t").await.expect("unlink"), Removal::NotFound);
+}
+
+async fn manifest_requires_its_blobs(db: Db) {
+    let s = &db.store;
+    s.link_blob("r", D1, 1, None, "t").await.expect("link");
+    let refs = blob_refs();
+    assert_eq!(
+        s.put_manifest(&image("r", M1, &refs, Some("v1"))).await.expect("put"),
+        PutManifest::Missing(D2.into())
+    );
+    assert_eq!(s.resolve_tag("r", "v1").await.expect("q"), None, "nothing written");
+    s.link_blob("r", D2, 2, None, "t").await.expect("link");
+    assert_eq!(
+        s.put_manifest(&image("r", M1, &refs, Some("v1"))).await.expect("put"),
+        PutManifest::Stored
+    );
+    let m = s.get_manifest("r", M1).await.expect("q").expect("stored");
+    assert_eq!(m.content, b"{\"exact\":  \"bytes\"}");
+    assert_eq!(s.resolve_tag("r", "v1").await.expect("q").as_deref(), Some(M1));
+    // a blob in use cannot be unlinked
+    assert_eq!(
+        s.unlink_blob("r", D1, "t").await.expect("unlink"),
+        Removal::Referenced(M1.into())
+    );
+    assert_eq!(s.repo_blob("r", D1).await.expect("q"), Some(1), "still linked");
+    // deleting the manifest takes its tags with it and frees the blob
+    assert_eq!(s.delete_manifest("r", M1, "t").await.expect("del"), Removal::Removed);
+    assert_eq!(s.resolve_tag("r", "v1").await.expect("q"), None);
+    assert_eq!(s.unlink_blob("r", D1, "t").await.expect("unlink"), Removal::Removed);
+}
+
+async fn index_children_are_protected(db: Db) {
+    let s = &db.store;
+    s.link_blob("r", D1, 1, None, "t").await.expect("link");
+    s.link_blob("r", D2, 2, None, "t").await.expect("link");
+    let refs = blob_refs();
+    s.put_manifest(&image("r", M1, &refs, None)).await.expect("put");
+    let children = vec![
+        ManifestRef { digest: M1.into(), kind: RefKind::Manifest, required: true },
+        ManifestRef { digest: M2.into(), kind: RefKind::Manifest, required: true },
+    ];
+    let mut idx = image("r", IDX, &children, Some("multi"));
+    idx.media_type = "application/vnd.oci.image.index.v1+json";
+    assert_eq!(s.put_manifest(&idx).await.expect("put"), PutManifest::Missing(M2.into()));
+    s.put_manifest(&image("r", M2, &refs, None)).await.expect("put");
+    assert_eq!(s.put_manifest(&idx).await.expect("put"), PutManifest::Stored);
+    assert_eq!(
+        s.delete_manifest("r", M2, "t").await.expect("del"),
+        Removal::Referenced(IDX.into())
+    );
+    assert!(s.get_manifest("r", M2).await.expect("q").is_some(), "refused delete keeps it");
+    assert_eq!(s.delete_manifest("r", IDX, "t").await.expect("del"), Removal::Removed);
+    assert_eq!(s.delete_manifest("r", M2, "t").await.expect("del"), Removal::Removed);
+}
+
+async fn tags_order_and_pages(db: Db) {
+    let s = &db.store;
+    let none: Vec<ManifestRef> = Vec::new();
+    for tag in ["b", "A", "a", "B10", "b1", "_z", "1", "a-1", "a.1", "ab"] {
+        s.put_manifest(&image("t", M1, &none, Some(tag))).await.expect("put");
+    }
+    let all = s.list_tags("t", None, 100).await.expect("q").expect("repo");
+    assert_eq!(all, vec!["1", "_z", "A", "a", "a-1", "a.1", "ab", "b", "b1", "B10"]);
+    let page = s.list_tags("t", Some("a"), 3).await.expect("q").expect("repo");
+    assert_eq!(page, vec!["a-1", "a.1", "ab"]);
+    assert_eq!(s.list_tags("nope", None, 10).await.expect("q"), None);
+    assert_eq!(s.delete_tag("t", "ab", "t").await.expect("del"), Removal::Removed);
+    assert_eq!(s.delete_tag("t", "ab", "t").await.expect("del"), Removal::NotFound);
+    // a tag move is an upsert
+    s.put_manifest(&image("t", M2, &none, Some("b"))).await.expect("put");
+    assert_eq!(s.resolve_tag("t", "b").await.expect("q").as_deref(), Some(M2));
+}
+
+async fn catalog_lists_repositories_with_manifests(db: Db) {
+    let s = &db.store;
+    let none: Vec<ManifestRef> = Vec::new();
+    for repo in ["z/y", "a", "a-b", "a/b", "m"] {
+        s.put_manifest(&image(repo, M1, &none, None)).await.expect("put");
+    }
+    s.link_blob("only-blobs", D1, 1, None, "t").await.expect("link");
+    assert_eq!(s.catalog(None, 100).await.expect("q"), vec!["a", "a-b", "a/b", "m", "z/y"]);
+    assert_eq!(s.catalog(Some("a-b"), 2).await.expect("q"), vec!["a/b", "m"]);
+}
+
+async fn referrers_by_subject_and_type(db: Db) {
+    let s = &db.store;
+    let none: Vec<ManifestRef> = Vec::new();
+    let mut sig = image("r", M1, &none, None);
+    sig.subject = Some(IDX);
+    sig.artifact_type = Some("application/vnd.example.sig");
+    sig.annotations = Some(r#"{"k":"v"}"#);
+    s.put_manifest(&sig).await.expect("put");
+    let mut sbom = image("r", M2, &none, None);
+    sbom.subject = Some(IDX);
+    sbom.artifact_type = Some("application/spdx+json");
+    s.put_manifest(&sbom).await.expect("put");
+    let all = s.referrers("r", IDX, None).await.expect("q");
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].size, b"{\"exact\":  \"bytes\"}".len() as u64);
+    let sigs = s.referrers("r", IDX, Some("application/vnd.example.sig")).await.expect("q");
+    assert_eq!(sigs.len(), 1);
+    assert_eq!(sigs[0].digest, M1);
+    assert_eq!(sigs[0].annotations.as_deref(), Some(r#"{"k":"v"}"#));
+    assert!(s.referrers("other", IDX, None).await.expect("q").is_empty());
+}
+
+async fn uploads_advance_only_from_where_they_stand(db: Db) {
+    let s = &db.store;
+    s.create_upload("u1", "r", b"state0").await.expect("create");
+    let u = s.get_upload("u1").await.expect("q").expect("exists");
+    assert_eq!((u.repo.as_str(), u.size, u.hash_state.as_slice()), ("r", 0, &b"state0"[..]));
+    assert!(s.advance_upload("u1", 0, 5, b"state5").await.expect("advance"));
+    assert!(!s.advance_upload("u1", 0, 7, b"stale").await.expect("advance"), "lost race refused");
+    let u = s.get_upload("u1").await.expect("q").expect("exists");
+    assert_eq!((u.size, u.hash_state.as_slice()), (5, &b"state5"[..]));
+    assert!(s.stale_uploads(0).await.expect("q").is_empty());
+    assert_eq!(s.stale_uploads(i64::MAX).await.expect("q"), vec!["u1".to_string()]);
+    // finishing links the blob and closes the session in one transaction
+    s.link_blob("r", D1, 5, Some("u1"), "t").await.expect("link");
+    assert_eq!(s.get_upload("u1").await.expect("q"), None);
+}
+
+async fn every_change_is_audited(db: Db) {
+    let s = &db.store;
+    let none: Vec<ManifestRef> = Vec::new();
+    s.link_blob("r", D1, 1, None, "alice").await.expect("link");
+    s.put_manifest(&image("r", M1, &none, Some("v1"))).await.expect("put");
+    s.delete_tag("r", "v1", "bob").await.expect("del");
+    let log = s.audit_log(10).await.expect("q");
+    let actions: Vec<(&str, &str)> = log.iter().map(|e| (e.action.as_str(), e.actor.as_str())).collect();
+    assert_eq!(
+        actions,
+        vec![("tag.delete", "bob"), ("tag.set", "tester"), ("manifest.put", "tester"), ("blob.link", "alice")]
+    );
+    assert_eq!(log[0].repository.as_deref(), Some("r"));
+}
+
+async fn concurrent_writers_do_not_fail(db: Db) {
+    let s = db.store.clone();
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let d = format!("sha256:{i:064x}");
+            s.link_blob("busy", &d, i, None, "t").await.expect("link under contention");
+            let refs = vec![ManifestRef { digest: d.clone(), kind: RefKind::Blob, required: true }];
+            let m = format!("sha256:{:064x}", 1000 + i);
+            let tag = format!("t{i}");
+            let nm = NewManifest { content: b"{}", ..image("busy", &m, &refs, Some(&tag)) };
+            assert_eq!(s.put_manifest(&nm).await.expect("put under contention"), PutManifest::Stored);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    assert_eq!(s.list_tags("busy", None, 100).await.expect("q").expect("repo").len(), 32);
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::sqlite().await).await })*
+        }
+        mod on_postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::postgres().await).await })*
+        }
+    };
+}
+
+suite!(
+    blobs_are_linked_per_repository,
+    manifest_requires_its_blobs,
+    index_children_are_protected,
+    tags_order_and_pages,
+    catalog_lists_repositories_with_manifests,
+    referrers_by_subject_and_type,
+    uploads_advance_only_from_where_they_stand,
+    every_change_is_audited,
+    concurrent_writers_do_not_fail,
+);

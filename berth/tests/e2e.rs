@@ -1,0 +1,26 @@
+//! End-to-end tests: the real `berth` binary driven by real clients (skopeo, umoci,
+//! containerd/ctr, podman, oras). Images are built locally with umoci; nothing is
+//! downloaded and nothing but 127.0.0.1 is contacted.
+//!
+//! Every tool is required: a missing one fails its tests with a message naming it
+//! (install them with `.ci/install-tools.sh`). containerd and podman need root.
+//!
+//! Each test starts its own server on a free loopback port with its own data directory.
+
+#[path = "e2e/containerd.rs"]
+mod containerd;
+#[path = "e2e/harness.rs"]
+mod harness;
+
+#[path = "e2e/ctr.rs"]
+mod ctr;
+#[path = "e2e/docker.rs"]
+mod docker;
+#[path = "e2e/multiarch.rs"]
+mod multiarch;
+#[path = "e2e/oras.rs"]
+mod oras;
+#[path = "e2e/podman.rs"]
+mod podman;
+#[path = "e2e/skopeo.rs"]
+mod skopeo;

@@ -1,0 +1,127 @@
+//! containerd (ctr) pulling from and pushing to Berth: `--plain-http` and `--hosts-dir`.
+
+use crate::containerd::Containerd;
+use crate::harness::{
+    Berth, Layout, OCI_MANIFEST, free_port, run, run_stdout, skopeo_copy, tempdir, unique,
+};
+
+/// The digest `ctr image ls` shows for `reference`.
+#[track_caller]
+fn listed_digest(daemon: &Containerd, namespace: &str, reference: &str) -> String {
+    let ls = run_stdout(daemon.ctr(namespace).args(["image", "ls"]));
+    ls.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cols| cols.first() == Some(&reference))
+        .and_then(|cols| cols.get(2).map(|d| (*d).to_owned()))
+        .unwrap_or_else(|| panic!("{reference} missing from `ctr image ls`:\n{ls}"))
+}
+
+/// Asserts containerd's content store holds the image's manifest and blobs, byte for byte.
+#[track_caller]
+fn assert_content_matches(daemon: &Containerd, namespace: &str, src: &Layout, digest: &str) {
+    let ls = run_stdout(daemon.ctr(namespace).args(["content", "ls", "-q"]));
+    let mut wanted = vec![digest.to_owned()];
+    wanted.extend(src.image_blobs(digest));
+    for blob in &wanted {
+        assert!(
+            ls.lines().any(|l| l.trim() == blob),
+            "{blob} missing from `ctr content ls`:\n{ls}"
+        );
+        let bytes = run(daemon.ctr(namespace).args(["content", "get", blob])).stdout;
+        assert_eq!(
+            bytes,
+            src.blob(blob),
+            "content {blob} differs from the source"
+        );
+    }
+}
+
+#[test]
+fn containerd_pulls_with_plain_http_and_hosts_dir() {
+    let berth = Berth::start();
+    let work = tempdir();
+    let src = Layout::init(work.path().join("src"));
+    let digest = src.build(
+        "v1",
+        "amd64",
+        &[("c.txt", &unique("containerd")), ("d.txt", &unique("d"))],
+    );
+    skopeo_copy(&[], &src.oci("v1"), &berth.docker("e2e/ctr:v1"));
+
+    let daemon = Containerd::start();
+    let reference = berth.image("e2e/ctr:v1");
+
+    run(daemon
+        .ctr("plain")
+        .args(["image", "pull", "--plain-http", &reference]));
+    assert_eq!(listed_digest(&daemon, "plain", &reference), digest);
+    assert_content_matches(&daemon, "plain", &src, &digest);
+
+    // hosts.toml for the registry's own address: plain HTTP without --plain-http.
+    let hosts = daemon.write_hosts_toml(berth.addr(), berth.addr());
+    run(daemon
+        .ctr("hosts")
+        .args(["image", "pull", "--hosts-dir"])
+        .arg(&hosts)
+        .arg(&reference));
+    assert_eq!(listed_digest(&daemon, "hosts", &reference), digest);
+    assert_content_matches(&daemon, "hosts", &src, &digest);
+
+    // hosts.toml as a mirror: an image named after a dead address is fetched from Berth
+    // (containerd adds `?ns=<that address>` to every request).
+    let dead = format!("127.0.0.1:{}", free_port());
+    let hosts = daemon.write_hosts_toml(&dead, berth.addr());
+    let mirrored = format!("{dead}/e2e/ctr:v1");
+    run(daemon
+        .ctr("mirror")
+        .args(["image", "pull", "--hosts-dir"])
+        .arg(&hosts)
+        .arg(&mirrored));
+    assert_eq!(listed_digest(&daemon, "mirror", &mirrored), digest);
+    assert_content_matches(&daemon, "mirror", &src, &digest);
+}
+
+#[test]
+fn containerd_pushes_to_berth() {
+    let berth = Berth::start();
+    let work = tempdir();
+    let src = Layout::init(work.path().join("src"));
+    let digest = src.build("v1", "amd64", &[("p.txt", &unique("ctr push"))]);
+    skopeo_copy(&[], &src.oci("v1"), &berth.docker("e2e/ctr-src:v1"));
+
+    let daemon = Containerd::start();
+    let source = berth.image("e2e/ctr-src:v1");
+    run(daemon
+        .ctr("push")
+        .args(["image", "pull", "--plain-http", &source]));
+
+    let plain = berth.image("e2e/ctr-pushed:plain");
+    run(daemon.ctr("push").args(["image", "tag", &source, &plain]));
+    run(daemon
+        .ctr("push")
+        .args(["image", "push", "--plain-http", &plain]));
+
+    let hosts = daemon.write_hosts_toml(berth.addr(), berth.addr());
+    let via_hosts = berth.image("e2e/ctr-pushed:hosts");
+    run(daemon
+        .ctr("push")
+        .args(["image", "tag", &source, &via_hosts]));
+    run(daemon
+        .ctr("push")
+        .args(["image", "push", "--hosts-dir"])
+        .arg(&hosts)
+        .arg(&via_hosts));
+
+    assert_eq!(berth.tags("e2e/ctr-pushed"), ["hosts", "plain"]);
+    for tag in ["plain", "hosts"] {
+        let resp = berth.manifest("e2e/ctr-pushed", tag, OCI_MANIFEST);
+        assert_eq!(resp.status, 200, "{tag}: {resp:?}");
+        assert_eq!(resp.header("docker-content-digest"), Some(digest.as_str()));
+        assert_eq!(resp.body, src.blob(&digest));
+    }
+    for blob in src.image_blobs(&digest) {
+        let resp = berth.get(&format!("/v2/e2e/ctr-pushed/blobs/{blob}"));
+        assert_eq!(resp.status, 200, "blob {blob}");
+        assert_eq!(resp.body, src.blob(&blob), "blob {blob}");
+    }
+}

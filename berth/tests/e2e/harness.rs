@@ -1,0 +1,701 @@
+//! Shared machinery of the end-to-end tests: a real `berth serve` process, a small HTTP/1.1
+//! client, the external tools (which must be installed: a missing tool fails the test),
+//! and OCI image layouts built with umoci.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use tempfile::TempDir;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// Every manifest type a modern client accepts.
+pub const ACCEPT_ALL: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Longest any single external command may run.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// Where `.ci/install-tools.sh` puts tools that are not Debian packages.
+const EXTRA_TOOL_DIR: &str = "/opt/berth-tools/bin";
+
+// ---- small helpers ----
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Text that no other test run produces, so every image has its own blobs.
+pub fn unique(label: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{label} pid={} t={nanos} n={n}\n", std::process::id())
+}
+
+#[track_caller]
+pub fn parse_json(bytes: &[u8], what: &str) -> Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|e| {
+        panic!(
+            "{what} is not JSON ({e}): {}",
+            String::from_utf8_lossy(bytes)
+        )
+    })
+}
+
+/// The strings of a JSON array of strings.
+#[track_caller]
+pub fn strings(v: &Value, what: &str) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("{what} is not an array: {v}"))
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("{what} holds a non-string: {v}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+pub fn tempdir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("berth-e2e-")
+        .tempdir()
+        .expect("creating a temporary directory")
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding an ephemeral port")
+        .port()
+}
+
+// ---- external tools ----
+
+/// The path of a required tool. A missing tool fails the test: these tests never skip.
+#[track_caller]
+pub fn tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(std::iter::once(PathBuf::from(EXTRA_TOOL_DIR)))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "required tool `{name}` was not found on PATH or in {EXTRA_TOOL_DIR}; \
+                 install the e2e tools with `.ci/install-tools.sh` (the e2e tests never skip)"
+            )
+        })
+}
+
+/// A command for a required tool.
+#[track_caller]
+pub fn cmd(name: &str) -> Command {
+    Command::new(tool(name))
+}
+
+/// Fails the test unless it runs as root (containerd and podman need it).
+#[track_caller]
+pub fn require_root(why: &str) {
+    let out = exec(Command::new("id").arg("-u"));
+    let uid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(uid, "0", "the e2e tests must run as root: {why}");
+}
+
+fn describe(cmd: &Command, status: Option<ExitStatus>, out: &[u8], err: &[u8]) -> String {
+    let mut s = format!("command: {cmd:?}\n");
+    if let Some(st) = status {
+        let _ = writeln!(s, "status: {st}");
+    }
+    let _ = writeln!(
+        s,
+        "--- stdout ---\n{}",
+        String::from_utf8_lossy(out).trim_end()
+    );
+    let _ = write!(
+        s,
+        "--- stderr ---\n{}",
+        String::from_utf8_lossy(err).trim_end()
+    );
+    s
+}
+
+/// Runs a command to completion (or `COMMAND_TIMEOUT`) and returns what it printed.
+#[track_caller]
+pub fn exec(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("waiting for a command") {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out.join().expect("stdout reader");
+    let stderr = err.join().expect("stderr reader");
+    match status {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "timed out after {COMMAND_TIMEOUT:?}\n{}",
+            describe(cmd, None, &stdout, &stderr)
+        ),
+    }
+}
+
+/// Runs a command that must succeed.
+#[track_caller]
+pub fn run(cmd: &mut Command) -> Output {
+    let out = exec(cmd);
+    assert!(
+        out.status.success(),
+        "command failed\n{}",
+        describe(cmd, Some(out.status), &out.stdout, &out.stderr)
+    );
+    out
+}
+
+/// Runs a command that must succeed and returns its standard output as text.
+#[track_caller]
+pub fn run_stdout(cmd: &mut Command) -> String {
+    String::from_utf8(run(cmd).stdout).expect("command printed UTF-8")
+}
+
+/// Runs a command that must fail; returns its standard error as text.
+#[track_caller]
+pub fn run_fails(cmd: &mut Command) -> String {
+    let out = exec(cmd);
+    assert!(
+        !out.status.success(),
+        "command unexpectedly succeeded\n{}",
+        describe(cmd, Some(out.status), &out.stdout, &out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+// ---- skopeo ----
+
+/// `skopeo copy`, plain HTTP on both ends, with `extra` flags before the references.
+#[track_caller]
+pub fn skopeo_copy(extra: &[&str], src: &str, dst: &str) {
+    run(cmd("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+        .args(extra)
+        .args([src, dst]));
+}
+
+/// `skopeo inspect --raw`: the manifest bytes exactly as served.
+#[track_caller]
+pub fn skopeo_raw(image: &str) -> Vec<u8> {
+    run(cmd("skopeo").args(["inspect", "--raw", "--tls-verify=false", image])).stdout
+}
+
+/// `skopeo inspect` as JSON.
+#[track_caller]
+pub fn skopeo_inspect(image: &str) -> Value {
+    let out = run(cmd("skopeo").args(["inspect", "--tls-verify=false", image]));
+    parse_json(&out.stdout, "skopeo inspect output")
+}
+
+// ---- HTTP ----
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A header's value (names compare case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        parse_json(&self.body, "response body")
+    }
+}
+
+impl std::fmt::Debug for HttpResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "HTTP {}", self.status)?;
+        for (n, v) in &self.headers {
+            writeln!(f, "{n}: {v}")?;
+        }
+        write!(f, "\n{}", String::from_utf8_lossy(&self.body))
+    }
+}
+
+/// One HTTP/1.1 request without a body, on its own connection.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        let _ = write!(req, "{n}: {v}\r\n");
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw, method == "HEAD")
+}
+
+fn bad(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
+}
+
+fn parse_response(raw: &[u8], head: bool) -> std::io::Result<HttpResponse> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers".into()))?;
+    let head_text = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head_text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut resp = HttpResponse {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if head {
+        return Ok(resp);
+    }
+    let body = &raw[end + 4..];
+    resp.body = if resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
+    Ok(resp)
+}
+
+fn dechunk(mut body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| bad("truncated chunk size".into()))?;
+        let size_text = String::from_utf8_lossy(&body[..eol]);
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|e| bad(format!("bad chunk size {size_text:?}: {e}")))?;
+        body = &body[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = body
+            .get(..size)
+            .ok_or_else(|| bad("truncated chunk".into()))?;
+        out.extend_from_slice(chunk);
+        body = body.get(size + 2..).unwrap_or_default();
+    }
+}
+
+// ---- the server ----
+
+/// A `berth serve` process on a free loopback port with its own data directory. Killed on drop.
+pub struct Berth {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Berth {
+    pub fn start() -> Berth {
+        let dir = tempdir();
+        let log = dir.path().join("berth.log");
+        let mut last_log = String::new();
+        // A port found free can be taken before the server binds it: try a few.
+        for _ in 0..3 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let log_file = std::fs::File::create(&log).expect("creating the server log");
+            let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+                .args(["serve", "--listen", &addr, "--data-dir"])
+                .arg(dir.path().join("data"))
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file)
+                .spawn()
+                .expect("starting the berth binary");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if child.try_wait().expect("polling berth").is_some() {
+                    last_log = std::fs::read_to_string(&log).unwrap_or_default();
+                    break;
+                }
+                if http(&addr, "GET", "/v2/", &[]).is_ok_and(|r| r.status == 200) {
+                    return Berth {
+                        child,
+                        addr,
+                        log,
+                        _dir: dir,
+                    };
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "berth did not answer GET /v2/ with 200 within 20s on {addr}; log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+        panic!("berth exited before serving (3 attempts); last log:\n{last_log}");
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `127.0.0.1:PORT/<name_and_tag>`
+    pub fn image(&self, name_and_tag: &str) -> String {
+        format!("{}/{name_and_tag}", self.addr)
+    }
+
+    /// `docker://127.0.0.1:PORT/<name_and_tag>`, a skopeo reference.
+    pub fn docker(&self, name_and_tag: &str) -> String {
+        format!("docker://{}/{name_and_tag}", self.addr)
+    }
+
+    #[track_caller]
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        http(&self.addr, method, path, headers)
+            .unwrap_or_else(|e| panic!("{method} {path} against berth failed: {e}"))
+    }
+
+    #[track_caller]
+    pub fn get(&self, path: &str) -> HttpResponse {
+        self.request("GET", path, &[])
+    }
+
+    /// `GET /v2/<name>/manifests/<reference>` accepting `accept`.
+    #[track_caller]
+    pub fn manifest(&self, name: &str, reference: &str, accept: &str) -> HttpResponse {
+        self.request(
+            "GET",
+            &format!("/v2/{name}/manifests/{reference}"),
+            &[("Accept", accept)],
+        )
+    }
+
+    /// The tags of a repository, in the order the registry lists them.
+    #[track_caller]
+    pub fn tags(&self, name: &str) -> Vec<String> {
+        let resp = self.get(&format!("/v2/{name}/tags/list"));
+        assert_eq!(resp.status, 200, "tags/list of {name}: {resp:?}");
+        strings(&resp.json()["tags"], "tags")
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- berth log ({}), last lines ---", self.addr);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+// ---- OCI image layouts ----
+
+/// An OCI image layout on disk, built with umoci or written by skopeo.
+pub struct Layout {
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    /// A new, empty layout (`umoci init`).
+    #[track_caller]
+    pub fn init(dir: PathBuf) -> Layout {
+        run(cmd("umoci").arg("init").arg("--layout").arg(&dir));
+        Layout { dir }
+    }
+
+    /// A layout some tool wrote (or will write) at `dir`.
+    pub fn at(dir: PathBuf) -> Layout {
+        Layout { dir }
+    }
+
+    /// The skopeo reference `oci:<dir>:<tag>`.
+    pub fn oci(&self, tag: &str) -> String {
+        format!("oci:{}:{tag}", self.dir.display())
+    }
+
+    /// Builds image `tag` for `arch`: one layer per file (path in the image, content), and
+    /// returns its manifest digest.
+    #[track_caller]
+    pub fn build(&self, tag: &str, arch: &str, files: &[(&str, &str)]) -> String {
+        let image = format!("{}:{tag}", self.dir.display());
+        let staging = self.dir.with_extension(format!("files-{tag}"));
+        run(cmd("umoci").args(["new", "--image", &image]));
+        for (i, (path, content)) in files.iter().enumerate() {
+            let src = staging.join(i.to_string());
+            std::fs::create_dir_all(&src).expect("creating a staging directory");
+            let file = src.join("f");
+            std::fs::write(&file, content).expect("writing a staging file");
+            run(cmd("umoci")
+                .args(["insert", "--image", &image])
+                .arg(&file)
+                .arg(format!("/{path}")));
+        }
+        run(cmd("umoci").args([
+            "config",
+            "--image",
+            &image,
+            "--os",
+            "linux",
+            "--architecture",
+            arch,
+            "--config.cmd",
+            &format!("/{}", files.first().map_or("true", |f| f.0)),
+            "--config.label",
+            &format!("org.example.berth.e2e={tag}"),
+        ]));
+        let _ = std::fs::remove_dir_all(&staging);
+        self.digest(tag)
+    }
+
+    #[track_caller]
+    pub fn index(&self) -> Value {
+        let path = self.dir.join("index.json");
+        let bytes =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        parse_json(&bytes, "index.json")
+    }
+
+    /// The descriptor `index.json` has for `tag`.
+    #[track_caller]
+    pub fn descriptor(&self, tag: &str) -> Value {
+        let index = self.index();
+        index["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .cloned()
+            .unwrap_or_else(|| panic!("no tag {tag:?} in {}: {index}", self.dir.display()))
+    }
+
+    /// The digest `index.json` has for `tag`.
+    #[track_caller]
+    pub fn digest(&self, tag: &str) -> String {
+        let d = self.descriptor(tag);
+        d["digest"]
+            .as_str()
+            .unwrap_or_else(|| panic!("descriptor without a digest: {d}"))
+            .to_owned()
+    }
+
+    /// The bytes of a blob; checks they hash to `digest`.
+    #[track_caller]
+    pub fn blob(&self, digest: &str) -> Vec<u8> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .unwrap_or_else(|| panic!("not a sha256 digest: {digest}"));
+        let path = self.dir.join("blobs/sha256").join(hex);
+        let bytes =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        assert_eq!(
+            sha256_digest(&bytes),
+            digest,
+            "{} does not hash to its name",
+            path.display()
+        );
+        bytes
+    }
+
+    #[track_caller]
+    pub fn json_blob(&self, digest: &str) -> Value {
+        parse_json(&self.blob(digest), digest)
+    }
+
+    /// Config and layer digests of an image manifest, config first.
+    #[track_caller]
+    pub fn image_blobs(&self, manifest_digest: &str) -> Vec<String> {
+        image_blobs(&self.json_blob(manifest_digest))
+    }
+
+    /// Writes an image index over `children` (manifest digest, architecture), tags it `tag`
+    /// in `index.json`, and returns its digest.
+    #[track_caller]
+    pub fn add_index(&self, tag: &str, children: &[(&str, &str)]) -> String {
+        let manifests: Vec<Value> = children
+            .iter()
+            .map(|(digest, arch)| {
+                serde_json::json!({
+                    "mediaType": OCI_MANIFEST,
+                    "digest": digest,
+                    "size": self.blob(digest).len(),
+                    "platform": {"architecture": arch, "os": "linux"},
+                })
+            })
+            .collect();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": manifests,
+        });
+        let bytes = serde_json::to_vec(&index).expect("serializing an index");
+        let digest = sha256_digest(&bytes);
+        let hex = digest.trim_start_matches("sha256:");
+        std::fs::write(self.dir.join("blobs/sha256").join(hex), &bytes)
+            .expect("writing the index blob");
+        let mut top = self.index();
+        top["manifests"]
+            .as_array_mut()
+            .expect("index.json has manifests")
+            .push(serde_json::json!({
+                "mediaType": OCI_INDEX,
+                "digest": digest,
+                "size": bytes.len(),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }));
+        std::fs::write(
+            self.dir.join("index.json"),
+            serde_json::to_vec(&top).expect("serializing index.json"),
+        )
+        .expect("writing index.json");
+        digest
+    }
+}
+
+/// Config and layer digests of an image manifest, config first.
+#[track_caller]
+pub fn image_blobs(manifest: &Value) -> Vec<String> {
+    let mut out = vec![
+        manifest["config"]["digest"]
+            .as_str()
+            .unwrap_or_else(|| panic!("manifest without a config: {manifest}"))
+            .to_owned(),
+    ];
+    for layer in manifest["layers"].as_array().into_iter().flatten() {
+        out.push(
+            layer["digest"]
+                .as_str()
+                .unwrap_or_else(|| panic!("layer without a digest: {manifest}"))
+                .to_owned(),
+        );
+    }
+    out
+}
+
+/// Asserts that every blob of image `digest` is byte for byte the same in both layouts.
+#[track_caller]
+pub fn assert_same_image_blobs(src: &Layout, back: &Layout, digest: &str) {
+    assert_eq!(
+        back.blob(digest),
+        src.blob(digest),
+        "manifest {digest} differs after the round trip"
+    );
+    let blobs = src.image_blobs(digest);
+    assert!(blobs.len() >= 2, "image {digest} has no layers");
+    for blob in blobs {
+        assert_eq!(
+            back.blob(&blob),
+            src.blob(&blob),
+            "blob {blob} differs after the round trip"
+        );
+    }
+}
+
+/// Keeps `_dir` alive as long as the value lives; for tests that need a path in `/tmp`
+/// short enough for a unix socket.
+pub fn short_tempdir(prefix: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("creating a temporary directory in /tmp")
+}
+
+/// Waits until `ready` holds, or panics after `timeout` with `what`.
+#[track_caller]
+pub fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

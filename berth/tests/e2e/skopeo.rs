@@ -1,0 +1,169 @@
+//! skopeo against Berth: push from an OCI layout, inspect, pull back, tags, delete, and
+//! copies between repositories.
+
+use crate::harness::{
+    Berth, Layout, OCI_MANIFEST, assert_same_image_blobs, cmd, parse_json, run, run_fails,
+    run_stdout, sha256_digest, skopeo_copy, skopeo_inspect, skopeo_raw, strings, tempdir, unique,
+};
+
+#[test]
+fn skopeo_push_inspect_and_pull_back_are_byte_identical() {
+    let berth = Berth::start();
+    let work = tempdir();
+    let src = Layout::init(work.path().join("src"));
+    let digest = src.build(
+        "v1",
+        "amd64",
+        &[
+            ("hello.txt", &unique("hello from skopeo")),
+            ("motd", &unique("second layer")),
+        ],
+    );
+
+    skopeo_copy(&[], &src.oci("v1"), &berth.docker("e2e/skopeo:v1"));
+
+    let info = skopeo_inspect(&berth.docker("e2e/skopeo:v1"));
+    assert_eq!(info["Digest"], digest.as_str(), "skopeo inspect: {info:#}");
+    assert_eq!(info["Architecture"], "amd64", "skopeo inspect: {info:#}");
+    assert_eq!(info["RepoTags"], serde_json::json!(["v1"]), "{info:#}");
+    let blobs = src.image_blobs(&digest);
+    assert_eq!(
+        strings(&info["Layers"], "Layers"),
+        blobs[1..].to_vec(),
+        "skopeo inspect layers"
+    );
+
+    let raw = skopeo_raw(&berth.docker("e2e/skopeo:v1"));
+    assert_eq!(
+        raw,
+        src.blob(&digest),
+        "inspect --raw differs from the pushed manifest"
+    );
+
+    // What skopeo saw is what the API serves, by tag and by digest.
+    for reference in ["v1", digest.as_str()] {
+        let resp = berth.manifest("e2e/skopeo", reference, OCI_MANIFEST);
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.header("content-type"), Some(OCI_MANIFEST));
+        assert_eq!(resp.header("docker-content-digest"), Some(digest.as_str()));
+        assert_eq!(resp.body, raw);
+    }
+    for blob in &blobs {
+        let resp = berth.get(&format!("/v2/e2e/skopeo/blobs/{blob}"));
+        assert_eq!(resp.status, 200, "blob {blob}: {resp:?}");
+        assert_eq!(&sha256_digest(&resp.body), blob);
+    }
+
+    let back = Layout::at(work.path().join("back"));
+    skopeo_copy(&[], &berth.docker("e2e/skopeo:v1"), &back.oci("v1"));
+    assert_eq!(back.digest("v1"), digest, "digest after the round trip");
+    assert_same_image_blobs(&src, &back, &digest);
+}
+
+#[test]
+fn skopeo_list_tags_is_sorted_and_delete_removes_the_manifest() {
+    let berth = Berth::start();
+    let work = tempdir();
+    let src = Layout::init(work.path().join("src"));
+    let digest = src.build("v1", "amd64", &[("a.txt", &unique("tags"))]);
+    let other = src.build("other", "amd64", &[("b.txt", &unique("to delete"))]);
+    assert_ne!(digest, other);
+
+    // Pushed in an order unlike the listing order (case-insensitive, then bytewise).
+    for tag in ["v1", "latest", "V2", "alpha", "Beta", "b10", "b9"] {
+        skopeo_copy(
+            &[],
+            &src.oci("v1"),
+            &berth.docker(&format!("e2e/tags:{tag}")),
+        );
+    }
+    skopeo_copy(&[], &src.oci("other"), &berth.docker("e2e/tags:other"));
+
+    let expected = ["alpha", "b10", "b9", "Beta", "latest", "other", "v1", "V2"];
+    let listed = run_stdout(cmd("skopeo").args([
+        "list-tags",
+        "--tls-verify=false",
+        &berth.docker("e2e/tags"),
+    ]));
+    let listed = parse_json(listed.as_bytes(), "skopeo list-tags output");
+    assert_eq!(strings(&listed["Tags"], "Tags"), expected, "{listed:#}");
+    assert_eq!(berth.tags("e2e/tags"), expected);
+    for tag in ["V2", "b9", "alpha"] {
+        let info = skopeo_inspect(&berth.docker(&format!("e2e/tags:{tag}")));
+        assert_eq!(info["Digest"], digest.as_str(), "tag {tag}");
+    }
+
+    // A paged listing gives the same order.
+    let page = berth.get("/v2/e2e/tags/tags/list?n=3");
+    assert_eq!(page.status, 200, "{page:?}");
+    assert_eq!(strings(&page.json()["tags"], "tags"), expected[..3]);
+    let link = page.header("link").unwrap_or_default();
+    assert!(
+        link.contains("last=b9") && link.contains("rel=\"next\""),
+        "Link header of the first page: {link:?}"
+    );
+
+    run(cmd("skopeo").args([
+        "delete",
+        "--tls-verify=false",
+        &berth.docker("e2e/tags:other"),
+    ]));
+    let err = run_fails(cmd("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        &berth.docker("e2e/tags:other"),
+    ]));
+    assert!(
+        err.to_ascii_lowercase().contains("manifest unknown"),
+        "inspect after delete should fail with manifest unknown: {err}"
+    );
+    let gone = berth.manifest("e2e/tags", &other, OCI_MANIFEST);
+    assert_eq!(gone.status, 404, "deleted manifest by digest: {gone:?}");
+    let remaining: Vec<&str> = expected.iter().copied().filter(|t| *t != "other").collect();
+    assert_eq!(berth.tags("e2e/tags"), remaining);
+
+    // The other manifest and its tags are untouched.
+    let info = skopeo_inspect(&berth.docker("e2e/tags:latest"));
+    assert_eq!(info["Digest"], digest.as_str());
+}
+
+#[test]
+fn skopeo_copies_between_repositories() {
+    let berth = Berth::start();
+    let work = tempdir();
+    let src = Layout::init(work.path().join("src"));
+    let digest = src.build(
+        "v1",
+        "amd64",
+        &[("x.txt", &unique("cross repo")), ("y.txt", &unique("2"))],
+    );
+    skopeo_copy(&[], &src.oci("v1"), &berth.docker("e2e/cross-a:v1"));
+
+    skopeo_copy(
+        &[],
+        &berth.docker("e2e/cross-a:v1"),
+        &berth.docker("e2e/cross-b:copied"),
+    );
+
+    let info = skopeo_inspect(&berth.docker("e2e/cross-b:copied"));
+    assert_eq!(info["Digest"], digest.as_str(), "{info:#}");
+    assert_eq!(berth.tags("e2e/cross-b"), ["copied"]);
+    assert_eq!(berth.tags("e2e/cross-a"), ["v1"]);
+    let resp = berth.manifest("e2e/cross-b", "copied", OCI_MANIFEST);
+    assert_eq!(resp.body, src.blob(&digest));
+    for blob in src.image_blobs(&digest) {
+        let resp = berth.get(&format!("/v2/e2e/cross-b/blobs/{blob}"));
+        assert_eq!(resp.status, 200, "blob {blob} in the target repository");
+        assert_eq!(resp.body, src.blob(&blob), "blob {blob}");
+    }
+
+    let catalog = berth.get("/v2/_catalog");
+    assert_eq!(
+        strings(&catalog.json()["repositories"], "repositories"),
+        ["e2e/cross-a", "e2e/cross-b"]
+    );
+
+    let back = Layout::at(work.path().join("back"));
+    skopeo_copy(&[], &berth.docker("e2e/cross-b:copied"), &back.oci("v1"));
+    assert_same_image_blobs(&src, &back, &digest);
+}

@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# Install and verify the external tools Berth's end-to-end tests need.
+#
+# Idempotent, non-interactive; meant for a fresh Debian 12 (bookworm) machine,
+# run as root (CI=true), with network access only to the Debian archive.
+#
+# Installs (bookworm apt): skopeo umoci jq curl containerd(+ctr, runc) podman
+#                          docker-registry (CNCF Distribution 2.8) postgresql
+# Installs (trixie/sid .deb, extracted only): oras -> $BERTH_TOOLS_PREFIX/bin/oras,
+#                          symlinked as /usr/local/bin/oras
+#
+# No service is left running: package service start-up is suppressed with
+# policy-rc.d during the install, and on a systemd host the containerd and
+# docker-registry units are stopped and disabled afterwards.
+#
+# Env knobs:
+#   BERTH_TOOLS_PREFIX   where oras is extracted   (default /opt/berth-tools)
+#   BERTH_DEBIAN_MIRROR  Debian mirror URI for the trixie/sid download
+#                        (default: taken from the system's apt sources)
+#   BERTH_SKIP_POSTGRES=1  do not install postgresql
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+export LC_ALL=C.UTF-8
+
+START_TS=$(date +%s)
+PREFIX=${BERTH_TOOLS_PREFIX:-/opt/berth-tools}
+ORAS_SUITES=(trixie sid)
+
+log() { printf '[install-test-tools] %s\n' "$*" >&2; }
+die() { printf '[install-test-tools] ERROR: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root"
+[ -r /etc/os-release ] && . /etc/os-release
+[ "${VERSION_CODENAME:-}" = bookworm ] || log "warning: expected Debian bookworm, found '${VERSION_CODENAME:-unknown}'"
+
+ARCH=$(dpkg --print-architecture)
+
+# apt/dpkg options: wait up to 15 min for the dpkg lock (another apt may run),
+# keep existing config files, never prompt.
+APT_GET=(apt-get -y -q
+  -o DPkg::Lock::Timeout=900
+  -o Dpkg::Options::=--force-confdef
+  -o Dpkg::Options::=--force-confold)
+
+# `apt-get update` honours DPkg::Lock::Timeout only for the dpkg lock in some
+# apt versions; also wait explicitly for the lists lock.
+wait_apt_locks() {
+  local i
+  for i in $(seq 1 900); do
+    if ! fuser /var/lib/apt/lists/lock /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock >/dev/null 2>&1; then
+      return 0
+    fi
+    [ $((i % 30)) = 1 ] && log "waiting for apt/dpkg lock held by another process..."
+    sleep 1
+  done
+  die "apt/dpkg lock still held after 15 minutes"
+}
+
+apt_update_retry() {
+  local n
+  for n in 1 2 3; do
+    wait_apt_locks
+    if "${APT_GET[@]}" "$@" update; then return 0; fi
+    log "apt-get update failed (attempt $n), retrying"
+    sleep 5
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------------------
+# 1. Keep package maintainer scripts from starting services.
+# ---------------------------------------------------------------------------
+POLICY_RC=/usr/sbin/policy-rc.d
+CREATED_POLICY_RC=0
+cleanup() {
+  if [ "$CREATED_POLICY_RC" = 1 ]; then rm -f "$POLICY_RC"; fi
+  if [ -n "${ORAS_TMP:-}" ]; then rm -rf "$ORAS_TMP"; fi
+}
+trap cleanup EXIT
+if [ ! -e "$POLICY_RC" ]; then
+  printf '#!/bin/sh\n# temporary, from berth scripts/install-test-tools.sh\nexit 101\n' >"$POLICY_RC"
+  chmod 755 "$POLICY_RC"
+  CREATED_POLICY_RC=1
+fi
+
+# ---------------------------------------------------------------------------
+# 2. bookworm packages
+# ---------------------------------------------------------------------------
+PKGS=(ca-certificates curl jq psmisc skopeo umoci containerd runc podman
+      golang-github-containers-common conmon crun docker-registry)
+[ "${BERTH_SKIP_POSTGRES:-0}" = 1 ] || PKGS+=(postgresql postgresql-client)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" != installed ]; then
+    missing+=("$p")
+  fi
+done
+# fuser (psmisc) is used by wait_apt_locks; without it that wait is a no-op
+# until psmisc is installed, and DPkg::Lock::Timeout covers installs anyway.
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing: ${missing[*]}"
+  apt_update_retry
+  wait_apt_locks
+  "${APT_GET[@]}" install --no-install-recommends "${missing[@]}"
+else
+  log "all apt packages already installed"
+fi
+
+# ---------------------------------------------------------------------------
+# 3. make sure no packaged service is left running (port 5000, containerd.sock)
+# ---------------------------------------------------------------------------
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+  for unit in docker-registry.service containerd.service; do
+    systemctl disable --now "$unit" >/dev/null 2>&1 || true
+  done
+else
+  # sysvinit / no init: policy-rc.d prevented start-up; stop anything that a
+  # previous, policy-less install may have started.
+  [ -x /etc/init.d/docker-registry ] && /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
+fi
+# update-rc.d links would start docker-registry at boot on sysvinit hosts.
+if command -v update-rc.d >/dev/null && [ -e /etc/init.d/docker-registry ]; then
+  update-rc.d docker-registry disable >/dev/null 2>&1 || true
+fi
+# (only the packaged instance, i.e. the one using the packaged config file)
+if pgrep -f '^/usr/bin/docker-registry serve /etc/docker/registry/config.yml' >/dev/null 2>&1; then
+  log "stopping packaged docker-registry daemon"
+  pkill -f '^/usr/bin/docker-registry serve /etc/docker/registry/config.yml' 2>/dev/null || true
+fi
+
+# ---------------------------------------------------------------------------
+# 4. oras from trixie (or sid): download-only apt setup, dpkg -x into $PREFIX
+# ---------------------------------------------------------------------------
+debian_mirror() {
+  if [ -n "${BERTH_DEBIAN_MIRROR:-}" ]; then echo "$BERTH_DEBIAN_MIRROR"; return; fi
+  local f uri
+  # deb822 .sources: first URIs line of a stanza whose Suites contain bookworm
+  # (not bookworm-security)
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -e "$f" ] || continue
+    uri=$(awk '
+      BEGIN{RS=""; FS="\n"}
+      {
+        u=""; s=""; t=""
+        for (i=1;i<=NF;i++) {
+          if ($i ~ /^URIs:/)   { sub(/^URIs:[ \t]*/,"",$i); split($i,a,/[ \t]+/); u=a[1] }
+          if ($i ~ /^Suites:/) { s=" " $i " " }
+          if ($i ~ /^Types:/)  { t=$i }
+        }
+        if (t ~ /deb([ \t]|$)/ && s ~ /[ \t]bookworm[ \t]/ && u != "") { print u; exit }
+      }' "$f")
+    if [ -n "$uri" ]; then echo "${uri%/}"; return; fi
+  done
+  # one-line format
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -e "$f" ] || continue
+    uri=$(awk '$1=="deb" { o=2; if ($2 ~ /^\[/) { while ($o !~ /\]$/) o++; o++ } ; if ($(o+1)=="bookworm") { print $o; exit } }' "$f")
+    if [ -n "$uri" ]; then echo "${uri%/}"; return; fi
+  done
+  return 1
+}
+
+install_oras() {
+  local bin="$PREFIX/bin/oras"
+  if [ -x "$bin" ] && "$bin" version >/dev/null 2>&1; then
+    log "oras already installed at $bin"
+  else
+    local mirror suite deb
+    mirror=$(debian_mirror) || die "cannot determine the Debian mirror from /etc/apt/sources.list*; set BERTH_DEBIAN_MIRROR"
+    ORAS_TMP=$(mktemp -d /tmp/berth-oras-apt.XXXXXX)
+    mkdir -p "$ORAS_TMP"/{lists/partial,archives/partial,cache,etc/sources.list.d,etc/preferences.d,etc/apt.conf.d,dl}
+    local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    [ -r "$keyring" ] || die "missing $keyring (package debian-archive-keyring)"
+    # A private apt "root": own sources, lists, caches; system sources and
+    # pinning are not read, nothing under /etc/apt or /var/lib/apt changes.
+    local APT_DL=(-q
+      -o Dir::Etc::SourceList="$ORAS_TMP/etc/sources.list"
+      -o Dir::Etc::SourceParts="$ORAS_TMP/etc/sources.list.d"
+      -o Dir::Etc::Preferences="$ORAS_TMP/etc/preferences"
+      -o Dir::Etc::PreferencesParts="$ORAS_TMP/etc/preferences.d"
+      -o Dir::State::Lists="$ORAS_TMP/lists"
+      -o Dir::Cache="$ORAS_TMP/cache"
+      -o Dir::Cache::Archives="$ORAS_TMP/archives"
+      -o Dir::Cache::pkgcache=""
+      -o Dir::Cache::srcpkgcache=""
+      -o APT::Architecture="$ARCH"
+      -o APT::Architectures::="$ARCH"
+      -o APT::Sandbox::User=root
+      -o Acquire::Languages=none
+      -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
+      -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
+      -o Acquire::IndexTargets::deb::DEP-11-icons-hidpi::DefaultEnabled=false
+      -o Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false
+      -o Acquire::IndexTargets::deb::Contents-udeb::DefaultEnabled=false)
+    for suite in "${ORAS_SUITES[@]}"; do
+      printf 'deb [signed-by=%s] %s %s main\n' "$keyring" "$mirror" "$suite" >"$ORAS_TMP/etc/sources.list"
+      log "fetching $suite package index from $mirror (private apt dir)"
+      rm -rf "$ORAS_TMP/lists"/*_Packages* "$ORAS_TMP/lists"/*Release* 2>/dev/null || true
+      if ! apt-get "${APT_DL[@]}" update; then
+        log "apt-get update for $suite failed"; continue
+      fi
+      if ! apt-cache "${APT_DL[@]}" show oras >/dev/null 2>&1; then
+        log "no oras package in $suite"; continue
+      fi
+      rm -f "$ORAS_TMP"/dl/*.deb
+      if (cd "$ORAS_TMP/dl" && apt-get "${APT_DL[@]}" download oras); then
+        deb=$(ls "$ORAS_TMP"/dl/oras_*.deb 2>/dev/null | head -n1)
+        [ -n "$deb" ] && break
+      fi
+      log "download of oras from $suite failed"
+    done
+    [ -n "${deb:-}" ] || die "could not obtain an oras .deb from ${ORAS_SUITES[*]}"
+    log "extracting $(basename "$deb") into $PREFIX/oras"
+    rm -rf "$PREFIX/oras.new"
+    mkdir -p "$PREFIX/oras.new" "$PREFIX/bin"
+    dpkg -x "$deb" "$PREFIX/oras.new"
+    [ -x "$PREFIX/oras.new/usr/bin/oras" ] || die "oras .deb has no usr/bin/oras"
+    dpkg-deb -f "$deb" Version >"$PREFIX/oras.new/DEB_VERSION"
+    rm -rf "$PREFIX/oras"
+    mv "$PREFIX/oras.new" "$PREFIX/oras"
+    ln -sfn "$PREFIX/oras/usr/bin/oras" "$bin"
+  fi
+  ln -sfn "$bin" /usr/local/bin/oras
+}
+install_oras
+
+# ---------------------------------------------------------------------------
+# 5. verify
+# ---------------------------------------------------------------------------
+verify() {
+  local name=$1; shift
+  local out
+  if ! out=$("$@" 2>&1); then
+    printf '%s\n' "$out" >&2
+    die "verification failed: $name ($*)"
+  fi
+  printf '  %-16s %s\n' "$name" "$(printf '%s\n' "$out" | grep -v '^\s*$' | head -n1)"
+}
+log "installed tool versions:"
+verify skopeo          skopeo --version
+verify umoci           umoci --version
+verify jq              jq --version
+verify curl            curl --version
+verify containerd      containerd --version
+verify ctr             ctr --version
+verify runc            runc --version
+verify podman          podman --version
+verify oras            oras version
+verify docker-registry /usr/bin/docker-registry --version
+if [ "${BERTH_SKIP_POSTGRES:-0}" != 1 ]; then
+  verify postgres      /usr/lib/postgresql/15/bin/postgres --version
+  verify pg_ctlcluster sh -c 'command -v pg_ctlcluster'
+fi
+[ -r /etc/containers/policy.json ] || die "/etc/containers/policy.json missing (skopeo/podman need it)"
+if command -v ss >/dev/null && ss -ltn 2>/dev/null | grep -q ':5000 '; then
+  log "warning: something is listening on port 5000"
+fi
+
+log "done in $(( $(date +%s) - START_TS ))s"

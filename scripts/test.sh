@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs the real clients and servers the tests
+# drive (skopeo, umoci, containerd, podman, oras, PostgreSQL), starts PostgreSQL, then
+# checks formatting and lints and runs every test. Run as root on Debian 12.
+#
+#   bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "installing test tools"
+bash scripts/install-test-tools.sh
+
+step "starting PostgreSQL"
+BERTH_TEST_POSTGRES_URL=$(bash scripts/start-postgres.sh)
+export BERTH_TEST_POSTGRES_URL
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (unit, integration, metadata suite on SQLite and PostgreSQL, end to end)"
+cargo test --workspace --locked
