@@ -6,10 +6,14 @@
 //! * [`range`]: `Content-Range` (uploads) and `Range` (downloads) header parsing.
 //! * [`error`]: the fourteen error codes of the distribution spec.
 //!
-//! Everything here is deterministic and panic-free on any input, so it can be fuzzed.
+//! Everything here is deterministic and panic-free on any input, so it can be fuzzed: the
+//! property checks the fuzz targets (`fuzz/`) and the corpus replay test run are in the hidden
+//! `fuzzing` module, whose functions panic when a property fails.
 
 pub mod digest;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod manifest;
 pub mod media;
 pub mod name;

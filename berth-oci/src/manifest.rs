@@ -156,9 +156,14 @@ pub fn parse_manifest(
     bytes: &[u8],
     content_type: Option<&str>,
 ) -> Result<ParsedManifest, ManifestError> {
+    // JSON text is UTF-8 (RFC 8259 section 8.1). serde_json checks that only in the strings
+    // it keeps, so without this a body with invalid bytes inside an ignored field (found by
+    // fuzzing) would be stored and served though strict parsers refuse it.
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| ManifestError::Json(format!("manifest is not UTF-8: {e}")))?;
     // serde_json bounds nesting depth (128), so deep input fails instead of overflowing.
     let raw: RawManifest =
-        serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| ManifestError::Json(e.to_string()))?;
     let header = content_type.map(essence).unwrap_or("");
 
     let media_type = match (&raw.media_type, is_generic(header)) {
@@ -326,6 +331,24 @@ mod tests {
                 "{body:.80} accepted"
             );
         }
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_even_in_ignored_fields() {
+        let valid = image("\"x-ignored\":\"caf\u{e9}\",");
+        assert!(parse_manifest(valid.as_bytes(), None).is_ok());
+        // The same manifest with the field's last character replaced by a byte that is not
+        // UTF-8: serde_json alone accepts it, since it never decodes the ignored string.
+        let mut bytes = valid.into_bytes();
+        let at = bytes
+            .windows(2)
+            .position(|w| w == "\u{e9}".as_bytes())
+            .expect("the accented character");
+        bytes.splice(at..at + 2, [0xff]);
+        assert!(matches!(
+            parse_manifest(&bytes, None),
+            Err(ManifestError::Json(_))
+        ));
     }
 
     #[test]
