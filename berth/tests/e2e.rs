@@ -3,7 +3,7 @@
 //! downloaded and nothing but 127.0.0.1 is contacted.
 //!
 //! Every tool is required: a missing one fails its tests with a message naming it
-//! (install them with `.ci/install-tools.sh`). containerd and podman need root.
+//! (install them with `scripts/install-test-tools.sh`). containerd and podman need root.
 //!
 //! Each test starts its own server on a free loopback port with its own data directory.
 
@@ -16,11 +16,17 @@ mod harness;
 mod ctr;
 #[path = "e2e/docker.rs"]
 mod docker;
+#[path = "e2e/hostile.rs"]
+mod hostile;
+#[path = "e2e/large.rs"]
+mod large;
 #[path = "e2e/multiarch.rs"]
 mod multiarch;
 #[path = "e2e/oras.rs"]
 mod oras;
 #[path = "e2e/podman.rs"]
 mod podman;
+#[path = "e2e/restart.rs"]
+mod restart;
 #[path = "e2e/skopeo.rs"]
 mod skopeo;

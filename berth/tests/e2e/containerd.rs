@@ -1,7 +1,7 @@
 //! A private containerd daemon (CRI disabled, native snapshotter) in a short `/tmp`
 //! directory, and `ctr` commands against it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -88,7 +88,7 @@ disabled_plugins = [
     }
 
     /// A directory for `--hosts-dir` (`certs.d`).
-    pub fn hosts_dir(&self) -> PathBuf {
+    fn hosts_dir(&self) -> PathBuf {
         self.dir.path().join("certs.d")
     }
 
@@ -105,12 +105,8 @@ disabled_plugins = [
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(log_path(self.dir.path())).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
-}
-
-fn log_path(dir: &Path) -> PathBuf {
-    dir.join("containerd.log")
 }
 
 impl Drop for Containerd {

@@ -125,3 +125,55 @@ fn containerd_pushes_to_berth() {
         assert_eq!(resp.body, src.blob(&blob), "blob {blob}");
     }
 }
+
+#[test]
+fn containerd_pulls_a_multi_arch_index() {
+    let berth = Berth::start();
+    let work = tempdir();
+    let (src, index, children) = crate::multiarch::two_arch_layout(work.path().join("src"));
+    skopeo_copy(
+        &["--all"],
+        &src.oci("multi"),
+        &berth.docker("e2e/ctr-multi:v1"),
+    );
+
+    let daemon = Containerd::start();
+    let reference = berth.image("e2e/ctr-multi:v1");
+    run(daemon.ctr("multi").args([
+        "image",
+        "pull",
+        "--plain-http",
+        "--all-platforms",
+        &reference,
+    ]));
+    assert_eq!(listed_digest(&daemon, "multi", &reference), index);
+    let ls = run_stdout(daemon.ctr("multi").args(["image", "ls"]));
+    assert!(
+        ls.contains("linux/amd64,linux/arm64"),
+        "both platforms listed:\n{ls}"
+    );
+    let got = run(daemon.ctr("multi").args(["content", "get", &index])).stdout;
+    assert_eq!(got, src.blob(&index), "index bytes");
+    for (child, _) in &children {
+        assert_content_matches(&daemon, "multi", &src, child);
+    }
+
+    // A single-platform pull fetches only that platform's image.
+    run(daemon.ctr("arm").args([
+        "image",
+        "pull",
+        "--plain-http",
+        "--platform",
+        "linux/arm64",
+        &reference,
+    ]));
+    let (arm, _) = &children[1];
+    let (amd, _) = &children[0];
+    assert_content_matches(&daemon, "arm", &src, arm);
+    let ls = run_stdout(daemon.ctr("arm").args(["content", "ls", "-q"]));
+    let amd_layer = &src.image_blobs(amd)[1];
+    assert!(
+        !ls.lines().any(|l| l.trim() == amd_layer),
+        "the amd64 layer should not have been fetched:\n{ls}"
+    );
+}

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,7 +29,7 @@ pub const ACCEPT_ALL: &str = "application/vnd.oci.image.manifest.v1+json, \
 
 /// Longest any single external command may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
-/// Where `.ci/install-tools.sh` puts tools that are not Debian packages.
+/// Where `scripts/install-test-tools.sh` puts tools that are not Debian packages.
 const EXTRA_TOOL_DIR: &str = "/opt/berth-tools/bin";
 
 // ---- small helpers ----
@@ -48,6 +48,21 @@ pub fn unique(label: &str) -> String {
         .unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{label} pid={} t={nanos} n={n}\n", std::process::id())
+}
+
+/// `len` bytes that do not compress, different on every call (xorshift64*).
+pub fn noise(len: usize) -> Vec<u8> {
+    let seed = Sha256::digest(unique("noise").as_bytes());
+    let mut x = u64::from_le_bytes(seed[..8].try_into().expect("8 bytes of seed")) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 #[track_caller]
@@ -102,7 +117,7 @@ pub fn tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| {
             panic!(
                 "required tool `{name}` was not found on PATH or in {EXTRA_TOOL_DIR}; \
-                 install the e2e tools with `.ci/install-tools.sh` (the e2e tests never skip)"
+                 install the e2e tools with `scripts/install-test-tools.sh` (the e2e tests never skip)"
             )
         })
 }
@@ -370,53 +385,59 @@ pub struct Berth {
     child: Child,
     addr: String,
     log: PathBuf,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Berth {
     pub fn start() -> Berth {
         let dir = tempdir();
         let log = dir.path().join("berth.log");
-        let mut last_log = String::new();
+        let mut last_error = String::new();
         // A port found free can be taken before the server binds it: try a few.
         for _ in 0..3 {
             let addr = format!("127.0.0.1:{}", free_port());
-            let log_file = std::fs::File::create(&log).expect("creating the server log");
-            let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-                .args(["serve", "--listen", &addr, "--data-dir"])
-                .arg(dir.path().join("data"))
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log_file)
-                .spawn()
-                .expect("starting the berth binary");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if child.try_wait().expect("polling berth").is_some() {
-                    last_log = std::fs::read_to_string(&log).unwrap_or_default();
-                    break;
-                }
-                if http(&addr, "GET", "/v2/", &[]).is_ok_and(|r| r.status == 200) {
+            match spawn_berth(&addr, dir.path(), &log) {
+                Ok(child) => {
                     return Berth {
                         child,
                         addr,
                         log,
-                        _dir: dir,
+                        dir,
                     };
                 }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "berth did not answer GET /v2/ with 200 within 20s on {addr}; log:\n{}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(25));
+                Err(e) => last_error = e,
             }
         }
-        panic!("berth exited before serving (3 attempts); last log:\n{last_log}");
+        panic!("berth did not start (3 attempts); last: {last_error}");
+    }
+
+    /// Stops the server and starts it again on the same address and data directory.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match spawn_berth(&self.addr, self.dir.path(), &self.log) {
+                Ok(child) => {
+                    self.child = child;
+                    return;
+                }
+                // The port may linger for a moment after the old process died.
+                Err(e) if Instant::now() > deadline => panic!("berth did not restart: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Peak resident memory of the server process so far, in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("server process status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status")
     }
 
     /// `127.0.0.1:PORT`
@@ -464,6 +485,47 @@ impl Berth {
     }
 }
 
+/// Starts `berth serve` on `addr` with data in `dir/data`, appending its log to `log`,
+/// and waits until `GET /v2/` answers 200.
+fn spawn_berth(addr: &str, dir: &Path, log: &Path) -> Result<Child, String> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("opening {}: {e}", log.display()))?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--listen", addr, "--data-dir"])
+        .arg(dir.join("data"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| format!("starting the berth binary: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "berth exited ({status}) before serving on {addr}; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ));
+        }
+        if http(addr, "GET", "/v2/", &[]).is_ok_and(|r| r.status == 200) {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "berth did not answer GET /v2/ with 200 within 20s on {addr}; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 impl Drop for Berth {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -507,7 +569,7 @@ impl Layout {
     /// Builds image `tag` for `arch`: one layer per file (path in the image, content), and
     /// returns its manifest digest.
     #[track_caller]
-    pub fn build(&self, tag: &str, arch: &str, files: &[(&str, &str)]) -> String {
+    pub fn build<C: AsRef<[u8]>>(&self, tag: &str, arch: &str, files: &[(&str, C)]) -> String {
         let image = format!("{}:{tag}", self.dir.display());
         let staging = self.dir.with_extension(format!("files-{tag}"));
         run(cmd("umoci").args(["new", "--image", &image]));
@@ -515,7 +577,7 @@ impl Layout {
             let src = staging.join(i.to_string());
             std::fs::create_dir_all(&src).expect("creating a staging directory");
             let file = src.join("f");
-            std::fs::write(&file, content).expect("writing a staging file");
+            std::fs::write(&file, content.as_ref()).expect("writing a staging file");
             run(cmd("umoci")
                 .args(["insert", "--image", &image])
                 .arg(&file)

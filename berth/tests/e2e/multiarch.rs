@@ -7,7 +7,7 @@ use crate::harness::{
 
 /// A layout holding an amd64 image, an arm64 image and an index `multi` over both.
 /// Returns the layout, the index digest and the (digest, architecture) of the children.
-fn two_arch_layout(dir: std::path::PathBuf) -> (Layout, String, Vec<(String, &'static str)>) {
+pub fn two_arch_layout(dir: std::path::PathBuf) -> (Layout, String, Vec<(String, &'static str)>) {
     let src = Layout::init(dir);
     let amd = src.build("amd64", "amd64", &[("arch.txt", &unique("amd64 image"))]);
     let arm = src.build("arm64", "arm64", &[("arch.txt", &unique("arm64 image"))]);

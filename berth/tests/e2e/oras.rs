@@ -207,4 +207,56 @@ fn oras_attach_uses_the_referrers_api() {
     run(&mut oras(work.path(), &["pull", &signature, &output]));
     let pulled = std::fs::read(out.join("sig.json")).expect("oras pulled sig.json");
     assert_eq!(pulled, sig_body.as_bytes(), "pulled signature");
+
+    // `oras cp -r` takes the referrers along to another repository.
+    let copy = berth.image("e2e/signed-copy:v1");
+    run(cmd("oras").args([
+        "cp",
+        "-r",
+        "--from-plain-http",
+        "--to-plain-http",
+        &subject,
+        &copy,
+    ]));
+    assert_eq!(berth.tags("e2e/signed-copy"), ["v1"]);
+    assert_eq!(
+        referrer_set(&berth, "e2e/signed-copy", &digest),
+        expected,
+        "referrers copied with oras cp -r"
+    );
+
+    // Deleting a referrer takes it out of the list.
+    run(&mut oras(
+        work.path(),
+        &["manifest", "delete", "--force", &signature],
+    ));
+    let deleted = berth.manifest("e2e/signed", &sig_digest, OCI_MANIFEST);
+    assert_eq!(deleted.status, 404, "{deleted:?}");
+    assert_eq!(
+        referrer_set(&berth, "e2e/signed", &digest),
+        [(sbom_digest.clone(), SBOM.to_owned())]
+    );
+    let filtered = berth.get(&format!("{path}?artifactType={SIGNATURE}"));
+    assert_eq!(filtered.json()["manifests"], serde_json::json!([]));
+}
+
+/// (digest, artifactType) of every referrer of `digest` in `name`, sorted.
+#[track_caller]
+fn referrer_set(berth: &Berth, name: &str, digest: &str) -> Vec<(String, String)> {
+    let resp = berth.get(&format!("/v2/{name}/referrers/{digest}"));
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let index = resp.json();
+    let mut out: Vec<(String, String)> = index["manifests"]
+        .as_array()
+        .unwrap_or_else(|| panic!("referrers without manifests: {index}"))
+        .iter()
+        .map(|d| {
+            (
+                d["digest"].as_str().unwrap_or_default().to_owned(),
+                d["artifactType"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
 }

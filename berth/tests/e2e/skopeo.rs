@@ -167,3 +167,81 @@ fn skopeo_copies_between_repositories() {
     skopeo_copy(&[], &berth.docker("e2e/cross-b:copied"), &back.oci("v1"));
     assert_same_image_blobs(&src, &back, &digest);
 }
+
+#[test]
+fn skopeo_parallel_pushes_of_one_image() {
+    let berth = Berth::start();
+    let work = tempdir();
+    let src = Layout::init(work.path().join("src"));
+    let big = crate::harness::noise(2 << 20);
+    let digest = src.build(
+        "v1",
+        "amd64",
+        &[
+            ("big.bin", big.as_slice()),
+            ("a.txt", unique("parallel a").as_bytes()),
+            ("b.txt", unique("parallel b").as_bytes()),
+        ],
+    );
+
+    // Eight clients push the same blobs at once, into three repositories.
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let (src, berth) = (&src, &berth);
+            s.spawn(move || {
+                let dest = berth.docker(&format!("e2e/par-{}:t{i}", i % 3));
+                skopeo_copy(&[], &src.oci("v1"), &dest);
+            });
+        }
+    });
+
+    let expected = [
+        vec!["t0", "t3", "t6"],
+        vec!["t1", "t4", "t7"],
+        vec!["t2", "t5"],
+    ];
+    for (r, tags) in expected.iter().enumerate() {
+        let name = format!("e2e/par-{r}");
+        assert_eq!(&berth.tags(&name), tags, "{name}");
+        for tag in tags {
+            let resp = berth.manifest(&name, tag, OCI_MANIFEST);
+            assert_eq!(resp.header("docker-content-digest"), Some(digest.as_str()));
+        }
+        for blob in src.image_blobs(&digest) {
+            let resp = berth.get(&format!("/v2/{name}/blobs/{blob}"));
+            assert_eq!(resp.status, 200, "{name} blob {blob}");
+            assert_eq!(sha256_digest(&resp.body), blob, "{name} blob {blob}");
+        }
+    }
+}
+
+#[test]
+fn skopeo_repository_names_that_look_like_api_paths() {
+    let berth = Berth::start();
+    let work = tempdir();
+    let src = Layout::init(work.path().join("src"));
+    let digest = src.build("v1", "amd64", &[("n.txt", &unique("names"))]);
+    let names = [
+        "e2e/blobs/uploads",
+        "e2e/manifests/latest",
+        "e2e/referrers/x",
+        "e2e/tags/list",
+        "e2e/v2/a.b_c__d-e",
+    ];
+    for name in names {
+        skopeo_copy(&[], &src.oci("v1"), &berth.docker(&format!("{name}:v1")));
+    }
+    for name in names {
+        let info = skopeo_inspect(&berth.docker(&format!("{name}:v1")));
+        assert_eq!(info["Digest"], digest.as_str(), "{name}: {info:#}");
+        assert_eq!(berth.tags(name), ["v1"], "{name}");
+        let back = Layout::at(work.path().join(name.replace('/', "_")));
+        skopeo_copy(&[], &berth.docker(&format!("{name}:v1")), &back.oci("v1"));
+        assert_same_image_blobs(&src, &back, &digest);
+    }
+    let catalog = berth.get("/v2/_catalog");
+    assert_eq!(
+        strings(&catalog.json()["repositories"], "repositories"),
+        names
+    );
+}
