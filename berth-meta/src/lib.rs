@@ -9,10 +9,14 @@
 //!
 //! This crate is the only one that knows SQL; it knows nothing of paths or HTTP.
 
+mod fsck;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row, Transaction};
+
+pub use fsck::{BlobRow, DanglingRef, ManifestCursor, ManifestRow};
 
 /// Which engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +33,20 @@ pub enum MetaError {
     Db(#[from] sqlx::Error),
     #[error("metadata is inconsistent: {0}")]
     Corrupt(String),
+}
+
+impl MetaError {
+    /// The database could not write because its disk is full (SQLite's SQLITE_FULL,
+    /// PostgreSQL's `disk_full`): the server answers that as it answers a full blob disk.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            MetaError::Db(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("13" | "53100"))
+            }
+            MetaError::Db(sqlx::Error::Io(e)) => e.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;
@@ -171,6 +189,20 @@ impl MetaStore {
                         .execute(conn)
                         .await?;
                         Ok(())
+                    })
+                })
+                // SQLite ends a transaction by itself on some errors (SQLITE_FULL,
+                // SQLITE_IOERR); sqlx's ROLLBACK then fails, it goes on counting the
+                // connection as inside a transaction, and refuses every later BEGIN on it.
+                // Such a connection is closed instead of being handed out again.
+                .before_acquire(|conn, _| {
+                    Box::pin(async move {
+                        use sqlx::Connection as _;
+                        if conn.is_in_transaction() {
+                            // A rollback queued by a dropped transaction may be pending.
+                            conn.ping().await?;
+                        }
+                        Ok(!conn.is_in_transaction())
                     })
                 }),
             Backend::Postgres => AnyPoolOptions::new().max_connections(16),

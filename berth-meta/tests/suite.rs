@@ -2,7 +2,9 @@
 //! at `BERTH_TEST_POSTGRES_URL` (each test in a schema of its own). The PostgreSQL half is
 //! not optional: without the variable its tests fail, so a green run always means both.
 
-use berth_meta::{ManifestRef, MetaStore, NewManifest, PutManifest, RefKind, Removal};
+use berth_meta::{
+    ManifestCursor, ManifestRef, MetaStore, NewManifest, PutManifest, RefKind, Removal,
+};
 
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -12,6 +14,8 @@ const IDX: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccc
 
 struct Db {
     store: MetaStore,
+    /// For tests that open a second, read-only connection.
+    url: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -20,6 +24,7 @@ async fn sqlite() -> Db {
     let url = format!("sqlite:{}", dir.path().join("meta.db").display());
     Db {
         store: MetaStore::connect(&url).await.expect("sqlite connects"),
+        url,
         _dir: Some(dir),
     }
 }
@@ -41,17 +46,26 @@ async fn postgres() -> Db {
     let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
     Db {
         store: MetaStore::connect(&url).await.expect("postgres connects"),
+        url,
         _dir: None,
     }
 }
 
 fn uuid_like() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("{nanos:x}{:x}", std::process::id())
 }
 
-fn image<'a>(repo: &'a str, digest: &'a str, refs: &'a [ManifestRef], tag: Option<&'a str>) -> NewManifest<'a> {
+fn image<'a>(
+    repo: &'a str,
+    digest: &'a str,
+    refs: &'a [ManifestRef],
+    tag: Option<&'a str>,
+) -> NewManifest<'a> {
     NewManifest {
         repo,
         digest,
@@ -68,8 +82,16 @@ fn image<'a>(repo: &'a str, digest: &'a str, refs: &'a [ManifestRef], tag: Optio
 
 fn blob_refs() -> Vec<ManifestRef> {
     vec![
-        ManifestRef { digest: D1.into(), kind: RefKind::Blob, required: true },
-        ManifestRef { digest: D2.into(), kind: RefKind::Blob, required: true },
+        ManifestRef {
+            digest: D1.into(),
+            kind: RefKind::Blob,
+            required: true,
+        },
+        ManifestRef {
+            digest: D2.into(),
+            kind: RefKind::Blob,
+            required: true,
+        },
     ]
 }
 
@@ -77,12 +99,24 @@ async fn blobs_are_linked_per_repository(db: Db) {
     let s = &db.store;
     assert_eq!(s.repo_blob("a", D1).await.expect("query"), None);
     s.link_blob("a", D1, 10, None, "t").await.expect("link");
-    s.link_blob("a", D1, 10, None, "t").await.expect("linking twice is harmless");
+    s.link_blob("a", D1, 10, None, "t")
+        .await
+        .expect("linking twice is harmless");
     assert_eq!(s.repo_blob("a", D1).await.expect("query"), Some(10));
-    assert_eq!(s.repo_blob("b", D1).await.expect("query"), None, "not linked to b");
+    assert_eq!(
+        s.repo_blob("b", D1).await.expect("query"),
+        None,
+        "not linked to b"
+    );
     assert_eq!(s.blob(D1).await.expect("query"), Some(10));
-    assert_eq!(s.unlink_blob("a", D1, "t").await.expect("unlink"), Removal::Removed);
-    assert_eq!(s.unlink_blob("a", D1, "t").await.expect("unlink"), Removal::NotFound);
+    assert_eq!(
+        s.unlink_blob("a", D1, "t").await.expect("unlink"),
+        Removal::Removed
+    );
+    assert_eq!(
+        s.unlink_blob("a", D1, "t").await.expect("unlink"),
+        Removal::NotFound
+    );
 }
 
 async fn manifest_requires_its_blobs(db: Db) {
@@ -90,28 +124,49 @@ async fn manifest_requires_its_blobs(db: Db) {
     s.link_blob("r", D1, 1, None, "t").await.expect("link");
     let refs = blob_refs();
     assert_eq!(
-        s.put_manifest(&image("r", M1, &refs, Some("v1"))).await.expect("put"),
+        s.put_manifest(&image("r", M1, &refs, Some("v1")))
+            .await
+            .expect("put"),
         PutManifest::Missing(D2.into())
     );
-    assert_eq!(s.resolve_tag("r", "v1").await.expect("q"), None, "nothing written");
+    assert_eq!(
+        s.resolve_tag("r", "v1").await.expect("q"),
+        None,
+        "nothing written"
+    );
     s.link_blob("r", D2, 2, None, "t").await.expect("link");
     assert_eq!(
-        s.put_manifest(&image("r", M1, &refs, Some("v1"))).await.expect("put"),
+        s.put_manifest(&image("r", M1, &refs, Some("v1")))
+            .await
+            .expect("put"),
         PutManifest::Stored
     );
     let m = s.get_manifest("r", M1).await.expect("q").expect("stored");
     assert_eq!(m.content, b"{\"exact\":  \"bytes\"}");
-    assert_eq!(s.resolve_tag("r", "v1").await.expect("q").as_deref(), Some(M1));
+    assert_eq!(
+        s.resolve_tag("r", "v1").await.expect("q").as_deref(),
+        Some(M1)
+    );
     // a blob in use cannot be unlinked
     assert_eq!(
         s.unlink_blob("r", D1, "t").await.expect("unlink"),
         Removal::Referenced(M1.into())
     );
-    assert_eq!(s.repo_blob("r", D1).await.expect("q"), Some(1), "still linked");
+    assert_eq!(
+        s.repo_blob("r", D1).await.expect("q"),
+        Some(1),
+        "still linked"
+    );
     // deleting the manifest takes its tags with it and frees the blob
-    assert_eq!(s.delete_manifest("r", M1, "t").await.expect("del"), Removal::Removed);
+    assert_eq!(
+        s.delete_manifest("r", M1, "t").await.expect("del"),
+        Removal::Removed
+    );
     assert_eq!(s.resolve_tag("r", "v1").await.expect("q"), None);
-    assert_eq!(s.unlink_blob("r", D1, "t").await.expect("unlink"), Removal::Removed);
+    assert_eq!(
+        s.unlink_blob("r", D1, "t").await.expect("unlink"),
+        Removal::Removed
+    );
 }
 
 async fn index_children_are_protected(db: Db) {
@@ -119,52 +174,109 @@ async fn index_children_are_protected(db: Db) {
     s.link_blob("r", D1, 1, None, "t").await.expect("link");
     s.link_blob("r", D2, 2, None, "t").await.expect("link");
     let refs = blob_refs();
-    s.put_manifest(&image("r", M1, &refs, None)).await.expect("put");
+    s.put_manifest(&image("r", M1, &refs, None))
+        .await
+        .expect("put");
     let children = vec![
-        ManifestRef { digest: M1.into(), kind: RefKind::Manifest, required: true },
-        ManifestRef { digest: M2.into(), kind: RefKind::Manifest, required: true },
+        ManifestRef {
+            digest: M1.into(),
+            kind: RefKind::Manifest,
+            required: true,
+        },
+        ManifestRef {
+            digest: M2.into(),
+            kind: RefKind::Manifest,
+            required: true,
+        },
     ];
     let mut idx = image("r", IDX, &children, Some("multi"));
     idx.media_type = "application/vnd.oci.image.index.v1+json";
-    assert_eq!(s.put_manifest(&idx).await.expect("put"), PutManifest::Missing(M2.into()));
-    s.put_manifest(&image("r", M2, &refs, None)).await.expect("put");
-    assert_eq!(s.put_manifest(&idx).await.expect("put"), PutManifest::Stored);
+    assert_eq!(
+        s.put_manifest(&idx).await.expect("put"),
+        PutManifest::Missing(M2.into())
+    );
+    s.put_manifest(&image("r", M2, &refs, None))
+        .await
+        .expect("put");
+    assert_eq!(
+        s.put_manifest(&idx).await.expect("put"),
+        PutManifest::Stored
+    );
     assert_eq!(
         s.delete_manifest("r", M2, "t").await.expect("del"),
         Removal::Referenced(IDX.into())
     );
-    assert!(s.get_manifest("r", M2).await.expect("q").is_some(), "refused delete keeps it");
-    assert_eq!(s.delete_manifest("r", IDX, "t").await.expect("del"), Removal::Removed);
-    assert_eq!(s.delete_manifest("r", M2, "t").await.expect("del"), Removal::Removed);
+    assert!(
+        s.get_manifest("r", M2).await.expect("q").is_some(),
+        "refused delete keeps it"
+    );
+    assert_eq!(
+        s.delete_manifest("r", IDX, "t").await.expect("del"),
+        Removal::Removed
+    );
+    assert_eq!(
+        s.delete_manifest("r", M2, "t").await.expect("del"),
+        Removal::Removed
+    );
 }
 
 async fn tags_order_and_pages(db: Db) {
     let s = &db.store;
     let none: Vec<ManifestRef> = Vec::new();
     for tag in ["b", "A", "a", "B10", "b1", "_z", "1", "a-1", "a.1", "ab"] {
-        s.put_manifest(&image("t", M1, &none, Some(tag))).await.expect("put");
+        s.put_manifest(&image("t", M1, &none, Some(tag)))
+            .await
+            .expect("put");
     }
     let all = s.list_tags("t", None, 100).await.expect("q").expect("repo");
-    assert_eq!(all, vec!["1", "_z", "A", "a", "a-1", "a.1", "ab", "b", "b1", "B10"]);
-    let page = s.list_tags("t", Some("a"), 3).await.expect("q").expect("repo");
+    assert_eq!(
+        all,
+        vec!["1", "_z", "A", "a", "a-1", "a.1", "ab", "b", "b1", "B10"]
+    );
+    let page = s
+        .list_tags("t", Some("a"), 3)
+        .await
+        .expect("q")
+        .expect("repo");
     assert_eq!(page, vec!["a-1", "a.1", "ab"]);
     assert_eq!(s.list_tags("nope", None, 10).await.expect("q"), None);
-    assert_eq!(s.delete_tag("t", "ab", "t").await.expect("del"), Removal::Removed);
-    assert_eq!(s.delete_tag("t", "ab", "t").await.expect("del"), Removal::NotFound);
+    assert_eq!(
+        s.delete_tag("t", "ab", "t").await.expect("del"),
+        Removal::Removed
+    );
+    assert_eq!(
+        s.delete_tag("t", "ab", "t").await.expect("del"),
+        Removal::NotFound
+    );
     // a tag move is an upsert
-    s.put_manifest(&image("t", M2, &none, Some("b"))).await.expect("put");
-    assert_eq!(s.resolve_tag("t", "b").await.expect("q").as_deref(), Some(M2));
+    s.put_manifest(&image("t", M2, &none, Some("b")))
+        .await
+        .expect("put");
+    assert_eq!(
+        s.resolve_tag("t", "b").await.expect("q").as_deref(),
+        Some(M2)
+    );
 }
 
 async fn catalog_lists_repositories_with_manifests(db: Db) {
     let s = &db.store;
     let none: Vec<ManifestRef> = Vec::new();
     for repo in ["z/y", "a", "a-b", "a/b", "m"] {
-        s.put_manifest(&image(repo, M1, &none, None)).await.expect("put");
+        s.put_manifest(&image(repo, M1, &none, None))
+            .await
+            .expect("put");
     }
-    s.link_blob("only-blobs", D1, 1, None, "t").await.expect("link");
-    assert_eq!(s.catalog(None, 100).await.expect("q"), vec!["a", "a-b", "a/b", "m", "z/y"]);
-    assert_eq!(s.catalog(Some("a-b"), 2).await.expect("q"), vec!["a/b", "m"]);
+    s.link_blob("only-blobs", D1, 1, None, "t")
+        .await
+        .expect("link");
+    assert_eq!(
+        s.catalog(None, 100).await.expect("q"),
+        vec!["a", "a-b", "a/b", "m", "z/y"]
+    );
+    assert_eq!(
+        s.catalog(Some("a-b"), 2).await.expect("q"),
+        vec!["a/b", "m"]
+    );
 }
 
 async fn referrers_by_subject_and_type(db: Db) {
@@ -182,7 +294,10 @@ async fn referrers_by_subject_and_type(db: Db) {
     let all = s.referrers("r", IDX, None).await.expect("q");
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].size, b"{\"exact\":  \"bytes\"}".len() as u64);
-    let sigs = s.referrers("r", IDX, Some("application/vnd.example.sig")).await.expect("q");
+    let sigs = s
+        .referrers("r", IDX, Some("application/vnd.example.sig"))
+        .await
+        .expect("q");
     assert_eq!(sigs.len(), 1);
     assert_eq!(sigs[0].digest, M1);
     assert_eq!(sigs[0].annotations.as_deref(), Some(r#"{"k":"v"}"#));
@@ -193,15 +308,32 @@ async fn uploads_advance_only_from_where_they_stand(db: Db) {
     let s = &db.store;
     s.create_upload("u1", "r", b"state0").await.expect("create");
     let u = s.get_upload("u1").await.expect("q").expect("exists");
-    assert_eq!((u.repo.as_str(), u.size, u.hash_state.as_slice()), ("r", 0, &b"state0"[..]));
-    assert!(s.advance_upload("u1", 0, 5, b"state5").await.expect("advance"));
-    assert!(!s.advance_upload("u1", 0, 7, b"stale").await.expect("advance"), "lost race refused");
+    assert_eq!(
+        (u.repo.as_str(), u.size, u.hash_state.as_slice()),
+        ("r", 0, &b"state0"[..])
+    );
+    assert!(
+        s.advance_upload("u1", 0, 5, b"state5")
+            .await
+            .expect("advance")
+    );
+    assert!(
+        !s.advance_upload("u1", 0, 7, b"stale")
+            .await
+            .expect("advance"),
+        "lost race refused"
+    );
     let u = s.get_upload("u1").await.expect("q").expect("exists");
     assert_eq!((u.size, u.hash_state.as_slice()), (5, &b"state5"[..]));
     assert!(s.stale_uploads(0).await.expect("q").is_empty());
-    assert_eq!(s.stale_uploads(i64::MAX).await.expect("q"), vec!["u1".to_string()]);
+    assert_eq!(
+        s.stale_uploads(i64::MAX).await.expect("q"),
+        vec!["u1".to_string()]
+    );
     // finishing links the blob and closes the session in one transaction
-    s.link_blob("r", D1, 5, Some("u1"), "t").await.expect("link");
+    s.link_blob("r", D1, 5, Some("u1"), "t")
+        .await
+        .expect("link");
     assert_eq!(s.get_upload("u1").await.expect("q"), None);
 }
 
@@ -209,13 +341,23 @@ async fn every_change_is_audited(db: Db) {
     let s = &db.store;
     let none: Vec<ManifestRef> = Vec::new();
     s.link_blob("r", D1, 1, None, "alice").await.expect("link");
-    s.put_manifest(&image("r", M1, &none, Some("v1"))).await.expect("put");
+    s.put_manifest(&image("r", M1, &none, Some("v1")))
+        .await
+        .expect("put");
     s.delete_tag("r", "v1", "bob").await.expect("del");
     let log = s.audit_log(10).await.expect("q");
-    let actions: Vec<(&str, &str)> = log.iter().map(|e| (e.action.as_str(), e.actor.as_str())).collect();
+    let actions: Vec<(&str, &str)> = log
+        .iter()
+        .map(|e| (e.action.as_str(), e.actor.as_str()))
+        .collect();
     assert_eq!(
         actions,
-        vec![("tag.delete", "bob"), ("tag.set", "tester"), ("manifest.put", "tester"), ("blob.link", "alice")]
+        vec![
+            ("tag.delete", "bob"),
+            ("tag.set", "tester"),
+            ("manifest.put", "tester"),
+            ("blob.link", "alice")
+        ]
     );
     assert_eq!(log[0].repository.as_deref(), Some("r"));
 }
@@ -227,18 +369,139 @@ async fn concurrent_writers_do_not_fail(db: Db) {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
             let d = format!("sha256:{i:064x}");
-            s.link_blob("busy", &d, i, None, "t").await.expect("link under contention");
-            let refs = vec![ManifestRef { digest: d.clone(), kind: RefKind::Blob, required: true }];
+            s.link_blob("busy", &d, i, None, "t")
+                .await
+                .expect("link under contention");
+            let refs = vec![ManifestRef {
+                digest: d.clone(),
+                kind: RefKind::Blob,
+                required: true,
+            }];
             let m = format!("sha256:{:064x}", 1000 + i);
             let tag = format!("t{i}");
-            let nm = NewManifest { content: b"{}", ..image("busy", &m, &refs, Some(&tag)) };
-            assert_eq!(s.put_manifest(&nm).await.expect("put under contention"), PutManifest::Stored);
+            let nm = NewManifest {
+                content: b"{}",
+                ..image("busy", &m, &refs, Some(&tag))
+            };
+            assert_eq!(
+                s.put_manifest(&nm).await.expect("put under contention"),
+                PutManifest::Stored
+            );
         }));
     }
     for t in tasks {
         t.await.expect("task");
     }
-    assert_eq!(s.list_tags("busy", None, 100).await.expect("q").expect("repo").len(), 32);
+    assert_eq!(
+        s.list_tags("busy", None, 100)
+            .await
+            .expect("q")
+            .expect("repo")
+            .len(),
+        32
+    );
+}
+
+/// What `berth fsck` reads: paged listings, references whose target is absent, and a
+/// connection that cannot write.
+async fn fsck_listings_page_and_stay_read_only(db: Db) {
+    let s = &db.store;
+    assert_eq!(s.blob_totals().await.expect("totals"), (0, 0));
+    s.link_blob("a", D1, 10, None, "t").await.expect("link");
+    s.link_blob("b", D1, 10, None, "t").await.expect("link");
+    s.link_blob("a", D2, 5, None, "t").await.expect("link");
+    assert_eq!(s.blob_totals().await.expect("totals"), (2, 15));
+    let page = s.blobs_after("", 1).await.expect("page");
+    assert_eq!(page.len(), 1);
+    assert_eq!((page[0].digest.as_str(), page[0].size), (D1, 10));
+    let page = s.blobs_after(&page[0].digest, 10).await.expect("page");
+    assert_eq!(
+        page.iter().map(|b| b.digest.as_str()).collect::<Vec<_>>(),
+        [D2]
+    );
+    assert_eq!(
+        s.blob_repositories(D1).await.expect("repos"),
+        ["a".to_owned(), "b".to_owned()]
+    );
+
+    // One manifest in each repository; M2 has a reference that need not be present.
+    let refs = [ManifestRef {
+        digest: D1.into(),
+        kind: RefKind::Blob,
+        required: true,
+    }];
+    s.put_manifest(&image("a", M1, &refs, Some("v1")))
+        .await
+        .expect("put");
+    let loose = [
+        ManifestRef {
+            digest: D1.into(),
+            kind: RefKind::Blob,
+            required: true,
+        },
+        ManifestRef {
+            digest: M1.into(),
+            kind: RefKind::Manifest,
+            required: false,
+        },
+    ];
+    s.put_manifest(&image("b", M2, &loose, None))
+        .await
+        .expect("put");
+    assert_eq!(s.manifest_count().await.expect("count"), 2);
+    let first = s
+        .manifests_after(&ManifestCursor::default(), 1)
+        .await
+        .expect("page");
+    assert_eq!(first.len(), 1);
+    let rest = s
+        .manifests_after(&first[0].cursor(), 10)
+        .await
+        .expect("page");
+    assert_eq!(rest.len(), 1);
+    let mut seen: Vec<_> = first
+        .iter()
+        .chain(&rest)
+        .map(|m| (m.repo.as_str(), m.digest.as_str()))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [("a", M1), ("b", M2)]);
+    assert_eq!(first[0].content, b"{\"exact\":  \"bytes\"}");
+
+    let dangling = s.dangling_refs().await.expect("dangling");
+    assert_eq!(dangling.len(), 1, "{dangling:?}");
+    assert_eq!(
+        (
+            dangling[0].repo.as_str(),
+            dangling[0].manifest.as_str(),
+            dangling[0].child.as_str()
+        ),
+        ("b", M2, M1)
+    );
+    assert_eq!(dangling[0].kind, RefKind::Manifest);
+    let mut users = s.blob_users(D1).await.expect("users");
+    users.sort();
+    assert_eq!(
+        users,
+        [
+            ("a".to_owned(), M1.to_owned()),
+            ("b".to_owned(), M2.to_owned())
+        ]
+    );
+
+    let ro = MetaStore::connect_read_only(&db.url)
+        .await
+        .expect("read-only connect");
+    assert_eq!(ro.blob_totals().await.expect("totals"), (2, 15));
+    assert!(
+        ro.link_blob("c", D2, 5, None, "t").await.is_err(),
+        "a read-only store wrote"
+    );
+    assert_eq!(
+        s.blob_repositories(D2).await.expect("repos"),
+        ["a".to_owned()]
+    );
+    ro.close().await;
 }
 
 macro_rules! suite {
@@ -264,4 +527,5 @@ suite!(
     uploads_advance_only_from_where_they_stand,
     every_change_is_audited,
     concurrent_writers_do_not_fail,
+    fsck_listings_page_and_stay_read_only,
 );

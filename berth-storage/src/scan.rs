@@ -1,0 +1,293 @@
+//! Reading the store back for `berth fsck`: re-hashing a blob from disk, and listing what
+//! is under `blobs/`. Both only read, so they are safe beside a serving process.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use berth_oci::{Algorithm, Digest};
+use sha2::{Digest as _, Sha256, Sha512};
+use tokio::fs::{self, File};
+use tokio::io::AsyncReadExt;
+
+use crate::{BlobStore, FsStore, Result, StorageError};
+
+/// Bytes hashed per read: large enough that syscalls do not dominate, small enough that
+/// memory stays flat whatever the blob's size.
+const READ_BUFFER: usize = 1 << 20;
+
+/// What is really stored under a digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobCheck {
+    /// No file.
+    Missing,
+    /// The file's length and the digest of its bytes, in the algorithm of the digest asked.
+    Present { size: u64, actual: Digest },
+}
+
+/// One thing found under `blobs/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanEntry {
+    /// A file at the place of a digest.
+    Blob { digest: Digest, size: u64 },
+    /// Anything else (a name that is no digest, a file in the wrong shard, a directory
+    /// where a blob belongs), as a path relative to the store's root.
+    Stray { path: String },
+}
+
+impl BlobStore {
+    /// Re-hashes the stored bytes of `digest`, streaming; `progress` is told each batch of
+    /// bytes read.
+    pub async fn verify_blob(
+        &self,
+        digest: &Digest,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<BlobCheck> {
+        match self {
+            BlobStore::Fs(s) => s.verify_blob(digest, progress).await,
+        }
+    }
+
+    /// Lists what is under `blobs/`, a batch at a time, so memory does not grow with the
+    /// number of blobs.
+    pub fn scan_blobs(&self) -> BlobScan {
+        match self {
+            BlobStore::Fs(s) => BlobScan {
+                root: s.root().to_owned(),
+                shards: None,
+                first: Vec::new(),
+            },
+        }
+    }
+}
+
+enum Hasher {
+    Sha256(Sha256),
+    Sha512(Sha512),
+}
+
+impl FsStore {
+    async fn verify_blob(
+        &self,
+        digest: &Digest,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<BlobCheck> {
+        let mut file = match File::open(self.blob_path(digest)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BlobCheck::Missing),
+            Err(e) => return Err(StorageError::io("opening a blob")(e)),
+        };
+        let mut hasher = match digest.algorithm() {
+            Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(Sha512::new()),
+        };
+        let mut buf = vec![0u8; READ_BUFFER];
+        let mut size = 0u64;
+        loop {
+            let n = file
+                .read(&mut buf)
+                .await
+                .map_err(StorageError::io("reading a blob"))?;
+            if n == 0 {
+                break;
+            }
+            match &mut hasher {
+                Hasher::Sha256(h) => h.update(&buf[..n]),
+                Hasher::Sha512(h) => h.update(&buf[..n]),
+            }
+            size += n as u64;
+            progress(n as u64);
+        }
+        let actual = match hasher {
+            Hasher::Sha256(h) => Digest::from_hash(Algorithm::Sha256, &h.finalize()),
+            Hasher::Sha512(h) => Digest::from_hash(Algorithm::Sha512, &h.finalize()),
+        };
+        Ok(BlobCheck::Present { size, actual })
+    }
+}
+
+/// A listing of `blobs/` in progress; see [`BlobStore::scan_blobs`].
+pub struct BlobScan {
+    root: PathBuf,
+    /// Shard directories still to list, with their algorithm; `None` until the top levels
+    /// were read.
+    shards: Option<VecDeque<(Algorithm, PathBuf)>>,
+    /// Strays found while reading the top levels, returned with the first batch.
+    first: Vec<ScanEntry>,
+}
+
+fn algorithm_named(name: &str) -> Option<Algorithm> {
+    [Algorithm::Sha256, Algorithm::Sha512]
+        .into_iter()
+        .find(|a| a.as_str() == name)
+}
+
+async fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
+    let mut rd = match fs::read_dir(dir).await {
+        Ok(rd) => rd,
+        // A shard removed meanwhile holds nothing to report.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StorageError::io("listing blobs")(e)),
+    };
+    let mut out = Vec::new();
+    while let Some(entry) = rd
+        .next_entry()
+        .await
+        .map_err(StorageError::io("listing blobs"))?
+    {
+        let is_dir = entry
+            .file_type()
+            .await
+            .map_err(StorageError::io("listing blobs"))?
+            .is_dir();
+        out.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+            is_dir,
+        ));
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl BlobScan {
+    fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(&*self.root)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+
+    async fn list_top(&mut self) -> Result<VecDeque<(Algorithm, PathBuf)>> {
+        let mut shards = VecDeque::new();
+        for (name, path, is_dir) in sorted_entries(&self.root.join("blobs")).await? {
+            let Some(algorithm) = algorithm_named(&name).filter(|_| is_dir) else {
+                self.first.push(ScanEntry::Stray {
+                    path: self.relative(&path),
+                });
+                continue;
+            };
+            for (shard, path, is_dir) in sorted_entries(&path).await? {
+                if is_dir && shard.len() == 2 {
+                    shards.push_back((algorithm, path));
+                } else {
+                    self.first.push(ScanEntry::Stray {
+                        path: self.relative(&path),
+                    });
+                }
+            }
+        }
+        Ok(shards)
+    }
+
+    /// The next batch (one shard directory's worth), or `None` when the listing is done.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<ScanEntry>>> {
+        if self.shards.is_none() {
+            let shards = self.list_top().await?;
+            self.shards = Some(shards);
+        }
+        let mut batch = std::mem::take(&mut self.first);
+        let Some((algorithm, dir)) = self.shards.as_mut().and_then(VecDeque::pop_front) else {
+            return Ok((!batch.is_empty()).then_some(batch));
+        };
+        let shard = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for (name, path, is_dir) in sorted_entries(&dir).await? {
+            let digest = format!("{}:{name}", algorithm.as_str())
+                .parse::<Digest>()
+                .ok()
+                .filter(|d| !is_dir && d.hex().starts_with(&shard));
+            match digest {
+                Some(digest) => {
+                    let size = fs::metadata(&path)
+                        .await
+                        .map_err(StorageError::io("reading blob metadata"))?
+                        .len();
+                    batch.push(ScanEntry::Blob { digest, size });
+                }
+                None => batch.push(ScanEntry::Stray {
+                    path: self.relative(&path),
+                }),
+            }
+        }
+        Ok(Some(batch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn scan_finds_blobs_and_strays_and_verify_rehashes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::Fs(FsStore::new(dir.path()).await.expect("open"));
+        let data = b"some blob bytes";
+        let digest = crate::digest_of(Algorithm::Sha256, data);
+        store.create_upload("u").await.expect("create");
+        let mut st = crate::HashState::new();
+        let body =
+            futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(data))]);
+        let n = store
+            .append_upload("u", 0, &mut st, body, 1 << 20)
+            .await
+            .expect("append");
+        store
+            .finish_upload("u", n, &st, &digest)
+            .await
+            .expect("finish");
+        std::fs::write(dir.path().join("blobs/sha256/junk"), b"x").expect("stray");
+        std::fs::create_dir_all(dir.path().join("blobs/md5/aa")).expect("stray dir");
+
+        let mut scan = store.scan_blobs();
+        let mut found = Vec::new();
+        while let Some(batch) = scan.next_batch().await.expect("scan") {
+            found.extend(batch);
+        }
+        assert!(found.contains(&ScanEntry::Blob {
+            digest: digest.clone(),
+            size: data.len() as u64
+        }));
+        assert!(found.contains(&ScanEntry::Stray {
+            path: "blobs/sha256/junk".into()
+        }));
+        assert!(found.contains(&ScanEntry::Stray {
+            path: "blobs/md5".into()
+        }));
+        assert_eq!(found.len(), 3, "{found:?}");
+
+        let mut seen = 0;
+        let check = store
+            .verify_blob(&digest, &mut |n| seen += n)
+            .await
+            .expect("verify");
+        assert_eq!(
+            check,
+            BlobCheck::Present {
+                size: data.len() as u64,
+                actual: digest.clone()
+            }
+        );
+        assert_eq!(seen, data.len() as u64);
+
+        // Bytes changed on disk behind the store's back are caught.
+        let path = dir
+            .path()
+            .join("blobs/sha256")
+            .join(&digest.hex()[..2])
+            .join(digest.hex());
+        std::fs::write(&path, b"other bytes").expect("corrupt");
+        let check = store
+            .verify_blob(&digest, &mut |_| {})
+            .await
+            .expect("verify");
+        assert!(matches!(check, BlobCheck::Present { actual, .. } if actual != digest));
+        std::fs::remove_file(&path).expect("remove");
+        let check = store
+            .verify_blob(&digest, &mut |_| {})
+            .await
+            .expect("verify");
+        assert_eq!(check, BlobCheck::Missing);
+    }
+}

@@ -1,0 +1,286 @@
+//! `berth fsck`: the command-line face of `Registry::fsck` — configuration as `serve` reads
+//! it, a progress bar on a terminal, and the report as text or JSON.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::Context;
+use berth_meta::MetaStore;
+use berth_registry::fsck::{FsckReport, Progress};
+use berth_registry::{Registry, RegistryConfig};
+use berth_storage::{BlobStore, FsStore};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::config::Config;
+
+/// Entries of each kind the text report lists; `--json` lists all.
+const TEXT_LIST_LIMIT: usize = 20;
+
+#[derive(clap::Args)]
+pub struct FsckArgs {
+    /// Configuration file (TOML), the same one `serve` reads.
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory; overrides `data_dir` in the config.
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Metadata database URL; overrides `[metadata] url`.
+    #[arg(long, env = "BERTH_METADATA_URL", hide_env_values = true)]
+    metadata_url: Option<String>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Draws on stderr only when it is a terminal: in CI logs and pipes a bar is noise.
+struct Bar {
+    current: Mutex<Option<ProgressBar>>,
+    visible: bool,
+}
+
+impl Bar {
+    fn new() -> Bar {
+        Bar {
+            current: Mutex::new(None),
+            visible: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn finish(&self) {
+        if let Ok(mut current) = self.current.lock()
+            && let Some(bar) = current.take()
+        {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn phase(&self, name: &'static str, total: Option<u64>) {
+        self.finish();
+        let bar = match total {
+            Some(len) => ProgressBar::with_draw_target(Some(len), self.target()),
+            None => ProgressBar::with_draw_target(None, self.target()),
+        };
+        let template = match (name, total) {
+            ("blobs", Some(_)) => {
+                "{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+            }
+            (_, Some(_)) => "{msg:>10} [{bar:40}] {pos}/{len}",
+            (_, None) => "{msg:>10} {spinner} {pos}",
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(name);
+        if let Ok(mut current) = self.current.lock() {
+            *current = Some(bar);
+        }
+    }
+
+    fn advance(&self, n: u64) {
+        if let Ok(current) = self.current.lock()
+            && let Some(bar) = current.as_ref()
+        {
+            bar.inc(n);
+        }
+    }
+}
+
+impl Bar {
+    fn target(&self) -> ProgressDrawTarget {
+        if self.visible {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        }
+    }
+}
+
+/// Runs the check; `Ok(true)` when nothing is missing or corrupt.
+pub async fn run(args: FsckArgs) -> anyhow::Result<bool> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(u) = args.metadata_url {
+        config.metadata.url = Some(u);
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    // FsStore::new would create a missing layout; a checker pointed at the wrong place
+    // must say so instead.
+    let blobs_dir = config.data_dir.join("blobs");
+    anyhow::ensure!(
+        blobs_dir.is_dir(),
+        "{} has no blobs/ directory: not a Berth data directory",
+        config.data_dir.display()
+    );
+    let blobs = BlobStore::Fs(FsStore::new(config.data_dir.clone()).await?);
+    let meta = MetaStore::connect_read_only(&config.metadata_url())
+        .await
+        .context("opening the metadata store read-only")?;
+    let registry = Registry::new(
+        blobs,
+        meta.clone(),
+        RegistryConfig {
+            allow_sparse_index: config.allow_sparse_index,
+            ..RegistryConfig::default()
+        },
+    );
+    let bar = Bar::new();
+    let report = registry.fsck(&bar).await;
+    bar.finish();
+    meta.close().await;
+    let report = report.context("checking the registry")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(report.is_clean())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn section<T>(out: &mut String, title: &str, items: &[T], line: impl Fn(&T) -> String) {
+    if items.is_empty() {
+        return;
+    }
+    out.push_str(&format!("{title}: {}\n", items.len()));
+    for item in items.iter().take(TEXT_LIST_LIMIT) {
+        out.push_str(&format!("  {}\n", line(item)));
+    }
+    if items.len() > TEXT_LIST_LIMIT {
+        out.push_str(&format!(
+            "  ... and {} more (--json lists all)\n",
+            items.len() - TEXT_LIST_LIMIT
+        ));
+    }
+}
+
+fn render(r: &FsckReport) -> String {
+    let mut out = format!(
+        "checked {} blobs ({}), {} manifests, {} suspect references, {} files under blobs/\n",
+        r.blobs_checked,
+        human_bytes(r.bytes_checked),
+        r.manifests_checked,
+        r.references_checked,
+        r.files_scanned,
+    );
+    section(
+        &mut out,
+        "MISSING blobs (in metadata, not in storage)",
+        &r.missing_blobs,
+        |b| {
+            format!(
+                "{} ({}) linked in: {}",
+                b.digest,
+                human_bytes(b.size),
+                b.repositories.join(", ")
+            )
+        },
+    );
+    section(&mut out, "CORRUPT blobs", &r.corrupt_blobs, |b| {
+        let found = match (&b.error, b.actual_size, &b.actual_digest) {
+            (Some(e), _, _) => format!("unreadable: {e}"),
+            (None, Some(size), Some(d)) => format!("{} hashing to {d}", human_bytes(size)),
+            _ => "unreadable".to_owned(),
+        };
+        format!(
+            "{}: expected {}, found {found}; linked in: {}",
+            b.digest,
+            human_bytes(b.expected_size),
+            b.repositories.join(", ")
+        )
+    });
+    section(&mut out, "CORRUPT manifests", &r.corrupt_manifests, |m| {
+        format!(
+            "{}@{}: stored bytes hash to {}",
+            m.repository, m.digest, m.actual_digest
+        )
+    });
+    section(
+        &mut out,
+        "BROKEN manifests (a required reference cannot be served)",
+        &r.broken_manifests,
+        |m| {
+            format!(
+                "{}@{} -> {} {}: {}",
+                m.repository, m.manifest, m.kind, m.reference, m.problem
+            )
+        },
+    );
+    section(
+        &mut out,
+        "orphan blobs (in storage, unknown to metadata; harmless, left by interrupted pushes)",
+        &r.orphan_blobs,
+        |b| format!("{} ({})", b.digest, human_bytes(b.size)),
+    );
+    section(
+        &mut out,
+        "stray files under blobs/ (harmless, not served)",
+        &r.stray_files,
+        |p| p.clone(),
+    );
+    let problems = r.missing_blobs.len()
+        + r.corrupt_blobs.len()
+        + r.corrupt_manifests.len()
+        + r.broken_manifests.len();
+    if problems == 0 {
+        out.push_str("result: clean\n");
+    } else {
+        out.push_str(&format!("result: DAMAGED ({problems} problems)\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_report_names_damage_and_caps_lists() {
+        let mut r = FsckReport::default();
+        assert!(render(&r).ends_with("result: clean\n"));
+        r.orphan_blobs = (0..25)
+            .map(|i| berth_registry::fsck::OrphanBlob {
+                digest: format!("sha256:{i:064}"),
+                size: 2048,
+            })
+            .collect();
+        let text = render(&r);
+        assert!(text.contains("orphan blobs"));
+        assert!(text.contains("... and 5 more"));
+        assert!(text.ends_with("result: clean\n"), "orphans are harmless");
+        r.broken_manifests
+            .push(berth_registry::fsck::BrokenManifest {
+                repository: "team/app".into(),
+                manifest: "sha256:aa".into(),
+                reference: "sha256:bb".into(),
+                kind: "blob",
+                problem: "blob bytes are missing from storage",
+            });
+        assert!(render(&r).ends_with("result: DAMAGED (1 problems)\n"));
+        assert_eq!(human_bytes(2048), "2.0 KiB");
+    }
+}
