@@ -2,15 +2,19 @@
 //! reference checks, reads, deletes, listings. The server and the CLI both call these, so
 //! they cannot disagree about the rules.
 
+mod cache;
 mod error;
+pub mod fsck;
+mod refs;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use berth_meta::{ManifestRef, MetaStore, NewManifest, PutManifest, RefKind, Removal};
+use berth_meta::{MetaStore, NewManifest, PutManifest, Removal};
 use berth_oci::manifest::parse_manifest;
 use berth_oci::range::{RangeError, resolve_range};
 use berth_oci::{Algorithm, Digest, Reference, RepoName};
-use berth_storage::{BlobReader, BlobStore, HashState, StorageError, digest_of};
+use berth_storage::{BlobReader, BlobStore, HashState, StorageError, digest_of, failpoint};
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::Serialize;
@@ -18,7 +22,14 @@ use serde::Serialize;
 pub use berth_meta::{Backend, Referrer};
 pub use error::RegistryError;
 
+use cache::TtlCache;
+
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// Passes a failpoint on the metadata side of a write (see `berth_storage::failpoint`).
+fn failpoint(name: &'static str) -> Result<()> {
+    failpoint::hit(name).map_err(|e| RegistryError::Internal(e.to_string()))
+}
 
 /// Rules that an operator may tune.
 #[derive(Debug, Clone)]
@@ -33,6 +44,12 @@ pub struct RegistryConfig {
     pub max_page: u64,
     /// Unfinished uploads untouched for this long are removed.
     pub upload_ttl: Duration,
+    /// How long a cached tag, manifest or blob link may be served without asking the
+    /// metadata store; bounds how long another replica's change can go unseen. Zero turns
+    /// the cache off.
+    pub cache_ttl: Duration,
+    /// Entries kept in each read cache.
+    pub cache_entries: usize,
 }
 
 impl Default for RegistryConfig {
@@ -43,6 +60,8 @@ impl Default for RegistryConfig {
             allow_sparse_index: false,
             max_page: 10_000,
             upload_ttl: Duration::from_secs(24 * 3600),
+            cache_ttl: Duration::from_secs(2),
+            cache_entries: 10_000,
         }
     }
 }
@@ -109,19 +128,32 @@ struct ReferrersIndex<'a> {
     manifests: Vec<IndexDescriptor<'a>>,
 }
 
+struct Caches {
+    tags: TtlCache<Digest>,
+    manifests: TtlCache<Manifest>,
+    blob_links: TtlCache<u64>,
+}
+
 #[derive(Clone)]
 pub struct Registry {
     blobs: BlobStore,
     meta: MetaStore,
     config: RegistryConfig,
+    cache: Arc<Caches>,
 }
 
 impl Registry {
     pub fn new(blobs: BlobStore, meta: MetaStore, config: RegistryConfig) -> Registry {
+        let (n, ttl) = (config.cache_entries, config.cache_ttl);
         Registry {
             blobs,
             meta,
             config,
+            cache: Arc::new(Caches {
+                tags: TtlCache::new(n, ttl),
+                manifests: TtlCache::new(n, ttl),
+                blob_links: TtlCache::new(n, ttl),
+            }),
         }
     }
 
@@ -141,11 +173,16 @@ impl Registry {
 
     /// Size of a blob linked to `repo`, checking that its bytes are really there.
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        let k = cache::key(repo.as_str(), digest.as_str());
+        if let Some(size) = self.cache.blob_links.get(&k) {
+            return Ok(size);
+        }
         let size = self
             .meta
             .repo_blob(repo.as_str(), digest.as_str())
             .await?
             .ok_or(RegistryError::BlobUnknown)?;
+        self.cache.blob_links.insert(k, size);
         Ok(size)
     }
 
@@ -184,6 +221,9 @@ impl Registry {
 
     /// Unlinks a blob from a repository. Refused while a manifest there needs it.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest, actor: &Actor) -> Result<()> {
+        self.cache
+            .blob_links
+            .remove(&cache::key(repo.as_str(), digest.as_str()));
         match self
             .meta
             .unlink_blob(repo.as_str(), digest.as_str(), &actor.0)
@@ -321,6 +361,7 @@ impl Registry {
             }
             Err(e) => return Err(e.into()),
         }
+        failpoint(failpoint::BEFORE_BLOB_LINK)?;
         self.meta
             .link_blob(
                 repo.as_str(),
@@ -330,6 +371,7 @@ impl Registry {
                 &actor.0,
             )
             .await?;
+        failpoint(failpoint::AFTER_BLOB_LINK)?;
         Ok(status.offset)
     }
 
@@ -366,9 +408,11 @@ impl Registry {
                 return Err(e);
             }
         };
+        failpoint(failpoint::BEFORE_BLOB_LINK)?;
         self.meta
             .link_blob(repo.as_str(), digest.as_str(), size, None, &actor.0)
             .await?;
+        failpoint(failpoint::AFTER_BLOB_LINK)?;
         Ok(size)
     }
 
@@ -428,35 +472,7 @@ impl Registry {
         let parsed = parse_manifest(&body, content_type)
             .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
 
-        let mut refs = Vec::with_capacity(parsed.layers.len() + parsed.manifests.len() + 1);
-        for d in parsed.config.iter().chain(&parsed.layers) {
-            let required = !d.has_urls;
-            match d.known_digest() {
-                Some(known) => refs.push(ManifestRef {
-                    digest: known.to_string(),
-                    kind: RefKind::Blob,
-                    required,
-                }),
-                // Berth cannot hold a blob of an algorithm it cannot verify.
-                None if required => {
-                    return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));
-                }
-                None => {}
-            }
-        }
-        for d in &parsed.manifests {
-            match d.known_digest() {
-                Some(known) => refs.push(ManifestRef {
-                    digest: known.to_string(),
-                    kind: RefKind::Manifest,
-                    required: !self.config.allow_sparse_index,
-                }),
-                None if !self.config.allow_sparse_index => {
-                    return Err(RegistryError::ManifestBlobUnknown(d.digest.clone()));
-                }
-                None => {}
-            }
-        }
+        let refs = refs::manifest_refs(&parsed, self.config.allow_sparse_index)?;
         let subject = parsed
             .subject
             .as_ref()
@@ -471,6 +487,7 @@ impl Registry {
             Reference::Tag(t) => Some(t.as_str()),
             Reference::Digest(_) => None,
         };
+        failpoint(failpoint::BEFORE_MANIFEST_COMMIT)?;
         let outcome = self
             .meta
             .put_manifest(&NewManifest {
@@ -486,8 +503,16 @@ impl Registry {
                 actor: &actor.0,
             })
             .await?;
+        failpoint(failpoint::AFTER_MANIFEST_COMMIT)?;
         match outcome {
-            PutManifest::Stored => Ok(PutOutcome { digest, subject }),
+            PutManifest::Stored => {
+                if let Some(tag) = tag {
+                    self.cache
+                        .tags
+                        .insert(cache::key(repo.as_str(), tag), digest.clone());
+                }
+                Ok(PutOutcome { digest, subject })
+            }
             PutManifest::Missing(d) => Err(RegistryError::ManifestBlobUnknown(d)),
         }
     }
@@ -497,30 +522,42 @@ impl Registry {
         match reference {
             Reference::Digest(d) => Ok(d.clone()),
             Reference::Tag(t) => {
+                let k = cache::key(repo.as_str(), t.as_str());
+                if let Some(d) = self.cache.tags.get(&k) {
+                    return Ok(d);
+                }
                 let d = self
                     .meta
                     .resolve_tag(repo.as_str(), t.as_str())
                     .await?
                     .ok_or(RegistryError::ManifestUnknown)?;
-                d.parse().map_err(|_| {
+                let d: Digest = d.parse().map_err(|_| {
                     RegistryError::Internal(format!("stored tag points at bad digest {d:?}"))
-                })
+                })?;
+                self.cache.tags.insert(k, d.clone());
+                Ok(d)
             }
         }
     }
 
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest> {
         let digest = self.resolve(repo, reference).await?;
+        let k = cache::key(repo.as_str(), digest.as_str());
+        if let Some(m) = self.cache.manifests.get(&k) {
+            return Ok(m);
+        }
         let m = self
             .meta
             .get_manifest(repo.as_str(), digest.as_str())
             .await?
             .ok_or(RegistryError::ManifestUnknown)?;
-        Ok(Manifest {
+        let m = Manifest {
             digest,
             media_type: m.media_type,
             content: Bytes::from(m.content),
-        })
+        };
+        self.cache.manifests.insert(k, m.clone());
+        Ok(m)
     }
 
     /// Deletes a manifest (by digest, with its tags) or just a tag.
@@ -532,14 +569,28 @@ impl Registry {
     ) -> Result<()> {
         let outcome = match reference {
             Reference::Digest(d) => {
-                self.meta
+                let outcome = self
+                    .meta
                     .delete_manifest(repo.as_str(), d.as_str(), &actor.0)
-                    .await?
+                    .await?;
+                self.cache
+                    .manifests
+                    .remove(&cache::key(repo.as_str(), d.as_str()));
+                // Its tags went with it; which ones is not worth a query.
+                self.cache
+                    .tags
+                    .remove_prefix(&cache::repo_prefix(repo.as_str()));
+                outcome
             }
             Reference::Tag(t) => {
-                self.meta
+                let outcome = self
+                    .meta
                     .delete_tag(repo.as_str(), t.as_str(), &actor.0)
-                    .await?
+                    .await?;
+                self.cache
+                    .tags
+                    .remove(&cache::key(repo.as_str(), t.as_str()));
+                outcome
             }
         };
         match outcome {

@@ -139,7 +139,10 @@ mod tests {
     fn parses_every_endpoint() {
         assert_eq!(Endpoint::parse("/v2/").ok(), Some(Endpoint::Base));
         assert_eq!(Endpoint::parse("/v2").ok(), Some(Endpoint::Base));
-        assert_eq!(Endpoint::parse("/v2/_catalog").ok(), Some(Endpoint::Catalog));
+        assert_eq!(
+            Endpoint::parse("/v2/_catalog").ok(),
+            Some(Endpoint::Catalog)
+        );
         let name: RepoName = "a/blobs/uploads/manifests".parse().expect("name");
         assert_eq!(
             Endpoint::parse("/v2/a/blobs/uploads/manifests/tags/list").ok(),

@@ -101,6 +101,7 @@ impl ApiError {
                 R::NameUnknown => (StatusCode::NOT_FOUND, Some(ErrorCode::NameUnknown)),
                 R::InUse(_) => (StatusCode::METHOD_NOT_ALLOWED, Some(ErrorCode::Unsupported)),
                 R::Storage(_) if is_no_space(e) => (StatusCode::INSUFFICIENT_STORAGE, None),
+                R::Meta(m) if m.is_storage_full() => (StatusCode::INSUFFICIENT_STORAGE, None),
                 R::Internal(_) | R::Storage(_) | R::Meta(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, None)
                 }

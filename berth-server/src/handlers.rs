@@ -11,7 +11,6 @@ use berth_oci::{Digest, ErrorCode, Reference, RepoName};
 use berth_registry::{Actor, RegistryError};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tokio_util::io::ReaderStream;
 
 use crate::AppState;
 use crate::endpoint::{Endpoint, parse_digest};
@@ -19,10 +18,6 @@ use crate::error::{ApiError, upload_range};
 use crate::metrics::RequestLabels;
 
 type ApiResult = Result<Response, ApiError>;
-
-/// Bytes read from disk per body frame: large frames keep syscalls and wakeups per
-/// gigabyte low.
-const READ_CHUNK: usize = 256 * 1024;
 
 const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
@@ -263,7 +258,7 @@ async fn get_blob(
     let body = match read.reader {
         Some(r) => {
             state.metrics().bytes_out.inc_by(len);
-            Body::from_stream(ReaderStream::with_capacity(r.body, READ_CHUNK))
+            Body::from_stream(r.body)
         }
         None => Body::empty(),
     };

@@ -27,13 +27,19 @@ async fn start() -> Server {
 }
 
 async fn start_with(config: RegistryConfig) -> Server {
+    start_server(config, ServerConfig::default()).await
+}
+
+async fn start_server(config: RegistryConfig, server: ServerConfig) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let blobs = BlobStore::Fs(FsStore::new(dir.path()).await.expect("fs store"));
     let meta = MetaStore::connect(&format!("sqlite:{}", dir.path().join("meta.db").display()))
         .await
         .expect("sqlite");
-    let state = AppState::new(Registry::new(blobs, meta, config), ServerConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let state = AppState::new(Registry::new(blobs, meta, config), server);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(berth_server::run(listener, state, async move {
@@ -58,7 +64,10 @@ impl Server {
     async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
         let d = sha256(data);
         let r = self
-            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={d}"))
+            .req(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+            )
             .body(data.to_vec())
             .send()
             .await
@@ -67,7 +76,13 @@ impl Server {
         d
     }
 
-    async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> reqwest::Response {
+    async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> reqwest::Response {
         self.req(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
             .header("content-type", media_type)
             .body(body.to_vec())
@@ -100,7 +115,10 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 async fn error_code(r: reqwest::Response) -> (StatusCode, String) {
     let status = r.status();
     let body: Value = r.json().await.expect("error body is JSON");
-    (status, body["errors"][0]["code"].as_str().unwrap_or("").to_owned())
+    (
+        status,
+        body["errors"][0]["code"].as_str().unwrap_or("").to_owned(),
+    )
 }
 
 #[tokio::test]
@@ -108,9 +126,26 @@ async fn base_endpoint_answers_with_api_version() {
     let s = start().await;
     let r = s.req(Method::GET, "/v2/").send().await.expect("send");
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.headers()["docker-distribution-api-version"], "registry/2.0");
-    assert_eq!(s.req(Method::GET, "/healthz").send().await.expect("send").status(), StatusCode::OK);
-    assert_eq!(s.req(Method::GET, "/readyz").send().await.expect("send").status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
+    assert_eq!(
+        s.req(Method::GET, "/healthz")
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.req(Method::GET, "/readyz")
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -118,12 +153,20 @@ async fn blob_get_head_and_ranges() {
     let s = start().await;
     let data = b"0123456789abcdef";
     let d = s.push_blob("r", data).await;
-    let r = s.req(Method::GET, &format!("/v2/r/blobs/{d}")).send().await.expect("send");
+    let r = s
+        .req(Method::GET, &format!("/v2/r/blobs/{d}"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["docker-content-digest"], d.as_str());
     assert_eq!(r.bytes().await.expect("body").as_ref(), data);
 
-    let r = s.req(Method::HEAD, &format!("/v2/r/blobs/{d}")).send().await.expect("send");
+    let r = s
+        .req(Method::HEAD, &format!("/v2/r/blobs/{d}"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-length"], "16");
 
@@ -151,27 +194,50 @@ async fn blob_get_head_and_ranges() {
 async fn blobs_are_served_only_from_repositories_they_are_linked_to() {
     let s = start().await;
     let d = s.push_blob("team-a/app", b"secret layer").await;
-    let r = s.req(Method::GET, &format!("/v2/team-b/app/blobs/{d}")).send().await.expect("send");
-    assert_eq!(error_code(r).await, (StatusCode::NOT_FOUND, "BLOB_UNKNOWN".into()));
+    let r = s
+        .req(Method::GET, &format!("/v2/team-b/app/blobs/{d}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN".into())
+    );
     // mounting with `from` links it; without `from` it is an ordinary upload
     let r = s
-        .req(Method::POST, &format!("/v2/team-b/app/blobs/uploads/?mount={d}"))
+        .req(
+            Method::POST,
+            &format!("/v2/team-b/app/blobs/uploads/?mount={d}"),
+        )
         .send()
         .await
         .expect("send");
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let r = s
-        .req(Method::POST, &format!("/v2/team-b/app/blobs/uploads/?mount={d}&from=team-a/app"))
+        .req(
+            Method::POST,
+            &format!("/v2/team-b/app/blobs/uploads/?mount={d}&from=team-a/app"),
+        )
         .send()
         .await
         .expect("send");
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(r.headers()["location"], format!("/v2/team-b/app/blobs/{d}").as_str());
-    let r = s.req(Method::GET, &format!("/v2/team-b/app/blobs/{d}")).send().await.expect("send");
+    assert_eq!(
+        r.headers()["location"],
+        format!("/v2/team-b/app/blobs/{d}").as_str()
+    );
+    let r = s
+        .req(Method::GET, &format!("/v2/team-b/app/blobs/{d}"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::OK);
     // mounting from a repository that does not have it falls back to an upload
     let r = s
-        .req(Method::POST, &format!("/v2/c/blobs/uploads/?mount={d}&from=nobody/here"))
+        .req(
+            Method::POST,
+            &format!("/v2/c/blobs/uploads/?mount={d}&from=nobody/here"),
+        )
         .send()
         .await
         .expect("send");
@@ -181,9 +247,16 @@ async fn blobs_are_served_only_from_repositories_they_are_linked_to() {
 #[tokio::test]
 async fn chunked_upload_with_status_and_out_of_order_chunks() {
     let s = start().await;
-    let r = s.req(Method::POST, "/v2/r/blobs/uploads/").send().await.expect("send");
+    let r = s
+        .req(Method::POST, "/v2/r/blobs/uploads/")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let loc = r.headers()["location"].to_str().expect("location").to_owned();
+    let loc = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
     let data = b"first chunk|second chunk";
     let r = s
         .req(Method::PATCH, &loc)
@@ -195,7 +268,10 @@ async fn chunked_upload_with_status_and_out_of_order_chunks() {
         .expect("send");
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(r.headers()["range"], "0-11");
-    let loc = r.headers()["location"].to_str().expect("location").to_owned();
+    let loc = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
 
     // a chunk that does not continue the upload: 416 with where it stands
     let r = s
@@ -222,31 +298,76 @@ async fn chunked_upload_with_status_and_out_of_order_chunks() {
         .await
         .expect("send");
     assert_eq!(r.status(), StatusCode::CREATED);
-    let got = s.req(Method::GET, &format!("/v2/r/blobs/{d}")).send().await.expect("send");
+    let got = s
+        .req(Method::GET, &format!("/v2/r/blobs/{d}"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(got.bytes().await.expect("body").as_ref(), data);
     // the finished session is gone
     let r = s.req(Method::GET, &loc).send().await.expect("send");
-    assert_eq!(error_code(r).await, (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN".into()));
-    let r = s.req(Method::PATCH, &loc).body("more").send().await.expect("send");
-    assert_eq!(error_code(r).await, (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN".into()));
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN".into())
+    );
+    let r = s
+        .req(Method::PATCH, &loc)
+        .body("more")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN".into())
+    );
 }
 
 #[tokio::test]
 async fn streamed_upload_and_cancel() {
     let s = start().await;
-    let r = s.req(Method::POST, "/v2/r/blobs/uploads/").send().await.expect("send");
-    let loc = r.headers()["location"].to_str().expect("location").to_owned();
+    let r = s
+        .req(Method::POST, "/v2/r/blobs/uploads/")
+        .send()
+        .await
+        .expect("send");
+    let loc = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
     for part in [&b"stream"[..], b"ed ", b"body"] {
-        let r = s.req(Method::PATCH, &loc).body(part.to_vec()).send().await.expect("send");
+        let r = s
+            .req(Method::PATCH, &loc)
+            .body(part.to_vec())
+            .send()
+            .await
+            .expect("send");
         assert_eq!(r.status(), StatusCode::ACCEPTED);
     }
     let d = sha256(b"streamed body");
-    let r = s.req(Method::PUT, &format!("{loc}?digest={d}")).send().await.expect("send");
+    let r = s
+        .req(Method::PUT, &format!("{loc}?digest={d}"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::CREATED);
 
-    let r = s.req(Method::POST, "/v2/r/blobs/uploads/").send().await.expect("send");
-    let loc = r.headers()["location"].to_str().expect("location").to_owned();
-    assert_eq!(s.req(Method::DELETE, &loc).send().await.expect("send").status(), StatusCode::NO_CONTENT);
+    let r = s
+        .req(Method::POST, "/v2/r/blobs/uploads/")
+        .send()
+        .await
+        .expect("send");
+    let loc = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    assert_eq!(
+        s.req(Method::DELETE, &loc)
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        StatusCode::NO_CONTENT
+    );
     let r = s.req(Method::GET, &loc).send().await.expect("send");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
@@ -256,36 +377,75 @@ async fn wrong_digest_is_refused_and_nothing_is_stored() {
     let s = start().await;
     let claimed = sha256(b"what the client claims");
     let r = s
-        .req(Method::POST, &format!("/v2/r/blobs/uploads/?digest={claimed}"))
+        .req(
+            Method::POST,
+            &format!("/v2/r/blobs/uploads/?digest={claimed}"),
+        )
         .body("different bytes")
         .send()
         .await
         .expect("send");
-    assert_eq!(error_code(r).await, (StatusCode::BAD_REQUEST, "DIGEST_INVALID".into()));
-    let r = s.req(Method::HEAD, &format!("/v2/r/blobs/{claimed}")).send().await.expect("send");
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "DIGEST_INVALID".into())
+    );
+    let r = s
+        .req(Method::HEAD, &format!("/v2/r/blobs/{claimed}"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // the same through a session: the session is dropped too
-    let r = s.req(Method::POST, "/v2/r/blobs/uploads/").send().await.expect("send");
-    let loc = r.headers()["location"].to_str().expect("location").to_owned();
+    let r = s
+        .req(Method::POST, "/v2/r/blobs/uploads/")
+        .send()
+        .await
+        .expect("send");
+    let loc = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
     let r = s
         .req(Method::PUT, &format!("{loc}?digest={claimed}"))
         .body("different bytes")
         .send()
         .await
         .expect("send");
-    assert_eq!(error_code(r).await, (StatusCode::BAD_REQUEST, "DIGEST_INVALID".into()));
-    assert_eq!(s.req(Method::GET, &loc).send().await.expect("send").status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "DIGEST_INVALID".into())
+    );
+    assert_eq!(
+        s.req(Method::GET, &loc)
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        StatusCode::NOT_FOUND
+    );
     // malformed or unsupported digests are 400, not 500
-    for bad in ["sha256:xyz", "md5:d41d8cd98f00b204e9800998ecf8427e", "nocolon"] {
+    for bad in [
+        "sha256:xyz",
+        "md5:d41d8cd98f00b204e9800998ecf8427e",
+        "nocolon",
+    ] {
         let r = s
             .req(Method::POST, &format!("/v2/r/blobs/uploads/?digest={bad}"))
             .body("x")
             .send()
             .await
             .expect("send");
-        assert_eq!(error_code(r).await, (StatusCode::BAD_REQUEST, "DIGEST_INVALID".into()), "{bad}");
-        let r = s.req(Method::GET, &format!("/v2/r/blobs/{bad}")).send().await.expect("send");
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::BAD_REQUEST, "DIGEST_INVALID".into()),
+            "{bad}"
+        );
+        let r = s
+            .req(Method::GET, &format!("/v2/r/blobs/{bad}"))
+            .send()
+            .await
+            .expect("send");
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
     }
 }
@@ -303,11 +463,18 @@ async fn sha512_blobs_are_verified() {
         .await
         .expect("send");
     assert_eq!(r.status(), StatusCode::CREATED);
-    let r = s.req(Method::GET, &format!("/v2/r/blobs/{d}")).send().await.expect("send");
+    let r = s
+        .req(Method::GET, &format!("/v2/r/blobs/{d}"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.bytes().await.expect("body").as_ref(), data);
     let wrong = format!("sha512:{}", hex::encode(Sha512::digest(b"other")));
     let r = s
-        .req(Method::POST, &format!("/v2/r/blobs/uploads/?digest={wrong}"))
+        .req(
+            Method::POST,
+            &format!("/v2/r/blobs/uploads/?digest={wrong}"),
+        )
         .body(data.to_vec())
         .send()
         .await
@@ -322,7 +489,10 @@ async fn manifests_round_trip_exact_bytes_with_negotiation() {
     let r = s.put_manifest("app", "v1", OCI_MANIFEST, &m).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.headers()["docker-content-digest"], d.as_str());
-    assert_eq!(r.headers()["location"], format!("/v2/app/manifests/{d}").as_str());
+    assert_eq!(
+        r.headers()["location"],
+        format!("/v2/app/manifests/{d}").as_str()
+    );
     for reference in ["v1", d.as_str()] {
         let r = s
             .req(Method::GET, &format!("/v2/app/manifests/{reference}"))
@@ -335,16 +505,26 @@ async fn manifests_round_trip_exact_bytes_with_negotiation() {
         assert_eq!(r.headers()["docker-content-digest"], d.as_str());
         assert_eq!(r.bytes().await.expect("body").as_ref(), m.as_slice());
     }
-    let r = s.req(Method::HEAD, "/v2/app/manifests/v1").send().await.expect("send");
+    let r = s
+        .req(Method::HEAD, "/v2/app/manifests/v1")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.headers()["content-length"], m.len().to_string().as_str());
     // a client that accepts only other formats gets a miss
     let r = s
         .req(Method::GET, "/v2/app/manifests/v1")
-        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .header(
+            "accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
         .send()
         .await
         .expect("send");
-    assert_eq!(error_code(r).await, (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN".into()));
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN".into())
+    );
 }
 
 #[tokio::test]
@@ -357,42 +537,87 @@ async fn manifest_without_media_type_takes_content_type() {
     let docker = "application/vnd.docker.distribution.manifest.v2+json";
     let r = s.put_manifest("umoci", "latest", docker, &body).await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    let r = s.req(Method::GET, "/v2/umoci/manifests/latest").send().await.expect("send");
+    let r = s
+        .req(Method::GET, "/v2/umoci/manifests/latest")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.headers()["content-type"], docker);
 }
 
 #[tokio::test]
 async fn manifest_put_errors() {
-    let s = start_with(RegistryConfig { max_manifest_bytes: 64 * 1024, ..RegistryConfig::default() }).await;
+    let s = start_with(RegistryConfig {
+        max_manifest_bytes: 64 * 1024,
+        ..RegistryConfig::default()
+    })
+    .await;
     let (m, d) = s.image("r", b"layer").await;
     // references a blob the repository does not have
-    let missing = String::from_utf8(m.clone()).expect("utf8").replace(
-        &sha256(b"layer"),
-        &sha256(b"never pushed"),
+    let missing = String::from_utf8(m.clone())
+        .expect("utf8")
+        .replace(&sha256(b"layer"), &sha256(b"never pushed"));
+    let r = s
+        .put_manifest("r", "v1", OCI_MANIFEST, missing.as_bytes())
+        .await;
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN".into())
     );
-    let r = s.put_manifest("r", "v1", OCI_MANIFEST, missing.as_bytes()).await;
-    assert_eq!(error_code(r).await, (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN".into()));
     // same blobs, other repository: not linked there
     let r = s.put_manifest("other", "v1", OCI_MANIFEST, &m).await;
-    assert_eq!(error_code(r).await, (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN".into()));
-    for bad in [&b"not json"[..], b"{}", b"[]", br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#] {
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN".into())
+    );
+    for bad in [
+        &b"not json"[..],
+        b"{}",
+        b"[]",
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#,
+    ] {
         let r = s.put_manifest("r", "v1", OCI_MANIFEST, bad).await;
-        assert_eq!(error_code(r).await, (StatusCode::BAD_REQUEST, "MANIFEST_INVALID".into()));
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::BAD_REQUEST, "MANIFEST_INVALID".into())
+        );
     }
     let deep = "[".repeat(60_000);
-    let r = s.put_manifest("r", "v1", OCI_MANIFEST, deep.as_bytes()).await;
-    assert_eq!(error_code(r).await, (StatusCode::BAD_REQUEST, "MANIFEST_INVALID".into()));
+    let r = s
+        .put_manifest("r", "v1", OCI_MANIFEST, deep.as_bytes())
+        .await;
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "MANIFEST_INVALID".into())
+    );
     // body type disagrees with Content-Type
-    let r = s.put_manifest("r", "v1", "application/vnd.docker.distribution.manifest.v2+json", &m).await;
-    assert_eq!(error_code(r).await, (StatusCode::BAD_REQUEST, "MANIFEST_INVALID".into()));
+    let r = s
+        .put_manifest(
+            "r",
+            "v1",
+            "application/vnd.docker.distribution.manifest.v2+json",
+            &m,
+        )
+        .await;
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "MANIFEST_INVALID".into())
+    );
     // pushed by digest, but the digest is of other bytes
     let r = s.put_manifest("r", &sha256(b"x"), OCI_MANIFEST, &m).await;
-    assert_eq!(error_code(r).await, (StatusCode::BAD_REQUEST, "DIGEST_INVALID".into()));
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "DIGEST_INVALID".into())
+    );
     // too large, with and without Content-Length
     let big = vec![b' '; 65 * 1024];
     let r = s.put_manifest("r", "v1", OCI_MANIFEST, &big).await;
-    assert_eq!(error_code(r).await, (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID".into()));
-    let stream = futures_util::stream::iter((0..70).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024])));
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID".into())
+    );
+    let stream =
+        futures_util::stream::iter((0..70).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024])));
     let r = s
         .req(Method::PUT, "/v2/r/manifests/v1")
         .header("content-type", OCI_MANIFEST)
@@ -403,20 +628,38 @@ async fn manifest_put_errors() {
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     // invalid tag on write is a bad request; on read, a miss
     let r = s.put_manifest("r", "-bad", OCI_MANIFEST, &m).await;
-    assert_eq!(error_code(r).await, (StatusCode::BAD_REQUEST, "MANIFEST_INVALID".into()));
-    let r = s.req(Method::GET, "/v2/r/manifests/.bad").send().await.expect("send");
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "MANIFEST_INVALID".into())
+    );
+    let r = s
+        .req(Method::GET, "/v2/r/manifests/.bad")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // nothing above was stored
-    let r = s.req(Method::GET, "/v2/r/tags/list").send().await.expect("send");
+    let r = s
+        .req(Method::GET, "/v2/r/tags/list")
+        .send()
+        .await
+        .expect("send");
     let tags: Value = r.json().await.expect("json");
     assert_eq!(tags["tags"], json!([]));
-    assert_eq!(s.put_manifest("r", &d, OCI_MANIFEST, &m).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        s.put_manifest("r", &d, OCI_MANIFEST, &m).await.status(),
+        StatusCode::CREATED
+    );
 }
 
 #[tokio::test]
 async fn index_children_must_exist_unless_sparse_is_allowed() {
     for sparse in [false, true] {
-        let s = start_with(RegistryConfig { allow_sparse_index: sparse, ..RegistryConfig::default() }).await;
+        let s = start_with(RegistryConfig {
+            allow_sparse_index: sparse,
+            ..RegistryConfig::default()
+        })
+        .await;
         let (m, d) = s.image("multi", b"amd64 layer").await;
         let absent = sha256(b"arm64 manifest never pushed");
         let index = serde_json::to_vec(&json!({
@@ -428,12 +671,18 @@ async fn index_children_must_exist_unless_sparse_is_allowed() {
             ],
         }))
         .expect("json");
-        assert_eq!(s.put_manifest("multi", &d, OCI_MANIFEST, &m).await.status(), StatusCode::CREATED);
+        assert_eq!(
+            s.put_manifest("multi", &d, OCI_MANIFEST, &m).await.status(),
+            StatusCode::CREATED
+        );
         let r = s.put_manifest("multi", "v1", OCI_INDEX, &index).await;
         if sparse {
             assert_eq!(r.status(), StatusCode::CREATED);
         } else {
-            assert_eq!(error_code(r).await, (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN".into()));
+            assert_eq!(
+                error_code(r).await,
+                (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN".into())
+            );
         }
     }
 }
@@ -459,17 +708,28 @@ async fn referrers_with_subject_pushed_first_and_filter() {
     let sbom = artifact("application/spdx+json", 2);
     for body in [&sig, &sbom] {
         let r = s.put_manifest("r", &sha256(body), OCI_MANIFEST, body).await;
-        assert_eq!(r.status(), StatusCode::CREATED, "a missing subject is accepted");
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "a missing subject is accepted"
+        );
         assert_eq!(r.headers()["oci-subject"], subject.as_str());
     }
-    let r = s.req(Method::GET, &format!("/v2/r/referrers/{subject}")).send().await.expect("send");
+    let r = s
+        .req(Method::GET, &format!("/v2/r/referrers/{subject}"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], OCI_INDEX);
     assert!(r.headers().get("oci-filters-applied").is_none());
     let idx: Value = r.json().await.expect("json");
     assert_eq!(idx["manifests"].as_array().map(Vec::len), Some(2));
     let r = s
-        .req(Method::GET, &format!("/v2/r/referrers/{subject}?artifactType=application/spdx%2Bjson"))
+        .req(
+            Method::GET,
+            &format!("/v2/r/referrers/{subject}?artifactType=application/spdx%2Bjson"),
+        )
         .send()
         .await
         .expect("send");
@@ -483,7 +743,10 @@ async fn referrers_with_subject_pushed_first_and_filter() {
     assert_eq!(list[0]["annotations"]["n"], "2");
     // unknown subject: an empty index, not an error
     let r = s
-        .req(Method::GET, &format!("/v2/nobody/referrers/{}", sha256(b"?")))
+        .req(
+            Method::GET,
+            &format!("/v2/nobody/referrers/{}", sha256(b"?")),
+        )
         .send()
         .await
         .expect("send");
@@ -500,28 +763,76 @@ async fn deletes_answer_202_then_404_and_protect_what_is_used() {
     s.put_manifest("del", "v2", OCI_MANIFEST, &m).await;
     let layer = sha256(b"layer");
     // a blob a manifest needs cannot go
-    let r = s.req(Method::DELETE, &format!("/v2/del/blobs/{layer}")).send().await.expect("send");
-    assert_eq!(error_code(r).await, (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED".into()));
+    let r = s
+        .req(Method::DELETE, &format!("/v2/del/blobs/{layer}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED".into())
+    );
     // tag delete
-    let r = s.req(Method::DELETE, "/v2/del/manifests/v1").send().await.expect("send");
+    let r = s
+        .req(Method::DELETE, "/v2/del/manifests/v1")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = s.req(Method::GET, "/v2/del/manifests/v1").send().await.expect("send");
+    let r = s
+        .req(Method::GET, "/v2/del/manifests/v1")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    assert_eq!(s.req(Method::GET, "/v2/del/manifests/v2").send().await.expect("send").status(), StatusCode::OK);
+    assert_eq!(
+        s.req(Method::GET, "/v2/del/manifests/v2")
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        StatusCode::OK
+    );
     // digest delete removes the manifest and its remaining tags
-    let r = s.req(Method::DELETE, &format!("/v2/del/manifests/{d}")).send().await.expect("send");
+    let r = s
+        .req(Method::DELETE, &format!("/v2/del/manifests/{d}"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     for reference in ["v2", d.as_str()] {
-        let r = s.req(Method::GET, &format!("/v2/del/manifests/{reference}")).send().await.expect("send");
-        assert_eq!(error_code(r).await, (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN".into()));
+        let r = s
+            .req(Method::GET, &format!("/v2/del/manifests/{reference}"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN".into())
+        );
     }
-    let r = s.req(Method::DELETE, &format!("/v2/del/manifests/{d}")).send().await.expect("send");
+    let r = s
+        .req(Method::DELETE, &format!("/v2/del/manifests/{d}"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // now the blob can go
-    let r = s.req(Method::DELETE, &format!("/v2/del/blobs/{layer}")).send().await.expect("send");
+    let r = s
+        .req(Method::DELETE, &format!("/v2/del/blobs/{layer}"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = s.req(Method::GET, &format!("/v2/del/blobs/{layer}")).send().await.expect("send");
-    assert_eq!(error_code(r).await, (StatusCode::NOT_FOUND, "BLOB_UNKNOWN".into()));
+    let r = s
+        .req(Method::GET, &format!("/v2/del/blobs/{layer}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN".into())
+    );
 }
 
 #[tokio::test]
@@ -529,34 +840,78 @@ async fn tags_list_order_and_pagination() {
     let s = start().await;
     let (m, _) = s.image("tags", b"layer").await;
     for tag in ["v10", "V2", "latest", "v1", "1.0", "_x", "Latest"] {
-        assert_eq!(s.put_manifest("tags", tag, OCI_MANIFEST, &m).await.status(), StatusCode::CREATED);
+        assert_eq!(
+            s.put_manifest("tags", tag, OCI_MANIFEST, &m).await.status(),
+            StatusCode::CREATED
+        );
     }
-    let r = s.req(Method::GET, "/v2/tags/tags/list").send().await.expect("send");
+    let r = s
+        .req(Method::GET, "/v2/tags/tags/list")
+        .send()
+        .await
+        .expect("send");
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["name"], "tags");
-    assert_eq!(v["tags"], json!(["1.0", "_x", "Latest", "latest", "v1", "v10", "V2"]));
+    assert_eq!(
+        v["tags"],
+        json!(["1.0", "_x", "Latest", "latest", "v1", "v10", "V2"])
+    );
 
-    let r = s.req(Method::GET, "/v2/tags/tags/list?n=3").send().await.expect("send");
-    assert_eq!(r.headers()["link"], "</v2/tags/tags/list?n=3&last=Latest>; rel=\"next\"");
+    let r = s
+        .req(Method::GET, "/v2/tags/tags/list?n=3")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        r.headers()["link"],
+        "</v2/tags/tags/list?n=3&last=Latest>; rel=\"next\""
+    );
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["tags"], json!(["1.0", "_x", "Latest"]));
-    let r = s.req(Method::GET, "/v2/tags/tags/list?n=3&last=Latest").send().await.expect("send");
+    let r = s
+        .req(Method::GET, "/v2/tags/tags/list?n=3&last=Latest")
+        .send()
+        .await
+        .expect("send");
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["tags"], json!(["latest", "v1", "v10"]));
-    let r = s.req(Method::GET, "/v2/tags/tags/list?n=3&last=v10").send().await.expect("send");
+    let r = s
+        .req(Method::GET, "/v2/tags/tags/list?n=3&last=v10")
+        .send()
+        .await
+        .expect("send");
     assert!(r.headers().get("link").is_none());
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["tags"], json!(["V2"]));
     // absurd and junk page sizes
-    let r = s.req(Method::GET, "/v2/tags/tags/list?n=99999999999999999999999").send().await.expect("send");
+    let r = s
+        .req(Method::GET, "/v2/tags/tags/list?n=99999999999999999999999")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::OK);
-    let r = s.req(Method::GET, "/v2/tags/tags/list?n=0").send().await.expect("send");
+    let r = s
+        .req(Method::GET, "/v2/tags/tags/list?n=0")
+        .send()
+        .await
+        .expect("send");
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["tags"], json!([]));
-    let r = s.req(Method::GET, "/v2/tags/tags/list?n=-1").send().await.expect("send");
+    let r = s
+        .req(Method::GET, "/v2/tags/tags/list?n=-1")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let r = s.req(Method::GET, "/v2/unknown/tags/list").send().await.expect("send");
-    assert_eq!(error_code(r).await, (StatusCode::NOT_FOUND, "NAME_UNKNOWN".into()));
+    let r = s
+        .req(Method::GET, "/v2/unknown/tags/list")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::NOT_FOUND, "NAME_UNKNOWN".into())
+    );
 }
 
 #[tokio::test]
@@ -566,11 +921,22 @@ async fn catalog_pagination() {
         let (m, _) = s.image(repo, b"l").await;
         s.put_manifest(repo, "v", OCI_MANIFEST, &m).await;
     }
-    let r = s.req(Method::GET, "/v2/_catalog?n=2").send().await.expect("send");
-    assert_eq!(r.headers()["link"], "</v2/_catalog?n=2&last=b>; rel=\"next\"");
+    let r = s
+        .req(Method::GET, "/v2/_catalog?n=2")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        r.headers()["link"],
+        "</v2/_catalog?n=2&last=b>; rel=\"next\""
+    );
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["repositories"], json!(["a/x", "b"]));
-    let r = s.req(Method::GET, "/v2/_catalog?n=2&last=b").send().await.expect("send");
+    let r = s
+        .req(Method::GET, "/v2/_catalog?n=2&last=b")
+        .send()
+        .await
+        .expect("send");
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["repositories"], json!(["c/d/e"]));
 }
@@ -579,8 +945,12 @@ async fn catalog_pagination() {
 async fn raw(s: &Server, method: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = s.base.trim_start_matches("http://").to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    let req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let mut tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
     tcp.write_all(req.as_bytes()).await.expect("write");
     let mut out = String::new();
     tcp.read_to_string(&mut out).await.expect("read");
@@ -602,12 +972,21 @@ async fn hostile_names_get_name_invalid_never_500() {
         format!("/v2/{long}/manifests/latest"),
         "/v2/a/../../blobs/uploads/".to_owned(),
     ] {
-        let method = if path.ends_with("uploads/") { "POST" } else { "GET" };
+        let method = if path.ends_with("uploads/") {
+            "POST"
+        } else {
+            "GET"
+        };
         let out = raw(&s, method, &path).await;
         assert!(out.starts_with("HTTP/1.1 400"), "{path}: {out}");
         assert!(out.contains("NAME_INVALID"), "{path}: {out}");
     }
-    assert!(raw(&s, "POST", "/v2/a/b/blobs/uploads/").await.starts_with("HTTP/1.1 202"), "control");
+    assert!(
+        raw(&s, "POST", "/v2/a/b/blobs/uploads/")
+            .await
+            .starts_with("HTTP/1.1 202"),
+        "control"
+    );
     // upload ids are ours; anything else is unknown, including path tricks
     for id in ["..%2f..%2fetc", "not-an-upload", "%2e%2e", "a.b"] {
         let out = raw(&s, "GET", &format!("/v2/r/blobs/uploads/{id}")).await;
@@ -620,14 +999,22 @@ async fn hostile_names_get_name_invalid_never_500() {
         .send()
         .await
         .expect("send");
-    assert!(r.status().is_success() || r.status() == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "{}", r.status());
+    assert!(
+        r.status().is_success() || r.status() == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "{}",
+        r.status()
+    );
 }
 
 #[tokio::test]
 async fn metrics_count_requests_and_bytes() {
     let s = start().await;
     s.push_blob("m", b"0123456789").await;
-    let _ = s.req(Method::GET, "/v2/m/manifests/nope").send().await.expect("send");
+    let _ = s
+        .req(Method::GET, "/v2/m/manifests/nope")
+        .send()
+        .await
+        .expect("send");
     let text = s
         .req(Method::GET, "/metrics")
         .send()
@@ -641,22 +1028,41 @@ async fn metrics_count_requests_and_bytes() {
         text.contains(r#"berth_http_requests_total{route="manifest",method="GET",status="404"} 1"#),
         "{text}"
     );
-    assert!(text.contains(r#"berth_http_requests_total{route="upload",method="POST",status="201"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"berth_http_requests_total{route="upload",method="POST",status="201"} 1"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn client_disconnect_mid_upload_leaves_session_consistent() {
     let s = start().await;
-    let r = s.req(Method::POST, "/v2/r/blobs/uploads/").send().await.expect("send");
-    let loc = r.headers()["location"].to_str().expect("location").to_owned();
-    let r = s.req(Method::PATCH, &loc).body("good").send().await.expect("send");
+    let r = s
+        .req(Method::POST, "/v2/r/blobs/uploads/")
+        .send()
+        .await
+        .expect("send");
+    let loc = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    let r = s
+        .req(Method::PATCH, &loc)
+        .body("good")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     // announce 1 MiB, send a little, hang up
     let addr = s.base.trim_start_matches("http://").to_owned();
     {
         use tokio::io::AsyncWriteExt;
-        let mut tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-        let head = format!("PATCH {loc} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 1048576\r\n\r\npartial junk");
+        let mut tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let head = format!(
+            "PATCH {loc} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 1048576\r\n\r\npartial junk"
+        );
         tcp.write_all(head.as_bytes()).await.expect("write");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -664,8 +1070,108 @@ async fn client_disconnect_mid_upload_leaves_session_consistent() {
     let r = s.req(Method::GET, &loc).send().await.expect("send");
     assert_eq!(r.headers()["range"], "0-3", "only acknowledged bytes count");
     let d = sha256(b"good end");
-    let r = s.req(Method::PUT, &format!("{loc}?digest={d}")).body(" end").send().await.expect("send");
+    let r = s
+        .req(Method::PUT, &format!("{loc}?digest={d}"))
+        .body(" end")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), StatusCode::CREATED);
-    let r = s.req(Method::GET, &format!("/v2/r/blobs/{d}")).send().await.expect("send");
+    let r = s
+        .req(Method::GET, &format!("/v2/r/blobs/{d}"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.bytes().await.expect("body").as_ref(), b"good end");
+}
+
+#[tokio::test]
+async fn slow_clients_do_not_starve_others() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start_server(
+        RegistryConfig::default(),
+        ServerConfig {
+            header_read_timeout: Duration::from_secs(1),
+            max_connections: 64,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    // 40 slowloris connections: a request line, then a header byte now and then, never
+    // an end to the headers.
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let mut tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        tcp.write_all(b"GET /v2/ HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            .await
+            .expect("write");
+        slow.push(tcp);
+    }
+    // Normal clients are served promptly meanwhile.
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        let r = s.req(Method::GET, "/v2/").send().await.expect("send");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    // Past the header timeout every slow connection has been closed by the server.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for tcp in &mut slow {
+        let _ = tcp.write_all(b"a").await;
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buf))
+            .await
+            .expect("server closed the slow connection in time")
+            .unwrap_or(0);
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn connection_limit_closes_the_excess_and_recovers() {
+    use tokio::io::AsyncReadExt;
+    let s = start_server(
+        RegistryConfig::default(),
+        ServerConfig {
+            header_read_timeout: Duration::from_secs(1),
+            max_connections: 8,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf))
+        .await
+        .expect("excess connection closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the ninth connection is closed");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = s.req(Method::GET, "/v2/").send().await.expect("send");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "slots come back when connections end"
+    );
 }

@@ -10,9 +10,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest as _, Sha512};
 use tokio::fs::{self, File, OpenOptions};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::{BlobReader, HashState, Result, StorageError};
+use crate::{BlobReader, HashState, Result, StorageError, failpoint};
 
 /// Large writes keep the number of blocking-pool hops per gigabyte small.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -40,7 +40,7 @@ impl FsStore {
         &self.root
     }
 
-    fn blob_path(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
         self.root
             .join("blobs")
@@ -74,29 +74,27 @@ impl FsStore {
         digest: &Digest,
         range: Option<(u64, u64)>,
     ) -> Result<Option<BlobReader>> {
-        let mut file = match File::open(self.blob_path(digest)).await {
-            Ok(f) => f,
+        let path = self.blob_path(digest);
+        let opened = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(path)?;
+            let total = file.metadata()?.len();
+            Ok::<_, std::io::Error>((file, total))
+        })
+        .await
+        .map_err(|e| StorageError::io("opening a blob")(std::io::Error::other(e)))?;
+        let (file, total) = match opened {
+            Ok(x) => x,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StorageError::io("opening a blob")(e)),
         };
-        let total = file
-            .metadata()
-            .await
-            .map_err(StorageError::io("reading blob metadata"))?
-            .len();
         let (start, len) = match range {
             Some((first, last)) if first <= last && last < total => (first, last - first + 1),
             _ => (0, total),
         };
-        if start > 0 {
-            file.seek(SeekFrom::Start(start))
-                .await
-                .map_err(StorageError::io("seeking in a blob"))?;
-        }
         Ok(Some(BlobReader {
             len,
             total,
-            body: Box::pin(file.take(len)),
+            body: Box::pin(read_chunks(Arc::new(file), start, len)),
         }))
     }
 
@@ -161,26 +159,51 @@ impl FsStore {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let file = self.open_at(id, offset).await?;
-        let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+        let file = self.open_at(id, offset).await?.into_std().await;
+        // Hashing and writing run on a blocking thread, fed through a short queue: the
+        // connection's task only receives, so receiving, hashing and disk writes overlap,
+        // and a slow disk pushes back on the client instead of filling memory.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_DEPTH);
         // Work on a copy: if the body fails half way, the caller's state still matches the
         // acknowledged size, and the stray bytes are cut off by the next open_at.
-        let mut hash = state.clone();
+        // A thread of its own rather than the blocking pool: it lives as long as the upload,
+        // and must not hold a pool slot that blob reads need.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let hash = state.clone();
+        std::thread::Builder::new()
+            .name("berth-upload".into())
+            .spawn(move || {
+                let _ = done_tx.send(write_chunks(file, hash, rx));
+            })
+            .map_err(StorageError::io("starting an upload writer"))?;
         let mut size = offset;
+        let mut received: std::result::Result<(), StorageError> = Ok(());
         let mut body = std::pin::pin!(body);
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| StorageError::Body(Box::new(e)))?;
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    received = Err(StorageError::Body(Box::new(e)));
+                    break;
+                }
+            };
             size += chunk.len() as u64;
             if size > limit {
-                return Err(StorageError::TooLarge { limit });
+                received = Err(StorageError::TooLarge { limit });
+                break;
             }
-            hash.update(&chunk);
-            out.write_all(&chunk)
-                .await
-                .map_err(StorageError::io("writing an upload"))?;
+            if tx.send(chunk).await.is_err() {
+                // The writer stopped early: its own error says why.
+                break;
+            }
         }
-        out.flush()
+        drop(tx);
+        let written = done_rx
             .await
+            .map_err(|e| StorageError::io("writing an upload")(std::io::Error::other(e)))?;
+        received?;
+        let hash = written.map_err(StorageError::io("writing an upload"))?;
+        failpoint::hit(failpoint::AFTER_TEMP_WRITE)
             .map_err(StorageError::io("writing an upload"))?;
         *state = hash;
         Ok(size)
@@ -221,6 +244,8 @@ impl FsStore {
         fs::create_dir_all(parent)
             .await
             .map_err(StorageError::io("creating a blob directory"))?;
+        failpoint::hit(failpoint::BEFORE_RENAME)
+            .map_err(StorageError::io("moving an upload into place"))?;
         // Same digest, same bytes: if the blob already exists, either copy is right.
         fs::rename(self.upload_path(id)?, &dest)
             .await
@@ -261,6 +286,94 @@ impl FsStore {
         }
         Ok(removed)
     }
+}
+
+/// Bytes per read when serving a blob. Each read lands straight in the buffer that becomes
+/// the body frame (one copy from the page cache), and only one read per response is in
+/// flight, so a connection holds at most about two of these.
+const READ_CHUNK: usize = 128 * 1024;
+
+/// Streams `len` bytes of `file` from `start` with positioned reads on the blocking pool.
+fn read_chunks(
+    file: Arc<std::fs::File>,
+    start: u64,
+    len: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
+    futures_util::stream::try_unfold((file, start, start + len), |(file, pos, end)| async move {
+        if pos >= end {
+            return Ok(None);
+        }
+        let want = usize::try_from(end - pos)
+            .unwrap_or(usize::MAX)
+            .min(READ_CHUNK);
+        let (file, chunk) = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = bytes::BytesMut::zeroed(want);
+            let n = file.read_at(&mut buf, pos)?;
+            buf.truncate(n);
+            Ok::<_, std::io::Error>((file, buf.freeze()))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if chunk.is_empty() {
+            // The blob shrank under us: never pad, never loop.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "blob ended before its recorded size",
+            ));
+        }
+        let next = pos + chunk.len() as u64;
+        Ok(Some((chunk, (file, next, end))))
+    })
+}
+
+/// Chunks waiting for the writer thread; with hyper's frames this bounds what one upload
+/// holds in memory to a few hundred KiB.
+const CHANNEL_DEPTH: usize = 16;
+/// Start flushing to disk every this many bytes, so the fsync at the end of an upload has
+/// little left to do. Without it nothing is written back until the kernel's dirty limit,
+/// and a 1 GiB upload would end with a 1 GiB fsync.
+const EARLY_SYNC_EVERY: u64 = 64 << 20;
+
+/// The writer thread of an upload: hashes and writes every chunk, coalescing small ones,
+/// and starts writeback early on a cloned descriptor while it goes on writing.
+fn write_chunks(
+    mut file: std::fs::File,
+    mut hash: HashState,
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> std::io::Result<HashState> {
+    use std::io::Write;
+    let mut pending: Vec<u8> = Vec::with_capacity(WRITE_BUFFER);
+    let mut since_sync = 0u64;
+    let mut syncing: Option<std::thread::JoinHandle<std::io::Result<()>>> = None;
+    while let Some(chunk) = rx.blocking_recv() {
+        hash.update(&chunk);
+        if pending.is_empty() && chunk.len() >= WRITE_BUFFER / 4 {
+            file.write_all(&chunk)?;
+        } else {
+            pending.extend_from_slice(&chunk);
+            if pending.len() >= WRITE_BUFFER {
+                file.write_all(&pending)?;
+                pending.clear();
+            }
+        }
+        since_sync += chunk.len() as u64;
+        if since_sync >= EARLY_SYNC_EVERY && syncing.as_ref().is_none_or(|t| t.is_finished()) {
+            since_sync = 0;
+            if let Some(t) = syncing.take() {
+                t.join()
+                    .map_err(|_| std::io::Error::other("sync thread panicked"))??;
+            }
+            let clone = file.try_clone()?;
+            syncing = Some(std::thread::spawn(move || clone.sync_data()));
+        }
+    }
+    file.write_all(&pending)?;
+    if let Some(t) = syncing.take() {
+        t.join()
+            .map_err(|_| std::io::Error::other("sync thread panicked"))??;
+    }
+    Ok(hash)
 }
 
 async fn sha512_of(file: &mut File) -> Result<Digest> {
@@ -334,9 +447,11 @@ mod tests {
             .await
             .expect("open")
             .expect("present");
-        let mut s = String::new();
-        r.body.read_to_string(&mut s).await.expect("read");
-        assert_eq!((s.as_str(), r.len, r.total), ("world", 5, 11));
+        let mut s = Vec::new();
+        while let Some(chunk) = r.body.next().await {
+            s.extend_from_slice(&chunk.expect("read"));
+        }
+        assert_eq!((s.as_slice(), r.len, r.total), (&b"world"[..], 5, 11));
     }
 
     #[tokio::test]

@@ -9,8 +9,10 @@
 //!
 //! This crate knows paths and keys; it knows nothing of SQL or HTTP.
 
+pub mod failpoint;
 mod fs;
 mod hash;
+mod scan;
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -18,10 +20,10 @@ use std::time::Duration;
 use berth_oci::Digest;
 use bytes::Bytes;
 use futures_util::Stream;
-use tokio::io::AsyncRead;
 
 pub use fs::FsStore;
 pub use hash::{HashState, digest_of};
+pub use scan::{BlobCheck, BlobScan, ScanEntry};
 
 /// Errors from the blob store. Client-caused conditions are distinct variants so the
 /// layers above can answer them with the right code.
@@ -61,7 +63,7 @@ pub struct BlobReader {
     pub len: u64,
     /// The blob's full size.
     pub total: u64,
-    pub body: Pin<Box<dyn AsyncRead + Send>>,
+    pub body: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>,
 }
 
 /// The blob store in use. Backends are enum variants, so every operation is one static match.

@@ -20,6 +20,7 @@ pub struct Config {
     pub uploads: UploadsConfig,
     pub log: LogConfig,
     pub security: SecurityConfig,
+    pub cache: CacheConfig,
     /// Accept an index whose child manifests are not in the repository.
     pub allow_sparse_index: bool,
 }
@@ -35,6 +36,7 @@ impl Default for Config {
             uploads: UploadsConfig::default(),
             log: LogConfig::default(),
             security: SecurityConfig::default(),
+            cache: CacheConfig::default(),
             allow_sparse_index: false,
         }
     }
@@ -88,6 +90,26 @@ impl Default for UploadsConfig {
         UploadsConfig {
             ttl_secs: 24 * 3600,
             purge_interval_secs: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Milliseconds a cached tag, manifest or blob link is served without asking the
+    /// metadata store. Writes through this replica invalidate at once; the TTL bounds how
+    /// long another replica's change can go unseen. 0 turns the cache off.
+    pub ttl_ms: u64,
+    /// Entries kept in each of the three caches.
+    pub entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            ttl_ms: 2000,
+            entries: 10_000,
         }
     }
 }
