@@ -288,10 +288,13 @@ impl FsStore {
     }
 }
 
-/// Bytes per read when serving a blob. Each read lands straight in the buffer that becomes
-/// the body frame (one copy from the page cache), and only one read per response is in
-/// flight, so a connection holds at most about two of these.
-const READ_CHUNK: usize = 128 * 1024;
+/// Bytes per read when serving a blob: small at first, so the many short responses of a
+/// rollout each hold little memory, growing with what the response has sent so far, so a
+/// large layer streams in big reads with few wakeups. Each read lands straight in the buffer
+/// that becomes the body frame (one copy from the page cache), and only one read per
+/// response is in flight.
+const READ_CHUNK_MIN: u64 = 64 * 1024;
+const READ_CHUNK_MAX: u64 = 256 * 1024;
 
 /// Streams `len` bytes of `file` from `start` with positioned reads on the blocking pool.
 fn read_chunks(
@@ -299,37 +302,40 @@ fn read_chunks(
     start: u64,
     len: u64,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
-    futures_util::stream::try_unfold((file, start, start + len), |(file, pos, end)| async move {
-        if pos >= end {
-            return Ok(None);
-        }
-        let want = usize::try_from(end - pos)
-            .unwrap_or(usize::MAX)
-            .min(READ_CHUNK);
-        let (file, chunk) = tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let mut buf = bytes::BytesMut::zeroed(want);
-            let n = file.read_at(&mut buf, pos)?;
-            buf.truncate(n);
-            Ok::<_, std::io::Error>((file, buf.freeze()))
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        if chunk.is_empty() {
-            // The blob shrank under us: never pad, never loop.
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "blob ended before its recorded size",
-            ));
-        }
-        let next = pos + chunk.len() as u64;
-        Ok(Some((chunk, (file, next, end))))
-    })
+    futures_util::stream::try_unfold(
+        (file, start, start + len),
+        move |(file, pos, end)| async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let sent = pos - start;
+            let chunk = (sent / 8).clamp(READ_CHUNK_MIN, READ_CHUNK_MAX);
+            let want = usize::try_from((end - pos).min(chunk)).unwrap_or(usize::MAX);
+            let (file, chunk) = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = bytes::BytesMut::zeroed(want);
+                let n = file.read_at(&mut buf, pos)?;
+                buf.truncate(n);
+                Ok::<_, std::io::Error>((file, buf.freeze()))
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            if chunk.is_empty() {
+                // The blob shrank under us: never pad, never loop.
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "blob ended before its recorded size",
+                ));
+            }
+            let next = pos + chunk.len() as u64;
+            Ok(Some((chunk, (file, next, end))))
+        },
+    )
 }
 
 /// Chunks waiting for the writer thread; with hyper's frames this bounds what one upload
 /// holds in memory to a few hundred KiB.
-const CHANNEL_DEPTH: usize = 16;
+const CHANNEL_DEPTH: usize = 8;
 /// Start flushing to disk every this many bytes, so the fsync at the end of an upload has
 /// little left to do. Without it nothing is written back until the kernel's dirty limit,
 /// and a 1 GiB upload would end with a 1 GiB fsync.
@@ -369,10 +375,10 @@ fn write_chunks(
         }
     }
     file.write_all(&pending)?;
-    if let Some(t) = syncing.take() {
-        t.join()
-            .map_err(|_| std::io::Error::other("sync thread panicked"))??;
-    }
+    // A writeback still running is left to finish on its own: it only starts flushing early,
+    // and the fsync when the upload completes is what makes the bytes durable (and reports
+    // any error). Waiting here would make every chunk of a chunked upload wait for the disk.
+    drop(syncing);
     Ok(hash)
 }
 

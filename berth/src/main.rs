@@ -16,11 +16,6 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
 
-/// mimalloc instead of glibc malloc: with one malloc arena per thread, glibc keeps freed
-/// body buffers of many connections around, and peak memory under load was twice as high.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "berth",
@@ -175,7 +170,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         // Blocking work is short (file opens, positioned reads); uploads have their own
         // writer threads. A bounded pool keeps thread stacks and memory flat under load.
-        .max_blocking_threads(64)
+        .max_blocking_threads(8)
         .build()
         .context("starting the async runtime")?;
     match cli.command {
