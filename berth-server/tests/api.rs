@@ -8,6 +8,7 @@ use berth_registry::{Registry, RegistryConfig};
 use berth_server::{AppState, ServerConfig};
 use berth_storage::{BlobStore, FsStore};
 use reqwest::{Method, StatusCode};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -1174,4 +1175,36 @@ async fn connection_limit_closes_the_excess_and_recovers() {
         StatusCode::OK,
         "slots come back when connections end"
     );
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_uploads_finish() {
+    let s = start().await;
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let d = sha256(&data);
+    // A slow body: 64 pieces, 20 ms apart, so shutdown arrives mid-request.
+    let pieces: Vec<Vec<u8>> = data.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
+    let body = futures_util::stream::iter(pieces).then(|p| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok::<_, std::io::Error>(p)
+    });
+    let upload = s
+        .req(Method::POST, &format!("/v2/r/blobs/uploads/?digest={d}"))
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let base = s.base.clone();
+    let Server { _stop: stop, http, _dir: dir, .. } = s;
+    let shutdown = async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = stop.send(());
+    };
+    let (r, ()) = tokio::join!(upload, shutdown);
+    assert_eq!(r.expect("in-flight request completes").status(), StatusCode::CREATED);
+    // The listener is gone: new connections are refused.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(http.get(format!("{base}/v2/")).send().await.is_err());
+    // and the blob was stored whole
+    let store = FsStore::new(dir.path()).await.expect("fs store");
+    let digest = d.parse().expect("digest");
+    assert_eq!(store.stat(&digest).await.expect("stat"), Some(data.len() as u64));
 }

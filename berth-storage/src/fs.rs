@@ -375,10 +375,12 @@ fn write_chunks(
         }
     }
     file.write_all(&pending)?;
-    // A writeback still running is left to finish on its own: it only starts flushing early,
-    // and the fsync when the upload completes is what makes the bytes durable (and reports
-    // any error). Waiting here would make every chunk of a chunked upload wait for the disk.
+    // Durable before acknowledged: a chunk's hash state is saved once this returns, and
+    // completing the upload trusts that state rather than re-reading the file. If a power
+    // cut could lose bytes the state already covers, a resumed upload would finish with the
+    // right digest over the wrong bytes. The early writeback above leaves little to flush.
     drop(syncing);
+    file.sync_data()?;
     Ok(hash)
 }
 
