@@ -7,8 +7,8 @@ use berth_meta::MetaStore;
 use berth_registry::{Registry, RegistryConfig};
 use berth_server::{AppState, ServerConfig};
 use berth_storage::{BlobStore, FsStore};
-use reqwest::{Method, StatusCode};
 use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -1193,18 +1193,29 @@ async fn shutdown_lets_in_flight_uploads_finish() {
         .body(reqwest::Body::wrap_stream(body))
         .send();
     let base = s.base.clone();
-    let Server { _stop: stop, http, _dir: dir, .. } = s;
+    let Server {
+        _stop: stop,
+        http,
+        _dir: dir,
+        ..
+    } = s;
     let shutdown = async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let _ = stop.send(());
     };
     let (r, ()) = tokio::join!(upload, shutdown);
-    assert_eq!(r.expect("in-flight request completes").status(), StatusCode::CREATED);
+    assert_eq!(
+        r.expect("in-flight request completes").status(),
+        StatusCode::CREATED
+    );
     // The listener is gone: new connections are refused.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(http.get(format!("{base}/v2/")).send().await.is_err());
     // and the blob was stored whole
     let store = FsStore::new(dir.path()).await.expect("fs store");
     let digest = d.parse().expect("digest");
-    assert_eq!(store.stat(&digest).await.expect("stat"), Some(data.len() as u64));
+    assert_eq!(
+        store.stat(&digest).await.expect("stat"),
+        Some(data.len() as u64)
+    );
 }
