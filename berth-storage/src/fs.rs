@@ -339,7 +339,7 @@ const CHANNEL_DEPTH: usize = 8;
 /// Start flushing to disk every this many bytes, so the fsync at the end of an upload has
 /// little left to do. Without it nothing is written back until the kernel's dirty limit,
 /// and a 1 GiB upload would end with a 1 GiB fsync.
-const EARLY_SYNC_EVERY: u64 = 64 << 20;
+const EARLY_SYNC_EVERY: u64 = 16 << 20;
 
 /// The writer thread of an upload: hashes and writes every chunk, coalescing small ones,
 /// and starts writeback early on a cloned descriptor while it goes on writing.
