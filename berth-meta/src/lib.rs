@@ -471,18 +471,43 @@ impl MetaStore {
         if gone.rows_affected() == 0 {
             return Ok(Removal::NotFound);
         }
+        Self::commit_unless_used(
+            tx,
+            repo_id,
+            digest,
+            RefKind::Blob,
+            actor,
+            "blob.unlink",
+            repo,
+        )
+        .await
+    }
+
+    /// Ends a removal whose row is already deleted in `tx`: if a manifest in the repository
+    /// still needs `digest` as `kind`, roll back and name it; else audit and commit. Looking
+    /// after the delete, not before, is what orders this against a concurrent put.
+    async fn commit_unless_used(
+        mut tx: Transaction<'static, sqlx::Any>,
+        repo_id: i64,
+        digest: &str,
+        kind: RefKind,
+        actor: &str,
+        action: &str,
+        repo: &str,
+    ) -> Result<Removal> {
         let user = sqlx::query(
-            "SELECT manifest_digest FROM manifest_refs WHERE repo_id = $1 AND child_digest = $2 AND kind = 0 LIMIT 1",
+            "SELECT manifest_digest FROM manifest_refs WHERE repo_id = $1 AND child_digest = $2 AND kind = $3 LIMIT 1",
         )
         .bind(repo_id)
         .bind(digest)
+        .bind(kind.code())
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(user) = user {
             tx.rollback().await?;
             return Ok(Removal::Referenced(user.try_get(0)?));
         }
-        Self::audit(&mut tx, actor, "blob.unlink", Some(repo), Some(digest)).await?;
+        Self::audit(&mut tx, actor, action, Some(repo), Some(digest)).await?;
         tx.commit().await?;
         Ok(Removal::Removed)
     }
@@ -620,20 +645,16 @@ impl MetaStore {
             tx.rollback().await?;
             return Ok(Removal::NotFound);
         }
-        let user = sqlx::query(
-            "SELECT manifest_digest FROM manifest_refs WHERE repo_id = $1 AND child_digest = $2 AND kind = 1 LIMIT 1",
+        Self::commit_unless_used(
+            tx,
+            repo_id,
+            digest,
+            RefKind::Manifest,
+            actor,
+            "manifest.delete",
+            repo,
         )
-        .bind(repo_id)
-        .bind(digest)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(user) = user {
-            tx.rollback().await?;
-            return Ok(Removal::Referenced(user.try_get(0)?));
-        }
-        Self::audit(&mut tx, actor, "manifest.delete", Some(repo), Some(digest)).await?;
-        tx.commit().await?;
-        Ok(Removal::Removed)
+        .await
     }
 
     pub async fn delete_tag(&self, repo: &str, tag: &str, actor: &str) -> Result<Removal> {
