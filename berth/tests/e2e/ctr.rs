@@ -2,7 +2,8 @@
 
 use crate::containerd::Containerd;
 use crate::harness::{
-    Berth, Layout, OCI_MANIFEST, free_port, run, run_stdout, skopeo_copy, tempdir, unique,
+    Berth, Layout, OCI_MANIFEST, free_port, push_new_image, run, run_stdout, skopeo_copy, tempdir,
+    unique,
 };
 
 /// The digest `ctr image ls` shows for `reference`.
@@ -40,13 +41,12 @@ fn assert_content_matches(daemon: &Containerd, namespace: &str, src: &Layout, di
 fn containerd_pulls_with_plain_http_and_hosts_dir() {
     let berth = Berth::start();
     let work = tempdir();
-    let src = Layout::init(work.path().join("src"));
-    let digest = src.build(
-        "v1",
-        "amd64",
+    let (src, digest) = push_new_image(
+        &berth,
+        work.path(),
         &[("c.txt", &unique("containerd")), ("d.txt", &unique("d"))],
+        "e2e/ctr:v1",
     );
-    skopeo_copy(&[], &src.oci("v1"), &berth.docker("e2e/ctr:v1"));
 
     let daemon = Containerd::start();
     let reference = berth.image("e2e/ctr:v1");

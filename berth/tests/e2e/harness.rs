@@ -761,3 +761,17 @@ pub fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Builds an amd64 image holding `files` as `src:v1` under `work` and pushes it to `berth`
+/// as `dest` with skopeo. Returns the layout and the image's manifest digest.
+pub fn push_new_image<C: AsRef<[u8]>>(
+    berth: &Berth,
+    work: &Path,
+    files: &[(&str, C)],
+    dest: &str,
+) -> (Layout, String) {
+    let src = Layout::init(work.join("src"));
+    let digest = src.build("v1", "amd64", files);
+    skopeo_copy(&[], &src.oci("v1"), &berth.docker(dest));
+    (src, digest)
+}

@@ -6,8 +6,8 @@ use std::process::Command;
 use tempfile::TempDir;
 
 use crate::harness::{
-    ACCEPT_ALL, Berth, DOCKER_MANIFEST, Layout, OCI_MANIFEST, cmd, require_root, run, run_stdout,
-    sha256_digest, skopeo_copy, tempdir, unique,
+    ACCEPT_ALL, Berth, DOCKER_MANIFEST, OCI_MANIFEST, cmd, push_new_image, require_root, run,
+    run_stdout, sha256_digest, tempdir, unique,
 };
 
 /// podman with private storage: nothing touches the machine's images.
@@ -92,13 +92,12 @@ fn diff_ids(config: &serde_json::Value) -> serde_json::Value {
 fn podman_pulls_retags_and_pushes_in_both_formats() {
     let berth = Berth::start();
     let work = tempdir();
-    let src = Layout::init(work.path().join("src"));
-    let digest = src.build(
-        "v1",
-        "amd64",
+    let (src, digest) = push_new_image(
+        &berth,
+        work.path(),
         &[("pod.txt", &unique("podman")), ("man.txt", &unique("m"))],
+        "e2e/podman-src:v1",
     );
-    skopeo_copy(&[], &src.oci("v1"), &berth.docker("e2e/podman-src:v1"));
     let src_config = src.json_blob(&src.image_blobs(&digest)[0]);
 
     let podman = Podman::new();

@@ -2,8 +2,9 @@
 //! copies between repositories.
 
 use crate::harness::{
-    Berth, Layout, OCI_MANIFEST, assert_same_image_blobs, cmd, parse_json, run, run_fails,
-    run_stdout, sha256_digest, skopeo_copy, skopeo_inspect, skopeo_raw, strings, tempdir, unique,
+    Berth, Layout, OCI_MANIFEST, assert_same_image_blobs, cmd, parse_json, push_new_image, run,
+    run_fails, run_stdout, sha256_digest, skopeo_copy, skopeo_inspect, skopeo_raw, strings,
+    tempdir, unique,
 };
 
 #[test]
@@ -131,13 +132,12 @@ fn skopeo_list_tags_is_sorted_and_delete_removes_the_manifest() {
 fn skopeo_copies_between_repositories() {
     let berth = Berth::start();
     let work = tempdir();
-    let src = Layout::init(work.path().join("src"));
-    let digest = src.build(
-        "v1",
-        "amd64",
+    let (src, digest) = push_new_image(
+        &berth,
+        work.path(),
         &[("x.txt", &unique("cross repo")), ("y.txt", &unique("2"))],
+        "e2e/cross-a:v1",
     );
-    skopeo_copy(&[], &src.oci("v1"), &berth.docker("e2e/cross-a:v1"));
 
     skopeo_copy(
         &[],
