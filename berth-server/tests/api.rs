@@ -62,6 +62,11 @@ impl Server {
         self.http.request(method, format!("{}{path}", self.base))
     }
 
+    /// A request without a body or headers.
+    async fn call(&self, method: Method, path: &str) -> reqwest::Response {
+        self.req(method, path).send().await.expect("send")
+    }
+
     async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
         let d = sha256(data);
         let r = self
@@ -125,26 +130,18 @@ async fn error_code(r: reqwest::Response) -> (StatusCode, String) {
 #[tokio::test]
 async fn base_endpoint_answers_with_api_version() {
     let s = start().await;
-    let r = s.req(Method::GET, "/v2/").send().await.expect("send");
+    let r = s.call(Method::GET, "/v2/").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         r.headers()["docker-distribution-api-version"],
         "registry/2.0"
     );
     assert_eq!(
-        s.req(Method::GET, "/healthz")
-            .send()
-            .await
-            .expect("send")
-            .status(),
+        s.call(Method::GET, "/healthz").await.status(),
         StatusCode::OK
     );
     assert_eq!(
-        s.req(Method::GET, "/readyz")
-            .send()
-            .await
-            .expect("send")
-            .status(),
+        s.call(Method::GET, "/readyz").await.status(),
         StatusCode::OK
     );
 }
@@ -154,20 +151,12 @@ async fn blob_get_head_and_ranges() {
     let s = start().await;
     let data = b"0123456789abcdef";
     let d = s.push_blob("r", data).await;
-    let r = s
-        .req(Method::GET, &format!("/v2/r/blobs/{d}"))
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, &format!("/v2/r/blobs/{d}")).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["docker-content-digest"], d.as_str());
     assert_eq!(r.bytes().await.expect("body").as_ref(), data);
 
-    let r = s
-        .req(Method::HEAD, &format!("/v2/r/blobs/{d}"))
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::HEAD, &format!("/v2/r/blobs/{d}")).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-length"], "16");
 
@@ -196,10 +185,8 @@ async fn blobs_are_served_only_from_repositories_they_are_linked_to() {
     let s = start().await;
     let d = s.push_blob("team-a/app", b"secret layer").await;
     let r = s
-        .req(Method::GET, &format!("/v2/team-b/app/blobs/{d}"))
-        .send()
-        .await
-        .expect("send");
+        .call(Method::GET, &format!("/v2/team-b/app/blobs/{d}"))
+        .await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::NOT_FOUND, "BLOB_UNKNOWN".into())
@@ -228,10 +215,8 @@ async fn blobs_are_served_only_from_repositories_they_are_linked_to() {
         format!("/v2/team-b/app/blobs/{d}").as_str()
     );
     let r = s
-        .req(Method::GET, &format!("/v2/team-b/app/blobs/{d}"))
-        .send()
-        .await
-        .expect("send");
+        .call(Method::GET, &format!("/v2/team-b/app/blobs/{d}"))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     // mounting from a repository that does not have it falls back to an upload
     let r = s
@@ -286,7 +271,7 @@ async fn chunked_upload_with_status_and_out_of_order_chunks() {
     assert_eq!(r.headers()["range"], "0-11");
     assert_eq!(error_code(r).await.1, "BLOB_UPLOAD_INVALID");
 
-    let r = s.req(Method::GET, &loc).send().await.expect("send");
+    let r = s.call(Method::GET, &loc).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(r.headers()["range"], "0-11");
 
@@ -299,14 +284,10 @@ async fn chunked_upload_with_status_and_out_of_order_chunks() {
         .await
         .expect("send");
     assert_eq!(r.status(), StatusCode::CREATED);
-    let got = s
-        .req(Method::GET, &format!("/v2/r/blobs/{d}"))
-        .send()
-        .await
-        .expect("send");
+    let got = s.call(Method::GET, &format!("/v2/r/blobs/{d}")).await;
     assert_eq!(got.bytes().await.expect("body").as_ref(), data);
     // the finished session is gone
-    let r = s.req(Method::GET, &loc).send().await.expect("send");
+    let r = s.call(Method::GET, &loc).await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN".into())
@@ -362,14 +343,10 @@ async fn streamed_upload_and_cancel() {
         .expect("location")
         .to_owned();
     assert_eq!(
-        s.req(Method::DELETE, &loc)
-            .send()
-            .await
-            .expect("send")
-            .status(),
+        s.call(Method::DELETE, &loc).await.status(),
         StatusCode::NO_CONTENT
     );
-    let r = s.req(Method::GET, &loc).send().await.expect("send");
+    let r = s.call(Method::GET, &loc).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
@@ -391,10 +368,8 @@ async fn wrong_digest_is_refused_and_nothing_is_stored() {
         (StatusCode::BAD_REQUEST, "DIGEST_INVALID".into())
     );
     let r = s
-        .req(Method::HEAD, &format!("/v2/r/blobs/{claimed}"))
-        .send()
-        .await
-        .expect("send");
+        .call(Method::HEAD, &format!("/v2/r/blobs/{claimed}"))
+        .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // the same through a session: the session is dropped too
@@ -418,11 +393,7 @@ async fn wrong_digest_is_refused_and_nothing_is_stored() {
         (StatusCode::BAD_REQUEST, "DIGEST_INVALID".into())
     );
     assert_eq!(
-        s.req(Method::GET, &loc)
-            .send()
-            .await
-            .expect("send")
-            .status(),
+        s.call(Method::GET, &loc).await.status(),
         StatusCode::NOT_FOUND
     );
     // malformed or unsupported digests are 400, not 500
@@ -442,11 +413,7 @@ async fn wrong_digest_is_refused_and_nothing_is_stored() {
             (StatusCode::BAD_REQUEST, "DIGEST_INVALID".into()),
             "{bad}"
         );
-        let r = s
-            .req(Method::GET, &format!("/v2/r/blobs/{bad}"))
-            .send()
-            .await
-            .expect("send");
+        let r = s.call(Method::GET, &format!("/v2/r/blobs/{bad}")).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
     }
 }
@@ -464,11 +431,7 @@ async fn sha512_blobs_are_verified() {
         .await
         .expect("send");
     assert_eq!(r.status(), StatusCode::CREATED);
-    let r = s
-        .req(Method::GET, &format!("/v2/r/blobs/{d}"))
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, &format!("/v2/r/blobs/{d}")).await;
     assert_eq!(r.bytes().await.expect("body").as_ref(), data);
     let wrong = format!("sha512:{}", hex::encode(Sha512::digest(b"other")));
     let r = s
@@ -506,11 +469,7 @@ async fn manifests_round_trip_exact_bytes_with_negotiation() {
         assert_eq!(r.headers()["docker-content-digest"], d.as_str());
         assert_eq!(r.bytes().await.expect("body").as_ref(), m.as_slice());
     }
-    let r = s
-        .req(Method::HEAD, "/v2/app/manifests/v1")
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::HEAD, "/v2/app/manifests/v1").await;
     assert_eq!(r.headers()["content-length"], m.len().to_string().as_str());
     // a client that accepts only other formats gets a miss
     let r = s
@@ -538,11 +497,7 @@ async fn manifest_without_media_type_takes_content_type() {
     let docker = "application/vnd.docker.distribution.manifest.v2+json";
     let r = s.put_manifest("umoci", "latest", docker, &body).await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    let r = s
-        .req(Method::GET, "/v2/umoci/manifests/latest")
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, "/v2/umoci/manifests/latest").await;
     assert_eq!(r.headers()["content-type"], docker);
 }
 
@@ -633,18 +588,10 @@ async fn manifest_put_errors() {
         error_code(r).await,
         (StatusCode::BAD_REQUEST, "MANIFEST_INVALID".into())
     );
-    let r = s
-        .req(Method::GET, "/v2/r/manifests/.bad")
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, "/v2/r/manifests/.bad").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // nothing above was stored
-    let r = s
-        .req(Method::GET, "/v2/r/tags/list")
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, "/v2/r/tags/list").await;
     let tags: Value = r.json().await.expect("json");
     assert_eq!(tags["tags"], json!([]));
     assert_eq!(
@@ -717,10 +664,8 @@ async fn referrers_with_subject_pushed_first_and_filter() {
         assert_eq!(r.headers()["oci-subject"], subject.as_str());
     }
     let r = s
-        .req(Method::GET, &format!("/v2/r/referrers/{subject}"))
-        .send()
-        .await
-        .expect("send");
+        .call(Method::GET, &format!("/v2/r/referrers/{subject}"))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], OCI_INDEX);
     assert!(r.headers().get("oci-filters-applied").is_none());
@@ -765,71 +710,45 @@ async fn deletes_answer_202_then_404_and_protect_what_is_used() {
     let layer = sha256(b"layer");
     // a blob a manifest needs cannot go
     let r = s
-        .req(Method::DELETE, &format!("/v2/del/blobs/{layer}"))
-        .send()
-        .await
-        .expect("send");
+        .call(Method::DELETE, &format!("/v2/del/blobs/{layer}"))
+        .await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED".into())
     );
     // tag delete
-    let r = s
-        .req(Method::DELETE, "/v2/del/manifests/v1")
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::DELETE, "/v2/del/manifests/v1").await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = s
-        .req(Method::GET, "/v2/del/manifests/v1")
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, "/v2/del/manifests/v1").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(
-        s.req(Method::GET, "/v2/del/manifests/v2")
-            .send()
-            .await
-            .expect("send")
-            .status(),
+        s.call(Method::GET, "/v2/del/manifests/v2").await.status(),
         StatusCode::OK
     );
     // digest delete removes the manifest and its remaining tags
     let r = s
-        .req(Method::DELETE, &format!("/v2/del/manifests/{d}"))
-        .send()
-        .await
-        .expect("send");
+        .call(Method::DELETE, &format!("/v2/del/manifests/{d}"))
+        .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     for reference in ["v2", d.as_str()] {
         let r = s
-            .req(Method::GET, &format!("/v2/del/manifests/{reference}"))
-            .send()
-            .await
-            .expect("send");
+            .call(Method::GET, &format!("/v2/del/manifests/{reference}"))
+            .await;
         assert_eq!(
             error_code(r).await,
             (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN".into())
         );
     }
     let r = s
-        .req(Method::DELETE, &format!("/v2/del/manifests/{d}"))
-        .send()
-        .await
-        .expect("send");
+        .call(Method::DELETE, &format!("/v2/del/manifests/{d}"))
+        .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // now the blob can go
     let r = s
-        .req(Method::DELETE, &format!("/v2/del/blobs/{layer}"))
-        .send()
-        .await
-        .expect("send");
+        .call(Method::DELETE, &format!("/v2/del/blobs/{layer}"))
+        .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = s
-        .req(Method::GET, &format!("/v2/del/blobs/{layer}"))
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, &format!("/v2/del/blobs/{layer}")).await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::NOT_FOUND, "BLOB_UNKNOWN".into())
@@ -846,11 +765,7 @@ async fn tags_list_order_and_pagination() {
             StatusCode::CREATED
         );
     }
-    let r = s
-        .req(Method::GET, "/v2/tags/tags/list")
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, "/v2/tags/tags/list").await;
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["name"], "tags");
     assert_eq!(
@@ -858,11 +773,7 @@ async fn tags_list_order_and_pagination() {
         json!(["1.0", "_x", "Latest", "latest", "v1", "v10", "V2"])
     );
 
-    let r = s
-        .req(Method::GET, "/v2/tags/tags/list?n=3")
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, "/v2/tags/tags/list?n=3").await;
     assert_eq!(
         r.headers()["link"],
         "</v2/tags/tags/list?n=3&last=Latest>; rel=\"next\""
@@ -870,45 +781,25 @@ async fn tags_list_order_and_pagination() {
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["tags"], json!(["1.0", "_x", "Latest"]));
     let r = s
-        .req(Method::GET, "/v2/tags/tags/list?n=3&last=Latest")
-        .send()
-        .await
-        .expect("send");
+        .call(Method::GET, "/v2/tags/tags/list?n=3&last=Latest")
+        .await;
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["tags"], json!(["latest", "v1", "v10"]));
-    let r = s
-        .req(Method::GET, "/v2/tags/tags/list?n=3&last=v10")
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, "/v2/tags/tags/list?n=3&last=v10").await;
     assert!(r.headers().get("link").is_none());
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["tags"], json!(["V2"]));
     // absurd and junk page sizes
     let r = s
-        .req(Method::GET, "/v2/tags/tags/list?n=99999999999999999999999")
-        .send()
-        .await
-        .expect("send");
+        .call(Method::GET, "/v2/tags/tags/list?n=99999999999999999999999")
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
-    let r = s
-        .req(Method::GET, "/v2/tags/tags/list?n=0")
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, "/v2/tags/tags/list?n=0").await;
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["tags"], json!([]));
-    let r = s
-        .req(Method::GET, "/v2/tags/tags/list?n=-1")
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, "/v2/tags/tags/list?n=-1").await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let r = s
-        .req(Method::GET, "/v2/unknown/tags/list")
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, "/v2/unknown/tags/list").await;
     assert_eq!(
         error_code(r).await,
         (StatusCode::NOT_FOUND, "NAME_UNKNOWN".into())
@@ -922,22 +813,14 @@ async fn catalog_pagination() {
         let (m, _) = s.image(repo, b"l").await;
         s.put_manifest(repo, "v", OCI_MANIFEST, &m).await;
     }
-    let r = s
-        .req(Method::GET, "/v2/_catalog?n=2")
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, "/v2/_catalog?n=2").await;
     assert_eq!(
         r.headers()["link"],
         "</v2/_catalog?n=2&last=b>; rel=\"next\""
     );
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["repositories"], json!(["a/x", "b"]));
-    let r = s
-        .req(Method::GET, "/v2/_catalog?n=2&last=b")
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, "/v2/_catalog?n=2&last=b").await;
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["repositories"], json!(["c/d/e"]));
 }
@@ -1011,16 +894,10 @@ async fn hostile_names_get_name_invalid_never_500() {
 async fn metrics_count_requests_and_bytes() {
     let s = start().await;
     s.push_blob("m", b"0123456789").await;
-    let _ = s
-        .req(Method::GET, "/v2/m/manifests/nope")
-        .send()
-        .await
-        .expect("send");
+    let _ = s.call(Method::GET, "/v2/m/manifests/nope").await;
     let text = s
-        .req(Method::GET, "/metrics")
-        .send()
+        .call(Method::GET, "/metrics")
         .await
-        .expect("send")
         .text()
         .await
         .expect("text");
@@ -1068,7 +945,7 @@ async fn client_disconnect_mid_upload_leaves_session_consistent() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = s.req(Method::GET, &loc).send().await.expect("send");
+    let r = s.call(Method::GET, &loc).await;
     assert_eq!(r.headers()["range"], "0-3", "only acknowledged bytes count");
     let d = sha256(b"good end");
     let r = s
@@ -1078,11 +955,7 @@ async fn client_disconnect_mid_upload_leaves_session_consistent() {
         .await
         .expect("send");
     assert_eq!(r.status(), StatusCode::CREATED);
-    let r = s
-        .req(Method::GET, &format!("/v2/r/blobs/{d}"))
-        .send()
-        .await
-        .expect("send");
+    let r = s.call(Method::GET, &format!("/v2/r/blobs/{d}")).await;
     assert_eq!(r.bytes().await.expect("body").as_ref(), b"good end");
 }
 
@@ -1114,7 +987,7 @@ async fn slow_clients_do_not_starve_others() {
     // Normal clients are served promptly meanwhile.
     for _ in 0..20 {
         let t = std::time::Instant::now();
-        let r = s.req(Method::GET, "/v2/").send().await.expect("send");
+        let r = s.call(Method::GET, "/v2/").await;
         assert_eq!(r.status(), StatusCode::OK);
         assert!(
             t.elapsed() < Duration::from_millis(500),
@@ -1169,7 +1042,7 @@ async fn connection_limit_closes_the_excess_and_recovers() {
     assert_eq!(n, 0, "the ninth connection is closed");
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = s.req(Method::GET, "/v2/").send().await.expect("send");
+    let r = s.call(Method::GET, "/v2/").await;
     assert_eq!(
         r.status(),
         StatusCode::OK,
