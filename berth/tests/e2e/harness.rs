@@ -386,23 +386,36 @@ pub struct Berth {
     addr: String,
     log: PathBuf,
     dir: TempDir,
+    env: Vec<(String, String)>,
 }
 
 impl Berth {
     pub fn start() -> Berth {
+        Berth::start_with("", &[])
+    }
+
+    /// A server with `config` (TOML) as its `--config` file and `env` added to its
+    /// environment.
+    pub fn start_with(config: &str, env: &[(&str, &str)]) -> Berth {
         let dir = tempdir();
         let log = dir.path().join("berth.log");
+        std::fs::write(dir.path().join("berth.toml"), config).expect("writing berth.toml");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let mut last_error = String::new();
         // A port found free can be taken before the server binds it: try a few.
         for _ in 0..3 {
             let addr = format!("127.0.0.1:{}", free_port());
-            match spawn_berth(&addr, dir.path(), &log) {
+            match spawn_berth(&addr, dir.path(), &log, &env) {
                 Ok(child) => {
                     return Berth {
                         child,
                         addr,
                         log,
                         dir,
+                        env,
                     };
                 }
                 Err(e) => last_error = e,
@@ -411,13 +424,36 @@ impl Berth {
         panic!("berth did not start (3 attempts); last: {last_error}");
     }
 
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The `berth` binary run with the same config file and data directory (for the
+    /// offline subcommands: `user`, `robot`, `secret`, ...).
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        c.env("BERTH_CONFIG", self.dir.path().join("berth.toml"))
+            .env("BERTH_DATA_DIR", self.data_dir())
+            .env("NO_COLOR", "1");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
     /// Stops the server and starts it again on the same address and data directory.
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match spawn_berth(&self.addr, self.dir.path(), &self.log) {
+            match spawn_berth(&self.addr, self.dir.path(), &self.log, &self.env) {
                 Ok(child) => {
                     self.child = child;
                     return;
@@ -487,7 +523,12 @@ impl Berth {
 
 /// Starts `berth serve` on `addr` with data in `dir/data`, appending its log to `log`,
 /// and waits until `GET /v2/` answers 200.
-fn spawn_berth(addr: &str, dir: &Path, log: &Path) -> Result<Child, String> {
+fn spawn_berth(
+    addr: &str,
+    dir: &Path,
+    log: &Path,
+    env: &[(String, String)],
+) -> Result<Child, String> {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -496,8 +537,11 @@ fn spawn_berth(addr: &str, dir: &Path, log: &Path) -> Result<Child, String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["serve", "--listen", addr, "--data-dir"])
         .arg(dir.join("data"))
+        .arg("--config")
+        .arg(dir.join("berth.toml"))
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
@@ -511,14 +555,14 @@ fn spawn_berth(addr: &str, dir: &Path, log: &Path) -> Result<Child, String> {
                 std::fs::read_to_string(log).unwrap_or_default()
             ));
         }
-        if http(addr, "GET", "/v2/", &[]).is_ok_and(|r| r.status == 200) {
+        if http(addr, "GET", "/healthz", &[]).is_ok_and(|r| r.status == 200) {
             return Ok(child);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "berth did not answer GET /v2/ with 200 within 20s on {addr}; log:\n{}",
+                "berth did not answer GET /healthz with 200 within 20s on {addr}; log:\n{}",
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }
