@@ -9,6 +9,7 @@
 //!
 //! This crate is the only one that knows SQL; it knows nothing of paths or HTTP.
 
+mod access;
 mod fsck;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row, Transaction};
 
+pub use access::{AuditQuery, AuditRecord, RobotRow, TenantRow, UserChange, UserRow};
 pub use fsck::{BlobRow, DanglingRef, ManifestCursor, ManifestRow};
 
 /// Which engine a store runs on.
@@ -97,7 +99,7 @@ pub struct NewManifest<'a> {
     pub content: &'a [u8],
     pub refs: &'a [ManifestRef],
     pub tag: Option<&'a str>,
-    pub actor: &'a str,
+    pub actor: &'a Actor,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,13 +140,27 @@ pub struct Referrer {
     pub annotations: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEntry {
-    pub at: i64,
-    pub actor: String,
-    pub action: String,
-    pub repository: Option<String>,
-    pub target: Option<String>,
+/// Who made a change, for the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actor {
+    /// A user name, a robot login (`tenant+name`), `anonymous`, or `system` for Berth's
+    /// own work.
+    pub name: String,
+    /// The client's address, when the change came over the network.
+    pub source: Option<String>,
+}
+
+impl Actor {
+    pub fn anonymous() -> Actor {
+        Actor::named("anonymous")
+    }
+
+    pub fn named(name: &str) -> Actor {
+        Actor {
+            name: name.to_owned(),
+            source: None,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -153,8 +169,14 @@ pub struct MetaStore {
     backend: Backend,
 }
 
-const SQLITE_SCHEMA: &[&str] = &[include_str!("../migrations/sqlite/0001_core.sql")];
-const POSTGRES_SCHEMA: &[&str] = &[include_str!("../migrations/postgres/0001_core.sql")];
+const SQLITE_SCHEMA: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_core.sql"),
+    include_str!("../migrations/sqlite/0002_access.sql"),
+];
+const POSTGRES_SCHEMA: &[&str] = &[
+    include_str!("../migrations/postgres/0001_core.sql"),
+    include_str!("../migrations/postgres/0002_access.sql"),
+];
 
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
@@ -269,19 +291,42 @@ impl MetaStore {
 
     async fn audit(
         tx: &mut Transaction<'static, sqlx::Any>,
-        actor: &str,
+        actor: &Actor,
         action: &str,
         repo: Option<&str>,
         target: Option<&str>,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (at, actor, action, repository, target) VALUES ($1, $2, $3, $4, $5)",
+        Self::audit_row(
+            tx,
+            &AuditRecord {
+                at: now_micros(),
+                actor: actor.name.clone(),
+                source: actor.source.clone(),
+                action: action.to_owned(),
+                tenant: repo.map(|r| berth_auth::tenant_of(r).to_owned()),
+                repository: repo.map(str::to_owned),
+                target: target.map(str::to_owned),
+                outcome: "ok".to_owned(),
+                detail: None,
+            },
         )
-        .bind(now_micros())
-        .bind(actor)
-        .bind(action)
-        .bind(repo)
-        .bind(target)
+        .await
+    }
+
+    async fn audit_row(tx: &mut Transaction<'static, sqlx::Any>, r: &AuditRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, repository, target, tenant, source, outcome, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(r.at)
+        .bind(&r.actor)
+        .bind(&r.action)
+        .bind(r.repository.as_deref())
+        .bind(r.target.as_deref())
+        .bind(r.tenant.as_deref())
+        .bind(r.source.as_deref())
+        .bind(&r.outcome)
+        .bind(r.detail.as_deref())
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -404,7 +449,7 @@ impl MetaStore {
         digest: &str,
         size: u64,
         upload: Option<&str>,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<()> {
         let mut tx = self.write().await?;
         let repo_id = Self::ensure_repo_in(&mut tx, repo).await?;
@@ -456,7 +501,7 @@ impl MetaStore {
     }
 
     /// Unlinks a blob from a repository, unless a manifest there still needs it.
-    pub async fn unlink_blob(&self, repo: &str, digest: &str, actor: &str) -> Result<Removal> {
+    pub async fn unlink_blob(&self, repo: &str, digest: &str, actor: &Actor) -> Result<Removal> {
         let mut tx = self.write().await?;
         let Some(repo_id) = Self::repo_id_in(&mut *tx, repo).await? else {
             return Ok(Removal::NotFound);
@@ -491,7 +536,7 @@ impl MetaStore {
         repo_id: i64,
         digest: &str,
         kind: RefKind,
-        actor: &str,
+        actor: &Actor,
         action: &str,
         repo: &str,
     ) -> Result<Removal> {
@@ -626,7 +671,12 @@ impl MetaStore {
 
     /// Deletes a manifest and every tag on it, unless an index in the repository still
     /// lists it.
-    pub async fn delete_manifest(&self, repo: &str, digest: &str, actor: &str) -> Result<Removal> {
+    pub async fn delete_manifest(
+        &self,
+        repo: &str,
+        digest: &str,
+        actor: &Actor,
+    ) -> Result<Removal> {
         let mut tx = self.write().await?;
         let Some(repo_id) = Self::repo_id_in(&mut *tx, repo).await? else {
             return Ok(Removal::NotFound);
@@ -657,7 +707,7 @@ impl MetaStore {
         .await
     }
 
-    pub async fn delete_tag(&self, repo: &str, tag: &str, actor: &str) -> Result<Removal> {
+    pub async fn delete_tag(&self, repo: &str, tag: &str, actor: &Actor) -> Result<Removal> {
         let mut tx = self.write().await?;
         let Some(repo_id) = Self::repo_id_in(&mut *tx, repo).await? else {
             return Ok(Removal::NotFound);
@@ -744,27 +794,6 @@ impl MetaStore {
                     size: to_u64(r.try_get::<i64, _>(2)?),
                     artifact_type: r.try_get(3)?,
                     annotations: r.try_get(4)?,
-                })
-            })
-            .collect()
-    }
-
-    /// The newest audit entries first.
-    pub async fn audit_log(&self, limit: u64) -> Result<Vec<AuditEntry>> {
-        let rows = sqlx::query(
-            "SELECT at, actor, action, repository, target FROM audit_log ORDER BY id DESC LIMIT $1",
-        )
-        .bind(to_i64(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    at: r.try_get(0)?,
-                    actor: r.try_get(1)?,
-                    action: r.try_get(2)?,
-                    repository: r.try_get(3)?,
-                    target: r.try_get(4)?,
                 })
             })
             .collect()
