@@ -757,8 +757,10 @@ impl MetaStore {
                 sql.push_str(&format!(" AND action = ${i}"));
                 texts.push((i, v.clone()));
             } else {
-                sql.push_str(&format!(" AND action LIKE ${i}"));
-                texts.push((i, format!("{v}.%")));
+                let j = next();
+                sql.push_str(&format!(" AND (action = ${i} OR action LIKE ${j})"));
+                texts.push((i, v.clone()));
+                texts.push((j, format!("{v}.%")));
             }
         }
         let i = next();

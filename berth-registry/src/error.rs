@@ -33,6 +33,23 @@ pub enum RegistryError {
     InUse(String),
     #[error("request body failed: {0}")]
     Body(String),
+    /// No credentials, or credentials that do not check out.
+    #[error("authentication required: {0}")]
+    Unauthorized(String),
+    /// Known identity, action not allowed.
+    #[error("denied: {0}")]
+    Denied(String),
+    #[error("too many failed logins; retry in {retry_after_secs} s")]
+    Throttled { retry_after_secs: u64 },
+    /// A management object (user, tenant, robot) that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A management object that exists already.
+    #[error("{0}")]
+    Conflict(String),
+    /// A management request that makes no sense (bad name, unknown role, ...).
+    #[error("{0}")]
+    Invalid(String),
     #[error("internal error: {0}")]
     Internal(String),
     #[error(transparent)]

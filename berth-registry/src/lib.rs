@@ -2,6 +2,7 @@
 //! reference checks, reads, deletes, listings. The server and the CLI both call these, so
 //! they cannot disagree about the rules.
 
+pub mod access;
 mod cache;
 mod error;
 pub mod fsck;
@@ -19,7 +20,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde::Serialize;
 
-pub use berth_meta::{Backend, Referrer};
+pub use berth_meta::{Actor, Backend, Referrer};
 pub use error::RegistryError;
 
 use cache::TtlCache;
@@ -63,16 +64,6 @@ impl Default for RegistryConfig {
             cache_ttl: Duration::from_secs(2),
             cache_entries: 10_000,
         }
-    }
-}
-
-/// Who is acting, for the audit log.
-#[derive(Debug, Clone)]
-pub struct Actor(pub String);
-
-impl Actor {
-    pub fn anonymous() -> Actor {
-        Actor("anonymous".to_owned())
     }
 }
 
@@ -226,7 +217,7 @@ impl Registry {
             .remove(&cache::key(repo.as_str(), digest.as_str()));
         match self
             .meta
-            .unlink_blob(repo.as_str(), digest.as_str(), &actor.0)
+            .unlink_blob(repo.as_str(), digest.as_str(), actor)
             .await?
         {
             Removal::Removed => Ok(()),
@@ -252,7 +243,7 @@ impl Registry {
             return Ok(false);
         }
         self.meta
-            .link_blob(repo.as_str(), digest.as_str(), size, None, &actor.0)
+            .link_blob(repo.as_str(), digest.as_str(), size, None, actor)
             .await?;
         Ok(true)
     }
@@ -368,7 +359,7 @@ impl Registry {
                 digest.as_str(),
                 status.offset,
                 Some(id),
-                &actor.0,
+                actor,
             )
             .await?;
         failpoint(failpoint::AFTER_BLOB_LINK)?;
@@ -410,7 +401,7 @@ impl Registry {
         };
         failpoint(failpoint::BEFORE_BLOB_LINK)?;
         self.meta
-            .link_blob(repo.as_str(), digest.as_str(), size, None, &actor.0)
+            .link_blob(repo.as_str(), digest.as_str(), size, None, actor)
             .await?;
         failpoint(failpoint::AFTER_BLOB_LINK)?;
         Ok(size)
@@ -500,7 +491,7 @@ impl Registry {
                 content: &body,
                 refs: &refs,
                 tag,
-                actor: &actor.0,
+                actor,
             })
             .await?;
         failpoint(failpoint::AFTER_MANIFEST_COMMIT)?;
@@ -571,7 +562,7 @@ impl Registry {
             Reference::Digest(d) => {
                 let outcome = self
                     .meta
-                    .delete_manifest(repo.as_str(), d.as_str(), &actor.0)
+                    .delete_manifest(repo.as_str(), d.as_str(), actor)
                     .await?;
                 self.cache
                     .manifests
@@ -585,7 +576,7 @@ impl Registry {
             Reference::Tag(t) => {
                 let outcome = self
                     .meta
-                    .delete_tag(repo.as_str(), t.as_str(), &actor.0)
+                    .delete_tag(repo.as_str(), t.as_str(), actor)
                     .await?;
                 self.cache
                     .tags
@@ -637,6 +628,41 @@ impl Registry {
         let more = repos.len() as u64 > limit;
         repos.truncate(limit as usize);
         Ok((repos, more))
+    }
+
+    /// A catalog page of only the repositories `visible` accepts, so a caller never learns
+    /// the names of repositories it cannot read. Pages of the full catalog are read until
+    /// `n` visible names are found or the catalog ends.
+    pub async fn catalog_visible(
+        &self,
+        n: Option<u64>,
+        last: Option<&str>,
+        visible: impl Fn(&str) -> bool,
+    ) -> Result<(Vec<String>, bool)> {
+        let limit = n.unwrap_or(self.config.max_page).min(self.config.max_page);
+        if limit == 0 {
+            return Ok((Vec::new(), false));
+        }
+        let batch = limit.max(100) + 1;
+        let mut out = Vec::new();
+        let mut cursor = last.map(str::to_owned);
+        loop {
+            let repos = self.meta.catalog(cursor.as_deref(), batch).await?;
+            let exhausted = (repos.len() as u64) < batch;
+            cursor = repos.last().cloned();
+            for r in repos {
+                if visible(&r) {
+                    if out.len() as u64 == limit {
+                        // One more visible name exists: there is a next page.
+                        return Ok((out, true));
+                    }
+                    out.push(r);
+                }
+            }
+            if exhausted {
+                return Ok((out, false));
+            }
+        }
     }
 
     /// The referrers index for `subject`, as JSON bytes.

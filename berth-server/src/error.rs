@@ -23,6 +23,10 @@ pub enum ApiError {
     /// A chunk that does not continue the upload: 416 with where the upload stands.
     #[error("chunk does not start at offset {offset}")]
     ChunkOutOfOrder { location: String, offset: u64 },
+    /// No or bad credentials on a registry request: 401 with the challenge that tells the
+    /// client where and how to authenticate.
+    #[error("{message}")]
+    Unauthorized { challenge: String, message: String },
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -53,7 +57,19 @@ fn is_no_space(e: &RegistryError) -> bool {
 impl ApiError {
     /// The status table. Server faults carry no OCI code: the spec's codes all describe
     /// something the client can act on, and the log names the cause.
-    fn status_and_code(&self) -> (StatusCode, Option<ErrorCode>) {
+    fn status_and_code(&self) -> (StatusCode, Option<&'static str>) {
+        let (status, code) = self.status_and_spec_code();
+        let code = code.map(ErrorCode::as_str).or(match self {
+            // Management API answers that have no distribution-spec code.
+            ApiError::Registry(RegistryError::NotFound(_)) => Some("NOT_FOUND"),
+            ApiError::Registry(RegistryError::Conflict(_)) => Some("CONFLICT"),
+            ApiError::Registry(RegistryError::Invalid(_)) => Some("INVALID"),
+            _ => None,
+        });
+        (status, code)
+    }
+
+    fn status_and_spec_code(&self) -> (StatusCode, Option<ErrorCode>) {
         use RegistryError as R;
         match self {
             ApiError::NotFound => (StatusCode::NOT_FOUND, Some(ErrorCode::Unsupported)),
@@ -70,7 +86,19 @@ impl ApiError {
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 Some(ErrorCode::BlobUploadInvalid),
             ),
+            ApiError::Unauthorized { .. } => {
+                (StatusCode::UNAUTHORIZED, Some(ErrorCode::Unauthorized))
+            }
             ApiError::Registry(e) => match e {
+                R::Unauthorized(_) => (StatusCode::UNAUTHORIZED, Some(ErrorCode::Unauthorized)),
+                R::Denied(_) => (StatusCode::FORBIDDEN, Some(ErrorCode::Denied)),
+                R::Throttled { .. } => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Some(ErrorCode::TooManyRequests),
+                ),
+                R::NotFound(_) => (StatusCode::NOT_FOUND, None),
+                R::Conflict(_) => (StatusCode::CONFLICT, None),
+                R::Invalid(_) => (StatusCode::BAD_REQUEST, None),
                 R::BlobUnknown => (StatusCode::NOT_FOUND, Some(ErrorCode::BlobUnknown)),
                 R::UploadUnknown => (StatusCode::NOT_FOUND, Some(ErrorCode::BlobUploadUnknown)),
                 R::UploadInvalid(_) | R::Body(_) => {
@@ -115,7 +143,7 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let body = match code {
             Some(code) => {
-                serde_json::json!({"errors": [{"code": code.as_str(), "message": self.to_string(), "detail": null}]})
+                serde_json::json!({"errors": [{"code": code, "message": self.to_string(), "detail": null}]})
             }
             None => {
                 tracing::error!(error = %self, "request failed");
@@ -136,6 +164,14 @@ impl IntoResponse for ApiError {
                 if let Ok(v) = HeaderValue::from_str(&upload_range(*offset)) {
                     h.insert(header::RANGE, v);
                 }
+            }
+            ApiError::Unauthorized { challenge, .. } => {
+                if let Ok(v) = HeaderValue::from_str(challenge) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            ApiError::Registry(RegistryError::Throttled { retry_after_secs }) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             ApiError::Registry(RegistryError::RangeNotSatisfiable { size }) => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
@@ -196,7 +232,7 @@ mod tests {
         for (err, status, code) in cases {
             let (s, c) = err.status_and_code();
             assert_eq!(s.as_u16(), status, "{err}");
-            assert_eq!(c.map(|c| c.as_str()), Some(code), "{err}");
+            assert_eq!(c, Some(code), "{err}");
         }
     }
 }

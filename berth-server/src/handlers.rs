@@ -6,16 +6,19 @@ use std::collections::HashMap;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
+use berth_auth::Actions;
+use berth_meta::AuditRecord;
 use berth_oci::range::parse_content_range;
 use berth_oci::{Digest, ErrorCode, Reference, RepoName};
 use berth_registry::{Actor, RegistryError};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use crate::AppState;
+use crate::auth::{self, Caller, Ctx};
 use crate::endpoint::{Endpoint, parse_digest};
 use crate::error::{ApiError, upload_range};
 use crate::metrics::RequestLabels;
+use crate::{AppState, ConnInfo};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -54,7 +57,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let method = req.method().clone();
     let (route, result) = match Endpoint::parse(req.uri().path()) {
-        Ok(ep) => (ep.route(), handle(&state, ep, req).await),
+        Ok(ep) => (ep.route(), authorize_and_handle(&state, ep, req).await),
         // No manifest can exist under a malformed tag: reading one is a plain miss, only
         // writing one is a bad request.
         Err(ApiError::ManifestInvalidReference) if method != Method::PUT => (
@@ -78,19 +81,70 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     resp
 }
 
-async fn handle(state: &AppState, ep: Endpoint, req: Request) -> ApiResult {
-    let actor = Actor::anonymous();
+/// What a request needs: nothing beyond being let in, or actions on a repository.
+fn needs(ep: &Endpoint, m: &Method) -> Option<(RepoName, Actions)> {
+    let pull = Actions::PULL;
+    match ep {
+        Endpoint::Base | Endpoint::Catalog => None,
+        Endpoint::Tags { name } | Endpoint::Referrers { name, .. } => Some((name.clone(), pull)),
+        Endpoint::Manifest { name, .. } | Endpoint::Blob { name, .. } => match *m {
+            Method::DELETE => Some((name.clone(), Actions::DELETE)),
+            Method::PUT => Some((name.clone(), Actions::PUSH)),
+            _ => Some((name.clone(), pull)),
+        },
+        Endpoint::UploadStart { name } | Endpoint::Upload { name, .. } => {
+            Some((name.clone(), Actions::PUSH))
+        }
+    }
+}
+
+async fn authorize_and_handle(state: &AppState, ep: Endpoint, req: Request) -> ApiResult {
+    let conn = req.extensions().get::<ConnInfo>().copied();
+    let ctx = auth::authenticate(state, req.headers(), conn).await?;
+    match needs(&ep, req.method()) {
+        Some((repo, need)) if !ctx.allows(repo.as_str(), need) => {
+            state.audit(AuditRecord {
+                at: berth_meta::now_micros(),
+                actor: ctx.name().to_owned(),
+                source: ctx.source.map(|s| s.to_string()),
+                action: "access".into(),
+                tenant: Some(berth_auth::tenant_of(repo.as_str()).to_owned()),
+                repository: Some(repo.to_string()),
+                outcome: "denied".into(),
+                detail: Some(format!("{} {}", req.method(), need.names().join(","))),
+                ..AuditRecord::default()
+            });
+            return Err(ctx.refuse(state, repo.as_str(), need));
+        }
+        // `/v2/` is how clients find out whether and how to log in: anonymous callers
+        // get the challenge even when public tenants would let them pull.
+        None if matches!(ep, Endpoint::Base) && matches!(ctx.caller, Caller::Anonymous(_)) => {
+            return Err(ctx.challenge(state, None, None));
+        }
+        _ => {}
+    }
+    handle(state, ep, req, &ctx).await
+}
+
+async fn handle(state: &AppState, ep: Endpoint, req: Request, ctx: &Ctx) -> ApiResult {
+    let actor = ctx.actor();
     let m = req.method().clone();
     match ep {
         Endpoint::Base => match m {
             Method::GET | Method::HEAD => Ok(json_response(StatusCode::OK, b"{}".to_vec())),
             _ => Err(ApiError::MethodNotAllowed),
         },
-        Endpoint::Catalog if m == Method::GET => catalog(state, req).await,
+        Endpoint::Catalog if m == Method::GET => catalog(state, req, ctx).await,
         Endpoint::Tags { name } if m == Method::GET => tags(state, name, req).await,
         Endpoint::Manifest { name, reference } => match m {
-            Method::GET => get_manifest(state, name, reference, req, true).await,
-            Method::HEAD => get_manifest(state, name, reference, req, false).await,
+            Method::GET => {
+                let resp = get_manifest(state, &name, &reference, req, true).await;
+                if let Ok(r) = &resp {
+                    audit_pull(state, ctx, &name, &reference, r);
+                }
+                resp
+            }
+            Method::HEAD => get_manifest(state, &name, &reference, req, false).await,
             Method::PUT => put_manifest(state, name, reference, req, &actor).await,
             Method::DELETE => {
                 state
@@ -111,7 +165,7 @@ async fn handle(state: &AppState, ep: Endpoint, req: Request) -> ApiResult {
             _ => Err(ApiError::MethodNotAllowed),
         },
         Endpoint::UploadStart { name } if m == Method::POST => {
-            start_upload(state, name, req, &actor).await
+            start_upload(state, name, req, ctx).await
         }
         Endpoint::Upload { name, id } => match m {
             Method::GET => {
@@ -279,7 +333,8 @@ async fn get_blob(
     Ok(resp)
 }
 
-async fn start_upload(state: &AppState, name: RepoName, req: Request, actor: &Actor) -> ApiResult {
+async fn start_upload(state: &AppState, name: RepoName, req: Request, ctx: &Ctx) -> ApiResult {
+    let actor = &ctx.actor();
     let q = query(&req);
     let reg = state.registry();
     if let Some(mount) = q.get("mount") {
@@ -288,7 +343,11 @@ async fn start_upload(state: &AppState, name: RepoName, req: Request, actor: &Ac
         // client probe other repositories, so it falls back to an ordinary upload.
         if let Some(from) = q.get("from") {
             let from: RepoName = from.parse().map_err(|_| ApiError::NameInvalid)?;
-            if reg.mount_blob(&name, &digest, &from, actor).await? {
+            // A blob is reachable only through repositories the caller may read: mounting
+            // from any other would hand it over, so that falls back to an upload too.
+            if ctx.allows(from.as_str(), Actions::PULL)
+                && reg.mount_blob(&name, &digest, &from, actor).await?
+            {
                 return blob_created(state, &name, &digest);
             }
         }
@@ -383,14 +442,41 @@ fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
     !any
 }
 
+/// Records a manifest download as a pull (blob downloads are not recorded: a pull is one
+/// manifest and many blobs).
+fn audit_pull(
+    state: &AppState,
+    ctx: &Ctx,
+    name: &RepoName,
+    reference: &Reference,
+    resp: &Response,
+) {
+    let digest = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    state.audit(AuditRecord {
+        at: berth_meta::now_micros(),
+        actor: ctx.name().to_owned(),
+        source: ctx.source.map(|s| s.to_string()),
+        action: "manifest.pull".into(),
+        tenant: Some(berth_auth::tenant_of(name.as_str()).to_owned()),
+        repository: Some(name.to_string()),
+        target: Some(reference.to_string()),
+        outcome: "ok".into(),
+        detail: digest,
+    });
+}
+
 async fn get_manifest(
     state: &AppState,
-    name: RepoName,
-    reference: Reference,
+    name: &RepoName,
+    reference: &Reference,
     req: Request,
     with_body: bool,
 ) -> ApiResult {
-    let m = state.registry().get_manifest(&name, &reference).await?;
+    let m = state.registry().get_manifest(name, reference).await?;
     if !accepts(req.headers(), &m.media_type) {
         return Err(ApiError::Registry(RegistryError::ManifestUnknown));
     }
@@ -500,11 +586,21 @@ async fn tags(state: &AppState, name: RepoName, req: Request) -> ApiResult {
     )
 }
 
-async fn catalog(state: &AppState, req: Request) -> ApiResult {
+async fn catalog(state: &AppState, req: Request, ctx: &Ctx) -> ApiResult {
     let q = query(&req);
     let n = page_size(&q)?;
     let last = q.get("last").map(String::as_str);
-    let (repos, more) = state.registry().catalog(n, last).await?;
+    let (repos, more) = match ctx.identity(state).await? {
+        None => state.registry().catalog(n, last).await?,
+        Some(id) => {
+            state
+                .registry()
+                .catalog_visible(n, last, |r| {
+                    id.grants.on_repository(r).contains(Actions::PULL)
+                })
+                .await?
+        }
+    };
     let body = serde_json::to_vec(&serde_json::json!({"repositories": repos}))
         .map_err(|e| ApiError::Registry(RegistryError::Internal(e.to_string())))?;
     let page = n

@@ -7,12 +7,17 @@
 //!
 //! [`run`] takes a bound listener, so tests bind port 0 and drive a real server.
 
+mod api;
+pub mod audit;
+pub mod auth;
 pub mod endpoint;
 pub mod error;
 mod handlers;
 pub mod metrics;
+mod token;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +29,17 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower::ServiceExt as _;
 
+pub use auth::{AuthSettings, ChallengeKind};
 pub use metrics::Metrics;
+
+/// The connection a request arrived on, put in every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
 
 /// HTTP-level settings.
 #[derive(Debug, Clone)]
@@ -55,6 +69,8 @@ struct Inner {
     registry: Registry,
     metrics: Metrics,
     config: ServerConfig,
+    auth: Option<AuthSettings>,
+    audit: audit::AuditSink,
 }
 
 /// What every handler shares.
@@ -62,12 +78,39 @@ struct Inner {
 pub struct AppState(Arc<Inner>);
 
 impl AppState {
+    /// A server without authentication: every request may do everything.
     pub fn new(registry: Registry, config: ServerConfig) -> AppState {
+        AppState::with_auth(registry, config, None)
+    }
+
+    /// A server that authenticates with `auth` (when set).
+    pub fn with_auth(
+        registry: Registry,
+        config: ServerConfig,
+        auth: Option<AuthSettings>,
+    ) -> AppState {
+        let metrics = Metrics::default();
+        let audit = audit::AuditSink::start(
+            registry.meta().clone(),
+            metrics.audit_dropped.clone(),
+            metrics.audit_written.clone(),
+        );
         AppState(Arc::new(Inner {
             registry,
-            metrics: Metrics::default(),
+            metrics,
             config,
+            auth,
+            audit,
         }))
+    }
+
+    pub fn auth(&self) -> Option<&AuthSettings> {
+        self.0.auth.as_ref()
+    }
+
+    /// Queues a record for the audit log (see [`audit`]).
+    pub fn audit(&self, r: berth_meta::AuditRecord) {
+        self.0.audit.record(r);
     }
 
     pub fn registry(&self) -> &Registry {
@@ -89,6 +132,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
+        .route("/token", get(token::get).post(token::post))
+        .nest("/api/v1", api::router())
         .fallback(handlers::dispatch)
         .with_state(state)
 }
@@ -128,7 +173,13 @@ pub async fn run(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let info = ConnInfo { peer, tls: false };
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(info);
+                req
+            },
+        ));
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

@@ -21,6 +21,10 @@ pub struct Metrics {
     pub bytes_out: Counter,
     pub uploads_started: Counter,
     pub uploads_in_progress: Gauge,
+    pub login_failures: Counter,
+    pub tokens_issued: Counter,
+    pub audit_written: Counter,
+    pub audit_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -48,7 +52,35 @@ impl Default for Metrics {
             "Chunked upload sessions opened by this process and not yet finished",
             uploads_in_progress.clone(),
         );
+        let login_failures = Counter::default();
+        let tokens_issued = Counter::default();
+        let audit_written = Counter::default();
+        let audit_dropped = Counter::default();
+        registry.register(
+            "login_failures",
+            "Logins refused: bad credentials or throttled",
+            login_failures.clone(),
+        );
+        registry.register(
+            "tokens_issued",
+            "Access tokens issued",
+            tokens_issued.clone(),
+        );
+        registry.register(
+            "audit_records_written",
+            "Asynchronous audit records written (pulls, logins, refusals)",
+            audit_written.clone(),
+        );
+        registry.register(
+            "audit_records_dropped",
+            "Asynchronous audit records dropped because the queue was full or the write failed",
+            audit_dropped.clone(),
+        );
         Metrics {
+            login_failures,
+            tokens_issued,
+            audit_written,
+            audit_dropped,
             registry,
             requests,
             bytes_in,

@@ -21,6 +21,7 @@ pub struct Config {
     pub log: LogConfig,
     pub security: SecurityConfig,
     pub cache: CacheConfig,
+    pub auth: AuthConfig,
     /// Accept an index whose child manifests are not in the repository.
     pub allow_sparse_index: bool,
 }
@@ -37,6 +38,7 @@ impl Default for Config {
             log: LogConfig::default(),
             security: SecurityConfig::default(),
             cache: CacheConfig::default(),
+            auth: AuthConfig::default(),
             allow_sparse_index: false,
         }
     }
@@ -116,6 +118,75 @@ impl Default for CacheConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
+pub enum Challenge {
+    Bearer,
+    Basic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require credentials (users, robots, tenants). Off: anonymous push and pull, which
+    /// protected mode allows on loopback only.
+    pub enabled: bool,
+    /// How 401s ask clients to log in: `bearer` (the Docker token flow; tokens from
+    /// `/token`) or `basic` (HTTP Basic on every request).
+    pub challenge: Challenge,
+    /// The token `service` (and audience).
+    pub service: String,
+    /// Lifetime of access tokens, seconds (at least 60).
+    pub token_ttl_secs: u64,
+    /// Lifetime of refresh tokens (`offline_token`), seconds.
+    pub refresh_ttl_secs: u64,
+    /// How long a verified password is remembered, seconds.
+    pub login_cache_secs: u64,
+    /// Failed logins per user, and per client address, within `failure_window_secs`
+    /// before further attempts get 429 with Retry-After.
+    pub max_failures_per_user: u32,
+    pub max_failures_per_source: u32,
+    pub failure_window_secs: u64,
+    /// A file holding the token signing key (at least 32 bytes). Unset: a key generated
+    /// at first start and kept in the metadata store, shared by replicas.
+    pub signing_key_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        let d = berth_registry::access::AccessConfig::default();
+        AuthConfig {
+            enabled: false,
+            challenge: Challenge::Bearer,
+            service: d.service,
+            token_ttl_secs: d.token_ttl.as_secs(),
+            refresh_ttl_secs: d.refresh_ttl.as_secs(),
+            login_cache_secs: d.login_cache_ttl.as_secs(),
+            max_failures_per_user: d.max_failures_per_user,
+            max_failures_per_source: d.max_failures_per_source,
+            failure_window_secs: d.failure_window.as_secs(),
+            signing_key_file: None,
+        }
+    }
+}
+
+impl AuthConfig {
+    pub fn access_config(&self) -> berth_registry::access::AccessConfig {
+        use std::time::Duration;
+        berth_registry::access::AccessConfig {
+            service: self.service.clone(),
+            issuer: self.service.clone(),
+            // The token spec's minimum lifetime.
+            token_ttl: Duration::from_secs(self.token_ttl_secs.max(60)),
+            refresh_ttl: Duration::from_secs(self.refresh_ttl_secs.max(60)),
+            login_cache_ttl: Duration::from_secs(self.login_cache_secs),
+            max_failures_per_user: self.max_failures_per_user.max(1),
+            max_failures_per_source: self.max_failures_per_source.max(1),
+            failure_window: Duration::from_secs(self.failure_window_secs.max(1)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
@@ -168,7 +239,10 @@ impl Config {
 
     /// Protected mode: anonymous access is only for loopback unless explicitly allowed.
     pub fn check_protected_mode(&self) -> anyhow::Result<()> {
-        if self.listen.ip().is_loopback() || self.security.allow_anonymous_on_network {
+        if self.listen.ip().is_loopback()
+            || self.security.allow_anonymous_on_network
+            || self.auth.enabled
+        {
             return Ok(());
         }
         anyhow::bail!(

@@ -1,6 +1,7 @@
 //! `berth`: the command line. Reads the configuration, sets up logging, and hands the
 //! work to the library crates.
 
+mod admin;
 mod config;
 mod fsck;
 
@@ -9,12 +10,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use berth_meta::MetaStore;
+use berth_registry::access::Access;
 use berth_registry::{Registry, RegistryConfig};
-use berth_server::{AppState, ServerConfig};
+use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
 use berth_storage::{BlobStore, FsStore};
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Challenge, Config, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +37,46 @@ enum Command {
     /// `serve` runs). Exit code 0: clean, 1: something is missing or corrupt, 2: the check
     /// itself failed.
     Fsck(fsck::FsckArgs),
+    /// Manage users (offline, against the data directory or database).
+    User {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+        #[command(subcommand)]
+        cmd: admin::UserCommand,
+    },
+    /// Manage tenants and their members.
+    Tenant {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+        #[command(subcommand)]
+        cmd: admin::TenantCommand,
+    },
+    /// Manage robot accounts.
+    Robot {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+        #[command(subcommand)]
+        cmd: admin::RobotCommand,
+    },
+    /// Print a Kubernetes imagePullSecret (or .docker/config.json) for a tenant's robot.
+    Secret {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+        #[command(flatten)]
+        args: admin::SecretArgs,
+    },
+    /// Read the audit log.
+    Audit {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+        #[command(flatten)]
+        args: admin::AuditArgs,
+    },
+    /// Rotate the token signing key.
+    RotateKey {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -126,7 +168,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             cache_entries: config.cache.entries.max(1),
         },
     );
-    let state = AppState::new(
+    let auth = if config.auth.enabled {
+        let key = admin::read_key_file(&config)?;
+        let access = Access::new(meta.clone(), config.auth.access_config(), key)
+            .await
+            .context("setting up authentication")?;
+        bootstrap_admin(&access, &config).await?;
+        // Pick up key rotations made by other replicas or the CLI.
+        let reload = access.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                if let Err(e) = reload.reload_keys().await {
+                    tracing::warn!(error = %e, "reloading token signing keys failed");
+                }
+            }
+        });
+        Some(AuthSettings {
+            access,
+            challenge: match config.auth.challenge {
+                Challenge::Bearer => ChallengeKind::Bearer,
+                Challenge::Basic => ChallengeKind::Basic,
+            },
+        })
+    } else {
+        None
+    };
+    let auth_on = auth.is_some();
+    let state = AppState::with_auth(
         registry.clone(),
         ServerConfig {
             public_url: config.public_url.clone(),
@@ -134,6 +204,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_connections: config.limits.max_connections.max(1),
             ..ServerConfig::default()
         },
+        auth,
     );
 
     let purge_every = Duration::from_secs(config.uploads.purge_interval_secs.max(1));
@@ -156,12 +227,50 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen = %listener.local_addr()?,
         data_dir = %config.data_dir.display(),
         metadata = ?meta.backend(),
-        "berth is serving (anonymous push and pull: no authentication configured)"
+        "{}",
+        if auth_on {
+            "berth is serving (authentication required)"
+        } else {
+            "berth is serving (anonymous push and pull: no authentication configured)"
+        }
     );
     berth_server::run(listener, state, shutdown_signal()).await?;
     meta.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// With authentication on and no user yet, creates `admin` with the password from
+/// `BERTH_ADMIN_PASSWORD`, or a random one written once to the log and to a 0600 file.
+async fn bootstrap_admin(access: &Access, config: &Config) -> anyhow::Result<()> {
+    let given = std::env::var("BERTH_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let Some(generated) = access.bootstrap_admin(given.as_deref()).await? else {
+        if given.is_some() {
+            tracing::info!("created user admin with the password from BERTH_ADMIN_PASSWORD");
+        }
+        return Ok(());
+    };
+    let path = config.data_dir.join("admin-password");
+    write_private(&path, &generated).with_context(|| format!("writing {}", path.display()))?;
+    tracing::warn!(
+        password = %generated,
+        file = %path.display(),
+        "created user admin with a generated password (shown once; also in the file, mode 0600)"
+    );
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    writeln!(f, "{text}")?;
+    f.sync_all()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -175,6 +284,12 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::User { store, cmd } => runtime.block_on(admin::user(&store, cmd)),
+        Command::Tenant { store, cmd } => runtime.block_on(admin::tenant(&store, cmd)),
+        Command::Robot { store, cmd } => runtime.block_on(admin::robot(&store, cmd)),
+        Command::Secret { store, args } => runtime.block_on(admin::secret(&store, args)),
+        Command::Audit { store, args } => runtime.block_on(admin::audit(&store, args)),
+        Command::RotateKey { store } => runtime.block_on(admin::rotate_key(&store)),
         Command::Fsck(args) => match runtime.block_on(fsck::run(args)) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

@@ -1,0 +1,1150 @@
+//! Access control use cases: logging in, issuing and checking tokens, and managing users,
+//! tenants, members and robot accounts. The server's `/token` and `/api/v1` endpoints and
+//! the CLI's `user`, `tenant`, `robot` and `secret` commands all come through here, so the
+//! rules (who may manage what, which names are valid) live in one place.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use berth_auth::password;
+use berth_auth::token::new_jti;
+use berth_auth::{
+    AccessEntry, Actions, Claims, Grants, Keyring, LIBRARY, RobotScope, Role, Scope, ScopeKind,
+    SigningKey, TokenError, split_robot, valid_name,
+};
+use berth_meta::{Actor, AuditQuery, AuditRecord, MetaStore, RobotRow, UserChange};
+use sha2::{Digest as _, Sha256};
+
+use crate::{RegistryError, Result};
+
+/// Settings of authentication and tokens.
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    /// The `service` of challenges and the audience of tokens.
+    pub service: String,
+    /// The `iss` of tokens.
+    pub issuer: String,
+    /// Lifetime of access tokens.
+    pub token_ttl: Duration,
+    /// Lifetime of refresh tokens (`offline_token=true`).
+    pub refresh_ttl: Duration,
+    /// How long a successful password check is remembered, so Basic-auth clients do not pay
+    /// for argon2 on every request.
+    pub login_cache_ttl: Duration,
+    /// Failed logins for one user within `failure_window` before further attempts get 429.
+    pub max_failures_per_user: u32,
+    /// Failed logins from one address within `failure_window` before it gets 429.
+    pub max_failures_per_source: u32,
+    pub failure_window: Duration,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            service: "berth".to_owned(),
+            issuer: "berth".to_owned(),
+            token_ttl: Duration::from_secs(300),
+            refresh_ttl: Duration::from_secs(7 * 24 * 3600),
+            login_cache_ttl: Duration::from_secs(30),
+            max_failures_per_user: 10,
+            max_failures_per_source: 30,
+            failure_window: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityKind {
+    Anonymous,
+    User,
+    Robot,
+}
+
+/// A logged-in (or anonymous) caller and everything it may do.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The login: a user name, `tenant+robot`, or `anonymous`.
+    pub name: String,
+    pub kind: IdentityKind,
+    pub grants: Grants,
+    /// A fingerprint of the current password or secret (see `Claims::cred`).
+    pub cred: String,
+}
+
+impl Identity {
+    pub fn is_admin(&self) -> bool {
+        self.grants.admin
+    }
+
+    pub fn actor(&self, source: Option<IpAddr>) -> Actor {
+        Actor {
+            name: self.name.clone(),
+            source: source.map(|s| s.to_string()),
+        }
+    }
+}
+
+/// What the token endpoint returns.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_in: u64,
+    /// Seconds since the epoch.
+    pub issued_at: i64,
+    pub refresh_token: Option<String>,
+    /// What was granted, for the audit log.
+    pub granted: Vec<AccessEntry>,
+}
+
+/// A robot account as shown to managers (never its secret hash).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RobotInfo {
+    pub tenant: String,
+    pub name: String,
+    /// The user name it logs in with.
+    pub login: String,
+    pub actions: Vec<String>,
+    pub repositories: Vec<String>,
+    pub description: Option<String>,
+    /// Seconds since the epoch.
+    pub expires_at: Option<i64>,
+    pub disabled: bool,
+}
+
+/// A new robot's (or a rotated one's) credentials. The secret is shown once.
+#[derive(Debug, Clone)]
+pub struct RobotCredentials {
+    pub robot: RobotInfo,
+    pub secret: String,
+}
+
+/// What a robot may do, as asked for when it is created.
+#[derive(Debug, Clone)]
+pub struct NewRobot {
+    pub actions: Actions,
+    pub repositories: Vec<String>,
+    pub description: Option<String>,
+    pub expires_in: Option<Duration>,
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn fingerprint(stored_hash: &str) -> String {
+    hex::encode(&Sha256::digest(stored_hash.as_bytes())[..8])
+}
+
+/// Failed-login counters of one replica. A brute force spread over replicas is bounded per
+/// replica; with N replicas the limits multiply by N, which the README says.
+#[derive(Default)]
+struct Throttle {
+    failures: HashMap<String, (u32, Instant)>,
+}
+
+impl Throttle {
+    /// How long `key` must still wait, if it is over `max` failures in the window.
+    fn blocked(&self, key: &str, max: u32, window: Duration, now: Instant) -> Option<Duration> {
+        let (count, start) = self.failures.get(key)?;
+        let left = (*start + window).checked_duration_since(now)?;
+        (*count >= max).then_some(left)
+    }
+
+    fn fail(&mut self, key: String, window: Duration, now: Instant) {
+        if self.failures.len() > 100_000 {
+            self.failures
+                .retain(|_, (_, start)| now.duration_since(*start) < window);
+        }
+        let e = self.failures.entry(key).or_insert((0, now));
+        if now.duration_since(e.1) >= window {
+            *e = (0, now);
+        }
+        e.0 += 1;
+    }
+}
+
+struct Inner {
+    meta: MetaStore,
+    config: AccessConfig,
+    keyring: RwLock<Keyring>,
+    /// A key from a file replaces the stored ones entirely.
+    fixed_key: bool,
+    logins: Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
+    throttle: Mutex<Throttle>,
+    anonymous: Mutex<Option<(Identity, Instant)>>,
+}
+
+/// Authentication and management of identities. Cheap to clone.
+#[derive(Clone)]
+pub struct Access(Arc<Inner>);
+
+/// Why a login failed. Whether the user exists is never told apart from a wrong password.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("invalid username or password")]
+    BadCredentials,
+    #[error("too many failed logins")]
+    Throttled(Duration),
+    #[error(transparent)]
+    Meta(#[from] berth_meta::MetaError),
+}
+
+impl From<LoginError> for RegistryError {
+    fn from(e: LoginError) -> Self {
+        match e {
+            LoginError::BadCredentials => {
+                RegistryError::Unauthorized("invalid username or password".into())
+            }
+            LoginError::Throttled(d) => RegistryError::Throttled {
+                retry_after_secs: d.as_secs().max(1),
+            },
+            LoginError::Meta(m) => RegistryError::Meta(m),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these maps leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Access {
+    /// Loads the signing keys, creating the first one if the store has none. `key_file`
+    /// bytes, when given, are the only signing key (operators who keep keys out of the
+    /// database).
+    pub async fn new(
+        meta: MetaStore,
+        config: AccessConfig,
+        key_file: Option<Vec<u8>>,
+    ) -> Result<Access> {
+        let fixed_key = key_file.is_some();
+        let keyring = match key_file {
+            Some(secret) => {
+                if secret.len() < 32 {
+                    return Err(RegistryError::Invalid(
+                        "the token signing key file must hold at least 32 bytes".into(),
+                    ));
+                }
+                Keyring {
+                    keys: vec![SigningKey {
+                        kid: fingerprint(&hex::encode(&secret)),
+                        secret,
+                    }],
+                }
+            }
+            None => Keyring::default(),
+        };
+        let access = Access(Arc::new(Inner {
+            meta,
+            config,
+            keyring: RwLock::new(keyring),
+            fixed_key,
+            logins: Mutex::new(HashMap::new()),
+            throttle: Mutex::new(Throttle::default()),
+            anonymous: Mutex::new(None),
+        }));
+        if !fixed_key {
+            let k = SigningKey::generate();
+            access.0.meta.ensure_signing_key(&k.kid, &k.secret).await?;
+            access.reload_keys().await?;
+        }
+        Ok(access)
+    }
+
+    pub fn config(&self) -> &AccessConfig {
+        &self.0.config
+    }
+
+    pub fn meta(&self) -> &MetaStore {
+        &self.0.meta
+    }
+
+    /// Re-reads the signing keys, so a rotation on another replica (or by the CLI) takes
+    /// effect here.
+    pub async fn reload_keys(&self) -> Result<()> {
+        if self.0.fixed_key {
+            return Ok(());
+        }
+        let keys = self
+            .0
+            .meta
+            .signing_keys()
+            .await?
+            .into_iter()
+            .map(|(kid, secret)| SigningKey { kid, secret })
+            .collect();
+        *self
+            .0
+            .keyring
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Keyring { keys };
+        Ok(())
+    }
+
+    /// Forgets remembered logins, after a change to who may do what.
+    pub fn forget_logins(&self) {
+        lock(&self.0.logins).clear();
+        *lock(&self.0.anonymous) = None;
+    }
+
+    // ---- logging in ----
+
+    /// Checks a user name and password (or robot login and secret).
+    pub async fn login(
+        &self,
+        name: &str,
+        password: &str,
+        source: Option<IpAddr>,
+    ) -> Result<Identity, LoginError> {
+        let key: [u8; 32] = {
+            let mut h = Sha256::new();
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(password.as_bytes());
+            h.finalize().into()
+        };
+        let now = Instant::now();
+        if let Some((id, at)) = lock(&self.0.logins).get(&key)
+            && now.duration_since(*at) < self.0.config.login_cache_ttl
+        {
+            return Ok(id.clone());
+        }
+        let cfg = &self.0.config;
+        let user_key = format!("u:{name}");
+        let source_key = source.map(|s| format!("s:{s}"));
+        {
+            let t = lock(&self.0.throttle);
+            let wait = t
+                .blocked(
+                    &user_key,
+                    cfg.max_failures_per_user,
+                    cfg.failure_window,
+                    now,
+                )
+                .or_else(|| {
+                    source_key.as_deref().and_then(|k| {
+                        t.blocked(k, cfg.max_failures_per_source, cfg.failure_window, now)
+                    })
+                });
+            if let Some(wait) = wait {
+                return Err(LoginError::Throttled(wait));
+            }
+        }
+        match self.check_password(name, password).await? {
+            Some(id) => {
+                lock(&self.0.throttle).failures.remove(&user_key);
+                let mut logins = lock(&self.0.logins);
+                if logins.len() > 10_000 {
+                    logins.clear();
+                }
+                logins.insert(key, (id.clone(), now));
+                Ok(id)
+            }
+            None => {
+                let mut t = lock(&self.0.throttle);
+                t.fail(user_key, cfg.failure_window, now);
+                if let Some(k) = source_key {
+                    t.fail(k, cfg.failure_window, now);
+                }
+                Err(LoginError::BadCredentials)
+            }
+        }
+    }
+
+    async fn check_password(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<Option<Identity>, LoginError> {
+        if name.len() > 200 || password.len() > password::MAX_PASSWORD_BYTES {
+            return Ok(None);
+        }
+        let stored = match split_robot(name) {
+            Some((tenant, robot)) => self
+                .0
+                .meta
+                .robot(tenant, robot)
+                .await?
+                .map(|r| r.secret_hash),
+            None => self.0.meta.user(name).await?.map(|u| u.password_hash),
+        };
+        let Some(stored) = stored else {
+            // The same work as a real check: timing does not tell which names exist.
+            let pw = password.to_owned();
+            let _ = tokio::task::spawn_blocking(move || password::verify_dummy(&pw)).await;
+            return Ok(None);
+        };
+        let pw = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || password::verify(&stored, &pw))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            return Ok(None);
+        }
+        // Disabled or expired identities fail like a wrong password.
+        Ok(self.identity(name).await?)
+    }
+
+    /// The current grants of `name` (a user or a robot login), or `None` if it does not
+    /// exist, is disabled or has expired.
+    pub async fn identity(&self, name: &str) -> Result<Option<Identity>, berth_meta::MetaError> {
+        let public = self.0.meta.public_tenants().await?.into_iter().collect();
+        if let Some((tenant, robot)) = split_robot(name) {
+            let Some(r) = self.0.meta.robot(tenant, robot).await? else {
+                return Ok(None);
+            };
+            let expired = r.expires_at.is_some_and(|e| e <= berth_meta::now_micros());
+            if r.disabled || expired {
+                return Ok(None);
+            }
+            let info = robot_info(&r);
+            return Ok(Some(Identity {
+                name: name.to_owned(),
+                kind: IdentityKind::Robot,
+                grants: Grants {
+                    robot: Some(RobotScope {
+                        tenant: r.tenant.clone(),
+                        actions: Actions::from_names(info.actions.iter().map(String::as_str)),
+                        repositories: info.repositories,
+                    }),
+                    public,
+                    ..Grants::default()
+                },
+                cred: fingerprint(&r.secret_hash),
+            }));
+        }
+        let Some(u) = self.0.meta.user(name).await? else {
+            return Ok(None);
+        };
+        if u.disabled {
+            return Ok(None);
+        }
+        let roles = self
+            .0
+            .meta
+            .roles_of(name)
+            .await?
+            .into_iter()
+            .filter_map(|(t, r)| Some((t, Role::parse(&r)?)))
+            .collect();
+        Ok(Some(Identity {
+            name: u.name,
+            kind: IdentityKind::User,
+            grants: Grants {
+                admin: u.admin,
+                roles,
+                robot: None,
+                public,
+            },
+            cred: fingerprint(&u.password_hash),
+        }))
+    }
+
+    /// The caller without credentials: it may pull from public tenants.
+    pub async fn anonymous(&self) -> Result<Identity, berth_meta::MetaError> {
+        let now = Instant::now();
+        if let Some((id, at)) = &*lock(&self.0.anonymous)
+            && now.duration_since(*at) < Duration::from_secs(2)
+        {
+            return Ok(id.clone());
+        }
+        let id = Identity {
+            name: "anonymous".to_owned(),
+            kind: IdentityKind::Anonymous,
+            grants: Grants {
+                public: self.0.meta.public_tenants().await?.into_iter().collect(),
+                ..Grants::default()
+            },
+            cred: String::new(),
+        };
+        *lock(&self.0.anonymous) = Some((id.clone(), now));
+        Ok(id)
+    }
+
+    // ---- tokens ----
+
+    /// Issues an access token granting the intersection of `scopes` and what `who` may do;
+    /// with `offline`, also a refresh token.
+    pub fn issue(&self, who: &Identity, scopes: &[Scope], offline: bool) -> Result<IssuedToken> {
+        let cfg = &self.0.config;
+        let now = now_secs();
+        let mut access: Vec<AccessEntry> = Vec::new();
+        for s in scopes {
+            let granted: Vec<String> = match s.kind {
+                ScopeKind::Repository => who
+                    .grants
+                    .on_repository(&s.name)
+                    .intersect(s.repository_actions())
+                    .names()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                // The catalog is filtered per caller, so anyone logged in may ask for it.
+                ScopeKind::Registry if s.name == "catalog" => {
+                    s.actions.iter().filter(|a| *a == "*").cloned().collect()
+                }
+                ScopeKind::Registry => Vec::new(),
+            };
+            if granted.is_empty() {
+                continue;
+            }
+            let kind = match s.kind {
+                ScopeKind::Repository => "repository",
+                ScopeKind::Registry => "registry",
+            };
+            // Merge repeated scopes for the same resource.
+            match access
+                .iter_mut()
+                .find(|e| e.kind == kind && e.name == s.name)
+            {
+                Some(e) => {
+                    for a in granted {
+                        if !e.actions.contains(&a) {
+                            e.actions.push(a);
+                        }
+                    }
+                }
+                None => access.push(AccessEntry {
+                    kind: kind.to_owned(),
+                    name: s.name.clone(),
+                    actions: granted,
+                }),
+            }
+        }
+        let claims = Claims {
+            iss: cfg.issuer.clone(),
+            sub: who.name.clone(),
+            aud: cfg.service.clone(),
+            exp: now.saturating_add(secs(cfg.token_ttl)),
+            nbf: now,
+            iat: now,
+            jti: new_jti(),
+            access: access.clone(),
+            kind: None,
+            cred: None,
+        };
+        let keyring = self
+            .0
+            .keyring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let token = keyring
+            .sign(&claims)
+            .map_err(|e| RegistryError::Internal(e.to_string()))?;
+        let refresh_token = if offline && who.kind != IdentityKind::Anonymous {
+            let refresh = Claims {
+                exp: now.saturating_add(secs(cfg.refresh_ttl)),
+                access: Vec::new(),
+                kind: Some("refresh".to_owned()),
+                cred: Some(who.cred.clone()),
+                jti: new_jti(),
+                ..claims
+            };
+            Some(
+                keyring
+                    .sign(&refresh)
+                    .map_err(|e| RegistryError::Internal(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        Ok(IssuedToken {
+            token,
+            expires_in: cfg.token_ttl.as_secs(),
+            issued_at: now,
+            refresh_token,
+            granted: access,
+        })
+    }
+
+    /// Checks an access token presented to the registry.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let claims = self
+            .0
+            .keyring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .verify(token, &self.0.config.service, now_secs())?;
+        if claims.is_refresh() {
+            // A refresh token opens nothing by itself.
+            return Err(TokenError::Malformed);
+        }
+        Ok(claims)
+    }
+
+    /// The identity behind a refresh token, if the token verifies and its user or robot
+    /// still exists with the same password or secret.
+    pub async fn redeem_refresh(&self, token: &str) -> Result<Identity> {
+        let claims = self
+            .0
+            .keyring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .verify(token, &self.0.config.service, now_secs())
+            .map_err(|e| RegistryError::Unauthorized(e.to_string()))?;
+        if !claims.is_refresh() {
+            return Err(RegistryError::Unauthorized("not a refresh token".into()));
+        }
+        match self.identity(&claims.sub).await? {
+            Some(id) if Some(&id.cred) == claims.cred.as_ref() => Ok(id),
+            _ => Err(RegistryError::Unauthorized(
+                "refresh token no longer valid: its account changed".into(),
+            )),
+        }
+    }
+
+    /// Replaces the signing key; tokens signed by the old one stay valid until they
+    /// expire.
+    pub async fn rotate_key(&self, by: &Identity, source: Option<IpAddr>) -> Result<String> {
+        require_admin(by)?;
+        if self.0.fixed_key {
+            return Err(RegistryError::Invalid(
+                "the signing key comes from a file: replace the file to rotate it".into(),
+            ));
+        }
+        let k = SigningKey::generate();
+        let keep =
+            secs(self.0.config.refresh_ttl.max(self.0.config.token_ttl)).saturating_mul(1_000_000);
+        self.0
+            .meta
+            .rotate_signing_key(&k.kid, &k.secret, keep, &by.actor(source))
+            .await?;
+        self.reload_keys().await?;
+        Ok(k.kid)
+    }
+
+    // ---- management ----
+
+    /// Creates the first admin when no user exists yet. Returns the password when one was
+    /// generated (the caller shows it once), `None` if users exist or `password` was given.
+    pub async fn bootstrap_admin(&self, password: Option<&str>) -> Result<Option<String>> {
+        if self.0.meta.user_count().await? > 0 {
+            return Ok(None);
+        }
+        let generated = password.is_none();
+        let pw = password.map_or_else(password::random_secret, str::to_owned);
+        let hash = hash_blocking(pw.clone()).await?;
+        let created = self
+            .0
+            .meta
+            .create_user("admin", &hash, true, &Actor::named("system"))
+            .await?;
+        Ok((created && generated).then_some(pw))
+    }
+
+    pub async fn list_users(&self, by: &Identity) -> Result<Vec<berth_meta::UserRow>> {
+        require_admin(by)?;
+        Ok(self.0.meta.users().await?)
+    }
+
+    pub async fn create_user(
+        &self,
+        by: &Identity,
+        source: Option<IpAddr>,
+        name: &str,
+        password: &str,
+        admin: bool,
+    ) -> Result<()> {
+        require_admin(by)?;
+        check_name("user", name)?;
+        check_password(password)?;
+        let hash = hash_blocking(password.to_owned()).await?;
+        if !self
+            .0
+            .meta
+            .create_user(name, &hash, admin, &by.actor(source))
+            .await?
+        {
+            return Err(RegistryError::Conflict(format!("user {name} exists")));
+        }
+        Ok(())
+    }
+
+    /// Imports the users of an htpasswd file (bcrypt hashes, kept as they are); returns how
+    /// many were new.
+    pub async fn import_htpasswd(&self, by: &Identity, text: &str) -> Result<u64> {
+        require_admin(by)?;
+        let users =
+            password::parse_htpasswd(text).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        Ok(self.0.meta.import_users(&users, &by.actor(None)).await?)
+    }
+
+    /// Changes a user: admins change anything; a user may change only its own password.
+    pub async fn update_user(
+        &self,
+        by: &Identity,
+        source: Option<IpAddr>,
+        name: &str,
+        password: Option<&str>,
+        admin: Option<bool>,
+        disabled: Option<bool>,
+    ) -> Result<()> {
+        let own_password_only = by.kind == IdentityKind::User
+            && by.name == name
+            && admin.is_none()
+            && disabled.is_none();
+        if !own_password_only {
+            require_admin(by)?;
+        }
+        let password_hash = match password {
+            Some(p) => {
+                check_password(p)?;
+                Some(hash_blocking(p.to_owned()).await?)
+            }
+            None => None,
+        };
+        let change = UserChange {
+            password_hash,
+            admin,
+            disabled,
+        };
+        if !self
+            .0
+            .meta
+            .update_user(name, &change, &by.actor(source))
+            .await?
+        {
+            return Err(RegistryError::NotFound(format!("no user {name}")));
+        }
+        self.forget_logins();
+        Ok(())
+    }
+
+    pub async fn delete_user(
+        &self,
+        by: &Identity,
+        source: Option<IpAddr>,
+        name: &str,
+    ) -> Result<()> {
+        require_admin(by)?;
+        if by.name == name {
+            return Err(RegistryError::Invalid(
+                "an admin cannot delete itself".into(),
+            ));
+        }
+        if !self.0.meta.delete_user(name, &by.actor(source)).await? {
+            return Err(RegistryError::NotFound(format!("no user {name}")));
+        }
+        self.forget_logins();
+        Ok(())
+    }
+
+    /// Tenants the caller may see: all for an admin, else those it belongs to and the
+    /// public ones.
+    pub async fn list_tenants(&self, by: &Identity) -> Result<Vec<berth_meta::TenantRow>> {
+        let all = self.0.meta.tenants().await?;
+        Ok(all
+            .into_iter()
+            .filter(|t| by.is_admin() || t.public || by.grants.roles.contains_key(&t.name))
+            .collect())
+    }
+
+    pub async fn create_tenant(
+        &self,
+        by: &Identity,
+        source: Option<IpAddr>,
+        name: &str,
+        public: bool,
+    ) -> Result<()> {
+        require_admin(by)?;
+        check_name("tenant", name)?;
+        if !self
+            .0
+            .meta
+            .create_tenant(name, public, &by.actor(source))
+            .await?
+        {
+            return Err(RegistryError::Conflict(format!("tenant {name} exists")));
+        }
+        self.forget_logins();
+        Ok(())
+    }
+
+    pub async fn set_tenant_public(
+        &self,
+        by: &Identity,
+        source: Option<IpAddr>,
+        name: &str,
+        public: bool,
+    ) -> Result<()> {
+        require_admin(by)?;
+        if !self
+            .0
+            .meta
+            .set_tenant_public(name, public, &by.actor(source))
+            .await?
+        {
+            return Err(RegistryError::NotFound(format!("no tenant {name}")));
+        }
+        self.forget_logins();
+        Ok(())
+    }
+
+    pub async fn delete_tenant(
+        &self,
+        by: &Identity,
+        source: Option<IpAddr>,
+        name: &str,
+    ) -> Result<()> {
+        require_admin(by)?;
+        if name == LIBRARY {
+            return Err(RegistryError::Invalid(
+                "the library tenant is built in".into(),
+            ));
+        }
+        if !self.0.meta.delete_tenant(name, &by.actor(source)).await? {
+            return Err(RegistryError::NotFound(format!("no tenant {name}")));
+        }
+        self.forget_logins();
+        Ok(())
+    }
+
+    pub async fn members(&self, by: &Identity, tenant: &str) -> Result<Vec<(String, String)>> {
+        require_manager(by, tenant)?;
+        Ok(self.0.meta.members(tenant).await?)
+    }
+
+    /// Sets a member's role, or removes the member with `None`.
+    pub async fn set_member(
+        &self,
+        by: &Identity,
+        source: Option<IpAddr>,
+        tenant: &str,
+        user: &str,
+        role: Option<&str>,
+    ) -> Result<()> {
+        require_manager(by, tenant)?;
+        if let Some(r) = role
+            && Role::parse(r).is_none()
+        {
+            return Err(RegistryError::Invalid(format!(
+                "unknown role {r:?}: owner, maintainer, developer or reader"
+            )));
+        }
+        if !self
+            .0
+            .meta
+            .set_member(tenant, user, role, &by.actor(source))
+            .await?
+        {
+            return Err(RegistryError::NotFound(format!(
+                "no tenant {tenant}, no user {user}, or no such membership"
+            )));
+        }
+        self.forget_logins();
+        Ok(())
+    }
+
+    pub async fn robots(&self, by: &Identity, tenant: &str) -> Result<Vec<RobotInfo>> {
+        require_manager(by, tenant)?;
+        Ok(self
+            .0
+            .meta
+            .robots(Some(tenant))
+            .await?
+            .iter()
+            .map(robot_info)
+            .collect())
+    }
+
+    pub async fn create_robot(
+        &self,
+        by: &Identity,
+        source: Option<IpAddr>,
+        tenant: &str,
+        name: &str,
+        spec: &NewRobot,
+    ) -> Result<RobotCredentials> {
+        require_manager(by, tenant)?;
+        check_name("robot", name)?;
+        if spec.actions.is_empty() {
+            return Err(RegistryError::Invalid(
+                "a robot needs at least one action".into(),
+            ));
+        }
+        for p in &spec.repositories {
+            if p.is_empty() || p.len() > 255 || p.starts_with('/') || p.contains("..") {
+                return Err(RegistryError::Invalid(format!(
+                    "bad repository pattern {p:?}"
+                )));
+            }
+        }
+        let secret = password::random_secret();
+        let row = RobotRow {
+            tenant: tenant.to_owned(),
+            name: name.to_owned(),
+            secret_hash: hash_blocking(secret.clone()).await?,
+            actions: spec.actions.names().join(","),
+            repositories: serde_json::to_string(&spec.repositories)
+                .map_err(|e| RegistryError::Internal(e.to_string()))?,
+            description: spec.description.clone(),
+            expires_at: spec.expires_in.map(|d| {
+                berth_meta::now_micros().saturating_add(secs(d).saturating_mul(1_000_000))
+            }),
+            disabled: false,
+            created_at: 0,
+        };
+        if !self.0.meta.create_robot(&row, &by.actor(source)).await? {
+            return Err(match self.0.meta.tenant(tenant).await? {
+                None => RegistryError::NotFound(format!("no tenant {tenant}")),
+                Some(_) => RegistryError::Conflict(format!("robot {tenant}+{name} exists")),
+            });
+        }
+        Ok(RobotCredentials {
+            robot: robot_info(&row),
+            secret,
+        })
+    }
+
+    /// Gives a robot a new secret; the old one stops working at once on this replica and
+    /// within the login cache lifetime on others.
+    pub async fn rotate_robot(
+        &self,
+        by: &Identity,
+        source: Option<IpAddr>,
+        tenant: &str,
+        name: &str,
+    ) -> Result<RobotCredentials> {
+        require_manager(by, tenant)?;
+        let secret = password::random_secret();
+        let hash = hash_blocking(secret.clone()).await?;
+        if !self
+            .0
+            .meta
+            .set_robot_secret(tenant, name, &hash, &by.actor(source))
+            .await?
+        {
+            return Err(RegistryError::NotFound(format!("no robot {tenant}+{name}")));
+        }
+        self.forget_logins();
+        let row = self
+            .0
+            .meta
+            .robot(tenant, name)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("no robot {tenant}+{name}")))?;
+        Ok(RobotCredentials {
+            robot: robot_info(&row),
+            secret,
+        })
+    }
+
+    pub async fn set_robot_disabled(
+        &self,
+        by: &Identity,
+        source: Option<IpAddr>,
+        tenant: &str,
+        name: &str,
+        disabled: bool,
+    ) -> Result<()> {
+        require_manager(by, tenant)?;
+        if !self
+            .0
+            .meta
+            .set_robot_disabled(tenant, name, disabled, &by.actor(source))
+            .await?
+        {
+            return Err(RegistryError::NotFound(format!("no robot {tenant}+{name}")));
+        }
+        self.forget_logins();
+        Ok(())
+    }
+
+    pub async fn delete_robot(
+        &self,
+        by: &Identity,
+        source: Option<IpAddr>,
+        tenant: &str,
+        name: &str,
+    ) -> Result<()> {
+        require_manager(by, tenant)?;
+        if !self
+            .0
+            .meta
+            .delete_robot(tenant, name, &by.actor(source))
+            .await?
+        {
+            return Err(RegistryError::NotFound(format!("no robot {tenant}+{name}")));
+        }
+        self.forget_logins();
+        Ok(())
+    }
+
+    /// Credentials for a pull secret: the robot's secret rotated if it exists (a secret
+    /// cannot be read back), or a new pull-only robot.
+    pub async fn pull_credentials(
+        &self,
+        by: &Identity,
+        source: Option<IpAddr>,
+        tenant: &str,
+        robot: &str,
+    ) -> Result<RobotCredentials> {
+        require_manager(by, tenant)?;
+        if self.0.meta.robot(tenant, robot).await?.is_some() {
+            self.rotate_robot(by, source, tenant, robot).await
+        } else {
+            let spec = NewRobot {
+                actions: Actions::PULL,
+                repositories: Vec::new(),
+                description: Some("image pull secret".to_owned()),
+                expires_in: None,
+            };
+            self.create_robot(by, source, tenant, robot, &spec).await
+        }
+    }
+
+    /// Audit rows: admins read everything; a tenant owner reads its tenant's rows only.
+    pub async fn audit(&self, by: &Identity, q: &AuditQuery) -> Result<Vec<(i64, AuditRecord)>> {
+        if !by.is_admin() {
+            match &q.tenant {
+                Some(t) if by.grants.manages(t) => {}
+                _ => {
+                    return Err(RegistryError::Denied(
+                        "reading the audit log needs admin, or owner with a tenant filter".into(),
+                    ));
+                }
+            }
+        }
+        if let Some(a) = &q.action
+            && !a.bytes().all(|c| c.is_ascii_lowercase() || c == b'.')
+        {
+            return Err(RegistryError::Invalid(
+                "action filter: lowercase letters and dots".into(),
+            ));
+        }
+        Ok(self.0.meta.audit_query(q).await?)
+    }
+}
+
+fn robot_info(r: &RobotRow) -> RobotInfo {
+    RobotInfo {
+        tenant: r.tenant.clone(),
+        name: r.name.clone(),
+        login: format!("{}+{}", r.tenant, r.name),
+        actions: r
+            .actions
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        repositories: serde_json::from_str(&r.repositories).unwrap_or_default(),
+        description: r.description.clone(),
+        expires_at: r.expires_at.map(|e| e / 1_000_000),
+        disabled: r.disabled,
+    }
+}
+
+fn require_admin(by: &Identity) -> Result<()> {
+    if by.is_admin() {
+        Ok(())
+    } else {
+        Err(RegistryError::Denied("this needs a global admin".into()))
+    }
+}
+
+fn require_manager(by: &Identity, tenant: &str) -> Result<()> {
+    if by.grants.manages(tenant) {
+        Ok(())
+    } else {
+        Err(RegistryError::Denied(
+            "this needs an owner of the tenant or a global admin".into(),
+        ))
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<()> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(RegistryError::Invalid(format!(
+            "{what} name {name:.64?} is invalid: 1-64 lowercase letters, digits, and . _ - between them"
+        )))
+    }
+}
+
+fn check_password(p: &str) -> Result<()> {
+    if p.len() < 8 || p.len() > password::MAX_PASSWORD_BYTES {
+        return Err(RegistryError::Invalid(format!(
+            "passwords are 8 to {} bytes",
+            password::MAX_PASSWORD_BYTES
+        )));
+    }
+    Ok(())
+}
+
+async fn hash_blocking(secret: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || password::hash(&secret))
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))?
+        .map_err(|e| RegistryError::Internal(e.to_string()))
+}
+
+/// An identity for the offline CLI, which acts with the operator's file-system rights on
+/// the data directory: a global admin named `cli`.
+pub fn cli_identity() -> Identity {
+    Identity {
+        name: "cli".to_owned(),
+        kind: IdentityKind::User,
+        grants: Grants {
+            admin: true,
+            ..Grants::default()
+        },
+        cred: String::new(),
+    }
+}
+
+/// A `.docker/config.json` holding one registry's credentials.
+pub fn docker_config(server: &str, login: &str, secret: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{login}:{secret}"));
+    serde_json::json!({
+        "auths": {
+            server: {"username": login, "password": secret, "auth": auth}
+        }
+    })
+}
+
+/// A Kubernetes Secret of type `kubernetes.io/dockerconfigjson` for `imagePullSecrets`.
+pub fn pull_secret(
+    name: &str,
+    namespace: Option<&str>,
+    server: &str,
+    login: &str,
+    secret: &str,
+) -> serde_json::Value {
+    use base64::Engine as _;
+    let config = docker_config(server, login, secret).to_string();
+    let mut metadata = serde_json::json!({"name": name});
+    if let Some(ns) = namespace {
+        metadata["namespace"] = serde_json::Value::from(ns);
+    }
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {
+            ".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)
+        }
+    })
+}
+
+/// Is `ns` a valid Kubernetes namespace (a DNS-1123 label)?
+pub fn valid_namespace(ns: &str) -> bool {
+    let b = ns.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}

@@ -1,0 +1,214 @@
+//! The token endpoint of the Docker registry token authentication spec: `GET /token` with
+//! Basic credentials (or none, for an anonymous token), and its OAuth2 variant, `POST
+//! /token` with `grant_type=password` or `grant_type=refresh_token`.
+
+use std::net::IpAddr;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use berth_auth::Scope;
+use berth_meta::AuditRecord;
+use berth_registry::RegistryError;
+use berth_registry::access::{Identity, IssuedToken};
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+
+use crate::auth::{self, AuthSettings, Credentials};
+use crate::error::ApiError;
+use crate::{AppState, ConnInfo};
+
+/// A token request form is a few hundred bytes.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+fn settings(state: &AppState) -> Result<&AuthSettings, ApiError> {
+    state.auth().ok_or(ApiError::NotFound)
+}
+
+fn params(raw: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_bytes(raw).map_err(|_| {
+        ApiError::Registry(RegistryError::Invalid(
+            "malformed form or query string".into(),
+        ))
+    })
+}
+
+fn one<'a>(p: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    p.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+fn check_service(s: &AuthSettings, p: &[(String, String)]) -> Result<(), ApiError> {
+    match one(p, "service") {
+        Some(svc) if svc != s.access.config().service => Err(ApiError::Registry(
+            RegistryError::Invalid(format!("this is service {:?}", s.access.config().service)),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `GET /token?service=...&scope=...&offline_token=true`
+pub async fn get(State(state): State<AppState>, req: Request) -> Response {
+    get_inner(&state, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn get_inner(state: &AppState, req: Request) -> Result<Response, ApiError> {
+    let s = settings(state)?;
+    let source = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip());
+    let p = params(req.uri().query().unwrap_or("").as_bytes())?;
+    check_service(s, &p)?;
+    let who = match auth::credentials(req.headers()) {
+        Credentials::None => s.access.anonymous().await.map_err(RegistryError::from)?,
+        Credentials::Basic { user, password } => {
+            auth::login(state, &s.access, &user, &password, source).await?
+        }
+        Credentials::Bearer(_) | Credentials::Malformed(_) => {
+            return Err(ApiError::Registry(RegistryError::Unauthorized(
+                "the token endpoint takes Basic credentials".into(),
+            )));
+        }
+    };
+    let scopes = Scope::parse_all(
+        p.iter()
+            .filter(|(k, _)| k == "scope")
+            .map(|(_, v)| v.as_str()),
+    );
+    let offline = one(&p, "offline_token") == Some("true");
+    let issued = issue(state, s, &who, &scopes, offline, source)?;
+    Ok(token_response(&issued, false))
+}
+
+/// `POST /token` (form): `grant_type=password|refresh_token`.
+pub async fn post(State(state): State<AppState>, req: Request) -> Response {
+    post_inner(&state, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn post_inner(state: &AppState, req: Request) -> Result<Response, ApiError> {
+    let s = settings(state)?;
+    let source = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip());
+    let body = Limited::new(req.into_body(), MAX_FORM_BYTES)
+        .collect()
+        .await
+        .map_err(|_| ApiError::Registry(RegistryError::Invalid("token form too large".into())))?
+        .to_bytes();
+    let p = params(&body)?;
+    check_service(s, &p)?;
+    let who = match one(&p, "grant_type") {
+        Some("password") => {
+            let (Some(user), Some(password)) = (one(&p, "username"), one(&p, "password")) else {
+                return Err(ApiError::Registry(RegistryError::Invalid(
+                    "grant_type=password needs username and password".into(),
+                )));
+            };
+            auth::login(state, &s.access, user, password, source).await?
+        }
+        Some("refresh_token") => {
+            let Some(token) = one(&p, "refresh_token") else {
+                return Err(ApiError::Registry(RegistryError::Invalid(
+                    "grant_type=refresh_token needs refresh_token".into(),
+                )));
+            };
+            s.access.redeem_refresh(token).await?
+        }
+        _ => {
+            return Err(ApiError::Registry(RegistryError::Invalid(
+                "grant_type must be password or refresh_token".into(),
+            )));
+        }
+    };
+    let scopes = Scope::parse_all(one(&p, "scope"));
+    let offline = one(&p, "access_type") == Some("offline");
+    let issued = issue(state, s, &who, &scopes, offline, source)?;
+    Ok(token_response(&issued, true))
+}
+
+fn issue(
+    state: &AppState,
+    s: &AuthSettings,
+    who: &Identity,
+    scopes: &[Scope],
+    offline: bool,
+    source: Option<IpAddr>,
+) -> Result<IssuedToken, ApiError> {
+    let issued = s.access.issue(who, scopes, offline)?;
+    state.metrics().tokens_issued.inc();
+    let granted: Vec<String> = issued
+        .granted
+        .iter()
+        .map(|e| format!("{}:{}:{}", e.kind, e.name, e.actions.join(",")))
+        .collect();
+    state.audit(AuditRecord {
+        at: berth_meta::now_micros(),
+        actor: who.name.clone(),
+        source: source.map(|s| s.to_string()),
+        action: "token".into(),
+        outcome: "ok".into(),
+        detail: Some(granted.join(" ")),
+        ..AuditRecord::default()
+    });
+    Ok(issued)
+}
+
+fn token_response(t: &IssuedToken, oauth: bool) -> Response {
+    let mut body = serde_json::json!({
+        "access_token": t.token,
+        "expires_in": t.expires_in,
+        "issued_at": rfc3339(t.issued_at),
+    });
+    if !oauth {
+        body["token"] = serde_json::Value::from(t.token.as_str());
+    } else {
+        let scope: Vec<String> = t
+            .granted
+            .iter()
+            .map(|e| format!("{}:{}:{}", e.kind, e.name, e.actions.join(",")))
+            .collect();
+        body["scope"] = serde_json::Value::from(scope.join(" "));
+    }
+    if let Some(r) = &t.refresh_token {
+        body["refresh_token"] = serde_json::Value::from(r.as_str());
+    }
+    let mut resp = (StatusCode::OK, body.to_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // Tokens must not end up in shared caches.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(1_795_317_266), "2026-11-22T03:14:26Z");
+    }
+}

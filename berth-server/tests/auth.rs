@@ -1,0 +1,1105 @@
+//! Access control over real HTTP: the authorization matrix (every role × action × tenant,
+//! with Basic credentials and with tokens), the token endpoint, throttling, hostile
+//! credentials and the audit log.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use berth_auth::Actions;
+use berth_meta::{AuditQuery, MetaStore};
+use berth_registry::access::{Access, AccessConfig, NewRobot, cli_identity};
+use berth_registry::{Registry, RegistryConfig};
+use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
+use berth_storage::{BlobStore, FsStore};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const PASSWORD: &str = "correct horse battery";
+
+struct Server {
+    base: String,
+    http: reqwest::Client,
+    access: Access,
+    meta: MetaStore,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+async fn start(config: AccessConfig) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blobs = BlobStore::Fs(FsStore::new(dir.path()).await.expect("fs store"));
+    let meta = MetaStore::connect(&format!("sqlite:{}", dir.path().join("meta.db").display()))
+        .await
+        .expect("sqlite");
+    let access = Access::new(meta.clone(), config, None)
+        .await
+        .expect("access");
+    let state = AppState::with_auth(
+        Registry::new(blobs, meta.clone(), RegistryConfig::default()),
+        ServerConfig::default(),
+        Some(AuthSettings {
+            access: access.clone(),
+            challenge: ChallengeKind::Bearer,
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(berth_server::run(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    Server {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client"),
+        access,
+        meta,
+        _stop: stop,
+        _dir: dir,
+    }
+}
+
+/// How a test caller authenticates.
+#[derive(Clone, Debug)]
+enum Cred {
+    Anonymous,
+    Basic(String, String),
+    Bearer(String),
+}
+
+impl Server {
+    fn req(&self, method: Method, path: &str, cred: &Cred) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match cred {
+            Cred::Anonymous => r,
+            Cred::Basic(u, p) => r.basic_auth(u, Some(p)),
+            Cred::Bearer(t) => r.bearer_auth(t),
+        }
+    }
+
+    async fn send(&self, method: Method, path: &str, cred: &Cred) -> reqwest::Response {
+        self.req(method, path, cred).send().await.expect("send")
+    }
+
+    /// A token for `scopes` from `GET /token`, as `docker` asks for one.
+    async fn token(&self, cred: &Cred, scopes: &[String]) -> String {
+        let mut url = format!("{}/token?service=berth", self.base);
+        for s in scopes {
+            url.push_str("&scope=");
+            url.push_str(&s.replace(' ', "%20"));
+        }
+        let mut r = self.http.get(url);
+        if let Cred::Basic(u, p) = cred {
+            r = r.basic_auth(u, Some(p));
+        }
+        let resp = r.send().await.expect("token");
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "token for {cred:?} {scopes:?}"
+        );
+        let v: Value = resp.json().await.expect("token json");
+        assert!(v["expires_in"].as_u64().is_some_and(|e| e >= 60), "{v}");
+        v["token"].as_str().expect("token").to_owned()
+    }
+
+    async fn push_blob(&self, repo: &str, data: &[u8], cred: &Cred) -> String {
+        let d = sha256(data);
+        let r = self
+            .req(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+                cred,
+            )
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::CREATED, "blob push to {repo}");
+        d
+    }
+
+    /// Pushes an image to `repo` as admin and returns (manifest bytes, manifest digest,
+    /// layer digest).
+    async fn seed(&self, repo: &str, tags: &[&str]) -> (Vec<u8>, String, String) {
+        let admin = admin();
+        let config = br#"{"architecture":"amd64","os":"linux"}"#;
+        let c = self.push_blob(repo, config, &admin).await;
+        let layer = format!("layer of {repo}");
+        let l = self.push_blob(repo, layer.as_bytes(), &admin).await;
+        let m = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l, "size": layer.len()}],
+        });
+        let bytes = serde_json::to_vec(&m).expect("json");
+        for t in tags {
+            let r = self
+                .req(Method::PUT, &format!("/v2/{repo}/manifests/{t}"), &admin)
+                .header("content-type", OCI_MANIFEST)
+                .body(bytes.clone())
+                .send()
+                .await
+                .expect("put");
+            assert_eq!(r.status(), StatusCode::CREATED, "seed {repo}:{t}");
+        }
+        let d = sha256(&bytes);
+        (bytes, d, l)
+    }
+}
+
+fn admin() -> Cred {
+    Cred::Basic("admin".into(), PASSWORD.into())
+}
+
+/// The callers of the matrix, and how each logs in.
+const CALLERS: &[&str] = &[
+    "admin",
+    "owner-a",
+    "maint-a",
+    "dev-a",
+    "reader-a",
+    "outsider",
+    "lib-dev",
+    "robot",
+    "anonymous",
+];
+/// One repository per tenant column: team-a (private, the callers' own), team-b (private,
+/// someone else's), pub (public), library (single-segment names).
+const COLUMNS: [&str; 4] = ["team-a/app", "team-b/app", "pub/app", "alpine"];
+const TENANTS: [&str; 4] = ["team-a", "team-b", "pub", "library"];
+
+/// The expected cells, written out by hand: Y allowed, N refused, one letter per column
+/// (team-a, team-b, pub, library). Actions:
+/// pull     GET manifest
+/// push     PUT manifest under a new tag
+/// delete   DELETE a tag
+/// tags     GET tags/list
+/// refs     GET referrers
+/// mount    POST mount=<layer>&from=<column repo> into the caller's own writable repo:
+///          Y = mounted (201), N = refused or fallen back to an upload (202, no link)
+/// nofrom   POST mount=<layer> without from into the column repo (Y = 202 upload)
+/// manage   GET /api/v1/tenants/<tenant>/robots
+const MATRIX: &[(&str, [&str; 8])] = &[
+    //              pull    push    delete  tags    refs    mount   nofrom  manage
+    (
+        "admin",
+        [
+            "YYYY", "YYYY", "YYYY", "YYYY", "YYYY", "YYYY", "YYYY", "YYYY",
+        ],
+    ),
+    (
+        "owner-a",
+        [
+            "YNYN", "YNNN", "YNNN", "YNYN", "YNYN", "YNYN", "YNNN", "YNNN",
+        ],
+    ),
+    (
+        "maint-a",
+        [
+            "YNYN", "YNNN", "YNNN", "YNYN", "YNYN", "YNYN", "YNNN", "NNNN",
+        ],
+    ),
+    (
+        "dev-a",
+        [
+            "YNYN", "YNNN", "NNNN", "YNYN", "YNYN", "YNYN", "YNNN", "NNNN",
+        ],
+    ),
+    (
+        "reader-a",
+        [
+            "YNYN", "NNNN", "NNNN", "YNYN", "YNYN", "NNNN", "NNNN", "NNNN",
+        ],
+    ),
+    (
+        "outsider",
+        [
+            "NNYN", "NNNN", "NNNN", "NNYN", "NNYN", "NNNN", "NNNN", "NNNN",
+        ],
+    ),
+    (
+        "lib-dev",
+        [
+            "NNYY", "NNNY", "NNNN", "NNYY", "NNYY", "NNYY", "NNNY", "NNNN",
+        ],
+    ),
+    (
+        "robot",
+        [
+            "YNYN", "YNNN", "NNNN", "YNYN", "YNYN", "YNYN", "YNNN", "NNNN",
+        ],
+    ),
+    (
+        "anonymous",
+        [
+            "NNYN", "NNNN", "NNNN", "NNYN", "NNYN", "NNNN", "NNNN", "NNNN",
+        ],
+    ),
+];
+const ACTIONS: [&str; 8] = [
+    "pull", "push", "delete", "tags", "refs", "mount", "nofrom", "manage",
+];
+
+/// Repositories each caller's `_catalog` must list, exactly.
+const CATALOG: &[(&str, &[&str])] = &[
+    (
+        "admin",
+        &[
+            "alpine",
+            "pub/app",
+            "scratch",
+            "team-a/app",
+            "team-a/scratch",
+            "team-b/app",
+        ],
+    ),
+    ("owner-a", &["pub/app", "team-a/app", "team-a/scratch"]),
+    ("maint-a", &["pub/app", "team-a/app", "team-a/scratch"]),
+    ("dev-a", &["pub/app", "team-a/app", "team-a/scratch"]),
+    ("reader-a", &["pub/app", "team-a/app", "team-a/scratch"]),
+    ("outsider", &["pub/app"]),
+    ("lib-dev", &["alpine", "pub/app", "scratch"]),
+    ("robot", &["pub/app", "team-a/app", "team-a/scratch"]),
+    ("anonymous", &["pub/app"]),
+];
+
+/// Where a caller may push, for the mount-with-from cells: a repository of its own, so one
+/// caller's mount cannot make another's look linked. (Repositories holding only blobs are
+/// not in the catalog.)
+fn writable(caller: &str) -> Option<String> {
+    match caller {
+        "admin" | "owner-a" | "maint-a" | "dev-a" | "robot" => Some(format!("team-a/mnt-{caller}")),
+        "lib-dev" => Some(format!("mnt-{caller}")),
+        _ => None,
+    }
+}
+
+struct World {
+    s: Server,
+    creds: BTreeMap<&'static str, Cred>,
+    /// Per column: (manifest bytes, manifest digest, layer digest).
+    digests: Vec<(Vec<u8>, String, String)>,
+}
+
+async fn world() -> World {
+    let s = start(AccessConfig {
+        // The matrix logs in many times; throttling has its own test.
+        max_failures_per_user: 1000,
+        max_failures_per_source: 1000,
+        ..AccessConfig::default()
+    })
+    .await;
+    let me = cli_identity();
+    let a = &s.access;
+    a.create_user(&me, None, "admin", PASSWORD, true)
+        .await
+        .expect("admin");
+    for t in ["team-a", "team-b"] {
+        a.create_tenant(&me, None, t, false).await.expect("tenant");
+    }
+    a.create_tenant(&me, None, "pub", true)
+        .await
+        .expect("public tenant");
+    for (user, tenant, role) in [
+        ("owner-a", "team-a", Some("owner")),
+        ("maint-a", "team-a", Some("maintainer")),
+        ("dev-a", "team-a", Some("developer")),
+        ("reader-a", "team-a", Some("reader")),
+        ("outsider", "team-b", None),
+        ("lib-dev", "library", Some("developer")),
+    ] {
+        a.create_user(&me, None, user, PASSWORD, false)
+            .await
+            .expect("user");
+        if let Some(role) = role {
+            a.set_member(&me, None, tenant, user, Some(role))
+                .await
+                .expect("member");
+        }
+    }
+    let robot = a
+        .create_robot(
+            &me,
+            None,
+            "team-a",
+            "ci",
+            &NewRobot {
+                actions: Actions::PULL.union(Actions::PUSH),
+                repositories: Vec::new(),
+                description: None,
+                expires_in: None,
+            },
+        )
+        .await
+        .expect("robot");
+    let mut creds = BTreeMap::new();
+    for c in CALLERS {
+        let cred = match *c {
+            "anonymous" => Cred::Anonymous,
+            "robot" => Cred::Basic(robot.robot.login.clone(), robot.secret.clone()),
+            name => Cred::Basic(name.to_owned(), PASSWORD.to_owned()),
+        };
+        creds.insert(*c, cred);
+    }
+    let mut digests = Vec::new();
+    for repo in COLUMNS {
+        let mut tags = vec!["v1".to_owned()];
+        tags.extend(CALLERS.iter().map(|c| format!("del-{c}")));
+        let tag_refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+        digests.push(s.seed(repo, &tag_refs).await);
+    }
+    // The writable repositories exist, so the catalog lists them.
+    s.seed("team-a/scratch", &["base"]).await;
+    s.seed("scratch", &["base"]).await;
+    World { s, creds, digests }
+}
+
+/// Which repository actions a cell needs, for asking a token.
+fn scopes_for(action: &str, repo: &str, caller: &str) -> Vec<String> {
+    match action {
+        "pull" | "tags" | "refs" => vec![format!("repository:{repo}:pull")],
+        "push" | "nofrom" => vec![format!("repository:{repo}:pull,push")],
+        "delete" => vec![format!("repository:{repo}:delete")],
+        "mount" => {
+            let mut v = vec![format!("repository:{repo}:pull")];
+            if let Some(w) = writable(caller) {
+                v.push(format!("repository:{w}:pull,push"));
+            }
+            v
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Runs one cell; returns whether it was allowed, after checking that a refusal has the
+/// right status and names no repository in its body.
+async fn cell(w: &World, caller: &str, cred: &Cred, action: &str, col: usize) -> bool {
+    let repo = COLUMNS[col];
+    let tenant = TENANTS[col];
+    let (manifest, digest, layer) = &w.digests[col];
+    let s = &w.s;
+    let resp = match action {
+        "pull" => {
+            s.send(Method::GET, &format!("/v2/{repo}/manifests/v1"), cred)
+                .await
+        }
+        "push" => s
+            .req(
+                Method::PUT,
+                &format!("/v2/{repo}/manifests/pushed-by-{caller}"),
+                cred,
+            )
+            .header("content-type", OCI_MANIFEST)
+            .body(manifest.clone())
+            .send()
+            .await
+            .expect("put"),
+        "delete" => {
+            s.send(
+                Method::DELETE,
+                &format!("/v2/{repo}/manifests/del-{caller}"),
+                cred,
+            )
+            .await
+        }
+        "tags" => {
+            s.send(Method::GET, &format!("/v2/{repo}/tags/list"), cred)
+                .await
+        }
+        "refs" => {
+            s.send(Method::GET, &format!("/v2/{repo}/referrers/{digest}"), cred)
+                .await
+        }
+        "mount" => {
+            let target = writable(caller).unwrap_or_else(|| "team-a/scratch".to_owned());
+            let r = s
+                .send(
+                    Method::POST,
+                    &format!("/v2/{target}/blobs/uploads/?mount={layer}&from={repo}"),
+                    cred,
+                )
+                .await;
+            if r.status() == StatusCode::ACCEPTED {
+                // Fallen back to an upload: the blob must not have been linked.
+                let head = s
+                    .send(
+                        Method::HEAD,
+                        &format!("/v2/{target}/blobs/{layer}"),
+                        &admin(),
+                    )
+                    .await;
+                assert_eq!(
+                    head.status(),
+                    StatusCode::NOT_FOUND,
+                    "{caller}: refused mount from {repo} linked the blob"
+                );
+                return false;
+            }
+            r
+        }
+        "nofrom" => {
+            s.send(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?mount={layer}"),
+                cred,
+            )
+            .await
+        }
+        "manage" => {
+            s.send(
+                Method::GET,
+                &format!("/api/v1/tenants/{tenant}/robots"),
+                cred,
+            )
+            .await
+        }
+        other => panic!("unknown action {other}"),
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return true;
+    }
+    let refused = match cred {
+        Cred::Basic(..) if action == "manage" => StatusCode::FORBIDDEN,
+        Cred::Basic(..) => StatusCode::FORBIDDEN,
+        Cred::Anonymous | Cred::Bearer(_) => StatusCode::UNAUTHORIZED,
+    };
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap_or("").to_owned());
+    let body = resp.text().await.unwrap_or_default();
+    assert_eq!(status, refused, "{caller} {action} {repo}: {body}");
+    assert!(
+        !body.contains(repo) && !body.contains(tenant),
+        "{caller} {action} {repo}: refusal body names it: {body}"
+    );
+    if refused == StatusCode::UNAUTHORIZED && action != "manage" {
+        let c = challenge.unwrap_or_default();
+        assert!(
+            c.starts_with("Bearer realm=") && c.contains("service=\"berth\""),
+            "{c}"
+        );
+    }
+    false
+}
+
+async fn run_matrix(w: &World, with_tokens: bool) {
+    let mut wrong = Vec::new();
+    for (caller, rows) in MATRIX {
+        let base = w.creds[caller].clone();
+        for (ai, action) in ACTIONS.iter().enumerate() {
+            for (col, expected) in rows[ai].chars().enumerate() {
+                let cred = match (&base, with_tokens, *action) {
+                    // The management API takes the caller's own credentials.
+                    (_, false, _) | (_, _, "manage") => base.clone(),
+                    (_, true, _) => Cred::Bearer(
+                        w.s.token(&base, &scopes_for(action, COLUMNS[col], caller))
+                            .await,
+                    ),
+                };
+                let allowed = cell(w, caller, &cred, action, col).await;
+                if allowed != (expected == 'Y') {
+                    wrong.push(format!(
+                        "{caller} {action} {}: expected {expected}, got {}",
+                        COLUMNS[col],
+                        if allowed { 'Y' } else { 'N' }
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "cells that differ (tokens: {with_tokens}):\n{}",
+        wrong.join("\n")
+    );
+}
+
+async fn check_catalogs(w: &World) {
+    for (caller, expected) in CATALOG {
+        let r =
+            w.s.send(Method::GET, "/v2/_catalog", &w.creds[caller])
+                .await;
+        assert_eq!(r.status(), StatusCode::OK, "{caller}");
+        let v: Value = r.json().await.expect("json");
+        let got: Vec<&str> = v["repositories"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(got, *expected, "catalog of {caller}");
+    }
+    // Paged: n=1 walks only the visible names.
+    let r =
+        w.s.send(Method::GET, "/v2/_catalog?n=1", &w.creds["outsider"])
+            .await;
+    assert!(
+        r.headers().get("link").is_none(),
+        "outsider sees one repository: no next page"
+    );
+    let r =
+        w.s.send(Method::GET, "/v2/_catalog?n=2", &w.creds["dev-a"])
+            .await;
+    let link = r.headers()["link"].to_str().expect("link").to_owned();
+    assert!(link.contains("last=team-a/app"), "{link}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix_with_basic_credentials() {
+    let w = world().await;
+    run_matrix(&w, false).await;
+    check_catalogs(&w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix_with_tokens() {
+    let w = world().await;
+    run_matrix(&w, true).await;
+}
+
+#[tokio::test]
+async fn token_flow_challenge_refresh_and_tampering() {
+    let w = start(AccessConfig::default()).await;
+    let s = &w;
+    let me = cli_identity();
+    s.access
+        .create_user(&me, None, "alice", PASSWORD, false)
+        .await
+        .expect("user");
+    s.access
+        .create_tenant(&me, None, "team-a", false)
+        .await
+        .expect("tenant");
+    s.access
+        .set_member(&me, None, "team-a", "alice", Some("developer"))
+        .await
+        .expect("member");
+
+    // The challenge on /v2/ and on a repository.
+    let r = s.send(Method::GET, "/v2/", &Cred::Anonymous).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let c = r.headers()["www-authenticate"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_eq!(
+        c,
+        format!("Bearer realm=\"{}/token\",service=\"berth\"", s.base)
+    );
+    let r = s
+        .send(
+            Method::POST,
+            "/v2/team-a/app/blobs/uploads/",
+            &Cred::Anonymous,
+        )
+        .await;
+    let c = r.headers()["www-authenticate"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        c.ends_with(",scope=\"repository:team-a/app:pull,push\""),
+        "{c}"
+    );
+
+    // The granted access is the intersection of what was asked and what is allowed.
+    let alice = Cred::Basic("alice".into(), PASSWORD.into());
+    let r = s
+        .http
+        .get(format!(
+            "{}/token?service=berth&scope=repository:team-a/app:pull,push,delete&scope=repository:team-b/app:pull&scope=bogus:x:y&offline_token=true",
+            s.base
+        ))
+        .basic_auth("alice", Some(PASSWORD))
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let v: Value = r.json().await.expect("json");
+    let token = v["token"].as_str().expect("token").to_owned();
+    assert_eq!(v["access_token"], v["token"]);
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).expect("claims"))
+            .expect("b64"),
+    )
+    .expect("claims json");
+    assert_eq!(
+        claims["access"],
+        json!([{"type": "repository", "name": "team-a/app", "actions": ["pull", "push"]}])
+    );
+    let refresh = v["refresh_token"]
+        .as_str()
+        .expect("refresh token")
+        .to_owned();
+
+    let bearer = Cred::Bearer(token.clone());
+    assert_eq!(
+        s.send(Method::GET, "/v2/", &bearer).await.status(),
+        StatusCode::OK
+    );
+    let r = s
+        .send(Method::DELETE, "/v2/team-a/app/manifests/v1", &bearer)
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .contains("error=\"insufficient_scope\"")
+    );
+
+    // A tampered token (claims edited, signature kept) is refused.
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let mut forged = claims.clone();
+    forged["access"][0]["name"] = json!("team-b/app");
+    parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged.to_string());
+    let r = s
+        .send(
+            Method::GET,
+            "/v2/team-b/app/tags/list",
+            &Cred::Bearer(parts.join(".")),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .contains("invalid_token")
+    );
+    // A refresh token is not an access token.
+    let r = s
+        .send(
+            Method::GET,
+            "/v2/team-a/app/tags/list",
+            &Cred::Bearer(refresh.clone()),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // OAuth2: refresh, and password grants.
+    let form = |pairs: &[(&str, &str)]| {
+        s.http
+            .post(format!("{}/token", s.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(pairs).expect("form"))
+    };
+    let r = form(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", &refresh),
+        ("service", "berth"),
+        ("client_id", "test"),
+        ("scope", "repository:team-a/app:pull"),
+    ])
+    .send()
+    .await
+    .expect("refresh");
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["scope"], "repository:team-a/app:pull");
+    let r = form(&[
+        ("grant_type", "password"),
+        ("username", "alice"),
+        ("password", "wrong password"),
+        ("service", "berth"),
+    ])
+    .send()
+    .await
+    .expect("password grant");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Changing the password kills outstanding refresh tokens.
+    s.access
+        .update_user(&me, None, "alice", Some("another password"), None, None)
+        .await
+        .expect("passwd");
+    let r = form(&[("grant_type", "refresh_token"), ("refresh_token", &refresh)])
+        .send()
+        .await
+        .expect("refresh");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // ...and the old password, even remembered by the login cache, no longer works.
+    assert_eq!(
+        s.send(Method::GET, "/v2/", &alice).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // A token for another service is refused.
+    let r = s
+        .http
+        .get(format!("{}/token?service=other", s.base))
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled() {
+    let s = start(AccessConfig {
+        max_failures_per_user: 3,
+        max_failures_per_source: 100,
+        ..AccessConfig::default()
+    })
+    .await;
+    let me = cli_identity();
+    s.access
+        .create_user(&me, None, "alice", PASSWORD, false)
+        .await
+        .expect("user");
+    let bad = Cred::Basic("alice".into(), "nope nope".into());
+    for _ in 0..3 {
+        assert_eq!(
+            s.send(Method::GET, "/v2/", &bad).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Now even the right password waits.
+    let good = Cred::Basic("alice".into(), PASSWORD.into());
+    let r = s.send(Method::GET, "/v2/", &good).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("secs");
+    assert!((1..=300).contains(&retry), "{retry}");
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["errors"][0]["code"], "TOOMANYREQUESTS");
+    // Another user from the same address is not locked out.
+    s.access
+        .create_user(&me, None, "bob", PASSWORD, false)
+        .await
+        .expect("user");
+    let bob = Cred::Basic("bob".into(), PASSWORD.into());
+    assert_eq!(
+        s.send(Method::GET, "/v2/", &bob).await.status(),
+        StatusCode::OK
+    );
+    // The failures are in the audit log, and counted.
+    let rows = poll_audit(&s.meta, "login", 4).await;
+    assert!(rows.iter().any(|r| r.outcome == "throttled"), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.actor == "alice" && r.source.as_deref() == Some("127.0.0.1"))
+    );
+    let metrics = s
+        .send(Method::GET, "/metrics", &Cred::Anonymous)
+        .await
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("berth_login_failures_total 4"),
+        "{metrics}"
+    );
+}
+
+async fn poll_audit(
+    meta: &MetaStore,
+    action: &str,
+    at_least: usize,
+) -> Vec<berth_meta::AuditRecord> {
+    for _ in 0..100 {
+        let rows = meta
+            .audit_query(&AuditQuery {
+                action: Some(action.into()),
+                limit: 1000,
+                ..AuditQuery::default()
+            })
+            .await
+            .expect("audit");
+        if rows.len() >= at_least {
+            return rows.into_iter().map(|(_, r)| r).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {at_least} {action} audit rows");
+}
+
+#[tokio::test]
+async fn hostile_credentials_get_401_never_500() {
+    let s = start(AccessConfig::default()).await;
+    let b64 = |t: &[u8]| base64::engine::general_purpose::STANDARD.encode(t);
+    let long_user = format!(
+        "Basic {}",
+        b64(format!("{}:pw", "u".repeat(100_000)).as_bytes())
+    );
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not base64", b"Basic !!!".to_vec()),
+        ("no colon", format!("Basic {}", b64(b"alice")).into_bytes()),
+        (
+            "non-UTF-8 credentials",
+            format!("Basic {}", b64(b"\xff\xfe:\xfd")).into_bytes(),
+        ),
+        ("non-ASCII header", b"Basic \xc3\xa9t\xc3\xa9".to_vec()),
+        ("absurdly long user", long_user.into_bytes()),
+        (
+            "long user, short header",
+            format!(
+                "Basic {}",
+                b64(format!("{}:pw", "u".repeat(3000)).as_bytes())
+            )
+            .into_bytes(),
+        ),
+        ("unknown scheme", b"Digest username=x".to_vec()),
+        ("empty bearer", b"Bearer ".to_vec()),
+        ("garbage bearer", b"Bearer a.b.c".to_vec()),
+        (
+            "huge bearer",
+            format!("Bearer {}", "a".repeat(20_000)).into_bytes(),
+        ),
+    ];
+    for (what, value) in cases {
+        for path in [
+            "/v2/",
+            "/v2/team-a/app/tags/list",
+            "/api/v1/users",
+            "/token",
+        ] {
+            let r = s
+                .http
+                .get(format!("{}{path}", s.base))
+                .header(
+                    "authorization",
+                    reqwest::header::HeaderValue::from_bytes(&value).expect("header"),
+                )
+                .send()
+                .await
+                .expect("send");
+            let status = r.status();
+            assert!(
+                status == StatusCode::UNAUTHORIZED || status == StatusCode::BAD_REQUEST,
+                "{what} on {path}: {status}"
+            );
+            let v: Value = r
+                .json()
+                .await
+                .unwrap_or_else(|e| panic!("{what} on {path}: body not JSON: {e}"));
+            assert!(v["errors"][0]["code"].is_string(), "{what} on {path}: {v}");
+        }
+    }
+    // Unknown scopes are ignored, not errors.
+    let r = s
+        .http
+        .get(format!(
+            "{}/token?scope=whatever:x:y&scope=repository:&scope=%ff",
+            s.base
+        ))
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn pulls_and_refusals_reach_the_audit_log() {
+    let s = start(AccessConfig::default()).await;
+    let me = cli_identity();
+    s.access
+        .create_user(&me, None, "admin", PASSWORD, true)
+        .await
+        .expect("admin");
+    s.access
+        .create_user(&me, None, "eve", PASSWORD, false)
+        .await
+        .expect("user");
+    s.access
+        .create_tenant(&me, None, "team-a", false)
+        .await
+        .expect("tenant");
+    let (_, digest, _) = s.seed("team-a/app", &["v1"]).await;
+    assert_eq!(
+        s.send(Method::GET, "/v2/team-a/app/manifests/v1", &admin())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let eve = Cred::Basic("eve".into(), PASSWORD.into());
+    assert_eq!(
+        s.send(Method::GET, "/v2/team-a/app/manifests/v1", &eve)
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    let pulls = poll_audit(&s.meta, "manifest.pull", 1).await;
+    assert_eq!(pulls[0].actor, "admin");
+    assert_eq!(pulls[0].repository.as_deref(), Some("team-a/app"));
+    assert_eq!(pulls[0].target.as_deref(), Some("v1"));
+    assert_eq!(pulls[0].detail.as_deref(), Some(digest.as_str()));
+    assert_eq!(pulls[0].source.as_deref(), Some("127.0.0.1"));
+    let denied = poll_audit(&s.meta, "access", 1).await;
+    assert_eq!(
+        (denied[0].actor.as_str(), denied[0].outcome.as_str()),
+        ("eve", "denied")
+    );
+    // The push wrote its rows in its own transactions, with who did it.
+    let puts = poll_audit(&s.meta, "manifest.put", 1).await;
+    assert_eq!(puts[0].actor, "admin");
+    // The audit API: admin reads everything; eve reads nothing.
+    let r = s
+        .send(
+            Method::GET,
+            "/api/v1/audit?action=manifest&limit=5",
+            &admin(),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    assert!(
+        v["entries"].as_array().is_some_and(|e| !e.is_empty()),
+        "{v}"
+    );
+    let r = s.send(Method::GET, "/api/v1/audit", &eve).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn management_api_round_trip() {
+    let s = start(AccessConfig::default()).await;
+    let me = cli_identity();
+    s.access
+        .create_user(&me, None, "admin", PASSWORD, true)
+        .await
+        .expect("admin");
+    let a = admin();
+    let post = |path: &str, body: Value| {
+        s.req(Method::POST, path, &a)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    };
+    let r = post("/api/v1/tenants", json!({"name": "team-a"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = post("/api/v1/tenants", json!({"name": "team-a"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let r = post("/api/v1/tenants", json!({"name": "Bad Name"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = post(
+        "/api/v1/users",
+        json!({"name": "owner", "password": PASSWORD}),
+    )
+    .send()
+    .await
+    .expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = s
+        .req(Method::PUT, "/api/v1/tenants/team-a/members/owner", &a)
+        .body(json!({"role": "owner"}).to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // The owner manages the tenant's robots, and gets a pull secret.
+    let owner = Cred::Basic("owner".into(), PASSWORD.into());
+    let r = s
+        .req(Method::POST, "/api/v1/tenants/team-a/robots", &owner)
+        .body(
+            json!({"name": "ci", "actions": ["pull", "push"], "repositories": ["app"]}).to_string(),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["robot"]["login"], "team-a+ci");
+    let secret = v["secret"].as_str().expect("secret").to_owned();
+    // The robot logs in with its secret.
+    let robot = Cred::Basic("team-a+ci".into(), secret.clone());
+    assert_eq!(
+        s.send(Method::GET, "/v2/", &robot).await.status(),
+        StatusCode::OK
+    );
+    let r = s
+        .send(
+            Method::POST,
+            "/api/v1/tenants/team-a/robots/ci/pull-secret?namespace=apps",
+            &owner,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["type"], "kubernetes.io/dockerconfigjson");
+    assert_eq!(v["metadata"]["namespace"], "apps");
+    let config: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(v["data"][".dockerconfigjson"].as_str().expect("data"))
+            .expect("b64"),
+    )
+    .expect("config json");
+    let host = s.base.trim_start_matches("http://");
+    let entry = &config["auths"][host];
+    assert_eq!(entry["username"], "team-a+ci");
+    let new_secret = entry["password"].as_str().expect("password");
+    assert_ne!(
+        new_secret, secret,
+        "a pull secret rotates the robot's secret"
+    );
+    // The rotated-away secret stops working; the new one works.
+    assert_eq!(
+        s.send(Method::GET, "/v2/", &robot).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let robot = Cred::Basic("team-a+ci".into(), new_secret.to_owned());
+    assert_eq!(
+        s.send(Method::GET, "/v2/", &robot).await.status(),
+        StatusCode::OK
+    );
+    // The owner cannot create users, nor see another tenant's robots.
+    let r = s
+        .req(Method::POST, "/api/v1/users", &owner)
+        .body(json!({"name": "x", "password": PASSWORD}).to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = s
+        .send(Method::GET, "/api/v1/tenants/library/robots", &owner)
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Disabling a user takes effect at once on this replica.
+    let r = s
+        .req(Method::PATCH, "/api/v1/users/owner", &a)
+        .body(json!({"disabled": true}).to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        s.send(Method::GET, "/api/v1/whoami", &owner).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Key rotation: tokens signed before it still verify.
+    let token = Cred::Bearer(s.token(&a, &["repository:team-a/app:pull".into()]).await);
+    let r = s.send(Method::POST, "/api/v1/keys/rotate", &a).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        s.send(Method::GET, "/v2/team-a/app/tags/list", &token)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}

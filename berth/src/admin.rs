@@ -1,0 +1,507 @@
+//! The offline management commands: `user`, `tenant`, `robot`, `secret`, `audit`, `key`.
+//! They open the metadata store directly (anyone who can read the data directory or the
+//! database URL is an administrator already) and act as the admin `cli`, through the same
+//! use cases as the management API, so both enforce the same rules.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_meta::{AuditQuery, MetaStore};
+use berth_registry::access::{self, Access, NewRobot, RobotCredentials, cli_identity};
+use clap::{Args, Subcommand};
+
+use crate::config::Config;
+
+/// Where the configuration and the metadata store are.
+#[derive(Args, Clone)]
+pub struct StoreArgs {
+    /// Configuration file (TOML).
+    #[arg(long, env = "BERTH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory; overrides `data_dir` in the config.
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Metadata database URL; overrides `[metadata] url`.
+    #[arg(long, env = "BERTH_METADATA_URL", hide_env_values = true)]
+    pub metadata_url: Option<String>,
+}
+
+impl StoreArgs {
+    pub fn load(&self) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.config.as_deref())?;
+        if let Some(d) = &self.data_dir {
+            config.data_dir = d.clone();
+        }
+        if let Some(u) = &self.metadata_url {
+            config.metadata.url = Some(u.clone());
+        }
+        Ok(config)
+    }
+
+    async fn access(&self) -> anyhow::Result<(Config, Access)> {
+        let config = self.load()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+        let meta = MetaStore::connect(&config.metadata_url())
+            .await
+            .context("opening the metadata store")?;
+        let key = read_key_file(&config)?;
+        let access = Access::new(meta, config.auth.access_config(), key).await?;
+        Ok((config, access))
+    }
+}
+
+pub fn read_key_file(config: &Config) -> anyhow::Result<Option<Vec<u8>>> {
+    config
+        .auth
+        .signing_key_file
+        .as_ref()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading signing key {}", p.display())))
+        .transpose()
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a user. Without --password-stdin a random password is generated and printed once.
+    Add {
+        name: String,
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a user's password (from standard input, or a generated one).
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    Disable {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    /// Import users from an htpasswd file (bcrypt hashes only).
+    ImportHtpasswd {
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant (the first path segment of its repositories).
+    Add {
+        name: String,
+        /// Anyone, even without credentials, may pull from it.
+        #[arg(long)]
+        public: bool,
+    },
+    List,
+    /// Make a tenant public (`true`) or private (`false`).
+    Public {
+        name: String,
+        public: bool,
+    },
+    Delete {
+        name: String,
+    },
+    /// Set a member's role (owner, maintainer, developer, reader), or `remove` it.
+    Member {
+        tenant: String,
+        user: String,
+        role: String,
+    },
+    Members {
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RobotCommand {
+    /// Create a robot account; its secret is printed once.
+    Add {
+        tenant: String,
+        name: String,
+        /// Comma-separated: pull, push, delete.
+        #[arg(long, default_value = "pull")]
+        actions: String,
+        /// Repository patterns relative to the tenant (`app`, `tools/*`); default: all.
+        #[arg(long, value_delimiter = ',')]
+        repos: Vec<String>,
+        #[arg(long)]
+        expires_days: Option<u64>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    List {
+        tenant: Option<String>,
+    },
+    /// Give a robot a new secret (printed once); the old one stops working.
+    Rotate {
+        tenant: String,
+        name: String,
+    },
+    Disable {
+        tenant: String,
+        name: String,
+    },
+    Enable {
+        tenant: String,
+        name: String,
+    },
+    Delete {
+        tenant: String,
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub struct SecretArgs {
+    /// The tenant whose images the secret pulls.
+    pub tenant: String,
+    /// The robot account to use: created pull-only if missing, its secret rotated if not.
+    #[arg(long)]
+    pub robot: String,
+    /// Kubernetes namespace for the Secret's metadata.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// `secret` (a Kubernetes Secret, YAML) or `config-json` (a .docker/config.json).
+    #[arg(long, default_value = "secret")]
+    pub format: String,
+    /// Registry host as pods name it; default: from `public_url`, else the listen address.
+    #[arg(long)]
+    pub server: Option<String>,
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// Only entries at or after this time (seconds since the epoch).
+    #[arg(long)]
+    pub since: Option<i64>,
+    /// Only entries before this time (seconds since the epoch).
+    #[arg(long)]
+    pub until: Option<i64>,
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// An action (`manifest.pull`) or a family (`user`, `robot`, `login`).
+    #[arg(long)]
+    pub action: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    pub limit: u64,
+    /// Page: entries older than this id.
+    #[arg(long)]
+    pub before: Option<i64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
+    if !from_stdin {
+        return Ok((berth_auth::password::random_secret(), true));
+    }
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .context("reading the password from standard input")?;
+    Ok((s.trim_end_matches(['\r', '\n']).to_owned(), false))
+}
+
+pub async fn user(store: &StoreArgs, cmd: UserCommand) -> anyhow::Result<()> {
+    let (_, access) = store.access().await?;
+    let me = cli_identity();
+    match cmd {
+        UserCommand::Add {
+            name,
+            admin,
+            password_stdin,
+        } => {
+            let (pw, generated) = read_password(password_stdin)?;
+            access.create_user(&me, None, &name, &pw, admin).await?;
+            if generated {
+                println!("created user {name}; password (shown once): {pw}");
+            } else {
+                println!("created user {name}");
+            }
+        }
+        UserCommand::List { json } => {
+            let users = access.list_users(&me).await?;
+            if json {
+                let v: Vec<serde_json::Value> = users
+                    .iter()
+                    .map(|u| serde_json::json!({"name": u.name, "admin": u.admin, "disabled": u.disabled}))
+                    .collect();
+                println!("{}", serde_json::Value::from(v));
+            } else {
+                for u in users {
+                    let mut flags = Vec::new();
+                    if u.admin {
+                        flags.push("admin");
+                    }
+                    if u.disabled {
+                        flags.push("disabled");
+                    }
+                    println!("{}\t{}", u.name, flags.join(","));
+                }
+            }
+        }
+        UserCommand::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let (pw, generated) = read_password(password_stdin)?;
+            access
+                .update_user(&me, None, &name, Some(&pw), None, None)
+                .await?;
+            if generated {
+                println!("new password for {name} (shown once): {pw}");
+            }
+        }
+        UserCommand::Disable { name } => {
+            access
+                .update_user(&me, None, &name, None, None, Some(true))
+                .await?;
+        }
+        UserCommand::Enable { name } => {
+            access
+                .update_user(&me, None, &name, None, None, Some(false))
+                .await?;
+        }
+        UserCommand::Delete { name } => access.delete_user(&me, None, &name).await?,
+        UserCommand::ImportHtpasswd { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let added = access.import_htpasswd(&me, &text).await?;
+            println!("imported {added} new users");
+        }
+    }
+    Ok(())
+}
+
+pub async fn tenant(store: &StoreArgs, cmd: TenantCommand) -> anyhow::Result<()> {
+    let (_, access) = store.access().await?;
+    let me = cli_identity();
+    match cmd {
+        TenantCommand::Add { name, public } => {
+            access.create_tenant(&me, None, &name, public).await?
+        }
+        TenantCommand::List => {
+            for t in access.list_tenants(&me).await? {
+                println!(
+                    "{}\t{}",
+                    t.name,
+                    if t.public { "public" } else { "private" }
+                );
+            }
+        }
+        TenantCommand::Public { name, public } => {
+            access.set_tenant_public(&me, None, &name, public).await?;
+        }
+        TenantCommand::Delete { name } => access.delete_tenant(&me, None, &name).await?,
+        TenantCommand::Member { tenant, user, role } => {
+            let role = (role != "remove").then_some(role.as_str());
+            access.set_member(&me, None, &tenant, &user, role).await?;
+        }
+        TenantCommand::Members { tenant } => {
+            for (u, r) in access.members(&me, &tenant).await? {
+                println!("{u}\t{r}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_credentials(c: &RobotCredentials) {
+    println!("robot {} (login {})", c.robot.name, c.robot.login);
+    println!("secret (shown once): {}", c.secret);
+}
+
+pub async fn robot(store: &StoreArgs, cmd: RobotCommand) -> anyhow::Result<()> {
+    let (_, access) = store.access().await?;
+    let me = cli_identity();
+    match cmd {
+        RobotCommand::Add {
+            tenant,
+            name,
+            actions,
+            repos,
+            expires_days,
+            description,
+        } => {
+            let names: Vec<&str> = actions.split(',').map(str::trim).collect();
+            if let Some(bad) = names
+                .iter()
+                .find(|a| !matches!(**a, "pull" | "push" | "delete"))
+            {
+                anyhow::bail!("unknown action {bad:?}: pull, push, delete");
+            }
+            let spec = NewRobot {
+                actions: berth_auth::Actions::from_names(names),
+                repositories: repos,
+                description,
+                expires_in: expires_days.map(|d| Duration::from_secs(d.saturating_mul(86_400))),
+            };
+            let c = access
+                .create_robot(&me, None, &tenant, &name, &spec)
+                .await?;
+            print_credentials(&c);
+        }
+        RobotCommand::List { tenant } => {
+            let tenants = match tenant {
+                Some(t) => vec![t],
+                None => access
+                    .list_tenants(&me)
+                    .await?
+                    .into_iter()
+                    .map(|t| t.name)
+                    .collect(),
+            };
+            for t in tenants {
+                for r in access.robots(&me, &t).await? {
+                    println!(
+                        "{}\t{}\trepos={}\t{}",
+                        r.login,
+                        r.actions.join(","),
+                        if r.repositories.is_empty() {
+                            "*".to_owned()
+                        } else {
+                            r.repositories.join(",")
+                        },
+                        if r.disabled { "disabled" } else { "" }
+                    );
+                }
+            }
+        }
+        RobotCommand::Rotate { tenant, name } => {
+            print_credentials(&access.rotate_robot(&me, None, &tenant, &name).await?);
+        }
+        RobotCommand::Disable { tenant, name } => {
+            access
+                .set_robot_disabled(&me, None, &tenant, &name, true)
+                .await?;
+        }
+        RobotCommand::Enable { tenant, name } => {
+            access
+                .set_robot_disabled(&me, None, &tenant, &name, false)
+                .await?;
+        }
+        RobotCommand::Delete { tenant, name } => {
+            access.delete_robot(&me, None, &tenant, &name).await?
+        }
+    }
+    Ok(())
+}
+
+/// The registry host pods use in image references.
+fn server_name(config: &Config, explicit: Option<String>) -> String {
+    if let Some(s) = explicit {
+        return s;
+    }
+    if let Some(u) = &config.public_url {
+        let rest = u.split_once("://").map_or(u.as_str(), |(_, r)| r);
+        return rest.trim_end_matches('/').to_owned();
+    }
+    config.listen.to_string()
+}
+
+pub async fn secret(store: &StoreArgs, args: SecretArgs) -> anyhow::Result<()> {
+    if let Some(ns) = &args.namespace
+        && !access::valid_namespace(ns)
+    {
+        anyhow::bail!("{ns:?} is not a Kubernetes namespace name");
+    }
+    if !matches!(args.format.as_str(), "secret" | "config-json") {
+        anyhow::bail!("--format is secret or config-json");
+    }
+    let (config, access) = store.access().await?;
+    let server = server_name(&config, args.server);
+    let c = access
+        .pull_credentials(&cli_identity(), None, &args.tenant, &args.robot)
+        .await?;
+    if args.format == "config-json" {
+        let v = access::docker_config(&server, &c.robot.login, &c.secret);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let v = access::pull_secret(
+        &format!("{}-{}-pull", args.tenant, args.robot),
+        args.namespace.as_deref(),
+        &server,
+        &c.robot.login,
+        &c.secret,
+    );
+    // The Secret as YAML, which is what `kubectl apply -f` users keep in git. Every value
+    // is a validated name or base64, so none needs quoting.
+    let data = v["data"][".dockerconfigjson"].as_str().unwrap_or_default();
+    println!("apiVersion: v1");
+    println!("kind: Secret");
+    println!("metadata:");
+    println!("  name: {}-{}-pull", args.tenant, args.robot);
+    if let Some(ns) = &args.namespace {
+        println!("  namespace: {ns}");
+    }
+    println!("type: kubernetes.io/dockerconfigjson");
+    println!("data:");
+    println!("  .dockerconfigjson: {data}");
+    Ok(())
+}
+
+pub async fn audit(store: &StoreArgs, args: AuditArgs) -> anyhow::Result<()> {
+    let (_, access) = store.access().await?;
+    let q = AuditQuery {
+        since: args.since.map(|s| s.saturating_mul(1_000_000)),
+        until: args.until.map(|s| s.saturating_mul(1_000_000)),
+        actor: args.user,
+        tenant: args.tenant,
+        action: args.action,
+        before_id: args.before,
+        limit: args.limit.clamp(1, 10_000),
+    };
+    let rows = access.audit(&cli_identity(), &q).await?;
+    for (id, r) in rows {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": id, "at": r.at / 1_000_000, "actor": r.actor, "source": r.source,
+                    "action": r.action, "tenant": r.tenant, "repository": r.repository,
+                    "target": r.target, "outcome": r.outcome, "detail": r.detail,
+                })
+            );
+        } else {
+            println!(
+                "{id}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                r.at / 1_000_000,
+                r.actor,
+                r.source.as_deref().unwrap_or("-"),
+                r.action,
+                r.repository
+                    .as_deref()
+                    .or(r.tenant.as_deref())
+                    .unwrap_or("-"),
+                r.target.as_deref().unwrap_or("-"),
+                r.outcome
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn rotate_key(store: &StoreArgs) -> anyhow::Result<()> {
+    let (_, access) = store.access().await?;
+    let kid = access.rotate_key(&cli_identity(), None).await?;
+    println!("new signing key {kid}; tokens signed by the old key stay valid until they expire");
+    Ok(())
+}
