@@ -159,18 +159,15 @@ pub async fn run(
             peer,
             tls: tls.is_some(),
         };
-        let service = TowerToHyperService::new(app.clone().map_request(
-            move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(info);
-                req
-            },
-        ));
+        let service = TowerToHyperService::new(with_conn_info(app.clone(), info));
         // Subscribed now, so shutdown also waits for a handshake still in progress.
         let watcher = graceful.watcher();
         let builder = builder.clone();
         match &tls {
             None => {
-                tokio::spawn(serve_connection(builder, stream, service, watcher, peer, slot));
+                tokio::spawn(serve_connection(
+                    builder, stream, service, watcher, peer, slot,
+                ));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -204,6 +201,22 @@ pub async fn run(
     Ok(())
 }
 
+/// `app` with `info` in every request's extensions.
+fn with_conn_info<B>(
+    app: Router,
+    info: ConnInfo,
+) -> tower::util::MapRequest<Router, impl Fn(http::Request<B>) -> http::Request<B> + Clone>
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let insert = move |mut req: http::Request<B>| {
+        req.extensions_mut().insert(info);
+        req
+    };
+    app.map_request(insert)
+}
+
 /// Serves one accepted (and, with TLS, handshaken) connection until it ends.
 async fn serve_connection<I, S>(
     builder: Builder<TokioExecutor>,
@@ -231,4 +244,33 @@ async fn serve_connection<I, S>(
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
     drop(slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Extension;
+    use axum::body::Body;
+
+    #[tokio::test]
+    async fn every_request_carries_its_connection() {
+        let app = Router::new().route(
+            "/",
+            get(|Extension(info): Extension<ConnInfo>| async move {
+                format!("{} {}", info.peer, info.tls)
+            }),
+        );
+        let peer: SocketAddr = "192.0.2.9:40000".parse().expect("address");
+        for tls in [false, true] {
+            let resp = with_conn_info(app.clone(), ConnInfo { peer, tls })
+                .oneshot(http::Request::new(Body::empty()))
+                .await
+                .expect("infallible");
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .expect("body")
+                .to_bytes();
+            assert_eq!(body, format!("192.0.2.9:40000 {tls}").as_bytes());
+        }
+    }
 }

@@ -52,8 +52,8 @@ pub enum TlsError {
     Setup(rustls::Error),
 }
 
-/// ring, chosen explicitly: with only one provider compiled in there is nothing to pick at
-/// run time, and naming it keeps a stray dependency from switching it silently.
+/// ring, named rather than taken as the process default: should another dependency ever
+/// enable aws-lc-rs as well, rustls could no longer pick a default on its own.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
