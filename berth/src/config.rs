@@ -296,10 +296,9 @@ impl Config {
                  [security]\nallow_insecure_http = true\nin the config file.",
                 self.listen
             ),
-            Exposure::Loopback
-            | Exposure::Https
-            | Exposure::InsecureHttp
-            | Exposure::Anonymous => Ok(()),
+            Exposure::Loopback | Exposure::Https | Exposure::InsecureHttp | Exposure::Anonymous => {
+                Ok(())
+            }
         }
     }
 }
@@ -327,8 +326,10 @@ mod tests {
         // Refusals name the setting that fixes them.
         const ANON_KEY: &str = "allow_anonymous_on_network";
         const HTTP_KEY: &str = "allow_insecure_http";
+        /// network, auth, tls, allow_insecure_http, allow_anonymous_on_network, result
+        type Cell = (bool, bool, bool, bool, bool, Result<Exposure, &'static str>);
         #[rustfmt::skip]
-        let table: [(bool, bool, bool, bool, bool, Result<Exposure, &str>); 32] = [
+        let table: [Cell; 32] = [
             // network, auth,  tls,   insecure_http, anonymous, result
             (LO,  false, false, false, false, Ok(Lo)),
             (LO,  false, false, false, true,  Ok(Lo)),
@@ -388,7 +389,10 @@ mod tests {
                     (Err(e), Err(key)) => {
                         let msg = e.to_string();
                         assert!(msg.contains(key), "{cell}: message lacks {key}: {msg}");
-                        assert!(msg.contains(listen), "{cell}: message lacks the address: {msg}");
+                        assert!(
+                            msg.contains(listen),
+                            "{cell}: message lacks the address: {msg}"
+                        );
                     }
                     (got, want) => panic!(
                         "{cell}: got {got:?} ({:?}), want {want:?}",
