@@ -193,16 +193,24 @@ async fn reload_loop(
     // The version that last failed to load: warned about once, retried quietly every tick,
     // since a writer may still be filling the file.
     let mut failed: Option<Stamp> = None;
+    // A replace by delete-then-create leaves the file missing for a moment: warn once.
+    let mut missing = false;
     loop {
         tick.tick().await;
         let Some(resolver) = resolver.upgrade() else {
             return;
         };
         let now = match stamp(&settings.cert, &settings.key).await {
-            Ok(s) => s,
+            Ok(s) => {
+                missing = false;
+                s
+            }
             Err(e) => {
-                tracing::warn!(error = %e, cert = %settings.cert.display(), key = %settings.key.display(),
-                    "cannot stat the TLS certificate or key; still serving the loaded certificate");
+                if !missing {
+                    tracing::warn!(error = %e, cert = %settings.cert.display(), key = %settings.key.display(),
+                        "cannot stat the TLS certificate or key; still serving the loaded certificate");
+                    missing = true;
+                }
                 continue;
             }
         };
