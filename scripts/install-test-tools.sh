@@ -4,7 +4,7 @@
 # Idempotent, non-interactive; meant for a fresh Debian 12 (bookworm) machine,
 # run as root (CI=true), with network access only to the Debian archive.
 #
-# Installs (bookworm apt): skopeo umoci jq curl containerd(+ctr, runc) podman
+# Installs (bookworm apt): skopeo umoci jq curl openssl containerd(+ctr, runc) podman
 #                          docker-registry (CNCF Distribution 2.8) postgresql
 # Installs (trixie/sid .deb, extracted only): oras -> $BERTH_TOOLS_PREFIX/bin/oras,
 #                          symlinked as /usr/local/bin/oras
@@ -87,7 +87,7 @@ fi
 # ---------------------------------------------------------------------------
 # 2. bookworm packages
 # ---------------------------------------------------------------------------
-PKGS=(ca-certificates curl jq psmisc skopeo umoci containerd runc podman
+PKGS=(ca-certificates curl jq openssl psmisc skopeo umoci containerd runc podman
       golang-github-containers-common conmon crun docker-registry)
 [ "${BERTH_SKIP_POSTGRES:-0}" = 1 ] || PKGS+=(postgresql postgresql-client)
 
@@ -243,6 +243,7 @@ verify skopeo          skopeo --version
 verify umoci           umoci --version
 verify jq              jq --version
 verify curl            curl --version
+verify openssl         openssl version
 verify containerd      containerd --version
 verify ctr             ctr --version
 verify runc            runc --version

@@ -4,6 +4,7 @@
 //! * [`error`]: [`error::ApiError`], turned into the spec's status, code and JSON body in one place.
 //! * `handlers`: one function per endpoint and method, calling `berth-registry`.
 //! * [`metrics`]: Prometheus counters served on `/metrics`.
+//! * [`tls`]: built-in TLS with a certificate reloaded when its files change.
 //!
 //! [`run`] takes a bound listener, so tests bind port 0 and drive a real server.
 
@@ -14,6 +15,7 @@ pub mod endpoint;
 pub mod error;
 mod handlers;
 pub mod metrics;
+pub mod tls;
 mod token;
 
 use std::future::Future;
@@ -26,18 +28,23 @@ use axum::routing::get;
 use berth_registry::Registry;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::Watcher;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt as _;
 
 pub use auth::{AuthSettings, ChallengeKind};
 pub use metrics::Metrics;
+pub use tls::TlsSettings;
 
-/// The connection a request arrived on, put in every request's extensions.
+/// The connection a request arrived on, in every request's extensions: authentication
+/// needs to know whether credentials crossed the network encrypted, and from where.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The request came through Berth's own TLS (not a terminating proxy in front of it).
     pub tls: bool,
 }
 
@@ -52,6 +59,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Serve HTTPS with this certificate and key; plain HTTP if unset.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +70,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
             shutdown_grace: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -139,13 +149,21 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests
-/// finish (up to the configured grace period).
+/// finish (up to the configured grace period). With TLS configured, a certificate or key
+/// that cannot be loaded is an `InvalidInput` error before anything is accepted.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let config = state.config().clone();
+    let tls = match &config.tls {
+        Some(settings) => Some(
+            tls::acceptor(settings)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        ),
+        None => None,
+    };
     let app = router(state);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -173,23 +191,40 @@ pub async fn run(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo { peer, tls: false };
-        let service = TowerToHyperService::new(app.clone().map_request(
-            move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(info);
-                req
-            },
-        ));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let info = ConnInfo {
+            peer,
+            tls: tls.is_some(),
+        };
+        let service = TowerToHyperService::new(with_conn_info(app.clone(), info));
+        // Subscribed now, so shutdown also waits for a handshake still in progress.
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(
+                    builder, stream, service, watcher, peer, slot,
+                ));
             }
-            drop(slot);
-        });
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let timeout = config.header_read_timeout;
+                // The handshake runs in the connection's own task: a client that connects
+                // and sends nothing must not hold up the accept loop.
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(builder, stream, service, watcher, peer, slot).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, ?timeout, "TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     tracing::info!("shutting down: waiting for in-flight requests");
@@ -200,4 +235,78 @@ pub async fn run(
         tracing::warn!("shutdown grace period over; closing remaining connections");
     }
     Ok(())
+}
+
+/// `app` with `info` in every request's extensions.
+fn with_conn_info<B>(
+    app: Router,
+    info: ConnInfo,
+) -> tower::util::MapRequest<Router, impl Fn(http::Request<B>) -> http::Request<B> + Clone>
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let insert = move |mut req: http::Request<B>| {
+        req.extensions_mut().insert(info);
+        req
+    };
+    app.map_request(insert)
+}
+
+/// Serves one accepted (and, with TLS, handshaken) connection until it ends.
+async fn serve_connection<I, S>(
+    builder: Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    watcher: Watcher,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<axum::body::Body>,
+            Error = std::convert::Infallible,
+        > + Send
+        + Sync
+        + Clone
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+    drop(slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Extension;
+    use axum::body::Body;
+
+    #[tokio::test]
+    async fn every_request_carries_its_connection() {
+        let app = Router::new().route(
+            "/",
+            get(|Extension(info): Extension<ConnInfo>| async move {
+                format!("{} {}", info.peer, info.tls)
+            }),
+        );
+        let peer: SocketAddr = "192.0.2.9:40000".parse().expect("address");
+        for tls in [false, true] {
+            let resp = with_conn_info(app.clone(), ConnInfo { peer, tls })
+                .oneshot(http::Request::new(Body::empty()))
+                .await
+                .expect("infallible");
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .expect("body")
+                .to_bytes();
+            assert_eq!(body, format!("192.0.2.9:40000 {tls}").as_bytes());
+        }
+    }
 }

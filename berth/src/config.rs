@@ -22,6 +22,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub cache: CacheConfig,
     pub auth: AuthConfig,
+    pub tls: TlsConfig,
     /// Accept an index whose child manifests are not in the repository.
     pub allow_sparse_index: bool,
 }
@@ -39,6 +40,7 @@ impl Default for Config {
             security: SecurityConfig::default(),
             cache: CacheConfig::default(),
             auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
             allow_sparse_index: false,
         }
     }
@@ -216,6 +218,73 @@ pub struct SecurityConfig {
     /// Allow anonymous push and pull on a non-loopback address. Off by default: Berth then
     /// refuses to start there until authentication is configured.
     pub allow_anonymous_on_network: bool,
+    /// Serve plain HTTP with authentication on a non-loopback address: for TLS terminated
+    /// in front of Berth (an ingress). Off by default: credentials would otherwise travel in
+    /// clear text.
+    pub allow_insecure_http: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key_file`, Berth serves HTTPS.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// How often (seconds) to look for a renewed certificate and key.
+    pub reload_interval_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            reload_interval_secs: 10,
+        }
+    }
+}
+
+/// How the server faces the network, as protected mode decided it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// Bound to loopback: only this machine can connect.
+    Loopback,
+    /// On the network with Berth's own TLS.
+    Https,
+    /// On the network in plain HTTP with authentication, TLS terminated in front
+    /// (`allow_insecure_http`).
+    InsecureHttp,
+    /// On the network, anonymous, by choice (`allow_anonymous_on_network`).
+    Anonymous,
+    /// On the network without authentication, not allowed: refuses to start.
+    RefusedAnonymous,
+    /// On the network with authentication but neither TLS nor `allow_insecure_http`:
+    /// refuses to start.
+    RefusedCleartext,
+}
+
+impl Exposure {
+    /// The startup log line.
+    pub fn describe(self, tls: bool) -> &'static str {
+        match (self, tls) {
+            (Exposure::Loopback, true) => "serving HTTPS on loopback",
+            (Exposure::Loopback, false) => "serving plain HTTP on loopback",
+            (Exposure::Https, _) => "serving HTTPS",
+            (Exposure::InsecureHttp, _) => {
+                "plain HTTP: TLS is terminated in front of Berth (allow_insecure_http)"
+            }
+            (Exposure::Anonymous, true) => {
+                "serving HTTPS: anonymous push and pull from the network (allow_anonymous_on_network)"
+            }
+            (Exposure::Anonymous, false) => {
+                "serving plain HTTP: anonymous push and pull from the network (allow_anonymous_on_network)"
+            }
+            (Exposure::RefusedAnonymous | Exposure::RefusedCleartext, _) => {
+                "refused by protected mode"
+            }
+        }
+    }
 }
 
 impl Config {
@@ -237,20 +306,71 @@ impl Config {
         }
     }
 
-    /// Protected mode: anonymous access is only for loopback unless explicitly allowed.
-    pub fn check_protected_mode(&self) -> anyhow::Result<()> {
-        if self.listen.ip().is_loopback()
-            || self.security.allow_anonymous_on_network
-            || self.auth.enabled
-        {
-            return Ok(());
+    /// The certificate and key to serve HTTPS with, if both are set.
+    pub fn tls_settings(&self) -> anyhow::Result<Option<berth_server::TlsSettings>> {
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(cert), Some(key)) => Ok(Some(berth_server::TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+                reload_interval: std::time::Duration::from_secs(
+                    self.tls.reload_interval_secs.max(1),
+                ),
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) => anyhow::bail!(
+                "[tls] cert_file is set but key_file is not: set both (or --tls-cert and \
+                 --tls-key), or neither for plain HTTP"
+            ),
+            (None, Some(_)) => anyhow::bail!(
+                "[tls] key_file is set but cert_file is not: set both (or --tls-cert and \
+                 --tls-key), or neither for plain HTTP"
+            ),
         }
-        anyhow::bail!(
-            "refusing to serve anonymous push and pull on {}: no authentication is configured.\n\
-             Listen on loopback (--listen 127.0.0.1:5000), or, on a network you trust, set\n\
-             [security]\nallow_anonymous_on_network = true\nin the config file.",
-            self.listen
-        )
+    }
+
+    /// Which row of the protected-mode table this configuration falls in.
+    pub fn exposure(&self, auth_enabled: bool) -> Exposure {
+        let tls = self.tls.cert_file.is_some() && self.tls.key_file.is_some();
+        if self.listen.ip().is_loopback() {
+            Exposure::Loopback
+        } else if !auth_enabled {
+            if self.security.allow_anonymous_on_network {
+                Exposure::Anonymous
+            } else {
+                Exposure::RefusedAnonymous
+            }
+        } else if tls {
+            Exposure::Https
+        } else if self.security.allow_insecure_http {
+            Exposure::InsecureHttp
+        } else {
+            Exposure::RefusedCleartext
+        }
+    }
+
+    /// Protected mode: on a network address, anonymous access only when explicitly allowed,
+    /// and credentials only over TLS unless TLS is explicitly said to end in front of Berth.
+    /// Loopback always starts: nothing leaves the machine.
+    pub fn check_protected_mode(&self, auth_enabled: bool) -> anyhow::Result<()> {
+        match self.exposure(auth_enabled) {
+            Exposure::RefusedAnonymous => anyhow::bail!(
+                "refusing to serve anonymous push and pull on {}: no authentication is configured.\n\
+                 Listen on loopback (--listen 127.0.0.1:5000), or, on a network you trust, set\n\
+                 [security]\nallow_anonymous_on_network = true\nin the config file.",
+                self.listen
+            ),
+            Exposure::RefusedCleartext => anyhow::bail!(
+                "refusing to accept credentials over plain HTTP on {}: TLS is not configured, so\n\
+                 passwords and tokens would cross the network in clear text.\n\
+                 Configure TLS (--tls-cert FILE --tls-key FILE, or [tls] cert_file and key_file),\n\
+                 or, if TLS is terminated in front of Berth (an ingress), set\n\
+                 [security]\nallow_insecure_http = true\nin the config file.",
+                self.listen
+            ),
+            Exposure::Loopback | Exposure::Https | Exposure::InsecureHttp | Exposure::Anonymous => {
+                Ok(())
+            }
+        }
     }
 }
 
@@ -263,17 +383,116 @@ mod tests {
         let c = Config::load(None).expect("defaults");
         assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
         assert!(c.metadata_url().starts_with("sqlite:"));
-        assert!(c.check_protected_mode().is_ok());
+        assert!(c.check_protected_mode(false).is_ok());
+        assert!(c.tls_settings().expect("no tls").is_none());
+    }
+
+    /// Every cell of the README's protected-mode table, written out rather than computed,
+    /// so a change to the rules has to change this table too.
+    #[test]
+    fn protected_mode_truth_table() {
+        use Exposure::{Anonymous as Anon, Https, InsecureHttp as Insecure, Loopback as Lo};
+        const NET: bool = true;
+        const LO: bool = false;
+        // Refusals name the setting that fixes them.
+        const ANON_KEY: &str = "allow_anonymous_on_network";
+        const HTTP_KEY: &str = "allow_insecure_http";
+        /// network, auth, tls, allow_insecure_http, allow_anonymous_on_network, result
+        type Cell = (bool, bool, bool, bool, bool, Result<Exposure, &'static str>);
+        #[rustfmt::skip]
+        let table: [Cell; 32] = [
+            // network, auth,  tls,   insecure_http, anonymous, result
+            (LO,  false, false, false, false, Ok(Lo)),
+            (LO,  false, false, false, true,  Ok(Lo)),
+            (LO,  false, false, true,  false, Ok(Lo)),
+            (LO,  false, false, true,  true,  Ok(Lo)),
+            (LO,  false, true,  false, false, Ok(Lo)),
+            (LO,  false, true,  false, true,  Ok(Lo)),
+            (LO,  false, true,  true,  false, Ok(Lo)),
+            (LO,  false, true,  true,  true,  Ok(Lo)),
+            (LO,  true,  false, false, false, Ok(Lo)),
+            (LO,  true,  false, false, true,  Ok(Lo)),
+            (LO,  true,  false, true,  false, Ok(Lo)),
+            (LO,  true,  false, true,  true,  Ok(Lo)),
+            (LO,  true,  true,  false, false, Ok(Lo)),
+            (LO,  true,  true,  false, true,  Ok(Lo)),
+            (LO,  true,  true,  true,  false, Ok(Lo)),
+            (LO,  true,  true,  true,  true,  Ok(Lo)),
+            (NET, false, false, false, false, Err(ANON_KEY)),
+            (NET, false, false, false, true,  Ok(Anon)),
+            (NET, false, false, true,  false, Err(ANON_KEY)),
+            (NET, false, false, true,  true,  Ok(Anon)),
+            (NET, false, true,  false, false, Err(ANON_KEY)),
+            (NET, false, true,  false, true,  Ok(Anon)),
+            (NET, false, true,  true,  false, Err(ANON_KEY)),
+            (NET, false, true,  true,  true,  Ok(Anon)),
+            (NET, true,  false, false, false, Err(HTTP_KEY)),
+            (NET, true,  false, false, true,  Err(HTTP_KEY)),
+            (NET, true,  false, true,  false, Ok(Insecure)),
+            (NET, true,  false, true,  true,  Ok(Insecure)),
+            (NET, true,  true,  false, false, Ok(Https)),
+            (NET, true,  true,  false, true,  Ok(Https)),
+            (NET, true,  true,  true,  false, Ok(Https)),
+            (NET, true,  true,  true,  true,  Ok(Https)),
+        ];
+        for (network, auth, tls, insecure_http, anonymous, expected) in table {
+            for listen in if network {
+                ["0.0.0.0:5000", "[::]:5000", "192.0.2.7:5000"]
+            } else {
+                ["127.0.0.1:5000", "[::1]:5000", "127.0.0.2:5000"]
+            } {
+                let mut c = Config {
+                    listen: listen.parse().expect("address"),
+                    ..Config::default()
+                };
+                if tls {
+                    c.tls.cert_file = Some("/etc/berth/tls.crt".into());
+                    c.tls.key_file = Some("/etc/berth/tls.key".into());
+                }
+                c.security.allow_insecure_http = insecure_http;
+                c.security.allow_anonymous_on_network = anonymous;
+                let cell = format!(
+                    "listen={listen} auth={auth} tls={tls} allow_insecure_http={insecure_http} \
+                     allow_anonymous_on_network={anonymous}"
+                );
+                match (c.check_protected_mode(auth), expected) {
+                    (Ok(()), Ok(want)) => assert_eq!(c.exposure(auth), want, "{cell}"),
+                    (Err(e), Err(key)) => {
+                        let msg = e.to_string();
+                        assert!(msg.contains(key), "{cell}: message lacks {key}: {msg}");
+                        assert!(
+                            msg.contains(listen),
+                            "{cell}: message lacks the address: {msg}"
+                        );
+                    }
+                    (got, want) => panic!(
+                        "{cell}: got {got:?} ({:?}), want {want:?}",
+                        c.exposure(auth)
+                    ),
+                }
+            }
+        }
     }
 
     #[test]
-    fn protected_mode_truth_table() {
-        let mut c: Config = toml::from_str(r#"listen = "0.0.0.0:5000""#).expect("parse");
-        assert!(c.check_protected_mode().is_err());
-        c.security.allow_anonymous_on_network = true;
-        assert!(c.check_protected_mode().is_ok());
-        let c: Config = toml::from_str(r#"listen = "[::1]:5000""#).expect("parse");
-        assert!(c.check_protected_mode().is_ok());
+    fn tls_needs_both_files() {
+        let c: Config = toml::from_str(
+            "[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\nreload_interval_secs = 3",
+        )
+        .expect("parse");
+        let t = c.tls_settings().expect("both set").expect("tls on");
+        assert_eq!(t.cert, PathBuf::from("/c.pem"));
+        assert_eq!(t.key, PathBuf::from("/k.pem"));
+        assert_eq!(t.reload_interval, std::time::Duration::from_secs(3));
+        let c: Config = toml::from_str("[tls]\ncert_file = \"/c.pem\"").expect("parse");
+        let e = c.tls_settings().expect_err("key missing").to_string();
+        assert!(e.contains("key_file"), "{e}");
+        let c: Config = toml::from_str("[tls]\nkey_file = \"/k.pem\"").expect("parse");
+        let e = c.tls_settings().expect_err("cert missing").to_string();
+        assert!(e.contains("cert_file"), "{e}");
+        assert!(toml::from_str::<Config>("[tls]\ncert = \"/c.pem\"").is_err());
+        let c: Config = toml::from_str("[security]\nallow_insecure_http = true").expect("parse");
+        assert!(c.security.allow_insecure_http);
     }
 
     #[test]

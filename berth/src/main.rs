@@ -93,6 +93,12 @@ struct ServeArgs {
     /// Metadata database URL; overrides `[metadata] url`.
     #[arg(long, env = "BERTH_METADATA_URL", hide_env_values = true)]
     metadata_url: Option<String>,
+    /// PEM certificate chain to serve HTTPS with; overrides `[tls] cert_file`.
+    #[arg(long, env = "BERTH_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for `--tls-cert`; overrides `[tls] key_file`.
+    #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn init_logging(config: &Config) {
@@ -139,8 +145,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(u) = args.metadata_url {
         config.metadata.url = Some(u);
     }
+    if let Some(c) = args.tls_cert {
+        config.tls.cert_file = Some(c);
+    }
+    if let Some(k) = args.tls_key {
+        config.tls.key_file = Some(k);
+    }
     init_logging(&config);
-    config.check_protected_mode()?;
+    let tls = config.tls_settings()?;
+    let auth_enabled = config.auth.enabled;
+    config.check_protected_mode(auth_enabled)?;
+    if let Some(settings) = &tls {
+        // Fail before opening any store, naming the file at fault.
+        berth_server::tls::check(settings).context("TLS certificate or key")?;
+    }
     let armed = berth_storage::failpoint::init()?;
     if !armed.is_empty() {
         tracing::warn!(failpoints = ?armed, "failpoints are armed: this server will fail on purpose");
@@ -202,6 +220,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             public_url: config.public_url.clone(),
             header_read_timeout: Duration::from_secs(config.limits.header_read_timeout_secs.max(1)),
             max_connections: config.limits.max_connections.max(1),
+            tls: tls.clone(),
             ..ServerConfig::default()
         },
         auth,
@@ -227,6 +246,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen = %listener.local_addr()?,
         data_dir = %config.data_dir.display(),
         metadata = ?meta.backend(),
+        tls = tls.is_some(),
         "{}",
         if auth_on {
             "berth is serving (authentication required)"
@@ -234,6 +254,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "berth is serving (anonymous push and pull: no authentication configured)"
         }
     );
+    tracing::info!("{}", config.exposure(auth_enabled).describe(tls.is_some()));
     berth_server::run(listener, state, shutdown_signal()).await?;
     meta.close().await;
     tracing::info!("stopped");

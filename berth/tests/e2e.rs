@@ -30,3 +30,5 @@ mod podman;
 mod restart;
 #[path = "e2e/skopeo.rs"]
 mod skopeo;
+#[path = "e2e/tls.rs"]
+mod tls;

@@ -387,6 +387,19 @@ pub struct Berth {
     log: PathBuf,
     dir: TempDir,
     env: Vec<(String, String)>,
+    /// How the server is started and probed (plain HTTP on 127.0.0.1 unless a test asks).
+    launch: Launch,
+}
+
+/// What differs between servers beyond their config file and environment.
+#[derive(Clone, Default)]
+pub struct Launch {
+    /// The IP `--listen` gets (the port is picked by the harness); `None`: 127.0.0.1.
+    /// Clients always connect to 127.0.0.1.
+    pub listen_ip: Option<String>,
+    /// The server speaks HTTPS with a certificate this CA signed: the readiness probe
+    /// uses `curl --cacert` instead of plain HTTP.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Berth {
@@ -397,6 +410,11 @@ impl Berth {
     /// A server with `config` (TOML) as its `--config` file and `env` added to its
     /// environment.
     pub fn start_with(config: &str, env: &[(&str, &str)]) -> Berth {
+        Berth::start_launched(config, env, Launch::default())
+    }
+
+    /// [`Berth::start_with`], listening and probed as `launch` says.
+    pub fn start_launched(config: &str, env: &[(&str, &str)], launch: Launch) -> Berth {
         let dir = tempdir();
         let log = dir.path().join("berth.log");
         std::fs::write(dir.path().join("berth.toml"), config).expect("writing berth.toml");
@@ -408,7 +426,7 @@ impl Berth {
         // A port found free can be taken before the server binds it: try a few.
         for _ in 0..3 {
             let addr = format!("127.0.0.1:{}", free_port());
-            match spawn_berth(&addr, dir.path(), &log, &env) {
+            match spawn_berth(&addr, dir.path(), &log, &env, &launch) {
                 Ok(child) => {
                     return Berth {
                         child,
@@ -416,6 +434,7 @@ impl Berth {
                         log,
                         dir,
                         env,
+                        launch,
                     };
                 }
                 Err(e) => last_error = e,
@@ -425,17 +444,20 @@ impl Berth {
     }
 
     /// The server's log so far.
+    #[allow(dead_code)]
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The server's data directory.
+    #[allow(dead_code)]
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
     /// The `berth` binary run with the same config file and data directory (for the
     /// offline subcommands: `user`, `robot`, `secret`, ...).
+    #[allow(dead_code)]
     pub fn cli(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
         c.env("BERTH_CONFIG", self.dir.path().join("berth.toml"))
@@ -453,7 +475,13 @@ impl Berth {
         let _ = self.child.wait();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match spawn_berth(&self.addr, self.dir.path(), &self.log, &self.env) {
+            match spawn_berth(
+                &self.addr,
+                self.dir.path(),
+                &self.log,
+                &self.env,
+                &self.launch,
+            ) {
                 Ok(child) => {
                     self.child = child;
                     return;
@@ -521,21 +549,39 @@ impl Berth {
     }
 }
 
+/// `GET https://<addr>/healthz` answers 200 with a certificate `ca` signed.
+pub fn https_healthy(addr: &str, ca: &Path) -> bool {
+    Command::new(tool("curl"))
+        .args(["--silent", "--fail", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .arg(format!("https://{addr}/healthz"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Starts `berth serve` on `addr` with data in `dir/data`, appending its log to `log`,
-/// and waits until `GET /v2/` answers 200.
+/// and waits until `GET /healthz` answers 200.
 fn spawn_berth(
     addr: &str,
     dir: &Path,
     log: &Path,
     env: &[(String, String)],
+    launch: &Launch,
 ) -> Result<Child, String> {
+    let listen = match &launch.listen_ip {
+        Some(ip) => format!("{ip}:{}", addr.rsplit_once(':').map_or("", |(_, p)| p)),
+        None => addr.to_owned(),
+    };
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .map_err(|e| format!("opening {}: {e}", log.display()))?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["serve", "--listen", addr, "--data-dir"])
+        .args(["serve", "--listen", &listen, "--data-dir"])
         .arg(dir.join("data"))
         .arg("--config")
         .arg(dir.join("berth.toml"))
@@ -555,14 +601,18 @@ fn spawn_berth(
                 std::fs::read_to_string(log).unwrap_or_default()
             ));
         }
-        if http(addr, "GET", "/healthz", &[]).is_ok_and(|r| r.status == 200) {
+        let healthy = match &launch.tls_ca {
+            None => http(addr, "GET", "/healthz", &[]).is_ok_and(|r| r.status == 200),
+            Some(ca) => https_healthy(addr, ca),
+        };
+        if healthy {
             return Ok(child);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "berth did not answer GET /healthz with 200 within 20s on {addr}; log:\n{}",
+                "berth did not answer GET /healthz with 200 within 20s on {listen}; log:\n{}",
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }

@@ -1,0 +1,486 @@
+//! Built-in TLS and protected mode: skopeo and curl over HTTPS with certificates made by the
+//! `openssl` CLI, certificate reload while serving, a stalled handshake beside a working
+//! client, and the protected-mode cells that need a real process.
+
+use std::io::Read as _;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    Berth, Launch, Layout, assert_same_image_blobs, cmd, exec, free_port, http, run, run_fails,
+    run_stdout, tempdir, unique, wait_until,
+};
+
+/// A throwaway CA and a server certificate it signed, for IP 127.0.0.1 and DNS localhost.
+struct Pki {
+    dir: PathBuf,
+}
+
+/// Private key formats the server must read.
+#[derive(Clone, Copy)]
+enum KeyKind {
+    /// `BEGIN PRIVATE KEY`, EC P-256.
+    Pkcs8Ec,
+    /// `BEGIN RSA PRIVATE KEY`.
+    Pkcs1Rsa,
+    /// `BEGIN EC PRIVATE KEY`.
+    Sec1Ec,
+}
+
+impl Pki {
+    /// Makes `<dir>/ca.crt`, `<dir>/server.crt` (subject CN=`cn`, serial `serial`) and
+    /// `<dir>/server.key`.
+    #[track_caller]
+    fn new(dir: PathBuf, cn: &str, serial: u32, kind: KeyKind) -> Pki {
+        std::fs::create_dir_all(&dir).expect("creating the PKI directory");
+        let p = |name: &str| dir.join(name);
+        run(cmd("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", &format!("/CN=Berth test CA for {cn}")])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            .arg("-keyout")
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("ca.crt")));
+        match kind {
+            KeyKind::Pkcs8Ec => run(cmd("openssl")
+                .args(["genpkey", "-algorithm", "EC", "-pkeyopt"])
+                .args(["ec_paramgen_curve:prime256v1", "-out"])
+                .arg(p("server.key"))),
+            KeyKind::Pkcs1Rsa => run(cmd("openssl")
+                .args(["genrsa", "-traditional", "-out"])
+                .arg(p("server.key"))
+                .arg("2048")),
+            KeyKind::Sec1Ec => run(cmd("openssl")
+                .args([
+                    "ecparam",
+                    "-name",
+                    "prime256v1",
+                    "-genkey",
+                    "-noout",
+                    "-out",
+                ])
+                .arg(p("server.key"))),
+        };
+        let header = std::fs::read_to_string(p("server.key")).expect("reading the key");
+        let want = match kind {
+            KeyKind::Pkcs8Ec => "-----BEGIN PRIVATE KEY-----",
+            KeyKind::Pkcs1Rsa => "-----BEGIN RSA PRIVATE KEY-----",
+            KeyKind::Sec1Ec => "-----BEGIN EC PRIVATE KEY-----",
+        };
+        assert!(
+            header.starts_with(want),
+            "openssl wrote another key format: {header}"
+        );
+        run(cmd("openssl")
+            .args(["req", "-new", "-subj", &format!("/CN={cn}"), "-key"])
+            .arg(p("server.key"))
+            .arg("-out")
+            .arg(p("server.csr")));
+        std::fs::write(
+            p("server.ext"),
+            "basicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=serverAuth\n\
+             subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .expect("writing the extensions file");
+        run(cmd("openssl")
+            .args([
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-set_serial",
+                &serial.to_string(),
+            ])
+            .arg("-in")
+            .arg(p("server.csr"))
+            .arg("-CA")
+            .arg(p("ca.crt"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-extfile")
+            .arg(p("server.ext"))
+            .arg("-out")
+            .arg(p("server.crt")));
+        Pki { dir }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.join("server.crt")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+
+    /// A directory holding only `ca.crt`, as skopeo's `--*-cert-dir` wants it.
+    fn cert_dir(&self) -> PathBuf {
+        let d = self.dir.join("certs.d");
+        std::fs::create_dir_all(&d).expect("creating the cert dir");
+        std::fs::copy(self.ca(), d.join("ca.crt")).expect("copying ca.crt");
+        d
+    }
+}
+
+/// A `[tls]` section serving `cert` and `key`.
+fn tls_config(cert: &Path, key: &Path, reload_secs: u64) -> String {
+    format!(
+        "[tls]\ncert_file = {:?}\nkey_file = {:?}\nreload_interval_secs = {reload_secs}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    )
+}
+
+fn start_tls(config: &str, ca: &Path) -> Berth {
+    Berth::start_launched(
+        config,
+        &[],
+        Launch {
+            tls_ca: Some(ca.to_owned()),
+            ..Launch::default()
+        },
+    )
+}
+
+/// `curl --cacert ca https://<addr><path>`: (exit success, HTTP status or 0, HTTP version).
+fn curl_https(addr: &str, ca: &Path, path: &str) -> (bool, String) {
+    let out = exec(
+        cmd("curl")
+            .args(["--silent", "--show-error", "--max-time", "10"])
+            .args(["--output", "/dev/null"])
+            .args(["--write-out", "%{http_code} %{http_version}"])
+            .arg("--cacert")
+            .arg(ca)
+            .arg(format!("https://{addr}{path}")),
+    );
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The subject and serial of the certificate the server presents to a new connection,
+/// as `openssl x509 -subject -serial` prints them.
+fn served_certificate(addr: &str, scratch: &Path) -> String {
+    let out = exec(
+        cmd("openssl")
+            .args(["s_client", "-connect", addr, "-servername", "localhost"])
+            .arg("-showcerts"),
+    );
+    let pem = scratch.join("served.pem");
+    std::fs::write(&pem, &out.stdout).expect("writing the s_client output");
+    let parsed = exec(
+        cmd("openssl")
+            .args([
+                "x509", "-noout", "-subject", "-serial", "-nameopt", "RFC2253",
+            ])
+            .arg("-in")
+            .arg(&pem),
+    );
+    String::from_utf8_lossy(&parsed.stdout).trim().to_owned()
+}
+
+#[test]
+fn tls_skopeo_round_trip_curl_and_no_plain_http() {
+    let work = tempdir();
+    let pki = Pki::new(work.path().join("pki"), "localhost", 1001, KeyKind::Sec1Ec);
+    let berth = start_tls(&tls_config(&pki.cert(), &pki.key(), 10), &pki.ca());
+    let certs = pki.cert_dir();
+
+    let src = Layout::init(work.path().join("src"));
+    let digest = src.build("v1", "amd64", &[("hello.txt", &unique("hello over TLS"))]);
+    let remote = format!("docker://{}/e2e/tls:v1", berth.addr());
+    // Verification stays on: skopeo trusts only the test CA from the cert dir.
+    run(cmd("skopeo")
+        .args(["copy", "--quiet", "--dest-cert-dir"])
+        .arg(&certs)
+        .args([&src.oci("v1"), &remote]));
+    let back = Layout::at(work.path().join("back"));
+    run(cmd("skopeo")
+        .args(["copy", "--quiet", "--src-cert-dir"])
+        .arg(&certs)
+        .args([&remote, &back.oci("v1")]));
+    assert_eq!(
+        back.digest("v1"),
+        digest,
+        "digest after the HTTPS round trip"
+    );
+    assert_same_image_blobs(&src, &back, &digest);
+
+    let (ok, out) = curl_https(berth.addr(), &pki.ca(), "/v2/");
+    assert!(ok, "curl --cacert https://.../v2/: {out}");
+    // ALPN offers h2, and curl takes it.
+    assert_eq!(out, "200 2", "status and HTTP version");
+    let out = run_stdout(
+        cmd("curl")
+            .args([
+                "--silent",
+                "--http1.1",
+                "--write-out",
+                "%{http_code} %{http_version}",
+            ])
+            .args(["--output", "/dev/null", "--cacert"])
+            .arg(pki.ca())
+            .arg(format!("https://localhost:{}/v2/", port(berth.addr()))),
+    );
+    assert_eq!(out, "200 1.1", "HTTP/1.1 over TLS, by DNS name");
+
+    // Without the CA, the certificate is not trusted.
+    let out = exec(
+        cmd("curl")
+            .args(["--silent", "--max-time", "10"])
+            .arg(format!("https://{}/v2/", berth.addr())),
+    );
+    assert!(!out.status.success(), "curl trusted an unknown CA");
+
+    // Plain HTTP on the TLS port gets no HTTP answer, and the server keeps serving.
+    let plain = http(berth.addr(), "GET", "/v2/", &[]);
+    assert!(
+        plain.is_err(),
+        "plain HTTP on the TLS port answered: {plain:?}"
+    );
+    let (ok, out) = curl_https(berth.addr(), &pki.ca(), "/v2/");
+    assert!(ok, "after a plain HTTP attempt: {out}");
+    assert!(
+        berth.log().contains("serving HTTPS on loopback"),
+        "startup mode line missing:\n{}",
+        berth.log()
+    );
+}
+
+fn port(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(_, p)| p)
+}
+
+#[test]
+fn tls_certificate_reload_and_broken_files_keep_the_old_one() {
+    let work = tempdir();
+    let a = Pki::new(work.path().join("a"), "berth-a", 0xA1, KeyKind::Pkcs8Ec);
+    let b = Pki::new(work.path().join("b"), "berth-b", 0xB2, KeyKind::Pkcs1Rsa);
+    let live = work.path().join("live");
+    std::fs::create_dir_all(&live).expect("creating the live dir");
+    let (cert, key) = (live.join("tls.crt"), live.join("tls.key"));
+    std::fs::copy(a.cert(), &cert).expect("installing cert A");
+    std::fs::copy(a.key(), &key).expect("installing key A");
+    let berth = start_tls(&tls_config(&cert, &key, 1), &a.ca());
+    let addr = berth.addr().to_owned();
+
+    let served = served_certificate(&addr, work.path());
+    assert!(served.contains("subject=CN=berth-a"), "{served}");
+    assert!(served.contains("serial=A1"), "{served}");
+
+    // Key first, then certificate: for a moment they do not match, which must not be served.
+    std::fs::copy(b.key(), &key).expect("installing key B");
+    std::fs::copy(b.cert(), &cert).expect("installing cert B");
+    wait_until(
+        Duration::from_secs(15),
+        "certificate B to be served",
+        || served_certificate(&addr, work.path()).contains("subject=CN=berth-b"),
+    );
+    let served = served_certificate(&addr, work.path());
+    assert!(served.contains("serial=B2"), "{served}");
+    let (ok, out) = curl_https(&addr, &b.ca(), "/v2/");
+    assert!(ok, "curl trusting CA B after the reload: {out}");
+    let (ok, _) = curl_https(&addr, &a.ca(), "/v2/");
+    assert!(!ok, "CA A still accepted after the reload");
+    assert!(berth.log().contains("reloaded the TLS certificate"));
+
+    // A half-written certificate: the old one stays, the server stays up.
+    let full = std::fs::read(b.cert()).expect("reading cert B");
+    std::fs::write(&cert, &full[..full.len() / 2]).expect("truncating the certificate");
+    wait_until(
+        Duration::from_secs(15),
+        "a warning about the broken file",
+        || berth.log().contains("still serving the previous one"),
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let served = served_certificate(&addr, work.path());
+    assert!(served.contains("subject=CN=berth-b"), "{served}");
+    let (ok, out) = curl_https(&addr, &b.ca(), "/v2/");
+    assert!(ok, "curl while the certificate file is broken: {out}");
+
+    // Plain garbage, then a good pair again: the reload recovers.
+    std::fs::write(&cert, b"not a certificate at all\n").expect("writing garbage");
+    std::thread::sleep(Duration::from_millis(2500));
+    let (ok, out) = curl_https(&addr, &b.ca(), "/v2/");
+    assert!(ok, "curl while the certificate file is garbage: {out}");
+    std::fs::copy(a.key(), &key).expect("installing key A again");
+    std::fs::copy(a.cert(), &cert).expect("installing cert A again");
+    wait_until(
+        Duration::from_secs(15),
+        "certificate A to be served again",
+        || served_certificate(&addr, work.path()).contains("subject=CN=berth-a"),
+    );
+    let (ok, out) = curl_https(&addr, &a.ca(), "/v2/");
+    assert!(ok, "curl trusting CA A after recovering: {out}");
+}
+
+#[test]
+fn tls_stalled_handshake_does_not_block_other_clients() {
+    let work = tempdir();
+    let pki = Pki::new(work.path().join("pki"), "localhost", 7, KeyKind::Pkcs8Ec);
+    let config = format!(
+        "{}[limits]\nheader_read_timeout_secs = 3\n",
+        tls_config(&pki.cert(), &pki.key(), 10)
+    );
+    let berth = start_tls(&config, &pki.ca());
+
+    // Connected, sending nothing: a handshake that never starts.
+    let mut stalled: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(berth.addr()).expect("connecting"))
+        .collect();
+    let started = Instant::now();
+    let (ok, out) = curl_https(berth.addr(), &pki.ca(), "/v2/");
+    let took = started.elapsed();
+    assert!(ok, "curl beside stalled handshakes: {out}");
+    assert!(took < Duration::from_secs(2), "curl took {took:?}");
+
+    // The stalled connections are dropped once the header read timeout passes.
+    let first = &mut stalled[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("setting a read timeout");
+    let mut buf = [0u8; 16];
+    let started = Instant::now();
+    let n = first.read(&mut buf).unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "the server sent bytes to a client that never said hello"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stalled handshake was kept {:?}",
+        started.elapsed()
+    );
+    let (ok, out) = curl_https(berth.addr(), &pki.ca(), "/v2/");
+    assert!(ok, "curl after the stalled handshakes timed out: {out}");
+}
+
+#[test]
+fn tls_startup_refuses_missing_or_invalid_files() {
+    let work = tempdir();
+    let pki = Pki::new(work.path().join("pki"), "localhost", 9, KeyKind::Pkcs8Ec);
+    let serve = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        c.args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--data-dir")
+            .arg(work.path().join("data"))
+            .args(extra)
+            .env("NO_COLOR", "1");
+        c
+    };
+    let missing = work.path().join("missing.key");
+    let err = run_fails(&mut serve(&[
+        "--tls-cert",
+        &pki.cert().display().to_string(),
+        "--tls-key",
+        &missing.display().to_string(),
+    ]));
+    assert!(err.contains("missing.key"), "{err}");
+
+    let garbage = work.path().join("garbage.crt");
+    std::fs::write(&garbage, "hello\n").expect("writing garbage");
+    let err = run_fails(&mut serve(&[
+        "--tls-cert",
+        &garbage.display().to_string(),
+        "--tls-key",
+        &pki.key().display().to_string(),
+    ]));
+    assert!(err.contains("no PEM certificate"), "{err}");
+
+    // A key that belongs to another certificate.
+    let other = Pki::new(work.path().join("other"), "localhost", 10, KeyKind::Sec1Ec);
+    let err = run_fails(&mut serve(&[
+        "--tls-cert",
+        &pki.cert().display().to_string(),
+        "--tls-key",
+        &other.key().display().to_string(),
+    ]));
+    assert!(err.contains("usable key"), "{err}");
+
+    // One without the other.
+    let err = run_fails(&mut serve(&[
+        "--tls-cert",
+        &pki.cert().display().to_string(),
+    ]));
+    assert!(err.contains("--tls-key"), "{err}");
+}
+
+#[test]
+fn protected_mode_network_address_without_auth() {
+    let work = tempdir();
+    let addr = format!("0.0.0.0:{}", free_port());
+    let err = run_fails(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--listen", &addr, "--data-dir"])
+            .arg(work.path().join("data"))
+            .env("NO_COLOR", "1"),
+    );
+    assert!(err.contains("allow_anonymous_on_network"), "{err}");
+    assert!(err.contains(&addr), "{err}");
+
+    // TLS alone does not make anonymous access on the network acceptable.
+    let pki = Pki::new(work.path().join("pki"), "localhost", 11, KeyKind::Pkcs8Ec);
+    let err = run_fails(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--listen", &addr, "--data-dir"])
+            .arg(work.path().join("data"))
+            .arg("--tls-cert")
+            .arg(pki.cert())
+            .arg("--tls-key")
+            .arg(pki.key())
+            .env("NO_COLOR", "1"),
+    );
+    assert!(err.contains("allow_anonymous_on_network"), "{err}");
+
+    let berth = Berth::start_launched(
+        "[security]\nallow_anonymous_on_network = true\n",
+        &[],
+        Launch {
+            listen_ip: Some("0.0.0.0".to_owned()),
+            ..Launch::default()
+        },
+    );
+    assert_eq!(berth.get("/v2/").status, 200);
+    assert!(
+        berth
+            .log()
+            .contains("serving plain HTTP: anonymous push and pull from the network"),
+        "{}",
+        berth.log()
+    );
+
+    let config = format!(
+        "[security]\nallow_anonymous_on_network = true\n{}",
+        tls_config(&pki.cert(), &pki.key(), 10)
+    );
+    let berth = Berth::start_launched(
+        &config,
+        &[],
+        Launch {
+            listen_ip: Some("0.0.0.0".to_owned()),
+            tls_ca: Some(pki.ca()),
+        },
+    );
+    let (ok, out) = curl_https(berth.addr(), &pki.ca(), "/v2/");
+    assert!(ok, "{out}");
+    assert!(
+        berth
+            .log()
+            .contains("serving HTTPS: anonymous push and pull")
+    );
+}
