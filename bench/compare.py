@@ -27,11 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BERTH = os.path.join(ROOT, "target", "release", "berth")
-LOAD = os.path.join(ROOT, "target", "release", "berth-load")
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+BERTH = os.path.join(TARGET, "release", "berth")
+LOAD = os.path.join(TARGET, "release", "berth-load")
 ACCEPT = ("application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, "
           "application/vnd.docker.distribution.manifest.v2+json")
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -49,6 +51,8 @@ def wait_http(url, timeout=20):
         try:
             urllib.request.urlopen(url, timeout=1)
             return
+        except urllib.error.HTTPError:
+            return  # it answers, if only with 401: it is up
         except Exception:
             time.sleep(0.1)
     raise SystemExit(f"{url} did not come up")
@@ -120,23 +124,23 @@ def http(method, url, body=b"", headers=None):
         return r.status, r.headers, r.read()
 
 
-def push_small_blob(base, repo, data):
+def push_small_blob(base, repo, data, headers=None):
     d = "sha256:" + hashlib.sha256(data).hexdigest()
-    _, h, _ = http("POST", f"{base}/v2/{repo}/blobs/uploads/")
+    _, h, _ = http("POST", f"{base}/v2/{repo}/blobs/uploads/", headers=headers)
     loc = h["Location"]
     loc = loc if loc.startswith("http") else base + loc
     sep = "&" if "?" in loc else "?"
-    http("PUT", f"{loc}{sep}digest={d}", data, {"Content-Type": "application/octet-stream"})
+    http("PUT", f"{loc}{sep}digest={d}", data, {"Content-Type": "application/octet-stream", **(headers or {})})
     return d, len(data)
 
 
-def put_manifest(base, repo, tag, config, layers):
+def put_manifest(base, repo, tag, config, layers, headers=None):
     m = json.dumps({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config[0], "size": config[1]},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n} for d, n in layers],
     }).encode()
-    http("PUT", f"{base}/v2/{repo}/manifests/{tag}", m, {"Content-Type": OCI_MANIFEST})
+    http("PUT", f"{base}/v2/{repo}/manifests/{tag}", m, {"Content-Type": OCI_MANIFEST, **(headers or {})})
     return "sha256:" + hashlib.sha256(m).hexdigest()
 
 

@@ -18,13 +18,13 @@ use crate::config::Config;
 #[derive(Args, Clone)]
 pub struct StoreArgs {
     /// Configuration file (TOML).
-    #[arg(long, env = "BERTH_CONFIG")]
+    #[arg(long, env = "BERTH_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Data directory; overrides `data_dir` in the config.
-    #[arg(long, env = "BERTH_DATA_DIR")]
+    #[arg(long, env = "BERTH_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Metadata database URL; overrides `[metadata] url`.
-    #[arg(long, env = "BERTH_METADATA_URL", hide_env_values = true)]
+    #[arg(long, env = "BERTH_METADATA_URL", hide_env_values = true, global = true)]
     pub metadata_url: Option<String>,
 }
 
