@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402
@@ -58,6 +59,8 @@ def main():
         token_url = f"{server.base}/token?service=berth&scope={scope}"
         _, _, body = compare.http("GET", token_url, headers=auth)
         token = json.loads(body)["token"]
+        # The server reads tenants' visibility through a 2 s cache: let it see `pub`.
+        time.sleep(2.5)
         url = f"{server.base}/v2/pub/app/manifests/v1"
         accept = "Accept: application/vnd.oci.image.manifest.v1+json"
         cases = {

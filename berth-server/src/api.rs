@@ -98,7 +98,7 @@ async fn caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
     };
     let id = match auth::credentials(&parts.headers) {
         Credentials::Basic { user, password } => {
-            auth::login(state, &s.access, &user, &password, source).await?
+            Identity::clone(&*auth::login(state, &s.access, &user, &password, source).await?)
         }
         Credentials::Bearer(token) => {
             let claims = s.access.verify(&token).map_err(|_| unauthorized())?;

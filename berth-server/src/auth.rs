@@ -6,13 +6,14 @@
 //! callers are checked against their current grants.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use berth_auth::{Actions, Claims};
 use berth_meta::{Actor, AuditRecord};
 use berth_registry::RegistryError;
 use berth_registry::access::{Access, Identity, LoginError};
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderValue, header};
 
 use crate::error::ApiError;
 use crate::{AppState, ConnInfo};
@@ -39,8 +40,8 @@ pub enum Caller {
     /// Authentication is off: everything is allowed (loopback or an explicit opt-in).
     Open,
     Anonymous(Identity),
-    Basic(Identity),
-    Bearer(Claims),
+    Basic(Arc<Identity>),
+    Bearer(Arc<Claims>),
 }
 
 /// A request's caller and where it came from.
@@ -48,7 +49,9 @@ pub enum Caller {
 pub struct Ctx {
     pub caller: Caller,
     pub source: Option<IpAddr>,
-    realm: String,
+    /// For the realm of a challenge, computed only when one is sent.
+    host: Option<HeaderValue>,
+    tls: bool,
 }
 
 impl Ctx {
@@ -56,9 +59,8 @@ impl Ctx {
     pub fn allows(&self, repo: &str, need: Actions) -> bool {
         match &self.caller {
             Caller::Open => true,
-            Caller::Anonymous(id) | Caller::Basic(id) => {
-                id.grants.on_repository(repo).contains(need)
-            }
+            Caller::Anonymous(id) => id.grants.on_repository(repo).contains(need),
+            Caller::Basic(id) => id.grants.on_repository(repo).contains(need),
             Caller::Bearer(c) => c.actions_on(repo).contains(need),
         }
     }
@@ -66,7 +68,8 @@ impl Ctx {
     pub fn name(&self) -> &str {
         match &self.caller {
             Caller::Open => "anonymous",
-            Caller::Anonymous(id) | Caller::Basic(id) => &id.name,
+            Caller::Anonymous(id) => &id.name,
+            Caller::Basic(id) => &id.name,
             Caller::Bearer(c) => &c.sub,
         }
     }
@@ -90,7 +93,8 @@ impl Ctx {
         };
         Ok(Some(match &self.caller {
             Caller::Open => return Ok(None),
-            Caller::Anonymous(id) | Caller::Basic(id) => id.clone(),
+            Caller::Anonymous(id) => id.clone(),
+            Caller::Basic(id) => Identity::clone(id),
             Caller::Bearer(c) => match auth
                 .access
                 .identity(&c.sub)
@@ -133,7 +137,8 @@ impl Ctx {
                 let service = state
                     .auth()
                     .map_or("berth", |a| a.access.config().service.as_str());
-                let mut c = format!("Bearer realm=\"{}\",service=\"{service}\"", self.realm);
+                let realm = realm(state, self.host.as_ref(), self.tls);
+                let mut c = format!("Bearer realm=\"{realm}\",service=\"{service}\"");
                 if let Some((repo, need)) = scope {
                     // Clients ask for pull along with push, as docker does.
                     let need = if need.contains(Actions::PUSH) {
@@ -165,12 +170,11 @@ impl Ctx {
 }
 
 /// Where clients fetch tokens: `<public_url>/token`, else the address they reached us at.
-fn realm(state: &AppState, headers: &HeaderMap, tls: bool) -> String {
+fn realm(state: &AppState, host: Option<&HeaderValue>, tls: bool) -> String {
     if let Some(base) = &state.config().public_url {
         return format!("{}/token", base.trim_end_matches('/'));
     }
-    let host = headers
-        .get(header::HOST)
+    let host = host
         .and_then(|h| h.to_str().ok())
         // Echoed into a header: only characters a host[:port] can have.
         .filter(|h| {
@@ -236,7 +240,7 @@ pub async fn login(
     user: &str,
     password: &str,
     source: Option<IpAddr>,
-) -> Result<Identity, ApiError> {
+) -> Result<Arc<Identity>, ApiError> {
     match access.login(user, password, source).await {
         Ok(id) => Ok(id),
         Err(e) => {
@@ -270,7 +274,8 @@ pub async fn authenticate(
     let mut ctx = Ctx {
         caller: Caller::Open,
         source,
-        realm: realm(state, headers, conn.is_some_and(|c| c.tls)),
+        host: headers.get(header::HOST).cloned(),
+        tls: conn.is_some_and(|c| c.tls),
     };
     let Some(auth) = state.auth() else {
         return Ok(ctx);

@@ -118,6 +118,12 @@ impl AppState {
         self.0.auth.as_ref()
     }
 
+    /// Writes the queued audit records; call after [`run`] returns, before closing the
+    /// metadata store.
+    pub async fn flush_audit(&self) {
+        self.0.audit.flush().await;
+    }
+
     /// Queues a record for the audit log (see [`audit`]).
     pub fn audit(&self, r: berth_meta::AuditRecord) {
         self.0.audit.record(r);

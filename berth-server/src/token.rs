@@ -60,7 +60,7 @@ async fn get_inner(state: &AppState, req: Request) -> Result<Response, ApiError>
     let who = match auth::credentials(req.headers()) {
         Credentials::None => s.access.anonymous().await.map_err(RegistryError::from)?,
         Credentials::Basic { user, password } => {
-            auth::login(state, &s.access, &user, &password, source).await?
+            Identity::clone(&*auth::login(state, &s.access, &user, &password, source).await?)
         }
         Credentials::Bearer(_) | Credentials::Malformed(_) => {
             return Err(ApiError::Registry(RegistryError::Unauthorized(
@@ -102,7 +102,7 @@ async fn post_inner(state: &AppState, req: Request) -> Result<Response, ApiError
                     "grant_type=password needs username and password".into(),
                 )));
             };
-            auth::login(state, &s.access, user, password, source).await?
+            Identity::clone(&*auth::login(state, &s.access, user, password, source).await?)
         }
         Some("refresh_token") => {
             let Some(token) = one(&p, "refresh_token") else {

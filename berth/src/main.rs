@@ -255,7 +255,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     );
     tracing::info!("{}", config.exposure(auth_enabled).describe(tls.is_some()));
-    berth_server::run(listener, state, shutdown_signal()).await?;
+    berth_server::run(listener, state.clone(), shutdown_signal()).await?;
+    state.flush_audit().await;
     meta.close().await;
     tracing::info!("stopped");
     Ok(())
