@@ -172,13 +172,16 @@ impl Throttle {
     }
 }
 
+/// Remembered logins: hash of name and password → identity, and when it was checked.
+type LoginCache = HashMap<[u8; 32], (Arc<Identity>, Instant)>;
+
 struct Inner {
     meta: MetaStore,
     config: AccessConfig,
     keyring: RwLock<Keyring>,
     /// A key from a file replaces the stored ones entirely.
     fixed_key: bool,
-    logins: Mutex<HashMap<[u8; 32], (Arc<Identity>, Instant)>>,
+    logins: Mutex<LoginCache>,
     /// Tokens already verified, so a client reusing its token costs a lookup, not a JSON
     /// parse and an HMAC, per request. Keyed by the whole token: a changed byte misses.
     tokens: Mutex<HashMap<String, Arc<Claims>>>,
@@ -573,10 +576,10 @@ impl Access {
 
     /// Checks an access token presented to the registry.
     pub fn verify(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
-        if let Some(c) = lock(&self.0.tokens).get(token) {
-            if now_secs() < c.exp {
-                return Ok(Arc::clone(c));
-            }
+        if let Some(c) = lock(&self.0.tokens).get(token)
+            && now_secs() < c.exp
+        {
+            return Ok(Arc::clone(c));
         }
         let claims = self
             .0

@@ -268,13 +268,18 @@ pub async fn login(
 pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
+    uri: &http::Uri,
     conn: Option<ConnInfo>,
 ) -> Result<Ctx, ApiError> {
     let source = conn.map(|c| c.peer.ip());
     let mut ctx = Ctx {
         caller: Caller::Open,
         source,
-        host: headers.get(header::HOST).cloned(),
+        // HTTP/1.1 names the host in `Host`, HTTP/2 in `:authority` (the URI).
+        host: headers.get(header::HOST).cloned().or_else(|| {
+            uri.authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        }),
         tls: conn.is_some_and(|c| c.tls),
     };
     let Some(auth) = state.auth() else {

@@ -100,7 +100,7 @@ fn needs(ep: &Endpoint, m: &Method) -> Option<(RepoName, Actions)> {
 
 async fn authorize_and_handle(state: &AppState, ep: Endpoint, req: Request) -> ApiResult {
     let conn = req.extensions().get::<ConnInfo>().copied();
-    let ctx = auth::authenticate(state, req.headers(), conn).await?;
+    let ctx = auth::authenticate(state, req.headers(), req.uri(), conn).await?;
     match needs(&ep, req.method()) {
         Some((repo, need)) if !ctx.allows(repo.as_str(), need) => {
             state.audit(AuditRecord {

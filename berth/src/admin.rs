@@ -152,7 +152,8 @@ pub enum RobotCommand {
     List {
         tenant: Option<String>,
     },
-    /// Give a robot a new secret (printed once); the old one stops working.
+    /// Give a robot a new secret (printed once). A running server that remembered the old
+    /// one accepts it until `login_cache_secs` pass; through the API, it stops at once.
     Rotate {
         tenant: String,
         name: String,

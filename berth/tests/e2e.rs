@@ -12,6 +12,8 @@ mod containerd;
 #[path = "e2e/harness.rs"]
 mod harness;
 
+#[path = "e2e/auth.rs"]
+mod auth;
 #[path = "e2e/ctr.rs"]
 mod ctr;
 #[path = "e2e/docker.rs"]
