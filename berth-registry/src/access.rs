@@ -186,7 +186,7 @@ struct Inner {
     /// parse and an HMAC, per request. Keyed by the whole token: a changed byte misses.
     tokens: Mutex<HashMap<String, Arc<Claims>>>,
     throttle: Mutex<Throttle>,
-    anonymous: Mutex<Option<(Identity, Instant)>>,
+    anonymous: Mutex<Option<(Arc<Identity>, Instant)>>,
 }
 
 /// Authentication and management of identities. Cheap to clone.
@@ -458,14 +458,14 @@ impl Access {
     }
 
     /// The caller without credentials: it may pull from public tenants.
-    pub async fn anonymous(&self) -> Result<Identity, berth_meta::MetaError> {
+    pub async fn anonymous(&self) -> Result<Arc<Identity>, berth_meta::MetaError> {
         let now = Instant::now();
         if let Some((id, at)) = &*lock(&self.0.anonymous)
             && now.duration_since(*at) < Duration::from_secs(2)
         {
-            return Ok(id.clone());
+            return Ok(Arc::clone(id));
         }
-        let id = Identity {
+        let id = Arc::new(Identity {
             name: "anonymous".to_owned(),
             kind: IdentityKind::Anonymous,
             grants: Grants {
@@ -473,8 +473,8 @@ impl Access {
                 ..Grants::default()
             },
             cred: String::new(),
-        };
-        *lock(&self.0.anonymous) = Some((id.clone(), now));
+        });
+        *lock(&self.0.anonymous) = Some((Arc::clone(&id), now));
         Ok(id)
     }
 

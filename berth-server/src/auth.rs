@@ -39,7 +39,7 @@ pub struct AuthSettings {
 pub enum Caller {
     /// Authentication is off: everything is allowed (loopback or an explicit opt-in).
     Open,
-    Anonymous(Identity),
+    Anonymous(Arc<Identity>),
     Basic(Arc<Identity>),
     Bearer(Arc<Claims>),
 }
@@ -59,8 +59,9 @@ impl Ctx {
     pub fn allows(&self, repo: &str, need: Actions) -> bool {
         match &self.caller {
             Caller::Open => true,
-            Caller::Anonymous(id) => id.grants.on_repository(repo).contains(need),
-            Caller::Basic(id) => id.grants.on_repository(repo).contains(need),
+            Caller::Anonymous(id) | Caller::Basic(id) => {
+                id.grants.on_repository(repo).contains(need)
+            }
             Caller::Bearer(c) => c.actions_on(repo).contains(need),
         }
     }
@@ -68,8 +69,7 @@ impl Ctx {
     pub fn name(&self) -> &str {
         match &self.caller {
             Caller::Open => "anonymous",
-            Caller::Anonymous(id) => &id.name,
-            Caller::Basic(id) => &id.name,
+            Caller::Anonymous(id) | Caller::Basic(id) => &id.name,
             Caller::Bearer(c) => &c.sub,
         }
     }
@@ -93,8 +93,7 @@ impl Ctx {
         };
         Ok(Some(match &self.caller {
             Caller::Open => return Ok(None),
-            Caller::Anonymous(id) => id.clone(),
-            Caller::Basic(id) => Identity::clone(id),
+            Caller::Anonymous(id) | Caller::Basic(id) => Identity::clone(id),
             Caller::Bearer(c) => match auth
                 .access
                 .identity(&c.sub)
@@ -102,7 +101,9 @@ impl Ctx {
                 .map_err(RegistryError::from)?
             {
                 Some(id) => id,
-                None => auth.access.anonymous().await.map_err(RegistryError::from)?,
+                None => {
+                    Identity::clone(&*auth.access.anonymous().await.map_err(RegistryError::from)?)
+                }
             },
         }))
     }
@@ -290,16 +291,10 @@ pub async fn authenticate(
             Caller::Anonymous(auth.access.anonymous().await.map_err(RegistryError::from)?)
         }
         Credentials::Basic { user, password } => {
-            let anon = Ctx {
-                caller: Caller::Anonymous(
-                    auth.access.anonymous().await.map_err(RegistryError::from)?,
-                ),
-                ..ctx.clone()
-            };
             match login(state, &auth.access, &user, &password, source).await {
                 Ok(id) => Caller::Basic(id),
                 Err(ApiError::Registry(RegistryError::Unauthorized(_))) => {
-                    return Err(anon.challenge(state, None, None));
+                    return Err(ctx.challenge(state, None, None));
                 }
                 Err(e) => return Err(e),
             }

@@ -58,7 +58,9 @@ async fn get_inner(state: &AppState, req: Request) -> Result<Response, ApiError>
     let p = params(req.uri().query().unwrap_or("").as_bytes())?;
     check_service(s, &p)?;
     let who = match auth::credentials(req.headers()) {
-        Credentials::None => s.access.anonymous().await.map_err(RegistryError::from)?,
+        Credentials::None => {
+            Identity::clone(&*s.access.anonymous().await.map_err(RegistryError::from)?)
+        }
         Credentials::Basic { user, password } => {
             Identity::clone(&*auth::login(state, &s.access, &user, &password, source).await?)
         }
