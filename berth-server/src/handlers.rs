@@ -56,6 +56,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// Entry point for everything that is not an operational route.
 pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let method = req.method().clone();
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || header_str(req.headers(), header::CONTENT_LENGTH).is_some_and(|v| v != "0");
     let (route, result) = match Endpoint::parse(req.uri().path()) {
         Ok(ep) => (ep.route(), authorize_and_handle(&state, ep, req).await),
         // No manifest can exist under a malformed tag: reading one is a plain miss, only
@@ -67,6 +69,13 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         Err(e) => ("invalid", Err(e)),
     };
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
+    // A refusal sent before the request body was read (401 on a PUT, 413, ...) leaves
+    // unread bytes on the connection, so it cannot be reused; saying so lets the client
+    // open a new one instead of failing its next request on a closed socket.
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp.headers_mut()
         .insert("docker-distribution-api-version", API_VERSION);
     state

@@ -1103,3 +1103,26 @@ async fn management_api_round_trip() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn a_refused_body_closes_the_connection() {
+    // Found by the conformance suite with `challenge = "basic"`: a 401 to a PUT whose body
+    // was never read left the connection looking reusable, and the client's retry on it
+    // failed with EOF.
+    let s = start(AccessConfig::default()).await;
+    let r = s
+        .req(
+            Method::PUT,
+            "/v2/team-a/app/blobs/uploads/x?digest=sha256:00",
+            &Cred::Anonymous,
+        )
+        .body(vec![7u8; 100_000])
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["connection"], "close");
+    // Requests without a body keep their connection.
+    let r = s.send(Method::GET, "/v2/", &Cred::Anonymous).await;
+    assert!(r.headers().get("connection").is_none());
+}
