@@ -3,6 +3,7 @@
 //! credentials, secrets kept out of the log, protected mode with authentication, and the
 //! bootstrap admin password.
 
+use base64::Engine as _;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -26,45 +27,15 @@ fn secret(label: &str) -> String {
     hex::encode(Sha256::digest(unique(label).as_bytes()))[..32].to_owned()
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 fn b64encode(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(B64[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[track_caller]
 fn b64decode(text: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.trim().bytes().filter(|c| *c != b'=') {
-        let v = B64
-            .iter()
-            .position(|b| *b == c)
-            .unwrap_or_else(|| panic!("not base64: {text:?}"));
-        acc = acc << 6 | u32::try_from(v).expect("a 6-bit value");
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(u8::try_from(acc >> bits & 0xff).expect("a byte"));
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .unwrap_or_else(|e| panic!("not base64 ({e}): {text:?}"))
 }
 
 /// The `Authorization` value for Basic credentials.
