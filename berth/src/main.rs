@@ -4,6 +4,7 @@
 mod admin;
 mod config;
 mod fsck;
+mod layout;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -71,6 +72,22 @@ enum Command {
         store: admin::StoreArgs,
         #[command(flatten)]
         args: admin::AuditArgs,
+    },
+    /// Write images (all tags of a repository, a tag, or a digest) to an OCI image layout,
+    /// verifying every blob's digest.
+    Export {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+        #[command(flatten)]
+        args: layout::ExportArgs,
+    },
+    /// Push the images of an OCI image layout (as written by `export`, skopeo or umoci)
+    /// into the registry, verifying every blob's digest.
+    Import {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+        #[command(flatten)]
+        args: layout::ImportArgs,
     },
     /// Rotate the token signing key.
     RotateKey {
@@ -311,6 +328,8 @@ fn main() -> anyhow::Result<()> {
         Command::Robot { store, cmd } => runtime.block_on(admin::robot(&store, cmd)),
         Command::Secret { store, args } => runtime.block_on(admin::secret(&store, args)),
         Command::Audit { store, args } => runtime.block_on(admin::audit(&store, args)),
+        Command::Export { store, args } => runtime.block_on(layout::export(&store, args)),
+        Command::Import { store, args } => runtime.block_on(layout::import(&store, args)),
         Command::RotateKey { store } => runtime.block_on(admin::rotate_key(&store)),
         Command::Fsck(args) => match runtime.block_on(fsck::run(args)) {
             Ok(true) => Ok(()),

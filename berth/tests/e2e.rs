@@ -22,6 +22,8 @@ mod docker;
 mod hostile;
 #[path = "e2e/large.rs"]
 mod large;
+#[path = "e2e/layout.rs"]
+mod layout;
 #[path = "e2e/multiarch.rs"]
 mod multiarch;
 #[path = "e2e/oras.rs"]
