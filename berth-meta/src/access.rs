@@ -75,6 +75,34 @@ pub struct AuditQuery {
     pub limit: u64,
 }
 
+/// The audit row of a management change.
+struct Audited<'a> {
+    actor: &'a Actor,
+    action: &'a str,
+    tenant: Option<&'a str>,
+    target: &'a str,
+    detail: Option<&'a str>,
+}
+
+impl<'a> Audited<'a> {
+    fn new(actor: &'a Actor, action: &'a str, tenant: Option<&'a str>, target: &'a str) -> Self {
+        Audited {
+            actor,
+            action,
+            tenant,
+            target,
+            detail: None,
+        }
+    }
+
+    fn detail(self, detail: &'a str) -> Self {
+        Audited {
+            detail: Some(detail),
+            ..self
+        }
+    }
+}
+
 fn flag(v: bool) -> i64 {
     i64::from(v)
 }
@@ -148,25 +176,19 @@ impl MetaStore {
         admin: bool,
         actor: &Actor,
     ) -> Result<bool> {
-        let mut tx = self.write().await?;
-        let done = sqlx::query(
+        let q = sqlx::query(
             "INSERT INTO users (name, password_hash, admin, disabled, created_at) VALUES ($1, $2, $3, 0, $4) \
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
         .bind(password_hash)
         .bind(flag(admin))
-        .bind(now_micros())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if done {
-            let detail = admin.then_some("admin");
-            Self::manage_audit(&mut tx, actor, "user.create", None, name, detail).await?;
+        .bind(now_micros());
+        let mut audit = Audited::new(actor, "user.create", None, name);
+        if admin {
+            audit = audit.detail("admin");
         }
-        tx.commit().await?;
-        Ok(done)
+        self.change_one(q, audit).await
     }
 
     /// Creates the users of an import that do not exist yet, in one transaction; returns
@@ -242,18 +264,9 @@ impl MetaStore {
     }
 
     pub async fn delete_user(&self, name: &str, actor: &Actor) -> Result<bool> {
-        let mut tx = self.write().await?;
-        let done = sqlx::query("DELETE FROM users WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
-        if done {
-            Self::manage_audit(&mut tx, actor, "user.delete", None, name, None).await?;
-        }
-        tx.commit().await?;
-        Ok(done)
+        let q = sqlx::query("DELETE FROM users WHERE name = $1").bind(name);
+        self.change_one(q, Audited::new(actor, "user.delete", None, name))
+            .await
     }
 
     // ---- tenants and members ----
@@ -288,65 +301,34 @@ impl MetaStore {
 
     /// Creates a tenant; `false` if it exists.
     pub async fn create_tenant(&self, name: &str, public: bool, actor: &Actor) -> Result<bool> {
-        let mut tx = self.write().await?;
-        let done = sqlx::query(
+        let q = sqlx::query(
             "INSERT INTO tenants (name, public, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
         .bind(flag(public))
-        .bind(now_micros())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if done {
-            let detail = public.then_some("public");
-            Self::manage_audit(&mut tx, actor, "tenant.create", Some(name), name, detail).await?;
+        .bind(now_micros());
+        let mut audit = Audited::new(actor, "tenant.create", Some(name), name);
+        if public {
+            audit = audit.detail("public");
         }
-        tx.commit().await?;
-        Ok(done)
+        self.change_one(q, audit).await
     }
 
     pub async fn set_tenant_public(&self, name: &str, public: bool, actor: &Actor) -> Result<bool> {
-        let mut tx = self.write().await?;
-        let done = sqlx::query("UPDATE tenants SET public = $1 WHERE name = $2")
+        let q = sqlx::query("UPDATE tenants SET public = $1 WHERE name = $2")
             .bind(flag(public))
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
-        if done {
-            let detail = if public { "public" } else { "private" };
-            Self::manage_audit(
-                &mut tx,
-                actor,
-                "tenant.visibility",
-                Some(name),
-                name,
-                Some(detail),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(done)
+            .bind(name);
+        let detail = if public { "public" } else { "private" };
+        let audit = Audited::new(actor, "tenant.visibility", Some(name), name).detail(detail);
+        self.change_one(q, audit).await
     }
 
     /// Deletes a tenant with its members and robots (its repositories stay, reachable by
     /// admins).
     pub async fn delete_tenant(&self, name: &str, actor: &Actor) -> Result<bool> {
-        let mut tx = self.write().await?;
-        let done = sqlx::query("DELETE FROM tenants WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
-        if done {
-            Self::manage_audit(&mut tx, actor, "tenant.delete", Some(name), name, None).await?;
-        }
-        tx.commit().await?;
-        Ok(done)
+        let q = sqlx::query("DELETE FROM tenants WHERE name = $1").bind(name);
+        self.change_one(q, Audited::new(actor, "tenant.delete", Some(name), name))
+            .await
     }
 
     /// `(user, role)` of every member of `tenant`.
@@ -513,15 +495,13 @@ impl MetaStore {
         secret_hash: &str,
         actor: &Actor,
     ) -> Result<bool> {
-        self.robot_update(
-            tenant,
-            name,
-            "secret_hash",
-            secret_hash.to_owned(),
-            "robot.rotate",
-            actor,
-        )
-        .await
+        let q = sqlx::query("UPDATE robots SET secret_hash = $1 WHERE tenant = $2 AND name = $3")
+            .bind(secret_hash)
+            .bind(tenant)
+            .bind(name);
+        let login = format!("{tenant}+{name}");
+        self.change_one(q, Audited::new(actor, "robot.rotate", Some(tenant), &login))
+            .await
     }
 
     pub async fn set_robot_disabled(
@@ -531,68 +511,48 @@ impl MetaStore {
         disabled: bool,
         actor: &Actor,
     ) -> Result<bool> {
+        let q = sqlx::query("UPDATE robots SET disabled = $1 WHERE tenant = $2 AND name = $3")
+            .bind(flag(disabled))
+            .bind(tenant)
+            .bind(name);
         let action = if disabled {
             "robot.disable"
         } else {
             "robot.enable"
         };
-        let mut tx = self.write().await?;
-        let done = sqlx::query("UPDATE robots SET disabled = $1 WHERE tenant = $2 AND name = $3")
-            .bind(flag(disabled))
-            .bind(tenant)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
-        if done {
-            let login = format!("{tenant}+{name}");
-            Self::manage_audit(&mut tx, actor, action, Some(tenant), &login, None).await?;
-        }
-        tx.commit().await?;
-        Ok(done)
-    }
-
-    async fn robot_update(
-        &self,
-        tenant: &str,
-        name: &str,
-        column: &'static str,
-        value: String,
-        action: &str,
-        actor: &Actor,
-    ) -> Result<bool> {
-        let mut tx = self.write().await?;
-        let done = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE robots SET {column} = $1 WHERE tenant = $2 AND name = $3"
-        )))
-        .bind(value)
-        .bind(tenant)
-        .bind(name)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if done {
-            let login = format!("{tenant}+{name}");
-            Self::manage_audit(&mut tx, actor, action, Some(tenant), &login, None).await?;
-        }
-        tx.commit().await?;
-        Ok(done)
+        let login = format!("{tenant}+{name}");
+        self.change_one(q, Audited::new(actor, action, Some(tenant), &login))
+            .await
     }
 
     pub async fn delete_robot(&self, tenant: &str, name: &str, actor: &Actor) -> Result<bool> {
-        let mut tx = self.write().await?;
-        let done = sqlx::query("DELETE FROM robots WHERE tenant = $1 AND name = $2")
+        let q = sqlx::query("DELETE FROM robots WHERE tenant = $1 AND name = $2")
             .bind(tenant)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
+            .bind(name);
+        let login = format!("{tenant}+{name}");
+        self.change_one(q, Audited::new(actor, "robot.delete", Some(tenant), &login))
+            .await
+    }
+
+    /// Runs `q`, which changes at most one row, and audits it in the same transaction if
+    /// it did; `false` if nothing matched.
+    async fn change_one<'q>(
+        &self,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+        audit: Audited<'_>,
+    ) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let done = q.execute(&mut *tx).await?.rows_affected() == 1;
         if done {
-            let login = format!("{tenant}+{name}");
-            Self::manage_audit(&mut tx, actor, "robot.delete", Some(tenant), &login, None).await?;
+            Self::manage_audit(
+                &mut tx,
+                audit.actor,
+                audit.action,
+                audit.tenant,
+                audit.target,
+                audit.detail,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(done)
