@@ -52,6 +52,13 @@ pub enum RegistryError {
     Invalid(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The pull-through upstream could not be reached and nothing was cached.
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    /// The pull-through upstream answered with something unusable (bad digest, refused
+    /// credentials, a malformed reply).
+    #[error("upstream failed: {0}")]
+    UpstreamFailed(String),
     #[error(transparent)]
     Storage(StorageError),
     #[error(transparent)]

@@ -6,6 +6,7 @@ pub mod access;
 mod cache;
 mod error;
 pub mod fsck;
+mod proxy;
 mod refs;
 
 use std::sync::Arc;
@@ -21,7 +22,9 @@ use futures_util::Stream;
 use serde::Serialize;
 
 pub use berth_meta::{Actor, Backend, Referrer};
+pub use berth_upstream::UpstreamConfig;
 pub use error::RegistryError;
+pub use proxy::{Pulled, PulledBlob, UpstreamSettings};
 
 use cache::TtlCache;
 
@@ -131,6 +134,8 @@ pub struct Registry {
     meta: MetaStore,
     config: RegistryConfig,
     cache: Arc<Caches>,
+    /// Pull-through upstreams, if any are configured.
+    proxy: Option<Arc<proxy::Proxy>>,
 }
 
 impl Registry {
@@ -145,6 +150,7 @@ impl Registry {
                 manifests: TtlCache::new(n, ttl),
                 blob_links: TtlCache::new(n, ttl),
             }),
+            proxy: None,
         }
     }
 

@@ -130,6 +130,8 @@ impl ApiError {
                 R::InUse(_) => (StatusCode::METHOD_NOT_ALLOWED, Some(ErrorCode::Unsupported)),
                 R::Storage(_) if is_no_space(e) => (StatusCode::INSUFFICIENT_STORAGE, None),
                 R::Meta(m) if m.is_storage_full() => (StatusCode::INSUFFICIENT_STORAGE, None),
+                R::UpstreamUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
+                R::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, None),
                 R::Internal(_) | R::Storage(_) | R::Meta(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, None)
                 }

@@ -25,6 +25,9 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Accept an index whose child manifests are not in the repository.
     pub allow_sparse_index: bool,
+    /// Pull-through upstreams (`[[upstream]]` tables).
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<UpstreamEntry>,
 }
 
 impl Default for Config {
@@ -42,6 +45,38 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             allow_sparse_index: false,
+            upstreams: Vec::new(),
+        }
+    }
+}
+
+/// One pull-through upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamEntry {
+    /// The registry host clients use (`docker.io`): repositories named `docker.io/...`
+    /// and mirror requests with `?ns=docker.io` are served from this upstream.
+    pub name: String,
+    /// The URL actually contacted. Default: `https://<name>`, and for `docker.io`
+    /// `https://registry-1.docker.io`.
+    pub url: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Seconds a tag fetched from the upstream is served before it is checked again.
+    #[serde(default = "default_tag_ttl")]
+    pub tag_ttl_secs: u64,
+}
+
+fn default_tag_ttl() -> u64 {
+    300
+}
+
+impl UpstreamEntry {
+    pub fn url(&self) -> String {
+        match (&self.url, self.name.as_str()) {
+            (Some(u), _) => u.clone(),
+            (None, "docker.io") => "https://registry-1.docker.io".to_owned(),
+            (None, host) => format!("https://{host}"),
         }
     }
 }
@@ -493,6 +528,21 @@ mod tests {
         assert!(toml::from_str::<Config>("[tls]\ncert = \"/c.pem\"").is_err());
         let c: Config = toml::from_str("[security]\nallow_insecure_http = true").expect("parse");
         assert!(c.security.allow_insecure_http);
+    }
+
+    #[test]
+    fn upstreams() {
+        let c: Config = toml::from_str(
+            "[[upstream]]\nname = \"docker.io\"\n\n[[upstream]]\nname = \"ghcr.io\"\n\
+             url = \"http://127.0.0.1:5001\"\nusername = \"u\"\npassword = \"p\"\ntag_ttl_secs = 5",
+        )
+        .expect("parse");
+        assert_eq!(c.upstreams.len(), 2);
+        assert_eq!(c.upstreams[0].url(), "https://registry-1.docker.io");
+        assert_eq!(c.upstreams[0].tag_ttl_secs, 300);
+        assert_eq!(c.upstreams[1].url(), "http://127.0.0.1:5001");
+        assert_eq!(c.upstreams[1].username.as_deref(), Some("u"));
+        assert!(toml::from_str::<Config>("[[upstream]]\nname = \"x\"\nttl = 1").is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use berth_meta::MetaStore;
 use berth_registry::access::Access;
-use berth_registry::{Registry, RegistryConfig};
+use berth_registry::{Registry, RegistryConfig, UpstreamConfig, UpstreamSettings};
 use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
 use berth_storage::{BlobStore, FsStore};
 use clap::{Parser, Subcommand};
@@ -185,7 +185,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             cache_ttl: Duration::from_millis(config.cache.ttl_ms),
             cache_entries: config.cache.entries.max(1),
         },
-    );
+    )
+    .with_upstreams(
+        config
+            .upstreams
+            .iter()
+            .map(|u| UpstreamSettings {
+                client: UpstreamConfig {
+                    username: u.username.clone(),
+                    password: u.password.clone(),
+                    ..UpstreamConfig::new(u.name.clone(), u.url())
+                },
+                tag_ttl: Duration::from_secs(u.tag_ttl_secs),
+            })
+            .collect(),
+    )?;
     let auth = if config.auth.enabled {
         let key = admin::read_key_file(&config)?;
         let access = Access::new(meta.clone(), config.auth.access_config(), key)
