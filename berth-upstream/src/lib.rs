@@ -7,8 +7,9 @@
 //! cache serves stale content for the first and a miss for the second.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use berth_oci::{Algorithm, Digest, Reference};
 use bytes::Bytes;
@@ -28,15 +29,27 @@ const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// Tokens without `expires_in` live 60 s per the token spec.
 const DEFAULT_TOKEN_SECS: u64 = 60;
 
+/// How long to leave an upstream alone after a 429 that did not say (Docker Hub always
+/// says; this is for registries that do not).
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The longest wait an upstream can impose: a `Retry-After` of a day would otherwise turn
+/// one bad answer into a day without refreshes.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// Connection refused, timeout, 5xx or 429: try again later, serve from cache meanwhile.
     #[error("upstream unavailable: {reason}")]
     Unavailable {
         reason: String,
-        /// What a 429 or 503 asked for in `Retry-After` (seconds form only).
+        /// How long the upstream asked us to stay away (a 503's `Retry-After`).
         retry_after: Option<Duration>,
     },
+    /// The upstream rate-limited us (429), now or earlier and the wait is not over: no
+    /// request was sent.
+    #[error("upstream is rate limiting: retry in {} s", retry_after.as_secs().max(1))]
+    Throttled { retry_after: Duration },
     #[error("not found upstream")]
     NotFound,
     #[error("upstream refused our credentials: {0}")]
@@ -46,6 +59,19 @@ pub enum UpstreamError {
     /// Anything else the upstream answered that makes no sense for the request.
     #[error("invalid upstream response: {0}")]
     Invalid(String),
+    /// The configuration cannot work (bad URL scheme, unreadable CA file).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl UpstreamError {
+    /// Worth serving stale content for: the upstream may answer differently later.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Unavailable { .. } | UpstreamError::Throttled { .. }
+        )
+    }
 }
 
 pub type Result<T, E = UpstreamError> = std::result::Result<T, E>;
@@ -61,6 +87,9 @@ pub struct UpstreamConfig {
     pub password: Option<String>,
     /// Per-request timeout for connecting and for headers; bodies may stream longer.
     pub timeout: Duration,
+    /// PEM file with CA certificates trusted for this upstream, in addition to the
+    /// system's roots (a private registry with its own CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl UpstreamConfig {
@@ -71,6 +100,7 @@ impl UpstreamConfig {
             username: None,
             password: None,
             timeout: Duration::from_secs(30),
+            ca_file: None,
         }
     }
 
@@ -120,27 +150,112 @@ pub struct Upstream {
     http: reqwest::Client,
     /// Bearer tokens by scope, reused until shortly before they expire.
     tokens: Mutex<HashMap<String, CachedToken>>,
+    /// Until when the upstream asked to be left alone, and whether it was a rate limit.
+    backoff: Mutex<Option<Backoff>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    until: Instant,
+    throttled: bool,
+}
+
+/// rustls needs a process-wide crypto provider for clients built by reqwest. Ring, like
+/// the server side (see `berth-server`'s `tls`): aws-lc-rs is a large C build.
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another caller installing the same provider is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
 }
 
 impl Upstream {
     pub fn new(config: UpstreamConfig) -> Result<Upstream> {
-        // reqwest is built without TLS so far; say so now rather than on every pull.
-        if !config.url.starts_with("http://") {
-            return Err(UpstreamError::Invalid(format!(
-                "upstream {}: only http:// URLs are supported in this build, not {}",
+        // Say so at startup rather than on every pull.
+        if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
+            return Err(UpstreamError::Config(format!(
+                "upstream {}: the URL must start with http:// or https://, not {}",
                 config.name, config.url
             )));
         }
-        let http = reqwest::Client::builder()
+        ensure_crypto_provider();
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(config.timeout)
-            .read_timeout(config.timeout)
+            .read_timeout(config.timeout);
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                UpstreamError::Config(format!(
+                    "upstream {}: reading ca_file {}: {e}",
+                    config.name,
+                    path.display()
+                ))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                UpstreamError::Config(format!(
+                    "upstream {}: ca_file {}: {e}",
+                    config.name,
+                    path.display()
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(UpstreamError::Config(format!(
+                    "upstream {}: ca_file {} holds no PEM certificate",
+                    config.name,
+                    path.display()
+                )));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
             .build()
-            .map_err(|e| UpstreamError::Invalid(format!("HTTP client: {e}")))?;
+            .map_err(|e| UpstreamError::Config(format!("upstream {}: {e}", config.name)))?;
         Ok(Upstream {
             config,
             http,
             tokens: Mutex::new(HashMap::new()),
+            backoff: Mutex::new(None),
         })
+    }
+
+    /// The error to answer instead of asking, while an earlier `Retry-After` runs.
+    fn backing_off(&self) -> Option<UpstreamError> {
+        let now = Instant::now();
+        let b = (*self.backoff.lock().ok()?)?;
+        let left = b.until.checked_duration_since(now)?;
+        Some(if b.throttled {
+            UpstreamError::Throttled { retry_after: left }
+        } else {
+            UpstreamError::Unavailable {
+                reason: format!("upstream {} asked to wait", self.config.name),
+                retry_after: Some(left),
+            }
+        })
+    }
+
+    /// Remembers a 429 (with or without `Retry-After`) or a 503 with `Retry-After`.
+    fn note_status(&self, resp: &Response) {
+        let status = resp.status();
+        let throttled = status == StatusCode::TOO_MANY_REQUESTS;
+        let asked = retry_after(resp);
+        let wait = match (throttled, asked) {
+            (true, Some(d)) => d,
+            (true, None) => DEFAULT_BACKOFF,
+            (false, Some(d)) if status == StatusCode::SERVICE_UNAVAILABLE => d,
+            _ => return,
+        }
+        .min(MAX_BACKOFF);
+        tracing::warn!(
+            upstream = %self.config.name,
+            %status,
+            wait_secs = wait.as_secs(),
+            "upstream asked to wait; not contacting it until then"
+        );
+        if let Ok(mut b) = self.backoff.lock() {
+            *b = Some(Backoff {
+                until: Instant::now() + wait,
+                throttled,
+            });
+        }
     }
 
     pub fn config(&self) -> &UpstreamConfig {
@@ -180,8 +295,12 @@ impl Upstream {
                 None => rb,
             }
         };
+        if let Some(e) = self.backing_off() {
+            return Err(e);
+        }
         let first = self.token_for(&scope).map(Auth::Bearer);
         let resp = build(first.as_ref()).send().await.map_err(unavailable)?;
+        self.note_status(&resp);
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -217,6 +336,7 @@ impl Upstream {
             }
         };
         let resp = build(Some(&auth)).send().await.map_err(unavailable)?;
+        self.note_status(&resp);
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(UpstreamError::Unauthorized(
                 "credentials refused after the challenge".into(),
@@ -241,6 +361,7 @@ impl Upstream {
             rb = rb.basic_auth(user, self.config.password.clone());
         }
         let resp = rb.send().await.map_err(unavailable)?;
+        self.note_status(&resp);
         let resp = check_status(resp)?;
         let body: serde_json::Value = resp
             .json()
@@ -391,16 +512,15 @@ fn check_status(resp: Response) -> Result<Response> {
     if status == StatusCode::NOT_FOUND {
         return Err(UpstreamError::NotFound);
     }
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        let retry_after = resp
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(UpstreamError::Throttled {
+            retry_after: retry_after(&resp).unwrap_or(DEFAULT_BACKOFF),
+        });
+    }
+    if status.is_server_error() {
         return Err(UpstreamError::Unavailable {
             reason: format!("upstream answered {status}"),
-            retry_after,
+            retry_after: retry_after(&resp),
         });
     }
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -411,6 +531,16 @@ fn check_status(resp: Response) -> Result<Response> {
     Err(UpstreamError::Invalid(format!(
         "upstream answered {status}"
     )))
+}
+
+/// `Retry-After` in either form: seconds, or an HTTP date.
+fn retry_after(resp: &Response) -> Option<Duration> {
+    let v = resp.headers().get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 async fn read_capped(resp: Response, cap: usize) -> Result<Bytes> {
