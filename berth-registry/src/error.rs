@@ -53,8 +53,19 @@ pub enum RegistryError {
     #[error("internal error: {0}")]
     Internal(String),
     /// The pull-through upstream could not be reached and nothing was cached.
-    #[error("upstream unavailable: {0}")]
-    UpstreamUnavailable(String),
+    #[error("upstream unavailable: {reason}")]
+    UpstreamUnavailable {
+        reason: String,
+        /// Set when the upstream said how long to wait (a 503's `Retry-After`).
+        retry_after_secs: Option<u64>,
+    },
+    /// The upstream rate-limited the cache (429) and nothing was cached: the client gets
+    /// the remaining wait.
+    #[error("upstream {upstream} is rate limiting this cache; retry in {retry_after_secs} s")]
+    UpstreamThrottled {
+        upstream: String,
+        retry_after_secs: u64,
+    },
     /// The pull-through upstream answered with something unusable (bad digest, refused
     /// credentials, a malformed reply).
     #[error("upstream failed: {0}")]

@@ -5,6 +5,7 @@
 pub mod access;
 mod cache;
 mod error;
+mod flight;
 pub mod fsck;
 mod proxy;
 mod refs;
@@ -24,7 +25,7 @@ use serde::Serialize;
 pub use berth_meta::{Actor, Backend, Referrer};
 pub use berth_upstream::UpstreamConfig;
 pub use error::RegistryError;
-pub use proxy::{Pulled, PulledBlob, UpstreamSettings};
+pub use proxy::{BlobSource, Pulled, PulledBlob, UpstreamSettings};
 
 use cache::TtlCache;
 

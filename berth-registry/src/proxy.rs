@@ -8,9 +8,16 @@
 //!   path (hashed while written); the blob is linked only if its digest verifies, and the
 //!   client's last chunk is held back until then, so a corrupt blob is never completed
 //!   for the client either.
+//! * Concurrent misses of one manifest or blob are one upstream fetch (`flight`): the
+//!   first request fetches, the others wait and are then answered from storage.
+//! * An upstream "not found" is remembered for `negative_ttl`, so a client retrying a
+//!   missing tag does not turn into a stream of upstream requests.
+//! * An upstream's `429` (and `503` with `Retry-After`) is respected by the client in
+//!   `berth-upstream`: until the time is up it is not contacted, cached content is served
+//!   (tags with a warning) and misses get the remaining wait.
 //!
-//! Not yet: single-flight for concurrent misses, negative caching, Retry-After back-off,
-//! refusing pushes into upstream namespaces, eviction.
+//! Not yet: eviction, sharing one upstream stream among concurrent clients (followers
+//! wait for the whole blob to be stored).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,26 +32,37 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
+use crate::flight::{self, Flights, Lead, Seat};
 use crate::{Manifest, Registry, RegistryError, Result, cache};
 
-/// One configured upstream and how long a tag fetched from it is trusted.
+/// One configured upstream and how long what it said is trusted.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
     pub client: UpstreamConfig,
     /// A tag is re-checked upstream when it was last checked longer ago than this.
     pub tag_ttl: Duration,
+    /// An upstream "not found" is believed this long without asking again.
+    pub negative_ttl: Duration,
 }
 
 struct Route {
     upstream: Upstream,
     tag_ttl: Duration,
+    negative_ttl: Duration,
 }
+
+/// An outcome shared by a flight's leader with its followers.
+type Shared<T> = std::result::Result<T, Arc<RegistryError>>;
 
 pub(crate) struct Proxy {
     routes: Vec<Route>,
     /// When each (repo, tag) was last confirmed upstream. In memory: after a restart every
     /// tag is re-checked once, which costs one HEAD and is never wrong.
     checked: Mutex<HashMap<String, Instant>>,
+    /// Until when an upstream "not found" for (repo, reference or digest) stands.
+    missing: Mutex<HashMap<String, Instant>>,
+    manifests: Flights<Shared<Pulled>>,
+    blobs: Flights<Shared<()>>,
 }
 
 impl Proxy {
@@ -53,14 +71,19 @@ impl Proxy {
             .into_iter()
             .map(|s| {
                 Ok(Route {
-                    upstream: Upstream::new(s.client).map_err(upstream_error)?,
+                    upstream: Upstream::new(s.client)
+                        .map_err(|e| RegistryError::Invalid(e.to_string()))?,
                     tag_ttl: s.tag_ttl,
+                    negative_ttl: s.negative_ttl,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Proxy {
             routes,
             checked: Mutex::new(HashMap::new()),
+            missing: Mutex::new(HashMap::new()),
+            manifests: Flights::default(),
+            blobs: Flights::default(),
         })
     }
 
@@ -84,6 +107,35 @@ impl Proxy {
             m.insert(key, Instant::now());
         }
     }
+
+    fn known_missing(&self, key: &str) -> bool {
+        let Ok(mut m) = self.missing.lock() else {
+            return false;
+        };
+        match m.get(key) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                m.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn mark_missing(&self, key: String, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut m) = self.missing.lock() {
+            let now = Instant::now();
+            // Expired entries go when the map grows, so a scan of random names cannot
+            // grow it for longer than one TTL.
+            if m.len() >= 4096 {
+                m.retain(|_, until| *until > now);
+            }
+            m.insert(key, now + ttl);
+        }
+    }
 }
 
 /// A manifest served through the cache; `warning` is set when it may be stale.
@@ -91,6 +143,14 @@ impl Proxy {
 pub struct Pulled {
     pub manifest: Manifest,
     pub warning: Option<String>,
+}
+
+/// Where a blob that was not in storage comes from now.
+pub enum BlobSource {
+    /// Another request fetched it meanwhile (or it was there after all): read it locally.
+    Stored,
+    /// On its way from the upstream (stored as it passes).
+    Upstream(PulledBlob),
 }
 
 /// A blob on its way from an upstream to the client (and into storage).
@@ -101,11 +161,59 @@ pub struct PulledBlob {
     pub body: Option<std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>>,
 }
 
-fn upstream_error(e: UpstreamError) -> RegistryError {
+/// What an upstream failure means for a request that has nothing cached to fall back on.
+fn upstream_error(upstream: &str, e: UpstreamError) -> RegistryError {
     match e {
-        UpstreamError::Unavailable { .. } => RegistryError::UpstreamUnavailable(e.to_string()),
-        other => RegistryError::UpstreamFailed(other.to_string()),
+        UpstreamError::Throttled { retry_after } => RegistryError::UpstreamThrottled {
+            upstream: upstream.to_owned(),
+            retry_after_secs: retry_after.as_secs().max(1),
+        },
+        UpstreamError::Unavailable {
+            reason,
+            retry_after,
+        } => RegistryError::UpstreamUnavailable {
+            reason: format!("{upstream}: {reason}"),
+            retry_after_secs: retry_after.map(|d| d.as_secs().max(1)),
+        },
+        other => RegistryError::UpstreamFailed(format!("{upstream}: {other}")),
     }
+}
+
+/// A leader's error, rebuilt for a follower (errors are not `Clone`: they may hold I/O
+/// errors). What a client can act on keeps its kind; the rest becomes `UpstreamFailed`.
+fn replay(e: &RegistryError) -> RegistryError {
+    use RegistryError as R;
+    match e {
+        R::ManifestUnknown => R::ManifestUnknown,
+        R::BlobUnknown => R::BlobUnknown,
+        R::UpstreamThrottled {
+            upstream,
+            retry_after_secs,
+        } => R::UpstreamThrottled {
+            upstream: upstream.clone(),
+            retry_after_secs: *retry_after_secs,
+        },
+        R::UpstreamUnavailable {
+            reason,
+            retry_after_secs,
+        } => R::UpstreamUnavailable {
+            reason: reason.clone(),
+            retry_after_secs: *retry_after_secs,
+        },
+        R::ManifestTooLarge { limit } => R::ManifestTooLarge { limit: *limit },
+        other => R::UpstreamFailed(other.to_string()),
+    }
+}
+
+fn share<T: Clone>(r: &Result<T>) -> Shared<T> {
+    match r {
+        Ok(v) => Ok(v.clone()),
+        Err(e) => Err(Arc::new(replay(e))),
+    }
+}
+
+fn unshare<T>(r: Shared<T>) -> Result<T> {
+    r.map_err(|e| replay(&e))
 }
 
 impl Registry {
@@ -117,6 +225,13 @@ impl Registry {
             Some(Arc::new(Proxy::new(upstreams)?))
         };
         Ok(self)
+    }
+
+    /// The upstream whose cache holds `repo`, if any. Its content is written only by the
+    /// cache: pushes and deletes there are refused.
+    pub fn cached_upstream(&self, repo: &RepoName) -> Option<&str> {
+        let proxy = self.proxy.as_ref()?;
+        proxy.route(repo).map(|(r, _)| r.upstream.name())
     }
 
     /// The local repository a request names. containerd, used as a mirror, sends the
@@ -150,26 +265,96 @@ impl Registry {
                 warning: None,
             });
         };
+        let key = cache::key(repo.as_str(), &reference.to_string());
+        if let Some(p) = self.manifest_from_cache(proxy, route, repo, reference).await? {
+            return Ok(p);
+        }
+        if proxy.known_missing(&key) {
+            return Err(RegistryError::ManifestUnknown);
+        }
+        loop {
+            match proxy.manifests.join(&key) {
+                Seat::Follower(rx) => match flight::wait(rx).await {
+                    Some(outcome) => return unshare(outcome),
+                    None => continue, // the leader was cancelled: try again
+                },
+                Seat::Leader(lead) => {
+                    // A flight that ended between our miss and `join` stored it already.
+                    let r = match self.manifest_from_cache(proxy, route, repo, reference).await {
+                        Ok(Some(p)) => Ok(p),
+                        Ok(None) => {
+                            self.pull_manifest(proxy, route, &remote, repo, reference)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if matches!(r, Err(RegistryError::ManifestUnknown)) {
+                        proxy.mark_missing(key, route.negative_ttl);
+                    }
+                    lead.land(share(&r));
+                    return r;
+                }
+            }
+        }
+    }
+
+    /// The cached answer if it needs no upstream: a manifest by digest that is here, or a
+    /// tag checked within its TTL.
+    async fn manifest_from_cache(
+        &self,
+        proxy: &Proxy,
+        route: &Route,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Option<Pulled>> {
+        let fresh = match reference {
+            // Content-addressed: once here, it is right forever.
+            Reference::Digest(_) => true,
+            Reference::Tag(tag) => {
+                proxy.fresh(&cache::key(repo.as_str(), tag.as_str()), route.tag_ttl)
+            }
+        };
+        if !fresh {
+            return Ok(None);
+        }
+        match self.get_manifest(repo, reference).await {
+            Ok(manifest) => Ok(Some(Pulled {
+                manifest,
+                warning: None,
+            })),
+            Err(RegistryError::ManifestUnknown) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks the upstream (the flight's leader only).
+    async fn pull_manifest(
+        &self,
+        proxy: &Proxy,
+        route: &Route,
+        remote: &str,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Pulled> {
         let up = &route.upstream;
         match reference {
-            // Content-addressed: once here, it is right forever.
-            Reference::Digest(_) => match self.get_manifest(repo, reference).await {
-                Err(RegistryError::ManifestUnknown) => {
-                    let fetched = up
-                        .get_manifest(&remote, reference)
-                        .await
-                        .map_err(|e| miss_error(e, RegistryError::ManifestUnknown))?;
-                    let manifest = self.store_pulled(repo, None, fetched, up.name()).await?;
-                    Ok(Pulled {
+            Reference::Digest(_) => {
+                if let Ok(manifest) = self.get_manifest(repo, reference).await {
+                    return Ok(Pulled {
                         manifest,
                         warning: None,
-                    })
+                    });
                 }
-                other => other.map(|manifest| Pulled {
+                let fetched = up
+                    .get_manifest(remote, reference)
+                    .await
+                    .map_err(|e| miss_error(up.name(), e, RegistryError::ManifestUnknown))?;
+                let manifest = self.store_pulled(repo, None, fetched, up.name()).await?;
+                Ok(Pulled {
                     manifest,
                     warning: None,
-                }),
-            },
+                })
+            }
             Reference::Tag(tag) => {
                 let key = cache::key(repo.as_str(), tag.as_str());
                 let local = match self.get_manifest(repo, reference).await {
@@ -177,16 +362,8 @@ impl Registry {
                     Err(RegistryError::ManifestUnknown) => None,
                     Err(e) => return Err(e),
                 };
-                if let Some(m) = &local
-                    && proxy.fresh(&key, route.tag_ttl)
-                {
-                    return Ok(Pulled {
-                        manifest: m.clone(),
-                        warning: None,
-                    });
-                }
                 match self
-                    .refresh_tag(repo, tag, &remote, up, local.as_ref())
+                    .refresh_tag(repo, tag, remote, up, local.as_ref())
                     .await
                 {
                     Ok(manifest) => {
@@ -196,11 +373,11 @@ impl Registry {
                             warning: None,
                         })
                     }
-                    Err(UpstreamError::Unavailable { reason, .. }) => {
+                    Err(e) if e.is_transient() => {
                         let Some(manifest) = local else {
-                            return Err(RegistryError::UpstreamUnavailable(reason));
+                            return Err(upstream_error(up.name(), e));
                         };
-                        tracing::warn!(%repo, %tag, upstream = up.name(), %reason,
+                        tracing::warn!(%repo, %tag, upstream = up.name(), reason = %e,
                             "upstream unavailable; serving the cached tag");
                         Ok(Pulled {
                             manifest,
@@ -212,7 +389,7 @@ impl Registry {
                         })
                     }
                     Err(UpstreamError::NotFound) => Err(RegistryError::ManifestUnknown),
-                    Err(e) => Err(upstream_error(e)),
+                    Err(e) => Err(upstream_error(up.name(), e)),
                 }
             }
         }
@@ -310,43 +487,77 @@ impl Registry {
         })
     }
 
-    /// On a local blob miss: `None` if `repo` is under no upstream, else the blob streaming
-    /// from the upstream (stored as it passes).
+    /// On a local blob miss: the blob from the upstream (stored as it passes), or
+    /// `Stored` when a concurrent fetch stored it meanwhile. `BlobUnknown` if `repo` is
+    /// under no upstream.
     pub async fn fetch_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
         with_body: bool,
-    ) -> Result<Option<PulledBlob>> {
+    ) -> Result<BlobSource> {
         let Some(proxy) = &self.proxy else {
-            return Ok(None);
+            return Err(RegistryError::BlobUnknown);
         };
         let Some((route, remote)) = proxy.route(repo) else {
-            return Ok(None);
+            return Err(RegistryError::BlobUnknown);
         };
         let up = &route.upstream;
-        if !with_body {
-            let size = up
-                .head_blob(&remote, digest)
-                .await
-                .map_err(|e| miss_error(e, RegistryError::BlobUnknown))?;
-            return Ok(Some(PulledBlob { size, body: None }));
+        let key = cache::key(repo.as_str(), digest.as_str());
+        if proxy.known_missing(&key) {
+            return Err(RegistryError::BlobUnknown);
         }
-        let fetched = up
-            .get_blob(&remote, digest)
-            .await
-            .map_err(|e| miss_error(e, RegistryError::BlobUnknown))?;
+        let missing = |e: UpstreamError| {
+            if matches!(e, UpstreamError::NotFound) {
+                proxy.mark_missing(key.clone(), route.negative_ttl);
+            }
+            miss_error(up.name(), e, RegistryError::BlobUnknown)
+        };
+        if !with_body {
+            let size = up.head_blob(&remote, digest).await.map_err(missing)?;
+            return Ok(BlobSource::Upstream(PulledBlob { size, body: None }));
+        }
+        let lead = loop {
+            match proxy.blobs.join(&key) {
+                Seat::Follower(rx) => match flight::wait(rx).await {
+                    Some(outcome) => return unshare(outcome).map(|()| BlobSource::Stored),
+                    None => continue, // the leader was cancelled: try again
+                },
+                Seat::Leader(lead) => break lead,
+            }
+        };
+        // A flight that ended between our miss and `join` stored it already.
+        match self.stat_blob(repo, digest).await {
+            Ok(_) => {
+                lead.land(Ok(()));
+                return Ok(BlobSource::Stored);
+            }
+            Err(RegistryError::BlobUnknown) => {}
+            Err(e) => {
+                lead.land(Err(Arc::new(replay(&e))));
+                return Err(e);
+            }
+        }
+        let fetched = match up.get_blob(&remote, digest).await.map_err(missing) {
+            Ok(f) => f,
+            Err(e) => {
+                lead.land(Err(Arc::new(replay(&e))));
+                return Err(e);
+            }
+        };
         let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
         let this = self.clone();
         let (repo, digest, name) = (repo.clone(), digest.clone(), up.name().to_owned());
-        // Its own task: the blob is worth keeping even if this client goes away mid-way.
+        // Its own task: the blob is worth keeping even if this client goes away mid-way,
+        // and the followers wait for it.
         tokio::spawn(async move {
-            this.tee_blob(&repo, &digest, &name, fetched.body, tx).await;
+            this.tee_blob(&repo, &digest, &name, fetched.body, tx, lead)
+                .await;
         });
         let body = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
-        Ok(Some(PulledBlob {
+        Ok(BlobSource::Upstream(PulledBlob {
             size: fetched.size,
             body: Some(Box::pin(body)),
         }))
@@ -354,7 +565,8 @@ impl Registry {
 
     /// Copies the upstream body to the client and into a new upload at once. The last
     /// chunk reaches the client only after the digest verified; otherwise the client gets
-    /// an error instead, and nothing is linked.
+    /// an error instead, and nothing is linked. The flight lands once the blob is linked
+    /// (or failed), so followers find it in storage.
     async fn tee_blob(
         &self,
         repo: &RepoName,
@@ -362,6 +574,7 @@ impl Registry {
         upstream: &str,
         mut body: std::pin::Pin<Box<dyn Stream<Item = berth_upstream::Result<Bytes>> + Send>>,
         client: mpsc::Sender<std::io::Result<Bytes>>,
+        lead: Lead<Shared<()>>,
     ) {
         let id = uuid::Uuid::new_v4().to_string();
         let (store_tx, store_rx) = mpsc::channel::<berth_upstream::Result<Bytes>>(8);
@@ -410,6 +623,7 @@ impl Registry {
         match stored {
             Ok(size) => {
                 tracing::info!(%repo, %digest, size, upstream, "cached blob from upstream");
+                lead.land(Ok(()));
                 if let (Some(last), Some(tx)) = (pending, to_client) {
                     let _ = tx.send(Ok(last)).await;
                 }
@@ -419,6 +633,9 @@ impl Registry {
                 if let Err(e) = self.blobs.delete_upload(&id).await {
                     tracing::warn!(error = %e, "removing the failed upload");
                 }
+                lead.land(Err(Arc::new(RegistryError::UpstreamFailed(format!(
+                    "{upstream}: blob {digest} not stored: {e}"
+                )))));
                 if let Some(tx) = to_client {
                     let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
                 }
@@ -428,9 +645,9 @@ impl Registry {
 }
 
 /// An upstream's "not found" is the registry's own miss; everything else keeps its cause.
-fn miss_error(e: UpstreamError, miss: RegistryError) -> RegistryError {
+fn miss_error(upstream: &str, e: UpstreamError, miss: RegistryError) -> RegistryError {
     match e {
         UpstreamError::NotFound => miss,
-        other => upstream_error(other),
+        other => upstream_error(upstream, other),
     }
 }

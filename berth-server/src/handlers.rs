@@ -10,7 +10,7 @@ use berth_auth::Actions;
 use berth_meta::AuditRecord;
 use berth_oci::range::parse_content_range;
 use berth_oci::{Digest, ErrorCode, Reference, RepoName};
-use berth_registry::{Actor, PulledBlob, RegistryError};
+use berth_registry::{Actor, BlobSource, PulledBlob, RegistryError};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
@@ -104,19 +104,23 @@ async fn authorize_and_handle(state: &AppState, ep: Endpoint, req: Request) -> A
     // Permissions are checked on the name the content is cached under, so a `?ns=` request
     // is judged exactly like the same pull by prefix.
     let ep = mirror_endpoint(state, ep, &req);
-    match needs(&ep, req.method()) {
+    let needed = needs(&ep, req.method());
+    if let Some((repo, need)) = &needed
+        && !need.intersect(Actions::PUSH.union(Actions::DELETE)).is_empty()
+        && let Some(upstream) = state.registry().cached_upstream(repo)
+    {
+        // Before the permission check: not even an admin may write here, and a challenge
+        // would only send the client off for a token that cannot help.
+        audit_denied(state, &ctx, repo, req.method(), *need);
+        return Err(ApiError::Registry(RegistryError::Denied(format!(
+            "{} is the pull-through cache of {upstream}: its content is managed by the cache, \
+             not pushed or deleted",
+            berth_auth::tenant_of(repo.as_str())
+        ))));
+    }
+    match needed {
         Some((repo, need)) if !ctx.allows(repo.as_str(), need) => {
-            state.audit(AuditRecord {
-                at: berth_meta::now_micros(),
-                actor: ctx.name().to_owned(),
-                source: ctx.source.map(|s| s.to_string()),
-                action: "access".into(),
-                tenant: Some(berth_auth::tenant_of(repo.as_str()).to_owned()),
-                repository: Some(repo.to_string()),
-                outcome: "denied".into(),
-                detail: Some(format!("{} {}", req.method(), need.names().join(","))),
-                ..AuditRecord::default()
-            });
+            audit_denied(state, &ctx, &repo, req.method(), need);
             return Err(ctx.refuse(state, repo.as_str(), need));
         }
         // `/v2/` is how clients find out whether and how to log in: anonymous callers
@@ -127,6 +131,20 @@ async fn authorize_and_handle(state: &AppState, ep: Endpoint, req: Request) -> A
         _ => {}
     }
     handle(state, ep, req, &ctx).await
+}
+
+fn audit_denied(state: &AppState, ctx: &Ctx, repo: &RepoName, method: &Method, need: Actions) {
+    state.audit(AuditRecord {
+        at: berth_meta::now_micros(),
+        actor: ctx.name().to_owned(),
+        source: ctx.source.map(|s| s.to_string()),
+        action: "access".into(),
+        tenant: Some(berth_auth::tenant_of(repo.as_str()).to_owned()),
+        repository: Some(repo.to_string()),
+        outcome: "denied".into(),
+        detail: Some(format!("{method} {}", need.names().join(","))),
+        ..AuditRecord::default()
+    });
 }
 
 async fn handle(state: &AppState, ep: Endpoint, req: Request, ctx: &Ctx) -> ApiResult {
@@ -328,19 +346,13 @@ async fn get_blob(
     with_body: bool,
 ) -> ApiResult {
     let range = header_str(req.headers(), header::RANGE);
-    let read = match state
-        .registry()
-        .read_blob(&name, &digest, range, with_body)
-        .await
-    {
+    let reg = state.registry();
+    let read = match reg.read_blob(&name, &digest, range, with_body).await {
         Err(RegistryError::BlobUnknown) => {
-            match state
-                .registry()
-                .fetch_blob(&name, &digest, with_body)
-                .await?
-            {
-                Some(pulled) => return pulled_blob(state, &digest, pulled),
-                None => return Err(ApiError::Registry(RegistryError::BlobUnknown)),
+            match reg.fetch_blob(&name, &digest, with_body).await? {
+                BlobSource::Upstream(pulled) => return pulled_blob(state, &digest, pulled),
+                // Fetched by a concurrent request: now an ordinary read, ranges included.
+                BlobSource::Stored => reg.read_blob(&name, &digest, range, with_body).await?,
             }
         }
         other => other?,

@@ -155,6 +155,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tls = config.tls_settings()?;
     let auth_enabled = config.auth.enabled;
     config.check_protected_mode(auth_enabled)?;
+    config.check_upstreams()?;
     if let Some(settings) = &tls {
         // Fail before opening any store, naming the file at fault.
         berth_server::tls::check(settings).context("TLS certificate or key")?;
@@ -194,15 +195,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 client: UpstreamConfig {
                     username: u.username.clone(),
                     password: u.password.clone(),
+                    ca_file: u.ca_file.clone(),
                     ..UpstreamConfig::new(u.name.clone(), u.url())
                 },
                 tag_ttl: Duration::from_secs(u.tag_ttl_secs),
+                negative_ttl: Duration::from_secs(u.negative_ttl_secs),
             })
             .collect(),
     )?;
     let auth = if config.auth.enabled {
         let key = admin::read_key_file(&config)?;
-        let access = Access::new(meta.clone(), config.auth.access_config(), key)
+        let access = Access::new(meta.clone(), config.access_config(), key)
             .await
             .context("setting up authentication")?;
         bootstrap_admin(&access, &config).await?;
