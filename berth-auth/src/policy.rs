@@ -286,22 +286,34 @@ mod tests {
             cached: cached.clone(),
             ..Grants::default()
         };
-        assert_eq!(admin.on_repository("docker.io/library/nginx"), Actions::PULL);
+        assert_eq!(
+            admin.on_repository("docker.io/library/nginx"),
+            Actions::PULL
+        );
         assert_eq!(admin.on_repository("team/app"), Actions::ALL);
         let login = Grants {
             authenticated_pull: cached.clone(),
             cached: cached.clone(),
             ..Grants::default()
         };
-        assert_eq!(login.on_repository("docker.io/library/nginx"), Actions::PULL);
+        assert_eq!(
+            login.on_repository("docker.io/library/nginx"),
+            Actions::PULL
+        );
         assert_eq!(login.on_repository("ghcr.io/x/y"), Actions::NONE);
         let owner = Grants {
             roles: [("docker.io".to_owned(), Role::Owner)].into(),
             cached,
             ..Grants::default()
         };
-        assert_eq!(owner.on_repository("docker.io/library/nginx"), Actions::PULL);
-        assert_eq!(Grants::default().on_repository("docker.io/x"), Actions::NONE);
+        assert_eq!(
+            owner.on_repository("docker.io/library/nginx"),
+            Actions::PULL
+        );
+        assert_eq!(
+            Grants::default().on_repository("docker.io/x"),
+            Actions::NONE
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_auth::password;
-use berth_auth::token::new_jti;
 use berth_auth::policy::CachePull;
+use berth_auth::token::new_jti;
 use berth_auth::{
     AccessEntry, Actions, Claims, Grants, Keyring, LIBRARY, RobotScope, Role, Scope, ScopeKind,
     SigningKey, TokenError, split_robot, valid_name,

@@ -266,7 +266,10 @@ impl Registry {
             });
         };
         let key = cache::key(repo.as_str(), &reference.to_string());
-        if let Some(p) = self.manifest_from_cache(proxy, route, repo, reference).await? {
+        if let Some(p) = self
+            .manifest_from_cache(proxy, route, repo, reference)
+            .await?
+        {
             return Ok(p);
         }
         if proxy.known_missing(&key) {
@@ -280,7 +283,10 @@ impl Registry {
                 },
                 Seat::Leader(lead) => {
                     // A flight that ended between our miss and `join` stored it already.
-                    let r = match self.manifest_from_cache(proxy, route, repo, reference).await {
+                    let r = match self
+                        .manifest_from_cache(proxy, route, repo, reference)
+                        .await
+                    {
                         Ok(Some(p)) => Ok(p),
                         Ok(None) => {
                             self.pull_manifest(proxy, route, &remote, repo, reference)

@@ -106,7 +106,9 @@ async fn authorize_and_handle(state: &AppState, ep: Endpoint, req: Request) -> A
     let ep = mirror_endpoint(state, ep, &req);
     let needed = needs(&ep, req.method());
     if let Some((repo, need)) = &needed
-        && !need.intersect(Actions::PUSH.union(Actions::DELETE)).is_empty()
+        && !need
+            .intersect(Actions::PUSH.union(Actions::DELETE))
+            .is_empty()
         && let Some(upstream) = state.registry().cached_upstream(repo)
     {
         // Before the permission check: not even an admin may write here, and a challenge

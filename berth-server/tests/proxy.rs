@@ -125,17 +125,17 @@ fn upstream_settings(name: &str, url: &str, tag_ttl: Duration) -> UpstreamSettin
 
 /// A caching Berth whose `docker.io` is the given upstream.
 async fn cache_for(upstream: &Server, tag_ttl: Duration) -> Server {
-    start(vec![upstream_settings("docker.io", &upstream.base, tag_ttl)]).await
+    start(vec![upstream_settings(
+        "docker.io",
+        &upstream.base,
+        tag_ttl,
+    )])
+    .await
 }
 
 /// How many requests of `route` and `method` a Berth has answered, by its `/metrics`.
 async fn served(server: &Server, route: &str, method: &str) -> u64 {
-    let text = server
-        .get("/metrics")
-        .await
-        .text()
-        .await
-        .expect("metrics");
+    let text = server.get("/metrics").await.text().await.expect("metrics");
     let prefix = format!(r#"berth_http_requests_total{{route="{route}",method="{method}","#);
     text.lines()
         .filter(|l| l.starts_with(&prefix))
@@ -417,7 +417,10 @@ async fn concurrent_cold_pulls_fetch_each_object_from_the_upstream_once() {
         }));
     }
     for t in tasks {
-        assert!(t.await.expect("task") == layer, "every client gets the layer");
+        assert!(
+            t.await.expect("task") == layer,
+            "every client gets the layer"
+        );
     }
     assert_eq!(served(&upstream, "manifest", "HEAD").await - h0, 1);
     assert_eq!(served(&upstream, "manifest", "GET").await - m0, 1);
@@ -541,7 +544,10 @@ async fn a_rate_limited_upstream_is_left_alone_until_retry_after() {
         .expect("seconds");
     assert!((100..=120).contains(&wait), "{wait}");
     let text = r.text().await.expect("body");
-    assert!(text.contains("TOOMANYREQUESTS") && text.contains("docker.io"), "{text}");
+    assert!(
+        text.contains("TOOMANYREQUESTS") && text.contains("docker.io"),
+        "{text}"
+    );
     assert_eq!(
         asked.load(Ordering::SeqCst),
         1,
@@ -564,17 +570,44 @@ fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         );
     };
     run(&[
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-days", "2", "-subj", "/CN=Berth proxy test CA", "-addext",
-        "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-keyout", "ca.key", "-out", "ca.crt",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Berth proxy test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
     ]);
     run(&[
-        "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out",
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-out",
         "server.key",
     ]);
     run(&[
-        "req", "-new", "-subj", "/CN=127.0.0.1", "-key", "server.key", "-out", "server.csr",
+        "req",
+        "-new",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-key",
+        "server.key",
+        "-out",
+        "server.csr",
     ]);
     std::fs::write(
         dir.join("server.ext"),
@@ -583,10 +616,27 @@ fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
     .expect("extensions");
     run(&[
-        "x509", "-req", "-days", "2", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-extfile", "server.ext", "-out", "server.crt",
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
     ]);
-    (dir.join("ca.crt"), dir.join("server.crt"), dir.join("server.key"))
+    (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
 }
 
 #[tokio::test]
@@ -737,9 +787,18 @@ async fn cached_content_obeys_access_control() {
 
     // Nobody writes into a cache, admins included, and the answer says why.
     let writes = [
-        (Method::POST, "/v2/docker.io/library/app/blobs/uploads/".to_owned()),
-        (Method::PUT, "/v2/docker.io/library/app/manifests/2.0".to_owned()),
-        (Method::DELETE, "/v2/docker.io/library/app/manifests/1.0".to_owned()),
+        (
+            Method::POST,
+            "/v2/docker.io/library/app/blobs/uploads/".to_owned(),
+        ),
+        (
+            Method::PUT,
+            "/v2/docker.io/library/app/manifests/2.0".to_owned(),
+        ),
+        (
+            Method::DELETE,
+            "/v2/docker.io/library/app/manifests/1.0".to_owned(),
+        ),
         (
             Method::DELETE,
             format!("/v2/quay.io/library/app/blobs/{ldigest}"),

@@ -24,7 +24,12 @@ pub struct StoreArgs {
     #[arg(long, env = "BERTH_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Metadata database URL; overrides `[metadata] url`.
-    #[arg(long, env = "BERTH_METADATA_URL", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "BERTH_METADATA_URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub metadata_url: Option<String>,
 }
 

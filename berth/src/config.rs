@@ -628,7 +628,9 @@ mod tests {
             c.upstreams[0].ca_file.as_deref(),
             Some(std::path::Path::new("/etc/ca.pem"))
         );
-        assert!(toml::from_str::<Config>("[[upstream]]\nname = \"x\"\npull = \"everyone\"").is_err());
+        assert!(
+            toml::from_str::<Config>("[[upstream]]\nname = \"x\"\npull = \"everyone\"").is_err()
+        );
         for bad in [
             "[[upstream]]\nname = \"Docker.io\"",
             "[[upstream]]\nname = \"localhost:5000\"",
