@@ -290,6 +290,8 @@ impl AuthConfig {
             max_failures_per_user: self.max_failures_per_user.max(1),
             max_failures_per_source: self.max_failures_per_source.max(1),
             failure_window: Duration::from_secs(self.failure_window_secs.max(1)),
+            // Filled from the `[[upstream]]` tables by `Config::access_config`.
+            cache_tenants: Vec::new(),
         }
     }
 }
