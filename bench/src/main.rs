@@ -136,6 +136,8 @@ fn digest_of_generated(seed: u64, size: u64) -> String {
 }
 
 fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
+    // reqwest is built with rustls and no provider (the workspace uses ring only).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .timeout(Duration::from_secs(600))

@@ -101,6 +101,29 @@ impl Role {
     }
 }
 
+/// Who may pull through a pull-through cache's tenant (the tenant named after the
+/// upstream, `docker.io`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CachePull {
+    /// Anyone, without credentials: the tenant is public.
+    Anonymous,
+    /// Any logged-in user or robot.
+    #[default]
+    Authenticated,
+    /// Members of the tenant (any role) and admins, like an ordinary private tenant.
+    Members,
+}
+
+impl CachePull {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CachePull::Anonymous => "anonymous",
+            CachePull::Authenticated => "authenticated",
+            CachePull::Members => "members",
+        }
+    }
+}
+
 /// The tenant that owns a repository: its first path segment, or `library` for a
 /// single-segment name.
 pub fn tenant_of(repo: &str) -> &str {
@@ -171,17 +194,32 @@ pub struct Grants {
     pub robot: Option<RobotScope>,
     /// Tenants anyone may pull from.
     pub public: BTreeSet<String>,
+    /// Tenants every logged-in identity may pull from (pull-through caches with
+    /// `pull = "authenticated"`); empty for the anonymous caller.
+    pub authenticated_pull: BTreeSet<String>,
+    /// Pull-through cache tenants: their content is written by the cache only, so nobody,
+    /// admins included, gets more than pull there.
+    pub cached: BTreeSet<String>,
 }
 
 impl Grants {
     /// What this identity may do to `repo`.
     pub fn on_repository(&self, repo: &str) -> Actions {
+        let tenant = tenant_of(repo);
+        let a = self.granted(repo, tenant);
+        if self.cached.contains(tenant) {
+            a.intersect(Actions::PULL)
+        } else {
+            a
+        }
+    }
+
+    fn granted(&self, repo: &str, tenant: &str) -> Actions {
         if self.admin {
             return Actions::ALL;
         }
-        let tenant = tenant_of(repo);
         let mut a = Actions::NONE;
-        if self.public.contains(tenant) {
+        if self.public.contains(tenant) || self.authenticated_pull.contains(tenant) {
             a = a.union(Actions::PULL);
         }
         if let Some(role) = self.roles.get(tenant) {
@@ -238,6 +276,44 @@ mod tests {
         assert_eq!(g.on_repository("team-a/other"), Actions::NONE);
         assert_eq!(g.on_repository("team-b/app"), Actions::NONE);
         assert_eq!(g.on_repository("app"), Actions::NONE);
+    }
+
+    #[test]
+    fn cache_tenants_are_pull_only_and_may_be_open_to_every_login() {
+        let cached: BTreeSet<String> = ["docker.io".to_owned()].into();
+        let admin = Grants {
+            admin: true,
+            cached: cached.clone(),
+            ..Grants::default()
+        };
+        assert_eq!(
+            admin.on_repository("docker.io/library/nginx"),
+            Actions::PULL
+        );
+        assert_eq!(admin.on_repository("team/app"), Actions::ALL);
+        let login = Grants {
+            authenticated_pull: cached.clone(),
+            cached: cached.clone(),
+            ..Grants::default()
+        };
+        assert_eq!(
+            login.on_repository("docker.io/library/nginx"),
+            Actions::PULL
+        );
+        assert_eq!(login.on_repository("ghcr.io/x/y"), Actions::NONE);
+        let owner = Grants {
+            roles: [("docker.io".to_owned(), Role::Owner)].into(),
+            cached,
+            ..Grants::default()
+        };
+        assert_eq!(
+            owner.on_repository("docker.io/library/nginx"),
+            Actions::PULL
+        );
+        assert_eq!(
+            Grants::default().on_repository("docker.io/x"),
+            Actions::NONE
+        );
     }
 
     #[test]

@@ -3,12 +3,13 @@
 //! the CLI's `user`, `tenant`, `robot` and `secret` commands all come through here, so the
 //! rules (who may manage what, which names are valid) live in one place.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_auth::password;
+use berth_auth::policy::CachePull;
 use berth_auth::token::new_jti;
 use berth_auth::{
     AccessEntry, Actions, Claims, Grants, Keyring, LIBRARY, RobotScope, Role, Scope, ScopeKind,
@@ -38,6 +39,8 @@ pub struct AccessConfig {
     /// Failed logins from one address within `failure_window` before it gets 429.
     pub max_failures_per_source: u32,
     pub failure_window: Duration,
+    /// Pull-through caches: the tenant named after each upstream, and who may pull from it.
+    pub cache_tenants: Vec<(String, CachePull)>,
 }
 
 impl Default for AccessConfig {
@@ -51,6 +54,7 @@ impl Default for AccessConfig {
             max_failures_per_user: 10,
             max_failures_per_source: 30,
             failure_window: Duration::from_secs(300),
+            cache_tenants: Vec::new(),
         }
     }
 }
@@ -264,7 +268,63 @@ impl Access {
             access.0.meta.ensure_signing_key(&k.kid, &k.secret).await?;
             access.reload_keys().await?;
         }
+        access.sync_cache_tenants().await?;
         Ok(access)
+    }
+
+    /// Makes each pull-through cache's tenant exist, public exactly when the configuration
+    /// says `pull = "anonymous"`: the configuration is the truth, so a restart undoes a
+    /// change made by hand (which `set_tenant_public` refuses anyway).
+    async fn sync_cache_tenants(&self) -> Result<()> {
+        let system = Actor::named("system");
+        for (name, pull) in &self.0.config.cache_tenants {
+            check_name("upstream", name)?;
+            let public = *pull == CachePull::Anonymous;
+            match self.0.meta.tenant(name).await? {
+                None => {
+                    self.0.meta.create_tenant(name, public, &system).await?;
+                }
+                Some(t) if t.public != public => {
+                    self.0.meta.set_tenant_public(name, public, &system).await?;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A cache tenant's existence and visibility follow the configuration.
+    fn refuse_cache_tenant(&self, name: &str) -> Result<()> {
+        match self.cache_tenant(name) {
+            Some(pull) => Err(RegistryError::Invalid(format!(
+                "tenant {name} is the pull-through cache of upstream {name}; who may pull \
+                 from it is set by that upstream's `pull` in the configuration (now {:?})",
+                pull.as_str()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn cache_tenant(&self, name: &str) -> Option<CachePull> {
+        self.0
+            .config
+            .cache_tenants
+            .iter()
+            .find(|(t, _)| t == name)
+            .map(|(_, p)| *p)
+    }
+
+    /// The grants every identity has on the cache tenants: never more than pull, and pull
+    /// for logged-in identities where the configuration says `authenticated`.
+    fn cache_grants(&self, logged_in: bool) -> (BTreeSet<String>, BTreeSet<String>) {
+        let tenants = &self.0.config.cache_tenants;
+        let cached = tenants.iter().map(|(t, _)| t.clone()).collect();
+        let open = tenants
+            .iter()
+            .filter(|(_, p)| logged_in && *p == CachePull::Authenticated)
+            .map(|(t, _)| t.clone())
+            .collect();
+        (cached, open)
     }
 
     pub fn config(&self) -> &AccessConfig {
@@ -415,6 +475,7 @@ impl Access {
                 return Ok(None);
             }
             let info = robot_info(&r);
+            let (cached, authenticated_pull) = self.cache_grants(true);
             return Ok(Some(Identity {
                 name: name.to_owned(),
                 kind: IdentityKind::Robot,
@@ -425,6 +486,8 @@ impl Access {
                         repositories: info.repositories,
                     }),
                     public,
+                    authenticated_pull,
+                    cached,
                     ..Grants::default()
                 },
                 cred: fingerprint(&r.secret_hash),
@@ -444,6 +507,7 @@ impl Access {
             .into_iter()
             .filter_map(|(t, r)| Some((t, Role::parse(&r)?)))
             .collect();
+        let (cached, authenticated_pull) = self.cache_grants(true);
         Ok(Some(Identity {
             name: u.name,
             kind: IdentityKind::User,
@@ -452,6 +516,8 @@ impl Access {
                 roles,
                 robot: None,
                 public,
+                authenticated_pull,
+                cached,
             },
             cred: fingerprint(&u.password_hash),
         }))
@@ -465,11 +531,13 @@ impl Access {
         {
             return Ok(Arc::clone(id));
         }
+        let (cached, _) = self.cache_grants(false);
         let id = Arc::new(Identity {
             name: "anonymous".to_owned(),
             kind: IdentityKind::Anonymous,
             grants: Grants {
                 public: self.0.meta.public_tenants().await?.into_iter().collect(),
+                cached,
                 ..Grants::default()
             },
             cred: String::new(),
@@ -800,6 +868,7 @@ impl Access {
         public: bool,
     ) -> Result<()> {
         require_admin(by)?;
+        self.refuse_cache_tenant(name)?;
         if !self
             .0
             .meta
@@ -824,6 +893,7 @@ impl Access {
                 "the library tenant is built in".into(),
             ));
         }
+        self.refuse_cache_tenant(name)?;
         if !self.0.meta.delete_tenant(name, &by.actor(source)).await? {
             return Err(RegistryError::NotFound(format!("no tenant {name}")));
         }

@@ -52,6 +52,24 @@ pub enum RegistryError {
     Invalid(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The pull-through upstream could not be reached and nothing was cached.
+    #[error("upstream unavailable: {reason}")]
+    UpstreamUnavailable {
+        reason: String,
+        /// Set when the upstream said how long to wait (a 503's `Retry-After`).
+        retry_after_secs: Option<u64>,
+    },
+    /// The upstream rate-limited the cache (429) and nothing was cached: the client gets
+    /// the remaining wait.
+    #[error("upstream {upstream} is rate limiting this cache; retry in {retry_after_secs} s")]
+    UpstreamThrottled {
+        upstream: String,
+        retry_after_secs: u64,
+    },
+    /// The pull-through upstream answered with something unusable (bad digest, refused
+    /// credentials, a malformed reply).
+    #[error("upstream failed: {0}")]
+    UpstreamFailed(String),
     #[error(transparent)]
     Storage(StorageError),
     #[error(transparent)]

@@ -5,7 +5,9 @@
 pub mod access;
 mod cache;
 mod error;
+mod flight;
 pub mod fsck;
+mod proxy;
 mod refs;
 
 use std::sync::Arc;
@@ -21,7 +23,9 @@ use futures_util::Stream;
 use serde::Serialize;
 
 pub use berth_meta::{Actor, Backend, Referrer};
+pub use berth_upstream::UpstreamConfig;
 pub use error::RegistryError;
+pub use proxy::{BlobSource, Pulled, PulledBlob, UpstreamSettings};
 
 use cache::TtlCache;
 
@@ -131,6 +135,8 @@ pub struct Registry {
     meta: MetaStore,
     config: RegistryConfig,
     cache: Arc<Caches>,
+    /// Pull-through upstreams, if any are configured.
+    proxy: Option<Arc<proxy::Proxy>>,
 }
 
 impl Registry {
@@ -145,6 +151,7 @@ impl Registry {
                 manifests: TtlCache::new(n, ttl),
                 blob_links: TtlCache::new(n, ttl),
             }),
+            proxy: None,
         }
     }
 

@@ -64,6 +64,9 @@ impl ApiError {
             ApiError::Registry(RegistryError::NotFound(_)) => Some("NOT_FOUND"),
             ApiError::Registry(RegistryError::Conflict(_)) => Some("CONFLICT"),
             ApiError::Registry(RegistryError::Invalid(_)) => Some("INVALID"),
+            // Not a fault of this server, and the message (which upstream, how long to
+            // wait) is what the client needs.
+            ApiError::Registry(RegistryError::UpstreamUnavailable { .. }) => Some("UNAVAILABLE"),
             _ => None,
         });
         (status, code)
@@ -130,6 +133,12 @@ impl ApiError {
                 R::InUse(_) => (StatusCode::METHOD_NOT_ALLOWED, Some(ErrorCode::Unsupported)),
                 R::Storage(_) if is_no_space(e) => (StatusCode::INSUFFICIENT_STORAGE, None),
                 R::Meta(m) if m.is_storage_full() => (StatusCode::INSUFFICIENT_STORAGE, None),
+                R::UpstreamUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, None),
+                R::UpstreamThrottled { .. } => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Some(ErrorCode::TooManyRequests),
+                ),
+                R::UpstreamFailed(_) => (StatusCode::BAD_GATEWAY, None),
                 R::Internal(_) | R::Storage(_) | R::Meta(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, None)
                 }
@@ -170,7 +179,16 @@ impl IntoResponse for ApiError {
                     h.insert(header::WWW_AUTHENTICATE, v);
                 }
             }
-            ApiError::Registry(RegistryError::Throttled { retry_after_secs }) => {
+            ApiError::Registry(
+                RegistryError::Throttled { retry_after_secs }
+                | RegistryError::UpstreamThrottled {
+                    retry_after_secs, ..
+                }
+                | RegistryError::UpstreamUnavailable {
+                    retry_after_secs: Some(retry_after_secs),
+                    ..
+                },
+            ) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             ApiError::Registry(RegistryError::RangeNotSatisfiable { size }) => {

@@ -10,7 +10,7 @@ use berth_auth::Actions;
 use berth_meta::AuditRecord;
 use berth_oci::range::parse_content_range;
 use berth_oci::{Digest, ErrorCode, Reference, RepoName};
-use berth_registry::{Actor, RegistryError};
+use berth_registry::{Actor, BlobSource, PulledBlob, RegistryError};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
@@ -110,19 +110,28 @@ fn needs(ep: &Endpoint, m: &Method) -> Option<(RepoName, Actions)> {
 async fn authorize_and_handle(state: &AppState, ep: Endpoint, req: Request) -> ApiResult {
     let conn = req.extensions().get::<ConnInfo>().copied();
     let ctx = auth::authenticate(state, req.headers(), req.uri(), conn).await?;
-    match needs(&ep, req.method()) {
+    // Permissions are checked on the name the content is cached under, so a `?ns=` request
+    // is judged exactly like the same pull by prefix.
+    let ep = mirror_endpoint(state, ep, &req);
+    let needed = needs(&ep, req.method());
+    if let Some((repo, need)) = &needed
+        && !need
+            .intersect(Actions::PUSH.union(Actions::DELETE))
+            .is_empty()
+        && let Some(upstream) = state.registry().cached_upstream(repo)
+    {
+        // Before the permission check: not even an admin may write here, and a challenge
+        // would only send the client off for a token that cannot help.
+        audit_denied(state, &ctx, repo, req.method(), *need);
+        return Err(ApiError::Registry(RegistryError::Denied(format!(
+            "{} is the pull-through cache of {upstream}: its content is managed by the cache, \
+             not pushed or deleted",
+            berth_auth::tenant_of(repo.as_str())
+        ))));
+    }
+    match needed {
         Some((repo, need)) if !ctx.allows(repo.as_str(), need) => {
-            state.audit(AuditRecord {
-                at: berth_meta::now_micros(),
-                actor: ctx.name().to_owned(),
-                source: ctx.source.map(|s| s.to_string()),
-                action: "access".into(),
-                tenant: Some(berth_auth::tenant_of(repo.as_str()).to_owned()),
-                repository: Some(repo.to_string()),
-                outcome: "denied".into(),
-                detail: Some(format!("{} {}", req.method(), need.names().join(","))),
-                ..AuditRecord::default()
-            });
+            audit_denied(state, &ctx, &repo, req.method(), need);
             return Err(ctx.refuse(state, repo.as_str(), need));
         }
         // `/v2/` is how clients find out whether and how to log in: anonymous callers
@@ -133,6 +142,20 @@ async fn authorize_and_handle(state: &AppState, ep: Endpoint, req: Request) -> A
         _ => {}
     }
     handle(state, ep, req, &ctx).await
+}
+
+fn audit_denied(state: &AppState, ctx: &Ctx, repo: &RepoName, method: &Method, need: Actions) {
+    state.audit(AuditRecord {
+        at: berth_meta::now_micros(),
+        actor: ctx.name().to_owned(),
+        source: ctx.source.map(|s| s.to_string()),
+        action: "access".into(),
+        tenant: Some(berth_auth::tenant_of(repo.as_str()).to_owned()),
+        repository: Some(repo.to_string()),
+        outcome: "denied".into(),
+        detail: Some(format!("{method} {}", need.names().join(","))),
+        ..AuditRecord::default()
+    });
 }
 
 async fn handle(state: &AppState, ep: Endpoint, req: Request, ctx: &Ctx) -> ApiResult {
@@ -204,6 +227,30 @@ async fn handle(state: &AppState, ep: Endpoint, req: Request, ctx: &Ctx) -> ApiR
 }
 
 // ---- helpers ----
+
+/// containerd used as a mirror sends `?ns=<upstream host>` with the upstream-relative
+/// name; reads are routed to the cached copy under `<host>/<name>`.
+fn mirror_endpoint(state: &AppState, ep: Endpoint, req: &Request) -> Endpoint {
+    if req.uri().query().is_none() {
+        return ep;
+    }
+    let q = query(req);
+    let Some(ns) = q.get("ns").map(String::as_str) else {
+        return ep;
+    };
+    let reg = state.registry();
+    match ep {
+        Endpoint::Manifest { name, reference } => Endpoint::Manifest {
+            name: reg.proxy_name(name, Some(ns)),
+            reference,
+        },
+        Endpoint::Blob { name, digest } => Endpoint::Blob {
+            name: reg.proxy_name(name, Some(ns)),
+            digest,
+        },
+        other => other,
+    }
+}
 
 fn query(req: &Request) -> HashMap<String, String> {
     Query::<HashMap<String, String>>::try_from_uri(req.uri())
@@ -310,10 +357,17 @@ async fn get_blob(
     with_body: bool,
 ) -> ApiResult {
     let range = header_str(req.headers(), header::RANGE);
-    let read = state
-        .registry()
-        .read_blob(&name, &digest, range, with_body)
-        .await?;
+    let reg = state.registry();
+    let read = match reg.read_blob(&name, &digest, range, with_body).await {
+        Err(RegistryError::BlobUnknown) => {
+            match reg.fetch_blob(&name, &digest, with_body).await? {
+                BlobSource::Upstream(pulled) => return pulled_blob(state, &digest, pulled),
+                // Fetched by a concurrent request: now an ordinary read, ranges included.
+                BlobSource::Stored => reg.read_blob(&name, &digest, range, with_body).await?,
+            }
+        }
+        other => other?,
+    };
     let (status, len) = match read.range {
         Some((first, last)) => (StatusCode::PARTIAL_CONTENT, last - first + 1),
         None => (StatusCode::OK, read.size),
@@ -339,6 +393,29 @@ async fn get_blob(
             hv(&format!("bytes {first}-{last}/{}", read.size))?,
         );
     }
+    Ok(resp)
+}
+
+/// A blob coming from an upstream. A `Range` is not honoured here (the whole blob streams
+/// so that it can be verified and kept); clients accept a 200 for a ranged request.
+fn pulled_blob(state: &AppState, digest: &Digest, pulled: PulledBlob) -> ApiResult {
+    let body = match pulled.body {
+        Some(b) => {
+            if let Some(n) = pulled.size {
+                state.metrics().bytes_out.inc_by(n);
+            }
+            Body::from_stream(b)
+        }
+        None => Body::empty(),
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, OCTET_STREAM);
+    if let Some(n) = pulled.size {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    h.insert("docker-content-digest", hv(digest.as_str())?);
+    h.insert(header::ETAG, hv(&format!("\"{digest}\""))?);
     Ok(resp)
 }
 
@@ -485,7 +562,11 @@ async fn get_manifest(
     req: Request,
     with_body: bool,
 ) -> ApiResult {
-    let m = state.registry().get_manifest(name, reference).await?;
+    let pulled = state
+        .registry()
+        .get_manifest_proxied(name, reference)
+        .await?;
+    let m = pulled.manifest;
     if !accepts(req.headers(), &m.media_type) {
         return Err(ApiError::Registry(RegistryError::ManifestUnknown));
     }
@@ -500,6 +581,9 @@ async fn get_manifest(
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert("docker-content-digest", hv(m.digest.as_str())?);
     h.insert(header::ETAG, hv(&format!("\"{}\"", m.digest))?);
+    if let Some(w) = pulled.warning {
+        h.insert(header::WARNING, hv(&w)?);
+    }
     Ok(resp)
 }
 

@@ -32,6 +32,8 @@ async fn start_with(config: RegistryConfig) -> Server {
 }
 
 async fn start_server(config: RegistryConfig, server: ServerConfig) -> Server {
+    // reqwest is built with rustls and no provider: Berth standardises on ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().expect("tempdir");
     let blobs = BlobStore::Fs(FsStore::new(dir.path()).await.expect("fs store"));
     let meta = MetaStore::connect(&format!("sqlite:{}", dir.path().join("meta.db").display()))

@@ -53,7 +53,7 @@ impl StoreArgs {
             .await
             .context("opening the metadata store")?;
         let key = read_key_file(&config)?;
-        let access = Access::new(meta, config.auth.access_config(), key).await?;
+        let access = Access::new(meta, config.access_config(), key).await?;
         Ok((config, access))
     }
 }

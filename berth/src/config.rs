@@ -25,6 +25,9 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Accept an index whose child manifests are not in the repository.
     pub allow_sparse_index: bool,
+    /// Pull-through upstreams (`[[upstream]]` tables).
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<UpstreamEntry>,
 }
 
 impl Default for Config {
@@ -42,6 +45,110 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             allow_sparse_index: false,
+            upstreams: Vec::new(),
+        }
+    }
+}
+
+/// One pull-through upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamEntry {
+    /// The registry host clients use (`docker.io`): repositories named `docker.io/...`
+    /// and mirror requests with `?ns=docker.io` are served from this upstream.
+    pub name: String,
+    /// The URL actually contacted. Default: `https://<name>`, and for `docker.io`
+    /// `https://registry-1.docker.io`.
+    pub url: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Seconds a tag fetched from the upstream is served before it is checked again.
+    #[serde(default = "default_tag_ttl")]
+    pub tag_ttl_secs: u64,
+    /// Seconds an upstream "not found" (manifest, tag or blob) is believed without asking
+    /// again; 0 asks every time.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl_secs: u64,
+    /// PEM file of CA certificates trusted for this upstream besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// With `[auth] enabled`: who may pull through this upstream's cache.
+    #[serde(default)]
+    pub pull: CachePullConfig,
+}
+
+/// `pull` of an `[[upstream]]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CachePullConfig {
+    /// Anyone, without credentials.
+    Anonymous,
+    /// Any logged-in user or robot.
+    #[default]
+    Authenticated,
+    /// Members of the tenant named after the upstream, and admins.
+    Members,
+}
+
+impl From<CachePullConfig> for berth_auth::policy::CachePull {
+    fn from(p: CachePullConfig) -> Self {
+        match p {
+            CachePullConfig::Anonymous => berth_auth::policy::CachePull::Anonymous,
+            CachePullConfig::Authenticated => berth_auth::policy::CachePull::Authenticated,
+            CachePullConfig::Members => berth_auth::policy::CachePull::Members,
+        }
+    }
+}
+
+fn default_tag_ttl() -> u64 {
+    300
+}
+
+fn default_negative_ttl() -> u64 {
+    30
+}
+
+impl Config {
+    /// Upstream names are the first component of the cached repositories and the names
+    /// of their tenants, so they must be valid as both, and distinct.
+    pub fn check_upstreams(&self) -> anyhow::Result<()> {
+        let mut seen = std::collections::BTreeSet::new();
+        for u in &self.upstreams {
+            if !berth_auth::valid_name(&u.name) {
+                anyhow::bail!(
+                    "[[upstream]] name {:?} is invalid: a registry host name without port \
+                     (lowercase letters, digits, and . _ - between them)",
+                    u.name
+                );
+            }
+            if !seen.insert(u.name.as_str()) {
+                anyhow::bail!("[[upstream]] name {:?} appears twice", u.name);
+            }
+            if u.password.is_some() && u.username.is_none() {
+                anyhow::bail!("[[upstream]] {}: password without username", u.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The access settings, including the tenants of the pull-through caches.
+    pub fn access_config(&self) -> berth_registry::access::AccessConfig {
+        berth_registry::access::AccessConfig {
+            cache_tenants: self
+                .upstreams
+                .iter()
+                .map(|u| (u.name.clone(), u.pull.into()))
+                .collect(),
+            ..self.auth.access_config()
+        }
+    }
+}
+
+impl UpstreamEntry {
+    pub fn url(&self) -> String {
+        match (&self.url, self.name.as_str()) {
+            (Some(u), _) => u.clone(),
+            (None, "docker.io") => "https://registry-1.docker.io".to_owned(),
+            (None, host) => format!("https://{host}"),
         }
     }
 }
@@ -183,6 +290,8 @@ impl AuthConfig {
             max_failures_per_user: self.max_failures_per_user.max(1),
             max_failures_per_source: self.max_failures_per_source.max(1),
             failure_window: Duration::from_secs(self.failure_window_secs.max(1)),
+            // Filled from the `[[upstream]]` tables by `Config::access_config`.
+            cache_tenants: Vec::new(),
         }
     }
 }
@@ -493,6 +602,47 @@ mod tests {
         assert!(toml::from_str::<Config>("[tls]\ncert = \"/c.pem\"").is_err());
         let c: Config = toml::from_str("[security]\nallow_insecure_http = true").expect("parse");
         assert!(c.security.allow_insecure_http);
+    }
+
+    #[test]
+    fn upstreams() {
+        let c: Config = toml::from_str(
+            "[[upstream]]\nname = \"docker.io\"\n\n[[upstream]]\nname = \"ghcr.io\"\n\
+             url = \"http://127.0.0.1:5001\"\nusername = \"u\"\npassword = \"p\"\ntag_ttl_secs = 5",
+        )
+        .expect("parse");
+        assert_eq!(c.upstreams.len(), 2);
+        assert_eq!(c.upstreams[0].url(), "https://registry-1.docker.io");
+        assert_eq!(c.upstreams[0].tag_ttl_secs, 300);
+        assert_eq!(c.upstreams[1].url(), "http://127.0.0.1:5001");
+        assert_eq!(c.upstreams[1].username.as_deref(), Some("u"));
+        assert_eq!(c.upstreams[0].negative_ttl_secs, 30);
+        assert_eq!(c.upstreams[0].pull, CachePullConfig::Authenticated);
+        assert!(c.check_upstreams().is_ok());
+        let c: Config = toml::from_str(
+            "[[upstream]]\nname = \"quay.io\"\npull = \"anonymous\"\nnegative_ttl_secs = 0\n\
+             ca_file = \"/etc/ca.pem\"",
+        )
+        .expect("parse");
+        assert_eq!(c.upstreams[0].pull, CachePullConfig::Anonymous);
+        assert_eq!(c.upstreams[0].negative_ttl_secs, 0);
+        assert_eq!(
+            c.upstreams[0].ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert!(
+            toml::from_str::<Config>("[[upstream]]\nname = \"x\"\npull = \"everyone\"").is_err()
+        );
+        for bad in [
+            "[[upstream]]\nname = \"Docker.io\"",
+            "[[upstream]]\nname = \"localhost:5000\"",
+            "[[upstream]]\nname = \"a\"\n[[upstream]]\nname = \"a\"",
+            "[[upstream]]\nname = \"a\"\npassword = \"p\"",
+        ] {
+            let c: Config = toml::from_str(bad).expect("parse");
+            assert!(c.check_upstreams().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<Config>("[[upstream]]\nname = \"x\"\nttl = 1").is_err());
     }
 
     #[test]

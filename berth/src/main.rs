@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use berth_meta::MetaStore;
 use berth_registry::access::Access;
-use berth_registry::{Registry, RegistryConfig};
+use berth_registry::{Registry, RegistryConfig, UpstreamConfig, UpstreamSettings};
 use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
 use berth_storage::{BlobStore, FsStore};
 use clap::{Parser, Subcommand};
@@ -172,6 +172,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tls = config.tls_settings()?;
     let auth_enabled = config.auth.enabled;
     config.check_protected_mode(auth_enabled)?;
+    config.check_upstreams()?;
     if let Some(settings) = &tls {
         // Fail before opening any store, naming the file at fault.
         berth_server::tls::check(settings).context("TLS certificate or key")?;
@@ -202,10 +203,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             cache_ttl: Duration::from_millis(config.cache.ttl_ms),
             cache_entries: config.cache.entries.max(1),
         },
-    );
+    )
+    .with_upstreams(
+        config
+            .upstreams
+            .iter()
+            .map(|u| UpstreamSettings {
+                client: UpstreamConfig {
+                    username: u.username.clone(),
+                    password: u.password.clone(),
+                    ca_file: u.ca_file.clone(),
+                    ..UpstreamConfig::new(u.name.clone(), u.url())
+                },
+                tag_ttl: Duration::from_secs(u.tag_ttl_secs),
+                negative_ttl: Duration::from_secs(u.negative_ttl_secs),
+            })
+            .collect(),
+    )?;
     let auth = if config.auth.enabled {
         let key = admin::read_key_file(&config)?;
-        let access = Access::new(meta.clone(), config.auth.access_config(), key)
+        let access = Access::new(meta.clone(), config.access_config(), key)
             .await
             .context("setting up authentication")?;
         bootstrap_admin(&access, &config).await?;

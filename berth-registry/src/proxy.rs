@@ -1,0 +1,659 @@
+//! Pull-through caching: a repository whose first name component is a configured upstream
+//! (`docker.io/library/nginx`) is filled from that upstream on a miss.
+//!
+//! * Manifests by digest are fetched once and kept forever (content-addressed: they cannot
+//!   change). Tags are re-checked with a `HEAD` at most once per the upstream's TTL; when
+//!   the upstream is unavailable the last known digest is served with a warning.
+//! * Blobs are streamed to the client while the same bytes go through the ordinary upload
+//!   path (hashed while written); the blob is linked only if its digest verifies, and the
+//!   client's last chunk is held back until then, so a corrupt blob is never completed
+//!   for the client either.
+//! * Concurrent misses of one manifest or blob are one upstream fetch (`flight`): the
+//!   first request fetches, the others wait and are then answered from storage.
+//! * An upstream "not found" is remembered for `negative_ttl`, so a client retrying a
+//!   missing tag does not turn into a stream of upstream requests.
+//! * An upstream's `429` (and `503` with `Retry-After`) is respected by the client in
+//!   `berth-upstream`: until the time is up it is not contacted, cached content is served
+//!   (tags with a warning) and misses get the remaining wait.
+//!
+//! Not yet: eviction, sharing one upstream stream among concurrent clients (followers
+//! wait for the whole blob to be stored).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_meta::{Actor, NewManifest, PutManifest};
+use berth_oci::manifest::parse_manifest;
+use berth_oci::{Digest, Reference, RepoName};
+use berth_storage::HashState;
+use berth_upstream::{FetchedManifest, Upstream, UpstreamConfig, UpstreamError};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::flight::{self, Flights, Lead, Seat};
+use crate::{Manifest, Registry, RegistryError, Result, cache};
+
+/// One configured upstream and how long what it said is trusted.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub client: UpstreamConfig,
+    /// A tag is re-checked upstream when it was last checked longer ago than this.
+    pub tag_ttl: Duration,
+    /// An upstream "not found" is believed this long without asking again.
+    pub negative_ttl: Duration,
+}
+
+struct Route {
+    upstream: Upstream,
+    tag_ttl: Duration,
+    negative_ttl: Duration,
+}
+
+/// An outcome shared by a flight's leader with its followers.
+type Shared<T> = std::result::Result<T, Arc<RegistryError>>;
+
+pub(crate) struct Proxy {
+    routes: Vec<Route>,
+    /// When each (repo, tag) was last confirmed upstream. In memory: after a restart every
+    /// tag is re-checked once, which costs one HEAD and is never wrong.
+    checked: Mutex<HashMap<String, Instant>>,
+    /// Until when an upstream "not found" for (repo, reference or digest) stands.
+    missing: Mutex<HashMap<String, Instant>>,
+    manifests: Flights<Shared<Pulled>>,
+    blobs: Flights<Shared<()>>,
+}
+
+impl Proxy {
+    pub(crate) fn new(settings: Vec<UpstreamSettings>) -> Result<Proxy> {
+        let routes = settings
+            .into_iter()
+            .map(|s| {
+                Ok(Route {
+                    upstream: Upstream::new(s.client)
+                        .map_err(|e| RegistryError::Invalid(e.to_string()))?,
+                    tag_ttl: s.tag_ttl,
+                    negative_ttl: s.negative_ttl,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Proxy {
+            routes,
+            checked: Mutex::new(HashMap::new()),
+            missing: Mutex::new(HashMap::new()),
+            manifests: Flights::default(),
+            blobs: Flights::default(),
+        })
+    }
+
+    /// The upstream serving `repo`, and the repository name to ask it for.
+    fn route(&self, repo: &RepoName) -> Option<(&Route, String)> {
+        let (first, rest) = repo.as_str().split_once('/')?;
+        let route = self.routes.iter().find(|r| r.upstream.name() == first)?;
+        Some((route, route.upstream.config().remote_repo(rest)))
+    }
+
+    fn fresh(&self, key: &str, ttl: Duration) -> bool {
+        self.checked
+            .lock()
+            .ok()
+            .and_then(|m| m.get(key).map(|t| t.elapsed() < ttl))
+            .unwrap_or(false)
+    }
+
+    fn mark_checked(&self, key: String) {
+        if let Ok(mut m) = self.checked.lock() {
+            m.insert(key, Instant::now());
+        }
+    }
+
+    fn known_missing(&self, key: &str) -> bool {
+        let Ok(mut m) = self.missing.lock() else {
+            return false;
+        };
+        match m.get(key) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                m.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn mark_missing(&self, key: String, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut m) = self.missing.lock() {
+            let now = Instant::now();
+            // Expired entries go when the map grows, so a scan of random names cannot
+            // grow it for longer than one TTL.
+            if m.len() >= 4096 {
+                m.retain(|_, until| *until > now);
+            }
+            m.insert(key, now + ttl);
+        }
+    }
+}
+
+/// A manifest served through the cache; `warning` is set when it may be stale.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub manifest: Manifest,
+    pub warning: Option<String>,
+}
+
+/// Where a blob that was not in storage comes from now.
+pub enum BlobSource {
+    /// Another request fetched it meanwhile (or it was there after all): read it locally.
+    Stored,
+    /// On its way from the upstream (stored as it passes).
+    Upstream(PulledBlob),
+}
+
+/// A blob on its way from an upstream to the client (and into storage).
+pub struct PulledBlob {
+    /// The upstream's `Content-Length`, if it sent one.
+    pub size: Option<u64>,
+    /// None for a `HEAD`.
+    pub body: Option<std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>>,
+}
+
+/// What an upstream failure means for a request that has nothing cached to fall back on.
+fn upstream_error(upstream: &str, e: UpstreamError) -> RegistryError {
+    match e {
+        UpstreamError::Throttled { retry_after } => RegistryError::UpstreamThrottled {
+            upstream: upstream.to_owned(),
+            retry_after_secs: retry_after.as_secs().max(1),
+        },
+        UpstreamError::Unavailable {
+            reason,
+            retry_after,
+        } => RegistryError::UpstreamUnavailable {
+            reason: format!("{upstream}: {reason}"),
+            retry_after_secs: retry_after.map(|d| d.as_secs().max(1)),
+        },
+        other => RegistryError::UpstreamFailed(format!("{upstream}: {other}")),
+    }
+}
+
+/// A leader's error, rebuilt for a follower (errors are not `Clone`: they may hold I/O
+/// errors). What a client can act on keeps its kind; the rest becomes `UpstreamFailed`.
+fn replay(e: &RegistryError) -> RegistryError {
+    use RegistryError as R;
+    match e {
+        R::ManifestUnknown => R::ManifestUnknown,
+        R::BlobUnknown => R::BlobUnknown,
+        R::UpstreamThrottled {
+            upstream,
+            retry_after_secs,
+        } => R::UpstreamThrottled {
+            upstream: upstream.clone(),
+            retry_after_secs: *retry_after_secs,
+        },
+        R::UpstreamUnavailable {
+            reason,
+            retry_after_secs,
+        } => R::UpstreamUnavailable {
+            reason: reason.clone(),
+            retry_after_secs: *retry_after_secs,
+        },
+        R::ManifestTooLarge { limit } => R::ManifestTooLarge { limit: *limit },
+        other => R::UpstreamFailed(other.to_string()),
+    }
+}
+
+fn share<T: Clone>(r: &Result<T>) -> Shared<T> {
+    match r {
+        Ok(v) => Ok(v.clone()),
+        Err(e) => Err(Arc::new(replay(e))),
+    }
+}
+
+fn unshare<T>(r: Shared<T>) -> Result<T> {
+    r.map_err(|e| replay(&e))
+}
+
+impl Registry {
+    /// Adds pull-through upstreams; repositories under their names are filled from them.
+    pub fn with_upstreams(mut self, upstreams: Vec<UpstreamSettings>) -> Result<Registry> {
+        self.proxy = if upstreams.is_empty() {
+            None
+        } else {
+            Some(Arc::new(Proxy::new(upstreams)?))
+        };
+        Ok(self)
+    }
+
+    /// The upstream whose cache holds `repo`, if any. Its content is written only by the
+    /// cache: pushes and deletes there are refused.
+    pub fn cached_upstream(&self, repo: &RepoName) -> Option<&str> {
+        let proxy = self.proxy.as_ref()?;
+        proxy.route(repo).map(|(r, _)| r.upstream.name())
+    }
+
+    /// The local repository a request names. containerd, used as a mirror, sends the
+    /// upstream-relative name with `?ns=<host>`; the cache keeps it under `<host>/<name>`
+    /// so prefix and mirror requests share one copy (Docker Hub's `library/` applied).
+    pub fn proxy_name(&self, name: RepoName, ns: Option<&str>) -> RepoName {
+        let (Some(proxy), Some(ns)) = (&self.proxy, ns) else {
+            return name;
+        };
+        let Some(route) = proxy.routes.iter().find(|r| r.upstream.name() == ns) else {
+            return name;
+        };
+        let remote = route.upstream.config().remote_repo(name.as_str());
+        format!("{ns}/{remote}").parse().unwrap_or(name)
+    }
+
+    /// `get_manifest`, filling from the upstream when `repo` is under one.
+    pub async fn get_manifest_proxied(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Pulled> {
+        let routed = self.proxy.as_ref().and_then(|p| {
+            let (route, remote) = p.route(repo)?;
+            Some((p, route, remote))
+        });
+        let Some((proxy, route, remote)) = routed else {
+            let manifest = self.get_manifest(repo, reference).await?;
+            return Ok(Pulled {
+                manifest,
+                warning: None,
+            });
+        };
+        let key = cache::key(repo.as_str(), &reference.to_string());
+        if let Some(p) = self
+            .manifest_from_cache(proxy, route, repo, reference)
+            .await?
+        {
+            return Ok(p);
+        }
+        if proxy.known_missing(&key) {
+            return Err(RegistryError::ManifestUnknown);
+        }
+        loop {
+            match proxy.manifests.join(&key) {
+                Seat::Follower(rx) => match flight::wait(rx).await {
+                    Some(outcome) => return unshare(outcome),
+                    None => continue, // the leader was cancelled: try again
+                },
+                Seat::Leader(lead) => {
+                    // A flight that ended between our miss and `join` stored it already.
+                    let r = match self
+                        .manifest_from_cache(proxy, route, repo, reference)
+                        .await
+                    {
+                        Ok(Some(p)) => Ok(p),
+                        Ok(None) => {
+                            self.pull_manifest(proxy, route, &remote, repo, reference)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if matches!(r, Err(RegistryError::ManifestUnknown)) {
+                        proxy.mark_missing(key, route.negative_ttl);
+                    }
+                    lead.land(share(&r));
+                    return r;
+                }
+            }
+        }
+    }
+
+    /// The cached answer if it needs no upstream: a manifest by digest that is here, or a
+    /// tag checked within its TTL.
+    async fn manifest_from_cache(
+        &self,
+        proxy: &Proxy,
+        route: &Route,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Option<Pulled>> {
+        let fresh = match reference {
+            // Content-addressed: once here, it is right forever.
+            Reference::Digest(_) => true,
+            Reference::Tag(tag) => {
+                proxy.fresh(&cache::key(repo.as_str(), tag.as_str()), route.tag_ttl)
+            }
+        };
+        if !fresh {
+            return Ok(None);
+        }
+        match self.get_manifest(repo, reference).await {
+            Ok(manifest) => Ok(Some(Pulled {
+                manifest,
+                warning: None,
+            })),
+            Err(RegistryError::ManifestUnknown) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks the upstream (the flight's leader only).
+    async fn pull_manifest(
+        &self,
+        proxy: &Proxy,
+        route: &Route,
+        remote: &str,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Pulled> {
+        let up = &route.upstream;
+        match reference {
+            Reference::Digest(_) => {
+                if let Ok(manifest) = self.get_manifest(repo, reference).await {
+                    return Ok(Pulled {
+                        manifest,
+                        warning: None,
+                    });
+                }
+                let fetched = up
+                    .get_manifest(remote, reference)
+                    .await
+                    .map_err(|e| miss_error(up.name(), e, RegistryError::ManifestUnknown))?;
+                let manifest = self.store_pulled(repo, None, fetched, up.name()).await?;
+                Ok(Pulled {
+                    manifest,
+                    warning: None,
+                })
+            }
+            Reference::Tag(tag) => {
+                let key = cache::key(repo.as_str(), tag.as_str());
+                let local = match self.get_manifest(repo, reference).await {
+                    Ok(m) => Some(m),
+                    Err(RegistryError::ManifestUnknown) => None,
+                    Err(e) => return Err(e),
+                };
+                match self
+                    .refresh_tag(repo, tag, remote, up, local.as_ref())
+                    .await
+                {
+                    Ok(manifest) => {
+                        proxy.mark_checked(key);
+                        Ok(Pulled {
+                            manifest,
+                            warning: None,
+                        })
+                    }
+                    Err(e) if e.is_transient() => {
+                        let Some(manifest) = local else {
+                            return Err(upstream_error(up.name(), e));
+                        };
+                        tracing::warn!(%repo, %tag, upstream = up.name(), reason = %e,
+                            "upstream unavailable; serving the cached tag");
+                        Ok(Pulled {
+                            manifest,
+                            warning: Some(format!(
+                                "299 - \"upstream {} unavailable; serving cached {}\"",
+                                up.name(),
+                                tag
+                            )),
+                        })
+                    }
+                    Err(UpstreamError::NotFound) => Err(RegistryError::ManifestUnknown),
+                    Err(e) => Err(upstream_error(up.name(), e)),
+                }
+            }
+        }
+    }
+
+    /// Asks the upstream where `tag` points now and stores what is new. `HEAD` first: an
+    /// unchanged tag costs no body and, on Docker Hub, no rate-limited pull.
+    async fn refresh_tag(
+        &self,
+        repo: &RepoName,
+        tag: &berth_oci::Tag,
+        remote: &str,
+        up: &Upstream,
+        local: Option<&Manifest>,
+    ) -> std::result::Result<Manifest, UpstreamError> {
+        let reference = Reference::Tag(tag.clone());
+        let fetched = match up.head_manifest(remote, &reference).await {
+            Ok(d) if local.is_some_and(|m| m.digest == d) => {
+                return local.cloned().ok_or(UpstreamError::NotFound);
+            }
+            Ok(d) => up.get_manifest(remote, &Reference::Digest(d)).await?,
+            // Some registries answer HEAD without a digest header: fall back to GET.
+            Err(UpstreamError::Invalid(_)) => up.get_manifest(remote, &reference).await?,
+            Err(e) => return Err(e),
+        };
+        self.store_pulled(repo, Some(tag.as_str()), fetched, up.name())
+            .await
+            .map_err(|e| UpstreamError::Invalid(e.to_string()))
+    }
+
+    /// Stores an upstream manifest (exact bytes) and, if given, points `tag` at it. Its
+    /// blobs are not required to be present: they are fetched when a client asks.
+    async fn store_pulled(
+        &self,
+        repo: &RepoName,
+        tag: Option<&str>,
+        fetched: FetchedManifest,
+        upstream: &str,
+    ) -> Result<Manifest> {
+        if fetched.content.len() as u64 > self.config.max_manifest_bytes {
+            return Err(RegistryError::ManifestTooLarge {
+                limit: self.config.max_manifest_bytes,
+            });
+        }
+        let content_type = Some(fetched.media_type.as_str()).filter(|t| !t.is_empty());
+        let parsed = parse_manifest(&fetched.content, content_type)
+            .map_err(|e| RegistryError::UpstreamFailed(format!("manifest: {e}")))?;
+        // References are recorded (so deletes and fsck see them) but none is required:
+        // blobs arrive lazily.
+        let mut refs = crate::refs::manifest_refs(&parsed, true)?;
+        for r in &mut refs {
+            r.required = false;
+        }
+        let subject = parsed
+            .subject
+            .as_ref()
+            .and_then(|s| s.known_digest())
+            .map(|d| d.to_string());
+        let annotations = if parsed.annotations.is_empty() {
+            None
+        } else {
+            serde_json::to_string(&parsed.annotations).ok()
+        };
+        let media_type = parsed.kind.media_type();
+        let actor = Actor::named(&format!("proxy:{upstream}"));
+        let outcome = self
+            .meta
+            .put_manifest(&NewManifest {
+                repo: repo.as_str(),
+                digest: fetched.digest.as_str(),
+                media_type,
+                artifact_type: parsed.artifact_type.as_deref(),
+                subject: subject.as_deref(),
+                annotations: annotations.as_deref(),
+                content: &fetched.content,
+                refs: &refs,
+                tag,
+                actor: &actor,
+            })
+            .await?;
+        // No reference is required, so nothing can be missing; kept exhaustive so a new
+        // rule in the metadata store cannot be ignored here silently.
+        if let PutManifest::Missing(d) = outcome {
+            return Err(RegistryError::ManifestBlobUnknown(d));
+        }
+        if let Some(tag) = tag {
+            self.cache
+                .tags
+                .insert(cache::key(repo.as_str(), tag), fetched.digest.clone());
+        }
+        Ok(Manifest {
+            digest: fetched.digest,
+            media_type: media_type.to_owned(),
+            content: fetched.content,
+        })
+    }
+
+    /// On a local blob miss: the blob from the upstream (stored as it passes), or
+    /// `Stored` when a concurrent fetch stored it meanwhile. `BlobUnknown` if `repo` is
+    /// under no upstream.
+    pub async fn fetch_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        with_body: bool,
+    ) -> Result<BlobSource> {
+        let Some(proxy) = &self.proxy else {
+            return Err(RegistryError::BlobUnknown);
+        };
+        let Some((route, remote)) = proxy.route(repo) else {
+            return Err(RegistryError::BlobUnknown);
+        };
+        let up = &route.upstream;
+        let key = cache::key(repo.as_str(), digest.as_str());
+        if proxy.known_missing(&key) {
+            return Err(RegistryError::BlobUnknown);
+        }
+        let missing = |e: UpstreamError| {
+            if matches!(e, UpstreamError::NotFound) {
+                proxy.mark_missing(key.clone(), route.negative_ttl);
+            }
+            miss_error(up.name(), e, RegistryError::BlobUnknown)
+        };
+        if !with_body {
+            let size = up.head_blob(&remote, digest).await.map_err(missing)?;
+            return Ok(BlobSource::Upstream(PulledBlob { size, body: None }));
+        }
+        let lead = loop {
+            match proxy.blobs.join(&key) {
+                Seat::Follower(rx) => match flight::wait(rx).await {
+                    Some(outcome) => return unshare(outcome).map(|()| BlobSource::Stored),
+                    None => continue, // the leader was cancelled: try again
+                },
+                Seat::Leader(lead) => break lead,
+            }
+        };
+        // A flight that ended between our miss and `join` stored it already.
+        match self.stat_blob(repo, digest).await {
+            Ok(_) => {
+                lead.land(Ok(()));
+                return Ok(BlobSource::Stored);
+            }
+            Err(RegistryError::BlobUnknown) => {}
+            Err(e) => {
+                lead.land(Err(Arc::new(replay(&e))));
+                return Err(e);
+            }
+        }
+        let fetched = match up.get_blob(&remote, digest).await.map_err(missing) {
+            Ok(f) => f,
+            Err(e) => {
+                lead.land(Err(Arc::new(replay(&e))));
+                return Err(e);
+            }
+        };
+        let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+        let this = self.clone();
+        let (repo, digest, name) = (repo.clone(), digest.clone(), up.name().to_owned());
+        // Its own task: the blob is worth keeping even if this client goes away mid-way,
+        // and the followers wait for it.
+        tokio::spawn(async move {
+            this.tee_blob(&repo, &digest, &name, fetched.body, tx, lead)
+                .await;
+        });
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(BlobSource::Upstream(PulledBlob {
+            size: fetched.size,
+            body: Some(Box::pin(body)),
+        }))
+    }
+
+    /// Copies the upstream body to the client and into a new upload at once. The last
+    /// chunk reaches the client only after the digest verified; otherwise the client gets
+    /// an error instead, and nothing is linked. The flight lands once the blob is linked
+    /// (or failed), so followers find it in storage.
+    async fn tee_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        upstream: &str,
+        mut body: std::pin::Pin<Box<dyn Stream<Item = berth_upstream::Result<Bytes>> + Send>>,
+        client: mpsc::Sender<std::io::Result<Bytes>>,
+        lead: Lead<Shared<()>>,
+    ) {
+        let id = uuid::Uuid::new_v4().to_string();
+        let (store_tx, store_rx) = mpsc::channel::<berth_upstream::Result<Bytes>>(8);
+        let store = async {
+            self.blobs.create_upload(&id).await?;
+            let mut state = HashState::new();
+            let rx = futures_util::stream::unfold(store_rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            });
+            let size = self
+                .blobs
+                .append_upload(&id, 0, &mut state, rx, self.config.max_blob_bytes)
+                .await?;
+            self.blobs.finish_upload(&id, size, &state, digest).await?;
+            self.meta
+                .link_blob(
+                    repo.as_str(),
+                    digest.as_str(),
+                    size,
+                    None,
+                    &Actor::named(&format!("proxy:{upstream}")),
+                )
+                .await?;
+            Ok::<u64, RegistryError>(size)
+        };
+        let pump = async {
+            let mut pending: Option<Bytes> = None;
+            let mut to_client = Some(client);
+            while let Some(chunk) = body.next().await {
+                let failed = chunk.is_err();
+                let for_client = chunk.as_ref().ok().cloned();
+                if store_tx.send(chunk).await.is_err() || failed {
+                    break; // storage gave up, or the upstream body broke
+                }
+                if let (Some(prev), Some(tx)) = (pending.take(), &to_client)
+                    && tx.send(Ok(prev)).await.is_err()
+                {
+                    to_client = None; // the client left; keep filling the cache
+                }
+                pending = for_client;
+            }
+            drop(store_tx);
+            (pending, to_client)
+        };
+        let (stored, (pending, to_client)) = tokio::join!(store, pump);
+        match stored {
+            Ok(size) => {
+                tracing::info!(%repo, %digest, size, upstream, "cached blob from upstream");
+                lead.land(Ok(()));
+                if let (Some(last), Some(tx)) = (pending, to_client) {
+                    let _ = tx.send(Ok(last)).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%repo, %digest, upstream, error = %e, "upstream blob not cached");
+                if let Err(e) = self.blobs.delete_upload(&id).await {
+                    tracing::warn!(error = %e, "removing the failed upload");
+                }
+                lead.land(Err(Arc::new(RegistryError::UpstreamFailed(format!(
+                    "{upstream}: blob {digest} not stored: {e}"
+                )))));
+                if let Some(tx) = to_client {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                }
+            }
+        }
+    }
+}
+
+/// An upstream's "not found" is the registry's own miss; everything else keeps its cause.
+fn miss_error(upstream: &str, e: UpstreamError, miss: RegistryError) -> RegistryError {
+    match e {
+        UpstreamError::NotFound => miss,
+        other => upstream_error(upstream, other),
+    }
+}

@@ -1,0 +1,844 @@
+//! Pull-through caching over real HTTP: an upstream Berth and a caching Berth, both
+//! `berth_server::run` on 127.0.0.1:0, driven by a plain HTTP client.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use berth_auth::policy::CachePull;
+use berth_meta::MetaStore;
+use berth_registry::access::{Access, AccessConfig, cli_identity};
+use berth_registry::{Registry, RegistryConfig, UpstreamConfig, UpstreamSettings};
+use berth_server::tls::TlsSettings;
+use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
+use berth_storage::{BlobStore, FsStore};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const PASSWORD: &str = "correct horse battery";
+
+struct Server {
+    base: String,
+    http: reqwest::Client,
+    access: Option<Access>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    dir: Arc<tempfile::TempDir>,
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+#[derive(Default)]
+struct Opts {
+    upstreams: Vec<UpstreamSettings>,
+    /// Authentication on, with these settings.
+    auth: Option<AccessConfig>,
+    tls: Option<TlsSettings>,
+    /// The CA the test client trusts (for a TLS server).
+    client_ca: Option<PathBuf>,
+    /// Reuse another (stopped) server's data directory.
+    dir: Option<Arc<tempfile::TempDir>>,
+}
+
+async fn start(upstreams: Vec<UpstreamSettings>) -> Server {
+    start_with(Opts {
+        upstreams,
+        ..Opts::default()
+    })
+    .await
+}
+
+async fn start_with(opts: Opts) -> Server {
+    // reqwest is built with rustls and no provider (Berth standardises on ring); the
+    // test's own clients need the provider as much as the cache's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = match opts.dir {
+        Some(d) => d,
+        None => Arc::new(tempfile::tempdir().expect("tempdir")),
+    };
+    let blobs = BlobStore::Fs(FsStore::new(dir.path()).await.expect("fs store"));
+    let meta = MetaStore::connect(&format!("sqlite:{}", dir.path().join("meta.db").display()))
+        .await
+        .expect("sqlite");
+    let registry = Registry::new(blobs, meta.clone(), RegistryConfig::default())
+        .with_upstreams(opts.upstreams)
+        .expect("upstreams");
+    let access = match opts.auth {
+        Some(config) => Some(Access::new(meta, config, None).await.expect("access")),
+        None => None,
+    };
+    let state = AppState::with_auth(
+        registry,
+        ServerConfig {
+            tls: opts.tls,
+            ..ServerConfig::default()
+        },
+        access.clone().map(|access| AuthSettings {
+            access,
+            challenge: ChallengeKind::Basic,
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(berth_server::run(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(ca) = &opts.client_ca {
+        let pem = std::fs::read(ca).expect("CA file");
+        http = http.tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("CA")]);
+    }
+    let scheme = if opts.client_ca.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Server {
+        base: format!("{scheme}://{addr}"),
+        http: http.build().expect("client"),
+        access,
+        stop: Some(stop),
+        task: Some(task),
+        dir,
+    }
+}
+
+fn upstream_settings(name: &str, url: &str, tag_ttl: Duration) -> UpstreamSettings {
+    UpstreamSettings {
+        client: UpstreamConfig {
+            timeout: Duration::from_secs(2),
+            ..UpstreamConfig::new(name, url)
+        },
+        tag_ttl,
+        negative_ttl: Duration::from_secs(30),
+    }
+}
+
+/// A caching Berth whose `docker.io` is the given upstream.
+async fn cache_for(upstream: &Server, tag_ttl: Duration) -> Server {
+    start(vec![upstream_settings(
+        "docker.io",
+        &upstream.base,
+        tag_ttl,
+    )])
+    .await
+}
+
+/// How many requests of `route` and `method` a Berth has answered, by its `/metrics`.
+async fn served(server: &Server, route: &str, method: &str) -> u64 {
+    let text = server.get("/metrics").await.text().await.expect("metrics");
+    let prefix = format!(r#"berth_http_requests_total{{route="{route}",method="{method}","#);
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+impl Server {
+    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.req(Method::GET, path).send().await.expect("send")
+    }
+
+    async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let d = sha256(data);
+        let r = self
+            .req(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+            )
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::CREATED, "monolithic push");
+        d
+    }
+
+    /// Pushes an image (config + one layer) under `repo:tag`; returns manifest bytes and
+    /// digest and the layer digest.
+    async fn push_image(&self, repo: &str, tag: &str, layer: &[u8]) -> (Vec<u8>, String, String) {
+        let config = br#"{"architecture":"amd64","os":"linux"}"#;
+        let c = self.push_blob(repo, config).await;
+        let l = self.push_blob(repo, layer).await;
+        let m = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l, "size": layer.len()}],
+        });
+        // Odd spacing on purpose: the cache must keep these exact bytes.
+        let bytes = format!("{}\n\n", serde_json::to_string_pretty(&m).expect("json")).into_bytes();
+        let r = self
+            .req(Method::PUT, &format!("/v2/{repo}/manifests/{tag}"))
+            .header("content-type", OCI_MANIFEST)
+            .body(bytes.clone())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::CREATED, "manifest push");
+        let d = sha256(&bytes);
+        (bytes, d, l)
+    }
+
+    /// Stops the server and waits until its port refuses connections.
+    async fn stop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    fn req_as(&self, method: Method, path: &str, user: Option<&str>) -> reqwest::RequestBuilder {
+        let r = self.req(method, path);
+        match user {
+            Some(u) => r.basic_auth(u, Some(PASSWORD)),
+            None => r,
+        }
+    }
+
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+    }
+}
+
+async fn body(r: reqwest::Response) -> Vec<u8> {
+    r.bytes().await.expect("body").to_vec()
+}
+
+fn corrupt(path: &Path) {
+    let mut data = std::fs::read(path).expect("read stored blob");
+    data[0] ^= 0xff;
+    std::fs::write(path, data).expect("write stored blob");
+}
+
+#[tokio::test]
+async fn pulls_by_prefix_and_by_mirror_ns_then_serves_from_cache_when_upstream_is_down() {
+    let mut upstream = start(Vec::new()).await;
+    let layer = vec![7u8; 300_000];
+    let (manifest, mdigest, ldigest) = upstream.push_image("library/app", "1.0", &layer).await;
+    let cache = cache_for(&upstream, Duration::ZERO).await;
+
+    // By prefix; Docker Hub's `library/` is explicit here.
+    let r = cache.get("/v2/docker.io/library/app/manifests/1.0").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["docker-content-digest"].to_str().ok(),
+        Some(mdigest.as_str())
+    );
+    assert_eq!(
+        r.headers()["content-type"].to_str().ok(),
+        Some(OCI_MANIFEST)
+    );
+    assert!(r.headers().get("warning").is_none());
+    assert_eq!(body(r).await, manifest, "exact upstream bytes");
+
+    let r = cache
+        .get(&format!("/v2/docker.io/library/app/blobs/{ldigest}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await, layer);
+
+    // As a containerd mirror: upstream-relative single-segment name plus `?ns=`.
+    let r = cache.get("/v2/app/manifests/1.0?ns=docker.io").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await, manifest);
+    let r = cache
+        .get(&format!("/v2/docker.io/library/app/manifests/{mdigest}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Unknown upstream tag and blob are plain misses, not upstream failures.
+    let r = cache.get("/v2/docker.io/library/app/manifests/nope").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let missing = sha256(b"not there");
+    let r = cache
+        .get(&format!("/v2/docker.io/library/app/blobs/{missing}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // Upstream gone: the tag (TTL 0, so it is re-checked every time) is served from its
+    // last known digest with a Warning; digests and blobs come from the cache.
+    upstream.stop().await;
+    let r = cache.get("/v2/docker.io/library/app/manifests/1.0").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()
+            .get("warning")
+            .and_then(|w| w.to_str().ok())
+            .is_some_and(|w| w.starts_with("299 ")),
+        "stale tag carries a Warning"
+    );
+    assert_eq!(body(r).await, manifest);
+    let r = cache.get("/v2/app/manifests/1.0?ns=docker.io").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = cache
+        .get(&format!("/v2/app/blobs/{ldigest}?ns=docker.io"))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await, layer);
+
+    // Never fetched and the upstream is down: 503, not a misleading 404.
+    let r = cache.get("/v2/docker.io/library/other/manifests/1.0").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn fresh_tags_are_not_rechecked_and_moved_tags_are_seen_after_the_ttl() {
+    let upstream = start(Vec::new()).await;
+    let (_, first, _) = upstream.push_image("team/app", "latest", b"one").await;
+    let cache = cache_for(&upstream, Duration::from_secs(3600)).await;
+    let digest_of = |r: &reqwest::Response| {
+        r.headers()["docker-content-digest"]
+            .to_str()
+            .expect("digest")
+            .to_owned()
+    };
+    let r = cache.get("/v2/docker.io/team/app/manifests/latest").await;
+    assert_eq!(digest_of(&r), first);
+    let (_, second, _) = upstream.push_image("team/app", "latest", b"two").await;
+    // Within the TTL the cache does not ask again.
+    let r = cache.get("/v2/docker.io/team/app/manifests/latest").await;
+    assert_eq!(digest_of(&r), first);
+
+    let short = cache_for(&upstream, Duration::ZERO).await;
+    let r = short.get("/v2/docker.io/team/app/manifests/latest").await;
+    assert_eq!(digest_of(&r), second);
+    let (_, third, _) = upstream.push_image("team/app", "latest", b"three").await;
+    let r = short.get("/v2/docker.io/team/app/manifests/latest").await;
+    assert_eq!(digest_of(&r), third);
+}
+
+#[tokio::test]
+async fn corrupt_upstream_blob_is_refused_and_not_cached() {
+    let upstream = start(Vec::new()).await;
+    let layer = vec![42u8; 200_000];
+    let (_, _, ldigest) = upstream.push_image("library/app", "1.0", &layer).await;
+    corrupt(&upstream.blob_path(&ldigest));
+    let cache = cache_for(&upstream, Duration::ZERO).await;
+
+    let path = format!("/v2/docker.io/library/app/blobs/{ldigest}");
+    let r = cache.get(&path).await;
+    // Headers went out before the digest could be checked; the body must then fail
+    // rather than complete with the wrong bytes.
+    assert!(
+        r.bytes().await.is_err(),
+        "a corrupt blob never completes for the client"
+    );
+    // Nothing was linked: a HEAD asks the upstream again rather than claiming to have it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let head = cache.req(Method::HEAD, &path).send().await.expect("send");
+    assert_eq!(head.status(), StatusCode::OK);
+    assert!(
+        !cache.blob_path(&ldigest).exists(),
+        "corrupt blob not stored"
+    );
+
+    // Once the upstream serves the right bytes, the same pull works and is cached.
+    std::fs::write(upstream.blob_path(&ldigest), &layer).expect("repair upstream blob");
+    let r = cache.get(&path).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await, layer);
+    assert_eq!(
+        std::fs::read(cache.blob_path(&ldigest)).expect("cached"),
+        layer
+    );
+}
+
+#[tokio::test]
+async fn unconfigured_names_and_namespaces_stay_local() {
+    let upstream = start(Vec::new()).await;
+    upstream.push_image("library/app", "1.0", b"x").await;
+    let cache = cache_for(&upstream, Duration::ZERO).await;
+    // `?ns=` for a host with no upstream: an ordinary local lookup.
+    let r = cache.get("/v2/library/app/manifests/1.0?ns=ghcr.io").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = cache.get("/v2/ghcr.io/library/app/manifests/1.0").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn concurrent_cold_pulls_fetch_each_object_from_the_upstream_once() {
+    let upstream = start(Vec::new()).await;
+    let layer: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let (manifest, _, ldigest) = upstream.push_image("library/app", "1.0", &layer).await;
+    // TTL 0: without single flight every request would re-check the tag upstream.
+    let cache = cache_for(&upstream, Duration::ZERO).await;
+    let (m0, h0, b0) = (
+        served(&upstream, "manifest", "GET").await,
+        served(&upstream, "manifest", "HEAD").await,
+        served(&upstream, "blob", "GET").await,
+    );
+
+    let cache = Arc::new(cache);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let cache = cache.clone();
+        tasks.push(tokio::spawn(async move {
+            // Half by prefix, half as a containerd mirror: one cached copy either way.
+            let path = if i % 2 == 0 {
+                "/v2/docker.io/library/app/manifests/1.0".to_owned()
+            } else {
+                "/v2/app/manifests/1.0?ns=docker.io".to_owned()
+            };
+            let r = cache.get(&path).await;
+            assert_eq!(r.status(), StatusCode::OK);
+            body(r).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), manifest);
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let cache = cache.clone();
+        let path = format!("/v2/docker.io/library/app/blobs/{ldigest}");
+        tasks.push(tokio::spawn(async move {
+            let r = cache.get(&path).await;
+            assert_eq!(r.status(), StatusCode::OK);
+            body(r).await
+        }));
+    }
+    for t in tasks {
+        assert!(
+            t.await.expect("task") == layer,
+            "every client gets the layer"
+        );
+    }
+    assert_eq!(served(&upstream, "manifest", "HEAD").await - h0, 1);
+    assert_eq!(served(&upstream, "manifest", "GET").await - m0, 1);
+    assert_eq!(served(&upstream, "blob", "GET").await - b0, 1);
+}
+
+#[tokio::test]
+async fn upstream_misses_are_remembered_for_the_negative_ttl() {
+    let upstream = start(Vec::new()).await;
+    upstream.push_image("library/app", "1.0", b"x").await;
+    let cache = cache_for(&upstream, Duration::ZERO).await;
+    let missing = sha256(b"nowhere");
+    let asked = async || {
+        served(&upstream, "manifest", "HEAD").await
+            + served(&upstream, "manifest", "GET").await
+            + served(&upstream, "blob", "GET").await
+    };
+    let before = asked().await;
+    for _ in 0..5 {
+        let r = cache.get("/v2/docker.io/library/app/manifests/nope").await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let r = cache
+            .get(&format!("/v2/docker.io/library/app/blobs/{missing}"))
+            .await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+    // One HEAD for the tag, one GET for the blob; the other four rounds never left Berth.
+    assert_eq!(asked().await - before, 2);
+
+    let no_memory = start(vec![UpstreamSettings {
+        negative_ttl: Duration::ZERO,
+        ..upstream_settings("docker.io", &upstream.base, Duration::ZERO)
+    }])
+    .await;
+    let before = asked().await;
+    for _ in 0..3 {
+        let r = no_memory
+            .get("/v2/docker.io/library/app/manifests/nope")
+            .await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+    assert_eq!(asked().await - before, 3, "negative_ttl 0 asks every time");
+}
+
+/// A registry that is rate limiting everyone: every request gets 429 with `Retry-After`.
+async fn rate_limited_upstream(retry_after: &str) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: {retry_after}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let (seen, answer) = (seen.clone(), answer.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+                let _ = conn.write_all(answer.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+#[tokio::test]
+async fn a_rate_limited_upstream_is_left_alone_until_retry_after() {
+    let upstream = start(Vec::new()).await;
+    let layer = vec![3u8; 100_000];
+    let (manifest, _, ldigest) = upstream.push_image("library/app", "1.0", &layer).await;
+    let mut warm = cache_for(&upstream, Duration::ZERO).await;
+    assert_eq!(
+        warm.get("/v2/docker.io/library/app/manifests/1.0")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let r = warm
+        .get(&format!("/v2/docker.io/library/app/blobs/{ldigest}"))
+        .await;
+    assert_eq!(body(r).await, layer);
+    warm.stop().await;
+
+    // The same cache, restarted against an upstream that now rate-limits it.
+    let (url, asked) = rate_limited_upstream("120").await;
+    let cache = start_with(Opts {
+        upstreams: vec![upstream_settings("docker.io", &url, Duration::ZERO)],
+        dir: Some(warm.dir.clone()),
+        ..Opts::default()
+    })
+    .await;
+    for _ in 0..3 {
+        let r = cache.get("/v2/docker.io/library/app/manifests/1.0").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.headers().contains_key("warning"), "stale tag is flagged");
+        assert_eq!(body(r).await, manifest);
+    }
+    let r = cache
+        .get(&format!("/v2/docker.io/library/app/blobs/{ldigest}"))
+        .await;
+    assert_eq!(body(r).await, layer, "cached blobs need no upstream");
+    // Never cached: the client is told to come back when the upstream allows.
+    let r = cache.get("/v2/docker.io/library/other/manifests/1.0").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .expect("retry-after")
+        .parse()
+        .expect("seconds");
+    assert!((100..=120).contains(&wait), "{wait}");
+    let text = r.text().await.expect("body");
+    assert!(
+        text.contains("TOOMANYREQUESTS") && text.contains("docker.io"),
+        "{text}"
+    );
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "one 429, then no request until Retry-After"
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1 made with the `openssl` CLI.
+fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("running openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Berth proxy test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-out",
+        "server.key",
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-key",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("extensions");
+    run(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
+    (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
+}
+
+#[tokio::test]
+async fn https_upstream_with_a_private_ca() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = make_pki(pki.path());
+    let upstream = start_with(Opts {
+        tls: Some(TlsSettings {
+            cert,
+            key,
+            reload_interval: Duration::from_secs(60),
+        }),
+        client_ca: Some(ca.clone()),
+        ..Opts::default()
+    })
+    .await;
+    assert!(upstream.base.starts_with("https://"));
+    let layer = vec![9u8; 500_000];
+    let (manifest, _, ldigest) = upstream.push_image("team/app", "1.0", &layer).await;
+
+    let cache = start(vec![UpstreamSettings {
+        client: UpstreamConfig {
+            ca_file: Some(ca),
+            ..upstream_settings("ghcr.io", &upstream.base, Duration::ZERO).client
+        },
+        ..upstream_settings("ghcr.io", &upstream.base, Duration::ZERO)
+    }])
+    .await;
+    let r = cache.get("/v2/ghcr.io/team/app/manifests/1.0").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await, manifest);
+    let r = cache
+        .get(&format!("/v2/team/app/blobs/{ldigest}?ns=ghcr.io"))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await, layer);
+
+    // Without the CA the upstream's certificate is not trusted: no content, no 200.
+    let untrusting = start(vec![upstream_settings(
+        "ghcr.io",
+        &upstream.base,
+        Duration::ZERO,
+    )])
+    .await;
+    let r = untrusting.get("/v2/ghcr.io/team/app/manifests/1.0").await;
+    assert!(r.status().is_server_error(), "{}", r.status());
+
+    // A CA file that is not there stops the cache from starting, naming the file.
+    let bad = Registry::new(
+        BlobStore::Fs(FsStore::new(pki.path()).await.expect("fs")),
+        MetaStore::connect(&format!("sqlite:{}", pki.path().join("m.db").display()))
+            .await
+            .expect("sqlite"),
+        RegistryConfig::default(),
+    )
+    .with_upstreams(vec![UpstreamSettings {
+        client: UpstreamConfig {
+            ca_file: Some(pki.path().join("absent.pem")),
+            ..UpstreamConfig::new("ghcr.io", "https://127.0.0.1:1")
+        },
+        ..upstream_settings("ghcr.io", "https://127.0.0.1:1", Duration::ZERO)
+    }]);
+    match bad {
+        Err(e) => assert!(e.to_string().contains("absent.pem"), "{e}"),
+        Ok(_) => panic!("a missing ca_file must be refused"),
+    }
+}
+
+#[tokio::test]
+async fn cached_content_obeys_access_control() {
+    let upstream = start(Vec::new()).await;
+    let (manifest, _, ldigest) = upstream.push_image("library/app", "1.0", b"layer").await;
+    let url = upstream.base.clone();
+    let cache = start_with(Opts {
+        upstreams: ["docker.io", "quay.io", "ghcr.io"]
+            .iter()
+            .map(|n| upstream_settings(n, &url, Duration::from_secs(60)))
+            .collect(),
+        auth: Some(AccessConfig {
+            cache_tenants: vec![
+                ("docker.io".into(), CachePull::Authenticated),
+                ("quay.io".into(), CachePull::Anonymous),
+                ("ghcr.io".into(), CachePull::Members),
+            ],
+            ..AccessConfig::default()
+        }),
+        ..Opts::default()
+    })
+    .await;
+    let access = cache.access.as_ref().expect("auth on");
+    let me = cli_identity();
+    access
+        .create_user(&me, None, "admin", PASSWORD, true)
+        .await
+        .expect("admin");
+    for u in ["alice", "bob"] {
+        access
+            .create_user(&me, None, u, PASSWORD, false)
+            .await
+            .expect("user");
+    }
+    access
+        .set_member(&me, None, "ghcr.io", "bob", Some("reader"))
+        .await
+        .expect("bob reads ghcr.io");
+    // `library` public: a `?ns=` request judged on its unrewritten name (`app`) would pass.
+    access
+        .set_tenant_public(&me, None, "library", true)
+        .await
+        .expect("library public");
+
+    let status = async |path: &str, user: Option<&str>| {
+        cache
+            .req_as(Method::GET, path, user)
+            .send()
+            .await
+            .expect("send")
+            .status()
+    };
+    let hub = "/v2/docker.io/library/app/manifests/1.0";
+    let mirror = "/v2/app/manifests/1.0?ns=docker.io";
+    assert_eq!(status(hub, None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(mirror, None).await, StatusCode::UNAUTHORIZED);
+    for who in ["alice", "bob", "admin"] {
+        assert_eq!(status(hub, Some(who)).await, StatusCode::OK, "{who}");
+        assert_eq!(status(mirror, Some(who)).await, StatusCode::OK, "{who}");
+    }
+    let r = cache
+        .req_as(Method::GET, mirror, Some("alice"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(body(r).await, manifest);
+    // quay.io: public.
+    assert_eq!(
+        status("/v2/quay.io/library/app/manifests/1.0", None).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&format!("/v2/quay.io/library/app/blobs/{ldigest}"), None).await,
+        StatusCode::OK
+    );
+    // ghcr.io: members only.
+    let ghcr = "/v2/ghcr.io/library/app/manifests/1.0";
+    assert_eq!(status(ghcr, Some("alice")).await, StatusCode::FORBIDDEN);
+    assert_eq!(status(ghcr, Some("bob")).await, StatusCode::OK);
+    assert_eq!(status(ghcr, Some("admin")).await, StatusCode::OK);
+
+    // Nobody writes into a cache, admins included, and the answer says why.
+    let writes = [
+        (
+            Method::POST,
+            "/v2/docker.io/library/app/blobs/uploads/".to_owned(),
+        ),
+        (
+            Method::PUT,
+            "/v2/docker.io/library/app/manifests/2.0".to_owned(),
+        ),
+        (
+            Method::DELETE,
+            "/v2/docker.io/library/app/manifests/1.0".to_owned(),
+        ),
+        (
+            Method::DELETE,
+            format!("/v2/quay.io/library/app/blobs/{ldigest}"),
+        ),
+    ];
+    for (method, path) in &writes {
+        for who in [None, Some("admin"), Some("bob")] {
+            let r = cache
+                .req_as(method.clone(), path, who)
+                .header("content-type", OCI_MANIFEST)
+                .body("{}")
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{method} {path} {who:?}");
+            let text = r.text().await.expect("body");
+            assert!(
+                text.contains("DENIED") && text.contains("pull-through cache"),
+                "{text}"
+            );
+        }
+    }
+    // Uploads are never rewritten by `?ns=` (containerd only pulls that way): this one is
+    // an ordinary push to the local `library/app`.
+    let r = cache
+        .req_as(
+            Method::POST,
+            "/v2/app/blobs/uploads/?ns=docker.io",
+            Some("admin"),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    // The cache tenants' visibility belongs to the configuration.
+    assert!(
+        access
+            .set_tenant_public(&me, None, "docker.io", true)
+            .await
+            .is_err()
+    );
+    assert!(access.delete_tenant(&me, None, "quay.io").await.is_err());
+}
