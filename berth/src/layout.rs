@@ -17,11 +17,10 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use berth_meta::{Actor, MetaStore};
+use berth_meta::Actor;
 use berth_oci::manifest::parse_manifest;
 use berth_oci::{Algorithm, Digest, Reference, RepoName};
-use berth_registry::{Registry, RegistryConfig};
-use berth_storage::{BlobStore, FsStore};
+use berth_registry::Registry;
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
@@ -55,11 +54,7 @@ pub struct ImportArgs {
 
 async fn open(store: &StoreArgs) -> anyhow::Result<Registry> {
     let config = store.load()?;
-    let blobs = BlobStore::Fs(FsStore::new(config.data_dir.clone()).await?);
-    let meta = MetaStore::connect(&config.metadata_url())
-        .await
-        .context("opening the metadata store")?;
-    Ok(Registry::new(blobs, meta, RegistryConfig::default()))
+    Ok(crate::open_registry(&config).await?.0)
 }
 
 fn bar(total: u64) -> ProgressBar {

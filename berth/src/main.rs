@@ -5,6 +5,7 @@ mod admin;
 mod config;
 mod fsck;
 mod layout;
+mod mirror;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -89,6 +90,14 @@ enum Command {
         #[command(flatten)]
         args: layout::ImportArgs,
     },
+    /// Fetch images from configured upstreams ahead of time: into the pull-through cache,
+    /// or with --into into an ordinary repository. Resumable; prints a summary.
+    Mirror {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+        #[command(flatten)]
+        args: mirror::MirrorArgs,
+    },
     /// Rotate the token signing key.
     RotateKey {
         #[command(flatten)]
@@ -128,6 +137,50 @@ fn init_logging(config: &Config) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// The registry as `serve` runs it: storage, metadata and upstreams from `config`. The
+/// offline commands that write (`import`, `mirror`) open it the same way.
+pub async fn open_registry(config: &Config) -> anyhow::Result<(Registry, MetaStore)> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let blobs = BlobStore::Fs(FsStore::new(config.data_dir.clone()).await?);
+    let meta = MetaStore::connect(&config.metadata_url())
+        .await
+        .context("opening the metadata store")?;
+    let registry = Registry::new(
+        blobs,
+        meta.clone(),
+        RegistryConfig {
+            max_manifest_bytes: config.limits.max_manifest_bytes,
+            max_blob_bytes: match config.limits.max_blob_bytes {
+                0 => u64::MAX,
+                n => n,
+            },
+            allow_sparse_index: config.allow_sparse_index,
+            max_page: config.limits.max_page.max(1),
+            upload_ttl: Duration::from_secs(config.uploads.ttl_secs),
+            cache_ttl: Duration::from_millis(config.cache.ttl_ms),
+            cache_entries: config.cache.entries.max(1),
+        },
+    )
+    .with_upstreams(
+        config
+            .upstreams
+            .iter()
+            .map(|u| UpstreamSettings {
+                client: UpstreamConfig {
+                    username: u.username.clone(),
+                    password: u.password.clone(),
+                    ca_file: u.ca_file.clone(),
+                    ..UpstreamConfig::new(u.name.clone(), u.url())
+                },
+                tag_ttl: Duration::from_secs(u.tag_ttl_secs),
+                negative_ttl: Duration::from_secs(u.negative_ttl_secs),
+            })
+            .collect(),
+    )?;
+    Ok((registry, meta))
 }
 
 async fn shutdown_signal() {
@@ -182,44 +235,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(failpoints = ?armed, "failpoints are armed: this server will fail on purpose");
     }
 
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let blobs = BlobStore::Fs(FsStore::new(config.data_dir.clone()).await?);
-    let meta = MetaStore::connect(&config.metadata_url())
-        .await
-        .context("opening the metadata store")?;
-    let registry = Registry::new(
-        blobs,
-        meta.clone(),
-        RegistryConfig {
-            max_manifest_bytes: config.limits.max_manifest_bytes,
-            max_blob_bytes: match config.limits.max_blob_bytes {
-                0 => u64::MAX,
-                n => n,
-            },
-            allow_sparse_index: config.allow_sparse_index,
-            max_page: config.limits.max_page.max(1),
-            upload_ttl: Duration::from_secs(config.uploads.ttl_secs),
-            cache_ttl: Duration::from_millis(config.cache.ttl_ms),
-            cache_entries: config.cache.entries.max(1),
-        },
-    )
-    .with_upstreams(
-        config
-            .upstreams
-            .iter()
-            .map(|u| UpstreamSettings {
-                client: UpstreamConfig {
-                    username: u.username.clone(),
-                    password: u.password.clone(),
-                    ca_file: u.ca_file.clone(),
-                    ..UpstreamConfig::new(u.name.clone(), u.url())
-                },
-                tag_ttl: Duration::from_secs(u.tag_ttl_secs),
-                negative_ttl: Duration::from_secs(u.negative_ttl_secs),
-            })
-            .collect(),
-    )?;
+    let (registry, meta) = open_registry(&config).await?;
     let auth = if config.auth.enabled {
         let key = admin::read_key_file(&config)?;
         let access = Access::new(meta.clone(), config.access_config(), key)
@@ -347,6 +363,7 @@ fn main() -> anyhow::Result<()> {
         Command::Audit { store, args } => runtime.block_on(admin::audit(&store, args)),
         Command::Export { store, args } => runtime.block_on(layout::export(&store, args)),
         Command::Import { store, args } => runtime.block_on(layout::import(&store, args)),
+        Command::Mirror { store, args } => runtime.block_on(mirror::run(&store, args)),
         Command::RotateKey { store } => runtime.block_on(admin::rotate_key(&store)),
         Command::Fsck(args) => match runtime.block_on(fsck::run(args)) {
             Ok(true) => Ok(()),

@@ -30,6 +30,8 @@ mod multiarch;
 mod oras;
 #[path = "e2e/podman.rs"]
 mod podman;
+#[path = "e2e/prefetch.rs"]
+mod prefetch;
 #[path = "e2e/restart.rs"]
 mod restart;
 #[path = "e2e/skopeo.rs"]
