@@ -9,6 +9,7 @@ mod flight;
 pub mod fsck;
 mod proxy;
 mod refs;
+pub mod replicate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,6 +138,8 @@ pub struct Registry {
     cache: Arc<Caches>,
     /// Pull-through upstreams, if any are configured.
     proxy: Option<Arc<proxy::Proxy>>,
+    /// Push-mirror replication, if any rule is configured.
+    replicator: Option<Arc<replicate::Replicator>>,
 }
 
 impl Registry {
@@ -152,6 +155,7 @@ impl Registry {
                 blob_links: TtlCache::new(n, ttl),
             }),
             proxy: None,
+            replicator: None,
         }
     }
 
@@ -509,6 +513,7 @@ impl Registry {
                         .tags
                         .insert(cache::key(repo.as_str(), tag), digest.clone());
                 }
+                self.replicate_later(repo, &digest, tag);
                 Ok(PutOutcome { digest, subject })
             }
             PutManifest::Missing(d) => Err(RegistryError::ManifestBlobUnknown(d)),

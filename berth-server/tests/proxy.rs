@@ -44,6 +44,8 @@ struct Opts {
     client_ca: Option<PathBuf>,
     /// Reuse another (stopped) server's data directory.
     dir: Option<Arc<tempfile::TempDir>>,
+    /// Push-mirror replication rules.
+    replicas: Vec<berth_registry::replicate::ReplicaRule>,
 }
 
 async fn start(upstreams: Vec<UpstreamSettings>) -> Server {
@@ -68,7 +70,8 @@ async fn start_with(opts: Opts) -> Server {
         .expect("sqlite");
     let registry = Registry::new(blobs, meta.clone(), RegistryConfig::default())
         .with_upstreams(opts.upstreams)
-        .expect("upstreams");
+        .expect("upstreams")
+        .with_replication(opts.replicas);
     let access = match opts.auth {
         Some(config) => Some(Access::new(meta, config, None).await.expect("access")),
         None => None,
@@ -841,4 +844,166 @@ async fn cached_content_obeys_access_control() {
             .is_err()
     );
     assert!(access.delete_tenant(&me, None, "quay.io").await.is_err());
+}
+
+/// Polls `path` on `server` as `user` until it answers 200; its body.
+async fn eventually(
+    server: &Server,
+    path: &str,
+    user: Option<&str>,
+    want: Option<&[u8]>,
+) -> Vec<u8> {
+    for _ in 0..200 {
+        let r = server
+            .req_as(Method::GET, path, user)
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("send");
+        if r.status() == StatusCode::OK {
+            let b = body(r).await;
+            if want.is_none_or(|w| w == b.as_slice()) {
+                return b;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{path} never became what was pushed");
+}
+
+#[tokio::test]
+async fn pushes_are_replicated_with_blobs_and_referrers() {
+    // The target authenticates: replication logs in as a robot of its tenant.
+    let target = start_with(Opts {
+        auth: Some(AccessConfig::default()),
+        ..Opts::default()
+    })
+    .await;
+    let access = target.access.as_ref().expect("auth on");
+    let me = cli_identity();
+    access
+        .create_user(&me, None, "admin", PASSWORD, true)
+        .await
+        .expect("admin");
+    access
+        .create_tenant(&me, None, "team-a", false)
+        .await
+        .expect("tenant");
+    let robot = access
+        .create_robot(
+            &me,
+            None,
+            "team-a",
+            "replicator",
+            &berth_registry::access::NewRobot {
+                actions: berth_auth::Actions::PULL.union(berth_auth::Actions::PUSH),
+                repositories: Vec::new(),
+                description: None,
+                expires_in: None,
+            },
+        )
+        .await
+        .expect("robot");
+    let rule = berth_registry::replicate::ReplicaRule {
+        repositories: "team-a/*".into(),
+        target: Arc::new(
+            berth_upstream::Upstream::new(UpstreamConfig {
+                username: Some(robot.robot.login.clone()),
+                password: Some(robot.secret.clone()),
+                ..UpstreamConfig::new("backup", &target.base)
+            })
+            .expect("target client"),
+        ),
+        prefix: String::new(),
+    };
+    let source = start_with(Opts {
+        replicas: vec![rule],
+        ..Opts::default()
+    })
+    .await;
+
+    let (manifest, digest, layer) = source
+        .push_image("team-a/app", "v1", b"replicated layer")
+        .await;
+    // A signature-like referrer of the image, pushed after it.
+    let empty = source.push_blob("team-a/app", b"{}").await;
+    let sig = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.signature",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": manifest.len()},
+    });
+    let sig_bytes = serde_json::to_vec(&sig).expect("json");
+    let sig_digest = sha256(&sig_bytes);
+    let r = source
+        .req(
+            Method::PUT,
+            &format!("/v2/team-a/app/manifests/{sig_digest}"),
+        )
+        .header("content-type", OCI_MANIFEST)
+        .body(sig_bytes.clone())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // Outside the rule: stays here.
+    source
+        .push_image("team-b/app", "v1", b"not replicated")
+        .await;
+
+    let admin = Some("admin");
+    let got = eventually(
+        &target,
+        "/v2/team-a/app/manifests/v1",
+        admin,
+        Some(&manifest),
+    )
+    .await;
+    assert_eq!(got, manifest, "the exact bytes arrive");
+    let blob = target
+        .req_as(Method::GET, &format!("/v2/team-a/app/blobs/{layer}"), admin)
+        .send()
+        .await
+        .expect("blob");
+    assert_eq!(body(blob).await, b"replicated layer");
+    eventually(
+        &target,
+        &format!("/v2/team-a/app/manifests/{sig_digest}"),
+        admin,
+        Some(&sig_bytes),
+    )
+    .await;
+    let refs = target
+        .req_as(
+            Method::GET,
+            &format!("/v2/team-a/app/referrers/{digest}"),
+            admin,
+        )
+        .send()
+        .await
+        .expect("referrers");
+    let refs: serde_json::Value = refs.json().await.expect("json");
+    assert_eq!(
+        refs["manifests"][0]["digest"],
+        sig_digest.as_str(),
+        "{refs}"
+    );
+    let other = target
+        .req_as(Method::GET, "/v2/team-b/app/manifests/v1", admin)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        other.status(),
+        StatusCode::NOT_FOUND,
+        "team-b is not replicated"
+    );
+
+    // A moved tag follows.
+    let (moved, _, _) = source
+        .push_image("team-a/app", "v1", b"second version")
+        .await;
+    eventually(&target, "/v2/team-a/app/manifests/v1", admin, Some(&moved)).await;
 }

@@ -6,6 +6,8 @@
 //! from "the upstream says this does not exist" ([`UpstreamError::NotFound`]), because the
 //! cache serves stale content for the first and a miss for the second.
 
+mod push;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -152,6 +154,9 @@ pub struct Upstream {
     tokens: Mutex<HashMap<String, CachedToken>>,
     /// Until when the upstream asked to be left alone, and whether it was a rate limit.
     backoff: Mutex<Option<Backoff>>,
+    /// The upstream asked for Basic once: send it up front from then on (a streamed
+    /// body cannot be sent twice to answer a challenge).
+    basic_seen: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -214,6 +219,7 @@ impl Upstream {
             http,
             tokens: Mutex::new(HashMap::new()),
             backoff: Mutex::new(None),
+            basic_seen: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -278,45 +284,107 @@ impl Upstream {
             .map(|t| t.token.clone())
     }
 
-    /// Sends a request, answering one auth challenge if the upstream asks for it.
+    /// Sends a request for pulling, answering one auth challenge if the upstream asks.
     async fn send(&self, method: Method, path: &str, repo: &str, accept: &str) -> Result<Response> {
-        let scope = format!("repository:{repo}:pull");
-        let build = |auth: Option<&Auth>| -> RequestBuilder {
-            let rb = self
-                .http
-                .request(method.clone(), self.url(path))
-                .header(header::ACCEPT, accept);
-            match auth {
-                Some(Auth::Bearer(t)) => rb.bearer_auth(t),
-                Some(Auth::Basic) => rb.basic_auth(
-                    self.config.username.clone().unwrap_or_default(),
-                    self.config.password.clone(),
-                ),
-                None => rb,
-            }
-        };
+        self.send_with(method, path, repo, "pull", accept, None)
+            .await
+    }
+
+    /// The credentials to send before any challenge: a token already fetched for `scope`,
+    /// or Basic once the upstream has asked for Basic.
+    fn known_auth(&self, scope: &str) -> Option<Auth> {
+        if let Some(t) = self.token_for(scope) {
+            return Some(Auth::Bearer(t));
+        }
+        self.basic_seen
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(Auth::Basic)
+    }
+
+    fn build(
+        &self,
+        method: &Method,
+        path: &str,
+        accept: &str,
+        auth: Option<&Auth>,
+        body: Option<&(Bytes, String)>,
+    ) -> RequestBuilder {
+        let mut rb = self
+            .http
+            .request(method.clone(), self.url(path))
+            .header(header::ACCEPT, accept);
+        if let Some((bytes, content_type)) = body {
+            rb = rb
+                .header(header::CONTENT_TYPE, content_type.as_str())
+                .body(bytes.clone());
+        }
+        match auth {
+            Some(Auth::Bearer(t)) => rb.bearer_auth(t),
+            Some(Auth::Basic) => rb.basic_auth(
+                self.config.username.clone().unwrap_or_default(),
+                self.config.password.clone(),
+            ),
+            None => rb,
+        }
+    }
+
+    /// Sends a request needing `actions` (`pull`, or `pull,push`) on `repo`, with an
+    /// optional small body (kept, so the request can be repeated after a challenge).
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        repo: &str,
+        actions: &str,
+        accept: &str,
+        body: Option<(Bytes, String)>,
+    ) -> Result<Response> {
+        let scope = format!("repository:{repo}:{actions}");
         if let Some(e) = self.backing_off() {
             return Err(e);
         }
-        let first = self.token_for(&scope).map(Auth::Bearer);
-        let resp = build(first.as_ref()).send().await.map_err(unavailable)?;
+        let first = self.known_auth(&scope);
+        let resp = self
+            .build(&method, path, accept, first.as_ref(), body.as_ref())
+            .send()
+            .await
+            .map_err(unavailable)?;
         self.note_status(&resp);
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
+        let auth = self.answer_challenge(&resp, &scope).await?;
+        let resp = self
+            .build(&method, path, accept, Some(&auth), body.as_ref())
+            .send()
+            .await
+            .map_err(unavailable)?;
+        self.note_status(&resp);
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(UpstreamError::Unauthorized(
+                "credentials refused after the challenge".into(),
+            ));
+        }
+        Ok(resp)
+    }
+
+    /// Credentials that answer the 401 `resp`, fetching a token for `scope` if needed.
+    async fn answer_challenge(&self, resp: &Response, scope: &str) -> Result<Auth> {
         let challenge = resp
             .headers()
             .get(header::WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_challenge)
             .ok_or_else(|| UpstreamError::Unauthorized("401 without a usable challenge".into()))?;
-        let auth = match challenge {
+        Ok(match challenge {
             Challenge::Basic => {
                 if self.config.username.is_none() {
                     return Err(UpstreamError::Unauthorized(
                         "Basic credentials required and none configured".into(),
                     ));
                 }
+                self.basic_seen
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 Auth::Basic
             }
             Challenge::Bearer {
@@ -325,24 +393,16 @@ impl Upstream {
                 scope: challenged,
             } => {
                 // Prefer the scope the upstream named: it knows what it will check.
-                let scope_asked = challenged.unwrap_or_else(|| scope.clone());
+                let scope_asked = challenged.unwrap_or_else(|| scope.to_owned());
                 let token = self
                     .fetch_token(&realm, service.as_deref(), &scope_asked)
                     .await?;
                 if let Ok(mut tokens) = self.tokens.lock() {
-                    tokens.insert(scope.clone(), token.clone_cached());
+                    tokens.insert(scope.to_owned(), token.clone_cached());
                 }
                 Auth::Bearer(token.token)
             }
-        };
-        let resp = build(Some(&auth)).send().await.map_err(unavailable)?;
-        self.note_status(&resp);
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            return Err(UpstreamError::Unauthorized(
-                "credentials refused after the challenge".into(),
-            ));
-        }
-        Ok(resp)
+        })
     }
 
     async fn fetch_token(

@@ -28,6 +28,26 @@ pub struct Config {
     /// Pull-through upstreams (`[[upstream]]` tables).
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamEntry>,
+    /// Push-mirror replication rules (`[[replicate]]` tables).
+    #[serde(rename = "replicate")]
+    pub replicas: Vec<ReplicaEntry>,
+}
+
+/// One `[[replicate]]` rule: pushes to matching repositories are copied to `url`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaEntry {
+    /// Glob over full repository names: `team-a/*`, `*`.
+    pub repositories: String,
+    /// The target registry (`https://backup.example:5000`).
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM CA certificates trusted for the target besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Prepended to repository names on the target.
+    #[serde(default)]
+    pub prefix: String,
 }
 
 impl Default for Config {
@@ -46,6 +66,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             allow_sparse_index: false,
             upstreams: Vec::new(),
+            replicas: Vec::new(),
         }
     }
 }

@@ -183,6 +183,35 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<(Registry, MetaSto
     Ok((registry, meta))
 }
 
+/// The `[[replicate]]` rules, for `serve` (the offline commands exit before a background
+/// copy could finish, so they do not replicate).
+fn replication_rules(
+    config: &Config,
+) -> anyhow::Result<Vec<berth_registry::replicate::ReplicaRule>> {
+    let mut rules = Vec::new();
+    for r in &config.replicas {
+        let host = r
+            .url
+            .split_once("://")
+            .map_or(r.url.as_str(), |(_, h)| h)
+            .trim_end_matches('/')
+            .to_owned();
+        let target = berth_upstream::Upstream::new(UpstreamConfig {
+            username: r.username.clone(),
+            password: r.password.clone(),
+            ca_file: r.ca_file.clone(),
+            ..UpstreamConfig::new(host, r.url.clone())
+        })
+        .with_context(|| format!("[[replicate]] to {}", r.url))?;
+        rules.push(berth_registry::replicate::ReplicaRule {
+            repositories: r.repositories.clone(),
+            target: std::sync::Arc::new(target),
+            prefix: r.prefix.clone(),
+        });
+    }
+    Ok(rules)
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -236,6 +265,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let (registry, meta) = open_registry(&config).await?;
+    let registry = registry.with_replication(replication_rules(&config)?);
     let auth = if config.auth.enabled {
         let key = admin::read_key_file(&config)?;
         let access = Access::new(meta.clone(), config.access_config(), key)
