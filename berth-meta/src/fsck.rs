@@ -106,7 +106,12 @@ impl MetaStore {
             _ => url.to_owned(),
         };
         let pool = options.connect(&url).await?;
-        let store = MetaStore { pool, backend };
+        // Read-only: it changes nothing, so it has nothing to tell other replicas.
+        let store = MetaStore {
+            pool,
+            backend,
+            url: None,
+        };
         let expected = match backend {
             Backend::Sqlite => SQLITE_SCHEMA.len(),
             Backend::Postgres => POSTGRES_SCHEMA.len(),

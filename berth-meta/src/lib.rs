@@ -11,6 +11,7 @@
 
 mod access;
 mod fsck;
+mod notify;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,6 +20,7 @@ use sqlx::{AnyPool, Row, Transaction};
 
 pub use access::{AuditQuery, AuditRecord, RobotRow, TenantRow, UserChange, UserRow};
 pub use fsck::{BlobRow, DanglingRef, ManifestCursor, ManifestRow};
+pub use notify::Invalidation;
 
 /// Which engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +169,8 @@ impl Actor {
 pub struct MetaStore {
     pool: AnyPool,
     backend: Backend,
+    /// The PostgreSQL URL, for the connection that listens for other replicas' changes.
+    url: Option<std::sync::Arc<str>>,
 }
 
 const SQLITE_SCHEMA: &[&str] = &[
@@ -234,7 +238,11 @@ impl MetaStore {
             _ => url.to_owned(),
         };
         let pool = options.connect(&url).await?;
-        let store = MetaStore { pool, backend };
+        let store = MetaStore {
+            pool,
+            backend,
+            url: (backend == Backend::Postgres).then(|| std::sync::Arc::from(url.as_str())),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -516,6 +524,11 @@ impl MetaStore {
         if gone.rows_affected() == 0 {
             return Ok(Removal::NotFound);
         }
+        let inv = Invalidation::Blob {
+            repo: repo.to_owned(),
+            digest: digest.to_owned(),
+        };
+        self.notify(&mut tx, inv).await?;
         Self::commit_unless_used(
             tx,
             repo_id,
@@ -636,6 +649,11 @@ impl MetaStore {
             .await?;
             let target = format!("{tag}@{}", m.digest);
             Self::audit(&mut tx, m.actor, "tag.set", Some(m.repo), Some(&target)).await?;
+            let inv = Invalidation::Tag {
+                repo: m.repo.to_owned(),
+                tag: tag.to_owned(),
+            };
+            self.notify(&mut tx, inv).await?;
         }
         tx.commit().await?;
         Ok(PutManifest::Stored)
@@ -695,6 +713,11 @@ impl MetaStore {
             tx.rollback().await?;
             return Ok(Removal::NotFound);
         }
+        let inv = Invalidation::Manifest {
+            repo: repo.to_owned(),
+            digest: digest.to_owned(),
+        };
+        self.notify(&mut tx, inv).await?;
         Self::commit_unless_used(
             tx,
             repo_id,
@@ -722,6 +745,11 @@ impl MetaStore {
             return Ok(Removal::NotFound);
         }
         Self::audit(&mut tx, actor, "tag.delete", Some(repo), Some(tag)).await?;
+        let inv = Invalidation::Tag {
+            repo: repo.to_owned(),
+            tag: tag.to_owned(),
+        };
+        self.notify(&mut tx, inv).await?;
         tx.commit().await?;
         Ok(Removal::Removed)
     }

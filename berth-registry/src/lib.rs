@@ -163,6 +163,34 @@ impl Registry {
         &self.config
     }
 
+    /// Keeps this replica's read caches in step with changes other replicas commit
+    /// (PostgreSQL `LISTEN`); without it they catch up within `cache_ttl`. Nothing to do on
+    /// SQLite.
+    pub async fn follow_other_replicas(&self) -> Result<()> {
+        let caches = Arc::clone(&self.cache);
+        self.meta
+            .listen_invalidations(move |inv| {
+                use berth_meta::Invalidation as I;
+                match inv {
+                    I::Tag { repo, tag } => caches.tags.remove(&cache::key(&repo, &tag)),
+                    I::Manifest { repo, digest } => {
+                        caches.manifests.remove(&cache::key(&repo, &digest));
+                        caches.tags.remove_prefix(&cache::repo_prefix(&repo));
+                    }
+                    I::Blob { repo, digest } => {
+                        caches.blob_links.remove(&cache::key(&repo, &digest));
+                    }
+                    I::All => {
+                        caches.tags.remove_prefix("");
+                        caches.manifests.remove_prefix("");
+                        caches.blob_links.remove_prefix("");
+                    }
+                }
+            })
+            .await?;
+        Ok(())
+    }
+
     pub fn meta(&self) -> &MetaStore {
         &self.meta
     }

@@ -266,6 +266,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let (registry, meta) = open_registry(&config).await?;
     let registry = registry.with_replication(replication_rules(&config)?);
+    registry
+        .follow_other_replicas()
+        .await
+        .context("listening for other replicas' changes")?;
     let auth = if config.auth.enabled {
         let key = admin::read_key_file(&config)?;
         let access = Access::new(meta.clone(), config.access_config(), key)
