@@ -32,6 +32,8 @@ mod oras;
 mod podman;
 #[path = "e2e/prefetch.rs"]
 mod prefetch;
+#[path = "e2e/replicas.rs"]
+mod replicas;
 #[path = "e2e/restart.rs"]
 mod restart;
 #[path = "e2e/skopeo.rs"]

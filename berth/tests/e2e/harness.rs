@@ -400,6 +400,8 @@ pub struct Launch {
     /// The server speaks HTTPS with a certificate this CA signed: the readiness probe
     /// uses `curl --cacert` instead of plain HTTP.
     pub tls_ca: Option<PathBuf>,
+    /// A data directory shared with other servers (replicas); `None`: its own.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Berth {
@@ -452,7 +454,10 @@ impl Berth {
     /// The server's data directory.
     #[allow(dead_code)]
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.launch
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("data"))
     }
 
     /// The `berth` binary run with the same config file and data directory (for the
@@ -582,7 +587,7 @@ fn spawn_berth(
         .map_err(|e| format!("opening {}: {e}", log.display()))?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["serve", "--listen", &listen, "--data-dir"])
-        .arg(dir.join("data"))
+        .arg(launch.data_dir.clone().unwrap_or_else(|| dir.join("data")))
         .arg("--config")
         .arg(dir.join("berth.toml"))
         .env("RUST_LOG", "info")

@@ -474,6 +474,7 @@ fn protected_mode_network_address_without_auth() {
         Launch {
             listen_ip: Some("0.0.0.0".to_owned()),
             tls_ca: Some(pki.ca()),
+            ..Launch::default()
         },
     );
     let (ok, out) = curl_https(berth.addr(), &pki.ca(), "/v2/");

@@ -1,0 +1,134 @@
+//! Two `berth serve` processes as replicas: one PostgreSQL database (`BERTH_TEST_POSTGRES_URL`,
+//! a schema of their own) and one blob directory. A chunked upload moves between them, a
+//! push through one pulls from the other, and a tag moved on one is seen on the other long
+//! before its cache TTL (a minute here).
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    Berth, Launch, Layout, cmd, noise, run, run_stdout, sha256_digest, skopeo_copy, skopeo_inspect,
+    tempdir, unique,
+};
+
+/// A fresh schema in the test database, as a metadata URL.
+fn schema_url() -> String {
+    let base = std::env::var("BERTH_TEST_POSTGRES_URL")
+        .expect("BERTH_TEST_POSTGRES_URL must point at PostgreSQL (scripts/start-postgres.sh)");
+    let schema = format!("e{}", &sha256_digest(unique("schema").as_bytes())[7..23]);
+    run(cmd("psql")
+        .arg(&base)
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
+        .arg(format!("CREATE SCHEMA {schema}")));
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-csearch_path%3D{schema}")
+}
+
+/// `curl` against `addr`: status code and headers.
+fn curl(addr: &str, args: &[&str], path: &str) -> String {
+    run_stdout(
+        cmd("curl")
+            .args([
+                "--silent",
+                "--show-error",
+                "--dump-header",
+                "-",
+                "--output",
+                "/dev/null",
+            ])
+            .args(args)
+            .arg(format!("http://{addr}{path}")),
+    )
+}
+
+fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    resp.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[test]
+fn two_replicas_share_uploads_pushes_and_tag_moves() {
+    let url = schema_url();
+    let shared = tempdir();
+    let config = format!("[metadata]\nurl = \"{url}\"\n[cache]\nttl_ms = 60000\n");
+    let launch = || Launch {
+        data_dir: Some(shared.path().to_owned()),
+        ..Launch::default()
+    };
+    let a = Berth::start_launched(&config, &[], launch());
+    let b = Berth::start_launched(&config, &[], launch());
+
+    // A chunked upload started on a, continued on b, then a, finished on b.
+    let work = tempdir();
+    let data = noise(3 << 20);
+    let digest = sha256_digest(&data);
+    let started = curl(a.addr(), &["-X", "POST"], "/v2/team-a/big/blobs/uploads/");
+    let mut location = header(&started, "location").expect("Location").to_owned();
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        let file = work.path().join(format!("chunk{i}"));
+        std::fs::write(&file, chunk).expect("chunk");
+        let offset = i * (1 << 20);
+        let range = format!("Content-Range: {}-{}", offset, offset + chunk.len() - 1);
+        let server = if i % 2 == 0 { &a } else { &b };
+        let at = format!("@{}", file.display());
+        let resp = curl(
+            server.addr(),
+            &[
+                "-X",
+                "PATCH",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "-H",
+                &range,
+                "--data-binary",
+                &at,
+            ],
+            &location,
+        );
+        assert!(
+            resp.starts_with("HTTP/1.1 202"),
+            "chunk {i} on replica {}: {resp}",
+            i % 2
+        );
+        location = header(&resp, "location").expect("Location").to_owned();
+    }
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let done = curl(
+        b.addr(),
+        &["-X", "PUT"],
+        &format!("{location}{sep}digest={digest}"),
+    );
+    assert!(done.starts_with("HTTP/1.1 201"), "{done}");
+    assert_eq!(a.get(&format!("/v2/team-a/big/blobs/{digest}")).body, data);
+
+    // Pushed through b, pulled from a at once.
+    let src = Layout::init(work.path().join("src"));
+    let first = src.build("v1", "amd64", &[("f", unique("first"))]);
+    skopeo_copy(&[], &src.oci("v1"), &b.docker("team-a/app:v1"));
+    assert_eq!(
+        skopeo_inspect(&a.docker("team-a/app:v1"))["Digest"],
+        first.as_str()
+    );
+    // b has read the tag too (and caches it for a minute).
+    assert_eq!(
+        skopeo_inspect(&b.docker("team-a/app:v1"))["Digest"],
+        first.as_str()
+    );
+
+    // Moved through a: b follows within seconds, not after its one-minute TTL.
+    let second = src.build("v2", "amd64", &[("f", unique("second"))]);
+    skopeo_copy(&[], &src.oci("v2"), &a.docker("team-a/app:v1"));
+    let start = Instant::now();
+    loop {
+        let seen = b.manifest("team-a/app", "v1", crate::harness::OCI_MANIFEST);
+        if seen.header("docker-content-digest") == Some(second.as_str()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "replica b still serves the old tag after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
