@@ -4,6 +4,7 @@
 mod admin;
 mod config;
 mod fsck;
+mod versions;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -76,6 +77,13 @@ enum Command {
     RotateKey {
         #[command(flatten)]
         store: admin::StoreArgs,
+    },
+    /// Tag history, rollback, semver listing and resolution (offline, as the admin `cli`).
+    Tag {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+        #[command(subcommand)]
+        cmd: versions::TagCommand,
     },
 }
 
@@ -184,6 +192,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             upload_ttl: Duration::from_secs(config.uploads.ttl_secs),
             cache_ttl: Duration::from_millis(config.cache.ttl_ms),
             cache_entries: config.cache.entries.max(1),
+            tag_rules: config.tag_rules()?,
         },
     );
     let auth = if config.auth.enabled {
@@ -312,6 +321,7 @@ fn main() -> anyhow::Result<()> {
         Command::Secret { store, args } => runtime.block_on(admin::secret(&store, args)),
         Command::Audit { store, args } => runtime.block_on(admin::audit(&store, args)),
         Command::RotateKey { store } => runtime.block_on(admin::rotate_key(&store)),
+        Command::Tag { store, cmd } => runtime.block_on(versions::tag(&store, cmd)),
         Command::Fsck(args) => match runtime.block_on(fsck::run(args)) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),
