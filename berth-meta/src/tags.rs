@@ -77,7 +77,7 @@ pub struct TagEvent {
     pub at: i64,
 }
 
-/// The outcome of [`MetaStore::set_tag`].
+/// The outcome of [`MetaStore::rollback_tag`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SetTag {
     /// The tag now points at the digest (possibly it already did).
@@ -280,16 +280,15 @@ impl MetaStore {
         Ok(None)
     }
 
-    /// Points `tag` at a manifest already in the repository (a rollback), if it still
-    /// points at `expected` (`None` = absent), recording the change as `kind`. An immutable
-    /// tag (per the guard) moves only for an admin.
-    pub async fn set_tag(
+    /// Rolls `tag` back to a manifest already in the repository, if it still points at
+    /// `expected` (`None` = absent), recorded as a rollback. An immutable tag (per the
+    /// guard) moves only for an admin.
+    pub async fn rollback_tag(
         &self,
         repo: &str,
         tag: &str,
         digest: &str,
         expected: Option<&str>,
-        kind: TagChange,
         actor: &Actor,
         guard: TagGuard<'_>,
     ) -> Result<SetTag> {
@@ -322,7 +321,7 @@ impl MetaStore {
                 repo_id,
                 tag,
                 digest,
-                kind: Some(kind),
+                kind: Some(TagChange::Rollback),
                 expected: Some(expected),
                 immutable: rule.as_deref(),
                 override_immutable: guard.admin,

@@ -1009,31 +1009,15 @@ async fn tag_history_records_every_change(db: Db) {
     );
     // A rollback that expects the wrong current digest changes nothing.
     assert_eq!(
-        s.set_tag(
-            "h",
-            "app",
-            M1,
-            Some(M2),
-            TagChange::Rollback,
-            &who("carol"),
-            RULES
-        )
-        .await
-        .expect("set"),
+        s.rollback_tag("h", "app", M1, Some(M2), &who("carol"), RULES)
+            .await
+            .expect("set"),
         SetTag::Moved { current: None }
     );
     assert_eq!(
-        s.set_tag(
-            "h",
-            "app",
-            M1,
-            None,
-            TagChange::Rollback,
-            &who("carol"),
-            RULES
-        )
-        .await
-        .expect("set"),
+        s.rollback_tag("h", "app", M1, None, &who("carol"), RULES)
+            .await
+            .expect("set"),
         SetTag::Set
     );
     assert_eq!(
@@ -1041,17 +1025,9 @@ async fn tag_history_records_every_change(db: Db) {
         Some(M1)
     );
     assert_eq!(
-        s.set_tag(
-            "h",
-            "1.2.3",
-            M1,
-            None,
-            TagChange::Rollback,
-            &who("carol"),
-            RULES
-        )
-        .await
-        .expect("set"),
+        s.rollback_tag("h", "1.2.3", M1, None, &who("carol"), RULES)
+            .await
+            .expect("set"),
         SetTag::Immutable {
             rule: "test digits".into()
         },
@@ -1064,17 +1040,9 @@ async fn tag_history_records_every_change(db: Db) {
         Removal::Removed
     );
     assert_eq!(
-        s.set_tag(
-            "h",
-            "app",
-            M1,
-            None,
-            TagChange::Rollback,
-            &who("carol"),
-            RULES
-        )
-        .await
-        .expect("set"),
+        s.rollback_tag("h", "app", M1, None, &who("carol"), RULES)
+            .await
+            .expect("set"),
         SetTag::ManifestUnknown
     );
     let h = s.tag_history("h", "app", 100).await.expect("history");

@@ -2,7 +2,7 @@
 //! Permission checks are the caller's (the API checks the repository's grants; the CLI is
 //! an admin), like the `/v2` use cases in `lib.rs`.
 
-use berth_meta::{SetTag, TagChange, TagEvent, TagGuard};
+use berth_meta::{SetTag, TagEvent, TagGuard};
 use berth_oci::semver::{Version, VersionPrefix, sort_versions};
 use berth_oci::{Digest, RepoName, Tag};
 use serde::Serialize;
@@ -140,12 +140,11 @@ impl Registry {
         let immutable = |t: &str| self.config.tag_rules.immutable(repo.as_str(), t);
         let outcome = self
             .meta
-            .set_tag(
+            .rollback_tag(
                 repo.as_str(),
                 tag.as_str(),
                 &target,
                 current.as_deref(),
-                TagChange::Rollback,
                 actor,
                 TagGuard {
                     immutable: &immutable,
@@ -220,6 +219,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_meta::TagChange;
 
     fn ev(new: Option<&str>) -> TagEvent {
         TagEvent {
