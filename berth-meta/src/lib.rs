@@ -12,6 +12,7 @@
 mod access;
 mod fsck;
 mod notify;
+mod tags;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,6 +22,7 @@ use sqlx::{AnyPool, Row, Transaction};
 pub use access::{AuditQuery, AuditRecord, RobotRow, TenantRow, UserChange, UserRow};
 pub use fsck::{BlobRow, DanglingRef, ManifestCursor, ManifestRow};
 pub use notify::Invalidation;
+pub use tags::{SetTag, TagChange, TagEvent, TagGuard};
 
 /// Which engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +39,9 @@ pub enum MetaError {
     Db(#[from] sqlx::Error),
     #[error("metadata is inconsistent: {0}")]
     Corrupt(String),
+    /// Concurrent writers kept changing the same row; the caller may retry.
+    #[error("metadata write contended: {0}")]
+    Contended(String),
 }
 
 impl MetaError {
@@ -109,6 +114,12 @@ pub enum PutManifest {
     Stored,
     /// A required reference is absent; nothing was written.
     Missing(String),
+    /// The tag is immutable and points at another digest; nothing was written.
+    Immutable {
+        tag: String,
+        current: String,
+        rule: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +134,11 @@ pub enum Removal {
     NotFound,
     /// Refused: this manifest still needs it.
     Referenced(String),
+    /// Refused: an immutable tag would go, and the caller is not an admin.
+    Immutable {
+        tag: String,
+        rule: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,10 +192,12 @@ pub struct MetaStore {
 const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0001_core.sql"),
     include_str!("../migrations/sqlite/0002_access.sql"),
+    include_str!("../migrations/sqlite/0003_tag_history.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
     include_str!("../migrations/postgres/0002_access.sql"),
+    include_str!("../migrations/postgres/0003_tag_history.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {
@@ -573,8 +591,19 @@ impl MetaStore {
     // ---- manifests and tags ----
 
     /// Stores a manifest, its references and optionally a tag in one transaction, after
-    /// checking that every required reference exists in the repository.
+    /// checking that every required reference exists in the repository. No tag rules.
     pub async fn put_manifest(&self, m: &NewManifest<'_>) -> Result<PutManifest> {
+        self.put_manifest_guarded(m, TagGuard::NONE).await
+    }
+
+    /// [`Self::put_manifest`] under tag rules: a tag the guard calls immutable is not moved
+    /// to another digest, decided in the transaction that would move it, so of concurrent
+    /// pushes to a new immutable tag exactly one wins.
+    pub async fn put_manifest_guarded(
+        &self,
+        m: &NewManifest<'_>,
+        guard: TagGuard<'_>,
+    ) -> Result<PutManifest> {
         let mut tx = self.write().await?;
         let repo_id = Self::ensure_repo_in(&mut tx, m.repo).await?;
         for r in m.refs.iter().filter(|r| r.required) {
@@ -636,17 +665,26 @@ impl MetaStore {
             .await?;
         }
         if let Some(tag) = m.tag {
-            sqlx::query(
-                "INSERT INTO tags (repo_id, name, sort_key, digest, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (repo_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
-            )
-            .bind(repo_id)
-            .bind(tag)
-            .bind(berth_oci::tag_sort_key(tag))
-            .bind(m.digest)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            let rule = (guard.immutable)(tag);
+            let write = tags::TagWrite {
+                repo_id,
+                tag,
+                digest: m.digest,
+                kind: None,
+                expected: None,
+                immutable: rule.as_deref(),
+                // A push never moves an immutable tag, not even an admin's.
+                override_immutable: false,
+                actor: m.actor,
+            };
+            if let tags::Written::Immutable(current) = Self::write_tag(&mut tx, &write).await? {
+                tx.rollback().await?;
+                return Ok(PutManifest::Immutable {
+                    tag: tag.to_owned(),
+                    current,
+                    rule: rule.unwrap_or_default(),
+                });
+            }
             let target = format!("{tag}@{}", m.digest);
             Self::audit(&mut tx, m.actor, "tag.set", Some(m.repo), Some(&target)).await?;
             let inv = Invalidation::Tag {
@@ -688,22 +726,35 @@ impl MetaStore {
     }
 
     /// Deletes a manifest and every tag on it, unless an index in the repository still
-    /// lists it.
+    /// lists it. No tag rules.
     pub async fn delete_manifest(
         &self,
         repo: &str,
         digest: &str,
         actor: &Actor,
     ) -> Result<Removal> {
+        self.delete_manifest_guarded(repo, digest, actor, TagGuard::NONE)
+            .await
+    }
+
+    /// [`Self::delete_manifest`] under tag rules: refused while an immutable tag points at
+    /// the manifest, unless the guard acts as an admin. Each removed tag is recorded in the
+    /// tag history.
+    pub async fn delete_manifest_guarded(
+        &self,
+        repo: &str,
+        digest: &str,
+        actor: &Actor,
+        guard: TagGuard<'_>,
+    ) -> Result<Removal> {
         let mut tx = self.write().await?;
         let Some(repo_id) = Self::repo_id_in(&mut *tx, repo).await? else {
             return Ok(Removal::NotFound);
         };
-        sqlx::query("DELETE FROM tags WHERE repo_id = $1 AND digest = $2")
-            .bind(repo_id)
-            .bind(digest)
-            .execute(&mut *tx)
-            .await?;
+        if let Some(refused) = Self::remove_tags_of(&mut tx, repo_id, digest, actor, guard).await? {
+            tx.rollback().await?;
+            return Ok(refused);
+        }
         let gone = sqlx::query("DELETE FROM manifests WHERE repo_id = $1 AND digest = $2")
             .bind(repo_id)
             .bind(digest)
@@ -731,19 +782,50 @@ impl MetaStore {
     }
 
     pub async fn delete_tag(&self, repo: &str, tag: &str, actor: &Actor) -> Result<Removal> {
+        self.delete_tag_guarded(repo, tag, actor, TagGuard::NONE)
+            .await
+    }
+
+    /// Deletes a tag, recording it in the tag history; an immutable one only as an admin.
+    pub async fn delete_tag_guarded(
+        &self,
+        repo: &str,
+        tag: &str,
+        actor: &Actor,
+        guard: TagGuard<'_>,
+    ) -> Result<Removal> {
         let mut tx = self.write().await?;
         let Some(repo_id) = Self::repo_id_in(&mut *tx, repo).await? else {
             return Ok(Removal::NotFound);
         };
-        let gone = sqlx::query("DELETE FROM tags WHERE repo_id = $1 AND name = $2")
+        let Some(old) = Self::lock_tag(&mut tx, repo_id, tag).await? else {
+            tx.rollback().await?;
+            return Ok(Removal::NotFound);
+        };
+        if !guard.admin
+            && let Some(rule) = (guard.immutable)(tag)
+        {
+            tx.rollback().await?;
+            return Ok(Removal::Immutable {
+                tag: tag.to_owned(),
+                rule,
+            });
+        }
+        sqlx::query("DELETE FROM tags WHERE repo_id = $1 AND name = $2")
             .bind(repo_id)
             .bind(tag)
             .execute(&mut *tx)
             .await?;
-        if gone.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(Removal::NotFound);
-        }
+        Self::record_tag(
+            &mut tx,
+            repo_id,
+            tag,
+            TagChange::Delete,
+            Some(&old),
+            None,
+            actor,
+        )
+        .await?;
         Self::audit(&mut tx, actor, "tag.delete", Some(repo), Some(tag)).await?;
         let inv = Invalidation::Tag {
             repo: repo.to_owned(),

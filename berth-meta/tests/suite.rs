@@ -4,7 +4,7 @@
 
 use berth_meta::{
     Actor, AuditQuery, AuditRecord, ManifestCursor, ManifestRef, MetaStore, NewManifest,
-    PutManifest, RefKind, Removal, RobotRow, UserChange,
+    PutManifest, RefKind, Removal, RobotRow, SetTag, TagChange, TagGuard, UserChange,
 };
 
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -842,6 +842,282 @@ async fn audit_queries_filter_and_page(db: Db) {
     assert_eq!(seen, (1000..1010).rev().collect::<Vec<i64>>());
 }
 
+/// The rule used by the tag tests: tags starting with a digit are immutable.
+fn digits_rule(tag: &str) -> Option<String> {
+    tag.starts_with(|c: char| c.is_ascii_digit())
+        .then(|| "test digits".to_owned())
+}
+
+const RULES: TagGuard<'static> = TagGuard {
+    immutable: &digits_rule,
+    admin: false,
+};
+const ADMIN: TagGuard<'static> = TagGuard {
+    immutable: &digits_rule,
+    admin: true,
+};
+
+async fn link_d1_d2(s: &MetaStore, repo: &str) {
+    for d in [D1, D2] {
+        s.link_blob(repo, d, 3, None, &who("t"))
+            .await
+            .expect("link");
+    }
+}
+
+fn kinds(h: &[berth_meta::TagEvent]) -> Vec<(TagChange, Option<&str>, Option<&str>, &str)> {
+    h.iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.old_digest.as_deref(),
+                e.new_digest.as_deref(),
+                e.actor.as_str(),
+            )
+        })
+        .collect()
+}
+
+/// An immutable tag is not moved, not deleted and its manifest not deleted, except by an
+/// admin; a refused push stores nothing; the same digest again is fine.
+async fn immutable_tags_are_kept(db: Db) {
+    let s = &db.store;
+    link_d1_d2(s, "r").await;
+    let refs = blob_refs();
+    assert_eq!(
+        s.put_manifest_guarded(&image("r", M1, &refs, Some("1.0.0")), RULES)
+            .await
+            .expect("put"),
+        PutManifest::Stored
+    );
+    let other = NewManifest {
+        content: b"{\"other\": 1}",
+        ..image("r", M2, &refs, Some("1.0.0"))
+    };
+    assert_eq!(
+        s.put_manifest_guarded(&other, ADMIN).await.expect("put"),
+        PutManifest::Immutable {
+            tag: "1.0.0".into(),
+            current: M1.into(),
+            rule: "test digits".into()
+        },
+        "not even an admin's push moves it"
+    );
+    assert_eq!(
+        s.get_manifest("r", M2).await.expect("get"),
+        None,
+        "nothing stored"
+    );
+    assert_eq!(
+        s.resolve_tag("r", "1.0.0").await.expect("q").as_deref(),
+        Some(M1)
+    );
+    assert_eq!(
+        s.put_manifest_guarded(&image("r", M1, &refs, Some("1.0.0")), RULES)
+            .await
+            .expect("put"),
+        PutManifest::Stored,
+        "the identical digest again"
+    );
+    // A mutable tag on the same repository moves freely.
+    for m in [&image("r", M1, &refs, Some("latest")), &other] {
+        let m = NewManifest {
+            tag: Some("latest"),
+            ..m.clone()
+        };
+        assert_eq!(
+            s.put_manifest_guarded(&m, RULES).await.expect("put"),
+            PutManifest::Stored
+        );
+    }
+    assert_eq!(
+        s.resolve_tag("r", "latest").await.expect("q").as_deref(),
+        Some(M2)
+    );
+
+    let refused = Removal::Immutable {
+        tag: "1.0.0".into(),
+        rule: "test digits".into(),
+    };
+    assert_eq!(
+        s.delete_tag_guarded("r", "1.0.0", &who("dev"), RULES)
+            .await
+            .expect("del"),
+        refused
+    );
+    assert_eq!(
+        s.delete_manifest_guarded("r", M1, &who("dev"), RULES)
+            .await
+            .expect("del"),
+        refused
+    );
+    assert_eq!(
+        s.resolve_tag("r", "1.0.0").await.expect("q").as_deref(),
+        Some(M1)
+    );
+    assert!(s.get_manifest("r", M1).await.expect("get").is_some());
+    assert_eq!(
+        s.delete_tag_guarded("r", "nope", &who("dev"), RULES)
+            .await
+            .expect("del"),
+        Removal::NotFound
+    );
+    assert_eq!(
+        s.delete_tag_guarded("r", "1.0.0", &who("root"), ADMIN)
+            .await
+            .expect("del"),
+        Removal::Removed
+    );
+    let h = s.tag_history("r", "1.0.0", 10).await.expect("history");
+    assert_eq!(
+        kinds(&h),
+        [
+            (TagChange::Delete, Some(M1), None, "root"),
+            (TagChange::Create, None, Some(M1), "tester"),
+        ]
+    );
+}
+
+/// Creation, move, deletion (of the tag or with its manifest) and rollback each leave one
+/// history row in the transaction that made them.
+async fn tag_history_records_every_change(db: Db) {
+    let s = &db.store;
+    link_d1_d2(s, "h").await;
+    let refs = blob_refs();
+    let a = Actor {
+        name: "alice".into(),
+        source: Some("10.0.0.1".into()),
+    };
+    let m1 = NewManifest {
+        actor: &a,
+        ..image("h", M1, &refs, Some("app"))
+    };
+    let m2 = NewManifest {
+        content: b"{\"two\": 2}",
+        ..image("h", M2, &refs, Some("app"))
+    };
+    s.put_manifest_guarded(&m1, RULES).await.expect("create");
+    s.put_manifest_guarded(&m1, RULES)
+        .await
+        .expect("same again: no row");
+    s.put_manifest_guarded(&m2, RULES).await.expect("move");
+    assert_eq!(
+        s.delete_tag_guarded("h", "app", &who("bob"), RULES)
+            .await
+            .expect("del"),
+        Removal::Removed
+    );
+    // A rollback that expects the wrong current digest changes nothing.
+    assert_eq!(
+        s.rollback_tag("h", "app", M1, Some(M2), &who("carol"), RULES)
+            .await
+            .expect("set"),
+        SetTag::Moved { current: None }
+    );
+    assert_eq!(
+        s.rollback_tag("h", "app", M1, None, &who("carol"), RULES)
+            .await
+            .expect("set"),
+        SetTag::Set
+    );
+    assert_eq!(
+        s.resolve_tag("h", "app").await.expect("q").as_deref(),
+        Some(M1)
+    );
+    assert_eq!(
+        s.rollback_tag("h", "1.2.3", M1, None, &who("carol"), RULES)
+            .await
+            .expect("set"),
+        SetTag::Immutable {
+            rule: "test digits".into()
+        },
+        "only an admin rolls an immutable tag"
+    );
+    assert_eq!(
+        s.delete_manifest_guarded("h", M1, &who("dave"), RULES)
+            .await
+            .expect("del"),
+        Removal::Removed
+    );
+    assert_eq!(
+        s.rollback_tag("h", "app", M1, None, &who("carol"), RULES)
+            .await
+            .expect("set"),
+        SetTag::ManifestUnknown
+    );
+    let h = s.tag_history("h", "app", 100).await.expect("history");
+    assert_eq!(
+        kinds(&h),
+        [
+            (TagChange::Delete, Some(M1), None, "dave"),
+            (TagChange::Rollback, None, Some(M1), "carol"),
+            (TagChange::Delete, Some(M2), None, "bob"),
+            (TagChange::Move, Some(M1), Some(M2), "tester"),
+            (TagChange::Create, None, Some(M1), "alice"),
+        ]
+    );
+    assert_eq!(h[4].source.as_deref(), Some("10.0.0.1"));
+    assert!(
+        h.windows(2)
+            .all(|w| w[0].id > w[1].id && w[0].at >= w[1].at)
+    );
+    assert_eq!(
+        s.tag_history("h", "app", 2).await.expect("history").len(),
+        2
+    );
+    assert!(
+        s.tag_history("nowhere", "app", 2)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+}
+
+/// Sixteen pushes of different manifests to one new immutable tag at once: exactly one
+/// wins, the others are refused and leave no manifest behind.
+async fn concurrent_immutable_pushes_one_wins(db: Db) {
+    let s = db.store.clone();
+    let mut tasks = Vec::new();
+    for i in 0..16u32 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            // No required references: they would lock the same blob rows on PostgreSQL and
+            // serialise the pushes before they ever reach the tag.
+            let refs = Vec::new();
+            let m = format!("sha256:{:064x}", 5000 + i);
+            let body = format!("{{\"n\": {i}}}");
+            let nm = NewManifest {
+                content: body.as_bytes(),
+                ..image("race", &m, &refs, Some("2.0.0"))
+            };
+            let out = s.put_manifest_guarded(&nm, RULES).await.expect("put");
+            (m, out)
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut losers = Vec::new();
+    for t in tasks {
+        let (m, out) = t.await.expect("task");
+        match out {
+            PutManifest::Stored => winners.push(m),
+            PutManifest::Immutable { .. } => losers.push(m),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one push wins");
+    assert_eq!(losers.len(), 15);
+    assert_eq!(
+        s.resolve_tag("race", "2.0.0").await.expect("q").as_deref(),
+        Some(winners[0].as_str())
+    );
+    for m in &losers {
+        assert_eq!(s.get_manifest("race", m).await.expect("get"), None);
+    }
+    let h = s.tag_history("race", "2.0.0", 100).await.expect("history");
+    assert_eq!(h.len(), 1, "one creation, nothing else");
+    assert_eq!(h[0].new_digest.as_deref(), Some(winners[0].as_str()));
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -869,4 +1145,7 @@ suite!(
     users_tenants_members_and_robots,
     signing_keys_rotate,
     audit_queries_filter_and_page,
+    immutable_tags_are_kept,
+    tag_history_records_every_change,
+    concurrent_immutable_pushes_one_wins,
 );

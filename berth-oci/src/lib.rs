@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod media;
 pub mod name;
 pub mod range;
+pub mod semver;
 
 pub use digest::{Algorithm, Digest, DigestError};
 pub use error::ErrorCode;

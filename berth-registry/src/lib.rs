@@ -10,11 +10,13 @@ pub mod fsck;
 mod proxy;
 mod refs;
 pub mod replicate;
+pub mod tag_rules;
+mod versions;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_meta::{MetaStore, NewManifest, PutManifest, Removal};
+use berth_meta::{MetaStore, NewManifest, PutManifest, Removal, TagGuard};
 use berth_oci::manifest::parse_manifest;
 use berth_oci::range::{RangeError, resolve_range};
 use berth_oci::{Algorithm, Digest, Reference, RepoName};
@@ -27,6 +29,8 @@ pub use berth_meta::{Actor, Backend, Referrer};
 pub use berth_upstream::UpstreamConfig;
 pub use error::RegistryError;
 pub use proxy::{BlobSource, Pulled, PulledBlob, UpstreamSettings};
+pub use tag_rules::{TagRuleSpec, TagRules};
+pub use versions::{HistoryEntry, Rollback, VersionedTag};
 
 use cache::TtlCache;
 
@@ -56,6 +60,8 @@ pub struct RegistryConfig {
     pub cache_ttl: Duration,
     /// Entries kept in each read cache.
     pub cache_entries: usize,
+    /// Immutable and refused tags.
+    pub tag_rules: TagRules,
 }
 
 impl Default for RegistryConfig {
@@ -68,6 +74,7 @@ impl Default for RegistryConfig {
             upload_ttl: Duration::from_secs(24 * 3600),
             cache_ttl: Duration::from_secs(2),
             cache_entries: 10_000,
+            tag_rules: TagRules::default(),
         }
     }
 }
@@ -264,6 +271,9 @@ impl Registry {
             Removal::Referenced(by) => Err(RegistryError::InUse(format!(
                 "blob is referenced by manifest {by}; delete the manifest first"
             ))),
+            Removal::Immutable { .. } => Err(RegistryError::Internal(
+                "a blob unlink reported an immutable tag".into(),
+            )),
         }
     }
 
@@ -517,21 +527,32 @@ impl Registry {
             Reference::Tag(t) => Some(t.as_str()),
             Reference::Digest(_) => None,
         };
+        if let Some(why) = tag.and_then(|t| self.config.tag_rules.refusal(repo.as_str(), t)) {
+            return Err(RegistryError::Denied(why));
+        }
+        let immutable = |t: &str| self.config.tag_rules.immutable(repo.as_str(), t);
+        let guard = TagGuard {
+            immutable: &immutable,
+            admin: false,
+        };
         failpoint(failpoint::BEFORE_MANIFEST_COMMIT)?;
         let outcome = self
             .meta
-            .put_manifest(&NewManifest {
-                repo: repo.as_str(),
-                digest: digest.as_str(),
-                media_type: parsed.kind.media_type(),
-                artifact_type: parsed.artifact_type.as_deref(),
-                subject: subject.as_deref(),
-                annotations: annotations.as_deref(),
-                content: &body,
-                refs: &refs,
-                tag,
-                actor,
-            })
+            .put_manifest_guarded(
+                &NewManifest {
+                    repo: repo.as_str(),
+                    digest: digest.as_str(),
+                    media_type: parsed.kind.media_type(),
+                    artifact_type: parsed.artifact_type.as_deref(),
+                    subject: subject.as_deref(),
+                    annotations: annotations.as_deref(),
+                    content: &body,
+                    refs: &refs,
+                    tag,
+                    actor,
+                },
+                guard,
+            )
             .await?;
         failpoint(failpoint::AFTER_MANIFEST_COMMIT)?;
         match outcome {
@@ -545,6 +566,9 @@ impl Registry {
                 Ok(PutOutcome { digest, subject })
             }
             PutManifest::Missing(d) => Err(RegistryError::ManifestBlobUnknown(d)),
+            PutManifest::Immutable { tag, current, rule } => Err(RegistryError::Denied(format!(
+                "tag {tag} is immutable (rule: {rule}); it points at {current}"
+            ))),
         }
     }
 
@@ -591,18 +615,25 @@ impl Registry {
         Ok(m)
     }
 
-    /// Deletes a manifest (by digest, with its tags) or just a tag.
+    /// Deletes a manifest (by digest, with its tags) or just a tag. An immutable tag goes
+    /// only for an `admin`, and so does a manifest an immutable tag points at.
     pub async fn delete_manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
         actor: &Actor,
+        admin: bool,
     ) -> Result<()> {
+        let immutable = |t: &str| self.config.tag_rules.immutable(repo.as_str(), t);
+        let guard = TagGuard {
+            immutable: &immutable,
+            admin,
+        };
         let outcome = match reference {
             Reference::Digest(d) => {
                 let outcome = self
                     .meta
-                    .delete_manifest(repo.as_str(), d.as_str(), actor)
+                    .delete_manifest_guarded(repo.as_str(), d.as_str(), actor, guard)
                     .await?;
                 self.cache
                     .manifests
@@ -616,7 +647,7 @@ impl Registry {
             Reference::Tag(t) => {
                 let outcome = self
                     .meta
-                    .delete_tag(repo.as_str(), t.as_str(), actor)
+                    .delete_tag_guarded(repo.as_str(), t.as_str(), actor, guard)
                     .await?;
                 self.cache
                     .tags
@@ -629,6 +660,9 @@ impl Registry {
             Removal::NotFound => Err(RegistryError::ManifestUnknown),
             Removal::Referenced(by) => Err(RegistryError::InUse(format!(
                 "manifest is listed by index {by}; delete the index first"
+            ))),
+            Removal::Immutable { tag, rule } => Err(RegistryError::Denied(format!(
+                "tag {tag} is immutable (rule: {rule}); only an admin may delete it"
             ))),
         }
     }

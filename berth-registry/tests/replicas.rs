@@ -111,7 +111,7 @@ async fn a_replica_sees_another_replicas_changes_at_once() {
     // Deleted on a: b stops serving it, and its tag.
     let by_digest: Reference = second.parse().expect("digest");
     assert!(b.get_manifest(&repo, &by_digest).await.is_ok());
-    a.delete_manifest(&repo, &by_digest, &Actor::anonymous())
+    a.delete_manifest(&repo, &by_digest, &Actor::anonymous(), true)
         .await
         .expect("delete");
     until("manifest delete", async || {

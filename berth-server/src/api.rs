@@ -24,6 +24,8 @@ use crate::auth::{self, Credentials};
 use crate::error::ApiError;
 use crate::{AppState, ConnInfo};
 
+mod versions;
+
 type ApiResult = Result<Response, ApiError>;
 
 pub fn router() -> Router<AppState> {
@@ -62,6 +64,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/audit", get(audit))
         .route("/keys/rotate", post(rotate_key))
+        .merge(versions::router())
 }
 
 /// An authenticated management caller.

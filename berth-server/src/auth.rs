@@ -81,6 +81,17 @@ impl Ctx {
         }
     }
 
+    /// Whether the caller acts as an admin (may delete or roll back immutable tags). With
+    /// authentication off everyone does, as everything else is allowed then too. A Bearer
+    /// token does not say, so its subject is looked up.
+    pub async fn is_admin(&self, state: &AppState) -> Result<bool, ApiError> {
+        Ok(match &self.caller {
+            Caller::Open => true,
+            Caller::Anonymous(id) | Caller::Basic(id) => id.is_admin(),
+            Caller::Bearer(_) => self.identity(state).await?.is_some_and(|id| id.is_admin()),
+        })
+    }
+
     pub fn is_open(&self) -> bool {
         matches!(self.caller, Caller::Open)
     }

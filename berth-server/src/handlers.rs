@@ -179,9 +179,10 @@ async fn handle(state: &AppState, ep: Endpoint, req: Request, ctx: &Ctx) -> ApiR
             Method::HEAD => get_manifest(state, &name, &reference, req, false).await,
             Method::PUT => put_manifest(state, name, reference, req, &actor).await,
             Method::DELETE => {
+                let admin = ctx.is_admin(state).await?;
                 state
                     .registry()
-                    .delete_manifest(&name, &reference, &actor)
+                    .delete_manifest(&name, &reference, &actor, admin)
                     .await?;
                 Ok(StatusCode::ACCEPTED.into_response())
             }

@@ -31,6 +31,9 @@ pub struct Config {
     /// Push-mirror replication rules (`[[replicate]]` tables).
     #[serde(rename = "replicate")]
     pub replicas: Vec<ReplicaEntry>,
+    /// `[[tag_rule]]` tables. Unset: semver tags are immutable everywhere; `tag_rule = []`
+    /// turns every rule off.
+    pub tag_rule: Option<Vec<berth_registry::TagRuleSpec>>,
 }
 
 /// One `[[replicate]]` rule: pushes to matching repositories are copied to `url`.
@@ -67,6 +70,7 @@ impl Default for Config {
             allow_sparse_index: false,
             upstreams: Vec::new(),
             replicas: Vec::new(),
+            tag_rule: None,
         }
     }
 }
@@ -424,9 +428,23 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| anyhow::anyhow!("reading config {}: {e}", p.display()))?;
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))
+                let config: Config = toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?;
+                config
+                    .tag_rules()
+                    .map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?;
+                Ok(config)
             }
         }
+    }
+
+    /// The tag rules in force: the configured ones, or semver immutability everywhere.
+    pub fn tag_rules(&self) -> anyhow::Result<berth_registry::TagRules> {
+        let specs = match &self.tag_rule {
+            Some(rules) => rules.clone(),
+            None => vec![berth_registry::TagRuleSpec::semver_everywhere()],
+        };
+        Ok(berth_registry::TagRules::new(specs)?)
     }
 
     pub fn metadata_url(&self) -> String {
@@ -507,6 +525,50 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_rules_default_to_semver_and_are_checked() {
+        let c = Config::load(None).expect("defaults");
+        let rules = c.tag_rules().expect("rules");
+        assert_eq!(
+            rules.immutable("a/b", "v1.2.3").as_deref(),
+            Some("* semver")
+        );
+        assert_eq!(rules.immutable("a/b", "latest"), None);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.toml");
+        std::fs::write(
+            &path,
+            "[[tag_rule]]\nrepositories = \"team-a/*\"\nimmutable = [\"semver\", \"[0-9]*.[0-9]*\"]\nrefuse = [\"latest\"]\n",
+        )
+        .expect("write");
+        let rules = Config::load(Some(&path))
+            .expect("valid")
+            .tag_rules()
+            .expect("rules");
+        assert!(
+            rules.immutable("team-b/x", "1.2.3").is_none(),
+            "the default is replaced"
+        );
+        assert!(rules.refusal("team-a/x", "latest").is_some());
+
+        std::fs::write(&path, "tag_rule = []\n").expect("write");
+        let rules = Config::load(Some(&path))
+            .expect("valid")
+            .tag_rules()
+            .expect("rules");
+        assert!(rules.immutable("a", "1.2.3").is_none(), "all rules off");
+
+        for bad in [
+            "[[tag_rule]]\nrepositories = \"*\"\nimmutable = [\"[0-9\"]\n",
+            "[[tag_rule]]\nrepositories = \"*\"\nimmutables = [\"x\"]\n",
+            "[[tag_rule]]\nimmutable = [\"x\"]\n",
+        ] {
+            std::fs::write(&path, bad).expect("write");
+            assert!(Config::load(Some(&path)).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn defaults_without_a_file() {

@@ -6,6 +6,7 @@ mod config;
 mod fsck;
 mod layout;
 mod mirror;
+mod versions;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -103,6 +104,13 @@ enum Command {
         #[command(flatten)]
         store: admin::StoreArgs,
     },
+    /// Tag history, rollback, semver listing and resolution (offline, as the admin `cli`).
+    Tag {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+        #[command(subcommand)]
+        cmd: versions::TagCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -162,6 +170,7 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<(Registry, MetaSto
             upload_ttl: Duration::from_secs(config.uploads.ttl_secs),
             cache_ttl: Duration::from_millis(config.cache.ttl_ms),
             cache_entries: config.cache.entries.max(1),
+            tag_rules: config.tag_rules()?,
         },
     )
     .with_upstreams(
@@ -399,6 +408,7 @@ fn main() -> anyhow::Result<()> {
         Command::Import { store, args } => runtime.block_on(layout::import(&store, args)),
         Command::Mirror { store, args } => runtime.block_on(mirror::run(&store, args)),
         Command::RotateKey { store } => runtime.block_on(admin::rotate_key(&store)),
+        Command::Tag { store, cmd } => runtime.block_on(versions::tag(&store, cmd)),
         Command::Fsck(args) => match runtime.block_on(fsck::run(args)) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),
