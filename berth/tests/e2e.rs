@@ -24,6 +24,8 @@ mod hostile;
 mod large;
 #[path = "e2e/layout.rs"]
 mod layout;
+#[path = "e2e/mirror.rs"]
+mod mirror;
 #[path = "e2e/multiarch.rs"]
 mod multiarch;
 #[path = "e2e/oras.rs"]

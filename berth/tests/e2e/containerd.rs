@@ -104,6 +104,16 @@ disabled_plugins = [
         self.hosts_dir()
     }
 
+    /// Writes `certs.d/<host>/hosts.toml` with exactly `text`, for setups the plain-HTTP
+    /// shorthand above cannot express (a mirror in front of a different `server`).
+    #[allow(dead_code)]
+    pub fn write_hosts_toml_text(&self, host: &str, text: &str) -> PathBuf {
+        let dir = self.hosts_dir().join(host);
+        std::fs::create_dir_all(&dir).expect("creating a certs.d entry");
+        std::fs::write(dir.join("hosts.toml"), text).expect("writing hosts.toml");
+        self.hosts_dir()
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }

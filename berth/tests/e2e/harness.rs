@@ -318,7 +318,8 @@ fn bad(msg: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
 }
 
-fn parse_response(raw: &[u8], head: bool) -> std::io::Result<HttpResponse> {
+/// Parses a whole HTTP/1.1 response as read from a connection closed after it.
+pub fn parse_response(raw: &[u8], head: bool) -> std::io::Result<HttpResponse> {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
