@@ -31,6 +31,9 @@ fn sha256(data: &[u8]) -> String {
 /// immutable, `latest` refused. Users: admin, maint (maintainer), dev (developer), reader
 /// (reader) of team-a, and outsider (no role).
 async fn start() -> Server {
+    // reqwest is built without a crypto provider (the workspace uses ring): any client,
+    // even a plain-HTTP one, needs it installed first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().expect("tempdir");
     let blobs = BlobStore::Fs(FsStore::new(dir.path()).await.expect("fs store"));
     let meta = MetaStore::connect(&format!("sqlite:{}", dir.path().join("meta.db").display()))
