@@ -1,12 +1,13 @@
 //! The distribution API over real HTTP: each test starts `berth_server::run` on
 //! 127.0.0.1:0 with its own data directory and drives it with a plain HTTP client.
 
+mod common;
+
 use std::time::Duration;
 
-use berth_meta::MetaStore;
 use berth_registry::{Registry, RegistryConfig};
 use berth_server::{AppState, ServerConfig};
-use berth_storage::{BlobStore, FsStore};
+use berth_storage::FsStore;
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -32,30 +33,14 @@ async fn start_with(config: RegistryConfig) -> Server {
 }
 
 async fn start_server(config: RegistryConfig, server: ServerConfig) -> Server {
-    // reqwest is built with rustls and no provider: Berth standardises on ring.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let blobs = BlobStore::Fs(FsStore::new(dir.path()).await.expect("fs store"));
-    let meta = MetaStore::connect(&format!("sqlite:{}", dir.path().join("meta.db").display()))
-        .await
-        .expect("sqlite");
-    let state = AppState::new(Registry::new(blobs, meta, config), server);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(berth_server::run(listener, state, async move {
-        let _ = stopped.await;
-    }));
+    let st = common::stores().await;
+    let state = AppState::new(Registry::new(st.blobs, st.meta, config), server);
+    let run = common::serve(state).await;
     Server {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client"),
-        _stop: stop,
-        _dir: dir,
+        base: run.base,
+        http: run.http,
+        _stop: run.stop,
+        _dir: st.dir,
     }
 }
 

@@ -2,6 +2,8 @@
 //! with Basic credentials and with tokens), the token endpoint, throttling, hostile
 //! credentials and the audit log.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -11,7 +13,6 @@ use berth_meta::{AuditQuery, MetaStore};
 use berth_registry::access::{Access, AccessConfig, NewRobot, cli_identity};
 use berth_registry::{Registry, RegistryConfig};
 use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
-use berth_storage::{BlobStore, FsStore};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -33,42 +34,26 @@ fn sha256(data: &[u8]) -> String {
 }
 
 async fn start(config: AccessConfig) -> Server {
-    // reqwest is built with rustls and no provider: Berth standardises on ring.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let blobs = BlobStore::Fs(FsStore::new(dir.path()).await.expect("fs store"));
-    let meta = MetaStore::connect(&format!("sqlite:{}", dir.path().join("meta.db").display()))
-        .await
-        .expect("sqlite");
-    let access = Access::new(meta.clone(), config, None)
+    let st = common::stores().await;
+    let access = Access::new(st.meta.clone(), config, None)
         .await
         .expect("access");
     let state = AppState::with_auth(
-        Registry::new(blobs, meta.clone(), RegistryConfig::default()),
+        Registry::new(st.blobs, st.meta.clone(), RegistryConfig::default()),
         ServerConfig::default(),
         Some(AuthSettings {
             access: access.clone(),
             challenge: ChallengeKind::Bearer,
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(berth_server::run(listener, state, async move {
-        let _ = stopped.await;
-    }));
+    let run = common::serve(state).await;
     Server {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client"),
+        base: run.base,
+        http: run.http,
         access,
-        meta,
-        _stop: stop,
-        _dir: dir,
+        meta: st.meta,
+        _stop: run.stop,
+        _dir: st.dir,
     }
 }
 

@@ -1,13 +1,11 @@
 //! Version management over real HTTP: immutable and refused tags, tag history, rollback,
 //! semver listing and resolution, and concurrent pushes to one immutable tag.
 
-use std::time::Duration;
+mod common;
 
-use berth_meta::MetaStore;
 use berth_registry::access::{Access, AccessConfig, cli_identity};
 use berth_registry::{Registry, RegistryConfig, TagRuleSpec, TagRules};
 use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
-use berth_storage::{BlobStore, FsStore};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -31,14 +29,7 @@ fn sha256(data: &[u8]) -> String {
 /// immutable, `latest` refused. Users: admin, maint (maintainer), dev (developer), reader
 /// (reader) of team-a, and outsider (no role).
 async fn start() -> Server {
-    // reqwest is built without a crypto provider (the workspace uses ring): any client,
-    // even a plain-HTTP one, needs it installed first.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let blobs = BlobStore::Fs(FsStore::new(dir.path()).await.expect("fs store"));
-    let meta = MetaStore::connect(&format!("sqlite:{}", dir.path().join("meta.db").display()))
-        .await
-        .expect("sqlite");
+    let common::Stores { dir, blobs, meta } = common::stores().await;
     let access = Access::new(meta.clone(), AccessConfig::default(), None)
         .await
         .expect("access");
@@ -90,21 +81,11 @@ async fn start() -> Server {
             challenge: ChallengeKind::Bearer,
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(berth_server::run(listener, state, async move {
-        let _ = stopped.await;
-    }));
+    let run = common::serve(state).await;
     Server {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client"),
-        _stop: stop,
+        base: run.base,
+        http: run.http,
+        _stop: run.stop,
         _dir: dir,
     }
 }
