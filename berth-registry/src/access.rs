@@ -357,6 +357,16 @@ impl Access {
         Ok(())
     }
 
+    /// After a management change: `NotFound` naming what is missing if nothing changed,
+    /// else forget remembered logins (who may do what has changed).
+    fn changed(&self, done: bool, missing: impl FnOnce() -> String) -> Result<()> {
+        if !done {
+            return Err(RegistryError::NotFound(missing()));
+        }
+        self.forget_logins();
+        Ok(())
+    }
+
     /// Forgets remembered logins, after a change to who may do what.
     pub fn forget_logins(&self) {
         lock(&self.0.logins).clear();
@@ -798,16 +808,12 @@ impl Access {
             admin,
             disabled,
         };
-        if !self
+        let done = self
             .0
             .meta
             .update_user(name, &change, &by.actor(source))
-            .await?
-        {
-            return Err(RegistryError::NotFound(format!("no user {name}")));
-        }
-        self.forget_logins();
-        Ok(())
+            .await?;
+        self.changed(done, || format!("no user {name}"))
     }
 
     pub async fn delete_user(
@@ -822,11 +828,8 @@ impl Access {
                 "an admin cannot delete itself".into(),
             ));
         }
-        if !self.0.meta.delete_user(name, &by.actor(source)).await? {
-            return Err(RegistryError::NotFound(format!("no user {name}")));
-        }
-        self.forget_logins();
-        Ok(())
+        let done = self.0.meta.delete_user(name, &by.actor(source)).await?;
+        self.changed(done, || format!("no user {name}"))
     }
 
     /// Tenants the caller may see: all for an admin, else those it belongs to and the
@@ -869,16 +872,12 @@ impl Access {
     ) -> Result<()> {
         require_admin(by)?;
         self.refuse_cache_tenant(name)?;
-        if !self
+        let done = self
             .0
             .meta
             .set_tenant_public(name, public, &by.actor(source))
-            .await?
-        {
-            return Err(RegistryError::NotFound(format!("no tenant {name}")));
-        }
-        self.forget_logins();
-        Ok(())
+            .await?;
+        self.changed(done, || format!("no tenant {name}"))
     }
 
     pub async fn delete_tenant(
@@ -894,11 +893,8 @@ impl Access {
             ));
         }
         self.refuse_cache_tenant(name)?;
-        if !self.0.meta.delete_tenant(name, &by.actor(source)).await? {
-            return Err(RegistryError::NotFound(format!("no tenant {name}")));
-        }
-        self.forget_logins();
-        Ok(())
+        let done = self.0.meta.delete_tenant(name, &by.actor(source)).await?;
+        self.changed(done, || format!("no tenant {name}"))
     }
 
     pub async fn members(&self, by: &Identity, tenant: &str) -> Result<Vec<(String, String)>> {
@@ -923,17 +919,14 @@ impl Access {
                 "unknown role {r:?}: owner, maintainer, developer or reader"
             )));
         }
-        if !self
+        let done = self
             .0
             .meta
             .set_member(tenant, user, role, &by.actor(source))
-            .await?
-        {
-            return Err(RegistryError::NotFound(format!(
-                "no tenant {tenant}, no user {user}, or no such membership"
-            )));
-        }
-        self.forget_logins();
+            .await?;
+        self.changed(done, || {
+            format!("no tenant {tenant}, no user {user}, or no such membership")
+        })?;
         Ok(())
     }
 
@@ -1010,15 +1003,12 @@ impl Access {
         require_manager(by, tenant)?;
         let secret = password::random_secret();
         let hash = hash_blocking(secret.clone()).await?;
-        if !self
+        let done = self
             .0
             .meta
             .set_robot_secret(tenant, name, &hash, &by.actor(source))
-            .await?
-        {
-            return Err(RegistryError::NotFound(format!("no robot {tenant}+{name}")));
-        }
-        self.forget_logins();
+            .await?;
+        self.changed(done, || format!("no robot {tenant}+{name}"))?;
         let row = self
             .0
             .meta
@@ -1040,16 +1030,12 @@ impl Access {
         disabled: bool,
     ) -> Result<()> {
         require_manager(by, tenant)?;
-        if !self
+        let done = self
             .0
             .meta
             .set_robot_disabled(tenant, name, disabled, &by.actor(source))
-            .await?
-        {
-            return Err(RegistryError::NotFound(format!("no robot {tenant}+{name}")));
-        }
-        self.forget_logins();
-        Ok(())
+            .await?;
+        self.changed(done, || format!("no robot {tenant}+{name}"))
     }
 
     pub async fn delete_robot(
@@ -1060,16 +1046,12 @@ impl Access {
         name: &str,
     ) -> Result<()> {
         require_manager(by, tenant)?;
-        if !self
+        let done = self
             .0
             .meta
             .delete_robot(tenant, name, &by.actor(source))
-            .await?
-        {
-            return Err(RegistryError::NotFound(format!("no robot {tenant}+{name}")));
-        }
-        self.forget_logins();
-        Ok(())
+            .await?;
+        self.changed(done, || format!("no robot {tenant}+{name}"))
     }
 
     /// Credentials for a pull secret: the robot's secret rotated if it exists (a secret
