@@ -11,6 +11,7 @@
 
 mod access;
 mod fsck;
+mod gc;
 mod notify;
 mod tags;
 
@@ -21,6 +22,7 @@ use sqlx::{AnyPool, Row, Transaction};
 
 pub use access::{AuditQuery, AuditRecord, RobotRow, TenantRow, UserChange, UserRow};
 pub use fsck::{BlobRow, DanglingRef, ManifestCursor, ManifestRow};
+pub use gc::{GcManifest, RepoGraph};
 pub use notify::Invalidation;
 pub use tags::{SetTag, TagChange, TagEvent, TagGuard};
 
@@ -45,6 +47,18 @@ pub enum MetaError {
 }
 
 impl MetaError {
+    /// The database gave up on a transaction because of a concurrent one (a deadlock or a
+    /// serialization failure); running it again may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            MetaError::Db(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("40P01" | "40001" | "5" | "6"))
+            }
+            MetaError::Contended(_) => true,
+            _ => false,
+        }
+    }
+
     /// The database could not write because its disk is full (SQLite's SQLITE_FULL,
     /// PostgreSQL's `disk_full`): the server answers that as it answers a full blob disk.
     pub fn is_storage_full(&self) -> bool {
@@ -193,11 +207,13 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0001_core.sql"),
     include_str!("../migrations/sqlite/0002_access.sql"),
     include_str!("../migrations/sqlite/0003_tag_history.sql"),
+    include_str!("../migrations/sqlite/0004_gc.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
     include_str!("../migrations/postgres/0002_access.sql"),
     include_str!("../migrations/postgres/0003_tag_history.sql"),
+    include_str!("../migrations/postgres/0004_gc.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {
@@ -480,14 +496,17 @@ impl MetaStore {
         let mut tx = self.write().await?;
         let repo_id = Self::ensure_repo_in(&mut tx, repo).await?;
         let now = now_micros();
-        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+        sqlx::query("INSERT INTO blobs (digest, size, created_at, written_at) VALUES ($1, $2, $3, $3) ON CONFLICT (digest) DO NOTHING")
             .bind(digest)
             .bind(to_i64(size))
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        // A link written again counts as new: garbage collection keeps young links, and a
+        // client that just pushed this blob is about to reference it.
         sqlx::query(
-            "INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES ($1, $2, $3) ON CONFLICT (repo_id, digest) DO NOTHING",
+            "INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (repo_id, digest) DO UPDATE SET created_at = excluded.created_at",
         )
         .bind(repo_id)
         .bind(digest)
@@ -502,6 +521,59 @@ impl MetaStore {
         }
         Self::audit(&mut tx, actor, "blob.link", Some(repo), Some(digest)).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Links a blob the registry already has to `repo` (a cross-repository mount). False
+    /// if the blob is gone, e.g. swept by a collection since the caller looked.
+    pub async fn link_existing_blob(
+        &self,
+        repo: &str,
+        digest: &str,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let repo_id = Self::ensure_repo_in(&mut tx, repo).await?;
+        let linked = sqlx::query(
+            "INSERT INTO repo_blobs (repo_id, digest, created_at) SELECT $1, digest, $2 FROM blobs WHERE digest = $3 \
+             ON CONFLICT (repo_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(now_micros())
+        .bind(digest)
+        .execute(&mut *tx)
+        .await;
+        match linked {
+            Ok(_) => {}
+            // The row went while this waited for the collection's lock.
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let present = sqlx::query("SELECT 1 FROM repo_blobs WHERE repo_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(digest)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !present {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        Self::audit(&mut tx, actor, "blob.link", Some(repo), Some(digest)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Records that a manifest was pulled now (callers rate-limit this per manifest).
+    pub async fn mark_pulled(&self, repo: &str, digest: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE manifests SET pulled_at = $1 WHERE digest = $2 AND repo_id = (SELECT id FROM repositories WHERE name = $3)",
+        )
+        .bind(now_micros())
+        .bind(digest)
+        .bind(repo)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -606,7 +678,11 @@ impl MetaStore {
     ) -> Result<PutManifest> {
         let mut tx = self.write().await?;
         let repo_id = Self::ensure_repo_in(&mut tx, m.repo).await?;
-        for r in m.refs.iter().filter(|r| r.required) {
+        // Locked in one order (blobs, then manifests, each by digest), the order garbage
+        // collection locks in too, so the two never wait on each other in a cycle.
+        let mut required: Vec<&ManifestRef> = m.refs.iter().filter(|r| r.required).collect();
+        required.sort_by(|a, b| (a.kind.code(), &a.digest).cmp(&(b.kind.code(), &b.digest)));
+        for r in required {
             // A no-op UPDATE rather than a SELECT: it locks the row on PostgreSQL, so a
             // concurrent delete of the blob or child cannot slip in before this commits.
             let sql = match r.kind {
