@@ -7,6 +7,7 @@ mod cache;
 mod error;
 mod flight;
 pub mod fsck;
+pub mod gc;
 mod proxy;
 mod refs;
 pub mod replicate;
@@ -137,6 +138,28 @@ struct Caches {
     blob_links: TtlCache<u64>,
 }
 
+impl Caches {
+    /// Forgets what a change, here or on another replica, made stale.
+    fn apply(&self, inv: berth_meta::Invalidation) {
+        use berth_meta::Invalidation as I;
+        match inv {
+            I::Tag { repo, tag } => self.tags.remove(&cache::key(&repo, &tag)),
+            I::Manifest { repo, digest } => {
+                self.manifests.remove(&cache::key(&repo, &digest));
+                self.tags.remove_prefix(&cache::repo_prefix(&repo));
+            }
+            I::Blob { repo, digest } => {
+                self.blob_links.remove(&cache::key(&repo, &digest));
+            }
+            I::All => {
+                self.tags.remove_prefix("");
+                self.manifests.remove_prefix("");
+                self.blob_links.remove_prefix("");
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Registry {
     blobs: BlobStore,
@@ -176,24 +199,7 @@ impl Registry {
     pub async fn follow_other_replicas(&self) -> Result<()> {
         let caches = Arc::clone(&self.cache);
         self.meta
-            .listen_invalidations(move |inv| {
-                use berth_meta::Invalidation as I;
-                match inv {
-                    I::Tag { repo, tag } => caches.tags.remove(&cache::key(&repo, &tag)),
-                    I::Manifest { repo, digest } => {
-                        caches.manifests.remove(&cache::key(&repo, &digest));
-                        caches.tags.remove_prefix(&cache::repo_prefix(&repo));
-                    }
-                    I::Blob { repo, digest } => {
-                        caches.blob_links.remove(&cache::key(&repo, &digest));
-                    }
-                    I::All => {
-                        caches.tags.remove_prefix("");
-                        caches.manifests.remove_prefix("");
-                        caches.blob_links.remove_prefix("");
-                    }
-                }
-            })
+            .listen_invalidations(move |inv| caches.apply(inv))
             .await?;
         Ok(())
     }
@@ -285,16 +291,21 @@ impl Registry {
         from: &RepoName,
         actor: &Actor,
     ) -> Result<bool> {
-        let Some(size) = self.meta.repo_blob(from.as_str(), digest.as_str()).await? else {
+        if self
+            .meta
+            .repo_blob(from.as_str(), digest.as_str())
+            .await?
+            .is_none()
+        {
             return Ok(false);
-        };
+        }
         if self.blobs.stat(digest).await?.is_none() {
             return Ok(false);
         }
-        self.meta
-            .link_blob(repo.as_str(), digest.as_str(), size, None, actor)
-            .await?;
-        Ok(true)
+        Ok(self
+            .meta
+            .link_existing_blob(repo.as_str(), digest.as_str(), actor)
+            .await?)
     }
 
     // ---- uploads ----
@@ -388,11 +399,7 @@ impl Registry {
         let status = self.upload_chunk(repo, id, content_range, body).await?;
         let u = self.session(repo, id).await?;
         let state = HashState::from_bytes(&u.hash_state)?;
-        match self
-            .blobs
-            .finish_upload(id, status.offset, &state, digest)
-            .await
-        {
+        match self.place_blob(id, status.offset, &state, digest).await {
             Ok(()) => {}
             Err(StorageError::DigestMismatch { expected, actual }) => {
                 // These bytes can never become the claimed blob: drop the session.
@@ -437,7 +444,7 @@ impl Registry {
                 .blobs
                 .append_upload(&id, 0, &mut state, body, self.config.max_blob_bytes)
                 .await?;
-            self.blobs.finish_upload(&id, size, &state, digest).await?;
+            self.place_blob(&id, size, &state, digest).await?;
             Ok::<u64, RegistryError>(size)
         }
         .await;
@@ -454,6 +461,25 @@ impl Registry {
             .await?;
         failpoint(failpoint::AFTER_BLOB_LINK)?;
         Ok(size)
+    }
+
+    /// Verifies an upload and moves it into place as `digest`'s bytes. The blob's write
+    /// time moves first, so a collection sweeping an old copy of the same blob either
+    /// finishes before the bytes land (and this writes them anew) or leaves it alone.
+    pub(crate) async fn place_blob(
+        &self,
+        id: &str,
+        size: u64,
+        state: &HashState,
+        digest: &Digest,
+    ) -> std::result::Result<(), StorageError> {
+        if let Err(e) = self.meta.touch_blob(digest.as_str()).await {
+            return Err(StorageError::Io {
+                op: "recording a blob write",
+                source: std::io::Error::other(e),
+            });
+        }
+        self.blobs.finish_upload(id, size, state, digest).await
     }
 
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {

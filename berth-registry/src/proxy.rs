@@ -594,7 +594,7 @@ impl Registry {
                 .blobs
                 .append_upload(&id, 0, &mut state, rx, self.config.max_blob_bytes)
                 .await?;
-            self.blobs.finish_upload(&id, size, &state, digest).await?;
+            self.place_blob(&id, size, &state, digest).await?;
             self.meta
                 .link_blob(
                     repo.as_str(),

@@ -23,6 +23,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    pub gc: GcConfig,
     /// Accept an index whose child manifests are not in the repository.
     pub allow_sparse_index: bool,
     /// Pull-through upstreams (`[[upstream]]` tables).
@@ -67,6 +68,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            gc: GcConfig::default(),
             allow_sparse_index: false,
             upstreams: Vec::new(),
             replicas: Vec::new(),
@@ -208,6 +210,40 @@ impl Default for LimitsConfig {
             header_read_timeout_secs: 10,
             max_connections: 4096,
             max_page: 10_000,
+        }
+    }
+}
+
+/// Garbage collection (`[gc]`), for `berth gc` and the schedule inside `berth serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Seconds new content (and content a tag just left) is kept whatever else holds.
+    pub grace_secs: u64,
+    /// Seconds the tag history keeps the digests it names alive, so a rollback within
+    /// this window always finds its target.
+    pub rollback_window_secs: u64,
+    /// Seconds between collections inside `berth serve`; 0 (the default) runs none. With
+    /// several replicas, one at a time collects (a lease in the metadata store).
+    pub interval_secs: u64,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            grace_secs: 3600,
+            rollback_window_secs: 7 * 24 * 3600,
+            interval_secs: 0,
+        }
+    }
+}
+
+impl GcConfig {
+    pub fn options(&self, dry_run: bool) -> berth_registry::gc::GcOptions {
+        berth_registry::gc::GcOptions {
+            dry_run,
+            grace: std::time::Duration::from_secs(self.grace_secs),
+            rollback_window: std::time::Duration::from_secs(self.rollback_window_secs),
         }
     }
 }

@@ -4,6 +4,7 @@
 mod admin;
 mod config;
 mod fsck;
+mod gc;
 mod layout;
 mod mirror;
 mod versions;
@@ -103,6 +104,14 @@ enum Command {
     RotateKey {
         #[command(flatten)]
         store: admin::StoreArgs,
+    },
+    /// Collect garbage: delete unreachable manifests and blobs (online: serving replicas
+    /// keep going). `--dry-run` prints what would go.
+    Gc {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+        #[command(flatten)]
+        args: gc::GcArgs,
     },
     /// Tag history, rollback, semver listing and resolution (offline, as the admin `cli`).
     Tag {
@@ -320,7 +329,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
 
     let purge_every = Duration::from_secs(config.uploads.purge_interval_secs.max(1));
+    let registry_for_purge = registry.clone();
     tokio::spawn(async move {
+        let registry = registry_for_purge;
         let mut tick = tokio::time::interval(purge_every);
         loop {
             tick.tick().await;
@@ -331,6 +342,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     });
+
+    if config.gc.interval_secs > 0 {
+        spawn_gc(&registry, &config);
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -353,6 +368,43 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     meta.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Collects garbage every `[gc] interval_secs`, one replica at a time.
+fn spawn_gc(registry: &Registry, config: &Config) {
+    let registry = registry.clone();
+    let options = config.gc.options(false);
+    let every = Duration::from_secs(config.gc.interval_secs);
+    let holder = format!("serve:{}:{}", hostname(), std::process::id());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        // The first tick is immediate: wait one interval before the first collection.
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match registry
+                .collect_garbage_leased(&holder, &options, &|_| {})
+                .await
+            {
+                Ok(Some(r)) => tracing::info!(
+                    manifests = r.manifests_deleted.len(),
+                    links = r.links_removed,
+                    blobs = r.blobs_deleted.len(),
+                    bytes = r.bytes_freed,
+                    seconds = r.elapsed.as_secs_f64(),
+                    "garbage collection finished"
+                ),
+                Ok(None) => tracing::debug!("another replica is collecting garbage"),
+                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            }
+        }
+    });
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// With authentication on and no user yet, creates `admin` with the password from
@@ -409,6 +461,7 @@ fn main() -> anyhow::Result<()> {
         Command::Mirror { store, args } => runtime.block_on(mirror::run(&store, args)),
         Command::RotateKey { store } => runtime.block_on(admin::rotate_key(&store)),
         Command::Tag { store, cmd } => runtime.block_on(versions::tag(&store, cmd)),
+        Command::Gc { store, args } => runtime.block_on(gc::run(&store, args)),
         Command::Fsck(args) => match runtime.block_on(fsck::run(args)) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

@@ -1,0 +1,458 @@
+//! Garbage collection on SQLite and on PostgreSQL (`BERTH_TEST_POSTGRES_URL`): the exact
+//! set a crafted store loses and keeps, and a collection racing pushes and pulls.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use berth_meta::MetaStore;
+use berth_oci::{Digest, Reference, RepoName};
+use berth_registry::fsck::NoProgress;
+use berth_registry::gc::{GcOptions, GcReport};
+use berth_registry::{Actor, Registry, RegistryConfig, RegistryError};
+use berth_storage::{BlobStore, FsStore};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+async fn postgres_url() -> String {
+    let base = std::env::var("BERTH_TEST_POSTGRES_URL")
+        .expect("BERTH_TEST_POSTGRES_URL must point at a PostgreSQL database");
+    sqlx::any::install_default_drivers();
+    let schema = format!("gc{}", uuid::Uuid::new_v4().simple());
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
+        .await
+        .expect("postgres reachable");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut conn)
+        .await
+        .expect("create schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-csearch_path%3D{schema}")
+}
+
+async fn registry(dir: &std::path::Path, postgres: bool) -> Registry {
+    let blobs = BlobStore::Fs(FsStore::new(dir).await.expect("fs store"));
+    let url = if postgres {
+        postgres_url().await
+    } else {
+        format!("sqlite:{}", dir.join("meta.db").display())
+    };
+    let meta = MetaStore::connect(&url).await.expect("metadata store");
+    Registry::new(
+        blobs,
+        meta,
+        RegistryConfig {
+            tag_rules: berth_registry::TagRules::default(),
+            ..RegistryConfig::default()
+        },
+    )
+}
+
+fn repo(name: &str) -> RepoName {
+    name.parse().expect("repository name")
+}
+
+fn sha(data: &[u8]) -> Digest {
+    berth_storage::digest_of(berth_oci::Algorithm::Sha256, data)
+}
+
+async fn blob(r: &Registry, repo: &RepoName, data: &[u8]) -> Result<Digest, RegistryError> {
+    let d = sha(data);
+    let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::copy_from_slice(data))]);
+    r.put_blob(repo, &d, body, &Actor::anonymous()).await?;
+    Ok(d)
+}
+
+fn descriptor(media_type: &str, data: &[u8]) -> serde_json::Value {
+    serde_json::json!({"mediaType": media_type, "digest": sha(data).to_string(), "size": data.len()})
+}
+
+/// An image manifest's bytes over a config and layers (their contents).
+fn image(config: &[u8], layers: &[&[u8]], subject: Option<&[u8]>) -> Vec<u8> {
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": IMAGE,
+        "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+        "layers": layers.iter().map(|l| descriptor("application/vnd.oci.image.layer.v1.tar", l)).collect::<Vec<_>>(),
+    });
+    if let Some(s) = subject {
+        m["subject"] = descriptor(IMAGE, s);
+        m["artifactType"] = "application/vnd.example.signature".into();
+    }
+    serde_json::to_vec(&m).expect("json")
+}
+
+fn index(children: &[&[u8]]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX,
+        "manifests": children.iter().map(|c| descriptor(IMAGE, c)).collect::<Vec<_>>(),
+    }))
+    .expect("json")
+}
+
+/// Pushes the blobs, then the manifest under `tag` or by digest.
+async fn push_image(
+    r: &Registry,
+    repo: &RepoName,
+    tag: Option<&str>,
+    config: &[u8],
+    layers: &[&[u8]],
+    subject: Option<&[u8]>,
+) -> Result<Vec<u8>, RegistryError> {
+    blob(r, repo, config).await?;
+    for l in layers {
+        blob(r, repo, l).await?;
+    }
+    let m = image(config, layers, subject);
+    put(r, repo, tag, &m).await?;
+    Ok(m)
+}
+
+async fn put(
+    r: &Registry,
+    repo: &RepoName,
+    tag: Option<&str>,
+    m: &[u8],
+) -> Result<Digest, RegistryError> {
+    let reference = match tag {
+        Some(t) => Reference::Tag(t.parse().expect("tag")),
+        None => Reference::Digest(sha(m)),
+    };
+    let out = r
+        .put_manifest(
+            repo,
+            &reference,
+            None,
+            Bytes::copy_from_slice(m),
+            &Actor::anonymous(),
+        )
+        .await?;
+    Ok(out.digest)
+}
+
+async fn gc(r: &Registry, grace: u64, rollback: u64, dry_run: bool) -> GcReport {
+    gc_grace(r, Duration::from_secs(grace), rollback, dry_run).await
+}
+
+async fn gc_grace(r: &Registry, grace: Duration, rollback: u64, dry_run: bool) -> GcReport {
+    r.collect_garbage(
+        &GcOptions {
+            dry_run,
+            grace,
+            rollback_window: Duration::from_secs(rollback),
+        },
+        &|_| {},
+    )
+    .await
+    .expect("gc")
+}
+
+fn manifests(report: &GcReport) -> BTreeSet<(String, String)> {
+    report.manifests_deleted.iter().cloned().collect()
+}
+
+fn blobs(report: &GcReport) -> BTreeSet<String> {
+    report
+        .blobs_deleted
+        .iter()
+        .map(|(d, _)| d.clone())
+        .collect()
+}
+
+/// Reads a blob of `repo` to the end; its length.
+async fn read_all(r: &Registry, repo: &RepoName, d: &Digest) -> Result<usize, RegistryError> {
+    let read = r.read_blob(repo, d, None, true).await?;
+    let mut n = 0;
+    if let Some(mut body) = read.reader.map(|b| b.body) {
+        while let Some(chunk) = body.next().await {
+            n += chunk
+                .map_err(|e| RegistryError::Internal(e.to_string()))?
+                .len();
+        }
+    }
+    Ok(n)
+}
+
+async fn exact_sweep(postgres: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = registry(dir.path(), postgres).await;
+    let (a, b) = (repo("team/app"), repo("other/app"));
+    let d = |m: &[u8]| (a.to_string(), sha(m).to_string());
+
+    // Kept: a tagged image, its signature, a tagged index and its children.
+    let t = push_image(&r, &a, Some("v1"), b"cfg-t", &[b"shared", b"lay-t"], None)
+        .await
+        .expect("t");
+    push_image(&r, &a, None, b"cfg-r", &[], Some(&t))
+        .await
+        .expect("referrer of t");
+    let c1 = push_image(&r, &a, None, b"cfg-c1", &[b"lay-c"], None)
+        .await
+        .expect("c1");
+    let c2 = push_image(&r, &a, None, b"cfg-c2", &[b"lay-c"], None)
+        .await
+        .expect("c2");
+    put(&r, &a, Some("multi"), &index(&[&c1, &c2]))
+        .await
+        .expect("index");
+    // Kept while the rollback window lasts: what a tag pointed at before it moved.
+    let h = push_image(&r, &a, Some("rel"), b"cfg-h", &[], None)
+        .await
+        .expect("h");
+    push_image(&r, &a, Some("rel"), b"cfg-h2", &[], None)
+        .await
+        .expect("h2");
+    // Garbage: an untagged image, an untagged index with its child, and the child's
+    // signature; an uploaded blob no manifest uses.
+    let u = push_image(&r, &a, None, b"cfg-u", &[b"shared", b"lay-u"], None)
+        .await
+        .expect("u");
+    let k = push_image(&r, &a, None, b"cfg-k", &[b"lay-k"], None)
+        .await
+        .expect("k");
+    let j = index(&[&k]);
+    put(&r, &a, None, &j).await.expect("untagged index");
+    let s = push_image(&r, &a, None, b"cfg-s", &[], Some(&k))
+        .await
+        .expect("signature of k");
+    blob(&r, &a, b"orphan upload").await.expect("orphan");
+    // Another repository needs lay-u: only team/app's link to it goes.
+    let v = push_image(&r, &b, Some("v1"), b"cfg-v", &[b"shared", b"lay-u"], None)
+        .await
+        .expect("v");
+
+    // Within the grace period nothing goes.
+    let young = gc(&r, 3600, 0, false).await;
+    assert!(
+        young.manifests_deleted.is_empty() && young.blobs_deleted.is_empty(),
+        "{young:?}"
+    );
+
+    let expected_manifests: BTreeSet<_> = [d(&u), d(&j), d(&k), d(&s)].into_iter().collect();
+    let expected_blobs: BTreeSet<String> = [
+        &b"cfg-u"[..],
+        b"cfg-k",
+        b"lay-k",
+        b"cfg-s",
+        b"orphan upload",
+    ]
+    .iter()
+    .map(|x| sha(x).to_string())
+    .collect();
+    let dry = gc(&r, 0, 3600, true).await;
+    assert_eq!(manifests(&dry), expected_manifests);
+    assert_eq!(blobs(&dry), expected_blobs);
+    let dry_bytes: u64 = [5, 5, 5, 5, 13].iter().sum();
+    assert_eq!(dry.bytes_freed, dry_bytes);
+
+    let done = gc(&r, 0, 3600, false).await;
+    assert_eq!(manifests(&done), expected_manifests);
+    assert_eq!(blobs(&done), expected_blobs);
+    assert_eq!(done.bytes_freed, dry_bytes);
+    // cfg-u, lay-u, cfg-k, lay-k, cfg-s and the orphan lose their team/app links.
+    assert_eq!(done.links_removed, 6);
+    for gone in &expected_blobs {
+        let digest: Digest = gone.parse().expect("digest");
+        assert_eq!(r.blobs().stat(&digest).await.expect("stat"), None, "{gone}");
+    }
+    for m in [&u, &j, &k, &s] {
+        assert!(
+            r.get_manifest(&a, &Reference::Digest(sha(m)))
+                .await
+                .is_err()
+        );
+    }
+    // Everything kept pulls, bytes and all.
+    for (rp, m) in [(&a, &t), (&a, &c1), (&a, &c2), (&a, &h), (&b, &v)] {
+        r.get_manifest(rp, &Reference::Digest(sha(m)))
+            .await
+            .expect("kept manifest");
+    }
+    for (rp, data) in [
+        (&a, &b"shared"[..]),
+        (&a, b"lay-t"),
+        (&a, b"lay-c"),
+        (&a, b"cfg-r"),
+        (&a, b"cfg-h"),
+        (&b, b"lay-u"),
+        (&b, b"shared"),
+    ] {
+        assert_eq!(
+            read_all(&r, rp, &sha(data)).await.expect("kept blob"),
+            data.len()
+        );
+    }
+    assert!(r.fsck(&NoProgress).await.expect("fsck").is_clean());
+
+    // The rollback window over, the old target of `rel` goes too; then nothing is left.
+    let later = gc(&r, 0, 0, false).await;
+    assert_eq!(manifests(&later), [d(&h)].into_iter().collect());
+    assert_eq!(
+        blobs(&later),
+        [sha(b"cfg-h").to_string()].into_iter().collect()
+    );
+    let again = gc(&r, 0, 0, false).await;
+    assert!(again.manifests_deleted.is_empty() && again.blobs_deleted.is_empty());
+    assert!(r.fsck(&NoProgress).await.expect("fsck").is_clean());
+}
+
+#[tokio::test]
+async fn exact_sweep_sqlite() {
+    exact_sweep(false).await;
+}
+
+#[tokio::test]
+async fn exact_sweep_postgres() {
+    exact_sweep(true).await;
+}
+
+/// A collection with a grace period far shorter than a push's pause loops beside a pusher
+/// whose layers keep turning into garbage and coming back, and a puller. Every push
+/// succeeds and pulls back complete at once, the tags pull complete at the end, and the
+/// store is consistent afterwards.
+/// Longer than any push takes here, even on a loaded machine: the grace period is what
+/// protects a blob between its upload and the manifest that references it.
+const GRACE: Duration = Duration::from_secs(1);
+
+async fn race(postgres: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = registry(dir.path(), postgres).await;
+    let a = repo("race/app");
+    let stop = Arc::new(AtomicBool::new(false));
+    let swept = Arc::new(AtomicUsize::new(0));
+    let recycled_digests: BTreeSet<String> = (0..8)
+        .map(|n| sha(format!("recycled {n}").as_bytes()).to_string())
+        .collect();
+    let recycled_swept = Arc::new(AtomicUsize::new(0));
+
+    let collector = {
+        let (r, stop, swept) = (r.clone(), Arc::clone(&stop), Arc::clone(&swept));
+        let (recycled, recycled_swept) = (recycled_digests.clone(), Arc::clone(&recycled_swept));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let report = gc_grace(&r, GRACE, 0, false).await;
+                recycled_swept.fetch_add(
+                    blobs(&report).intersection(&recycled).count(),
+                    Ordering::Relaxed,
+                );
+                swept.fetch_add(
+                    report.manifests_deleted.len() + report.blobs_deleted.len(),
+                    Ordering::Relaxed,
+                );
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let puller = {
+        let (r, a, stop) = (r.clone(), a.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut pulls = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for t in ["t0", "t1"] {
+                    // A tag can move and its old target go between the two steps: only a
+                    // complete pull of a manifest that exists counts.
+                    if let Ok(m) = r
+                        .get_manifest(&a, &Reference::Tag(t.parse().expect("tag")))
+                        .await
+                        && read_all(&r, &a, &sha(b"base layer")).await.is_ok()
+                    {
+                        let _ = m;
+                        pulls += 1;
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+            pulls
+        })
+    };
+
+    let started = Instant::now();
+    let mut acknowledged = 0;
+    let mut last = std::collections::HashMap::new();
+    let mut i = 0u32;
+    while started.elapsed() < Duration::from_secs(8) && i < 400 {
+        let tag = format!("t{}", i % 2);
+        let config = format!("config {i}");
+        // Only the last two pushes are tagged, so of eight recycled layers six are out of
+        // use at any time, each for six pauses (longer than the grace), and then pushed
+        // again: the sweep of a blob races its re-upload.
+        let recycled = format!("recycled {}", i % 8);
+        let layers: [&[u8]; 2] = [b"base layer", recycled.as_bytes()];
+        let m = push_image(&r, &a, Some(&tag), config.as_bytes(), &layers, None)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "push {i}: {e} (config {}, base {}, recycled {})",
+                    sha(config.as_bytes()),
+                    sha(b"base layer"),
+                    sha(recycled.as_bytes())
+                )
+            });
+        acknowledged += 1;
+        // Acknowledged means pullable: the manifest and every blob, right now.
+        let got = r
+            .get_manifest(&a, &Reference::Tag(tag.parse().expect("tag")))
+            .await
+            .expect("pull after push");
+        assert_eq!(got.digest, sha(&m));
+        for data in [config.as_bytes(), b"base layer", recycled.as_bytes()] {
+            assert_eq!(
+                read_all(&r, &a, &sha(data)).await.expect("blob after push"),
+                data.len()
+            );
+        }
+        last.insert(tag, (m, config, recycled));
+        i += 1;
+        tokio::time::sleep(GRACE / 4).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    collector.await.expect("collector");
+    let pulls = puller.await.expect("puller");
+
+    // Whatever the tags point at now is complete.
+    for (tag, (m, config, recycled)) in &last {
+        let got = r
+            .get_manifest(&a, &Reference::Tag(tag.parse().expect("tag")))
+            .await
+            .expect("tag pulls");
+        assert_eq!(got.digest, sha(m));
+        for data in [config.as_bytes(), b"base layer", recycled.as_bytes()] {
+            assert_eq!(
+                read_all(&r, &a, &sha(data)).await.expect("blob"),
+                data.len()
+            );
+        }
+    }
+    let check = r.fsck(&NoProgress).await.expect("fsck");
+    assert!(check.is_clean(), "{check:?}");
+    let swept = swept.load(Ordering::Relaxed);
+    eprintln!(
+        "race ({}): {acknowledged} pushes, {pulls} pulls, {swept} objects swept, {} of them recycled layers",
+        if postgres { "postgres" } else { "sqlite" },
+        recycled_swept.load(Ordering::Relaxed)
+    );
+    assert!(acknowledged >= 16, "only {acknowledged} pushes");
+    assert!(
+        swept > 0,
+        "the collection never swept anything: no race was tested"
+    );
+    assert!(
+        recycled_swept.load(Ordering::Relaxed) > 0,
+        "no layer was swept and pushed again: the re-upload race was not tested"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_races_pushes_and_pulls_sqlite() {
+    race(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_races_pushes_and_pulls_postgres() {
+    race(true).await;
+}

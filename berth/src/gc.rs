@@ -1,0 +1,93 @@
+//! `berth gc`: one garbage collection, offline or beside a serving process (every
+//! deletion is re-checked under the metadata store's locks, so serving replicas need not
+//! stop), with a progress bar and a summary.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::admin::StoreArgs;
+
+#[derive(clap::Args)]
+pub struct GcArgs {
+    /// Print what would be deleted, and how many bytes; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Override `[gc] grace_secs`.
+    #[arg(long)]
+    pub grace_secs: Option<u64>,
+    /// Override `[gc] rollback_window_secs`.
+    #[arg(long)]
+    pub rollback_window_secs: Option<u64>,
+    /// List every manifest and blob deleted (or, dry, to be deleted).
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+pub async fn run(store: &StoreArgs, args: GcArgs) -> anyhow::Result<()> {
+    let mut config = store.load()?;
+    if let Some(g) = args.grace_secs {
+        config.gc.grace_secs = g;
+    }
+    if let Some(w) = args.rollback_window_secs {
+        config.gc.rollback_window_secs = w;
+    }
+    let (registry, meta) = crate::open_registry(&config).await?;
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let progress = |p: berth_registry::gc::GcProgress| match p {
+        berth_registry::gc::GcProgress::Repository { done, total } => {
+            bar.set_message(format!("marking and sweeping repositories {done}/{total}"));
+            bar.tick();
+        }
+        berth_registry::gc::GcProgress::Blobs { examined } => {
+            bar.set_message(format!("sweeping orphaned blobs: {examined} examined"));
+            bar.tick();
+        }
+    };
+    let options = config.gc.options(args.dry_run);
+    let holder = format!("cli:{}", std::process::id());
+    let result = if args.dry_run {
+        registry
+            .collect_garbage(&options, &progress)
+            .await
+            .map(Some)
+    } else {
+        registry
+            .collect_garbage_leased(&holder, &options, &progress)
+            .await
+    };
+    bar.finish_and_clear();
+    meta.close().await;
+    let Some(report) = result? else {
+        anyhow::bail!("another process is collecting garbage now (the gc lease is held)");
+    };
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    if args.verbose {
+        for (repo, digest) in &report.manifests_deleted {
+            println!("manifest\t{repo}@{digest}");
+        }
+        for (digest, size) in &report.blobs_deleted {
+            println!("blob\t{digest}\t{size}");
+        }
+    }
+    println!(
+        "{verb} {} manifests, {} blob links, {} blobs ({} bytes) in {} repositories; kept {} manifests; {:.2}s",
+        report.manifests_deleted.len(),
+        report.links_removed,
+        report.blobs_deleted.len(),
+        report.bytes_freed,
+        report.repositories,
+        report.manifests_kept,
+        report.elapsed.as_secs_f64(),
+    );
+    if !args.dry_run && report.uploads_purged > 0 {
+        println!("removed {} stale uploads", report.uploads_purged);
+    }
+    Ok(())
+}
