@@ -456,3 +456,109 @@ async fn gc_races_pushes_and_pulls_sqlite() {
 async fn gc_races_pushes_and_pulls_postgres() {
     race(true).await;
 }
+
+/// Writes `datas` as blobs linked to `repo` the way uploads leave them (a file at the
+/// digest's path, a blob row, a link), in bulk: a test of the collection at scale should
+/// not spend minutes on 100,000 uploads' fsyncs first.
+async fn bulk_blobs(dir: &std::path::Path, repo: &RepoName, datas: &[String]) {
+    use sqlx::Connection as _;
+    let mut conn =
+        sqlx::AnyConnection::connect(&format!("sqlite:{}", dir.join("meta.db").display()))
+            .await
+            .expect("sqlite");
+    let repo_id: i64 = sqlx::query_scalar("SELECT id FROM repositories WHERE name = $1")
+        .bind(repo.as_str())
+        .fetch_one(&mut conn)
+        .await
+        .expect("repository exists");
+    let at = berth_meta::now_micros() - 1;
+    let mut tx = conn.begin().await.expect("begin");
+    for chunk in datas.chunks(400) {
+        let mut blob_rows = Vec::new();
+        let mut link_rows = Vec::new();
+        for data in chunk {
+            let d = sha(data.as_bytes());
+            let path = dir.join("blobs/sha256").join(&d.hex()[..2]);
+            std::fs::create_dir_all(&path).expect("shard");
+            std::fs::write(path.join(d.hex()), data).expect("blob file");
+            blob_rows.push(format!("('{d}', {}, {at}, {at})", data.len()));
+            link_rows.push(format!("({repo_id}, '{d}', {at})"));
+        }
+        for sql in [
+            format!(
+                "INSERT INTO blobs (digest, size, created_at, written_at) VALUES {}",
+                blob_rows.join(",")
+            ),
+            format!(
+                "INSERT INTO repo_blobs (repo_id, digest, created_at) VALUES {}",
+                link_rows.join(",")
+            ),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+        }
+    }
+    tx.commit().await.expect("commit");
+}
+
+/// A store of 100,000 blobs (half of them used by 200 tagged manifests, half orphaned)
+/// is collected completely: exactly the orphans go, everything used stays. Run with
+/// `--release --nocapture` it is the collection benchmark (`bench/gc.sh`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collects_a_store_of_100k_blobs() {
+    const BLOBS: usize = 100_000;
+    const PER_MANIFEST: usize = 250;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = registry(dir.path(), false).await;
+    let a = repo("big/app");
+    blob(&r, &a, b"first")
+        .await
+        .expect("creates the repository");
+    let datas: Vec<String> = (0..BLOBS).map(|i| format!("blob {i}")).collect();
+    bulk_blobs(dir.path(), &a, &datas).await;
+    let used: Vec<&String> = datas.iter().step_by(2).collect();
+    for (n, chunk) in used.chunks(PER_MANIFEST).enumerate() {
+        let layers: Vec<&[u8]> = chunk.iter().map(|s| s.as_bytes()).collect();
+        let config = format!("config {n}");
+        blob(&r, &a, config.as_bytes()).await.expect("config");
+        put(
+            &r,
+            &a,
+            Some(&format!("v{n}")),
+            &image(config.as_bytes(), &layers, None),
+        )
+        .await
+        .expect("manifest");
+    }
+    let dry = gc(&r, 0, 0, true).await;
+    let report = gc(&r, 0, 0, false).await;
+    eprintln!(
+        "gc of {} blobs: dry run {:.2}s, collection {:.2}s ({} blobs, {} bytes freed)",
+        BLOBS + 1 + BLOBS / 2 / PER_MANIFEST,
+        dry.elapsed.as_secs_f64(),
+        report.elapsed.as_secs_f64(),
+        report.blobs_deleted.len(),
+        report.bytes_freed,
+    );
+    let mut orphans: BTreeSet<String> = datas
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|d| sha(d.as_bytes()).to_string())
+        .collect();
+    orphans.insert(sha(b"first").to_string());
+    assert_eq!(blobs(&dry), orphans);
+    assert_eq!(blobs(&report), orphans);
+    assert!(report.manifests_deleted.is_empty());
+    for d in used.iter().take(50) {
+        assert!(
+            r.blobs()
+                .stat(&sha(d.as_bytes()))
+                .await
+                .expect("stat")
+                .is_some()
+        );
+    }
+}

@@ -9,6 +9,8 @@
 
 #[path = "e2e/containerd.rs"]
 mod containerd;
+#[path = "e2e/gc.rs"]
+mod gc;
 #[path = "e2e/harness.rs"]
 mod harness;
 

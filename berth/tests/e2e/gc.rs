@@ -1,0 +1,112 @@
+//! `berth gc` against a serving registry, and the collection scheduled inside `berth serve`:
+//! images pushed with skopeo, the unreachable one swept from disk, everything else pulled
+//! back with identical digests.
+
+use std::time::Duration;
+
+use crate::harness::{
+    Berth, Layout, assert_same_image_blobs, run_stdout, skopeo_copy, tempdir, unique, wait_until,
+};
+use crate::multiarch::two_arch_layout;
+
+fn blob_file(b: &Berth, digest: &str) -> std::path::PathBuf {
+    let hex = digest.trim_start_matches("sha256:");
+    b.data_dir().join("blobs/sha256").join(&hex[..2]).join(hex)
+}
+
+const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json";
+
+#[test]
+fn gc_sweeps_what_a_moved_tag_left_and_keeps_the_rest() {
+    let b = Berth::start();
+    let work = tempdir();
+    let (src, index, children) = two_arch_layout(work.path().join("src"));
+    skopeo_copy(&["--all"], &src.oci("multi"), &b.docker("team/app:multi"));
+    let old = src.build("old", "amd64", &[("f", unique("old image"))]);
+    let new = src.build("new", "amd64", &[("f", unique("new image"))]);
+    skopeo_copy(&[], &src.oci("old"), &b.docker("team/app:stable"));
+    skopeo_copy(&[], &src.oci("new"), &b.docker("team/app:stable"));
+    // The old image's own layer (its config differs too; the base is shared by none).
+    let old_blobs = src.image_blobs(&old);
+    for d in &old_blobs {
+        assert!(blob_file(&b, d).exists(), "{d} stored");
+    }
+
+    // Inside the rollback window the tag's old target is a root: nothing goes.
+    let kept = run_stdout(b.cli().args(["gc", "--grace-secs", "0"]));
+    assert!(kept.starts_with("deleted 0 manifests"), "{kept}");
+    let out = run_stdout(b.cli().args(["tag", "rollback", "team/app:stable"]));
+    assert!(out.contains(&old), "{out}");
+    skopeo_copy(&[], &src.oci("new"), &b.docker("team/app:stable"));
+
+    // Without a window: the dry run names exactly the old image and its blobs...
+    let args = ["--grace-secs", "0", "--rollback-window-secs", "0"];
+    let dry = run_stdout(b.cli().args(["gc", "--dry-run", "-v"]).args(args));
+    let mut listed: Vec<&str> = dry.lines().filter(|l| !l.starts_with("would")).collect();
+    listed.sort();
+    let mut expected: Vec<String> = old_blobs
+        .iter()
+        .map(|d| format!("blob\t{d}\t{}", src.blob(d).len()))
+        .chain([format!("manifest\tteam/app@{old}")])
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected, "{dry}");
+    for d in &old_blobs {
+        assert!(blob_file(&b, d).exists(), "a dry run deletes nothing");
+    }
+
+    // ...and the collection deletes them, while the server keeps serving the rest.
+    let done = run_stdout(b.cli().args(["gc"]).args(args));
+    assert!(
+        done.starts_with(&format!(
+            "deleted 1 manifests, {} blob links, {} blobs",
+            old_blobs.len(),
+            old_blobs.len()
+        )),
+        "{done}"
+    );
+    for d in &old_blobs {
+        assert!(!blob_file(&b, d).exists(), "{d} swept");
+    }
+    assert_eq!(b.manifest("team/app", &old, ACCEPT).status, 404);
+    let back = Layout::at(work.path().join("back"));
+    skopeo_copy(&[], &b.docker("team/app:stable"), &back.oci("stable"));
+    assert_same_image_blobs(&src, &back, &new);
+    skopeo_copy(
+        &["--all"],
+        &b.docker(&format!("team/app@{index}")),
+        &back.oci("multi"),
+    );
+    for (child, _) in &children {
+        assert_same_image_blobs(&src, &back, child);
+    }
+    let again = run_stdout(b.cli().args(["gc"]).args(args));
+    assert!(
+        again.starts_with("deleted 0 manifests, 0 blob links, 0 blobs"),
+        "{again}"
+    );
+}
+
+#[test]
+fn serve_collects_on_its_schedule() {
+    let b = Berth::start_with(
+        "[gc]\ninterval_secs = 1\ngrace_secs = 0\nrollback_window_secs = 0\n",
+        &[],
+    );
+    let work = tempdir();
+    let src = Layout::init(work.path().join("src"));
+    let old = src.build("old", "amd64", &[("f", unique("scheduled old"))]);
+    let new = src.build("new", "amd64", &[("f", unique("scheduled new"))]);
+    skopeo_copy(&[], &src.oci("old"), &b.docker("team/app:stable"));
+    skopeo_copy(&[], &src.oci("new"), &b.docker("team/app:stable"));
+    wait_until(Duration::from_secs(20), "the scheduled collection", || {
+        b.manifest("team/app", &old, ACCEPT).status == 404
+    });
+    for d in src.image_blobs(&old) {
+        assert!(!blob_file(&b, &d).exists(), "{d} swept");
+    }
+    assert!(b.log().contains("garbage collection finished"));
+    let back = Layout::at(work.path().join("back"));
+    skopeo_copy(&[], &b.docker("team/app:stable"), &back.oci("stable"));
+    assert_same_image_blobs(&src, &back, &new);
+}
