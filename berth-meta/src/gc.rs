@@ -22,6 +22,8 @@ pub struct GcManifest {
     pub digest: String,
     pub created_at: i64,
     pub subject: Option<String>,
+    /// Roughly when it was last pulled, if ever.
+    pub pulled_at: Option<i64>,
 }
 
 /// Everything the mark needs to know about one repository.
@@ -38,8 +40,8 @@ pub struct RepoGraph {
     pub tagged: Vec<String>,
     /// Digests the tag history names (either side of a change) since the window began.
     pub history: Vec<String>,
-    /// (blob, linked at)
-    pub links: Vec<(String, i64)>,
+    /// (blob, linked at, size)
+    pub links: Vec<(String, i64, u64)>,
 }
 
 /// Placeholders `$first, …` for an `IN (…)` list of `n` values.
@@ -74,15 +76,18 @@ impl MetaStore {
             repo: repo.to_owned(),
             ..RepoGraph::default()
         };
-        for r in sqlx::query("SELECT digest, created_at, subject FROM manifests WHERE repo_id = $1")
-            .bind(repo_id)
-            .fetch_all(&self.pool)
-            .await?
+        for r in sqlx::query(
+            "SELECT digest, created_at, subject, pulled_at FROM manifests WHERE repo_id = $1",
+        )
+        .bind(repo_id)
+        .fetch_all(&self.pool)
+        .await?
         {
             g.manifests.push(GcManifest {
                 digest: r.try_get(0)?,
                 created_at: r.try_get(1)?,
                 subject: r.try_get(2)?,
+                pulled_at: r.try_get(3)?,
             });
         }
         for r in sqlx::query(
@@ -120,12 +125,14 @@ impl MetaStore {
                 }
             }
         }
-        for r in sqlx::query("SELECT digest, created_at FROM repo_blobs WHERE repo_id = $1")
-            .bind(repo_id)
-            .fetch_all(&self.pool)
-            .await?
+        for r in sqlx::query(
+            "SELECT rb.digest, rb.created_at, b.size FROM repo_blobs rb JOIN blobs b ON b.digest = rb.digest WHERE rb.repo_id = $1",
+        )
+        .bind(repo_id)
+        .fetch_all(&self.pool)
+        .await?
         {
-            g.links.push((r.try_get(0)?, r.try_get(1)?));
+            g.links.push((r.try_get(0)?, r.try_get(1)?, to_u64(r.try_get(2)?)));
         }
         Ok(g)
     }
@@ -448,6 +455,25 @@ impl MetaStore {
                     r.try_get(3)?,
                 ))
             })
+            .collect()
+    }
+
+    /// A repository's tags with when each was last set and when its manifest was last
+    /// pulled: (tag, digest, updated at, pulled at).
+    pub async fn tags_with_times(
+        &self,
+        repo_id: i64,
+    ) -> Result<Vec<(String, String, i64, Option<i64>)>> {
+        let rows = sqlx::query(
+            "SELECT t.name, t.digest, t.updated_at, m.pulled_at FROM tags t \
+             JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.digest \
+             WHERE t.repo_id = $1 ORDER BY t.name",
+        )
+        .bind(repo_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
             .collect()
     }
 

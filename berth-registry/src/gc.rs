@@ -228,7 +228,12 @@ impl Registry {
                 .meta
                 .gc_repo_graph(*repo_id, repo, history_since)
                 .await?;
-            let marked = mark(&g, cutoff);
+            // A pull-through cache keeps what it fetched, tagged or not (a cluster may pin
+            // digests); its content goes by eviction (`evict_cache`), not by reachability.
+            let cached = repo
+                .parse::<berth_oci::RepoName>()
+                .is_ok_and(|r| self.cached_upstream(&r).is_some());
+            let marked = mark(&g, if cached { i64::MIN } else { cutoff });
             report.manifests_kept += marked.kept;
             let deleted: HashSet<String> = if options.dry_run {
                 marked.doomed.iter().cloned().collect()
@@ -274,8 +279,8 @@ impl Registry {
             let mut unneeded: Vec<String> = g
                 .links
                 .iter()
-                .filter(|(d, at)| *at < cutoff && !needed.contains(d.as_str()))
-                .map(|(d, _)| d.clone())
+                .filter(|(d, at, _)| *at < cutoff && !needed.contains(d.as_str()))
+                .map(|(d, _, _)| d.clone())
                 .collect();
             unneeded.sort();
             if options.dry_run {
@@ -415,6 +420,7 @@ mod tests {
             digest: d.to_owned(),
             created_at,
             subject: subject.map(str::to_owned),
+            pulled_at: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod gc;
 mod proxy;
 mod refs;
 pub mod replicate;
+pub mod retention;
 pub mod tag_rules;
 mod versions;
 
@@ -136,7 +137,13 @@ struct Caches {
     tags: TtlCache<Digest>,
     manifests: TtlCache<Manifest>,
     blob_links: TtlCache<u64>,
+    /// Manifests whose pull was recorded lately: a rollout pulls the same manifest from
+    /// every node, and one write per manifest per interval is plenty for retention.
+    pulls: TtlCache<()>,
 }
+
+/// How often at most a manifest's pull time is written.
+const PULL_NOTE_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl Caches {
     /// Forgets what a change, here or on another replica, made stale.
@@ -183,6 +190,7 @@ impl Registry {
                 tags: TtlCache::new(n, ttl),
                 manifests: TtlCache::new(n, ttl),
                 blob_links: TtlCache::new(n, ttl),
+                pulls: TtlCache::new(n, PULL_NOTE_INTERVAL),
             }),
             proxy: None,
             replicator: None,
@@ -202,6 +210,22 @@ impl Registry {
             .listen_invalidations(move |inv| caches.apply(inv))
             .await?;
         Ok(())
+    }
+
+    /// Records, in the background and at most once per interval, that a manifest was
+    /// pulled.
+    fn note_pull(&self, repo: &RepoName, digest: &Digest) {
+        let k = cache::key(repo.as_str(), digest.as_str());
+        if self.cache.pulls.get(&k).is_some() {
+            return;
+        }
+        self.cache.pulls.insert(k, ());
+        let (meta, repo, digest) = (self.meta.clone(), repo.to_string(), digest.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = meta.mark_pulled(&repo, &digest).await {
+                tracing::debug!(error = %e, %repo, %digest, "recording a pull failed");
+            }
+        });
     }
 
     pub fn meta(&self) -> &MetaStore {

@@ -248,12 +248,19 @@ impl Registry {
         format!("{ns}/{remote}").parse().unwrap_or(name)
     }
 
-    /// `get_manifest`, filling from the upstream when `repo` is under one.
+    /// `get_manifest`, filling from the upstream when `repo` is under one. Notes the pull
+    /// for retention policies and cache eviction.
     pub async fn get_manifest_proxied(
         &self,
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<Pulled> {
+        let pulled = self.get_manifest_filled(repo, reference).await?;
+        self.note_pull(repo, &pulled.manifest.digest);
+        Ok(pulled)
+    }
+
+    async fn get_manifest_filled(&self, repo: &RepoName, reference: &Reference) -> Result<Pulled> {
         let routed = self.proxy.as_ref().and_then(|p| {
             let (route, remote) = p.route(repo)?;
             Some((p, route, remote))

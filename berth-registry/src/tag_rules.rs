@@ -158,7 +158,7 @@ impl TagRules {
 /// A glob: `*` any run of characters (`/` included), `?` one character, `[a-z0-9]` one of
 /// a set (`[!...]` or `[^...]` none of it); anything else matches itself.
 #[derive(Debug, Clone)]
-struct Glob(Vec<Token>);
+pub(crate) struct Glob(Vec<Token>);
 
 #[derive(Debug, Clone)]
 enum Token {
@@ -184,7 +184,7 @@ impl Token {
 }
 
 impl Glob {
-    fn new(p: &str) -> Result<Glob, &'static str> {
+    pub(crate) fn new(p: &str) -> Result<Glob, &'static str> {
         if p.is_empty() {
             return Err("empty pattern");
         }
@@ -222,7 +222,7 @@ impl Glob {
         Ok(Glob(tokens))
     }
 
-    fn matches(&self, text: &str) -> bool {
+    pub(crate) fn matches(&self, text: &str) -> bool {
         let (p, t): (&[Token], Vec<char>) = (&self.0, text.chars().collect());
         let (mut pi, mut ti) = (0, 0);
         // The last `*` and where in the text it started matching, to backtrack to.

@@ -562,3 +562,232 @@ async fn collects_a_store_of_100k_blobs() {
         );
     }
 }
+
+/// Runs SQL on a SQLite store's database, beside the registry (to age rows).
+async fn sql(dir: &std::path::Path, statement: &str) {
+    use sqlx::Connection as _;
+    let mut conn =
+        sqlx::AnyConnection::connect(&format!("sqlite:{}", dir.join("meta.db").display()))
+            .await
+            .expect("sqlite");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
+        .execute(&mut conn)
+        .await
+        .expect("sql");
+}
+
+const DAY: i64 = 86_400_000_000;
+
+#[tokio::test]
+async fn retention_keeps_what_its_rules_name_and_gc_frees_the_rest() {
+    use berth_registry::retention::{RetentionPolicies, RetentionSpec};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = registry(dir.path(), false).await;
+    let a = repo("team/app");
+    let tags = [
+        "1.0.0",
+        "1.1.0",
+        "1.2.0",
+        "v1.3.0",
+        "1.10.0",
+        "latest",
+        "stable",
+        "feature-x",
+        "old-but-pulled",
+    ];
+    for t in tags {
+        let layer = format!("layer of {t}");
+        push_image(
+            &r,
+            &a,
+            Some(t),
+            format!("config of {t}").as_bytes(),
+            &[b"shared base", layer.as_bytes()],
+            None,
+        )
+        .await
+        .expect("push");
+    }
+    // Everything was pushed ten days ago; one tag was pulled just now.
+    sql(
+        dir.path(),
+        &format!("UPDATE tags SET updated_at = updated_at - {}", 10 * DAY),
+    )
+    .await;
+    sql(
+        dir.path(),
+        &format!(
+            "UPDATE manifests SET created_at = created_at - {}",
+            10 * DAY
+        ),
+    )
+    .await;
+    r.get_manifest_proxied(&a, &Reference::Tag("old-but-pulled".parse().expect("tag")))
+        .await
+        .expect("pull");
+    // The pull is recorded in the background.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let policies = RetentionPolicies::new(vec![RetentionSpec {
+        repositories: "team/*".into(),
+        keep_last_semver: Some(2),
+        keep_days: Some(3),
+        keep_tags: vec!["stable".into()],
+        include_immutable: false,
+    }])
+    .expect("policy");
+    let expired = |report: &berth_registry::retention::RetentionReport| {
+        report
+            .expired
+            .iter()
+            .map(|e| e.tag.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    let expected: BTreeSet<String> = ["1.0.0", "1.1.0", "1.2.0", "latest", "feature-x"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    // Each expired tag holds its config (13-16 bytes) and its layer; the base is shared.
+    let expected_bytes: u64 = ["1.0.0", "1.1.0", "1.2.0", "latest", "feature-x"]
+        .iter()
+        .map(|t| (format!("config of {t}").len() + format!("layer of {t}").len()) as u64)
+        .sum();
+    let dry = r.apply_retention(&policies, true).await.expect("dry run");
+    assert_eq!(expired(&dry), expected);
+    assert_eq!(dry.kept, 4);
+    assert_eq!(dry.bytes, expected_bytes);
+    assert_eq!(
+        r.list_tags(&a, None, None).await.expect("tags").0.len(),
+        tags.len()
+    );
+
+    let done = r.apply_retention(&policies, false).await.expect("apply");
+    assert_eq!(expired(&done), expected);
+    let left: BTreeSet<String> = r
+        .list_tags(&a, None, None)
+        .await
+        .expect("tags")
+        .0
+        .into_iter()
+        .collect();
+    let want: BTreeSet<String> = ["1.10.0", "v1.3.0", "stable", "old-but-pulled"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(left, want);
+    let history = r
+        .tag_history(&a, &"latest".parse().expect("tag"), 10)
+        .await
+        .expect("history");
+    assert_eq!(
+        (history[0].kind, history[0].actor.as_str()),
+        ("delete", "system:retention")
+    );
+    // Within the rollback window the collection keeps them; after it, frees exactly that.
+    assert_eq!(gc(&r, 0, 3600, false).await.bytes_freed, 0);
+    assert_eq!(gc(&r, 0, 0, false).await.bytes_freed, expected_bytes);
+    assert!(r.fsck(&NoProgress).await.expect("fsck").is_clean());
+
+    // A policy that keeps nothing is refused; immutable tags stay unless included.
+    assert!(
+        RetentionPolicies::new(vec![RetentionSpec {
+            repositories: "*".into(),
+            keep_last_semver: None,
+            keep_days: None,
+            keep_tags: vec![],
+            include_immutable: false,
+        }])
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn cache_eviction_by_age_and_by_size() {
+    use berth_registry::retention::CacheLimits;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = registry(dir.path(), false).await;
+    let mut digests = Vec::new();
+    // Three cached images of 1000-byte layers, last used 30, 20 and 1 days ago.
+    for (name, days) in [("old", 30), ("middle", 20), ("recent", 1)] {
+        let rp = repo(&format!("docker.io/library/{name}"));
+        let layer = vec![name.as_bytes()[0]; 1000];
+        let m = push_image(&r, &rp, Some("latest"), name.as_bytes(), &[&layer], None)
+            .await
+            .expect("push");
+        sql(
+            dir.path(),
+            &format!(
+                "UPDATE manifests SET created_at = created_at - {}, pulled_at = NULL WHERE digest = '{}'",
+                days * DAY,
+                sha(&m)
+            ),
+        )
+        .await;
+        digests.push((rp, sha(&m)));
+    }
+    // Outside the cache, nothing is touched.
+    push_image(
+        &r,
+        &repo("team/app"),
+        Some("latest"),
+        b"mine",
+        &[b"mine layer"],
+        None,
+    )
+    .await
+    .expect("push");
+
+    let by_age = CacheLimits {
+        max_age: Some(Duration::from_secs(25 * 86_400)),
+        max_bytes: None,
+    };
+    let dry = r
+        .evict_cache("docker.io", &by_age, true)
+        .await
+        .expect("dry");
+    assert_eq!(
+        dry.evicted
+            .iter()
+            .map(|e| (e.repository.as_str(), e.reason))
+            .collect::<Vec<_>>(),
+        [("docker.io/library/old", "age")]
+    );
+    assert_eq!(dry.bytes, 1003);
+    // By size: 1500 bytes fit, so the least recently used of the rest goes too.
+    let both = CacheLimits {
+        max_age: Some(Duration::from_secs(25 * 86_400)),
+        max_bytes: Some(1500),
+    };
+    let done = r
+        .evict_cache("docker.io", &both, false)
+        .await
+        .expect("evict");
+    assert_eq!(
+        done.evicted
+            .iter()
+            .map(|e| (e.repository.as_str(), e.reason))
+            .collect::<Vec<_>>(),
+        [
+            ("docker.io/library/old", "age"),
+            ("docker.io/library/middle", "size")
+        ]
+    );
+    for (rp, d) in &digests[..2] {
+        assert!(
+            r.get_manifest(rp, &Reference::Digest(d.clone()))
+                .await
+                .is_err()
+        );
+    }
+    r.get_manifest(&digests[2].0, &Reference::Digest(digests[2].1.clone()))
+        .await
+        .expect("recent stays");
+    r.get_manifest(
+        &repo("team/app"),
+        &Reference::Tag("latest".parse().expect("tag")),
+    )
+    .await
+    .expect("not a cache");
+    // The collection frees their bytes: 1000-byte layers and 3- and 6-byte configs.
+    assert_eq!(gc(&r, 0, 0, false).await.bytes_freed, 1003 + 1006);
+}

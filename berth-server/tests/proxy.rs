@@ -28,6 +28,7 @@ struct Server {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     dir: Arc<tempfile::TempDir>,
+    registry: Registry,
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -77,7 +78,7 @@ async fn start_with(opts: Opts) -> Server {
         None => None,
     };
     let state = AppState::with_auth(
-        registry,
+        registry.clone(),
         ServerConfig {
             tls: opts.tls,
             ..ServerConfig::default()
@@ -112,6 +113,7 @@ async fn start_with(opts: Opts) -> Server {
         stop: Some(stop),
         task: Some(task),
         dir,
+        registry,
     }
 }
 
@@ -301,6 +303,65 @@ async fn pulls_by_prefix_and_by_mirror_ns_then_serves_from_cache_when_upstream_i
     // Never fetched and the upstream is down: 503, not a misleading 404.
     let r = cache.get("/v2/docker.io/library/other/manifests/1.0").await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// What a cluster pinned by digest pulled through the cache is no garbage: a collection
+/// keeps it, untagged as it is, and it still pulls with the upstream down. Only eviction
+/// removes it, and then the collection frees its bytes.
+#[tokio::test]
+async fn cached_content_survives_gc_until_evicted() {
+    use berth_registry::gc::GcOptions;
+    use berth_registry::retention::CacheLimits;
+    let mut upstream = start(Vec::new()).await;
+    let layer = vec![9u8; 70_000];
+    let (manifest, mdigest, ldigest) = upstream.push_image("library/pinned", "1.0", &layer).await;
+    let cache = cache_for(&upstream, Duration::ZERO).await;
+    let by_digest = format!("/v2/docker.io/library/pinned/manifests/{mdigest}");
+    let blob = format!("/v2/docker.io/library/pinned/blobs/{ldigest}");
+    assert_eq!(body(cache.get(&by_digest).await).await, manifest);
+    assert_eq!(body(cache.get(&blob).await).await, layer);
+    upstream.stop().await;
+
+    let no_grace = GcOptions {
+        dry_run: false,
+        grace: Duration::ZERO,
+        rollback_window: Duration::ZERO,
+    };
+    let report = cache
+        .registry
+        .collect_garbage(&no_grace, &|_| {})
+        .await
+        .expect("gc");
+    assert!(report.manifests_deleted.is_empty(), "{report:?}");
+    assert!(report.blobs_deleted.is_empty(), "{report:?}");
+    assert_eq!(body(cache.get(&by_digest).await).await, manifest);
+    assert_eq!(body(cache.get(&blob).await).await, layer);
+
+    let evicted = cache
+        .registry
+        .evict_cache(
+            "docker.io",
+            &CacheLimits {
+                max_age: Some(Duration::ZERO),
+                max_bytes: None,
+            },
+            false,
+        )
+        .await
+        .expect("evict");
+    assert_eq!(evicted.evicted.len(), 1);
+    let report = cache
+        .registry
+        .collect_garbage(&no_grace, &|_| {})
+        .await
+        .expect("gc");
+    assert!(report.blobs_deleted.iter().any(|(d, _)| *d == ldigest));
+    assert!(!cache.blob_path(&ldigest).exists());
+    // Gone from the cache and the upstream is down: unavailable, not a stale answer.
+    assert_eq!(
+        cache.get(&by_digest).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }
 
 #[tokio::test]

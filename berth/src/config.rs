@@ -35,6 +35,8 @@ pub struct Config {
     /// `[[tag_rule]]` tables. Unset: semver tags are immutable everywhere; `tag_rule = []`
     /// turns every rule off.
     pub tag_rule: Option<Vec<berth_registry::TagRuleSpec>>,
+    /// `[[retention]]` policies: which tags to keep where.
+    pub retention: Vec<berth_registry::retention::RetentionSpec>,
 }
 
 /// One `[[replicate]]` rule: pushes to matching repositories are copied to `url`.
@@ -73,6 +75,7 @@ impl Default for Config {
             upstreams: Vec::new(),
             replicas: Vec::new(),
             tag_rule: None,
+            retention: Vec::new(),
         }
     }
 }
@@ -101,6 +104,12 @@ pub struct UpstreamEntry {
     /// With `[auth] enabled`: who may pull through this upstream's cache.
     #[serde(default)]
     pub pull: CachePullConfig,
+    /// Cached manifests neither fetched nor pulled for this many days are evicted (by
+    /// `berth retention` and the `[gc]` schedule). Unset: kept.
+    pub evict_after_days: Option<u64>,
+    /// Past this many bytes, the least recently pulled cached manifests are evicted until
+    /// the cache fits. Unset: no limit.
+    pub max_bytes: Option<u64>,
 }
 
 /// `pull` of an `[[upstream]]`.
@@ -481,6 +490,31 @@ impl Config {
             None => vec![berth_registry::TagRuleSpec::semver_everywhere()],
         };
         Ok(berth_registry::TagRules::new(specs)?)
+    }
+
+    pub fn retention(&self) -> anyhow::Result<berth_registry::retention::RetentionPolicies> {
+        Ok(berth_registry::retention::RetentionPolicies::new(
+            self.retention.clone(),
+        )?)
+    }
+
+    /// Each upstream with eviction limits, and its limits.
+    pub fn cache_limits(&self) -> Vec<(String, berth_registry::retention::CacheLimits)> {
+        self.upstreams
+            .iter()
+            .filter(|u| u.evict_after_days.is_some() || u.max_bytes.is_some())
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    berth_registry::retention::CacheLimits {
+                        max_age: u
+                            .evict_after_days
+                            .map(|d| std::time::Duration::from_secs(d.saturating_mul(86_400))),
+                        max_bytes: u.max_bytes,
+                    },
+                )
+            })
+            .collect()
     }
 
     pub fn metadata_url(&self) -> String {

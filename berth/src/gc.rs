@@ -91,3 +91,63 @@ pub async fn run(store: &StoreArgs, args: GcArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct RetentionArgs {
+    /// Print what would be removed, and how many bytes it holds; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// List every tag and cached manifest removed (or, dry, to be removed).
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+/// Applies the `[[retention]]` policies and the upstreams' eviction limits.
+pub async fn housekeeping(
+    registry: &berth_registry::Registry,
+    config: &crate::config::Config,
+    dry_run: bool,
+) -> anyhow::Result<berth_registry::retention::RetentionReport> {
+    let mut report = registry
+        .apply_retention(&config.retention()?, dry_run)
+        .await?;
+    for (upstream, limits) in config.cache_limits() {
+        let r = registry.evict_cache(&upstream, &limits, dry_run).await?;
+        report.evicted.extend(r.evicted);
+        report.bytes += r.bytes;
+        report.skipped.extend(r.skipped);
+    }
+    Ok(report)
+}
+
+pub async fn retention(store: &StoreArgs, args: RetentionArgs) -> anyhow::Result<()> {
+    let config = store.load()?;
+    let (registry, meta) = crate::open_registry(&config).await?;
+    let result = housekeeping(&registry, &config, args.dry_run).await;
+    meta.close().await;
+    let report = result?;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    if args.verbose {
+        for e in &report.expired {
+            println!("tag\t{}:{}\t{}", e.repository, e.tag, e.digest);
+        }
+        for e in &report.evicted {
+            println!("cached\t{}@{}\t{}", e.repository, e.digest, e.reason);
+        }
+    }
+    for s in &report.skipped {
+        eprintln!("skipped {s}");
+    }
+    println!(
+        "{verb} {} tags and {} cached manifests ({} bytes, freed by the next gc once the rollback window has passed); kept {} tags",
+        report.expired.len(),
+        report.evicted.len(),
+        report.bytes,
+        report.kept,
+    );
+    Ok(())
+}

@@ -113,6 +113,14 @@ enum Command {
         #[command(flatten)]
         args: gc::GcArgs,
     },
+    /// Apply the `[[retention]]` policies and the upstreams' cache eviction limits (tags and
+    /// cached manifests go; their bytes with the next `gc`). `--dry-run` prints what would.
+    Retention {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+        #[command(flatten)]
+        args: gc::RetentionArgs,
+    },
     /// Tag history, rollback, semver listing and resolution (offline, as the admin `cli`).
     Tag {
         #[command(flatten)]
@@ -273,6 +281,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let auth_enabled = config.auth.enabled;
     config.check_protected_mode(auth_enabled)?;
     config.check_upstreams()?;
+    config.retention()?;
     if let Some(settings) = &tls {
         // Fail before opening any store, naming the file at fault.
         berth_server::tls::check(settings).context("TLS certificate or key")?;
@@ -370,9 +379,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Collects garbage every `[gc] interval_secs`, one replica at a time.
+/// Every `[gc] interval_secs`, one replica at a time (a lease in the metadata store):
+/// applies the retention policies and cache eviction, then collects garbage.
 fn spawn_gc(registry: &Registry, config: &Config) {
     let registry = registry.clone();
+    let config = config.clone();
     let options = config.gc.options(false);
     let every = Duration::from_secs(config.gc.interval_secs);
     let holder = format!("serve:{}:{}", hostname(), std::process::id());
@@ -382,11 +393,35 @@ fn spawn_gc(registry: &Registry, config: &Config) {
         tick.tick().await;
         loop {
             tick.tick().await;
+            // Held for at most an hour: a replica that dies mid-run does not stop the others
+            // for longer.
             match registry
-                .collect_garbage_leased(&holder, &options, &|_| {})
+                .meta()
+                .try_lease("gc", &holder, 3_600_000_000)
                 .await
             {
-                Ok(Some(r)) => tracing::info!(
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!("another replica is collecting garbage");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "taking the collection lease failed");
+                    continue;
+                }
+            }
+            match gc::housekeeping(&registry, &config, false).await {
+                Ok(r) if r.expired.is_empty() && r.evicted.is_empty() => {}
+                Ok(r) => tracing::info!(
+                    tags = r.expired.len(),
+                    cached = r.evicted.len(),
+                    skipped = r.skipped.len(),
+                    "retention and eviction removed tags and cached manifests"
+                ),
+                Err(e) => tracing::warn!(error = %e, "retention failed"),
+            }
+            match registry.collect_garbage(&options, &|_| {}).await {
+                Ok(r) => tracing::info!(
                     manifests = r.manifests_deleted.len(),
                     links = r.links_removed,
                     blobs = r.blobs_deleted.len(),
@@ -394,8 +429,10 @@ fn spawn_gc(registry: &Registry, config: &Config) {
                     seconds = r.elapsed.as_secs_f64(),
                     "garbage collection finished"
                 ),
-                Ok(None) => tracing::debug!("another replica is collecting garbage"),
                 Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            }
+            if let Err(e) = registry.meta().release_lease("gc", &holder).await {
+                tracing::warn!(error = %e, "releasing the collection lease failed");
             }
         }
     });
@@ -462,6 +499,7 @@ fn main() -> anyhow::Result<()> {
         Command::RotateKey { store } => runtime.block_on(admin::rotate_key(&store)),
         Command::Tag { store, cmd } => runtime.block_on(versions::tag(&store, cmd)),
         Command::Gc { store, args } => runtime.block_on(gc::run(&store, args)),
+        Command::Retention { store, args } => runtime.block_on(gc::retention(&store, args)),
         Command::Fsck(args) => match runtime.block_on(fsck::run(args)) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

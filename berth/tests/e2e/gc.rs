@@ -99,14 +99,42 @@ fn serve_collects_on_its_schedule() {
     let new = src.build("new", "amd64", &[("f", unique("scheduled new"))]);
     skopeo_copy(&[], &src.oci("old"), &b.docker("team/app:stable"));
     skopeo_copy(&[], &src.oci("new"), &b.docker("team/app:stable"));
+    // Blobs go in a later phase of the same run than manifests: wait for both.
+    let old_blobs = src.image_blobs(&old);
     wait_until(Duration::from_secs(20), "the scheduled collection", || {
         b.manifest("team/app", &old, ACCEPT).status == 404
+            && old_blobs.iter().all(|d| !blob_file(&b, d).exists())
     });
-    for d in src.image_blobs(&old) {
-        assert!(!blob_file(&b, &d).exists(), "{d} swept");
-    }
     assert!(b.log().contains("garbage collection finished"));
     let back = Layout::at(work.path().join("back"));
     skopeo_copy(&[], &b.docker("team/app:stable"), &back.oci("stable"));
     assert_same_image_blobs(&src, &back, &new);
+}
+
+#[test]
+fn retention_cli_removes_what_the_policy_does_not_keep() {
+    let b = Berth::start_with(
+        "[[retention]]\nrepositories = \"team/*\"\nkeep_last_semver = 1\nkeep_tags = [\"stable\"]\ninclude_immutable = true\n",
+        &[],
+    );
+    let work = tempdir();
+    let src = Layout::init(work.path().join("src"));
+    for tag in ["1.0.0", "1.1.0", "stable", "nightly"] {
+        src.build(tag, "amd64", &[("f", unique(tag))]);
+        skopeo_copy(&[], &src.oci(tag), &b.docker(&format!("team/app:{tag}")));
+    }
+    let dry = run_stdout(b.cli().args(["retention", "--dry-run", "-v"]));
+    let mut listed: Vec<&str> = dry
+        .lines()
+        .filter_map(|l| l.strip_prefix("tag\t"))
+        .filter_map(|l| l.split('\t').next())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["team/app:1.0.0", "team/app:nightly"], "{dry}");
+    assert_eq!(b.tags("team/app").len(), 4, "a dry run removes nothing");
+    let done = run_stdout(b.cli().args(["retention"]));
+    assert!(done.starts_with("removed 2 tags"), "{done}");
+    let mut left = b.tags("team/app");
+    left.sort();
+    assert_eq!(left, ["1.1.0", "stable"]);
 }
