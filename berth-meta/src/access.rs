@@ -76,7 +76,7 @@ pub struct AuditQuery {
 }
 
 /// The audit row of a management change.
-struct Audited<'a> {
+pub(crate) struct Audited<'a> {
     actor: &'a Actor,
     action: &'a str,
     tenant: Option<&'a str>,
@@ -85,7 +85,12 @@ struct Audited<'a> {
 }
 
 impl<'a> Audited<'a> {
-    fn new(actor: &'a Actor, action: &'a str, tenant: Option<&'a str>, target: &'a str) -> Self {
+    pub(crate) fn new(
+        actor: &'a Actor,
+        action: &'a str,
+        tenant: Option<&'a str>,
+        target: &'a str,
+    ) -> Self {
         Audited {
             actor,
             action,
@@ -95,7 +100,7 @@ impl<'a> Audited<'a> {
         }
     }
 
-    fn detail(self, detail: &'a str) -> Self {
+    pub(crate) fn detail(self, detail: &'a str) -> Self {
         Audited {
             detail: Some(detail),
             ..self
@@ -536,7 +541,7 @@ impl MetaStore {
 
     /// Runs `q`, which changes at most one row, and audits it in the same transaction if
     /// it did; `false` if nothing matched.
-    async fn change_one<'q>(
+    pub(crate) async fn change_one<'q>(
         &self,
         q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
         audit: Audited<'_>,

@@ -138,7 +138,7 @@ impl MetaStore {
     }
 
     /// `FOR UPDATE` where the engine has row locks.
-    fn lock_clause(&self) -> &'static str {
+    pub(crate) fn lock_clause(&self) -> &'static str {
         match self.backend {
             Backend::Postgres => " FOR UPDATE",
             Backend::Sqlite => "",

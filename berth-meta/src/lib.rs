@@ -13,6 +13,7 @@ mod access;
 mod fsck;
 mod gc;
 mod notify;
+mod quota;
 mod tags;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -142,6 +143,21 @@ pub struct StoredManifest {
     pub content: Vec<u8>,
 }
 
+/// The outcome of linking a blob to a repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Linked {
+    Linked,
+    /// The blob is no longer stored (a mount raced a collection).
+    Gone,
+    /// The repository's tenant would exceed its quota; nothing was linked.
+    OverQuota {
+        tenant: String,
+        quota: u64,
+        used: u64,
+        size: u64,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Removal {
     Removed,
@@ -208,12 +224,14 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0002_access.sql"),
     include_str!("../migrations/sqlite/0003_tag_history.sql"),
     include_str!("../migrations/sqlite/0004_gc.sql"),
+    include_str!("../migrations/sqlite/0005_quota.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
     include_str!("../migrations/postgres/0002_access.sql"),
     include_str!("../migrations/postgres/0003_tag_history.sql"),
     include_str!("../migrations/postgres/0004_gc.sql"),
+    include_str!("../migrations/postgres/0005_quota.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {
@@ -492,10 +510,28 @@ impl MetaStore {
         size: u64,
         upload: Option<&str>,
         actor: &Actor,
-    ) -> Result<()> {
+    ) -> Result<Linked> {
         let mut tx = self.write().await?;
         let repo_id = Self::ensure_repo_in(&mut tx, repo).await?;
         let now = now_micros();
+        if let Some(over) = self.over_quota(&mut tx, repo, digest, size).await? {
+            // The bytes are in place already: keep a row for them, unlinked, so garbage
+            // collection removes them; only the session and the link are refused.
+            sqlx::query("INSERT INTO blobs (digest, size, created_at, written_at) VALUES ($1, $2, $3, $3) ON CONFLICT (digest) DO NOTHING")
+                .bind(digest)
+                .bind(to_i64(size))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(id) = upload {
+                sqlx::query("DELETE FROM uploads WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            return Ok(over);
+        }
         sqlx::query("INSERT INTO blobs (digest, size, created_at, written_at) VALUES ($1, $2, $3, $3) ON CONFLICT (digest) DO NOTHING")
             .bind(digest)
             .bind(to_i64(size))
@@ -521,19 +557,31 @@ impl MetaStore {
         }
         Self::audit(&mut tx, actor, "blob.link", Some(repo), Some(digest)).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Linked::Linked)
     }
 
-    /// Links a blob the registry already has to `repo` (a cross-repository mount). False
-    /// if the blob is gone, e.g. swept by a collection since the caller looked.
+    /// Links a blob the registry already has to `repo` (a cross-repository mount).
+    /// `Gone` if the blob went meanwhile, e.g. swept by a collection since the caller
+    /// looked.
     pub async fn link_existing_blob(
         &self,
         repo: &str,
         digest: &str,
         actor: &Actor,
-    ) -> Result<bool> {
+    ) -> Result<Linked> {
         let mut tx = self.write().await?;
         let repo_id = Self::ensure_repo_in(&mut tx, repo).await?;
+        if let Some(size) = sqlx::query("SELECT size FROM blobs WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(&mut *tx)
+            .await?
+        {
+            let size = to_u64(size.try_get(0)?);
+            if let Some(over) = self.over_quota(&mut tx, repo, digest, size).await? {
+                tx.rollback().await?;
+                return Ok(over);
+            }
+        }
         let linked = sqlx::query(
             "INSERT INTO repo_blobs (repo_id, digest, created_at) SELECT $1, digest, $2 FROM blobs WHERE digest = $3 \
              ON CONFLICT (repo_id, digest) DO NOTHING",
@@ -546,7 +594,9 @@ impl MetaStore {
         match linked {
             Ok(_) => {}
             // The row went while this waited for the collection's lock.
-            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => return Ok(false),
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+                return Ok(Linked::Gone);
+            }
             Err(e) => return Err(e.into()),
         }
         let present = sqlx::query("SELECT 1 FROM repo_blobs WHERE repo_id = $1 AND digest = $2")
@@ -557,11 +607,11 @@ impl MetaStore {
             .is_some();
         if !present {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(Linked::Gone);
         }
         Self::audit(&mut tx, actor, "blob.link", Some(repo), Some(digest)).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Linked::Linked)
     }
 
     /// Records that a manifest was pulled now (callers rate-limit this per manifest).

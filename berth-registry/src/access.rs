@@ -897,6 +897,38 @@ impl Access {
         self.changed(done, || format!("no tenant {name}"))
     }
 
+    /// A tenant's storage quota (`None`: unlimited) and usage in bytes; for its members
+    /// and admins.
+    pub async fn tenant_quota(&self, by: &Identity, tenant: &str) -> Result<(Option<u64>, u64)> {
+        if !by.is_admin() && !by.grants.roles.contains_key(tenant) {
+            return Err(RegistryError::Denied(
+                "this needs a member of the tenant or a global admin".into(),
+            ));
+        }
+        self.0
+            .meta
+            .tenant_quota(tenant)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("no tenant {tenant}")))
+    }
+
+    /// Sets (or with `None` removes) a tenant's storage quota.
+    pub async fn set_tenant_quota(
+        &self,
+        by: &Identity,
+        source: Option<IpAddr>,
+        tenant: &str,
+        bytes: Option<u64>,
+    ) -> Result<()> {
+        require_admin(by)?;
+        let done = self
+            .0
+            .meta
+            .set_tenant_quota(tenant, bytes, &by.actor(source))
+            .await?;
+        self.changed(done, || format!("no tenant {tenant}"))
+    }
+
     pub async fn members(&self, by: &Identity, tenant: &str) -> Result<Vec<(String, String)>> {
         require_manager(by, tenant)?;
         Ok(self.0.meta.members(tenant).await?)

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde::Serialize;
 
-pub use berth_meta::{Actor, Backend, Referrer};
+pub use berth_meta::{Actor, Backend, Linked, Referrer};
 pub use berth_upstream::UpstreamConfig;
 pub use error::RegistryError;
 pub use proxy::{BlobSource, Pulled, PulledBlob, UpstreamSettings};
@@ -140,6 +140,22 @@ struct Caches {
     /// Manifests whose pull was recorded lately: a rollout pulls the same manifest from
     /// every node, and one write per manifest per interval is plenty for retention.
     pulls: TtlCache<()>,
+}
+
+/// A link refused for the tenant's quota is a `DENIED` naming the quota.
+pub(crate) fn linked(l: Linked) -> Result<()> {
+    match l {
+        Linked::Linked => Ok(()),
+        Linked::Gone => Err(RegistryError::BlobUnknown),
+        Linked::OverQuota {
+            tenant,
+            quota,
+            used,
+            size,
+        } => Err(RegistryError::Denied(format!(
+            "storage quota of tenant {tenant} exceeded: {used} of {quota} bytes used, this blob needs {size} more"
+        ))),
+    }
 }
 
 /// How often at most a manifest's pull time is written.
@@ -326,10 +342,14 @@ impl Registry {
         if self.blobs.stat(digest).await?.is_none() {
             return Ok(false);
         }
-        Ok(self
+        match self
             .meta
             .link_existing_blob(repo.as_str(), digest.as_str(), actor)
-            .await?)
+            .await?
+        {
+            Linked::Gone => Ok(false),
+            other => linked(other).map(|()| true),
+        }
     }
 
     // ---- uploads ----
@@ -433,15 +453,17 @@ impl Registry {
             Err(e) => return Err(e.into()),
         }
         failpoint(failpoint::BEFORE_BLOB_LINK)?;
-        self.meta
-            .link_blob(
-                repo.as_str(),
-                digest.as_str(),
-                status.offset,
-                Some(id),
-                actor,
-            )
-            .await?;
+        linked(
+            self.meta
+                .link_blob(
+                    repo.as_str(),
+                    digest.as_str(),
+                    status.offset,
+                    Some(id),
+                    actor,
+                )
+                .await?,
+        )?;
         failpoint(failpoint::AFTER_BLOB_LINK)?;
         Ok(status.offset)
     }
@@ -480,9 +502,11 @@ impl Registry {
             }
         };
         failpoint(failpoint::BEFORE_BLOB_LINK)?;
-        self.meta
-            .link_blob(repo.as_str(), digest.as_str(), size, None, actor)
-            .await?;
+        linked(
+            self.meta
+                .link_blob(repo.as_str(), digest.as_str(), size, None, actor)
+                .await?,
+        )?;
         failpoint(failpoint::AFTER_BLOB_LINK)?;
         Ok(size)
     }

@@ -602,15 +602,17 @@ impl Registry {
                 .append_upload(&id, 0, &mut state, rx, self.config.max_blob_bytes)
                 .await?;
             self.place_blob(&id, size, &state, digest).await?;
-            self.meta
-                .link_blob(
-                    repo.as_str(),
-                    digest.as_str(),
-                    size,
-                    None,
-                    &Actor::named(&format!("proxy:{upstream}")),
-                )
-                .await?;
+            crate::linked(
+                self.meta
+                    .link_blob(
+                        repo.as_str(),
+                        digest.as_str(),
+                        size,
+                        None,
+                        &Actor::named(&format!("proxy:{upstream}")),
+                    )
+                    .await?,
+            )?;
             Ok::<u64, RegistryError>(size)
         };
         let pump = async {

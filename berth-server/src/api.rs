@@ -42,6 +42,7 @@ pub fn router() -> Router<AppState> {
             axum::routing::patch(update_tenant).delete(delete_tenant),
         )
         .route("/tenants/{tenant}/members", get(list_members))
+        .route("/tenants/{tenant}/quota", get(get_quota).put(set_quota))
         .route(
             "/tenants/{tenant}/members/{user}",
             put(set_member).delete(remove_member),
@@ -287,6 +288,38 @@ async fn delete_tenant(
 ) -> ApiResult {
     access_of(&state)?
         .delete_tenant(&c.id, c.source, &tenant)
+        .await?;
+    done()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Quota {
+    /// Bytes; `null` removes the quota.
+    bytes: Option<u64>,
+}
+
+async fn get_quota(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(tenant): Path<String>,
+) -> ApiResult {
+    let (quota, used) = access_of(&state)?.tenant_quota(&c.id, &tenant).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"tenant": tenant, "bytes": quota, "used": used}),
+    ))
+}
+
+async fn set_quota(
+    State(state): State<AppState>,
+    c: Caller,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let q: Quota = parse(&body)?;
+    access_of(&state)?
+        .set_tenant_quota(&c.id, c.source, &tenant, q.bytes)
         .await?;
     done()
 }

@@ -1113,3 +1113,73 @@ async fn a_refused_body_closes_the_connection() {
     let r = s.send(Method::GET, "/v2/", &Cred::Anonymous).await;
     assert!(r.headers().get("connection").is_none());
 }
+
+#[tokio::test]
+async fn tenant_quota_over_the_api_refuses_a_push_past_it() {
+    let s = start(AccessConfig::default()).await;
+    let me = cli_identity();
+    s.access
+        .create_user(&me, None, "admin", PASSWORD, true)
+        .await
+        .expect("admin");
+    s.access
+        .create_user(&me, None, "dev", PASSWORD, false)
+        .await
+        .expect("dev");
+    s.access
+        .create_tenant(&me, None, "team-q", false)
+        .await
+        .expect("tenant");
+    s.access
+        .set_member(&me, None, "team-q", "dev", Some("developer"))
+        .await
+        .expect("member");
+    let a = admin();
+    let dev = Cred::Basic("dev".into(), PASSWORD.into());
+    let quota = |body: Value, who: &Cred| {
+        s.req(Method::PUT, "/api/v1/tenants/team-q/quota", who)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    // Only an admin sets it; members read it.
+    let r = quota(json!({"bytes": 1000}), &dev).await.expect("send");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = quota(json!({"bytes": 1000}), &a).await.expect("send");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let push = |data: Vec<u8>| {
+        let d = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&data)));
+        s.req(
+            Method::POST,
+            &format!("/v2/team-q/app/blobs/uploads/?digest={d}"),
+            &dev,
+        )
+        .body(data)
+        .send()
+    };
+    assert_eq!(
+        push(vec![1; 700]).await.expect("send").status(),
+        StatusCode::CREATED
+    );
+    let r = push(vec![2; 700]).await.expect("send");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let v: Value = r.json().await.expect("json body");
+    assert_eq!(v["errors"][0]["code"], "DENIED");
+    let msg = v["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("storage quota of tenant team-q"), "{msg}");
+    let r = s
+        .send(Method::GET, "/api/v1/tenants/team-q/quota", &dev)
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(
+        (v["bytes"].as_u64(), v["used"].as_u64()),
+        (Some(1000), Some(700))
+    );
+    let r = quota(json!({"bytes": null}), &a).await.expect("send");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        push(vec![2; 700]).await.expect("send").status(),
+        StatusCode::CREATED
+    );
+}

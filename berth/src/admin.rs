@@ -130,6 +130,13 @@ pub enum TenantCommand {
     Members {
         tenant: String,
     },
+    /// Show a tenant's storage quota and usage; with BYTES (or `none`) set it first.
+    /// Shared blobs count once per tenant; a push past the quota is refused.
+    Quota {
+        tenant: String,
+        /// Bytes (plain number), or `none` to remove the quota.
+        bytes: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -319,6 +326,22 @@ pub async fn tenant(store: &StoreArgs, cmd: TenantCommand) -> anyhow::Result<()>
         TenantCommand::Member { tenant, user, role } => {
             let role = (role != "remove").then_some(role.as_str());
             access.set_member(&me, None, &tenant, &user, role).await?;
+        }
+        TenantCommand::Quota { tenant, bytes } => {
+            if let Some(b) = bytes {
+                let bytes = match b.as_str() {
+                    "none" => None,
+                    n => Some(n.parse::<u64>().map_err(|e| {
+                        anyhow::anyhow!("quota {n:?}: a number of bytes or `none`: {e}")
+                    })?),
+                };
+                access.set_tenant_quota(&me, None, &tenant, bytes).await?;
+            }
+            let (quota, used) = access.tenant_quota(&me, &tenant).await?;
+            match quota {
+                Some(q) => println!("{tenant}\tquota {q} bytes\tused {used} bytes"),
+                None => println!("{tenant}\tno quota\tused {used} bytes"),
+            }
         }
         TenantCommand::Members { tenant } => {
             for (u, r) in access.members(&me, &tenant).await? {
