@@ -299,6 +299,19 @@ impl MetaStore {
         Ok(store)
     }
 
+    /// The schema version the database is at, and the newest this build knows.
+    pub async fn schema_version(&self) -> Result<(i64, i64)> {
+        let v: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM berth_schema")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        let known = match self.backend {
+            Backend::Sqlite => SQLITE_SCHEMA.len(),
+            Backend::Postgres => POSTGRES_SCHEMA.len(),
+        };
+        Ok((v, i64::try_from(known).unwrap_or(i64::MAX)))
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

@@ -121,6 +121,12 @@ enum Command {
         #[command(flatten)]
         args: gc::RetentionArgs,
     },
+    /// Apply the metadata schema migrations and exit (`serve` applies them at start too;
+    /// run this first when rolling out a new version to many replicas).
+    Migrate {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+    },
     /// Tag history, rollback, semver listing and resolution (offline, as the admin `cli`).
     Tag {
         #[command(flatten)]
@@ -379,6 +385,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn migrate(store: &admin::StoreArgs) -> anyhow::Result<()> {
+    let config = store.load()?;
+    if config.metadata.url.is_none() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    }
+    let meta = MetaStore::connect(&config.metadata_url())
+        .await
+        .context("opening (and migrating) the metadata store")?;
+    let (version, known) = meta.schema_version().await?;
+    meta.close().await;
+    println!("metadata schema at version {version} of {known} ({:?})", meta.backend());
+    Ok(())
+}
+
 /// Every `[gc] interval_secs`, one replica at a time (a lease in the metadata store):
 /// applies the retention policies and cache eviction, then collects garbage.
 fn spawn_gc(registry: &Registry, config: &Config) {
@@ -499,6 +520,7 @@ fn main() -> anyhow::Result<()> {
         Command::RotateKey { store } => runtime.block_on(admin::rotate_key(&store)),
         Command::Tag { store, cmd } => runtime.block_on(versions::tag(&store, cmd)),
         Command::Gc { store, args } => runtime.block_on(gc::run(&store, args)),
+        Command::Migrate { store } => runtime.block_on(migrate(&store)),
         Command::Retention { store, args } => runtime.block_on(gc::retention(&store, args)),
         Command::Fsck(args) => match runtime.block_on(fsck::run(args)) {
             Ok(true) => Ok(()),

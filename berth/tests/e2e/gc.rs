@@ -138,3 +138,15 @@ fn retention_cli_removes_what_the_policy_does_not_keep() {
     left.sort();
     assert_eq!(left, ["1.1.0", "stable"]);
 }
+
+#[test]
+fn migrate_brings_the_schema_up_to_date_and_says_so() {
+    let b = Berth::start();
+    let out = run_stdout(b.cli().arg("migrate"));
+    let (at, of) = out
+        .trim()
+        .strip_prefix("metadata schema at version ")
+        .and_then(|r| r.split_once(" of "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(at, of.split(' ').next().unwrap_or_default(), "{out}");
+}
