@@ -320,6 +320,11 @@ impl Registry {
         report.bytes_freed = report.blobs_deleted.iter().map(|(_, s)| s).sum();
         report.elapsed = started.elapsed();
         if !options.dry_run {
+            let st = self.stats();
+            crate::stats::bump(&st.gc_runs, 1);
+            crate::stats::bump(&st.gc_manifests, report.manifests_deleted.len() as u64);
+            crate::stats::bump(&st.gc_blobs, report.blobs_deleted.len() as u64);
+            crate::stats::bump(&st.gc_bytes, report.bytes_freed);
             let detail = serde_json::json!({
                 "manifests": report.manifests_deleted.len(),
                 "links": report.links_removed,

@@ -12,6 +12,7 @@ mod proxy;
 mod refs;
 pub mod replicate;
 pub mod retention;
+pub mod stats;
 pub mod tag_rules;
 mod versions;
 
@@ -193,6 +194,7 @@ pub struct Registry {
     proxy: Option<Arc<proxy::Proxy>>,
     /// Push-mirror replication, if any rule is configured.
     replicator: Option<Arc<replicate::Replicator>>,
+    stats: Arc<stats::Stats>,
 }
 
 impl Registry {
@@ -210,6 +212,7 @@ impl Registry {
             }),
             proxy: None,
             replicator: None,
+            stats: Arc::default(),
         }
     }
 

@@ -392,6 +392,8 @@ impl Registry {
                         };
                         tracing::warn!(%repo, %tag, upstream = up.name(), reason = %e,
                             "upstream unavailable; serving the cached tag");
+                        crate::stats::bump(&self.stats().upstream_failures, 1);
+                        crate::stats::bump(&self.stats().stale_served, 1);
                         Ok(Pulled {
                             manifest,
                             warning: Some(format!(
@@ -442,6 +444,7 @@ impl Registry {
         fetched: FetchedManifest,
         upstream: &str,
     ) -> Result<Manifest> {
+        crate::stats::bump(&self.stats().upstream_manifests, 1);
         if fetched.content.len() as u64 > self.config.max_manifest_bytes {
             return Err(RegistryError::ManifestTooLarge {
                 limit: self.config.max_manifest_bytes,
@@ -552,8 +555,14 @@ impl Registry {
             }
         }
         let fetched = match up.get_blob(&remote, digest).await.map_err(missing) {
-            Ok(f) => f,
+            Ok(f) => {
+                crate::stats::bump(&self.stats().upstream_blobs, 1);
+                f
+            }
             Err(e) => {
+                if !matches!(e, RegistryError::BlobUnknown) {
+                    crate::stats::bump(&self.stats().upstream_failures, 1);
+                }
                 lead.land(Err(Arc::new(replay(&e))));
                 return Err(e);
             }

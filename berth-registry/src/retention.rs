@@ -264,6 +264,9 @@ impl Registry {
                         }
                     }
                 }
+                if !dry_run {
+                    crate::stats::bump(&self.stats().retention_tags, 1);
+                }
                 report.expired.push(Expired {
                     repository: repo.clone(),
                     tag,
@@ -395,6 +398,9 @@ impl Registry {
                         report.bytes += size;
                     }
                 }
+            }
+            if !dry_run {
+                crate::stats::bump(&self.stats().evicted, 1);
             }
             report.evicted.push(Evicted {
                 repository: repo.to_owned(),

@@ -45,7 +45,24 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut resp = state.metrics().encode().into_response();
+    let mut text = state.metrics().encode();
+    // The registry's own counters, in the same exposition, before its closing `# EOF`.
+    let mut extra = String::new();
+    for c in state.registry().counters() {
+        use std::fmt::Write as _;
+        let _ = write!(
+            extra,
+            "# HELP berth_{n} {h}.\n# TYPE berth_{n} counter\nberth_{n}_total {v}\n",
+            n = c.name,
+            h = c.help,
+            v = c.value
+        );
+    }
+    match text.rfind("# EOF") {
+        Some(at) => text.insert_str(at, &extra),
+        None => text.push_str(&extra),
+    }
+    let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

@@ -362,6 +362,17 @@ async fn cached_content_survives_gc_until_evicted() {
         cache.get(&by_digest).await.status(),
         StatusCode::SERVICE_UNAVAILABLE
     );
+    // And /metrics says what happened.
+    let metrics = cache.get("/metrics").await.text().await.expect("metrics");
+    for line in [
+        "berth_upstream_manifests_fetched_total 1",
+        "berth_upstream_blobs_fetched_total 1",
+        "berth_gc_runs_total 2",
+        "berth_cache_manifests_evicted_total 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.trim_end().ends_with("# EOF"));
 }
 
 #[tokio::test]

@@ -101,6 +101,10 @@ pub struct UpstreamEntry {
     pub negative_ttl_secs: u64,
     /// PEM file of CA certificates trusted for this upstream besides the system's.
     pub ca_file: Option<PathBuf>,
+    /// Seconds to wait for a connection, and for each read, before the upstream counts as
+    /// unavailable (and cached content is served instead).
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout_secs: u64,
     /// With `[auth] enabled`: who may pull through this upstream's cache.
     #[serde(default)]
     pub pull: CachePullConfig,
@@ -137,6 +141,10 @@ impl From<CachePullConfig> for berth_auth::policy::CachePull {
 
 fn default_tag_ttl() -> u64 {
     300
+}
+
+fn default_upstream_timeout() -> u64 {
+    30
 }
 
 fn default_negative_ttl() -> u64 {
@@ -770,6 +778,7 @@ mod tests {
         assert_eq!(c.upstreams[1].url(), "http://127.0.0.1:5001");
         assert_eq!(c.upstreams[1].username.as_deref(), Some("u"));
         assert_eq!(c.upstreams[0].negative_ttl_secs, 30);
+        assert_eq!(c.upstreams[0].timeout_secs, 30);
         assert_eq!(c.upstreams[0].pull, CachePullConfig::Authenticated);
         assert!(c.check_upstreams().is_ok());
         let c: Config = toml::from_str(

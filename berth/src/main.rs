@@ -205,6 +205,7 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<(Registry, MetaSto
                     username: u.username.clone(),
                     password: u.password.clone(),
                     ca_file: u.ca_file.clone(),
+                    timeout: Duration::from_secs(u.timeout_secs.max(1)),
                     ..UpstreamConfig::new(u.name.clone(), u.url())
                 },
                 tag_ttl: Duration::from_secs(u.tag_ttl_secs),
@@ -396,7 +397,10 @@ async fn migrate(store: &admin::StoreArgs) -> anyhow::Result<()> {
         .context("opening (and migrating) the metadata store")?;
     let (version, known) = meta.schema_version().await?;
     meta.close().await;
-    println!("metadata schema at version {version} of {known} ({:?})", meta.backend());
+    println!(
+        "metadata schema at version {version} of {known} ({:?})",
+        meta.backend()
+    );
     Ok(())
 }
 

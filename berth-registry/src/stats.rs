@@ -1,0 +1,117 @@
+//! Counters of the registry's background and upstream work, read by the server's
+//! `/metrics`. Plain atomics: this crate knows no metrics library, and these are bumped
+//! on paths (a cache miss, a collection) where one relaxed add is all the cost allowed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::Registry;
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub upstream_manifests: AtomicU64,
+    pub upstream_blobs: AtomicU64,
+    pub upstream_failures: AtomicU64,
+    pub stale_served: AtomicU64,
+    pub gc_runs: AtomicU64,
+    pub gc_manifests: AtomicU64,
+    pub gc_blobs: AtomicU64,
+    pub gc_bytes: AtomicU64,
+    pub retention_tags: AtomicU64,
+    pub evicted: AtomicU64,
+}
+
+/// One counter as `/metrics` shows it: name (without the `berth_` prefix and `_total`
+/// suffix), help text and value.
+pub struct Counter {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub value: u64,
+}
+
+pub(crate) fn bump(c: &AtomicU64, by: u64) {
+    c.fetch_add(by, Ordering::Relaxed);
+}
+
+impl Registry {
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Every counter, replication's included when it is configured.
+    pub fn counters(&self) -> Vec<Counter> {
+        let s = &self.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = vec![
+            Counter {
+                name: "upstream_manifests_fetched",
+                help: "Manifests fetched from upstreams into the pull-through cache",
+                value: get(&s.upstream_manifests),
+            },
+            Counter {
+                name: "upstream_blobs_fetched",
+                help: "Blobs fetched from upstreams into the pull-through cache",
+                value: get(&s.upstream_blobs),
+            },
+            Counter {
+                name: "upstream_failures",
+                help: "Upstream requests that failed (unreachable, timeout, 5xx, 429)",
+                value: get(&s.upstream_failures),
+            },
+            Counter {
+                name: "upstream_stale_served",
+                help: "Cached tags served with a Warning because their upstream was unavailable",
+                value: get(&s.stale_served),
+            },
+            Counter {
+                name: "gc_runs",
+                help: "Garbage collections finished",
+                value: get(&s.gc_runs),
+            },
+            Counter {
+                name: "gc_manifests_deleted",
+                help: "Manifests deleted by garbage collection",
+                value: get(&s.gc_manifests),
+            },
+            Counter {
+                name: "gc_blobs_deleted",
+                help: "Blobs whose bytes garbage collection deleted",
+                value: get(&s.gc_blobs),
+            },
+            Counter {
+                name: "gc_freed_bytes",
+                help: "Bytes garbage collection freed",
+                value: get(&s.gc_bytes),
+            },
+            Counter {
+                name: "retention_tags_deleted",
+                help: "Tags deleted by retention policies",
+                value: get(&s.retention_tags),
+            },
+            Counter {
+                name: "cache_manifests_evicted",
+                help: "Cached manifests evicted from pull-through caches",
+                value: get(&s.evicted),
+            },
+        ];
+        if let Some(r) = self.replication_stats() {
+            out.extend([
+                Counter {
+                    name: "replication_copied",
+                    help: "Manifests copied to every matching replication target",
+                    value: get(&r.replicated),
+                },
+                Counter {
+                    name: "replication_failed",
+                    help: "Replication jobs given up after their last attempt",
+                    value: get(&r.failed),
+                },
+                Counter {
+                    name: "replication_dropped",
+                    help: "Pushes not replicated because the queue was full",
+                    value: get(&r.dropped),
+                },
+            ]);
+        }
+        out
+    }
+}
