@@ -14,10 +14,17 @@ Pulls use `berth-load pull` (one client, manifest then each blob in turn), so th
 the servers, not a client's unpacking.
 
     cargo build --release -p berth -p berth-bench
-    python3 bench/mirror.py [--runs 5] [--size-mib 64] [--ttfb-mib 256]
+    python3 bench/mirror.py [--runs 5] [--size-mib 64] [--ttfb-mib 256] [--throttle-mibps 50]
+
+With --throttle-mibps, everything that reaches the upstream (the cache's fetches and the
+direct pulls alike) goes through a small TCP relay in this script that passes at most that
+many MiB/s from the upstream to its clients, all connections sharing the budget like one
+network link: (a) then compares the two over the same link, as a cluster pulling from the
+internet would see it, instead of against an upstream reading from the page cache.
 """
 
 import argparse
+import asyncio
 import hashlib
 import json
 import os
@@ -26,6 +33,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +65,71 @@ def push_image(server, repo, size, seed):
 def pull(server, repo):
     r = load("pull", server.base, repo, "v1", "--concurrency", 1, "--rounds", 1)
     return r["seconds"]
+
+
+class Throttle:
+    """A TCP relay to 127.0.0.1:`target` on a free port: client -> upstream unthrottled,
+    upstream -> client at most `mibps` MiB/s across all connections (a shared token
+    bucket, refilled continuously)."""
+
+    def __init__(self, target, mibps):
+        self.target, self.rate = target, mibps * (1 << 20)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.tokens, self.last = 0.0, time.monotonic()
+        ready = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
+        ready.wait()
+
+    def _run(self, ready):
+        asyncio.set_event_loop(self.loop)
+        self.lock = asyncio.Lock()
+        server = self.loop.run_until_complete(asyncio.start_server(self._conn, "127.0.0.1", self.port))
+        ready.set()
+        self.loop.run_until_complete(server.serve_forever())
+
+    async def _spend(self, n):
+        async with self.lock:
+            while True:
+                now = time.monotonic()
+                # At most 50 ms of burst: a link does not save up bandwidth.
+                self.tokens = min(self.tokens + (now - self.last) * self.rate, self.rate * 0.05)
+                self.last = now
+                if self.tokens >= n:
+                    self.tokens -= n
+                    return
+                await asyncio.sleep((n - self.tokens) / self.rate)
+
+    async def _pipe(self, reader, writer, throttled):
+        try:
+            while True:
+                data = await reader.read(64 << 10)
+                if not data:
+                    break
+                if throttled:
+                    await self._spend(len(data))
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _conn(self, creader, cwriter):
+        try:
+            ureader, uwriter = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            cwriter.close()
+            return
+        await asyncio.gather(self._pipe(creader, uwriter, False), self._pipe(ureader, cwriter, True))
+
+
+class Via:
+    """The upstream as reached through a relay: same server, another port."""
+
+    def __init__(self, server, relay):
+        self.name, self.port, self.base = server.name, relay.port, relay.base
 
 
 def timed_get(port, path, digest):
@@ -100,6 +173,8 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--size-mib", type=int, default=64, help="layer size of the pulled image")
     ap.add_argument("--ttfb-mib", type=int, default=256, help="size of the blob for time to first byte")
+    ap.add_argument("--throttle-mibps", type=float, default=0,
+                    help="limit upstream -> client bandwidth (MiB/s) for everything reaching the upstream")
     args = ap.parse_args()
     for tool in (BERTH, LOAD):
         if not os.path.exists(tool):
@@ -110,8 +185,10 @@ def main():
     results = {}
     try:
         upstream = start("upstream", '[log]\nlevel = "warn"\n')
+        # What clients of the upstream reach: the upstream itself, or a throttled link to it.
+        remote = Via(upstream, Throttle(upstream.port, args.throttle_mibps)) if args.throttle_mibps else upstream
         cache = start("cache", f'[log]\nlevel = "warn"\n\n[[upstream]]\nname = "docker.io"\n'
-                               f'url = "{upstream.base}"\n')
+                               f'url = "{remote.base}"\n')
         seed = iter(range(1000, 100_000))
 
         def record(key, value):
@@ -126,7 +203,7 @@ def main():
                 if side == "cache":
                     record("cold via cache", pull(cache, f"docker.io/{repo}"))
                 else:
-                    record("cold direct", pull(upstream, repo))
+                    record("cold direct", pull(remote, repo))
             print(f"  cold run {i}: cache {results['cold via cache'][-1]:.3f}s, "
                   f"direct {results['cold direct'][-1]:.3f}s", file=sys.stderr)
 
@@ -150,7 +227,7 @@ def main():
             first, total = timed_get(cache.port, f"/v2/docker.io/{repo}/blobs/{digest}", digest)
             record("ttfb via cache", first)
             record("whole blob via cache", total)
-            _, direct = timed_get(upstream.port, f"/v2/{repo}/blobs/{digest}", digest)
+            _, direct = timed_get(remote.port, f"/v2/{repo}/blobs/{digest}", digest)
             record("whole blob direct", direct)
             print(f"  big run {i}: first byte {first * 1000:.1f} ms, whole {total:.3f}s, "
                   f"direct {direct:.3f}s", file=sys.stderr)
@@ -173,7 +250,8 @@ def main():
     for name, a, b, label, target in rows:
         print(f"{name:<46} {a:>9.3f} {b:>9.3f} {a / b:>7.3f}  {label:<15} {target}")
     print(f"{'(c) same blob directly from the upstream (s)':<46} {m['whole blob direct']:>9.3f}")
-    print(f"\nmedian of {args.runs} runs, alternating; {os.cpu_count()} cores; "
+    link = f"upstream link throttled to {args.throttle_mibps:g} MiB/s" if args.throttle_mibps else "upstream on loopback, unthrottled"
+    print(f"\nmedian of {args.runs} runs, alternating; {os.cpu_count()} cores; {link}; "
           f"berth-load pull with one client; raw HTTP/1.1 GET for (c)")
 
 
