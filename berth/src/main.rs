@@ -6,6 +6,7 @@ mod config;
 mod fsck;
 mod layout;
 mod mirror;
+mod storage;
 mod versions;
 
 use std::path::PathBuf;
@@ -16,7 +17,6 @@ use berth_meta::MetaStore;
 use berth_registry::access::Access;
 use berth_registry::{Registry, RegistryConfig, UpstreamConfig, UpstreamSettings};
 use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
-use berth_storage::{BlobStore, FsStore};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Challenge, Config, LogFormat};
@@ -152,7 +152,7 @@ fn init_logging(config: &Config) {
 pub async fn open_registry(config: &Config) -> anyhow::Result<(Registry, MetaStore)> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let blobs = BlobStore::Fs(FsStore::new(config.data_dir.clone()).await?);
+    let blobs = storage::open_blobs(config).await?;
     let meta = MetaStore::connect(&config.metadata_url())
         .await
         .context("opening the metadata store")?;
