@@ -312,11 +312,24 @@ impl Client {
         prefix: &str,
         token: Option<&str>,
     ) -> Result<(Vec<Object>, Option<String>)> {
+        self.list_page(prefix, token, None).await
+    }
+
+    /// [`Client::list`] with at most `max_keys` keys per page.
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        max_keys: Option<u32>,
+    ) -> Result<(Vec<Object>, Option<String>)> {
         let op = "ListObjectsV2";
         let mut query = vec![
             ("list-type".to_owned(), "2".to_owned()),
             ("prefix".to_owned(), prefix.to_owned()),
         ];
+        if let Some(n) = max_keys {
+            query.push(("max-keys".to_owned(), n.to_string()));
+        }
         if let Some(t) = token {
             query.push(("continuation-token".to_owned(), t.to_owned()));
         }

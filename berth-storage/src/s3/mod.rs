@@ -111,7 +111,10 @@ impl S3Store {
                 redirect_expiry: config.redirect_expiry,
             }),
         };
-        store.client().list(&store.key("blobs/"), None).await?;
+        store
+            .client()
+            .list_page(&store.key("blobs/"), None, Some(1))
+            .await?;
         Ok(store)
     }
 
