@@ -12,6 +12,7 @@
 //!
 //! This crate knows paths and keys; it knows nothing of SQL or HTTP.
 
+mod copy;
 pub mod failpoint;
 mod fs;
 mod hash;
@@ -25,6 +26,7 @@ use berth_oci::Digest;
 use bytes::Bytes;
 use futures_util::Stream;
 
+pub use copy::{Copied, copy_blob};
 pub use fs::FsStore;
 pub use hash::{HashState, digest_of};
 pub use s3::{Credentials as S3Credentials, S3Config, S3Store};

@@ -5,6 +5,7 @@ mod admin;
 mod config;
 mod fsck;
 mod layout;
+mod migrate;
 mod mirror;
 mod storage;
 mod versions;
@@ -91,6 +92,10 @@ enum Command {
         #[command(flatten)]
         args: layout::ImportArgs,
     },
+    /// Copy every blob from the current blob store to the one another configuration
+    /// names (`[storage]`), verifying digests; resumable. Exit code 0: all copied, 1: some
+    /// failed, 2: the run could not start.
+    MigrateStorage(migrate::MigrateArgs),
     /// Fetch images from configured upstreams ahead of time: into the pull-through cache,
     /// or with --into into an ordinary repository. Resumable; prints a summary.
     Mirror {
@@ -409,6 +414,14 @@ fn main() -> anyhow::Result<()> {
         Command::Mirror { store, args } => runtime.block_on(mirror::run(&store, args)),
         Command::RotateKey { store } => runtime.block_on(admin::rotate_key(&store)),
         Command::Tag { store, cmd } => runtime.block_on(versions::tag(&store, cmd)),
+        Command::MigrateStorage(args) => match runtime.block_on(migrate::run(args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("berth migrate-storage: {e:#}");
+                std::process::exit(2)
+            }
+        },
         Command::Fsck(args) => match runtime.block_on(fsck::run(args)) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

@@ -136,3 +136,62 @@ fn s3_storage_push_pull_and_presigned_redirects() {
         404
     );
 }
+
+/// `berth migrate-storage` copies a filesystem store into a bucket; a server over the same
+/// metadata with `[storage] kind = "s3"` then serves the image; a second run copies nothing.
+#[test]
+fn migrate_storage_from_fs_to_s3() {
+    let work = tempdir();
+    let data = work.path().join("data");
+    let launch = crate::harness::Launch {
+        data_dir: Some(data.clone()),
+        ..Default::default()
+    };
+    let berth = Berth::start_launched("", &[], launch.clone());
+    let (src, digest) = push_new_image(
+        &berth,
+        work.path(),
+        &[("f", unique("to migrate"))],
+        "e2e/migrate:v1",
+    );
+    let prefix = unique_prefix("e2e-migrate");
+    let target = work.path().join("target.toml");
+    std::fs::write(&target, s3_storage_toml(&prefix, "")).expect("target config");
+
+    let out = run_stdout(
+        berth
+            .cli()
+            .envs(S3_ENV.iter().copied())
+            .arg("migrate-storage")
+            .arg("--to")
+            .arg(&target),
+    );
+    let blobs = src.image_blobs(&digest);
+    assert!(
+        out.starts_with(&format!("copied {} blobs", blobs.len())),
+        "{out}"
+    );
+    let objects = bucket_objects(&prefix, "blobs/");
+    assert_eq!(objects.len(), blobs.len(), "{objects:?}");
+    let again = run_stdout(
+        berth
+            .cli()
+            .envs(S3_ENV.iter().copied())
+            .arg("migrate-storage")
+            .arg("--to")
+            .arg(&target),
+    );
+    assert!(again.starts_with("copied 0 blobs (0 bytes"), "{again}");
+    assert!(
+        again.contains(&format!("{} already in the target", blobs.len())),
+        "{again}"
+    );
+
+    // The same metadata (the SQLite file in the data directory), blobs from the bucket.
+    drop(berth);
+    std::fs::remove_dir_all(data.join("blobs")).expect("remove the old blobs");
+    let moved = Berth::start_launched(&s3_storage_toml(&prefix, ""), S3_ENV, launch);
+    let back = Layout::at(work.path().join("back"));
+    skopeo_copy(&[], &moved.docker("e2e/migrate:v1"), &back.oci("v1"));
+    assert_same_image_blobs(&src, &back, &digest);
+}
