@@ -126,6 +126,12 @@ impl S3Store {
         format!("{}{rel}", self.inner.prefix)
     }
 
+    /// A listed key without the prefix (a server that answered a listing with keys outside
+    /// it gets them back whole rather than a panic).
+    fn relative<'a>(&self, key: &'a str) -> &'a str {
+        key.strip_prefix(self.inner.prefix.as_str()).unwrap_or(key)
+    }
+
     fn blob_key(&self, digest: &Digest) -> String {
         let hex = digest.hex();
         self.key(&format!(
@@ -503,7 +509,8 @@ impl S3Store {
     }
 
     /// Removes every upload whose newest object is older than `age`, and aborts multipart
-    /// uploads started longer ago than that (an append whose process died mid-way).
+    /// uploads started longer ago than that (an append or a finish whose process died
+    /// mid-way).
     pub async fn purge_stale_uploads(&self, age: Duration) -> Result<usize> {
         let root = self.key("uploads/");
         let cutoff = SystemTime::now()
@@ -516,7 +523,10 @@ impl S3Store {
         loop {
             let (page, next) = self.client().list(&root, token.as_deref()).await?;
             for o in page {
-                let id = o.key[root.len()..]
+                let id = o
+                    .key
+                    .strip_prefix(root.as_str())
+                    .unwrap_or(&o.key)
                     .split('/')
                     .next()
                     .unwrap_or_default()
@@ -543,11 +553,15 @@ impl S3Store {
         if let Some(done) = group.take() {
             removed += self.purge_group(done).await?;
         }
-        for pending in self.client().list_multipart_uploads(&root).await? {
-            if pending.initiated.is_some_and(|t| t < cutoff) {
-                self.client()
-                    .abort_multipart(&pending.key, &pending.upload_id)
-                    .await?;
+        // Appends (under uploads/) and blob assembly (under blobs/) abort their multipart
+        // uploads on failure; these are the ones whose process died first.
+        for area in [root, self.key("blobs/")] {
+            for pending in self.client().list_multipart_uploads(&area).await? {
+                if pending.initiated.is_some_and(|t| t < cutoff) {
+                    self.client()
+                        .abort_multipart(&pending.key, &pending.upload_id)
+                        .await?;
+                }
             }
         }
         Ok(removed)
@@ -595,7 +609,7 @@ impl S3Store {
         let (page, next) = self.client().list(&self.key("blobs/"), token).await?;
         let rel = page
             .into_iter()
-            .map(|o| (o.key[self.inner.prefix.len()..].to_owned(), o.size))
+            .map(|o| (self.relative(&o.key).to_owned(), o.size))
             .collect();
         Ok((rel, next))
     }
@@ -621,7 +635,7 @@ impl S3Store {
         let listed = self.client().list_all(&self.key(rel)).await?;
         Ok(listed
             .into_iter()
-            .map(|o| (o.key[self.inner.prefix.len()..].to_owned(), o.size))
+            .map(|o| (self.relative(&o.key).to_owned(), o.size))
             .collect())
     }
 }
