@@ -608,3 +608,100 @@ async fn copy_blob_between_backends_verifies() {
     assert_eq!(b.store.stat(&other).await.expect("stat"), None);
     assert_eq!(b.upload_leftovers().await, 0);
 }
+
+/// An append of more than one part (a multipart upload) that fails half way leaves no
+/// object and no pending multipart upload, and the acknowledged state still finishes.
+#[tokio::test]
+async fn s3_interrupted_large_append_leaves_nothing() {
+    let h = s3().await;
+    let BlobStore::S3(s) = &h.store else {
+        unreachable!()
+    };
+    let data = noise(20 * MIB, 11);
+    h.store.create_upload("big").await.expect("create");
+    let mut st = HashState::new();
+    let n = h.append("big", 0, &mut st, &data[..MIB]).await;
+    let mut frames: Vec<Result<Bytes, std::io::Error>> = data[MIB..]
+        .chunks(MIB)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    frames.truncate(17);
+    frames.push(Err(std::io::Error::other("client went away")));
+    let err = h
+        .store
+        .append_upload(
+            "big",
+            n,
+            &mut st,
+            futures_util::stream::iter(frames),
+            u64::MAX,
+        )
+        .await;
+    assert!(matches!(err, Err(StorageError::Body(_))), "{err:?}");
+    assert_eq!(s.pending_multipart_uploads().await.expect("list"), 0);
+    assert_eq!(h.upload_leftovers().await, 1, "only the acknowledged chunk");
+    // Too large half way through a multipart append: the same.
+    let err = h
+        .store
+        .append_upload("big", n, &mut st, frames_of(&data[MIB..]), 18 * MIB as u64)
+        .await;
+    assert!(matches!(err, Err(StorageError::TooLarge { .. })), "{err:?}");
+    assert_eq!(s.pending_multipart_uploads().await.expect("list"), 0);
+    let n = h.append("big", n, &mut st, &data[MIB..]).await;
+    h.store
+        .finish_upload("big", n, &st, &sha256(&data))
+        .await
+        .expect("finish");
+    assert_eq!(s.pending_multipart_uploads().await.expect("list"), 0);
+}
+
+fn frames_of(data: &[u8]) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + use<> {
+    frames(data)
+}
+
+/// A bucket that does not exist fails at open, with S3's code and the operation.
+#[tokio::test]
+async fn s3_errors_name_the_code_and_operation() {
+    let err = S3Store::new(S3Config {
+        bucket: format!("no-such-bucket-{}", uuid::Uuid::new_v4()),
+        ..s3_config("")
+    })
+    .await
+    .err()
+    .expect("a missing bucket is an error");
+    match &err {
+        StorageError::S3 {
+            op, status, code, ..
+        } => assert_eq!(
+            (*op, *status, code.as_str()),
+            ("ListObjectsV2", 404, "NoSuchBucket")
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Nothing listens on port 9 of loopback.
+    let err = S3Store::new(S3Config {
+        endpoint: "http://127.0.0.1:9".into(),
+        ..s3_config("")
+    })
+    .await
+    .err()
+    .expect("an unreachable endpoint is an error");
+    assert!(
+        matches!(
+            err,
+            StorageError::S3Request {
+                op: "ListObjectsV2",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = S3Store::new(S3Config {
+        endpoint: "ftp://example".into(),
+        ..s3_config("")
+    })
+    .await
+    .err()
+    .expect("a bad endpoint is an error");
+    assert!(matches!(err, StorageError::Config(_)), "{err:?}");
+}

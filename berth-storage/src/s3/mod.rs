@@ -628,6 +628,21 @@ impl S3Store {
         self.client().put_object(&self.key(rel), data).await
     }
 
+    /// How many multipart uploads under the prefix are neither completed nor aborted. For
+    /// tests: a failed append or finish must leave none.
+    #[doc(hidden)]
+    pub async fn pending_multipart_uploads(&self) -> Result<usize> {
+        let mut n = 0;
+        for area in ["uploads/", "blobs/"] {
+            n += self
+                .client()
+                .list_multipart_uploads(&self.key(area))
+                .await?
+                .len();
+        }
+        Ok(n)
+    }
+
     /// Lists objects under `rel` (relative to the prefix) with their sizes, keys relative
     /// to the prefix. For tests and tools.
     #[doc(hidden)]

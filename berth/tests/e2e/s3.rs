@@ -62,11 +62,16 @@ pub fn bucket_objects(prefix: &str, rel: &str) -> Vec<(String, u64)> {
 #[test]
 fn s3_storage_push_pull_and_presigned_redirects() {
     let prefix = unique_prefix("e2e-s3");
+    // Credentials in the file this time (the other tests use the environment).
+    let secret = sha256_digest(unique("s3-secret").as_bytes())[7..39].to_owned();
     let config = s3_storage_toml(
         &prefix,
-        "redirect_blob_gets = true\nredirect_expiry_secs = 120\n",
+        &format!(
+            "redirect_blob_gets = true\nredirect_expiry_secs = 120\n\
+             access_key_id = \"berth-e2e\"\nsecret_access_key = \"{secret}\"\n"
+        ),
     );
-    let berth = Berth::start_with(&config, S3_ENV);
+    let berth = Berth::start_with(&config, &[]);
     let work = tempdir();
     let big = crate::harness::noise(7 << 20);
     let (src, digest) = push_new_image(
@@ -135,6 +140,7 @@ fn s3_storage_push_pull_and_presigned_redirects() {
         berth.get(&format!("/v2/e2e/other/blobs/{layer}")).status,
         404
     );
+    assert!(!berth.log().contains(&secret), "the secret was logged");
 }
 
 /// `berth migrate-storage` copies a filesystem store into a bucket; a server over the same
