@@ -8,7 +8,7 @@
 //! overwrites the object an unacknowledged attempt left; `finish_upload` follows the
 //! chain of offsets from 0 to the acknowledged size and ignores anything else.
 //!
-//! Memory per request is bounded by one part (8 MiB), whatever the blob's size: appends
+//! Memory per request is bounded by two parts (16 MiB), whatever the blob's size: appends
 //! larger than a part become multipart uploads, reads stream, and assembling a blob copies
 //! the large pieces inside S3 and streams only runs of small chunks through here.
 
@@ -29,7 +29,7 @@ use client::{Client, ClientConfig, Object};
 pub use sign::Credentials;
 
 /// An append larger than this becomes a multipart upload of parts this size; smaller ones
-/// are one `PutObject`. Also the bound on what one upload holds in memory.
+/// are one `PutObject`. One upload holds at most two of these in memory (see `PartWriter`).
 const PART_SIZE: usize = 8 << 20;
 /// S3's smallest part (all but the last part of a multipart upload).
 const MIN_PART: u64 = 5 << 20;
@@ -248,8 +248,10 @@ impl S3Store {
         // this append fails.
         let mut hash = state.clone();
         let mut size = offset;
-        let mut multipart: Option<Multipart> = None;
+        let mut parts = PartWriter::new(self.clone(), key.clone());
         let result = async {
+            // Each part gets a buffer of exactly its size: a buffer grown by doubling, or
+            // one split off while its neighbour is still uploading, would hold twice that.
             let mut buf = BytesMut::new();
             let mut body = std::pin::pin!(body);
             while let Some(chunk) = body.next().await {
@@ -259,30 +261,37 @@ impl S3Store {
                     return Err(StorageError::TooLarge { limit });
                 }
                 hash.update(&chunk);
-                buf.extend_from_slice(&chunk);
-                while buf.len() >= PART_SIZE {
-                    let part = buf.split_to(PART_SIZE).freeze();
-                    self.put_part(&key, &mut multipart, part).await?;
+                let mut rest = &chunk[..];
+                while !rest.is_empty() {
+                    if buf.capacity() == 0 {
+                        buf = BytesMut::with_capacity(PART_SIZE);
+                    }
+                    let take = rest.len().min(PART_SIZE - buf.len());
+                    buf.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if buf.len() == PART_SIZE {
+                        parts.push(std::mem::take(&mut buf).freeze()).await?;
+                    }
                 }
             }
             failpoint::hit(failpoint::AFTER_TEMP_WRITE)
                 .map_err(StorageError::io("writing an upload"))?;
-            match &mut multipart {
+            if !parts.started() {
                 // An empty append writes nothing: chunks are never empty, so the chain of
                 // offsets always advances.
-                None if buf.is_empty() => Ok(()),
-                None => self.client().put_object(&key, buf.freeze()).await,
-                Some(_) => {
-                    if !buf.is_empty() {
-                        self.put_part(&key, &mut multipart, buf.freeze()).await?;
-                    }
-                    self.complete(&mut multipart).await
+                if buf.is_empty() {
+                    return Ok(());
                 }
+                return self.client().put_object(&key, buf.freeze()).await;
             }
+            if !buf.is_empty() {
+                parts.push(buf.freeze()).await?;
+            }
+            parts.complete().await
         }
         .await;
         if let Err(e) = result {
-            self.abort(multipart).await;
+            parts.abort().await;
             return Err(e);
         }
         *state = hash;
@@ -652,6 +661,82 @@ impl S3Store {
             .into_iter()
             .map(|o| (self.relative(&o.key).to_owned(), o.size))
             .collect())
+    }
+}
+
+/// The parts of one append's multipart upload, sent one behind the receiving: part N
+/// uploads while part N+1 arrives, so a large append is not slowed by waiting on each
+/// part, and at most two parts (16 MiB) are in memory.
+struct PartWriter {
+    store: S3Store,
+    key: String,
+    mp: Option<Multipart>,
+    in_flight: Option<(u32, tokio::task::JoinHandle<Result<String>>)>,
+}
+
+impl PartWriter {
+    fn new(store: S3Store, key: String) -> PartWriter {
+        PartWriter {
+            store,
+            key,
+            mp: None,
+            in_flight: None,
+        }
+    }
+
+    fn started(&self) -> bool {
+        self.mp.is_some()
+    }
+
+    /// Waits for the part in flight and records its ETag.
+    async fn settle(&mut self) -> Result<()> {
+        let Some((n, handle)) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let etag = handle.await.map_err(|e| StorageError::S3Request {
+            op: "UploadPart",
+            source: Box::new(e),
+        })??;
+        if let Some(mp) = self.mp.as_mut() {
+            mp.parts.push((n, etag));
+        }
+        Ok(())
+    }
+
+    /// Sends `data` as the next part once the previous one is done.
+    async fn push(&mut self, data: Bytes) -> Result<()> {
+        self.settle().await?;
+        let mp = match &mut self.mp {
+            Some(m) => m,
+            None => {
+                let id = self.store.client().create_multipart(&self.key).await?;
+                self.mp.insert(Multipart {
+                    key: self.key.clone(),
+                    id,
+                    parts: Vec::new(),
+                })
+            }
+        };
+        let n = u32::try_from(mp.parts.len() + 1).unwrap_or(u32::MAX);
+        let (store, key, id) = (self.store.clone(), mp.key.clone(), mp.id.clone());
+        self.in_flight = Some((
+            n,
+            tokio::spawn(async move { store.client().upload_part(&key, &id, n, data).await }),
+        ));
+        Ok(())
+    }
+
+    async fn complete(&mut self) -> Result<()> {
+        self.settle().await?;
+        self.store.complete(&mut self.mp).await
+    }
+
+    /// Lets the part in flight end first, so the abort is not overtaken by it.
+    async fn abort(mut self) {
+        if let Some((_, handle)) = self.in_flight.take() {
+            let _ = handle.await;
+        }
+        self.store.abort(self.mp.take()).await;
     }
 }
 
