@@ -6,7 +6,9 @@
 #
 # Idempotent. moto is installed (pinned) into its own virtualenv under
 # $BERTH_TOOLS_PREFIX the first time. moto checks no signatures and keeps objects in
-# memory: any access key works, and a restart empties every bucket.
+# memory: any access key works, and a restart empties every bucket. It also reports every
+# multipart upload as initiated in 2010, so Berth's stale-upload sweep (which runs when
+# `serve` starts) aborts any multipart upload pending under its prefix at that moment.
 # Stop it again with: kill "$(cat "$BERTH_TOOLS_PREFIX/moto.pid")"
 set -euo pipefail
 
