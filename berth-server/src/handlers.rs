@@ -376,6 +376,23 @@ async fn get_blob(
 ) -> ApiResult {
     let range = header_str(req.headers(), header::RANGE);
     let reg = state.registry();
+    // With redirects on, the bytes come straight from the bucket: answer a GET of a blob
+    // this repository links with a 307 to a short-lived presigned URL (the client sends
+    // its Range there). Anything else (not linked, cached upstream) takes the normal path.
+    if with_body && let Some(url) = reg.blobs().presign_get(&digest) {
+        match reg.read_blob(&name, &digest, None, false).await {
+            Ok(_) => {
+                let mut resp = Response::new(Body::empty());
+                *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+                let h = resp.headers_mut();
+                h.insert(header::LOCATION, hv(&url)?);
+                h.insert("docker-content-digest", hv(digest.as_str())?);
+                return Ok(resp);
+            }
+            Err(RegistryError::BlobUnknown) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let read = match reg.read_blob(&name, &digest, range, with_body).await {
         Err(RegistryError::BlobUnknown) => {
             match reg.fetch_blob(&name, &digest, with_body).await? {

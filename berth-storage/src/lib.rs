@@ -4,14 +4,19 @@
 //! they streamed in. Uploads are written to their own file, hashed on the way, and on
 //! completion fsynced and renamed into place; nothing else ever writes under `blobs/`.
 //!
+//! Backends: [`FsStore`] (a directory) and [`S3Store`] (an S3-compatible bucket, through
+//! a small SigV4 client of our own).
+//!
 //! The SHA-256 state of an unfinished upload is serialisable ([`HashState`]), so the caller
 //! keeps it with the upload's metadata and any process can continue the upload.
 //!
 //! This crate knows paths and keys; it knows nothing of SQL or HTTP.
 
+mod copy;
 pub mod failpoint;
 mod fs;
 mod hash;
+pub mod s3;
 mod scan;
 
 use std::pin::Pin;
@@ -21,8 +26,10 @@ use berth_oci::Digest;
 use bytes::Bytes;
 use futures_util::Stream;
 
+pub use copy::{Copied, copy_blob};
 pub use fs::FsStore;
 pub use hash::{HashState, digest_of};
+pub use s3::{Credentials as S3Credentials, S3Config, S3Store};
 pub use scan::{BlobCheck, BlobScan, ScanEntry};
 
 /// Errors from the blob store. Client-caused conditions are distinct variants so the
@@ -41,6 +48,23 @@ pub enum StorageError {
     Body(Box<dyn std::error::Error + Send + Sync>),
     #[error("saved hash state is corrupt")]
     CorruptHashState,
+    #[error("storage is misconfigured: {0}")]
+    Config(String),
+    /// S3 answered with an error.
+    #[error("S3 {op} failed with {code} (HTTP {status}): {message}")]
+    S3 {
+        op: &'static str,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// S3 could not be reached, or the connection broke.
+    #[error("S3 {op} request failed: {source}")]
+    S3Request {
+        op: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("storage I/O failed while {op}: {source}")]
     Io {
         op: &'static str,
@@ -70,6 +94,7 @@ pub struct BlobReader {
 #[derive(Clone)]
 pub enum BlobStore {
     Fs(FsStore),
+    S3(S3Store),
 }
 
 impl BlobStore {
@@ -77,6 +102,7 @@ impl BlobStore {
     pub async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
         match self {
             BlobStore::Fs(s) => s.stat(digest).await,
+            BlobStore::S3(s) => s.stat(digest).await,
         }
     }
 
@@ -89,6 +115,7 @@ impl BlobStore {
     ) -> Result<Option<BlobReader>> {
         match self {
             BlobStore::Fs(s) => s.open(digest, range).await,
+            BlobStore::S3(s) => s.open(digest, range).await,
         }
     }
 
@@ -96,6 +123,7 @@ impl BlobStore {
     pub async fn delete(&self, digest: &Digest) -> Result<()> {
         match self {
             BlobStore::Fs(s) => s.delete(digest).await,
+            BlobStore::S3(s) => s.delete(digest).await,
         }
     }
 
@@ -103,6 +131,7 @@ impl BlobStore {
     pub async fn create_upload(&self, id: &str) -> Result<()> {
         match self {
             BlobStore::Fs(s) => s.create_upload(id).await,
+            BlobStore::S3(s) => s.create_upload(id).await,
         }
     }
 
@@ -123,6 +152,7 @@ impl BlobStore {
     {
         match self {
             BlobStore::Fs(s) => s.append_upload(id, offset, state, body, limit).await,
+            BlobStore::S3(s) => s.append_upload(id, offset, state, body, limit).await,
         }
     }
 
@@ -137,12 +167,23 @@ impl BlobStore {
     ) -> Result<()> {
         match self {
             BlobStore::Fs(s) => s.finish_upload(id, size, state, expected).await,
+            BlobStore::S3(s) => s.finish_upload(id, size, state, expected).await,
         }
     }
 
     pub async fn delete_upload(&self, id: &str) -> Result<()> {
         match self {
             BlobStore::Fs(s) => s.delete_upload(id).await,
+            BlobStore::S3(s) => s.delete_upload(id).await,
+        }
+    }
+
+    /// A URL the client may fetch the blob from directly (a presigned S3 URL), when the
+    /// backend is configured to redirect reads; `None` means serve the bytes.
+    pub fn presign_get(&self, digest: &Digest) -> Option<String> {
+        match self {
+            BlobStore::Fs(_) => None,
+            BlobStore::S3(s) => s.presign_get(digest),
         }
     }
 
@@ -150,6 +191,7 @@ impl BlobStore {
     pub async fn purge_stale_uploads(&self, age: Duration) -> Result<usize> {
         match self {
             BlobStore::Fs(s) => s.purge_stale_uploads(age).await,
+            BlobStore::S3(s) => s.purge_stale_uploads(age).await,
         }
     }
 }

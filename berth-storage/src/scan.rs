@@ -1,5 +1,5 @@
-//! Reading the store back for `berth fsck`: re-hashing a blob from disk, and listing what
-//! is under `blobs/`. Both only read, so they are safe beside a serving process.
+//! Reading the store back for `berth fsck`: re-hashing a blob from disk or S3, and listing
+//! what is under `blobs/`. Both only read, so they are safe beside a serving process.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256, Sha512};
 use tokio::fs::{self, File};
 use tokio::io::AsyncReadExt;
 
-use crate::{BlobStore, FsStore, Result, StorageError};
+use crate::{BlobStore, FsStore, Result, S3Store, StorageError};
 
 /// Bytes hashed per read: large enough that syscalls do not dominate, small enough that
 /// memory stays flat whatever the blob's size.
@@ -44,6 +44,7 @@ impl BlobStore {
     ) -> Result<BlobCheck> {
         match self {
             BlobStore::Fs(s) => s.verify_blob(digest, progress).await,
+            BlobStore::S3(s) => s.verify_blob(digest, progress).await,
         }
     }
 
@@ -51,11 +52,16 @@ impl BlobStore {
     /// number of blobs.
     pub fn scan_blobs(&self) -> BlobScan {
         match self {
-            BlobStore::Fs(s) => BlobScan {
+            BlobStore::Fs(s) => BlobScan(Inner::Fs(FsScan {
                 root: s.root().to_owned(),
                 shards: None,
                 first: Vec::new(),
-            },
+            })),
+            BlobStore::S3(s) => BlobScan(Inner::S3 {
+                store: s.clone(),
+                token: None,
+                done: false,
+            }),
         }
     }
 }
@@ -106,7 +112,61 @@ impl FsStore {
 }
 
 /// A listing of `blobs/` in progress; see [`BlobStore::scan_blobs`].
-pub struct BlobScan {
+pub struct BlobScan(Inner);
+
+enum Inner {
+    Fs(FsScan),
+    /// One batch per page of the bucket listing.
+    S3 {
+        store: S3Store,
+        token: Option<String>,
+        done: bool,
+    },
+}
+
+impl BlobScan {
+    /// The next batch, or `None` when the listing is done.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<ScanEntry>>> {
+        match &mut self.0 {
+            Inner::Fs(s) => s.next_batch().await,
+            Inner::S3 { store, token, done } => {
+                if *done {
+                    return Ok(None);
+                }
+                let (page, next) = store.list_blobs_page(token.as_deref()).await?;
+                *done = next.is_none();
+                *token = next;
+                if page.is_empty() && *done {
+                    return Ok(None);
+                }
+                Ok(Some(
+                    page.into_iter()
+                        .map(|(key, size)| match digest_of_key(&key) {
+                            Some(digest) => ScanEntry::Blob { digest, size },
+                            None => ScanEntry::Stray { path: key },
+                        })
+                        .collect(),
+                ))
+            }
+        }
+    }
+}
+
+/// The digest a key `blobs/<algorithm>/<2 hex>/<hex>` stands for, if it is one.
+fn digest_of_key(key: &str) -> Option<Digest> {
+    let mut parts = key.strip_prefix("blobs/")?.split('/');
+    let (algorithm, shard, hex) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || shard.len() != 2 {
+        return None;
+    }
+    algorithm_named(algorithm)?;
+    format!("{algorithm}:{hex}")
+        .parse::<Digest>()
+        .ok()
+        .filter(|d| d.hex().starts_with(shard))
+}
+
+struct FsScan {
     root: PathBuf,
     /// Shard directories still to list, with their algorithm; `None` until the top levels
     /// were read.
@@ -149,7 +209,7 @@ async fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
     Ok(out)
 }
 
-impl BlobScan {
+impl FsScan {
     fn relative(&self, path: &Path) -> String {
         path.strip_prefix(&*self.root)
             .unwrap_or(path)
@@ -180,7 +240,7 @@ impl BlobScan {
     }
 
     /// The next batch (one shard directory's worth), or `None` when the listing is done.
-    pub async fn next_batch(&mut self) -> Result<Option<Vec<ScanEntry>>> {
+    async fn next_batch(&mut self) -> Result<Option<Vec<ScanEntry>>> {
         if self.shards.is_none() {
             let shards = self.list_top().await?;
             self.shards = Some(shards);
@@ -212,82 +272,5 @@ impl BlobScan {
             }
         }
         Ok(Some(batch))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn scan_finds_blobs_and_strays_and_verify_rehashes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = BlobStore::Fs(FsStore::new(dir.path()).await.expect("open"));
-        let data = b"some blob bytes";
-        let digest = crate::digest_of(Algorithm::Sha256, data);
-        store.create_upload("u").await.expect("create");
-        let mut st = crate::HashState::new();
-        let body =
-            futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(data))]);
-        let n = store
-            .append_upload("u", 0, &mut st, body, 1 << 20)
-            .await
-            .expect("append");
-        store
-            .finish_upload("u", n, &st, &digest)
-            .await
-            .expect("finish");
-        std::fs::write(dir.path().join("blobs/sha256/junk"), b"x").expect("stray");
-        std::fs::create_dir_all(dir.path().join("blobs/md5/aa")).expect("stray dir");
-
-        let mut scan = store.scan_blobs();
-        let mut found = Vec::new();
-        while let Some(batch) = scan.next_batch().await.expect("scan") {
-            found.extend(batch);
-        }
-        assert!(found.contains(&ScanEntry::Blob {
-            digest: digest.clone(),
-            size: data.len() as u64
-        }));
-        assert!(found.contains(&ScanEntry::Stray {
-            path: "blobs/sha256/junk".into()
-        }));
-        assert!(found.contains(&ScanEntry::Stray {
-            path: "blobs/md5".into()
-        }));
-        assert_eq!(found.len(), 3, "{found:?}");
-
-        let mut seen = 0;
-        let check = store
-            .verify_blob(&digest, &mut |n| seen += n)
-            .await
-            .expect("verify");
-        assert_eq!(
-            check,
-            BlobCheck::Present {
-                size: data.len() as u64,
-                actual: digest.clone()
-            }
-        );
-        assert_eq!(seen, data.len() as u64);
-
-        // Bytes changed on disk behind the store's back are caught.
-        let path = dir
-            .path()
-            .join("blobs/sha256")
-            .join(&digest.hex()[..2])
-            .join(digest.hex());
-        std::fs::write(&path, b"other bytes").expect("corrupt");
-        let check = store
-            .verify_blob(&digest, &mut |_| {})
-            .await
-            .expect("verify");
-        assert!(matches!(check, BlobCheck::Present { actual, .. } if actual != digest));
-        std::fs::remove_file(&path).expect("remove");
-        let check = store
-            .verify_blob(&digest, &mut |_| {})
-            .await
-            .expect("verify");
-        assert_eq!(check, BlobCheck::Missing);
     }
 }

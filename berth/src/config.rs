@@ -16,6 +16,8 @@ pub struct Config {
     /// Unset: relative locations, which every client resolves against its request URL.
     pub public_url: Option<String>,
     pub metadata: MetadataConfig,
+    /// Where blob bytes live (`[storage]`): the data directory, or an S3 bucket.
+    pub storage: crate::storage::StorageConfig,
     pub limits: LimitsConfig,
     pub uploads: UploadsConfig,
     pub log: LogConfig,
@@ -63,6 +65,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./berth-data"),
             public_url: None,
             metadata: MetadataConfig::default(),
+            storage: crate::storage::StorageConfig::default(),
             limits: LimitsConfig::default(),
             uploads: UploadsConfig::default(),
             log: LogConfig::default(),

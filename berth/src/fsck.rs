@@ -9,7 +9,6 @@ use anyhow::Context;
 use berth_meta::MetaStore;
 use berth_registry::fsck::{FsckReport, Progress};
 use berth_registry::{Registry, RegistryConfig};
-use berth_storage::{BlobStore, FsStore};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::Config;
@@ -114,15 +113,15 @@ pub async fn run(args: FsckArgs) -> anyhow::Result<bool> {
         .with_writer(std::io::stderr)
         .init();
 
-    // FsStore::new would create a missing layout; a checker pointed at the wrong place
+    // Opening the fs store would create a missing layout; a checker pointed at the wrong place
     // must say so instead.
     let blobs_dir = config.data_dir.join("blobs");
     anyhow::ensure!(
-        blobs_dir.is_dir(),
+        config.storage.kind != crate::storage::StorageKind::Fs || blobs_dir.is_dir(),
         "{} has no blobs/ directory: not a Berth data directory",
         config.data_dir.display()
     );
-    let blobs = BlobStore::Fs(FsStore::new(config.data_dir.clone()).await?);
+    let blobs = crate::storage::open_blobs(&config).await?;
     let meta = MetaStore::connect_read_only(&config.metadata_url())
         .await
         .context("opening the metadata store read-only")?;

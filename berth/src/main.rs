@@ -6,7 +6,9 @@ mod config;
 mod fsck;
 mod gc;
 mod layout;
+mod migrate;
 mod mirror;
+mod storage;
 mod versions;
 
 use std::path::PathBuf;
@@ -17,7 +19,6 @@ use berth_meta::MetaStore;
 use berth_registry::access::Access;
 use berth_registry::{Registry, RegistryConfig, UpstreamConfig, UpstreamSettings};
 use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
-use berth_storage::{BlobStore, FsStore};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Challenge, Config, LogFormat};
@@ -92,6 +93,10 @@ enum Command {
         #[command(flatten)]
         args: layout::ImportArgs,
     },
+    /// Copy every blob from the current blob store to the one another configuration
+    /// names (`[storage]`), verifying digests; resumable. Exit code 0: all copied, 1: some
+    /// failed, 2: the run could not start.
+    MigrateStorage(migrate::MigrateArgs),
     /// Fetch images from configured upstreams ahead of time: into the pull-through cache,
     /// or with --into into an ordinary repository. Resumable; prints a summary.
     Mirror {
@@ -175,7 +180,7 @@ fn init_logging(config: &Config) {
 pub async fn open_registry(config: &Config) -> anyhow::Result<(Registry, MetaStore)> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let blobs = BlobStore::Fs(FsStore::new(config.data_dir.clone()).await?);
+    let blobs = storage::open_blobs(config).await?;
     let meta = MetaStore::connect(&config.metadata_url())
         .await
         .context("opening the metadata store")?;
@@ -526,6 +531,14 @@ fn main() -> anyhow::Result<()> {
         Command::Gc { store, args } => runtime.block_on(gc::run(&store, args)),
         Command::Migrate { store } => runtime.block_on(migrate(&store)),
         Command::Retention { store, args } => runtime.block_on(gc::retention(&store, args)),
+        Command::MigrateStorage(args) => match runtime.block_on(migrate::run(args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("berth migrate-storage: {e:#}");
+                std::process::exit(2)
+            }
+        },
         Command::Fsck(args) => match runtime.block_on(fsck::run(args)) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

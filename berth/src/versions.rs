@@ -7,7 +7,6 @@ use anyhow::Context;
 use berth_meta::{Actor, MetaStore};
 use berth_oci::{Digest, RepoName, Tag};
 use berth_registry::{Registry, RegistryConfig, Rollback};
-use berth_storage::{BlobStore, FsStore};
 use clap::Subcommand;
 
 use crate::admin::StoreArgs;
@@ -73,7 +72,7 @@ fn repository(r: &str) -> anyhow::Result<RepoName> {
 
 async fn open(store: &StoreArgs) -> anyhow::Result<Registry> {
     let config = store.load()?;
-    let blobs = BlobStore::Fs(FsStore::new(config.data_dir.clone()).await?);
+    let blobs = crate::storage::open_blobs(&config).await?;
     let meta = MetaStore::connect(&config.metadata_url())
         .await
         .context("opening the metadata store")?;

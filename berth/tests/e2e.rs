@@ -40,6 +40,8 @@ mod prefetch;
 mod replicas;
 #[path = "e2e/restart.rs"]
 mod restart;
+#[path = "e2e/s3.rs"]
+mod s3;
 #[path = "e2e/skopeo.rs"]
 mod skopeo;
 #[path = "e2e/tls.rs"]

@@ -1,7 +1,8 @@
 //! Two `berth serve` processes as replicas: one PostgreSQL database (`BERTH_TEST_POSTGRES_URL`,
 //! a schema of their own) and one blob directory. A chunked upload moves between them, a
 //! push through one pulls from the other, and a tag moved on one is seen on the other long
-//! before its cache TTL (a minute here).
+//! before its cache TTL (a minute here). The same replicas over one S3 bucket instead of a
+//! directory: `two_replicas_share_an_s3_bucket`.
 
 use std::time::{Duration, Instant};
 
@@ -131,4 +132,104 @@ fn two_replicas_share_uploads_pushes_and_tag_moves() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Two replicas with data directories of their own, sharing only PostgreSQL and one S3
+/// bucket prefix: a chunked upload starts on a (POST, PATCH), continues on b (PATCH, and
+/// the PUT with the last chunk) and pulls from a; an image pushed through b pulls from a.
+#[test]
+fn two_replicas_share_an_s3_bucket() {
+    use crate::s3::{S3_ENV, bucket_objects, s3_storage_toml, unique_prefix};
+
+    let url = schema_url();
+    let prefix = unique_prefix("e2e-replicas");
+    let config = format!(
+        "[metadata]\nurl = \"{url}\"\n{}",
+        s3_storage_toml(&prefix, "")
+    );
+    let a = Berth::start_with(&config, S3_ENV);
+    let b = Berth::start_with(&config, S3_ENV);
+
+    // 6 MiB on a (over S3's 5 MiB part minimum), 1 MiB on b, 2 MiB with b's PUT: the
+    // finish copies the first chunk inside S3 and streams the small ones.
+    let work = tempdir();
+    let data = noise(9 << 20);
+    let digest = sha256_digest(&data);
+    let chunks = [(&a, 0, 6 << 20), (&b, 6 << 20, 7 << 20)];
+    let started = curl(a.addr(), &["-X", "POST"], "/v2/team-a/big/blobs/uploads/");
+    let mut location = header(&started, "location").expect("Location").to_owned();
+    for (i, (server, from, to)) in chunks.into_iter().enumerate() {
+        let file = work.path().join(format!("chunk{i}"));
+        std::fs::write(&file, &data[from..to]).expect("chunk");
+        let range = format!("Content-Range: {from}-{}", to - 1);
+        let at = format!("@{}", file.display());
+        let resp = curl(
+            server.addr(),
+            &[
+                "-X",
+                "PATCH",
+                // no `100 Continue` before the answer
+                "-H",
+                "Expect:",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "-H",
+                &range,
+                "--data-binary",
+                &at,
+            ],
+            &location,
+        );
+        assert!(resp.starts_with("HTTP/1.1 202"), "chunk {i}: {resp}");
+        location = header(&resp, "location").expect("Location").to_owned();
+    }
+    let last = work.path().join("last");
+    std::fs::write(&last, &data[7 << 20..]).expect("last chunk");
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let at = format!("@{}", last.display());
+    let range = format!("Content-Range: {}-{}", 7 << 20, data.len() - 1);
+    let done = curl(
+        b.addr(),
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Expect:",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-H",
+            &range,
+            "--data-binary",
+            &at,
+        ],
+        &format!("{location}{sep}digest={digest}"),
+    );
+    assert!(done.starts_with("HTTP/1.1 201"), "{done}");
+    let pulled = a.get(&format!("/v2/team-a/big/blobs/{digest}"));
+    assert_eq!(pulled.status, 200);
+    assert_eq!(sha256_digest(&pulled.body), digest);
+    let ranged = a.request(
+        "GET",
+        &format!("/v2/team-a/big/blobs/{digest}"),
+        &[("Range", "bytes=6291450-6291460")],
+    );
+    assert_eq!(ranged.status, 206);
+    assert_eq!(ranged.body, data[6_291_450..=6_291_460]);
+    let objects = bucket_objects(&prefix, "");
+    assert!(
+        objects.iter().all(|(k, _)| k.starts_with("blobs/")),
+        "upload objects left behind: {objects:?}"
+    );
+
+    // Pushed through b, pulled from a.
+    let src = Layout::init(work.path().join("src"));
+    let image = src.build("v1", "amd64", &[("f", unique("over S3"))]);
+    skopeo_copy(&[], &src.oci("v1"), &b.docker("team-a/app:v1"));
+    assert_eq!(
+        skopeo_inspect(&a.docker("team-a/app:v1"))["Digest"],
+        image.as_str()
+    );
+    let back = Layout::at(work.path().join("back"));
+    skopeo_copy(&[], &a.docker("team-a/app:v1"), &back.oci("v1"));
+    crate::harness::assert_same_image_blobs(&src, &back, &image);
 }

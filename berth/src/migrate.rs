@@ -1,0 +1,121 @@
+//! `berth migrate-storage --to TARGET.toml`: copies every blob from the blob store the
+//! current configuration names to the one `TARGET.toml` names (filesystem to S3, or back,
+//! or between buckets), verifying each digest as it lands. Blobs already in the target are
+//! skipped, so an interrupted run is resumed by running it again. Only blob bytes move:
+//! the metadata store is not touched, and stays valid, since blobs keep their digests.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use berth_storage::{Copied, ScanEntry, copy_blob};
+
+use crate::config::Config;
+
+#[derive(clap::Args)]
+pub struct MigrateArgs {
+    /// Configuration file of the current store (TOML), the same one `serve` reads.
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory of the current store; overrides `data_dir` in the config.
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Configuration file whose `[storage]` (and `data_dir`) name the target store.
+    #[arg(long)]
+    to: PathBuf,
+}
+
+/// What a run did, printed at the end.
+#[derive(Debug, Default)]
+struct Summary {
+    copied: u64,
+    copied_bytes: u64,
+    already: u64,
+    vanished: u64,
+    failed: u64,
+    strays: u64,
+}
+
+/// Runs the migration; `Ok(true)` when every blob is in the target.
+pub async fn run(args: MigrateArgs) -> anyhow::Result<bool> {
+    let mut source = Config::load(args.config.as_deref())?;
+    if let Some(d) = args.data_dir {
+        source.data_dir = d;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let target = Config::load(Some(&args.to))
+        .with_context(|| format!("reading the target configuration {}", args.to.display()))?;
+    let from = crate::storage::open_blobs(&source)
+        .await
+        .context("opening the current blob store")?;
+    let to = crate::storage::open_blobs(&target)
+        .await
+        .context("opening the target blob store")?;
+
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let mut scan = from.scan_blobs();
+    while let Some(batch) = scan
+        .next_batch()
+        .await
+        .context("listing the current store")?
+    {
+        for entry in batch {
+            let digest = match entry {
+                ScanEntry::Blob { digest, .. } => digest,
+                ScanEntry::Stray { path } => {
+                    tracing::warn!(path, "not a blob; not copied");
+                    summary.strays += 1;
+                    continue;
+                }
+            };
+            match copy_blob(&from, &to, &digest).await {
+                Ok(Copied::Bytes(n)) => {
+                    summary.copied += 1;
+                    summary.copied_bytes += n;
+                }
+                Ok(Copied::AlreadyThere) => summary.already += 1,
+                Ok(Copied::SourceMissing) => summary.vanished += 1,
+                Err(e) => {
+                    eprintln!("berth migrate-storage: {digest}: {e}");
+                    summary.failed += 1;
+                }
+            }
+            let done = summary.copied + summary.already + summary.failed;
+            if done % 100 == 0 {
+                eprintln!(
+                    "berth migrate-storage: {done} blobs, {} MiB copied",
+                    summary.copied_bytes >> 20
+                );
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "copied {} blobs ({} bytes, {:.1} MiB/s), {} already in the target, {} failed, \
+         {} vanished during the run, {} stray objects skipped; {secs:.1} s",
+        summary.copied,
+        summary.copied_bytes,
+        summary.copied_bytes as f64 / (1 << 20) as f64 / secs.max(0.001),
+        summary.already,
+        summary.failed,
+        summary.vanished,
+        summary.strays,
+    );
+    println!(
+        "metadata was not copied: point the serving configuration's [storage] at the target; \
+         [metadata] stays as it is"
+    );
+    if target.metadata.url.is_some() && target.metadata_url() != source.metadata_url() {
+        println!(
+            "note: the target configuration names a different metadata store; blob records \
+             live in the current one, so copy the database too (or keep [metadata] url)"
+        );
+    }
+    Ok(summary.failed == 0)
+}
