@@ -233,3 +233,144 @@ fn two_replicas_share_an_s3_bucket() {
     skopeo_copy(&[], &a.docker("team-a/app:v1"), &back.oci("v1"));
     crate::harness::assert_same_image_blobs(&src, &back, &image);
 }
+
+/// Two replicas over PostgreSQL and one S3 bucket: `berth gc` (as an operator would run it
+/// against the same stores) collects again and again while images are pushed through one
+/// replica with tags that keep moving; afterwards both replicas serve every tag complete,
+/// and the collection really swept. Then eight clients push different manifests to one
+/// new immutable tag through both replicas at once: exactly one wins.
+#[test]
+fn gc_beside_pushes_and_immutable_races_across_replicas_over_s3() {
+    use crate::s3::{S3_ENV, s3_storage_toml, unique_prefix};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let url = schema_url();
+    let prefix = unique_prefix("e2e-gc");
+    let config = format!(
+        "[metadata]\nurl = \"{url}\"\n{}",
+        s3_storage_toml(&prefix, "")
+    );
+    let a = Berth::start_with(&config, S3_ENV);
+    let b = Berth::start_with(&config, S3_ENV);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let collector = {
+        let stop = Arc::clone(&stop);
+        let mut gc = b.cli();
+        gc.args(["gc", "--grace-secs", "2", "--rollback-window-secs", "0"]);
+        std::thread::spawn(move || {
+            let mut swept = 0u64;
+            let mut runs = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let out = run_stdout(&mut gc);
+                // "deleted N manifests, ..."
+                swept += out
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+                runs += 1;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            (runs, swept)
+        })
+    };
+    let work = tempdir();
+    let src = Layout::init(work.path().join("src"));
+    let mut last = std::collections::HashMap::new();
+    let started = Instant::now();
+    let mut pushed = 0;
+    while started.elapsed() < Duration::from_secs(20) && pushed < 12 {
+        let tag = format!("t{}", pushed % 2);
+        let digest = src.build(
+            &tag,
+            "amd64",
+            &[("f", unique(&format!("gc race {pushed}")))],
+        );
+        skopeo_copy(&[], &src.oci(&tag), &a.docker(&format!("team/app:{tag}")));
+        last.insert(tag, digest);
+        pushed += 1;
+        // Long enough that what the tags left gets older than the grace period.
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let (runs, swept) = collector.join().expect("collector");
+    for (tag, digest) in &last {
+        for server in [&a, &b] {
+            let got = skopeo_inspect(&server.docker(&format!("team/app:{tag}")));
+            assert_eq!(got["Digest"].as_str(), Some(digest.as_str()), "{tag}");
+            let back = Layout::at(work.path().join(format!(
+                "back-{tag}-{}",
+                server.addr().replace(['.', ':'], "-")
+            )));
+            skopeo_copy(
+                &[],
+                &server.docker(&format!("team/app:{tag}")),
+                &back.oci(tag),
+            );
+            crate::harness::assert_same_image_blobs(&src, &back, digest);
+        }
+    }
+    assert!(runs >= 3, "{runs} collections");
+    assert!(swept > 0, "no collection swept anything in {runs} runs");
+
+    // Eight different manifests for one new semver tag (immutable by default), half
+    // through each replica, all at once.
+    let config_blob = b"{\"architecture\":\"amd64\",\"os\":\"linux\"}";
+    let cfg = work.path().join("config.json");
+    std::fs::write(&cfg, config_blob).expect("config");
+    let cfg_digest = sha256_digest(config_blob);
+    let resp = curl(
+        a.addr(),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &format!("@{}", cfg.display()),
+        ],
+        &format!("/v2/team/app/blobs/uploads/?digest={cfg_digest}"),
+    );
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let manifest = format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cfg_digest}","size":{}}},"layers":[],"annotations":{{"racer":"{i}"}}}}"#,
+                config_blob.len()
+            );
+            let file = work.path().join(format!("m{i}.json"));
+            std::fs::write(&file, manifest).expect("manifest");
+            let addr = if i % 2 == 0 { a.addr() } else { b.addr() }.to_owned();
+            std::thread::spawn(move || {
+                curl(
+                    &addr,
+                    &[
+                        "-X",
+                        "PUT",
+                        "-H",
+                        "Content-Type: application/vnd.oci.image.manifest.v1+json",
+                        "--data-binary",
+                        &format!("@{}", file.display()),
+                    ],
+                    "/v2/team/app/manifests/1.0.0",
+                )
+            })
+        })
+        .collect();
+    let answers: Vec<String> = racers
+        .into_iter()
+        .map(|t| t.join().expect("racer"))
+        .collect();
+    let won = answers
+        .iter()
+        .filter(|r| r.starts_with("HTTP/1.1 201"))
+        .count();
+    let denied = answers
+        .iter()
+        .filter(|r| r.starts_with("HTTP/1.1 403"))
+        .count();
+    assert_eq!((won, denied), (1, 7), "{answers:#?}");
+}
