@@ -2,11 +2,16 @@
 """Tag listing at scale: one repository with --tags tags (100,000 by default) in Berth and in
 CNCF Distribution, started side by side on loopback and filled with the same tags; then the
 whole list is walked in pages of --page (1000) following the `Link` header, alternately
-A/B, --runs times. Prints the median time per page (p50 over every page of every walk),
-the p99, the time of a whole walk, and the ratio Berth/Distribution.
+A/B, --runs times, for each page size of --pages. Prints the median time per page (p50
+over every page of every walk), the p99, the number of pages a walk took, the time of a
+whole walk, and the ratios Berth/Distribution.
+
+Distribution (Debian's docker-registry 2.8) ignores `n` and answers the whole list in one
+response, so its "page" is the whole list: compare the walk times. Berth pages as asked
+(up to `[limits] max_page`, 10,000 by default).
 
     cargo build --release -p berth -p berth-bench
-    python3 bench/tags.py [--tags 100000] [--page 1000] [--runs 5] [--fill-threads 16]
+    python3 bench/tags.py [--tags 100000] [--pages 1000,10000] [--runs 5] [--fill-threads 16]
 
 Filling pushes one manifest and then PUTs it under every tag (Distribution has no other
 way to create a tag), from --fill-threads keep-alive connections; it is not timed.
@@ -89,7 +94,7 @@ def walk(server, page):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tags", type=int, default=100_000)
-    ap.add_argument("--page", type=int, default=1000)
+    ap.add_argument("--pages", default="1000,10000", help="page sizes (n) to walk with")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--fill-threads", type=int, default=16)
     args = ap.parse_args()
@@ -101,29 +106,32 @@ def main():
             t = time.time()
             fill(s, args.tags, args.fill_threads)
             print(f"{s.name}: {args.tags} tags filled in {time.time() - t:.0f} s", file=sys.stderr)
-        pages = {s.name: [] for s in servers}
-        walks = {s.name: [] for s in servers}
-        for run in range(args.runs):
-            for s in (servers if run % 2 == 0 else servers[::-1]):
-                times, count = walk(s, args.page)
-                if count != args.tags:
-                    raise SystemExit(f"{s.name}: walked {count} tags, expected {args.tags}")
-                pages[s.name].extend(times)
-                walks[s.name].append(sum(times))
-        result = {}
-        for name in pages:
-            ts = sorted(pages[name])
-            result[name] = {
-                "page_p50_ms": statistics.median(ts) * 1000,
-                "page_p99_ms": ts[int(len(ts) * 0.99) - 1] * 1000,
-                "walk_s": statistics.median(walks[name]),
-            }
-        b, d = result["berth"], result["distribution"]
-        print(json.dumps({
-            "tags": args.tags, "page": args.page, "runs": args.runs, **result,
-            "ratio_page_p50": b["page_p50_ms"] / d["page_p50_ms"],
-            "ratio_walk": b["walk_s"] / d["walk_s"],
-        }, indent=2))
+        out = {"tags": args.tags, "runs": args.runs}
+        for page in [int(p) for p in args.pages.split(",")]:
+            pages = {s.name: [] for s in servers}
+            walks = {s.name: [] for s in servers}
+            counts = {}
+            for run in range(args.runs):
+                for s in (servers if run % 2 == 0 else servers[::-1]):
+                    times, count = walk(s, page)
+                    if count != args.tags:
+                        raise SystemExit(f"{s.name}: walked {count} tags, expected {args.tags}")
+                    pages[s.name].extend(times)
+                    walks[s.name].append(sum(times))
+                    counts[s.name] = len(times)
+            result = {}
+            for name in pages:
+                ts = sorted(pages[name])
+                result[name] = {
+                    "pages_per_walk": counts[name],
+                    "page_p50_ms": statistics.median(ts) * 1000,
+                    "page_p99_ms": ts[max(0, int(len(ts) * 0.99) - 1)] * 1000,
+                    "walk_ms": statistics.median(walks[name]) * 1000,
+                }
+            b, d = result["berth"], result["distribution"]
+            out[f"n={page}"] = {**result, "ratio_page_p50": b["page_p50_ms"] / d["page_p50_ms"],
+                                "ratio_walk": b["walk_ms"] / d["walk_ms"]}
+        print(json.dumps(out, indent=2))
     finally:
         for s in servers:
             s.stop()
