@@ -44,6 +44,16 @@ pub struct RepoGraph {
     pub links: Vec<(String, i64, u64)>,
 }
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Binds every digest of an `IN (…)` list, in order.
+fn bind_all<'q>(mut q: AnyQuery<'q>, digests: impl Iterator<Item = &'q String>) -> AnyQuery<'q> {
+    for d in digests {
+        q = q.bind(d.as_str());
+    }
+    q
+}
+
 /// Placeholders `$first, …` for an `IN (…)` list of `n` values.
 fn list(first: usize, n: usize) -> String {
     (first..first + n)
@@ -171,9 +181,7 @@ impl MetaStore {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(repo_id)
             .bind(cutoff);
-        for d in batch {
-            q = q.bind(d.as_str());
-        }
+        q = bind_all(q, batch.iter());
         let mut subject_of: HashMap<String, Option<String>> = HashMap::new();
         for r in q.fetch_all(&mut *tx).await? {
             subject_of.insert(r.try_get(0)?, r.try_get(1)?);
@@ -201,9 +209,7 @@ impl MetaStore {
                 list(2, present.len())
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(repo_id);
-            for d in &present {
-                q = q.bind(d.as_str());
-            }
+            q = bind_all(q, present.iter());
             for r in q.fetch_all(&mut *tx).await? {
                 let (parent, child): (String, String) = (r.try_get(0)?, r.try_get(1)?);
                 parents.entry(child).or_default().push(parent);
@@ -256,9 +262,7 @@ impl MetaStore {
             list(2, gone.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(repo_id);
-        for d in &gone {
-            q = q.bind(d.as_str());
-        }
+        q = bind_all(q, gone.iter());
         q.execute(&mut *tx).await?;
         for d in &gone {
             Self::audit(&mut tx, actor, "gc.manifest.delete", Some(repo), Some(d)).await?;
@@ -293,9 +297,7 @@ impl MetaStore {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(repo_id)
             .bind(cutoff);
-        for d in batch {
-            q = q.bind(d.as_str());
-        }
+        q = bind_all(q, batch.iter());
         let mut locked = Vec::new();
         for r in q.fetch_all(&mut *tx).await? {
             locked.push(r.try_get::<String, _>(0)?);
@@ -317,9 +319,7 @@ impl MetaStore {
             list(2, gone.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(repo_id);
-        for d in &gone {
-            q = q.bind(d.as_str());
-        }
+        q = bind_all(q, gone.iter());
         q.execute(&mut *tx).await?;
         for d in &gone {
             let inv = Invalidation::Blob {
@@ -380,9 +380,7 @@ impl MetaStore {
             self.lock_clause()
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(cutoff);
-        for d in batch {
-            q = q.bind(d.as_str());
-        }
+        q = bind_all(q, batch.iter());
         let mut locked = Vec::new();
         for r in q.fetch_all(&mut *tx).await? {
             locked.push((r.try_get::<String, _>(0)?, to_u64(r.try_get(1)?)));
@@ -395,9 +393,7 @@ impl MetaStore {
         let mut linked = HashSet::new();
         if !digests.is_empty() {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            for d in &digests {
-                q = q.bind(d.as_str());
-            }
+            q = bind_all(q, digests.iter());
             for r in q.fetch_all(&mut *tx).await? {
                 linked.insert(r.try_get::<String, _>(0)?);
             }
@@ -415,9 +411,7 @@ impl MetaStore {
             list(1, gone.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-        for (d, _) in &gone {
-            q = q.bind(d.as_str());
-        }
+        q = bind_all(q, gone.iter().map(|(d, _)| d));
         q.execute(&mut *tx).await?;
         if let Err(e) = delete_bytes(gone.iter().map(|(d, _)| d.clone()).collect()).await {
             tx.rollback().await?;
@@ -441,9 +435,7 @@ impl MetaStore {
             list(1, digests.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-        for d in digests {
-            q = q.bind(d.as_str());
-        }
+        q = bind_all(q, digests.iter());
         q.fetch_all(&self.pool)
             .await?
             .iter()
@@ -551,9 +543,7 @@ impl MetaStore {
         }
         let sql = format!("{select} ({})", list(2, digests.len()));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(repo_id);
-        for d in digests {
-            q = q.bind(d.as_str());
-        }
+        q = bind_all(q, digests.iter());
         for r in q.fetch_all(&mut **tx).await? {
             out.insert(r.try_get::<String, _>(0)?);
         }

@@ -310,11 +310,15 @@ impl Registry {
             });
         }
 
-        if options.dry_run {
-            self.dry_orphans(cutoff, &would_unlink, &mut report, progress)
-                .await?;
-        } else {
-            self.sweep_orphans(cutoff, &mut report, progress).await?;
+        self.orphans(
+            cutoff,
+            options.dry_run,
+            &would_unlink,
+            &mut report,
+            progress,
+        )
+        .await?;
+        if !options.dry_run {
             report.uploads_purged = self.purge_stale_uploads().await?;
         }
         report.bytes_freed = report.blobs_deleted.iter().map(|(_, s)| s).sum();
@@ -339,50 +343,13 @@ impl Registry {
         Ok(report)
     }
 
-    async fn sweep_orphans(
+    /// Blobs linked nowhere: deleted page by page, or (dry) reported, together with the
+    /// blobs that only links the sweep would remove keep (`would_unlink`: links each would
+    /// lose).
+    async fn orphans(
         &self,
         cutoff: i64,
-        report: &mut GcReport,
-        progress: &(dyn Fn(GcProgress) + Sync),
-    ) -> Result<()> {
-        let mut after = String::new();
-        let mut examined = 0;
-        loop {
-            let page = self
-                .meta
-                .gc_orphan_blobs(cutoff, &after, BATCH as u32)
-                .await?;
-            let Some((last, _)) = page.last() else {
-                break;
-            };
-            after = last.clone();
-            examined += page.len();
-            let digests: Vec<String> = page.into_iter().map(|(d, _)| d).collect();
-            let blobs = self.blobs.clone();
-            let gone = tolerate(
-                self.meta
-                    .gc_delete_blobs(&digests, cutoff, |doomed| async move {
-                        for d in doomed {
-                            // A row whose text is no digest names no file either.
-                            let Ok(digest) = d.parse::<Digest>() else {
-                                continue;
-                            };
-                            blobs.delete(&digest).await.map_err(|e| e.to_string())?;
-                        }
-                        Ok(())
-                    })
-                    .await,
-            )?;
-            report.blobs_deleted.extend(gone);
-            progress(GcProgress::Blobs { examined });
-        }
-        Ok(())
-    }
-
-    /// Dry run: blobs linked nowhere now, or only by links the sweep would remove.
-    async fn dry_orphans(
-        &self,
-        cutoff: i64,
+        dry_run: bool,
         would_unlink: &HashMap<String, u64>,
         report: &mut GcReport,
         progress: &(dyn Fn(GcProgress) + Sync),
@@ -399,19 +366,48 @@ impl Registry {
             };
             after = last.clone();
             examined += page.len();
-            report.blobs_deleted.extend(page);
+            if dry_run {
+                report.blobs_deleted.extend(page);
+            } else {
+                let digests: Vec<String> = page.into_iter().map(|(d, _)| d).collect();
+                let gone = tolerate(self.delete_blobs(&digests, cutoff).await)?;
+                report.blobs_deleted.extend(gone);
+            }
             progress(GcProgress::Blobs { examined });
         }
-        let candidates: Vec<String> = would_unlink.keys().cloned().collect();
-        for batch in candidates.chunks(BATCH) {
-            for (digest, size, links, written_at) in self.meta.gc_blob_links(batch).await? {
-                if written_at < cutoff && would_unlink.get(&digest) == Some(&links) {
-                    report.blobs_deleted.push((digest, size));
+        if dry_run {
+            let candidates: Vec<String> = would_unlink.keys().cloned().collect();
+            for batch in candidates.chunks(BATCH) {
+                for (digest, size, links, written_at) in self.meta.gc_blob_links(batch).await? {
+                    if written_at < cutoff && would_unlink.get(&digest) == Some(&links) {
+                        report.blobs_deleted.push((digest, size));
+                    }
                 }
             }
+            report.blobs_deleted.sort();
         }
-        report.blobs_deleted.sort();
         Ok(())
+    }
+
+    /// One locked batch of blob rows and their bytes.
+    async fn delete_blobs(
+        &self,
+        digests: &[String],
+        cutoff: i64,
+    ) -> std::result::Result<Vec<(String, u64)>, berth_meta::MetaError> {
+        let blobs = self.blobs.clone();
+        self.meta
+            .gc_delete_blobs(digests, cutoff, |doomed| async move {
+                for d in doomed {
+                    // A row whose text is no digest names no file either.
+                    let Ok(digest) = d.parse::<Digest>() else {
+                        continue;
+                    };
+                    blobs.delete(&digest).await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+            .await
     }
 }
 

@@ -1,6 +1,8 @@
 //! Garbage collection on SQLite and on PostgreSQL (`BERTH_TEST_POSTGRES_URL`): the exact
 //! set a crafted store loses and keeps, and a collection racing pushes and pulls.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,26 +20,10 @@ use futures_util::StreamExt;
 const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-async fn postgres_url() -> String {
-    let base = std::env::var("BERTH_TEST_POSTGRES_URL")
-        .expect("BERTH_TEST_POSTGRES_URL must point at a PostgreSQL database");
-    sqlx::any::install_default_drivers();
-    let schema = format!("gc{}", uuid::Uuid::new_v4().simple());
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
-        .await
-        .expect("postgres reachable");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut conn)
-        .await
-        .expect("create schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-csearch_path%3D{schema}")
-}
-
 async fn registry(dir: &std::path::Path, postgres: bool) -> Registry {
     let blobs = BlobStore::Fs(FsStore::new(dir).await.expect("fs store"));
     let url = if postgres {
-        postgres_url().await
+        common::postgres_url().await
     } else {
         format!("sqlite:{}", dir.join("meta.db").display())
     };

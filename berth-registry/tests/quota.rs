@@ -2,6 +2,8 @@
 //! shared blobs count once, a push past the quota is refused naming it and leaves nothing
 //! linked, and concurrent pushes through two replicas never overshoot.
 
+mod common;
+
 use std::time::Duration;
 
 use berth_meta::MetaStore;
@@ -10,22 +12,6 @@ use berth_registry::gc::GcOptions;
 use berth_registry::{Actor, Registry, RegistryConfig, RegistryError};
 use berth_storage::{BlobStore, FsStore};
 use bytes::Bytes;
-
-async fn postgres_url() -> String {
-    let base = std::env::var("BERTH_TEST_POSTGRES_URL")
-        .expect("BERTH_TEST_POSTGRES_URL must point at a PostgreSQL database");
-    sqlx::any::install_default_drivers();
-    let schema = format!("q{}", uuid::Uuid::new_v4().simple());
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
-        .await
-        .expect("postgres reachable");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut conn)
-        .await
-        .expect("create schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-csearch_path%3D{schema}")
-}
 
 async fn replica(dir: &std::path::Path, url: &str) -> Registry {
     let blobs = BlobStore::Fs(FsStore::new(dir).await.expect("fs store"));
@@ -50,7 +36,7 @@ async fn push(r: &Registry, repo: &RepoName, data: &[u8]) -> Result<u64, Registr
 async fn quotas(postgres: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = if postgres {
-        postgres_url().await
+        common::postgres_url().await
     } else {
         format!("sqlite:{}", dir.path().join("meta.db").display())
     };

@@ -3,6 +3,8 @@
 //! its cache TTL (set to a minute here so only the invalidation can explain it).
 //! Needs `BERTH_TEST_POSTGRES_URL`, like the metadata suite.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use berth_meta::MetaStore;
@@ -24,22 +26,6 @@ async fn replica(url: &str, dir: &std::path::Path) -> Registry {
     );
     r.follow_other_replicas().await.expect("listen");
     r
-}
-
-async fn schema_url() -> String {
-    let base = std::env::var("BERTH_TEST_POSTGRES_URL")
-        .expect("BERTH_TEST_POSTGRES_URL must point at a PostgreSQL database");
-    sqlx::any::install_default_drivers();
-    let schema = format!("r{}", uuid::Uuid::new_v4().simple());
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
-        .await
-        .expect("postgres reachable");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut conn)
-        .await
-        .expect("create schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-csearch_path%3D{schema}")
 }
 
 /// An image manifest over one config blob, pushed through `r`; its digest.
@@ -84,7 +70,7 @@ async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_sees_another_replicas_changes_at_once() {
-    let url = schema_url().await;
+    let url = common::postgres_url().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let a = replica(&url, dir.path()).await;
     let b = replica(&url, dir.path()).await;
