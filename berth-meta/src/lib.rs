@@ -225,6 +225,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0003_tag_history.sql"),
     include_str!("../migrations/sqlite/0004_gc.sql"),
     include_str!("../migrations/sqlite/0005_quota.sql"),
+    include_str!("../migrations/sqlite/0006_settings.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -232,6 +233,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0003_tag_history.sql"),
     include_str!("../migrations/postgres/0004_gc.sql"),
     include_str!("../migrations/postgres/0005_quota.sql"),
+    include_str!("../migrations/postgres/0006_settings.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {

@@ -5,6 +5,8 @@
 //! (`FOR UPDATE` on PostgreSQL; SQLite's write transaction is exclusive), so concurrent
 //! pushes to one tenant, on any replica, are decided one after another against the usage
 //! the previous one left.
+//!
+//! Also the run-time settings table (managed tag rules).
 
 use sqlx::{AssertSqlSafe, Row, Transaction};
 
@@ -121,5 +123,35 @@ impl MetaStore {
         let detail = bytes.map_or_else(|| "none".to_owned(), |b| b.to_string());
         let audit = Audited::new(actor, "tenant.quota", Some(tenant), tenant).detail(&detail);
         self.change_one(q, audit).await
+    }
+
+    /// A run-time setting's JSON value, if it was ever set.
+    pub async fn setting(&self, name: &str) -> Result<Option<String>> {
+        Ok(sqlx::query("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?)
+    }
+
+    /// Sets a run-time setting, audited as `action` with the value as detail.
+    pub async fn set_setting(
+        &self,
+        name: &str,
+        value: &str,
+        actor: &Actor,
+        action: &str,
+    ) -> Result<()> {
+        let q = sqlx::query(
+            "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(value)
+        .bind(crate::now_micros());
+        self.change_one(q, Audited::new(actor, action, None, name).detail(value))
+            .await?;
+        Ok(())
     }
 }

@@ -195,10 +195,13 @@ pub struct Registry {
     /// Push-mirror replication, if any rule is configured.
     replicator: Option<Arc<replicate::Replicator>>,
     stats: Arc<stats::Stats>,
+    /// The tag rules in force: the configuration's and those managed through the API.
+    rules: Arc<std::sync::RwLock<Arc<TagRules>>>,
 }
 
 impl Registry {
     pub fn new(blobs: BlobStore, meta: MetaStore, config: RegistryConfig) -> Registry {
+        let rules = Arc::new(config.tag_rules.clone());
         let (n, ttl) = (config.cache_entries, config.cache_ttl);
         Registry {
             blobs,
@@ -213,6 +216,7 @@ impl Registry {
             proxy: None,
             replicator: None,
             stats: Arc::default(),
+            rules: Arc::new(std::sync::RwLock::new(rules)),
         }
     }
 
@@ -604,10 +608,11 @@ impl Registry {
             Reference::Tag(t) => Some(t.as_str()),
             Reference::Digest(_) => None,
         };
-        if let Some(why) = tag.and_then(|t| self.config.tag_rules.refusal(repo.as_str(), t)) {
+        if let Some(why) = tag.and_then(|t| self.tag_rules().refusal(repo.as_str(), t)) {
             return Err(RegistryError::Denied(why));
         }
-        let immutable = |t: &str| self.config.tag_rules.immutable(repo.as_str(), t);
+        let rules = self.tag_rules();
+        let immutable = |t: &str| rules.immutable(repo.as_str(), t);
         let guard = TagGuard {
             immutable: &immutable,
             admin: false,
@@ -701,7 +706,8 @@ impl Registry {
         actor: &Actor,
         admin: bool,
     ) -> Result<()> {
-        let immutable = |t: &str| self.config.tag_rules.immutable(repo.as_str(), t);
+        let rules = self.tag_rules();
+        let immutable = |t: &str| rules.immutable(repo.as_str(), t);
         let guard = TagGuard {
             immutable: &immutable,
             admin,

@@ -206,7 +206,7 @@ impl Registry {
             versions.sort_by(|a, b| b.0.cmp(&a.0));
             let mut expired = Vec::new();
             for (tag, digest, updated_at, pulled_at) in &tags {
-                let immutable = self.config.tag_rules.immutable(&repo, tag).is_some();
+                let immutable = self.tag_rules().immutable(&repo, tag).is_some();
                 let last_used = pulled_at.unwrap_or(0).max(*updated_at);
                 // Kept if any matching policy keeps it.
                 let kept = matching.iter().any(|p| {

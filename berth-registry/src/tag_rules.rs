@@ -7,10 +7,10 @@
 //! `berth_meta::TagGuard`), which is what makes immutability hold under concurrent pushes.
 
 use berth_oci::semver::Version;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// One `[[tag_rule]]` as configured.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// One `[[tag_rule]]` as configured (or managed through the API).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TagRuleSpec {
     /// Glob over the full repository name.
@@ -248,6 +248,68 @@ impl Glob {
             }
         }
         p[pi..].iter().all(|t| matches!(t, Token::Star))
+    }
+}
+
+/// The setting that holds the rules managed through the API.
+const MANAGED: &str = "tag_rules";
+
+impl crate::Registry {
+    /// The rules in force: the configuration's, then the managed ones.
+    pub fn tag_rules(&self) -> std::sync::Arc<TagRules> {
+        match self.rules.read() {
+            Ok(r) => std::sync::Arc::clone(&r),
+            Err(poisoned) => std::sync::Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// The rules managed through the API (in force after the configuration's).
+    pub async fn managed_tag_rules(&self) -> crate::Result<Vec<TagRuleSpec>> {
+        match self.meta.setting(MANAGED).await? {
+            None => Ok(Vec::new()),
+            Some(json) => serde_json::from_str(&json).map_err(|e| {
+                crate::RegistryError::Internal(format!("stored tag rules are unreadable: {e}"))
+            }),
+        }
+    }
+
+    /// Re-reads the managed rules (another replica may have changed them).
+    pub async fn reload_tag_rules(&self) -> crate::Result<()> {
+        let managed = self.managed_tag_rules().await?;
+        self.install_rules(managed)
+    }
+
+    fn install_rules(&self, managed: Vec<TagRuleSpec>) -> crate::Result<()> {
+        let specs: Vec<TagRuleSpec> = self
+            .config
+            .tag_rules
+            .specs()
+            .cloned()
+            .chain(managed)
+            .collect();
+        let rules =
+            TagRules::new(specs).map_err(|e| crate::RegistryError::Invalid(e.to_string()))?;
+        match self.rules.write() {
+            Ok(mut r) => *r = std::sync::Arc::new(rules),
+            Err(poisoned) => *poisoned.into_inner() = std::sync::Arc::new(rules),
+        }
+        Ok(())
+    }
+
+    /// Replaces the managed rules (checked first; a bad pattern changes nothing). The
+    /// caller has checked that `actor` is an admin.
+    pub async fn set_managed_tag_rules(
+        &self,
+        specs: Vec<TagRuleSpec>,
+        actor: &berth_meta::Actor,
+    ) -> crate::Result<()> {
+        TagRules::new(specs.clone()).map_err(|e| crate::RegistryError::Invalid(e.to_string()))?;
+        let json = serde_json::to_string(&specs)
+            .map_err(|e| crate::RegistryError::Internal(e.to_string()))?;
+        self.meta
+            .set_setting(MANAGED, &json, actor, "tagrules.set")
+            .await?;
+        self.install_rules(specs)
     }
 }
 

@@ -137,7 +137,8 @@ impl Registry {
         let current = self.meta.resolve_tag(repo.as_str(), tag.as_str()).await?;
         let target = rollback_target(&history, current.as_deref(), how)
             .map_err(|why| RegistryError::Invalid(format!("{repo}:{tag}: {why}")))?;
-        let immutable = |t: &str| self.config.tag_rules.immutable(repo.as_str(), t);
+        let rules = self.tag_rules();
+        let immutable = |t: &str| rules.immutable(repo.as_str(), t);
         let outcome = self
             .meta
             .rollback_tag(

@@ -65,6 +65,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/audit", get(audit))
         .route("/keys/rotate", post(rotate_key))
+        .route("/tag-rules", get(get_tag_rules).put(set_tag_rules))
         .merge(versions::router())
 }
 
@@ -590,6 +591,37 @@ async fn audit(
 async fn rotate_key(State(state): State<AppState>, c: Caller) -> ApiResult {
     let kid = access_of(&state)?.rotate_key(&c.id, c.source).await?;
     Ok(json(StatusCode::OK, &serde_json::json!({"kid": kid})))
+}
+
+// ---- tag rules managed at run time ----
+
+async fn get_tag_rules(State(state): State<AppState>, _c: Caller) -> ApiResult {
+    let registry = state.registry();
+    let managed = registry.managed_tag_rules().await?;
+    let config: Vec<_> = registry.config().tag_rules.specs().cloned().collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"config": config, "managed": managed}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManagedRules {
+    rules: Vec<berth_registry::TagRuleSpec>,
+}
+
+/// Replaces the managed rules (admins only); the configuration's stay in force first.
+async fn set_tag_rules(State(state): State<AppState>, c: Caller, body: Bytes) -> ApiResult {
+    if !c.id.is_admin() {
+        return Err(RegistryError::Denied("this needs a global admin".into()).into());
+    }
+    let r: ManagedRules = parse(&body)?;
+    state
+        .registry()
+        .set_managed_tag_rules(r.rules, &c.id.actor(c.source))
+        .await?;
+    done()
 }
 
 fn access_of(state: &AppState) -> Result<&access::Access, ApiError> {

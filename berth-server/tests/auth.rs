@@ -1183,3 +1183,99 @@ async fn tenant_quota_over_the_api_refuses_a_push_past_it() {
         StatusCode::CREATED
     );
 }
+
+#[tokio::test]
+async fn tag_rules_managed_through_the_api_apply_at_once() {
+    let s = start(AccessConfig::default()).await;
+    let me = cli_identity();
+    s.access
+        .create_user(&me, None, "admin", PASSWORD, true)
+        .await
+        .expect("admin");
+    s.access
+        .create_user(&me, None, "dev", PASSWORD, false)
+        .await
+        .expect("dev");
+    s.access
+        .create_tenant(&me, None, "team-r", false)
+        .await
+        .expect("tenant");
+    s.access
+        .set_member(&me, None, "team-r", "dev", Some("developer"))
+        .await
+        .expect("member");
+    let a = admin();
+    let dev = Cred::Basic("dev".into(), PASSWORD.into());
+    // Pushable before any managed rule.
+    s.seed("team-r/app", &["latest"]).await;
+    let put = |body: Value, who: &Cred| {
+        s.req(Method::PUT, "/api/v1/tag-rules", who)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let rule = json!({"rules": [{"repositories": "team-r/*", "refuse": ["latest"], "immutable": ["release-*"]}]});
+    assert_eq!(
+        put(rule.clone(), &dev).await.expect("send").status(),
+        StatusCode::FORBIDDEN
+    );
+    let bad = json!({"rules": [{"repositories": "team-r/*", "refuse": ["[z-a]"]}]});
+    assert_eq!(
+        put(bad, &a).await.expect("send").status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        put(rule, &a).await.expect("send").status(),
+        StatusCode::NO_CONTENT
+    );
+
+    let r = s.send(Method::GET, "/api/v1/tag-rules", &dev).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["managed"][0]["refuse"], json!(["latest"]));
+    assert_eq!(v["config"], json!([]));
+
+    // In force at once: `latest` refused naming the rule, `release-*` immutable.
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    let c = s.push_blob("team-r/app", config, &dev).await;
+    let manifest = |n: u32| {
+        json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config.len()},
+            "layers": [],
+            "annotations": {"n": n.to_string()},
+        })
+        .to_string()
+    };
+    let push = |tag: &str, body: String| {
+        s.req(
+            Method::PUT,
+            &format!("/v2/team-r/app/manifests/{tag}"),
+            &dev,
+        )
+        .header("content-type", OCI_MANIFEST)
+        .body(body)
+        .send()
+    };
+    let r = push("latest", manifest(1)).await.expect("send");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["errors"][0]["code"], "DENIED");
+    let msg = v["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("team-r/* refuse latest"), "{msg}");
+    assert_eq!(
+        push("release-1", manifest(2)).await.expect("send").status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        push("release-1", manifest(3)).await.expect("send").status(),
+        StatusCode::FORBIDDEN
+    );
+    // Audited as a management change.
+    let r = s
+        .send(Method::GET, "/api/v1/audit?action=tagrules.set", &a)
+        .await;
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["entries"][0]["actor"], "admin", "{v}");
+}

@@ -218,6 +218,11 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<(Registry, MetaSto
             })
             .collect(),
     )?;
+    // The rules managed through the API apply to the offline commands too.
+    registry
+        .reload_tag_rules()
+        .await
+        .context("reading the tag rules managed through the API")?;
     Ok((registry, meta))
 }
 
@@ -309,6 +314,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .follow_other_replicas()
         .await
         .context("listening for other replicas' changes")?;
+    {
+        // Rules changed through another replica's API take effect here within seconds.
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                if let Err(e) = registry.reload_tag_rules().await {
+                    tracing::warn!(error = %e, "reloading managed tag rules failed");
+                }
+            }
+        });
+    }
     let auth = if config.auth.enabled {
         let key = admin::read_key_file(&config)?;
         let access = Access::new(meta.clone(), config.access_config(), key)

@@ -76,7 +76,7 @@ async fn open(store: &StoreArgs) -> anyhow::Result<Registry> {
     let meta = MetaStore::connect(&config.metadata_url())
         .await
         .context("opening the metadata store")?;
-    Ok(Registry::new(
+    let registry = Registry::new(
         blobs,
         meta,
         RegistryConfig {
@@ -84,7 +84,12 @@ async fn open(store: &StoreArgs) -> anyhow::Result<Registry> {
             tag_rules: config.tag_rules()?,
             ..RegistryConfig::default()
         },
-    ))
+    );
+    registry
+        .reload_tag_rules()
+        .await
+        .context("reading the tag rules managed through the API")?;
+    Ok(registry)
 }
 
 pub async fn tag(store: &StoreArgs, cmd: TagCommand) -> anyhow::Result<()> {
