@@ -10,6 +10,7 @@
 //! This crate is the only one that knows SQL; it knows nothing of paths or HTTP.
 
 mod access;
+mod copy;
 mod fsck;
 mod gc;
 mod notify;

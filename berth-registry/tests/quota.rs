@@ -165,3 +165,106 @@ async fn quotas_sqlite() {
 async fn quotas_postgres() {
     quotas(true).await;
 }
+
+/// The whole metadata store copied SQLite -> PostgreSQL -> SQLite (`berth migrate-storage`
+/// with another `[metadata] url`): tags, manifests, history, tenants and quotas, the audit
+/// log, and new rows after the copy get fresh ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_copies_between_sqlite_and_postgres() {
+    use berth_oci::Reference;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = format!("sqlite:{}", dir.path().join("meta.db").display());
+    let a = replica(dir.path(), &sqlite).await;
+    let admin = Actor::named("admin");
+    let meta = a.meta();
+    assert!(
+        meta.create_tenant("team", true, &admin)
+            .await
+            .expect("tenant")
+    );
+    assert!(
+        meta.set_tenant_quota("team", Some(5000), &admin)
+            .await
+            .expect("quota")
+    );
+    let rp = repo("team/app");
+    let config = b"{}";
+    let mut digests = Vec::new();
+    for n in 0..2u8 {
+        push(&a, &rp, config).await.expect("config");
+        let layer = vec![n; 100];
+        push(&a, &rp, &layer).await.expect("layer");
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":100}}]}}"#,
+            sha(config),
+            sha(&layer)
+        );
+        let out = a
+            .put_manifest(
+                &rp,
+                &Reference::Tag("stable".parse().expect("tag")),
+                None,
+                Bytes::from(m),
+                &admin,
+            )
+            .await
+            .expect("manifest");
+        digests.push(out.digest);
+    }
+
+    let pg = common::postgres_url().await;
+    let b = replica(dir.path(), &pg).await;
+    let rows = meta
+        .copy_into(b.meta(), &mut |_, _| {})
+        .await
+        .expect("copy to postgres");
+    assert!(rows > 10, "{rows}");
+    // A second copy into a store that is no longer empty is refused.
+    assert!(meta.copy_into(b.meta(), &mut |_, _| {}).await.is_err());
+    let back_dir = tempfile::tempdir().expect("tempdir");
+    let c = replica(
+        dir.path(),
+        &format!("sqlite:{}", back_dir.path().join("meta.db").display()),
+    )
+    .await;
+    b.meta()
+        .copy_into(c.meta(), &mut |_, _| {})
+        .await
+        .expect("copy back to sqlite");
+
+    for r in [&b, &c] {
+        let got = r
+            .get_manifest(&rp, &Reference::Tag("stable".parse().expect("tag")))
+            .await
+            .expect("tag");
+        assert_eq!(got.digest, digests[1]);
+        r.get_manifest(&rp, &Reference::Digest(digests[0].clone()))
+            .await
+            .expect("old manifest");
+        let history = r
+            .tag_history(&rp, &"stable".parse().expect("tag"), 10)
+            .await
+            .expect("history");
+        assert_eq!(history.len(), 2);
+        assert_eq!(
+            r.meta().tenant_quota("team").await.expect("quota"),
+            meta.tenant_quota("team").await.expect("quota")
+        );
+        assert_eq!(r.meta().public_tenants().await.expect("public"), ["team"]);
+        // New rows get ids after the copied ones (PostgreSQL sequences moved past them).
+        push(r, &repo("team/new"), b"new")
+            .await
+            .expect("a new repository");
+        let all = berth_meta::AuditQuery {
+            limit: 1000,
+            ..Default::default()
+        };
+        let copied = meta.audit_query(&all).await.expect("audit");
+        let here = r.meta().audit_query(&all).await.expect("audit");
+        assert!(copied.len() > 5);
+        // Every source row, with its id, and the new push's rows after them.
+        assert!(copied.iter().all(|row| here.contains(row)));
+        assert!(here.len() > copied.len());
+        assert!(here[0].0 > copied[0].0, "newest first, with a fresh id");
+    }
+}

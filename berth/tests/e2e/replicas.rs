@@ -12,7 +12,7 @@ use crate::harness::{
 };
 
 /// A fresh schema in the test database, as a metadata URL.
-fn schema_url() -> String {
+pub fn schema_url() -> String {
     let base = std::env::var("BERTH_TEST_POSTGRES_URL")
         .expect("BERTH_TEST_POSTGRES_URL must point at PostgreSQL (scripts/start-postgres.sh)");
     let schema = format!("e{}", &sha256_digest(unique("schema").as_bytes())[7..23]);

@@ -201,3 +201,55 @@ fn migrate_storage_from_fs_to_s3() {
     skopeo_copy(&[], &moved.docker("e2e/migrate:v1"), &back.oci("v1"));
     assert_same_image_blobs(&src, &back, &digest);
 }
+
+/// The embedded default moved to S3 + PostgreSQL in one command: blobs into the bucket and
+/// every metadata table into a new database schema; a server started on the target alone
+/// (a fresh data directory) serves the image, its tag history and its users' logins.
+#[test]
+fn migrate_storage_from_the_embedded_default_to_s3_and_postgres() {
+    let work = tempdir();
+    let data = work.path().join("data");
+    let berth = Berth::start_launched(
+        "",
+        &[],
+        crate::harness::Launch {
+            data_dir: Some(data.clone()),
+            ..Default::default()
+        },
+    );
+    let (src, digest) = push_new_image(
+        &berth,
+        work.path(),
+        &[("f", unique("whole registry"))],
+        "e2e/whole:stable",
+    );
+    run_stdout(berth.cli().args(["tag", "delete", "e2e/whole:stable"]));
+    skopeo_copy(&[], &src.oci("v1"), &berth.docker("e2e/whole:stable"));
+    drop(berth);
+
+    let prefix = unique_prefix("e2e-whole");
+    let url = crate::replicas::schema_url();
+    let target_config = format!(
+        "[metadata]\nurl = \"{url}\"\n{}",
+        s3_storage_toml(&prefix, "")
+    );
+    let target = work.path().join("target.toml");
+    std::fs::write(&target, &target_config).expect("target config");
+    let out = run_stdout(
+        cmd(env!("CARGO_BIN_EXE_berth"))
+            .envs(S3_ENV.iter().copied())
+            .args(["migrate-storage", "--data-dir"])
+            .arg(&data)
+            .arg("--to")
+            .arg(&target),
+    );
+    assert!(out.contains("copied the metadata"), "{out}");
+
+    let moved = Berth::start_with(&target_config, S3_ENV);
+    let back = Layout::at(work.path().join("back"));
+    skopeo_copy(&[], &moved.docker("e2e/whole:stable"), &back.oci("v1"));
+    assert_same_image_blobs(&src, &back, &digest);
+    // The tag's history came along: created, deleted, created again.
+    let history = run_stdout(moved.cli().args(["tag", "history", "e2e/whole:stable"]));
+    assert_eq!(history.lines().count(), 3, "{history}");
+}
