@@ -43,12 +43,20 @@ pub struct UpstreamSettings {
     pub tag_ttl: Duration,
     /// An upstream "not found" is believed this long without asking again.
     pub negative_ttl: Duration,
+    /// Globs over upstream-relative repository names (`library/*`) this upstream serves;
+    /// empty: all. Other names under its prefix are not asked for.
+    pub repositories: Vec<String>,
+    /// Keep what is fetched (a pull-through cache); false: pass every request through and
+    /// store nothing.
+    pub cache: bool,
 }
 
 struct Route {
     upstream: Upstream,
     tag_ttl: Duration,
     negative_ttl: Duration,
+    repositories: Vec<crate::tag_rules::Glob>,
+    cache: bool,
 }
 
 /// An outcome shared by a flight's leader with its followers.
@@ -70,11 +78,25 @@ impl Proxy {
         let routes = settings
             .into_iter()
             .map(|s| {
+                let repositories = s
+                    .repositories
+                    .iter()
+                    .map(|p| {
+                        crate::tag_rules::Glob::new(p).map_err(|w| {
+                            RegistryError::Invalid(format!(
+                                "upstream {}: repositories pattern {p:?}: {w}",
+                                s.client.name
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
                 Ok(Route {
                     upstream: Upstream::new(s.client)
                         .map_err(|e| RegistryError::Invalid(e.to_string()))?,
                     tag_ttl: s.tag_ttl,
                     negative_ttl: s.negative_ttl,
+                    repositories,
+                    cache: s.cache,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -91,7 +113,12 @@ impl Proxy {
     fn route(&self, repo: &RepoName) -> Option<(&Route, String)> {
         let (first, rest) = repo.as_str().split_once('/')?;
         let route = self.routes.iter().find(|r| r.upstream.name() == first)?;
-        Some((route, route.upstream.config().remote_repo(rest)))
+        let remote = route.upstream.config().remote_repo(rest);
+        if !route.repositories.is_empty() && !route.repositories.iter().any(|g| g.matches(&remote))
+        {
+            return None;
+        }
+        Some((route, remote))
     }
 
     fn fresh(&self, key: &str, ttl: Duration) -> bool {
@@ -272,6 +299,9 @@ impl Registry {
                 warning: None,
             });
         };
+        if !route.cache {
+            return self.pass_manifest(route, &remote, reference).await;
+        }
         let key = cache::key(repo.as_str(), &reference.to_string());
         if let Some(p) = self
             .manifest_from_cache(proxy, route, repo, reference)
@@ -435,6 +465,35 @@ impl Registry {
             .map_err(|e| UpstreamError::Invalid(e.to_string()))
     }
 
+    /// An upstream without caching: the manifest as the upstream has it now, stored
+    /// nowhere. By digest the upstream client checks the bytes; by tag, the client does.
+    async fn pass_manifest(
+        &self,
+        route: &Route,
+        remote: &str,
+        reference: &Reference,
+    ) -> Result<Pulled> {
+        let up = &route.upstream;
+        match up.get_manifest(remote, reference).await {
+            Ok(f) => {
+                crate::stats::bump(&self.stats().upstream_manifests, 1);
+                Ok(Pulled {
+                    manifest: Manifest {
+                        digest: f.digest,
+                        media_type: f.media_type,
+                        content: f.content,
+                    },
+                    warning: None,
+                })
+            }
+            Err(UpstreamError::NotFound) => Err(RegistryError::ManifestUnknown),
+            Err(e) => {
+                crate::stats::bump(&self.stats().upstream_failures, 1);
+                Err(upstream_error(up.name(), e))
+            }
+        }
+    }
+
     /// Stores an upstream manifest (exact bytes) and, if given, points `tag` at it. Its
     /// blobs are not required to be present: they are fetched when a client asks.
     async fn store_pulled(
@@ -532,6 +591,17 @@ impl Registry {
         if !with_body {
             let size = up.head_blob(&remote, digest).await.map_err(missing)?;
             return Ok(BlobSource::Upstream(PulledBlob { size, body: None }));
+        }
+        if !route.cache {
+            let fetched = up.get_blob(&remote, digest).await.map_err(missing)?;
+            crate::stats::bump(&self.stats().upstream_blobs, 1);
+            let body = fetched
+                .body
+                .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string())));
+            return Ok(BlobSource::Upstream(PulledBlob {
+                size: fetched.size,
+                body: Some(Box::pin(body)),
+            }));
         }
         let lead = loop {
             match proxy.blobs.join(&key) {

@@ -125,6 +125,8 @@ fn upstream_settings(name: &str, url: &str, tag_ttl: Duration) -> UpstreamSettin
         },
         tag_ttl,
         negative_ttl: Duration::from_secs(30),
+        repositories: Vec::new(),
+        cache: true,
     }
 }
 
@@ -373,6 +375,87 @@ async fn cached_content_survives_gc_until_evicted() {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
     assert!(metrics.trim_end().ends_with("# EOF"));
+}
+
+/// An upstream serves only the repositories its globs name, and one with `cache = false`
+/// passes everything through and keeps nothing.
+#[tokio::test]
+async fn repository_filter_and_pass_through_without_cache() {
+    let mut upstream = start(Vec::new()).await;
+    let layer = vec![3u8; 50_000];
+    let (manifest, _, ldigest) = upstream.push_image("library/allowed", "1.0", &layer).await;
+    upstream.push_image("library/other", "1.0", &layer).await;
+    let total = |text: String| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with("berth_http_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+
+    let filtered = start(vec![UpstreamSettings {
+        repositories: vec!["library/allowed*".into()],
+        ..upstream_settings("docker.io", &upstream.base, Duration::ZERO)
+    }])
+    .await;
+    let r = filtered
+        .get("/v2/docker.io/library/allowed/manifests/1.0")
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let before = total(
+        upstream
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics"),
+    );
+    let r = filtered
+        .get("/v2/docker.io/library/other/manifests/1.0")
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = filtered.get("/v2/other/manifests/1.0?ns=docker.io").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let after = total(
+        upstream
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics"),
+    );
+    // A /metrics request is counted after it answers: only the first one's own count
+    // separates the two readings.
+    assert!(
+        after - before <= 1,
+        "the upstream was asked for a filtered-out name"
+    );
+
+    let pass = start(vec![UpstreamSettings {
+        cache: false,
+        ..upstream_settings("quay.io", &upstream.base, Duration::from_secs(300))
+    }])
+    .await;
+    let r = pass.get("/v2/quay.io/library/allowed/manifests/1.0").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await, manifest);
+    let r = pass
+        .get(&format!("/v2/quay.io/library/allowed/blobs/{ldigest}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await, layer);
+    assert!(!pass.blob_path(&ldigest).exists(), "nothing stored");
+    let local: berth_oci::RepoName = "quay.io/library/allowed".parse().expect("name");
+    assert!(
+        !pass
+            .registry
+            .meta()
+            .repo_exists(local.as_str())
+            .await
+            .expect("meta")
+    );
+    upstream.stop().await;
+    let r = pass.get("/v2/quay.io/library/allowed/manifests/1.0").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
 #[tokio::test]

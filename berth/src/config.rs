@@ -108,6 +108,12 @@ pub struct UpstreamEntry {
     /// unavailable (and cached content is served instead).
     #[serde(default = "default_upstream_timeout")]
     pub timeout_secs: u64,
+    /// Globs over upstream-relative names (`library/*`) this upstream serves; unset: all.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    /// Keep what is fetched (the default); false: pass requests through, store nothing.
+    #[serde(default = "yes")]
+    pub cache: bool,
     /// With `[auth] enabled`: who may pull through this upstream's cache.
     #[serde(default)]
     pub pull: CachePullConfig,
@@ -144,6 +150,10 @@ impl From<CachePullConfig> for berth_auth::policy::CachePull {
 
 fn default_tag_ttl() -> u64 {
     300
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_upstream_timeout() -> u64 {

@@ -215,6 +215,8 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<(Registry, MetaSto
                 },
                 tag_ttl: Duration::from_secs(u.tag_ttl_secs),
                 negative_ttl: Duration::from_secs(u.negative_ttl_secs),
+                repositories: u.repositories.clone(),
+                cache: u.cache,
             })
             .collect(),
     )?;
