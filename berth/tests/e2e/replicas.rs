@@ -234,16 +234,14 @@ fn two_replicas_share_an_s3_bucket() {
     crate::harness::assert_same_image_blobs(&src, &back, &image);
 }
 
-/// Two replicas over PostgreSQL and one S3 bucket: `berth gc` (as an operator would run it
-/// against the same stores) collects again and again while images are pushed through one
-/// replica with tags that keep moving; afterwards both replicas serve every tag complete,
-/// and the collection really swept. Then eight clients push different manifests to one
-/// new immutable tag through both replicas at once: exactly one wins.
+/// Two replicas over PostgreSQL and one S3 bucket: replica b collects garbage on its
+/// `[gc]` schedule (every second, a 2 s grace, no rollback window) while images with tags
+/// that keep moving are pushed through replica a; afterwards both replicas serve every tag
+/// complete, and b's collections really swept. Then eight clients push different
+/// manifests to one new immutable tag through both replicas at once: exactly one wins.
 #[test]
 fn gc_beside_pushes_and_immutable_races_across_replicas_over_s3() {
     use crate::s3::{S3_ENV, s3_storage_toml, unique_prefix};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
 
     let url = schema_url();
     let prefix = unique_prefix("e2e-gc");
@@ -252,30 +250,18 @@ fn gc_beside_pushes_and_immutable_races_across_replicas_over_s3() {
         s3_storage_toml(&prefix, "")
     );
     let a = Berth::start_with(&config, S3_ENV);
-    let b = Berth::start_with(&config, S3_ENV);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let collector = {
-        let stop = Arc::clone(&stop);
-        let mut gc = b.cli();
-        gc.args(["gc", "--grace-secs", "2", "--rollback-window-secs", "0"]);
-        std::thread::spawn(move || {
-            let mut swept = 0u64;
-            let mut runs = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let out = run_stdout(&mut gc);
-                // "deleted N manifests, ..."
-                swept += out
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .unwrap_or(0);
-                runs += 1;
-                std::thread::sleep(Duration::from_millis(300));
-            }
-            (runs, swept)
-        })
+    let b = Berth::start_with(
+        &format!("{config}\n[gc]\ninterval_secs = 1\ngrace_secs = 2\nrollback_window_secs = 0\n"),
+        S3_ENV,
+    );
+    let counter = |name: &str| -> u64 {
+        let text = String::from_utf8_lossy(&b.get("/metrics").body).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     };
+
     let work = tempdir();
     let src = Layout::init(work.path().join("src"));
     let mut last = std::collections::HashMap::new();
@@ -294,9 +280,15 @@ fn gc_beside_pushes_and_immutable_races_across_replicas_over_s3() {
         // Long enough that what the tags left gets older than the grace period.
         std::thread::sleep(Duration::from_millis(700));
     }
-    std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Relaxed);
-    let (runs, swept) = collector.join().expect("collector");
+    // Let the schedule catch up with the last pushes' leftovers.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while counter("berth_gc_manifests_deleted_total") < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (runs, swept) = (
+        counter("berth_gc_runs_total"),
+        counter("berth_gc_manifests_deleted_total"),
+    );
     for (tag, digest) in &last {
         for server in [&a, &b] {
             let got = skopeo_inspect(&server.docker(&format!("team/app:{tag}")));
