@@ -257,13 +257,13 @@ impl MetaStore {
             tx.rollback().await?;
             return Ok(gone);
         }
-        let sql = format!(
-            "DELETE FROM manifests WHERE repo_id = $1 AND digest IN ({})",
-            list(2, gone.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(repo_id);
-        q = bind_all(q, gone.iter());
-        q.execute(&mut *tx).await?;
+        Self::delete_in(
+            &mut tx,
+            "DELETE FROM manifests WHERE repo_id = $1 AND digest IN",
+            repo_id,
+            &gone,
+        )
+        .await?;
         for d in &gone {
             Self::audit(&mut tx, actor, "gc.manifest.delete", Some(repo), Some(d)).await?;
             let inv = Invalidation::Manifest {
@@ -314,13 +314,13 @@ impl MetaStore {
             tx.rollback().await?;
             return Ok(gone);
         }
-        let sql = format!(
-            "DELETE FROM repo_blobs WHERE repo_id = $1 AND digest IN ({})",
-            list(2, gone.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(repo_id);
-        q = bind_all(q, gone.iter());
-        q.execute(&mut *tx).await?;
+        Self::delete_in(
+            &mut tx,
+            "DELETE FROM repo_blobs WHERE repo_id = $1 AND digest IN",
+            repo_id,
+            &gone,
+        )
+        .await?;
         for d in &gone {
             let inv = Invalidation::Blob {
                 repo: repo.to_owned(),
@@ -526,6 +526,19 @@ impl MetaStore {
         )
         .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Runs `delete` (a statement on `repo_id = $1` ending in `IN`) over `digests`.
+    async fn delete_in(
+        tx: &mut Transaction<'static, sqlx::Any>,
+        delete: &str,
+        repo_id: i64,
+        digests: &[String],
+    ) -> Result<()> {
+        let sql = format!("{delete} ({})", list(2, digests.len()));
+        let q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(repo_id);
+        bind_all(q, digests.iter()).execute(&mut **tx).await?;
         Ok(())
     }
 

@@ -14,7 +14,7 @@
 //! ([`berth_meta::MetaStore::gc_delete_manifests`] and its siblings), so a decision the
 //! mark made on a state that has since changed is dropped, not acted on.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use berth_meta::{Actor, RepoGraph, now_micros};
@@ -96,21 +96,36 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// Marks one repository's graph: which manifests are unreachable from the roots.
-fn mark(g: &RepoGraph, cutoff: i64) -> Marked {
-    let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
+/// Manifests reachable from `roots`: children of reached indexes, referrers of reached
+/// manifests (a child an index lists but the repository lacks is reached too; callers
+/// compare with what is stored).
+pub(crate) fn reach<'a>(
+    g: &'a RepoGraph,
+    roots: impl IntoIterator<Item = &'a str>,
+) -> HashSet<&'a str> {
+    let mut next: HashMap<&str, Vec<&str>> = HashMap::new();
     for (parent, child) in &g.children {
-        children.entry(parent).or_default().push(child);
+        next.entry(parent).or_default().push(child);
     }
-    let mut referrers: HashMap<&str, Vec<&str>> = HashMap::new();
     for m in &g.manifests {
         if let Some(s) = &m.subject {
-            referrers.entry(s).or_default().push(&m.digest);
+            next.entry(s).or_default().push(&m.digest);
         }
     }
+    let mut seen = HashSet::new();
+    let mut stack: Vec<&str> = roots.into_iter().collect();
+    while let Some(d) = stack.pop() {
+        if seen.insert(d) {
+            stack.extend(next.get(d).into_iter().flatten());
+        }
+    }
+    seen
+}
+
+/// Marks one repository's graph: which manifests are unreachable from the roots.
+fn mark(g: &RepoGraph, cutoff: i64) -> Marked {
     let stored: HashSet<&str> = g.manifests.iter().map(|m| m.digest.as_str()).collect();
-    let mut live: HashSet<&str> = HashSet::new();
-    let mut queue: VecDeque<&str> = g
+    let roots = g
         .tagged
         .iter()
         .chain(&g.history)
@@ -121,23 +136,8 @@ fn mark(g: &RepoGraph, cutoff: i64) -> Marked {
                 .filter(|m| m.created_at >= cutoff)
                 .map(|m| m.digest.as_str()),
         )
-        .filter(|d| stored.contains(d))
-        .collect();
-    while let Some(d) = queue.pop_front() {
-        if !live.insert(d) {
-            continue;
-        }
-        for next in children
-            .get(d)
-            .into_iter()
-            .chain(referrers.get(d))
-            .flatten()
-        {
-            if !live.contains(next) {
-                queue.push_back(next);
-            }
-        }
-    }
+        .filter(|d| stored.contains(d));
+    let live = reach(g, roots);
     let dead: HashSet<&str> = stored.difference(&live).copied().collect();
     // Order: a manifest only after every dead index listing it and every dead referrer
     // of it, so a batch never removes what a later-kept manifest still needs.

@@ -11,6 +11,7 @@ use berth_oci::semver::Version;
 use berth_oci::{Reference, RepoName};
 use serde::{Deserialize, Serialize};
 
+use crate::gc::reach;
 use crate::tag_rules::Glob;
 use crate::{Registry, RegistryError, Result};
 
@@ -140,27 +141,6 @@ pub struct CacheLimits {
     /// Past this many bytes, the least recently pulled manifests are evicted until the
     /// cache fits.
     pub max_bytes: Option<u64>,
-}
-
-/// Manifests reachable from `roots` (children of indexes, referrers of what is reached).
-fn reach<'a>(g: &'a RepoGraph, roots: impl IntoIterator<Item = &'a str>) -> HashSet<&'a str> {
-    let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (p, c) in &g.children {
-        children.entry(p).or_default().push(c);
-    }
-    for m in &g.manifests {
-        if let Some(s) = &m.subject {
-            children.entry(s).or_default().push(&m.digest);
-        }
-    }
-    let mut seen = HashSet::new();
-    let mut stack: Vec<&str> = roots.into_iter().collect();
-    while let Some(d) = stack.pop() {
-        if seen.insert(d) {
-            stack.extend(children.get(d).into_iter().flatten());
-        }
-    }
-    seen
 }
 
 /// Blobs the manifests in `set` reference.
