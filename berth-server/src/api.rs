@@ -95,7 +95,7 @@ async fn caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
         )));
     };
     let conn = parts.extensions.get::<ConnInfo>().copied();
-    let source = conn.map(|c| c.peer.ip());
+    let source = state.client_ip(conn.as_ref(), &parts.headers);
     let unauthorized = || {
         ApiError::Registry(RegistryError::Unauthorized(
             "the management API needs credentials".into(),

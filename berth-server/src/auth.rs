@@ -283,7 +283,7 @@ pub async fn authenticate(
     uri: &http::Uri,
     conn: Option<ConnInfo>,
 ) -> Result<Ctx, ApiError> {
-    let source = conn.map(|c| c.peer.ip());
+    let source = state.client_ip(conn.as_ref(), headers);
     let mut ctx = Ctx {
         caller: Caller::Open,
         source,

@@ -11,6 +11,7 @@
 mod api;
 pub mod audit;
 pub mod auth;
+pub mod client;
 pub mod endpoint;
 pub mod error;
 mod handlers;
@@ -48,6 +49,17 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
+impl AppState {
+    /// The client's address for a request: the peer, or what trusted proxies say it is.
+    pub fn client_ip(
+        &self,
+        conn: Option<&ConnInfo>,
+        headers: &http::HeaderMap,
+    ) -> Option<std::net::IpAddr> {
+        conn.map(|c| client::client_ip(c.peer.ip(), headers, &self.config().trusted_proxies))
+    }
+}
+
 /// HTTP-level settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -61,6 +73,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Serve HTTPS with this certificate and key; plain HTTP if unset.
     pub tls: Option<TlsSettings>,
+    /// Proxies whose `X-Forwarded-For` names the client (see [`client`]).
+    pub trusted_proxies: client::TrustedProxies,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +85,7 @@ impl Default for ServerConfig {
             max_connections: 4096,
             shutdown_grace: Duration::from_secs(30),
             tls: None,
+            trusted_proxies: client::TrustedProxies::default(),
         }
     }
 }

@@ -54,7 +54,7 @@ pub async fn get(State(state): State<AppState>, req: Request) -> Response {
 
 async fn get_inner(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let s = settings(state)?;
-    let source = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip());
+    let source = state.client_ip(req.extensions().get::<ConnInfo>(), req.headers());
     let p = params(req.uri().query().unwrap_or("").as_bytes())?;
     check_service(s, &p)?;
     let who = match auth::credentials(req.headers()) {
@@ -89,7 +89,7 @@ pub async fn post(State(state): State<AppState>, req: Request) -> Response {
 
 async fn post_inner(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let s = settings(state)?;
-    let source = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip());
+    let source = state.client_ip(req.extensions().get::<ConnInfo>(), req.headers());
     let body = Limited::new(req.into_body(), MAX_FORM_BYTES)
         .collect()
         .await

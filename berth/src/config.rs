@@ -422,6 +422,11 @@ pub struct SecurityConfig {
     /// in front of Berth (an ingress). Off by default: credentials would otherwise travel in
     /// clear text.
     pub allow_insecure_http: bool,
+    /// Proxies (addresses or networks: `10.0.0.0/8`, `fd00::/8`) in front of Berth whose
+    /// `X-Forwarded-For` is believed: the client is the rightmost entry that is not one of
+    /// them. Empty (the default): the connection's peer is the client and the header is
+    /// ignored, since any client can send it.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -499,6 +504,9 @@ impl Config {
                 config
                     .tag_rules()
                     .map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?;
+                config
+                    .trusted_proxies()
+                    .map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?;
                 Ok(config)
             }
         }
@@ -543,6 +551,12 @@ impl Config {
             Some(u) => u.clone(),
             None => format!("sqlite:{}", self.data_dir.join("berth.db").display()),
         }
+    }
+
+    /// `[security] trusted_proxies`, checked.
+    pub fn trusted_proxies(&self) -> anyhow::Result<berth_server::client::TrustedProxies> {
+        berth_server::client::TrustedProxies::parse(&self.security.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("[security] trusted_proxies: {e}"))
     }
 
     /// The certificate and key to serve HTTPS with, if both are set.

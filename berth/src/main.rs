@@ -364,6 +364,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             header_read_timeout: Duration::from_secs(config.limits.header_read_timeout_secs.max(1)),
             max_connections: config.limits.max_connections.max(1),
             tls: tls.clone(),
+            trusted_proxies: config.trusted_proxies()?,
             ..ServerConfig::default()
         },
         auth,

@@ -1,0 +1,274 @@
+//! Who the client is, by address: the peer of the connection, or, when that peer is a
+//! proxy the operator trusts (`[security] trusted_proxies`), the address the proxies
+//! recorded in `X-Forwarded-For`.
+//!
+//! Every defence that counts per client (login throttling, refusal aggregation in the
+//! audit log, connection caps) uses [`client_ip`] and [`group`], so behind an ingress they
+//! see the real clients rather than one shared ingress address, and a client cannot pick
+//! its own address by sending the header itself.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::str::FromStr;
+
+use http::HeaderMap;
+
+/// One `address/prefix` network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not an address or a network (10.0.0.0/8, fd00::/8, 192.0.2.7)")]
+pub struct BadNet(String);
+
+impl FromStr for IpNet {
+    type Err = BadNet;
+
+    fn from_str(s: &str) -> Result<IpNet, BadNet> {
+        let bad = || BadNet(s.to_owned());
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let addr = canonical(addr);
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
+            None => max,
+        };
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(IpNet {
+            addr: mask(addr, prefix),
+            prefix,
+        })
+    }
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// The proxies whose `X-Forwarded-For` entries are believed. Empty (the default): none,
+/// and the header is ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<TrustedProxies, BadNet> {
+        entries
+            .iter()
+            .map(|e| e.as_ref().parse())
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|n| n.contains(ip))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Entries of `X-Forwarded-For` looked at, from the right: a chain of proxies is a few
+/// hops; a long header is a client padding it.
+const MAX_HOPS: usize = 16;
+
+/// The client's address. The connection's peer, unless the peer is a trusted proxy: then
+/// the rightmost `X-Forwarded-For` entry that is not itself a trusted proxy (entries to
+/// its left were written by the client and prove nothing). A malformed entry, or a chain
+/// longer than [`MAX_HOPS`], ends the walk at the last proxy that was trusted, since
+/// nothing it forwarded can be believed.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+    let peer = canonical(peer);
+    if !trusted.contains(peer) {
+        return peer;
+    }
+    let mut entries: Vec<&str> = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(v) = value.to_str() else {
+            return peer;
+        };
+        entries.extend(v.split(','));
+    }
+    let mut current = peer;
+    for raw in entries.iter().rev().take(MAX_HOPS) {
+        let Some(ip) = parse_entry(raw) else {
+            return current;
+        };
+        if !trusted.contains(ip) {
+            return ip;
+        }
+        current = ip;
+    }
+    current
+}
+
+/// One `X-Forwarded-For` entry: an address, possibly with a port (`192.0.2.1:4711`,
+/// `[2001:db8::1]:4711`), as some proxies write it.
+fn parse_entry(raw: &str) -> Option<IpAddr> {
+    let s = raw.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (inside, _) = rest.split_once(']')?;
+        return inside.parse::<Ipv6Addr>().ok().map(|v| canonical(v.into()));
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`, what a dual-stack socket reports) as
+/// the IPv4 address they are.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// The key per-client limits count under: an IPv4 address as it is, an IPv6 address by
+/// its /64, since one subscriber usually holds a whole /64 and could otherwise take a new
+/// address for every attempt.
+pub fn group(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(_) => mask(canonical(ip), 64),
+        v4 => v4,
+    }
+}
+
+fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let m = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix))
+            };
+            IpAddr::V4((bits & m).into())
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let m = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix))
+            };
+            IpAddr::V6((bits & m).into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                "x-forwarded-for",
+                v.parse().expect("test header value is ASCII"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn networks_parse_and_match() {
+        let n: IpNet = "10.1.2.3/8".parse().expect("net");
+        assert_eq!(n.to_string(), "10.0.0.0/8");
+        assert!(n.contains(ip("10.200.0.1")));
+        assert!(!n.contains(ip("11.0.0.1")));
+        assert!(n.contains(ip("::ffff:10.0.0.9")), "v4-mapped counts as v4");
+        let one: IpNet = "192.0.2.7".parse().expect("host");
+        assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.8")));
+        let v6: IpNet = "fd00::/8".parse().expect("v6 net");
+        assert!(v6.contains(ip("fdab::1")) && !v6.contains(ip("fe80::1")));
+        let all: IpNet = "0.0.0.0/0".parse().expect("all");
+        assert!(all.contains(ip("203.0.113.1")) && !all.contains(ip("::1")));
+        for bad in ["10.0.0.0/33", "::/129", "nonsense", "10.0.0.0/x", ""] {
+            assert!(bad.parse::<IpNet>().is_err(), "{bad} should not parse");
+        }
+    }
+
+    #[test]
+    fn untrusted_peers_are_the_client_whatever_they_send() {
+        let none = TrustedProxies::default();
+        let h = xff(&["198.51.100.1"]);
+        assert_eq!(client_ip(ip("203.0.113.5"), &h, &none), ip("203.0.113.5"));
+        let some = TrustedProxies::parse(&["10.0.0.0/8"]).expect("parse");
+        assert_eq!(client_ip(ip("203.0.113.5"), &h, &some), ip("203.0.113.5"));
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_entry_is_the_client() {
+        let t = TrustedProxies::parse(&["10.0.0.0/8"]).expect("parse");
+        // The client forged its own first entry; the ingress appended the real address.
+        let h = xff(&["1.2.3.4, 198.51.100.9"]);
+        assert_eq!(client_ip(ip("10.0.0.2"), &h, &t), ip("198.51.100.9"));
+        // Two trusted hops: the second proxy's entry is skipped.
+        let h = xff(&["1.2.3.4", "198.51.100.9, 10.0.0.3"]);
+        assert_eq!(client_ip(ip("10.0.0.2"), &h, &t), ip("198.51.100.9"));
+        // Ports, brackets and mapped addresses.
+        let h = xff(&["[2001:db8::7]:443"]);
+        assert_eq!(client_ip(ip("10.0.0.2"), &h, &t), ip("2001:db8::7"));
+        let h = xff(&["198.51.100.9:5000"]);
+        assert_eq!(client_ip(ip("::ffff:10.0.0.2"), &h, &t), ip("198.51.100.9"));
+    }
+
+    #[test]
+    fn garbage_or_absent_headers_stop_at_the_last_trusted_hop() {
+        let t = TrustedProxies::parse(&["10.0.0.0/8"]).expect("parse");
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &HeaderMap::new(), &t),
+            ip("10.0.0.2")
+        );
+        let h = xff(&["198.51.100.9, not-an-address, 10.0.0.3"]);
+        assert_eq!(client_ip(ip("10.0.0.2"), &h, &t), ip("10.0.0.3"));
+        // All trusted: the leftmost is the best that is known.
+        let h = xff(&["10.9.9.9, 10.0.0.3"]);
+        assert_eq!(client_ip(ip("10.0.0.2"), &h, &t), ip("10.9.9.9"));
+        // A padded chain longer than any real one stops the walk.
+        let long = vec!["10.1.1.1"; 40].join(", ");
+        let h = xff(&[&format!("198.51.100.9, {long}")]);
+        assert_eq!(client_ip(ip("10.0.0.2"), &h, &t), ip("10.1.1.1"));
+    }
+
+    #[test]
+    fn ipv6_groups_by_64() {
+        assert_eq!(group(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            group(ip("2001:db8:1:2:ffff::9")),
+            group(ip("2001:db8:1:2::1"))
+        );
+        assert_ne!(group(ip("2001:db8:1:3::1")), group(ip("2001:db8:1:2::1")));
+        assert_eq!(group(ip("192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(group(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+    }
+}
