@@ -676,6 +676,24 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Deletes up to `limit` audit rows older than `before` (microseconds), oldest first,
+    /// in one short transaction; returns how many went. Callers loop until it returns
+    /// less than `limit`, so a large backlog never holds the write lock for long.
+    pub async fn prune_audit(&self, before: i64, limit: u64) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query(
+            "DELETE FROM audit_log WHERE id IN \
+             (SELECT id FROM audit_log WHERE at < $1 ORDER BY at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(done)
+    }
+
     /// Audit rows matching `q`, newest first, each with its id (the paging cursor).
     pub async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<(i64, AuditRecord)>> {
         let mut sql = String::from(

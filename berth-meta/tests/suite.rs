@@ -842,6 +842,36 @@ async fn audit_queries_filter_and_page(db: Db) {
     assert_eq!(seen, (1000..1010).rev().collect::<Vec<i64>>());
 }
 
+async fn audit_rows_are_pruned_by_age_in_batches(db: Db) {
+    let s = &db.store;
+    let batch: Vec<AuditRecord> = (0..25)
+        .map(|i| AuditRecord {
+            at: 1000 + i,
+            actor: format!("a{i}"),
+            action: "login".into(),
+            outcome: "ok".into(),
+            ..AuditRecord::default()
+        })
+        .collect();
+    s.append_audit(&batch).await.expect("append");
+    // Older than 1020: twenty rows, in batches of at most eight, oldest first.
+    assert_eq!(s.prune_audit(1020, 8).await.expect("prune"), 8);
+    assert_eq!(s.prune_audit(1020, 8).await.expect("prune"), 8);
+    assert_eq!(s.prune_audit(1020, 8).await.expect("prune"), 4);
+    assert_eq!(s.prune_audit(1020, 8).await.expect("prune"), 0);
+    let left: Vec<i64> = s
+        .audit_query(&AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("query")
+        .into_iter()
+        .map(|(_, r)| r.at)
+        .collect();
+    assert_eq!(left, [1024, 1023, 1022, 1021, 1020]);
+}
+
 /// The rule used by the tag tests: tags starting with a digit are immutable.
 fn digits_rule(tag: &str) -> Option<String> {
     tag.starts_with(|c: char| c.is_ascii_digit())
@@ -1145,6 +1175,7 @@ suite!(
     users_tenants_members_and_robots,
     signing_keys_rotate,
     audit_queries_filter_and_page,
+    audit_rows_are_pruned_by_age_in_batches,
     immutable_tags_are_kept,
     tag_history_records_every_change,
     concurrent_immutable_pushes_one_wins,

@@ -5,6 +5,7 @@
 //! * [`manifest`]: lenient manifest and index parsing that yields what a registry must check.
 //! * [`range`]: `Content-Range` (uploads) and `Range` (downloads) header parsing.
 //! * [`error`]: the fourteen error codes of the distribution spec.
+//! * [`time`]: RFC 3339 timestamps.
 //!
 //! Everything here is deterministic and panic-free on any input, so it can be fuzzed: the
 //! property checks the fuzz targets (`fuzz/`) and the corpus replay test run are in the hidden
@@ -19,6 +20,7 @@ pub mod media;
 pub mod name;
 pub mod range;
 pub mod semver;
+pub mod time;
 
 pub use digest::{Algorithm, Digest, DigestError};
 pub use error::ErrorCode;

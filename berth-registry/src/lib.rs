@@ -3,6 +3,7 @@
 //! they cannot disagree about the rules.
 
 pub mod access;
+pub mod audit;
 mod cache;
 mod error;
 mod flight;

@@ -18,6 +18,7 @@ pub struct Stats {
     pub gc_bytes: AtomicU64,
     pub retention_tags: AtomicU64,
     pub evicted: AtomicU64,
+    pub audit_pruned: AtomicU64,
 }
 
 /// One counter as `/metrics` shows it: name (without the `berth_` prefix and `_total`
@@ -91,6 +92,11 @@ impl Registry {
                 name: "cache_manifests_evicted",
                 help: "Cached manifests evicted from pull-through caches",
                 value: get(&s.evicted),
+            },
+            Counter {
+                name: "audit_records_pruned",
+                help: "Audit rows deleted for being older than [audit] keep_days",
+                value: get(&s.audit_pruned),
             },
         ];
         if let Some(r) = self.replication_stats() {

@@ -148,12 +148,18 @@ async fn authorize_and_handle(state: &AppState, ep: Endpoint, req: Request) -> A
     }
     match needed {
         Some((repo, need)) if !ctx.allows(repo.as_str(), need) => {
-            audit_denied(state, &ctx, &repo, req.method(), need);
+            if matches!(ctx.caller, Caller::Anonymous(_) | Caller::Open) {
+                // A challenge, not a denial: every token-flow pull starts with one.
+                state.metrics().challenges.inc();
+            } else {
+                audit_denied(state, &ctx, &repo, req.method(), need);
+            }
             return Err(ctx.refuse(state, repo.as_str(), need));
         }
         // `/v2/` is how clients find out whether and how to log in: anonymous callers
         // get the challenge even when public tenants would let them pull.
         None if matches!(ep, Endpoint::Base) && matches!(ctx.caller, Caller::Anonymous(_)) => {
+            state.metrics().challenges.inc();
             return Err(ctx.challenge(state, None, None));
         }
         _ => {}

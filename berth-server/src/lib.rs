@@ -75,6 +75,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsSettings>,
     /// Proxies whose `X-Forwarded-For` names the client (see [`client`]).
     pub trusted_proxies: client::TrustedProxies,
+    /// Refusals are summed in the audit log over this long (see [`audit`]).
+    pub audit_window: Duration,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +88,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             tls: None,
             trusted_proxies: client::TrustedProxies::default(),
+            audit_window: audit::WINDOW,
         }
     }
 }
@@ -115,10 +118,10 @@ impl AppState {
         auth: Option<AuthSettings>,
     ) -> AppState {
         let metrics = Metrics::default();
-        let audit = audit::AuditSink::start(
+        let audit = audit::AuditSink::start_with_window(
             registry.meta().clone(),
-            metrics.audit_dropped.clone(),
-            metrics.audit_written.clone(),
+            metrics.audit.clone(),
+            config.audit_window,
         );
         AppState(Arc::new(Inner {
             registry,

@@ -23,8 +23,10 @@ pub struct Metrics {
     pub uploads_in_progress: Gauge,
     pub login_failures: Counter,
     pub tokens_issued: Counter,
-    pub audit_written: Counter,
-    pub audit_dropped: Counter,
+    pub audit: crate::audit::AuditCounters,
+    /// 401 challenges to callers without credentials: how every token-flow pull starts,
+    /// so counted here rather than written to the audit log as refusals.
+    pub challenges: Counter,
 }
 
 impl Default for Metrics {
@@ -54,8 +56,8 @@ impl Default for Metrics {
         );
         let login_failures = Counter::default();
         let tokens_issued = Counter::default();
-        let audit_written = Counter::default();
-        let audit_dropped = Counter::default();
+        let audit = crate::audit::AuditCounters::default();
+        let challenges = Counter::default();
         registry.register(
             "login_failures",
             "Logins refused: bad credentials or throttled",
@@ -69,18 +71,30 @@ impl Default for Metrics {
         registry.register(
             "audit_records_written",
             "Asynchronous audit records written (pulls, logins, refusals)",
-            audit_written.clone(),
+            audit.written.clone(),
         );
         registry.register(
             "audit_records_dropped",
             "Asynchronous audit records dropped because the queue was full or the write failed",
-            audit_dropped.clone(),
+            audit.dropped.clone(),
+        );
+        registry.register(
+            "audit_refusals_summed",
+            "Refused requests and failed logins folded into a summed audit row (one row per \
+             client address and window) instead of a row each",
+            audit.refusals_summed.clone(),
+        );
+        registry.register(
+            "auth_challenges",
+            "401 challenges sent to callers without credentials (not audited: every token-flow \
+             pull starts with one)",
+            challenges.clone(),
         );
         Metrics {
             login_failures,
             tokens_issued,
-            audit_written,
-            audit_dropped,
+            audit,
+            challenges,
             registry,
             requests,
             bytes_in,

@@ -13,6 +13,7 @@ use berth_registry::access::{self, Access, NewRobot, RobotCredentials, cli_ident
 use clap::{Args, Subcommand};
 
 use crate::config::Config;
+use crate::output;
 
 /// Where the configuration and the metadata store are.
 #[derive(Args, Clone)]
@@ -217,8 +218,12 @@ pub struct AuditArgs {
     /// Page: entries older than this id.
     #[arg(long)]
     pub before: Option<i64>,
+    /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Delete rows older than `[audit] keep_days` now (`berth serve` does it hourly).
+    #[arg(long)]
+    pub prune: bool,
 }
 
 fn read_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
@@ -488,6 +493,18 @@ pub async fn secret(store: &StoreArgs, args: SecretArgs) -> anyhow::Result<()> {
 }
 
 pub async fn audit(store: &StoreArgs, args: AuditArgs) -> anyhow::Result<()> {
+    if args.prune {
+        let (config, access) = store.access().await?;
+        let Some(keep) = config.audit.keep() else {
+            anyhow::bail!("[audit] keep_days is 0: the audit log is kept forever");
+        };
+        let n = berth_registry::audit::prune(access.meta(), keep).await?;
+        println!(
+            "deleted {n} audit rows older than {} days",
+            config.audit.keep_days
+        );
+        return Ok(());
+    }
     let (_, access) = store.access().await?;
     let q = AuditQuery {
         since: args.since.map(|s| s.saturating_mul(1_000_000)),
@@ -499,32 +516,38 @@ pub async fn audit(store: &StoreArgs, args: AuditArgs) -> anyhow::Result<()> {
         limit: args.limit.clamp(1, 10_000),
     };
     let rows = access.audit(&cli_identity(), &q).await?;
-    for (id, r) in rows {
-        if args.json {
+    if args.json {
+        for (id, r) in rows {
             println!(
                 "{}",
                 serde_json::json!({
-                    "id": id, "at": r.at / 1_000_000, "actor": r.actor, "source": r.source,
+                    "id": id, "at": r.at / 1_000_000,
+                    "time": output::time(r.at.div_euclid(1_000_000)),
+                    "actor": r.actor, "source": r.source,
                     "action": r.action, "tenant": r.tenant, "repository": r.repository,
                     "target": r.target, "outcome": r.outcome, "detail": r.detail,
                 })
             );
-        } else {
-            println!(
-                "{id}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                r.at / 1_000_000,
-                r.actor,
-                r.source.as_deref().unwrap_or("-"),
-                r.action,
-                r.repository
-                    .as_deref()
-                    .or(r.tenant.as_deref())
-                    .unwrap_or("-"),
-                r.target.as_deref().unwrap_or("-"),
-                r.outcome
-            );
         }
+        return Ok(());
     }
+    let mut t = output::Table::new(&[
+        "ID", "TIME", "ACTOR", "SOURCE", "ACTION", "WHERE", "TARGET", "OUTCOME", "DETAIL",
+    ]);
+    for (id, r) in rows {
+        t.row([
+            id.to_string(),
+            output::time(r.at.div_euclid(1_000_000)),
+            r.actor,
+            output::opt(r.source.as_deref()),
+            r.action,
+            output::opt(r.repository.as_deref().or(r.tenant.as_deref())),
+            output::opt(r.target.as_deref()),
+            r.outcome,
+            output::opt(r.detail.as_deref()),
+        ]);
+    }
+    t.print();
     Ok(())
 }
 

@@ -26,6 +26,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub gc: GcConfig,
+    pub audit: AuditConfig,
     /// Accept an index whose child manifests are not in the repository.
     pub allow_sparse_index: bool,
     /// Pull-through upstreams (`[[upstream]]` tables).
@@ -74,6 +75,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             gc: GcConfig::default(),
+            audit: AuditConfig::default(),
             allow_sparse_index: false,
             upstreams: Vec::new(),
             replicas: Vec::new(),
@@ -275,6 +277,35 @@ impl GcConfig {
             grace: std::time::Duration::from_secs(self.grace_secs),
             rollback_window: std::time::Duration::from_secs(self.rollback_window_secs),
         }
+    }
+}
+
+/// The audit log (`[audit]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Rows older than this many days are deleted (hourly inside `berth serve`, and by
+    /// `berth audit --prune`); 0 keeps them forever.
+    pub keep_days: u64,
+    /// Refused requests and failed logins are summed per client address over this many
+    /// seconds and written as one row (a lone refusal stays a row of its own).
+    pub refusal_window_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            keep_days: 90,
+            refusal_window_secs: 10,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// How long rows are kept, if they are pruned at all.
+    pub fn keep(&self) -> Option<std::time::Duration> {
+        (self.keep_days > 0)
+            .then(|| std::time::Duration::from_secs(self.keep_days.saturating_mul(86_400)))
     }
 }
 

@@ -8,6 +8,7 @@ mod gc;
 mod layout;
 mod migrate;
 mod mirror;
+mod output;
 mod storage;
 mod versions;
 
@@ -365,6 +366,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_connections: config.limits.max_connections.max(1),
             tls: tls.clone(),
             trusted_proxies: config.trusted_proxies()?,
+            audit_window: Duration::from_secs(config.audit.refusal_window_secs.max(1)),
             ..ServerConfig::default()
         },
         auth,
@@ -387,6 +389,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     if config.gc.interval_secs > 0 {
         spawn_gc(&registry, &config);
+    }
+    if let Some(keep) = config.audit.keep() {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                match registry.prune_audit(keep).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "pruned old audit rows"),
+                    Err(e) => tracing::warn!(error = %e, "pruning the audit log failed"),
+                }
+            }
+        });
     }
 
     let listener = tokio::net::TcpListener::bind(config.listen)

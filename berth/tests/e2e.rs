@@ -14,6 +14,8 @@ mod gc;
 #[path = "e2e/harness.rs"]
 mod harness;
 
+#[path = "e2e/audit.rs"]
+mod audit;
 #[path = "e2e/auth.rs"]
 mod auth;
 #[path = "e2e/ctr.rs"]
