@@ -31,6 +31,19 @@ pub enum ApiError {
     Registry(#[from] RegistryError),
 }
 
+/// The message clients show after the code: without the code's own words in front, since
+/// clients print `code: message` (skopeo showed `denied: denied: tag 1.0.0 is immutable`).
+/// The library's errors keep their prefix for the CLI, which prints the message alone.
+fn message(code: &str, text: &str) -> String {
+    let words = code.to_ascii_lowercase().replace('_', " ");
+    match text.get(..words.len() + 1) {
+        Some(head) if head.eq_ignore_ascii_case(&format!("{words}:")) => {
+            text[words.len() + 1..].trim_start().to_owned()
+        }
+        _ => text.to_owned(),
+    }
+}
+
 /// Builds the spec's `Range` value for an upload holding `offset` bytes.
 pub fn upload_range(offset: u64) -> String {
     format!("0-{}", offset.saturating_sub(1))
@@ -152,7 +165,7 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let body = match code {
             Some(code) => {
-                serde_json::json!({"errors": [{"code": code, "message": self.to_string(), "detail": null}]})
+                serde_json::json!({"errors": [{"code": code, "message": message(code, &self.to_string()), "detail": null}]})
             }
             None => {
                 tracing::error!(error = %self, "request failed");
@@ -252,5 +265,46 @@ mod tests {
             assert_eq!(s.as_u16(), status, "{err}");
             assert_eq!(c, Some(code), "{err}");
         }
+    }
+
+    #[tokio::test]
+    async fn messages_do_not_repeat_the_code() {
+        let body = |e: ApiError| async move {
+            let resp = e.into_response();
+            let bytes = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .expect("body")
+                .to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+            (
+                v["errors"][0]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                v["errors"][0]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        };
+        let denied = ApiError::Registry(RegistryError::Denied("tag 1.0.0 is immutable".into()));
+        assert_eq!(denied.to_string(), "denied: tag 1.0.0 is immutable");
+        assert_eq!(
+            body(denied).await,
+            ("DENIED".into(), "tag 1.0.0 is immutable".into())
+        );
+        let invalid = ApiError::Registry(RegistryError::ManifestInvalid("no layers".into()));
+        assert_eq!(
+            body(invalid).await,
+            ("MANIFEST_INVALID".into(), "no layers".into())
+        );
+        // Other messages are left alone.
+        assert_eq!(
+            body(ApiError::Registry(RegistryError::BlobUnknown)).await,
+            ("BLOB_UNKNOWN".into(), "blob unknown to registry".into())
+        );
+        assert_eq!(message("DENIED", "denied"), "denied");
+        assert_eq!(message("DENIED", "Denied: x"), "x");
+        assert_eq!(message("DENIED", "é"), "é");
     }
 }

@@ -72,14 +72,17 @@ pub fn read_key_file(config: &Config) -> anyhow::Result<Option<Vec<u8>>> {
 pub enum UserCommand {
     /// Create a user. Without --password-stdin a random password is generated and printed once.
     Add {
+        /// The login name: lowercase letters, digits and `.`, `_`, `-`.
         name: String,
+        /// An administrator: may do everything, in every tenant.
         #[arg(long)]
         admin: bool,
-        /// Read the password from standard input.
+        /// Read the password from standard input (default: generate one and print it).
         #[arg(long)]
         password_stdin: bool,
     },
     List {
+        /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
     },

@@ -120,7 +120,7 @@ enum Command {
         args: gc::GcArgs,
     },
     /// Apply the `[[retention]]` policies and the upstreams' cache eviction limits (tags and
-    /// cached manifests go; their bytes with the next `gc`). `--dry-run` prints what would.
+    /// cached manifests go; their bytes with the next `gc`). `--dry-run` prints what would go
     Retention {
         #[command(flatten)]
         store: admin::StoreArgs,
@@ -167,8 +167,13 @@ struct ServeArgs {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    // Colour only for a person at a terminal: in a pod's log or a file the escape codes
+    // are noise. NO_COLOR (no-color.org) turns it off even then.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),

@@ -245,3 +245,22 @@ fn skopeo_repository_names_that_look_like_api_paths() {
         names
     );
 }
+
+#[test]
+fn skopeo_shows_a_refusal_once() {
+    let berth = Berth::start();
+    let work = tempdir();
+    let src = Layout::init(work.path().join("src"));
+    src.build("a", "amd64", &[("a.txt", &unique("first"))]);
+    src.build("b", "amd64", &[("b.txt", &unique("second"))]);
+    skopeo_copy(&[], &src.oci("a"), &berth.docker("e2e/refusal:1.0.0"));
+    // Semver tags are immutable by default: another image under 1.0.0 is refused.
+    let err = run_fails(cmd("skopeo").args([
+        "copy",
+        "--dest-tls-verify=false",
+        &src.oci("b"),
+        &berth.docker("e2e/refusal:1.0.0"),
+    ]));
+    assert!(err.contains("denied: tag 1.0.0 is immutable"), "{err}");
+    assert!(!err.contains("denied: denied"), "{err}");
+}
