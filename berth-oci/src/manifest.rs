@@ -167,9 +167,13 @@ pub fn parse_manifest(
     let header = content_type.map(essence).unwrap_or("");
 
     let media_type = match (&raw.media_type, is_generic(header)) {
-        (Some(body), true) => body.clone(),
-        (Some(body), false) if body == header => body.clone(),
-        (Some(body), false) => {
+        // A body that says what it is, sent without a Content-Type: the body decides.
+        (Some(body), _) if header.is_empty() => body.clone(),
+        (Some(body), _) if body.eq_ignore_ascii_case(header) => body.clone(),
+        // Any other Content-Type, generic ones included, contradicts the body: a client
+        // that labels an image index `text/plain` may mean something else by it, and the
+        // registry would serve it under a type the uploader never declared.
+        (Some(body), _) => {
             return Err(ManifestError::MediaTypeMismatch {
                 body: body.clone(),
                 header: header.to_owned(),
@@ -288,6 +292,55 @@ mod tests {
             Some(media::DOCKER_MANIFEST),
         );
         assert!(matches!(err, Err(ManifestError::MediaTypeMismatch { .. })));
+    }
+
+    #[test]
+    fn a_content_type_contradicting_the_body_is_refused_even_a_generic_one() {
+        let body = image(r#""mediaType":"application/vnd.oci.image.manifest.v1+json","#);
+        for ct in [
+            "text/plain",
+            "application/octet-stream",
+            "application/json",
+            "application/vnd.oci.image.index.v1+json",
+        ] {
+            match parse_manifest(body.as_bytes(), Some(ct)) {
+                Err(e @ ManifestError::MediaTypeMismatch { .. }) => {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains(media::OCI_MANIFEST) && msg.contains(ct),
+                        "names both: {msg}"
+                    );
+                }
+                other => panic!("{ct}: {other:?}"),
+            }
+        }
+        // Parameters are not part of the type; case does not matter; no header at all
+        // leaves the body to decide.
+        for ct in [
+            Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8"),
+            Some("Application/VND.oci.image.manifest.v1+json"),
+            None,
+        ] {
+            assert_eq!(
+                parse_manifest(body.as_bytes(), ct).expect("agrees").kind,
+                ManifestKind::OciManifest,
+                "{ct:?}"
+            );
+        }
+        // Without a mediaType in the body, the header still supplies it.
+        let bare = image("");
+        assert_eq!(
+            parse_manifest(bare.as_bytes(), Some(media::DOCKER_MANIFEST))
+                .expect("from the header")
+                .kind,
+            ManifestKind::DockerManifest
+        );
+        assert_eq!(
+            parse_manifest(bare.as_bytes(), Some("text/plain"))
+                .expect("inferred")
+                .kind,
+            ManifestKind::OciManifest
+        );
     }
 
     #[test]

@@ -1079,3 +1079,39 @@ async fn shutdown_lets_in_flight_uploads_finish() {
         Some(data.len() as u64)
     );
 }
+
+#[tokio::test]
+async fn a_content_type_contradicting_the_manifest_is_refused() {
+    let s = start().await;
+    let (bytes, digest) = s.image("ct/app", b"layer").await;
+    for ct in [
+        "text/plain",
+        "application/octet-stream",
+        "application/json",
+        OCI_INDEX,
+    ] {
+        let r = s.put_manifest("ct/app", "v1", ct, &bytes).await;
+        let status = r.status();
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{ct}: {v}");
+        assert_eq!(v["errors"][0]["code"], "MANIFEST_INVALID", "{ct}: {v}");
+        let msg = v["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(OCI_MANIFEST) && msg.contains(ct), "{msg}");
+        assert_eq!(
+            s.call(Method::GET, &format!("/v2/ct/app/manifests/{digest}"))
+                .await
+                .status(),
+            StatusCode::NOT_FOUND,
+            "nothing stored after {ct}"
+        );
+    }
+    let r = s
+        .put_manifest(
+            "ct/app",
+            "v1",
+            &format!("{OCI_MANIFEST}; charset=utf-8"),
+            &bytes,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
