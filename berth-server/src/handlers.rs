@@ -706,8 +706,17 @@ async fn tags(state: &AppState, name: RepoName, req: Request) -> ApiResult {
     let n = page_size(&q)?;
     let last = q.get("last").map(String::as_str);
     let (tags, more) = state.registry().list_tags(&name, n, last).await?;
-    let body = serde_json::to_vec(&serde_json::json!({"name": name.as_str(), "tags": tags}))
-        .map_err(|e| ApiError::Registry(RegistryError::Internal(e.to_string())))?;
+    // Serialised from the borrowed page: no copy of ten thousand strings into a `Value`.
+    #[derive(serde::Serialize)]
+    struct TagList<'a> {
+        name: &'a str,
+        tags: &'a [String],
+    }
+    let body = serde_json::to_vec(&TagList {
+        name: name.as_str(),
+        tags: &tags,
+    })
+    .map_err(|e| ApiError::Registry(RegistryError::Internal(e.to_string())))?;
     let page = n
         .unwrap_or(state.registry().config().max_page)
         .min(state.registry().config().max_page);
