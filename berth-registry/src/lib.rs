@@ -32,7 +32,7 @@ use serde::Serialize;
 pub use berth_meta::{Actor, Backend, Linked, Referrer};
 pub use berth_upstream::UpstreamConfig;
 pub use error::RegistryError;
-pub use proxy::{BlobSource, Pulled, PulledBlob, UpstreamSettings};
+pub use proxy::{BlobSource, Pulled, PulledBlob, UpstreamSettings, upstream_prefix};
 pub use tag_rules::{TagRuleSpec, TagRules};
 pub use versions::{HistoryEntry, Rollback, VersionedTag};
 

@@ -51,8 +51,19 @@ pub struct UpstreamSettings {
     pub cache: bool,
 }
 
+/// The first component of the repositories an upstream's cache holds, and the name of its
+/// tenant: the upstream's host, with `_` for the `:` before a port
+/// (`registry.internal:5000` → `registry.internal_5000`). A repository name cannot hold
+/// a `:`, and a host name cannot hold a `_`, so no two upstreams share a prefix and no
+/// plain host can take one that means a port.
+pub fn upstream_prefix(name: &str) -> String {
+    name.replace(':', "_")
+}
+
 struct Route {
     upstream: Upstream,
+    /// [`upstream_prefix`] of the upstream's name.
+    prefix: String,
     tag_ttl: Duration,
     negative_ttl: Duration,
     repositories: Vec<crate::tag_rules::Glob>,
@@ -91,6 +102,7 @@ impl Proxy {
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Route {
+                    prefix: upstream_prefix(&s.client.name),
                     upstream: Upstream::new(s.client)
                         .map_err(|e| RegistryError::Invalid(e.to_string()))?,
                     tag_ttl: s.tag_ttl,
@@ -112,7 +124,7 @@ impl Proxy {
     /// The upstream serving `repo`, and the repository name to ask it for.
     fn route(&self, repo: &RepoName) -> Option<(&Route, String)> {
         let (first, rest) = repo.as_str().split_once('/')?;
-        let route = self.routes.iter().find(|r| r.upstream.name() == first)?;
+        let route = self.routes.iter().find(|r| r.prefix == first)?;
         let remote = route.upstream.config().remote_repo(rest);
         if !route.repositories.is_empty() && !route.repositories.iter().any(|g| g.matches(&remote))
         {
@@ -262,17 +274,22 @@ impl Registry {
     }
 
     /// The local repository a request names. containerd, used as a mirror, sends the
-    /// upstream-relative name with `?ns=<host>`; the cache keeps it under `<host>/<name>`
-    /// so prefix and mirror requests share one copy (Docker Hub's `library/` applied).
+    /// upstream-relative name with `?ns=<host>` (with its port, if it has one); the cache
+    /// keeps it under `<prefix>/<name>` so prefix and mirror requests share one copy
+    /// (Docker Hub's `library/` applied). Host names compare without case, as DNS does.
     pub fn proxy_name(&self, name: RepoName, ns: Option<&str>) -> RepoName {
         let (Some(proxy), Some(ns)) = (&self.proxy, ns) else {
             return name;
         };
-        let Some(route) = proxy.routes.iter().find(|r| r.upstream.name() == ns) else {
+        let Some(route) = proxy
+            .routes
+            .iter()
+            .find(|r| r.upstream.name().eq_ignore_ascii_case(ns))
+        else {
             return name;
         };
         let remote = route.upstream.config().remote_repo(name.as_str());
-        format!("{ns}/{remote}").parse().unwrap_or(name)
+        format!("{}/{remote}", route.prefix).parse().unwrap_or(name)
     }
 
     /// `get_manifest`, filling from the upstream when `repo` is under one. Notes the pull

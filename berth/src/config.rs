@@ -172,14 +172,21 @@ impl Config {
     pub fn check_upstreams(&self) -> anyhow::Result<()> {
         let mut seen = std::collections::BTreeSet::new();
         for u in &self.upstreams {
-            if !berth_auth::valid_name(&u.name) {
+            let (host, port) = match u.name.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (u.name.as_str(), None),
+            };
+            let port_ok =
+                port.is_none_or(|p| !p.starts_with('0') && p.parse::<u16>().is_ok_and(|n| n > 0));
+            if !berth_auth::valid_name(host) || host.contains('_') || !port_ok {
                 anyhow::bail!(
-                    "[[upstream]] name {:?} is invalid: a registry host name without port \
-                     (lowercase letters, digits, and . _ - between them)",
+                    "[[upstream]] name {:?} is invalid: a registry host as clients name it, \
+                     with its port if it has one (lowercase letters, digits, and . - between \
+                     them; `registry.internal:5000`)",
                     u.name
                 );
             }
-            if !seen.insert(u.name.as_str()) {
+            if !seen.insert(u.prefix()) {
                 anyhow::bail!("[[upstream]] name {:?} appears twice", u.name);
             }
             if u.password.is_some() && u.username.is_none() {
@@ -195,7 +202,7 @@ impl Config {
             cache_tenants: self
                 .upstreams
                 .iter()
-                .map(|u| (u.name.clone(), u.pull.into()))
+                .map(|u| (u.prefix(), u.pull.into()))
                 .collect(),
             ..self.auth.access_config()
         }
@@ -203,6 +210,12 @@ impl Config {
 }
 
 impl UpstreamEntry {
+    /// Where its cache lives: the first component of the cached repositories and the name
+    /// of their tenant (`registry.internal:5000` → `registry.internal_5000`).
+    pub fn prefix(&self) -> String {
+        berth_registry::upstream_prefix(&self.name)
+    }
+
     pub fn url(&self) -> String {
         match (&self.url, self.name.as_str()) {
             (Some(u), _) => u.clone(),
@@ -565,7 +578,7 @@ impl Config {
             .filter(|u| u.evict_after_days.is_some() || u.max_bytes.is_some())
             .map(|u| {
                 (
-                    u.name.clone(),
+                    u.prefix(),
                     berth_registry::retention::CacheLimits {
                         max_age: u
                             .evict_after_days
@@ -873,5 +886,49 @@ mod tests {
                 .expect("parse");
         assert_eq!(c.limits.max_manifest_bytes, 10);
         assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn upstream_names_may_carry_a_port() {
+        let config = |names: &[&str]| Config {
+            upstreams: names
+                .iter()
+                .map(|n| toml::from_str::<UpstreamEntry>(&format!("name = {n:?}")).expect("entry"))
+                .collect(),
+            ..Config::default()
+        };
+        let ok = config(&["docker.io", "registry.internal:5000", "127.0.0.1:5001"]);
+        ok.check_upstreams().expect("valid");
+        let prefixes: Vec<String> = ok.upstreams.iter().map(UpstreamEntry::prefix).collect();
+        assert_eq!(
+            prefixes,
+            ["docker.io", "registry.internal_5000", "127.0.0.1_5001"]
+        );
+        assert_eq!(ok.upstreams[1].url(), "https://registry.internal:5000");
+        let tenants: Vec<String> = ok
+            .access_config()
+            .cache_tenants
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(tenants, prefixes, "the tenants are the prefixes");
+        for bad in [
+            "registry.internal:",
+            "registry.internal:0",
+            "registry.internal:65536",
+            "registry.internal:05000",
+            "registry.internal:50x",
+            "Registry.internal",
+            "registry_internal",
+            ":5000",
+            "a:1:2",
+        ] {
+            assert!(config(&[bad]).check_upstreams().is_err(), "{bad}");
+        }
+        assert!(
+            config(&["host:5000", "host:5000"])
+                .check_upstreams()
+                .is_err()
+        );
     }
 }

@@ -230,6 +230,14 @@ fn split(image: &str) -> anyhow::Result<(RepoName, Reference)> {
             _ => (image, "latest"),
         },
     };
+    // An upstream with a port is named as clients name it (`registry.internal:5000/app`);
+    // its cache lives under the prefix without the `:`.
+    let name = match name.split_once('/') {
+        Some((host, rest)) if host.contains(':') => {
+            format!("{}/{rest}", berth_registry::upstream_prefix(host))
+        }
+        _ => name.to_owned(),
+    };
     let repo: RepoName = name
         .parse()
         .map_err(|e| anyhow::anyhow!("{name:?} is not a repository name: {e}"))?;
@@ -340,6 +348,16 @@ mod tests {
         let (_, t) = split("ghcr.io/org/app").expect("latest");
         assert_eq!(t.to_string(), "latest");
         assert!(split("docker.io/Nginx:1").is_err());
+        let (r, t) = split("registry.internal:5000/team/app:v2").expect("port");
+        assert_eq!(
+            (r.as_str(), t.to_string().as_str()),
+            ("registry.internal_5000/team/app", "v2")
+        );
+        let (r, t) = split("127.0.0.1:5001/app").expect("port, no tag");
+        assert_eq!(
+            (r.as_str(), t.to_string().as_str()),
+            ("127.0.0.1_5001/app", "latest")
+        );
     }
 
     #[test]

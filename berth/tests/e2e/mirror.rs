@@ -416,3 +416,68 @@ fn sixteen_cold_pulls_fetch_each_blob_once() {
     let manifests = served(&upstream, "manifest", "GET", 200) - before_manifests;
     assert_eq!(manifests, 1, "the manifest was fetched {manifests} times");
 }
+
+/// An upstream reached on a port of its own (`registry.internal:5000` in real life): the
+/// cache is configured with `name = "host:port"`, containerd sends `?ns=host:port`, and
+/// the cached repositories live under `host_port/`.
+#[test]
+fn containerd_mirrors_an_upstream_with_a_port() {
+    require_root("containerd needs root");
+    let upstream = Berth::start();
+    let work = tempdir();
+    let (_, digest) = push_new_image(
+        &upstream,
+        &work.path().join("a"),
+        &[("a.txt", unique("ported upstream"))],
+        "team/app:v1",
+    );
+    let host = upstream.addr().to_owned();
+    let prefix = host.replace(':', "_");
+    let cache = Berth::start_with(
+        &format!(
+            "[[upstream]]\nname = \"{host}\"\nurl = \"http://{host}\"\n\
+             tag_ttl_secs = 1\nnegative_ttl_secs = 0\n"
+        ),
+        &[],
+    );
+    // `server` is a dead port: only the mirror can have answered.
+    let hosts_toml = format!(
+        "server = \"http://127.0.0.1:1\"\n\n[host.\"http://{}\"]\n  \
+         capabilities = [\"pull\", \"resolve\"]\n",
+        cache.addr()
+    );
+    let reference = format!("{host}/team/app:v1");
+
+    let daemon = Containerd::start();
+    let hosts = daemon.write_hosts_toml_text(&host, &hosts_toml);
+    ctr_pull(&daemon, "online", Some(&hosts), &reference);
+    assert_eq!(listed_digest(&daemon, "online", &reference), digest);
+    // Kept under the prefix, and the upstream was asked.
+    assert_eq!(
+        cached_tag(&cache, &format!("{prefix}/team/app"), "v1").0,
+        digest
+    );
+    assert!(served(&upstream, "blob", "GET", 200) >= 2);
+    // The mirror form, as containerd sent it, answers from the same cached name.
+    let resp = cache.request(
+        "GET",
+        &format!("/v2/team/app/manifests/v1?ns={host}"),
+        &[("Accept", ACCEPT_ALL)],
+    );
+    assert_eq!(resp.status, 200, "{resp:?}");
+
+    // The upstream goes away; past the TTL a fresh containerd still pulls.
+    drop(upstream);
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(daemon);
+    let daemon = Containerd::start();
+    let hosts = daemon.write_hosts_toml_text(&host, &hosts_toml);
+    ctr_pull(&daemon, "offline", Some(&hosts), &reference);
+    assert_eq!(listed_digest(&daemon, "offline", &reference), digest);
+    let (got, warning) = cached_tag(&cache, &format!("{prefix}/team/app"), "v1");
+    assert_eq!(got, digest);
+    assert!(
+        warning.is_some_and(|w| w.starts_with("299 ")),
+        "a stale tag is served with a Warning"
+    );
+}
