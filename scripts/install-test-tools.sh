@@ -2,7 +2,8 @@
 # Install and verify the external tools Berth's end-to-end tests need.
 #
 # Idempotent, non-interactive; meant for a fresh Debian 12 (bookworm) machine,
-# run as root (CI=true), with network access only to the Debian archive.
+# run as root (CI=true). Reaches the Debian archive (bookworm, and trixie/sid for
+# the oras package); scripts/start-s3.sh reaches PyPI for moto.
 #
 # Installs (bookworm apt): skopeo umoci jq curl openssl containerd(+ctr, runc) podman
 #                          docker-registry (CNCF Distribution 2.8) postgresql
