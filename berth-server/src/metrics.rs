@@ -14,6 +14,12 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Why a request was refused by a defence that has several reasons.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -25,6 +31,13 @@ pub struct Metrics {
     pub tokens_issued: Counter,
     pub audit_written: Counter,
     pub audit_dropped: Counter,
+    /// Token requests refused before any token was made: `scope` (a scope Berth cannot
+    /// read, or of an unknown type), `management-refresh` (the management scope asked
+    /// through a refresh token).
+    pub tokens_refused: Family<ReasonLabels, Counter>,
+    /// `/api/v1` requests refused for the kind of credential: `token-scope` (a token
+    /// without the management scope), `anonymous-token`.
+    pub api_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -76,7 +89,21 @@ impl Default for Metrics {
             "Asynchronous audit records dropped because the queue was full or the write failed",
             audit_dropped.clone(),
         );
+        let tokens_refused = Family::<ReasonLabels, Counter>::default();
+        let api_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "token_requests_refused",
+            "Token requests refused: unreadable or unknown scope types, the management scope through a refresh token",
+            tokens_refused.clone(),
+        );
+        registry.register(
+            "api_credentials_refused",
+            "Management API requests refused for their credential: a token without the management scope, an anonymous token",
+            api_refused.clone(),
+        );
         Metrics {
+            tokens_refused,
+            api_refused,
             login_failures,
             tokens_issued,
             audit_written,
