@@ -49,7 +49,8 @@ pub struct AccessConfig {
     /// Threads that check and hash passwords (argon2): at most this many checks run at
     /// once, whatever the number of logins.
     pub password_threads: usize,
-    /// Password checks that may wait for a thread before further ones are refused (503).
+    /// Password checks that may wait for a thread in the clean lane (a quarter of it in the
+    /// suspect lane) before checks are refused (503); see `crate::login::PasswordPool`.
     pub password_queue: usize,
     /// Pull-through caches: the tenant named after each upstream, and who may pull from it.
     pub cache_tenants: Vec<(String, CachePull)>,

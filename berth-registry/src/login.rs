@@ -11,10 +11,15 @@
 //!
 //! Why no per-user counter: it is what let anyone lock a user out by guessing. Guesses
 //! spread over many addresses each pay their own pair delay, and all of them share the
-//! password threads, where they queue behind legitimate first attempts (below).
+//! password threads, where attempts from pairs and addresses that have failed (the
+//! suspect lane) wait behind those that have not (the clean lane), get at most half the
+//! threads' time, and are refused (503, counted as a failure) when their short queue is
+//! full. A correct password can thus meet a 503 only while the threads are saturated, or
+//! a 429 only while its own address floods the same user with concurrent guesses.
 //!
 //! All of this is per process: with N replicas behind a load balancer, a key gets N times
-//! the allowance, and the spacing holds per replica.
+//! the allowance, the spacing holds per replica (so N attempts per delay at most), and
+//! each replica has its own password threads.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -250,7 +255,8 @@ struct Shared {
 /// The threads that hash and verify passwords (argon2, bcrypt). Their own threads, not
 /// tokio's blocking pool: that pool (8 threads in `berth serve`) also opens and reads blob
 /// files, and a login flood there stalled every pull. At most `threads` checks run at
-/// once; waiting ones are bounded per lane, and past that a check is refused at once.
+/// once; waiting ones are bounded per lane: a full clean queue sheds its oldest waiter, a
+/// full suspect queue refuses the newcomer.
 pub(crate) struct PasswordPool {
     shared: Arc<Shared>,
     clean_cap: usize,

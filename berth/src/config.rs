@@ -358,7 +358,9 @@ pub struct AuthConfig {
     /// Threads that check passwords (argon2); at most this many checks run at once.
     /// Default: half the cores, at least one, so a login flood leaves the rest to pulls.
     pub password_check_threads: usize,
-    /// Password checks that may wait for a thread; past that, logins get 503 at once.
+    /// Password checks from clients without recent failures that may wait for a thread;
+    /// past that, the one waiting longest is answered 503. Clients with recent failures
+    /// wait in a queue a quarter this long, past which newcomers get 503 at once.
     pub password_check_queue: usize,
     /// A file holding the token signing key (at least 32 bytes). Unset: a key generated
     /// at first start and kept in the metadata store, shared by replicas.
