@@ -11,7 +11,7 @@ pub mod scope;
 pub mod token;
 
 pub use policy::{Actions, Grants, RobotScope, Role, tenant_of};
-pub use scope::{Scope, ScopeKind};
+pub use scope::{MANAGEMENT_SCOPE, Scope, ScopeError, ScopeKind};
 pub use token::{AccessEntry, Claims, Keyring, SigningKey, TokenError};
 
 /// The tenant that owns single-segment repository names (`alpine`).
@@ -45,6 +45,34 @@ pub fn valid_name(name: &str) -> bool {
     true
 }
 
+/// Names Berth itself uses for callers and actors in tokens and the audit log: the caller
+/// without credentials, Berth's own background work (`system`, and `system:gc` and the like,
+/// which no valid name can spell) and the offline CLI. A user of one of these names would be
+/// indistinguishable from them (before this list, an unauthenticated token resolved to a
+/// user called `anonymous`), so they are refused wherever a user name is chosen: creation,
+/// htpasswd import, and (`berth-meta` migration 0007) existing users were renamed.
+/// Anything new the code calls an actor belongs here, with a migration for existing rows.
+pub const RESERVED_NAMES: &[&str] = &["anonymous", "system", "cli"];
+
+/// Is `name` one that Berth uses for itself (see [`RESERVED_NAMES`])?
+pub fn reserved_name(name: &str) -> bool {
+    RESERVED_NAMES.contains(&name)
+}
+
+/// The key per-client limits count under: an IPv4 address (or an IPv4-mapped IPv6 one) as
+/// it is, an IPv6 address by its /64, since one subscriber usually holds a whole /64 and
+/// could otherwise take a new address for every attempt.
+pub fn address_group(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+        v4 => v4,
+    }
+}
+
 /// Splits a robot login `<tenant>+<name>`.
 pub fn split_robot(login: &str) -> Option<(&str, &str)> {
     let (t, n) = login.split_once(ROBOT_SEPARATOR)?;
@@ -76,5 +104,17 @@ mod tests {
         assert_eq!(split_robot("team-a+ci"), Some(("team-a", "ci")));
         assert_eq!(split_robot("team-a"), None);
         assert_eq!(split_robot("team-a+"), None);
+        for r in RESERVED_NAMES {
+            assert!(valid_name(r) && reserved_name(r), "{r}");
+        }
+        assert!(!reserved_name("anonymous2") && !reserved_name("admin"));
+    }
+
+    #[test]
+    fn address_groups() {
+        let g = |s: &str| address_group(s.parse().expect("address")).to_string();
+        assert_eq!(g("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(g("::ffff:192.0.2.1"), "192.0.2.1");
+        assert_eq!(g("192.0.2.1"), "192.0.2.1");
     }
 }

@@ -90,6 +90,11 @@ pub fn parse_htpasswd(text: &str) -> Result<Vec<(String, String)>, PasswordError
                 "user name is not a valid Berth name (lowercase, digits, . _ -)",
             ));
         }
+        if crate::reserved_name(name) {
+            return Err(err(&format!(
+                "user name {name:?} is reserved: Berth uses it for itself"
+            )));
+        }
         if !is_bcrypt(hash) {
             return Err(err("only bcrypt hashes ($2y$, $2b$) can be imported"));
         }
@@ -127,6 +132,12 @@ mod tests {
         assert!(e.to_string().contains("line 1"), "{e}");
         assert!(parse_htpasswd("bob:{SHA}abc").is_err());
         assert!(parse_htpasswd("no-colon").is_err());
+        let b = bcrypt::hash("hunter2", 4).expect("bcrypt");
+        let e = parse_htpasswd(&format!("alice:{b}\nanonymous:{b}")).expect_err("reserved");
+        assert!(
+            e.to_string().contains("line 2") && e.to_string().contains("reserved"),
+            "{e}"
+        );
     }
 
     #[test]

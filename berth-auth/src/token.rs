@@ -102,6 +102,10 @@ pub struct Claims {
     /// password or robot secret changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cred: Option<String>,
+    /// Set on tokens issued without credentials. `sub` then only labels the caller for
+    /// logs (`anonymous`); it is never looked up as a user, whatever users exist.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub anon: bool,
 }
 
 impl Claims {
@@ -117,6 +121,17 @@ impl Claims {
 
     pub fn is_refresh(&self) -> bool {
         self.kind.as_deref() == Some("refresh")
+    }
+
+    /// Does the token carry the management scope ([`crate::MANAGEMENT_SCOPE`])? Never for
+    /// an anonymous token, whatever its claims say.
+    pub fn grants_management(&self) -> bool {
+        !self.anon
+            && self.access.iter().any(|e| {
+                e.kind == crate::ScopeKind::Management.as_str()
+                    && e.name == "api"
+                    && e.actions.iter().any(|a| a == "*")
+            })
     }
 }
 
@@ -225,6 +240,7 @@ mod tests {
             }],
             kind: None,
             cred: None,
+            anon: false,
         }
     }
 

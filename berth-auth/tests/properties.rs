@@ -16,6 +16,7 @@ fn claims() -> Claims {
         access: Vec::new(),
         kind: None,
         cred: None,
+        anon: false,
     }
 }
 

@@ -220,6 +220,9 @@ pub struct MetaStore {
     url: Option<std::sync::Arc<str>>,
 }
 
+/// The migration that renames and disables users holding reserved names (it logs each).
+const RESERVED_NAMES_MIGRATION: i64 = 7;
+
 const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0001_core.sql"),
     include_str!("../migrations/sqlite/0002_access.sql"),
@@ -227,6 +230,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0004_gc.sql"),
     include_str!("../migrations/sqlite/0005_quota.sql"),
     include_str!("../migrations/sqlite/0006_settings.sql"),
+    include_str!("../migrations/sqlite/0007_reserved_names.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -235,6 +239,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0004_gc.sql"),
     include_str!("../migrations/postgres/0005_quota.sql"),
     include_str!("../migrations/postgres/0006_settings.sql"),
+    include_str!("../migrations/postgres/0007_reserved_names.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {
@@ -338,12 +343,35 @@ impl MetaStore {
             Backend::Sqlite => SQLITE_SCHEMA,
             Backend::Postgres => POSTGRES_SCHEMA,
         };
+        let mut renamed = Vec::new();
         for (i, sql) in steps.iter().enumerate() {
             let version = i as i64 + 1;
             if version <= current {
                 continue;
             }
+            let audit_before: i64 = if version == RESERVED_NAMES_MIGRATION {
+                sqlx::query("SELECT COALESCE(MAX(id), 0) FROM audit_log")
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get(0)?
+            } else {
+                0
+            };
             sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            if version == RESERVED_NAMES_MIGRATION {
+                let rows = sqlx::query(
+                    "SELECT target, detail FROM audit_log WHERE id > $1 \
+                     AND actor = 'system:migration' AND action = 'user.rename' ORDER BY id",
+                )
+                .bind(audit_before)
+                .fetch_all(&mut *tx)
+                .await?;
+                for r in rows {
+                    let target: Option<String> = r.try_get(0)?;
+                    let detail: Option<String> = r.try_get(1)?;
+                    renamed.push((target.unwrap_or_default(), detail.unwrap_or_default()));
+                }
+            }
             sqlx::query("INSERT INTO berth_schema (version, applied_at) VALUES ($1, $2)")
                 .bind(version)
                 .bind(now_micros())
@@ -352,6 +380,12 @@ impl MetaStore {
             tracing::info!(version, "applied metadata schema migration");
         }
         tx.commit().await?;
+        for (user, what) in renamed {
+            tracing::warn!(
+                user = %user,
+                "user {user}: {what}; check its roles before `berth user enable {user}`"
+            );
+        }
         Ok(())
     }
 

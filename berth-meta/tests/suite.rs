@@ -1148,6 +1148,76 @@ async fn concurrent_immutable_pushes_one_wins(db: Db) {
     assert_eq!(h[0].new_digest.as_deref(), Some(winners[0].as_str()));
 }
 
+/// Users of reserved names, left from before they were reserved (an unauthenticated token
+/// resolved to a user named `anonymous`), are renamed and disabled by migration 0007,
+/// their memberships and password kept, and the audit log says so.
+async fn reserved_users_are_renamed_and_disabled_by_the_migration(db: Db) {
+    let s = &db.store;
+    let admin = who("root");
+    s.create_tenant("team-a", false, &admin)
+        .await
+        .expect("tenant");
+    for (name, is_admin) in [("anonymous", true), ("cli", false), ("alice", false)] {
+        assert!(
+            s.create_user(name, "$argon2id$h", is_admin, &admin)
+                .await
+                .expect("user")
+        );
+        assert!(
+            s.set_member("team-a", name, Some("owner"), &admin)
+                .await
+                .expect("member")
+        );
+    }
+    // The store as it was before migration 7 ran: apply it again over these rows.
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .expect("raw connection");
+    sqlx::query("DELETE FROM berth_schema WHERE version = 7")
+        .execute(&mut conn)
+        .await
+        .expect("rewind the schema version");
+    drop(conn);
+    let s = MetaStore::connect(&db.url).await.expect("migrates");
+    assert_eq!(s.schema_version().await.expect("version"), (7, 7));
+    assert_eq!(s.user("anonymous").await.expect("get"), None);
+    assert_eq!(s.user("cli").await.expect("get"), None);
+    let users = s.users().await.expect("users");
+    let renamed: Vec<_> = users
+        .iter()
+        .filter(|u| u.name.contains("-renamed-"))
+        .collect();
+    assert_eq!(renamed.len(), 2, "{users:?}");
+    let anon = renamed
+        .iter()
+        .find(|u| u.name.starts_with("anonymous-renamed-"))
+        .expect("anonymous renamed");
+    assert!(berth_auth::valid_name(&anon.name), "{}", anon.name);
+    assert!(anon.disabled && anon.admin && anon.password_hash == "$argon2id$h");
+    let alice = s.user("alice").await.expect("get").expect("alice kept");
+    assert!(!alice.disabled);
+    let members = s.members("team-a").await.expect("members");
+    assert_eq!(members.len(), 3, "{members:?}");
+    assert!(members.contains(&(anon.name.clone(), "owner".to_owned())));
+    let rows = s
+        .audit_query(&AuditQuery {
+            action: Some("user.rename".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (_, r) in &rows {
+        assert_eq!(r.actor, "system:migration");
+        assert!(
+            r.detail.as_deref().is_some_and(|d| d.contains("reserved")),
+            "{r:?}"
+        );
+    }
+    s.close().await;
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1179,4 +1249,5 @@ suite!(
     immutable_tags_are_kept,
     tag_history_records_every_change,
     concurrent_immutable_pushes_one_wins,
+    reserved_users_are_renamed_and_disabled_by_the_migration,
 );

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,12 +13,13 @@ use berth_auth::password;
 use berth_auth::policy::CachePull;
 use berth_auth::token::new_jti;
 use berth_auth::{
-    AccessEntry, Actions, Claims, Grants, Keyring, LIBRARY, RobotScope, Role, Scope, ScopeKind,
-    SigningKey, TokenError, split_robot, valid_name,
+    AccessEntry, Actions, Claims, Grants, Keyring, LIBRARY, MANAGEMENT_SCOPE, RobotScope, Role,
+    Scope, ScopeKind, SigningKey, TokenError, reserved_name, split_robot, valid_name,
 };
 use berth_meta::{Actor, AuditQuery, AuditRecord, MetaStore, RobotRow, UserChange};
 use sha2::{Digest as _, Sha256};
 
+use crate::login::{Lane, LoginStats, PasswordPool, Throttle, ThrottlePolicy};
 use crate::{RegistryError, Result};
 
 /// Settings of authentication and tokens.
@@ -34,11 +36,22 @@ pub struct AccessConfig {
     /// How long a successful password check is remembered, so Basic-auth clients do not pay
     /// for argon2 on every request.
     pub login_cache_ttl: Duration,
-    /// Failed logins for one user within `failure_window` before further attempts get 429.
-    pub max_failures_per_user: u32,
-    /// Failed logins from one address within `failure_window` before it gets 429.
-    pub max_failures_per_source: u32,
+    /// Failed logins of one user from one client address (group) before its attempts are
+    /// delayed (see `login`): never refused, only slowed.
+    pub failures_before_delay: u32,
+    /// Failed logins from one client address (group), whatever the user, before its
+    /// attempts are delayed: against password spraying.
+    pub source_failures_before_delay: u32,
+    /// The longest delay: the first is 250 ms, doubling with each further failure.
+    pub max_login_delay: Duration,
+    /// Failures are forgotten this long after a key's last one.
     pub failure_window: Duration,
+    /// Threads that check and hash passwords (argon2): at most this many checks run at
+    /// once, whatever the number of logins.
+    pub password_threads: usize,
+    /// Password checks that may wait for a thread in the clean lane (a quarter of it in the
+    /// suspect lane) before checks are refused (503); see `crate::login::PasswordPool`.
+    pub password_queue: usize,
     /// Pull-through caches: the tenant named after each upstream, and who may pull from it.
     pub cache_tenants: Vec<(String, CachePull)>,
 }
@@ -51,12 +64,20 @@ impl Default for AccessConfig {
             token_ttl: Duration::from_secs(300),
             refresh_ttl: Duration::from_secs(7 * 24 * 3600),
             login_cache_ttl: Duration::from_secs(30),
-            max_failures_per_user: 10,
-            max_failures_per_source: 30,
+            failures_before_delay: 5,
+            source_failures_before_delay: 20,
+            max_login_delay: Duration::from_secs(4),
             failure_window: Duration::from_secs(300),
+            password_threads: default_password_threads(),
+            password_queue: 32,
             cache_tenants: Vec::new(),
         }
     }
+}
+
+/// Half the cores (at least one): a login flood then leaves the other half to serve pulls.
+pub fn default_password_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +109,27 @@ impl Identity {
             source: source.map(|s| s.to_string()),
         }
     }
+}
+
+/// How a token request proved who is asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueVia {
+    /// A password or robot secret, or nothing (the anonymous caller).
+    Credentials,
+    /// A refresh token: it renews repository access, and never mints the management
+    /// scope, so a refresh token (long-lived, kept by clients) is not an account key.
+    RefreshToken,
+}
+
+/// What a user change asks for (`None`: leave it).
+#[derive(Debug, Clone, Default)]
+pub struct UserUpdate<'a> {
+    pub password: Option<&'a str>,
+    /// The password being replaced: required when users change their own, so a stolen
+    /// token or session cannot make itself permanent.
+    pub current_password: Option<&'a str>,
+    pub admin: Option<bool>,
+    pub disabled: Option<bool>,
 }
 
 /// What the token endpoint returns.
@@ -148,31 +190,17 @@ fn fingerprint(stored_hash: &str) -> String {
     hex::encode(&Sha256::digest(stored_hash.as_bytes())[..8])
 }
 
-/// Failed-login counters of one replica. A brute force spread over replicas is bounded per
-/// replica; with N replicas the limits multiply by N, which the README says.
-#[derive(Default)]
-struct Throttle {
-    failures: HashMap<String, (u32, Instant)>,
+/// The one check of a set of identical logins; dropped, it lets the others look at the
+/// login cache.
+struct Flight<'a> {
+    access: &'a Access,
+    key: [u8; 32],
+    _done: tokio::sync::watch::Sender<()>,
 }
 
-impl Throttle {
-    /// How long `key` must still wait, if it is over `max` failures in the window.
-    fn blocked(&self, key: &str, max: u32, window: Duration, now: Instant) -> Option<Duration> {
-        let (count, start) = self.failures.get(key)?;
-        let left = (*start + window).checked_duration_since(now)?;
-        (*count >= max).then_some(left)
-    }
-
-    fn fail(&mut self, key: String, window: Duration, now: Instant) {
-        if self.failures.len() > 100_000 {
-            self.failures
-                .retain(|_, (_, start)| now.duration_since(*start) < window);
-        }
-        let e = self.failures.entry(key).or_insert((0, now));
-        if now.duration_since(e.1) >= window {
-            *e = (0, now);
-        }
-        e.0 += 1;
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        lock(&self.access.0.flights).remove(&self.key);
     }
 }
 
@@ -190,6 +218,12 @@ struct Inner {
     /// parse and an HMAC, per request. Keyed by the whole token: a changed byte misses.
     tokens: Mutex<HashMap<String, Arc<Claims>>>,
     throttle: Mutex<Throttle>,
+    /// Logins being checked now, by the hash of name and password: the same credentials
+    /// arriving meanwhile (fifty nodes pulling with one robot's secret at once) wait for
+    /// that one check instead of each taking a place in the password queue.
+    flights: Mutex<HashMap<[u8; 32], tokio::sync::watch::Receiver<()>>>,
+    passwords: PasswordPool,
+    stats: Arc<LoginStats>,
     anonymous: Mutex<Option<(Arc<Identity>, Instant)>>,
 }
 
@@ -204,6 +238,9 @@ pub enum LoginError {
     BadCredentials,
     #[error("too many failed logins")]
     Throttled(Duration),
+    /// Every password thread is busy and the queue is full.
+    #[error("too many logins at once")]
+    Busy,
     #[error(transparent)]
     Meta(#[from] berth_meta::MetaError),
 }
@@ -215,7 +252,10 @@ impl From<LoginError> for RegistryError {
                 RegistryError::Unauthorized("invalid username or password".into())
             }
             LoginError::Throttled(d) => RegistryError::Throttled {
-                retry_after_secs: d.as_secs().max(1),
+                retry_after_secs: d.as_secs_f64().ceil().max(1.0) as u64,
+            },
+            LoginError::Busy => RegistryError::Busy {
+                retry_after_secs: 1,
             },
             LoginError::Meta(m) => RegistryError::Meta(m),
         }
@@ -237,6 +277,19 @@ impl Access {
         key_file: Option<Vec<u8>>,
     ) -> Result<Access> {
         let fixed_key = key_file.is_some();
+        let stats = Arc::new(LoginStats::default());
+        let passwords = PasswordPool::new(
+            config.password_threads,
+            config.password_queue,
+            Arc::clone(&stats),
+        );
+        let throttle = Throttle::new(ThrottlePolicy {
+            pair_free: config.failures_before_delay,
+            group_free: config.source_failures_before_delay,
+            base: Duration::from_millis(250).min(config.max_login_delay),
+            cap: config.max_login_delay,
+            window: config.failure_window,
+        });
         let keyring = match key_file {
             Some(secret) => {
                 if secret.len() < 32 {
@@ -260,7 +313,10 @@ impl Access {
             fixed_key,
             logins: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
-            throttle: Mutex::new(Throttle::default()),
+            throttle: Mutex::new(throttle),
+            flights: Mutex::new(HashMap::new()),
+            passwords,
+            stats,
             anonymous: Mutex::new(None),
         }));
         if !fixed_key {
@@ -375,7 +431,14 @@ impl Access {
 
     // ---- logging in ----
 
-    /// Checks a user name and password (or robot login and secret).
+    /// Checks a user name and password (or robot login and secret) from `source`.
+    ///
+    /// Failures count per (name, address group) pair and per address group (see
+    /// `crate::login`): past their allowances an attempt waits its turn, asynchronously,
+    /// and then is checked like any other, so a correct password always gets in. An
+    /// attempt is refused without a check only when its pair or address already has a
+    /// full delay's worth of attempts waiting (429), or when every password thread is busy
+    /// and the queue is full (503).
     pub async fn login(
         &self,
         name: &str,
@@ -389,50 +452,96 @@ impl Access {
             h.update(password.as_bytes());
             h.finalize().into()
         };
-        let now = Instant::now();
-        if let Some((id, at)) = lock(&self.0.logins).get(&key)
-            && now.duration_since(*at) < self.0.config.login_cache_ttl
-        {
-            return Ok(Arc::clone(id));
+        // No account has such a name or password: refused at once, without a check or a
+        // counter (they cannot be guesses), so they cost nothing and fill nothing.
+        if name.len() > 200 || password.len() > password::MAX_PASSWORD_BYTES {
+            return Err(LoginError::BadCredentials);
         }
-        let cfg = &self.0.config;
-        let user_key = format!("u:{name}");
-        let source_key = source.map(|s| format!("s:{s}"));
-        {
-            let t = lock(&self.0.throttle);
-            let wait = t
-                .blocked(
-                    &user_key,
-                    cfg.max_failures_per_user,
-                    cfg.failure_window,
-                    now,
-                )
-                .or_else(|| {
-                    source_key.as_deref().and_then(|k| {
-                        t.blocked(k, cfg.max_failures_per_source, cfg.failure_window, now)
-                    })
-                });
-            if let Some(wait) = wait {
-                return Err(LoginError::Throttled(wait));
+        let mut followed = false;
+        let _flight = loop {
+            if let Some((id, at)) = lock(&self.0.logins).get(&key)
+                && at.elapsed() < self.0.config.login_cache_ttl
+            {
+                return Ok(Arc::clone(id));
             }
+            if followed {
+                // The check we waited for did not let these credentials in (or was cut
+                // short): this attempt is judged on its own.
+                break None;
+            }
+            let waiting = {
+                let mut flights = lock(&self.0.flights);
+                match flights.get(&key) {
+                    Some(rx) => Some(rx.clone()),
+                    None => {
+                        let (tx, rx) = tokio::sync::watch::channel(());
+                        flights.insert(key, rx);
+                        drop(flights);
+                        break Some(Flight {
+                            access: self,
+                            key,
+                            _done: tx,
+                        });
+                    }
+                }
+            };
+            if let Some(mut rx) = waiting {
+                followed = true;
+                // Ends when the check's guard goes, however it went.
+                let _ = rx.changed().await;
+            }
+        };
+        let now = Instant::now();
+        let group = source.map(berth_auth::address_group);
+        let (keys, admitted) = {
+            let mut t = lock(&self.0.throttle);
+            let keys = t.keys(name, group);
+            (keys, t.admit(keys, now))
+        };
+        let stats = &self.0.stats;
+        let admission = admitted.map_err(|wait| {
+            stats.throttled.fetch_add(1, Ordering::Relaxed);
+            LoginError::Throttled(wait)
+        })?;
+        if !admission.wait.is_zero() {
+            stats.delayed.fetch_add(1, Ordering::Relaxed);
+            stats.delay_micros.fetch_add(
+                u64::try_from(admission.wait.as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            tokio::time::sleep(admission.wait).await;
         }
-        match self.check_password(name, password).await? {
+        let lane = if admission.suspect {
+            Lane::Suspect
+        } else {
+            Lane::Clean
+        };
+        let checked = match self.check_password(name, password, lane).await {
+            Err(LoginError::Busy) => {
+                // Refused unchecked because the password threads are saturated: counted
+                // like a failure of its pair and address, so a flood that outruns the
+                // threads turns suspect and meets its delays (spent asleep, not checking)
+                // instead of retrying at full speed, and the clean lane is left to
+                // addresses that have not failed. A legitimate user caught in it is
+                // delayed later, never refused for it.
+                lock(&self.0.throttle).fail(keys, Instant::now());
+                return Err(LoginError::Busy);
+            }
+            other => other?,
+        };
+        match checked {
             Some(id) => {
                 let id = Arc::new(id);
-                lock(&self.0.throttle).failures.remove(&user_key);
+                lock(&self.0.throttle).succeed(keys);
                 let mut logins = lock(&self.0.logins);
                 if logins.len() > 10_000 {
                     logins.clear();
                 }
-                logins.insert(key, (Arc::clone(&id), now));
+                logins.insert(key, (Arc::clone(&id), Instant::now()));
                 Ok(id)
             }
             None => {
-                let mut t = lock(&self.0.throttle);
-                t.fail(user_key, cfg.failure_window, now);
-                if let Some(k) = source_key {
-                    t.fail(k, cfg.failure_window, now);
-                }
+                lock(&self.0.throttle).fail(keys, Instant::now());
                 Err(LoginError::BadCredentials)
             }
         }
@@ -442,10 +551,14 @@ impl Access {
         &self,
         name: &str,
         password: &str,
+        lane: Lane,
     ) -> Result<Option<Identity>, LoginError> {
-        if name.len() > 200 || password.len() > password::MAX_PASSWORD_BYTES {
-            return Ok(None);
-        }
+        // The place first: a refused attempt then costs no query.
+        let slot = self
+            .0
+            .passwords
+            .reserve(lane)
+            .map_err(|_| LoginError::Busy)?;
         let stored = match split_robot(name) {
             Some((tenant, robot)) => self
                 .0
@@ -453,18 +566,22 @@ impl Access {
                 .robot(tenant, robot)
                 .await?
                 .map(|r| r.secret_hash),
+            // Reserved names are never users, even one left in the store by hand.
+            None if reserved_name(name) => None,
             None => self.0.meta.user(name).await?.map(|u| u.password_hash),
         };
+        let pw = password.to_owned();
         let Some(stored) = stored else {
             // The same work as a real check: timing does not tell which names exist.
-            let pw = password.to_owned();
-            let _ = tokio::task::spawn_blocking(move || password::verify_dummy(&pw)).await;
+            slot.run(move || password::verify_dummy(&pw))
+                .await
+                .map_err(|_| LoginError::Busy)?;
             return Ok(None);
         };
-        let pw = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || password::verify(&stored, &pw))
+        let ok = slot
+            .run(move || password::verify(&stored, &pw))
             .await
-            .unwrap_or(false);
+            .map_err(|_| LoginError::Busy)?;
         if !ok {
             return Ok(None);
         }
@@ -472,9 +589,104 @@ impl Access {
         Ok(self.identity(name).await?)
     }
 
+    /// Hashes a new password or secret on the password threads.
+    async fn hash(&self, secret: String) -> Result<String> {
+        self.0
+            .passwords
+            .run(Lane::Clean, move || password::hash(&secret))
+            .await
+            .map_err(|_| RegistryError::Busy {
+                retry_after_secs: 1,
+            })?
+            .map_err(|e| RegistryError::Internal(e.to_string()))
+    }
+
+    /// The login defences' counters and gauges, for `/metrics`.
+    pub fn metrics(&self) -> Vec<AccessMetric> {
+        let s = &self.0.stats;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
+        let counter = |name, help, label, value| AccessMetric {
+            name,
+            help,
+            gauge: false,
+            label,
+            value,
+        };
+        vec![
+            counter(
+                "login_delayed",
+                "Logins that waited for a delay after earlier failures of their user and address, or their address",
+                None,
+                get(&s.delayed),
+            ),
+            counter(
+                "login_delay_seconds",
+                "Total time logins waited for such delays, in seconds",
+                None,
+                get(&s.delay_micros) / 1e6,
+            ),
+            counter(
+                "login_throttled",
+                "Logins refused (429) without a check: their user and address, or address, had a full delay of attempts waiting",
+                None,
+                get(&s.throttled),
+            ),
+            counter(
+                "password_checks",
+                "Password checks (argon2, bcrypt) queued, by lane: clean (nothing failed recently for the pair or address) or suspect",
+                Some(("lane", "clean")),
+                get(&s.checks_clean),
+            ),
+            counter(
+                "password_checks",
+                "",
+                Some(("lane", "suspect")),
+                get(&s.checks_suspect),
+            ),
+            counter(
+                "password_queue_full",
+                "Password checks refused (503) because every password thread was busy and the lane's queue was full",
+                Some(("lane", "clean")),
+                get(&s.busy_clean),
+            ),
+            counter(
+                "password_queue_full",
+                "",
+                Some(("lane", "suspect")),
+                get(&s.busy_suspect),
+            ),
+            counter(
+                "reserved_names_refused",
+                "User creations and imports refused because the name is one Berth uses itself",
+                None,
+                get(&s.reserved_names_refused),
+            ),
+            AccessMetric {
+                name: "password_checks_in_flight",
+                help: "Password checks queued or running now",
+                gauge: true,
+                label: None,
+                value: get(&s.in_flight),
+            },
+            AccessMetric {
+                name: "login_throttle_keys",
+                help: "User-and-address pairs and addresses with recent login failures held in memory",
+                gauge: true,
+                label: None,
+                value: lock(&self.0.throttle).len() as f64,
+            },
+        ]
+    }
+
     /// The current grants of `name` (a user or a robot login), or `None` if it does not
     /// exist, is disabled or has expired.
     pub async fn identity(&self, name: &str) -> Result<Option<Identity>, berth_meta::MetaError> {
+        // Names Berth uses for itself never resolve to an account, even one created before
+        // they were reserved (the migration renamed those) or written into the store by
+        // hand: an anonymous token's `sub` must not pick up anyone's roles.
+        if reserved_name(name) {
+            return Ok(None);
+        }
         let public = self.0.meta.public_tenants().await?.into_iter().collect();
         if let Some((tenant, robot)) = split_robot(name) {
             let Some(r) = self.0.meta.robot(tenant, robot).await? else {
@@ -533,6 +745,19 @@ impl Access {
         }))
     }
 
+    /// The identity a token speaks for, with its current grants: `None` for an anonymous
+    /// token (marked as such; its `sub` is never looked up) and for a subject that no
+    /// longer exists or is disabled.
+    pub async fn token_identity(
+        &self,
+        claims: &Claims,
+    ) -> Result<Option<Identity>, berth_meta::MetaError> {
+        if claims.anon {
+            return Ok(None);
+        }
+        self.identity(&claims.sub).await
+    }
+
     /// The caller without credentials: it may pull from public tenants.
     pub async fn anonymous(&self) -> Result<Arc<Identity>, berth_meta::MetaError> {
         let now = Instant::now();
@@ -560,10 +785,26 @@ impl Access {
 
     /// Issues an access token granting the intersection of `scopes` and what `who` may do;
     /// with `offline`, also a refresh token.
-    pub fn issue(&self, who: &Identity, scopes: &[Scope], offline: bool) -> Result<IssuedToken> {
+    ///
+    /// The management scope is granted only to users (not robots, not the anonymous
+    /// caller) who asked for it by name and proved themselves with a password: asked for
+    /// through a refresh token, it is an error, since the point of the scope is that no
+    /// long-lived or narrowly issued token opens the management API.
+    pub fn issue(
+        &self,
+        who: &Identity,
+        scopes: &[Scope],
+        offline: bool,
+        via: IssueVia,
+    ) -> Result<IssuedToken> {
         let cfg = &self.0.config;
         let now = now_secs();
         let mut access: Vec<AccessEntry> = Vec::new();
+        if via == IssueVia::RefreshToken && scopes.iter().any(|s| s.kind == ScopeKind::Management) {
+            return Err(RegistryError::Invalid(format!(
+                "{MANAGEMENT_SCOPE} is granted for a password only, not for a refresh token"
+            )));
+        }
         for s in scopes {
             let granted: Vec<String> = match s.kind {
                 ScopeKind::Repository => who
@@ -579,14 +820,13 @@ impl Access {
                     s.actions.iter().filter(|a| *a == "*").cloned().collect()
                 }
                 ScopeKind::Registry => Vec::new(),
+                ScopeKind::Management if who.kind == IdentityKind::User => vec!["*".to_owned()],
+                ScopeKind::Management => Vec::new(),
             };
             if granted.is_empty() {
                 continue;
             }
-            let kind = match s.kind {
-                ScopeKind::Repository => "repository",
-                ScopeKind::Registry => "registry",
-            };
+            let kind = s.kind.as_str();
             // Merge repeated scopes for the same resource.
             match access
                 .iter_mut()
@@ -617,6 +857,7 @@ impl Access {
             access: access.clone(),
             kind: None,
             cred: None,
+            anon: who.kind == IdentityKind::Anonymous,
         };
         let keyring = self
             .0
@@ -695,7 +936,7 @@ impl Access {
         if !claims.is_refresh() {
             return Err(RegistryError::Unauthorized("not a refresh token".into()));
         }
-        match self.identity(&claims.sub).await? {
+        match self.token_identity(&claims).await? {
             Some(id) if Some(&id.cred) == claims.cred.as_ref() => Ok(id),
             _ => Err(RegistryError::Unauthorized(
                 "refresh token no longer valid: its account changed".into(),
@@ -733,7 +974,7 @@ impl Access {
         }
         let generated = password.is_none();
         let pw = password.map_or_else(password::random_secret, str::to_owned);
-        let hash = hash_blocking(pw.clone()).await?;
+        let hash = self.hash(pw.clone()).await?;
         let created = self
             .0
             .meta
@@ -756,9 +997,9 @@ impl Access {
         admin: bool,
     ) -> Result<()> {
         require_admin(by)?;
-        check_name("user", name)?;
+        self.check_user_name(name)?;
         check_password(password)?;
-        let hash = hash_blocking(password.to_owned()).await?;
+        let hash = self.hash(password.to_owned()).await?;
         if !self
             .0
             .meta
@@ -774,39 +1015,48 @@ impl Access {
     /// many were new.
     pub async fn import_htpasswd(&self, by: &Identity, text: &str) -> Result<u64> {
         require_admin(by)?;
-        let users =
-            password::parse_htpasswd(text).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let users = password::parse_htpasswd(text).map_err(|e| {
+            if matches!(&e, password::PasswordError::Htpasswd { reason, .. } if reason.contains("reserved"))
+            {
+                self.0
+                    .stats
+                    .reserved_names_refused
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            RegistryError::Invalid(e.to_string())
+        })?;
         Ok(self.0.meta.import_users(&users, &by.actor(None)).await?)
     }
 
-    /// Changes a user: admins change anything; a user may change only its own password.
+    /// Changes a user: admins change anything; a user may change only its own password,
+    /// and (admins too) only by giving the current one.
     pub async fn update_user(
         &self,
         by: &Identity,
         source: Option<IpAddr>,
         name: &str,
-        password: Option<&str>,
-        admin: Option<bool>,
-        disabled: Option<bool>,
+        update: &UserUpdate<'_>,
     ) -> Result<()> {
-        let own_password_only = by.kind == IdentityKind::User
-            && by.name == name
-            && admin.is_none()
-            && disabled.is_none();
+        let own = by.kind == IdentityKind::User && by.name == name;
+        let own_password_only = own && update.admin.is_none() && update.disabled.is_none();
         if !own_password_only {
             require_admin(by)?;
         }
-        let password_hash = match password {
+        let password_hash = match update.password {
             Some(p) => {
                 check_password(p)?;
-                Some(hash_blocking(p.to_owned()).await?)
+                if own {
+                    self.check_current_password(name, update.current_password, source)
+                        .await?;
+                }
+                Some(self.hash(p.to_owned()).await?)
             }
             None => None,
         };
         let change = UserChange {
             password_hash,
-            admin,
-            disabled,
+            admin: update.admin,
+            disabled: update.disabled,
         };
         let done = self
             .0
@@ -814,6 +1064,28 @@ impl Access {
             .update_user(name, &change, &by.actor(source))
             .await?;
         self.changed(done, || format!("no user {name}"))
+    }
+
+    /// The current password of `name`, checked like a login (throttled per user and
+    /// address, so this is no way around the login defences).
+    async fn check_current_password(
+        &self,
+        name: &str,
+        current: Option<&str>,
+        source: Option<IpAddr>,
+    ) -> Result<()> {
+        let Some(current) = current else {
+            return Err(RegistryError::Invalid(
+                "changing your own password needs current_password".into(),
+            ));
+        };
+        match self.login(name, current, source).await {
+            Ok(_) => Ok(()),
+            Err(LoginError::BadCredentials) => Err(RegistryError::Denied(
+                "current_password is not the current password".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn delete_user(
@@ -951,6 +1223,14 @@ impl Access {
                 "unknown role {r:?}: owner, maintainer, developer or reader"
             )));
         }
+        if role.is_some() && !by.is_admin() && !self.knows_user(by, user).await? {
+            // The same answer whether or not the user exists: an owner must not learn
+            // the names of accounts outside the tenants it owns.
+            return Err(RegistryError::NotFound(format!(
+                "no user {user:.64} among the members of tenants you own; a global admin \
+                 adds other users"
+            )));
+        }
         let done = self
             .0
             .meta
@@ -959,6 +1239,34 @@ impl Access {
         self.changed(done, || {
             format!("no tenant {tenant}, no user {user}, or no such membership")
         })?;
+        Ok(())
+    }
+
+    /// Whether `by` can already see `user`: a member of a tenant `by` owns (whose member
+    /// list it reads anyway). Owners add such users to further tenants; a user they cannot
+    /// see is introduced by an admin, so no answer tells an owner that a name exists.
+    async fn knows_user(&self, by: &Identity, user: &str) -> Result<bool> {
+        Ok(self
+            .0
+            .meta
+            .roles_of(user)
+            .await?
+            .iter()
+            .any(|(t, _)| by.grants.roles.get(t) == Some(&Role::Owner)))
+    }
+
+    fn check_user_name(&self, name: &str) -> Result<()> {
+        check_name("user", name)?;
+        if reserved_name(name) {
+            self.0
+                .stats
+                .reserved_names_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(RegistryError::Invalid(format!(
+                "user name {name:?} is reserved: Berth uses it for itself (reserved: {})",
+                berth_auth::RESERVED_NAMES.join(", ")
+            )));
+        }
         Ok(())
     }
 
@@ -1000,7 +1308,7 @@ impl Access {
         let row = RobotRow {
             tenant: tenant.to_owned(),
             name: name.to_owned(),
-            secret_hash: hash_blocking(secret.clone()).await?,
+            secret_hash: self.hash(secret.clone()).await?,
             actions: spec.actions.names().join(","),
             repositories: serde_json::to_string(&spec.repositories)
                 .map_err(|e| RegistryError::Internal(e.to_string()))?,
@@ -1034,7 +1342,7 @@ impl Access {
     ) -> Result<RobotCredentials> {
         require_manager(by, tenant)?;
         let secret = password::random_secret();
-        let hash = hash_blocking(secret.clone()).await?;
+        let hash = self.hash(secret.clone()).await?;
         let done = self
             .0
             .meta
@@ -1150,7 +1458,20 @@ fn robot_info(r: &RobotRow) -> RobotInfo {
     }
 }
 
-fn require_admin(by: &Identity) -> Result<()> {
+/// One metric of the login defences, as `/metrics` shows it.
+#[derive(Debug, Clone)]
+pub struct AccessMetric {
+    /// Without the `berth_` prefix (and `_total` suffix for counters).
+    pub name: &'static str,
+    /// Empty for further label values of a name already described.
+    pub help: &'static str,
+    pub gauge: bool,
+    pub label: Option<(&'static str, &'static str)>,
+    pub value: f64,
+}
+
+/// Refuses anyone but a global admin.
+pub fn require_admin(by: &Identity) -> Result<()> {
     if by.is_admin() {
         Ok(())
     } else {
@@ -1186,13 +1507,6 @@ fn check_password(p: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-async fn hash_blocking(secret: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || password::hash(&secret))
-        .await
-        .map_err(|e| RegistryError::Internal(e.to_string()))?
-        .map_err(|e| RegistryError::Internal(e.to_string()))
 }
 
 /// An identity for the offline CLI, which acts with the operator's file-system rights on

@@ -41,6 +41,9 @@ pub enum RegistryError {
     Denied(String),
     #[error("too many failed logins; retry in {retry_after_secs} s")]
     Throttled { retry_after_secs: u64 },
+    /// Every password thread is busy and its queue full: a login flood is being shed.
+    #[error("too many logins at once; retry in {retry_after_secs} s")]
+    Busy { retry_after_secs: u64 },
     /// A management object (user, tenant, robot) that does not exist.
     #[error("{0}")]
     NotFound(String),

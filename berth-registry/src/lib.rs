@@ -9,6 +9,7 @@ mod error;
 mod flight;
 pub mod fsck;
 pub mod gc;
+mod login;
 mod proxy;
 mod refs;
 pub mod replicate;

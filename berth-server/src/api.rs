@@ -1,7 +1,15 @@
 //! The management API under `/api/v1`: users, tenants, members, robot accounts, pull
-//! secrets, the audit log and key rotation. JSON in and out; authenticated like `/v2`
-//! (Basic, or a Bearer token whose subject's current grants decide). Every rule is
+//! secrets, the audit log and key rotation. JSON in and out. Every rule is
 //! `berth_registry::access`'s, shared with the CLI.
+//!
+//! Credentials: Basic (a user or robot and its password), or a Bearer token that carries
+//! the management scope `berth:api:*` (which `/token` grants to users who ask for it with
+//! their password); either way the caller's current grants decide. A token without that
+//! scope (the repository tokens registry clients fetch) is refused with 403, whoever it
+//! was issued to, and an anonymous token with 401: a short-lived pull token must never
+//! become account control. The version read endpoints (tag history, semver tags,
+//! resolve) also take a repository token carrying pull on the repository asked about;
+//! rollback, a write, does not (see `versions`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -11,7 +19,9 @@ use axum::Router;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use berth_auth::Actions;
+use std::sync::Arc;
+
+use berth_auth::{Actions, Claims, MANAGEMENT_SCOPE};
 use berth_meta::AuditQuery;
 use berth_registry::RegistryError;
 use berth_registry::access::{self, Identity, NewRobot, RobotCredentials};
@@ -22,6 +32,7 @@ use serde::Deserialize;
 
 use crate::auth::{self, Credentials};
 use crate::error::ApiError;
+use crate::metrics::ReasonLabels;
 use crate::{AppState, ConnInfo};
 
 mod versions;
@@ -69,7 +80,8 @@ pub fn router() -> Router<AppState> {
         .merge(versions::router())
 }
 
-/// An authenticated management caller.
+/// An authenticated management caller: Basic credentials, or a token with the management
+/// scope.
 pub struct Caller {
     id: Identity,
     source: Option<IpAddr>,
@@ -82,13 +94,57 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        caller(parts, state)
-            .await
-            .map_err(IntoResponse::into_response)
+        match authenticate(parts, state).await {
+            Ok(Authenticated::Caller(c)) => Ok(*c),
+            Ok(Authenticated::RepositoryToken(_)) => Err(scope_refusal(state).into_response()),
+            Err(e) => Err(e.into_response()),
+        }
     }
 }
 
-async fn caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+/// A caller of the read-only version endpoints: a management caller, or a repository
+/// token whose own `access` claim decides (it can pull what it names anyway).
+pub enum Reader {
+    Caller(Box<Caller>),
+    Token(Arc<Claims>),
+}
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match authenticate(parts, state).await {
+            Ok(Authenticated::Caller(c)) => Ok(Reader::Caller(c)),
+            Ok(Authenticated::RepositoryToken(t)) => Ok(Reader::Token(t)),
+            Err(e) => Err(e.into_response()),
+        }
+    }
+}
+
+enum Authenticated {
+    Caller(Box<Caller>),
+    /// A token without the management scope, from a named (not anonymous) caller.
+    RepositoryToken(Arc<Claims>),
+}
+
+fn scope_refusal(state: &AppState) -> ApiError {
+    state
+        .metrics()
+        .api_refused
+        .get_or_create(&ReasonLabels {
+            reason: "token-scope",
+        })
+        .inc();
+    ApiError::Registry(RegistryError::Denied(format!(
+        "this token does not grant {MANAGEMENT_SCOPE}: the management API takes Basic \
+         credentials or a token for that scope"
+    )))
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Authenticated, ApiError> {
     let Some(s) = state.auth() else {
         return Err(ApiError::Registry(RegistryError::NotFound(
             "the management API needs authentication: set [auth] enabled = true".into(),
@@ -107,15 +163,28 @@ async fn caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
         }
         Credentials::Bearer(token) => {
             let claims = s.access.verify(&token).map_err(|_| unauthorized())?;
+            if claims.anon {
+                state
+                    .metrics()
+                    .api_refused
+                    .get_or_create(&ReasonLabels {
+                        reason: "anonymous-token",
+                    })
+                    .inc();
+                return Err(unauthorized());
+            }
+            if !claims.grants_management() {
+                return Ok(Authenticated::RepositoryToken(claims));
+            }
             s.access
-                .identity(&claims.sub)
+                .token_identity(&claims)
                 .await
                 .map_err(RegistryError::from)?
                 .ok_or_else(unauthorized)?
         }
         Credentials::None | Credentials::Malformed(_) => return Err(unauthorized()),
     };
-    Ok(Caller { id, source })
+    Ok(Authenticated::Caller(Box::new(Caller { id, source })))
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response {
@@ -195,6 +264,8 @@ async fn create_user(State(state): State<AppState>, c: Caller, body: Bytes) -> A
 #[serde(deny_unknown_fields)]
 struct UserPatch {
     password: Option<String>,
+    /// Required to change one's own password.
+    current_password: Option<String>,
     admin: Option<bool>,
     disabled: Option<bool>,
 }
@@ -211,9 +282,12 @@ async fn update_user(
             &c.id,
             c.source,
             &name,
-            p.password.as_deref(),
-            p.admin,
-            p.disabled,
+            &access::UserUpdate {
+                password: p.password.as_deref(),
+                current_password: p.current_password.as_deref(),
+                admin: p.admin,
+                disabled: p.disabled,
+            },
         )
         .await?;
     done()
@@ -595,7 +669,10 @@ async fn rotate_key(State(state): State<AppState>, c: Caller) -> ApiResult {
 
 // ---- tag rules managed at run time ----
 
-async fn get_tag_rules(State(state): State<AppState>, _c: Caller) -> ApiResult {
+/// The rules name other tenants' repositories: admins only. Others learn a rule when it
+/// refuses their push, whose message names it.
+async fn get_tag_rules(State(state): State<AppState>, c: Caller) -> ApiResult {
+    access::require_admin(&c.id)?;
     let registry = state.registry();
     let managed = registry.managed_tag_rules().await?;
     let config: Vec<_> = registry.config().tag_rules.specs().cloned().collect();
@@ -613,9 +690,7 @@ struct ManagedRules {
 
 /// Replaces the managed rules (admins only); the configuration's stay in force first.
 async fn set_tag_rules(State(state): State<AppState>, c: Caller, body: Bytes) -> ApiResult {
-    if !c.id.is_admin() {
-        return Err(RegistryError::Denied("this needs a global admin".into()).into());
-    }
+    access::require_admin(&c.id)?;
     let r: ManagedRules = parse(&body)?;
     state
         .registry()

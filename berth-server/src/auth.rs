@@ -83,7 +83,7 @@ impl Ctx {
 
     /// Whether the caller acts as an admin (may delete or roll back immutable tags). With
     /// authentication off everyone does, as everything else is allowed then too. A Bearer
-    /// token does not say, so its subject is looked up.
+    /// token does not say, so its subject is looked up (never an anonymous token's).
     pub async fn is_admin(&self, state: &AppState) -> Result<bool, ApiError> {
         Ok(match &self.caller {
             Caller::Open => true,
@@ -97,7 +97,8 @@ impl Ctx {
     }
 
     /// The caller's current grants, for answers filtered per caller (the catalog). A
-    /// Bearer token's subject is looked up afresh; `None` means all (auth is off).
+    /// Bearer token's subject is looked up afresh (an anonymous token's never: it is the
+    /// anonymous caller whatever users exist); `None` means all (auth is off).
     pub async fn identity(&self, state: &AppState) -> Result<Option<Identity>, ApiError> {
         let Some(auth) = state.auth() else {
             return Ok(None);
@@ -107,7 +108,7 @@ impl Ctx {
             Caller::Anonymous(id) | Caller::Basic(id) => Identity::clone(id),
             Caller::Bearer(c) => match auth
                 .access
-                .identity(&c.sub)
+                .token_identity(c)
                 .await
                 .map_err(RegistryError::from)?
             {
@@ -245,7 +246,9 @@ pub fn credentials(headers: &HeaderMap) -> Credentials {
     }
 }
 
-/// Logs a user in with Basic credentials, recording a failure in the audit log.
+/// Logs a user in with Basic credentials, recording a failure in the audit log. `source` is
+/// the client's address as `AppState::client_ip` found it; the login throttle counts it by
+/// its group (`client::group`).
 pub async fn login(
     state: &AppState,
     access: &Access,
@@ -258,6 +261,7 @@ pub async fn login(
         Err(e) => {
             let outcome = match &e {
                 LoginError::Throttled(_) => "throttled",
+                LoginError::Busy => "busy",
                 LoginError::BadCredentials => "bad-credentials",
                 LoginError::Meta(_) => "error",
             };

@@ -148,13 +148,9 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// The key per-client limits count under: an IPv4 address as it is, an IPv6 address by
-/// its /64, since one subscriber usually holds a whole /64 and could otherwise take a new
-/// address for every attempt.
+/// its /64 (see `berth_auth::address_group`, which the login throttle applies itself).
 pub fn group(ip: IpAddr) -> IpAddr {
-    match canonical(ip) {
-        IpAddr::V6(_) => mask(canonical(ip), 64),
-        v4 => v4,
-    }
+    berth_auth::address_group(ip)
 }
 
 fn mask(ip: IpAddr, prefix: u8) -> IpAddr {

@@ -79,7 +79,9 @@ impl ApiError {
             ApiError::Registry(RegistryError::Invalid(_)) => Some("INVALID"),
             // Not a fault of this server, and the message (which upstream, how long to
             // wait) is what the client needs.
-            ApiError::Registry(RegistryError::UpstreamUnavailable { .. }) => Some("UNAVAILABLE"),
+            ApiError::Registry(
+                RegistryError::UpstreamUnavailable { .. } | RegistryError::Busy { .. },
+            ) => Some("UNAVAILABLE"),
             _ => None,
         });
         (status, code)
@@ -146,7 +148,9 @@ impl ApiError {
                 R::InUse(_) => (StatusCode::METHOD_NOT_ALLOWED, Some(ErrorCode::Unsupported)),
                 R::Storage(_) if is_no_space(e) => (StatusCode::INSUFFICIENT_STORAGE, None),
                 R::Meta(m) if m.is_storage_full() => (StatusCode::INSUFFICIENT_STORAGE, None),
-                R::UpstreamUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, None),
+                R::UpstreamUnavailable { .. } | R::Busy { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, None)
+                }
                 R::UpstreamThrottled { .. } => (
                     StatusCode::TOO_MANY_REQUESTS,
                     Some(ErrorCode::TooManyRequests),
@@ -194,6 +198,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::Registry(
                 RegistryError::Throttled { retry_after_secs }
+                | RegistryError::Busy { retry_after_secs }
                 | RegistryError::UpstreamThrottled {
                     retry_after_secs, ..
                 }

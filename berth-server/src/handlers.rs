@@ -58,6 +58,27 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             v = c.value
         );
     }
+    if let Some(auth) = state.auth() {
+        use std::fmt::Write as _;
+        let mut described = std::collections::BTreeSet::new();
+        for m in auth.access.metrics() {
+            let kind = if m.gauge { "gauge" } else { "counter" };
+            if described.insert(m.name) {
+                let _ = write!(
+                    extra,
+                    "# HELP berth_{n} {h}.\n# TYPE berth_{n} {kind}\n",
+                    n = m.name,
+                    h = m.help,
+                );
+            }
+            let suffix = if m.gauge { "" } else { "_total" };
+            let labels = m
+                .label
+                .map(|(k, v)| format!("{{{k}=\"{v}\"}}"))
+                .unwrap_or_default();
+            let _ = writeln!(extra, "berth_{}{suffix}{labels} {}", m.name, m.value);
+        }
+    }
     match text.rfind("# EOF") {
         Some(at) => text.insert_str(at, &extra),
         None => text.push_str(&extra),

@@ -14,6 +14,12 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Why a request was refused by a defence that has several reasons.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -27,6 +33,13 @@ pub struct Metrics {
     /// 401 challenges to callers without credentials: how every token-flow pull starts,
     /// so counted here rather than written to the audit log as refusals.
     pub challenges: Counter,
+    /// Token requests refused before any token was made: `scope` (a scope Berth cannot
+    /// read, or of an unknown type), `management-refresh` (the management scope asked
+    /// through a refresh token).
+    pub tokens_refused: Family<ReasonLabels, Counter>,
+    /// `/api/v1` requests refused for the kind of credential: `token-scope` (a token
+    /// without the management scope), `anonymous-token`.
+    pub api_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -90,7 +103,21 @@ impl Default for Metrics {
              pull starts with one)",
             challenges.clone(),
         );
+        let tokens_refused = Family::<ReasonLabels, Counter>::default();
+        let api_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "token_requests_refused",
+            "Token requests refused: unreadable or unknown scope types, the management scope through a refresh token",
+            tokens_refused.clone(),
+        );
+        registry.register(
+            "api_credentials_refused",
+            "Management API requests refused for their credential: a token without the management scope, an anonymous token",
+            api_refused.clone(),
+        );
         Metrics {
+            tokens_refused,
+            api_refused,
             login_failures,
             tokens_issued,
             audit,

@@ -1,6 +1,12 @@
 //! The token endpoint of the Docker registry token authentication spec: `GET /token` with
 //! Basic credentials (or none, for an anonymous token), and its OAuth2 variant, `POST
 //! /token` with `grant_type=password` or `grant_type=refresh_token`.
+//!
+//! Scopes are `repository:<name>:<actions>` (also written `repository(plugin):...`),
+//! `registry:catalog:*`, and Berth's management scope `berth:api:*`. A scope of any other
+//! type, or one that does not parse, fails the request with 400 rather than being dropped:
+//! a caller must not walk away with a token that means less, or something else, than it
+//! asked for.
 
 use std::net::IpAddr;
 
@@ -9,12 +15,13 @@ use axum::response::{IntoResponse, Response};
 use berth_auth::Scope;
 use berth_meta::AuditRecord;
 use berth_registry::RegistryError;
-use berth_registry::access::{Identity, IssuedToken};
+use berth_registry::access::{Identity, IssueVia, IssuedToken};
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 
 use crate::auth::{self, AuthSettings, Credentials};
 use crate::error::ApiError;
+use crate::metrics::ReasonLabels;
 use crate::{AppState, ConnInfo};
 
 /// A token request form is a few hundred bytes.
@@ -70,13 +77,22 @@ async fn get_inner(state: &AppState, req: Request) -> Result<Response, ApiError>
             )));
         }
     };
-    let scopes = Scope::parse_all(
+    let scopes = scopes(
+        state,
         p.iter()
             .filter(|(k, _)| k == "scope")
             .map(|(_, v)| v.as_str()),
-    );
+    )?;
     let offline = one(&p, "offline_token") == Some("true");
-    let issued = issue(state, s, &who, &scopes, offline, source)?;
+    let issued = issue(
+        state,
+        s,
+        &who,
+        &scopes,
+        offline,
+        IssueVia::Credentials,
+        source,
+    )?;
     Ok(token_response(&issued, false))
 }
 
@@ -97,14 +113,18 @@ async fn post_inner(state: &AppState, req: Request) -> Result<Response, ApiError
         .to_bytes();
     let p = params(&body)?;
     check_service(s, &p)?;
-    let who = match one(&p, "grant_type") {
+    let scopes = scopes(state, one(&p, "scope"))?;
+    let (who, via) = match one(&p, "grant_type") {
         Some("password") => {
             let (Some(user), Some(password)) = (one(&p, "username"), one(&p, "password")) else {
                 return Err(ApiError::Registry(RegistryError::Invalid(
                     "grant_type=password needs username and password".into(),
                 )));
             };
-            Identity::clone(&*auth::login(state, &s.access, user, password, source).await?)
+            (
+                Identity::clone(&*auth::login(state, &s.access, user, password, source).await?),
+                IssueVia::Credentials,
+            )
         }
         Some("refresh_token") => {
             let Some(token) = one(&p, "refresh_token") else {
@@ -112,7 +132,10 @@ async fn post_inner(state: &AppState, req: Request) -> Result<Response, ApiError
                     "grant_type=refresh_token needs refresh_token".into(),
                 )));
             };
-            s.access.redeem_refresh(token).await?
+            (
+                s.access.redeem_refresh(token).await?,
+                IssueVia::RefreshToken,
+            )
         }
         _ => {
             return Err(ApiError::Registry(RegistryError::Invalid(
@@ -120,10 +143,24 @@ async fn post_inner(state: &AppState, req: Request) -> Result<Response, ApiError
             )));
         }
     };
-    let scopes = Scope::parse_all(one(&p, "scope"));
     let offline = one(&p, "access_type") == Some("offline");
-    let issued = issue(state, s, &who, &scopes, offline, source)?;
+    let issued = issue(state, s, &who, &scopes, offline, via, source)?;
     Ok(token_response(&issued, true))
+}
+
+/// The requested scopes, or 400 naming the first one Berth cannot read.
+fn scopes<'a>(
+    state: &AppState,
+    params: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<Scope>, ApiError> {
+    Scope::parse_all(params).map_err(|e| {
+        state
+            .metrics()
+            .tokens_refused
+            .get_or_create(&ReasonLabels { reason: "scope" })
+            .inc();
+        ApiError::Registry(RegistryError::Invalid(e.to_string()))
+    })
 }
 
 fn issue(
@@ -132,9 +169,21 @@ fn issue(
     who: &Identity,
     scopes: &[Scope],
     offline: bool,
+    via: IssueVia,
     source: Option<IpAddr>,
 ) -> Result<IssuedToken, ApiError> {
-    let issued = s.access.issue(who, scopes, offline)?;
+    let issued = s.access.issue(who, scopes, offline, via).map_err(|e| {
+        if via == IssueVia::RefreshToken && matches!(e, RegistryError::Invalid(_)) {
+            state
+                .metrics()
+                .tokens_refused
+                .get_or_create(&ReasonLabels {
+                    reason: "management-refresh",
+                })
+                .inc();
+        }
+        ApiError::Registry(e)
+    })?;
     state.metrics().tokens_issued.inc();
     let granted: Vec<String> = issued
         .granted

@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use berth_auth::Actions;
 use berth_meta::{AuditQuery, MetaStore};
-use berth_registry::access::{Access, AccessConfig, NewRobot, cli_identity};
+use berth_registry::access::{Access, AccessConfig, NewRobot, UserUpdate, cli_identity};
 use berth_registry::{Registry, RegistryConfig};
 use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
 use reqwest::{Method, StatusCode};
@@ -34,6 +34,10 @@ fn sha256(data: &[u8]) -> String {
 }
 
 async fn start(config: AccessConfig) -> Server {
+    start_with(config, ServerConfig::default()).await
+}
+
+async fn start_with(config: AccessConfig, server: ServerConfig) -> Server {
     let st = common::stores().await;
     let access = Access::new(st.meta.clone(), config, None)
         .await
@@ -43,7 +47,7 @@ async fn start(config: AccessConfig) -> Server {
         ServerConfig {
             // Summed refusals reach the log within the tests' patience.
             audit_window: Duration::from_millis(300),
-            ..ServerConfig::default()
+            ..server
         },
         Some(AuthSettings {
             access: access.clone(),
@@ -288,8 +292,8 @@ struct World {
 async fn world() -> World {
     let s = start(AccessConfig {
         // The matrix logs in many times; throttling has its own test.
-        max_failures_per_user: 1000,
-        max_failures_per_source: 1000,
+        failures_before_delay: 1000,
+        source_failures_before_delay: 1000,
         ..AccessConfig::default()
     })
     .await;
@@ -613,7 +617,7 @@ async fn token_flow_challenge_refresh_and_tampering() {
     let r = s
         .http
         .get(format!(
-            "{}/token?service=berth&scope=repository:team-a/app:pull,push,delete&scope=repository:team-b/app:pull&scope=bogus:x:y&offline_token=true",
+            "{}/token?service=berth&scope=repository:team-a/app:pull,push,delete&scope=repository:team-b/app:pull&offline_token=true",
             s.base
         ))
         .basic_auth("alice", Some(PASSWORD))
@@ -717,7 +721,15 @@ async fn token_flow_challenge_refresh_and_tampering() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // Changing the password kills outstanding refresh tokens.
     s.access
-        .update_user(&me, None, "alice", Some("another password"), None, None)
+        .update_user(
+            &me,
+            None,
+            "alice",
+            &UserUpdate {
+                password: Some("another password"),
+                ..UserUpdate::default()
+            },
+        )
         .await
         .expect("passwd");
     let r = form(&[("grant_type", "refresh_token"), ("refresh_token", &refresh)])
@@ -740,11 +752,55 @@ async fn token_flow_challenge_refresh_and_tampering() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
 
+/// A client whose connections come from `ip` (every 127.0.0.0/8 address is this host's),
+/// so the server sees it as a client of its own.
+fn client_from(ip: &str) -> reqwest::Client {
+    let ip: std::net::IpAddr = ip.parse().expect("test address");
+    reqwest::Client::builder()
+        .local_address(ip)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+async fn login_from(
+    s: &Server,
+    client: &reqwest::Client,
+    user: &str,
+    password: &str,
+) -> reqwest::Response {
+    client
+        .get(format!("{}/v2/", s.base))
+        .basic_auth(user, Some(password))
+        .send()
+        .await
+        .expect("send")
+}
+
+async fn metrics_text(s: &Server) -> String {
+    s.send(Method::GET, "/metrics", &Cred::Anonymous)
+        .await
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of a sample in a metrics exposition (0 if absent).
+fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[tokio::test]
-async fn failed_logins_are_throttled() {
+async fn failed_logins_slow_down_but_never_lock_out() {
+    let cap = Duration::from_millis(400);
     let s = start(AccessConfig {
-        max_failures_per_user: 3,
-        max_failures_per_source: 100,
+        failures_before_delay: 3,
+        source_failures_before_delay: 1000,
+        max_login_delay: cap,
+        // Every login below is checked, none answered from memory.
+        login_cache_ttl: Duration::ZERO,
         ..AccessConfig::default()
     })
     .await;
@@ -753,60 +809,240 @@ async fn failed_logins_are_throttled() {
         .create_user(&me, None, "alice", PASSWORD, false)
         .await
         .expect("user");
-    let bad = Cred::Basic("alice".into(), "nope nope".into());
-    for _ in 0..3 {
-        assert_eq!(
-            s.send(Method::GET, "/v2/", &bad).await.status(),
-            StatusCode::UNAUTHORIZED
-        );
+    // Twelve wrong passwords from the attacker's address, one at a time: each is
+    // answered 401 (slower and slower), none is refused.
+    let attacker = client_from("127.0.0.2");
+    for i in 0..12 {
+        let r = login_from(&s, &attacker, "alice", "nope nope").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "attempt {i}");
     }
-    // Now even the right password waits.
-    let good = Cred::Basic("alice".into(), PASSWORD.into());
-    let r = s.send(Method::GET, "/v2/", &good).await;
-    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry: u64 = r.headers()["retry-after"]
-        .to_str()
-        .expect("ascii")
-        .parse()
-        .expect("secs");
-    assert!((1..=300).contains(&retry), "{retry}");
-    let v: Value = r.json().await.expect("json");
-    assert_eq!(v["errors"][0]["code"], "TOOMANYREQUESTS");
-    // Another user from the same address is not locked out.
-    s.access
-        .create_user(&me, None, "bob", PASSWORD, false)
-        .await
-        .expect("user");
-    let bob = Cred::Basic("bob".into(), PASSWORD.into());
-    assert_eq!(
-        s.send(Method::GET, "/v2/", &bob).await.status(),
-        StatusCode::OK
-    );
-    // The failures are in the audit log (the first of each kind at once, the repeats
-    // summed in one row), and counted.
-    let rows = poll_audit(&s.meta, "login", 3).await;
-    assert!(rows.iter().any(|r| r.outcome == "throttled"), "{rows:?}");
+    // The right password from another address gets in at once...
+    let elsewhere = client_from("127.0.0.3");
+    let t = std::time::Instant::now();
+    let r = login_from(&s, &elsewhere, "alice", PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::OK, "another address");
+    let from_elsewhere = t.elapsed();
+    // ...and from the attacker's own address, after at most the delay.
+    let t = std::time::Instant::now();
+    let r = login_from(&s, &attacker, "alice", PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::OK, "the attacker's address");
+    let from_attacker = t.elapsed();
     assert!(
-        rows.iter().any(|r| r.outcome == "bad-credentials"
-            && r.detail
-                .as_deref()
-                .is_some_and(|d| d.starts_with("2 more since "))),
-        "{rows:?}"
+        from_attacker < cap + Duration::from_secs(3),
+        "{from_attacker:?}"
     );
+    println!(
+        "correct password: {from_elsewhere:?} from elsewhere, {from_attacker:?} from the attacker's address"
+    );
+
+    // A burst of concurrent guesses from one address queues one delay deep; the rest are
+    // refused at once with 429 and Retry-After, never with a server error.
+    for _ in 0..6 {
+        login_from(&s, &attacker, "alice", "nope nope").await;
+    }
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let c = attacker.clone();
+            let url = format!("{}/v2/", s.base);
+            tokio::spawn(async move {
+                c.get(url)
+                    .basic_auth("alice", Some("nope nope"))
+                    .send()
+                    .await
+                    .expect("send")
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for b in burst {
+        let r = b.await.expect("task");
+        match r.status() {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                let retry: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .expect("ascii")
+                    .parse()
+                    .expect("secs");
+                assert!((1..=5).contains(&retry), "{retry}");
+                let v: Value = r.json().await.expect("json");
+                assert_eq!(v["errors"][0]["code"], "TOOMANYREQUESTS");
+            }
+            other => panic!("burst answered {other}"),
+        }
+    }
+    assert!(refused > 0, "a burst deeper than the delay is cut short");
+    // After the burst, the right password from that address still gets in.
+    let r = login_from(&s, &attacker, "alice", PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::OK, "after the burst");
+
+    // The failures are in the audit log with the attacker's address (the first of each
+    // kind at once, the repeats summed per window), and counted.
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = poll_audit(&s.meta, "login", 1).await;
+        if represented(&rows) >= 28 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(represented(&rows) >= 28, "{rows:?}");
     assert!(
         rows.iter()
-            .all(|r| r.actor == "alice" && r.source.as_deref() == Some("127.0.0.1"))
+            .all(|r| r.actor == "alice" && r.source.as_deref() == Some("127.0.0.2")),
+        "{rows:?}"
     );
-    let metrics = s
-        .send(Method::GET, "/metrics", &Cred::Anonymous)
-        .await
-        .text()
-        .await
-        .expect("text");
+    assert!(rows.iter().any(|r| r.outcome == "throttled"), "{rows:?}");
+    let m = metrics_text(&s).await;
+    // Timing decides how many waited (a slow check outlasts a short delay), but the
+    // burst's second attempt always did.
+    assert!(metric(&m, "berth_login_delayed_total") >= 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "berth_login_throttled_total"),
+        f64::from(refused),
+        "{m}"
+    );
     assert!(
-        metrics.contains("berth_login_failures_total 4"),
-        "{metrics}"
+        metric(&m, "berth_password_checks_total{lane=\"suspect\"}") > 0.0,
+        "{m}"
     );
+    assert!(metric(&m, "berth_login_failures_total") >= 28.0, "{m}");
+}
+
+#[tokio::test]
+async fn x_forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
+    let s = start_with(
+        AccessConfig {
+            source_failures_before_delay: 1000,
+            ..AccessConfig::default()
+        },
+        ServerConfig {
+            trusted_proxies: berth_server::client::TrustedProxies::parse(&["127.0.0.1"])
+                .expect("proxies"),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let me = cli_identity();
+    s.access
+        .create_user(&me, None, "alice", PASSWORD, false)
+        .await
+        .expect("user");
+    // Which lane the next check went to tells whose failures it was counted under: the
+    // suspect lane if its (user, client) pair or its client has failed before.
+    let lanes = || async {
+        let m = metrics_text(&s).await;
+        (
+            metric(&m, "berth_password_checks_total{lane=\"clean\"}"),
+            metric(&m, "berth_password_checks_total{lane=\"suspect\"}"),
+        )
+    };
+    let guess = |client: reqwest::Client, forwarded: &'static str| {
+        let url = format!("{}/v2/", s.base);
+        async move {
+            let r = client
+                .get(url)
+                .basic_auth("alice", Some("nope nope"))
+                .header("x-forwarded-for", forwarded)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        }
+    };
+    let lane_of =
+        |before: (f64, f64), after: (f64, f64)| match (after.0 - before.0, after.1 - before.1) {
+            (1.0, 0.0) => "clean",
+            (0.0, 1.0) => "suspect",
+            other => panic!("one check expected, got {other:?}"),
+        };
+    // Through the trusted proxy (127.0.0.1), the forwarded client counts: its first
+    // failure makes it suspect, and only it.
+    let proxy = client_from("127.0.0.1");
+    let l = lanes().await;
+    guess(proxy.clone(), "203.0.113.66, 198.51.100.7").await;
+    assert_eq!(lane_of(l, lanes().await), "clean", "a first attempt");
+    let l = lanes().await;
+    guess(proxy.clone(), "198.51.100.7").await;
+    assert_eq!(
+        lane_of(l, lanes().await),
+        "suspect",
+        "the forwarded client failed"
+    );
+    let l = lanes().await;
+    guess(proxy.clone(), "198.51.100.8").await;
+    assert_eq!(
+        lane_of(l, lanes().await),
+        "clean",
+        "another client behind the same proxy is not the one that failed"
+    );
+    // Two failures of 198.51.100.7 and one of .8 (repeats within a window are summed).
+    let mut per_source = BTreeMap::new();
+    for _ in 0..100 {
+        per_source.clear();
+        for r in poll_audit(&s.meta, "login", 1).await {
+            let n = represented(std::slice::from_ref(&r));
+            *per_source.entry(r.source).or_insert(0) += n;
+        }
+        if per_source.values().sum::<u64>() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        per_source,
+        BTreeMap::from([
+            (Some("198.51.100.7".to_owned()), 2),
+            (Some("198.51.100.8".to_owned()), 1)
+        ])
+    );
+
+    // From an untrusted peer the header is ignored: rotating it does not escape the
+    // count, and the audit log names the peer.
+    let direct = client_from("127.0.0.9");
+    let l = lanes().await;
+    guess(direct.clone(), "192.0.2.1").await;
+    assert_eq!(
+        lane_of(l, lanes().await),
+        "clean",
+        "the peer's first attempt"
+    );
+    let l = lanes().await;
+    guess(direct.clone(), "192.0.2.2").await;
+    assert_eq!(
+        lane_of(l, lanes().await),
+        "suspect",
+        "a forged header does not make a new client"
+    );
+    let mut from_peer = 0;
+    for _ in 0..100 {
+        from_peer = poll_audit(&s.meta, "login", 1)
+            .await
+            .into_iter()
+            .filter(|r| r.source.as_deref() == Some("127.0.0.9"))
+            .map(|r| represented(&[r]))
+            .sum::<u64>();
+        if from_peer >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(from_peer, 2, "both failures are the peer's");
+}
+
+/// How many refusals audit rows stand for: one each, or the count of a summed row
+/// (`N more since ...`).
+fn represented(rows: &[berth_meta::AuditRecord]) -> u64 {
+    rows.iter()
+        .map(|r| {
+            r.detail
+                .as_deref()
+                .and_then(|d| d.split_once(" more since "))
+                .and_then(|(n, _)| n.parse().ok())
+                .unwrap_or(1)
+        })
+        .sum()
 }
 
 async fn poll_audit(
@@ -893,17 +1129,19 @@ async fn hostile_credentials_get_401_never_500() {
             assert!(v["errors"][0]["code"].is_string(), "{what} on {path}: {v}");
         }
     }
-    // Unknown scopes are ignored, not errors.
-    let r = s
-        .http
-        .get(format!(
-            "{}/token?scope=whatever:x:y&scope=repository:&scope=%ff",
-            s.base
-        ))
-        .send()
-        .await
-        .expect("token");
-    assert_eq!(r.status(), StatusCode::OK);
+    // Scopes Berth cannot read are refused with 400 naming them, never dropped, and never
+    // a 500.
+    for scope in ["whatever:x:y", "repository:", "%ff", "berth:api:pull"] {
+        let r = s
+            .http
+            .get(format!("{}/token?scope={scope}", s.base))
+            .send()
+            .await
+            .expect("token");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{scope}");
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["errors"][0]["code"], "INVALID", "{scope}: {v}");
+    }
 }
 
 #[tokio::test]
@@ -1241,7 +1479,7 @@ async fn tag_rules_managed_through_the_api_apply_at_once() {
         StatusCode::NO_CONTENT
     );
 
-    let r = s.send(Method::GET, "/api/v1/tag-rules", &dev).await;
+    let r = s.send(Method::GET, "/api/v1/tag-rules", &a).await;
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["managed"][0]["refuse"], json!(["latest"]));
@@ -1290,4 +1528,654 @@ async fn tag_rules_managed_through_the_api_apply_at_once() {
         .await;
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["entries"][0]["actor"], "admin", "{v}");
+}
+
+/// The claims of a token, unverified (the test only reads what the server wrote).
+fn claims_of(token: &str) -> Value {
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).expect("claims part"))
+            .expect("base64"),
+    )
+    .expect("claims json")
+}
+
+/// `GET /token` with the raw query `scopes` (already `scope=...&...`).
+async fn token_for(s: &Server, cred: &Cred, query: &str) -> reqwest::Response {
+    let mut r = s
+        .http
+        .get(format!("{}/token?service=berth&{query}", s.base));
+    if let Cred::Basic(u, p) = cred {
+        r = r.basic_auth(u, Some(p));
+    }
+    r.send().await.expect("token")
+}
+
+async fn token_ok(s: &Server, cred: &Cred, query: &str) -> String {
+    let r = token_for(s, cred, query).await;
+    assert_eq!(r.status(), StatusCode::OK, "{cred:?} {query}");
+    let v: Value = r.json().await.expect("json");
+    v["token"].as_str().expect("token").to_owned()
+}
+
+#[tokio::test]
+async fn anonymous_is_nobody_even_beside_a_user_of_that_name() {
+    let s = start(AccessConfig::default()).await;
+    let me = cli_identity();
+    s.access
+        .create_user(&me, None, "admin", PASSWORD, true)
+        .await
+        .expect("admin");
+    s.access
+        .create_tenant(&me, None, "team-a", false)
+        .await
+        .expect("tenant");
+    s.seed("team-a/app", &["v1"]).await;
+    // Reserved names cannot be created through the API...
+    for name in ["anonymous", "system", "cli"] {
+        let r = s
+            .req(Method::POST, "/api/v1/users", &admin())
+            .body(json!({"name": name, "password": PASSWORD}).to_string())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{name}");
+        let v: Value = r.json().await.expect("json");
+        assert!(
+            v["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("reserved")),
+            "{v}"
+        );
+    }
+    // ...nor imported.
+    let bcrypt = "$2y$04$abcdefghijklmnopqrstuu5Xy7u8zCPBzb9Q0Dv1dGz0ETt3hS0Hm";
+    let e = s
+        .access
+        .import_htpasswd(&me, &format!("anonymous:{bcrypt}\n"))
+        .await
+        .expect_err("reserved name imported");
+    assert!(e.to_string().contains("reserved"), "{e}");
+
+    // A user of that name left from before (written straight into the store, as the
+    // migration would find it), an admin and owner of team-a.
+    let hash = berth_auth::password::hash(PASSWORD).expect("hash");
+    assert!(
+        s.meta
+            .create_user("anonymous", &hash, true, &berth_meta::Actor::named("old"))
+            .await
+            .expect("insert")
+    );
+    s.meta
+        .set_member(
+            "team-a",
+            "anonymous",
+            Some("owner"),
+            &berth_meta::Actor::named("old"),
+        )
+        .await
+        .expect("member");
+    s.access.forget_logins();
+
+    // An unauthenticated token says so, and carries nobody's roles.
+    let token = token_ok(
+        &s,
+        &Cred::Anonymous,
+        "scope=repository:team-a/app:pull&scope=registry:catalog:*&scope=berth:api:*",
+    )
+    .await;
+    let claims = claims_of(&token);
+    assert_eq!(claims["anon"], true, "{claims}");
+    assert_eq!(
+        claims["access"],
+        json!([{"type": "registry", "name": "catalog", "actions": ["*"]}])
+    );
+    let anon = Cred::Bearer(token);
+    for (method, path, body) in [
+        (Method::GET, "/api/v1/whoami", None),
+        (Method::GET, "/api/v1/users", None),
+        (
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": "mallory", "password": PASSWORD})),
+        ),
+        (Method::GET, "/api/v1/tenants/team-a/robots", None),
+    ] {
+        let mut r = s.req(method.clone(), path, &anon);
+        if let Some(b) = body {
+            r = r.body(b.to_string());
+        }
+        let r = r.send().await.expect("send");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
+    assert!(s.meta.user("mallory").await.expect("get").is_none());
+    // On /v2 too: the catalog seen through that token is the anonymous one.
+    let r = s.send(Method::GET, "/v2/_catalog", &anon).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["repositories"], json!([]), "{v}");
+    // Nor does the name log in with that account's password.
+    let r = s
+        .send(
+            Method::GET,
+            "/v2/",
+            &Cred::Basic("anonymous".into(), PASSWORD.into()),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let m = metrics_text(&s).await;
+    assert_eq!(metric(&m, "berth_reserved_names_refused_total"), 4.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "berth_api_credentials_refused_total{reason=\"anonymous-token\"}"
+        ),
+        4.0,
+        "{m}"
+    );
+}
+
+/// Every management route, with a body where it takes one. None may answer a registry
+/// token.
+fn management_routes() -> Vec<(Method, &'static str, Option<Value>)> {
+    vec![
+        (Method::GET, "/api/v1/whoami", None),
+        (Method::GET, "/api/v1/users", None),
+        (
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": "mallory", "password": PASSWORD, "admin": true})),
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/users/alice",
+            Some(json!({"password": "taken over!"})),
+        ),
+        (Method::DELETE, "/api/v1/users/bob", None),
+        (Method::GET, "/api/v1/tenants", None),
+        (
+            Method::POST,
+            "/api/v1/tenants",
+            Some(json!({"name": "evil"})),
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/tenants/team-a",
+            Some(json!({"public": true})),
+        ),
+        (Method::DELETE, "/api/v1/tenants/team-a", None),
+        (Method::GET, "/api/v1/tenants/team-a/members", None),
+        (
+            Method::PUT,
+            "/api/v1/tenants/team-a/members/bob",
+            Some(json!({"role": "owner"})),
+        ),
+        (Method::DELETE, "/api/v1/tenants/team-a/members/alice", None),
+        (Method::GET, "/api/v1/tenants/team-a/quota", None),
+        (
+            Method::PUT,
+            "/api/v1/tenants/team-a/quota",
+            Some(json!({"bytes": 1})),
+        ),
+        (Method::GET, "/api/v1/tenants/team-a/robots", None),
+        (
+            Method::POST,
+            "/api/v1/tenants/team-a/robots",
+            Some(json!({"name": "evil"})),
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/tenants/team-a/robots/ci",
+            Some(json!({"disabled": true})),
+        ),
+        (Method::DELETE, "/api/v1/tenants/team-a/robots/ci", None),
+        (
+            Method::POST,
+            "/api/v1/tenants/team-a/robots/ci/rotate",
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/v1/tenants/team-a/robots/ci/pull-secret",
+            None,
+        ),
+        (Method::GET, "/api/v1/audit", None),
+        (Method::POST, "/api/v1/keys/rotate", None),
+        (Method::GET, "/api/v1/tag-rules", None),
+        (Method::PUT, "/api/v1/tag-rules", Some(json!({"rules": []}))),
+        (
+            Method::POST,
+            "/api/v1/tag-rollback?repository=pub/img&tag=1.0.0",
+            None,
+        ),
+        (
+            Method::GET,
+            "/api/v1/tag-history?repository=team-a/app&tag=v1",
+            None,
+        ),
+        (
+            Method::GET,
+            "/api/v1/resolve?repository=team-a/app&version=1",
+            None,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn registry_tokens_are_not_keys_to_the_management_api() {
+    let s = start(AccessConfig::default()).await;
+    let me = cli_identity();
+    let a = &s.access;
+    a.create_user(&me, None, "admin", PASSWORD, true)
+        .await
+        .expect("admin");
+    for u in ["alice", "bob"] {
+        a.create_user(&me, None, u, PASSWORD, false)
+            .await
+            .expect("user");
+    }
+    a.create_tenant(&me, None, "team-a", false)
+        .await
+        .expect("tenant");
+    a.create_tenant(&me, None, "pub", true)
+        .await
+        .expect("tenant");
+    a.set_member(&me, None, "team-a", "alice", Some("owner"))
+        .await
+        .expect("member");
+    a.set_member(&me, None, "pub", "alice", Some("developer"))
+        .await
+        .expect("member");
+    let robot = a
+        .create_robot(
+            &me,
+            None,
+            "team-a",
+            "ci",
+            &NewRobot {
+                actions: Actions::PULL,
+                repositories: Vec::new(),
+                description: None,
+                expires_in: None,
+            },
+        )
+        .await
+        .expect("robot");
+    s.seed("pub/img", &["1.0.0", "1.1.0"]).await;
+    s.seed("team-a/app", &["v1"]).await;
+    let alice = Cred::Basic("alice".into(), PASSWORD.into());
+
+    // The two tokens: the admin's pull token for a public image, and alice's
+    // token with empty access. Neither opens any management route.
+    let pull = Cred::Bearer(token_ok(&s, &admin(), "scope=repository:pub/img:pull").await);
+    let empty = Cred::Bearer(token_ok(&s, &alice, "").await);
+    for (label, cred) in [("pull token", &pull), ("empty token", &empty)] {
+        for (method, path, body) in management_routes() {
+            let mut r = s.req(method.clone(), path, cred);
+            if let Some(b) = &body {
+                r = r.body(b.to_string());
+            }
+            let r = r.send().await.expect("send");
+            assert_eq!(
+                r.status(),
+                StatusCode::FORBIDDEN,
+                "{label}: {method} {path}"
+            );
+        }
+    }
+    assert!(s.meta.user("mallory").await.expect("get").is_none());
+    assert!(s.meta.user("bob").await.expect("get").is_some());
+    assert_eq!(
+        s.send(Method::GET, "/v2/", &alice).await.status(),
+        StatusCode::OK,
+        "alice's password is untouched"
+    );
+    // A pull token does read versions of the repository it pulls, and only that one.
+    let r = s
+        .send(
+            Method::GET,
+            "/api/v1/resolve?repository=pub/img&version=1",
+            &pull,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["tag"], "1.1.0");
+    let r = s
+        .send(
+            Method::GET,
+            "/api/v1/tag-history?repository=pub/img&tag=1.0.0",
+            &pull,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // ...but a push token cannot roll back: that takes the management scope or Basic.
+    let push = Cred::Bearer(token_ok(&s, &alice, "scope=repository:pub/img:pull,push").await);
+    let r = s
+        .send(
+            Method::POST,
+            "/api/v1/tag-rollback?repository=pub/img&tag=1.0.0",
+            &push,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // The management scope, asked for by name with a password, opens the API with the
+    // user's own rights.
+    let r = token_for(&s, &admin(), "scope=berth:api:*&offline_token=true").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    let admin_mgmt = v["token"].as_str().expect("token").to_owned();
+    let refresh = v["refresh_token"].as_str().expect("refresh").to_owned();
+    assert_eq!(
+        claims_of(&admin_mgmt)["access"],
+        json!([{"type": "berth", "name": "api", "actions": ["*"]}])
+    );
+    let admin_mgmt = Cred::Bearer(admin_mgmt);
+    let r = s
+        .req(Method::POST, "/api/v1/users", &admin_mgmt)
+        .body(json!({"name": "carol", "password": PASSWORD}).to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = s
+        .send(
+            Method::POST,
+            "/api/v1/tag-rollback?repository=pub/img&tag=1.0.0",
+            &admin_mgmt,
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::BAD_REQUEST,
+        "no earlier digest to go back to"
+    );
+    // alice's management token is alice: an owner, not an admin.
+    let alice_mgmt = Cred::Bearer(token_ok(&s, &alice, "scope=berth:api:*").await);
+    let r = s.send(Method::GET, "/api/v1/whoami", &alice_mgmt).await;
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(
+        (v["name"].as_str(), v["admin"].as_bool()),
+        (Some("alice"), Some(false))
+    );
+    assert_eq!(
+        s.send(Method::GET, "/api/v1/users", &alice_mgmt)
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        s.send(Method::GET, "/api/v1/tenants/team-a/robots", &alice_mgmt)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // A robot is not granted the scope (it has no management rights to carry).
+    let robot_cred = Cred::Basic(robot.robot.login.clone(), robot.secret.clone());
+    let robot_token = token_ok(&s, &robot_cred, "scope=berth:api:*").await;
+    assert_eq!(claims_of(&robot_token)["access"], json!([]));
+
+    // A refresh token cannot mint the scope; it still renews repository access.
+    let form = |pairs: &[(&str, &str)]| {
+        s.http
+            .post(format!("{}/token", s.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(pairs).expect("form"))
+            .send()
+    };
+    let r = form(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", &refresh),
+        ("scope", "berth:api:*"),
+    ])
+    .await
+    .expect("refresh");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = form(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", &refresh),
+        ("scope", "repository:pub/img:pull"),
+    ])
+    .await
+    .expect("refresh");
+    assert_eq!(r.status(), StatusCode::OK);
+    // The password grant may ask for it.
+    let r = form(&[
+        ("grant_type", "password"),
+        ("username", "admin"),
+        ("password", PASSWORD),
+        ("scope", "berth:api:* repository:pub/img:pull"),
+    ])
+    .await
+    .expect("password grant");
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["scope"], "berth:api:* repository:pub/img:pull");
+
+    // Scopes of unknown types fail the request instead of being dropped; what registry
+    // clients send still works.
+    let r = token_for(
+        &s,
+        &alice,
+        "scope=repository:pub/img:pull&scope=admin:everything:*",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    for query in [
+        "scope=repository:pub/img:pull,push",
+        "scope=repository(plugin):pub/img:pull",
+        "scope=registry:catalog:*",
+        "scope=repository:pub/img:pull%20repository:team-a/app:pull",
+        "scope=repository:pub/img:pull&scope=repository:team-a/app:pull,push&offline_token=true&client_id=docker",
+    ] {
+        assert_eq!(
+            token_for(&s, &alice, query).await.status(),
+            StatusCode::OK,
+            "{query}"
+        );
+    }
+
+    // A user changing its own password gives the current one, whatever the credential.
+    let own = |body: Value, cred: &Cred| {
+        s.req(Method::PATCH, "/api/v1/users/alice", cred)
+            .body(body.to_string())
+            .send()
+    };
+    let r = own(json!({"password": "new password 1"}), &alice_mgmt)
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = own(json!({"password": "new password 1"}), &alice)
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = own(
+        json!({"password": "new password 1", "current_password": "not it at all"}),
+        &alice_mgmt,
+    )
+    .await
+    .expect("send");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = own(
+        json!({"password": "new password 1", "current_password": PASSWORD}),
+        &alice_mgmt,
+    )
+    .await
+    .expect("send");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        s.send(
+            Method::GET,
+            "/v2/",
+            &Cred::Basic("alice".into(), "new password 1".into())
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+    // An admin resets someone else's without it.
+    let r = s
+        .req(Method::PATCH, "/api/v1/users/bob", &admin_mgmt)
+        .body(json!({"password": "reset by admin"}).to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    let m = metrics_text(&s).await;
+    assert!(
+        metric(
+            &m,
+            "berth_api_credentials_refused_total{reason=\"token-scope\"}"
+        ) >= 50.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "berth_token_requests_refused_total{reason=\"scope\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "berth_token_requests_refused_total{reason=\"management-refresh\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn owners_cannot_tell_which_users_exist_and_only_admins_read_tag_rules() {
+    let s = start(AccessConfig::default()).await;
+    let me = cli_identity();
+    let a = &s.access;
+    a.create_user(&me, None, "admin", PASSWORD, true)
+        .await
+        .expect("admin");
+    for u in ["owner", "colleague", "stranger", "dev"] {
+        a.create_user(&me, None, u, PASSWORD, false)
+            .await
+            .expect("user");
+    }
+    for t in ["team-a", "team-b", "team-z"] {
+        a.create_tenant(&me, None, t, false).await.expect("tenant");
+    }
+    for (t, u, r) in [
+        ("team-a", "owner", "owner"),
+        ("team-b", "owner", "owner"),
+        ("team-b", "colleague", "developer"),
+        ("team-z", "stranger", "owner"),
+        ("team-a", "dev", "developer"),
+    ] {
+        a.set_member(&me, None, t, u, Some(r))
+            .await
+            .expect("member");
+    }
+    let owner = Cred::Basic("owner".into(), PASSWORD.into());
+    let put = |who: &Cred, user: &str| {
+        s.req(
+            Method::PUT,
+            &format!("/api/v1/tenants/team-a/members/{user}"),
+            who,
+        )
+        .body(json!({"role": "reader"}).to_string())
+        .send()
+    };
+    // An existing user the owner cannot see, and a name nobody has: the same answer.
+    let r1 = put(&owner, "stranger").await.expect("send");
+    let (st1, b1) = (r1.status(), r1.text().await.expect("body"));
+    let r2 = put(&owner, "strangex").await.expect("send");
+    let (st2, b2) = (r2.status(), r2.text().await.expect("body"));
+    assert_eq!((st1, st2), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND));
+    assert_eq!(b1.replace("stranger", "strangex"), b2);
+    assert!(
+        s.meta.roles_of("stranger").await.expect("roles").len() == 1,
+        "stranger was not added"
+    );
+    // A user the owner already manages elsewhere is added.
+    assert_eq!(
+        put(&owner, "colleague").await.expect("send").status(),
+        StatusCode::NO_CONTENT
+    );
+    // Admins add anyone, and are told when a name does not exist.
+    assert_eq!(
+        put(&admin(), "stranger").await.expect("send").status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        put(&admin(), "nobody").await.expect("send").status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // Tag rules name other tenants' repositories: admins read them, nobody else.
+    let rules = json!({"rules": [{"repositories": "team-z/secret-*", "immutable": ["v*"]}]});
+    let r = s
+        .req(Method::PUT, "/api/v1/tag-rules", &admin())
+        .body(rules.to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let robot = a
+        .create_robot(
+            &me,
+            None,
+            "team-a",
+            "ci",
+            &NewRobot {
+                actions: Actions::PULL,
+                repositories: Vec::new(),
+                description: None,
+                expires_in: None,
+            },
+        )
+        .await
+        .expect("robot");
+    for who in [
+        owner,
+        Cred::Basic("dev".into(), PASSWORD.into()),
+        Cred::Basic(robot.robot.login.clone(), robot.secret.clone()),
+    ] {
+        let r = s.send(Method::GET, "/api/v1/tag-rules", &who).await;
+        let status = r.status();
+        let body = r.text().await.expect("body");
+        assert_eq!(status, StatusCode::FORBIDDEN, "{who:?}");
+        assert!(!body.contains("team-z"), "{body}");
+    }
+    let r = s.send(Method::GET, "/api/v1/tag-rules", &admin()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_logins_at_once_share_one_password_check() {
+    let s = start(AccessConfig::default()).await;
+    let me = cli_identity();
+    s.access
+        .create_user(&me, None, "ci", PASSWORD, false)
+        .await
+        .expect("user");
+    let checks = |m: &str| {
+        metric(m, "berth_password_checks_total{lane=\"clean\"}")
+            + metric(m, "berth_password_checks_total{lane=\"suspect\"}")
+    };
+    let before = checks(&metrics_text(&s).await);
+    // Fifty nodes pulling with one robot's credentials at once: one check, not fifty
+    // places in the password queue.
+    let logins: Vec<_> = (0..50)
+        .map(|_| {
+            let r = s.req(
+                Method::GET,
+                "/v2/",
+                &Cred::Basic("ci".into(), PASSWORD.into()),
+            );
+            tokio::spawn(async move { r.send().await.expect("send").status() })
+        })
+        .collect();
+    for l in logins {
+        assert_eq!(l.await.expect("task"), StatusCode::OK);
+    }
+    let after = checks(&metrics_text(&s).await);
+    assert_eq!(after - before, 1.0);
 }

@@ -120,6 +120,8 @@ pub enum TenantCommand {
     /// Make a tenant public (`true`) or private (`false`).
     Public {
         name: String,
+        // A positional value: clap would otherwise read a `bool` as a flag taking no value.
+        #[arg(action = clap::ArgAction::Set)]
         public: bool,
     },
     Delete {
@@ -283,22 +285,28 @@ pub async fn user(store: &StoreArgs, cmd: UserCommand) -> anyhow::Result<()> {
             password_stdin,
         } => {
             let (pw, generated) = read_password(password_stdin)?;
-            access
-                .update_user(&me, None, &name, Some(&pw), None, None)
-                .await?;
+            let update = access::UserUpdate {
+                password: Some(&pw),
+                ..access::UserUpdate::default()
+            };
+            access.update_user(&me, None, &name, &update).await?;
             if generated {
                 println!("new password for {name} (shown once): {pw}");
             }
         }
         UserCommand::Disable { name } => {
-            access
-                .update_user(&me, None, &name, None, None, Some(true))
-                .await?;
+            let update = access::UserUpdate {
+                disabled: Some(true),
+                ..access::UserUpdate::default()
+            };
+            access.update_user(&me, None, &name, &update).await?;
         }
         UserCommand::Enable { name } => {
-            access
-                .update_user(&me, None, &name, None, None, Some(false))
-                .await?;
+            let update = access::UserUpdate {
+                disabled: Some(false),
+                ..access::UserUpdate::default()
+            };
+            access.update_user(&me, None, &name, &update).await?;
         }
         UserCommand::Delete { name } => access.delete_user(&me, None, &name).await?,
         UserCommand::ImportHtpasswd { file } => {

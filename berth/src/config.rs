@@ -384,11 +384,28 @@ pub struct AuthConfig {
     pub refresh_ttl_secs: u64,
     /// How long a verified password is remembered, seconds.
     pub login_cache_secs: u64,
-    /// Failed logins per user, and per client address, within `failure_window_secs`
-    /// before further attempts get 429 with Retry-After.
-    pub max_failures_per_user: u32,
-    pub max_failures_per_source: u32,
+    /// Failed logins of one user from one client address (an IPv6 /64 counts as one)
+    /// before that pair's attempts are delayed: 250 ms, doubling with each further failure
+    /// up to `max_login_delay_ms`. Delayed, never refused: a correct password gets in.
+    /// (`max_failures_per_user`, its name before delays replaced lockouts, is accepted.)
+    #[serde(alias = "max_failures_per_user")]
+    pub failures_before_delay: u32,
+    /// Failed logins from one client address, whatever the user, before its attempts are
+    /// delayed the same way (against password spraying). (Formerly
+    /// `max_failures_per_source`.)
+    #[serde(alias = "max_failures_per_source")]
+    pub source_failures_before_delay: u32,
+    /// The longest login delay, milliseconds.
+    pub max_login_delay_ms: u64,
+    /// Failures are forgotten this long after the last one, seconds.
     pub failure_window_secs: u64,
+    /// Threads that check passwords (argon2); at most this many checks run at once.
+    /// Default: half the cores, at least one, so a login flood leaves the rest to pulls.
+    pub password_check_threads: usize,
+    /// Password checks from clients without recent failures that may wait for a thread;
+    /// past that, the one waiting longest is answered 503. Clients with recent failures
+    /// wait in a queue a quarter this long, past which newcomers get 503 at once.
+    pub password_check_queue: usize,
     /// A file holding the token signing key (at least 32 bytes). Unset: a key generated
     /// at first start and kept in the metadata store, shared by replicas.
     pub signing_key_file: Option<PathBuf>,
@@ -404,9 +421,12 @@ impl Default for AuthConfig {
             token_ttl_secs: d.token_ttl.as_secs(),
             refresh_ttl_secs: d.refresh_ttl.as_secs(),
             login_cache_secs: d.login_cache_ttl.as_secs(),
-            max_failures_per_user: d.max_failures_per_user,
-            max_failures_per_source: d.max_failures_per_source,
+            failures_before_delay: d.failures_before_delay,
+            source_failures_before_delay: d.source_failures_before_delay,
+            max_login_delay_ms: u64::try_from(d.max_login_delay.as_millis()).unwrap_or(u64::MAX),
             failure_window_secs: d.failure_window.as_secs(),
+            password_check_threads: d.password_threads,
+            password_check_queue: d.password_queue,
             signing_key_file: None,
         }
     }
@@ -422,9 +442,12 @@ impl AuthConfig {
             token_ttl: Duration::from_secs(self.token_ttl_secs.max(60)),
             refresh_ttl: Duration::from_secs(self.refresh_ttl_secs.max(60)),
             login_cache_ttl: Duration::from_secs(self.login_cache_secs),
-            max_failures_per_user: self.max_failures_per_user.max(1),
-            max_failures_per_source: self.max_failures_per_source.max(1),
+            failures_before_delay: self.failures_before_delay,
+            source_failures_before_delay: self.source_failures_before_delay,
+            max_login_delay: Duration::from_millis(self.max_login_delay_ms),
             failure_window: Duration::from_secs(self.failure_window_secs.max(1)),
+            password_threads: self.password_check_threads.max(1),
+            password_queue: self.password_check_queue.max(1),
             // Filled from the `[[upstream]]` tables by `Config::access_config`.
             cache_tenants: Vec::new(),
         }
@@ -930,5 +953,25 @@ mod tests {
                 .check_upstreams()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn login_limits_keep_their_old_names() {
+        let old: Config =
+            toml::from_str("[auth]\nmax_failures_per_user = 7\nmax_failures_per_source = 9")
+                .expect("old names");
+        let a = old.auth.access_config();
+        assert_eq!(
+            (a.failures_before_delay, a.source_failures_before_delay),
+            (7, 9)
+        );
+        let new: Config = toml::from_str(
+            "[auth]\nfailures_before_delay = 3\nmax_login_delay_ms = 1500\npassword_check_threads = 2",
+        )
+        .expect("new names");
+        let a = new.auth.access_config();
+        assert_eq!(a.failures_before_delay, 3);
+        assert_eq!(a.max_login_delay, std::time::Duration::from_millis(1500));
+        assert_eq!(a.password_threads, 2);
     }
 }

@@ -591,3 +591,31 @@ fn main() -> anyhow::Result<()> {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tenant_public_takes_true_or_false() {
+        for (word, expected) in [("true", true), ("false", false)] {
+            let cli = Cli::try_parse_from(["berth", "tenant", "public", "team-a", word])
+                .unwrap_or_else(|e| panic!("{word}: {e}"));
+            match cli.command {
+                Command::Tenant {
+                    cmd: admin::TenantCommand::Public { name, public },
+                    ..
+                } => assert_eq!((name.as_str(), public), ("team-a", expected)),
+                _ => panic!("parsed as another command"),
+            }
+        }
+        assert!(Cli::try_parse_from(["berth", "tenant", "public", "team-a", "maybe"]).is_err());
+        assert!(Cli::try_parse_from(["berth", "tenant", "public", "team-a"]).is_err());
+    }
+}

@@ -1,7 +1,15 @@
 //! Version management under `/api/v1`: tag history, rollback, semver listing and
 //! resolution. Repository names hold slashes, so the repository (and tag) travel as query
-//! parameters rather than path segments. Reading needs pull on the repository; rolling back
-//! needs push, like moving a tag by a push.
+//! parameters rather than path segments.
+//!
+//! Reading (history, semver tags, resolve) needs pull on the repository, from Basic
+//! credentials, a management token (the caller's current grants decide), or a repository
+//! token whose `access` claim grants pull on it: what such a token can pull anyway, so a
+//! CI job resolving `1.4` with its pull token learns nothing more. Rolling back needs push
+//! and Basic credentials or a management token: it is a deliberate act on the caller's own
+//! account, and no token fetched by a registry client (short-lived, possibly logged or
+//! leaked) can move tags through it; the admin flag that lets a rollback move an
+//! immutable tag comes from the caller's current grants.
 
 use std::collections::HashMap;
 
@@ -15,7 +23,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde::Deserialize;
 
-use super::{ApiResult, Caller, json, parse};
+use super::{ApiResult, Caller, Reader, json, parse};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -40,19 +48,28 @@ fn param<'a>(q: &'a HashMap<String, String>, k: &str) -> Result<&'a str, ApiErro
 /// The repository named by `?repository=`, if the caller may do `need` to it. The refusal
 /// is the same whether or not the repository exists.
 fn repository(
-    c: &Caller,
+    may: impl FnOnce(&str) -> Actions,
     q: &HashMap<String, String>,
     need: Actions,
 ) -> Result<RepoName, ApiError> {
     let repo: RepoName = param(q, "repository")?
         .parse()
         .map_err(|_| ApiError::NameInvalid)?;
-    if !c.id.grants.on_repository(repo.as_str()).contains(need) {
+    if !may(repo.as_str()).contains(need) {
         return Err(ApiError::Registry(RegistryError::Denied(
             "requested access to the resource is denied".into(),
         )));
     }
     Ok(repo)
+}
+
+impl Reader {
+    fn may(&self, repo: &str) -> Actions {
+        match self {
+            Reader::Caller(c) => c.id.grants.on_repository(repo),
+            Reader::Token(t) => t.actions_on(repo),
+        }
+    }
 }
 
 fn tag(q: &HashMap<String, String>) -> Result<Tag, ApiError> {
@@ -63,10 +80,10 @@ fn tag(q: &HashMap<String, String>) -> Result<Tag, ApiError> {
 
 async fn history(
     State(state): State<AppState>,
-    c: Caller,
+    c: Reader,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    let repo = repository(&c, &q, Actions::PULL)?;
+    let repo = repository(|r| c.may(r), &q, Actions::PULL)?;
     let tag = tag(&q)?;
     let limit = match q.get("limit") {
         Some(n) => n
@@ -98,7 +115,7 @@ async fn rollback(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> ApiResult {
-    let repo = repository(&c, &q, Actions::PUSH)?;
+    let repo = repository(|r| c.id.grants.on_repository(r), &q, Actions::PUSH)?;
     let tag = tag(&q)?;
     let b: RollbackBody = if body.is_empty() {
         RollbackBody::default()
@@ -129,10 +146,10 @@ async fn rollback(
 
 async fn tags(
     State(state): State<AppState>,
-    c: Caller,
+    c: Reader,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    let repo = repository(&c, &q, Actions::PULL)?;
+    let repo = repository(|r| c.may(r), &q, Actions::PULL)?;
     match q.get("order").map(String::as_str) {
         Some("semver") => {}
         other => {
@@ -150,10 +167,10 @@ async fn tags(
 
 async fn resolve(
     State(state): State<AppState>,
-    c: Caller,
+    c: Reader,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    let repo = repository(&c, &q, Actions::PULL)?;
+    let repo = repository(|r| c.may(r), &q, Actions::PULL)?;
     let version = param(&q, "version")?;
     let prerelease = match q.get("prerelease").map(String::as_str) {
         None | Some("false") => false,

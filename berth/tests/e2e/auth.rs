@@ -902,3 +902,50 @@ fn bootstrap_admin_password_file() {
         "a second password was generated on restart:\n{log}"
     );
 }
+
+#[test]
+fn reserved_names_and_public_tenants_on_the_command_line() {
+    let admin = secret("admin");
+    let berth = Berth::start_with(BEARER, &[("BERTH_ADMIN_PASSWORD", &admin)]);
+    // Names Berth uses for itself are nobody's account: not created...
+    for name in ["anonymous", "system", "cli"] {
+        let err = run_fails(berth.cli().args(["user", "add", name]));
+        assert!(err.contains("reserved"), "user add {name}: {err}");
+    }
+    // ...nor imported from an htpasswd file, which is refused whole, naming the line.
+    let work = tempdir();
+    let file = work.path().join("htpasswd");
+    let hash = "$2y$05$abcdefghijklmnopqrstuuKz2C2uWvVdqjZ7n8bD3fCm0ZzYc1Y0W";
+    std::fs::write(&file, format!("carol:{hash}\nanonymous:{hash}\n")).expect("htpasswd");
+    let err = run_fails(berth.cli().arg("user").arg("import-htpasswd").arg(&file));
+    assert!(err.contains("line 2") && err.contains("reserved"), "{err}");
+    let users = cli(&berth, &["user", "list"]);
+    assert!(
+        !users.contains("carol") && !users.contains("anonymous"),
+        "{users}"
+    );
+    // An anonymous token is marked as such.
+    let resp = token(&berth, None, "repository:library/x:pull");
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let t = resp.json()["token"].as_str().expect("token").to_owned();
+    let claims = parse_json(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(t.split('.').nth(1).expect("claims"))
+            .expect("base64url"),
+        "claims",
+    );
+    assert_eq!(claims["anon"], true, "{claims}");
+
+    // `tenant public NAME true|false` takes its value.
+    cli(&berth, &["tenant", "add", "team-a"]);
+    cli(&berth, &["tenant", "public", "team-a", "true"]);
+    assert!(
+        cli(&berth, &["tenant", "list"]).contains("team-a\tpublic"),
+        "team-a is public"
+    );
+    cli(&berth, &["tenant", "public", "team-a", "false"]);
+    assert!(
+        cli(&berth, &["tenant", "list"]).contains("team-a\tprivate"),
+        "team-a is private again"
+    );
+}
