@@ -12,6 +12,7 @@ mod api;
 pub mod audit;
 pub mod auth;
 pub mod client;
+mod conn;
 pub mod endpoint;
 pub mod error;
 mod handlers;
@@ -29,11 +30,8 @@ use axum::routing::get;
 use berth_registry::Registry;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::Watcher;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt as _;
 
 pub use auth::{AuthSettings, ChallengeKind};
@@ -65,10 +63,20 @@ impl AppState {
 pub struct ServerConfig {
     /// Prefix for `Location` headers (`https://registry.example.com`); relative if unset.
     pub public_url: Option<String>,
-    /// How long a client may take to send its request headers (slowloris guard).
+    /// How long a client may take to send its request headers (slowloris guard). It also
+    /// bounds the TLS handshake and, on a new connection, the wait for the first request
+    /// (HTTP/1 or HTTP/2), counted from the accept.
     pub header_read_timeout: Duration,
-    /// Connections served at once; more are closed on accept.
+    /// Connections open at once. At the limit a new connection evicts the one idle the
+    /// longest; only when every connection has a request in flight is it closed at once.
     pub max_connections: usize,
+    /// Connections open at once from one client (an IPv4 address, an IPv6 /64), counted
+    /// by the peer address; trusted proxies are exempt. At the cap a new connection evicts
+    /// that client's connection idle the longest, or is closed. 0: no cap.
+    pub max_connections_per_client: usize,
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY).
+    /// HTTP/1 keep-alive connections close sooner, at `header_read_timeout`.
+    pub idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
     /// Serve HTTPS with this certificate and key; plain HTTP if unset.
@@ -85,6 +93,8 @@ impl Default for ServerConfig {
             public_url: None,
             header_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            max_connections_per_client: 256,
+            idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             tls: None,
             trusted_proxies: client::TrustedProxies::default(),
@@ -172,9 +182,45 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How long a connection told to close (evicted, idle, or at shutdown) may take to end on
+/// its own, which an HTTP/2 client needs to answer the GOAWAY's PING; after that it is
+/// dropped if it is idle. One with a request in flight is left to finish that request.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// What every connection task shares.
+struct Serving {
+    table: Arc<conn::Table>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Plain HTTP: HTTP/1 or HTTP/2 (prior knowledge) told apart by the first bytes.
+    auto: Builder<TokioExecutor>,
+    /// TLS: the protocol ALPN chose, without reading anything first.
+    h1: Builder<TokioExecutor>,
+    h2: Builder<TokioExecutor>,
+    first_request: Duration,
+    idle: Duration,
+    timed_out: prometheus_client::metrics::family::Family<
+        metrics::StageLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl Serving {
+    fn timed_out(&self, stage: &'static str) {
+        self.timed_out
+            .get_or_create(&metrics::StageLabels { stage })
+            .inc();
+    }
+}
+
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests
 /// finish (up to the configured grace period). With TLS configured, a certificate or key
 /// that cannot be loaded is an `InvalidInput` error before anything is accepted.
+///
+/// Connections are admitted through the connection table ([`conn`]): at
+/// `max_connections` (or a client's cap) a new connection evicts the one idle the longest,
+/// and is itself closed only when every connection is busy. Each connection's task
+/// enforces the deadlines: the TLS handshake and the first request within
+/// `header_read_timeout` of the accept, then `idle_timeout` with nothing in flight.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -188,14 +234,33 @@ pub async fn run(
         ),
         None => None,
     };
+    let table = conn::Table::new(
+        conn::Limits {
+            max: config.max_connections,
+            per_client: config.max_connections_per_client,
+            trusted: config.trusted_proxies.clone(),
+        },
+        state.metrics(),
+    );
+    let timed_out = state.metrics().connections_timed_out.clone();
     let app = router(state);
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut auto = Builder::new(TokioExecutor::new());
+    auto.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(config.max_connections));
+    auto.http2().timer(TokioTimer::new());
+    let serving = Arc::new(Serving {
+        table,
+        tls,
+        h1: auto.clone().http1_only(),
+        h2: auto.clone().http2_only(),
+        auto,
+        first_request: config.header_read_timeout,
+        idle: config.idle_timeout,
+        timed_out,
+    });
+    // Every connection task holds a sender; shutdown waits until all are dropped.
+    let (drain, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -210,49 +275,35 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing new connection");
-            continue;
+        let conn = match serving.table.admit(peer.ip()) {
+            Ok(c) => c,
+            Err(limit) => {
+                tracing::warn!(%peer, ?limit, "connection limit reached with every connection busy; closing new connection");
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let info = ConnInfo {
             peer,
-            tls: tls.is_some(),
+            tls: serving.tls.is_some(),
         };
         let service = TowerToHyperService::new(with_conn_info(app.clone(), info));
-        // Subscribed now, so shutdown also waits for a handshake still in progress.
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        match &tls {
-            None => {
-                tokio::spawn(serve_connection(
-                    builder, stream, service, watcher, peer, slot,
-                ));
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let timeout = config.header_read_timeout;
-                // The handshake runs in the connection's own task: a client that connects
-                // and sends nothing must not hold up the accept loop.
-                tokio::spawn(async move {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            serve_connection(builder, stream, service, watcher, peer, slot).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, ?timeout, "TLS handshake timed out");
-                        }
-                    }
-                });
-            }
-        }
+        // The handshake runs in the connection's own task: a client that connects and
+        // sends nothing must not hold up the accept loop.
+        tokio::spawn(connection(
+            Arc::clone(&serving),
+            stream,
+            peer,
+            conn,
+            service,
+            drain.clone(),
+        ));
     }
     drop(listener);
     tracing::info!("shutting down: waiting for in-flight requests");
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+    serving.table.close_all();
+    drop(drain);
+    if tokio::time::timeout(config.shutdown_grace, drained.recv())
         .await
         .is_err()
     {
@@ -277,33 +328,140 @@ where
     app.map_request(insert)
 }
 
-/// Serves one accepted (and, with TLS, handshaken) connection until it ends.
-async fn serve_connection<I, S>(
-    builder: Builder<TokioExecutor>,
-    io: I,
-    service: S,
-    watcher: Watcher,
+/// Takes the connection out of the table when its task ends, however it ends.
+struct Leave {
+    table: Arc<conn::Table>,
+    conn: Arc<conn::Conn>,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.table.leave(&self.conn);
+    }
+}
+
+/// One accepted connection, from the TLS handshake (if any) until it closes.
+async fn connection<S>(
+    serving: Arc<Serving>,
+    stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    slot: OwnedSemaphorePermit,
+    conn: Arc<conn::Conn>,
+    service: S,
+    _drain: tokio::sync::mpsc::Sender<()>,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<axum::body::Body>,
             Error = std::convert::Infallible,
         > + Send
-        + Sync
-        + Clone
         + 'static,
     S::Future: Send + 'static,
 {
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    let _leave = Leave {
+        table: Arc::clone(&serving.table),
+        conn: Arc::clone(&conn),
+    };
+    let service = conn::track(service, Arc::clone(&conn));
+    let Some(acceptor) = &serving.tls else {
+        let http = serving.auto.serve_connection(TokioIo::new(stream), service);
+        drive(&serving, http, &conn, peer).await;
+        return;
+    };
+    let handshake = tokio::time::timeout(serving.first_request, acceptor.accept(stream));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                serving.timed_out("tls_handshake");
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        () = conn.closed() => return,
+    };
+    // ALPN decided the protocol; reading the first bytes to guess would be one more wait
+    // for a client to stall.
+    let builder = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => &serving.h2,
+        _ => &serving.h1,
+    };
+    let http = builder.serve_connection(TokioIo::new(stream), service);
+    drive(&serving, http, &conn, peer).await;
+}
+
+/// Polls `http` until it ends, closing it gracefully when the table asks (eviction,
+/// shutdown) or a deadline passes, and dropping it if it is still idle [`CLOSE_GRACE`]
+/// later.
+async fn drive<I, S, B>(
+    serving: &Serving,
+    http: hyper_util::server::conn::auto::Connection<'_, I, S, TokioExecutor>,
+    conn: &conn::Conn,
+    peer: SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
+    S::Future: 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
+{
+    let mut http = std::pin::pin!(http);
+    let first = match conn.watch(serving.first_request, serving.idle) {
+        conn::Watch::At(t) => t,
+        _ => tokio::time::Instant::now().into_std(),
+    };
+    let timer = tokio::time::sleep_until(first.into());
+    let mut timer = std::pin::pin!(timer);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            ended = http.as_mut() => {
+                if let Err(e) = ended {
+                    let header_timeout = e
+                        .downcast_ref::<hyper::Error>()
+                        .is_some_and(hyper::Error::is_timeout);
+                    if header_timeout && !closing {
+                        serving.timed_out("headers");
+                    }
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = conn.closed(), if !closing => {
+                closing = true;
+                http.as_mut().graceful_shutdown();
+                timer.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+            }
+            () = &mut timer => {
+                let now = tokio::time::Instant::now();
+                if closing {
+                    if !conn.busy() {
+                        return;
+                    }
+                    timer.as_mut().reset(now + CLOSE_GRACE);
+                    continue;
+                }
+                match conn.watch(serving.first_request, serving.idle) {
+                    conn::Watch::At(t) => timer.as_mut().reset(t.into()),
+                    expired => {
+                        serving.timed_out(match expired {
+                            conn::Watch::NoRequest => "first_request",
+                            _ => "idle",
+                        });
+                        tracing::debug!(%peer, "closing an idle connection");
+                        closing = true;
+                        http.as_mut().graceful_shutdown();
+                        timer.as_mut().reset(now + CLOSE_GRACE);
+                    }
+                }
+            }
+        }
     }
-    drop(slot);
 }
 
 #[cfg(test)]

@@ -14,14 +14,30 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
-/// Why a request was refused by a defence that has several reasons.
+/// Why a request or connection was refused by a defence that has several reasons
+/// (for connections: `capacity`, the server was full, or `per_client`, its client
+/// address or /64 was).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Which deadline closed a connection: `tls_handshake`, `first_request` (no request
+/// started in time: silence, an HTTP/2 preface alone), `headers` (an HTTP/1 request head,
+/// or the next one on a keep-alive connection, not complete in time), `idle` (no request
+/// in flight for the idle timeout).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub connections_open: Gauge,
+    pub connections_accepted: Counter,
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    pub connections_evicted: Family<ReasonLabels, Counter>,
+    pub connections_timed_out: Family<StageLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
@@ -115,9 +131,44 @@ impl Default for Metrics {
             "Management API requests refused for their credential: a token without the management scope, an anonymous token",
             api_refused.clone(),
         );
+        let connections_open = Gauge::default();
+        let connections_accepted = Counter::default();
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        let connections_evicted = Family::<ReasonLabels, Counter>::default();
+        let connections_timed_out = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "connections_open",
+            "Connections this process holds open (counted against max_connections)",
+            connections_open.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Connections accepted",
+            connections_accepted.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "New connections closed at once because every connection of the server (capacity) or of the client (per_client) was busy",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "connections_evicted",
+            "Idle connections closed to make room for a new one, by the limit that was reached",
+            connections_evicted.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Connections closed by a deadline, by stage",
+            connections_timed_out.clone(),
+        );
         Metrics {
             tokens_refused,
             api_refused,
+            connections_open,
+            connections_accepted,
+            connections_refused,
+            connections_evicted,
+            connections_timed_out,
             login_failures,
             tokens_issued,
             audit,

@@ -997,47 +997,6 @@ async fn slow_clients_do_not_starve_others() {
 }
 
 #[tokio::test]
-async fn connection_limit_closes_the_excess_and_recovers() {
-    use tokio::io::AsyncReadExt;
-    let s = start_server(
-        RegistryConfig::default(),
-        ServerConfig {
-            header_read_timeout: Duration::from_secs(1),
-            max_connections: 8,
-            ..ServerConfig::default()
-        },
-    )
-    .await;
-    let addr = s.base.trim_start_matches("http://").to_owned();
-    let mut held = Vec::new();
-    for _ in 0..8 {
-        held.push(
-            tokio::net::TcpStream::connect(&addr)
-                .await
-                .expect("connect"),
-        );
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut extra = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf))
-        .await
-        .expect("excess connection closed at once")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "the ninth connection is closed");
-    drop(held);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = s.call(Method::GET, "/v2/").await;
-    assert_eq!(
-        r.status(),
-        StatusCode::OK,
-        "slots come back when connections end"
-    );
-}
-
-#[tokio::test]
 async fn shutdown_lets_in_flight_uploads_finish() {
     let s = start().await;
     let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();

@@ -239,10 +239,19 @@ pub struct LimitsConfig {
     pub max_manifest_bytes: u64,
     /// Largest blob accepted (bytes); 0 means no limit.
     pub max_blob_bytes: u64,
-    /// Seconds a client may take to send its request headers.
+    /// Seconds a client may take to send its request headers; also the deadline for a
+    /// TLS handshake and, on a new connection, for its first request.
     pub header_read_timeout_secs: u64,
-    /// Connections served at once.
+    /// Connections open at once (per replica). At the limit a new connection evicts the
+    /// one idle the longest; it is refused only when every connection is busy.
     pub max_connections: usize,
+    /// Connections open at once from one client address (IPv6: one /64), per replica;
+    /// `[security] trusted_proxies` are exempt. 0: no cap.
+    pub max_connections_per_client: usize,
+    /// Seconds a connection may stay open with no request in flight (HTTP/2: no open
+    /// stream) before it is closed. HTTP/1 keep-alive closes sooner, at
+    /// `header_read_timeout_secs`.
+    pub idle_timeout_secs: u64,
     /// Most entries per tags or catalog page.
     pub max_page: u64,
 }
@@ -254,6 +263,8 @@ impl Default for LimitsConfig {
             max_blob_bytes: 0,
             header_read_timeout_secs: 10,
             max_connections: 4096,
+            max_connections_per_client: 256,
+            idle_timeout_secs: 60,
             max_page: 10_000,
         }
     }
@@ -891,7 +902,7 @@ mod tests {
         );
         for bad in [
             "[[upstream]]\nname = \"Docker.io\"",
-            "[[upstream]]\nname = \"localhost:5000\"",
+            "[[upstream]]\nname = \"localhost:\"",
             "[[upstream]]\nname = \"a\"\n[[upstream]]\nname = \"a\"",
             "[[upstream]]\nname = \"a\"\npassword = \"p\"",
         ] {
@@ -973,5 +984,17 @@ mod tests {
         assert_eq!(a.failures_before_delay, 3);
         assert_eq!(a.max_login_delay, std::time::Duration::from_millis(1500));
         assert_eq!(a.password_threads, 2);
+    }
+
+    #[test]
+    fn connection_limits_parse_with_defaults() {
+        let c: Config = toml::from_str("").expect("empty");
+        assert_eq!(c.limits.max_connections_per_client, 256);
+        assert_eq!(c.limits.idle_timeout_secs, 60);
+        let c: Config =
+            toml::from_str("[limits]\nmax_connections_per_client = 0\nidle_timeout_secs = 5")
+                .expect("parse");
+        assert_eq!(c.limits.max_connections_per_client, 0);
+        assert_eq!(c.limits.idle_timeout_secs, 5);
     }
 }

@@ -123,8 +123,8 @@ mod tests {
         let text = t.render();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
-        assert_eq!(lines[0], "NAME             ADMIN  CREATED");
-        assert_eq!(lines[1], "alice            yes    2026-01-01T00:00:00Z");
+        assert_eq!(lines[0], "NAME            ADMIN  CREATED");
+        assert_eq!(lines[1], "alice           yes    2026-01-01T00:00:00Z");
         assert_eq!(lines[2], "evil\\n3\\tadmin  no     -");
     }
 }
