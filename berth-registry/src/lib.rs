@@ -401,13 +401,16 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::error::Error + Send + Sync + 'static,
     {
-        self.append_chunk(repo, id, content_range, length, body, None)
+        // Tenants without a quota pay this one lookup; the others stream only reserved bytes.
+        let limited = self.meta.quota_of(repo.as_str()).await?.is_some();
+        self.append_chunk(repo, id, content_range, length, body, limited, None)
             .await
     }
 
     /// [`Registry::upload_chunk`] for a PATCH (`completes: None`), or for the last chunk of
     /// an upload that completes as `completes`: such a chunk needs no room up to the size of
-    /// a blob of that digest the tenant already counts.
+    /// a blob of that digest the tenant already counts. `limited`: the tenant has a quota.
+    #[allow(clippy::too_many_arguments)]
     async fn append_chunk<S, E>(
         &self,
         repo: &RepoName,
@@ -415,6 +418,7 @@ impl Registry {
         content_range: Option<(u64, u64)>,
         length: Option<u64>,
         body: S,
+        limited: bool,
         completes: Option<&Digest>,
     ) -> Result<UploadStatus>
     where
@@ -428,8 +432,7 @@ impl Registry {
             return Err(RegistryError::ChunkOutOfOrder { offset: u.size });
         }
         let mut state = HashState::from_bytes(&u.hash_state)?;
-        // Tenants without a quota pay one lookup; the others stream only reserved bytes.
-        let (new_size, reserved) = if self.meta.quota_of(repo.as_str()).await?.is_none() {
+        let (new_size, reserved) = if !limited {
             let n = self
                 .blobs
                 .append_upload(id, u.size, &mut state, body, self.config.max_blob_bytes)
@@ -493,16 +496,49 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::error::Error + Send + Sync + 'static,
     {
+        let limited = self.meta.quota_of(repo.as_str()).await?.is_some();
+        self.complete(
+            repo,
+            id,
+            digest,
+            content_range,
+            length,
+            body,
+            actor,
+            limited,
+        )
+        .await
+    }
+
+    /// [`Registry::complete_upload`]; `limited`: the tenant has a quota.
+    #[allow(clippy::too_many_arguments)]
+    async fn complete<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        content_range: Option<(u64, u64)>,
+        length: Option<u64>,
+        body: S,
+        actor: &Actor,
+        limited: bool,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let status = self
-            .append_chunk(repo, id, content_range, length, body, Some(digest))
+            .append_chunk(repo, id, content_range, length, body, limited, Some(digest))
             .await?;
         let u = self.session(repo, id).await?;
         let state = HashState::from_bytes(&u.hash_state)?;
-        // Asked before the bytes move into `blobs/`: refused bytes never land there.
-        if let Some(q) = self
-            .meta
-            .admit_blob(repo.as_str(), digest.as_str(), status.offset, Some(id))
-            .await?
+        // Asked before the bytes move into `blobs/`: refused bytes never land there. (A
+        // quota set since `limited` was read is still decided by the link.)
+        if limited
+            && let Some(q) = self
+                .meta
+                .admit_blob(repo.as_str(), digest.as_str(), status.offset, Some(id))
+                .await?
         {
             self.discard_upload(id).await;
             return Err(self.over_quota_cancelled(quota::Refused::Blob, q));
@@ -551,7 +587,7 @@ impl Registry {
             // quota as they stream, like a chunked upload's.
             let s = self.start_upload(repo).await?;
             let put = self
-                .complete_upload(repo, &s.id, digest, None, length, body, actor)
+                .complete(repo, &s.id, digest, None, length, body, actor, true)
                 .await;
             if put.is_err() {
                 self.discard_upload(&s.id).await;
