@@ -83,6 +83,13 @@ pub enum Reservation {
     UnknownUpload,
 }
 
+/// What a tenant's quota leaves for a write.
+enum Room {
+    /// The write fits; this much room was left before it.
+    Fits(u64),
+    Over(QuotaExceeded),
+}
+
 /// Which kind of content a quota decision is about, for "already counted" checks.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Counted {
@@ -119,6 +126,132 @@ impl MetaStore {
             manifests: to_u64(row.try_get(1)?),
             uploads: to_u64(row.try_get(2)?),
         })
+    }
+
+    /// The open sessions part of a tenant's usage (cheap: sessions are few).
+    async fn sessions_in<'e, E>(exec: E, tenant: &str, except_upload: Option<&str>) -> Result<u64>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        let (filter, [lo, hi]) = tenant_filter(tenant, 1);
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(u.size + u.reserved), 0) AS BIGINT) FROM uploads u \
+             JOIN repositories r ON r.id = u.repo_id WHERE {filter} AND u.id <> $3"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(lo)
+            .bind(hi)
+            .bind(except_upload.unwrap_or(""))
+            .fetch_one(exec)
+            .await?;
+        Ok(to_u64(row.try_get(0)?))
+    }
+
+    /// The tenant's quota and content bound (see [`MetaStore::room_for`]), if it has a
+    /// quota.
+    async fn quota_and_bound<'e, E>(
+        &self,
+        exec: E,
+        tenant: &str,
+        lock: bool,
+    ) -> Result<Option<(u64, Option<u64>)>>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        let sql = format!(
+            "SELECT quota_bytes, content_bound FROM tenants WHERE name = $1{}",
+            if lock { self.lock_clause() } else { "" }
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant)
+            .fetch_optional(exec)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let Some(quota) = row.try_get::<Option<i64>, _>(0)?.map(to_u64) else {
+            return Ok(None);
+        };
+        Ok(Some((quota, row.try_get::<Option<i64>, _>(1)?.map(to_u64))))
+    }
+
+    /// Whether `size` more bytes fit the tenant's quota, decided under its row's lock
+    /// (taken here, after a first unlocked look: a tenant without a quota takes no lock).
+    /// `content`: the bytes are a blob or manifest the tenant does not count yet (added to
+    /// the content bound when they fit); otherwise they are room for an upload session.
+    ///
+    /// The tenant's row keeps `content_bound`, an upper bound of its content usage (blobs
+    /// and manifests): every decision that adds content holds the lock and adds to it, and
+    /// nothing that removes content touches it, so it only errs high. A decision that fits
+    /// under the bound plus the live sessions needs no sum over the tenant's content; one
+    /// that does not fit recomputes the exact usage (and resets the bound to it) before it
+    /// refuses, so a refusal is always exact. Far from the quota a decision costs a few
+    /// index lookups; only near it does it cost O(blobs + manifests of the tenant).
+    async fn room_for(
+        &self,
+        tx: &mut Transaction<'static, sqlx::Any>,
+        tenant: &str,
+        (quota, bound): (u64, Option<u64>),
+        size: u64,
+        content: bool,
+        except_upload: Option<&str>,
+    ) -> Result<Room> {
+        if let Some(bound) = bound {
+            let sessions = Self::sessions_in(&mut **tx, tenant, except_upload).await?;
+            let used = bound.saturating_add(sessions);
+            if used.saturating_add(size) <= quota {
+                if content {
+                    self.set_bound(tx, tenant, bound.saturating_add(size))
+                        .await?;
+                }
+                return Ok(Room::Fits(quota - used));
+            }
+        }
+        let exact = Self::usage_in(&mut **tx, tenant, except_upload).await?;
+        let used = exact.total();
+        let fits = used.saturating_add(size) <= quota;
+        let added = if content && fits { size } else { 0 };
+        let bound = exact.blobs.saturating_add(exact.manifests);
+        self.set_bound(tx, tenant, bound.saturating_add(added))
+            .await?;
+        if !fits {
+            return Ok(Room::Over(QuotaExceeded {
+                tenant: tenant.to_owned(),
+                quota,
+                used,
+                size,
+            }));
+        }
+        Ok(Room::Fits(quota - used))
+    }
+
+    /// Locks the tenant's row if it has a quota, and reads the quota and content bound; a
+    /// first unlocked look spares tenants without a quota the lock. Everything a decision
+    /// reads about the tenant's content comes after this, under the lock.
+    async fn lock_quota(
+        &self,
+        tx: &mut Transaction<'static, sqlx::Any>,
+        tenant: &str,
+    ) -> Result<Option<(u64, Option<u64>)>> {
+        if self.quota_in(&mut **tx, tenant, false).await?.is_none() {
+            return Ok(None);
+        }
+        // Read again under the lock: the decision must see what the lock protects.
+        self.quota_and_bound(&mut **tx, tenant, true).await
+    }
+
+    async fn set_bound(
+        &self,
+        tx: &mut Transaction<'static, sqlx::Any>,
+        tenant: &str,
+        bound: u64,
+    ) -> Result<()> {
+        sqlx::query("UPDATE tenants SET content_bound = $1 WHERE name = $2")
+            .bind(to_i64(bound))
+            .bind(tenant)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     /// The tenant's quota, if it exists and has one; with `lock`, the row stays locked for
@@ -189,29 +322,20 @@ impl MetaStore {
         except_upload: Option<&str>,
     ) -> Result<Option<QuotaExceeded>> {
         let tenant = berth_auth::tenant_of(repo);
-        if self.quota_in(&mut **tx, tenant, false).await?.is_none() {
-            return Ok(None);
-        }
-        // Read again under the lock: the decision must see the quota the lock protects.
-        let Some(quota) = self.quota_in(&mut **tx, tenant, true).await? else {
+        let Some(quota) = self.lock_quota(tx, tenant).await? else {
             return Ok(None);
         };
         if Self::counted_in(&mut **tx, tenant, kind, digest).await? {
             // Counted already: another repository of the tenant has it.
             return Ok(None);
         }
-        let used = Self::usage_in(&mut **tx, tenant, except_upload)
+        match self
+            .room_for(tx, tenant, quota, size, true, except_upload)
             .await?
-            .total();
-        if used.saturating_add(size) > quota {
-            return Ok(Some(QuotaExceeded {
-                tenant: tenant.to_owned(),
-                quota,
-                used,
-                size,
-            }));
+        {
+            Room::Over(q) => Ok(Some(q)),
+            Room::Fits(_) => Ok(None),
         }
-        Ok(None)
     }
 
     /// Before an upload's bytes become the blob `digest`: `Some` if linking it to `repo`
@@ -228,11 +352,17 @@ impl MetaStore {
         upload: Option<&str>,
     ) -> Result<Option<QuotaExceeded>> {
         let tenant = berth_auth::tenant_of(repo);
-        let Some(quota) = self.quota_in(&self.pool, tenant, false).await? else {
+        let Some((quota, bound)) = self.quota_and_bound(&self.pool, tenant, false).await? else {
             return Ok(None);
         };
         if Self::counted_in(&self.pool, tenant, Counted::Blob, digest).await? {
             return Ok(None);
+        }
+        if let Some(bound) = bound {
+            let sessions = Self::sessions_in(&self.pool, tenant, upload).await?;
+            if bound.saturating_add(sessions).saturating_add(size) <= quota {
+                return Ok(None);
+            }
         }
         let used = Self::usage_in(&self.pool, tenant, upload).await?.total();
         Ok((used.saturating_add(size) > quota).then(|| QuotaExceeded {
@@ -274,20 +404,20 @@ impl MetaStore {
         };
         let repo: String = row.try_get(0)?;
         let tenant = berth_auth::tenant_of(&repo);
-        let Some(quota) = self.quota_in(&mut *tx, tenant, true).await? else {
+        let Some(quota) = self.lock_quota(&mut tx, tenant).await? else {
             return Ok(Reservation::Unlimited);
         };
-        let used = Self::usage_in(&mut *tx, tenant, None).await?.total();
-        let room = quota.saturating_sub(used);
-        if need > room {
-            tx.rollback().await?;
-            return Ok(Reservation::Refused(QuotaExceeded {
-                tenant: tenant.to_owned(),
-                quota,
-                used,
-                size: need,
-            }));
-        }
+        let room = match self
+            .room_for(&mut tx, tenant, quota, need, false, None)
+            .await?
+        {
+            Room::Over(q) => {
+                // Commit the bound the exact sum reset.
+                tx.commit().await?;
+                return Ok(Reservation::Refused(q));
+            }
+            Room::Fits(room) => room,
+        };
         let grant = want.min(room).max(need);
         sqlx::query("UPDATE uploads SET reserved = reserved + $1, updated_at = $2 WHERE id = $3")
             .bind(to_i64(grant))
@@ -356,9 +486,13 @@ impl MetaStore {
         bytes: Option<u64>,
         actor: &Actor,
     ) -> Result<bool> {
-        let q = sqlx::query("UPDATE tenants SET quota_bytes = $1 WHERE name = $2")
-            .bind(bytes.map(to_i64))
-            .bind(tenant);
+        // The content bound is kept only while a quota is set: content added meanwhile is
+        // in no bound, so the next decision sums the usage afresh.
+        let q = sqlx::query(
+            "UPDATE tenants SET quota_bytes = $1, content_bound = NULL WHERE name = $2",
+        )
+        .bind(bytes.map(to_i64))
+        .bind(tenant);
         let detail = bytes.map_or_else(|| "none".to_owned(), |b| b.to_string());
         let audit = Audited::new(actor, "tenant.quota", Some(tenant), tenant).detail(&detail);
         self.change_one(q, audit).await

@@ -1356,6 +1356,28 @@ async fn quota_counts_manifests_and_open_uploads(db: Db) {
     );
     assert_eq!(s.get_upload("u1").await.expect("get"), None);
 
+    // Room freed by a removal is found again: the decisions' content bound only errs high,
+    // and a decision it would refuse sums the usage afresh first.
+    let d4 = "sha256:4444444444444444444444444444444444444444444444444444444444444444";
+    let d5 = "sha256:5555555555555555555555555555555555555555555555555555555555555555";
+    assert_eq!(
+        s.link_blob("q/d", d4, 400, None, t).await.expect("link"),
+        Linked::Linked
+    );
+    assert!(matches!(
+        s.link_blob("q/d", d5, 400, None, t).await.expect("link"),
+        Linked::OverQuota(_)
+    ));
+    assert_eq!(
+        s.unlink_blob("q/d", d4, t).await.expect("unlink"),
+        Removal::Removed
+    );
+    assert_eq!(
+        s.link_blob("q/d", d5, 400, None, t).await.expect("link"),
+        Linked::Linked
+    );
+    assert_eq!(usage(s).await.blobs, 800);
+
     // Without a quota, sessions reserve nothing and nothing is refused.
     assert!(s.set_tenant_quota("q", None, t).await.expect("quota"));
     assert_eq!(
