@@ -12,11 +12,13 @@
 //! tenant, on any replica, are decided one after another against the usage the previous
 //! one left. Tenants without a quota cost one primary-key lookup and take no lock.
 //!
-//! Usage is computed, not maintained: O(blobs + manifests + sessions of the tenant) per
-//! decision, and only for tenants with a quota. A counter would have to follow every path
-//! that adds or removes a link, a manifest or a session (pushes, mounts, deletes, the
-//! collector's sweeps, cascades), each distinct per digest; one missed path would drift
-//! for ever, where a sum is right by construction.
+//! Sessions are summed live (they are few). Content (blobs and manifests) is checked
+//! against `tenants.content_bound`, an upper bound that only the adding decisions move
+//! (see [`MetaStore::room_for`]); the exact sum, O(blobs + manifests of the tenant), runs
+//! only when the bound cannot admit a write, so a refusal is always exact. An exact
+//! counter would have to follow every path that removes a link or a manifest (deletes,
+//! the collector's sweeps, cascades), distinct per digest; one missed path would drift for
+//! ever, where a bound errs only on the safe side.
 //!
 //! Also the run-time settings table (managed tag rules).
 
