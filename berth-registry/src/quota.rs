@@ -13,6 +13,11 @@
 //!   (`admit_blob`); the link checks again in its own transaction.
 //! - a monolithic upload of a tenant with a quota gets a session row of its own, so its
 //!   bytes are reserved the same way.
+//! - an upload that names a digest its tenant already links (a monolithic upload, or the
+//!   last chunk of a completion) needs no room up to that blob's size: pushing a shared
+//!   layer again into another repository brings nothing new. Its bytes stream unreserved
+//!   only while the request runs, and never past that size. A PATCH cannot know its
+//!   digest: a full tenant is refused there, and mounts the blob instead.
 
 use std::sync::Arc;
 
