@@ -26,6 +26,7 @@ pub use access::{AuditQuery, AuditRecord, RobotRow, TenantRow, UserChange, UserR
 pub use fsck::{BlobRow, DanglingRef, ManifestCursor, ManifestRow};
 pub use gc::{GcManifest, RepoGraph};
 pub use notify::Invalidation;
+pub use quota::{QuotaExceeded, Reservation, Usage};
 pub use tags::{SetTag, TagChange, TagEvent, TagGuard};
 
 /// Which engine a store runs on.
@@ -136,6 +137,8 @@ pub enum PutManifest {
         current: String,
         rule: String,
     },
+    /// The manifest's bytes would take the tenant past its quota; nothing was written.
+    OverQuota(QuotaExceeded),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,12 +154,7 @@ pub enum Linked {
     /// The blob is no longer stored (a mount raced a collection).
     Gone,
     /// The repository's tenant would exceed its quota; nothing was linked.
-    OverQuota {
-        tenant: String,
-        quota: u64,
-        used: u64,
-        size: u64,
-    },
+    OverQuota(QuotaExceeded),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +229,8 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0005_quota.sql"),
     include_str!("../migrations/sqlite/0006_settings.sql"),
     include_str!("../migrations/sqlite/0007_reserved_names.sql"),
+    include_str!("../migrations/sqlite/0008_upload_quota.sql"),
+    include_str!("../migrations/sqlite/0009_tags_covering.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -240,6 +240,8 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0005_quota.sql"),
     include_str!("../migrations/postgres/0006_settings.sql"),
     include_str!("../migrations/postgres/0007_reserved_names.sql"),
+    include_str!("../migrations/postgres/0008_upload_quota.sql"),
+    include_str!("../migrations/postgres/0009_tags_covering.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {
@@ -335,10 +337,14 @@ impl MetaStore {
         )
         .execute(&mut *tx)
         .await?;
-        let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM berth_schema")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
+        // Each step is applied unless its own row is there (not "everything above the
+        // highest"): a step added beside others, or rewound on purpose, is still applied.
+        let applied: std::collections::HashSet<i64> =
+            sqlx::query_scalar("SELECT version FROM berth_schema")
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
         let steps = match self.backend {
             Backend::Sqlite => SQLITE_SCHEMA,
             Backend::Postgres => POSTGRES_SCHEMA,
@@ -346,7 +352,7 @@ impl MetaStore {
         let mut renamed = Vec::new();
         for (i, sql) in steps.iter().enumerate() {
             let version = i as i64 + 1;
-            if version <= current {
+            if applied.contains(&version) {
                 continue;
             }
             let audit_before: i64 = if version == RESERVED_NAMES_MIGRATION {
@@ -510,23 +516,29 @@ impl MetaStore {
         .transpose()
     }
 
-    /// Moves an upload from `from` to `to` bytes. Returns false if another request moved it
-    /// first (the caller's data is then not acknowledged).
+    /// Moves an upload from `from` to `to` bytes, giving back the `reserved` bytes the
+    /// append had reserved (see [`MetaStore::reserve_upload`]): its bytes now count as the
+    /// session's size instead. Returns false if another request moved it first (the
+    /// caller's data is then not acknowledged, and its reservation is not given back).
     pub async fn advance_upload(
         &self,
         id: &str,
         from: u64,
         to: u64,
         hash_state: &[u8],
+        reserved: u64,
     ) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE uploads SET size = $1, hash_state = $2, updated_at = $3 WHERE id = $4 AND size = $5",
+            "UPDATE uploads SET size = $1, hash_state = $2, updated_at = $3, \
+             reserved = CASE WHEN reserved > $6 THEN reserved - $6 ELSE 0 END \
+             WHERE id = $4 AND size = $5",
         )
         .bind(to_i64(to))
         .bind(hash_state)
         .bind(now_micros())
         .bind(id)
         .bind(to_i64(from))
+        .bind(to_i64(reserved))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -552,7 +564,7 @@ impl MetaStore {
     // ---- blobs ----
 
     /// Records a verified blob and links it to `repo`; if `upload` is given, that session is
-    /// closed in the same transaction.
+    /// closed in the same transaction (its bytes, counted until now, become the blob's).
     pub async fn link_blob(
         &self,
         repo: &str,
@@ -564,9 +576,14 @@ impl MetaStore {
         let mut tx = self.write().await?;
         let repo_id = Self::ensure_repo_in(&mut tx, repo).await?;
         let now = now_micros();
-        if let Some(over) = self.over_quota(&mut tx, repo, digest, size).await? {
-            // The bytes are in place already: keep a row for them, unlinked, so garbage
-            // collection removes them; only the session and the link are refused.
+        let over = self
+            .over_quota(&mut tx, repo, quota::Counted::Blob, digest, size, upload)
+            .await?;
+        if let Some(over) = over {
+            // Only when the quota changed since the caller's `admit_blob`: the bytes are in
+            // place already. Keep a row for them, unlinked, so garbage collection removes
+            // them (deleting them here would race another tenant linking the same digest);
+            // only the session and the link are refused.
             sqlx::query("INSERT INTO blobs (digest, size, created_at, written_at) VALUES ($1, $2, $3, $3) ON CONFLICT (digest) DO NOTHING")
                 .bind(digest)
                 .bind(to_i64(size))
@@ -580,7 +597,7 @@ impl MetaStore {
                     .await?;
             }
             tx.commit().await?;
-            return Ok(over);
+            return Ok(Linked::OverQuota(over));
         }
         sqlx::query("INSERT INTO blobs (digest, size, created_at, written_at) VALUES ($1, $2, $3, $3) ON CONFLICT (digest) DO NOTHING")
             .bind(digest)
@@ -627,9 +644,12 @@ impl MetaStore {
             .await?
         {
             let size = to_u64(size.try_get(0)?);
-            if let Some(over) = self.over_quota(&mut tx, repo, digest, size).await? {
+            let over = self
+                .over_quota(&mut tx, repo, quota::Counted::Blob, digest, size, None)
+                .await?;
+            if let Some(over) = over {
                 tx.rollback().await?;
-                return Ok(over);
+                return Ok(Linked::OverQuota(over));
             }
         }
         let linked = sqlx::query(
@@ -778,6 +798,23 @@ impl MetaStore {
     ) -> Result<PutManifest> {
         let mut tx = self.write().await?;
         let repo_id = Self::ensure_repo_in(&mut tx, m.repo).await?;
+        // The tenant's row first (when it has a quota), as every quota decision locks it
+        // before the rows below.
+        let size = m.content.len() as u64;
+        let over = self
+            .over_quota(
+                &mut tx,
+                m.repo,
+                quota::Counted::Manifest,
+                m.digest,
+                size,
+                None,
+            )
+            .await?;
+        if let Some(over) = over {
+            tx.rollback().await?;
+            return Ok(PutManifest::OverQuota(over));
+        }
         // Locked in one order (blobs, then manifests, each by digest), the order garbage
         // collection locks in too, so the two never wait on each other in a cycle.
         let mut required: Vec<&ManifestRef> = m.refs.iter().filter(|r| r.required).collect();

@@ -3,8 +3,9 @@
 //! not optional: without the variable its tests fail, so a green run always means both.
 
 use berth_meta::{
-    Actor, AuditQuery, AuditRecord, ManifestCursor, ManifestRef, MetaStore, NewManifest,
-    PutManifest, RefKind, Removal, RobotRow, SetTag, TagChange, TagGuard, UserChange,
+    Actor, AuditQuery, AuditRecord, Linked, ManifestCursor, ManifestRef, MetaStore, NewManifest,
+    PutManifest, RefKind, Removal, Reservation, RobotRow, SetTag, TagChange, TagGuard, Usage,
+    UserChange,
 };
 
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -330,12 +331,12 @@ async fn uploads_advance_only_from_where_they_stand(db: Db) {
         ("r", 0, &b"state0"[..])
     );
     assert!(
-        s.advance_upload("u1", 0, 5, b"state5")
+        s.advance_upload("u1", 0, 5, b"state5", 0)
             .await
             .expect("advance")
     );
     assert!(
-        !s.advance_upload("u1", 0, 7, b"stale")
+        !s.advance_upload("u1", 0, 7, b"stale", 0)
             .await
             .expect("advance"),
         "lost race refused"
@@ -1179,7 +1180,7 @@ async fn reserved_users_are_renamed_and_disabled_by_the_migration(db: Db) {
         .expect("rewind the schema version");
     drop(conn);
     let s = MetaStore::connect(&db.url).await.expect("migrates");
-    assert_eq!(s.schema_version().await.expect("version"), (7, 7));
+    assert_eq!(s.schema_version().await.expect("version"), (9, 9));
     assert_eq!(s.user("anonymous").await.expect("get"), None);
     assert_eq!(s.user("cli").await.expect("get"), None);
     let users = s.users().await.expect("users");
@@ -1218,6 +1219,302 @@ async fn reserved_users_are_renamed_and_disabled_by_the_migration(db: Db) {
     s.close().await;
 }
 
+/// Repository names the quota must attribute exactly as `tenant_of` does: single segments
+/// (in `library`), `library/...` (in `library` too), nested names, and names whose first
+/// segment shares a prefix with a tenant or sorts right beside its range.
+const TRICKY_NAMES: &[&str] = &[
+    "stash",
+    "library",
+    "library/stash",
+    "library/a/b",
+    "library-x/y",
+    "library0/y",
+    "library.x/y",
+    "libraryz/y",
+    "a",
+    "a/b",
+    "a/b/c",
+    "a-b/c",
+    "a.b/c",
+    "a_b/c",
+    "a0/x",
+    "ab/c",
+    "team-a",
+    "team-a/app",
+    "team-a/x/y/z",
+    "team-ab/x",
+    "team-a-b/x",
+    "team-a0/x",
+    "team-a.b/x",
+    "team-a_b/x",
+    "stash/x",
+];
+
+/// More names, from a fixed pseudo-random walk over the characters names are made of,
+/// weighted towards the separators and the bytes around `/` in byte order ('.', '0').
+fn generated_names(n: usize) -> Vec<String> {
+    const ALPHABET: &[u8] = b"ab0.-_/ab/z9";
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out = Vec::new();
+    while out.len() < n {
+        let len = 1 + (next() % 10) as usize;
+        let name: String = (0..len)
+            .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize] as char)
+            .collect();
+        // Every segment non-empty, as in any name the API accepts.
+        if name.split('/').all(|seg| !seg.is_empty()) && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// The quota's SQL selection of a tenant's repositories is `tenant_of`, name for name:
+/// the listing it selects and the usage it sums agree with attributing every name through
+/// `berth_auth::tenant_of`.
+async fn quota_selection_agrees_with_tenant_of(db: Db) {
+    let s = &db.store;
+    let mut names: Vec<String> = TRICKY_NAMES.iter().map(|n| n.to_string()).collect();
+    for n in generated_names(150) {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    // Every first segment is a tenant (with a row, so its usage can be read), plus
+    // tenants that only share prefixes with names.
+    let mut tenants: Vec<String> = vec!["library".into(), "team-a".into(), "team".into()];
+    for n in &names {
+        let first = n.split('/').next().unwrap_or_default().to_owned();
+        if !tenants.contains(&first) {
+            tenants.push(first);
+        }
+    }
+    for t in &tenants {
+        s.create_tenant(t, false, &TESTER).await.expect("tenant");
+    }
+    // One blob per repository, of a size of its own.
+    let mut sizes = std::collections::BTreeMap::new();
+    for (i, n) in names.iter().enumerate() {
+        let size = 1000 + (i as u64) * 7919;
+        let digest = format!("sha256:{i:064x}");
+        s.link_blob(n, &digest, size, None, &TESTER)
+            .await
+            .expect("link");
+        sizes.insert(n.clone(), size);
+    }
+    for t in &tenants {
+        let mut expected: Vec<String> = names
+            .iter()
+            .filter(|n| berth_auth::tenant_of(n) == t.as_str())
+            .cloned()
+            .collect();
+        expected.sort();
+        let got = s.tenant_repositories(t).await.expect("selection");
+        assert_eq!(got, expected, "repositories of tenant {t}");
+        let sum: u64 = expected.iter().map(|n| sizes[n]).sum();
+        let (_, usage) = s.tenant_quota(t).await.expect("usage").expect("tenant");
+        assert_eq!(usage.blobs, sum, "usage of tenant {t}");
+    }
+    // The cases the issue names, spelled out.
+    let library = s.tenant_repositories("library").await.expect("library");
+    assert!(library.contains(&"library/stash".to_string()));
+    assert!(library.contains(&"stash".to_string()));
+    assert!(!library.contains(&"library-x/y".to_string()));
+    let team_a = s.tenant_repositories("team-a").await.expect("team-a");
+    assert_eq!(team_a, ["team-a/app", "team-a/x/y/z"]);
+}
+
+/// A manifest of exactly `content`, requiring nothing.
+fn m<'a>(repo: &'a str, digest: &'a str, content: &'a [u8]) -> NewManifest<'a> {
+    NewManifest {
+        content,
+        ..image(repo, digest, &[], None)
+    }
+}
+
+/// A tenant's usage is its distinct blobs, its distinct manifests, and its open upload
+/// sessions (acknowledged bytes and reservations); each is decided against the quota.
+async fn quota_counts_manifests_and_open_uploads(db: Db) {
+    let s = &db.store;
+    let t = &TESTER;
+    assert!(s.create_tenant("q", false, t).await.expect("tenant"));
+    assert!(s.set_tenant_quota("q", Some(1000), t).await.expect("quota"));
+    assert_eq!(s.quota_of("q/x").await.expect("quota"), Some(1000));
+    assert_eq!(s.quota_of("elsewhere/x").await.expect("quota"), None);
+    assert_eq!(s.quota_of("plain").await.expect("quota"), None);
+    let usage = |s: &MetaStore| {
+        let s = s.clone();
+        async move { s.tenant_quota("q").await.expect("usage").expect("tenant").1 }
+    };
+
+    assert_eq!(
+        s.link_blob("q/a", D1, 300, None, t).await.expect("link"),
+        Linked::Linked
+    );
+    // Manifests count by their bytes, each digest once per tenant.
+    let content = vec![b' '; 200];
+    assert_eq!(
+        s.put_manifest(&m("q/a", M1, &content)).await.expect("put"),
+        PutManifest::Stored
+    );
+    assert_eq!(
+        s.put_manifest(&m("q/b", M1, &content)).await.expect("put"),
+        PutManifest::Stored
+    );
+    assert_eq!(
+        usage(s).await,
+        Usage {
+            blobs: 300,
+            manifests: 200,
+            uploads: 0
+        }
+    );
+    let big = vec![b' '; 501];
+    let PutManifest::OverQuota(q) = s.put_manifest(&m("q/a", M2, &big)).await.expect("put") else {
+        panic!("a manifest past the quota must be refused");
+    };
+    assert_eq!(
+        (q.tenant.as_str(), q.quota, q.used, q.size),
+        ("q", 1000, 500, 501)
+    );
+    assert_eq!(s.get_manifest("q/a", M2).await.expect("get"), None);
+
+    // An open session counts its reservation while an append runs, then its size.
+    s.create_upload("u1", "q/c", b"st").await.expect("upload");
+    s.create_upload("u2", "q/c", b"st").await.expect("upload");
+    assert_eq!(
+        s.reserve_upload("u1", 100, 10_000).await.expect("reserve"),
+        Reservation::Granted(500),
+        "as much as wanted up to the room left, at least what is needed"
+    );
+    assert_eq!(usage(s).await.uploads, 500);
+    let Reservation::Refused(q) = s.reserve_upload("u2", 1, 1).await.expect("reserve") else {
+        panic!("no room left for a second session");
+    };
+    assert_eq!((q.used, q.size), (1000, 1));
+    // A manifest or a blob can no longer pass either.
+    let d3 = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+    assert!(matches!(
+        s.link_blob("q/c", d3, 1, None, t).await.expect("link"),
+        Linked::OverQuota(_)
+    ));
+    assert!(
+        s.advance_upload("u1", 0, 100, b"st", 500)
+            .await
+            .expect("advance")
+    );
+    assert_eq!(usage(s).await.uploads, 100);
+    assert_eq!(
+        s.reserve_upload("u2", 50, 50).await.expect("reserve"),
+        Reservation::Granted(50)
+    );
+    s.release_upload("u2", 50).await.expect("release");
+    assert_eq!(usage(s).await.uploads, 100);
+    assert_eq!(
+        s.reserve_upload("gone", 1, 1).await.expect("reserve"),
+        Reservation::UnknownUpload
+    );
+
+    // Before its bytes are placed, a session's blob is judged without the session itself.
+    assert_eq!(
+        s.admit_blob("q/c", D2, 500, Some("u1"))
+            .await
+            .expect("admit"),
+        None
+    );
+    let q = s
+        .admit_blob("q/c", D2, 501, Some("u1"))
+        .await
+        .expect("admit")
+        .expect("past the quota");
+    assert_eq!((q.used, q.size), (500, 501));
+    // Counted already (linked in another repository of the tenant): no room needed.
+    assert_eq!(
+        s.admit_blob("q/z", D1, 300, None).await.expect("admit"),
+        None
+    );
+    // The link closes the session: its bytes become the blob's.
+    assert_eq!(
+        s.link_blob("q/c", D2, 100, Some("u1"), t)
+            .await
+            .expect("link"),
+        Linked::Linked
+    );
+    assert_eq!(
+        usage(s).await,
+        Usage {
+            blobs: 400,
+            manifests: 200,
+            uploads: 0
+        }
+    );
+    assert_eq!(s.get_upload("u1").await.expect("get"), None);
+
+    // Room freed by a removal is found again: the decisions' content bound only errs high,
+    // and a decision it would refuse sums the usage afresh first.
+    let d4 = "sha256:4444444444444444444444444444444444444444444444444444444444444444";
+    let d5 = "sha256:5555555555555555555555555555555555555555555555555555555555555555";
+    assert_eq!(
+        s.link_blob("q/d", d4, 400, None, t).await.expect("link"),
+        Linked::Linked
+    );
+    assert!(matches!(
+        s.link_blob("q/d", d5, 400, None, t).await.expect("link"),
+        Linked::OverQuota(_)
+    ));
+    assert_eq!(
+        s.unlink_blob("q/d", d4, t).await.expect("unlink"),
+        Removal::Removed
+    );
+    assert_eq!(
+        s.link_blob("q/d", d5, 400, None, t).await.expect("link"),
+        Linked::Linked
+    );
+    assert_eq!(usage(s).await.blobs, 800);
+
+    // Without a quota, sessions reserve nothing and nothing is refused.
+    assert!(s.set_tenant_quota("q", None, t).await.expect("quota"));
+    assert_eq!(
+        s.reserve_upload("u2", 1 << 40, 1 << 40)
+            .await
+            .expect("reserve"),
+        Reservation::Unlimited
+    );
+    assert_eq!(
+        s.put_manifest(&m("q/a", M2, &big)).await.expect("put"),
+        PutManifest::Stored
+    );
+
+    // `library/stash` belongs to `library`, whose quota holds it.
+    assert!(
+        s.set_tenant_quota("library", Some(100), t)
+            .await
+            .expect("quota")
+    );
+    assert_eq!(
+        s.link_blob("library/stash", IDX, 100, None, t)
+            .await
+            .expect("link"),
+        Linked::Linked
+    );
+    let (_, lib) = s
+        .tenant_quota("library")
+        .await
+        .expect("q")
+        .expect("library");
+    assert_eq!(lib.blobs, 100);
+    assert!(matches!(
+        s.link_blob("stash", D2, 1, None, t).await.expect("link"),
+        Linked::OverQuota(_)
+    ));
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1250,4 +1547,6 @@ suite!(
     tag_history_records_every_change,
     concurrent_immutable_pushes_one_wins,
     reserved_users_are_renamed_and_disabled_by_the_migration,
+    quota_selection_agrees_with_tenant_of,
+    quota_counts_manifests_and_open_uploads,
 );

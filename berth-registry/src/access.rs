@@ -1169,9 +1169,12 @@ impl Access {
         self.changed(done, || format!("no tenant {name}"))
     }
 
-    /// A tenant's storage quota (`None`: unlimited) and usage in bytes; for its members
-    /// and admins.
-    pub async fn tenant_quota(&self, by: &Identity, tenant: &str) -> Result<(Option<u64>, u64)> {
+    /// A tenant's storage quota (`None`: unlimited) and usage; for its members and admins.
+    pub async fn tenant_quota(
+        &self,
+        by: &Identity,
+        tenant: &str,
+    ) -> Result<(Option<u64>, berth_meta::Usage)> {
         if !by.is_admin() && !by.grants.roles.contains_key(tenant) {
             return Err(RegistryError::Denied(
                 "this needs a member of the tenant or a global admin".into(),

@@ -39,6 +39,9 @@ pub enum RegistryError {
     /// Known identity, action not allowed.
     #[error("denied: {0}")]
     Denied(String),
+    /// The tenant's storage quota has no room for the write; answered like `Denied`.
+    #[error("denied: {0}")]
+    OverQuota(String),
     #[error("too many failed logins; retry in {retry_after_secs} s")]
     Throttled { retry_after_secs: u64 },
     /// Every password thread is busy and its queue full: a login flood is being shed.

@@ -377,7 +377,7 @@ mod tests {
     async fn push(reg: &Registry, repo: &RepoName, data: &'static [u8]) -> Digest {
         let digest = digest_of(berth_oci::Algorithm::Sha256, data);
         let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(data))]);
-        reg.put_blob(repo, &digest, body, &Actor::anonymous())
+        reg.put_blob(repo, &digest, None, body, &Actor::anonymous())
             .await
             .expect("push");
         digest

@@ -11,6 +11,7 @@ pub mod fsck;
 pub mod gc;
 mod login;
 mod proxy;
+mod quota;
 mod refs;
 pub mod replicate;
 pub mod retention;
@@ -145,22 +146,6 @@ struct Caches {
     pulls: TtlCache<()>,
 }
 
-/// A link refused for the tenant's quota is a `DENIED` naming the quota.
-pub(crate) fn linked(l: Linked) -> Result<()> {
-    match l {
-        Linked::Linked => Ok(()),
-        Linked::Gone => Err(RegistryError::BlobUnknown),
-        Linked::OverQuota {
-            tenant,
-            quota,
-            used,
-            size,
-        } => Err(RegistryError::Denied(format!(
-            "storage quota of tenant {tenant} exceeded: {used} of {quota} bytes used, this blob needs {size} more"
-        ))),
-    }
-}
-
 /// How often at most a manifest's pull time is written.
 const PULL_NOTE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -261,6 +246,21 @@ impl Registry {
         &self.blobs
     }
 
+    /// A link refused for the tenant's quota is a `DENIED` naming the quota. `placed`: the
+    /// bytes were moved into place before the link was refused (the quota was lowered
+    /// meanwhile); garbage collection removes them.
+    pub(crate) fn linked(&self, l: Linked, placed: bool) -> Result<()> {
+        match l {
+            Linked::Linked => Ok(()),
+            Linked::Gone => Err(RegistryError::BlobUnknown),
+            Linked::OverQuota(q) if placed => {
+                stats::bump(&self.stats().quota_orphaned_blobs, 1);
+                Err(self.over_quota_cancelled(quota::Refused::Blob, q))
+            }
+            Linked::OverQuota(q) => Err(self.over_quota(quota::Refused::Blob, q)),
+        }
+    }
+
     // ---- blobs ----
 
     /// Size of a blob linked to `repo`, checking that its bytes are really there.
@@ -357,7 +357,7 @@ impl Registry {
             .await?
         {
             Linked::Gone => Ok(false),
-            other => linked(other).map(|()| true),
+            other => self.linked(other, false).map(|()| true),
         }
     }
 
@@ -388,13 +388,40 @@ impl Registry {
     }
 
     /// Appends a chunk. `content_range` is the inclusive range the client says it sends;
-    /// it must start where the upload stands.
+    /// it must start where the upload stands. `length` is the body's announced length
+    /// (`Content-Length`), if any: within a quota, a body that cannot fit is refused before
+    /// a byte of it is read.
     pub async fn upload_chunk<S, E>(
         &self,
         repo: &RepoName,
         id: &str,
         content_range: Option<(u64, u64)>,
+        length: Option<u64>,
         body: S,
+    ) -> Result<UploadStatus>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        // Tenants without a quota pay this one lookup; the others stream only reserved bytes.
+        let limited = self.meta.quota_of(repo.as_str()).await?.is_some();
+        self.append_chunk(repo, id, content_range, length, body, limited, None)
+            .await
+    }
+
+    /// [`Registry::upload_chunk`] for a PATCH (`completes: None`), or for the last chunk of
+    /// an upload that completes as `completes`: such a chunk needs no room up to the size of
+    /// a blob of that digest the tenant already counts. `limited`: the tenant has a quota.
+    #[allow(clippy::too_many_arguments)]
+    async fn append_chunk<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        content_range: Option<(u64, u64)>,
+        length: Option<u64>,
+        body: S,
+        limited: bool,
+        completes: Option<&Digest>,
     ) -> Result<UploadStatus>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
@@ -407,24 +434,43 @@ impl Registry {
             return Err(RegistryError::ChunkOutOfOrder { offset: u.size });
         }
         let mut state = HashState::from_bytes(&u.hash_state)?;
-        let new_size = self
-            .blobs
-            .append_upload(id, u.size, &mut state, body, self.config.max_blob_bytes)
-            .await?;
+        let (new_size, reserved) = if !limited {
+            let n = self
+                .blobs
+                .append_upload(id, u.size, &mut state, body, self.config.max_blob_bytes)
+                .await?;
+            (n, 0)
+        } else {
+            let announced = content_range.map(|(start, end)| end - start + 1).or(length);
+            let (free, what) = match completes {
+                Some(d) => {
+                    let counted = self.meta.counted_blob(repo.as_str(), d.as_str()).await?;
+                    let free = counted.map_or(0, |n| n.saturating_sub(u.size));
+                    (free, quota::Refused::Blob)
+                }
+                None => (0, quota::Refused::Chunk),
+            };
+            self.append_within_quota(id, u.size, &mut state, body, announced, free, what)
+                .await?
+        };
         if let Some((start, end)) = content_range
             && new_size - u.size != end - start + 1
         {
+            self.release(id, reserved).await;
             return Err(RegistryError::UploadInvalid(format!(
                 "Content-Range {start}-{end} announced {} bytes, the body had {}",
                 end - start + 1,
                 new_size - u.size
             )));
         }
-        if !self
+        let advanced = self
             .meta
-            .advance_upload(id, u.size, new_size, &state.to_bytes())
-            .await?
-        {
+            .advance_upload(id, u.size, new_size, &state.to_bytes(), reserved)
+            .await;
+        if !matches!(advanced, Ok(true)) {
+            self.release(id, reserved).await;
+        }
+        if !advanced? {
             // Another request moved the session meanwhile; our bytes are not acknowledged.
             let now = self.session(repo, id).await?;
             return Err(RegistryError::ChunkOutOfOrder { offset: now.size });
@@ -436,12 +482,15 @@ impl Registry {
     }
 
     /// Closes an upload with its last (possibly empty) chunk and links the verified blob.
+    /// `content_range` and `length` as for [`Registry::upload_chunk`].
+    #[allow(clippy::too_many_arguments)]
     pub async fn complete_upload<S, E>(
         &self,
         repo: &RepoName,
         id: &str,
         digest: &Digest,
         content_range: Option<(u64, u64)>,
+        length: Option<u64>,
         body: S,
         actor: &Actor,
     ) -> Result<u64>
@@ -449,9 +498,53 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let status = self.upload_chunk(repo, id, content_range, body).await?;
+        let limited = self.meta.quota_of(repo.as_str()).await?.is_some();
+        self.complete(
+            repo,
+            id,
+            digest,
+            content_range,
+            length,
+            body,
+            actor,
+            limited,
+        )
+        .await
+    }
+
+    /// [`Registry::complete_upload`]; `limited`: the tenant has a quota.
+    #[allow(clippy::too_many_arguments)]
+    async fn complete<S, E>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        content_range: Option<(u64, u64)>,
+        length: Option<u64>,
+        body: S,
+        actor: &Actor,
+        limited: bool,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let status = self
+            .append_chunk(repo, id, content_range, length, body, limited, Some(digest))
+            .await?;
         let u = self.session(repo, id).await?;
         let state = HashState::from_bytes(&u.hash_state)?;
+        // Asked before the bytes move into `blobs/`: refused bytes never land there. (A
+        // quota set since `limited` was read is still decided by the link.)
+        if limited
+            && let Some(q) = self
+                .meta
+                .admit_blob(repo.as_str(), digest.as_str(), status.offset, Some(id))
+                .await?
+        {
+            self.discard_upload(id).await;
+            return Err(self.over_quota_cancelled(quota::Refused::Blob, q));
+        }
         match self.place_blob(id, status.offset, &state, digest).await {
             Ok(()) => {}
             Err(StorageError::DigestMismatch { expected, actual }) => {
@@ -462,26 +555,28 @@ impl Registry {
             Err(e) => return Err(e.into()),
         }
         failpoint(failpoint::BEFORE_BLOB_LINK)?;
-        linked(
-            self.meta
-                .link_blob(
-                    repo.as_str(),
-                    digest.as_str(),
-                    status.offset,
-                    Some(id),
-                    actor,
-                )
-                .await?,
-        )?;
+        let l = self
+            .meta
+            .link_blob(
+                repo.as_str(),
+                digest.as_str(),
+                status.offset,
+                Some(id),
+                actor,
+            )
+            .await?;
+        self.linked(l, true)?;
         failpoint(failpoint::AFTER_BLOB_LINK)?;
         Ok(status.offset)
     }
 
-    /// Uploads a whole blob in one request (`POST ?digest=` or a monolithic `PUT`).
+    /// Uploads a whole blob in one request (`POST ?digest=` or a monolithic `PUT`);
+    /// `length` is the body's announced length, if any (see [`Registry::upload_chunk`]).
     pub async fn put_blob<S, E>(
         &self,
         repo: &RepoName,
         digest: &Digest,
+        length: Option<u64>,
         body: S,
         actor: &Actor,
     ) -> Result<u64>
@@ -489,6 +584,18 @@ impl Registry {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::error::Error + Send + Sync + 'static,
     {
+        if self.meta.quota_of(repo.as_str()).await?.is_some() {
+            // A session row of its own, so the body's bytes are reserved against the
+            // quota as they stream, like a chunked upload's.
+            let s = self.start_upload(repo).await?;
+            let put = self
+                .complete(repo, &s.id, digest, None, length, body, actor, true)
+                .await;
+            if put.is_err() {
+                self.discard_upload(&s.id).await;
+            }
+            return put;
+        }
         // No session row: a crash leaves only a data file, which the stale-upload sweep
         // removes.
         let id = uuid::Uuid::new_v4().to_string();
@@ -511,11 +618,11 @@ impl Registry {
             }
         };
         failpoint(failpoint::BEFORE_BLOB_LINK)?;
-        linked(
-            self.meta
-                .link_blob(repo.as_str(), digest.as_str(), size, None, actor)
-                .await?,
-        )?;
+        let l = self
+            .meta
+            .link_blob(repo.as_str(), digest.as_str(), size, None, actor)
+            .await?;
+        self.linked(l, true)?;
         failpoint(failpoint::AFTER_BLOB_LINK)?;
         Ok(size)
     }
@@ -653,6 +760,7 @@ impl Registry {
             PutManifest::Immutable { tag, current, rule } => Err(RegistryError::Denied(format!(
                 "tag {tag} is immutable (rule: {rule}); it points at {current}"
             ))),
+            PutManifest::OverQuota(q) => Err(self.over_quota(quota::Refused::Manifest, q)),
         }
     }
 

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use berth_meta::{Actor, NewManifest, PutManifest};
 use berth_oci::manifest::parse_manifest;
 use berth_oci::{Digest, Reference, RepoName};
-use berth_storage::HashState;
 use berth_upstream::{FetchedManifest, Upstream, UpstreamConfig, UpstreamError};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -685,31 +684,15 @@ impl Registry {
         client: mpsc::Sender<std::io::Result<Bytes>>,
         lead: Lead<Shared<()>>,
     ) {
-        let id = uuid::Uuid::new_v4().to_string();
         let (store_tx, store_rx) = mpsc::channel::<berth_upstream::Result<Bytes>>(8);
+        // An ordinary monolithic upload: verified as it lands, within the cache tenant's
+        // quota if it has one, and removed again if anything fails.
         let store = async {
-            self.blobs.create_upload(&id).await?;
-            let mut state = HashState::new();
             let rx = futures_util::stream::unfold(store_rx, |mut rx| async move {
                 rx.recv().await.map(|item| (item, rx))
             });
-            let size = self
-                .blobs
-                .append_upload(&id, 0, &mut state, rx, self.config.max_blob_bytes)
-                .await?;
-            self.place_blob(&id, size, &state, digest).await?;
-            crate::linked(
-                self.meta
-                    .link_blob(
-                        repo.as_str(),
-                        digest.as_str(),
-                        size,
-                        None,
-                        &Actor::named(&format!("proxy:{upstream}")),
-                    )
-                    .await?,
-            )?;
-            Ok::<u64, RegistryError>(size)
+            let actor = Actor::named(&format!("proxy:{upstream}"));
+            self.put_blob(repo, digest, None, rx, &actor).await
         };
         let pump = async {
             let mut pending: Option<Bytes> = None;
@@ -741,9 +724,6 @@ impl Registry {
             }
             Err(e) => {
                 tracing::warn!(%repo, %digest, upstream, error = %e, "upstream blob not cached");
-                if let Err(e) = self.blobs.delete_upload(&id).await {
-                    tracing::warn!(error = %e, "removing the failed upload");
-                }
                 lead.land(Err(Arc::new(RegistryError::UpstreamFailed(format!(
                     "{upstream}: blob {digest} not stored: {e}"
                 )))));

@@ -19,13 +19,19 @@ pub struct Stats {
     pub retention_tags: AtomicU64,
     pub evicted: AtomicU64,
     pub audit_pruned: AtomicU64,
+    pub quota_refused_blobs: AtomicU64,
+    pub quota_refused_chunks: AtomicU64,
+    pub quota_refused_manifests: AtomicU64,
+    pub quota_orphaned_blobs: AtomicU64,
 }
 
 /// One counter as `/metrics` shows it: name (without the `berth_` prefix and `_total`
-/// suffix), help text and value.
+/// suffix), help text, an optional label, and value. Counters of one name (a family told
+/// apart by the label) come one after another.
 pub struct Counter {
     pub name: &'static str,
     pub help: &'static str,
+    pub label: Option<(&'static str, &'static str)>,
     pub value: u64,
 }
 
@@ -46,74 +52,111 @@ impl Registry {
             Counter {
                 name: "upstream_manifests_fetched",
                 help: "Manifests fetched from upstreams into the pull-through cache",
+                label: None,
                 value: get(&s.upstream_manifests),
             },
             Counter {
                 name: "upstream_blobs_fetched",
                 help: "Blobs fetched from upstreams into the pull-through cache",
+                label: None,
                 value: get(&s.upstream_blobs),
             },
             Counter {
                 name: "upstream_failures",
                 help: "Upstream requests that failed (unreachable, timeout, 5xx, 429)",
+                label: None,
                 value: get(&s.upstream_failures),
             },
             Counter {
                 name: "upstream_stale_served",
                 help: "Cached tags served with a Warning because their upstream was unavailable",
+                label: None,
                 value: get(&s.stale_served),
             },
             Counter {
                 name: "gc_runs",
                 help: "Garbage collections finished",
+                label: None,
                 value: get(&s.gc_runs),
             },
             Counter {
                 name: "gc_manifests_deleted",
                 help: "Manifests deleted by garbage collection",
+                label: None,
                 value: get(&s.gc_manifests),
             },
             Counter {
                 name: "gc_blobs_deleted",
                 help: "Blobs whose bytes garbage collection deleted",
+                label: None,
                 value: get(&s.gc_blobs),
             },
             Counter {
                 name: "gc_freed_bytes",
                 help: "Bytes garbage collection freed",
+                label: None,
                 value: get(&s.gc_bytes),
             },
             Counter {
                 name: "retention_tags_deleted",
                 help: "Tags deleted by retention policies",
+                label: None,
                 value: get(&s.retention_tags),
             },
             Counter {
                 name: "cache_manifests_evicted",
                 help: "Cached manifests evicted from pull-through caches",
+                label: None,
                 value: get(&s.evicted),
             },
             Counter {
                 name: "audit_records_pruned",
                 help: "Audit rows deleted for being older than [audit] keep_days",
+                label: None,
                 value: get(&s.audit_pruned),
             },
         ];
+        let refusals = "Writes refused by a tenant's storage quota, by request (blob: a \
+            monolithic upload, an upload's completion or a mount; chunk: a PATCH to an upload \
+            session, refused before the bytes past the quota were written; manifest: a \
+            manifest PUT)";
+        for (what, c) in [
+            ("blob", &s.quota_refused_blobs),
+            ("chunk", &s.quota_refused_chunks),
+            ("manifest", &s.quota_refused_manifests),
+        ] {
+            out.push(Counter {
+                name: "quota_refusals",
+                help: refusals,
+                label: Some(("what", what)),
+                value: get(c),
+            });
+        }
+        out.push(Counter {
+            name: "quota_orphaned_blobs",
+            help: "Blobs whose bytes were placed before their link was refused because the \
+                quota was lowered meanwhile; garbage collection removes them",
+            label: None,
+            value: get(&s.quota_orphaned_blobs),
+        });
         if let Some(r) = self.replication_stats() {
             out.extend([
                 Counter {
                     name: "replication_copied",
                     help: "Manifests copied to every matching replication target",
+                    label: None,
                     value: get(&r.replicated),
                 },
                 Counter {
                     name: "replication_failed",
                     help: "Replication jobs given up after their last attempt",
+                    label: None,
                     value: get(&r.failed),
                 },
                 Counter {
                     name: "replication_dropped",
                     help: "Pushes not replicated because the queue was full",
+                    label: None,
                     value: get(&r.dropped),
                 },
             ]);

@@ -49,7 +49,8 @@ fn sha(data: &[u8]) -> Digest {
 async fn blob(r: &Registry, repo: &RepoName, data: &[u8]) -> Result<Digest, RegistryError> {
     let d = sha(data);
     let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::copy_from_slice(data))]);
-    r.put_blob(repo, &d, body, &Actor::anonymous()).await?;
+    r.put_blob(repo, &d, None, body, &Actor::anonymous())
+        .await?;
     Ok(d)
 }
 

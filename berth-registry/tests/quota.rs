@@ -1,22 +1,64 @@
-//! Storage quotas per tenant, on SQLite and on PostgreSQL (`BERTH_TEST_POSTGRES_URL`):
-//! shared blobs count once, a push past the quota is refused naming it and leaves nothing
-//! linked, and concurrent pushes through two replicas never overshoot.
+//! Storage quotas per tenant, on SQLite and on PostgreSQL (`BERTH_TEST_POSTGRES_URL`),
+//! with blobs on the filesystem and on S3 (`BERTH_TEST_S3_URL`): shared blobs count once, a
+//! push past the quota is refused naming it and leaves nothing linked and no bytes under
+//! `blobs/`, and concurrent pushes through two replicas never overshoot, whether their
+//! lengths are announced or not.
 
 mod common;
 
-use std::time::Duration;
-
-use berth_meta::MetaStore;
+use berth_meta::{MetaStore, Usage};
 use berth_oci::{Digest, RepoName};
-use berth_registry::gc::GcOptions;
 use berth_registry::{Actor, Registry, RegistryConfig, RegistryError};
-use berth_storage::{BlobStore, FsStore};
+use berth_storage::{BlobStore, FsStore, S3Config, S3Credentials, S3Store, ScanEntry};
 use bytes::Bytes;
 
 async fn replica(dir: &std::path::Path, url: &str) -> Registry {
     let blobs = BlobStore::Fs(FsStore::new(dir).await.expect("fs store"));
     let meta = MetaStore::connect(url).await.expect("metadata store");
     Registry::new(blobs, meta, RegistryConfig::default())
+}
+
+/// A replica on `blobs` (shared by the replicas of a test) and the metadata at `url`.
+async fn replica_on(blobs: &BlobStore, url: &str) -> Registry {
+    let meta = MetaStore::connect(url).await.expect("metadata store");
+    Registry::new(blobs.clone(), meta, RegistryConfig::default())
+}
+
+async fn blob_store(s3: bool, dir: &std::path::Path) -> BlobStore {
+    if !s3 {
+        return BlobStore::Fs(FsStore::new(dir).await.expect("fs store"));
+    }
+    let config = S3Config {
+        endpoint: std::env::var("BERTH_TEST_S3_URL")
+            .expect("BERTH_TEST_S3_URL must point at an S3 server (scripts/start-s3.sh)"),
+        bucket: std::env::var("BERTH_TEST_S3_BUCKET").unwrap_or_else(|_| "berth-test".into()),
+        region: "us-east-1".into(),
+        prefix: format!("quota-{}/", uuid::Uuid::new_v4()),
+        credentials: S3Credentials {
+            access_key_id: "berth-test".into(),
+            secret_access_key: "berth-test-secret".into(),
+            session_token: None,
+        },
+        path_style: true,
+        redirect_expiry: None,
+    };
+    BlobStore::S3(S3Store::new(config).await.expect("S3 store"))
+}
+
+/// Every digest under `blobs/`, from the store's own listing.
+async fn stored(blobs: &BlobStore) -> Vec<Digest> {
+    let mut scan = blobs.scan_blobs();
+    let mut out = Vec::new();
+    while let Some(batch) = scan.next_batch().await.expect("list") {
+        for e in batch {
+            match e {
+                ScanEntry::Blob { digest, .. } => out.push(digest),
+                ScanEntry::Stray { path } => panic!("stray {path}"),
+            }
+        }
+    }
+    out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    out
 }
 
 fn repo(name: &str) -> RepoName {
@@ -28,20 +70,48 @@ fn sha(data: &[u8]) -> Digest {
 }
 
 async fn push(r: &Registry, repo: &RepoName, data: &[u8]) -> Result<u64, RegistryError> {
+    push_as(r, repo, data, true).await
+}
+
+/// A monolithic push; `announced`: with its length, as a request with a Content-Length.
+async fn push_as(
+    r: &Registry,
+    repo: &RepoName,
+    data: &[u8],
+    announced: bool,
+) -> Result<u64, RegistryError> {
     let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::copy_from_slice(data))]);
-    r.put_blob(repo, &sha(data), body, &Actor::anonymous())
+    let length = announced.then_some(data.len() as u64);
+    r.put_blob(repo, &sha(data), length, body, &Actor::anonymous())
         .await
 }
 
-async fn quotas(postgres: bool) {
+async fn used(meta: &MetaStore) -> Usage {
+    meta.tenant_quota("team")
+        .await
+        .expect("usage")
+        .expect("tenant")
+        .1
+}
+
+fn blobs_only(n: u64) -> Usage {
+    Usage {
+        blobs: n,
+        manifests: 0,
+        uploads: 0,
+    }
+}
+
+async fn quotas(postgres: bool, s3: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = if postgres {
         common::postgres_url().await
     } else {
         format!("sqlite:{}", dir.path().join("meta.db").display())
     };
-    let a = replica(dir.path(), &url).await;
-    let b = replica(dir.path(), &url).await;
+    let store = blob_store(s3, dir.path()).await;
+    let a = replica_on(&store, &url).await;
+    let b = replica_on(&store, &url).await;
     let admin = Actor::named("admin");
     let meta = a.meta();
     assert!(
@@ -63,86 +133,79 @@ async fn quotas(postgres: bool) {
     push(&b, &repo("team/two"), &big)
         .await
         .expect("shared blob");
-    assert_eq!(
-        meta.tenant_quota("team").await.expect("usage"),
-        Some((Some(1000), 600))
-    );
+    assert_eq!(used(meta).await, blobs_only(600));
 
     let over = vec![2u8; 500];
-    let err = push(&a, &repo("team/two"), &over)
-        .await
-        .expect_err("over the quota");
-    let RegistryError::Denied(msg) = &err else {
-        panic!("expected DENIED, got {err:?}");
-    };
-    assert!(
-        msg.contains("quota of tenant team") && msg.contains("600 of 1000"),
-        "{msg}"
-    );
-    // Nothing linked, nothing counted.
+    for announced in [true, false] {
+        let err = push_as(&a, &repo("team/two"), &over, announced)
+            .await
+            .expect_err("over the quota");
+        let RegistryError::OverQuota(msg) = &err else {
+            panic!("expected a quota refusal, got {err:?}");
+        };
+        assert!(
+            msg.contains("quota of tenant team") && msg.contains("600 of 1000"),
+            "{msg}"
+        );
+    }
+    // Nothing linked, nothing counted, no bytes placed.
     assert!(matches!(
         a.stat_blob(&repo("team/two"), &sha(&over)).await,
         Err(RegistryError::BlobUnknown)
     ));
-    assert_eq!(
-        meta.tenant_quota("team").await.expect("usage"),
-        Some((Some(1000), 600))
-    );
+    assert_eq!(used(meta).await, blobs_only(600));
+    assert_eq!(stored(&store).await, [sha(&big)]);
     // Other tenants are not bound by it; a mount into the tenant counts like a push.
     push(&a, &repo("other/x"), &over)
         .await
         .expect("no quota there");
-    assert!(
+    assert!(matches!(
         a.mount_blob(&repo("team/three"), &sha(&over), &repo("other/x"), &admin)
-            .await
-            .is_err()
-    );
+            .await,
+        Err(RegistryError::OverQuota(_))
+    ));
 
-    // Concurrent pushes through both replicas: 300-byte blobs into the 400 bytes left.
+    // Concurrent pushes through both replicas, half with their length announced and half
+    // streamed: 300-byte blobs into the 400 bytes left.
     let mut tasks = Vec::new();
     for i in 0..8u8 {
         let r = if i % 2 == 0 { a.clone() } else { b.clone() };
         tasks.push(tokio::spawn(async move {
-            push(&r, &repo("team/race"), &vec![10 + i; 300]).await
+            push_as(&r, &repo("team/race"), &vec![10 + i; 300], i < 4).await
         }));
     }
     let mut won = 0;
     for t in tasks {
         match t.await.expect("task") {
             Ok(_) => won += 1,
-            Err(RegistryError::Denied(_)) => {}
+            Err(RegistryError::OverQuota(_)) => {}
             Err(e) => panic!("unexpected {e:?}"),
         }
     }
     assert_eq!(won, 1, "400 bytes left fit exactly one 300-byte blob");
-    assert_eq!(
-        meta.tenant_quota("team").await.expect("usage"),
-        Some((Some(1000), 900))
-    );
+    assert_eq!(used(meta).await, blobs_only(900));
 
-    // The refused bytes were stored before the link was refused: they are garbage, and
-    // the next collection removes them.
-    let mut refused = Vec::new();
+    // The refused bytes were never placed: `blobs/` holds what is linked, and nothing of
+    // the refused uploads is left.
+    let mut expected = vec![sha(&big), sha(&over)];
     for i in 0..8u8 {
         let d = sha(&vec![10 + i; 300]);
-        if a.stat_blob(&repo("team/race"), &d).await.is_err() {
-            assert!(a.blobs().stat(&d).await.expect("stat").is_some());
-            refused.push(d);
+        match a.stat_blob(&repo("team/race"), &d).await {
+            Ok(_) => expected.push(d),
+            Err(_) => assert_eq!(a.blobs().stat(&d).await.expect("stat"), None, "{d}"),
         }
     }
-    assert_eq!(refused.len(), 7);
-    a.collect_garbage(
-        &GcOptions {
-            dry_run: false,
-            grace: Duration::ZERO,
-            rollback_window: Duration::ZERO,
-        },
-        &|_| {},
-    )
-    .await
-    .expect("gc");
-    for d in &refused {
-        assert_eq!(a.blobs().stat(d).await.expect("stat"), None, "{d}");
+    expected.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    assert_eq!(stored(&store).await, expected);
+    match &store {
+        BlobStore::Fs(_) => {
+            let left = std::fs::read_dir(dir.path().join("uploads")).expect("uploads");
+            assert_eq!(left.count(), 0, "uploads/");
+        }
+        BlobStore::S3(s) => {
+            assert!(s.list_raw("uploads/").await.expect("list").is_empty());
+            assert_eq!(s.pending_multipart_uploads().await.expect("multipart"), 0);
+        }
     }
 
     // Lifting the quota lets the push through.
@@ -158,12 +221,108 @@ async fn quotas(postgres: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_sqlite() {
-    quotas(false).await;
+    quotas(false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_postgres() {
-    quotas(true).await;
+    quotas(true, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_sqlite_s3() {
+    quotas(false, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_postgres_s3() {
+    quotas(true, true).await;
+}
+
+/// Chunked uploads racing through two replicas for the same room: each PATCH streams
+/// only bytes its session reserved, so of eight 300-byte chunks into 400 bytes of room
+/// exactly one is accepted, the others are refused and their sessions cancelled, and the
+/// sessions' bytes count while they are open.
+async fn chunked_uploads_race_for_the_room(postgres: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = if postgres {
+        common::postgres_url().await
+    } else {
+        format!("sqlite:{}", dir.path().join("meta.db").display())
+    };
+    let a = replica(dir.path(), &url).await;
+    let b = replica(dir.path(), &url).await;
+    let admin = Actor::named("admin");
+    let meta = a.meta();
+    assert!(
+        meta.create_tenant("team", false, &admin)
+            .await
+            .expect("tenant")
+    );
+    assert!(
+        meta.set_tenant_quota("team", Some(400), &admin)
+            .await
+            .expect("quota")
+    );
+    let rp = repo("team/race");
+    let mut tasks = Vec::new();
+    for i in 0..8u8 {
+        let r = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let rp = rp.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = r.start_upload(&rp).await.expect("session");
+            // Three frames of 100 bytes, length not announced.
+            let frames = (0..3).map(move |_| Ok::<_, std::io::Error>(Bytes::from(vec![i; 100])));
+            let body = futures_util::stream::iter(frames);
+            (
+                s.id.clone(),
+                r.upload_chunk(&rp, &s.id, None, None, body).await,
+            )
+        }));
+    }
+    let mut open = Vec::new();
+    for t in tasks {
+        let (id, out) = t.await.expect("task");
+        match out {
+            Ok(st) => {
+                assert_eq!(st.offset, 300);
+                open.push(id);
+            }
+            Err(RegistryError::OverQuota(_)) => {
+                assert!(matches!(
+                    a.upload_status(&rp, &id).await,
+                    Err(RegistryError::UploadUnknown)
+                ));
+            }
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(open.len(), 1, "400 bytes of room fit one 300-byte chunk");
+    assert_eq!(
+        used(meta).await,
+        Usage {
+            blobs: 0,
+            manifests: 0,
+            uploads: 300
+        },
+        "the open session counts, the refused ones do not"
+    );
+    // Only the open session's data is left under uploads/.
+    let left = std::fs::read_dir(dir.path().join("uploads")).expect("uploads");
+    assert_eq!(left.count(), 1);
+    // Cancelling it frees the room.
+    a.cancel_upload(&rp, &open[0]).await.expect("cancel");
+    assert_eq!(used(meta).await, Usage::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_uploads_race_sqlite() {
+    chunked_uploads_race_for_the_room(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_uploads_race_postgres() {
+    chunked_uploads_race_for_the_room(true).await;
 }
 
 /// The whole metadata store copied SQLite -> PostgreSQL -> SQLite (`berth migrate-storage`

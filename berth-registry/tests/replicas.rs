@@ -35,7 +35,7 @@ async fn push(r: &Registry, repo: &RepoName, tag: &str, config: &[u8]) -> String
     let digest = d.parse().expect("digest");
     let body =
         futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::copy_from_slice(config))]);
-    r.put_blob(repo, &digest, body, &Actor::anonymous())
+    r.put_blob(repo, &digest, None, body, &Actor::anonymous())
         .await
         .expect("blob");
     let m = serde_json::json!({

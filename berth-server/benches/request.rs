@@ -51,7 +51,7 @@ async fn fixture(cache_ttl: Duration) -> Fixture {
             let stream =
                 futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(data))]);
             registry
-                .put_blob(&repo, &d.parse().expect("digest"), stream, &actor)
+                .put_blob(&repo, &d.parse().expect("digest"), None, stream, &actor)
                 .await
                 .expect("blob");
             d

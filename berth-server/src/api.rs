@@ -382,7 +382,14 @@ async fn get_quota(
     let (quota, used) = access_of(&state)?.tenant_quota(&c.id, &tenant).await?;
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({"tenant": tenant, "bytes": quota, "used": used}),
+        &serde_json::json!({
+            "tenant": tenant,
+            "bytes": quota,
+            "used": used.total(),
+            "blobs": used.blobs,
+            "manifests": used.manifests,
+            "uploads": used.uploads,
+        }),
     ))
 }
 

@@ -109,7 +109,7 @@ impl ApiError {
             }
             ApiError::Registry(e) => match e {
                 R::Unauthorized(_) => (StatusCode::UNAUTHORIZED, Some(ErrorCode::Unauthorized)),
-                R::Denied(_) => (StatusCode::FORBIDDEN, Some(ErrorCode::Denied)),
+                R::Denied(_) | R::OverQuota(_) => (StatusCode::FORBIDDEN, Some(ErrorCode::Denied)),
                 R::Throttled { .. } => (
                     StatusCode::TOO_MANY_REQUESTS,
                     Some(ErrorCode::TooManyRequests),

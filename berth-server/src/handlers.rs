@@ -48,15 +48,23 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut text = state.metrics().encode();
     // The registry's own counters, in the same exposition, before its closing `# EOF`.
     let mut extra = String::new();
+    let mut family = "";
     for c in state.registry().counters() {
         use std::fmt::Write as _;
-        let _ = write!(
-            extra,
-            "# HELP berth_{n} {h}.\n# TYPE berth_{n} counter\nberth_{n}_total {v}\n",
-            n = c.name,
-            h = c.help,
-            v = c.value
-        );
+        if c.name != family {
+            family = c.name;
+            let _ = write!(
+                extra,
+                "# HELP berth_{n} {h}.\n# TYPE berth_{n} counter\n",
+                n = c.name,
+                h = c.help,
+            );
+        }
+        let label = c
+            .label
+            .map(|(k, v)| format!("{{{k}=\"{v}\"}}"))
+            .unwrap_or_default();
+        let _ = writeln!(extra, "berth_{}_total{label} {}", c.name, c.value);
     }
     if let Some(auth) = state.auth() {
         use std::fmt::Write as _;
@@ -375,15 +383,26 @@ fn content_range(req: &Request) -> Result<Option<(u64, u64)>, ApiError> {
     }
 }
 
+/// The body's announced length; hyper holds the body to it.
+fn content_length(req: &Request) -> Option<u64> {
+    header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse().ok())
+}
+
 fn body_stream(
     req: Request,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, axum::Error>> + Send {
     req.into_body().into_data_stream()
 }
 
-/// Turns an out-of-order chunk into the 416 that tells the client where the upload stands.
+/// Turns an out-of-order chunk into the 416 that tells the client where the upload stands,
+/// and notes a session a quota refusal cancelled.
 fn chunk_error(state: &AppState, name: &RepoName, id: &str, e: RegistryError) -> ApiError {
     match e {
+        // A quota refusal cancels the session.
+        e @ RegistryError::OverQuota(_) => {
+            state.metrics().uploads_in_progress.dec();
+            ApiError::Registry(e)
+        }
         RegistryError::ChunkOutOfOrder { offset } => ApiError::ChunkOutOfOrder {
             location: upload_location(state, name, id),
             offset,
@@ -501,8 +520,9 @@ async fn start_upload(state: &AppState, name: RepoName, req: Request, ctx: &Ctx)
         }
     } else if let Some(d) = q.get("digest") {
         let digest = parse_digest(d)?;
+        let length = content_length(&req);
         let size = reg
-            .put_blob(&name, &digest, body_stream(req), actor)
+            .put_blob(&name, &digest, length, body_stream(req), actor)
             .await?;
         state.metrics().bytes_in.inc_by(size);
         return blob_created(state, &name, &digest);
@@ -522,9 +542,10 @@ async fn start_upload(state: &AppState, name: RepoName, req: Request, ctx: &Ctx)
 async fn patch_upload(state: &AppState, name: RepoName, id: String, req: Request) -> ApiResult {
     let range = content_range(&req)?;
     let before = state.registry().upload_status(&name, &id).await?.offset;
+    let length = content_length(&req);
     let s = state
         .registry()
-        .upload_chunk(&name, &id, range, body_stream(req))
+        .upload_chunk(&name, &id, range, length, body_stream(req))
         .await
         .map_err(|e| chunk_error(state, &name, &id, e))?;
     state
@@ -559,9 +580,10 @@ async fn finish_upload(
     };
     let range = content_range(&req)?;
     let before = state.registry().upload_status(&name, &id).await?.offset;
+    let length = content_length(&req);
     let size = state
         .registry()
-        .complete_upload(&name, &id, &digest, range, body_stream(req), actor)
+        .complete_upload(&name, &id, &digest, range, length, body_stream(req), actor)
         .await
         .map_err(|e| chunk_error(state, &name, &id, e))?;
     state.metrics().bytes_in.inc_by(size.saturating_sub(before));

@@ -200,13 +200,30 @@ impl FsStore {
         drop(tx);
         let written = done_rx
             .await
-            .map_err(|e| StorageError::io("writing an upload")(std::io::Error::other(e)))?;
-        received?;
-        let hash = written.map_err(StorageError::io("writing an upload"))?;
-        failpoint::hit(failpoint::AFTER_TEMP_WRITE)
-            .map_err(StorageError::io("writing an upload"))?;
-        *state = hash;
-        Ok(size)
+            .map_err(|e| StorageError::io("writing an upload")(std::io::Error::other(e)));
+        let outcome = (|| {
+            let written = written?;
+            received?;
+            let hash = written.map_err(StorageError::io("writing an upload"))?;
+            failpoint::hit(failpoint::AFTER_TEMP_WRITE)
+                .map_err(StorageError::io("writing an upload"))?;
+            Ok(hash)
+        })();
+        match outcome {
+            Ok(hash) => {
+                *state = hash;
+                Ok(size)
+            }
+            Err(e) => {
+                // Cut what this append wrote now rather than at the next one: a session
+                // may never see another append, and unacknowledged bytes are counted
+                // nowhere (a quota reserved them only while the append ran).
+                if let Err(cut) = self.open_at(id, offset).await {
+                    tracing::warn!(upload = id, error = %cut, "could not cut a failed append back");
+                }
+                Err(e)
+            }
+        }
     }
 
     pub async fn finish_upload(

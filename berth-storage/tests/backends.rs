@@ -75,6 +75,24 @@ impl Harness {
         self.store.delete(digest).await.expect("delete");
     }
 
+    /// Bytes stored for one upload: its file, or its objects.
+    async fn upload_bytes(&self, id: &str) -> u64 {
+        match &self.store {
+            BlobStore::Fs(s) => std::fs::metadata(s.root().join("uploads").join(id))
+                .expect("upload file")
+                .len(),
+            BlobStore::S3(s) => {
+                assert_eq!(s.pending_multipart_uploads().await.expect("multipart"), 0);
+                s.list_raw(&format!("uploads/{id}/"))
+                    .await
+                    .expect("list")
+                    .iter()
+                    .map(|(_, n)| n)
+                    .sum()
+            }
+        }
+    }
+
     /// What is left of uploads in the store.
     async fn upload_leftovers(&self) -> usize {
         match &self.store {
@@ -297,6 +315,49 @@ async fn interrupted_append_leaves_acknowledged_state(h: Harness) {
         matches!(err, Err(StorageError::UploadUnknown(_))),
         "{err:?}"
     );
+}
+
+both!(a_failed_append_leaves_nothing_past_the_acknowledged_offset);
+/// Whatever ends an append early (the body failing, the limit), the bytes it wrote are
+/// gone when it returns, not only when the session's next append cuts them: a session may
+/// never see another append, and those bytes are acknowledged and counted nowhere.
+async fn a_failed_append_leaves_nothing_past_the_acknowledged_offset(h: Harness) {
+    let store = &h.store;
+    store.create_upload("u5").await.expect("create");
+    let mut st = HashState::new();
+    let n = h.append("u5", 0, &mut st, &noise(1000, 1)).await;
+    assert_eq!(h.upload_bytes("u5").await, 1000);
+    // More than the filesystem backend's write buffer, so they reach the file.
+    let mut frames: Vec<Result<Bytes, std::io::Error>> = (0..40)
+        .map(|i| Ok(Bytes::from(noise(64 * 1024, i))))
+        .collect();
+    frames.push(Err(std::io::Error::other("client went away")));
+    let err = store
+        .append_upload(
+            "u5",
+            n,
+            &mut st,
+            futures_util::stream::iter(frames),
+            u64::MAX,
+        )
+        .await;
+    assert!(matches!(err, Err(StorageError::Body(_))), "{err:?}");
+    assert_eq!(h.upload_bytes("u5").await, 1000, "after a failed body");
+    let err = store
+        .append_upload(
+            "u5",
+            n,
+            &mut st,
+            frames_of(&noise(3 * MIB, 2)),
+            2 * MIB as u64,
+        )
+        .await;
+    assert!(matches!(err, Err(StorageError::TooLarge { .. })), "{err:?}");
+    assert_eq!(h.upload_bytes("u5").await, 1000, "after the limit");
+    store
+        .finish_upload("u5", n, &st, &sha256(&noise(1000, 1)))
+        .await
+        .expect("the acknowledged bytes are intact");
 }
 
 both!(upload_ids_cannot_escape);

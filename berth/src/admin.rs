@@ -354,9 +354,16 @@ pub async fn tenant(store: &StoreArgs, cmd: TenantCommand) -> anyhow::Result<()>
                 access.set_tenant_quota(&me, None, &tenant, bytes).await?;
             }
             let (quota, used) = access.tenant_quota(&me, &tenant).await?;
+            let detail = format!(
+                "used {} bytes (blobs {}, manifests {}, open uploads {})",
+                used.total(),
+                used.blobs,
+                used.manifests,
+                used.uploads
+            );
             match quota {
-                Some(q) => println!("{tenant}\tquota {q} bytes\tused {used} bytes"),
-                None => println!("{tenant}\tno quota\tused {used} bytes"),
+                Some(q) => println!("{tenant}\tquota {q} bytes\t{detail}"),
+                None => println!("{tenant}\tno quota\t{detail}"),
             }
         }
         TenantCommand::Members { tenant } => {

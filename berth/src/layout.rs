@@ -381,6 +381,8 @@ impl Importer {
         let file = tokio::fs::File::open(&path)
             .await
             .with_context(|| format!("the layout has no blob {d} ({})", path.display()))?;
+        // Its length, so a quota without room refuses the blob before it is read.
+        let length = file.metadata().await.ok().map(|m| m.len());
         self.bar
             .set_message(d.hex().chars().take(12).collect::<String>());
         let bar = self.bar.clone();
@@ -394,7 +396,7 @@ impl Importer {
         // refused here and nothing is linked.
         let n = self
             .registry
-            .put_blob(repo, d, stream, &self.actor)
+            .put_blob(repo, d, length, stream, &self.actor)
             .await
             .with_context(|| format!("importing blob {d} into {repo}"))?;
         self.pushed += 1;

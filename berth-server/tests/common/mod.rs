@@ -140,3 +140,86 @@ pub fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("server.key"),
     )
 }
+
+/// Blob and metadata stores on the backends a test names: SQLite or PostgreSQL
+/// (`BERTH_TEST_POSTGRES_URL`, a fresh schema), the filesystem or S3 (`BERTH_TEST_S3_URL`,
+/// a fresh prefix in `BERTH_TEST_S3_BUCKET`).
+pub async fn stores_on(postgres: bool, s3: bool) -> Stores {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unique = format!(
+        "t{}x{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+        std::process::id()
+    );
+    let url = if postgres {
+        let base = std::env::var("BERTH_TEST_POSTGRES_URL")
+            .expect("BERTH_TEST_POSTGRES_URL must point at a PostgreSQL database");
+        sqlx::any::install_default_drivers();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
+            .await
+            .expect("postgres reachable");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {unique}")))
+            .execute(&mut conn)
+            .await
+            .expect("create schema");
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{sep}options=-csearch_path%3D{unique}")
+    } else {
+        format!("sqlite:{}", dir.path().join("meta.db").display())
+    };
+    let blobs = if s3 {
+        let endpoint = std::env::var("BERTH_TEST_S3_URL")
+            .expect("BERTH_TEST_S3_URL must point at an S3 server (scripts/start-s3.sh)");
+        let config = berth_storage::S3Config {
+            endpoint,
+            bucket: std::env::var("BERTH_TEST_S3_BUCKET").unwrap_or_else(|_| "berth-test".into()),
+            region: "us-east-1".into(),
+            prefix: format!("{unique}/"),
+            credentials: berth_storage::S3Credentials {
+                access_key_id: "berth-test".into(),
+                secret_access_key: "berth-test-secret".into(),
+                session_token: None,
+            },
+            path_style: true,
+            redirect_expiry: None,
+        };
+        BlobStore::S3(berth_storage::S3Store::new(config).await.expect("S3 store"))
+    } else {
+        BlobStore::Fs(FsStore::new(dir.path()).await.expect("fs store"))
+    };
+    let meta = MetaStore::connect(&url).await.expect("metadata store");
+    Stores { dir, blobs, meta }
+}
+
+/// Every digest stored under `blobs/`, from the store's own listing.
+pub async fn stored_blobs(blobs: &BlobStore) -> Vec<String> {
+    let mut scan = blobs.scan_blobs();
+    let mut out = Vec::new();
+    while let Some(batch) = scan.next_batch().await.expect("list blobs") {
+        for e in batch {
+            match e {
+                berth_storage::ScanEntry::Blob { digest, .. } => out.push(digest.to_string()),
+                berth_storage::ScanEntry::Stray { path } => out.push(format!("stray:{path}")),
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What is left of uploads: files under `uploads/`, or objects and unfinished multipart
+/// uploads under the prefix's `uploads/`.
+pub async fn upload_leftovers(blobs: &BlobStore) -> usize {
+    match blobs {
+        BlobStore::Fs(s) => std::fs::read_dir(s.root().join("uploads"))
+            .expect("uploads dir")
+            .count(),
+        BlobStore::S3(s) => {
+            s.list_raw("uploads/").await.expect("list").len()
+                + s.pending_multipart_uploads().await.expect("multipart")
+        }
+    }
+}

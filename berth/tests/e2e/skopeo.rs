@@ -264,3 +264,53 @@ fn skopeo_shows_a_refusal_once() {
     assert!(err.contains("denied: tag 1.0.0 is immutable"), "{err}");
     assert!(!err.contains("denied: denied"), "{err}");
 }
+
+/// A tenant's quota against a real client's push (skopeo uploads each blob with a
+/// streamed PATCH of unannounced length, then a PUT): the layer that does not fit is
+/// refused with the quota's message, no byte of it reaches `blobs/`, no upload is left
+/// behind, and once the quota is lifted the same push goes through.
+#[test]
+fn skopeo_push_past_a_tenant_quota_is_denied_and_stores_nothing() {
+    let berth = Berth::start();
+    let work = tempdir();
+    let src = Layout::init(work.path().join("src"));
+    // Noise does not compress: the layer stays about 300 kB.
+    let digest = src.build(
+        "v1",
+        "amd64",
+        &[("big.bin", &crate::harness::noise(300_000))],
+    );
+    let blobs = src.image_blobs(&digest);
+    run(berth.cli().args(["tenant", "add", "team"]));
+    run(berth.cli().args(["tenant", "quota", "team", "100000"]));
+
+    let stderr = run_fails(cmd("skopeo").args([
+        "copy",
+        "--quiet",
+        "--retry-times=0",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &src.oci("v1"),
+        &berth.docker("team/app:v1"),
+    ]));
+    assert!(
+        stderr.contains("storage quota of tenant team exceeded"),
+        "skopeo's error: {stderr}"
+    );
+    let layer = blobs.last().expect("a layer");
+    let hex = layer.strip_prefix("sha256:").expect("sha256");
+    let placed = berth
+        .data_dir()
+        .join("blobs/sha256")
+        .join(&hex[..2])
+        .join(hex);
+    assert!(!placed.exists(), "the refused layer is in blobs/");
+    let uploads = std::fs::read_dir(berth.data_dir().join("uploads")).expect("uploads/");
+    assert_eq!(uploads.count(), 0, "an upload was left behind");
+    let usage = run_stdout(berth.cli().args(["tenant", "quota", "team"]));
+    assert!(usage.contains("open uploads 0"), "{usage}");
+
+    run(berth.cli().args(["tenant", "quota", "team", "none"]));
+    skopeo_copy(&[], &src.oci("v1"), &berth.docker("team/app:v1"));
+    assert!(placed.exists(), "the layer after the quota was lifted");
+}
