@@ -143,6 +143,18 @@ impl Ctx {
         scope: Option<(&str, Actions)>,
         error: Option<&str>,
     ) -> ApiError {
+        self.challenge_scopes(state, scope.as_slice(), error)
+    }
+
+    /// A 401 whose Bearer challenge names every scope in `scopes` (space-separated in one
+    /// `scope` parameter, as Docker's token spec and CNCF Distribution write it), so the
+    /// client asks for one token granting all of them.
+    pub fn challenge_scopes(
+        &self,
+        state: &AppState,
+        scopes: &[(&str, Actions)],
+        error: Option<&str>,
+    ) -> ApiError {
         let kind = state.auth().map_or(ChallengeKind::Basic, |a| a.challenge);
         let challenge = match kind {
             ChallengeKind::Basic => "Basic realm=\"berth\", charset=\"UTF-8\"".to_owned(),
@@ -152,17 +164,20 @@ impl Ctx {
                     .map_or("berth", |a| a.access.config().service.as_str());
                 let realm = realm(state, self.host.as_ref(), self.tls);
                 let mut c = format!("Bearer realm=\"{realm}\",service=\"{service}\"");
-                if let Some((repo, need)) = scope {
-                    // Clients ask for pull along with push, as docker does.
-                    let need = if need.contains(Actions::PUSH) {
-                        need.union(Actions::PULL)
-                    } else {
-                        need
-                    };
-                    c.push_str(&format!(
-                        ",scope=\"repository:{repo}:{}\"",
-                        need.names().join(",")
-                    ));
+                if !scopes.is_empty() {
+                    let named: Vec<String> = scopes
+                        .iter()
+                        .map(|(repo, need)| {
+                            // Clients ask for pull along with push, as docker does.
+                            let need = if need.contains(Actions::PUSH) {
+                                need.union(Actions::PULL)
+                            } else {
+                                *need
+                            };
+                            format!("repository:{repo}:{}", need.names().join(","))
+                        })
+                        .collect();
+                    c.push_str(&format!(",scope=\"{}\"", named.join(" ")));
                 }
                 if let Some(e) = error {
                     c.push_str(&format!(",error=\"{e}\""));

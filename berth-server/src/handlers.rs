@@ -500,6 +500,32 @@ fn pulled_blob(state: &AppState, digest: &Digest, pulled: PulledBlob) -> ApiResu
     Ok(resp)
 }
 
+/// Whether a mount refused for the token's scope would succeed with a token the caller can
+/// get: a Bearer caller whose identity may read `from`, where `from` holds the blob. For
+/// anyone else the answer stays the silent fallback to an upload, which says nothing about
+/// `from`.
+async fn mount_needs_a_token_for(
+    state: &AppState,
+    ctx: &Ctx,
+    from: &RepoName,
+    digest: &Digest,
+) -> Result<bool, ApiError> {
+    if !matches!(ctx.caller, Caller::Bearer(_)) {
+        return Ok(false);
+    }
+    let Some(id) = ctx.identity(state).await? else {
+        return Ok(false);
+    };
+    if !id
+        .grants
+        .on_repository(from.as_str())
+        .contains(Actions::PULL)
+    {
+        return Ok(false);
+    }
+    Ok(state.registry().stat_blob(from, digest).await.is_ok())
+}
+
 async fn start_upload(state: &AppState, name: RepoName, req: Request, ctx: &Ctx) -> ApiResult {
     let actor = &ctx.actor();
     let q = query(&req);
@@ -512,10 +538,22 @@ async fn start_upload(state: &AppState, name: RepoName, req: Request, ctx: &Ctx)
             let from: RepoName = from.parse().map_err(|_| ApiError::NameInvalid)?;
             // A blob is reachable only through repositories the caller may read: mounting
             // from any other would hand it over, so that falls back to an upload too.
-            if ctx.allows(from.as_str(), Actions::PULL)
-                && reg.mount_blob(&name, &digest, &from, actor).await?
-            {
-                return blob_created(state, &name, &digest);
+            if ctx.allows(from.as_str(), Actions::PULL) {
+                if reg.mount_blob(&name, &digest, &from, actor).await? {
+                    return blob_created(state, &name, &digest);
+                }
+            } else if mount_needs_a_token_for(state, ctx, &from, &digest).await? {
+                // The identity may read `from`, only its token does not say so: ask for a
+                // token naming both repositories (as CNCF Distribution does), rather than
+                // have the client upload bytes the registry already holds.
+                return Err(ctx.challenge_scopes(
+                    state,
+                    &[
+                        (name.as_str(), Actions::PUSH),
+                        (from.as_str(), Actions::PULL),
+                    ],
+                    Some("insufficient_scope"),
+                ));
             }
         }
     } else if let Some(d) = q.get("digest") {

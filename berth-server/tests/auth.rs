@@ -2179,3 +2179,123 @@ async fn identical_logins_at_once_share_one_password_check() {
     let after = checks(&metrics_text(&s).await);
     assert_eq!(after - before, 1.0);
 }
+
+/// The `scope` values of a Bearer challenge (one parameter, space-separated scopes).
+fn challenged_scopes(r: &reqwest::Response) -> Vec<String> {
+    let h = r
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    h.split_once("scope=\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(scopes, _)| scopes.split(' ').map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_mount_asks_for_the_source_scope_only_from_who_may_read_it() {
+    let s = start(AccessConfig::default()).await;
+    let me = cli_identity();
+    s.access
+        .create_user(&me, None, "admin", PASSWORD, true)
+        .await
+        .expect("admin");
+    for t in ["team-a", "team-b"] {
+        s.access
+            .create_tenant(&me, None, t, false)
+            .await
+            .expect("tenant");
+    }
+    for (user, tenant) in [("dev-a", "team-a"), ("dev-b", "team-b")] {
+        s.access
+            .create_user(&me, None, user, PASSWORD, false)
+            .await
+            .expect("user");
+        s.access
+            .set_member(&me, None, tenant, user, Some("developer"))
+            .await
+            .expect("member");
+    }
+    let (_, _, layer) = s.seed("team-a/base", &["v1"]).await;
+    let mount =
+        |target: &str| format!("/v2/{target}/blobs/uploads/?mount={layer}&from=team-a/base");
+
+    // A client asked for a token naming only the target, as a client that does not know
+    // about mounts does: the mount is answered with a challenge naming both repositories.
+    let dev_a = Cred::Basic("dev-a".into(), PASSWORD.into());
+    let narrow = s
+        .token(&dev_a, &["repository:team-a/app:pull,push".to_owned()])
+        .await;
+    let r = s
+        .send(Method::POST, &mount("team-a/app"), &Cred::Bearer(narrow))
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let scopes = challenged_scopes(&r);
+    assert_eq!(
+        scopes,
+        [
+            "repository:team-a/app:pull,push",
+            "repository:team-a/base:pull"
+        ],
+        "{:?}",
+        r.headers().get("www-authenticate")
+    );
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .contains("error=\"insufficient_scope\"")
+    );
+    // Following the challenge as a client does: a token for exactly what it names.
+    let wide = s.token(&dev_a, &scopes).await;
+    let r = s
+        .send(Method::POST, &mount("team-a/app"), &Cred::Bearer(wide))
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "the mount with both scopes"
+    );
+    assert_eq!(
+        s.send(
+            Method::HEAD,
+            &format!("/v2/team-a/app/blobs/{layer}"),
+            &admin()
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+
+    // Someone who may not read the source learns nothing: an ordinary upload starts, just
+    // as for a source that does not exist.
+    let dev_b = Cred::Basic("dev-b".into(), PASSWORD.into());
+    let token = s
+        .token(&dev_b, &["repository:team-b/app:pull,push".to_owned()])
+        .await;
+    for from in ["team-a/base", "team-a/nothing-here"] {
+        let r = s
+            .send(
+                Method::POST,
+                &format!("/v2/team-b/app/blobs/uploads/?mount={layer}&from={from}"),
+                &Cred::Bearer(token.clone()),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "from {from}");
+        assert!(r.headers().get("www-authenticate").is_none());
+    }
+    // A reader of the source whose token lacks it, but where the source lacks the blob:
+    // no challenge either, since a better token would not help.
+    let r = s
+        .send(
+            Method::POST,
+            &format!("/v2/team-a/app/blobs/uploads/?mount={layer}&from=team-a/nothing-here"),
+            &Cred::Bearer(
+                s.token(&dev_a, &["repository:team-a/app:pull,push".to_owned()])
+                    .await,
+            ),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+}

@@ -949,3 +949,57 @@ fn reserved_names_and_public_tenants_on_the_command_line() {
         "team-a is private again"
     );
 }
+
+/// `berth_received_bytes_total` of a server: blob bytes it took in.
+fn received_bytes(berth: &Berth) -> u64 {
+    let resp = berth.get("/metrics");
+    assert_eq!(resp.status, 200, "{resp:?}");
+    String::from_utf8_lossy(&resp.body)
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_received_bytes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// skopeo copying between two repositories through the token flow asks for the source's
+/// scope itself and mounts every layer: no layer byte is uploaded again (skopeo uploads
+/// the small config blob rather than try to mount it).
+#[test]
+fn skopeo_copies_between_repositories_without_uploading_layers() {
+    let berth = Berth::start_with(BEARER, &[("BERTH_ADMIN_PASSWORD", "an admin password")]);
+    let password = tenants_and_developer(&berth);
+    let creds = format!("dev:{password}");
+    let work = tempdir();
+    let (src, digest) = build_image(work.path(), "mounted");
+    skopeo_copy(
+        &["--dest-creds", &creds],
+        &src.oci("v1"),
+        &berth.docker("team-a/base:v1"),
+    );
+    let before = received_bytes(&berth);
+    assert!(before > 0, "the first push uploaded the image");
+    crate::harness::run(cmd("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--src-creds",
+        &creds,
+        "--dest-creds",
+        &creds,
+        &berth.docker("team-a/base:v1"),
+        &berth.docker("team-a/app:v1"),
+    ]));
+    let config = &src.image_blobs(&digest)[0];
+    assert_eq!(
+        received_bytes(&berth) - before,
+        src.blob(config).len() as u64,
+        "layer bytes were uploaded for a copy the registry could mount"
+    );
+    let back = Layout::at(work.path().join("back"));
+    skopeo_copy(
+        &["--src-creds", &creds],
+        &berth.docker("team-a/app:v1"),
+        &back.oci("v1"),
+    );
+    assert_eq!(back.digest("v1"), digest);
+}
