@@ -25,7 +25,7 @@ fn setup(rt: &tokio::runtime::Runtime) -> (MetaStore, tempfile::TempDir) {
                 annotations: None,
                 content: b"{}",
                 refs: &[],
-                tag: Some(&tag),
+                tags: &[&tag],
                 actor: &actor,
             })
             .await

@@ -122,7 +122,8 @@ pub struct NewManifest<'a> {
     pub annotations: Option<&'a str>,
     pub content: &'a [u8],
     pub refs: &'a [ManifestRef],
-    pub tag: Option<&'a str>,
+    /// Tags to point at the manifest, all in its transaction: all move or none does.
+    pub tags: &'a [&'a str],
     pub actor: &'a Actor,
 }
 
@@ -877,7 +878,12 @@ impl MetaStore {
             )
             .await?;
         }
-        if let Some(tag) = m.tag {
+        // In one order, so two pushes tagging the same names lock them alike and cannot
+        // wait on each other in a cycle.
+        let mut tags: Vec<&str> = m.tags.to_vec();
+        tags.sort_unstable();
+        tags.dedup();
+        for tag in tags {
             let rule = (guard.immutable)(tag);
             let write = tags::TagWrite {
                 repo_id,

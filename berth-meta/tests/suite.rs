@@ -72,7 +72,7 @@ fn image<'a>(
     repo: &'a str,
     digest: &'a str,
     refs: &'a [ManifestRef],
-    tag: Option<&'a str>,
+    tags: &'a [&'a str],
 ) -> NewManifest<'a> {
     NewManifest {
         repo,
@@ -83,7 +83,7 @@ fn image<'a>(
         annotations: None,
         content: b"{\"exact\":  \"bytes\"}",
         refs,
-        tag,
+        tags,
         actor: &TESTER,
     }
 }
@@ -136,7 +136,7 @@ async fn manifest_requires_its_blobs(db: Db) {
         .expect("link");
     let refs = blob_refs();
     assert_eq!(
-        s.put_manifest(&image("r", M1, &refs, Some("v1")))
+        s.put_manifest(&image("r", M1, &refs, &["v1"]))
             .await
             .expect("put"),
         PutManifest::Missing(D2.into())
@@ -150,7 +150,7 @@ async fn manifest_requires_its_blobs(db: Db) {
         .await
         .expect("link");
     assert_eq!(
-        s.put_manifest(&image("r", M1, &refs, Some("v1")))
+        s.put_manifest(&image("r", M1, &refs, &["v1"]))
             .await
             .expect("put"),
         PutManifest::Stored
@@ -192,7 +192,7 @@ async fn index_children_are_protected(db: Db) {
         .await
         .expect("link");
     let refs = blob_refs();
-    s.put_manifest(&image("r", M1, &refs, None))
+    s.put_manifest(&image("r", M1, &refs, &[]))
         .await
         .expect("put");
     let children = vec![
@@ -207,13 +207,13 @@ async fn index_children_are_protected(db: Db) {
             required: true,
         },
     ];
-    let mut idx = image("r", IDX, &children, Some("multi"));
+    let mut idx = image("r", IDX, &children, &["multi"]);
     idx.media_type = "application/vnd.oci.image.index.v1+json";
     assert_eq!(
         s.put_manifest(&idx).await.expect("put"),
         PutManifest::Missing(M2.into())
     );
-    s.put_manifest(&image("r", M2, &refs, None))
+    s.put_manifest(&image("r", M2, &refs, &[]))
         .await
         .expect("put");
     assert_eq!(
@@ -242,7 +242,7 @@ async fn tags_order_and_pages(db: Db) {
     let s = &db.store;
     let none: Vec<ManifestRef> = Vec::new();
     for tag in ["b", "A", "a", "B10", "b1", "_z", "1", "a-1", "a.1", "ab"] {
-        s.put_manifest(&image("t", M1, &none, Some(tag)))
+        s.put_manifest(&image("t", M1, &none, &[tag]))
             .await
             .expect("put");
     }
@@ -267,7 +267,7 @@ async fn tags_order_and_pages(db: Db) {
         Removal::NotFound
     );
     // a tag move is an upsert
-    s.put_manifest(&image("t", M2, &none, Some("b")))
+    s.put_manifest(&image("t", M2, &none, &["b"]))
         .await
         .expect("put");
     assert_eq!(
@@ -280,7 +280,7 @@ async fn catalog_lists_repositories_with_manifests(db: Db) {
     let s = &db.store;
     let none: Vec<ManifestRef> = Vec::new();
     for repo in ["z/y", "a", "a-b", "a/b", "m"] {
-        s.put_manifest(&image(repo, M1, &none, None))
+        s.put_manifest(&image(repo, M1, &none, &[]))
             .await
             .expect("put");
     }
@@ -300,12 +300,12 @@ async fn catalog_lists_repositories_with_manifests(db: Db) {
 async fn referrers_by_subject_and_type(db: Db) {
     let s = &db.store;
     let none: Vec<ManifestRef> = Vec::new();
-    let mut sig = image("r", M1, &none, None);
+    let mut sig = image("r", M1, &none, &[]);
     sig.subject = Some(IDX);
     sig.artifact_type = Some("application/vnd.example.sig");
     sig.annotations = Some(r#"{"k":"v"}"#);
     s.put_manifest(&sig).await.expect("put");
-    let mut sbom = image("r", M2, &none, None);
+    let mut sbom = image("r", M2, &none, &[]);
     sbom.subject = Some(IDX);
     sbom.artifact_type = Some("application/spdx+json");
     s.put_manifest(&sbom).await.expect("put");
@@ -361,7 +361,7 @@ async fn every_change_is_audited(db: Db) {
     s.link_blob("r", D1, 1, None, &who("alice"))
         .await
         .expect("link");
-    s.put_manifest(&image("r", M1, &none, Some("v1")))
+    s.put_manifest(&image("r", M1, &none, &["v1"]))
         .await
         .expect("put");
     s.delete_tag("r", "v1", &who("bob")).await.expect("del");
@@ -405,9 +405,10 @@ async fn concurrent_writers_do_not_fail(db: Db) {
             }];
             let m = format!("sha256:{:064x}", 1000 + i);
             let tag = format!("t{i}");
+            let tags = [tag.as_str()];
             let nm = NewManifest {
                 content: b"{}",
-                ..image("busy", &m, &refs, Some(&tag))
+                ..image("busy", &m, &refs, &tags)
             };
             assert_eq!(
                 s.put_manifest(&nm).await.expect("put under contention"),
@@ -462,7 +463,7 @@ async fn fsck_listings_page_and_stay_read_only(db: Db) {
         kind: RefKind::Blob,
         required: true,
     }];
-    s.put_manifest(&image("a", M1, &refs, Some("v1")))
+    s.put_manifest(&image("a", M1, &refs, &["v1"]))
         .await
         .expect("put");
     let loose = [
@@ -477,7 +478,7 @@ async fn fsck_listings_page_and_stay_read_only(db: Db) {
             required: false,
         },
     ];
-    s.put_manifest(&image("b", M2, &loose, None))
+    s.put_manifest(&image("b", M2, &loose, &[]))
         .await
         .expect("put");
     assert_eq!(s.manifest_count().await.expect("count"), 2);
@@ -916,14 +917,14 @@ async fn immutable_tags_are_kept(db: Db) {
     link_d1_d2(s, "r").await;
     let refs = blob_refs();
     assert_eq!(
-        s.put_manifest_guarded(&image("r", M1, &refs, Some("1.0.0")), RULES)
+        s.put_manifest_guarded(&image("r", M1, &refs, &["1.0.0"]), RULES)
             .await
             .expect("put"),
         PutManifest::Stored
     );
     let other = NewManifest {
         content: b"{\"other\": 1}",
-        ..image("r", M2, &refs, Some("1.0.0"))
+        ..image("r", M2, &refs, &["1.0.0"])
     };
     assert_eq!(
         s.put_manifest_guarded(&other, ADMIN).await.expect("put"),
@@ -944,16 +945,16 @@ async fn immutable_tags_are_kept(db: Db) {
         Some(M1)
     );
     assert_eq!(
-        s.put_manifest_guarded(&image("r", M1, &refs, Some("1.0.0")), RULES)
+        s.put_manifest_guarded(&image("r", M1, &refs, &["1.0.0"]), RULES)
             .await
             .expect("put"),
         PutManifest::Stored,
         "the identical digest again"
     );
     // A mutable tag on the same repository moves freely.
-    for m in [&image("r", M1, &refs, Some("latest")), &other] {
+    for m in [&image("r", M1, &refs, &["latest"]), &other] {
         let m = NewManifest {
-            tag: Some("latest"),
+            tags: &["latest"],
             ..m.clone()
         };
         assert_eq!(
@@ -1021,11 +1022,11 @@ async fn tag_history_records_every_change(db: Db) {
     };
     let m1 = NewManifest {
         actor: &a,
-        ..image("h", M1, &refs, Some("app"))
+        ..image("h", M1, &refs, &["app"])
     };
     let m2 = NewManifest {
         content: b"{\"two\": 2}",
-        ..image("h", M2, &refs, Some("app"))
+        ..image("h", M2, &refs, &["app"])
     };
     s.put_manifest_guarded(&m1, RULES).await.expect("create");
     s.put_manifest_guarded(&m1, RULES)
@@ -1119,7 +1120,7 @@ async fn concurrent_immutable_pushes_one_wins(db: Db) {
             let body = format!("{{\"n\": {i}}}");
             let nm = NewManifest {
                 content: body.as_bytes(),
-                ..image("race", &m, &refs, Some("2.0.0"))
+                ..image("race", &m, &refs, &["2.0.0"])
             };
             let out = s.put_manifest_guarded(&nm, RULES).await.expect("put");
             (m, out)
@@ -1334,7 +1335,7 @@ async fn quota_selection_agrees_with_tenant_of(db: Db) {
 fn m<'a>(repo: &'a str, digest: &'a str, content: &'a [u8]) -> NewManifest<'a> {
     NewManifest {
         content,
-        ..image(repo, digest, &[], None)
+        ..image(repo, digest, &[], &[])
     }
 }
 

@@ -1,7 +1,9 @@
 //! The error codes of the OCI distribution spec. Which HTTP status goes with each is decided in
 //! `berth-server`, the only crate that knows HTTP.
 
-/// The fourteen codes a registry may put in an error body.
+/// The fourteen codes of the distribution spec a registry may put in an error body, and
+/// `TAG_INVALID`, which the spec lists as one clients may meet from Docker's registry API
+/// (Berth uses it for a malformed tag in a `?tag=` parameter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     BlobUnknown,
@@ -18,10 +20,11 @@ pub enum ErrorCode {
     Denied,
     Unsupported,
     TooManyRequests,
+    TagInvalid,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BlobUnknown,
         ErrorCode::BlobUploadInvalid,
         ErrorCode::BlobUploadUnknown,
@@ -36,6 +39,7 @@ impl ErrorCode {
         ErrorCode::Denied,
         ErrorCode::Unsupported,
         ErrorCode::TooManyRequests,
+        ErrorCode::TagInvalid,
     ];
 
     /// The code as it appears in the JSON error body.
@@ -55,6 +59,7 @@ impl ErrorCode {
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::TagInvalid => "TAG_INVALID",
         }
     }
 
@@ -77,6 +82,7 @@ impl ErrorCode {
             ErrorCode::Denied => "requested access to the resource is denied",
             ErrorCode::Unsupported => "the operation is unsupported",
             ErrorCode::TooManyRequests => "too many requests",
+            ErrorCode::TagInvalid => "manifest tag did not match URI",
         }
     }
 }

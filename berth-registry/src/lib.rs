@@ -25,7 +25,7 @@ use std::time::Duration;
 use berth_meta::{MetaStore, NewManifest, PutManifest, Removal, TagGuard};
 use berth_oci::manifest::parse_manifest;
 use berth_oci::range::{RangeError, resolve_range};
-use berth_oci::{Algorithm, Digest, Reference, RepoName};
+use berth_oci::{Algorithm, Digest, Reference, RepoName, Tag};
 use berth_storage::{BlobReader, BlobStore, HashState, StorageError, digest_of, failpoint};
 use bytes::Bytes;
 use futures_util::Stream;
@@ -107,6 +107,8 @@ pub struct PutOutcome {
     pub digest: Digest,
     /// The manifest's subject, for the `OCI-Subject` header.
     pub subject: Option<String>,
+    /// The tags now pointing at it (one `OCI-Tag` header each).
+    pub tags: Vec<String>,
 }
 
 /// A blob ready to stream, with the part of it requested.
@@ -681,6 +683,23 @@ impl Registry {
         body: Bytes,
         actor: &Actor,
     ) -> Result<PutOutcome> {
+        self.put_manifest_tagged(repo, reference, &[], content_type, body, actor)
+            .await
+    }
+
+    /// [`Registry::put_manifest`] that also points `more_tags` at the manifest (the
+    /// distribution spec's `?tag=` parameters on a push by digest): every tag is checked
+    /// against the tag rules and all are written in the manifest's transaction, so either
+    /// every tag moves or, if one is refused, none does and nothing is stored.
+    pub async fn put_manifest_tagged(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        more_tags: &[Tag],
+        content_type: Option<&str>,
+        body: Bytes,
+        actor: &Actor,
+    ) -> Result<PutOutcome> {
         if body.len() as u64 > self.config.max_manifest_bytes {
             return Err(RegistryError::ManifestTooLarge {
                 limit: self.config.max_manifest_bytes,
@@ -713,12 +732,19 @@ impl Registry {
         } else {
             serde_json::to_string(&parsed.annotations).ok()
         };
-        let tag = match reference {
-            Reference::Tag(t) => Some(t.as_str()),
-            Reference::Digest(_) => None,
+        let mut tags: Vec<&str> = match reference {
+            Reference::Tag(t) => vec![t.as_str()],
+            Reference::Digest(_) => Vec::new(),
         };
-        if let Some(why) = tag.and_then(|t| self.tag_rules().refusal(repo.as_str(), t)) {
-            return Err(RegistryError::Denied(why));
+        for t in more_tags {
+            if !tags.contains(&t.as_str()) {
+                tags.push(t.as_str());
+            }
+        }
+        for t in &tags {
+            if let Some(why) = self.tag_rules().refusal(repo.as_str(), t) {
+                return Err(RegistryError::Denied(why));
+            }
         }
         let rules = self.tag_rules();
         let immutable = |t: &str| rules.immutable(repo.as_str(), t);
@@ -739,7 +765,7 @@ impl Registry {
                     annotations: annotations.as_deref(),
                     content: &body,
                     refs: &refs,
-                    tag,
+                    tags: &tags,
                     actor,
                 },
                 guard,
@@ -748,13 +774,22 @@ impl Registry {
         failpoint(failpoint::AFTER_MANIFEST_COMMIT)?;
         match outcome {
             PutManifest::Stored => {
-                if let Some(tag) = tag {
+                for tag in &tags {
                     self.cache
                         .tags
                         .insert(cache::key(repo.as_str(), tag), digest.clone());
                 }
-                self.replicate_later(repo, &digest, tag);
-                Ok(PutOutcome { digest, subject })
+                if tags.is_empty() {
+                    self.replicate_later(repo, &digest, None);
+                }
+                for tag in &tags {
+                    self.replicate_later(repo, &digest, Some(tag));
+                }
+                Ok(PutOutcome {
+                    digest,
+                    subject,
+                    tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+                })
             }
             PutManifest::Missing(d) => Err(RegistryError::ManifestBlobUnknown(d)),
             PutManifest::Immutable { tag, current, rule } => Err(RegistryError::Denied(format!(

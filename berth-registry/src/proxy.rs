@@ -557,7 +557,7 @@ impl Registry {
                 annotations: annotations.as_deref(),
                 content: &fetched.content,
                 refs: &refs,
-                tag,
+                tags: tag.as_slice(),
                 actor: &actor,
             })
             .await?;

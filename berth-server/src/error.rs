@@ -20,6 +20,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{1}")]
     BadRequest(ErrorCode, String),
+    /// More `?tag=` parameters than one manifest push may set: 414, as the spec allows.
+    #[error("at most {limit} tag parameters per request")]
+    TooManyTags { limit: usize },
     /// A chunk that does not continue the upload: 416 with where the upload stands.
     #[error("chunk does not start at offset {offset}")]
     ChunkOutOfOrder { location: String, offset: u64 },
@@ -100,6 +103,9 @@ impl ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, Some(ErrorCode::Unsupported))
             }
             ApiError::BadRequest(code, _) => (StatusCode::BAD_REQUEST, Some(*code)),
+            ApiError::TooManyTags { .. } => {
+                (StatusCode::URI_TOO_LONG, Some(ErrorCode::Unsupported))
+            }
             ApiError::ChunkOutOfOrder { .. } => (
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 Some(ErrorCode::BlobUploadInvalid),

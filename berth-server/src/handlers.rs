@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use berth_auth::Actions;
 use berth_meta::AuditRecord;
 use berth_oci::range::parse_content_range;
-use berth_oci::{Digest, ErrorCode, Reference, RepoName};
+use berth_oci::{Digest, ErrorCode, Reference, RepoName, Tag};
 use berth_registry::{Actor, BlobSource, PulledBlob, RegistryError};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -724,6 +724,7 @@ async fn put_manifest(
         return Err(too_large());
     }
     let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
+    let more_tags = tag_params(&req)?;
     // Read at most the limit: a huge body is cut off without ever being buffered whole.
     let cap = usize::try_from(limit).unwrap_or(usize::MAX);
     let body = match Limited::new(req.into_body(), cap).collect().await {
@@ -733,7 +734,14 @@ async fn put_manifest(
     };
     let out = state
         .registry()
-        .put_manifest(&name, &reference, content_type.as_deref(), body, actor)
+        .put_manifest_tagged(
+            &name,
+            &reference,
+            &more_tags,
+            content_type.as_deref(),
+            body,
+            actor,
+        )
         .await?;
     let mut resp = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();
@@ -749,7 +757,42 @@ async fn put_manifest(
     if let Some(subject) = out.subject {
         h.insert("oci-subject", hv(&subject)?);
     }
+    for tag in &out.tags {
+        h.append("oci-tag", hv(tag)?);
+    }
     Ok(resp)
+}
+
+/// Tags a push may set at once through `?tag=` (the spec asks for at least 10).
+const MAX_TAG_PARAMS: usize = 100;
+
+/// The `tag` query parameters of a manifest push, in order, each a valid tag.
+fn tag_params(req: &Request) -> Result<Vec<Tag>, ApiError> {
+    let Some(q) = req.uri().query() else {
+        return Ok(Vec::new());
+    };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).map_err(|_| {
+        ApiError::BadRequest(ErrorCode::Unsupported, "malformed query string".into())
+    })?;
+    let mut tags = Vec::new();
+    for (_, v) in pairs.into_iter().filter(|(k, _)| k == "tag") {
+        if tags.len() == MAX_TAG_PARAMS {
+            return Err(ApiError::TooManyTags {
+                limit: MAX_TAG_PARAMS,
+            });
+        }
+        let tag: Tag = v.parse().map_err(|_| {
+            ApiError::BadRequest(
+                ErrorCode::TagInvalid,
+                format!(
+                    "{:?} is not a valid tag",
+                    v.chars().take(200).collect::<String>()
+                ),
+            )
+        })?;
+        tags.push(tag);
+    }
+    Ok(tags)
 }
 
 // ---- listings ----

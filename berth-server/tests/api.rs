@@ -1074,3 +1074,114 @@ async fn a_content_type_contradicting_the_manifest_is_refused() {
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn a_push_by_digest_sets_every_tag_parameter_at_once() {
+    let s = start_with(RegistryConfig {
+        tag_rules: berth_registry::TagRules::new(vec![
+            berth_registry::TagRuleSpec::semver_everywhere(),
+        ])
+        .expect("rules"),
+        ..RegistryConfig::default()
+    })
+    .await;
+    let (bytes, digest) = s.image("tp/app", b"layer one").await;
+    let r = s
+        .put_manifest(
+            "tp/app",
+            &format!("{digest}?tag=1.2.3&tag=1.2&tag=1&tag=latest"),
+            OCI_MANIFEST,
+            &bytes,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let named: Vec<&str> = r
+        .headers()
+        .get_all("oci-tag")
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or_default().split(','))
+        .map(str::trim)
+        .collect();
+    assert_eq!(named, ["1.2.3", "1.2", "1", "latest"]);
+    for tag in ["1.2.3", "1.2", "1", "latest"] {
+        let r = s
+            .req(Method::GET, &format!("/v2/tp/app/manifests/{tag}"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), StatusCode::OK, "{tag}");
+        assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+    }
+
+    // Another image may not take an immutable tag, and then takes none of the others
+    // either: nothing of the push is stored.
+    let (other, other_digest) = s.image("tp/app", b"layer two").await;
+    let r = s
+        .put_manifest(
+            "tp/app",
+            &format!("{other_digest}?tag=fresh&tag=1.2.3"),
+            OCI_MANIFEST,
+            &other,
+        )
+        .await;
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::FORBIDDEN, "DENIED".into())
+    );
+    for path in [
+        "/v2/tp/app/manifests/fresh".to_owned(),
+        format!("/v2/tp/app/manifests/{other_digest}"),
+    ] {
+        assert_eq!(
+            s.call(Method::GET, &path).await.status(),
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+
+    // A malformed tag is TAG_INVALID, and too many are 414; neither stores anything.
+    for bad in ["bad:tag", "-x", "", &"t".repeat(129)] {
+        let r = s
+            .put_manifest(
+                "tp/app",
+                &format!("{other_digest}?tag=ok&tag={bad}"),
+                OCI_MANIFEST,
+                &other,
+            )
+            .await;
+        assert_eq!(
+            error_code(r).await,
+            (StatusCode::BAD_REQUEST, "TAG_INVALID".into()),
+            "{bad:?}"
+        );
+    }
+    let many: Vec<String> = (0..101).map(|i| format!("tag=t{i}")).collect();
+    let r = s
+        .put_manifest(
+            "tp/app",
+            &format!("{other_digest}?{}", many.join("&")),
+            OCI_MANIFEST,
+            &other,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::URI_TOO_LONG);
+    assert_eq!(
+        s.call(Method::GET, "/v2/tp/app/manifests/ok")
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    // Ten at once is fine.
+    let ten: Vec<String> = (0..10).map(|i| format!("tag=t{i}")).collect();
+    let r = s
+        .put_manifest(
+            "tp/app",
+            &format!("{other_digest}?{}", ten.join("&")),
+            OCI_MANIFEST,
+            &other,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers().get_all("oci-tag").iter().count(), 10);
+}
