@@ -274,6 +274,37 @@ async fn tags_order_and_pages(db: Db) {
         s.resolve_tag("t", "b").await.expect("q").as_deref(),
         Some(M2)
     );
+
+    // Many tags created in no particular order walk back in the one order, page by page.
+    let mut names: Vec<String> = (0u64..1500)
+        .map(|i| {
+            let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+            format!("{}{x:x}", ["v", "V", "_", "1", "rc-"][(x % 5) as usize])
+        })
+        .collect();
+    let tags: Vec<&str> = names.iter().map(String::as_str).collect();
+    for chunk in tags.chunks(100) {
+        s.put_manifest(&image("many", M1, &none, chunk))
+            .await
+            .expect("put");
+    }
+    names.sort_by_key(|n| berth_oci::tag_sort_key(n));
+    let mut walked = Vec::new();
+    let mut last: Option<String> = None;
+    loop {
+        let page = s
+            .list_tags("many", last.as_deref(), 333)
+            .await
+            .expect("q")
+            .expect("repo");
+        last = page.last().cloned();
+        let done = page.len() < 333;
+        walked.extend(page);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(walked, names);
 }
 
 async fn catalog_lists_repositories_with_manifests(db: Db) {
