@@ -125,14 +125,18 @@ impl Ctx {
     /// when a logged-in identity simply may not. The message never says whether the
     /// repository exists.
     pub fn refuse(&self, state: &AppState, repo: &str, need: Actions) -> ApiError {
+        self.refuse_scopes(state, &[(repo, need)])
+    }
+
+    /// [`Ctx::refuse`] for a request that needs several scopes: a challenge names them
+    /// all, so one token covers the retry (a mount needs pull on its source as well).
+    pub fn refuse_scopes(&self, state: &AppState, scopes: &[(&str, Actions)]) -> ApiError {
         match &self.caller {
             Caller::Basic(_) => ApiError::Registry(RegistryError::Denied(
                 "requested access to the resource is denied".into(),
             )),
-            Caller::Bearer(_) => {
-                self.challenge(state, Some((repo, need)), Some("insufficient_scope"))
-            }
-            Caller::Anonymous(_) | Caller::Open => self.challenge(state, Some((repo, need)), None),
+            Caller::Bearer(_) => self.challenge_scopes(state, scopes, Some("insufficient_scope")),
+            Caller::Anonymous(_) | Caller::Open => self.challenge_scopes(state, scopes, None),
         }
     }
 

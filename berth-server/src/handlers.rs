@@ -183,7 +183,14 @@ async fn authorize_and_handle(state: &AppState, ep: Endpoint, req: Request) -> A
             } else {
                 audit_denied(state, &ctx, &repo, req.method(), need);
             }
-            return Err(ctx.refuse(state, repo.as_str(), need));
+            // A mount needs pull on its source too: the challenge asks for both, as CNCF
+            // Distribution's does, so the client's one token can mount rather than upload.
+            let from = mount_source(&ep, &req);
+            let mut scopes = vec![(repo.as_str(), need)];
+            if let Some(from) = &from {
+                scopes.push((from.as_str(), Actions::PULL));
+            }
+            return Err(ctx.refuse_scopes(state, &scopes));
         }
         // `/v2/` is how clients find out whether and how to log in: anonymous callers
         // get the challenge even when public tenants would let them pull.
@@ -194,6 +201,16 @@ async fn authorize_and_handle(state: &AppState, ep: Endpoint, req: Request) -> A
         _ => {}
     }
     handle(state, ep, req, &ctx).await
+}
+
+/// The repository a blob upload asks to mount from (`?mount=<digest>&from=<name>`).
+fn mount_source(ep: &Endpoint, req: &Request) -> Option<RepoName> {
+    if !matches!(ep, Endpoint::UploadStart { .. }) || req.method() != Method::POST {
+        return None;
+    }
+    let q = query(req);
+    q.get("mount")?;
+    q.get("from")?.parse().ok()
 }
 
 fn audit_denied(state: &AppState, ctx: &Ctx, repo: &RepoName, method: &Method, need: Actions) {

@@ -2221,9 +2221,34 @@ async fn a_mount_asks_for_the_source_scope_only_from_who_may_read_it() {
     let mount =
         |target: &str| format!("/v2/{target}/blobs/uploads/?mount={layer}&from=team-a/base");
 
+    // Without credentials, the challenge to a mount names both repositories, so the one
+    // token a client fetches from it mounts at once (the conformance suite's client and
+    // docker retry only once).
+    let dev_a = Cred::Basic("dev-a".into(), PASSWORD.into());
+    let r = s
+        .send(Method::POST, &mount("team-a/first"), &Cred::Anonymous)
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let scopes = challenged_scopes(&r);
+    assert_eq!(
+        scopes,
+        [
+            "repository:team-a/first:pull,push",
+            "repository:team-a/base:pull"
+        ]
+    );
+    let token = s.token(&dev_a, &scopes).await;
+    let r = s
+        .send(Method::POST, &mount("team-a/first"), &Cred::Bearer(token))
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "mounted with the first token"
+    );
+
     // A client asked for a token naming only the target, as a client that does not know
     // about mounts does: the mount is answered with a challenge naming both repositories.
-    let dev_a = Cred::Basic("dev-a".into(), PASSWORD.into());
     let narrow = s
         .token(&dev_a, &["repository:team-a/app:pull,push".to_owned()])
         .await;
