@@ -353,11 +353,16 @@ pub fn check_resolve_range(value: &str, len: u64) {
         Err(RangeError::Unsatisfiable) => {
             assert!(is_bytes);
             // A blob as large as can be holds every position the parser accepts, so only a
-            // zero-length suffix (`-0`) cannot be satisfied.
+            // zero-length suffix (`-0`) or a range ending before it starts (`5-1`) cannot
+            // be satisfied.
             if len == u64::MAX {
                 let spec = value.trim().strip_prefix("bytes=").map(str::trim);
+                let backwards = spec
+                    .and_then(|s| s.split_once('-'))
+                    .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+                    .is_some_and(|(a, b)| b < a);
                 assert!(
-                    spec.is_some_and(|s| s.starts_with('-')),
+                    spec.is_some_and(|s| s.starts_with('-')) || backwards,
                     "{value:?} unsatisfiable on u64::MAX bytes"
                 );
             }

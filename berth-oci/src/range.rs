@@ -55,8 +55,11 @@ pub fn resolve_range(value: &str, len: u64) -> Result<Option<(u64, u64)>, RangeE
         (false, true) => (parse_u64(a)?, len.saturating_sub(1)),
         (false, false) => {
             let (s, e) = (parse_u64(a)?, parse_u64(b)?);
+            // RFC 9110 calls a range whose end is before its start invalid; answered 416
+            // like one past the end (as Go's net/http and CNCF Distribution answer it),
+            // rather than ignored, so a client learns its request was wrong.
             if e < s {
-                return Err(RangeError::Malformed);
+                return Err(RangeError::Unsatisfiable);
             }
             (s, e.min(len.saturating_sub(1)))
         }
@@ -100,7 +103,15 @@ mod tests {
             resolve_range("bytes=0-0", 0),
             Err(RangeError::Unsatisfiable)
         );
-        assert_eq!(resolve_range("bytes=4-2", 10), Err(RangeError::Malformed));
+        assert_eq!(
+            resolve_range("bytes=4-2", 10),
+            Err(RangeError::Unsatisfiable)
+        );
+        assert_eq!(
+            resolve_range("bytes=500-0", 2048),
+            Err(RangeError::Unsatisfiable)
+        );
+        assert_eq!(resolve_range("bytes=x-2", 10), Err(RangeError::Malformed));
         assert_eq!(resolve_range("bytes=0-1,3-4", 10), Ok(None));
         assert_eq!(resolve_range("items=0-1", 10), Ok(None));
     }

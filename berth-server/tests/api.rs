@@ -165,6 +165,15 @@ async fn blob_get_head_and_ranges() {
         .expect("send");
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()["content-range"], "bytes */16");
+
+    // A range that ends before it starts is refused the same way, not ignored.
+    let r = s
+        .req(Method::GET, &format!("/v2/r/blobs/{d}"))
+        .header("range", "bytes=8-2")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
 }
 
 #[tokio::test]
