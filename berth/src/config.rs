@@ -252,6 +252,10 @@ pub struct LimitsConfig {
     /// stream) before it is closed. HTTP/1 keep-alive closes sooner, at
     /// `header_read_timeout_secs`.
     pub idle_timeout_secs: u64,
+    /// Seconds a client may go without reading any of a response, or without sending any
+    /// of an upload's body, before the request is cut off. A slow client that keeps making
+    /// progress is never cut off.
+    pub stall_timeout_secs: u64,
     /// Most entries per tags or catalog page.
     pub max_page: u64,
 }
@@ -265,6 +269,7 @@ impl Default for LimitsConfig {
             max_connections: 4096,
             max_connections_per_client: 256,
             idle_timeout_secs: 60,
+            stall_timeout_secs: 60,
             max_page: 10_000,
         }
     }

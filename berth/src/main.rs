@@ -371,6 +371,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_connections: config.limits.max_connections.max(1),
             max_connections_per_client: config.limits.max_connections_per_client,
             idle_timeout: Duration::from_secs(config.limits.idle_timeout_secs.max(1)),
+            stall_timeout: Duration::from_secs(config.limits.stall_timeout_secs.max(1)),
             tls: tls.clone(),
             trusted_proxies: config.trusted_proxies()?,
             audit_window: Duration::from_secs(config.audit.refusal_window_secs.max(1)),
