@@ -222,6 +222,9 @@ pub struct MetaStore {
 /// The migration that renames and disables users holding reserved names (it logs each).
 const RESERVED_NAMES_MIGRATION: i64 = 7;
 
+/// The advisory lock key migrations hold on PostgreSQL ("berth" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6265_7274_68;
+
 const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0001_core.sql"),
     include_str!("../migrations/sqlite/0002_access.sql"),
@@ -333,6 +336,17 @@ impl MetaStore {
 
     async fn migrate(&self) -> Result<()> {
         let mut tx = self.write().await?;
+        if self.backend == Backend::Postgres {
+            // Replicas (and `berth migrate` init containers) starting together would
+            // otherwise race on the schema: two `CREATE TABLE IF NOT EXISTS` at once fail
+            // on PostgreSQL's catalog. A transaction-scoped advisory lock makes the others
+            // wait, then find the steps applied. (SQLite's `BEGIN IMMEDIATE` already
+            // serialises.)
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS berth_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
         )

@@ -1582,3 +1582,85 @@ suite!(
     quota_selection_agrees_with_tenant_of,
     quota_counts_manifests_and_open_uploads,
 );
+
+/// A fresh PostgreSQL schema, and the URL that selects it.
+async fn empty_postgres_schema() -> String {
+    let base = std::env::var("BERTH_TEST_POSTGRES_URL")
+        .expect("BERTH_TEST_POSTGRES_URL must point at a PostgreSQL database");
+    sqlx::any::install_default_drivers();
+    let schema = format!("t{}", uuid_like());
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
+        .await
+        .expect("postgres reachable");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut conn)
+        .await
+        .expect("create schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-csearch_path%3D{schema}")
+}
+
+/// Four replicas (or `berth migrate` init containers) starting at once on one database:
+/// none fails, and every step is applied once. On an empty schema, and on one an older
+/// Berth left at version 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_starting_together_migrate_once() {
+    for older in [false, true] {
+        let url = empty_postgres_schema().await;
+        if older {
+            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+                .await
+                .expect("connect");
+            sqlx::raw_sql(
+                "CREATE TABLE berth_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )
+            .execute(&mut conn)
+            .await
+            .expect("schema table");
+            for (i, sql) in [
+                include_str!("../migrations/postgres/0001_core.sql"),
+                include_str!("../migrations/postgres/0002_access.sql"),
+                include_str!("../migrations/postgres/0003_tag_history.sql"),
+                include_str!("../migrations/postgres/0004_gc.sql"),
+                include_str!("../migrations/postgres/0005_quota.sql"),
+            ]
+            .iter()
+            .enumerate()
+            {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+                    .execute(&mut conn)
+                    .await
+                    .expect("an older step");
+                sqlx::query("INSERT INTO berth_schema (version, applied_at) VALUES ($1, 0)")
+                    .bind(i as i64 + 1)
+                    .execute(&mut conn)
+                    .await
+                    .expect("version row");
+            }
+        }
+        let starts: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { MetaStore::connect(&url).await })
+            })
+            .collect();
+        for s in starts {
+            let store = s.await.expect("task").expect("every replica starts");
+            let (v, known) = store.schema_version().await.expect("version");
+            assert_eq!(v, known, "older = {older}");
+            store.close().await;
+        }
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+            .await
+            .expect("connect");
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM berth_schema")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+        let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT version) FROM berth_schema")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+        assert_eq!(rows, distinct, "each step recorded once");
+    }
+}
