@@ -223,7 +223,7 @@ pub struct MetaStore {
 const RESERVED_NAMES_MIGRATION: i64 = 7;
 
 /// The advisory lock key migrations hold on PostgreSQL ("berth" in ASCII).
-const MIGRATION_LOCK: i64 = 0x6265_7274_68;
+const MIGRATION_LOCK: i64 = 0x0062_6572_7468;
 
 const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0001_core.sql"),
