@@ -766,3 +766,21 @@ async fn s3_errors_name_the_code_and_operation() {
     .expect("a bad endpoint is an error");
     assert!(matches!(err, StorageError::Config(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_checker_never_creates_a_store_where_there_is_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = FsStore::open_existing(dir.path())
+        .await
+        .err()
+        .expect("no blobs/ here");
+    assert!(
+        err.to_string().contains("not a Berth data directory"),
+        "{err}"
+    );
+    assert!(!dir.path().join("blobs").exists(), "nothing was created");
+    FsStore::new(dir.path()).await.expect("create");
+    FsStore::open_existing(dir.path())
+        .await
+        .expect("an existing store opens");
+}

@@ -8,65 +8,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_meta::{AuditQuery, MetaStore};
-use berth_registry::access::{self, Access, NewRobot, RobotCredentials, cli_identity};
+use berth_meta::AuditQuery;
+use berth_registry::access::{self, NewRobot, RobotCredentials, cli_identity};
 use clap::{Args, Subcommand};
 
 use crate::config::Config;
+use crate::open::StoreArgs;
 use crate::output;
-
-/// Where the configuration and the metadata store are.
-#[derive(Args, Clone)]
-pub struct StoreArgs {
-    /// Configuration file (TOML).
-    #[arg(long, env = "BERTH_CONFIG", global = true)]
-    pub config: Option<PathBuf>,
-    /// Data directory; overrides `data_dir` in the config.
-    #[arg(long, env = "BERTH_DATA_DIR", global = true)]
-    pub data_dir: Option<PathBuf>,
-    /// Metadata database URL; overrides `[metadata] url`.
-    #[arg(
-        long,
-        env = "BERTH_METADATA_URL",
-        hide_env_values = true,
-        global = true
-    )]
-    pub metadata_url: Option<String>,
-}
-
-impl StoreArgs {
-    pub fn load(&self) -> anyhow::Result<Config> {
-        let mut config = Config::load(self.config.as_deref())?;
-        if let Some(d) = &self.data_dir {
-            config.data_dir = d.clone();
-        }
-        if let Some(u) = &self.metadata_url {
-            config.metadata.url = Some(u.clone());
-        }
-        Ok(config)
-    }
-
-    async fn access(&self) -> anyhow::Result<(Config, Access)> {
-        let config = self.load()?;
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let meta = MetaStore::connect(&config.metadata_url())
-            .await
-            .context("opening the metadata store")?;
-        let key = read_key_file(&config)?;
-        let access = Access::new(meta, config.access_config(), key).await?;
-        Ok((config, access))
-    }
-}
-
-pub fn read_key_file(config: &Config) -> anyhow::Result<Option<Vec<u8>>> {
-    config
-        .auth
-        .signing_key_file
-        .as_ref()
-        .map(|p| std::fs::read(p).with_context(|| format!("reading signing key {}", p.display())))
-        .transpose()
-}
 
 #[derive(Subcommand)]
 pub enum UserCommand {

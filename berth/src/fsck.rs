@@ -113,15 +113,7 @@ pub async fn run(args: FsckArgs) -> anyhow::Result<bool> {
         .with_writer(std::io::stderr)
         .init();
 
-    // Opening the fs store would create a missing layout; a checker pointed at the wrong place
-    // must say so instead.
-    let blobs_dir = config.data_dir.join("blobs");
-    anyhow::ensure!(
-        config.storage.kind != crate::storage::StorageKind::Fs || blobs_dir.is_dir(),
-        "{} has no blobs/ directory: not a Berth data directory",
-        config.data_dir.display()
-    );
-    let blobs = crate::storage::open_blobs(&config).await?;
+    let blobs = crate::open::open_blobs(&config, true).await?;
     let meta = MetaStore::connect_read_only(&config.metadata_url())
         .await
         .context("opening the metadata store read-only")?;

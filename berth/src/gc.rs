@@ -4,7 +4,7 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::admin::StoreArgs;
+use crate::open::StoreArgs;
 
 #[derive(clap::Args)]
 pub struct GcArgs {
@@ -30,7 +30,8 @@ pub async fn run(store: &StoreArgs, args: GcArgs) -> anyhow::Result<()> {
     if let Some(w) = args.rollback_window_secs {
         config.gc.rollback_window_secs = w;
     }
-    let (registry, meta) = crate::open_registry(&config).await?;
+    let registry = crate::open::open_registry(&config).await?;
+    let meta = registry.meta().clone();
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
@@ -121,8 +122,8 @@ pub async fn housekeeping(
 }
 
 pub async fn retention(store: &StoreArgs, args: RetentionArgs) -> anyhow::Result<()> {
-    let config = store.load()?;
-    let (registry, meta) = crate::open_registry(&config).await?;
+    let (config, registry) = store.registry().await?;
+    let meta = registry.meta().clone();
     let result = housekeeping(&registry, &config, args.dry_run).await;
     meta.close().await;
     let report = result?;

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 use tokio::io::AsyncWriteExt;
 
-use crate::admin::StoreArgs;
+use crate::open::StoreArgs;
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const REPOSITORY: &str = "dev.berth.repository";
@@ -53,8 +53,7 @@ pub struct ImportArgs {
 }
 
 async fn open(store: &StoreArgs) -> anyhow::Result<Registry> {
-    let config = store.load()?;
-    Ok(crate::open_registry(&config).await?.0)
+    Ok(store.registry().await?.1)
 }
 
 fn bar(total: u64) -> ProgressBar {

@@ -8,8 +8,8 @@ mod gc;
 mod layout;
 mod migrate;
 mod mirror;
+mod open;
 mod output;
-mod storage;
 mod versions;
 
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use berth_meta::MetaStore;
 use berth_registry::access::Access;
-use berth_registry::{Registry, RegistryConfig, UpstreamConfig, UpstreamSettings};
+use berth_registry::{Registry, UpstreamConfig};
 use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
 use clap::{Parser, Subcommand};
 
@@ -46,35 +46,35 @@ enum Command {
     /// Manage users (offline, against the data directory or database).
     User {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(subcommand)]
         cmd: admin::UserCommand,
     },
     /// Manage tenants and their members.
     Tenant {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(subcommand)]
         cmd: admin::TenantCommand,
     },
     /// Manage robot accounts.
     Robot {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(subcommand)]
         cmd: admin::RobotCommand,
     },
     /// Print a Kubernetes imagePullSecret (or .docker/config.json) for a tenant's robot.
     Secret {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(flatten)]
         args: admin::SecretArgs,
     },
     /// Read the audit log.
     Audit {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(flatten)]
         args: admin::AuditArgs,
     },
@@ -82,7 +82,7 @@ enum Command {
     /// verifying every blob's digest.
     Export {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(flatten)]
         args: layout::ExportArgs,
     },
@@ -90,7 +90,7 @@ enum Command {
     /// into the registry, verifying every blob's digest.
     Import {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(flatten)]
         args: layout::ImportArgs,
     },
@@ -102,20 +102,20 @@ enum Command {
     /// or with --into into an ordinary repository. Resumable; prints a summary.
     Mirror {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(flatten)]
         args: mirror::MirrorArgs,
     },
     /// Rotate the token signing key.
     RotateKey {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
     },
     /// Collect garbage: delete unreachable manifests and blobs (online: serving replicas
     /// keep going). `--dry-run` prints what would go.
     Gc {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(flatten)]
         args: gc::GcArgs,
     },
@@ -123,7 +123,7 @@ enum Command {
     /// cached manifests go; their bytes with the next `gc`). `--dry-run` prints what would go
     Retention {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(flatten)]
         args: gc::RetentionArgs,
     },
@@ -131,12 +131,12 @@ enum Command {
     /// run this first when rolling out a new version to many replicas).
     Migrate {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
     },
     /// Tag history, rollback, semver listing and resolution (offline, as the admin `cli`).
     Tag {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(subcommand)]
         cmd: versions::TagCommand,
     },
@@ -179,59 +179,6 @@ fn init_logging(config: &Config) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-}
-
-/// The registry as `serve` runs it: storage, metadata and upstreams from `config`. The
-/// offline commands that write (`import`, `mirror`) open it the same way.
-pub async fn open_registry(config: &Config) -> anyhow::Result<(Registry, MetaStore)> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let blobs = storage::open_blobs(config).await?;
-    let meta = MetaStore::connect(&config.metadata_url())
-        .await
-        .context("opening the metadata store")?;
-    let registry = Registry::new(
-        blobs,
-        meta.clone(),
-        RegistryConfig {
-            max_manifest_bytes: config.limits.max_manifest_bytes,
-            max_blob_bytes: match config.limits.max_blob_bytes {
-                0 => u64::MAX,
-                n => n,
-            },
-            allow_sparse_index: config.allow_sparse_index,
-            max_page: config.limits.max_page.max(1),
-            upload_ttl: Duration::from_secs(config.uploads.ttl_secs),
-            cache_ttl: Duration::from_millis(config.cache.ttl_ms),
-            cache_entries: config.cache.entries.max(1),
-            tag_rules: config.tag_rules()?,
-        },
-    )
-    .with_upstreams(
-        config
-            .upstreams
-            .iter()
-            .map(|u| UpstreamSettings {
-                client: UpstreamConfig {
-                    username: u.username.clone(),
-                    password: u.password.clone(),
-                    ca_file: u.ca_file.clone(),
-                    timeout: Duration::from_secs(u.timeout_secs.max(1)),
-                    ..UpstreamConfig::new(u.name.clone(), u.url())
-                },
-                tag_ttl: Duration::from_secs(u.tag_ttl_secs),
-                negative_ttl: Duration::from_secs(u.negative_ttl_secs),
-                repositories: u.repositories.clone(),
-                cache: u.cache,
-            })
-            .collect(),
-    )?;
-    // The rules managed through the API apply to the offline commands too.
-    registry
-        .reload_tag_rules()
-        .await
-        .context("reading the tag rules managed through the API")?;
-    Ok((registry, meta))
 }
 
 /// The `[[replicate]]` rules, for `serve` (the offline commands exit before a background
@@ -316,7 +263,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(failpoints = ?armed, "failpoints are armed: this server will fail on purpose");
     }
 
-    let (registry, meta) = open_registry(&config).await?;
+    let registry = open::open_registry(&config).await?;
+    let meta = registry.meta().clone();
     let registry = registry.with_replication(replication_rules(&config)?);
     registry
         .follow_other_replicas()
@@ -336,7 +284,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
     let auth = if config.auth.enabled {
-        let key = admin::read_key_file(&config)?;
+        let key = open::read_key_file(&config)?;
         let access = Access::new(meta.clone(), config.access_config(), key)
             .await
             .context("setting up authentication")?;
@@ -435,7 +383,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn migrate(store: &admin::StoreArgs) -> anyhow::Result<()> {
+async fn migrate(store: &open::StoreArgs) -> anyhow::Result<()> {
     let config = store.load()?;
     if config.metadata.url.is_none() {
         std::fs::create_dir_all(&config.data_dir)

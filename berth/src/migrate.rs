@@ -51,10 +51,10 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<bool> {
         .init();
     let target = Config::load(Some(&args.to))
         .with_context(|| format!("reading the target configuration {}", args.to.display()))?;
-    let from = crate::storage::open_blobs(&source)
+    let from = crate::open::open_blobs(&source, false)
         .await
         .context("opening the current blob store")?;
-    let to = crate::storage::open_blobs(&target)
+    let to = crate::open::open_blobs(&target, false)
         .await
         .context("opening the target blob store")?;
 

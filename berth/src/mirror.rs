@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
-use crate::admin::StoreArgs;
+use crate::open::StoreArgs;
 
 #[derive(clap::Args)]
 pub struct MirrorArgs {
@@ -275,7 +275,7 @@ pub async fn run(store: &StoreArgs, args: MirrorArgs) -> anyhow::Result<()> {
     if into.is_some() && images.len() != 1 {
         bail!("--into copies one image; name exactly one");
     }
-    let (registry, _meta) = crate::open_registry(&config).await?;
+    let registry = crate::open::open_registry(&config).await?;
     let bars = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
     } else {

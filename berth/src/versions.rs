@@ -4,12 +4,12 @@
 //! tag rules from the configuration apply as they do in `serve`.
 
 use anyhow::Context;
-use berth_meta::{Actor, MetaStore};
+use berth_meta::Actor;
 use berth_oci::{Digest, RepoName, Tag};
-use berth_registry::{Registry, RegistryConfig, Rollback};
+use berth_registry::{Registry, Rollback};
 use clap::Subcommand;
 
-use crate::admin::StoreArgs;
+use crate::open::StoreArgs;
 
 #[derive(Subcommand)]
 pub enum TagCommand {
@@ -70,30 +70,8 @@ fn repository(r: &str) -> anyhow::Result<RepoName> {
         .map_err(|e| anyhow::anyhow!("repository {r:?}: {e}"))
 }
 
-async fn open(store: &StoreArgs) -> anyhow::Result<Registry> {
-    let config = store.load()?;
-    let blobs = crate::storage::open_blobs(&config).await?;
-    let meta = MetaStore::connect(&config.metadata_url())
-        .await
-        .context("opening the metadata store")?;
-    let registry = Registry::new(
-        blobs,
-        meta,
-        RegistryConfig {
-            allow_sparse_index: config.allow_sparse_index,
-            tag_rules: config.tag_rules()?,
-            ..RegistryConfig::default()
-        },
-    );
-    registry
-        .reload_tag_rules()
-        .await
-        .context("reading the tag rules managed through the API")?;
-    Ok(registry)
-}
-
 pub async fn tag(store: &StoreArgs, cmd: TagCommand) -> anyhow::Result<()> {
-    let registry = open(store).await?;
+    let (_, registry) = store.registry().await?;
     let actor = Actor::named("cli");
     let result = run(&registry, &actor, cmd).await;
     registry.meta().close().await;
