@@ -9,6 +9,7 @@ mod error;
 mod flight;
 pub mod fsck;
 pub mod gc;
+pub mod layout;
 mod login;
 mod proxy;
 mod quota;
@@ -17,6 +18,7 @@ pub mod replicate;
 pub mod retention;
 pub mod stats;
 pub mod tag_rules;
+pub mod transfer;
 mod versions;
 
 use std::sync::Arc;

@@ -1,17 +1,15 @@
 //! `berth fsck`: the command-line face of `Registry::fsck` — configuration as `serve` reads
 //! it, a progress bar on a terminal, and the report as text or JSON.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use anyhow::Context;
 use berth_meta::MetaStore;
-use berth_registry::fsck::{FsckReport, Progress};
+use berth_registry::fsck::FsckReport;
 use berth_registry::{Registry, RegistryConfig};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::Config;
+use crate::progress::PhaseBar;
 
 /// Entries of each kind the text report lists; `--json` lists all.
 const TEXT_LIST_LIMIT: usize = 20;
@@ -30,71 +28,6 @@ pub struct FsckArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
-}
-
-/// Draws on stderr only when it is a terminal: in CI logs and pipes a bar is noise.
-struct Bar {
-    current: Mutex<Option<ProgressBar>>,
-    visible: bool,
-}
-
-impl Bar {
-    fn new() -> Bar {
-        Bar {
-            current: Mutex::new(None),
-            visible: std::io::stderr().is_terminal(),
-        }
-    }
-
-    fn finish(&self) {
-        if let Ok(mut current) = self.current.lock()
-            && let Some(bar) = current.take()
-        {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-impl Progress for Bar {
-    fn phase(&self, name: &'static str, total: Option<u64>) {
-        self.finish();
-        let bar = match total {
-            Some(len) => ProgressBar::with_draw_target(Some(len), self.target()),
-            None => ProgressBar::with_draw_target(None, self.target()),
-        };
-        let template = match (name, total) {
-            ("blobs", Some(_)) => {
-                "{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
-            }
-            (_, Some(_)) => "{msg:>10} [{bar:40}] {pos}/{len}",
-            (_, None) => "{msg:>10} {spinner} {pos}",
-        };
-        if let Ok(style) = ProgressStyle::with_template(template) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_message(name);
-        if let Ok(mut current) = self.current.lock() {
-            *current = Some(bar);
-        }
-    }
-
-    fn advance(&self, n: u64) {
-        if let Ok(current) = self.current.lock()
-            && let Some(bar) = current.as_ref()
-        {
-            bar.inc(n);
-        }
-    }
-}
-
-impl Bar {
-    fn target(&self) -> ProgressDrawTarget {
-        if self.visible {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        }
-    }
 }
 
 /// Runs the check; `Ok(true)` when nothing is missing or corrupt.
@@ -125,7 +58,7 @@ pub async fn run(args: FsckArgs) -> anyhow::Result<bool> {
             ..RegistryConfig::default()
         },
     );
-    let bar = Bar::new();
+    let bar = PhaseBar::new();
     let report = registry.fsck(&bar).await;
     bar.finish();
     meta.close().await;

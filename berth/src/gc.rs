@@ -2,9 +2,8 @@
 //! deletion is re-checked under the metadata store's locks, so serving replicas need not
 //! stop), with a progress bar and a summary.
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
 use crate::open::StoreArgs;
+use crate::progress::GcSpinner;
 
 #[derive(clap::Args)]
 pub struct GcArgs {
@@ -32,21 +31,8 @@ pub async fn run(store: &StoreArgs, args: GcArgs) -> anyhow::Result<()> {
     }
     let registry = crate::open::open_registry(&config).await?;
     let meta = registry.meta().clone();
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    let progress = |p: berth_registry::gc::GcProgress| match p {
-        berth_registry::gc::GcProgress::Repository { done, total } => {
-            bar.set_message(format!("marking and sweeping repositories {done}/{total}"));
-            bar.tick();
-        }
-        berth_registry::gc::GcProgress::Blobs { examined } => {
-            bar.set_message(format!("sweeping orphaned blobs: {examined} examined"));
-            bar.tick();
-        }
-    };
+    let bar = GcSpinner::new();
+    let progress = |p| bar.report(p);
     let options = config.gc.options(args.dry_run);
     let holder = format!("cli:{}", std::process::id());
     let result = if args.dry_run {
@@ -59,7 +45,7 @@ pub async fn run(store: &StoreArgs, args: GcArgs) -> anyhow::Result<()> {
             .collect_garbage_leased(&holder, &options, &progress)
             .await
     };
-    bar.finish_and_clear();
+    bar.finish();
     meta.close().await;
     let Some(report) = result? else {
         anyhow::bail!("another process is collecting garbage now (the gc lease is held)");

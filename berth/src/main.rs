@@ -10,6 +10,7 @@ mod migrate;
 mod mirror;
 mod open;
 mod output;
+mod progress;
 mod versions;
 
 use std::path::PathBuf;
