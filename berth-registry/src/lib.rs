@@ -11,6 +11,7 @@ pub mod fsck;
 pub mod gc;
 pub mod layout;
 mod login;
+pub mod prefetch;
 mod proxy;
 mod quota;
 mod refs;

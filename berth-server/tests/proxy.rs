@@ -522,6 +522,120 @@ async fn corrupt_upstream_blob_is_refused_and_not_cached() {
     );
 }
 
+/// `Prefetch` (behind `berth mirror`) through a real upstream: only the platforms asked
+/// for land in the cache, a second run fetches nothing, and a copy into an ordinary
+/// repository is served with the upstream gone.
+#[tokio::test]
+async fn prefetch_takes_the_platforms_asked_for_and_copies_into_a_repository() {
+    use berth_registry::prefetch::{Prefetch, upstream_image};
+    use berth_registry::transfer::NoProgress;
+    let mut upstream = start(Vec::new()).await;
+    let (amd, amd_digest, amd_layer) = upstream
+        .push_image("library/app", "amd", &[1u8; 5000])
+        .await;
+    let (arm, arm_digest, arm_layer) = upstream
+        .push_image("library/app", "arm", &[2u8; 7000])
+        .await;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": amd_digest, "size": amd.len(),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": OCI_MANIFEST, "digest": arm_digest, "size": arm.len(),
+             "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        ],
+    }))
+    .expect("json");
+    let r = upstream
+        .req(Method::PUT, "/v2/library/app/manifests/multi")
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(index.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cache = cache_for(&upstream, Duration::from_secs(300)).await;
+    let config_len = br#"{"architecture":"amd64","os":"linux"}"#.len() as u64;
+
+    let (repo, reference) = upstream_image("docker.io/library/app:multi").expect("image");
+    let cli = || berth_registry::Actor::named("cli");
+    let mut arm_only = Prefetch::new(
+        &cache.registry,
+        vec!["linux/arm64".into()],
+        cli(),
+        &NoProgress,
+    );
+    let got = arm_only.image(&repo, &reference).await.expect("prefetch");
+    assert_eq!(got.digest.to_string(), sha256(&index));
+    let kept: Vec<String> = got.kept.iter().map(ToString::to_string).collect();
+    assert_eq!(kept, [arm_digest.clone(), sha256(&index)]);
+    let t = &arm_only.tally;
+    assert_eq!(
+        (
+            t.manifests,
+            t.blobs_fetched,
+            t.bytes,
+            t.blobs_skipped,
+            t.platforms_skipped
+        ),
+        (2, 2, config_len + 7000, 0, 1)
+    );
+    let digest = |d: &str| d.parse::<berth_oci::Digest>().expect("digest");
+    assert!(
+        cache
+            .registry
+            .stat_blob(&repo, &digest(&arm_layer))
+            .await
+            .is_ok()
+    );
+    assert!(
+        cache
+            .registry
+            .stat_blob(&repo, &digest(&amd_layer))
+            .await
+            .is_err(),
+        "amd64 was not asked for"
+    );
+    let mut again = Prefetch::new(
+        &cache.registry,
+        vec!["linux/arm64".into()],
+        cli(),
+        &NoProgress,
+    );
+    again.image(&repo, &reference).await.expect("again");
+    assert_eq!(
+        (again.tally.blobs_fetched, again.tally.blobs_skipped),
+        (0, 2)
+    );
+
+    // Every platform, copied into an ordinary repository under the tag.
+    let mut all = Prefetch::new(&cache.registry, Vec::new(), cli(), &NoProgress);
+    let got = all.image(&repo, &reference).await.expect("all");
+    assert_eq!((all.tally.blobs_fetched, all.tally.blobs_skipped), (1, 3));
+    let target: berth_oci::RepoName = "team-a/app".parse().expect("name");
+    let tag = "multi".parse().expect("tag");
+    all.copy(&repo, &got, &target, Some(&tag))
+        .await
+        .expect("copy");
+    upstream.stop().await;
+    let r = cache.get("/v2/team-a/app/manifests/multi").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await, index);
+    for (m, bytes) in [(&amd_digest, &amd), (&arm_digest, &arm)] {
+        let r = cache.get(&format!("/v2/team-a/app/manifests/{m}")).await;
+        assert_eq!(body(r).await, *bytes);
+    }
+    let r = cache
+        .get(&format!("/v2/team-a/app/blobs/{amd_layer}"))
+        .await;
+    assert_eq!(body(r).await, vec![1u8; 5000]);
+    let r = cache
+        .get(&format!("/v2/docker.io/library/app/blobs/{arm_layer}"))
+        .await;
+    assert_eq!(body(r).await, vec![2u8; 7000], "served from the cache");
+}
+
 #[tokio::test]
 async fn unconfigured_names_and_namespaces_stay_local() {
     let upstream = start(Vec::new()).await;
