@@ -778,3 +778,129 @@ async fn cache_eviction_by_age_and_by_size() {
     // The collection frees their bytes: 1000-byte layers and 3- and 6-byte configs.
     assert_eq!(gc(&r, 0, 0, false).await.bytes_freed, 1003 + 1006);
 }
+
+/// `housekeeping` is retention and eviction in one report, and a scheduled round runs it
+/// and a collection only while it holds the lease another replica may have.
+#[tokio::test]
+async fn a_scheduled_round_applies_housekeeping_then_collects_under_the_lease() {
+    use berth_registry::retention::{CacheLimits, Housekeeping, RetentionPolicies, RetentionSpec};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = registry(dir.path(), false).await;
+    let app = repo("team/app");
+    for t in ["1.0.0", "1.1.0"] {
+        push_image(
+            &r,
+            &app,
+            Some(t),
+            t.as_bytes(),
+            &[format!("layer {t}").as_bytes()],
+            None,
+        )
+        .await
+        .expect("push");
+    }
+    let cached = repo("docker.io/library/old");
+    let m = push_image(&r, &cached, Some("latest"), b"old", &[&[b'o'; 100]], None)
+        .await
+        .expect("push");
+    sql(
+        dir.path(),
+        &format!(
+            "UPDATE manifests SET created_at = created_at - {}, pulled_at = NULL WHERE digest = '{}'",
+            30 * DAY,
+            sha(&m)
+        ),
+    )
+    .await;
+    let h = Housekeeping {
+        policies: RetentionPolicies::new(vec![RetentionSpec {
+            repositories: "team/*".into(),
+            keep_last_semver: Some(1),
+            keep_days: None,
+            keep_tags: vec![],
+            include_immutable: true,
+        }])
+        .expect("policy"),
+        cache_limits: vec![(
+            "docker.io".into(),
+            CacheLimits {
+                max_age: Some(Duration::from_secs(25 * 86_400)),
+                max_bytes: None,
+            },
+        )],
+    };
+    let dry = r.housekeeping(&h, true).await.expect("dry run");
+    assert_eq!(
+        dry.expired
+            .iter()
+            .map(|e| e.tag.as_str())
+            .collect::<Vec<_>>(),
+        ["1.0.0"]
+    );
+    assert_eq!(
+        dry.evicted
+            .iter()
+            .map(|e| e.repository.as_str())
+            .collect::<Vec<_>>(),
+        ["docker.io/library/old"]
+    );
+    assert_eq!(
+        dry.bytes,
+        ("1.0.0".len() + "layer 1.0.0".len() + 3 + 100) as u64
+    );
+    assert_eq!(
+        r.list_tags(&app, None, None).await.expect("tags").0.len(),
+        2
+    );
+
+    let options = GcOptions {
+        dry_run: false,
+        grace: Duration::ZERO,
+        rollback_window: Duration::ZERO,
+    };
+    assert!(
+        r.meta()
+            .try_lease("gc", "other replica", 60_000_000)
+            .await
+            .expect("lease")
+    );
+    assert!(
+        r.scheduled_round("me", &h, &options)
+            .await
+            .expect("round")
+            .is_none(),
+        "another replica holds the lease"
+    );
+    assert_eq!(
+        r.list_tags(&app, None, None).await.expect("tags").0.len(),
+        2
+    );
+    r.meta()
+        .release_lease("gc", "other replica")
+        .await
+        .expect("release");
+
+    let round = r
+        .scheduled_round("me", &h, &options)
+        .await
+        .expect("round")
+        .expect("the lease is free");
+    let done = round.housekeeping.expect("housekeeping");
+    assert_eq!((done.expired.len(), done.evicted.len()), (1, 1));
+    let collected = round.collection.expect("collection");
+    assert_eq!(
+        collected.bytes_freed, dry.bytes,
+        "what housekeeping removed is freed"
+    );
+    assert_eq!(
+        r.list_tags(&app, None, None).await.expect("tags").0,
+        ["1.1.0"]
+    );
+    // The round gave the lease back.
+    assert!(
+        r.meta()
+            .try_lease("gc", "other replica", 60_000_000)
+            .await
+            .expect("lease")
+    );
+}

@@ -29,7 +29,7 @@ use berth_oci::Digest;
 use bytes::Bytes;
 use futures_util::Stream;
 
-pub use copy::{Copied, copy_blob};
+pub use copy::{Copied, CopyEvent, CopySummary, copy_all_blobs, copy_blob};
 pub use fs::FsStore;
 pub use hash::{HashState, digest_of};
 pub use s3::{Credentials as S3Credentials, S3Config, S3Store};

@@ -607,6 +607,15 @@ impl Config {
         )?)
     }
 
+    /// The retention policies and cache eviction limits, as `berth retention` and the
+    /// `[gc]` schedule apply them.
+    pub fn housekeeping(&self) -> anyhow::Result<berth_registry::retention::Housekeeping> {
+        Ok(berth_registry::retention::Housekeeping {
+            policies: self.retention()?,
+            cache_limits: self.cache_limits(),
+        })
+    }
+
     /// Each upstream with eviction limits, and its limits.
     pub fn cache_limits(&self) -> Vec<(String, berth_registry::retention::CacheLimits)> {
         self.upstreams

@@ -9,6 +9,7 @@ use berth_registry::fsck::FsckReport;
 use berth_registry::{Registry, RegistryConfig};
 
 use crate::config::Config;
+use crate::output;
 use crate::progress::PhaseBar;
 
 /// Entries of each kind the text report lists; `--json` lists all.
@@ -39,12 +40,7 @@ pub async fn run(args: FsckArgs) -> anyhow::Result<bool> {
     if let Some(u) = args.metadata_url {
         config.metadata.url = Some(u);
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    crate::logging::init_quiet();
 
     let blobs = crate::open::open_blobs(&config, true).await?;
     let meta = MetaStore::connect_read_only(&config.metadata_url())
@@ -71,21 +67,6 @@ pub async fn run(args: FsckArgs) -> anyhow::Result<bool> {
     Ok(report.is_clean())
 }
 
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
 fn section<T>(out: &mut String, title: &str, items: &[T], line: impl Fn(&T) -> String) {
     if items.is_empty() {
         return;
@@ -106,7 +87,7 @@ fn render(r: &FsckReport) -> String {
     let mut out = format!(
         "checked {} blobs ({}), {} manifests, {} suspect references, {} files under blobs/\n",
         r.blobs_checked,
-        human_bytes(r.bytes_checked),
+        output::bytes(r.bytes_checked),
         r.manifests_checked,
         r.references_checked,
         r.files_scanned,
@@ -119,7 +100,7 @@ fn render(r: &FsckReport) -> String {
             format!(
                 "{} ({}) linked in: {}",
                 b.digest,
-                human_bytes(b.size),
+                output::bytes(b.size),
                 b.repositories.join(", ")
             )
         },
@@ -127,13 +108,13 @@ fn render(r: &FsckReport) -> String {
     section(&mut out, "CORRUPT blobs", &r.corrupt_blobs, |b| {
         let found = match (&b.error, b.actual_size, &b.actual_digest) {
             (Some(e), _, _) => format!("unreadable: {e}"),
-            (None, Some(size), Some(d)) => format!("{} hashing to {d}", human_bytes(size)),
+            (None, Some(size), Some(d)) => format!("{} hashing to {d}", output::bytes(size)),
             _ => "unreadable".to_owned(),
         };
         format!(
             "{}: expected {}, found {found}; linked in: {}",
             b.digest,
-            human_bytes(b.expected_size),
+            output::bytes(b.expected_size),
             b.repositories.join(", ")
         )
     });
@@ -158,7 +139,7 @@ fn render(r: &FsckReport) -> String {
         &mut out,
         "orphan blobs (in storage, unknown to metadata; harmless, left by interrupted pushes)",
         &r.orphan_blobs,
-        |b| format!("{} ({})", b.digest, human_bytes(b.size)),
+        |b| format!("{} ({})", b.digest, output::bytes(b.size)),
     );
     section(
         &mut out,
@@ -205,6 +186,6 @@ mod tests {
                 problem: "blob bytes are missing from storage",
             });
         assert!(render(&r).ends_with("result: DAMAGED (1 problems)\n"));
-        assert_eq!(human_bytes(2048), "2.0 KiB");
+        assert_eq!(output::bytes(2048), "2.0 KiB");
     }
 }

@@ -89,28 +89,12 @@ pub struct RetentionArgs {
     pub verbose: bool,
 }
 
-/// Applies the `[[retention]]` policies and the upstreams' eviction limits.
-pub async fn housekeeping(
-    registry: &berth_registry::Registry,
-    config: &crate::config::Config,
-    dry_run: bool,
-) -> anyhow::Result<berth_registry::retention::RetentionReport> {
-    let mut report = registry
-        .apply_retention(&config.retention()?, dry_run)
-        .await?;
-    for (upstream, limits) in config.cache_limits() {
-        let r = registry.evict_cache(&upstream, &limits, dry_run).await?;
-        report.evicted.extend(r.evicted);
-        report.bytes += r.bytes;
-        report.skipped.extend(r.skipped);
-    }
-    Ok(report)
-}
-
 pub async fn retention(store: &StoreArgs, args: RetentionArgs) -> anyhow::Result<()> {
-    let (config, registry) = store.registry().await?;
+    let config = store.load()?;
+    let housekeeping = config.housekeeping()?;
+    let registry = crate::open::open_registry(&config).await?;
     let meta = registry.meta().clone();
-    let result = housekeeping(&registry, &config, args.dry_run).await;
+    let result = registry.housekeeping(&housekeeping, args.dry_run).await;
     meta.close().await;
     let report = result?;
     let verb = if args.dry_run {

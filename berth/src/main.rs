@@ -6,6 +6,7 @@ mod config;
 mod fsck;
 mod gc;
 mod layout;
+mod logging;
 mod migrate;
 mod mirror;
 mod open;
@@ -23,7 +24,7 @@ use berth_registry::{Registry, UpstreamConfig};
 use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
 use clap::{Parser, Subcommand};
 
-use crate::config::{Challenge, Config, LogFormat};
+use crate::config::{Challenge, Config};
 
 #[derive(Parser)]
 #[command(
@@ -165,23 +166,6 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
 }
 
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    // Colour only for a person at a terminal: in a pod's log or a file the escape codes
-    // are noise. NO_COLOR (no-color.org) turns it off even then.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 /// The `[[replicate]]` rules, for `serve` (the offline commands exit before a background
 /// copy could finish, so they do not replicate).
 fn replication_rules(
@@ -249,7 +233,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(k) = args.tls_key {
         config.tls.key_file = Some(k);
     }
-    init_logging(&config);
+    logging::init(&config);
     let tls = config.tls_settings()?;
     let auth_enabled = config.auth.enabled;
     config.check_protected_mode(auth_enabled)?;
@@ -344,7 +328,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     if config.gc.interval_secs > 0 {
-        spawn_gc(&registry, &config);
+        spawn_gc(&registry, &config)?;
     }
     if let Some(keep) = config.audit.keep() {
         let registry = registry.clone();
@@ -404,9 +388,9 @@ async fn migrate(store: &open::StoreArgs) -> anyhow::Result<()> {
 
 /// Every `[gc] interval_secs`, one replica at a time (a lease in the metadata store):
 /// applies the retention policies and cache eviction, then collects garbage.
-fn spawn_gc(registry: &Registry, config: &Config) {
+fn spawn_gc(registry: &Registry, config: &Config) -> anyhow::Result<()> {
     let registry = registry.clone();
-    let config = config.clone();
+    let housekeeping = config.housekeeping()?;
     let options = config.gc.options(false);
     let every = Duration::from_secs(config.gc.interval_secs);
     let holder = format!("serve:{}:{}", hostname(), std::process::id());
@@ -416,15 +400,12 @@ fn spawn_gc(registry: &Registry, config: &Config) {
         tick.tick().await;
         loop {
             tick.tick().await;
-            // Held for at most an hour: a replica that dies mid-run does not stop the others
-            // for longer.
-            match registry
-                .meta()
-                .try_lease("gc", &holder, 3_600_000_000)
+            let round = match registry
+                .scheduled_round(&holder, &housekeeping, &options)
                 .await
             {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Some(round)) => round,
+                Ok(None) => {
                     tracing::debug!("another replica is collecting garbage");
                     continue;
                 }
@@ -432,8 +413,8 @@ fn spawn_gc(registry: &Registry, config: &Config) {
                     tracing::warn!(error = %e, "taking the collection lease failed");
                     continue;
                 }
-            }
-            match gc::housekeeping(&registry, &config, false).await {
+            };
+            match round.housekeeping {
                 Ok(r) if r.expired.is_empty() && r.evicted.is_empty() => {}
                 Ok(r) => tracing::info!(
                     tags = r.expired.len(),
@@ -443,7 +424,7 @@ fn spawn_gc(registry: &Registry, config: &Config) {
                 ),
                 Err(e) => tracing::warn!(error = %e, "retention failed"),
             }
-            match registry.collect_garbage(&options, &|_| {}).await {
+            match round.collection {
                 Ok(r) => tracing::info!(
                     manifests = r.manifests_deleted.len(),
                     links = r.links_removed,
@@ -454,11 +435,9 @@ fn spawn_gc(registry: &Registry, config: &Config) {
                 ),
                 Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
             }
-            if let Err(e) = registry.meta().release_lease("gc", &holder).await {
-                tracing::warn!(error = %e, "releasing the collection lease failed");
-            }
         }
     });
+    Ok(())
 }
 
 fn hostname() -> String {

@@ -33,6 +33,22 @@ pub fn time(secs: i64) -> String {
     berth_oci::time::rfc3339(secs)
 }
 
+/// A byte count as people read it: `512 B`, `2.0 KiB`, `1.5 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 /// An optional value: `-` when absent.
 pub fn opt(v: Option<&str>) -> String {
     v.unwrap_or("-").to_owned()
