@@ -6,6 +6,7 @@ mod config;
 mod fsck;
 mod gc;
 mod layout;
+mod listing;
 mod logging;
 mod migrate;
 mod mirror;

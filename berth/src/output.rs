@@ -54,6 +54,11 @@ pub fn opt(v: Option<&str>) -> String {
     v.unwrap_or("-").to_owned()
 }
 
+/// Writes `text` to stdout. A closed pipe (`| head`) is not an error worth a panic.
+pub fn print(text: &str) {
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
 /// A table printed with a header row and columns padded to their widest cell.
 pub struct Table {
     header: Vec<&'static str>,
@@ -106,11 +111,6 @@ impl Table {
             line(&mut r.iter().map(String::as_str));
         }
         out
-    }
-
-    pub fn print(&self) {
-        // A closed pipe (`| head`) is not an error worth a panic.
-        let _ = std::io::stdout().write_all(self.render().as_bytes());
     }
 }
 

@@ -9,6 +9,7 @@ use berth_oci::{Digest, RepoName, Tag};
 use berth_registry::{Registry, Rollback};
 use clap::Subcommand;
 
+use crate::listing;
 use crate::open::StoreArgs;
 
 #[derive(Subcommand)]
@@ -19,6 +20,7 @@ pub enum TagCommand {
         reference: String,
         #[arg(long, default_value_t = 100)]
         limit: u64,
+        /// One JSON object per line (JSON Lines) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -38,6 +40,7 @@ pub enum TagCommand {
         /// Semver order (the only order this command has; `/v2/.../tags/list` has the other).
         #[arg(long)]
         semver: bool,
+        /// One JSON object per line (JSON Lines) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -48,6 +51,9 @@ pub enum TagCommand {
         /// Consider pre-releases (`1.4.3-rc.1`) too.
         #[arg(long)]
         prerelease: bool,
+        /// One JSON object (a line) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete a tag, immutable ones included (recorded in the history as the `cli`).
     Delete { reference: String },
@@ -86,21 +92,7 @@ async fn run(registry: &Registry, actor: &Actor, cmd: TagCommand) -> anyhow::Res
             json,
         } => {
             let (repo, tag) = split_reference(&reference)?;
-            for e in registry.tag_history(&repo, &tag, limit).await? {
-                if json {
-                    println!("{}", serde_json::to_string(&e)?);
-                } else {
-                    println!(
-                        "{}\t{}\t{}\t{}\t{}\t{}",
-                        e.at,
-                        e.kind,
-                        e.old_digest.as_deref().unwrap_or("-"),
-                        e.new_digest.as_deref().unwrap_or("-"),
-                        e.actor,
-                        e.source.as_deref().unwrap_or("-"),
-                    );
-                }
-            }
+            listing::print(&registry.tag_history(&repo, &tag, limit).await?, json);
         }
         TagCommand::Rollback {
             reference,
@@ -126,24 +118,19 @@ async fn run(registry: &Registry, actor: &Actor, cmd: TagCommand) -> anyhow::Res
             json,
         } => {
             let repo = repository(&r)?;
-            for t in registry.semver_tags(&repo).await? {
-                if json {
-                    println!("{}", serde_json::to_string(&t)?);
-                } else {
-                    println!("{}\t{}", t.tag, t.digest);
-                }
-            }
+            listing::print(&registry.semver_tags(&repo).await?, json);
         }
         TagCommand::Resolve {
             repository: r,
             version,
             prerelease,
+            json,
         } => {
             let repo = repository(&r)?;
             let t = registry
                 .resolve_version(&repo, &version, prerelease)
                 .await?;
-            println!("{}\t{}", t.tag, t.digest);
+            listing::print(&[t], json);
         }
         TagCommand::Delete { reference } => {
             let (repo, tag) = split_reference(&reference)?;

@@ -250,6 +250,10 @@ fn migrate_storage_from_the_embedded_default_to_s3_and_postgres() {
     skopeo_copy(&[], &moved.docker("e2e/whole:stable"), &back.oci("v1"));
     assert_same_image_blobs(&src, &back, &digest);
     // The tag's history came along: created, deleted, created again.
-    let history = run_stdout(moved.cli().args(["tag", "history", "e2e/whole:stable"]));
+    let history = run_stdout(
+        moved
+            .cli()
+            .args(["tag", "history", "e2e/whole:stable", "--json"]),
+    );
     assert_eq!(history.lines().count(), 3, "{history}");
 }
