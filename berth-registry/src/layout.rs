@@ -16,15 +16,14 @@
 use std::collections::{BTreeMap, HashSet};
 
 use berth_meta::Actor;
-use berth_oci::manifest::{ParsedManifest, parse_manifest};
+use berth_oci::manifest::ParsedManifest;
 use berth_oci::{Digest, ImageRef, Reference, RepoName};
 use berth_storage::StorageError;
 use berth_storage::layout::{IndexEntry, OciLayout, REF_NAME, Written};
 use bytes::Bytes;
-use futures_util::StreamExt;
 
 use crate::Registry;
-use crate::transfer::{Context as _, Progress, TransferError};
+use crate::transfer::{Context as _, Progress, TransferError, counted, parse};
 
 /// The annotation recording which repository an exported image came from.
 pub const REPOSITORY: &str = "dev.berth.repository";
@@ -65,15 +64,6 @@ pub(crate) fn needed_blobs(parsed: &ParsedManifest) -> impl Iterator<Item = Dige
         .filter_map(|b| b.known_digest())
 }
 
-fn parsed(
-    bytes: &[u8],
-    media_type: Option<&str>,
-    what: impl FnOnce() -> String,
-) -> Result<ParsedManifest, TransferError> {
-    parse_manifest(bytes, media_type)
-        .map_err(|e| TransferError::Invalid(format!("{}: {e}", what())))
-}
-
 struct Exporter<'a> {
     registry: &'a Registry,
     layout: &'a OciLayout,
@@ -103,12 +93,7 @@ impl Exporter<'_> {
             )));
         };
         self.progress.blob_started(d, Some(reader.len));
-        let progress = self.progress;
-        let body = reader.body.inspect(move |c| {
-            if let Ok(c) = c {
-                progress.bytes(c.len() as u64);
-            }
-        });
+        let body = counted(reader.body, self.progress);
         match self.layout.write_blob(d, body).await {
             Ok(Written::Bytes(n)) => {
                 self.report.blobs_written += 1;
@@ -133,7 +118,7 @@ impl Exporter<'_> {
             .get_manifest(repo, reference)
             .await
             .context(|| format!("reading manifest {repo}:{reference}"))?;
-        let parsed = parsed(&m.content, Some(&m.media_type), || {
+        let parsed = parse(&m.content, Some(&m.media_type), || {
             format!("manifest {} of {repo}", m.digest)
         })?;
         for child in &parsed.manifests {
@@ -195,6 +180,13 @@ struct Importer<'a> {
 }
 
 impl Importer<'_> {
+    fn missing(&self, what: &str, d: &Digest) -> TransferError {
+        TransferError::Invalid(format!(
+            "the layout {} has no {what} {d}",
+            self.layout.root().display()
+        ))
+    }
+
     async fn blob(&mut self, repo: &RepoName, d: &Digest) -> Result<(), TransferError> {
         if !self.done.insert((repo.clone(), d.clone())) {
             return Ok(());
@@ -208,19 +200,9 @@ impl Importer<'_> {
             .open_blob(d)
             .await
             .context(|| format!("reading blob {d} from the layout"))?
-            .ok_or_else(|| {
-                TransferError::Invalid(format!(
-                    "the layout {} has no blob {d}",
-                    self.layout.root().display()
-                ))
-            })?;
+            .ok_or_else(|| self.missing("blob", d))?;
         self.progress.blob_started(d, Some(reader.len));
-        let progress = self.progress;
-        let body = reader.body.inspect(move |c| {
-            if let Ok(c) = c {
-                progress.bytes(c.len() as u64);
-            }
-        });
+        let body = counted(reader.body, self.progress);
         // The registry hashes as it stores: a layout blob that does not match its name is
         // refused here and nothing is linked. Its length goes first, so a quota without
         // room refuses it before it is read.
@@ -246,13 +228,8 @@ impl Importer<'_> {
             .read_blob(d)
             .await
             .context(|| format!("reading manifest {d} from the layout"))?
-            .ok_or_else(|| {
-                TransferError::Invalid(format!(
-                    "the layout {} has no manifest {d}",
-                    self.layout.root().display()
-                ))
-            })?;
-        let parsed = parsed(&bytes, None, || format!("manifest {d}"))?;
+            .ok_or_else(|| self.missing("manifest", d))?;
+        let parsed = parse(&bytes, None, || format!("manifest {d}"))?;
         if self.done.insert((repo.clone(), d.clone())) {
             for child in &parsed.manifests {
                 if let Some(c) = child.known_digest() {

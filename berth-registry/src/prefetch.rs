@@ -8,13 +8,12 @@
 //! it again after an interruption resumes where it stopped.
 
 use berth_meta::Actor;
-use berth_oci::manifest::parse_manifest;
 use berth_oci::{Digest, ImageRef, Reference, RepoName, Tag};
 use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::layout::needed_blobs;
-use crate::transfer::{Context as _, Progress, TransferError};
+use crate::transfer::{Context as _, Progress, TransferError, parse};
 use crate::{BlobSource, Registry, upstream_prefix};
 
 /// What prefetching has done so far (over every image of a run).
@@ -181,8 +180,9 @@ impl<'a> Prefetch<'a> {
             self.progress.warning(&w);
         }
         self.tally.manifests += 1;
-        let parsed = parse_manifest(&m.content, Some(&m.media_type))
-            .map_err(|e| TransferError::Invalid(format!("manifest {} of {repo}: {e}", m.digest)))?;
+        let parsed = parse(&m.content, Some(&m.media_type), || {
+            format!("manifest {} of {repo}", m.digest)
+        })?;
         if !parsed.manifests.is_empty() {
             // The parsed index keeps no platforms: read them from the raw entries.
             let raw: Value = serde_json::from_slice(&m.content).map_err(|e| {
@@ -227,8 +227,7 @@ impl<'a> Prefetch<'a> {
                 .get_manifest(from, &Reference::Digest(d.clone()))
                 .await
                 .context(|| format!("reading manifest {d} of {from}"))?;
-            let parsed = parse_manifest(&m.content, Some(&m.media_type))
-                .map_err(|e| TransferError::Invalid(format!("manifest {d}: {e}")))?;
+            let parsed = parse(&m.content, Some(&m.media_type), || format!("manifest {d}"))?;
             for b in needed_blobs(&parsed) {
                 let mounted = self
                     .registry

@@ -2,8 +2,11 @@
 //! `prefetch` from upstreams. They run as commands rather than requests, so they report
 //! progress as they go and fail with errors that say which object of which image failed.
 
+use berth_oci::manifest::{ParsedManifest, parse_manifest};
 use berth_oci::{Digest, Reference, RepoName};
 use berth_storage::StorageError;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 
 use crate::RegistryError;
 
@@ -47,6 +50,31 @@ pub enum TransferError {
     /// The input does not make sense (a layout entry naming no repository, a bad name).
     #[error("{0}")]
     Invalid(String),
+}
+
+/// `body`, telling `progress` of each frame as it passes.
+pub(crate) fn counted<'a, S>(
+    body: S,
+    progress: &'a dyn Progress,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'a
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send + 'a,
+{
+    body.inspect(move |c| {
+        if let Ok(c) = c {
+            progress.bytes(c.len() as u64);
+        }
+    })
+}
+
+/// A manifest parsed, or `Invalid` naming `what` it is.
+pub(crate) fn parse(
+    bytes: &[u8],
+    media_type: Option<&str>,
+    what: impl FnOnce() -> String,
+) -> Result<ParsedManifest, TransferError> {
+    parse_manifest(bytes, media_type)
+        .map_err(|e| TransferError::Invalid(format!("{}: {e}", what())))
 }
 
 /// Attaches what was being done to a registry or storage error.
