@@ -67,6 +67,27 @@ fn layout_file(root: &std::path::Path, d: &Digest) -> std::path::PathBuf {
     root.join("blobs/sha256").join(d.hex())
 }
 
+/// `team-a/app:v1` (a config and `layer`) pushed to a new registry in `dir/a` and exported
+/// to `dir/backup`: the registry, the manifest's bytes and the layout.
+async fn exported(dir: &std::path::Path, layer: &[u8]) -> (Registry, Vec<u8>, OciLayout) {
+    let a = registry(&dir.join("a"), false).await;
+    let m = push_image(
+        &a,
+        &repo("team-a/app"),
+        Some("v1"),
+        b"config",
+        &[layer],
+        None,
+    )
+    .await
+    .expect("push");
+    let layout = OciLayout::create(dir.join("backup")).await.expect("layout");
+    a.export_layout(&layout, &images(&["team-a/app:v1"]), &NoProgress)
+        .await
+        .expect("export");
+    (a, m, layout)
+}
+
 async fn round_trip(postgres: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = registry(&dir.path().join("a"), postgres).await;
@@ -183,18 +204,10 @@ async fn export_and_import_round_trip_identical_bytes_postgres() {
 #[tokio::test]
 async fn import_refuses_a_corrupt_layout_and_links_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = registry(&dir.path().join("a"), false).await;
     let app = repo("team-a/app");
     let layer = format!("layer {}", uuid::Uuid::new_v4()).into_bytes();
-    push_image(&a, &app, Some("v1"), b"config", &[&layer], None)
-        .await
-        .expect("push");
-    let out = dir.path().join("backup");
-    let layout = OciLayout::create(&out).await.expect("layout");
-    a.export_layout(&layout, &images(&["team-a/app:v1"]), &NoProgress)
-        .await
-        .expect("export");
-    let path = layout_file(&out, &sha(&layer));
+    let (_, _, layout) = exported(dir.path(), &layer).await;
+    let path = layout_file(layout.root(), &sha(&layer));
     let mut bytes = std::fs::read(&path).expect("layer");
     bytes[0] ^= 0xff;
     std::fs::write(&path, bytes).expect("corrupt");
@@ -260,16 +273,7 @@ async fn export_refuses_a_corrupt_store_and_writes_nothing_of_it() {
 #[tokio::test]
 async fn a_layout_from_another_tool_goes_where_it_is_told() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = registry(&dir.path().join("a"), false).await;
-    let app = repo("team-a/app");
-    let m = push_image(&a, &app, Some("v1"), b"config", &[b"layer"], None)
-        .await
-        .expect("push");
-    let out = dir.path().join("backup");
-    let layout = OciLayout::create(&out).await.expect("layout");
-    a.export_layout(&layout, &images(&["team-a/app:v1"]), &NoProgress)
-        .await
-        .expect("export");
+    let (_, m, layout) = exported(dir.path(), b"layer").await;
     // As skopeo writes it: the tag, no repository.
     let mut index = layout.read_index().await.expect("index");
     index.manifests[0].annotations.remove(REPOSITORY);

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use berth_oci::{Algorithm, Digest};
 use berth_storage::{
-    BlobCheck, BlobStore, FsStore, HashState, S3Config, S3Credentials, S3Store, ScanEntry,
-    StorageError, digest_of,
+    BlobCheck, BlobStore, FsStore, HashState, S3Config, S3Store, ScanEntry, StorageError, digest_of,
 };
+use berth_testkit::s3_config;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
@@ -27,24 +27,6 @@ async fn fs() -> Harness {
     Harness {
         store,
         _dir: Some(dir),
-    }
-}
-
-pub fn s3_config(prefix: &str) -> S3Config {
-    let endpoint = std::env::var("BERTH_TEST_S3_URL")
-        .expect("BERTH_TEST_S3_URL must point at an S3 server (scripts/start-s3.sh)");
-    S3Config {
-        endpoint,
-        bucket: std::env::var("BERTH_TEST_S3_BUCKET").unwrap_or_else(|_| "berth-test".into()),
-        region: "us-east-1".into(),
-        prefix: prefix.into(),
-        credentials: S3Credentials {
-            access_key_id: "berth-test".into(),
-            secret_access_key: "berth-test-secret".into(),
-            session_token: None,
-        },
-        path_style: true,
-        redirect_expiry: None,
     }
 }
 

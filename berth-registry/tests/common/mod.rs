@@ -7,30 +7,14 @@
 use berth_meta::MetaStore;
 use berth_oci::{Digest, Reference, RepoName};
 use berth_registry::{Actor, Registry, RegistryConfig, RegistryError};
-use berth_storage::{BlobStore, FsStore, S3Config, S3Credentials, S3Store, ScanEntry};
+use berth_storage::{BlobStore, FsStore, ScanEntry};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
 pub const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-/// A fresh schema of its own in the PostgreSQL database `BERTH_TEST_POSTGRES_URL` names,
-/// as a metadata URL, so tests never see each other's rows.
-pub async fn postgres_url() -> String {
-    let base = std::env::var("BERTH_TEST_POSTGRES_URL")
-        .expect("BERTH_TEST_POSTGRES_URL must point at a PostgreSQL database");
-    sqlx::any::install_default_drivers();
-    let schema = format!("t{}", uuid::Uuid::new_v4().simple());
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
-        .await
-        .expect("postgres reachable");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut conn)
-        .await
-        .expect("create schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-csearch_path%3D{schema}")
-}
+pub use berth_testkit::postgres_url;
 
 /// The metadata URL of a test: SQLite in `dir`, or a fresh PostgreSQL schema.
 pub async fn meta_url(dir: &std::path::Path, postgres: bool) -> String {
@@ -47,21 +31,7 @@ pub async fn blob_store(s3: bool, dir: &std::path::Path) -> BlobStore {
     if !s3 {
         return BlobStore::Fs(FsStore::new(dir).await.expect("fs store"));
     }
-    let config = S3Config {
-        endpoint: std::env::var("BERTH_TEST_S3_URL")
-            .expect("BERTH_TEST_S3_URL must point at an S3 server (scripts/start-s3.sh)"),
-        bucket: std::env::var("BERTH_TEST_S3_BUCKET").unwrap_or_else(|_| "berth-test".into()),
-        region: "us-east-1".into(),
-        prefix: format!("t{}/", uuid::Uuid::new_v4().simple()),
-        credentials: S3Credentials {
-            access_key_id: "berth-test".into(),
-            secret_access_key: "berth-test-secret".into(),
-            session_token: None,
-        },
-        path_style: true,
-        redirect_expiry: None,
-    };
-    BlobStore::S3(S3Store::new(config).await.expect("S3 store"))
+    berth_testkit::s3_store().await
 }
 
 /// A registry with the default rules on `blobs` and the metadata at `url`.
