@@ -448,6 +448,18 @@ async fn sql(dir: &std::path::Path, statement: &str) {
 
 const DAY: i64 = 86_400_000_000;
 
+/// Makes a manifest look fetched `days` ago and never pulled since.
+async fn last_used_days_ago(dir: &std::path::Path, digest: &Digest, days: i64) {
+    sql(
+        dir,
+        &format!(
+            "UPDATE manifests SET created_at = created_at - {}, pulled_at = NULL WHERE digest = '{digest}'",
+            days * DAY,
+        ),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn retention_keeps_what_its_rules_name_and_gc_frees_the_rest() {
     use berth_registry::retention::{RetentionPolicies, RetentionSpec};
@@ -584,15 +596,7 @@ async fn cache_eviction_by_age_and_by_size() {
         let m = push_image(&r, &rp, Some("latest"), name.as_bytes(), &[&layer], None)
             .await
             .expect("push");
-        sql(
-            dir.path(),
-            &format!(
-                "UPDATE manifests SET created_at = created_at - {}, pulled_at = NULL WHERE digest = '{}'",
-                days * DAY,
-                sha(&m)
-            ),
-        )
-        .await;
+        last_used_days_ago(dir.path(), &sha(&m), days).await;
         digests.push((rp, sha(&m)));
     }
     // Outside the cache, nothing is touched.
@@ -686,15 +690,7 @@ async fn a_scheduled_round_applies_housekeeping_then_collects_under_the_lease() 
     let m = push_image(&r, &cached, Some("latest"), b"old", &[&[b'o'; 100]], None)
         .await
         .expect("push");
-    sql(
-        dir.path(),
-        &format!(
-            "UPDATE manifests SET created_at = created_at - {}, pulled_at = NULL WHERE digest = '{}'",
-            30 * DAY,
-            sha(&m)
-        ),
-    )
-    .await;
+    last_used_days_ago(dir.path(), &sha(&m), 30).await;
     let h = Housekeeping {
         policies: RetentionPolicies::new(vec![RetentionSpec {
             repositories: "team/*".into(),
