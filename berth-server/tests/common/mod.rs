@@ -140,11 +140,6 @@ pub struct Stores {
     pub meta: MetaStore,
 }
 
-/// The filesystem and SQLite in a new directory.
-pub async fn stores() -> Stores {
-    stores_on(false, false).await
-}
-
 /// A running server: its base URL, a client, and the sender whose drop stops it.
 pub struct Running {
     pub base: String,
