@@ -32,34 +32,12 @@ async fn sqlite() -> Db {
 }
 
 async fn postgres() -> Db {
-    let base = std::env::var("BERTH_TEST_POSTGRES_URL").expect(
-        "BERTH_TEST_POSTGRES_URL must point at a PostgreSQL database (bash .ci/start-postgres.sh prints one)",
-    );
-    sqlx::any::install_default_drivers();
-    let schema = format!("t{}", uuid_like());
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
-        .await
-        .expect("postgres reachable");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut conn)
-        .await
-        .expect("create schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+    let url = berth_testkit::postgres_url().await;
     Db {
         store: MetaStore::connect(&url).await.expect("postgres connects"),
         url,
         _dir: None,
     }
-}
-
-fn uuid_like() -> String {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{nanos:x}{:x}", std::process::id())
 }
 
 static TESTER: std::sync::LazyLock<Actor> = std::sync::LazyLock::new(|| Actor::named("tester"));

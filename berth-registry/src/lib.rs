@@ -9,7 +9,9 @@ mod error;
 mod flight;
 pub mod fsck;
 pub mod gc;
+pub mod layout;
 mod login;
+pub mod prefetch;
 mod proxy;
 mod quota;
 mod refs;
@@ -17,6 +19,7 @@ pub mod replicate;
 pub mod retention;
 pub mod stats;
 pub mod tag_rules;
+pub mod transfer;
 mod versions;
 
 use std::sync::Arc;

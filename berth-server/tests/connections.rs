@@ -10,11 +10,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_registry::{Registry, RegistryConfig};
+use berth_server::ServerConfig;
 use berth_server::client::TrustedProxies;
 use berth_server::tls::TlsSettings;
-use berth_server::{AppState, ServerConfig};
 use bytes::Bytes;
+use common::metric;
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::BoxBody;
 use hyper::client::conn::http2::SendRequest;
@@ -36,8 +36,7 @@ struct Server {
     addr: SocketAddr,
     /// The CA's PEM when the server speaks TLS.
     ca: Option<Vec<u8>>,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
+    _server: common::TestServer,
     _pki: Option<tempfile::TempDir>,
 }
 
@@ -55,13 +54,12 @@ async fn start(mut config: ServerConfig, tls: bool) -> Server {
         });
         pki = Some(dir);
     }
-    let st = common::stores().await;
-    let state = AppState::new(
-        Registry::new(st.blobs, st.meta, RegistryConfig::default()),
-        config,
-    );
-    let run = common::serve(state).await;
-    let addr = run
+    let server = common::start(common::Setup {
+        server: config,
+        ..common::Setup::default()
+    })
+    .await;
+    let addr = server
         .base
         .trim_start_matches("http://")
         .parse()
@@ -69,8 +67,7 @@ async fn start(mut config: ServerConfig, tls: bool) -> Server {
     Server {
         addr,
         ca,
-        _stop: run.stop,
-        _dir: st.dir,
+        _server: server,
         _pki: pki,
     }
 }
@@ -152,14 +149,6 @@ impl Server {
             .await
             .expect("TLS handshake")
     }
-}
-
-/// The value of one sample in a Prometheus exposition; 0 when absent.
-fn metric(text: &str, sample: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().expect("a number"))
-        .unwrap_or(0)
 }
 
 type ReqBody = BoxBody<Bytes, std::io::Error>;
@@ -354,12 +343,12 @@ async fn attack_then_serve(kind: Kind, many_sources: bool) {
         "{kind:?}: each new client displaced one held connection; the attacker keeps the rest"
     );
     assert_eq!(
-        metric(&m, "berth_connections_evicted_total{reason=\"capacity\"}"),
+        metric::<u64>(&m, "berth_connections_evicted_total{reason=\"capacity\"}"),
         u64::try_from(displaced).expect("small"),
         "{m}"
     );
     assert_eq!(
-        metric(&m, "berth_connections_open"),
+        metric::<u64>(&m, "berth_connections_open"),
         u64::try_from(MAX).expect("small"),
         "the server was full throughout"
     );
@@ -441,11 +430,11 @@ async fn one_address_cannot_fill_the_server() {
     );
     let (_m, m) = server.metrics().await;
     assert_eq!(
-        metric(&m, "berth_connections_evicted_total{reason=\"per_client\"}"),
+        metric::<u64>(&m, "berth_connections_evicted_total{reason=\"per_client\"}"),
         36
     );
     assert_eq!(
-        metric(&m, "berth_connections_evicted_total{reason=\"capacity\"}"),
+        metric::<u64>(&m, "berth_connections_evicted_total{reason=\"capacity\"}"),
         0
     );
 }
@@ -478,7 +467,7 @@ async fn trusted_proxies_are_not_capped_per_address() {
     assert_eq!(other_open, 4, "an ordinary address keeps its cap");
     let (_m, m) = server.metrics().await;
     assert_eq!(
-        metric(&m, "berth_connections_evicted_total{reason=\"per_client\"}"),
+        metric::<u64>(&m, "berth_connections_evicted_total{reason=\"per_client\"}"),
         6
     );
 }
@@ -577,15 +566,15 @@ async fn busy_connections_are_never_evicted_and_the_excess_is_refused() {
         "the idle connection made room"
     );
     assert_eq!(
-        metric(&m, "berth_connections_refused_total{reason=\"per_client\"}"),
+        metric::<u64>(&m, "berth_connections_refused_total{reason=\"per_client\"}"),
         1
     );
     assert_eq!(
-        metric(&m, "berth_connections_refused_total{reason=\"capacity\"}"),
+        metric::<u64>(&m, "berth_connections_refused_total{reason=\"capacity\"}"),
         1
     );
     assert_eq!(
-        metric(&m, "berth_connections_evicted_total{reason=\"capacity\"}"),
+        metric::<u64>(&m, "berth_connections_evicted_total{reason=\"capacity\"}"),
         1
     );
 }
@@ -625,7 +614,7 @@ async fn connections_that_never_ask_close_at_the_first_request_deadline() {
     }
     let (_m, m) = server.metrics().await;
     assert_eq!(
-        metric(
+        metric::<u64>(
             &m,
             "berth_connections_timed_out_total{stage=\"first_request\"}"
         ),
@@ -633,7 +622,7 @@ async fn connections_that_never_ask_close_at_the_first_request_deadline() {
         "{m}"
     );
     assert_eq!(
-        metric(&m, "berth_connections_timed_out_total{stage=\"headers\"}"),
+        metric::<u64>(&m, "berth_connections_timed_out_total{stage=\"headers\"}"),
         1,
         "{m}"
     );
@@ -662,7 +651,7 @@ async fn tls_handshake_and_first_request_deadlines() {
     assert!(took >= Duration::from_millis(900), "{took:?}");
     let (_m, m) = server.metrics().await;
     assert_eq!(
-        metric(
+        metric::<u64>(
             &m,
             "berth_connections_timed_out_total{stage=\"tls_handshake\"}"
         ),
@@ -670,7 +659,7 @@ async fn tls_handshake_and_first_request_deadlines() {
         "{m}"
     );
     assert_eq!(
-        metric(
+        metric::<u64>(
             &m,
             "berth_connections_timed_out_total{stage=\"first_request\"}"
         ),
@@ -731,7 +720,7 @@ async fn http2_idle_timeout_closes_a_pinging_connection_without_streams() {
     );
     let (_m, m) = server.metrics().await;
     assert_eq!(
-        metric(&m, "berth_connections_timed_out_total{stage=\"idle\"}"),
+        metric::<u64>(&m, "berth_connections_timed_out_total{stage=\"idle\"}"),
         1,
         "{m}"
     );
@@ -797,7 +786,7 @@ async fn a_long_http2_request_is_neither_idle_closed_nor_evicted() {
     drop(newcomers);
     let (_m, m) = server.metrics().await;
     assert!(
-        metric(&m, "berth_connections_evicted_total{reason=\"capacity\"}") >= 4,
+        metric::<u64>(&m, "berth_connections_evicted_total{reason=\"capacity\"}") >= 4,
         "{m}"
     );
 }

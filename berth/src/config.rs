@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub mod storage;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -17,7 +19,7 @@ pub struct Config {
     pub public_url: Option<String>,
     pub metadata: MetadataConfig,
     /// Where blob bytes live (`[storage]`): the data directory, or an S3 bucket.
-    pub storage: crate::storage::StorageConfig,
+    pub storage: storage::StorageConfig,
     pub limits: LimitsConfig,
     pub uploads: UploadsConfig,
     pub log: LogConfig,
@@ -66,7 +68,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./berth-data"),
             public_url: None,
             metadata: MetadataConfig::default(),
-            storage: crate::storage::StorageConfig::default(),
+            storage: storage::StorageConfig::default(),
             limits: LimitsConfig::default(),
             uploads: UploadsConfig::default(),
             log: LogConfig::default(),
@@ -608,6 +610,15 @@ impl Config {
         Ok(berth_registry::retention::RetentionPolicies::new(
             self.retention.clone(),
         )?)
+    }
+
+    /// The retention policies and cache eviction limits, as `berth retention` and the
+    /// `[gc]` schedule apply them.
+    pub fn housekeeping(&self) -> anyhow::Result<berth_registry::retention::Housekeeping> {
+        Ok(berth_registry::retention::Housekeeping {
+            policies: self.retention()?,
+            cache_limits: self.cache_limits(),
+        })
     }
 
     /// Each upstream with eviction limits, and its limits.

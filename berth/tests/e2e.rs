@@ -13,6 +13,8 @@ mod containerd;
 mod gc;
 #[path = "e2e/harness.rs"]
 mod harness;
+#[path = "support/http.rs"]
+mod http;
 
 #[path = "e2e/audit.rs"]
 mod audit;
