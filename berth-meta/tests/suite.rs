@@ -1561,30 +1561,13 @@ suite!(
     quota_counts_manifests_and_open_uploads,
 );
 
-/// A fresh PostgreSQL schema, and the URL that selects it.
-async fn empty_postgres_schema() -> String {
-    let base = std::env::var("BERTH_TEST_POSTGRES_URL")
-        .expect("BERTH_TEST_POSTGRES_URL must point at a PostgreSQL database");
-    sqlx::any::install_default_drivers();
-    let schema = format!("t{}", uuid_like());
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
-        .await
-        .expect("postgres reachable");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut conn)
-        .await
-        .expect("create schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-csearch_path%3D{schema}")
-}
-
 /// Four replicas (or `berth migrate` init containers) starting at once on one database:
 /// none fails, and every step is applied once. On an empty schema, and on one an older
 /// Berth left at version 5.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_starting_together_migrate_once() {
     for older in [false, true] {
-        let url = empty_postgres_schema().await;
+        let url = berth_testkit::postgres_url().await;
         if older {
             let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
                 .await

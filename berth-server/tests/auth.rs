@@ -2106,22 +2106,22 @@ fn challenged_scopes(r: &reqwest::Response) -> Vec<String> {
 async fn a_mount_asks_for_the_source_scope_only_from_who_may_read_it() {
     let s = start(AccessConfig::default()).await;
     let me = cli_identity();
-    s.access
+    s.access()
         .create_user(&me, None, "admin", PASSWORD, true)
         .await
         .expect("admin");
     for t in ["team-a", "team-b"] {
-        s.access
+        s.access()
             .create_tenant(&me, None, t, false)
             .await
             .expect("tenant");
     }
     for (user, tenant) in [("dev-a", "team-a"), ("dev-b", "team-b")] {
-        s.access
+        s.access()
             .create_user(&me, None, user, PASSWORD, false)
             .await
             .expect("user");
-        s.access
+        s.access()
             .set_member(&me, None, tenant, user, Some("developer"))
             .await
             .expect("member");

@@ -848,14 +848,14 @@ async fn stalled_uploads_and_unread_downloads_are_cut_off() {
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (_c, m) = server.metrics().await;
-        if metric(
+        if metric::<u64>(
             &m,
             "berth_connections_timed_out_total{stage=\"stalled_write\"}",
         ) == 1
         {
             cut_off = true;
             assert_eq!(
-                metric(
+                metric::<u64>(
                     &m,
                     "berth_connections_timed_out_total{stage=\"stalled_body\"}"
                 ),
