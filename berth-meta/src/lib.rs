@@ -13,6 +13,7 @@ mod access;
 mod copy;
 mod fsck;
 mod gc;
+mod jobs;
 mod notify;
 mod quota;
 mod tags;
@@ -25,6 +26,9 @@ use sqlx::{AnyPool, Row, Transaction};
 pub use access::{AuditQuery, AuditRecord, RobotRow, TenantRow, UserChange, UserRow};
 pub use fsck::{BlobRow, DanglingRef, ManifestCursor, ManifestRow};
 pub use gc::{GcManifest, RepoGraph};
+pub use jobs::{
+    Change, ChangeKind, Job, JobOutcome, JobQuery, JobState, JobsHook, NewJob, QueueBacklog,
+};
 pub use notify::Invalidation;
 pub use quota::{QuotaExceeded, Reservation, Usage};
 pub use tags::{SetTag, TagChange, TagEvent, TagGuard};
@@ -231,6 +235,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0007_reserved_names.sql"),
     include_str!("../migrations/sqlite/0008_upload_quota.sql"),
     include_str!("../migrations/sqlite/0009_tags_covering.sql"),
+    include_str!("../migrations/sqlite/0010_jobs.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -242,6 +247,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0007_reserved_names.sql"),
     include_str!("../migrations/postgres/0008_upload_quota.sql"),
     include_str!("../migrations/postgres/0009_tags_covering.sql"),
+    include_str!("../migrations/postgres/0010_jobs.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {
@@ -877,6 +883,7 @@ impl MetaStore {
             )
             .await?;
         }
+        let mut previous = None;
         if let Some(tag) = m.tag {
             let rule = (guard.immutable)(tag);
             let write = tags::TagWrite {
@@ -890,13 +897,17 @@ impl MetaStore {
                 override_immutable: false,
                 actor: m.actor,
             };
-            if let tags::Written::Immutable(current) = Self::write_tag(&mut tx, &write).await? {
-                tx.rollback().await?;
-                return Ok(PutManifest::Immutable {
-                    tag: tag.to_owned(),
-                    current,
-                    rule: rule.unwrap_or_default(),
-                });
+            match Self::write_tag(&mut tx, &write).await? {
+                tags::Written::Immutable(current) => {
+                    tx.rollback().await?;
+                    return Ok(PutManifest::Immutable {
+                        tag: tag.to_owned(),
+                        current,
+                        rule: rule.unwrap_or_default(),
+                    });
+                }
+                tags::Written::Changed { previous: p } => previous = p,
+                tags::Written::Unchanged | tags::Written::Moved(_) => {}
             }
             let target = format!("{tag}@{}", m.digest);
             Self::audit(&mut tx, m.actor, "tag.set", Some(m.repo), Some(&target)).await?;
@@ -906,6 +917,19 @@ impl MetaStore {
             };
             self.notify(&mut tx, inv).await?;
         }
+        let change = Change {
+            kind: ChangeKind::Push,
+            repo: m.repo,
+            digest: m.digest,
+            media_type: Some(m.media_type),
+            size: Some(size),
+            tag: m.tag,
+            previous: previous.as_deref(),
+            tags: &[],
+            actor: m.actor,
+            at: now,
+        };
+        Self::queue_jobs_for(&mut tx, guard.jobs, &change).await?;
         tx.commit().await?;
         Ok(PutManifest::Stored)
     }
@@ -964,10 +988,13 @@ impl MetaStore {
         let Some(repo_id) = Self::repo_id_in(&mut *tx, repo).await? else {
             return Ok(Removal::NotFound);
         };
-        if let Some(refused) = Self::remove_tags_of(&mut tx, repo_id, digest, actor, guard).await? {
-            tx.rollback().await?;
-            return Ok(refused);
-        }
+        let removed = match Self::remove_tags_of(&mut tx, repo_id, digest, actor, guard).await? {
+            Ok(names) => names,
+            Err(refused) => {
+                tx.rollback().await?;
+                return Ok(refused);
+            }
+        };
         let gone = sqlx::query("DELETE FROM manifests WHERE repo_id = $1 AND digest = $2")
             .bind(repo_id)
             .bind(digest)
@@ -982,6 +1009,20 @@ impl MetaStore {
             digest: digest.to_owned(),
         };
         self.notify(&mut tx, inv).await?;
+        // Rolled back with the rest if an index still lists the manifest.
+        let change = Change {
+            kind: ChangeKind::DeleteManifest,
+            repo,
+            digest,
+            media_type: None,
+            size: None,
+            tag: None,
+            previous: None,
+            tags: &removed,
+            actor,
+            at: now_micros(),
+        };
+        Self::queue_jobs_for(&mut tx, guard.jobs, &change).await?;
         Self::commit_unless_used(
             tx,
             repo_id,
@@ -1040,6 +1081,19 @@ impl MetaStore {
         )
         .await?;
         Self::audit(&mut tx, actor, "tag.delete", Some(repo), Some(tag)).await?;
+        let change = Change {
+            kind: ChangeKind::DeleteTag,
+            repo,
+            digest: &old,
+            media_type: None,
+            size: None,
+            tag: Some(tag),
+            previous: None,
+            tags: &[],
+            actor,
+            at: now_micros(),
+        };
+        Self::queue_jobs_for(&mut tx, guard.jobs, &change).await?;
         let inv = Invalidation::Tag {
             repo: repo.to_owned(),
             tag: tag.to_owned(),
