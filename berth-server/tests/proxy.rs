@@ -75,6 +75,8 @@ async fn start_with(opts: Opts) -> Server {
         .with_upstreams(opts.upstreams)
         .expect("upstreams")
         .with_replication(opts.replicas);
+    // Replication runs on the job queue's workers.
+    let _jobs = registry.start_jobs();
     let access = match opts.auth {
         Some(config) => Some(Access::new(meta, config, None).await.expect("access")),
         None => None,

@@ -89,7 +89,8 @@ async fn open(store: &StoreArgs) -> anyhow::Result<Registry> {
         .reload_tag_rules()
         .await
         .context("reading the tag rules managed through the API")?;
-    Ok(registry)
+    // Rollbacks and deletes here are events and replication copies like any other.
+    crate::events::configure(registry, &config).await
 }
 
 pub async fn tag(store: &StoreArgs, cmd: TagCommand) -> anyhow::Result<()> {
