@@ -961,20 +961,11 @@ impl Registry {
         }
         let (host, literal) =
             url_host(&spec.url).map_err(|e| RegistryError::Invalid(e.to_string()))?;
-        let refused = match literal {
-            Some(ip) => !self.events.allowlist.allows(None, ip),
-            // A name is judged by what it resolves to when called; these never resolve
-            // anywhere else.
-            None => {
-                let h = host.trim_end_matches('.').to_ascii_lowercase();
-                (h == "localhost" || h.ends_with(".localhost"))
-                    && !self
-                        .events
-                        .allowlist
-                        .allows(Some(&h), IpAddr::from([127, 0, 0, 1]))
-            }
-        };
-        if refused {
+        // A name is judged by what it resolves to each time it is called; an address
+        // can be judged now.
+        if let Some(ip) = literal
+            && !self.events.allowlist.allows(None, ip)
+        {
             self.events
                 .stats
                 .webhooks_refused
