@@ -1169,3 +1169,73 @@ async fn two_replicas_deliver_each_event_once() {
         + two.metric("berth_jobs_done_total", "webhook:a").await;
     assert_eq!(total, n as f64);
 }
+
+/// A replica that died holding an endpoint's queue passes it on when its lease runs out:
+/// until then nobody else calls the endpoint, then this replica does.
+#[tokio::test]
+async fn a_dead_replicas_queue_passes_on_when_its_lease_expires() {
+    let rx = Receiver::start().await;
+    let (b, _dir) = sqlite_berth(Setup {
+        webhooks: vec![hook("l", rx.url("/l"), Format::Distribution, ALL)],
+        ..Setup::default()
+    })
+    .await;
+    let until = berth_meta::now_micros() + 3_000_000;
+    assert!(
+        b.registry
+            .meta()
+            .take_queue("webhook:l", "a-replica-that-died", until)
+            .await
+            .expect("lease")
+    );
+    let start = Instant::now();
+    b.push("team-a/app", "v1", b"leased elsewhere").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        rx.got().is_empty(),
+        "the queue is another replica's for now"
+    );
+    let got = rx
+        .wait("the event after the lease ran out", |g| !g.is_empty())
+        .await;
+    assert!(got[0].at.duration_since(start) >= Duration::from_secs(2));
+}
+
+/// One endpoint down does not hold up another: the healthy one gets every event while
+/// the other's queue rests.
+#[tokio::test]
+async fn a_failing_endpoint_delays_only_itself() {
+    let rx = Receiver::start().await;
+    let down = format!("http://127.0.0.1:{}/down", common_free_port());
+    let (b, _dir) = sqlite_berth(Setup {
+        webhooks: vec![
+            hook("down", down, Format::Distribution, ALL),
+            hook("up", rx.url("/up"), Format::Distribution, ALL),
+        ],
+        ..Setup::default()
+    })
+    .await;
+    for i in 0..5 {
+        b.push(&format!("team-a/r{i}"), "v1", format!("x{i}").as_bytes())
+            .await;
+    }
+    rx.wait("five events at the healthy endpoint", |g| g.len() == 5)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.metric("berth_jobs_failed_total", "webhook:down").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the down endpoint was never tried"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.metric("berth_jobs_done_total", "webhook:down").await, 0.0);
+}
+
+/// A loopback port nobody listens on.
+fn common_free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
