@@ -889,10 +889,12 @@ async fn owner_setup(b: &Berth) {
         .create_user(&me, None, "olivia", PASSWORD, false)
         .await
         .expect("owner");
-    access
-        .create_tenant(&me, None, "team-a", false)
-        .await
-        .expect("tenant");
+    for t in ["team-a", "team-b"] {
+        access
+            .create_tenant(&me, None, t, false)
+            .await
+            .expect("tenant");
+    }
     access
         .set_member(&me, None, "team-a", "olivia", Some("owner"))
         .await
@@ -1011,7 +1013,7 @@ async fn owners_manage_their_webhooks_and_redeliver_dead_events() {
             "events": ["push", "delete"],
             "secret": "s3cret",
             "format": "cloudevents",
-            "repositories": ["team-a/*"],
+            "repositories": ["*"],
         }))
         .send()
         .await
@@ -1033,6 +1035,8 @@ async fn owners_manage_their_webhooks_and_redeliver_dead_events() {
     );
     assert_eq!(w["queue"], "webhook:team-a/ci");
 
+    // Another tenant's push never reaches a tenant's webhook, whatever its globs say.
+    b.push("team-b/app", "v1", b"not theirs").await;
     let (digest, _) = b.push("team-a/app", "v1", b"dead then alive").await;
     rx.wait("two attempts", |g| g.len() >= 2).await;
     let dead = loop {
@@ -1082,6 +1086,12 @@ async fn owners_manage_their_webhooks_and_redeliver_dead_events() {
     .expect("redeliver");
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let got = rx.wait("the redelivered event", |g| g.len() >= 3).await;
+    assert!(
+        got.iter()
+            .flat_map(Received::events)
+            .all(|e| e["data"]["repository"] == "team-a/app"),
+        "only the tenant's own repositories"
+    );
     let last = got.last().expect("a request");
     verify("s3cret", last);
     assert_eq!(last.events()[0]["data"]["digest"], digest.as_str());
