@@ -45,7 +45,7 @@ const CLOUDEVENTS_BATCH: &str = "application/cloudevents-batch+json; charset=utf
 /// The job kind of a webhook delivery.
 pub const WEBHOOK_JOB: &str = "webhook";
 /// Pull events written per batch, and how long a lone one waits for company.
-const PULL_BATCH: usize = 512;
+const PULL_BATCH: usize = 1024;
 const PULL_LINGER: Duration = Duration::from_millis(200);
 /// The longest a receiver may take to answer.
 pub const MAX_TIMEOUT_SECS: u64 = 60;
@@ -289,8 +289,36 @@ pub struct EventStats {
     pub webhooks_refused: AtomicU64,
 }
 
+/// Event ids: UUIDs (version 4 layout) made of a random per-process half and a counter,
+/// unique without asking the system for randomness per event (a pull can be one).
+struct Ids {
+    process: u64,
+    next: AtomicU64,
+}
+
+impl Ids {
+    fn new() -> Ids {
+        let (process, start) = uuid::Uuid::new_v4().as_u64_pair();
+        Ids {
+            process,
+            next: AtomicU64::new(start >> 2),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.process.to_be_bytes());
+        bytes[8..].copy_from_slice(&n.to_be_bytes());
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .to_string()
+    }
+}
+
 pub(crate) struct Events {
     settings: EventSettings,
+    ids: Ids,
     allowlist: Arc<Allowlist>,
     endpoints: RwLock<Arc<EndpointSet>>,
     wants_pulls: AtomicBool,
@@ -325,6 +353,7 @@ impl Events {
             }
         }
         let events = Events {
+            ids: Ids::new(),
             allowlist,
             endpoints: RwLock::default(),
             wants_pulls: AtomicBool::new(false),
@@ -342,6 +371,7 @@ impl Events {
     pub fn none() -> Events {
         Events {
             settings: EventSettings::default(),
+            ids: Ids::new(),
             allowlist: Arc::default(),
             endpoints: RwLock::default(),
             wants_pulls: AtomicBool::new(false),
@@ -402,7 +432,7 @@ impl Events {
             ChangeKind::DeleteTag => Action::DeleteTag,
         };
         let event = Event {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: self.ids.next(),
             at: c.at,
             action,
             repository: c.repo.to_owned(),
@@ -483,7 +513,7 @@ impl Events {
     }
 
     /// One event in Distribution's shape.
-    fn distribution_event(&self, e: &Event) -> serde_json::Value {
+    fn distribution_event<'a>(&'a self, e: &'a Event) -> DistEvent<'a> {
         let (action, method) = match e.action {
             Action::Push => ("push", "PUT"),
             // A rollback is, for a consumer of these events, the tag now naming another
@@ -492,105 +522,90 @@ impl Events {
             Action::DeleteManifest | Action::DeleteTag => ("delete", "DELETE"),
             Action::Pull => ("pull", "GET"),
         };
-        let mut target = serde_json::Map::new();
-        let mut put = |k: &str, v: serde_json::Value| {
-            target.insert(k.to_owned(), v);
-        };
-        if let Some(mt) = &e.media_type {
-            put("mediaType", mt.as_str().into());
+        let deleted = matches!(e.action, Action::DeleteManifest | Action::DeleteTag);
+        DistEvent {
+            id: &e.id,
+            timestamp: timestamp(e.at),
+            action,
+            target: DistTarget {
+                media_type: e.media_type.as_deref(),
+                size: e.size,
+                length: e.size,
+                digest: &e.digest,
+                repository: &e.repository,
+                url: (!deleted)
+                    .then(|| self.manifest_url(&e.repository, &e.digest))
+                    .flatten(),
+                tag: e.tag.as_deref(),
+            },
+            request: DistRequest {
+                id: &e.id,
+                addr: e.addr.as_deref(),
+                method,
+            },
+            actor: DistActor { name: &e.actor },
+            source: DistSource {
+                addr: &self.settings.source_addr,
+                instance_id: &e.instance,
+            },
         }
-        if let Some(size) = e.size {
-            put("size", size.into());
-            put("length", size.into());
-        }
-        put("digest", e.digest.as_str().into());
-        put("repository", e.repository.as_str().into());
-        if !matches!(e.action, Action::DeleteManifest | Action::DeleteTag)
-            && let Some(url) = self.manifest_url(&e.repository, &e.digest)
-        {
-            put("url", url.into());
-        }
-        if let Some(tag) = &e.tag {
-            put("tag", tag.as_str().into());
-        }
-        let mut request = serde_json::json!({ "id": e.id, "method": method });
-        if let Some(addr) = &e.addr {
-            request["addr"] = addr.as_str().into();
-        }
-        serde_json::json!({
-            "id": e.id,
-            "timestamp": timestamp(e.at),
-            "action": action,
-            "target": target,
-            "request": request,
-            "actor": { "name": e.actor },
-            "source": { "addr": self.settings.source_addr, "instanceID": e.instance },
-        })
     }
 
     /// One event as a CloudEvent.
-    fn cloudevent(&self, e: &Event) -> serde_json::Value {
-        let mut data = serde_json::json!({
-            "repository": e.repository,
-            "digest": e.digest,
-            "actor": { "name": e.actor },
-        });
-        if let Some(addr) = &e.addr {
-            data["actor"]["addr"] = addr.as_str().into();
+    fn cloudevent<'a>(&'a self, e: &'a Event, source: &'a str) -> CloudEvent<'a> {
+        let deleted = matches!(e.action, Action::DeleteManifest | Action::DeleteTag);
+        CloudEvent {
+            specversion: "1.0",
+            id: &e.id,
+            source,
+            kind: e.cloudevents_type(),
+            subject: &e.repository,
+            time: timestamp(e.at),
+            datacontenttype: "application/json",
+            data: CloudData {
+                repository: &e.repository,
+                digest: &e.digest,
+                media_type: e.media_type.as_deref(),
+                size: e.size,
+                tag: e.tag.as_deref(),
+                previous_digest: e.previous.as_deref(),
+                tags: &e.tags,
+                url: (!deleted)
+                    .then(|| self.manifest_url(&e.repository, &e.digest))
+                    .flatten(),
+                actor: CloudActor {
+                    name: &e.actor,
+                    addr: e.addr.as_deref(),
+                },
+            },
         }
-        if let Some(mt) = &e.media_type {
-            data["mediaType"] = mt.as_str().into();
-        }
-        if let Some(size) = e.size {
-            data["size"] = size.into();
-        }
-        if let Some(tag) = &e.tag {
-            data["tag"] = tag.as_str().into();
-        }
-        if let Some(p) = &e.previous {
-            data["previousDigest"] = p.as_str().into();
-        }
-        if !e.tags.is_empty() {
-            data["tags"] = e.tags.clone().into();
-        }
-        if let Some(url) = (!matches!(e.action, Action::DeleteManifest | Action::DeleteTag))
-            .then(|| self.manifest_url(&e.repository, &e.digest))
-            .flatten()
-        {
-            data["url"] = url.into();
-        }
-        serde_json::json!({
-            "specversion": "1.0",
-            "id": e.id,
-            "source": self.source_uri(),
-            "type": e.cloudevents_type(),
-            "subject": e.repository,
-            "time": timestamp(e.at),
-            "datacontenttype": "application/json",
-            "data": data,
-        })
     }
 
     /// The body and content type an endpoint gets for `events`.
     pub fn render(&self, format: Format, events: &[Event]) -> (Vec<u8>, &'static str) {
-        match format {
+        let body = match format {
             Format::Distribution => {
-                let list: Vec<_> = events.iter().map(|e| self.distribution_event(e)).collect();
-                let body = serde_json::to_vec(&serde_json::json!({ "events": list }));
-                (body.unwrap_or_default(), DISTRIBUTION_EVENTS)
+                let events: Vec<DistEvent<'_>> =
+                    events.iter().map(|e| self.distribution_event(e)).collect();
+                serde_json::to_vec(&DistEnvelope { events })
             }
-            Format::Cloudevents if events.len() == 1 => (
-                serde_json::to_vec(&self.cloudevent(&events[0])).unwrap_or_default(),
-                CLOUDEVENT,
-            ),
             Format::Cloudevents => {
-                let list: Vec<_> = events.iter().map(|e| self.cloudevent(e)).collect();
-                (
+                let source = self.source_uri();
+                if let [one] = events {
+                    return (
+                        serde_json::to_vec(&self.cloudevent(one, &source)).unwrap_or_default(),
+                        CLOUDEVENT,
+                    );
+                }
+                let list: Vec<CloudEvent<'_>> =
+                    events.iter().map(|e| self.cloudevent(e, &source)).collect();
+                return (
                     serde_json::to_vec(&list).unwrap_or_default(),
                     CLOUDEVENTS_BATCH,
-                )
+                );
             }
-        }
+        };
+        (body.unwrap_or_default(), DISTRIBUTION_EVENTS)
     }
 
     /// Delivers a webhook job to its endpoint.
@@ -652,7 +667,7 @@ impl Events {
     }
 
     /// Queues a pull event for the batch writer, if anyone listens.
-    fn pull(&self, make: impl FnOnce(&str) -> Event) {
+    fn pull(&self, make: impl FnOnce(String, &str) -> Event) {
         if !self.wants_pulls.load(Ordering::Relaxed) {
             return;
         }
@@ -663,10 +678,106 @@ impl Events {
         let Some(tx) = guard.as_ref() else {
             return;
         };
-        if tx.try_send(make(&self.instance)).is_err() {
+        if tx.try_send(make(self.ids.next(), &self.instance)).is_err() {
             self.stats.pulls_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+// What receivers get, borrowed from the stored events: rendering is per delivered event,
+// so it builds no intermediate JSON values.
+
+#[derive(Serialize)]
+struct DistEnvelope<'a> {
+    events: Vec<DistEvent<'a>>,
+}
+
+#[derive(Serialize)]
+struct DistEvent<'a> {
+    id: &'a str,
+    timestamp: String,
+    action: &'static str,
+    target: DistTarget<'a>,
+    request: DistRequest<'a>,
+    actor: DistActor<'a>,
+    source: DistSource<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DistTarget<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    length: Option<u64>,
+    digest: &'a str,
+    repository: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tag: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct DistRequest<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<&'a str>,
+    method: &'static str,
+}
+
+#[derive(Serialize)]
+struct DistActor<'a> {
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct DistSource<'a> {
+    addr: &'a str,
+    #[serde(rename = "instanceID")]
+    instance_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct CloudEvent<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    subject: &'a str,
+    time: String,
+    datacontenttype: &'static str,
+    data: CloudData<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CloudData<'a> {
+    repository: &'a str,
+    digest: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tag: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_digest: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    tags: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    actor: CloudActor<'a>,
+}
+
+#[derive(Serialize)]
+struct CloudActor<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<&'a str>,
 }
 
 /// Why a job failed, and whether trying again can help.
@@ -852,8 +963,8 @@ impl Registry {
         size: u64,
         actor: &berth_meta::Actor,
     ) {
-        self.events.pull(|instance| Event {
-            id: uuid::Uuid::new_v4().to_string(),
+        self.events.pull(|id, instance| Event {
+            id,
             at: berth_meta::now_micros(),
             action: Action::Pull,
             repository: repo.to_string(),
@@ -1152,6 +1263,20 @@ mod tests {
         );
         assert_ne!(s, sign("Jefe", 2, b"what do ya want for nothing?"));
         assert_ne!(s, sign("jefe", 1, b"what do ya want for nothing?"));
+    }
+
+    #[test]
+    fn event_ids_are_distinct_uuids() {
+        let ids = Ids::new();
+        let other = Ids::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            for id in [ids.next(), other.next()] {
+                let u: uuid::Uuid = id.parse().expect("a UUID");
+                assert_eq!(u.get_version_num(), 4);
+                assert!(seen.insert(id));
+            }
+        }
     }
 
     #[test]

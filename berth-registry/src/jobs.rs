@@ -20,8 +20,11 @@
 //!
 //! Head-of-line bound: a lane waits behind its failing head until that job succeeds or is
 //! dead, at most `max_attempts` tries spread over the backoff schedule (with the defaults,
-//! 10 tries over about 14 minutes plus 10 receiver timeouts). Then the next job of the lane
-//! runs. Other lanes of the same endpoint are not held back.
+//! 10 tries with at most 1+2+4+...+256 s = 8.5 minutes of waits between them, plus 10
+//! receiver timeouts of 10 s). Then the next job of the lane runs. Other lanes of the
+//! same endpoint are not held back. While a whole endpoint is down, only the jobs a batch
+//! tries (the first few, about `concurrency`, then the queue rests) use up attempts; the
+//! others wait untried.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
