@@ -44,8 +44,11 @@ const CLOUDEVENT: &str = "application/cloudevents+json; charset=utf-8";
 const CLOUDEVENTS_BATCH: &str = "application/cloudevents-batch+json; charset=utf-8";
 /// The job kind of a webhook delivery.
 pub const WEBHOOK_JOB: &str = "webhook";
-/// Pull events written per batch, and how long a lone one waits for company.
-const PULL_BATCH: usize = 1024;
+/// Pull events per job (so one delivery's body stays a few hundred KiB), the most written
+/// per transaction (whatever waits is taken: under load each commit carries more, so the
+/// writer keeps up however slow commits are), and how long a lone one waits for company.
+const PULLS_PER_JOB: usize = 512;
+const PULLS_PER_TX: usize = 8192;
 const PULL_LINGER: Duration = Duration::from_millis(200);
 /// The longest a receiver may take to answer.
 pub const MAX_TIMEOUT_SECS: u64 = 60;
@@ -241,7 +244,158 @@ impl Event {
             Action::Pull => vec![EventKind::Pull],
         }
     }
+}
 
+/// A webhook job's payload: events of changes, or a batch of pulls.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WebhookJob {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pulls: Option<PullBatch>,
+}
+
+impl WebhookJob {
+    fn views(&self) -> Vec<View<'_>> {
+        let mut out: Vec<View<'_>> = self.events.iter().map(View::from).collect();
+        if let Some(p) = &self.pulls {
+            out.extend(p.views());
+        }
+        out
+    }
+}
+
+/// Pulls of one repository, stored compactly: a batch is thousands of pulls of a few
+/// manifests by a few clients, so a pull is a handful of numbers indexing the batch's
+/// tables, and its id is made from the process half and its counter when it is sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PullBatch {
+    repository: String,
+    instance: String,
+    /// The process half of the pulls' event ids.
+    ids: u64,
+    /// (digest, media type, size)
+    manifests: Vec<(String, String, u64)>,
+    /// Tags, actors and addresses.
+    names: Vec<String>,
+    /// (id counter, at, manifest, tag or -1, actor, address or -1)
+    pulls: Vec<(u64, i64, u32, i32, u32, i32)>,
+}
+
+impl PullBatch {
+    fn views(&self) -> impl Iterator<Item = View<'_>> {
+        let name = |i: i32| {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| self.names.get(i))
+                .map(String::as_str)
+        };
+        self.pulls
+            .iter()
+            .filter_map(move |&(n, at, m, tag, actor, addr)| {
+                let (digest, media_type, size) = self.manifests.get(m as usize)?;
+                Some(View {
+                    id: std::borrow::Cow::Owned(Ids::format(self.ids, n)),
+                    at,
+                    action: Action::Pull,
+                    repository: &self.repository,
+                    digest,
+                    media_type: Some(media_type),
+                    size: Some(*size),
+                    tag: name(tag),
+                    previous: None,
+                    tags: &[],
+                    actor: name(actor as i32).unwrap_or_default(),
+                    addr: name(addr),
+                    instance: &self.instance,
+                })
+            })
+    }
+
+    fn len(&self) -> usize {
+        self.pulls.len()
+    }
+
+    fn first_id(&self) -> Option<String> {
+        self.pulls.first().map(|p| Ids::format(self.ids, p.0))
+    }
+}
+
+/// Strings of a pull batch, each stored once.
+#[derive(Default)]
+struct Intern<'a> {
+    index: std::collections::HashMap<&'a str, u32>,
+    list: Vec<String>,
+}
+
+impl<'a> Intern<'a> {
+    fn index(&mut self, s: &'a str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = u32::try_from(self.list.len()).unwrap_or(u32::MAX);
+        self.index.insert(s, i);
+        self.list.push(s.to_owned());
+        i
+    }
+
+    fn signed(&mut self, s: &'a str) -> i32 {
+        i32::try_from(self.index(s)).unwrap_or(-1)
+    }
+}
+
+/// A pull on its way to the batch writer.
+#[derive(Debug)]
+pub(crate) struct Pull {
+    counter: u64,
+    at: i64,
+    repository: String,
+    digest: String,
+    media_type: String,
+    size: u64,
+    tag: Option<String>,
+    actor: String,
+    addr: Option<String>,
+}
+
+/// An event as rendered, borrowed from a stored event or a pull batch.
+struct View<'a> {
+    id: std::borrow::Cow<'a, str>,
+    at: i64,
+    action: Action,
+    repository: &'a str,
+    digest: &'a str,
+    media_type: Option<&'a str>,
+    size: Option<u64>,
+    tag: Option<&'a str>,
+    previous: Option<&'a str>,
+    tags: &'a [String],
+    actor: &'a str,
+    addr: Option<&'a str>,
+    instance: &'a str,
+}
+
+impl<'a> From<&'a Event> for View<'a> {
+    fn from(e: &'a Event) -> View<'a> {
+        View {
+            id: std::borrow::Cow::Borrowed(&e.id),
+            at: e.at,
+            action: e.action,
+            repository: &e.repository,
+            digest: &e.digest,
+            media_type: e.media_type.as_deref(),
+            size: e.size,
+            tag: e.tag.as_deref(),
+            previous: e.previous.as_deref(),
+            tags: &e.tags,
+            actor: &e.actor,
+            addr: e.addr.as_deref(),
+            instance: &e.instance,
+        }
+    }
+}
+
+impl View<'_> {
     fn cloudevents_type(&self) -> &'static str {
         match self.action {
             Action::Push => "io.berth.manifest.pushed",
@@ -251,12 +405,6 @@ impl Event {
             Action::Pull => "io.berth.manifest.pulled",
         }
     }
-}
-
-/// A webhook job's payload.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WebhookJob {
-    pub events: Vec<Event>,
 }
 
 /// RFC 3339 with microseconds, in UTC.
@@ -305,10 +453,17 @@ impl Ids {
         }
     }
 
+    fn counter(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
     fn next(&self) -> String {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        Ids::format(self.process, self.counter())
+    }
+
+    fn format(process: u64, n: u64) -> String {
         let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&self.process.to_be_bytes());
+        bytes[..8].copy_from_slice(&process.to_be_bytes());
         bytes[8..].copy_from_slice(&n.to_be_bytes());
         uuid::Builder::from_random_bytes(bytes)
             .into_uuid()
@@ -327,7 +482,7 @@ pub(crate) struct Events {
     client: Option<WebhookClient>,
     pub stats: EventStats,
     /// Pull events on their way to the batch writer; set when the jobs are started.
-    pulls: RwLock<Option<tokio::sync::mpsc::Sender<Event>>>,
+    pulls: RwLock<Option<tokio::sync::mpsc::Sender<Pull>>>,
 }
 
 impl Events {
@@ -453,6 +608,7 @@ impl Events {
             let payload = payload.get_or_insert_with(|| {
                 serde_json::to_string(&WebhookJob {
                     events: vec![event.clone()],
+                    pulls: None,
                 })
                 .unwrap_or_default()
             });
@@ -466,36 +622,72 @@ impl Events {
         out
     }
 
-    /// The jobs of a batch of pull events: one per endpoint and repository, in order.
-    fn pull_jobs(&self, batch: &[Event]) -> Vec<NewJob> {
+    /// The jobs of a batch of pulls: per endpoint and repository, in order, at most
+    /// [`PULLS_PER_JOB`] pulls each.
+    fn pull_jobs(&self, batch: &[Pull]) -> Vec<NewJob> {
         let set = self.endpoints();
-        let mut by_repo: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
-        for e in batch {
-            by_repo.entry(&e.repository).or_default().push(e);
+        let mut by_repo: BTreeMap<&str, Vec<&Pull>> = BTreeMap::new();
+        for p in batch {
+            by_repo.entry(&p.repository).or_default().push(p);
         }
         let mut out = Vec::new();
-        for (repo, events) in by_repo {
-            let mut payload = None;
-            for ep in set
+        for (repo, pulls) in by_repo {
+            let endpoints: Vec<&Endpoint> = set
                 .list
                 .iter()
                 .filter(|e| e.matches(&[EventKind::Pull], repo))
-            {
-                let payload = payload.get_or_insert_with(|| {
-                    serde_json::to_string(&WebhookJob {
-                        events: events.iter().map(|e| (*e).clone()).collect(),
-                    })
-                    .unwrap_or_default()
-                });
-                out.push(NewJob {
-                    kind: WEBHOOK_JOB.to_owned(),
-                    queue: ep.queue.clone(),
-                    lane: repo.to_owned(),
-                    payload: payload.clone(),
-                });
+                .collect();
+            if endpoints.is_empty() {
+                continue;
+            }
+            for chunk in pulls.chunks(PULLS_PER_JOB) {
+                let payload = serde_json::to_string(&WebhookJob {
+                    events: Vec::new(),
+                    pulls: Some(self.pull_batch(repo, chunk)),
+                })
+                .unwrap_or_default();
+                for ep in &endpoints {
+                    out.push(NewJob {
+                        kind: WEBHOOK_JOB.to_owned(),
+                        queue: ep.queue.clone(),
+                        lane: repo.to_owned(),
+                        payload: payload.clone(),
+                    });
+                }
             }
         }
         out
+    }
+
+    fn pull_batch(&self, repo: &str, pulls: &[&Pull]) -> PullBatch {
+        let mut manifests = Intern::default();
+        let mut sizes: Vec<(String, u64)> = Vec::new();
+        let mut names = Intern::default();
+        let mut rows = Vec::with_capacity(pulls.len());
+        for p in pulls {
+            let known = manifests.list.len();
+            let m = manifests.index(&p.digest);
+            if manifests.list.len() > known {
+                sizes.push((p.media_type.clone(), p.size));
+            }
+            let tag = p.tag.as_deref().map_or(-1, |t| names.signed(t));
+            let actor = names.index(&p.actor);
+            let addr = p.addr.as_deref().map_or(-1, |a| names.signed(a));
+            rows.push((p.counter, p.at, m, tag, actor, addr));
+        }
+        PullBatch {
+            repository: repo.to_owned(),
+            instance: self.instance.clone(),
+            ids: self.ids.process,
+            manifests: manifests
+                .list
+                .into_iter()
+                .zip(sizes)
+                .map(|(d, (mt, size))| (d, mt, size))
+                .collect(),
+            names: names.list,
+            pulls: rows,
+        }
     }
 
     fn source_uri(&self) -> String {
@@ -513,7 +705,7 @@ impl Events {
     }
 
     /// One event in Distribution's shape.
-    fn distribution_event<'a>(&'a self, e: &'a Event) -> DistEvent<'a> {
+    fn distribution_event<'a>(&'a self, e: &'a View<'a>) -> DistEvent<'a> {
         let (action, method) = match e.action {
             Action::Push => ("push", "PUT"),
             // A rollback is, for a consumer of these events, the tag now naming another
@@ -528,61 +720,61 @@ impl Events {
             timestamp: timestamp(e.at),
             action,
             target: DistTarget {
-                media_type: e.media_type.as_deref(),
+                media_type: e.media_type,
                 size: e.size,
                 length: e.size,
-                digest: &e.digest,
-                repository: &e.repository,
+                digest: e.digest,
+                repository: e.repository,
                 url: (!deleted)
-                    .then(|| self.manifest_url(&e.repository, &e.digest))
+                    .then(|| self.manifest_url(e.repository, e.digest))
                     .flatten(),
-                tag: e.tag.as_deref(),
+                tag: e.tag,
             },
             request: DistRequest {
                 id: &e.id,
-                addr: e.addr.as_deref(),
+                addr: e.addr,
                 method,
             },
-            actor: DistActor { name: &e.actor },
+            actor: DistActor { name: e.actor },
             source: DistSource {
                 addr: &self.settings.source_addr,
-                instance_id: &e.instance,
+                instance_id: e.instance,
             },
         }
     }
 
     /// One event as a CloudEvent.
-    fn cloudevent<'a>(&'a self, e: &'a Event, source: &'a str) -> CloudEvent<'a> {
+    fn cloudevent<'a>(&'a self, e: &'a View<'a>, source: &'a str) -> CloudEvent<'a> {
         let deleted = matches!(e.action, Action::DeleteManifest | Action::DeleteTag);
         CloudEvent {
             specversion: "1.0",
             id: &e.id,
             source,
             kind: e.cloudevents_type(),
-            subject: &e.repository,
+            subject: e.repository,
             time: timestamp(e.at),
             datacontenttype: "application/json",
             data: CloudData {
-                repository: &e.repository,
-                digest: &e.digest,
-                media_type: e.media_type.as_deref(),
+                repository: e.repository,
+                digest: e.digest,
+                media_type: e.media_type,
                 size: e.size,
-                tag: e.tag.as_deref(),
-                previous_digest: e.previous.as_deref(),
-                tags: &e.tags,
+                tag: e.tag,
+                previous_digest: e.previous,
+                tags: e.tags,
                 url: (!deleted)
-                    .then(|| self.manifest_url(&e.repository, &e.digest))
+                    .then(|| self.manifest_url(e.repository, e.digest))
                     .flatten(),
                 actor: CloudActor {
-                    name: &e.actor,
-                    addr: e.addr.as_deref(),
+                    name: e.actor,
+                    addr: e.addr,
                 },
             },
         }
     }
 
     /// The body and content type an endpoint gets for `events`.
-    pub fn render(&self, format: Format, events: &[Event]) -> (Vec<u8>, &'static str) {
+    fn render(&self, format: Format, events: &[View<'_>]) -> (Vec<u8>, &'static str) {
         let body = match format {
             Format::Distribution => {
                 let events: Vec<DistEvent<'_>> =
@@ -624,7 +816,7 @@ impl Events {
         };
         let payload: WebhookJob = serde_json::from_str(&job.payload)
             .map_err(|e| DeliveryFailure::permanent(format!("unreadable job: {e}")))?;
-        let (body, content_type) = self.render(ep.spec.format, &payload.events);
+        let (body, content_type) = self.render(ep.spec.format, &payload.views());
         let now = berth_meta::now_micros() / 1_000_000;
         let mut headers = vec![
             ("content-type", content_type.to_owned()),
@@ -667,7 +859,7 @@ impl Events {
     }
 
     /// Queues a pull event for the batch writer, if anyone listens.
-    fn pull(&self, make: impl FnOnce(String, &str) -> Event) {
+    fn pull(&self, make: impl FnOnce(u64) -> Pull) {
         if !self.wants_pulls.load(Ordering::Relaxed) {
             return;
         }
@@ -678,7 +870,7 @@ impl Events {
         let Some(tx) = guard.as_ref() else {
             return;
         };
-        if tx.try_send(make(self.ids.next(), &self.instance)).is_err() {
+        if tx.try_send(make(self.ids.counter())).is_err() {
             self.stats.pulls_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -896,18 +1088,24 @@ pub struct JobView {
     pub created_at: i64,
     pub next_attempt_at: i64,
     pub last_error: Option<String>,
-    /// The events a webhook job carries (id, action), or the manifest a replication copies.
-    pub events: Vec<(String, Action)>,
+    /// How many events a webhook job carries, and the first one (id, action).
+    pub events: usize,
+    pub first_event: Option<(String, Action)>,
 }
 
 impl From<Job> for JobView {
     fn from(j: Job) -> JobView {
-        let events = if j.kind == WEBHOOK_JOB {
-            serde_json::from_str::<WebhookJob>(&j.payload)
-                .map(|p| p.events.into_iter().map(|e| (e.id, e.action)).collect())
-                .unwrap_or_default()
+        let (events, first_event) = if j.kind == WEBHOOK_JOB {
+            match serde_json::from_str::<WebhookJob>(&j.payload) {
+                Ok(p) => match (p.events.first(), &p.pulls) {
+                    (Some(e), _) => (p.events.len(), Some((e.id.clone(), e.action))),
+                    (None, Some(b)) => (b.len(), b.first_id().map(|id| (id, Action::Pull))),
+                    (None, None) => (0, None),
+                },
+                Err(_) => (0, None),
+            }
         } else {
-            Vec::new()
+            (0, None)
         };
         JobView {
             id: j.id,
@@ -920,6 +1118,7 @@ impl From<Job> for JobView {
             next_attempt_at: j.next_attempt_at,
             last_error: j.last_error,
             events,
+            first_event,
         }
     }
 }
@@ -963,20 +1162,16 @@ impl Registry {
         size: u64,
         actor: &berth_meta::Actor,
     ) {
-        self.events.pull(|id, instance| Event {
-            id,
+        self.events.pull(|counter| Pull {
+            counter,
             at: berth_meta::now_micros(),
-            action: Action::Pull,
             repository: repo.to_string(),
             digest: digest.to_owned(),
-            media_type: Some(media_type.to_owned()),
-            size: Some(size),
+            media_type: media_type.to_owned(),
+            size,
             tag: tag.map(str::to_owned),
-            previous: None,
-            tags: Vec::new(),
             actor: actor.name.clone(),
             addr: actor.source.clone(),
-            instance: instance.to_owned(),
         });
     }
 
@@ -1198,12 +1393,20 @@ impl Registry {
 
 /// Writes pull events in batches: one transaction per batch, one job per endpoint and
 /// repository.
-async fn write_pulls(registry: Registry, mut rx: tokio::sync::mpsc::Receiver<Event>) {
-    let mut batch = Vec::with_capacity(PULL_BATCH);
+async fn write_pulls(registry: Registry, mut rx: tokio::sync::mpsc::Receiver<Pull>) {
+    let mut batch = Vec::with_capacity(PULLS_PER_TX);
     while let Some(first) = rx.recv().await {
         batch.push(first);
         let deadline = tokio::time::Instant::now() + PULL_LINGER;
-        while batch.len() < PULL_BATCH {
+        while batch.len() < PULLS_PER_TX {
+            if let Ok(e) = rx.try_recv() {
+                batch.push(e);
+                continue;
+            }
+            // Nothing waiting: a small batch lingers for company, a large one goes.
+            if batch.len() >= PULLS_PER_JOB {
+                break;
+            }
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(e)) => batch.push(e),
                 _ => break,

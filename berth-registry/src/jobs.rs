@@ -90,7 +90,7 @@ impl JobSettings {
 }
 
 /// Jobs taken per batch.
-const BATCH: u64 = 256;
+const BATCH: u64 = 64;
 /// A queue with nothing to do stays leased this long (work comes in bursts).
 const IDLE_KEEP: Duration = Duration::from_secs(2);
 /// Failures in a row, without a success, after which a batch stops trying more jobs.

@@ -821,6 +821,15 @@ async fn pull_events_are_batched() {
         events.iter().filter(|e| e["target"]["tag"] == "v1").count(),
         pulls / 2
     );
+    let ids: HashSet<&str> = events
+        .iter()
+        .map(|e| e["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids.len(), pulls, "every pull its own event");
+    assert!(events.iter().all(|e| e["actor"]["name"] == "anonymous"
+        && e["request"]["addr"] == "127.0.0.1"
+        && e["request"]["method"] == "GET"
+        && e["target"]["mediaType"] == OCI_MANIFEST));
     let batch = got
         .iter()
         .find(|r| r.header("x-test-path") == "/ce-pulls" && r.events().len() > 1)
@@ -1248,4 +1257,98 @@ fn common_free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port()
+}
+
+/// Admins set global webhooks through the API; the configuration's stay the
+/// configuration's.
+#[tokio::test]
+async fn admins_set_global_webhooks() {
+    let rx = Receiver::start().await;
+    let (b, _dir) = sqlite_berth(Setup {
+        auth: true,
+        allow_networks: vec!["127.0.0.1/32"],
+        webhooks: vec![hook(
+            "from-config",
+            rx.url("/config"),
+            Format::Distribution,
+            ALL,
+        )],
+        ..Setup::default()
+    })
+    .await;
+    owner_setup(&b).await;
+    let r = b
+        .req(Method::PUT, "/api/v1/webhooks/from-config")
+        .json(&json!({"url": rx.url("/other")}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(
+        r.status(),
+        StatusCode::CONFLICT,
+        "set in the configuration file"
+    );
+    let r = b
+        .req(Method::PUT, "/api/v1/webhooks/audit")
+        .json(&json!({"url": rx.url("/audit"), "events": ["delete"], "timeout_secs": 0}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a zero timeout");
+    let r = b
+        .req(Method::PUT, "/api/v1/webhooks/audit")
+        .json(&json!({"url": rx.url("/audit"), "events": ["delete"]}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let list: Value = b
+        .req(Method::GET, "/api/v1/webhooks")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let names: Vec<(&str, bool)> = list["webhooks"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|w| (w["name"].as_str().expect("name"), w["from_config"] == true))
+        .collect();
+    assert_eq!(names, [("from-config", true), ("audit", false)]);
+    let (digest, _) = b.push("team-a/app", "v1", b"deleted soon").await;
+    let r = b
+        .req(
+            Method::DELETE,
+            &format!("/v2/team-a/app/manifests/{digest}"),
+        )
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let got = rx
+        .wait("the deletion at /audit", |g| {
+            g.iter().any(|r| r.header("x-test-path") == "/audit")
+        })
+        .await;
+    let at_audit: Vec<Value> = got
+        .iter()
+        .filter(|r| r.header("x-test-path") == "/audit")
+        .flat_map(Received::events)
+        .collect();
+    assert_eq!(at_audit.len(), 1, "deletions only");
+    assert_eq!(at_audit[0]["action"], "delete");
+    let r = b
+        .req(Method::DELETE, "/api/v1/webhooks/audit")
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = b
+        .req(Method::DELETE, "/api/v1/webhooks/audit")
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }

@@ -251,10 +251,10 @@ async fn list(registry: &Registry, state: Option<JobState>, f: Filter) -> anyhow
         "LAST ERROR",
     ]);
     for j in &jobs {
-        let events = match j.events.as_slice() {
-            [] => "-".to_owned(),
-            [(id, action)] => format!("{action:?} {id}").to_lowercase(),
-            [first, ..] => format!("{} events from {}", j.events.len(), first.0),
+        let events = match (&j.first_event, j.events) {
+            (None, _) => "-".to_owned(),
+            (Some((id, action)), 1) => format!("{action:?} {id}").to_lowercase(),
+            (Some((id, action)), n) => format!("{n} {action:?} events from {id}").to_lowercase(),
         };
         t.row([
             j.id.to_string(),

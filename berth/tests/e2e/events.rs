@@ -280,3 +280,41 @@ fn two_replicas_deliver_each_event_once() {
         .collect();
     assert_eq!(digests, pushed);
 }
+
+#[test]
+fn dead_events_are_listed_and_redelivered_from_the_command_line() {
+    let port = free_port();
+    let config = format!(
+        "[[webhook]]\nname = \"ci\"\nurl = \"http://127.0.0.1:{port}/hook\"\n\
+         [jobs]\nmax_attempts = 1\npoll_ms = 100\n"
+    );
+    let berth = Berth::start_with(&config, &[]);
+    let work = tempdir();
+    let (_, digest) = push_new_image(
+        &berth,
+        work.path(),
+        &[("f", unique("dead letter"))],
+        "team-a/app:v1",
+    );
+    wait_until(Duration::from_secs(20), "a dead job", || {
+        queued(&berth).iter().any(|j| j["state"] == "dead")
+    });
+    let table = run_stdout(berth.cli().args(["events", "dead"]));
+    let row = table
+        .lines()
+        .find(|l| l.contains("webhook:ci"))
+        .unwrap_or_else(|| panic!("no dead job in:\n{table}"));
+    assert!(row.contains("team-a/app") && row.contains("dead"), "{row}");
+    let id = row.split_whitespace().next().expect("an id column");
+
+    let rx = Receiver::start(port);
+    let out = run_stdout(berth.cli().args(["events", "redeliver", id]));
+    assert!(out.contains(&format!("job {id} queued again")), "{out}");
+    wait_until(Duration::from_secs(20), "the redelivered event", || {
+        !rx.events().is_empty()
+    });
+    assert_eq!(rx.events()[0]["target"]["digest"], digest.as_str());
+    wait_until(Duration::from_secs(10), "an empty queue", || {
+        queued(&berth).is_empty()
+    });
+}
