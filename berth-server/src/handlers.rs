@@ -86,6 +86,33 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             let _ = writeln!(extra, "berth_{}{suffix}{labels} {}", m.name, m.value);
         }
     }
+    {
+        use std::fmt::Write as _;
+        let mut described = std::collections::BTreeSet::new();
+        for m in state.registry().job_metrics() {
+            let kind = if m.gauge { "gauge" } else { "counter" };
+            if described.insert(m.name) {
+                let _ = write!(
+                    extra,
+                    "# HELP berth_{n} {h}.\n# TYPE berth_{n} {kind}\n",
+                    n = m.name,
+                    h = m.help,
+                );
+            }
+            let suffix = if m.gauge { "" } else { "_total" };
+            let labels: Vec<String> = m
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", label_value(v)))
+                .collect();
+            let labels = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", labels.join(","))
+            };
+            let _ = writeln!(extra, "berth_{}{suffix}{labels} {}", m.name, m.value);
+        }
+    }
     match text.rfind("# EOF") {
         Some(at) => text.insert_str(at, &extra),
         None => text.push_str(&extra),
@@ -96,6 +123,14 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     resp
+}
+
+/// A label value as the exposition format escapes it (queue names come from
+/// configuration and API input).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Entry point for everything that is not an operational route.
@@ -241,6 +276,9 @@ async fn handle(state: &AppState, ep: Endpoint, req: Request, ctx: &Ctx) -> ApiR
                 let resp = get_manifest(state, &name, &reference, req, true).await;
                 if let Ok(r) = &resp {
                     audit_pull(state, ctx, &name, &reference, r);
+                    if state.registry().wants_pull_events() {
+                        pull_event(state, ctx, &name, &reference, r);
+                    }
                 }
                 resp
             }
@@ -716,6 +754,32 @@ fn audit_pull(
         outcome: "ok".into(),
         detail: digest,
     });
+}
+
+/// Hands a manifest download to the webhooks that subscribe to pulls.
+fn pull_event(
+    state: &AppState,
+    ctx: &Ctx,
+    name: &RepoName,
+    reference: &Reference,
+    resp: &Response,
+) {
+    let h = resp.headers();
+    let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
+    let (Some(digest), Some(media_type)) = (text("docker-content-digest"), text("content-type"))
+    else {
+        return;
+    };
+    let size = text("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let tag = match reference {
+        Reference::Tag(t) => Some(t.as_str()),
+        Reference::Digest(_) => None,
+    };
+    state
+        .registry()
+        .record_pull(name, tag, digest, media_type, size, &ctx.actor());
 }
 
 async fn get_manifest(

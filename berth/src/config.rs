@@ -42,6 +42,13 @@ pub struct Config {
     pub tag_rule: Option<Vec<berth_registry::TagRuleSpec>>,
     /// `[[retention]]` policies: which tags to keep where.
     pub retention: Vec<berth_registry::retention::RetentionSpec>,
+    /// Webhooks (`[[webhook]]` tables): global, and trusted to call any address.
+    #[serde(rename = "webhook")]
+    pub webhooks: Vec<berth_registry::events::WebhookSpec>,
+    /// Who webhooks set through the API may call, and the pull event queue.
+    pub events: crate::events::EventsConfig,
+    /// Retries and leases of the job queue.
+    pub jobs: crate::events::JobsConfig,
 }
 
 /// One `[[replicate]]` rule: pushes to matching repositories are copied to `url`.
@@ -83,6 +90,9 @@ impl Default for Config {
             replicas: Vec::new(),
             tag_rule: None,
             retention: Vec::new(),
+            webhooks: Vec::new(),
+            events: crate::events::EventsConfig::default(),
+            jobs: crate::events::JobsConfig::default(),
         }
     }
 }

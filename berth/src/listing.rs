@@ -1,5 +1,6 @@
 //! What the listing commands print (`user list`, `tenant list`, `tenant members`, `tenant
-//! quota`, `robot list`, `tag history`, `tag list`, `tag resolve`, `audit`).
+//! quota`, `robot list`, `tag history`, `tag list`, `tag resolve`, `audit`, `events list`,
+//! `events dead`, `events webhooks`).
 //!
 //! For people: a table with a header row, times in RFC 3339 (UTC), absent values as `-`,
 //! control characters escaped (see `output`).
@@ -12,6 +13,7 @@
 
 use berth_meta::{AuditRecord, TenantRow, Usage, UserRow};
 use berth_registry::access::RobotInfo;
+use berth_registry::events::{JobView, WebhookView};
 use berth_registry::{HistoryEntry, VersionedTag};
 use serde_json::{Value, json};
 
@@ -248,6 +250,86 @@ impl Row for (i64, AuditRecord) {
             "action": r.action, "tenant": r.tenant, "repository": r.repository,
             "target": r.target, "outcome": r.outcome, "detail": r.detail,
         })
+    }
+}
+
+/// The lower-case name serde gives an enum value (`push`, `cloudevents`).
+fn serde_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+impl Row for JobView {
+    const HEADER: &'static [&'static str] = &[
+        "ID",
+        "QUEUE",
+        "LANE",
+        "STATE",
+        "ATTEMPTS",
+        "QUEUED",
+        "NEXT",
+        "EVENTS",
+        "LAST ERROR",
+    ];
+
+    fn cells(&self) -> Vec<String> {
+        let events = match (&self.first_event, self.events) {
+            (None, _) => "-".to_owned(),
+            (Some((id, action)), 1) => format!("{} {id}", serde_name(action)),
+            (Some((id, action)), n) => format!("{n} {} events from {id}", serde_name(action)),
+        };
+        vec![
+            self.id.to_string(),
+            self.queue.clone(),
+            self.lane.clone(),
+            self.state.to_owned(),
+            self.attempts.to_string(),
+            output::time(secs(self.created_at)),
+            if self.state == "dead" {
+                "-".to_owned()
+            } else {
+                output::time(secs(self.next_attempt_at))
+            },
+            events,
+            output::opt(self.last_error.as_deref()),
+        ]
+    }
+
+    fn json(&self) -> Value {
+        let next = (self.state != "dead").then(|| secs(self.next_attempt_at));
+        json!({
+            "id": self.id, "kind": self.kind, "queue": self.queue, "lane": self.lane,
+            "state": self.state, "attempts": self.attempts,
+            "created_at": secs(self.created_at), "created": output::time(secs(self.created_at)),
+            "next_attempt_at": next, "next_attempt": next.map(output::time),
+            "last_error": self.last_error, "events": self.events,
+            "first_event": self.first_event.as_ref().map(|(id, action)| json!({
+                "id": id, "action": serde_name(action),
+            })),
+        })
+    }
+}
+
+impl Row for WebhookView {
+    const HEADER: &'static [&'static str] =
+        &["QUEUE", "URL", "EVENTS", "FORMAT", "SIGNED", "SOURCE"];
+
+    fn cells(&self) -> Vec<String> {
+        let events: Vec<String> = self.events.iter().map(serde_name).collect();
+        vec![
+            self.queue.clone(),
+            self.url.clone(),
+            events.join(","),
+            serde_name(&self.format),
+            yes_no(self.signed).into(),
+            if self.from_config { "config" } else { "api" }.into(),
+        ]
+    }
+
+    fn json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod events;
 mod fsck;
 mod gc;
 mod layout;
@@ -143,6 +144,14 @@ enum Command {
         #[command(subcommand)]
         cmd: versions::TagCommand,
     },
+    /// Webhook deliveries and replication copies: list queued and dead jobs, send them
+    /// again (offline, as the admin `cli`).
+    Events {
+        #[command(flatten)]
+        store: open::StoreArgs,
+        #[command(subcommand)]
+        cmd: events::EventsCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -167,8 +176,8 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
 }
 
-/// The `[[replicate]]` rules, for `serve` (the offline commands exit before a background
-/// copy could finish, so they do not replicate).
+/// The `[[replicate]]` rules. Every command that pushes queues their copies; `serve` runs
+/// them.
 fn replication_rules(
     config: &Config,
 ) -> anyhow::Result<Vec<berth_registry::replicate::ReplicaRule>> {
@@ -251,7 +260,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let registry = open::open_registry(&config).await?;
     let meta = registry.meta().clone();
-    let registry = registry.with_replication(replication_rules(&config)?);
+    let jobs = registry.start_jobs();
     registry
         .follow_other_replicas()
         .await
@@ -364,6 +373,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     tracing::info!("{}", config.exposure(auth_enabled).describe(tls.is_some()));
     berth_server::run(listener, state.clone(), shutdown_signal()).await?;
+    jobs.shutdown().await;
     state.flush_audit().await;
     meta.close().await;
     tracing::info!("stopped");
@@ -502,6 +512,7 @@ fn main() -> anyhow::Result<()> {
         Command::Mirror { store, args } => runtime.block_on(mirror::run(&store, args)),
         Command::RotateKey { store } => runtime.block_on(admin::rotate_key(&store)),
         Command::Tag { store, cmd } => runtime.block_on(versions::tag(&store, cmd)),
+        Command::Events { store, cmd } => runtime.block_on(events::run(&store, cmd)),
         Command::Gc { store, args } => runtime.block_on(gc::run(&store, args)),
         Command::Migrate { store } => runtime.block_on(migrate(&store)),
         Command::Retention { store, args } => runtime.block_on(gc::retention(&store, args)),

@@ -149,5 +149,7 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
         .reload_tag_rules()
         .await
         .context("reading the tag rules managed through the API")?;
-    Ok(registry)
+    // Webhooks, job settings and replication targets: every command that changes content
+    // queues its events and copies like `serve` does.
+    crate::events::configure(registry, config).await
 }

@@ -24,6 +24,8 @@ mod auth;
 mod ctr;
 #[path = "e2e/docker.rs"]
 mod docker;
+#[path = "e2e/events.rs"]
+mod events;
 #[path = "e2e/hostile.rs"]
 mod hostile;
 #[path = "e2e/large.rs"]

@@ -216,6 +216,8 @@ pub async fn start(setup: Setup) -> TestServer {
         .with_upstreams(setup.upstreams)
         .expect("upstreams")
         .with_replication(setup.replicas);
+    // Replication runs on the job queue's workers, as under `berth serve`.
+    let _workers = registry.start_jobs();
     let (access, challenge) = match setup.auth {
         Some((config, challenge)) => (
             Some(

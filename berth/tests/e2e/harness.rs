@@ -294,6 +294,9 @@ pub struct Launch {
     pub tls_ca: Option<PathBuf>,
     /// A data directory shared with other servers (replicas); `None`: its own.
     pub data_dir: Option<PathBuf>,
+    /// The port to listen on (a test that named it in another server's config); `None`: a
+    /// free one.
+    pub port: Option<u16>,
 }
 
 impl Berth {
@@ -319,7 +322,7 @@ impl Berth {
         let mut last_error = String::new();
         // A port found free can be taken before the server binds it: try a few.
         for _ in 0..3 {
-            let addr = format!("127.0.0.1:{}", free_port());
+            let addr = format!("127.0.0.1:{}", launch.port.unwrap_or_else(free_port));
             match spawn_berth(&addr, dir.path(), &log, &env, &launch) {
                 Ok(child) => {
                     return Berth {
