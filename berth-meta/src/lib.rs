@@ -16,6 +16,7 @@ mod gc;
 mod notify;
 mod quota;
 mod tags;
+mod verdicts;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,6 +29,7 @@ pub use gc::{GcManifest, RepoGraph};
 pub use notify::Invalidation;
 pub use quota::{QuotaExceeded, Reservation, Usage};
 pub use tags::{SetTag, TagChange, TagEvent, TagGuard};
+pub use verdicts::{DryRunRow, StoredVerdict};
 
 /// Which engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +234,8 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0007_reserved_names.sql"),
     include_str!("../migrations/sqlite/0008_upload_quota.sql"),
     include_str!("../migrations/sqlite/0009_tags_covering.sql"),
+    // 0010 is the events branch's; this index lines up once both are merged.
+    include_str!("../migrations/sqlite/0011_verdicts.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -243,6 +247,8 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0007_reserved_names.sql"),
     include_str!("../migrations/postgres/0008_upload_quota.sql"),
     include_str!("../migrations/postgres/0009_tags_covering.sql"),
+    // 0010 is the events branch's; this index lines up once both are merged.
+    include_str!("../migrations/postgres/0011_verdicts.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {
@@ -912,6 +918,9 @@ impl MetaStore {
             };
             self.notify(&mut tx, inv).await?;
         }
+        if m.subject.is_some() || m.tags.iter().any(|t| verdicts::may_sign(t)) {
+            self.bump_verify_epoch(&mut tx, m.repo).await?;
+        }
         tx.commit().await?;
         Ok(PutManifest::Stored)
     }
@@ -988,6 +997,8 @@ impl MetaStore {
             digest: digest.to_owned(),
         };
         self.notify(&mut tx, inv).await?;
+        // A signature, or an index whose signature covered its children, may be gone.
+        self.bump_verify_epoch(&mut tx, repo).await?;
         Self::commit_unless_used(
             tx,
             repo_id,
@@ -1051,6 +1062,9 @@ impl MetaStore {
             tag: tag.to_owned(),
         };
         self.notify(&mut tx, inv).await?;
+        if verdicts::may_sign(tag) {
+            self.bump_verify_epoch(&mut tx, repo).await?;
+        }
         tx.commit().await?;
         Ok(Removal::Removed)
     }

@@ -10,6 +10,7 @@ mod flight;
 pub mod fsck;
 pub mod gc;
 mod login;
+pub mod policy;
 mod proxy;
 mod quota;
 mod refs;
@@ -164,6 +165,8 @@ impl Caches {
             I::Blob { repo, digest } => {
                 self.blob_links.remove(&cache::key(&repo, &digest));
             }
+            // The policy state forgets verdicts; nothing cached here depends on them.
+            I::Verdicts { .. } => {}
             I::All => {
                 self.tags.remove_prefix("");
                 self.manifests.remove_prefix("");
@@ -186,6 +189,8 @@ pub struct Registry {
     stats: Arc<stats::Stats>,
     /// The tag rules in force: the configuration's and those managed through the API.
     rules: Arc<std::sync::RwLock<Arc<TagRules>>>,
+    /// Signature trust, policy rules and the verdict cache.
+    policy: Arc<policy::PolicyState>,
 }
 
 impl Registry {
@@ -206,6 +211,7 @@ impl Registry {
             replicator: None,
             stats: Arc::default(),
             rules: Arc::new(std::sync::RwLock::new(rules)),
+            policy: Arc::new(policy::PolicyState::new(policy::Policy::default())),
         }
     }
 
@@ -218,9 +224,24 @@ impl Registry {
     /// SQLite.
     pub async fn follow_other_replicas(&self) -> Result<()> {
         let caches = Arc::clone(&self.cache);
-        self.meta
-            .listen_invalidations(move |inv| caches.apply(inv))
+        let verdicts = Arc::clone(&self.policy);
+        let listening = self
+            .meta
+            .listen_invalidations(move |inv| {
+                match &inv {
+                    berth_meta::Invalidation::Verdicts { repo } => {
+                        verdicts.invalidate(repo.as_deref())
+                    }
+                    berth_meta::Invalidation::All => verdicts.invalidate(None),
+                    _ => {}
+                }
+                caches.apply(inv)
+            })
             .await?;
+        if listening.is_some() {
+            // The fallback for notifications lost while the listener reconnects.
+            self.poll_verdict_counter();
+        }
         Ok(())
     }
 
@@ -774,6 +795,9 @@ impl Registry {
         failpoint(failpoint::AFTER_MANIFEST_COMMIT)?;
         match outcome {
             PutManifest::Stored => {
+                if subject.is_some() || tags.iter().any(|t| t.starts_with("sha256-")) {
+                    self.invalidate_verdicts(Some(repo.as_str()));
+                }
                 for tag in &tags {
                     self.cache
                         .tags
@@ -883,6 +907,9 @@ impl Registry {
                 outcome
             }
         };
+        if outcome == Removal::Removed {
+            self.invalidate_verdicts(Some(repo.as_str()));
+        }
         match outcome {
             Removal::Removed => Ok(()),
             Removal::NotFound => Err(RegistryError::ManifestUnknown),

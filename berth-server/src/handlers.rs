@@ -239,13 +239,13 @@ async fn handle(state: &AppState, ep: Endpoint, req: Request, ctx: &Ctx) -> ApiR
         Endpoint::Tags { name } if m == Method::GET => tags(state, name, req).await,
         Endpoint::Manifest { name, reference } => match m {
             Method::GET => {
-                let resp = get_manifest(state, &name, &reference, req, true).await;
+                let resp = get_manifest(state, ctx, &name, &reference, req, true).await;
                 if let Ok(r) = &resp {
                     audit_pull(state, ctx, &name, &reference, r);
                 }
                 resp
             }
-            Method::HEAD => get_manifest(state, &name, &reference, req, false).await,
+            Method::HEAD => get_manifest(state, ctx, &name, &reference, req, false).await,
             Method::PUT => put_manifest(state, name, reference, req, &actor).await,
             Method::DELETE => {
                 let admin = ctx.is_admin(state).await?;
@@ -694,8 +694,31 @@ fn audit_pull(
     });
 }
 
+/// Records a pull a policy rule refused or would refuse (audit mode).
+fn policy_audit(
+    state: &AppState,
+    ctx: &Ctx,
+    name: &RepoName,
+    reference: &Reference,
+    outcome: &str,
+    detail: String,
+) {
+    state.audit(AuditRecord {
+        at: berth_meta::now_micros(),
+        actor: ctx.name().to_owned(),
+        source: ctx.source.map(|s| s.to_string()),
+        action: "policy.pull".into(),
+        tenant: Some(berth_auth::tenant_of(name.as_str()).to_owned()),
+        repository: Some(name.to_string()),
+        target: Some(reference.to_string()),
+        outcome: outcome.into(),
+        detail: Some(detail),
+    });
+}
+
 async fn get_manifest(
     state: &AppState,
+    ctx: &Ctx,
     name: &RepoName,
     reference: &Reference,
     req: Request,
@@ -708,6 +731,23 @@ async fn get_manifest(
     let m = pulled.manifest;
     if !accepts(req.headers(), &m.media_type) {
         return Err(ApiError::Registry(RegistryError::ManifestUnknown));
+    }
+    // The policy layer: refused here (403 DENIED naming the rule and digest), or served
+    // with the violation recorded. Blob GETs are not judged: they are content-addressed,
+    // and a client reaches them only through a manifest it was served.
+    let admitted = state.registry().admit(name, &m).await;
+    if let Err(RegistryError::Denied(why)) = &admitted {
+        policy_audit(state, ctx, name, reference, "denied", why.clone());
+    }
+    if let berth_registry::policy::Admission::Audited { rule, reason } = admitted? {
+        policy_audit(
+            state,
+            ctx,
+            name,
+            reference,
+            "audited",
+            format!("policy rule {rule:?} would refuse {}: {reason}", m.digest),
+        );
     }
     let len = m.content.len();
     let mut resp = if with_body {

@@ -1,0 +1,569 @@
+//! The signature policy over real HTTP: an enforcing rule refuses manifests without a valid
+//! signature under the repository's trust (403 DENIED naming the rule and the digest) and
+//! serves signed ones; signatures themselves stay pullable; forged, misdirected, tampered
+//! and oversized signatures are refused, never a 500; a signed index covers its children
+//! only; an image tagged like a signature is judged; deleting the signature or removing
+//! the key flips the verdict, on another replica within 2 s. Signatures are made here with
+//! ring keys in cosign's exact format (the e2e suite does the same with the real cosign and
+//! notation binaries).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use berth_meta::{AuditQuery, MetaStore};
+use berth_registry::policy::{
+    CosignKeySpec, Mode, Pending, Policy, PolicySpec, RuleSpec, TrustSpec,
+};
+use berth_registry::{Registry, RegistryConfig};
+use berth_server::{AppState, ServerConfig};
+use reqwest::{Method, StatusCode, header};
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+struct Key {
+    pair: Ed25519KeyPair,
+    pem: String,
+}
+
+fn key() -> Key {
+    let pk8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("generate");
+    let pair = Ed25519KeyPair::from_pkcs8(pk8.as_ref()).expect("load");
+    // SubjectPublicKeyInfo: SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING key }
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    spki.extend_from_slice(pair.public_key().as_ref());
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        STANDARD.encode(&spki)
+    );
+    Key { pair, pem }
+}
+
+fn policy(keys: &[&Key], mode: Mode) -> Policy {
+    Policy::new(PolicySpec {
+        trust: vec![TrustSpec {
+            name: "ci".into(),
+            repositories: vec!["prod/*".into()],
+            cosign: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| CosignKeySpec {
+                    name: format!("k{i}"),
+                    pem: k.pem.clone(),
+                    algorithm: Some("ed25519".into()),
+                })
+                .collect(),
+            notary: Vec::new(),
+        }],
+        rules: vec![RuleSpec {
+            name: "signed-prod".into(),
+            repositories: vec!["prod/*".into()],
+            kind: "signature".into(),
+            mode,
+            pending: Pending::Refuse,
+        }],
+    })
+    .expect("policy")
+}
+
+struct Server {
+    base: String,
+    http: reqwest::Client,
+    registry: Registry,
+    state: AppState,
+    meta: MetaStore,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn serve_on(st: &common::Stores, policy: Policy) -> Server {
+    let registry = Registry::new(st.blobs.clone(), st.meta.clone(), RegistryConfig::default());
+    registry.set_policy(policy);
+    registry.follow_other_replicas().await.expect("listen");
+    let state = AppState::new(registry.clone(), ServerConfig::default());
+    let run = common::serve(state.clone()).await;
+    Server {
+        base: run.base,
+        http: run.http,
+        registry,
+        state,
+        meta: st.meta.clone(),
+        _stop: run.stop,
+    }
+}
+
+impl Server {
+    async fn blob(&self, repo: &str, data: &[u8]) -> (String, usize) {
+        let d = sha256(data);
+        let r = self
+            .http
+            .post(format!("{}/v2/{repo}/blobs/uploads/?digest={d}", self.base))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("push blob");
+        assert_eq!(r.status(), StatusCode::CREATED);
+        (d, data.len())
+    }
+
+    async fn put(&self, repo: &str, reference: &str, media_type: &str, body: &Value) -> String {
+        let bytes = serde_json::to_vec(body).expect("json");
+        let r = self
+            .http
+            .put(format!("{}/v2/{repo}/manifests/{reference}", self.base))
+            .header(header::CONTENT_TYPE, media_type)
+            .body(bytes.clone())
+            .send()
+            .await
+            .expect("put manifest");
+        assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+        sha256(&bytes)
+    }
+
+    /// A small runnable image (one tar+gzip layer); `seed` makes it unique.
+    async fn image(&self, repo: &str, tag: &str, seed: &str) -> String {
+        let (cfg, cfg_len) = self
+            .blob(
+                repo,
+                format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#).as_bytes(),
+            )
+            .await;
+        let (layer, layer_len) = self.blob(repo, format!("layer {seed}").as_bytes()).await;
+        self.put(
+            repo,
+            tag,
+            OCI_MANIFEST,
+            &json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": cfg_len},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": layer_len}],
+            }),
+        )
+        .await
+    }
+
+    /// A cosign `.sig` manifest: one simple-signing layer per (payload, signature).
+    async fn sig_manifest(
+        &self,
+        repo: &str,
+        subject: &str,
+        layers: &[(Vec<u8>, String)],
+    ) -> String {
+        let (cfg, cfg_len) = self
+            .blob(repo, b"{\"architecture\":\"\",\"os\":\"\"}")
+            .await;
+        let mut descs = Vec::new();
+        for (payload, sig) in layers {
+            let (d, n) = self.blob(repo, payload).await;
+            descs.push(json!({
+                "mediaType": SIMPLE_SIGNING, "digest": d, "size": n,
+                "annotations": {"dev.cosignproject.cosign/signature": sig},
+            }));
+        }
+        let tag = format!("sha256-{}.sig", &subject[7..]);
+        self.put(
+            repo,
+            &tag,
+            OCI_MANIFEST,
+            &json!({
+                "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": cfg_len},
+                "layers": descs,
+            }),
+        )
+        .await
+    }
+
+    async fn get(&self, repo: &str, reference: &str) -> (StatusCode, String) {
+        let r = self
+            .http
+            .get(format!("{}/v2/{repo}/manifests/{reference}", self.base))
+            .header(header::ACCEPT, format!("{OCI_MANIFEST}, {OCI_INDEX}"))
+            .send()
+            .await
+            .expect("get");
+        (r.status(), r.text().await.unwrap_or_default())
+    }
+
+    async fn head(&self, repo: &str, reference: &str) -> StatusCode {
+        self.http
+            .request(
+                Method::HEAD,
+                format!("{}/v2/{repo}/manifests/{reference}", self.base),
+            )
+            .header(header::ACCEPT, OCI_MANIFEST)
+            .send()
+            .await
+            .expect("head")
+            .status()
+    }
+
+    async fn metric(&self, line_start: &str) -> u64 {
+        let body = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        body.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn payload(digest: &str) -> Vec<u8> {
+    format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"elsewhere.example/mirror"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+    )
+    .into_bytes()
+}
+
+fn sign(k: &Key, payload: &[u8]) -> String {
+    STANDARD.encode(k.pair.sign(payload).as_ref())
+}
+
+async fn enforce_refuses_unsigned_and_serves_signed(postgres: bool) {
+    let st = common::stores_on(postgres, false).await;
+    let k = key();
+    let s = serve_on(&st, policy(&[&k], Mode::Enforce)).await;
+    let img = s.image("prod/app", "v1", "a").await;
+
+    for reference in ["v1", img.as_str()] {
+        let (status, body) = s.get("prod/app", reference).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(
+            body.contains("DENIED") && body.contains("signed-prod") && body.contains(&img),
+            "{body}"
+        );
+        assert_eq!(s.head("prod/app", reference).await, StatusCode::FORBIDDEN);
+    }
+    // Outside the rule's repositories nothing changes.
+    let other = s.image("dev/app", "v1", "a").await;
+    assert_eq!(s.get("dev/app", &other).await.0, StatusCode::OK);
+
+    // Two signers on one .sig manifest (cosign appends): a stranger's and the trusted one.
+    let p = payload(&img);
+    let stranger = key();
+    let sig_digest = s
+        .sig_manifest(
+            "prod/app",
+            &img,
+            &[(p.clone(), sign(&stranger, &p)), (p.clone(), sign(&k, &p))],
+        )
+        .await;
+    for reference in ["v1", img.as_str()] {
+        assert_eq!(s.get("prod/app", reference).await.0, StatusCode::OK);
+        assert_eq!(s.head("prod/app", reference).await, StatusCode::OK);
+    }
+    // The signature itself is served (clients fetch it to verify), though nobody signed it.
+    assert_eq!(s.get("prod/app", &sig_digest).await.0, StatusCode::OK);
+    assert_eq!(
+        s.get("prod/app", &format!("sha256-{}.sig", &img[7..]))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert!(
+        s.metric("berth_policy_pulls_total{result=\"refused\"}")
+            .await
+            >= 4
+    );
+
+    let report = s
+        .registry
+        .verify_report(
+            &"prod/app".parse().expect("name"),
+            &img.parse().expect("digest"),
+        )
+        .await
+        .expect("report");
+    assert_eq!(report.signatures.len(), 2);
+    assert_eq!(report.signatures.iter().filter(|s| s.valid).count(), 1);
+    assert!(report.detail.contains("ci/k0"), "{}", report.detail);
+
+    // The refusals were audited.
+    s.state.flush_audit().await;
+    let rows = s
+        .meta
+        .audit_query(&AuditQuery {
+            action: Some("policy.pull".into()),
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert!(rows.iter().any(|(_, r)| r.outcome == "denied"), "{rows:?}");
+}
+
+#[tokio::test]
+async fn enforce_refuses_unsigned_and_serves_signed_sqlite() {
+    enforce_refuses_unsigned_and_serves_signed(false).await;
+}
+
+#[tokio::test]
+async fn enforce_refuses_unsigned_and_serves_signed_postgres() {
+    enforce_refuses_unsigned_and_serves_signed(true).await;
+}
+
+#[tokio::test]
+async fn forged_signatures_are_refused() {
+    let st = common::stores().await;
+    let k = key();
+    let s = serve_on(&st, policy(&[&k], Mode::Enforce)).await;
+
+    // Untrusted key.
+    let a = s.image("prod/a", "v1", "a").await;
+    let p = payload(&a);
+    s.sig_manifest("prod/a", &a, &[(p.clone(), sign(&key(), &p))])
+        .await;
+    // A trusted signature over a payload naming another digest.
+    let b = s.image("prod/b", "v1", "b").await;
+    let elsewhere = s.image("prod/b", "v2", "c").await;
+    let p = payload(&elsewhere);
+    s.sig_manifest("prod/b", &b, &[(p.clone(), sign(&k, &p))])
+        .await;
+    // The payload changed after signing (the signature covers other bytes).
+    let c = s.image("prod/c", "v1", "d").await;
+    let p = payload(&c);
+    let mut changed = p.clone();
+    changed.extend_from_slice(b" ");
+    s.sig_manifest("prod/c", &c, &[(changed, sign(&k, &p))])
+        .await;
+    // A huge payload, validly signed: invalid, not a 500.
+    let d = s.image("prod/d", "v1", "e").await;
+    let mut huge = payload(&d);
+    huge.extend(std::iter::repeat_n(b' ', 2 << 20));
+    s.sig_manifest("prod/d", &d, &[(huge.clone(), sign(&k, &huge))])
+        .await;
+    // A deeply nested payload.
+    let e = s.image("prod/e", "v1", "f").await;
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
+    s.sig_manifest("prod/e", &e, &[(deep.clone(), sign(&k, &deep))])
+        .await;
+
+    for (repo, digest, code) in [
+        ("prod/a", &a, "wrong_key"),
+        ("prod/b", &b, "other_digest"),
+        ("prod/c", &c, "wrong_key"),
+        ("prod/d", &d, "invalid"),
+        ("prod/e", &e, "invalid"),
+    ] {
+        let (status, body) = s.get(repo, digest).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{repo}: {body}");
+        let report = s
+            .registry
+            .verify_report(
+                &repo.parse().expect("name"),
+                &digest.parse().expect("digest"),
+            )
+            .await
+            .expect("report");
+        let f = report.signatures[0].failure.as_ref().expect("a failure");
+        assert_eq!(f.code(), code, "{repo}: {f}");
+    }
+    // The image that was named by b's payload is not signed by it either.
+    assert_eq!(s.get("prod/b", &elsewhere).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_signed_index_covers_its_children_only() {
+    let st = common::stores().await;
+    let k = key();
+    let s = serve_on(&st, policy(&[&k], Mode::Enforce)).await;
+    let child = s.image("prod/multi", "amd64", "x").await;
+    let unrelated = s.image("prod/multi", "other", "y").await;
+    let index = s
+        .put(
+            "prod/multi",
+            "v1",
+            OCI_INDEX,
+            &json!({
+                "schemaVersion": 2, "mediaType": OCI_INDEX,
+                "manifests": [{"mediaType": OCI_MANIFEST, "digest": child, "size": 1,
+                    "platform": {"architecture": "amd64", "os": "linux"}}],
+            }),
+        )
+        .await;
+    assert_eq!(s.get("prod/multi", "v1").await.0, StatusCode::FORBIDDEN);
+    let p = payload(&index);
+    s.sig_manifest("prod/multi", &index, &[(p.clone(), sign(&k, &p))])
+        .await;
+    assert_eq!(s.get("prod/multi", "v1").await.0, StatusCode::OK);
+    // containerd: the index by tag, then the platform manifest by digest.
+    assert_eq!(s.get("prod/multi", &child).await.0, StatusCode::OK);
+    assert_eq!(
+        s.get("prod/multi", &unrelated).await.0,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn an_image_tagged_like_a_signature_is_judged() {
+    let st = common::stores().await;
+    let k = key();
+    let s = serve_on(&st, policy(&[&k], Mode::Enforce)).await;
+    let img = s.image("prod/app", "v1", "a").await;
+    // A runnable image pushed under the signature tag of `img`.
+    let tag = format!("sha256-{}.sig", &img[7..]);
+    let fake = s.image("prod/app", &tag, "fake").await;
+    assert_eq!(s.get("prod/app", &tag).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(s.get("prod/app", &fake).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(s.get("prod/app", &img).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn losing_the_signature_or_the_key_refuses_again() {
+    let st = common::stores().await;
+    let k = key();
+    let s = serve_on(&st, policy(&[&k], Mode::Enforce)).await;
+    let img = s.image("prod/app", "v1", "a").await;
+    let p = payload(&img);
+    let sig = s
+        .sig_manifest("prod/app", &img, &[(p.clone(), sign(&k, &p))])
+        .await;
+    assert_eq!(s.get("prod/app", "v1").await.0, StatusCode::OK);
+    let r = s
+        .http
+        .delete(format!("{}/v2/prod/app/manifests/{sig}", s.base))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(s.get("prod/app", "v1").await.0, StatusCode::FORBIDDEN);
+    s.sig_manifest("prod/app", &img, &[(p.clone(), sign(&k, &p))])
+        .await;
+    assert_eq!(s.get("prod/app", "v1").await.0, StatusCode::OK);
+    // The key removed from the trust (another key stays): refused.
+    let other = key();
+    s.registry.set_policy(policy(&[&other], Mode::Enforce));
+    assert_eq!(s.get("prod/app", "v1").await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn audit_mode_serves_and_counts() {
+    let st = common::stores().await;
+    let k = key();
+    let s = serve_on(&st, policy(&[&k], Mode::Audit)).await;
+    s.image("prod/app", "v1", "a").await;
+    assert_eq!(s.get("prod/app", "v1").await.0, StatusCode::OK);
+    assert_eq!(
+        s.metric("berth_policy_pulls_total{result=\"audited\"}")
+            .await,
+        1
+    );
+    s.state.flush_audit().await;
+    let rows = s
+        .meta
+        .audit_query(&AuditQuery {
+            action: Some("policy.pull".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].1.outcome, "audited");
+    // Dry-run mode changes nothing at all.
+    s.registry.set_policy(policy(&[&k], Mode::DryRun));
+    assert_eq!(s.get("prod/app", "v1").await.0, StatusCode::OK);
+    assert_eq!(
+        s.metric("berth_policy_pulls_total{result=\"audited\"}")
+            .await,
+        1
+    );
+    let runs = s
+        .registry
+        .policy_check(Some("signed-prod"))
+        .await
+        .expect("check");
+    assert_eq!((runs[0].checked, runs[0].refused), (1, 1));
+}
+
+#[tokio::test]
+async fn enforce_needs_a_dry_run_of_the_rule_first() {
+    let st = common::stores().await;
+    let k = key();
+    let s = serve_on(&st, policy(&[&k], Mode::Audit)).await;
+    s.image("prod/app", "v1", "a").await;
+    // Enforce on a repository holding images, never dry-run: refused.
+    s.registry.set_policy(policy(&[&k], Mode::Enforce));
+    let e = s.registry.check_enforce_ready().await.expect_err("refused");
+    assert!(e.to_string().contains("berth policy check"), "{e}");
+    // After a dry run of that exact rule it may enforce.
+    s.registry
+        .policy_check(Some("signed-prod"))
+        .await
+        .expect("check");
+    s.registry.check_enforce_ready().await.expect("ready");
+    // Another key is another definition.
+    s.registry.set_policy(policy(&[&key()], Mode::Enforce));
+    assert!(s.registry.check_enforce_ready().await.is_err());
+}
+
+/// Two replicas over one PostgreSQL: a signature deleted through one is refused by the
+/// other within 2 s, and a new one is served by it.
+#[tokio::test]
+async fn two_replicas_agree_within_two_seconds() {
+    let st = common::stores_on(true, false).await;
+    let k = key();
+    let a = serve_on(&st, policy(&[&k], Mode::Enforce)).await;
+    let b = serve_on(&st, policy(&[&k], Mode::Enforce)).await;
+    let img = a.image("prod/app", "v1", "a").await;
+    assert_eq!(b.get("prod/app", "v1").await.0, StatusCode::FORBIDDEN);
+    let p = payload(&img);
+    let sig = a
+        .sig_manifest("prod/app", &img, &[(p.clone(), sign(&k, &p))])
+        .await;
+    let within = |srv: &Server, want: StatusCode| {
+        let (base, http) = (srv.base.clone(), srv.http.clone());
+        async move {
+            let start = Instant::now();
+            loop {
+                let st = http
+                    .get(format!("{base}/v2/prod/app/manifests/v1"))
+                    .header(header::ACCEPT, OCI_MANIFEST)
+                    .send()
+                    .await
+                    .expect("get")
+                    .status();
+                if st == want {
+                    return start.elapsed();
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(2),
+                    "still {st} after 2 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    within(&b, StatusCode::OK).await;
+    let r = a
+        .http
+        .delete(format!("{}/v2/prod/app/manifests/{sig}", a.base))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    within(&b, StatusCode::FORBIDDEN).await;
+}
