@@ -35,6 +35,8 @@ pub enum Kind {
     Attestation,
     NotarySignature,
     Sbom,
+    /// An index listing only signatures, attestations and SBOMs (referrers tag schema).
+    ReferrersIndex,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
             Kind::Attestation => "attestation",
             Kind::NotarySignature => "notary_signature",
             Kind::Sbom => "sbom",
+            Kind::ReferrersIndex => "referrers_index",
         }
     }
 }
@@ -63,7 +66,7 @@ struct Raw {
     config: Option<RawDescriptor>,
     #[serde(default)]
     layers: Vec<RawDescriptor>,
-    manifests: Option<serde::de::IgnoredAny>,
+    manifests: Option<Vec<RawChild>>,
     subject: Option<RawDescriptor>,
 }
 
@@ -78,6 +81,21 @@ struct RawDescriptor {
     size: u64,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawChild {
+    artifact_type: Option<String>,
+}
+
+/// Artifact types of referrers that are signatures, attestations or SBOMs.
+fn is_supply_chain_artifact(t: &str) -> bool {
+    t == NOTARY_SIGNATURE
+        || t.starts_with("application/vnd.dev.cosign.")
+        || t == DSSE_ENVELOPE
+        || t.starts_with("application/vnd.in-toto")
+        || SBOM_TYPES.contains(&t)
 }
 
 /// A layer that carries a signature document.
@@ -121,6 +139,22 @@ pub fn classify(manifest: &[u8]) -> Classified {
             )
         );
     if is_index {
+        // The referrers tag schema's index (`sha256-<hex>`, written by clients that fall
+        // back from the referrers API): it lists signatures and SBOMs, nothing runnable.
+        let children = raw.manifests.as_deref().unwrap_or_default();
+        if !children.is_empty()
+            && children.iter().all(|c| {
+                c.artifact_type
+                    .as_deref()
+                    .is_some_and(is_supply_chain_artifact)
+            })
+        {
+            return Classified {
+                kind: Kind::ReferrersIndex,
+                layers: Vec::new(),
+                subject,
+            };
+        }
         return Classified {
             kind: Kind::Index,
             layers: Vec::new(),

@@ -585,4 +585,15 @@ fn an_image_tagged_like_a_signature_is_an_image() {
         classify(br#"{"schemaVersion":2,"manifests":[]}"#).kind,
         Kind::Index
     );
+    // The referrers tag schema's index is exempt only if it lists nothing but signatures.
+    let d = "sha256:549ce92a471d035d47857bd413abbef01b7ad3f959d65430408e63879eb7b4c4";
+    let referrers = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":1,"artifactType":"application/vnd.cncf.notary.signature"}}]}}"#
+    );
+    assert_eq!(classify(referrers.as_bytes()).kind, Kind::ReferrersIndex);
+    let mixed = referrers.replace(
+        r#"}]}"#,
+        &format!(r#"}},{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":1}}]}}"#),
+    );
+    assert_eq!(classify(mixed.as_bytes()).kind, Kind::Index);
 }

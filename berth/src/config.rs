@@ -40,6 +40,10 @@ pub struct Config {
     pub tag_rule: Option<Vec<berth_registry::TagRuleSpec>>,
     /// `[[retention]]` policies: which tags to keep where.
     pub retention: Vec<berth_registry::retention::RetentionSpec>,
+    /// `[[trust]]`: signature trust material per repository glob.
+    pub trust: Vec<crate::policy::TrustEntry>,
+    /// `[[policy]]`: rules that can refuse a pull.
+    pub policy: Vec<berth_registry::policy::RuleSpec>,
 }
 
 /// One `[[replicate]]` rule: pushes to matching repositories are copied to `url`.
@@ -81,6 +85,8 @@ impl Default for Config {
             replicas: Vec::new(),
             tag_rule: None,
             retention: Vec::new(),
+            trust: Vec::new(),
+            policy: Vec::new(),
         }
     }
 }

@@ -9,6 +9,7 @@ mod layout;
 mod migrate;
 mod mirror;
 mod output;
+mod policy;
 mod storage;
 mod versions;
 
@@ -133,6 +134,23 @@ enum Command {
         #[command(flatten)]
         store: admin::StoreArgs,
     },
+    /// Which signatures REPO@DIGEST or REPO:TAG has, who signed, which rule they satisfy
+    /// or exactly why not. Exit code 0: signed (or a signature itself), 1: not, 2: the
+    /// check failed.
+    Verify {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+        #[command(flatten)]
+        args: policy::VerifyArgs,
+    },
+    /// Policy rules: `check` judges every stored image as enforcing would, records the dry
+    /// run, and changes nothing else.
+    Policy {
+        #[command(flatten)]
+        store: admin::StoreArgs,
+        #[command(subcommand)]
+        cmd: policy::PolicyCommand,
+    },
     /// Tag history, rollback, semver listing and resolution (offline, as the admin `cli`).
     Tag {
         #[command(flatten)]
@@ -226,6 +244,7 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<(Registry, MetaSto
             })
             .collect(),
     )?;
+    registry.set_policy(crate::policy::compile(config)?);
     // The rules managed through the API apply to the offline commands too.
     registry
         .reload_tag_rules()
@@ -318,6 +337,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let (registry, meta) = open_registry(&config).await?;
     let registry = registry.with_replication(replication_rules(&config)?);
+    registry
+        .check_enforce_ready()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     registry
         .follow_other_replicas()
         .await
@@ -580,6 +603,15 @@ fn main() -> anyhow::Result<()> {
             Ok(false) => std::process::exit(1),
             Err(e) => {
                 eprintln!("berth migrate-storage: {e:#}");
+                std::process::exit(2)
+            }
+        },
+        Command::Policy { store, cmd } => runtime.block_on(policy::command(&store, cmd)),
+        Command::Verify { store, args } => match runtime.block_on(policy::verify(&store, args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("berth verify: {e:#}");
                 std::process::exit(2)
             }
         },

@@ -1,0 +1,223 @@
+//! `[[trust]]` and `[[policy]]` from the configuration, and the commands over them:
+//! `berth verify` (what signatures an image has and what they prove) and `berth policy
+//! check` (the dry run every rule needs before it may enforce). Both run offline against
+//! the store, through the same use cases `serve` judges pulls with.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use berth_oci::{Digest, Reference, RepoName};
+use berth_registry::policy::{
+    CosignKeySpec, NotaryStoreSpec, Outcome, Policy, PolicySpec, TrustSpec,
+};
+use clap::Subcommand;
+use serde::Deserialize;
+
+use crate::admin::StoreArgs;
+use crate::config::Config;
+
+/// One `[[trust]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustEntry {
+    pub name: String,
+    /// Repository globs this trust applies to.
+    pub repositories: Vec<String>,
+    /// `[[trust.cosign]]`: cosign public keys.
+    #[serde(default)]
+    pub cosign: Vec<CosignKeyEntry>,
+    /// `[[trust.notary]]`: Notary Project trust stores with their policy.
+    #[serde(default)]
+    pub notary: Vec<NotaryEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CosignKeyEntry {
+    pub name: String,
+    /// The PEM text (`cosign.pub`), or
+    pub key: Option<String>,
+    /// a file holding it.
+    pub key_file: Option<PathBuf>,
+    /// `ecdsa-p256`, `ecdsa-p384`, `ed25519` or `rsa`: the key must be of this kind.
+    pub algorithm: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotaryEntry {
+    pub name: String,
+    /// PEM CA certificates, or
+    pub trust_store: Option<String>,
+    /// a file holding them.
+    pub trust_store_file: Option<PathBuf>,
+    /// `strict` (default), `permissive`, `audit` or `skip`.
+    #[serde(default = "strict")]
+    pub level: String,
+    /// `*` or `x509.subject: C=.., O=.., CN=..` entries.
+    pub trusted_identities: Vec<String>,
+}
+
+fn strict() -> String {
+    "strict".into()
+}
+
+fn text_or_file(
+    what: &str,
+    text: &Option<String>,
+    file: &Option<PathBuf>,
+) -> anyhow::Result<String> {
+    match (text, file) {
+        (Some(t), None) => Ok(t.clone()),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("{what}: reading {}", f.display()))
+        }
+        _ => anyhow::bail!("{what}: give exactly one of the PEM text and its file"),
+    }
+}
+
+/// The policy the configuration declares.
+pub fn compile(config: &Config) -> anyhow::Result<Policy> {
+    let mut spec = PolicySpec {
+        trust: Vec::new(),
+        rules: config.policy.clone(),
+    };
+    for t in &config.trust {
+        let mut ts = TrustSpec {
+            name: t.name.clone(),
+            repositories: t.repositories.clone(),
+            cosign: Vec::new(),
+            notary: Vec::new(),
+        };
+        for k in &t.cosign {
+            ts.cosign.push(CosignKeySpec {
+                name: k.name.clone(),
+                pem: text_or_file(
+                    &format!("[[trust.cosign]] {:?}", k.name),
+                    &k.key,
+                    &k.key_file,
+                )?,
+                algorithm: k.algorithm.clone(),
+            });
+        }
+        for n in &t.notary {
+            ts.notary.push(NotaryStoreSpec {
+                name: n.name.clone(),
+                certificates: text_or_file(
+                    &format!("[[trust.notary]] {:?}", n.name),
+                    &n.trust_store,
+                    &n.trust_store_file,
+                )?,
+                level: n.level.clone(),
+                trusted_identities: n.trusted_identities.clone(),
+            });
+        }
+        spec.trust.push(ts);
+    }
+    Policy::new(spec).map_err(|e| anyhow::anyhow!("[[trust]] / [[policy]]: {e}"))
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// `repository@sha256:...` or `repository:tag`.
+    pub reference: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Judge every stored manifest of the repositories a rule covers as enforcing would;
+    /// record the run (a rule may be switched to enforce only after one).
+    Check {
+        /// Only this rule (default: all).
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_reference(r: &str) -> anyhow::Result<(RepoName, Reference)> {
+    let (repo, reference) = if let Some((repo, d)) = r.split_once('@') {
+        (repo, Reference::Digest(d.parse().context("digest")?))
+    } else {
+        let (repo, tag) = r
+            .rsplit_once(':')
+            .filter(|(_, t)| !t.contains('/'))
+            .with_context(|| format!("{r:?} is neither repository@digest nor repository:tag"))?;
+        (repo, Reference::Tag(tag.parse().context("tag")?))
+    };
+    Ok((repo.parse().context("repository")?, reference))
+}
+
+/// `berth verify`: true when the manifest is signed (or is itself a signature).
+pub async fn verify(store: &StoreArgs, args: VerifyArgs) -> anyhow::Result<bool> {
+    let config = store.load()?;
+    let (registry, _) = crate::open_registry(&config).await?;
+    let (repo, reference) = parse_reference(&args.reference)?;
+    let digest: Digest = registry
+        .resolve(&repo, &reference)
+        .await
+        .with_context(|| format!("{} not found", args.reference))?;
+    let report = registry
+        .verify_report(&repo, &digest)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{repo}@{digest} ({})", report.kind);
+        println!("verdict: {:?}: {}", report.outcome, report.detail);
+        for s in &report.signatures {
+            let what = if s.valid {
+                format!("valid, signed by {}", s.signed_by.as_deref().unwrap_or("?"))
+            } else {
+                format!(
+                    "NOT valid: {}",
+                    s.failure
+                        .as_ref()
+                        .map(|f| f.to_string())
+                        .unwrap_or_default()
+                )
+            };
+            let covers = if s.covers == report.digest {
+                String::new()
+            } else {
+                format!(" (for index {})", s.covers)
+            };
+            println!("  {} {}{covers}: {what}", s.kind, s.manifest);
+            for w in &s.warnings {
+                println!("    warning: {w}");
+            }
+        }
+        for r in &report.rules {
+            println!("  rule {:?} ({:?}): would {}", r.rule, r.mode, r.decision);
+        }
+    }
+    Ok(matches!(report.outcome, Outcome::Signed | Outcome::Exempt))
+}
+
+pub async fn command(store: &StoreArgs, cmd: PolicyCommand) -> anyhow::Result<()> {
+    let PolicyCommand::Check { rule, json } = cmd;
+    let config = store.load()?;
+    let (registry, _) = crate::open_registry(&config).await?;
+    let runs = registry
+        .policy_check(rule.as_deref())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(());
+    }
+    for r in &runs {
+        println!(
+            "rule {:?} ({:?}): {} image(s) checked, enforcing would refuse {}",
+            r.rule, r.mode, r.checked, r.refused
+        );
+        for (repo, digest, why) in &r.examples {
+            println!("  {repo}@{digest}: {why}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! Signed images only, with the real signers: cosign 2.5 (key-based, `.sig` tags and the
+//! OCI 1.1 referrers mode, `cosign attest`) and notation 1.3 (JWS and COSE, an X.509 chain
+//! from a CA made here with openssl), pulled with skopeo against an enforcing rule. The
+//! images are signed while the rule audits (the signers read the manifest they sign), then
+//! `berth policy check` records the dry run and the server restarts enforcing.
+//! Refused: unsigned, signed by an untrusted key, signed by a leaf without the
+//! code-signing EKU. `berth verify` says why, with exit codes 0/1/2; `cosign verify`,
+//! `cosign tree`, `notation ls` and `notation verify` work against Berth.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::{Berth, Layout, cmd, exec, run, run_fails, skopeo_copy, tempdir};
+
+const PASSWORD: &str = "e2e-cosign-password";
+
+fn cosign(home: &Path, args: &[&str]) -> Command {
+    let mut c = cmd("cosign");
+    c.current_dir(home)
+        .env("HOME", home)
+        .env("COSIGN_PASSWORD", PASSWORD)
+        .args(args);
+    c
+}
+
+fn cosign_sign(home: &Path, key: &str, image: &str, extra: &[&str]) {
+    let mut c = cosign(
+        home,
+        &[
+            "sign",
+            "--key",
+            key,
+            "--tlog-upload=false",
+            "--allow-insecure-registry",
+            "--allow-http-registry",
+            "-y",
+        ],
+    );
+    c.args(extra).arg(image);
+    run(&mut c);
+}
+
+fn notation(config: &Path, args: &[&str]) -> Command {
+    let mut c = cmd("notation");
+    c.env("XDG_CONFIG_HOME", config)
+        .env("HOME", config)
+        .args(args);
+    c
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    run(Command::new("openssl").current_dir(dir).args(args));
+}
+
+/// A CA, a leaf with the code-signing EKU and one without, as notation signing keys.
+fn make_ca(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "root.key",
+            "-out",
+            "root.crt",
+            "-days",
+            "30",
+            "-subj",
+            "/C=US/ST=WA/O=Berth E2E/CN=Berth E2E Root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "[eku]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=codeSigning\n[noeku]\nbasicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\n",
+    )
+    .expect("ext.cnf");
+    for leaf in ["eku", "noeku"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{leaf}.key"),
+                "-out",
+                &format!("{leaf}.csr"),
+                "-subj",
+                &format!("/C=US/ST=WA/O=Berth E2E/CN={leaf}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{leaf}.csr"),
+                "-CA",
+                "root.crt",
+                "-CAkey",
+                "root.key",
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-out",
+                &format!("{leaf}.crt"),
+                "-extfile",
+                "ext.cnf",
+                "-extensions",
+                leaf,
+            ],
+        );
+        let chain = [
+            std::fs::read(dir.join(format!("{leaf}.crt"))).expect("leaf"),
+            std::fs::read(dir.join("root.crt")).expect("root"),
+        ]
+        .concat();
+        std::fs::write(dir.join(format!("{leaf}-chain.crt")), chain).expect("chain");
+    }
+}
+
+fn pull(berth: &Berth, name: &str, out: &Path) -> bool {
+    let dest = format!(
+        "dir:{}",
+        out.join(name.replace(['/', ':', '@'], "_")).display()
+    );
+    let out = exec(cmd("skopeo").args([
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        &berth.docker(name),
+        &dest,
+    ]));
+    if !out.status.success() {
+        eprintln!("pull {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    out.status.success()
+}
+
+fn berth_verify(berth: &Berth, reference: &str) -> (i32, String) {
+    let out = exec(berth.cli().args(["verify", reference]));
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn real_signers_gate_pulls_under_an_enforcing_rule() {
+    let work = tempdir();
+    let w = work.path();
+    run(&mut cosign(w, &["generate-key-pair"]));
+    std::fs::create_dir(w.join("other")).expect("dir");
+    run(&mut cosign(&w.join("other"), &["generate-key-pair"]));
+    make_ca(w);
+    let ncfg = w.join("ncfg");
+    std::fs::create_dir_all(ncfg.join("notation")).expect("notation dir");
+    let keys = serde_json::json!({"default": "eku", "keys": [
+        {"name": "eku", "keyPath": w.join("eku.key"), "certPath": w.join("eku-chain.crt")},
+        {"name": "noeku", "keyPath": w.join("noeku.key"), "certPath": w.join("noeku-chain.crt")},
+    ]});
+    std::fs::write(ncfg.join("notation/signingkeys.json"), keys.to_string()).expect("keys");
+
+    let config = format!(
+        r#"
+[[trust]]
+name = "ci"
+repositories = ["prod/*"]
+[[trust.cosign]]
+name = "release"
+key_file = "{key}"
+algorithm = "ecdsa-p256"
+[[trust.notary]]
+name = "corp"
+trust_store_file = "{root}"
+level = "strict"
+trusted_identities = ["x509.subject: C=US, ST=WA, O=Berth E2E"]
+
+[[policy]]
+name = "signed-prod"
+repositories = ["prod/*"]
+mode = "audit"
+"#,
+        key = w.join("cosign.pub").display(),
+        root = w.join("root.crt").display(),
+    );
+    let mut berth = Berth::start_with(&config, &[]);
+
+    let layout = Layout::init(w.join("layout"));
+    let names = [
+        "unsigned", "cosign", "oci11", "wrongkey", "notary", "cose", "noeku",
+    ];
+    let mut digests = std::collections::HashMap::new();
+    for n in names {
+        let d = layout.build(n, "amd64", &[("hello", format!("image {n}"))]);
+        skopeo_copy(&[], &layout.oci(n), &berth.docker(&format!("prod/{n}:v1")));
+        digests.insert(n, d);
+    }
+    let addr = berth.addr().to_owned();
+    let at = |n: &str| format!("{addr}/prod/{n}@{}", digests[n]);
+    let out = w.join("pulled");
+    std::fs::create_dir_all(&out).expect("pull directory");
+
+    // Audit mode: everything is served (cosign and notation read the manifest they sign).
+    for n in names {
+        assert!(
+            pull(&berth, &format!("prod/{n}:v1"), &out),
+            "{n} refused under audit"
+        );
+    }
+    let key = w.join("cosign.key").display().to_string();
+    cosign_sign(w, &key, &at("cosign"), &[]);
+    run(&mut cosign(
+        w,
+        &[
+            "attest",
+            "--key",
+            &key,
+            "--tlog-upload=false",
+            "--allow-insecure-registry",
+            "--allow-http-registry",
+            "-y",
+            "--type",
+            "custom",
+            "--predicate",
+            "cosign.pub",
+            &at("cosign"),
+        ],
+    ));
+    let mut c = cosign(w, &[]);
+    c.env("COSIGN_EXPERIMENTAL", "1");
+    c.args([
+        "sign",
+        "--key",
+        &key,
+        "--tlog-upload=false",
+        "--allow-insecure-registry",
+        "--allow-http-registry",
+        "-y",
+        "--registry-referrers-mode=oci-1-1",
+        &at("oci11"),
+    ]);
+    run(&mut c);
+    let other = w.join("other/cosign.key").display().to_string();
+    cosign_sign(&w.join("other"), &other, &at("wrongkey"), &[]);
+    run(&mut notation(
+        &ncfg,
+        &["sign", "--insecure-registry", &at("notary")],
+    ));
+    run(&mut notation(
+        &ncfg,
+        &[
+            "sign",
+            "--insecure-registry",
+            "--signature-format",
+            "cose",
+            &at("cose"),
+        ],
+    ));
+    run(&mut notation(
+        &ncfg,
+        &[
+            "sign",
+            "--insecure-registry",
+            "--key",
+            "noeku",
+            &at("noeku"),
+        ],
+    ));
+
+    // The dry run that switching to enforce needs; it reports what would be refused.
+    let check = run(berth
+        .cli()
+        .args(["policy", "check", "--rule", "signed-prod"]));
+    let check = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(
+        check.contains("7 image(s) checked, enforcing would refuse 3"),
+        "{check}"
+    );
+    let toml = berth.data_dir().with_file_name("berth.toml");
+    std::fs::write(
+        &toml,
+        config.replace(r#"mode = "audit""#, r#"mode = "enforce""#),
+    )
+    .expect("config");
+    berth.restart();
+
+    for (n, served) in [
+        ("unsigned", false),
+        ("cosign", true),
+        ("oci11", true),
+        ("wrongkey", false),
+        ("notary", true),
+        ("cose", true),
+        ("noeku", false),
+    ] {
+        assert_eq!(
+            pull(&berth, &format!("prod/{n}:v1"), &out),
+            served,
+            "{n} by tag"
+        );
+        let by_digest = format!("prod/{n}@{}", digests[n]);
+        assert_eq!(pull(&berth, &by_digest, &out), served, "{n} by digest");
+    }
+
+    // The clients' own verification works against Berth.
+    run(&mut cosign(
+        w,
+        &[
+            "verify",
+            "--key",
+            "cosign.pub",
+            "--insecure-ignore-tlog",
+            "--allow-insecure-registry",
+            "--allow-http-registry",
+            &at("cosign"),
+        ],
+    ));
+    let tree = run(&mut cosign(
+        w,
+        &[
+            "tree",
+            "--allow-insecure-registry",
+            "--allow-http-registry",
+            &at("cosign"),
+        ],
+    ));
+    let tree = String::from_utf8_lossy(&tree.stdout).into_owned();
+    assert!(
+        tree.contains("Signatures") && tree.contains("Attestations"),
+        "{tree}"
+    );
+    run(&mut notation(
+        &ncfg,
+        &[
+            "cert",
+            "add",
+            "--type",
+            "ca",
+            "--store",
+            "corp",
+            &w.join("root.crt").display().to_string(),
+        ],
+    ));
+    let policy = serde_json::json!({"version": "1.0", "trustPolicies": [{
+        "name": "e2e", "registryScopes": ["*"], "signatureVerification": {"level": "strict"},
+        "trustStores": ["ca:corp"], "trustedIdentities": ["*"]}]});
+    std::fs::write(ncfg.join("notation/trustpolicy.json"), policy.to_string()).expect("policy");
+    run(&mut notation(
+        &ncfg,
+        &["verify", "--insecure-registry", &at("notary")],
+    ));
+    let ls = run(&mut notation(
+        &ncfg,
+        &["ls", "--insecure-registry", &at("notary")],
+    ));
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("application/vnd.cncf.notary.signature"));
+    run_fails(&mut notation(
+        &ncfg,
+        &["verify", "--insecure-registry", &at("noeku")],
+    ));
+
+    // berth verify: who signed, or exactly why not; 0 / 1 / 2.
+    let (code, text) = berth_verify(&berth, "prod/cosign:v1");
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("ci/release") && text.contains("attestation"),
+        "{text}"
+    );
+    let (code, text) = berth_verify(&berth, &format!("prod/notary@{}", digests["notary"]));
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("CN=eku"), "{text}");
+    let (code, text) = berth_verify(&berth, "prod/wrongkey:v1");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("wrong key"), "{text}");
+    let (code, text) = berth_verify(&berth, "prod/noeku:v1");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("code-signing"), "{text}");
+    let (code, text) = berth_verify(&berth, "prod/unsigned:v1");
+    assert_eq!((code, text.contains("no signature")), (1, true), "{text}");
+    let (code, text) = berth_verify(&berth, "prod/nothing:v1");
+    assert_eq!(code, 2, "{text}");
+}
