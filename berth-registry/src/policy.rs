@@ -67,6 +67,15 @@ pub struct RuleSpec {
     pub mode: Mode,
     #[serde(default)]
     pub pending: Pending,
+    /// Callers authenticated with push permission on the repository are served what the
+    /// rule would refuse (recorded as `bypassed`): cosign and notation read the manifest
+    /// they sign, so CI must be able to. Never anonymous or open-mode callers.
+    #[serde(default = "yes")]
+    pub push_bypass: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn signature_kind() -> String {
@@ -258,7 +267,14 @@ impl Policy {
             if r.kind != "signature" {
                 return Err(err(&what, format!("kind {:?} is not signature", r.kind)));
             }
-            let def = (&r.name, &r.repositories, &r.kind, r.pending, &trust_fp);
+            let def = (
+                &r.name,
+                &r.repositories,
+                &r.kind,
+                r.pending,
+                r.push_bypass,
+                &trust_fp,
+            );
             rules.push(Rule {
                 spec: r.clone(),
                 repos: globs(&what, &r.repositories)?,
@@ -366,6 +382,20 @@ pub enum Admission {
         rule: String,
         reason: String,
     },
+    /// Served to a pusher an enforcing rule would refuse (`push_bypass`), and recorded.
+    Bypassed {
+        rule: String,
+        reason: String,
+    },
+}
+
+/// Who asks, as far as the policy layer cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// Authenticated, with push permission on the repository.
+    Pusher,
+    /// Anyone else (pull-only identities, anonymous callers, open mode).
+    Puller,
 }
 
 /// One dry run's result.
@@ -397,6 +427,7 @@ pub(crate) struct PolicyState {
     generation: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) audited: AtomicU64,
+    pub(crate) bypassed: AtomicU64,
     pub(crate) pending: AtomicU64,
     pub(crate) computed: AtomicU64,
 }
@@ -519,7 +550,7 @@ impl Registry {
 
     /// Decides a pull of `m` from `repo`: served, served and audited, or refused
     /// (`Denied`, naming the rule and the digest).
-    pub async fn admit(&self, repo: &RepoName, m: &Manifest) -> Result<Admission> {
+    pub async fn admit(&self, repo: &RepoName, m: &Manifest, caller: Caller) -> Result<Admission> {
         let policy = self.policy.current();
         let mut rules = policy.acting_rules(repo.as_str()).peekable();
         if rules.peek().is_none() {
@@ -527,6 +558,7 @@ impl Registry {
         }
         let verdict = self.verdict(&policy, repo, &m.digest, &m.content).await;
         let mut audited = None;
+        let mut bypassed = None;
         for rule in rules {
             let refuse = match verdict.outcome {
                 Outcome::Signed | Outcome::Exempt => false,
@@ -540,6 +572,11 @@ impl Registry {
                 Outcome::Pending => format!("its verdict is pending ({})", verdict.detail),
                 _ => verdict.detail.clone(),
             };
+            if rule.spec.mode == Mode::Enforce && rule.spec.push_bypass && caller == Caller::Pusher
+            {
+                bypassed.get_or_insert((rule.spec.name.clone(), reason));
+                continue;
+            }
             if rule.spec.mode == Mode::Enforce {
                 stats::bump(&self.policy.refused, 1);
                 return Err(RegistryError::Denied(format!(
@@ -549,12 +586,16 @@ impl Registry {
             }
             audited.get_or_insert((rule.spec.name.clone(), reason));
         }
-        Ok(match audited {
-            Some((rule, reason)) => {
+        Ok(match (bypassed, audited) {
+            (Some((rule, reason)), _) => {
+                stats::bump(&self.policy.bypassed, 1);
+                Admission::Bypassed { rule, reason }
+            }
+            (None, Some((rule, reason))) => {
                 stats::bump(&self.policy.audited, 1);
                 Admission::Audited { rule, reason }
             }
-            None => Admission::Serve,
+            (None, None) => Admission::Serve,
         })
     }
 

@@ -120,13 +120,15 @@ impl Registry {
         for (what, c) in [
             ("refused", &p.refused),
             ("audited", &p.audited),
+            ("bypassed", &p.bypassed),
             ("pending", &p.pending),
         ] {
             out.push(Counter {
                 name: "policy_pulls",
                 help: "Manifest pulls a policy rule judged, by result (refused: 403 under an \
                     enforcing rule; audited: served under an audit rule and recorded in the \
-                    audit log; pending: no verdict could be computed in time, answered as the \
+                    audit log; bypassed: served to an authenticated caller with push \
+                    permission under an enforcing rule's push_bypass, and audited; pending: no verdict could be computed in time, answered as the \
                     rule's `pending` says)",
                 label: Some(("result", what)),
                 value: get(c),

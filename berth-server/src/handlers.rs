@@ -10,7 +10,7 @@ use berth_auth::Actions;
 use berth_meta::AuditRecord;
 use berth_oci::range::parse_content_range;
 use berth_oci::{Digest, ErrorCode, Reference, RepoName, Tag};
-use berth_registry::{Actor, BlobSource, PulledBlob, RegistryError};
+use berth_registry::{Actor, BlobSource, PulledBlob, RegistryError, policy};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
@@ -735,19 +735,38 @@ async fn get_manifest(
     // The policy layer: refused here (403 DENIED naming the rule and digest), or served
     // with the violation recorded. Blob GETs are not judged: they are content-addressed,
     // and a client reaches them only through a manifest it was served.
-    let admitted = state.registry().admit(name, &m).await;
+    // Pushers may read what they pushed (signers must); never an anonymous caller.
+    let caller = match &ctx.caller {
+        Caller::Basic(_) | Caller::Bearer(_) if ctx.allows(name.as_str(), Actions::PUSH) => {
+            policy::Caller::Pusher
+        }
+        _ => policy::Caller::Puller,
+    };
+    let admitted = state.registry().admit(name, &m, caller).await;
     if let Err(RegistryError::Denied(why)) = &admitted {
         policy_audit(state, ctx, name, reference, "denied", why.clone());
     }
-    if let berth_registry::policy::Admission::Audited { rule, reason } = admitted? {
-        policy_audit(
+    match admitted? {
+        policy::Admission::Serve => {}
+        policy::Admission::Audited { rule, reason } => policy_audit(
             state,
             ctx,
             name,
             reference,
             "audited",
             format!("policy rule {rule:?} would refuse {}: {reason}", m.digest),
-        );
+        ),
+        policy::Admission::Bypassed { rule, reason } => policy_audit(
+            state,
+            ctx,
+            name,
+            reference,
+            "bypassed",
+            format!(
+                "policy rule {rule:?} refuses {} ({reason}); served to a pusher",
+                m.digest
+            ),
+        ),
     }
     let len = m.content.len();
     let mut resp = if with_body {

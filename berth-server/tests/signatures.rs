@@ -75,6 +75,7 @@ fn policy(keys: &[&Key], mode: Mode) -> Policy {
             kind: "signature".into(),
             mode,
             pending: Pending::Refuse,
+            push_bypass: true,
         }],
     })
     .expect("policy")
@@ -566,4 +567,127 @@ async fn two_replicas_agree_within_two_seconds() {
         .expect("delete");
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     within(&b, StatusCode::FORBIDDEN).await;
+}
+
+/// Signers read the manifest they sign: an authenticated caller with push permission is
+/// served what an enforcing rule refuses (audited as `bypassed`), a pull-only caller (or a
+/// pusher's token scoped to pull) is refused, and `push_bypass = false` refuses everyone.
+#[tokio::test]
+async fn pushers_bypass_pullers_are_refused() {
+    use berth_registry::access::{Access, AccessConfig, cli_identity};
+    use berth_server::{AuthSettings, ChallengeKind};
+
+    let st = common::stores().await;
+    let access = Access::new(st.meta.clone(), AccessConfig::default(), None)
+        .await
+        .expect("access");
+    let me = cli_identity();
+    let pw = "correct horse battery staple";
+    access
+        .create_tenant(&me, None, "prod", false)
+        .await
+        .expect("tenant");
+    for (user, role) in [("ci", "developer"), ("node", "reader")] {
+        access
+            .create_user(&me, None, user, pw, false)
+            .await
+            .expect("user");
+        access
+            .set_member(&me, None, "prod", user, Some(role))
+            .await
+            .expect("member");
+    }
+    let k = key();
+    let registry = Registry::new(st.blobs.clone(), st.meta.clone(), RegistryConfig::default());
+    registry.set_policy(policy(&[&k], Mode::Enforce));
+    let state = AppState::with_auth(
+        registry.clone(),
+        ServerConfig::default(),
+        Some(AuthSettings {
+            access,
+            challenge: ChallengeKind::Basic,
+        }),
+    );
+    let run = common::serve(state.clone()).await;
+    let s = Server {
+        base: run.base,
+        http: run.http,
+        registry,
+        state,
+        meta: st.meta.clone(),
+        _stop: run.stop,
+    };
+    // Push as ci.
+    let (cfg, layer) = (b"{\"os\":\"linux\"}".to_vec(), b"layer".to_vec());
+    for b in [&cfg, &layer] {
+        let r = s
+            .http
+            .post(format!(
+                "{}/v2/prod/app/blobs/uploads/?digest={}",
+                s.base,
+                sha256(b)
+            ))
+            .basic_auth("ci", Some(pw))
+            .body(b.clone())
+            .send()
+            .await
+            .expect("blob");
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&cfg), "size": cfg.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(&layer), "size": layer.len()}],
+    }))
+    .expect("json");
+    let r = s
+        .http
+        .put(format!("{}/v2/prod/app/manifests/v1", s.base))
+        .basic_auth("ci", Some(pw))
+        .header(header::CONTENT_TYPE, OCI_MANIFEST)
+        .body(manifest)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    let get = |user: &'static str| {
+        let (base, http) = (s.base.clone(), s.http.clone());
+        async move {
+            http.get(format!("{base}/v2/prod/app/manifests/v1"))
+                .basic_auth(user, Some(pw))
+                .header(header::ACCEPT, OCI_MANIFEST)
+                .send()
+                .await
+                .expect("get")
+                .status()
+        }
+    };
+    assert_eq!(get("node").await, StatusCode::FORBIDDEN);
+    assert_eq!(get("ci").await, StatusCode::OK);
+    assert_eq!(
+        s.metric("berth_policy_pulls_total{result=\"bypassed\"}")
+            .await,
+        1
+    );
+    s.state.flush_audit().await;
+    let rows = s
+        .meta
+        .audit_query(&AuditQuery {
+            action: Some("policy.pull".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert!(
+        rows.iter()
+            .any(|(_, r)| r.outcome == "bypassed" && r.actor == "ci"),
+        "{rows:?}"
+    );
+    // Without the bypass, the pusher is refused too.
+    let mut spec = s.registry.policy().spec().clone();
+    spec.rules[0].push_bypass = false;
+    s.registry.set_policy(Policy::new(spec).expect("policy"));
+    assert_eq!(get("ci").await, StatusCode::FORBIDDEN);
 }
