@@ -1212,7 +1212,9 @@ async fn reserved_users_are_renamed_and_disabled_by_the_migration(db: Db) {
         .expect("rewind the schema version");
     drop(conn);
     let s = MetaStore::connect(&db.url).await.expect("migrates");
-    assert_eq!(s.schema_version().await.expect("version"), (9, 9));
+    // Every known migration applied (their number grows with each branch that adds one).
+    let (applied, known) = s.schema_version().await.expect("version");
+    assert!(applied == known && applied >= 9, "{applied} of {known}");
     assert_eq!(s.user("anonymous").await.expect("get"), None);
     assert_eq!(s.user("cli").await.expect("get"), None);
     let users = s.users().await.expect("users");

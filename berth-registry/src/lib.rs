@@ -229,6 +229,11 @@ impl Registry {
             .meta
             .listen_invalidations(move |inv| {
                 match &inv {
+                    // The policy itself changed: the poller re-reads it at once.
+                    berth_meta::Invalidation::Verdicts { repo: None } => {
+                        verdicts.invalidate(None);
+                        verdicts.wake();
+                    }
                     berth_meta::Invalidation::Verdicts { repo } => {
                         verdicts.invalidate(repo.as_deref())
                     }

@@ -409,6 +409,17 @@ pub struct DryRun {
     pub examples: Vec<(String, String, String)>,
 }
 
+/// The setting holding the trust and rules managed through the API.
+const MANAGED: &str = "signature_policy";
+
+async fn read_managed(meta: &berth_meta::MetaStore) -> Result<PolicySpec> {
+    match meta.setting(MANAGED).await? {
+        None => Ok(PolicySpec::default()),
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|e| RegistryError::Internal(format!("stored policy is unreadable: {e}"))),
+    }
+}
+
 /// Most parent indexes whose signatures are looked at for a child manifest.
 const MAX_PARENTS: u64 = 16;
 /// Most signature manifests read for one subject.
@@ -422,6 +433,13 @@ const COMPUTE_BUDGET: Duration = Duration::from_secs(5);
 #[derive(Default)]
 pub(crate) struct PolicyState {
     policy: RwLock<Arc<Policy>>,
+    /// The configuration's trust and rules (`[[trust]]`, `[[policy]]`).
+    config: RwLock<PolicySpec>,
+    /// Those managed through the API (a setting of the metadata store), in force after
+    /// the configuration's.
+    managed: RwLock<PolicySpec>,
+    /// Wakes the replica's poller at once when a notification says the policy changed.
+    wake: tokio::sync::Notify,
     cache: RwLock<HashMap<String, Verdict>>,
     /// Grows with every invalidation: a verdict computed across one is not cached.
     generation: AtomicU64,
@@ -442,6 +460,60 @@ impl PolicyState {
             policy: RwLock::new(Arc::new(policy)),
             ..PolicyState::default()
         }
+    }
+
+    /// Wakes the poller: the managed policy may have changed on another replica.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn config_spec(&self) -> PolicySpec {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn managed_spec(&self) -> PolicySpec {
+        match self.managed.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The configuration's and `managed`'s trust and rules as one policy.
+    fn combine(&self, managed: &PolicySpec) -> Result<Policy, PolicyError> {
+        let mut spec = self.config_spec();
+        spec.trust.extend(managed.trust.iter().cloned());
+        spec.rules.extend(managed.rules.iter().cloned());
+        Policy::new(spec)
+    }
+
+    fn install(&self, policy: Policy, managed: Option<PolicySpec>) {
+        if let Some(m) = managed {
+            match self.managed.write() {
+                Ok(mut w) => *w = m,
+                Err(p) => *p.into_inner() = m,
+            }
+        }
+        match self.policy.write() {
+            Ok(mut p) => *p = Arc::new(policy),
+            Err(p) => *p.into_inner() = Arc::new(policy),
+        }
+        self.invalidate(None);
+    }
+
+    /// Re-reads the managed policy and installs it if it changed.
+    async fn reload(&self, meta: &berth_meta::MetaStore) -> Result<()> {
+        let managed = read_managed(meta).await?;
+        if managed == self.managed_spec() {
+            return Ok(());
+        }
+        let policy = self
+            .combine(&managed)
+            .map_err(|e| RegistryError::Internal(format!("stored policy does not compile: {e}")))?;
+        self.install(policy, Some(managed));
+        Ok(())
     }
 
     fn current(&self) -> Arc<Policy> {
@@ -494,12 +566,89 @@ fn now_secs() -> u64 {
 }
 
 impl Registry {
-    /// Replaces the policy in force (configuration and managed rules combined).
+    /// Sets the configuration's policy (`[[trust]]`, `[[policy]]`); the managed one stays
+    /// in force after it.
     pub fn set_policy(&self, policy: Policy) {
-        if let Ok(mut p) = self.policy.policy.write() {
-            *p = Arc::new(policy);
+        match self.policy.config.write() {
+            Ok(mut c) => *c = policy.spec().clone(),
+            Err(p) => *p.into_inner() = policy.spec().clone(),
         }
-        self.policy.invalidate(None);
+        let managed = self.policy.managed_spec();
+        let combined = if managed == PolicySpec::default() {
+            Ok(policy)
+        } else {
+            self.policy.combine(&managed)
+        };
+        match combined {
+            Ok(p) => self.policy.install(p, None),
+            Err(e) => {
+                tracing::error!(error = %e, "the managed policy no longer combines with the configuration's")
+            }
+        }
+    }
+
+    /// Re-reads the policy managed through the API (another replica may have changed it).
+    pub async fn reload_policy(&self) -> Result<()> {
+        self.policy.reload(&self.meta).await
+    }
+
+    /// The trust and rules managed through the API.
+    pub fn managed_policy(&self) -> PolicySpec {
+        self.policy.managed_spec()
+    }
+
+    /// The configuration's trust and rules.
+    pub fn config_policy(&self) -> PolicySpec {
+        self.policy.config_spec()
+    }
+
+    /// Replaces the managed trust and rules. Checked first (a bad key or glob changes
+    /// nothing); a rule that enforces needs a dry run of its exact definition (trust
+    /// included) within the last day if a repository it covers holds images. Every replica
+    /// installs it within 2 s. The caller has checked that `actor` is an admin.
+    pub async fn set_managed_policy(
+        &self,
+        spec: PolicySpec,
+        actor: &berth_meta::Actor,
+    ) -> Result<()> {
+        let combined = self
+            .policy
+            .combine(&spec)
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let before = self.policy.current();
+        let day_ago = berth_meta::now_micros() - 24 * 3600 * 1_000_000;
+        for r in combined.rules.iter().filter(|r| {
+            r.spec.mode == Mode::Enforce && spec.rules.iter().any(|m| m.name == r.spec.name)
+        }) {
+            let already = before
+                .rules
+                .iter()
+                .any(|b| b.fingerprint == r.fingerprint && b.spec.mode == Mode::Enforce);
+            if already {
+                continue;
+            }
+            let recent = self
+                .meta
+                .last_dry_run(&r.fingerprint)
+                .await?
+                .is_some_and(|d| d.at >= day_ago);
+            if !recent && let Some(repo) = self.first_covered_repo(r).await? {
+                return Err(RegistryError::Denied(format!(
+                    "policy rule {:?} cannot enforce yet: repository {repo} holds images and \
+                     the rule, as defined now, has no dry run in the last 24 hours (run \
+                     `berth policy check --rule {}` or POST /api/v1/policy/check?rule={})",
+                    r.spec.name, r.spec.name, r.spec.name
+                )));
+            }
+        }
+        let json =
+            serde_json::to_string(&spec).map_err(|e| RegistryError::Internal(e.to_string()))?;
+        self.meta
+            .set_setting(MANAGED, &json, actor, "policy.set")
+            .await?;
+        self.meta.bump_policy().await?;
+        self.policy.install(combined, Some(spec));
+        Ok(())
     }
 
     pub fn policy(&self) -> Arc<Policy> {
@@ -1015,12 +1164,22 @@ impl Registry {
             let mut last = meta.verify_counter().await.ok();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
-                tick.tick().await;
                 // Ends with the registry.
+                let Some(strong) = state.upgrade() else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = strong.wake.notified() => {}
+                }
+                drop(strong);
                 let Some(state) = state.upgrade() else { return };
                 match meta.verify_counter().await {
                     Ok(v) if Some(v) != last => {
                         last = Some(v);
+                        if let Err(e) = state.reload(&meta).await {
+                            tracing::warn!(error = %e, "reloading the managed policy failed");
+                        }
                         state.invalidate(None);
                     }
                     Ok(_) => {}

@@ -35,6 +35,7 @@ use crate::error::ApiError;
 use crate::metrics::ReasonLabels;
 use crate::{AppState, ConnInfo};
 
+mod policy;
 mod versions;
 
 type ApiResult = Result<Response, ApiError>;
@@ -78,6 +79,7 @@ pub fn router() -> Router<AppState> {
         .route("/keys/rotate", post(rotate_key))
         .route("/tag-rules", get(get_tag_rules).put(set_tag_rules))
         .merge(versions::router())
+        .merge(policy::router())
 }
 
 /// An authenticated management caller: Basic credentials, or a token with the management

@@ -190,6 +190,54 @@ impl Server {
         .await
     }
 
+    /// [`Server::sig_manifest`] with Basic credentials.
+    async fn sig_manifest_as(
+        &self,
+        user: &str,
+        pw: &str,
+        repo: &str,
+        subject: &str,
+        layers: &[(Vec<u8>, String)],
+    ) -> String {
+        let push = |body: Vec<u8>, path: String, ct: &'static str, method: Method| {
+            self.http
+                .request(method, format!("{}{path}", self.base))
+                .basic_auth(user, Some(pw))
+                .header(header::CONTENT_TYPE, ct)
+                .body(body)
+        };
+        let mut blobs = vec![b"{\"architecture\":\"\",\"os\":\"\"}".to_vec()];
+        blobs.extend(layers.iter().map(|(p, _)| p.clone()));
+        for b in &blobs {
+            let path = format!("/v2/{repo}/blobs/uploads/?digest={}", sha256(b));
+            let r = push(b.clone(), path, "application/octet-stream", Method::POST)
+                .send()
+                .await
+                .expect("blob");
+            assert_eq!(r.status(), StatusCode::CREATED);
+        }
+        let descs: Vec<Value> = layers
+            .iter()
+            .map(|(p, sig)| {
+                json!({"mediaType": SIMPLE_SIGNING, "digest": sha256(p), "size": p.len(),
+                    "annotations": {"dev.cosignproject.cosign/signature": sig}})
+            })
+            .collect();
+        let body = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&blobs[0]), "size": blobs[0].len()},
+            "layers": descs,
+        }))
+        .expect("json");
+        let path = format!("/v2/{repo}/manifests/sha256-{}.sig", &subject[7..]);
+        let r = push(body.clone(), path, OCI_MANIFEST, Method::PUT)
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status(), StatusCode::CREATED);
+        sha256(&body)
+    }
+
     async fn get(&self, repo: &str, reference: &str) -> (StatusCode, String) {
         let r = self
             .http
@@ -690,4 +738,225 @@ async fn pushers_bypass_pullers_are_refused() {
     spec.rules[0].push_bypass = false;
     s.registry.set_policy(Policy::new(spec).expect("policy"));
     assert_eq!(get("ci").await, StatusCode::FORBIDDEN);
+}
+
+/// Trust and rules managed through `/api/v1/policy` on two replicas over PostgreSQL: a
+/// rule set on one acts on the other within 2 s; enforce is refused until a dry run of the
+/// rule (`/api/v1/policy/check`); `/api/v1/verify` says who signed; removing the key
+/// through the API refuses the image on the other replica within 2 s.
+#[tokio::test]
+async fn managed_policy_reaches_every_replica() {
+    use berth_registry::access::{Access, AccessConfig, cli_identity};
+    use berth_server::{AuthSettings, ChallengeKind};
+
+    let st = common::stores_on(true, false).await;
+    let pw = "correct horse battery staple";
+    let mut servers = Vec::new();
+    for i in 0..2 {
+        let access = Access::new(st.meta.clone(), AccessConfig::default(), None)
+            .await
+            .expect("access");
+        if i == 0 {
+            let me = cli_identity();
+            access
+                .create_user(&me, None, "admin", pw, true)
+                .await
+                .expect("admin");
+            access
+                .create_tenant(&me, None, "prod", false)
+                .await
+                .expect("tenant");
+            access
+                .create_user(&me, None, "node", pw, false)
+                .await
+                .expect("node");
+            access
+                .set_member(&me, None, "prod", "node", Some("reader"))
+                .await
+                .expect("member");
+        }
+        let registry = Registry::new(st.blobs.clone(), st.meta.clone(), RegistryConfig::default());
+        registry.follow_other_replicas().await.expect("listen");
+        let state = AppState::with_auth(
+            registry.clone(),
+            ServerConfig::default(),
+            Some(AuthSettings {
+                access,
+                challenge: ChallengeKind::Basic,
+            }),
+        );
+        let run = common::serve(state.clone()).await;
+        servers.push(Server {
+            base: run.base,
+            http: run.http,
+            registry,
+            state,
+            meta: st.meta.clone(),
+            _stop: run.stop,
+        });
+    }
+    let (a, b) = (&servers[0], &servers[1]);
+    let api = |s: &Server, method: Method, path: &str| {
+        s.http
+            .request(method, format!("{}/api/v1{path}", s.base))
+            .basic_auth("admin", Some(pw))
+    };
+    let pull_as_node = |s: &Server| {
+        let (base, http) = (s.base.clone(), s.http.clone());
+        async move {
+            http.get(format!("{base}/v2/prod/app/manifests/v1"))
+                .basic_auth("node", Some(pw))
+                .header(header::ACCEPT, OCI_MANIFEST)
+                .send()
+                .await
+                .expect("get")
+                .status()
+        }
+    };
+    let within_2s = |s: &Server, want: StatusCode| {
+        let (s_base, http) = (s.base.clone(), s.http.clone());
+        async move {
+            let start = Instant::now();
+            loop {
+                let st = http
+                    .get(format!("{s_base}/v2/prod/app/manifests/v1"))
+                    .basic_auth("node", Some(pw))
+                    .header(header::ACCEPT, OCI_MANIFEST)
+                    .send()
+                    .await
+                    .expect("get")
+                    .status();
+                if st == want {
+                    return;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(2),
+                    "still {st} after 2 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // An image (pushed as admin, Basic).
+    let (cfg, layer) = (b"{\"os\":\"linux\"}".to_vec(), b"layer x".to_vec());
+    for blob in [&cfg, &layer] {
+        let r = a
+            .http
+            .post(format!(
+                "{}/v2/prod/app/blobs/uploads/?digest={}",
+                a.base,
+                sha256(blob)
+            ))
+            .basic_auth("admin", Some(pw))
+            .body(blob.clone())
+            .send()
+            .await
+            .expect("blob");
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&cfg), "size": cfg.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(&layer), "size": layer.len()}],
+    }))
+    .expect("json");
+    let img = sha256(&manifest);
+    let r = a
+        .http
+        .put(format!("{}/v2/prod/app/manifests/v1", a.base))
+        .basic_auth("admin", Some(pw))
+        .header(header::CONTENT_TYPE, OCI_MANIFEST)
+        .body(manifest)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(pull_as_node(b).await, StatusCode::OK);
+
+    let k = key();
+    let spec = |keys: &[&Key], mode: &str| {
+        json!({
+            "trust": [{"name": "ci", "repositories": ["prod/*"], "cosign": keys.iter().enumerate()
+                .map(|(i, k)| json!({"name": format!("k{i}"), "pem": k.pem, "algorithm": "ed25519"}))
+                .collect::<Vec<_>>()}],
+            "rules": [{"name": "signed-prod", "repositories": ["prod/*"], "mode": mode}],
+        })
+    };
+    // Enforce straight away: refused, the repository holds an image never dry-run.
+    let r = api(a, Method::PUT, "/policy")
+        .json(&spec(&[&k], "enforce"))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap_or_default().contains("dry run"));
+    let r = api(a, Method::PUT, "/policy")
+        .json(&spec(&[&k], "dry-run"))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = api(a, Method::POST, "/policy/check?rule=signed-prod")
+        .send()
+        .await
+        .expect("check");
+    assert_eq!(r.status(), StatusCode::OK);
+    let runs: Value = r.json().await.expect("json");
+    assert_eq!(runs["runs"][0]["refused"], 1, "{runs}");
+    let r = api(a, Method::PUT, "/policy")
+        .json(&spec(&[&k], "enforce"))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    within_2s(b, StatusCode::FORBIDDEN).await;
+
+    // Signed through replica a: served by b within 2 s; /verify names the key.
+    let p = payload(&img);
+    a.sig_manifest_as("admin", pw, "prod/app", &img, &[(p.clone(), sign(&k, &p))])
+        .await;
+    within_2s(b, StatusCode::OK).await;
+    let report: Value = b
+        .http
+        .get(format!(
+            "{}/api/v1/verify?repository=prod/app&reference=v1",
+            b.base
+        ))
+        .basic_auth("node", Some(pw))
+        .send()
+        .await
+        .expect("verify")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(report["outcome"], "signed", "{report}");
+    assert_eq!(report["signatures"][0]["signed_by"], "ci/k0", "{report}");
+
+    // The key replaced through replica a: b refuses within 2 s.
+    let other = key();
+    let r = api(a, Method::PUT, "/policy")
+        .json(&spec(&[&other], "enforce"))
+        .send()
+        .await
+        .expect("put");
+    // A new trust is a new definition: it needs its own dry run first.
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = api(a, Method::PUT, "/policy")
+        .json(&spec(&[&other], "audit"))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    api(a, Method::POST, "/policy/check")
+        .send()
+        .await
+        .expect("check");
+    let r = api(a, Method::PUT, "/policy")
+        .json(&spec(&[&other], "enforce"))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    within_2s(b, StatusCode::FORBIDDEN).await;
 }
