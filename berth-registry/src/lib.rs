@@ -767,13 +767,27 @@ impl Registry {
                 tags.push(t.as_str());
             }
         }
+        // A signature, attestation or SBOM (by content) under the referrers tag
+        // convention (`sha256-<hex>.sig`, ...) is not a release: tag rules never block
+        // it, and cosign moves its `.sig` tag as signers append.
+        let attached = berth_verify::classify(&body).kind.is_supply_chain();
+        let exempt = |t: &str| attached && policy::attached_subject(t).is_some();
         for t in &tags {
+            if exempt(t) {
+                continue;
+            }
             if let Some(why) = self.tag_rules().refusal(repo.as_str(), t) {
                 return Err(RegistryError::Denied(why));
             }
         }
         let rules = self.tag_rules();
-        let immutable = |t: &str| rules.immutable(repo.as_str(), t);
+        let immutable = |t: &str| {
+            if exempt(t) {
+                None
+            } else {
+                rules.immutable(repo.as_str(), t)
+            }
+        };
         let guard = TagGuard {
             immutable: &immutable,
             admin: false,

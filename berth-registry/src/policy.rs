@@ -409,6 +409,24 @@ pub struct DryRun {
     pub examples: Vec<(String, String, String)>,
 }
 
+/// The digest a tag of the referrers convention names: `sha256-<hex>` followed by
+/// nothing (the referrers tag schema's index) or by `.sig`, `.att`, `.sbom`, ... The name
+/// alone decides nothing: callers also look at the content.
+pub fn attached_subject(tag: &str) -> Option<String> {
+    let rest = tag.strip_prefix("sha256-")?;
+    let (hex, suffix) = match rest.split_once('.') {
+        Some((h, s)) => (h, Some(s)),
+        None => (rest, None),
+    };
+    let hex_ok = hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let suffix_ok =
+        suffix.is_none_or(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase()));
+    (hex_ok && suffix_ok).then(|| format!("sha256:{hex}"))
+}
+
 /// The setting holding the trust and rules managed through the API.
 const MANAGED: &str = "signature_policy";
 
