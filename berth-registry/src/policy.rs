@@ -106,6 +106,11 @@ pub struct NotaryStoreSpec {
     pub level: String,
     /// `*` or `x509.subject: ...` entries.
     pub trusted_identities: Vec<String>,
+    /// Exact repository names or `*`, as a notation `trustpolicy.json`'s registry scopes
+    /// (imported ones keep theirs): within the trust's globs, a store naming the
+    /// repository exactly is used alone; otherwise the stores with `*` or no scopes are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
 }
 
 fn strict() -> String {
@@ -160,7 +165,29 @@ fn globs(what: &str, patterns: &[String]) -> Result<Vec<Glob>, PolicyError> {
 struct Trust {
     repos: Vec<Glob>,
     keys: Vec<TrustedKey>,
-    notary: Vec<NotaryTrust>,
+    /// Each store with its scopes.
+    notary: Vec<(NotaryTrust, Vec<String>)>,
+}
+
+impl Trust {
+    /// The stores that apply to `repo`, with notation's precedence: a store whose scopes
+    /// name the repository exactly is used alone; else those scoped `*` (or unscoped).
+    fn stores_for<'t>(&'t self, repo: &str) -> Vec<&'t NotaryTrust> {
+        let exact: Vec<&NotaryTrust> = self
+            .notary
+            .iter()
+            .filter(|(_, s)| s.iter().any(|x| x == repo))
+            .map(|(n, _)| n)
+            .collect();
+        if !exact.is_empty() {
+            return exact;
+        }
+        self.notary
+            .iter()
+            .filter(|(_, s)| s.is_empty() || s.iter().any(|x| x == "*"))
+            .map(|(n, _)| n)
+            .collect()
+    }
 }
 
 struct Rule {
@@ -229,9 +256,14 @@ impl Policy {
                         ),
                     )
                 })?;
-                let roots = NotaryTrust::roots_from_pem(n.certificates.as_bytes())
-                    .map_err(|e| err(&nw, e))?;
-                if n.trusted_identities.is_empty() {
+                // Skip verifies nothing: notation's skip policies name no trust store.
+                let roots = if level == Level::Skip && n.certificates.trim().is_empty() {
+                    Vec::new()
+                } else {
+                    NotaryTrust::roots_from_pem(n.certificates.as_bytes())
+                        .map_err(|e| err(&nw, e))?
+                };
+                if n.trusted_identities.is_empty() && level != Level::Skip {
                     return Err(err(&nw, "names no trusted identity (use \"*\" for any)"));
                 }
                 let identities = n
@@ -240,12 +272,15 @@ impl Policy {
                     .map(|i| Identity::parse(i))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| err(&nw, e))?;
-                stores.push(NotaryTrust {
-                    name: format!("{}/{}", t.name, n.name),
-                    roots,
-                    identities,
-                    level,
-                });
+                stores.push((
+                    NotaryTrust {
+                        name: format!("{}/{}", t.name, n.name),
+                        roots,
+                        identities,
+                        level,
+                    },
+                    n.scopes.clone(),
+                ));
             }
             if keys.is_empty() && stores.is_empty() {
                 return Err(err(&what, "declares no cosign key and no notary store"));
@@ -882,7 +917,7 @@ impl Registry {
             let trust: Vec<&Trust> = policy.trust_for(repo.as_str()).collect();
             let skip = trust
                 .iter()
-                .flat_map(|t| &t.notary)
+                .flat_map(|t| t.stores_for(repo.as_str()))
                 .find(|n| n.level == Level::Skip);
             let mut subjects = vec![digest.to_string()];
             subjects.extend(
@@ -971,7 +1006,10 @@ impl Registry {
         }
         manifests.truncate(MAX_SIGNATURES);
         let keys: Vec<TrustedKey> = trust.iter().flat_map(|t| t.keys.iter().cloned()).collect();
-        let stores: Vec<&NotaryTrust> = trust.iter().flat_map(|t| &t.notary).collect();
+        let stores: Vec<&NotaryTrust> = trust
+            .iter()
+            .flat_map(|t| t.stores_for(repo.as_str()))
+            .collect();
         let now = now_secs();
         for md in manifests {
             let Some(sm) = self.meta.get_manifest(repo.as_str(), &md).await? else {

@@ -29,6 +29,101 @@ pub struct TrustEntry {
     /// `[[trust.notary]]`: Notary Project trust stores with their policy.
     #[serde(default)]
     pub notary: Vec<NotaryEntry>,
+    /// `[trust.notation]`: a notation `trustpolicy.json` imported as it is.
+    pub notation: Option<NotationImport>,
+}
+
+/// A notation trust policy file. Its policies keep their own registry scopes (exact
+/// `host/repository` names or `*`), read here without the registry host; the trust's
+/// `repositories` globs still decide where the import applies at all.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotationImport {
+    /// The `trustpolicy.json`.
+    pub trust_policy_file: PathBuf,
+    /// The registry host its scopes name (`registry.example.com:5000`); needed unless
+    /// every scope is `*`.
+    pub registry: Option<String>,
+    /// PEM files of the trust stores it names, by notation's name (`ca:corp`).
+    pub trust_stores: std::collections::BTreeMap<String, PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TrustPolicyDoc {
+    version: String,
+    trust_policies: Vec<TrustPolicyEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TrustPolicyEntry {
+    name: String,
+    registry_scopes: Vec<String>,
+    signature_verification: SignatureVerification,
+    #[serde(default)]
+    trust_stores: Vec<String>,
+    #[serde(default)]
+    trusted_identities: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct SignatureVerification {
+    level: String,
+}
+
+/// The policies of a `trustpolicy.json` as Notary stores with scopes.
+fn import_notation(what: &str, n: &NotationImport) -> anyhow::Result<Vec<NotaryStoreSpec>> {
+    let text = std::fs::read_to_string(&n.trust_policy_file)
+        .with_context(|| format!("{what}: reading {}", n.trust_policy_file.display()))?;
+    let doc: TrustPolicyDoc = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{what}: {} is not a trust policy",
+            n.trust_policy_file.display()
+        )
+    })?;
+    if doc.version != "1.0" {
+        anyhow::bail!("{what}: trust policy version {:?} is not 1.0", doc.version);
+    }
+    let mut out = Vec::new();
+    for p in doc.trust_policies {
+        let mut certificates = String::new();
+        for store in &p.trust_stores {
+            let file = n.trust_stores.get(store).with_context(|| {
+                format!("{what}: policy {:?} names trust store {store:?}, which trust_stores does not map to a file", p.name)
+            })?;
+            certificates.push_str(
+                &std::fs::read_to_string(file)
+                    .with_context(|| format!("{what}: reading {}", file.display()))?,
+            );
+            certificates.push('\n');
+        }
+        let scopes = p
+            .registry_scopes
+            .iter()
+            .map(|scope| {
+                if scope == "*" {
+                    return Ok(scope.clone());
+                }
+                let host = n.registry.as_deref().with_context(|| {
+                    format!("{what}: scope {scope:?} names a registry; set `registry`")
+                })?;
+                scope
+                    .strip_prefix(host)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .map(str::to_owned)
+                    .with_context(|| format!("{what}: scope {scope:?} is not on registry {host}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        out.push(NotaryStoreSpec {
+            name: p.name,
+            certificates,
+            level: p.signature_verification.level,
+            trusted_identities: p.trusted_identities,
+            scopes,
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,7 +205,14 @@ pub fn compile(config: &Config) -> anyhow::Result<Policy> {
                 )?,
                 level: n.level.clone(),
                 trusted_identities: n.trusted_identities.clone(),
+                scopes: Vec::new(),
             });
+        }
+        if let Some(n) = &t.notation {
+            ts.notary.extend(import_notation(
+                &format!("[trust.notation] of {:?}", t.name),
+                n,
+            )?);
         }
         spec.trust.push(ts);
     }

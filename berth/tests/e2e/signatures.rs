@@ -132,6 +132,31 @@ fn make_ca(dir: &Path) {
         .concat();
         std::fs::write(dir.join(format!("{leaf}-chain.crt")), chain).expect("chain");
     }
+    // A CA that signed nothing here.
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.crt",
+            "-days",
+            "30",
+            "-subj",
+            "/C=US/O=Elsewhere/CN=Other Root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
 }
 
 fn pull(berth: &Berth, name: &str, out: &Path) -> bool {
@@ -207,7 +232,7 @@ mode = "audit"
 
     let layout = Layout::init(w.join("layout"));
     let names = [
-        "unsigned", "cosign", "oci11", "wrongkey", "notary", "cose", "noeku",
+        "unsigned", "cosign", "oci11", "wrongkey", "notary", "cose", "noeku", "scoped",
     ];
     let mut digests = std::collections::HashMap::new();
     for n in names {
@@ -286,22 +311,47 @@ mode = "audit"
             &at("noeku"),
         ],
     ));
+    run(&mut notation(
+        &ncfg,
+        &["sign", "--insecure-registry", &at("scoped")],
+    ));
 
+    // Enforcing, with the Notary trust imported from a notation trustpolicy.json: its
+    // exact scope for prod/scoped (a CA that signed nothing) wins over its `*` policy.
+    let trust_policy = serde_json::json!({"version": "1.0", "trustPolicies": [
+        {"name": "scoped", "registryScopes": [format!("{addr}/prod/scoped")],
+         "signatureVerification": {"level": "strict"}, "trustStores": ["ca:other"],
+         "trustedIdentities": ["*"]},
+        {"name": "corp", "registryScopes": ["*"], "signatureVerification": {"level": "strict"},
+         "trustStores": ["ca:corp"], "trustedIdentities": ["x509.subject: C=US, ST=WA, O=Berth E2E"]},
+    ]});
+    std::fs::write(w.join("trustpolicy.json"), trust_policy.to_string()).expect("policy");
+    let notary_table = config[config.find("[[trust.notary]]").expect("notary table")
+        ..config.find("[[policy]]").expect("policy table")]
+        .to_owned();
+    let enforcing = config
+        .replace(
+            &notary_table,
+            &format!(
+                "[trust.notation]\ntrust_policy_file = \"{}\"\nregistry = \"{addr}\"\n\
+                 trust_stores = {{ \"ca:corp\" = \"{}\", \"ca:other\" = \"{}\" }}\n\n",
+                w.join("trustpolicy.json").display(),
+                w.join("root.crt").display(),
+                w.join("other.crt").display()
+            ),
+        )
+        .replace(r#"mode = "audit""#, r#"mode = "enforce""#);
+    let toml = berth.data_dir().with_file_name("berth.toml");
+    std::fs::write(&toml, &enforcing).expect("config");
     // The dry run that switching to enforce needs; it reports what would be refused.
     let check = run(berth
         .cli()
         .args(["policy", "check", "--rule", "signed-prod"]));
     let check = String::from_utf8_lossy(&check.stdout).into_owned();
     assert!(
-        check.contains("7 image(s) checked, enforcing would refuse 3"),
+        check.contains("8 image(s) checked, enforcing would refuse 4"),
         "{check}"
     );
-    let toml = berth.data_dir().with_file_name("berth.toml");
-    std::fs::write(
-        &toml,
-        config.replace(r#"mode = "audit""#, r#"mode = "enforce""#),
-    )
-    .expect("config");
     berth.restart();
 
     for (n, served) in [
@@ -312,6 +362,7 @@ mode = "audit"
         ("notary", true),
         ("cose", true),
         ("noeku", false),
+        ("scoped", false),
     ] {
         assert_eq!(
             pull(&berth, &format!("prod/{n}:v1"), &out),
@@ -395,6 +446,9 @@ mode = "audit"
     let (code, text) = berth_verify(&berth, "prod/noeku:v1");
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("code-signing"), "{text}");
+    let (code, text) = berth_verify(&berth, "prod/scoped:v1");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("untrusted chain"), "{text}");
     let (code, text) = berth_verify(&berth, "prod/unsigned:v1");
     assert_eq!((code, text.contains("no signature")), (1, true), "{text}");
     let (code, text) = berth_verify(&berth, "prod/nothing:v1");
