@@ -10,7 +10,12 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{Berth, Layout, cmd, exec, run, run_fails, skopeo_copy, tempdir};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::harness::{
+    Berth, Layout, OCI_MANIFEST, cmd, exec, run, run_fails, skopeo_copy, tempdir,
+};
 
 const PASSWORD: &str = "e2e-cosign-password";
 
@@ -232,7 +237,16 @@ mode = "audit"
 
     let layout = Layout::init(w.join("layout"));
     let names = [
-        "unsigned", "cosign", "oci11", "wrongkey", "notary", "cose", "noeku", "scoped",
+        "unsigned",
+        "cosign",
+        "oci11",
+        "wrongkey",
+        "notary",
+        "cose",
+        "noeku",
+        "scoped",
+        "misdirected",
+        "tampered",
     ];
     let mut digests = std::collections::HashMap::new();
     for n in names {
@@ -287,6 +301,46 @@ mode = "audit"
     run(&mut c);
     let other = w.join("other/cosign.key").display().to_string();
     cosign_sign(&w.join("other"), &other, &at("wrongkey"), &[]);
+    // cosign's own signature of prod/cosign, copied (oras cp) to prod/misdirected's
+    // signature tag: valid, but for another digest.
+    let sig_tag = |n: &str| format!("sha256-{}.sig", &digests[n][7..]);
+    run(cmd("oras").args([
+        "cp",
+        "--from-plain-http",
+        "--to-plain-http",
+        &format!("{addr}/prod/cosign:{}", sig_tag("cosign")),
+        &format!("{addr}/prod/misdirected:{}", sig_tag("misdirected")),
+    ]));
+    // prod/tampered signed by cosign, then its signature annotation changed by one bit.
+    cosign_sign(w, &key, &at("tampered"), &[]);
+    let sig = berth.manifest("prod/tampered", &sig_tag("tampered"), OCI_MANIFEST);
+    let mut m = sig.json();
+    let ann = &mut m["layers"][0]["annotations"]["dev.cosignproject.cosign/signature"];
+    let mut raw = STANDARD
+        .decode(ann.as_str().expect("annotation"))
+        .expect("base64");
+    let last = raw.len() - 1;
+    raw[last] ^= 1;
+    *ann = STANDARD.encode(&raw).into();
+    std::fs::write(
+        w.join("tampered.json"),
+        serde_json::to_vec(&m).expect("json"),
+    )
+    .expect("write");
+    run(cmd("curl").args([
+        "--silent",
+        "--fail",
+        "-X",
+        "PUT",
+        "-H",
+        &format!("Content-Type: {OCI_MANIFEST}"),
+        "--data-binary",
+        &format!("@{}", w.join("tampered.json").display()),
+        &format!(
+            "http://{addr}/v2/prod/tampered/manifests/{}",
+            sig_tag("tampered")
+        ),
+    ]));
     run(&mut notation(
         &ncfg,
         &["sign", "--insecure-registry", &at("notary")],
@@ -349,7 +403,7 @@ mode = "audit"
         .args(["policy", "check", "--rule", "signed-prod"]));
     let check = String::from_utf8_lossy(&check.stdout).into_owned();
     assert!(
-        check.contains("8 image(s) checked, enforcing would refuse 4"),
+        check.contains("10 image(s) checked, enforcing would refuse 6"),
         "{check}"
     );
     berth.restart();
@@ -363,6 +417,8 @@ mode = "audit"
         ("cose", true),
         ("noeku", false),
         ("scoped", false),
+        ("misdirected", false),
+        ("tampered", false),
     ] {
         assert_eq!(
             pull(&berth, &format!("prod/{n}:v1"), &out),
@@ -449,6 +505,15 @@ mode = "audit"
     let (code, text) = berth_verify(&berth, "prod/scoped:v1");
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("untrusted chain"), "{text}");
+    let (code, text) = berth_verify(&berth, "prod/misdirected:v1");
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!("signed for {}", digests["cosign"])),
+        "{text}"
+    );
+    let (code, text) = berth_verify(&berth, "prod/tampered:v1");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("wrong key"), "{text}");
     let (code, text) = berth_verify(&berth, "prod/unsigned:v1");
     assert_eq!((code, text.contains("no signature")), (1, true), "{text}");
     let (code, text) = berth_verify(&berth, "prod/nothing:v1");
