@@ -422,6 +422,9 @@ pub enum Admission {
         rule: String,
         reason: String,
     },
+    /// An enforcing rule refuses unless the caller ([`Caller::Unknown`]) may push: find
+    /// out, then admit again as [`Caller::Pusher`] or [`Caller::Puller`].
+    NeedsPushCheck,
 }
 
 /// Who asks, as far as the policy layer cares.
@@ -431,6 +434,9 @@ pub enum Caller {
     Pusher,
     /// Anyone else (pull-only identities, anonymous callers, open mode).
     Puller,
+    /// Authenticated by a token that does not carry push (clients ask for pull only to
+    /// read): whether its identity may push is looked up only if a rule would refuse.
+    Unknown,
 }
 
 /// One dry run's result.
@@ -774,6 +780,10 @@ impl Registry {
                 Outcome::Pending => format!("its verdict is pending ({})", verdict.detail),
                 _ => verdict.detail.clone(),
             };
+            if rule.spec.mode == Mode::Enforce && rule.spec.push_bypass && caller == Caller::Unknown
+            {
+                return Ok(Admission::NeedsPushCheck);
+            }
             if rule.spec.mode == Mode::Enforce && rule.spec.push_bypass && caller == Caller::Pusher
             {
                 bypassed.get_or_insert((rule.spec.name.clone(), reason));

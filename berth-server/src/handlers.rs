@@ -735,19 +735,35 @@ async fn get_manifest(
     // The policy layer: refused here (403 DENIED naming the rule and digest), or served
     // with the violation recorded. Blob GETs are not judged: they are content-addressed,
     // and a client reaches them only through a manifest it was served.
-    // Pushers may read what they pushed (signers must); never an anonymous caller.
+    // Pushers may read what they pushed (signers must); never an anonymous caller. A
+    // token scoped to pull (what clients ask for to read) is asked about its identity's
+    // current grants only when a rule would refuse.
     let caller = match &ctx.caller {
         Caller::Basic(_) | Caller::Bearer(_) if ctx.allows(name.as_str(), Actions::PUSH) => {
             policy::Caller::Pusher
         }
+        Caller::Bearer(_) => policy::Caller::Unknown,
         _ => policy::Caller::Puller,
     };
-    let admitted = state.registry().admit(name, &m, caller).await;
+    let mut admitted = state.registry().admit(name, &m, caller).await;
+    if let Ok(policy::Admission::NeedsPushCheck) = admitted {
+        let pusher = ctx.identity(state).await?.is_some_and(|id| {
+            id.grants
+                .on_repository(name.as_str())
+                .contains(Actions::PUSH)
+        });
+        let caller = if pusher {
+            policy::Caller::Pusher
+        } else {
+            policy::Caller::Puller
+        };
+        admitted = state.registry().admit(name, &m, caller).await;
+    }
     if let Err(RegistryError::Denied(why)) = &admitted {
         policy_audit(state, ctx, name, reference, "denied", why.clone());
     }
     match admitted? {
-        policy::Admission::Serve => {}
+        policy::Admission::Serve | policy::Admission::NeedsPushCheck => {}
         policy::Admission::Audited { rule, reason } => policy_audit(
             state,
             ctx,

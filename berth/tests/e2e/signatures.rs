@@ -519,3 +519,182 @@ mode = "audit"
     let (code, text) = berth_verify(&berth, "prod/nothing:v1");
     assert_eq!(code, 2, "{text}");
 }
+
+/// `cmd` with `input` on its standard input; must succeed.
+fn run_with_input(cmd: &mut Command, input: &str) {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls a skopeo pull from `berth` as `creds` until it has the wanted outcome; fails after
+/// 2 s.
+fn pull_within_2s(berth: &Berth, image: &str, creds: &str, out: &Path, want: bool) {
+    let start = std::time::Instant::now();
+    loop {
+        let dest = format!(
+            "dir:{}",
+            out.join(format!("p{}", start.elapsed().as_nanos()))
+                .display()
+        );
+        let ok = exec(cmd("skopeo").args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--src-creds",
+            creds,
+            &berth.docker(image),
+            &dest,
+        ]))
+        .status
+        .success();
+        if ok == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "{image} on {}: still {} after 2 s",
+            berth.addr(),
+            if ok { "served" } else { "refused" }
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Two replicas over PostgreSQL with authentication, enforcing from the start: CI (a user
+/// who may push) signs with cosign through one replica although the image is not signed
+/// yet (push_bypass); a node (pull only) is refused on the other replica until then, served
+/// within 2 s of the signature, and refused again within 2 s of its deletion.
+#[test]
+fn replicas_enforce_for_nodes_while_ci_signs() {
+    let url = crate::replicas::schema_url();
+    let shared = tempdir();
+    let work = tempdir();
+    let w = work.path();
+    run(&mut cosign(w, &["generate-key-pair"]));
+    let config = format!(
+        r#"[metadata]
+url = "{url}"
+[cache]
+ttl_ms = 60000
+[auth]
+enabled = true
+challenge = "bearer"
+
+[[trust]]
+name = "ci"
+repositories = ["prod/*"]
+[[trust.cosign]]
+name = "release"
+key_file = "{key}"
+
+[[policy]]
+name = "signed-prod"
+repositories = ["prod/*"]
+mode = "enforce"
+"#,
+        key = w.join("cosign.pub").display()
+    );
+    let admin = "e2e-admin-password-0123456789";
+    let env = [("BERTH_ADMIN_PASSWORD", admin)];
+    let launch = || crate::harness::Launch {
+        data_dir: Some(shared.path().to_owned()),
+        ..crate::harness::Launch::default()
+    };
+    let a = Berth::start_launched(&config, &env, launch());
+    let b = Berth::start_launched(&config, &env, launch());
+    run(a.cli().args(["tenant", "add", "prod"]));
+    let node_pw = "e2e-node-password-0123456789";
+    run_with_input(
+        a.cli().args(["user", "add", "node", "--password-stdin"]),
+        &format!("{node_pw}\n"),
+    );
+    run(a.cli().args(["tenant", "member", "prod", "node", "reader"]));
+    let admin_creds = format!("admin:{admin}");
+    let node_creds = format!("node:{node_pw}");
+
+    let layout = Layout::init(w.join("layout"));
+    let digest = layout.build("app", "amd64", &[("hello", "signed by CI")]);
+    skopeo_copy(
+        &["--dest-creds", &admin_creds],
+        &layout.oci("app"),
+        &a.docker("prod/app:v1"),
+    );
+    let out = w.join("pulled");
+    std::fs::create_dir_all(&out).expect("dir");
+    pull_within_2s(&b, "prod/app:v1", &node_creds, &out, false);
+
+    // CI signs through a: cosign reads the unsigned manifest (bypass) and pushes .sig.
+    let image = format!("{}/prod/app@{digest}", a.addr());
+    cosign_sign(
+        w,
+        &w.join("cosign.key").display().to_string(),
+        &image,
+        &["--registry-username", "admin", "--registry-password", admin],
+    );
+    pull_within_2s(&b, "prod/app:v1", &node_creds, &out, true);
+    pull_within_2s(&b, &format!("prod/app@{digest}"), &node_creds, &out, true);
+
+    // The signature deleted through a: b refuses the node again.
+    let sig = a.manifest(
+        "prod/app",
+        &format!("sha256-{}.sig", &digest[7..]),
+        OCI_MANIFEST,
+    );
+    assert_eq!(sig.status, 401, "anonymous reads need a token here");
+    let resp = run_stdout_curl(&[
+        "-u",
+        &admin_creds,
+        "-H",
+        &format!("Accept: {OCI_MANIFEST}"),
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        &format!(
+            "http://{}/v2/prod/app/manifests/sha256-{}.sig",
+            a.addr(),
+            &digest[7..]
+        ),
+    ]);
+    let sig_digest = resp
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("docker-content-digest: ")
+                .or_else(|| l.strip_prefix("Docker-Content-Digest: "))
+        })
+        .expect("digest header")
+        .trim()
+        .to_owned();
+    run_stdout_curl(&[
+        "-u",
+        &admin_creds,
+        "-X",
+        "DELETE",
+        "--fail",
+        &format!("http://{}/v2/prod/app/manifests/{sig_digest}", a.addr()),
+    ]);
+    pull_within_2s(&b, "prod/app:v1", &node_creds, &out, false);
+}
+
+fn run_stdout_curl(args: &[&str]) -> String {
+    let out = run(cmd("curl").arg("--silent").args(args));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
