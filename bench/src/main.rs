@@ -5,6 +5,10 @@
 //! * `push`: a generated blob of S bytes, monolithic or in chunks → seconds.
 //! * `get`: one blob, streamed and discarded → seconds.
 //! * `pull`: C concurrent pulls of an image (manifest, config, layers), R rounds → seconds.
+//! * `push-images`: N small images (config, one layer, manifest by tag), C at a time →
+//!   images/s.
+//! * `receive`: a webhook receiver answering 204 to every POST; `GET /count` says how
+//!   many it got. Runs until killed.
 //!
 //! Every command prints one JSON object on stdout.
 
@@ -61,6 +65,24 @@ enum Cmd {
         concurrency: usize,
         #[arg(long, default_value_t = 1)]
         rounds: usize,
+    },
+    PushImages {
+        base: String,
+        repo: String,
+        #[arg(long, default_value_t = 200)]
+        images: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Bytes of each image's one layer.
+        #[arg(long, default_value_t = 4096)]
+        layer_size: u64,
+        /// Makes this run's blobs differ from other runs'.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    Receive {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -413,6 +435,144 @@ async fn pull(
     Ok(())
 }
 
+/// Pushes one blob in one request (`POST ?digest=`).
+async fn push_bytes(
+    http: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    data: Bytes,
+) -> anyhow::Result<String> {
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+    let r = http
+        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
+        .header("content-type", "application/octet-stream")
+        .body(data)
+        .send()
+        .await?;
+    if r.status() != reqwest::StatusCode::CREATED {
+        bail!("blob push: {}", r.status());
+    }
+    Ok(digest)
+}
+
+async fn push_image(
+    http: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    seed: u64,
+    i: usize,
+    layer_size: u64,
+) -> anyhow::Result<()> {
+    let config = Bytes::from(format!(
+        "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"run\":{seed},\"image\":{i}}}"
+    ));
+    let config_len = config.len();
+    let mut layer = Vec::with_capacity(layer_size as usize);
+    let mut g = Gen::new(
+        seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+        layer_size,
+    );
+    while let Some(b) = g.next_block(u64::MAX) {
+        layer.extend_from_slice(&b);
+    }
+    let c = push_bytes(http, base, repo, config).await?;
+    let l = push_bytes(http, base, repo, Bytes::from(layer)).await?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config_len},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l, "size": layer_size}],
+    });
+    let r = http
+        .put(format!("{base}/v2/{repo}/manifests/s{seed}-{i}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(serde_json::to_vec(&manifest)?)
+        .send()
+        .await?;
+    if r.status() != reqwest::StatusCode::CREATED {
+        bail!("manifest push: {}", r.status());
+    }
+    Ok(())
+}
+
+async fn push_images(
+    base: String,
+    repo: String,
+    images: usize,
+    concurrency: usize,
+    layer_size: u64,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let http = client(concurrency)?;
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(0..images)
+        .map(|i| {
+            let (http, base, repo) = (&http, &base, &repo);
+            async move { push_image(http, base, repo, seed, i, layer_size).await }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let errors = results.iter().filter(|r| r.is_err()).count();
+    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+        eprintln!("first error: {e:#}");
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "images": images, "errors": errors, "seconds": secs,
+            "images_per_s": images as f64 / secs,
+        })
+    );
+    Ok(())
+}
+
+/// A webhook receiver that costs as little as possible: reads each body, answers 204.
+async fn receive(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    use std::sync::atomic::AtomicU64;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!(
+        "{}",
+        serde_json::json!({"listening": listener.local_addr()?.to_string()})
+    );
+    let count = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (count, bytes) = (count.clone(), bytes.clone());
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let (count, bytes) = (count.clone(), bytes.clone());
+            async move {
+                use http_body_util::BodyExt as _;
+                let body = if req.method() == hyper::Method::GET {
+                    Bytes::from(
+                        serde_json::json!({
+                            "requests": count.load(Ordering::Relaxed),
+                            "bytes": bytes.load(Ordering::Relaxed),
+                        })
+                        .to_string(),
+                    )
+                } else {
+                    let got = req.into_body().collect().await.map(|c| c.to_bytes());
+                    count.fetch_add(1, Ordering::Relaxed);
+                    bytes.fetch_add(got.map(|b| b.len() as u64).unwrap_or(0), Ordering::Relaxed);
+                    Bytes::new()
+                };
+                let status = if body.is_empty() { 204 } else { 200 };
+                let mut resp = hyper::Response::new(http_body_util::Full::new(body));
+                *resp.status_mut() = hyper::StatusCode::from_u16(status)?;
+                Ok::<_, anyhow::Error>(resp)
+            }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -442,6 +602,15 @@ fn main() -> anyhow::Result<()> {
                 concurrency,
                 rounds,
             } => pull(base, repo, reference, concurrency, rounds).await,
+            Cmd::PushImages {
+                base,
+                repo,
+                images,
+                concurrency,
+                layer_size,
+                seed,
+            } => push_images(base, repo, images, concurrency, layer_size, seed).await,
+            Cmd::Receive { listen } => receive(listen).await,
         }
     })
 }

@@ -5,6 +5,7 @@
 //! no I/O, no async, no HTTP. `berth-registry` loads identities from the metadata store and
 //! asks this crate what they may do; `berth-server` turns the answers into 401/403.
 
+pub mod net;
 pub mod password;
 pub mod policy;
 pub mod scope;

@@ -1,8 +1,8 @@
 //! Copying a whole metadata store into another (SQLite to PostgreSQL, or back), for
 //! `berth migrate-storage`. Each table is read as a stream and written in batched
 //! transactions, parents before children, with every row's own keys, so the copy is the
-//! same registry: ids, timestamps, history and audit included. Upload sessions and leases
-//! are transient and not copied.
+//! same registry: ids, timestamps, history, audit and queued jobs included. Upload sessions
+//! and leases (of collections and job queues) are transient and not copied.
 
 use futures_util::TryStreamExt;
 use sqlx::{AssertSqlSafe, Row};
@@ -147,6 +147,33 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
         ],
     ),
     (
+        "webhooks",
+        &[
+            ("id", Int),
+            ("tenant", Text),
+            ("name", Text),
+            ("spec", Text),
+            ("created_at", Int),
+            ("updated_at", Int),
+        ],
+    ),
+    (
+        "jobs",
+        &[
+            ("id", Int),
+            ("kind", Text),
+            ("queue", Text),
+            ("lane", Text),
+            ("payload", Text),
+            ("state", Text),
+            ("attempts", Int),
+            ("next_attempt_at", Int),
+            ("created_at", Int),
+            ("updated_at", Int),
+            ("last_error", Text),
+        ],
+    ),
+    (
         "audit_log",
         &[
             ("id", Int),
@@ -164,7 +191,13 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
 ];
 
 /// Tables whose `id` a PostgreSQL sequence hands out.
-const SERIAL: &[&str] = &["repositories", "tag_history", "audit_log"];
+const SERIAL: &[&str] = &[
+    "repositories",
+    "tag_history",
+    "audit_log",
+    "webhooks",
+    "jobs",
+];
 
 /// Rows per target transaction.
 const BATCH: usize = 1000;

@@ -13,6 +13,7 @@ mod access;
 mod copy;
 mod fsck;
 mod gc;
+mod jobs;
 mod notify;
 mod quota;
 mod tags;
@@ -26,6 +27,9 @@ use sqlx::{AnyPool, Row, Transaction};
 pub use access::{AuditQuery, AuditRecord, RobotRow, TenantRow, UserChange, UserRow};
 pub use fsck::{BlobRow, DanglingRef, ManifestCursor, ManifestRow};
 pub use gc::{GcManifest, RepoGraph};
+pub use jobs::{
+    Change, ChangeKind, Job, JobOutcome, JobQuery, JobState, JobsHook, NewJob, QueueBacklog,
+};
 pub use notify::Invalidation;
 pub use quota::{QuotaExceeded, Reservation, Usage};
 pub use tags::{SetTag, TagChange, TagEvent, TagGuard};
@@ -224,6 +228,9 @@ pub struct MetaStore {
 /// The migration that renames and disables users holding reserved names (it logs each).
 const RESERVED_NAMES_MIGRATION: i64 = 7;
 
+/// The advisory lock key migrations hold on PostgreSQL ("berth" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0062_6572_7468;
+
 const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0001_core.sql"),
     include_str!("../migrations/sqlite/0002_access.sql"),
@@ -234,7 +241,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0007_reserved_names.sql"),
     include_str!("../migrations/sqlite/0008_upload_quota.sql"),
     include_str!("../migrations/sqlite/0009_tags_covering.sql"),
-    // 0010 is the events branch's; this index lines up once both are merged.
+    include_str!("../migrations/sqlite/0010_jobs.sql"),
     include_str!("../migrations/sqlite/0011_verdicts.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
@@ -247,7 +254,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0007_reserved_names.sql"),
     include_str!("../migrations/postgres/0008_upload_quota.sql"),
     include_str!("../migrations/postgres/0009_tags_covering.sql"),
-    // 0010 is the events branch's; this index lines up once both are merged.
+    include_str!("../migrations/postgres/0010_jobs.sql"),
     include_str!("../migrations/postgres/0011_verdicts.sql"),
 ];
 
@@ -339,6 +346,17 @@ impl MetaStore {
 
     async fn migrate(&self) -> Result<()> {
         let mut tx = self.write().await?;
+        if self.backend == Backend::Postgres {
+            // Replicas (and `berth migrate` init containers) starting together would
+            // otherwise race on the schema: two `CREATE TABLE IF NOT EXISTS` at once fail
+            // on PostgreSQL's catalog. A transaction-scoped advisory lock makes the others
+            // wait, then find the steps applied. (SQLite's `BEGIN IMMEDIATE` already
+            // serialises.)
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS berth_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
         )
@@ -889,7 +907,10 @@ impl MetaStore {
         let mut tags: Vec<&str> = m.tags.to_vec();
         tags.sort_unstable();
         tags.dedup();
+        // Each tag written, with the manifest it named before when the push moved it.
+        let mut written: Vec<(&str, Option<String>)> = Vec::with_capacity(tags.len());
         for tag in tags {
+            let mut previous = None;
             let rule = (guard.immutable)(tag);
             let write = tags::TagWrite {
                 repo_id,
@@ -902,13 +923,17 @@ impl MetaStore {
                 override_immutable: false,
                 actor: m.actor,
             };
-            if let tags::Written::Immutable(current) = Self::write_tag(&mut tx, &write).await? {
-                tx.rollback().await?;
-                return Ok(PutManifest::Immutable {
-                    tag: tag.to_owned(),
-                    current,
-                    rule: rule.unwrap_or_default(),
-                });
+            match Self::write_tag(&mut tx, &write).await? {
+                tags::Written::Immutable(current) => {
+                    tx.rollback().await?;
+                    return Ok(PutManifest::Immutable {
+                        tag: tag.to_owned(),
+                        current,
+                        rule: rule.unwrap_or_default(),
+                    });
+                }
+                tags::Written::Changed { previous: p } => previous = p,
+                tags::Written::Unchanged | tags::Written::Moved(_) => {}
             }
             let target = format!("{tag}@{}", m.digest);
             Self::audit(&mut tx, m.actor, "tag.set", Some(m.repo), Some(&target)).await?;
@@ -917,6 +942,33 @@ impl MetaStore {
                 tag: tag.to_owned(),
             };
             self.notify(&mut tx, inv).await?;
+            written.push((tag, previous));
+        }
+        // One change per tag, as Distribution sends one push event per tag; an untagged
+        // push is one change without a tag.
+        let untagged = [(None, None)];
+        let changes: Vec<(Option<&str>, Option<&str>)> = if written.is_empty() {
+            untagged.to_vec()
+        } else {
+            written
+                .iter()
+                .map(|(t, p)| (Some(*t), p.as_deref()))
+                .collect()
+        };
+        for (tag, previous) in changes {
+            let change = Change {
+                kind: ChangeKind::Push,
+                repo: m.repo,
+                digest: m.digest,
+                media_type: Some(m.media_type),
+                size: Some(size),
+                tag,
+                previous,
+                tags: &[],
+                actor: m.actor,
+                at: now,
+            };
+            Self::queue_jobs_for(&mut tx, guard.jobs, &change).await?;
         }
         if m.subject.is_some() || m.tags.iter().any(|t| verdicts::may_sign(t)) {
             self.bump_verify_epoch(&mut tx, m.repo).await?;
@@ -979,10 +1031,13 @@ impl MetaStore {
         let Some(repo_id) = Self::repo_id_in(&mut *tx, repo).await? else {
             return Ok(Removal::NotFound);
         };
-        if let Some(refused) = Self::remove_tags_of(&mut tx, repo_id, digest, actor, guard).await? {
-            tx.rollback().await?;
-            return Ok(refused);
-        }
+        let removed = match Self::remove_tags_of(&mut tx, repo_id, digest, actor, guard).await? {
+            Ok(names) => names,
+            Err(refused) => {
+                tx.rollback().await?;
+                return Ok(refused);
+            }
+        };
         let gone = sqlx::query("DELETE FROM manifests WHERE repo_id = $1 AND digest = $2")
             .bind(repo_id)
             .bind(digest)
@@ -999,6 +1054,20 @@ impl MetaStore {
         self.notify(&mut tx, inv).await?;
         // A signature, or an index whose signature covered its children, may be gone.
         self.bump_verify_epoch(&mut tx, repo).await?;
+        // Rolled back with the rest if an index still lists the manifest.
+        let change = Change {
+            kind: ChangeKind::DeleteManifest,
+            repo,
+            digest,
+            media_type: None,
+            size: None,
+            tag: None,
+            previous: None,
+            tags: &removed,
+            actor,
+            at: now_micros(),
+        };
+        Self::queue_jobs_for(&mut tx, guard.jobs, &change).await?;
         Self::commit_unless_used(
             tx,
             repo_id,
@@ -1057,6 +1126,19 @@ impl MetaStore {
         )
         .await?;
         Self::audit(&mut tx, actor, "tag.delete", Some(repo), Some(tag)).await?;
+        let change = Change {
+            kind: ChangeKind::DeleteTag,
+            repo,
+            digest: &old,
+            media_type: None,
+            size: None,
+            tag: Some(tag),
+            previous: None,
+            tags: &[],
+            actor,
+            at: now_micros(),
+        };
+        Self::queue_jobs_for(&mut tx, guard.jobs, &change).await?;
         let inv = Invalidation::Tag {
             repo: repo.to_owned(),
             tag: tag.to_owned(),

@@ -8,9 +8,11 @@
 
 use sqlx::{Row, Transaction};
 
-use crate::{Actor, MetaStore, Removal, Result, now_micros, to_i64};
+use crate::jobs::{Change, ChangeKind, JobsHook};
+use crate::{Actor, MetaStore, Removal, Result, now_micros, to_i64, to_u64};
 
-/// What the tag rules say about the tags a change touches.
+/// What the registry's rules say about a change, applied inside its transaction: which
+/// tags are immutable, and which jobs (events, replication) the change queues.
 #[derive(Clone, Copy)]
 pub struct TagGuard<'a> {
     /// Names the rule that makes a tag immutable, or `None` for a mutable tag.
@@ -18,6 +20,8 @@ pub struct TagGuard<'a> {
     /// Acting as an admin: may delete immutable tags (and manifests they point at) and
     /// roll them back. Pushes never move an immutable tag, admin or not.
     pub admin: bool,
+    /// The jobs the change causes, written in its transaction (see [`crate::jobs`]).
+    pub jobs: &'a JobsHook<'a>,
 }
 
 fn no_rule(_: &str) -> Option<String> {
@@ -29,6 +33,7 @@ impl TagGuard<'static> {
     pub const NONE: TagGuard<'static> = TagGuard {
         immutable: &no_rule,
         admin: false,
+        jobs: &crate::jobs::no_jobs,
     };
 }
 
@@ -105,7 +110,10 @@ pub(crate) struct TagWrite<'a> {
 }
 
 pub(crate) enum Written {
-    Changed,
+    /// The tag was written; it named `previous` before (`None`: it was created).
+    Changed {
+        previous: Option<String>,
+    },
     Unchanged,
     /// Immutable, pointing at this other digest.
     Immutable(String),
@@ -175,7 +183,7 @@ impl MetaStore {
                         w.actor,
                     )
                     .await?;
-                    return Ok(Written::Changed);
+                    return Ok(Written::Changed { previous: Some(c) });
                 }
                 None => {
                     let inserted = sqlx::query(
@@ -193,7 +201,7 @@ impl MetaStore {
                         let kind = w.kind.unwrap_or(TagChange::Create);
                         Self::record_tag(tx, w.repo_id, w.tag, kind, None, Some(w.digest), w.actor)
                             .await?;
-                        return Ok(Written::Changed);
+                        return Ok(Written::Changed { previous: None });
                     }
                 }
             }
@@ -230,15 +238,16 @@ impl MetaStore {
         Ok(())
     }
 
-    /// Removes every tag on a manifest that is being deleted, recording each; or, if one of
-    /// them is immutable and the guard is not an admin's, names it and changes nothing.
+    /// Removes every tag on a manifest that is being deleted, recording each, and returns
+    /// their names; or, if one of them is immutable and the guard is not an admin's, names
+    /// it and changes nothing.
     pub(crate) async fn remove_tags_of(
         tx: &mut Tx,
         repo_id: i64,
         digest: &str,
         actor: &Actor,
         guard: TagGuard<'_>,
-    ) -> Result<Option<Removal>> {
+    ) -> Result<Result<Vec<String>, Removal>> {
         let rows = sqlx::query(
             "SELECT name FROM tags WHERE repo_id = $1 AND digest = $2 ORDER BY sort_key",
         )
@@ -253,7 +262,7 @@ impl MetaStore {
         if !guard.admin {
             for name in &names {
                 if let Some(rule) = (guard.immutable)(name) {
-                    return Ok(Some(Removal::Immutable {
+                    return Ok(Err(Removal::Immutable {
                         tag: name.clone(),
                         rule,
                     }));
@@ -277,7 +286,7 @@ impl MetaStore {
             )
             .await?;
         }
-        Ok(None)
+        Ok(Ok(names))
     }
 
     /// Rolls `tag` back to a manifest already in the repository, if it still points at
@@ -330,9 +339,30 @@ impl MetaStore {
         )
         .await?;
         match written {
-            Written::Changed => {
+            Written::Changed { previous } => {
                 let target = format!("{tag}@{digest}");
                 Self::audit(&mut tx, actor, "tag.rollback", Some(repo), Some(&target)).await?;
+                let row = sqlx::query(
+                    "SELECT media_type, length(content) FROM manifests WHERE repo_id = $1 AND digest = $2",
+                )
+                .bind(repo_id)
+                .bind(digest)
+                .fetch_one(&mut *tx)
+                .await?;
+                let media_type: String = row.try_get(0)?;
+                let change = Change {
+                    kind: ChangeKind::Rollback,
+                    repo,
+                    digest,
+                    media_type: Some(&media_type),
+                    size: Some(to_u64(row.try_get(1)?)),
+                    tag: Some(tag),
+                    previous: previous.as_deref(),
+                    tags: &[],
+                    actor,
+                    at: now_micros(),
+                };
+                Self::queue_jobs_for(&mut tx, guard.jobs, &change).await?;
                 let inv = crate::Invalidation::Tag {
                     repo: repo.to_owned(),
                     tag: tag.to_owned(),

@@ -3,9 +3,9 @@
 //! not optional: without the variable its tests fail, so a green run always means both.
 
 use berth_meta::{
-    Actor, AuditQuery, AuditRecord, Linked, ManifestCursor, ManifestRef, MetaStore, NewManifest,
-    PutManifest, RefKind, Removal, Reservation, RobotRow, SetTag, TagChange, TagGuard, Usage,
-    UserChange,
+    Actor, AuditQuery, AuditRecord, JobOutcome, JobQuery, JobState, Linked, ManifestCursor,
+    ManifestRef, MetaStore, NewJob, NewManifest, PutManifest, RefKind, Removal, Reservation,
+    RobotRow, SetTag, TagChange, TagGuard, Usage, UserChange,
 };
 
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -32,34 +32,12 @@ async fn sqlite() -> Db {
 }
 
 async fn postgres() -> Db {
-    let base = std::env::var("BERTH_TEST_POSTGRES_URL").expect(
-        "BERTH_TEST_POSTGRES_URL must point at a PostgreSQL database (bash .ci/start-postgres.sh prints one)",
-    );
-    sqlx::any::install_default_drivers();
-    let schema = format!("t{}", uuid_like());
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base)
-        .await
-        .expect("postgres reachable");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut conn)
-        .await
-        .expect("create schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+    let url = berth_testkit::postgres_url().await;
     Db {
         store: MetaStore::connect(&url).await.expect("postgres connects"),
         url,
         _dir: None,
     }
-}
-
-fn uuid_like() -> String {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{nanos:x}{:x}", std::process::id())
 }
 
 static TESTER: std::sync::LazyLock<Actor> = std::sync::LazyLock::new(|| Actor::named("tester"));
@@ -914,10 +892,12 @@ fn digits_rule(tag: &str) -> Option<String> {
 const RULES: TagGuard<'static> = TagGuard {
     immutable: &digits_rule,
     admin: false,
+    ..TagGuard::NONE
 };
 const ADMIN: TagGuard<'static> = TagGuard {
     immutable: &digits_rule,
     admin: true,
+    ..TagGuard::NONE
 };
 
 async fn link_d1_d2(s: &MetaStore, repo: &str) {
@@ -1212,9 +1192,7 @@ async fn reserved_users_are_renamed_and_disabled_by_the_migration(db: Db) {
         .expect("rewind the schema version");
     drop(conn);
     let s = MetaStore::connect(&db.url).await.expect("migrates");
-    // Every known migration applied (their number grows with each branch that adds one).
-    let (applied, known) = s.schema_version().await.expect("version");
-    assert!(applied == known && applied >= 9, "{applied} of {known}");
+    assert_eq!(s.schema_version().await.expect("version"), (11, 11));
     assert_eq!(s.user("anonymous").await.expect("get"), None);
     assert_eq!(s.user("cli").await.expect("get"), None);
     let users = s.users().await.expect("users");
@@ -1583,4 +1561,591 @@ suite!(
     reserved_users_are_renamed_and_disabled_by_the_migration,
     quota_selection_agrees_with_tenant_of,
     quota_counts_manifests_and_open_uploads,
+    jobs_commit_with_their_change,
+    lanes_run_in_order_and_do_not_wait_for_each_other,
+    queue_leases_pass_on_when_they_expire,
+    dead_jobs_are_listed_and_redelivered,
+    two_workers_never_hold_one_queue,
+    webhooks_are_stored_per_tenant,
 );
+
+/// Four replicas (or `berth migrate` init containers) starting at once on one database:
+/// none fails, and every step is applied once. On an empty schema, and on one an older
+/// Berth left at version 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_starting_together_migrate_once() {
+    for older in [false, true] {
+        let url = berth_testkit::postgres_url().await;
+        if older {
+            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+                .await
+                .expect("connect");
+            sqlx::raw_sql(
+                "CREATE TABLE berth_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )
+            .execute(&mut conn)
+            .await
+            .expect("schema table");
+            for (i, sql) in [
+                include_str!("../migrations/postgres/0001_core.sql"),
+                include_str!("../migrations/postgres/0002_access.sql"),
+                include_str!("../migrations/postgres/0003_tag_history.sql"),
+                include_str!("../migrations/postgres/0004_gc.sql"),
+                include_str!("../migrations/postgres/0005_quota.sql"),
+            ]
+            .iter()
+            .enumerate()
+            {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+                    .execute(&mut conn)
+                    .await
+                    .expect("an older step");
+                sqlx::query("INSERT INTO berth_schema (version, applied_at) VALUES ($1, 0)")
+                    .bind(i as i64 + 1)
+                    .execute(&mut conn)
+                    .await
+                    .expect("version row");
+            }
+        }
+        let starts: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { MetaStore::connect(&url).await })
+            })
+            .collect();
+        for s in starts {
+            let store = s.await.expect("task").expect("every replica starts");
+            let (v, known) = store.schema_version().await.expect("version");
+            assert_eq!(v, known, "older = {older}");
+            store.close().await;
+        }
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+            .await
+            .expect("connect");
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM berth_schema")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+        let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT version) FROM berth_schema")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+        assert_eq!(rows, distinct, "each step recorded once");
+    }
+}
+// ---- the job queue ----
+
+/// The hook the job tests install: one job per change, describing it, in queue `q`.
+fn describe_change(c: &berth_meta::Change<'_>) -> Vec<NewJob> {
+    vec![NewJob {
+        kind: "test".into(),
+        queue: "q".into(),
+        lane: c.repo.into(),
+        payload: format!(
+            "{:?} {} {} tag={:?} previous={:?} tags={:?} size={:?} by={}",
+            c.kind, c.repo, c.digest, c.tag, c.previous, c.tags, c.size, c.actor.name
+        ),
+    }]
+}
+
+const QUEUEING: TagGuard<'static> = TagGuard {
+    immutable: &digits_rule,
+    admin: false,
+    jobs: &describe_change,
+};
+
+async fn payloads(s: &MetaStore) -> Vec<String> {
+    let mut jobs = s
+        .jobs(&JobQuery {
+            limit: 100,
+            ..JobQuery::default()
+        })
+        .await
+        .expect("jobs");
+    jobs.reverse();
+    jobs.into_iter().map(|j| j.payload).collect()
+}
+
+/// Every change queues its job in its own transaction; a refused or rolled-back change
+/// queues nothing.
+async fn jobs_commit_with_their_change(db: Db) {
+    let s = &db.store;
+    link_d1_d2(s, "r").await;
+    let refs = blob_refs();
+    let m1 = image("r", M1, &refs, &["app"]);
+    let m2 = NewManifest {
+        content: b"{\"two\": 2}",
+        ..image("r", M2, &refs, &["app"])
+    };
+    assert_eq!(
+        s.put_manifest_guarded(&m1, QUEUEING).await.expect("push"),
+        PutManifest::Stored
+    );
+    assert_eq!(
+        s.put_manifest_guarded(&m2, QUEUEING).await.expect("move"),
+        PutManifest::Stored
+    );
+    // Refused pushes: a missing blob, an immutable tag moved.
+    let missing = [ManifestRef {
+        digest: "sha256:9999999999999999999999999999999999999999999999999999999999999999".into(),
+        kind: RefKind::Blob,
+        required: true,
+    }];
+    assert!(matches!(
+        s.put_manifest_guarded(&image("r", IDX, &missing, &[]), QUEUEING)
+            .await
+            .expect("put"),
+        PutManifest::Missing(_)
+    ));
+    s.put_manifest_guarded(&image("r", M1, &refs, &["1.0"]), QUEUEING)
+        .await
+        .expect("immutable tag created");
+    assert!(matches!(
+        s.put_manifest_guarded(&image("r", M2, &refs, &["1.0"]), QUEUEING)
+            .await
+            .expect("put"),
+        PutManifest::Immutable { .. }
+    ));
+    assert_eq!(
+        s.rollback_tag("r", "app", M1, Some(M2), &who("carol"), QUEUEING)
+            .await
+            .expect("rollback"),
+        SetTag::Set
+    );
+    assert_eq!(
+        s.delete_tag_guarded("r", "app", &who("bob"), QUEUEING)
+            .await
+            .expect("delete tag"),
+        Removal::Removed
+    );
+    // An index listing M2: deleting M2 is refused, and rolls back its job.
+    let child = [ManifestRef {
+        digest: M2.into(),
+        kind: RefKind::Manifest,
+        required: true,
+    }];
+    s.put_manifest(&image("r", IDX, &child, &["idx"]))
+        .await
+        .expect("index");
+    assert!(matches!(
+        s.delete_manifest_guarded("r", M2, &who("dave"), QUEUEING)
+            .await
+            .expect("delete"),
+        Removal::Referenced(_)
+    ));
+    s.put_manifest_guarded(&image("r", M1, &refs, &["again"]), QUEUEING)
+        .await
+        .expect("second tag on M1");
+    s.put_manifest_guarded(&image("r", M1, &refs, &["1.0"]), QUEUEING)
+        .await
+        .expect("re-push");
+    assert_eq!(
+        s.delete_manifest_guarded("r", M1, &who("erin"), ADMIN)
+            .await
+            .expect("delete without jobs"),
+        Removal::Removed,
+    );
+    let got = payloads(s).await;
+    assert_eq!(
+        got,
+        [
+            format!("Push r {M1} tag=Some(\"app\") previous=None tags=[] size=Some(19) by=tester"),
+            format!(
+                "Push r {M2} tag=Some(\"app\") previous=Some(\"{M1}\") tags=[] size=Some(10) by=tester"
+            ),
+            format!("Push r {M1} tag=Some(\"1.0\") previous=None tags=[] size=Some(19) by=tester"),
+            format!(
+                "Rollback r {M1} tag=Some(\"app\") previous=Some(\"{M2}\") tags=[] size=Some(19) by=carol"
+            ),
+            format!("DeleteTag r {M1} tag=Some(\"app\") previous=None tags=[] size=None by=bob"),
+            format!(
+                "Push r {M1} tag=Some(\"again\") previous=None tags=[] size=Some(19) by=tester"
+            ),
+            format!("Push r {M1} tag=Some(\"1.0\") previous=None tags=[] size=Some(19) by=tester"),
+        ],
+        "one job per committed change, none for the refused ones"
+    );
+    let deleting = TagGuard {
+        admin: true,
+        ..QUEUEING
+    };
+    for tag in ["back", "1.0"] {
+        s.put_manifest_guarded(&image("r", M1, &refs, &[tag]), QUEUEING)
+            .await
+            .expect("again");
+    }
+    assert_eq!(
+        s.delete_manifest_guarded("r", M1, &who("erin"), deleting)
+            .await
+            .expect("delete"),
+        Removal::Removed
+    );
+    let got = payloads(s).await;
+    assert_eq!(
+        got.last().map(String::as_str),
+        Some(format!("DeleteManifest r {M1} tag=None previous=None tags=[\"1.0\", \"back\"] size=None by=erin").as_str())
+    );
+}
+
+fn job(queue: &str, lane: &str, payload: &str) -> NewJob {
+    NewJob {
+        kind: "test".into(),
+        queue: queue.into(),
+        lane: lane.into(),
+        payload: payload.into(),
+    }
+}
+
+fn names(jobs: &[berth_meta::Job]) -> Vec<&str> {
+    jobs.iter().map(|j| j.payload.as_str()).collect()
+}
+
+/// A lane waits while its head waits for a retry; other lanes do not.
+async fn lanes_run_in_order_and_do_not_wait_for_each_other(db: Db) {
+    let s = &db.store;
+    s.enqueue_jobs(&[
+        job("q", "a", "a1"),
+        job("q", "b", "b1"),
+        job("q", "a", "a2"),
+        job("other", "a", "x1"),
+        job("q", "b", "b2"),
+    ])
+    .await
+    .expect("enqueue");
+    let now = berth_meta::now_micros();
+    let first = s.next_jobs("q", now, 10).await.expect("next");
+    assert_eq!(names(&first), ["a1", "b1", "a2", "b2"]);
+    assert_eq!(
+        names(&s.next_jobs("q", now, 2).await.expect("next")),
+        ["a1", "b1"]
+    );
+    let until = now + 60_000_000;
+    assert!(s.take_queue("q", "w1", until).await.expect("lease"));
+    let a1 = first[0].id;
+    let b1 = first[1].id;
+    let later = now + 10_000_000;
+    assert!(
+        s.finish_jobs(
+            "q",
+            "w1",
+            until,
+            &[
+                (
+                    a1,
+                    JobOutcome::Retry {
+                        at: later,
+                        error: "500".into()
+                    }
+                ),
+                (b1, JobOutcome::Done),
+            ],
+        )
+        .await
+        .expect("finish")
+    );
+    // a1 waits, so a2 waits behind it; b2 goes on.
+    assert_eq!(
+        names(&s.next_jobs("q", now + 1, 10).await.expect("next")),
+        ["b2"]
+    );
+    let again = s.next_jobs("q", later, 10).await.expect("next");
+    assert_eq!(names(&again), ["a1", "a2", "b2"], "due again, in order");
+    assert_eq!(again[0].attempts, 1);
+    assert_eq!(again[0].last_error.as_deref(), Some("500"));
+    // Other queues are not touched.
+    assert_eq!(
+        names(&s.next_jobs("other", now, 10).await.expect("next")),
+        ["x1"]
+    );
+}
+
+/// One holder at a time; an expired lease passes on; a resting queue is taken by nobody.
+async fn queue_leases_pass_on_when_they_expire(db: Db) {
+    let s = &db.store;
+    s.enqueue_jobs(&[job("q", "a", "a1")])
+        .await
+        .expect("enqueue");
+    let now = berth_meta::now_micros();
+    assert!(s.queue_ready("q", "w1", now).await.expect("ready"));
+    assert!(!s.queue_ready("empty", "w1", now).await.expect("ready"));
+    assert!(
+        s.take_queue("q", "w1", now + 60_000_000)
+            .await
+            .expect("take")
+    );
+    assert!(
+        s.take_queue("q", "w1", now + 90_000_000)
+            .await
+            .expect("renew"),
+        "the holder renews"
+    );
+    assert!(
+        !s.take_queue("q", "w2", now + 60_000_000)
+            .await
+            .expect("take")
+    );
+    assert!(!s.queue_ready("q", "w2", now).await.expect("ready"));
+    assert!(
+        s.queue_ready("q", "w1", now).await.expect("ready"),
+        "its own lease"
+    );
+    // w1 dies; its lease runs out (here: renewed into the past).
+    let id = s.next_jobs("q", now, 1).await.expect("next")[0].id;
+    assert!(s.finish_jobs("q", "w1", now - 1, &[]).await.expect("renew"));
+    assert!(
+        s.take_queue("q", "w2", now + 60_000_000)
+            .await
+            .expect("take over")
+    );
+    // w1 comes back and finishes what it ran: recorded, but it knows it lost the queue.
+    assert!(
+        !s.finish_jobs("q", "w1", now + 60_000_000, &[(id, JobOutcome::Done)])
+            .await
+            .expect("finish")
+    );
+    assert!(s.next_jobs("q", now, 10).await.expect("next").is_empty());
+    // Rest: nobody takes the queue until then, whatever is queued.
+    s.enqueue_jobs(&[job("q", "a", "a2")])
+        .await
+        .expect("enqueue");
+    s.release_queue("q", "w2", now + 3_600_000_000)
+        .await
+        .expect("release");
+    assert!(!s.queue_ready("q", "w1", now).await.expect("ready"));
+    assert!(
+        !s.take_queue("q", "w1", now + 60_000_000)
+            .await
+            .expect("take")
+    );
+    // A release by someone else changes nothing.
+    s.release_queue("q", "w1", 0).await.expect("release");
+    assert!(!s.queue_ready("q", "w3", now).await.expect("ready"));
+}
+
+/// A job out of attempts is kept as dead, listed, and sent again on request.
+async fn dead_jobs_are_listed_and_redelivered(db: Db) {
+    let s = &db.store;
+    s.enqueue_jobs(&[
+        job("q", "a", "a1"),
+        job("q", "a", "a2"),
+        job("p", "b", "b1"),
+    ])
+    .await
+    .expect("enqueue");
+    let now = berth_meta::now_micros();
+    let until = now + 60_000_000;
+    assert!(s.take_queue("q", "w", until).await.expect("take"));
+    let jobs = s.next_jobs("q", now, 10).await.expect("next");
+    s.finish_jobs(
+        "q",
+        "w",
+        until,
+        &[(
+            jobs[0].id,
+            JobOutcome::Dead {
+                error: "HTTP 500 after 10 attempts".into(),
+            },
+        )],
+    )
+    .await
+    .expect("finish");
+    // Dead, the head no longer holds its lane.
+    assert_eq!(
+        names(&s.next_jobs("q", now, 10).await.expect("next")),
+        ["a2"]
+    );
+    let dead = s
+        .jobs(&JobQuery {
+            state: Some(JobState::Dead),
+            limit: 10,
+            ..JobQuery::default()
+        })
+        .await
+        .expect("dead");
+    assert_eq!(names(&dead), ["a1"]);
+    assert_eq!(dead[0].attempts, 1);
+    assert_eq!(
+        dead[0].last_error.as_deref(),
+        Some("HTTP 500 after 10 attempts")
+    );
+    let only_p = s
+        .jobs(&JobQuery {
+            queues: Some(vec!["p".into()]),
+            limit: 10,
+            ..JobQuery::default()
+        })
+        .await
+        .expect("by queue");
+    assert_eq!(names(&only_p), ["b1"]);
+    let paged = s
+        .jobs(&JobQuery {
+            before_id: Some(only_p[0].id),
+            limit: 1,
+            ..JobQuery::default()
+        })
+        .await
+        .expect("page");
+    assert_eq!(names(&paged), ["a2"], "newest first, below the cursor");
+    // The queue rests (its endpoint was down); redelivery wakes it.
+    s.release_queue("q", "w", now + 3_600_000_000)
+        .await
+        .expect("rest");
+    assert!(
+        s.redeliver_job(dead[0].id, &who("admin"))
+            .await
+            .expect("redeliver")
+    );
+    assert!(!s.redeliver_job(999_999, &who("admin")).await.expect("none"));
+    let back = s.job(dead[0].id).await.expect("job").expect("still there");
+    assert_eq!((back.state, back.attempts), (JobState::Pending, 0));
+    assert!(
+        s.queue_ready("q", "w", berth_meta::now_micros())
+            .await
+            .expect("ready")
+    );
+    assert_eq!(
+        names(
+            &s.next_jobs("q", berth_meta::now_micros(), 10)
+                .await
+                .expect("next")
+        ),
+        ["a1", "a2"]
+    );
+    let audit = s
+        .audit_query(&AuditQuery {
+            action: Some("job.redeliver".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        audit[0].1.target.as_deref(),
+        Some(format!("q#{}", dead[0].id).as_str())
+    );
+    let backlog = s.job_backlog().await.expect("backlog");
+    assert_eq!(backlog.len(), 2);
+    assert_eq!(
+        (
+            backlog[1].queue.as_str(),
+            backlog[1].pending,
+            backlog[1].dead
+        ),
+        ("q", 2, 0)
+    );
+    assert!(backlog[1].oldest_pending.is_some());
+    // Pruning takes only dead jobs that died before the cut.
+    s.finish_jobs(
+        "q",
+        "w",
+        until,
+        &[(dead[0].id, JobOutcome::Dead { error: "x".into() })],
+    )
+    .await
+    .expect("dead again");
+    assert_eq!(s.prune_dead_jobs(now - 1, 10).await.expect("prune"), 0);
+    assert_eq!(
+        s.prune_dead_jobs(berth_meta::now_micros() + 1, 10)
+            .await
+            .expect("prune"),
+        1
+    );
+}
+
+/// Two workers race for one queue again and again: never both hold it.
+async fn two_workers_never_hold_one_queue(db: Db) {
+    let s = db.store.clone();
+    s.enqueue_jobs(&[job("q", "a", "a1")])
+        .await
+        .expect("enqueue");
+    for round in 0..20 {
+        let until = berth_meta::now_micros() + 60_000_000;
+        let (a, b) = tokio::join!(
+            s.take_queue("q", "w1", until),
+            s.take_queue("q", "w2", until)
+        );
+        let (a, b) = (a.expect("w1"), b.expect("w2"));
+        assert!(
+            a ^ b,
+            "round {round}: exactly one holds the queue ({a}, {b})"
+        );
+        let winner = if a { "w1" } else { "w2" };
+        s.release_queue("q", winner, 0).await.expect("release");
+    }
+}
+
+async fn webhooks_are_stored_per_tenant(db: Db) {
+    let s = &db.store;
+    let admin = who("admin");
+    assert!(
+        s.put_webhook(None, "ci", "{\"v\":1}", &admin)
+            .await
+            .expect("put")
+    );
+    assert!(
+        s.put_webhook(None, "ci", "{\"v\":2}", &admin)
+            .await
+            .expect("replace")
+    );
+    assert!(
+        !s.put_webhook(Some("nope"), "ci", "{}", &admin)
+            .await
+            .expect("no tenant")
+    );
+    s.create_tenant("team-a", false, &admin)
+        .await
+        .expect("tenant");
+    assert!(
+        s.put_webhook(Some("team-a"), "ci", "{\"v\":3}", &admin)
+            .await
+            .expect("put")
+    );
+    assert_eq!(
+        s.webhooks().await.expect("list"),
+        [
+            (None, "ci".to_owned(), "{\"v\":2}".to_owned()),
+            (
+                Some("team-a".to_owned()),
+                "ci".to_owned(),
+                "{\"v\":3}".to_owned()
+            ),
+        ]
+    );
+    s.enqueue_jobs(&[
+        job("webhook:team-a/ci", "r", "x"),
+        job("webhook:ci", "r", "y"),
+    ])
+    .await
+    .expect("enqueue");
+    assert!(
+        s.delete_webhook(Some("team-a"), "ci", "webhook:team-a/ci", &admin)
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !s.delete_webhook(Some("team-a"), "ci", "webhook:team-a/ci", &admin)
+            .await
+            .expect("again")
+    );
+    assert_eq!(
+        names(
+            &s.jobs(&JobQuery {
+                limit: 10,
+                ..JobQuery::default()
+            })
+            .await
+            .expect("jobs")
+        ),
+        ["y"]
+    );
+    assert_eq!(s.webhooks().await.expect("list").len(), 1);
+    // A tenant's webhooks go with it.
+    s.put_webhook(Some("team-a"), "ci", "{}", &admin)
+        .await
+        .expect("put");
+    s.delete_tenant("team-a", &admin)
+        .await
+        .expect("delete tenant");
+    assert_eq!(s.webhooks().await.expect("list").len(), 1);
+}

@@ -25,4 +25,4 @@ pub mod time;
 pub use digest::{Algorithm, Digest, DigestError};
 pub use error::ErrorCode;
 pub use manifest::{Descriptor, ManifestError, ManifestKind, ParsedManifest};
-pub use name::{NameError, Reference, RepoName, Tag, tag_sort_key};
+pub use name::{ImageRef, ImageRefError, NameError, Reference, RepoName, Tag, tag_sort_key};

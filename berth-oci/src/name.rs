@@ -161,6 +161,46 @@ impl fmt::Display for Reference {
     }
 }
 
+/// An image as people name it on a command line: `repo` (no reference), `repo:tag` or
+/// `repo@digest`. A colon before the last slash belongs to no tag (a name cannot hold one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    pub repo: RepoName,
+    pub reference: Option<Reference>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageRefError {
+    #[error("{0:?} is not a repository name: {1}")]
+    Name(String, NameError),
+    #[error("{0:?} is not a tag or digest: {1}")]
+    Reference(String, NameError),
+}
+
+impl FromStr for ImageRef {
+    type Err = ImageRefError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, reference) = match s.split_once('@') {
+            Some((n, d)) => (n, Some(d)),
+            None => match s.rsplit_once(':') {
+                Some((n, t)) if !t.contains('/') => (n, Some(t)),
+                _ => (s, None),
+            },
+        };
+        let repo = name
+            .parse()
+            .map_err(|e| ImageRefError::Name(name.to_owned(), e))?;
+        let reference = reference
+            .map(|r| {
+                r.parse()
+                    .map_err(|e| ImageRefError::Reference(r.to_owned(), e))
+            })
+            .transpose()?;
+        Ok(ImageRef { repo, reference })
+    }
+}
+
 /// The one ordering of tags: case-insensitive lexical order, ties broken by byte order.
 ///
 /// The key is `lowercase(tag) ' ' tag`. Space sorts below every byte a tag may contain, so
@@ -179,6 +219,33 @@ pub fn tag_sort_key(tag: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn image_references() {
+        let i: ImageRef = "team-a/app:1.0".parse().expect("tag");
+        assert_eq!(
+            (i.repo.as_str(), i.reference.map(|r| r.to_string())),
+            ("team-a/app", Some("1.0".into()))
+        );
+        let i: ImageRef = "team-a/app".parse().expect("repo");
+        assert_eq!((i.repo.as_str(), i.reference), ("team-a/app", None));
+        let d = format!("sha256:{}", "a".repeat(64));
+        let i: ImageRef = format!("alpine@{d}").parse().expect("digest");
+        assert_eq!(i.reference.map(|r| r.to_string()), Some(d));
+        assert!(matches!(
+            "Bad/Name:1".parse::<ImageRef>(),
+            Err(ImageRefError::Name(..))
+        ));
+        assert!(matches!(
+            "app:bad tag".parse::<ImageRef>(),
+            Err(ImageRefError::Reference(..))
+        ));
+        // A port-like colon before a slash is part of the name (and so refused there).
+        assert!(matches!(
+            "host:5000/app".parse::<ImageRef>(),
+            Err(ImageRefError::Name(..))
+        ));
+    }
 
     #[test]
     fn accepts_spec_names() {
@@ -256,6 +323,7 @@ mod tests {
         fn name_parser_never_panics(s in ".{0,300}") {
             let _ = s.parse::<RepoName>();
             let _ = s.parse::<Reference>();
+            let _ = s.parse::<ImageRef>();
         }
 
         #[test]

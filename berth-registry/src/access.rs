@@ -1482,7 +1482,8 @@ pub fn require_admin(by: &Identity) -> Result<()> {
     }
 }
 
-fn require_manager(by: &Identity, tenant: &str) -> Result<()> {
+/// Admins, and owners of `tenant`.
+pub fn require_manager(by: &Identity, tenant: &str) -> Result<()> {
     if by.grants.manages(tenant) {
         Ok(())
     } else {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use berth_meta::{Actor, RepoGraph, now_micros};
 use berth_oci::Digest;
 
+use crate::retention::{Housekeeping, RetentionReport};
 use crate::{Registry, Result};
 
 /// Rows per sweep transaction: big enough that 100k blobs take few commits, small enough
@@ -184,7 +185,29 @@ fn mark(g: &RepoGraph, cutoff: i64) -> Marked {
     }
 }
 
+/// What one round of the schedule did: retention and eviction, then the collection.
+/// Each can fail on its own; a failed housekeeping does not stop the collection.
+#[derive(Debug)]
+pub struct ScheduledRound {
+    pub housekeeping: Result<RetentionReport>,
+    pub collection: Result<GcReport>,
+}
+
 impl Registry {
+    /// Takes the collection lease for `holder` unless another process holds it.
+    async fn take_gc_lease(&self, holder: &str) -> Result<bool> {
+        // Generous: a lease that lapses mid-run only lets a second collection start, and
+        // every deletion is safe against a concurrent one anyway.
+        let ttl = micros(Duration::from_secs(3600));
+        Ok(self.meta.try_lease(LEASE, holder, ttl).await?)
+    }
+
+    async fn release_gc_lease(&self, holder: &str) {
+        if let Err(e) = self.meta.release_lease(LEASE, holder).await {
+            tracing::warn!(error = %e, "could not release the collection lease");
+        }
+    }
+
     /// Runs one collection unless another replica holds the lease; `None` if it does.
     /// `holder` names this process in the lease.
     pub async fn collect_garbage_leased(
@@ -193,17 +216,33 @@ impl Registry {
         options: &GcOptions,
         progress: &(dyn Fn(GcProgress) + Sync),
     ) -> Result<Option<GcReport>> {
-        // Generous: a lease that lapses mid-run only lets a second collection start, and
-        // every deletion is safe against a concurrent one anyway.
-        let ttl = micros(Duration::from_secs(3600));
-        if !self.meta.try_lease(LEASE, holder, ttl).await? {
+        if !self.take_gc_lease(holder).await? {
             return Ok(None);
         }
         let report = self.collect_garbage(options, progress).await;
-        if let Err(e) = self.meta.release_lease(LEASE, holder).await {
-            tracing::warn!(error = %e, "could not release the collection lease");
-        }
+        self.release_gc_lease(holder).await;
         report.map(Some)
+    }
+
+    /// One round of `serve`'s schedule, by one replica at a time (the collection lease):
+    /// `housekeeping` applied, then a collection, which frees what it removed once the
+    /// rollback window has passed. `None` if another replica holds the lease.
+    pub async fn scheduled_round(
+        &self,
+        holder: &str,
+        housekeeping: &Housekeeping,
+        options: &GcOptions,
+    ) -> Result<Option<ScheduledRound>> {
+        if !self.take_gc_lease(holder).await? {
+            return Ok(None);
+        }
+        let housekeeping = self.housekeeping(housekeeping, false).await;
+        let collection = self.collect_garbage(options, &|_| {}).await;
+        self.release_gc_lease(holder).await;
+        Ok(Some(ScheduledRound {
+            housekeeping,
+            collection,
+        }))
     }
 
     /// Marks and sweeps the whole registry once.

@@ -6,11 +6,15 @@ pub mod access;
 pub mod audit;
 mod cache;
 mod error;
+pub mod events;
 mod flight;
 pub mod fsck;
 pub mod gc;
+pub mod jobs;
+pub mod layout;
 mod login;
 pub mod policy;
+pub mod prefetch;
 mod proxy;
 mod quota;
 mod refs;
@@ -18,6 +22,7 @@ pub mod replicate;
 pub mod retention;
 pub mod stats;
 pub mod tag_rules;
+pub mod transfer;
 mod versions;
 
 use std::sync::Arc;
@@ -186,6 +191,10 @@ pub struct Registry {
     proxy: Option<Arc<proxy::Proxy>>,
     /// Push-mirror replication, if any rule is configured.
     replicator: Option<Arc<replicate::Replicator>>,
+    /// Webhooks: the endpoints in force, the allowlist, the pull event queue.
+    events: Arc<events::Events>,
+    /// The job workers' settings and counters.
+    jobs: Arc<jobs::JobsState>,
     stats: Arc<stats::Stats>,
     /// The tag rules in force: the configuration's and those managed through the API.
     rules: Arc<std::sync::RwLock<Arc<TagRules>>>,
@@ -209,6 +218,8 @@ impl Registry {
             }),
             proxy: None,
             replicator: None,
+            events: Arc::new(events::Events::none()),
+            jobs: Arc::new(jobs::JobsState::new(jobs::JobSettings::default())),
             stats: Arc::default(),
             rules: Arc::new(std::sync::RwLock::new(rules)),
             policy: Arc::new(policy::PolicyState::new(policy::Policy::default())),
@@ -788,9 +799,12 @@ impl Registry {
                 rules.immutable(repo.as_str(), t)
             }
         };
+        let queued = std::sync::atomic::AtomicBool::new(false);
+        let jobs = self.jobs_for(&queued);
         let guard = TagGuard {
             immutable: &immutable,
             admin: false,
+            jobs: &jobs,
         };
         failpoint(failpoint::BEFORE_MANIFEST_COMMIT)?;
         let outcome = self
@@ -811,6 +825,9 @@ impl Registry {
                 guard,
             )
             .await?;
+        if queued.load(std::sync::atomic::Ordering::Relaxed) {
+            self.wake_jobs();
+        }
         failpoint(failpoint::AFTER_MANIFEST_COMMIT)?;
         match outcome {
             PutManifest::Stored => {
@@ -821,12 +838,6 @@ impl Registry {
                     self.cache
                         .tags
                         .insert(cache::key(repo.as_str(), tag), digest.clone());
-                }
-                if tags.is_empty() {
-                    self.replicate_later(repo, &digest, None);
-                }
-                for tag in &tags {
-                    self.replicate_later(repo, &digest, Some(tag));
                 }
                 Ok(PutOutcome {
                     digest,
@@ -896,9 +907,12 @@ impl Registry {
     ) -> Result<()> {
         let rules = self.tag_rules();
         let immutable = |t: &str| rules.immutable(repo.as_str(), t);
+        let queued = std::sync::atomic::AtomicBool::new(false);
+        let jobs = self.jobs_for(&queued);
         let guard = TagGuard {
             immutable: &immutable,
             admin,
+            jobs: &jobs,
         };
         let outcome = match reference {
             Reference::Digest(d) => {
@@ -928,6 +942,9 @@ impl Registry {
         };
         if outcome == Removal::Removed {
             self.invalidate_verdicts(Some(repo.as_str()));
+            if queued.load(std::sync::atomic::Ordering::Relaxed) {
+                self.wake_jobs();
+            }
         }
         match outcome {
             Removal::Removed => Ok(()),

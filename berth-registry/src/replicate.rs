@@ -1,30 +1,30 @@
 //! Push-mirror replication: every manifest stored in a repository that a rule selects is
 //! copied to another registry (children, blobs and referrers with it), in the background.
 //!
-//! One worker takes jobs in push order, so a tag moved twice ends on the target where it
-//! ended here. A job that fails (target down, credentials refused) is retried with growing
-//! pauses; after the last try it is logged and counted, and the next push of the same
-//! repository carries the tag forward again. The queue lives in memory: a restart forgets
-//! jobs not yet done, which `berth mirror`/`export` cannot replace, so the README says to
-//! re-push (or re-run a full copy) after a crash if the target must be exact.
+//! Replication runs on the job queue: `put_manifest` (and a rollback, which moves a tag)
+//! writes one job per target in its own transaction, so a push acknowledged to the client
+//! is replicated even if Berth is killed right after, by this replica after a restart or
+//! by any other. Each target is a queue, worked by one replica at a time, in push order
+//! per repository, so a tag moved twice ends on the target where it ended here. A job
+//! that fails (target down, credentials refused) is retried with growing pauses; after
+//! its last attempt it is dead, listed by `berth events dead` and redeliverable.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
 
 use berth_auth::policy::glob;
+use berth_meta::{Change, ChangeKind, Job, NewJob};
 use berth_oci::manifest::parse_manifest;
 use berth_oci::{Digest, Reference, RepoName};
 use berth_upstream::Upstream;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use serde::{Deserialize, Serialize};
 
+use crate::events::DeliveryFailure;
 use crate::{Registry, RegistryError, Result};
 
-/// Jobs waiting; more are dropped (and counted) rather than growing without bound.
-const QUEUE: usize = 10_000;
-/// Tries per job before it is given up.
-const ATTEMPTS: u32 = 5;
+/// The job kind of a replication copy.
+pub const REPLICATE_JOB: &str = "replicate";
 
 /// One replication target and what goes there.
 pub struct ReplicaRule {
@@ -35,12 +35,21 @@ pub struct ReplicaRule {
     pub prefix: String,
 }
 
-#[derive(Debug, Clone)]
-struct Job {
-    repo: RepoName,
-    digest: Digest,
+impl ReplicaRule {
+    /// The rule's queue: one per target and prefix, so rules that copy to the same place
+    /// share one order.
+    pub fn queue(&self) -> String {
+        format!("replicate:{}/{}", self.target.name(), self.prefix)
+    }
+}
+
+/// A replication job's payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Copy {
+    repo: String,
+    digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     tag: Option<String>,
-    attempt: u32,
 }
 
 /// Counters for metrics and tests.
@@ -48,52 +57,63 @@ struct Job {
 pub struct ReplicationStats {
     pub replicated: AtomicU64,
     pub failed: AtomicU64,
-    pub dropped: AtomicU64,
 }
 
 pub(crate) struct Replicator {
     rules: Vec<ReplicaRule>,
-    tx: mpsc::Sender<Job>,
-    stats: Arc<ReplicationStats>,
+    pub(crate) stats: Arc<ReplicationStats>,
 }
 
 impl Replicator {
-    /// Queues `repo@digest` (and its tag) if a rule selects the repository.
-    pub(crate) fn enqueue(&self, repo: &RepoName, digest: &Digest, tag: Option<&str>) {
-        if !self
+    /// The jobs a change causes: one per target whose rule selects the repository, for
+    /// pushes and rollbacks (deletes are not replicated).
+    pub(crate) fn jobs_for(&self, c: &Change<'_>) -> Vec<NewJob> {
+        if !matches!(c.kind, ChangeKind::Push | ChangeKind::Rollback) {
+            return Vec::new();
+        }
+        let mut queues: Vec<String> = self
             .rules
             .iter()
-            .any(|r| glob(&r.repositories, repo.as_str()))
-        {
-            return;
+            .filter(|r| glob(&r.repositories, c.repo))
+            .map(ReplicaRule::queue)
+            .collect();
+        queues.dedup();
+        if queues.is_empty() {
+            return Vec::new();
         }
-        let job = Job {
-            repo: repo.clone(),
-            digest: digest.clone(),
-            tag: tag.map(str::to_owned),
-            attempt: 0,
-        };
-        if self.tx.try_send(job).is_err() {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(repository = %repo, %digest, "replication queue full; push not replicated");
-        }
+        let payload = serde_json::to_string(&Copy {
+            repo: c.repo.to_owned(),
+            digest: c.digest.to_owned(),
+            tag: c.tag.map(str::to_owned),
+        })
+        .unwrap_or_default();
+        queues
+            .into_iter()
+            .map(|queue| NewJob {
+                kind: REPLICATE_JOB.to_owned(),
+                queue,
+                lane: c.repo.to_owned(),
+                payload: payload.clone(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn queues(&self) -> impl Iterator<Item = String> + '_ {
+        self.rules.iter().map(ReplicaRule::queue)
     }
 }
 
 impl Registry {
-    /// Starts replicating to `rules`' targets (on the current runtime).
+    /// Replicates pushes to `rules`' targets: their jobs are queued from now on, and run
+    /// once the job workers are started ([`Registry::start_jobs`]).
     pub fn with_replication(mut self, rules: Vec<ReplicaRule>) -> Registry {
         if rules.is_empty() {
             return self;
         }
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let stats = Arc::new(ReplicationStats::default());
         self.replicator = Some(Arc::new(Replicator {
             rules,
-            tx: tx.clone(),
-            stats,
+            stats: Arc::default(),
         }));
-        tokio::spawn(work(self.clone(), rx, tx));
         self
     }
 
@@ -102,21 +122,63 @@ impl Registry {
         self.replicator.as_ref().map(|r| Arc::clone(&r.stats))
     }
 
+    /// Runs one replication job: copies its manifest to the target of its queue.
+    pub(crate) async fn run_replication(
+        &self,
+        job: &Job,
+    ) -> std::result::Result<(), DeliveryFailure> {
+        let Some(rep) = &self.replicator else {
+            return Err(DeliveryFailure::permanent(
+                "replication is not configured".into(),
+            ));
+        };
+        let Some(rule) = rep.rules.iter().find(|r| r.queue() == job.queue) else {
+            return Err(DeliveryFailure::permanent(format!(
+                "{} is no longer a replication target",
+                job.queue
+            )));
+        };
+        let copy: Copy = serde_json::from_str(&job.payload)
+            .map_err(|e| DeliveryFailure::permanent(format!("unreadable job: {e}")))?;
+        let (Ok(repo), Ok(digest)) = (copy.repo.parse::<RepoName>(), copy.digest.parse::<Digest>())
+        else {
+            return Err(DeliveryFailure::permanent(
+                "job names a bad repository or digest".into(),
+            ));
+        };
+        match self
+            .replicate(rule, &repo, &digest, copy.tag.as_deref())
+            .await
+        {
+            Ok(()) => {
+                tracing::debug!(repository = %repo, %digest, target = rule.target.name(), "replicated");
+                Ok(())
+            }
+            // Deleted here since it was pushed: nothing left to copy.
+            Err(RegistryError::ManifestUnknown) => Ok(()),
+            Err(e) => Err(DeliveryFailure::transient(e.to_string())),
+        }
+    }
+
     /// Copies `repo@digest` to `rule`'s target: children and blobs first, then the
     /// manifest, its tag, and the referrers of the manifest.
-    async fn replicate(&self, rule: &ReplicaRule, job: &Job) -> Result<()> {
-        let target_repo = format!("{}{}", rule.prefix, job.repo);
-        let m = self
-            .copy_manifest(rule, &job.repo, &target_repo, &job.digest)
-            .await?;
-        if let Some(tag) = &job.tag {
+    async fn replicate(
+        &self,
+        rule: &ReplicaRule,
+        repo: &RepoName,
+        digest: &Digest,
+        tag: Option<&str>,
+    ) -> Result<()> {
+        let target_repo = format!("{}{}", rule.prefix, repo);
+        let m = self.copy_manifest(rule, repo, &target_repo, digest).await?;
+        if let Some(tag) = tag {
             let reference: Reference = tag
                 .parse()
                 .map_err(|_| RegistryError::Internal(format!("bad tag {tag}")))?;
             // A retried job may run after a newer push of the same tag: only the job whose
             // digest the tag still names here moves it on the target.
-            let current = self.resolve(&job.repo, &reference).await.ok();
-            if current.as_ref() != Some(&job.digest) {
+            let current = self.resolve(repo, &reference).await.ok();
+            if current.as_ref() != Some(digest) {
                 return Ok(());
             }
             rule.target
@@ -126,12 +188,11 @@ impl Registry {
         }
         let referrers = self
             .meta
-            .referrers(job.repo.as_str(), job.digest.as_str(), None)
+            .referrers(repo.as_str(), digest.as_str(), None)
             .await?;
         for r in referrers {
             if let Ok(d) = r.digest.parse::<Digest>() {
-                self.copy_manifest(rule, &job.repo, &target_repo, &d)
-                    .await?;
+                self.copy_manifest(rule, repo, &target_repo, &d).await?;
             }
         }
         Ok(())
@@ -181,65 +242,8 @@ impl Registry {
             .map_err(up)?;
         Ok(m)
     }
-
-    pub(crate) fn replicate_later(&self, repo: &RepoName, digest: &Digest, tag: Option<&str>) {
-        if let Some(r) = &self.replicator {
-            r.enqueue(repo, digest, tag);
-        }
-    }
 }
 
 fn up(e: berth_upstream::UpstreamError) -> RegistryError {
     RegistryError::UpstreamFailed(e.to_string())
-}
-
-async fn work(registry: Registry, mut rx: mpsc::Receiver<Job>, tx: mpsc::Sender<Job>) {
-    while let Some(job) = rx.recv().await {
-        let Some(rep) = registry.replicator.clone() else {
-            return;
-        };
-        let mut failed = false;
-        for rule in rep
-            .rules
-            .iter()
-            .filter(|r| glob(&r.repositories, job.repo.as_str()))
-        {
-            match registry.replicate(rule, &job).await {
-                Ok(()) => {
-                    tracing::debug!(repository = %job.repo, digest = %job.digest, target = rule.target.name(), "replicated");
-                }
-                Err(e) => {
-                    failed = true;
-                    tracing::warn!(
-                        repository = %job.repo,
-                        digest = %job.digest,
-                        target = rule.target.name(),
-                        attempt = job.attempt + 1,
-                        error = %e,
-                        "replication failed"
-                    );
-                }
-            }
-        }
-        if !failed {
-            rep.stats.replicated.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        if job.attempt + 1 >= ATTEMPTS {
-            rep.stats.failed.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        // Retry later without holding up the jobs behind it (replaying an already copied
-        // rule is cheap: blobs present on the target are skipped).
-        let retry = Job {
-            attempt: job.attempt + 1,
-            ..job
-        };
-        let tx = tx.clone();
-        let pause = Duration::from_secs(1 << retry.attempt.min(6));
-        tokio::spawn(async move {
-            tokio::time::sleep(pause).await;
-            let _ = tx.send(retry).await;
-        });
-    }
 }

@@ -143,6 +143,14 @@ pub struct CacheLimits {
     pub max_bytes: Option<u64>,
 }
 
+/// What housekeeping applies: the retention policies, and each upstream's cache limits
+/// (by upstream prefix).
+#[derive(Debug, Clone, Default)]
+pub struct Housekeeping {
+    pub policies: RetentionPolicies,
+    pub cache_limits: Vec<(String, CacheLimits)>,
+}
+
 /// Blobs the manifests in `set` reference.
 fn blobs_of<'a>(g: &'a RepoGraph, set: &HashSet<&str>) -> HashSet<&'a str> {
     g.blobs
@@ -153,6 +161,19 @@ fn blobs_of<'a>(g: &'a RepoGraph, set: &HashSet<&str>) -> HashSet<&'a str> {
 }
 
 impl Registry {
+    /// Applies the retention policies, then each upstream's eviction limits, as one
+    /// report (`dry_run`: only reports).
+    pub async fn housekeeping(&self, h: &Housekeeping, dry_run: bool) -> Result<RetentionReport> {
+        let mut report = self.apply_retention(&h.policies, dry_run).await?;
+        for (upstream, limits) in &h.cache_limits {
+            let r = self.evict_cache(upstream, limits, dry_run).await?;
+            report.evicted.extend(r.evicted);
+            report.bytes += r.bytes;
+            report.skipped.extend(r.skipped);
+        }
+        Ok(report)
+    }
+
     /// Applies `policies` to every repository they cover (`dry_run`: only reports).
     pub async fn apply_retention(
         &self,

@@ -173,15 +173,9 @@ impl Registry {
                 },
                 Counter {
                     name: "replication_failed",
-                    help: "Replication jobs given up after their last attempt",
+                    help: "Replication jobs dead after their last attempt (berth events dead lists them)",
                     label: None,
                     value: get(&r.failed),
-                },
-                Counter {
-                    name: "replication_dropped",
-                    help: "Pushes not replicated because the queue was full",
-                    label: None,
-                    value: get(&r.dropped),
                 },
             ]);
         }

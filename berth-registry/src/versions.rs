@@ -139,6 +139,8 @@ impl Registry {
             .map_err(|why| RegistryError::Invalid(format!("{repo}:{tag}: {why}")))?;
         let rules = self.tag_rules();
         let immutable = |t: &str| rules.immutable(repo.as_str(), t);
+        let queued = std::sync::atomic::AtomicBool::new(false);
+        let jobs = self.jobs_for(&queued);
         let outcome = self
             .meta
             .rollback_tag(
@@ -150,9 +152,13 @@ impl Registry {
                 TagGuard {
                     immutable: &immutable,
                     admin,
+                    jobs: &jobs,
                 },
             )
             .await?;
+        if queued.load(std::sync::atomic::Ordering::Relaxed) {
+            self.wake_jobs();
+        }
         let digest: Digest = target.parse().map_err(|_| {
             RegistryError::Internal(format!("tag history holds a bad digest {target:?}"))
         })?;

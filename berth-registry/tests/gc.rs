@@ -8,119 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use berth_meta::MetaStore;
 use berth_oci::{Digest, Reference, RepoName};
 use berth_registry::fsck::NoProgress;
 use berth_registry::gc::{GcOptions, GcReport};
-use berth_registry::{Actor, Registry, RegistryConfig, RegistryError};
-use berth_storage::{BlobStore, FsStore};
-use bytes::Bytes;
-use futures_util::StreamExt;
-
-const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
-const INDEX: &str = "application/vnd.oci.image.index.v1+json";
-
-async fn registry(dir: &std::path::Path, postgres: bool) -> Registry {
-    let blobs = BlobStore::Fs(FsStore::new(dir).await.expect("fs store"));
-    let url = if postgres {
-        common::postgres_url().await
-    } else {
-        format!("sqlite:{}", dir.join("meta.db").display())
-    };
-    let meta = MetaStore::connect(&url).await.expect("metadata store");
-    Registry::new(
-        blobs,
-        meta,
-        RegistryConfig {
-            tag_rules: berth_registry::TagRules::default(),
-            ..RegistryConfig::default()
-        },
-    )
-}
-
-fn repo(name: &str) -> RepoName {
-    name.parse().expect("repository name")
-}
-
-fn sha(data: &[u8]) -> Digest {
-    berth_storage::digest_of(berth_oci::Algorithm::Sha256, data)
-}
-
-async fn blob(r: &Registry, repo: &RepoName, data: &[u8]) -> Result<Digest, RegistryError> {
-    let d = sha(data);
-    let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::copy_from_slice(data))]);
-    r.put_blob(repo, &d, None, body, &Actor::anonymous())
-        .await?;
-    Ok(d)
-}
-
-fn descriptor(media_type: &str, data: &[u8]) -> serde_json::Value {
-    serde_json::json!({"mediaType": media_type, "digest": sha(data).to_string(), "size": data.len()})
-}
-
-/// An image manifest's bytes over a config and layers (their contents).
-fn image(config: &[u8], layers: &[&[u8]], subject: Option<&[u8]>) -> Vec<u8> {
-    let mut m = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": IMAGE,
-        "config": descriptor("application/vnd.oci.image.config.v1+json", config),
-        "layers": layers.iter().map(|l| descriptor("application/vnd.oci.image.layer.v1.tar", l)).collect::<Vec<_>>(),
-    });
-    if let Some(s) = subject {
-        m["subject"] = descriptor(IMAGE, s);
-        m["artifactType"] = "application/vnd.example.signature".into();
-    }
-    serde_json::to_vec(&m).expect("json")
-}
-
-fn index(children: &[&[u8]]) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": INDEX,
-        "manifests": children.iter().map(|c| descriptor(IMAGE, c)).collect::<Vec<_>>(),
-    }))
-    .expect("json")
-}
-
-/// Pushes the blobs, then the manifest under `tag` or by digest.
-async fn push_image(
-    r: &Registry,
-    repo: &RepoName,
-    tag: Option<&str>,
-    config: &[u8],
-    layers: &[&[u8]],
-    subject: Option<&[u8]>,
-) -> Result<Vec<u8>, RegistryError> {
-    blob(r, repo, config).await?;
-    for l in layers {
-        blob(r, repo, l).await?;
-    }
-    let m = image(config, layers, subject);
-    put(r, repo, tag, &m).await?;
-    Ok(m)
-}
-
-async fn put(
-    r: &Registry,
-    repo: &RepoName,
-    tag: Option<&str>,
-    m: &[u8],
-) -> Result<Digest, RegistryError> {
-    let reference = match tag {
-        Some(t) => Reference::Tag(t.parse().expect("tag")),
-        None => Reference::Digest(sha(m)),
-    };
-    let out = r
-        .put_manifest(
-            repo,
-            &reference,
-            None,
-            Bytes::copy_from_slice(m),
-            &Actor::anonymous(),
-        )
-        .await?;
-    Ok(out.digest)
-}
+use berth_registry::{Registry, RegistryError};
+use common::{blob, image, index, push_image, put, registry, repo, sha};
 
 async fn gc(r: &Registry, grace: u64, rollback: u64, dry_run: bool) -> GcReport {
     gc_grace(r, Duration::from_secs(grace), rollback, dry_run).await
@@ -153,16 +45,7 @@ fn blobs(report: &GcReport) -> BTreeSet<String> {
 
 /// Reads a blob of `repo` to the end; its length.
 async fn read_all(r: &Registry, repo: &RepoName, d: &Digest) -> Result<usize, RegistryError> {
-    let read = r.read_blob(repo, d, None, true).await?;
-    let mut n = 0;
-    if let Some(mut body) = read.reader.map(|b| b.body) {
-        while let Some(chunk) = body.next().await {
-            n += chunk
-                .map_err(|e| RegistryError::Internal(e.to_string()))?
-                .len();
-        }
-    }
-    Ok(n)
+    common::read_all(r, repo, d).await.map(|b| b.len())
 }
 
 async fn exact_sweep(postgres: bool) {
@@ -565,6 +448,18 @@ async fn sql(dir: &std::path::Path, statement: &str) {
 
 const DAY: i64 = 86_400_000_000;
 
+/// Makes a manifest look fetched `days` ago and never pulled since.
+async fn last_used_days_ago(dir: &std::path::Path, digest: &Digest, days: i64) {
+    sql(
+        dir,
+        &format!(
+            "UPDATE manifests SET created_at = created_at - {}, pulled_at = NULL WHERE digest = '{digest}'",
+            days * DAY,
+        ),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn retention_keeps_what_its_rules_name_and_gc_frees_the_rest() {
     use berth_registry::retention::{RetentionPolicies, RetentionSpec};
@@ -701,15 +596,7 @@ async fn cache_eviction_by_age_and_by_size() {
         let m = push_image(&r, &rp, Some("latest"), name.as_bytes(), &[&layer], None)
             .await
             .expect("push");
-        sql(
-            dir.path(),
-            &format!(
-                "UPDATE manifests SET created_at = created_at - {}, pulled_at = NULL WHERE digest = '{}'",
-                days * DAY,
-                sha(&m)
-            ),
-        )
-        .await;
+        last_used_days_ago(dir.path(), &sha(&m), days).await;
         digests.push((rp, sha(&m)));
     }
     // Outside the cache, nothing is touched.
@@ -777,4 +664,117 @@ async fn cache_eviction_by_age_and_by_size() {
     .expect("not a cache");
     // The collection frees their bytes: 1000-byte layers and 3- and 6-byte configs.
     assert_eq!(gc(&r, 0, 0, false).await.bytes_freed, 1003 + 1006);
+}
+
+/// `housekeeping` is retention and eviction in one report, and a scheduled round runs it
+/// and a collection only while it holds the lease another replica may have.
+#[tokio::test]
+async fn a_scheduled_round_applies_housekeeping_then_collects_under_the_lease() {
+    use berth_registry::retention::{CacheLimits, Housekeeping, RetentionPolicies, RetentionSpec};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = registry(dir.path(), false).await;
+    let app = repo("team/app");
+    for t in ["1.0.0", "1.1.0"] {
+        push_image(
+            &r,
+            &app,
+            Some(t),
+            t.as_bytes(),
+            &[format!("layer {t}").as_bytes()],
+            None,
+        )
+        .await
+        .expect("push");
+    }
+    let cached = repo("docker.io/library/old");
+    let m = push_image(&r, &cached, Some("latest"), b"old", &[&[b'o'; 100]], None)
+        .await
+        .expect("push");
+    last_used_days_ago(dir.path(), &sha(&m), 30).await;
+    let h = Housekeeping {
+        policies: RetentionPolicies::new(vec![RetentionSpec {
+            repositories: "team/*".into(),
+            keep_last_semver: Some(1),
+            keep_days: None,
+            keep_tags: vec![],
+            include_immutable: true,
+        }])
+        .expect("policy"),
+        cache_limits: vec![(
+            "docker.io".into(),
+            CacheLimits {
+                max_age: Some(Duration::from_secs(25 * 86_400)),
+                max_bytes: None,
+            },
+        )],
+    };
+    let dry = r.housekeeping(&h, true).await.expect("dry run");
+    let removed = |r: &berth_registry::retention::RetentionReport| {
+        let tags = r
+            .expired
+            .iter()
+            .map(|e| format!("{}:{}", e.repository, e.tag));
+        let cached = r.evicted.iter().map(|e| e.repository.clone());
+        tags.chain(cached).collect::<Vec<_>>()
+    };
+    assert_eq!(removed(&dry), ["team/app:1.0.0", "docker.io/library/old"]);
+    assert_eq!(
+        dry.bytes,
+        ("1.0.0".len() + "layer 1.0.0".len() + 3 + 100) as u64
+    );
+    assert_eq!(
+        r.list_tags(&app, None, None).await.expect("tags").0.len(),
+        2
+    );
+
+    let options = GcOptions {
+        dry_run: false,
+        grace: Duration::ZERO,
+        rollback_window: Duration::ZERO,
+    };
+    assert!(
+        r.meta()
+            .try_lease("gc", "other replica", 60_000_000)
+            .await
+            .expect("lease")
+    );
+    assert!(
+        r.scheduled_round("me", &h, &options)
+            .await
+            .expect("round")
+            .is_none(),
+        "another replica holds the lease"
+    );
+    assert_eq!(
+        r.list_tags(&app, None, None).await.expect("tags").0.len(),
+        2
+    );
+    r.meta()
+        .release_lease("gc", "other replica")
+        .await
+        .expect("release");
+
+    let round = r
+        .scheduled_round("me", &h, &options)
+        .await
+        .expect("round")
+        .expect("the lease is free");
+    let done = round.housekeeping.expect("housekeeping");
+    assert_eq!(removed(&done), removed(&dry));
+    let collected = round.collection.expect("collection");
+    assert_eq!(
+        collected.bytes_freed, dry.bytes,
+        "what housekeeping removed is freed"
+    );
+    assert_eq!(
+        r.list_tags(&app, None, None).await.expect("tags").0,
+        ["1.1.0"]
+    );
+    // The round gave the lease back.
+    assert!(
+        r.meta()
+            .try_lease("gc", "other replica", 60_000_000)
+            .await
+            .expect("lease")
+    );
 }

@@ -7,66 +7,14 @@
 mod common;
 
 use berth_meta::{MetaStore, Usage};
-use berth_oci::{Digest, RepoName};
-use berth_registry::{Actor, Registry, RegistryConfig, RegistryError};
-use berth_storage::{BlobStore, FsStore, S3Config, S3Credentials, S3Store, ScanEntry};
+use berth_oci::RepoName;
+use berth_registry::{Actor, Registry, RegistryError};
+use berth_storage::BlobStore;
 use bytes::Bytes;
+use common::{blob_store, body, registry_on, repo, sha, stored};
 
 async fn replica(dir: &std::path::Path, url: &str) -> Registry {
-    let blobs = BlobStore::Fs(FsStore::new(dir).await.expect("fs store"));
-    let meta = MetaStore::connect(url).await.expect("metadata store");
-    Registry::new(blobs, meta, RegistryConfig::default())
-}
-
-/// A replica on `blobs` (shared by the replicas of a test) and the metadata at `url`.
-async fn replica_on(blobs: &BlobStore, url: &str) -> Registry {
-    let meta = MetaStore::connect(url).await.expect("metadata store");
-    Registry::new(blobs.clone(), meta, RegistryConfig::default())
-}
-
-async fn blob_store(s3: bool, dir: &std::path::Path) -> BlobStore {
-    if !s3 {
-        return BlobStore::Fs(FsStore::new(dir).await.expect("fs store"));
-    }
-    let config = S3Config {
-        endpoint: std::env::var("BERTH_TEST_S3_URL")
-            .expect("BERTH_TEST_S3_URL must point at an S3 server (scripts/start-s3.sh)"),
-        bucket: std::env::var("BERTH_TEST_S3_BUCKET").unwrap_or_else(|_| "berth-test".into()),
-        region: "us-east-1".into(),
-        prefix: format!("quota-{}/", uuid::Uuid::new_v4()),
-        credentials: S3Credentials {
-            access_key_id: "berth-test".into(),
-            secret_access_key: "berth-test-secret".into(),
-            session_token: None,
-        },
-        path_style: true,
-        redirect_expiry: None,
-    };
-    BlobStore::S3(S3Store::new(config).await.expect("S3 store"))
-}
-
-/// Every digest under `blobs/`, from the store's own listing.
-async fn stored(blobs: &BlobStore) -> Vec<Digest> {
-    let mut scan = blobs.scan_blobs();
-    let mut out = Vec::new();
-    while let Some(batch) = scan.next_batch().await.expect("list") {
-        for e in batch {
-            match e {
-                ScanEntry::Blob { digest, .. } => out.push(digest),
-                ScanEntry::Stray { path } => panic!("stray {path}"),
-            }
-        }
-    }
-    out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    out
-}
-
-fn repo(name: &str) -> RepoName {
-    name.parse().expect("repository name")
-}
-
-fn sha(data: &[u8]) -> Digest {
-    berth_storage::digest_of(berth_oci::Algorithm::Sha256, data)
+    registry_on(&blob_store(false, dir).await, url).await
 }
 
 async fn push(r: &Registry, repo: &RepoName, data: &[u8]) -> Result<u64, RegistryError> {
@@ -80,9 +28,8 @@ async fn push_as(
     data: &[u8],
     announced: bool,
 ) -> Result<u64, RegistryError> {
-    let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::copy_from_slice(data))]);
     let length = announced.then_some(data.len() as u64);
-    r.put_blob(repo, &sha(data), length, body, &Actor::anonymous())
+    r.put_blob(repo, &sha(data), length, body(data), &Actor::anonymous())
         .await
 }
 
@@ -110,8 +57,8 @@ async fn quotas(postgres: bool, s3: bool) {
         format!("sqlite:{}", dir.path().join("meta.db").display())
     };
     let store = blob_store(s3, dir.path()).await;
-    let a = replica_on(&store, &url).await;
-    let b = replica_on(&store, &url).await;
+    let a = registry_on(&store, &url).await;
+    let b = registry_on(&store, &url).await;
     let admin = Actor::named("admin");
     let meta = a.meta();
     assert!(

@@ -11,7 +11,6 @@ use berth_meta::MetaStore;
 use berth_oci::{Reference, RepoName};
 use berth_registry::{Actor, Registry, RegistryConfig};
 use berth_storage::{BlobStore, FsStore};
-use bytes::Bytes;
 
 async fn replica(url: &str, dir: &std::path::Path) -> Registry {
     let blobs = BlobStore::Fs(FsStore::new(dir).await.expect("fs store"));
@@ -30,31 +29,10 @@ async fn replica(url: &str, dir: &std::path::Path) -> Registry {
 
 /// An image manifest over one config blob, pushed through `r`; its digest.
 async fn push(r: &Registry, repo: &RepoName, tag: &str, config: &[u8]) -> String {
-    use sha2::Digest as _;
-    let d = format!("sha256:{}", hex::encode(sha2::Sha256::digest(config)));
-    let digest = d.parse().expect("digest");
-    let body =
-        futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::copy_from_slice(config))]);
-    r.put_blob(repo, &digest, None, body, &Actor::anonymous())
+    let m = common::push_image(r, repo, Some(tag), config, &[], None)
         .await
-        .expect("blob");
-    let m = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d, "size": config.len()},
-        "layers": [],
-    });
-    let out = r
-        .put_manifest(
-            repo,
-            &tag.parse().expect("tag"),
-            None,
-            Bytes::from(serde_json::to_vec(&m).expect("json")),
-            &Actor::anonymous(),
-        )
-        .await
-        .expect("manifest");
-    out.digest.to_string()
+        .expect("push");
+    common::sha(&m).to_string()
 }
 
 async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) -> Duration {

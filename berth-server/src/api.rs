@@ -1,5 +1,5 @@
 //! The management API under `/api/v1`: users, tenants, members, robot accounts, pull
-//! secrets, the audit log and key rotation. JSON in and out. Every rule is
+//! secrets, the audit log, key rotation, webhooks and the job queue (`events`). JSON in and out. Every rule is
 //! `berth_registry::access`'s, shared with the CLI.
 //!
 //! Credentials: Basic (a user or robot and its password), or a Bearer token that carries
@@ -35,6 +35,7 @@ use crate::error::ApiError;
 use crate::metrics::ReasonLabels;
 use crate::{AppState, ConnInfo};
 
+mod events;
 mod policy;
 mod versions;
 
@@ -80,6 +81,7 @@ pub fn router() -> Router<AppState> {
         .route("/tag-rules", get(get_tag_rules).put(set_tag_rules))
         .merge(versions::router())
         .merge(policy::router())
+        .merge(events::router())
 }
 
 /// An authenticated management caller: Basic credentials, or a token with the management

@@ -8,59 +8,10 @@
 //! its own address by sending the header itself.
 
 use std::net::{IpAddr, Ipv6Addr};
-use std::str::FromStr;
+
+pub use berth_auth::net::{BadNet, IpNet, canonical};
 
 use http::HeaderMap;
-
-/// One `address/prefix` network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not an address or a network (10.0.0.0/8, fd00::/8, 192.0.2.7)")]
-pub struct BadNet(String);
-
-impl FromStr for IpNet {
-    type Err = BadNet;
-
-    fn from_str(s: &str) -> Result<IpNet, BadNet> {
-        let bad = || BadNet(s.to_owned());
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
-        let addr = canonical(addr);
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
-            None => max,
-        };
-        if prefix > max {
-            return Err(bad());
-        }
-        Ok(IpNet {
-            addr: mask(addr, prefix),
-            prefix,
-        })
-    }
-}
-
-impl IpNet {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
-    }
-}
-
-impl std::fmt::Display for IpNet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
 
 /// The proxies whose `X-Forwarded-For` entries are believed. Empty (the default): none,
 /// and the header is ignored.
@@ -135,45 +86,10 @@ fn parse_entry(raw: &str) -> Option<IpAddr> {
     host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
-/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`, what a dual-stack socket reports) as
-/// the IPv4 address they are.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    }
-}
-
 /// The key per-client limits count under: an IPv4 address as it is, an IPv6 address by
 /// its /64 (see `berth_auth::address_group`, which the login throttle applies itself).
 pub fn group(ip: IpAddr) -> IpAddr {
     berth_auth::address_group(ip)
-}
-
-fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let bits = u32::from(v4);
-            let m = if prefix == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(prefix))
-            };
-            IpAddr::V4((bits & m).into())
-        }
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            let m = if prefix == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(prefix))
-            };
-            IpAddr::V6((bits & m).into())
-        }
-    }
 }
 
 #[cfg(test)]
@@ -193,24 +109,6 @@ mod tests {
             );
         }
         h
-    }
-
-    #[test]
-    fn networks_parse_and_match() {
-        let n: IpNet = "10.1.2.3/8".parse().expect("net");
-        assert_eq!(n.to_string(), "10.0.0.0/8");
-        assert!(n.contains(ip("10.200.0.1")));
-        assert!(!n.contains(ip("11.0.0.1")));
-        assert!(n.contains(ip("::ffff:10.0.0.9")), "v4-mapped counts as v4");
-        let one: IpNet = "192.0.2.7".parse().expect("host");
-        assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.8")));
-        let v6: IpNet = "fd00::/8".parse().expect("v6 net");
-        assert!(v6.contains(ip("fdab::1")) && !v6.contains(ip("fe80::1")));
-        let all: IpNet = "0.0.0.0/0".parse().expect("all");
-        assert!(all.contains(ip("203.0.113.1")) && !all.contains(ip("::1")));
-        for bad in ["10.0.0.0/33", "::/129", "nonsense", "10.0.0.0/x", ""] {
-            assert!(bad.parse::<IpNet>().is_err(), "{bad} should not parse");
-        }
     }
 
     #[test]

@@ -12,7 +12,6 @@ use berth_oci::range::parse_content_range;
 use berth_oci::{Digest, ErrorCode, Reference, RepoName, Tag};
 use berth_registry::{Actor, BlobSource, PulledBlob, RegistryError, policy};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::auth::{self, Caller, Ctx};
 use crate::endpoint::{Endpoint, parse_digest};
@@ -87,6 +86,33 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             let _ = writeln!(extra, "berth_{}{suffix}{labels} {}", m.name, m.value);
         }
     }
+    {
+        use std::fmt::Write as _;
+        let mut described = std::collections::BTreeSet::new();
+        for m in state.registry().job_metrics() {
+            let kind = if m.gauge { "gauge" } else { "counter" };
+            if described.insert(m.name) {
+                let _ = write!(
+                    extra,
+                    "# HELP berth_{n} {h}.\n# TYPE berth_{n} {kind}\n",
+                    n = m.name,
+                    h = m.help,
+                );
+            }
+            let suffix = if m.gauge { "" } else { "_total" };
+            let labels: Vec<String> = m
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", label_value(v)))
+                .collect();
+            let labels = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", labels.join(","))
+            };
+            let _ = writeln!(extra, "berth_{}{suffix}{labels} {}", m.name, m.value);
+        }
+    }
     match text.rfind("# EOF") {
         Some(at) => text.insert_str(at, &extra),
         None => text.push_str(&extra),
@@ -97,6 +123,14 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     resp
+}
+
+/// A label value as the exposition format escapes it (queue names come from
+/// configuration and API input).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Entry point for everything that is not an operational route.
@@ -242,6 +276,9 @@ async fn handle(state: &AppState, ep: Endpoint, req: Request, ctx: &Ctx) -> ApiR
                 let resp = get_manifest(state, ctx, &name, &reference, req, true).await;
                 if let Ok(r) = &resp {
                     audit_pull(state, ctx, &name, &reference, r);
+                    if state.registry().wants_pull_events() {
+                        pull_event(state, ctx, &name, &reference, r);
+                    }
                 }
                 resp
             }
@@ -405,10 +442,27 @@ fn content_length(req: &Request) -> Option<u64> {
     header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse().ok())
 }
 
+/// An upload's body, ending with an error if the client sends nothing for the stall
+/// timeout (a client holding a connection busy by sending nothing must not hold it
+/// forever; see [`crate::stall`]).
 fn body_stream(
+    state: &AppState,
     req: Request,
-) -> impl futures_util::Stream<Item = Result<bytes::Bytes, axum::Error>> + Send {
-    req.into_body().into_data_stream()
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, axum::Error>> + Send + use<> {
+    use futures_util::{StreamExt as _, TryStreamExt};
+    let body = TryStreamExt::map_err(req.into_body().into_data_stream(), std::io::Error::other);
+    crate::stall::BodyStall::new(
+        body,
+        state.config().stall_timeout,
+        state
+            .metrics()
+            .connections_timed_out
+            .get_or_create(&crate::metrics::StageLabels {
+                stage: "stalled_body",
+            })
+            .clone(),
+    )
+    .map(|r| r.map_err(axum::Error::new))
 }
 
 /// Turns an out-of-order chunk into the 416 that tells the client where the upload stands,
@@ -577,7 +631,7 @@ async fn start_upload(state: &AppState, name: RepoName, req: Request, ctx: &Ctx)
         let digest = parse_digest(d)?;
         let length = content_length(&req);
         let size = reg
-            .put_blob(&name, &digest, length, body_stream(req), actor)
+            .put_blob(&name, &digest, length, body_stream(state, req), actor)
             .await?;
         state.metrics().bytes_in.inc_by(size);
         return blob_created(state, &name, &digest);
@@ -600,7 +654,7 @@ async fn patch_upload(state: &AppState, name: RepoName, id: String, req: Request
     let length = content_length(&req);
     let s = state
         .registry()
-        .upload_chunk(&name, &id, range, length, body_stream(req))
+        .upload_chunk(&name, &id, range, length, body_stream(state, req))
         .await
         .map_err(|e| chunk_error(state, &name, &id, e))?;
     state
@@ -638,7 +692,15 @@ async fn finish_upload(
     let length = content_length(&req);
     let size = state
         .registry()
-        .complete_upload(&name, &id, &digest, range, length, body_stream(req), actor)
+        .complete_upload(
+            &name,
+            &id,
+            &digest,
+            range,
+            length,
+            body_stream(state, req),
+            actor,
+        )
         .await
         .map_err(|e| chunk_error(state, &name, &id, e))?;
     state.metrics().bytes_in.inc_by(size.saturating_sub(before));
@@ -714,6 +776,32 @@ fn policy_audit(
         outcome: outcome.into(),
         detail: Some(detail),
     });
+}
+
+/// Hands a manifest download to the webhooks that subscribe to pulls.
+fn pull_event(
+    state: &AppState,
+    ctx: &Ctx,
+    name: &RepoName,
+    reference: &Reference,
+    resp: &Response,
+) {
+    let h = resp.headers();
+    let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
+    let (Some(digest), Some(media_type)) = (text("docker-content-digest"), text("content-type"))
+    else {
+        return;
+    };
+    let size = text("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let tag = match reference {
+        Reference::Tag(t) => Some(t.as_str()),
+        Reference::Digest(_) => None,
+    };
+    state
+        .registry()
+        .record_pull(name, tag, digest, media_type, size, &ctx.actor());
 }
 
 async fn get_manifest(
@@ -819,11 +907,16 @@ async fn put_manifest(
     let more_tags = tag_params(&req)?;
     // Read at most the limit: a huge body is cut off without ever being buffered whole.
     let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-    let body = match Limited::new(req.into_body(), cap).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
-        Err(e) => return Err(ApiError::Registry(RegistryError::Body(e.to_string()))),
-    };
+    let mut body = bytes::BytesMut::new();
+    let mut stream = std::pin::pin!(body_stream(state, req));
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(|e| ApiError::Registry(RegistryError::Body(e.to_string())))?;
+        if body.len() + chunk.len() > cap {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
     let out = state
         .registry()
         .put_manifest_tagged(

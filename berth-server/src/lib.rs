@@ -17,6 +17,7 @@ pub mod endpoint;
 pub mod error;
 mod handlers;
 pub mod metrics;
+pub mod stall;
 pub mod tls;
 mod token;
 
@@ -85,6 +86,9 @@ pub struct ServerConfig {
     pub trusted_proxies: client::TrustedProxies,
     /// Refusals are summed in the audit log over this long (see [`audit`]).
     pub audit_window: Duration,
+    /// A response the client reads nothing of, or an upload body it sends nothing of,
+    /// for this long is cut off (see [`stall`]).
+    pub stall_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -99,6 +103,7 @@ impl Default for ServerConfig {
             tls: None,
             trusted_proxies: client::TrustedProxies::default(),
             audit_window: audit::WINDOW,
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -198,6 +203,8 @@ struct Serving {
     h2: Builder<TokioExecutor>,
     first_request: Duration,
     idle: Duration,
+    stall: Duration,
+    write_stalls: stall::StallCount,
     timed_out: prometheus_client::metrics::family::Family<
         metrics::StageLabels,
         prometheus_client::metrics::counter::Counter,
@@ -249,6 +256,11 @@ pub async fn run(
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
     auto.http2().timer(TokioTimer::new());
+    let write_stalls = timed_out
+        .get_or_create(&metrics::StageLabels {
+            stage: "stalled_write",
+        })
+        .clone();
     let serving = Arc::new(Serving {
         table,
         tls,
@@ -257,6 +269,8 @@ pub async fn run(
         auto,
         first_request: config.header_read_timeout,
         idle: config.idle_timeout,
+        stall: config.stall_timeout,
+        write_stalls,
         timed_out,
     });
     // Every connection task holds a sender; shutdown waits until all are dropped.
@@ -362,6 +376,7 @@ async fn connection<S>(
         conn: Arc::clone(&conn),
     };
     let service = conn::track(service, Arc::clone(&conn));
+    let stream = stall::WriteStall::new(stream, serving.stall, serving.write_stalls.clone());
     let Some(acceptor) = &serving.tls else {
         let http = serving.auto.serve_connection(TokioIo::new(stream), service);
         drive(&serving, http, &conn, peer).await;

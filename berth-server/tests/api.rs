@@ -5,24 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use berth_registry::{Registry, RegistryConfig};
-use berth_server::{AppState, ServerConfig};
-use berth_storage::FsStore;
+use berth_registry::RegistryConfig;
+use berth_server::ServerConfig;
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 
-struct Server {
-    base: String,
-    http: reqwest::Client,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
+use common::{Cred, OCI_INDEX, OCI_MANIFEST, Setup, TestServer as Server, error_code, sha256};
 
 async fn start() -> Server {
     start_with(RegistryConfig::default()).await
@@ -32,21 +21,18 @@ async fn start_with(config: RegistryConfig) -> Server {
     start_server(config, ServerConfig::default()).await
 }
 
-async fn start_server(config: RegistryConfig, server: ServerConfig) -> Server {
-    let st = common::stores().await;
-    let state = AppState::new(Registry::new(st.blobs, st.meta, config), server);
-    let run = common::serve(state).await;
-    Server {
-        base: run.base,
-        http: run.http,
-        _stop: run.stop,
-        _dir: st.dir,
-    }
+async fn start_server(registry: RegistryConfig, server: ServerConfig) -> Server {
+    common::start(Setup {
+        registry,
+        server,
+        ..Setup::default()
+    })
+    .await
 }
 
 impl Server {
     fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base))
+        self.request_as(method, path, &Cred::Anonymous)
     }
 
     /// A request without a body or headers.
@@ -55,18 +41,7 @@ impl Server {
     }
 
     async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
-        let d = sha256(data);
-        let r = self
-            .req(
-                Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
-            )
-            .body(data.to_vec())
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), StatusCode::CREATED, "monolithic push");
-        d
+        self.push_blob_as(&Cred::Anonymous, repo, data).await
     }
 
     async fn put_manifest(
@@ -76,42 +51,16 @@ impl Server {
         media_type: &str,
         body: &[u8],
     ) -> reqwest::Response {
-        self.req(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
-            .header("content-type", media_type)
-            .body(body.to_vec())
-            .send()
+        self.put_manifest_as(&Cred::Anonymous, repo, reference, media_type, body)
             .await
-            .expect("send")
     }
 
     /// Pushes a config and a layer and returns an image manifest naming them.
     async fn image(&self, repo: &str, layer: &[u8]) -> (Vec<u8>, String) {
-        let config = br#"{"architecture":"amd64","os":"linux"}"#;
-        let c = self.push_blob(repo, config).await;
-        let l = self.push_blob(repo, layer).await;
-        let m = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l, "size": layer.len()}],
-        });
-        // Odd spacing on purpose: the registry must keep these exact bytes.
-        let bytes = format!("{}\n\n", serde_json::to_string_pretty(&m).expect("json")).into_bytes();
+        let (bytes, _) = self.image_as(&Cred::Anonymous, repo, layer).await;
         let d = sha256(&bytes);
         (bytes, d)
     }
-}
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-
-async fn error_code(r: reqwest::Response) -> (StatusCode, String) {
-    let status = r.status();
-    let body: Value = r.json().await.expect("error body is JSON");
-    (
-        status,
-        body["errors"][0]["code"].as_str().unwrap_or("").to_owned(),
-    )
 }
 
 #[tokio::test]
@@ -417,7 +366,7 @@ async fn wrong_digest_is_refused_and_nothing_is_stored() {
 #[tokio::test]
 async fn sha512_blobs_are_verified() {
     let s = start().await;
-    use sha2::Sha512;
+    use sha2::{Digest as _, Sha512};
     let data = b"sha512 content";
     let d = format!("sha512:{}", hex::encode(Sha512::digest(data)));
     let r = s
@@ -1007,7 +956,7 @@ async fn slow_clients_do_not_starve_others() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_uploads_finish() {
-    let s = start().await;
+    let mut s = start().await;
     let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
     let d = sha256(&data);
     // A slow body: 64 pieces, 20 ms apart, so shutdown arrives mid-request.
@@ -1020,13 +969,7 @@ async fn shutdown_lets_in_flight_uploads_finish() {
         .req(Method::POST, &format!("/v2/r/blobs/uploads/?digest={d}"))
         .body(reqwest::Body::wrap_stream(body))
         .send();
-    let base = s.base.clone();
-    let Server {
-        _stop: stop,
-        http,
-        _dir: dir,
-        ..
-    } = s;
+    let stop = s.take_stop();
     let shutdown = async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let _ = stop.send(());
@@ -1038,12 +981,11 @@ async fn shutdown_lets_in_flight_uploads_finish() {
     );
     // The listener is gone: new connections are refused.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(http.get(format!("{base}/v2/")).send().await.is_err());
+    assert!(s.http.get(s.url("/v2/")).send().await.is_err());
     // and the blob was stored whole
-    let store = FsStore::new(dir.path()).await.expect("fs store");
     let digest = d.parse().expect("digest");
     assert_eq!(
-        store.stat(&digest).await.expect("stat"),
+        s.blobs.stat(&digest).await.expect("stat"),
         Some(data.len() as u64)
     );
 }

@@ -9,23 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use berth_meta::{AuditQuery, MetaStore};
-use berth_registry::access::{Access, AccessConfig, cli_identity};
-use berth_registry::{Registry, RegistryConfig};
+use berth_meta::AuditQuery;
+use berth_registry::access::AccessConfig;
 use berth_server::client::TrustedProxies;
-use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
+use berth_server::{ChallengeKind, ServerConfig};
+use common::{Cred, PASSWORD, Setup, TestServer as Server};
 use reqwest::StatusCode;
-use serde_json::json;
-use sha2::{Digest as _, Sha256};
-
-const PASSWORD: &str = "correct horse battery";
 const WINDOW: Duration = Duration::from_millis(500);
 /// Addresses the flood comes from (through a trusted proxy's X-Forwarded-For).
 const SOURCES: u64 = 8;
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
 
 /// A cheap pseudo-random sequence, so every flood request uses a name never seen before.
 fn next(seed: &AtomicU64) -> u64 {
@@ -36,99 +28,30 @@ fn next(seed: &AtomicU64) -> u64 {
     z ^ (z >> 31)
 }
 
-struct Setup {
-    base: String,
-    http: reqwest::Client,
-    meta: MetaStore,
-    state: AppState,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
-
-async fn setup() -> Setup {
-    let st = common::stores().await;
-    let access = Access::new(st.meta.clone(), AccessConfig::default(), None)
-        .await
-        .expect("access");
-    let me = cli_identity();
-    access
-        .create_user(&me, None, "admin", PASSWORD, true)
-        .await
-        .expect("admin");
-    for u in ["alice", "eve"] {
-        access
-            .create_user(&me, None, u, PASSWORD, false)
-            .await
-            .expect("user");
-    }
-    access
-        .create_tenant(&me, None, "team-a", false)
-        .await
-        .expect("tenant");
-    access
-        .set_member(&me, None, "team-a", "alice", Some("reader"))
-        .await
-        .expect("member");
-    let state = AppState::with_auth(
-        Registry::new(st.blobs, st.meta.clone(), RegistryConfig::default()),
-        ServerConfig {
+async fn setup() -> Server {
+    let s = common::start(Setup {
+        server: ServerConfig {
             audit_window: WINDOW,
             trusted_proxies: TrustedProxies::parse(&["127.0.0.1"]).expect("proxies"),
             ..ServerConfig::default()
         },
-        Some(AuthSettings {
-            access,
-            challenge: ChallengeKind::Bearer,
-        }),
-    );
-    let run = common::serve(state.clone()).await;
-    Setup {
-        base: run.base,
-        http: run.http,
-        meta: st.meta,
-        state,
-        _stop: run.stop,
-        _dir: st.dir,
-    }
+        auth: Some((AccessConfig::default(), ChallengeKind::Bearer)),
+        ..Setup::default()
+    })
+    .await;
+    common::add_users(
+        s.access(),
+        &[("admin", true), ("alice", false), ("eve", false)],
+    )
+    .await;
+    common::add_tenant(s.access(), "team-a", false, &[("alice", "reader")]).await;
+    s
 }
 
-impl Setup {
+impl Server {
     async fn push(&self, repo: &str, tag: &str) {
-        let config = br#"{"architecture":"amd64","os":"linux"}"#;
-        let layer = b"a layer".to_vec();
-        for blob in [config.to_vec(), layer.clone()] {
-            let r = self
-                .http
-                .post(format!(
-                    "{}/v2/{repo}/blobs/uploads/?digest={}",
-                    self.base,
-                    sha256(&blob)
-                ))
-                .basic_auth("admin", Some(PASSWORD))
-                .body(blob)
-                .send()
-                .await
-                .expect("blob");
-            assert_eq!(r.status(), StatusCode::CREATED);
-        }
-        let m = json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": sha256(config), "size": config.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": sha256(&layer), "size": layer.len()}],
-        });
-        let r = self
-            .http
-            .put(format!("{}/v2/{repo}/manifests/{tag}", self.base))
-            .basic_auth("admin", Some(PASSWORD))
-            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
-            .body(m.to_string())
-            .send()
-            .await
-            .expect("manifest");
-        assert_eq!(r.status(), StatusCode::CREATED);
+        self.push_image_as(&Cred::user("admin"), repo, &[tag], b"a layer")
+            .await;
     }
 
     async fn rows(&self, action: &str) -> Vec<berth_meta::AuditRecord> {
@@ -266,15 +189,7 @@ async fn a_refused_flood_with_random_names_cannot_push_out_pulls() {
         "{refusal_rows} rows for {requests} refusals"
     );
     // Anonymous challenges are counted, not written; nothing was dropped.
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("berth_audit_records_dropped_total 0"),
         "{metrics}"
@@ -318,15 +233,7 @@ async fn old_audit_rows_are_pruned() {
     assert_eq!(n, 2);
     let left: Vec<String> = s.rows("login").await.into_iter().map(|r| r.actor).collect();
     assert_eq!(left, ["aged-1", "aged-89"]);
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("berth_audit_records_pruned_total 2"),
         "{metrics}"

@@ -10,27 +10,16 @@ use std::time::Duration;
 use base64::Engine as _;
 use berth_auth::Actions;
 use berth_meta::{AuditQuery, MetaStore};
-use berth_registry::access::{Access, AccessConfig, NewRobot, UserUpdate, cli_identity};
-use berth_registry::{Registry, RegistryConfig};
-use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
+use berth_registry::access::{AccessConfig, NewRobot, UserUpdate, cli_identity};
+use berth_server::{ChallengeKind, ServerConfig};
+use common::{
+    Cred, OCI_MANIFEST, PASSWORD, Setup, TestServer as Server, client_from, metric, sha256,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const PASSWORD: &str = "correct horse battery";
-
-struct Server {
-    base: String,
-    http: reqwest::Client,
-    access: Access,
-    meta: MetaStore,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+fn ip(a: &str) -> std::net::IpAddr {
+    a.parse().expect("test address")
 }
 
 async fn start(config: AccessConfig) -> Server {
@@ -38,49 +27,21 @@ async fn start(config: AccessConfig) -> Server {
 }
 
 async fn start_with(config: AccessConfig, server: ServerConfig) -> Server {
-    let st = common::stores().await;
-    let access = Access::new(st.meta.clone(), config, None)
-        .await
-        .expect("access");
-    let state = AppState::with_auth(
-        Registry::new(st.blobs, st.meta.clone(), RegistryConfig::default()),
-        ServerConfig {
+    common::start(Setup {
+        server: ServerConfig {
             // Summed refusals reach the log within the tests' patience.
             audit_window: Duration::from_millis(300),
             ..server
         },
-        Some(AuthSettings {
-            access: access.clone(),
-            challenge: ChallengeKind::Bearer,
-        }),
-    );
-    let run = common::serve(state).await;
-    Server {
-        base: run.base,
-        http: run.http,
-        access,
-        meta: st.meta,
-        _stop: run.stop,
-        _dir: st.dir,
-    }
-}
-
-/// How a test caller authenticates.
-#[derive(Clone, Debug)]
-enum Cred {
-    Anonymous,
-    Basic(String, String),
-    Bearer(String),
+        auth: Some((config, ChallengeKind::Bearer)),
+        ..Setup::default()
+    })
+    .await
 }
 
 impl Server {
     fn req(&self, method: Method, path: &str, cred: &Cred) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, format!("{}{path}", self.base));
-        match cred {
-            Cred::Anonymous => r,
-            Cred::Basic(u, p) => r.basic_auth(u, Some(p)),
-            Cred::Bearer(t) => r.bearer_auth(t),
-        }
+        self.request_as(method, path, cred)
     }
 
     async fn send(&self, method: Method, path: &str, cred: &Cred) -> reqwest::Response {
@@ -110,53 +71,20 @@ impl Server {
     }
 
     async fn push_blob(&self, repo: &str, data: &[u8], cred: &Cred) -> String {
-        let d = sha256(data);
-        let r = self
-            .req(
-                Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
-                cred,
-            )
-            .body(data.to_vec())
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), StatusCode::CREATED, "blob push to {repo}");
-        d
+        self.push_blob_as(cred, repo, data).await
     }
 
     /// Pushes an image to `repo` as admin and returns (manifest bytes, manifest digest,
     /// layer digest).
     async fn seed(&self, repo: &str, tags: &[&str]) -> (Vec<u8>, String, String) {
-        let admin = admin();
-        let config = br#"{"architecture":"amd64","os":"linux"}"#;
-        let c = self.push_blob(repo, config, &admin).await;
         let layer = format!("layer of {repo}");
-        let l = self.push_blob(repo, layer.as_bytes(), &admin).await;
-        let m = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l, "size": layer.len()}],
-        });
-        let bytes = serde_json::to_vec(&m).expect("json");
-        for t in tags {
-            let r = self
-                .req(Method::PUT, &format!("/v2/{repo}/manifests/{t}"), &admin)
-                .header("content-type", OCI_MANIFEST)
-                .body(bytes.clone())
-                .send()
-                .await
-                .expect("put");
-            assert_eq!(r.status(), StatusCode::CREATED, "seed {repo}:{t}");
-        }
-        let d = sha256(&bytes);
-        (bytes, d, l)
+        self.push_image_as(&admin(), repo, tags, layer.as_bytes())
+            .await
     }
 }
 
 fn admin() -> Cred {
-    Cred::Basic("admin".into(), PASSWORD.into())
+    Cred::user("admin")
 }
 
 /// The callers of the matrix, and how each logs in.
@@ -298,7 +226,7 @@ async fn world() -> World {
     })
     .await;
     let me = cli_identity();
-    let a = &s.access;
+    let a = s.access();
     a.create_user(&me, None, "admin", PASSWORD, true)
         .await
         .expect("admin");
@@ -572,15 +500,15 @@ async fn token_flow_challenge_refresh_and_tampering() {
     let w = start(AccessConfig::default()).await;
     let s = &w;
     let me = cli_identity();
-    s.access
+    s.access()
         .create_user(&me, None, "alice", PASSWORD, false)
         .await
         .expect("user");
-    s.access
+    s.access()
         .create_tenant(&me, None, "team-a", false)
         .await
         .expect("tenant");
-    s.access
+    s.access()
         .set_member(&me, None, "team-a", "alice", Some("developer"))
         .await
         .expect("member");
@@ -720,7 +648,7 @@ async fn token_flow_challenge_refresh_and_tampering() {
     .expect("password grant");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // Changing the password kills outstanding refresh tokens.
-    s.access
+    s.access()
         .update_user(
             &me,
             None,
@@ -752,17 +680,6 @@ async fn token_flow_challenge_refresh_and_tampering() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
 
-/// A client whose connections come from `ip` (every 127.0.0.0/8 address is this host's),
-/// so the server sees it as a client of its own.
-fn client_from(ip: &str) -> reqwest::Client {
-    let ip: std::net::IpAddr = ip.parse().expect("test address");
-    reqwest::Client::builder()
-        .local_address(ip)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-}
-
 async fn login_from(
     s: &Server,
     client: &reqwest::Client,
@@ -775,21 +692,6 @@ async fn login_from(
         .send()
         .await
         .expect("send")
-}
-
-async fn metrics_text(s: &Server) -> String {
-    s.send(Method::GET, "/metrics", &Cred::Anonymous)
-        .await
-        .text()
-        .await
-        .expect("metrics text")
-}
-
-/// The value of a sample in a metrics exposition (0 if absent).
-fn metric(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -805,19 +707,19 @@ async fn failed_logins_slow_down_but_never_lock_out() {
     })
     .await;
     let me = cli_identity();
-    s.access
+    s.access()
         .create_user(&me, None, "alice", PASSWORD, false)
         .await
         .expect("user");
     // Twelve wrong passwords from the attacker's address, one at a time: each is
     // answered 401 (slower and slower), none is refused.
-    let attacker = client_from("127.0.0.2");
+    let attacker = client_from(ip("127.0.0.2"));
     for i in 0..12 {
         let r = login_from(&s, &attacker, "alice", "nope nope").await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "attempt {i}");
     }
     // The right password from another address gets in at once...
-    let elsewhere = client_from("127.0.0.3");
+    let elsewhere = client_from(ip("127.0.0.3"));
     let t = std::time::Instant::now();
     let r = login_from(&s, &elsewhere, "alice", PASSWORD).await;
     assert_eq!(r.status(), StatusCode::OK, "another address");
@@ -894,20 +796,23 @@ async fn failed_logins_slow_down_but_never_lock_out() {
         "{rows:?}"
     );
     assert!(rows.iter().any(|r| r.outcome == "throttled"), "{rows:?}");
-    let m = metrics_text(&s).await;
+    let m = s.metrics().await;
     // Timing decides how many waited (a slow check outlasts a short delay), but the
     // burst's second attempt always did.
-    assert!(metric(&m, "berth_login_delayed_total") >= 1.0, "{m}");
+    assert!(metric::<f64>(&m, "berth_login_delayed_total") >= 1.0, "{m}");
     assert_eq!(
-        metric(&m, "berth_login_throttled_total"),
+        metric::<f64>(&m, "berth_login_throttled_total"),
         f64::from(refused),
         "{m}"
     );
     assert!(
-        metric(&m, "berth_password_checks_total{lane=\"suspect\"}") > 0.0,
+        metric::<f64>(&m, "berth_password_checks_total{lane=\"suspect\"}") > 0.0,
         "{m}"
     );
-    assert!(metric(&m, "berth_login_failures_total") >= 28.0, "{m}");
+    assert!(
+        metric::<f64>(&m, "berth_login_failures_total") >= 28.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -925,17 +830,17 @@ async fn x_forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
     )
     .await;
     let me = cli_identity();
-    s.access
+    s.access()
         .create_user(&me, None, "alice", PASSWORD, false)
         .await
         .expect("user");
     // Which lane the next check went to tells whose failures it was counted under: the
     // suspect lane if its (user, client) pair or its client has failed before.
     let lanes = || async {
-        let m = metrics_text(&s).await;
+        let m = s.metrics().await;
         (
-            metric(&m, "berth_password_checks_total{lane=\"clean\"}"),
-            metric(&m, "berth_password_checks_total{lane=\"suspect\"}"),
+            metric::<f64>(&m, "berth_password_checks_total{lane=\"clean\"}"),
+            metric::<f64>(&m, "berth_password_checks_total{lane=\"suspect\"}"),
         )
     };
     let guess = |client: reqwest::Client, forwarded: &'static str| {
@@ -959,7 +864,7 @@ async fn x_forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
         };
     // Through the trusted proxy (127.0.0.1), the forwarded client counts: its first
     // failure makes it suspect, and only it.
-    let proxy = client_from("127.0.0.1");
+    let proxy = client_from(ip("127.0.0.1"));
     let l = lanes().await;
     guess(proxy.clone(), "203.0.113.66, 198.51.100.7").await;
     assert_eq!(lane_of(l, lanes().await), "clean", "a first attempt");
@@ -1000,7 +905,7 @@ async fn x_forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
 
     // From an untrusted peer the header is ignored: rotating it does not escape the
     // count, and the audit log names the peer.
-    let direct = client_from("127.0.0.9");
+    let direct = client_from(ip("127.0.0.9"));
     let l = lanes().await;
     guess(direct.clone(), "192.0.2.1").await;
     assert_eq!(
@@ -1148,15 +1053,15 @@ async fn hostile_credentials_get_401_never_500() {
 async fn pulls_and_refusals_reach_the_audit_log() {
     let s = start(AccessConfig::default()).await;
     let me = cli_identity();
-    s.access
+    s.access()
         .create_user(&me, None, "admin", PASSWORD, true)
         .await
         .expect("admin");
-    s.access
+    s.access()
         .create_user(&me, None, "eve", PASSWORD, false)
         .await
         .expect("user");
-    s.access
+    s.access()
         .create_tenant(&me, None, "team-a", false)
         .await
         .expect("tenant");
@@ -1210,7 +1115,7 @@ async fn pulls_and_refusals_reach_the_audit_log() {
 async fn management_api_round_trip() {
     let s = start(AccessConfig::default()).await;
     let me = cli_identity();
-    s.access
+    s.access()
         .create_user(&me, None, "admin", PASSWORD, true)
         .await
         .expect("admin");
@@ -1368,19 +1273,19 @@ async fn a_refused_body_closes_the_connection() {
 async fn tenant_quota_over_the_api_refuses_a_push_past_it() {
     let s = start(AccessConfig::default()).await;
     let me = cli_identity();
-    s.access
+    s.access()
         .create_user(&me, None, "admin", PASSWORD, true)
         .await
         .expect("admin");
-    s.access
+    s.access()
         .create_user(&me, None, "dev", PASSWORD, false)
         .await
         .expect("dev");
-    s.access
+    s.access()
         .create_tenant(&me, None, "team-q", false)
         .await
         .expect("tenant");
-    s.access
+    s.access()
         .set_member(&me, None, "team-q", "dev", Some("developer"))
         .await
         .expect("member");
@@ -1398,7 +1303,7 @@ async fn tenant_quota_over_the_api_refuses_a_push_past_it() {
     let r = quota(json!({"bytes": 1000}), &a).await.expect("send");
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let push = |data: Vec<u8>| {
-        let d = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&data)));
+        let d = sha256(&data);
         s.req(
             Method::POST,
             &format!("/v2/team-q/app/blobs/uploads/?digest={d}"),
@@ -1438,19 +1343,19 @@ async fn tenant_quota_over_the_api_refuses_a_push_past_it() {
 async fn tag_rules_managed_through_the_api_apply_at_once() {
     let s = start(AccessConfig::default()).await;
     let me = cli_identity();
-    s.access
+    s.access()
         .create_user(&me, None, "admin", PASSWORD, true)
         .await
         .expect("admin");
-    s.access
+    s.access()
         .create_user(&me, None, "dev", PASSWORD, false)
         .await
         .expect("dev");
-    s.access
+    s.access()
         .create_tenant(&me, None, "team-r", false)
         .await
         .expect("tenant");
-    s.access
+    s.access()
         .set_member(&me, None, "team-r", "dev", Some("developer"))
         .await
         .expect("member");
@@ -1562,11 +1467,11 @@ async fn token_ok(s: &Server, cred: &Cred, query: &str) -> String {
 async fn anonymous_is_nobody_even_beside_a_user_of_that_name() {
     let s = start(AccessConfig::default()).await;
     let me = cli_identity();
-    s.access
+    s.access()
         .create_user(&me, None, "admin", PASSWORD, true)
         .await
         .expect("admin");
-    s.access
+    s.access()
         .create_tenant(&me, None, "team-a", false)
         .await
         .expect("tenant");
@@ -1591,7 +1496,7 @@ async fn anonymous_is_nobody_even_beside_a_user_of_that_name() {
     // ...nor imported.
     let bcrypt = "$2y$04$abcdefghijklmnopqrstuu5Xy7u8zCPBzb9Q0Dv1dGz0ETt3hS0Hm";
     let e = s
-        .access
+        .access()
         .import_htpasswd(&me, &format!("anonymous:{bcrypt}\n"))
         .await
         .expect_err("reserved name imported");
@@ -1615,7 +1520,7 @@ async fn anonymous_is_nobody_even_beside_a_user_of_that_name() {
         )
         .await
         .expect("member");
-    s.access.forget_logins();
+    s.access().forget_logins();
 
     // An unauthenticated token says so, and carries nobody's roles.
     let token = token_ok(
@@ -1663,10 +1568,14 @@ async fn anonymous_is_nobody_even_beside_a_user_of_that_name() {
         )
         .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let m = metrics_text(&s).await;
-    assert_eq!(metric(&m, "berth_reserved_names_refused_total"), 4.0, "{m}");
+    let m = s.metrics().await;
     assert_eq!(
-        metric(
+        metric::<f64>(&m, "berth_reserved_names_refused_total"),
+        4.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric::<f64>(
             &m,
             "berth_api_credentials_refused_total{reason=\"anonymous-token\"}"
         ),
@@ -1765,7 +1674,7 @@ fn management_routes() -> Vec<(Method, &'static str, Option<Value>)> {
 async fn registry_tokens_are_not_keys_to_the_management_api() {
     let s = start(AccessConfig::default()).await;
     let me = cli_identity();
-    let a = &s.access;
+    let a = s.access();
     a.create_user(&me, None, "admin", PASSWORD, true)
         .await
         .expect("admin");
@@ -2023,21 +1932,21 @@ async fn registry_tokens_are_not_keys_to_the_management_api() {
         .expect("send");
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 
-    let m = metrics_text(&s).await;
+    let m = s.metrics().await;
     assert!(
-        metric(
+        metric::<f64>(
             &m,
             "berth_api_credentials_refused_total{reason=\"token-scope\"}"
         ) >= 50.0,
         "{m}"
     );
     assert_eq!(
-        metric(&m, "berth_token_requests_refused_total{reason=\"scope\"}"),
+        metric::<f64>(&m, "berth_token_requests_refused_total{reason=\"scope\"}"),
         1.0,
         "{m}"
     );
     assert_eq!(
-        metric(
+        metric::<f64>(
             &m,
             "berth_token_requests_refused_total{reason=\"management-refresh\"}"
         ),
@@ -2050,7 +1959,7 @@ async fn registry_tokens_are_not_keys_to_the_management_api() {
 async fn owners_cannot_tell_which_users_exist_and_only_admins_read_tag_rules() {
     let s = start(AccessConfig::default()).await;
     let me = cli_identity();
-    let a = &s.access;
+    let a = s.access();
     a.create_user(&me, None, "admin", PASSWORD, true)
         .await
         .expect("admin");
@@ -2152,15 +2061,15 @@ async fn owners_cannot_tell_which_users_exist_and_only_admins_read_tag_rules() {
 async fn identical_logins_at_once_share_one_password_check() {
     let s = start(AccessConfig::default()).await;
     let me = cli_identity();
-    s.access
+    s.access()
         .create_user(&me, None, "ci", PASSWORD, false)
         .await
         .expect("user");
     let checks = |m: &str| {
-        metric(m, "berth_password_checks_total{lane=\"clean\"}")
-            + metric(m, "berth_password_checks_total{lane=\"suspect\"}")
+        metric::<f64>(m, "berth_password_checks_total{lane=\"clean\"}")
+            + metric::<f64>(m, "berth_password_checks_total{lane=\"suspect\"}")
     };
-    let before = checks(&metrics_text(&s).await);
+    let before = checks(&s.metrics().await);
     // Fifty nodes pulling with one robot's credentials at once: one check, not fifty
     // places in the password queue.
     let logins: Vec<_> = (0..50)
@@ -2176,7 +2085,7 @@ async fn identical_logins_at_once_share_one_password_check() {
     for l in logins {
         assert_eq!(l.await.expect("task"), StatusCode::OK);
     }
-    let after = checks(&metrics_text(&s).await);
+    let after = checks(&s.metrics().await);
     assert_eq!(after - before, 1.0);
 }
 
@@ -2197,22 +2106,22 @@ fn challenged_scopes(r: &reqwest::Response) -> Vec<String> {
 async fn a_mount_asks_for_the_source_scope_only_from_who_may_read_it() {
     let s = start(AccessConfig::default()).await;
     let me = cli_identity();
-    s.access
+    s.access()
         .create_user(&me, None, "admin", PASSWORD, true)
         .await
         .expect("admin");
     for t in ["team-a", "team-b"] {
-        s.access
+        s.access()
             .create_tenant(&me, None, t, false)
             .await
             .expect("tenant");
     }
     for (user, tenant) in [("dev-a", "team-a"), ("dev-b", "team-b")] {
-        s.access
+        s.access()
             .create_user(&me, None, user, PASSWORD, false)
             .await
             .expect("user");
-        s.access
+        s.access()
             .set_member(&me, None, tenant, user, Some("developer"))
             .await
             .expect("member");

@@ -10,11 +10,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_registry::{Registry, RegistryConfig};
+use berth_server::ServerConfig;
 use berth_server::client::TrustedProxies;
 use berth_server::tls::TlsSettings;
-use berth_server::{AppState, ServerConfig};
 use bytes::Bytes;
+use common::metric;
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::BoxBody;
 use hyper::client::conn::http2::SendRequest;
@@ -36,8 +36,7 @@ struct Server {
     addr: SocketAddr,
     /// The CA's PEM when the server speaks TLS.
     ca: Option<Vec<u8>>,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
+    _server: common::TestServer,
     _pki: Option<tempfile::TempDir>,
 }
 
@@ -55,13 +54,12 @@ async fn start(mut config: ServerConfig, tls: bool) -> Server {
         });
         pki = Some(dir);
     }
-    let st = common::stores().await;
-    let state = AppState::new(
-        Registry::new(st.blobs, st.meta, RegistryConfig::default()),
-        config,
-    );
-    let run = common::serve(state).await;
-    let addr = run
+    let server = common::start(common::Setup {
+        server: config,
+        ..common::Setup::default()
+    })
+    .await;
+    let addr = server
         .base
         .trim_start_matches("http://")
         .parse()
@@ -69,8 +67,7 @@ async fn start(mut config: ServerConfig, tls: bool) -> Server {
     Server {
         addr,
         ca,
-        _stop: run.stop,
-        _dir: st.dir,
+        _server: server,
         _pki: pki,
     }
 }
@@ -152,14 +149,6 @@ impl Server {
             .await
             .expect("TLS handshake")
     }
-}
-
-/// The value of one sample in a Prometheus exposition; 0 when absent.
-fn metric(text: &str, sample: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().expect("a number"))
-        .unwrap_or(0)
 }
 
 type ReqBody = BoxBody<Bytes, std::io::Error>;
@@ -354,17 +343,22 @@ async fn attack_then_serve(kind: Kind, many_sources: bool) {
         "{kind:?}: each new client displaced one held connection; the attacker keeps the rest"
     );
     assert_eq!(
-        metric(&m, "berth_connections_evicted_total{reason=\"capacity\"}"),
+        metric::<u64>(&m, "berth_connections_evicted_total{reason=\"capacity\"}"),
         u64::try_from(displaced).expect("small"),
         "{m}"
     );
     assert_eq!(
-        metric(&m, "berth_connections_open"),
+        metric::<u64>(&m, "berth_connections_open"),
         u64::try_from(MAX).expect("small"),
         "the server was full throughout"
     );
     assert!(!m.contains("berth_connections_refused_total{"), "{m}");
-    assert!(!m.contains("berth_connections_timed_out_total{"), "{m}");
+    assert!(
+        m.lines()
+            .filter(|l| l.starts_with("berth_connections_timed_out_total{"))
+            .all(|l| l.ends_with(" 0")),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -436,11 +430,11 @@ async fn one_address_cannot_fill_the_server() {
     );
     let (_m, m) = server.metrics().await;
     assert_eq!(
-        metric(&m, "berth_connections_evicted_total{reason=\"per_client\"}"),
+        metric::<u64>(&m, "berth_connections_evicted_total{reason=\"per_client\"}"),
         36
     );
     assert_eq!(
-        metric(&m, "berth_connections_evicted_total{reason=\"capacity\"}"),
+        metric::<u64>(&m, "berth_connections_evicted_total{reason=\"capacity\"}"),
         0
     );
 }
@@ -473,7 +467,7 @@ async fn trusted_proxies_are_not_capped_per_address() {
     assert_eq!(other_open, 4, "an ordinary address keeps its cap");
     let (_m, m) = server.metrics().await;
     assert_eq!(
-        metric(&m, "berth_connections_evicted_total{reason=\"per_client\"}"),
+        metric::<u64>(&m, "berth_connections_evicted_total{reason=\"per_client\"}"),
         6
     );
 }
@@ -572,15 +566,15 @@ async fn busy_connections_are_never_evicted_and_the_excess_is_refused() {
         "the idle connection made room"
     );
     assert_eq!(
-        metric(&m, "berth_connections_refused_total{reason=\"per_client\"}"),
+        metric::<u64>(&m, "berth_connections_refused_total{reason=\"per_client\"}"),
         1
     );
     assert_eq!(
-        metric(&m, "berth_connections_refused_total{reason=\"capacity\"}"),
+        metric::<u64>(&m, "berth_connections_refused_total{reason=\"capacity\"}"),
         1
     );
     assert_eq!(
-        metric(&m, "berth_connections_evicted_total{reason=\"capacity\"}"),
+        metric::<u64>(&m, "berth_connections_evicted_total{reason=\"capacity\"}"),
         1
     );
 }
@@ -620,7 +614,7 @@ async fn connections_that_never_ask_close_at_the_first_request_deadline() {
     }
     let (_m, m) = server.metrics().await;
     assert_eq!(
-        metric(
+        metric::<u64>(
             &m,
             "berth_connections_timed_out_total{stage=\"first_request\"}"
         ),
@@ -628,7 +622,7 @@ async fn connections_that_never_ask_close_at_the_first_request_deadline() {
         "{m}"
     );
     assert_eq!(
-        metric(&m, "berth_connections_timed_out_total{stage=\"headers\"}"),
+        metric::<u64>(&m, "berth_connections_timed_out_total{stage=\"headers\"}"),
         1,
         "{m}"
     );
@@ -657,7 +651,7 @@ async fn tls_handshake_and_first_request_deadlines() {
     assert!(took >= Duration::from_millis(900), "{took:?}");
     let (_m, m) = server.metrics().await;
     assert_eq!(
-        metric(
+        metric::<u64>(
             &m,
             "berth_connections_timed_out_total{stage=\"tls_handshake\"}"
         ),
@@ -665,7 +659,7 @@ async fn tls_handshake_and_first_request_deadlines() {
         "{m}"
     );
     assert_eq!(
-        metric(
+        metric::<u64>(
             &m,
             "berth_connections_timed_out_total{stage=\"first_request\"}"
         ),
@@ -726,7 +720,7 @@ async fn http2_idle_timeout_closes_a_pinging_connection_without_streams() {
     );
     let (_m, m) = server.metrics().await;
     assert_eq!(
-        metric(&m, "berth_connections_timed_out_total{stage=\"idle\"}"),
+        metric::<u64>(&m, "berth_connections_timed_out_total{stage=\"idle\"}"),
         1,
         "{m}"
     );
@@ -792,7 +786,93 @@ async fn a_long_http2_request_is_neither_idle_closed_nor_evicted() {
     drop(newcomers);
     let (_m, m) = server.metrics().await;
     assert!(
-        metric(&m, "berth_connections_evicted_total{reason=\"capacity\"}") >= 4,
+        metric::<u64>(&m, "berth_connections_evicted_total{reason=\"capacity\"}") >= 4,
         "{m}"
     );
+}
+
+/// A request in flight keeps its connection from eviction, so one that makes no progress
+/// must not last forever: an upload whose body stops, and a download nobody reads, are
+/// cut off after the stall timeout, while the connection count comes back down.
+#[tokio::test]
+async fn stalled_uploads_and_unread_downloads_are_cut_off() {
+    let server = start(
+        ServerConfig {
+            stall_timeout: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            ..ServerConfig::default()
+        },
+        false,
+    )
+    .await;
+    // An upload that sends 4 of its 1000 bytes and then nothing.
+    let mut upload = busy_from(&server, local(2)).await;
+    let t = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), upload.read(&mut buf))
+        .await
+        .expect("the stalled upload is answered")
+        .expect("read");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        n == 0 || head.starts_with("HTTP/1.1 4"),
+        "a client error or a closed connection: {head}"
+    );
+
+    // A 32 MiB blob, more than loopback's socket buffers hold, asked for and never read.
+    let blob = vec![7u8; 32 << 20];
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&blob))
+    );
+    let r = server
+        .client(None)
+        .post(server.url(&format!("/v2/r/blobs/uploads/?digest={digest}")))
+        .body(blob)
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let mut reader = server.connect_from(local(3)).await;
+    reader
+        .write_all(format!("GET /v2/r/blobs/{digest} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut cut_off = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (_c, m) = server.metrics().await;
+        if metric::<u64>(
+            &m,
+            "berth_connections_timed_out_total{stage=\"stalled_write\"}",
+        ) == 1
+        {
+            cut_off = true;
+            assert_eq!(
+                metric::<u64>(
+                    &m,
+                    "berth_connections_timed_out_total{stage=\"stalled_body\"}"
+                ),
+                1
+            );
+            break;
+        }
+    }
+    assert!(cut_off, "the unread download was never cut off");
+    // What the socket still holds drains, then the connection is gone.
+    let mut total = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), reader.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("the connection stayed open after {total} bytes"),
+        }
+    }
+    assert!(total < 32 << 20, "the whole blob arrived: {total} bytes");
 }

@@ -14,24 +14,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use berth_registry::access::{Access, AccessConfig, cli_identity};
-use berth_registry::{Registry, RegistryConfig};
-use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
+use berth_registry::access::AccessConfig;
+use berth_server::ChallengeKind;
+use common::{PASSWORD, Setup, client_from, sha256};
 use reqwest::StatusCode;
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 
-const PASSWORD: &str = "correct horse battery";
 const ATTACKERS: u8 = 64;
 const BLOB_BYTES: usize = 4 << 20;
-
-fn client_from(ip: std::net::IpAddr) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(ip)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client")
-}
 
 /// Half-second windows of a measurement.
 const WINDOW: Duration = Duration::from_millis(500);
@@ -97,44 +87,17 @@ fn a_login_flood_locks_nobody_out_and_does_not_starve_pulls() {
         .thread_name("server")
         .build()
         .expect("server runtime");
-    let (base, access, _dir, stop) = server_rt.block_on(async {
-        let st = common::stores().await;
-        let access = Access::new(st.meta.clone(), AccessConfig::default(), None)
-            .await
-            .expect("access");
-        let state = AppState::with_auth(
-            Registry::new(st.blobs, st.meta.clone(), RegistryConfig::default()),
-            ServerConfig::default(),
-            Some(AuthSettings {
-                access: access.clone(),
-                challenge: ChallengeKind::Bearer,
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(berth_server::run(listener, state, async move {
-            let _ = stopped.await;
-        }));
-        (format!("http://{addr}"), access, st.dir, stop)
+    let server = server_rt.block_on(async {
+        let s = common::start(Setup {
+            auth: Some((AccessConfig::default(), ChallengeKind::Bearer)),
+            ..Setup::default()
+        })
+        .await;
+        common::add_users(s.access(), &[("admin", true), ("alice", false)]).await;
+        common::add_tenant(s.access(), "pub", true, &[]).await;
+        s
     });
-    let me = cli_identity();
-    server_rt.block_on(async {
-        access
-            .create_user(&me, None, "admin", PASSWORD, true)
-            .await
-            .expect("admin");
-        access
-            .create_user(&me, None, "alice", PASSWORD, false)
-            .await
-            .expect("alice");
-        access
-            .create_tenant(&me, None, "pub", true)
-            .await
-            .expect("tenant");
-    });
+    let base = server.base.clone();
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -143,7 +106,7 @@ fn a_login_flood_locks_nobody_out_and_does_not_starve_pulls() {
     client_rt.block_on(async {
         let http = reqwest::Client::new();
         let blob: Vec<u8> = (0..BLOB_BYTES).map(|i| (i % 251) as u8).collect();
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&blob)));
+        let digest = sha256(&blob);
         let r = http
             .post(format!("{base}/v2/pub/img/blobs/uploads/?digest={digest}"))
             .basic_auth("admin", Some(PASSWORD))
@@ -256,14 +219,7 @@ fn a_login_flood_locks_nobody_out_and_does_not_starve_pulls() {
         }
         let (token_status, token_latency) = alice_login.expect("alice tried");
         let (baseline, during) = (best(&quiet), best(&flooded));
-        let metrics = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let metrics = common::metrics_at(&http, &base).await;
         let ratio = during / baseline;
         let statuses = statuses
             .lock()
@@ -296,6 +252,6 @@ fn a_login_flood_locks_nobody_out_and_does_not_starve_pulls() {
             ratio * 100.0
         );
     });
-    drop(stop);
+    drop(server);
     server_rt.shutdown_timeout(Duration::from_secs(5));
 }

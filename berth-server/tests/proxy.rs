@@ -10,113 +10,31 @@ use std::time::Duration;
 
 use berth_auth::policy::CachePull;
 use berth_meta::MetaStore;
-use berth_registry::access::{Access, AccessConfig, cli_identity};
+use berth_registry::access::{AccessConfig, cli_identity};
 use berth_registry::{Registry, RegistryConfig, UpstreamConfig, UpstreamSettings};
 use berth_server::tls::TlsSettings;
-use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
+use berth_server::{ChallengeKind, ServerConfig};
 use berth_storage::{BlobStore, FsStore};
+use common::{Cred, OCI_MANIFEST, Setup, TestServer as Server, sha256};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const PASSWORD: &str = "correct horse battery";
-
-struct Server {
-    base: String,
-    http: reqwest::Client,
-    access: Option<Access>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    dir: Arc<tempfile::TempDir>,
-    registry: Registry,
-}
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-#[derive(Default)]
-struct Opts {
-    upstreams: Vec<UpstreamSettings>,
-    /// Authentication on, with these settings.
-    auth: Option<AccessConfig>,
-    tls: Option<TlsSettings>,
-    /// The CA the test client trusts (for a TLS server).
-    client_ca: Option<PathBuf>,
-    /// Reuse another (stopped) server's data directory.
-    dir: Option<Arc<tempfile::TempDir>>,
-    /// Push-mirror replication rules.
-    replicas: Vec<berth_registry::replicate::ReplicaRule>,
-}
-
 async fn start(upstreams: Vec<UpstreamSettings>) -> Server {
-    start_with(Opts {
+    start_with(Setup {
         upstreams,
-        ..Opts::default()
+        ..Setup::default()
     })
     .await
 }
 
-async fn start_with(opts: Opts) -> Server {
-    // reqwest is built with rustls and no provider (Berth standardises on ring); the
-    // test's own clients need the provider as much as the cache's.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = match opts.dir {
-        Some(d) => d,
-        None => Arc::new(tempfile::tempdir().expect("tempdir")),
-    };
-    let blobs = BlobStore::Fs(FsStore::new(dir.path()).await.expect("fs store"));
-    let meta = MetaStore::connect(&format!("sqlite:{}", dir.path().join("meta.db").display()))
-        .await
-        .expect("sqlite");
-    let registry = Registry::new(blobs, meta.clone(), RegistryConfig::default())
-        .with_upstreams(opts.upstreams)
-        .expect("upstreams")
-        .with_replication(opts.replicas);
-    let access = match opts.auth {
-        Some(config) => Some(Access::new(meta, config, None).await.expect("access")),
-        None => None,
-    };
-    let state = AppState::with_auth(
-        registry.clone(),
-        ServerConfig {
-            tls: opts.tls,
-            ..ServerConfig::default()
-        },
-        access.clone().map(|access| AuthSettings {
-            access,
-            challenge: ChallengeKind::Basic,
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(berth_server::run(listener, state, async move {
-        let _ = stopped.await;
-    }));
-    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
-    if let Some(ca) = &opts.client_ca {
-        let pem = std::fs::read(ca).expect("CA file");
-        http = http.tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("CA")]);
-    }
-    let scheme = if opts.client_ca.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    Server {
-        base: format!("{scheme}://{addr}"),
-        http: http.build().expect("client"),
-        access,
-        stop: Some(stop),
-        task: Some(task),
-        dir,
-        registry,
-    }
+async fn start_with(setup: Setup) -> Server {
+    common::start(setup).await
+}
+
+/// Authentication on, with these settings; `Basic` challenges.
+fn basic_auth(config: AccessConfig) -> Option<(AccessConfig, ChallengeKind)> {
+    Some((config, ChallengeKind::Basic))
 }
 
 fn upstream_settings(name: &str, url: &str, tag_ttl: Duration) -> UpstreamSettings {
@@ -144,7 +62,7 @@ async fn cache_for(upstream: &Server, tag_ttl: Duration) -> Server {
 
 /// How many requests of `route` and `method` a Berth has answered, by its `/metrics`.
 async fn served(server: &Server, route: &str, method: &str) -> u64 {
-    let text = server.get("/metrics").await.text().await.expect("metrics");
+    let text = server.metrics().await;
     let prefix = format!(r#"berth_http_requests_total{{route="{route}",method="{method}","#);
     text.lines()
         .filter(|l| l.starts_with(&prefix))
@@ -154,7 +72,7 @@ async fn served(server: &Server, route: &str, method: &str) -> u64 {
 
 impl Server {
     fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base))
+        self.request_as(method, path, &Cred::Anonymous)
     }
 
     async fn get(&self, path: &str) -> reqwest::Response {
@@ -162,60 +80,19 @@ impl Server {
     }
 
     async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
-        let d = sha256(data);
-        let r = self
-            .req(
-                Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
-            )
-            .body(data.to_vec())
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), StatusCode::CREATED, "monolithic push");
-        d
+        self.push_blob_as(&Cred::Anonymous, repo, data).await
     }
 
     /// Pushes an image (config + one layer) under `repo:tag`; returns manifest bytes and
     /// digest and the layer digest.
     async fn push_image(&self, repo: &str, tag: &str, layer: &[u8]) -> (Vec<u8>, String, String) {
-        let config = br#"{"architecture":"amd64","os":"linux"}"#;
-        let c = self.push_blob(repo, config).await;
-        let l = self.push_blob(repo, layer).await;
-        let m = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l, "size": layer.len()}],
-        });
-        // Odd spacing on purpose: the cache must keep these exact bytes.
-        let bytes = format!("{}\n\n", serde_json::to_string_pretty(&m).expect("json")).into_bytes();
-        let r = self
-            .req(Method::PUT, &format!("/v2/{repo}/manifests/{tag}"))
-            .header("content-type", OCI_MANIFEST)
-            .body(bytes.clone())
-            .send()
+        self.push_image_as(&Cred::Anonymous, repo, &[tag], layer)
             .await
-            .expect("send");
-        assert_eq!(r.status(), StatusCode::CREATED, "manifest push");
-        let d = sha256(&bytes);
-        (bytes, d, l)
-    }
-
-    /// Stops the server and waits until its port refuses connections.
-    async fn stop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
     }
 
     fn req_as(&self, method: Method, path: &str, user: Option<&str>) -> reqwest::RequestBuilder {
-        let r = self.req(method, path);
-        match user {
-            Some(u) => r.basic_auth(u, Some(PASSWORD)),
-            None => r,
-        }
+        let cred = user.map_or(Cred::Anonymous, Cred::user);
+        self.request_as(method, path, &cred)
     }
 
     fn blob_path(&self, digest: &str) -> PathBuf {
@@ -367,7 +244,7 @@ async fn cached_content_survives_gc_until_evicted() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     // And /metrics says what happened.
-    let metrics = cache.get("/metrics").await.text().await.expect("metrics");
+    let metrics = cache.metrics().await;
     for line in [
         "berth_upstream_manifests_fetched_total 1",
         "berth_upstream_blobs_fetched_total 1",
@@ -403,28 +280,14 @@ async fn repository_filter_and_pass_through_without_cache() {
         .get("/v2/docker.io/library/allowed/manifests/1.0")
         .await;
     assert_eq!(r.status(), StatusCode::OK);
-    let before = total(
-        upstream
-            .get("/metrics")
-            .await
-            .text()
-            .await
-            .expect("metrics"),
-    );
+    let before = total(upstream.metrics().await);
     let r = filtered
         .get("/v2/docker.io/library/other/manifests/1.0")
         .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let r = filtered.get("/v2/other/manifests/1.0?ns=docker.io").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let after = total(
-        upstream
-            .get("/metrics")
-            .await
-            .text()
-            .await
-            .expect("metrics"),
-    );
+    let after = total(upstream.metrics().await);
     // A /metrics request is counted after it answers: only the first one's own count
     // separates the two readings.
     assert!(
@@ -520,6 +383,120 @@ async fn corrupt_upstream_blob_is_refused_and_not_cached() {
         std::fs::read(cache.blob_path(&ldigest)).expect("cached"),
         layer
     );
+}
+
+/// `Prefetch` (behind `berth mirror`) through a real upstream: only the platforms asked
+/// for land in the cache, a second run fetches nothing, and a copy into an ordinary
+/// repository is served with the upstream gone.
+#[tokio::test]
+async fn prefetch_takes_the_platforms_asked_for_and_copies_into_a_repository() {
+    use berth_registry::prefetch::{Prefetch, upstream_image};
+    use berth_registry::transfer::NoProgress;
+    let mut upstream = start(Vec::new()).await;
+    let (amd, amd_digest, amd_layer) = upstream
+        .push_image("library/app", "amd", &[1u8; 5000])
+        .await;
+    let (arm, arm_digest, arm_layer) = upstream
+        .push_image("library/app", "arm", &[2u8; 7000])
+        .await;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": amd_digest, "size": amd.len(),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": OCI_MANIFEST, "digest": arm_digest, "size": arm.len(),
+             "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        ],
+    }))
+    .expect("json");
+    let r = upstream
+        .req(Method::PUT, "/v2/library/app/manifests/multi")
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(index.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cache = cache_for(&upstream, Duration::from_secs(300)).await;
+    let config_len = br#"{"architecture":"amd64","os":"linux"}"#.len() as u64;
+
+    let (repo, reference) = upstream_image("docker.io/library/app:multi").expect("image");
+    let cli = || berth_registry::Actor::named("cli");
+    let mut arm_only = Prefetch::new(
+        &cache.registry,
+        vec!["linux/arm64".into()],
+        cli(),
+        &NoProgress,
+    );
+    let got = arm_only.image(&repo, &reference).await.expect("prefetch");
+    assert_eq!(got.digest.to_string(), sha256(&index));
+    let kept: Vec<String> = got.kept.iter().map(ToString::to_string).collect();
+    assert_eq!(kept, [arm_digest.clone(), sha256(&index)]);
+    let t = &arm_only.tally;
+    assert_eq!(
+        (
+            t.manifests,
+            t.blobs_fetched,
+            t.bytes,
+            t.blobs_skipped,
+            t.platforms_skipped
+        ),
+        (2, 2, config_len + 7000, 0, 1)
+    );
+    let digest = |d: &str| d.parse::<berth_oci::Digest>().expect("digest");
+    assert!(
+        cache
+            .registry
+            .stat_blob(&repo, &digest(&arm_layer))
+            .await
+            .is_ok()
+    );
+    assert!(
+        cache
+            .registry
+            .stat_blob(&repo, &digest(&amd_layer))
+            .await
+            .is_err(),
+        "amd64 was not asked for"
+    );
+    let mut again = Prefetch::new(
+        &cache.registry,
+        vec!["linux/arm64".into()],
+        cli(),
+        &NoProgress,
+    );
+    again.image(&repo, &reference).await.expect("again");
+    assert_eq!(
+        (again.tally.blobs_fetched, again.tally.blobs_skipped),
+        (0, 2)
+    );
+
+    // Every platform, copied into an ordinary repository under the tag.
+    let mut all = Prefetch::new(&cache.registry, Vec::new(), cli(), &NoProgress);
+    let got = all.image(&repo, &reference).await.expect("all");
+    assert_eq!((all.tally.blobs_fetched, all.tally.blobs_skipped), (1, 3));
+    let target: berth_oci::RepoName = "team-a/app".parse().expect("name");
+    let tag = "multi".parse().expect("tag");
+    all.copy(&repo, &got, &target, Some(&tag))
+        .await
+        .expect("copy");
+    upstream.stop().await;
+    let r = cache.get("/v2/team-a/app/manifests/multi").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await, index);
+    for (m, bytes) in [(&amd_digest, &amd), (&arm_digest, &arm)] {
+        let r = cache.get(&format!("/v2/team-a/app/manifests/{m}")).await;
+        assert_eq!(body(r).await, *bytes);
+    }
+    let r = cache
+        .get(&format!("/v2/team-a/app/blobs/{amd_layer}"))
+        .await;
+    assert_eq!(body(r).await, vec![1u8; 5000]);
+    let r = cache
+        .get(&format!("/v2/docker.io/library/app/blobs/{arm_layer}"))
+        .await;
+    assert_eq!(body(r).await, vec![2u8; 7000], "served from the cache");
 }
 
 #[tokio::test]
@@ -678,10 +655,10 @@ async fn a_rate_limited_upstream_is_left_alone_until_retry_after() {
 
     // The same cache, restarted against an upstream that now rate-limits it.
     let (url, asked) = rate_limited_upstream("120").await;
-    let cache = start_with(Opts {
+    let cache = start_with(Setup {
         upstreams: vec![upstream_settings("docker.io", &url, Duration::ZERO)],
         dir: Some(warm.dir.clone()),
-        ..Opts::default()
+        ..Setup::default()
     })
     .await;
     for _ in 0..3 {
@@ -719,14 +696,17 @@ async fn a_rate_limited_upstream_is_left_alone_until_retry_after() {
 async fn https_upstream_with_a_private_ca() {
     let pki = tempfile::tempdir().expect("tempdir");
     let (ca, cert, key) = common::make_pki(pki.path());
-    let upstream = start_with(Opts {
-        tls: Some(TlsSettings {
-            cert,
-            key,
-            reload_interval: Duration::from_secs(60),
-        }),
+    let upstream = start_with(Setup {
+        server: ServerConfig {
+            tls: Some(TlsSettings {
+                cert,
+                key,
+                reload_interval: Duration::from_secs(60),
+            }),
+            ..ServerConfig::default()
+        },
         client_ca: Some(ca.clone()),
-        ..Opts::default()
+        ..Setup::default()
     })
     .await;
     assert!(upstream.base.starts_with("https://"));
@@ -786,12 +766,12 @@ async fn cached_content_obeys_access_control() {
     let upstream = start(Vec::new()).await;
     let (manifest, _, ldigest) = upstream.push_image("library/app", "1.0", b"layer").await;
     let url = upstream.base.clone();
-    let cache = start_with(Opts {
+    let cache = start_with(Setup {
         upstreams: ["docker.io", "quay.io", "ghcr.io"]
             .iter()
             .map(|n| upstream_settings(n, &url, Duration::from_secs(60)))
             .collect(),
-        auth: Some(AccessConfig {
+        auth: basic_auth(AccessConfig {
             cache_tenants: vec![
                 ("docker.io".into(), CachePull::Authenticated),
                 ("quay.io".into(), CachePull::Anonymous),
@@ -799,21 +779,12 @@ async fn cached_content_obeys_access_control() {
             ],
             ..AccessConfig::default()
         }),
-        ..Opts::default()
+        ..Setup::default()
     })
     .await;
-    let access = cache.access.as_ref().expect("auth on");
+    let access = cache.access();
     let me = cli_identity();
-    access
-        .create_user(&me, None, "admin", PASSWORD, true)
-        .await
-        .expect("admin");
-    for u in ["alice", "bob"] {
-        access
-            .create_user(&me, None, u, PASSWORD, false)
-            .await
-            .expect("user");
-    }
+    common::add_users(access, &[("admin", true), ("alice", false), ("bob", false)]).await;
     access
         .set_member(&me, None, "ghcr.io", "bob", Some("reader"))
         .await
@@ -947,21 +918,15 @@ async fn eventually(
 #[tokio::test]
 async fn pushes_are_replicated_with_blobs_and_referrers() {
     // The target authenticates: replication logs in as a robot of its tenant.
-    let target = start_with(Opts {
-        auth: Some(AccessConfig::default()),
-        ..Opts::default()
+    let target = start_with(Setup {
+        auth: basic_auth(AccessConfig::default()),
+        ..Setup::default()
     })
     .await;
-    let access = target.access.as_ref().expect("auth on");
+    let access = target.access();
     let me = cli_identity();
-    access
-        .create_user(&me, None, "admin", PASSWORD, true)
-        .await
-        .expect("admin");
-    access
-        .create_tenant(&me, None, "team-a", false)
-        .await
-        .expect("tenant");
+    common::add_users(access, &[("admin", true)]).await;
+    common::add_tenant(access, "team-a", false, &[]).await;
     let robot = access
         .create_robot(
             &me,
@@ -989,9 +954,9 @@ async fn pushes_are_replicated_with_blobs_and_referrers() {
         ),
         prefix: String::new(),
     };
-    let source = start_with(Opts {
+    let source = start_with(Setup {
         replicas: vec![rule],
-        ..Opts::default()
+        ..Setup::default()
     })
     .await;
 

@@ -8,30 +8,13 @@ mod common;
 
 use std::time::Duration;
 
-use berth_meta::{Actor, MetaStore, Usage};
-use berth_registry::{Registry, RegistryConfig};
-use berth_server::{AppState, ServerConfig};
-use berth_storage::BlobStore;
+use berth_meta::{Actor, Usage};
+use common::{Cred, OCI_MANIFEST, Setup, TestServer as Server, sha256};
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MB: usize = 1_000_000;
-
-struct Server {
-    base: String,
-    http: reqwest::Client,
-    meta: MetaStore,
-    blobs: BlobStore,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
 
 /// Bytes that differ per `seed`, so every upload is a blob of its own.
 fn data(len: usize, seed: u8) -> Vec<u8> {
@@ -42,35 +25,31 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
 
 /// A server on the named backends, with tenant `team` (quota `team_quota`) and `library`.
 async fn start(postgres: bool, s3: bool, team_quota: Option<u64>) -> Server {
-    let st = common::stores_on(postgres, s3).await;
+    let s = common::start(Setup {
+        postgres,
+        s3,
+        ..Setup::default()
+    })
+    .await;
     let admin = Actor::named("admin");
     assert!(
-        st.meta
+        s.meta
             .create_tenant("team", false, &admin)
             .await
             .expect("tenant")
     );
     assert!(
-        st.meta
+        s.meta
             .set_tenant_quota("team", team_quota, &admin)
             .await
             .expect("quota")
     );
-    let registry = Registry::new(st.blobs.clone(), st.meta.clone(), RegistryConfig::default());
-    let run = common::serve(AppState::new(registry, ServerConfig::default())).await;
-    Server {
-        base: run.base,
-        http: run.http,
-        meta: st.meta,
-        blobs: st.blobs,
-        _stop: run.stop,
-        _dir: st.dir,
-    }
+    s
 }
 
 impl Server {
     fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base))
+        self.request_as(method, path, &Cred::Anonymous)
     }
 
     /// A monolithic push (`POST ?digest=`) with a Content-Length.
@@ -125,14 +104,7 @@ impl Server {
     }
 
     async fn refusals(&self, what: &str) -> u64 {
-        let text = self
-            .req(Method::GET, "/metrics")
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let text = self.metrics().await;
         let line = format!("berth_quota_refusals_total{{what=\"{what}\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&line))

@@ -13,25 +13,19 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use berth_meta::{AuditQuery, MetaStore};
+use berth_meta::AuditQuery;
+use berth_registry::access::AccessConfig;
 use berth_registry::policy::{
     CosignKeySpec, Mode, Pending, Policy, PolicySpec, RuleSpec, TrustSpec,
 };
-use berth_registry::{Registry, RegistryConfig};
-use berth_server::{AppState, ServerConfig};
+use berth_server::ChallengeKind;
+use common::{OCI_INDEX, OCI_MANIFEST, Setup, Stores, TestServer as Server, sha256};
 use reqwest::{Method, StatusCode, header};
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
 
 struct Key {
     pair: Ed25519KeyPair,
@@ -81,29 +75,67 @@ fn policy(keys: &[&Key], mode: Mode) -> Policy {
     .expect("policy")
 }
 
-struct Server {
-    base: String,
-    http: reqwest::Client,
-    registry: Registry,
-    state: AppState,
-    meta: MetaStore,
-    _stop: tokio::sync::oneshot::Sender<()>,
+/// A server under `policy`, following the other replicas' changes as `berth serve` does;
+/// over `stores` when given (another replica), else fresh ones (PostgreSQL or SQLite).
+async fn start(setup: Setup, policy: Policy) -> Server {
+    let s = common::start(setup).await;
+    s.registry.set_policy(policy);
+    s.registry.follow_other_replicas().await.expect("listen");
+    s
 }
 
-async fn serve_on(st: &common::Stores, policy: Policy) -> Server {
-    let registry = Registry::new(st.blobs.clone(), st.meta.clone(), RegistryConfig::default());
-    registry.set_policy(policy);
-    registry.follow_other_replicas().await.expect("listen");
-    let state = AppState::new(registry.clone(), ServerConfig::default());
-    let run = common::serve(state.clone()).await;
-    Server {
-        base: run.base,
-        http: run.http,
-        registry,
-        state,
-        meta: st.meta.clone(),
-        _stop: run.stop,
+async fn serve_on(postgres: bool, policy: Policy) -> Server {
+    start(
+        Setup {
+            postgres,
+            ..Setup::default()
+        },
+        policy,
+    )
+    .await
+}
+
+/// Another replica over `stores`.
+async fn replica(stores: Stores, policy: Policy) -> Server {
+    start(
+        Setup {
+            stores: Some(stores),
+            ..Setup::default()
+        },
+        policy,
+    )
+    .await
+}
+
+/// A server with authentication (Basic) and no rule yet; users admin (an administrator),
+/// ci (developer of prod) and node (reader of prod), over `stores` when given.
+async fn start_with_users(postgres: bool, stores: Option<Stores>, policy: Policy) -> Server {
+    let first = stores.is_none();
+    let s = start(
+        Setup {
+            auth: Some((AccessConfig::default(), ChallengeKind::Basic)),
+            postgres,
+            stores,
+            ..Setup::default()
+        },
+        policy,
+    )
+    .await;
+    if first {
+        common::add_users(
+            s.access(),
+            &[("admin", true), ("ci", false), ("node", false)],
+        )
+        .await;
+        common::add_tenant(
+            s.access(),
+            "prod",
+            false,
+            &[("ci", "developer"), ("node", "reader")],
+        )
+        .await;
     }
+    s
 }
 
 impl Server {
@@ -262,21 +294,8 @@ impl Server {
             .status()
     }
 
-    async fn metric(&self, line_start: &str) -> u64 {
-        let body = self
-            .http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("body");
-        body.lines()
-            .find(|l| l.starts_with(line_start))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+    async fn metric(&self, sample: &str) -> u64 {
+        common::metric(&self.metrics().await, sample)
     }
 }
 
@@ -292,9 +311,8 @@ fn sign(k: &Key, payload: &[u8]) -> String {
 }
 
 async fn enforce_refuses_unsigned_and_serves_signed(postgres: bool) {
-    let st = common::stores_on(postgres, false).await;
     let k = key();
-    let s = serve_on(&st, policy(&[&k], Mode::Enforce)).await;
+    let s = serve_on(postgres, policy(&[&k], Mode::Enforce)).await;
     let img = s.image("prod/app", "v1", "a").await;
 
     for reference in ["v1", img.as_str()] {
@@ -376,9 +394,8 @@ async fn enforce_refuses_unsigned_and_serves_signed_postgres() {
 
 #[tokio::test]
 async fn forged_signatures_are_refused() {
-    let st = common::stores().await;
     let k = key();
-    let s = serve_on(&st, policy(&[&k], Mode::Enforce)).await;
+    let s = serve_on(false, policy(&[&k], Mode::Enforce)).await;
 
     // Untrusted key.
     let a = s.image("prod/a", "v1", "a").await;
@@ -436,9 +453,8 @@ async fn forged_signatures_are_refused() {
 
 #[tokio::test]
 async fn a_signed_index_covers_its_children_only() {
-    let st = common::stores().await;
     let k = key();
-    let s = serve_on(&st, policy(&[&k], Mode::Enforce)).await;
+    let s = serve_on(false, policy(&[&k], Mode::Enforce)).await;
     let child = s.image("prod/multi", "amd64", "x").await;
     let unrelated = s.image("prod/multi", "other", "y").await;
     let index = s
@@ -468,9 +484,8 @@ async fn a_signed_index_covers_its_children_only() {
 
 #[tokio::test]
 async fn an_image_tagged_like_a_signature_is_judged() {
-    let st = common::stores().await;
     let k = key();
-    let s = serve_on(&st, policy(&[&k], Mode::Enforce)).await;
+    let s = serve_on(false, policy(&[&k], Mode::Enforce)).await;
     let img = s.image("prod/app", "v1", "a").await;
     // A runnable image pushed under the signature tag of `img`.
     let tag = format!("sha256-{}.sig", &img[7..]);
@@ -482,9 +497,8 @@ async fn an_image_tagged_like_a_signature_is_judged() {
 
 #[tokio::test]
 async fn losing_the_signature_or_the_key_refuses_again() {
-    let st = common::stores().await;
     let k = key();
-    let s = serve_on(&st, policy(&[&k], Mode::Enforce)).await;
+    let s = serve_on(false, policy(&[&k], Mode::Enforce)).await;
     let img = s.image("prod/app", "v1", "a").await;
     let p = payload(&img);
     let sig = s
@@ -510,9 +524,8 @@ async fn losing_the_signature_or_the_key_refuses_again() {
 
 #[tokio::test]
 async fn audit_mode_serves_and_counts() {
-    let st = common::stores().await;
     let k = key();
-    let s = serve_on(&st, policy(&[&k], Mode::Audit)).await;
+    let s = serve_on(false, policy(&[&k], Mode::Audit)).await;
     s.image("prod/app", "v1", "a").await;
     assert_eq!(s.get("prod/app", "v1").await.0, StatusCode::OK);
     assert_eq!(
@@ -550,9 +563,8 @@ async fn audit_mode_serves_and_counts() {
 
 #[tokio::test]
 async fn enforce_needs_a_dry_run_of_the_rule_first() {
-    let st = common::stores().await;
     let k = key();
-    let s = serve_on(&st, policy(&[&k], Mode::Audit)).await;
+    let s = serve_on(false, policy(&[&k], Mode::Audit)).await;
     s.image("prod/app", "v1", "a").await;
     // Enforce on a repository holding images, never dry-run: refused.
     s.registry.set_policy(policy(&[&k], Mode::Enforce));
@@ -573,10 +585,9 @@ async fn enforce_needs_a_dry_run_of_the_rule_first() {
 /// other within 2 s, and a new one is served by it.
 #[tokio::test]
 async fn two_replicas_agree_within_two_seconds() {
-    let st = common::stores_on(true, false).await;
     let k = key();
-    let a = serve_on(&st, policy(&[&k], Mode::Enforce)).await;
-    let b = serve_on(&st, policy(&[&k], Mode::Enforce)).await;
+    let a = serve_on(true, policy(&[&k], Mode::Enforce)).await;
+    let b = replica(a.stores(), policy(&[&k], Mode::Enforce)).await;
     let img = a.image("prod/app", "v1", "a").await;
     assert_eq!(b.get("prod/app", "v1").await.0, StatusCode::FORBIDDEN);
     let p = payload(&img);
@@ -622,49 +633,9 @@ async fn two_replicas_agree_within_two_seconds() {
 /// pusher's token scoped to pull) is refused, and `push_bypass = false` refuses everyone.
 #[tokio::test]
 async fn pushers_bypass_pullers_are_refused() {
-    use berth_registry::access::{Access, AccessConfig, cli_identity};
-    use berth_server::{AuthSettings, ChallengeKind};
-
-    let st = common::stores().await;
-    let access = Access::new(st.meta.clone(), AccessConfig::default(), None)
-        .await
-        .expect("access");
-    let me = cli_identity();
-    let pw = "correct horse battery staple";
-    access
-        .create_tenant(&me, None, "prod", false)
-        .await
-        .expect("tenant");
-    for (user, role) in [("ci", "developer"), ("node", "reader")] {
-        access
-            .create_user(&me, None, user, pw, false)
-            .await
-            .expect("user");
-        access
-            .set_member(&me, None, "prod", user, Some(role))
-            .await
-            .expect("member");
-    }
     let k = key();
-    let registry = Registry::new(st.blobs.clone(), st.meta.clone(), RegistryConfig::default());
-    registry.set_policy(policy(&[&k], Mode::Enforce));
-    let state = AppState::with_auth(
-        registry.clone(),
-        ServerConfig::default(),
-        Some(AuthSettings {
-            access,
-            challenge: ChallengeKind::Basic,
-        }),
-    );
-    let run = common::serve(state.clone()).await;
-    let s = Server {
-        base: run.base,
-        http: run.http,
-        registry,
-        state,
-        meta: st.meta.clone(),
-        _stop: run.stop,
-    };
+    let s = start_with_users(false, None, policy(&[&k], Mode::Enforce)).await;
+    let pw = common::PASSWORD;
     // Push as ci.
     let (cfg, layer) = (b"{\"os\":\"linux\"}".to_vec(), b"layer".to_vec());
     for b in [&cfg, &layer] {
@@ -746,56 +717,10 @@ async fn pushers_bypass_pullers_are_refused() {
 /// through the API refuses the image on the other replica within 2 s.
 #[tokio::test]
 async fn managed_policy_reaches_every_replica() {
-    use berth_registry::access::{Access, AccessConfig, cli_identity};
-    use berth_server::{AuthSettings, ChallengeKind};
-
-    let st = common::stores_on(true, false).await;
-    let pw = "correct horse battery staple";
-    let mut servers = Vec::new();
-    for i in 0..2 {
-        let access = Access::new(st.meta.clone(), AccessConfig::default(), None)
-            .await
-            .expect("access");
-        if i == 0 {
-            let me = cli_identity();
-            access
-                .create_user(&me, None, "admin", pw, true)
-                .await
-                .expect("admin");
-            access
-                .create_tenant(&me, None, "prod", false)
-                .await
-                .expect("tenant");
-            access
-                .create_user(&me, None, "node", pw, false)
-                .await
-                .expect("node");
-            access
-                .set_member(&me, None, "prod", "node", Some("reader"))
-                .await
-                .expect("member");
-        }
-        let registry = Registry::new(st.blobs.clone(), st.meta.clone(), RegistryConfig::default());
-        registry.follow_other_replicas().await.expect("listen");
-        let state = AppState::with_auth(
-            registry.clone(),
-            ServerConfig::default(),
-            Some(AuthSettings {
-                access,
-                challenge: ChallengeKind::Basic,
-            }),
-        );
-        let run = common::serve(state.clone()).await;
-        servers.push(Server {
-            base: run.base,
-            http: run.http,
-            registry,
-            state,
-            meta: st.meta.clone(),
-            _stop: run.stop,
-        });
-    }
-    let (a, b) = (&servers[0], &servers[1]);
+    let pw = common::PASSWORD;
+    let a = start_with_users(true, None, Policy::default()).await;
+    let b = start_with_users(true, Some(a.stores()), Policy::default()).await;
+    let (a, b) = (&a, &b);
     let api = |s: &Server, method: Method, path: &str| {
         s.http
             .request(method, format!("{}/api/v1{path}", s.base))

@@ -3,62 +3,19 @@
 
 mod common;
 
-use berth_registry::access::{Access, AccessConfig, cli_identity};
-use berth_registry::{Registry, RegistryConfig, TagRuleSpec, TagRules};
-use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
+use berth_registry::access::AccessConfig;
+use berth_registry::{RegistryConfig, TagRuleSpec, TagRules};
+use berth_server::ChallengeKind;
+use common::{Cred, OCI_MANIFEST, PASSWORD, Setup, TestServer as Server, error_of, sha256};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const PASSWORD: &str = "correct horse battery";
 const REPO: &str = "team-a/app";
-
-struct Server {
-    base: String,
-    http: reqwest::Client,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
 
 /// A server with authentication and these rules for team-a: semver and `release-*` tags
 /// immutable, `latest` refused. Users: admin, maint (maintainer), dev (developer), reader
 /// (reader) of team-a, and outsider (no role).
 async fn start() -> Server {
-    let common::Stores { dir, blobs, meta } = common::stores().await;
-    let access = Access::new(meta.clone(), AccessConfig::default(), None)
-        .await
-        .expect("access");
-    let me = cli_identity();
-    access
-        .create_user(&me, None, "admin", PASSWORD, true)
-        .await
-        .expect("admin");
-    access
-        .create_tenant(&me, None, "team-a", false)
-        .await
-        .expect("tenant");
-    for (user, role) in [
-        ("maint", Some("maintainer")),
-        ("dev", Some("developer")),
-        ("reader", Some("reader")),
-        ("outsider", None),
-    ] {
-        access
-            .create_user(&me, None, user, PASSWORD, false)
-            .await
-            .expect("user");
-        if let Some(role) = role {
-            access
-                .set_member(&me, None, "team-a", user, Some(role))
-                .await
-                .expect("member");
-        }
-    }
     let tag_rules = TagRules::new(vec![TagRuleSpec {
         repositories: "team-a/*".into(),
         immutable: vec!["semver".into(), "release-*".into()],
@@ -66,35 +23,43 @@ async fn start() -> Server {
         refuse_mutable: false,
     }])
     .expect("rules");
-    let state = AppState::with_auth(
-        Registry::new(
-            blobs,
-            meta,
-            RegistryConfig {
-                tag_rules,
-                ..RegistryConfig::default()
-            },
-        ),
-        ServerConfig::default(),
-        Some(AuthSettings {
-            access,
-            challenge: ChallengeKind::Bearer,
-        }),
-    );
-    let run = common::serve(state).await;
-    Server {
-        base: run.base,
-        http: run.http,
-        _stop: run.stop,
-        _dir: dir,
-    }
+    let s = common::start(Setup {
+        registry: RegistryConfig {
+            tag_rules,
+            ..RegistryConfig::default()
+        },
+        auth: Some((AccessConfig::default(), ChallengeKind::Bearer)),
+        ..Setup::default()
+    })
+    .await;
+    common::add_users(
+        s.access(),
+        &[
+            ("admin", true),
+            ("maint", false),
+            ("dev", false),
+            ("reader", false),
+            ("outsider", false),
+        ],
+    )
+    .await;
+    common::add_tenant(
+        s.access(),
+        "team-a",
+        false,
+        &[
+            ("maint", "maintainer"),
+            ("dev", "developer"),
+            ("reader", "reader"),
+        ],
+    )
+    .await;
+    s
 }
 
 impl Server {
     fn req(&self, method: Method, path: &str, user: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .basic_auth(user, Some(PASSWORD))
+        self.request_as(method, path, &Cred::user(user))
     }
 
     async fn send(&self, method: Method, path: &str, user: &str) -> reqwest::Response {
@@ -220,22 +185,6 @@ fn manifest(n: u32) -> Vec<u8> {
 
 fn digest(n: u32) -> String {
     sha256(&manifest(n))
-}
-
-async fn error_of(r: reqwest::Response) -> (StatusCode, String, String) {
-    let status = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    (
-        status,
-        v["errors"][0]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        v["errors"][0]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    )
 }
 
 #[tokio::test]

@@ -36,6 +36,22 @@ impl FsStore {
         })
     }
 
+    /// Opens a store that must exist already: a checker pointed at the wrong directory
+    /// says so instead of creating an empty store there.
+    pub async fn open_existing(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        if !fs::metadata(root.join("blobs"))
+            .await
+            .is_ok_and(|m| m.is_dir())
+        {
+            return Err(StorageError::Config(format!(
+                "{} has no blobs/ directory: not a Berth data directory",
+                root.display()
+            )));
+        }
+        FsStore::new(root).await
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -38,6 +38,36 @@ impl HashState {
     }
 }
 
+/// A digest computed as bytes stream past, in the algorithm of the digest they should
+/// have.
+pub(crate) enum Hasher {
+    Sha256(Sha256),
+    Sha512(Sha512),
+}
+
+impl Hasher {
+    pub(crate) fn new(algorithm: Algorithm) -> Hasher {
+        match algorithm {
+            Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(Sha512::new()),
+        }
+    }
+
+    pub(crate) fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
+        }
+    }
+
+    pub(crate) fn finish(self) -> Digest {
+        match self {
+            Hasher::Sha256(h) => Digest::from_hash(Algorithm::Sha256, &h.finalize()),
+            Hasher::Sha512(h) => Digest::from_hash(Algorithm::Sha512, &h.finalize()),
+        }
+    }
+}
+
 /// The digest of bytes already in memory (manifests); blobs are hashed as they stream.
 pub fn digest_of(algorithm: Algorithm, bytes: &[u8]) -> Digest {
     match algorithm {

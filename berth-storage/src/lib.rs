@@ -10,12 +10,15 @@
 //! The SHA-256 state of an unfinished upload is serialisable ([`HashState`]), so the caller
 //! keeps it with the upload's metadata and any process can continue the upload.
 //!
+//! [`layout::OciLayout`] reads and writes OCI image layouts (for export and import).
+//!
 //! This crate knows paths and keys; it knows nothing of SQL or HTTP.
 
 mod copy;
 pub mod failpoint;
 mod fs;
 mod hash;
+pub mod layout;
 pub mod s3;
 mod scan;
 
@@ -26,7 +29,7 @@ use berth_oci::Digest;
 use bytes::Bytes;
 use futures_util::Stream;
 
-pub use copy::{Copied, copy_blob};
+pub use copy::{Copied, CopyEvent, CopySummary, copy_all_blobs, copy_blob};
 pub use fs::FsStore;
 pub use hash::{HashState, digest_of};
 pub use s3::{Credentials as S3Credentials, S3Config, S3Store};
@@ -50,6 +53,9 @@ pub enum StorageError {
     CorruptHashState,
     #[error("storage is misconfigured: {0}")]
     Config(String),
+    /// An OCI image layout that cannot be read as one.
+    #[error("{0}")]
+    Layout(String),
     /// S3 answered with an error.
     #[error("S3 {op} failed with {code} (HTTP {status}): {message}")]
     S3 {

@@ -5,10 +5,10 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use berth_oci::{Algorithm, Digest};
-use sha2::{Digest as _, Sha256, Sha512};
 use tokio::fs::{self, File};
 use tokio::io::AsyncReadExt;
 
+use crate::hash::Hasher;
 use crate::{BlobStore, FsStore, Result, S3Store, StorageError};
 
 /// Bytes hashed per read: large enough that syscalls do not dominate, small enough that
@@ -66,11 +66,6 @@ impl BlobStore {
     }
 }
 
-enum Hasher {
-    Sha256(Sha256),
-    Sha512(Sha512),
-}
-
 impl FsStore {
     async fn verify_blob(
         &self,
@@ -82,10 +77,7 @@ impl FsStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BlobCheck::Missing),
             Err(e) => return Err(StorageError::io("opening a blob")(e)),
         };
-        let mut hasher = match digest.algorithm() {
-            Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
-            Algorithm::Sha512 => Hasher::Sha512(Sha512::new()),
-        };
+        let mut hasher = Hasher::new(digest.algorithm());
         let mut buf = vec![0u8; READ_BUFFER];
         let mut size = 0u64;
         loop {
@@ -96,18 +88,14 @@ impl FsStore {
             if n == 0 {
                 break;
             }
-            match &mut hasher {
-                Hasher::Sha256(h) => h.update(&buf[..n]),
-                Hasher::Sha512(h) => h.update(&buf[..n]),
-            }
+            hasher.update(&buf[..n]);
             size += n as u64;
             progress(n as u64);
         }
-        let actual = match hasher {
-            Hasher::Sha256(h) => Digest::from_hash(Algorithm::Sha256, &h.finalize()),
-            Hasher::Sha512(h) => Digest::from_hash(Algorithm::Sha512, &h.finalize()),
-        };
-        Ok(BlobCheck::Present { size, actual })
+        Ok(BlobCheck::Present {
+            size,
+            actual: hasher.finish(),
+        })
     }
 }
 

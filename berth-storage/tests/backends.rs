@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use berth_oci::{Algorithm, Digest};
 use berth_storage::{
-    BlobCheck, BlobStore, FsStore, HashState, S3Config, S3Credentials, S3Store, ScanEntry,
-    StorageError, digest_of,
+    BlobCheck, BlobStore, FsStore, HashState, S3Config, S3Store, ScanEntry, StorageError, digest_of,
 };
+use berth_testkit::s3_config;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
@@ -27,24 +27,6 @@ async fn fs() -> Harness {
     Harness {
         store,
         _dir: Some(dir),
-    }
-}
-
-pub fn s3_config(prefix: &str) -> S3Config {
-    let endpoint = std::env::var("BERTH_TEST_S3_URL")
-        .expect("BERTH_TEST_S3_URL must point at an S3 server (scripts/start-s3.sh)");
-    S3Config {
-        endpoint,
-        bucket: std::env::var("BERTH_TEST_S3_BUCKET").unwrap_or_else(|_| "berth-test".into()),
-        region: "us-east-1".into(),
-        prefix: prefix.into(),
-        credentials: S3Credentials {
-            access_key_id: "berth-test".into(),
-            secret_access_key: "berth-test-secret".into(),
-            session_token: None,
-        },
-        path_style: true,
-        redirect_expiry: None,
     }
 }
 
@@ -670,6 +652,69 @@ async fn copy_blob_between_backends_verifies() {
     assert_eq!(b.upload_leftovers().await, 0);
 }
 
+/// `copy_all_blobs` (the whole of `berth migrate-storage`'s copy) from the filesystem into
+/// S3: every blob lands, a corrupt one and a stray are reported and skipped without
+/// stopping the rest, and a second run copies nothing.
+#[tokio::test]
+async fn copy_all_blobs_goes_on_past_failures_and_resumes() {
+    use berth_storage::{CopyEvent, CopySummary, copy_all_blobs};
+    let (a, b) = (fs().await, s3().await);
+    let mut good = Vec::new();
+    for i in 0..3u8 {
+        let data = noise(1000 + usize::from(i), u64::from(i));
+        let d = sha256(&data);
+        let id = format!("u{i}");
+        a.store.create_upload(&id).await.expect("create");
+        let mut st = HashState::new();
+        let n = a.append(&id, 0, &mut st, &data).await;
+        a.store
+            .finish_upload(&id, n, &st, &d)
+            .await
+            .expect("finish");
+        good.push((d, data));
+    }
+    let bad = sha256(b"the real bytes");
+    let hex = bad.hex();
+    a.put_raw(&format!("blobs/sha256/{}/{hex}", &hex[..2]), b"corrupted")
+        .await;
+    a.put_raw("blobs/sha256/README", b"not a blob").await;
+
+    let (mut failed, mut strays, mut done) = (Vec::new(), Vec::new(), 0);
+    let summary = copy_all_blobs(&a.store, &b.store, &mut |e| match e {
+        CopyEvent::Failed { digest, error } => failed.push((
+            digest.clone(),
+            matches!(error, StorageError::DigestMismatch { .. }),
+        )),
+        CopyEvent::Stray { path } => strays.push(path.to_owned()),
+        CopyEvent::Done(_) => done += 1,
+    })
+    .await
+    .expect("copy");
+    let bytes: u64 = good.iter().map(|(_, d)| d.len() as u64).sum();
+    assert_eq!(
+        summary,
+        CopySummary {
+            copied: 3,
+            copied_bytes: bytes,
+            failed: 1,
+            strays: 1,
+            ..CopySummary::default()
+        }
+    );
+    assert_eq!(failed, [(bad.clone(), true)]);
+    assert_eq!(strays, ["blobs/sha256/README"]);
+    assert_eq!(done, 4);
+    for (d, data) in &good {
+        assert_eq!(&b.read(d, None).await.0, data);
+    }
+    assert_eq!(b.store.stat(&bad).await.expect("stat"), None);
+
+    let again = copy_all_blobs(&a.store, &b.store, &mut |_| {})
+        .await
+        .expect("again");
+    assert_eq!((again.copied, again.already, again.failed), (0, 3, 1));
+}
+
 /// An append of more than one part (a multipart upload) that fails half way leaves no
 /// object and no pending multipart upload, and the acknowledged state still finishes.
 #[tokio::test]
@@ -765,4 +810,22 @@ async fn s3_errors_name_the_code_and_operation() {
     .err()
     .expect("a bad endpoint is an error");
     assert!(matches!(err, StorageError::Config(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_checker_never_creates_a_store_where_there_is_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = FsStore::open_existing(dir.path())
+        .await
+        .err()
+        .expect("no blobs/ here");
+    assert!(
+        err.to_string().contains("not a Berth data directory"),
+        "{err}"
+    );
+    assert!(!dir.path().join("blobs").exists(), "nothing was created");
+    FsStore::new(dir.path()).await.expect("create");
+    FsStore::open_existing(dir.path())
+        .await
+        .expect("an existing store opens");
 }

@@ -7,6 +7,7 @@
 //! cache serves stale content for the first and a miss for the second.
 
 mod push;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

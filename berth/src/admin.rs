@@ -8,65 +8,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_meta::{AuditQuery, MetaStore};
-use berth_registry::access::{self, Access, NewRobot, RobotCredentials, cli_identity};
+use berth_meta::AuditQuery;
+use berth_registry::access::{self, NewRobot, RobotCredentials, cli_identity};
 use clap::{Args, Subcommand};
 
 use crate::config::Config;
-use crate::output;
-
-/// Where the configuration and the metadata store are.
-#[derive(Args, Clone)]
-pub struct StoreArgs {
-    /// Configuration file (TOML).
-    #[arg(long, env = "BERTH_CONFIG", global = true)]
-    pub config: Option<PathBuf>,
-    /// Data directory; overrides `data_dir` in the config.
-    #[arg(long, env = "BERTH_DATA_DIR", global = true)]
-    pub data_dir: Option<PathBuf>,
-    /// Metadata database URL; overrides `[metadata] url`.
-    #[arg(
-        long,
-        env = "BERTH_METADATA_URL",
-        hide_env_values = true,
-        global = true
-    )]
-    pub metadata_url: Option<String>,
-}
-
-impl StoreArgs {
-    pub fn load(&self) -> anyhow::Result<Config> {
-        let mut config = Config::load(self.config.as_deref())?;
-        if let Some(d) = &self.data_dir {
-            config.data_dir = d.clone();
-        }
-        if let Some(u) = &self.metadata_url {
-            config.metadata.url = Some(u.clone());
-        }
-        Ok(config)
-    }
-
-    async fn access(&self) -> anyhow::Result<(Config, Access)> {
-        let config = self.load()?;
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let meta = MetaStore::connect(&config.metadata_url())
-            .await
-            .context("opening the metadata store")?;
-        let key = read_key_file(&config)?;
-        let access = Access::new(meta, config.access_config(), key).await?;
-        Ok((config, access))
-    }
-}
-
-pub fn read_key_file(config: &Config) -> anyhow::Result<Option<Vec<u8>>> {
-    config
-        .auth
-        .signing_key_file
-        .as_ref()
-        .map(|p| std::fs::read(p).with_context(|| format!("reading signing key {}", p.display())))
-        .transpose()
-}
+use crate::listing;
+use crate::open::StoreArgs;
 
 #[derive(Subcommand)]
 pub enum UserCommand {
@@ -81,8 +29,9 @@ pub enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Every user: name, admin, disabled, created.
     List {
-        /// One JSON object per line instead of a table.
+        /// One JSON object per line (JSON Lines) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -116,7 +65,12 @@ pub enum TenantCommand {
         #[arg(long)]
         public: bool,
     },
-    List,
+    /// Every tenant the caller sees: name, visibility, created.
+    List {
+        /// One JSON object per line (JSON Lines) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make a tenant public (`true`) or private (`false`).
     Public {
         name: String,
@@ -133,8 +87,12 @@ pub enum TenantCommand {
         user: String,
         role: String,
     },
+    /// A tenant's members and their roles.
     Members {
         tenant: String,
+        /// One JSON object per line (JSON Lines) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Show a tenant's storage quota and usage; with BYTES (or `none`) set it first.
     /// Shared blobs count once per tenant; a push past the quota is refused.
@@ -142,6 +100,9 @@ pub enum TenantCommand {
         tenant: String,
         /// Bytes (plain number), or `none` to remove the quota.
         bytes: Option<String>,
+        /// One JSON object per line (JSON Lines) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -162,8 +123,12 @@ pub enum RobotCommand {
         #[arg(long)]
         description: Option<String>,
     },
+    /// Robot accounts of a tenant, or of every tenant.
     List {
         tenant: Option<String>,
+        /// One JSON object per line (JSON Lines) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Give a robot a new secret (printed once). A running server that remembered the old
     /// one accepts it until `login_cache_secs` pass; through the API, it stops at once.
@@ -223,7 +188,7 @@ pub struct AuditArgs {
     /// Page: entries older than this id.
     #[arg(long)]
     pub before: Option<i64>,
-    /// One JSON object per line instead of a table.
+    /// One JSON object per line (JSON Lines) instead of a table.
     #[arg(long)]
     pub json: bool,
     /// Delete rows older than `[audit] keep_days` now (`berth serve` does it hourly).
@@ -259,27 +224,7 @@ pub async fn user(store: &StoreArgs, cmd: UserCommand) -> anyhow::Result<()> {
                 println!("created user {name}");
             }
         }
-        UserCommand::List { json } => {
-            let users = access.list_users(&me).await?;
-            if json {
-                let v: Vec<serde_json::Value> = users
-                    .iter()
-                    .map(|u| serde_json::json!({"name": u.name, "admin": u.admin, "disabled": u.disabled}))
-                    .collect();
-                println!("{}", serde_json::Value::from(v));
-            } else {
-                for u in users {
-                    let mut flags = Vec::new();
-                    if u.admin {
-                        flags.push("admin");
-                    }
-                    if u.disabled {
-                        flags.push("disabled");
-                    }
-                    println!("{}\t{}", u.name, flags.join(","));
-                }
-            }
-        }
+        UserCommand::List { json } => listing::print(&access.list_users(&me).await?, json),
         UserCommand::Passwd {
             name,
             password_stdin,
@@ -326,15 +271,7 @@ pub async fn tenant(store: &StoreArgs, cmd: TenantCommand) -> anyhow::Result<()>
         TenantCommand::Add { name, public } => {
             access.create_tenant(&me, None, &name, public).await?
         }
-        TenantCommand::List => {
-            for t in access.list_tenants(&me).await? {
-                println!(
-                    "{}\t{}",
-                    t.name,
-                    if t.public { "public" } else { "private" }
-                );
-            }
-        }
+        TenantCommand::List { json } => listing::print(&access.list_tenants(&me).await?, json),
         TenantCommand::Public { name, public } => {
             access.set_tenant_public(&me, None, &name, public).await?;
         }
@@ -343,7 +280,11 @@ pub async fn tenant(store: &StoreArgs, cmd: TenantCommand) -> anyhow::Result<()>
             let role = (role != "remove").then_some(role.as_str());
             access.set_member(&me, None, &tenant, &user, role).await?;
         }
-        TenantCommand::Quota { tenant, bytes } => {
+        TenantCommand::Quota {
+            tenant,
+            bytes,
+            json,
+        } => {
             if let Some(b) = bytes {
                 let bytes = match b.as_str() {
                     "none" => None,
@@ -354,22 +295,23 @@ pub async fn tenant(store: &StoreArgs, cmd: TenantCommand) -> anyhow::Result<()>
                 access.set_tenant_quota(&me, None, &tenant, bytes).await?;
             }
             let (quota, used) = access.tenant_quota(&me, &tenant).await?;
-            let detail = format!(
-                "used {} bytes (blobs {}, manifests {}, open uploads {})",
-                used.total(),
-                used.blobs,
-                used.manifests,
-                used.uploads
+            listing::print(
+                &[listing::Quota {
+                    tenant,
+                    quota,
+                    used,
+                }],
+                json,
             );
-            match quota {
-                Some(q) => println!("{tenant}\tquota {q} bytes\t{detail}"),
-                None => println!("{tenant}\tno quota\t{detail}"),
-            }
         }
-        TenantCommand::Members { tenant } => {
-            for (u, r) in access.members(&me, &tenant).await? {
-                println!("{u}\t{r}");
-            }
+        TenantCommand::Members { tenant, json } => {
+            let members: Vec<listing::Member> = access
+                .members(&me, &tenant)
+                .await?
+                .into_iter()
+                .map(|(user, role)| listing::Member { user, role })
+                .collect();
+            listing::print(&members, json);
         }
     }
     Ok(())
@@ -410,7 +352,7 @@ pub async fn robot(store: &StoreArgs, cmd: RobotCommand) -> anyhow::Result<()> {
                 .await?;
             print_credentials(&c);
         }
-        RobotCommand::List { tenant } => {
+        RobotCommand::List { tenant, json } => {
             let tenants = match tenant {
                 Some(t) => vec![t],
                 None => access
@@ -420,21 +362,11 @@ pub async fn robot(store: &StoreArgs, cmd: RobotCommand) -> anyhow::Result<()> {
                     .map(|t| t.name)
                     .collect(),
             };
+            let mut robots = Vec::new();
             for t in tenants {
-                for r in access.robots(&me, &t).await? {
-                    println!(
-                        "{}\t{}\trepos={}\t{}",
-                        r.login,
-                        r.actions.join(","),
-                        if r.repositories.is_empty() {
-                            "*".to_owned()
-                        } else {
-                            r.repositories.join(",")
-                        },
-                        if r.disabled { "disabled" } else { "" }
-                    );
-                }
+                robots.extend(access.robots(&me, &t).await?);
             }
+            listing::print(&robots, json);
         }
         RobotCommand::Rotate { tenant, name } => {
             print_credentials(&access.rotate_robot(&me, None, &tenant, &name).await?);
@@ -534,38 +466,7 @@ pub async fn audit(store: &StoreArgs, args: AuditArgs) -> anyhow::Result<()> {
         limit: args.limit.clamp(1, 10_000),
     };
     let rows = access.audit(&cli_identity(), &q).await?;
-    if args.json {
-        for (id, r) in rows {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "id": id, "at": r.at / 1_000_000,
-                    "time": output::time(r.at.div_euclid(1_000_000)),
-                    "actor": r.actor, "source": r.source,
-                    "action": r.action, "tenant": r.tenant, "repository": r.repository,
-                    "target": r.target, "outcome": r.outcome, "detail": r.detail,
-                })
-            );
-        }
-        return Ok(());
-    }
-    let mut t = output::Table::new(&[
-        "ID", "TIME", "ACTOR", "SOURCE", "ACTION", "WHERE", "TARGET", "OUTCOME", "DETAIL",
-    ]);
-    for (id, r) in rows {
-        t.row([
-            id.to_string(),
-            output::time(r.at.div_euclid(1_000_000)),
-            r.actor,
-            output::opt(r.source.as_deref()),
-            r.action,
-            output::opt(r.repository.as_deref().or(r.tenant.as_deref())),
-            output::opt(r.target.as_deref()),
-            r.outcome,
-            output::opt(r.detail.as_deref()),
-        ]);
-    }
-    t.print();
+    listing::print(&rows, args.json);
     Ok(())
 }
 

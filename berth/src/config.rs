@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub mod storage;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -17,7 +19,7 @@ pub struct Config {
     pub public_url: Option<String>,
     pub metadata: MetadataConfig,
     /// Where blob bytes live (`[storage]`): the data directory, or an S3 bucket.
-    pub storage: crate::storage::StorageConfig,
+    pub storage: storage::StorageConfig,
     pub limits: LimitsConfig,
     pub uploads: UploadsConfig,
     pub log: LogConfig,
@@ -44,6 +46,13 @@ pub struct Config {
     pub trust: Vec<crate::policy::TrustEntry>,
     /// `[[policy]]`: rules that can refuse a pull.
     pub policy: Vec<berth_registry::policy::RuleSpec>,
+    /// Webhooks (`[[webhook]]` tables): global, and trusted to call any address.
+    #[serde(rename = "webhook")]
+    pub webhooks: Vec<berth_registry::events::WebhookSpec>,
+    /// Who webhooks set through the API may call, and the pull event queue.
+    pub events: crate::events::EventsConfig,
+    /// Retries and leases of the job queue.
+    pub jobs: crate::events::JobsConfig,
 }
 
 /// One `[[replicate]]` rule: pushes to matching repositories are copied to `url`.
@@ -70,7 +79,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./berth-data"),
             public_url: None,
             metadata: MetadataConfig::default(),
-            storage: crate::storage::StorageConfig::default(),
+            storage: storage::StorageConfig::default(),
             limits: LimitsConfig::default(),
             uploads: UploadsConfig::default(),
             log: LogConfig::default(),
@@ -87,6 +96,9 @@ impl Default for Config {
             retention: Vec::new(),
             trust: Vec::new(),
             policy: Vec::new(),
+            webhooks: Vec::new(),
+            events: crate::events::EventsConfig::default(),
+            jobs: crate::events::JobsConfig::default(),
         }
     }
 }
@@ -258,6 +270,10 @@ pub struct LimitsConfig {
     /// stream) before it is closed. HTTP/1 keep-alive closes sooner, at
     /// `header_read_timeout_secs`.
     pub idle_timeout_secs: u64,
+    /// Seconds a client may go without reading any of a response, or without sending any
+    /// of an upload's body, before the request is cut off. A slow client that keeps making
+    /// progress is never cut off.
+    pub stall_timeout_secs: u64,
     /// Most entries per tags or catalog page.
     pub max_page: u64,
 }
@@ -271,6 +287,7 @@ impl Default for LimitsConfig {
             max_connections: 4096,
             max_connections_per_client: 256,
             idle_timeout_secs: 60,
+            stall_timeout_secs: 60,
             max_page: 10_000,
         }
     }
@@ -609,6 +626,15 @@ impl Config {
         Ok(berth_registry::retention::RetentionPolicies::new(
             self.retention.clone(),
         )?)
+    }
+
+    /// The retention policies and cache eviction limits, as `berth retention` and the
+    /// `[gc]` schedule apply them.
+    pub fn housekeeping(&self) -> anyhow::Result<berth_registry::retention::Housekeeping> {
+        Ok(berth_registry::retention::Housekeeping {
+            policies: self.retention()?,
+            cache_limits: self.cache_limits(),
+        })
     }
 
     /// Each upstream with eviction limits, and its limits.

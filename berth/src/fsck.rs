@@ -1,17 +1,16 @@
 //! `berth fsck`: the command-line face of `Registry::fsck` — configuration as `serve` reads
 //! it, a progress bar on a terminal, and the report as text or JSON.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use anyhow::Context;
 use berth_meta::MetaStore;
-use berth_registry::fsck::{FsckReport, Progress};
+use berth_registry::fsck::FsckReport;
 use berth_registry::{Registry, RegistryConfig};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::Config;
+use crate::output;
+use crate::progress::PhaseBar;
 
 /// Entries of each kind the text report lists; `--json` lists all.
 const TEXT_LIST_LIMIT: usize = 20;
@@ -32,71 +31,6 @@ pub struct FsckArgs {
     json: bool,
 }
 
-/// Draws on stderr only when it is a terminal: in CI logs and pipes a bar is noise.
-struct Bar {
-    current: Mutex<Option<ProgressBar>>,
-    visible: bool,
-}
-
-impl Bar {
-    fn new() -> Bar {
-        Bar {
-            current: Mutex::new(None),
-            visible: std::io::stderr().is_terminal(),
-        }
-    }
-
-    fn finish(&self) {
-        if let Ok(mut current) = self.current.lock()
-            && let Some(bar) = current.take()
-        {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-impl Progress for Bar {
-    fn phase(&self, name: &'static str, total: Option<u64>) {
-        self.finish();
-        let bar = match total {
-            Some(len) => ProgressBar::with_draw_target(Some(len), self.target()),
-            None => ProgressBar::with_draw_target(None, self.target()),
-        };
-        let template = match (name, total) {
-            ("blobs", Some(_)) => {
-                "{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
-            }
-            (_, Some(_)) => "{msg:>10} [{bar:40}] {pos}/{len}",
-            (_, None) => "{msg:>10} {spinner} {pos}",
-        };
-        if let Ok(style) = ProgressStyle::with_template(template) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_message(name);
-        if let Ok(mut current) = self.current.lock() {
-            *current = Some(bar);
-        }
-    }
-
-    fn advance(&self, n: u64) {
-        if let Ok(current) = self.current.lock()
-            && let Some(bar) = current.as_ref()
-        {
-            bar.inc(n);
-        }
-    }
-}
-
-impl Bar {
-    fn target(&self) -> ProgressDrawTarget {
-        if self.visible {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        }
-    }
-}
-
 /// Runs the check; `Ok(true)` when nothing is missing or corrupt.
 pub async fn run(args: FsckArgs) -> anyhow::Result<bool> {
     let mut config = Config::load(args.config.as_deref())?;
@@ -106,22 +40,9 @@ pub async fn run(args: FsckArgs) -> anyhow::Result<bool> {
     if let Some(u) = args.metadata_url {
         config.metadata.url = Some(u);
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    crate::logging::init_quiet();
 
-    // Opening the fs store would create a missing layout; a checker pointed at the wrong place
-    // must say so instead.
-    let blobs_dir = config.data_dir.join("blobs");
-    anyhow::ensure!(
-        config.storage.kind != crate::storage::StorageKind::Fs || blobs_dir.is_dir(),
-        "{} has no blobs/ directory: not a Berth data directory",
-        config.data_dir.display()
-    );
-    let blobs = crate::storage::open_blobs(&config).await?;
+    let blobs = crate::open::open_blobs(&config, true).await?;
     let meta = MetaStore::connect_read_only(&config.metadata_url())
         .await
         .context("opening the metadata store read-only")?;
@@ -133,7 +54,7 @@ pub async fn run(args: FsckArgs) -> anyhow::Result<bool> {
             ..RegistryConfig::default()
         },
     );
-    let bar = Bar::new();
+    let bar = PhaseBar::new();
     let report = registry.fsck(&bar).await;
     bar.finish();
     meta.close().await;
@@ -144,21 +65,6 @@ pub async fn run(args: FsckArgs) -> anyhow::Result<bool> {
         print!("{}", render(&report));
     }
     Ok(report.is_clean())
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 fn section<T>(out: &mut String, title: &str, items: &[T], line: impl Fn(&T) -> String) {
@@ -181,7 +87,7 @@ fn render(r: &FsckReport) -> String {
     let mut out = format!(
         "checked {} blobs ({}), {} manifests, {} suspect references, {} files under blobs/\n",
         r.blobs_checked,
-        human_bytes(r.bytes_checked),
+        output::bytes(r.bytes_checked),
         r.manifests_checked,
         r.references_checked,
         r.files_scanned,
@@ -194,7 +100,7 @@ fn render(r: &FsckReport) -> String {
             format!(
                 "{} ({}) linked in: {}",
                 b.digest,
-                human_bytes(b.size),
+                output::bytes(b.size),
                 b.repositories.join(", ")
             )
         },
@@ -202,13 +108,13 @@ fn render(r: &FsckReport) -> String {
     section(&mut out, "CORRUPT blobs", &r.corrupt_blobs, |b| {
         let found = match (&b.error, b.actual_size, &b.actual_digest) {
             (Some(e), _, _) => format!("unreadable: {e}"),
-            (None, Some(size), Some(d)) => format!("{} hashing to {d}", human_bytes(size)),
+            (None, Some(size), Some(d)) => format!("{} hashing to {d}", output::bytes(size)),
             _ => "unreadable".to_owned(),
         };
         format!(
             "{}: expected {}, found {found}; linked in: {}",
             b.digest,
-            human_bytes(b.expected_size),
+            output::bytes(b.expected_size),
             b.repositories.join(", ")
         )
     });
@@ -233,7 +139,7 @@ fn render(r: &FsckReport) -> String {
         &mut out,
         "orphan blobs (in storage, unknown to metadata; harmless, left by interrupted pushes)",
         &r.orphan_blobs,
-        |b| format!("{} ({})", b.digest, human_bytes(b.size)),
+        |b| format!("{} ({})", b.digest, output::bytes(b.size)),
     );
     section(
         &mut out,
@@ -280,6 +186,6 @@ mod tests {
                 problem: "blob bytes are missing from storage",
             });
         assert!(render(&r).ends_with("result: DAMAGED (1 problems)\n"));
-        assert_eq!(human_bytes(2048), "2.0 KiB");
+        assert_eq!(output::bytes(2048), "2.0 KiB");
     }
 }

@@ -2,9 +2,8 @@
 //! deletion is re-checked under the metadata store's locks, so serving replicas need not
 //! stop), with a progress bar and a summary.
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
-use crate::admin::StoreArgs;
+use crate::open::StoreArgs;
+use crate::progress::GcSpinner;
 
 #[derive(clap::Args)]
 pub struct GcArgs {
@@ -30,22 +29,10 @@ pub async fn run(store: &StoreArgs, args: GcArgs) -> anyhow::Result<()> {
     if let Some(w) = args.rollback_window_secs {
         config.gc.rollback_window_secs = w;
     }
-    let (registry, meta) = crate::open_registry(&config).await?;
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    let progress = |p: berth_registry::gc::GcProgress| match p {
-        berth_registry::gc::GcProgress::Repository { done, total } => {
-            bar.set_message(format!("marking and sweeping repositories {done}/{total}"));
-            bar.tick();
-        }
-        berth_registry::gc::GcProgress::Blobs { examined } => {
-            bar.set_message(format!("sweeping orphaned blobs: {examined} examined"));
-            bar.tick();
-        }
-    };
+    let registry = crate::open::open_registry(&config).await?;
+    let meta = registry.meta().clone();
+    let bar = GcSpinner::new();
+    let progress = |p| bar.report(p);
     let options = config.gc.options(args.dry_run);
     let holder = format!("cli:{}", std::process::id());
     let result = if args.dry_run {
@@ -58,7 +45,7 @@ pub async fn run(store: &StoreArgs, args: GcArgs) -> anyhow::Result<()> {
             .collect_garbage_leased(&holder, &options, &progress)
             .await
     };
-    bar.finish_and_clear();
+    bar.finish();
     meta.close().await;
     let Some(report) = result? else {
         anyhow::bail!("another process is collecting garbage now (the gc lease is held)");
@@ -102,28 +89,12 @@ pub struct RetentionArgs {
     pub verbose: bool,
 }
 
-/// Applies the `[[retention]]` policies and the upstreams' eviction limits.
-pub async fn housekeeping(
-    registry: &berth_registry::Registry,
-    config: &crate::config::Config,
-    dry_run: bool,
-) -> anyhow::Result<berth_registry::retention::RetentionReport> {
-    let mut report = registry
-        .apply_retention(&config.retention()?, dry_run)
-        .await?;
-    for (upstream, limits) in config.cache_limits() {
-        let r = registry.evict_cache(&upstream, &limits, dry_run).await?;
-        report.evicted.extend(r.evicted);
-        report.bytes += r.bytes;
-        report.skipped.extend(r.skipped);
-    }
-    Ok(report)
-}
-
 pub async fn retention(store: &StoreArgs, args: RetentionArgs) -> anyhow::Result<()> {
     let config = store.load()?;
-    let (registry, meta) = crate::open_registry(&config).await?;
-    let result = housekeeping(&registry, &config, args.dry_run).await;
+    let housekeeping = config.housekeeping()?;
+    let registry = crate::open::open_registry(&config).await?;
+    let meta = registry.meta().clone();
+    let result = registry.housekeeping(&housekeeping, args.dry_run).await;
     meta.close().await;
     let report = result?;
     let verb = if args.dry_run {

@@ -3,14 +3,18 @@
 
 mod admin;
 mod config;
+mod events;
 mod fsck;
 mod gc;
 mod layout;
+mod listing;
+mod logging;
 mod migrate;
 mod mirror;
+mod open;
 mod output;
 mod policy;
-mod storage;
+mod progress;
 mod versions;
 
 use std::path::PathBuf;
@@ -19,11 +23,11 @@ use std::time::Duration;
 use anyhow::Context;
 use berth_meta::MetaStore;
 use berth_registry::access::Access;
-use berth_registry::{Registry, RegistryConfig, UpstreamConfig, UpstreamSettings};
+use berth_registry::{Registry, UpstreamConfig};
 use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
 use clap::{Parser, Subcommand};
 
-use crate::config::{Challenge, Config, LogFormat};
+use crate::config::{Challenge, Config};
 
 #[derive(Parser)]
 #[command(
@@ -47,35 +51,35 @@ enum Command {
     /// Manage users (offline, against the data directory or database).
     User {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(subcommand)]
         cmd: admin::UserCommand,
     },
     /// Manage tenants and their members.
     Tenant {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(subcommand)]
         cmd: admin::TenantCommand,
     },
     /// Manage robot accounts.
     Robot {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(subcommand)]
         cmd: admin::RobotCommand,
     },
     /// Print a Kubernetes imagePullSecret (or .docker/config.json) for a tenant's robot.
     Secret {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(flatten)]
         args: admin::SecretArgs,
     },
     /// Read the audit log.
     Audit {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(flatten)]
         args: admin::AuditArgs,
     },
@@ -83,7 +87,7 @@ enum Command {
     /// verifying every blob's digest.
     Export {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(flatten)]
         args: layout::ExportArgs,
     },
@@ -91,7 +95,7 @@ enum Command {
     /// into the registry, verifying every blob's digest.
     Import {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(flatten)]
         args: layout::ImportArgs,
     },
@@ -103,20 +107,20 @@ enum Command {
     /// or with --into into an ordinary repository. Resumable; prints a summary.
     Mirror {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(flatten)]
         args: mirror::MirrorArgs,
     },
     /// Rotate the token signing key.
     RotateKey {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
     },
     /// Collect garbage: delete unreachable manifests and blobs (online: serving replicas
     /// keep going). `--dry-run` prints what would go.
     Gc {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(flatten)]
         args: gc::GcArgs,
     },
@@ -124,7 +128,7 @@ enum Command {
     /// cached manifests go; their bytes with the next `gc`). `--dry-run` prints what would go
     Retention {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(flatten)]
         args: gc::RetentionArgs,
     },
@@ -132,14 +136,14 @@ enum Command {
     /// run this first when rolling out a new version to many replicas).
     Migrate {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
     },
     /// Which signatures REPO@DIGEST or REPO:TAG has, who signed, which rule they satisfy
     /// or exactly why not. Exit code 0: signed (or a signature itself), 1: not, 2: the
     /// check failed.
     Verify {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(flatten)]
         args: policy::VerifyArgs,
     },
@@ -147,16 +151,24 @@ enum Command {
     /// run, and changes nothing else.
     Policy {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(subcommand)]
         cmd: policy::PolicyCommand,
     },
     /// Tag history, rollback, semver listing and resolution (offline, as the admin `cli`).
     Tag {
         #[command(flatten)]
-        store: admin::StoreArgs,
+        store: open::StoreArgs,
         #[command(subcommand)]
         cmd: versions::TagCommand,
+    },
+    /// Webhook deliveries and replication copies: list queued and dead jobs, send them
+    /// again (offline, as the admin `cli`).
+    Events {
+        #[command(flatten)]
+        store: open::StoreArgs,
+        #[command(subcommand)]
+        cmd: events::EventsCommand,
     },
 }
 
@@ -182,83 +194,8 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
 }
 
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    // Colour only for a person at a terminal: in a pod's log or a file the escape codes
-    // are noise. NO_COLOR (no-color.org) turns it off even then.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-/// The registry as `serve` runs it: storage, metadata and upstreams from `config`. The
-/// offline commands that write (`import`, `mirror`) open it the same way.
-pub async fn open_registry(config: &Config) -> anyhow::Result<(Registry, MetaStore)> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let blobs = storage::open_blobs(config).await?;
-    let meta = MetaStore::connect(&config.metadata_url())
-        .await
-        .context("opening the metadata store")?;
-    let registry = Registry::new(
-        blobs,
-        meta.clone(),
-        RegistryConfig {
-            max_manifest_bytes: config.limits.max_manifest_bytes,
-            max_blob_bytes: match config.limits.max_blob_bytes {
-                0 => u64::MAX,
-                n => n,
-            },
-            allow_sparse_index: config.allow_sparse_index,
-            max_page: config.limits.max_page.max(1),
-            upload_ttl: Duration::from_secs(config.uploads.ttl_secs),
-            cache_ttl: Duration::from_millis(config.cache.ttl_ms),
-            cache_entries: config.cache.entries.max(1),
-            tag_rules: config.tag_rules()?,
-        },
-    )
-    .with_upstreams(
-        config
-            .upstreams
-            .iter()
-            .map(|u| UpstreamSettings {
-                client: UpstreamConfig {
-                    username: u.username.clone(),
-                    password: u.password.clone(),
-                    ca_file: u.ca_file.clone(),
-                    timeout: Duration::from_secs(u.timeout_secs.max(1)),
-                    ..UpstreamConfig::new(u.name.clone(), u.url())
-                },
-                tag_ttl: Duration::from_secs(u.tag_ttl_secs),
-                negative_ttl: Duration::from_secs(u.negative_ttl_secs),
-                repositories: u.repositories.clone(),
-                cache: u.cache,
-            })
-            .collect(),
-    )?;
-    registry.set_policy(crate::policy::compile(config)?);
-    registry
-        .reload_policy()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the policy managed through the API: {e}"))?;
-    // The rules managed through the API apply to the offline commands too.
-    registry
-        .reload_tag_rules()
-        .await
-        .context("reading the tag rules managed through the API")?;
-    Ok((registry, meta))
-}
-
-/// The `[[replicate]]` rules, for `serve` (the offline commands exit before a background
-/// copy could finish, so they do not replicate).
+/// The `[[replicate]]` rules. Every command that pushes queues their copies; `serve` runs
+/// them.
 fn replication_rules(
     config: &Config,
 ) -> anyhow::Result<Vec<berth_registry::replicate::ReplicaRule>> {
@@ -324,7 +261,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(k) = args.tls_key {
         config.tls.key_file = Some(k);
     }
-    init_logging(&config);
+    logging::init(&config);
     let tls = config.tls_settings()?;
     let auth_enabled = config.auth.enabled;
     config.check_protected_mode(auth_enabled)?;
@@ -339,8 +276,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(failpoints = ?armed, "failpoints are armed: this server will fail on purpose");
     }
 
-    let (registry, meta) = open_registry(&config).await?;
-    let registry = registry.with_replication(replication_rules(&config)?);
+    let registry = open::open_registry(&config).await?;
+    let meta = registry.meta().clone();
+    let jobs = registry.start_jobs();
     registry
         .check_enforce_ready()
         .await
@@ -363,7 +301,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
     let auth = if config.auth.enabled {
-        let key = admin::read_key_file(&config)?;
+        let key = open::read_key_file(&config)?;
         let access = Access::new(meta.clone(), config.access_config(), key)
             .await
             .context("setting up authentication")?;
@@ -398,6 +336,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_connections: config.limits.max_connections.max(1),
             max_connections_per_client: config.limits.max_connections_per_client,
             idle_timeout: Duration::from_secs(config.limits.idle_timeout_secs.max(1)),
+            stall_timeout: Duration::from_secs(config.limits.stall_timeout_secs.max(1)),
             tls: tls.clone(),
             trusted_proxies: config.trusted_proxies()?,
             audit_window: Duration::from_secs(config.audit.refusal_window_secs.max(1)),
@@ -422,7 +361,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     if config.gc.interval_secs > 0 {
-        spawn_gc(&registry, &config);
+        spawn_gc(&registry, &config)?;
     }
     if let Some(keep) = config.audit.keep() {
         let registry = registry.clone();
@@ -456,13 +395,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     tracing::info!("{}", config.exposure(auth_enabled).describe(tls.is_some()));
     berth_server::run(listener, state.clone(), shutdown_signal()).await?;
+    jobs.shutdown().await;
     state.flush_audit().await;
     meta.close().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn migrate(store: &admin::StoreArgs) -> anyhow::Result<()> {
+async fn migrate(store: &open::StoreArgs) -> anyhow::Result<()> {
     let config = store.load()?;
     if config.metadata.url.is_none() {
         std::fs::create_dir_all(&config.data_dir)
@@ -482,9 +422,9 @@ async fn migrate(store: &admin::StoreArgs) -> anyhow::Result<()> {
 
 /// Every `[gc] interval_secs`, one replica at a time (a lease in the metadata store):
 /// applies the retention policies and cache eviction, then collects garbage.
-fn spawn_gc(registry: &Registry, config: &Config) {
+fn spawn_gc(registry: &Registry, config: &Config) -> anyhow::Result<()> {
     let registry = registry.clone();
-    let config = config.clone();
+    let housekeeping = config.housekeeping()?;
     let options = config.gc.options(false);
     let every = Duration::from_secs(config.gc.interval_secs);
     let holder = format!("serve:{}:{}", hostname(), std::process::id());
@@ -494,15 +434,12 @@ fn spawn_gc(registry: &Registry, config: &Config) {
         tick.tick().await;
         loop {
             tick.tick().await;
-            // Held for at most an hour: a replica that dies mid-run does not stop the others
-            // for longer.
-            match registry
-                .meta()
-                .try_lease("gc", &holder, 3_600_000_000)
+            let round = match registry
+                .scheduled_round(&holder, &housekeeping, &options)
                 .await
             {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Some(round)) => round,
+                Ok(None) => {
                     tracing::debug!("another replica is collecting garbage");
                     continue;
                 }
@@ -510,8 +447,8 @@ fn spawn_gc(registry: &Registry, config: &Config) {
                     tracing::warn!(error = %e, "taking the collection lease failed");
                     continue;
                 }
-            }
-            match gc::housekeeping(&registry, &config, false).await {
+            };
+            match round.housekeeping {
                 Ok(r) if r.expired.is_empty() && r.evicted.is_empty() => {}
                 Ok(r) => tracing::info!(
                     tags = r.expired.len(),
@@ -521,7 +458,7 @@ fn spawn_gc(registry: &Registry, config: &Config) {
                 ),
                 Err(e) => tracing::warn!(error = %e, "retention failed"),
             }
-            match registry.collect_garbage(&options, &|_| {}).await {
+            match round.collection {
                 Ok(r) => tracing::info!(
                     manifests = r.manifests_deleted.len(),
                     links = r.links_removed,
@@ -532,11 +469,9 @@ fn spawn_gc(registry: &Registry, config: &Config) {
                 ),
                 Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
             }
-            if let Err(e) = registry.meta().release_lease("gc", &holder).await {
-                tracing::warn!(error = %e, "releasing the collection lease failed");
-            }
         }
     });
+    Ok(())
 }
 
 fn hostname() -> String {
@@ -599,6 +534,7 @@ fn main() -> anyhow::Result<()> {
         Command::Mirror { store, args } => runtime.block_on(mirror::run(&store, args)),
         Command::RotateKey { store } => runtime.block_on(admin::rotate_key(&store)),
         Command::Tag { store, cmd } => runtime.block_on(versions::tag(&store, cmd)),
+        Command::Events { store, cmd } => runtime.block_on(events::run(&store, cmd)),
         Command::Gc { store, args } => runtime.block_on(gc::run(&store, args)),
         Command::Migrate { store } => runtime.block_on(migrate(&store)),
         Command::Retention { store, args } => runtime.block_on(gc::retention(&store, args)),

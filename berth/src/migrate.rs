@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use berth_storage::{Copied, ScanEntry, copy_blob};
+use berth_storage::{CopyEvent, copy_all_blobs};
 
 use crate::config::Config;
 
@@ -26,76 +26,40 @@ pub struct MigrateArgs {
     to: PathBuf,
 }
 
-/// What a run did, printed at the end.
-#[derive(Debug, Default)]
-struct Summary {
-    copied: u64,
-    copied_bytes: u64,
-    already: u64,
-    vanished: u64,
-    failed: u64,
-    strays: u64,
-}
-
 /// Runs the migration; `Ok(true)` when every blob is in the target.
 pub async fn run(args: MigrateArgs) -> anyhow::Result<bool> {
     let mut source = Config::load(args.config.as_deref())?;
     if let Some(d) = args.data_dir {
         source.data_dir = d;
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    crate::logging::init_quiet();
     let target = Config::load(Some(&args.to))
         .with_context(|| format!("reading the target configuration {}", args.to.display()))?;
-    let from = crate::storage::open_blobs(&source)
+    let from = crate::open::open_blobs(&source, false)
         .await
         .context("opening the current blob store")?;
-    let to = crate::storage::open_blobs(&target)
+    let to = crate::open::open_blobs(&target, false)
         .await
         .context("opening the target blob store")?;
 
     let started = Instant::now();
-    let mut summary = Summary::default();
-    let mut scan = from.scan_blobs();
-    while let Some(batch) = scan
-        .next_batch()
-        .await
-        .context("listing the current store")?
-    {
-        for entry in batch {
-            let digest = match entry {
-                ScanEntry::Blob { digest, .. } => digest,
-                ScanEntry::Stray { path } => {
-                    tracing::warn!(path, "not a blob; not copied");
-                    summary.strays += 1;
-                    continue;
-                }
-            };
-            match copy_blob(&from, &to, &digest).await {
-                Ok(Copied::Bytes(n)) => {
-                    summary.copied += 1;
-                    summary.copied_bytes += n;
-                }
-                Ok(Copied::AlreadyThere) => summary.already += 1,
-                Ok(Copied::SourceMissing) => summary.vanished += 1,
-                Err(e) => {
-                    eprintln!("berth migrate-storage: {digest}: {e}");
-                    summary.failed += 1;
-                }
-            }
-            let done = summary.copied + summary.already + summary.failed;
+    let summary = copy_all_blobs(&from, &to, &mut |e| match e {
+        CopyEvent::Failed { digest, error } => {
+            eprintln!("berth migrate-storage: {digest}: {error}");
+        }
+        CopyEvent::Stray { path } => tracing::warn!(path, "not a blob; not copied"),
+        CopyEvent::Done(s) => {
+            let done = s.copied + s.already + s.failed;
             if done % 100 == 0 {
                 eprintln!(
                     "berth migrate-storage: {done} blobs, {} MiB copied",
-                    summary.copied_bytes >> 20
+                    s.copied_bytes >> 20
                 );
             }
         }
-    }
+    })
+    .await
+    .context("listing the current store")?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "copied {} blobs ({} bytes, {:.1} MiB/s), {} already in the target, {} failed, \

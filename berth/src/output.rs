@@ -33,9 +33,30 @@ pub fn time(secs: i64) -> String {
     berth_oci::time::rfc3339(secs)
 }
 
+/// A byte count as people read it: `512 B`, `2.0 KiB`, `1.5 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 /// An optional value: `-` when absent.
 pub fn opt(v: Option<&str>) -> String {
     v.unwrap_or("-").to_owned()
+}
+
+/// Writes `text` to stdout. A closed pipe (`| head`) is not an error worth a panic.
+pub fn print(text: &str) {
+    let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
 /// A table printed with a header row and columns padded to their widest cell.
@@ -90,11 +111,6 @@ impl Table {
             line(&mut r.iter().map(String::as_str));
         }
         out
-    }
-
-    pub fn print(&self) {
-        // A closed pipe (`| head`) is not an error worth a panic.
-        let _ = std::io::stdout().write_all(self.render().as_bytes());
     }
 }
 

@@ -13,8 +13,10 @@ use berth_registry::policy::{
 use clap::Subcommand;
 use serde::Deserialize;
 
-use crate::admin::StoreArgs;
 use crate::config::Config;
+use crate::listing;
+use crate::open::StoreArgs;
+use crate::output;
 
 /// One `[[trust]]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -253,73 +255,83 @@ fn parse_reference(r: &str) -> anyhow::Result<(RepoName, Reference)> {
     Ok((repo.parse().context("repository")?, reference))
 }
 
-/// `berth verify`: true when the manifest is signed (or is itself a signature).
+/// `berth verify`: true when the manifest is signed (or is itself a signature). For
+/// people: the verdict, then the signatures and the rules as tables; with `--json`, the
+/// report as one JSON object on one line.
 pub async fn verify(store: &StoreArgs, args: VerifyArgs) -> anyhow::Result<bool> {
-    let config = store.load()?;
-    let (registry, _) = crate::open_registry(&config).await?;
-    let (repo, reference) = parse_reference(&args.reference)?;
-    let digest: Digest = registry
-        .resolve(&repo, &reference)
-        .await
-        .with_context(|| format!("{} not found", args.reference))?;
-    let report = registry
-        .verify_report(&repo, &digest)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_, registry) = store.registry().await?;
+    let report = verify_report(&registry, &args.reference).await;
+    registry.meta().close().await;
+    let report = report?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        output::print(&format!("{}\n", serde_json::to_string(&report)?));
     } else {
-        println!("{repo}@{digest} ({})", report.kind);
-        println!("verdict: {:?}: {}", report.outcome, report.detail);
-        for s in &report.signatures {
-            let what = if s.valid {
-                format!("valid, signed by {}", s.signed_by.as_deref().unwrap_or("?"))
-            } else {
-                format!(
-                    "NOT valid: {}",
-                    s.failure
-                        .as_ref()
-                        .map(|f| f.to_string())
-                        .unwrap_or_default()
-                )
-            };
-            let covers = if s.covers == report.digest {
-                String::new()
-            } else {
-                format!(" (for index {})", s.covers)
-            };
-            println!("  {} {}{covers}: {what}", s.kind, s.manifest);
-            for w in &s.warnings {
-                println!("    warning: {w}");
-            }
-        }
-        for r in &report.rules {
-            println!("  rule {:?} ({:?}): would {}", r.rule, r.mode, r.decision);
+        // The detail names signers and failures taken from signatures: escaped like any
+        // table cell.
+        output::print(&format!(
+            "{}@{} ({})\nverdict: {}: {}\n\n",
+            output::clean(&report.repository),
+            report.digest,
+            report.kind,
+            listing::serde_name(&report.outcome),
+            output::clean(&report.detail)
+        ));
+        let signatures: Vec<listing::Signature> = report
+            .signatures
+            .iter()
+            .map(|s| listing::Signature {
+                image: &report.digest,
+                report: s,
+            })
+            .collect();
+        listing::print(&signatures, false);
+        if !report.rules.is_empty() {
+            output::print("\n");
+            listing::print(&report.rules, false);
         }
     }
     Ok(matches!(report.outcome, Outcome::Signed | Outcome::Exempt))
 }
 
+async fn verify_report(
+    registry: &berth_registry::Registry,
+    reference: &str,
+) -> anyhow::Result<berth_registry::policy::VerifyReport> {
+    let (repo, r) = parse_reference(reference)?;
+    let digest: Digest = registry
+        .resolve(&repo, &r)
+        .await
+        .with_context(|| format!("{reference} not found"))?;
+    registry
+        .verify_report(&repo, &digest)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// `berth policy check`: one row per rule; for people, then the refused images the runs
+/// name (at most 100 per rule).
 pub async fn command(store: &StoreArgs, cmd: PolicyCommand) -> anyhow::Result<()> {
     let PolicyCommand::Check { rule, json } = cmd;
-    let config = store.load()?;
-    let (registry, _) = crate::open_registry(&config).await?;
-    let runs = registry
-        .policy_check(rule.as_deref())
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&runs)?);
-        return Ok(());
-    }
-    for r in &runs {
-        println!(
-            "rule {:?} ({:?}): {} image(s) checked, enforcing would refuse {}",
-            r.rule, r.mode, r.checked, r.refused
-        );
-        for (repo, digest, why) in &r.examples {
-            println!("  {repo}@{digest}: {why}");
-        }
+    let (_, registry) = store.registry().await?;
+    let runs = registry.policy_check(rule.as_deref()).await;
+    registry.meta().close().await;
+    let runs = runs.map_err(|e| anyhow::anyhow!("{e}"))?;
+    listing::print(&runs, json);
+    let refused: Vec<listing::Refused> = runs
+        .iter()
+        .flat_map(|r| {
+            r.examples
+                .iter()
+                .map(|(repo, digest, why)| listing::Refused {
+                    rule: r.rule.clone(),
+                    image: format!("{repo}@{digest}"),
+                    why: why.clone(),
+                })
+        })
+        .collect();
+    if !json && !refused.is_empty() {
+        output::print("\n");
+        listing::print(&refused, false);
     }
     Ok(())
 }

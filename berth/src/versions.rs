@@ -4,12 +4,13 @@
 //! tag rules from the configuration apply as they do in `serve`.
 
 use anyhow::Context;
-use berth_meta::{Actor, MetaStore};
+use berth_meta::Actor;
 use berth_oci::{Digest, RepoName, Tag};
-use berth_registry::{Registry, RegistryConfig, Rollback};
+use berth_registry::{Registry, Rollback};
 use clap::Subcommand;
 
-use crate::admin::StoreArgs;
+use crate::listing;
+use crate::open::StoreArgs;
 
 #[derive(Subcommand)]
 pub enum TagCommand {
@@ -19,6 +20,7 @@ pub enum TagCommand {
         reference: String,
         #[arg(long, default_value_t = 100)]
         limit: u64,
+        /// One JSON object per line (JSON Lines) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -38,6 +40,7 @@ pub enum TagCommand {
         /// Semver order (the only order this command has; `/v2/.../tags/list` has the other).
         #[arg(long)]
         semver: bool,
+        /// One JSON object per line (JSON Lines) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -48,6 +51,9 @@ pub enum TagCommand {
         /// Consider pre-releases (`1.4.3-rc.1`) too.
         #[arg(long)]
         prerelease: bool,
+        /// One JSON object (a line) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete a tag, immutable ones included (recorded in the history as the `cli`).
     Delete { reference: String },
@@ -70,30 +76,8 @@ fn repository(r: &str) -> anyhow::Result<RepoName> {
         .map_err(|e| anyhow::anyhow!("repository {r:?}: {e}"))
 }
 
-async fn open(store: &StoreArgs) -> anyhow::Result<Registry> {
-    let config = store.load()?;
-    let blobs = crate::storage::open_blobs(&config).await?;
-    let meta = MetaStore::connect(&config.metadata_url())
-        .await
-        .context("opening the metadata store")?;
-    let registry = Registry::new(
-        blobs,
-        meta,
-        RegistryConfig {
-            allow_sparse_index: config.allow_sparse_index,
-            tag_rules: config.tag_rules()?,
-            ..RegistryConfig::default()
-        },
-    );
-    registry
-        .reload_tag_rules()
-        .await
-        .context("reading the tag rules managed through the API")?;
-    Ok(registry)
-}
-
 pub async fn tag(store: &StoreArgs, cmd: TagCommand) -> anyhow::Result<()> {
-    let registry = open(store).await?;
+    let (_, registry) = store.registry().await?;
     let actor = Actor::named("cli");
     let result = run(&registry, &actor, cmd).await;
     registry.meta().close().await;
@@ -108,21 +92,7 @@ async fn run(registry: &Registry, actor: &Actor, cmd: TagCommand) -> anyhow::Res
             json,
         } => {
             let (repo, tag) = split_reference(&reference)?;
-            for e in registry.tag_history(&repo, &tag, limit).await? {
-                if json {
-                    println!("{}", serde_json::to_string(&e)?);
-                } else {
-                    println!(
-                        "{}\t{}\t{}\t{}\t{}\t{}",
-                        e.at,
-                        e.kind,
-                        e.old_digest.as_deref().unwrap_or("-"),
-                        e.new_digest.as_deref().unwrap_or("-"),
-                        e.actor,
-                        e.source.as_deref().unwrap_or("-"),
-                    );
-                }
-            }
+            listing::print(&registry.tag_history(&repo, &tag, limit).await?, json);
         }
         TagCommand::Rollback {
             reference,
@@ -148,24 +118,19 @@ async fn run(registry: &Registry, actor: &Actor, cmd: TagCommand) -> anyhow::Res
             json,
         } => {
             let repo = repository(&r)?;
-            for t in registry.semver_tags(&repo).await? {
-                if json {
-                    println!("{}", serde_json::to_string(&t)?);
-                } else {
-                    println!("{}\t{}", t.tag, t.digest);
-                }
-            }
+            listing::print(&registry.semver_tags(&repo).await?, json);
         }
         TagCommand::Resolve {
             repository: r,
             version,
             prerelease,
+            json,
         } => {
             let repo = repository(&r)?;
             let t = registry
                 .resolve_version(&repo, &version, prerelease)
                 .await?;
-            println!("{}\t{}", t.tag, t.digest);
+            listing::print(&[t], json);
         }
         TagCommand::Delete { reference } => {
             let (repo, tag) = split_reference(&reference)?;

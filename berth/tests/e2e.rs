@@ -13,6 +13,8 @@ mod containerd;
 mod gc;
 #[path = "e2e/harness.rs"]
 mod harness;
+#[path = "support/http.rs"]
+mod http;
 
 #[path = "e2e/audit.rs"]
 mod audit;
@@ -22,6 +24,8 @@ mod auth;
 mod ctr;
 #[path = "e2e/docker.rs"]
 mod docker;
+#[path = "e2e/events.rs"]
+mod events;
 #[path = "e2e/hostile.rs"]
 mod hostile;
 #[path = "e2e/large.rs"]

@@ -1,5 +1,4 @@
--- Signature verdicts (the policy layer). Numbered 0011: 0010 belongs to the events branch;
--- until the two are merged this file is listed right after 0009.
+-- Signature verdicts (the policy layer).
 --
 -- A repository's verification epoch grows in the transaction of every change that can
 -- change a verdict in it (a manifest with a subject pushed, a manifest deleted, a

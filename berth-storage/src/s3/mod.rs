@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime};
 use berth_oci::{Algorithm, Digest};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use sha2::{Digest as _, Sha256, Sha512};
 
+use crate::hash::Hasher;
 use crate::{BlobCheck, BlobReader, HashState, Result, StorageError, failpoint};
 use client::{Client, ClientConfig, Object};
 pub use sign::Credentials;
@@ -737,33 +737,5 @@ impl PartWriter {
             let _ = handle.await;
         }
         self.store.abort(self.mp.take()).await;
-    }
-}
-
-enum Hasher {
-    Sha256(Sha256),
-    Sha512(Sha512),
-}
-
-impl Hasher {
-    fn new(algorithm: Algorithm) -> Hasher {
-        match algorithm {
-            Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
-            Algorithm::Sha512 => Hasher::Sha512(Sha512::new()),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        match self {
-            Hasher::Sha256(h) => h.update(data),
-            Hasher::Sha512(h) => h.update(data),
-        }
-    }
-
-    fn finish(self) -> Digest {
-        match self {
-            Hasher::Sha256(h) => Digest::from_hash(Algorithm::Sha256, &h.finalize()),
-            Hasher::Sha512(h) => Digest::from_hash(Algorithm::Sha512, &h.finalize()),
-        }
     }
 }

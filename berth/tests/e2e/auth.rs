@@ -939,14 +939,34 @@ fn reserved_names_and_public_tenants_on_the_command_line() {
     // `tenant public NAME true|false` takes its value.
     cli(&berth, &["tenant", "add", "team-a"]);
     cli(&berth, &["tenant", "public", "team-a", "true"]);
+    // A table for people (a header, RFC 3339 times), JSON Lines for scripts.
+    let table = cli(&berth, &["tenant", "list"]);
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["NAME", "VISIBILITY", "CREATED"], "{table}");
+    let row = lines
+        .iter()
+        .find(|l| l[0] == "team-a")
+        .unwrap_or_else(|| panic!("no team-a row: {table}"));
+    assert_eq!(row[1], "public", "{table}");
     assert!(
-        cli(&berth, &["tenant", "list"]).contains("team-a\tpublic"),
-        "team-a is public"
+        row[2].len() == 20 && row[2].ends_with('Z') && row[2].as_bytes()[10] == b'T',
+        "not an RFC 3339 time: {table}"
     );
     cli(&berth, &["tenant", "public", "team-a", "false"]);
+    let json = cli(&berth, &["tenant", "list", "--json"]);
+    let team: Value = json
+        .lines()
+        .map(|l| parse_json(l.as_bytes(), "a tenant"))
+        .find(|t| t["name"] == "team-a")
+        .unwrap_or_else(|| panic!("no team-a: {json}"));
+    assert_eq!(team["public"], false, "team-a is private again");
+    assert!(team["created_at"].as_i64().is_some(), "{team}");
     assert!(
-        cli(&berth, &["tenant", "list"]).contains("team-a\tprivate"),
-        "team-a is private again"
+        team["created"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{team}"
     );
 }
 

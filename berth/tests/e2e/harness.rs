@@ -3,8 +3,8 @@
 //! and OCI image layouts built with umoci.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,11 +33,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 const EXTRA_TOOL_DIR: &str = "/opt/berth-tools/bin";
 
 // ---- small helpers ----
-
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
 
 /// Text that no other test run produces, so every image has its own blobs.
 pub fn unique(label: &str) -> String {
@@ -263,36 +258,7 @@ pub fn skopeo_inspect(image: &str) -> Value {
 
 // ---- HTTP ----
 
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpResponse {
-    /// A header's value (names compare case-insensitively).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    #[track_caller]
-    pub fn json(&self) -> Value {
-        parse_json(&self.body, "response body")
-    }
-}
-
-impl std::fmt::Debug for HttpResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "HTTP {}", self.status)?;
-        for (n, v) in &self.headers {
-            writeln!(f, "{n}: {v}")?;
-        }
-        write!(f, "\n{}", String::from_utf8_lossy(&self.body))
-    }
-}
+pub use crate::http::{HttpResponse, parse_response, sha256_digest};
 
 /// One HTTP/1.1 request without a body, on its own connection.
 pub fn http(
@@ -301,82 +267,7 @@ pub fn http(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<HttpResponse> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (n, v) in headers {
-        let _ = write!(req, "{n}: {v}\r\n");
-    }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_response(&raw, method == "HEAD")
-}
-
-fn bad(msg: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
-}
-
-/// Parses a whole HTTP/1.1 response as read from a connection closed after it.
-pub fn parse_response(raw: &[u8], head: bool) -> std::io::Result<HttpResponse> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers".into()))?;
-    let head_text = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head_text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let mut resp = HttpResponse {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    if head {
-        return Ok(resp);
-    }
-    let body = &raw[end + 4..];
-    resp.body = if resp
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
-    Ok(resp)
-}
-
-fn dechunk(mut body: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| bad("truncated chunk size".into()))?;
-        let size_text = String::from_utf8_lossy(&body[..eol]);
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|e| bad(format!("bad chunk size {size_text:?}: {e}")))?;
-        body = &body[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = body
-            .get(..size)
-            .ok_or_else(|| bad("truncated chunk".into()))?;
-        out.extend_from_slice(chunk);
-        body = body.get(size + 2..).unwrap_or_default();
-    }
+    crate::http::request(addr, method, path, headers, b"")
 }
 
 // ---- the server ----
@@ -403,6 +294,9 @@ pub struct Launch {
     pub tls_ca: Option<PathBuf>,
     /// A data directory shared with other servers (replicas); `None`: its own.
     pub data_dir: Option<PathBuf>,
+    /// The port to listen on (a test that named it in another server's config); `None`: a
+    /// free one.
+    pub port: Option<u16>,
 }
 
 impl Berth {
@@ -428,7 +322,7 @@ impl Berth {
         let mut last_error = String::new();
         // A port found free can be taken before the server binds it: try a few.
         for _ in 0..3 {
-            let addr = format!("127.0.0.1:{}", free_port());
+            let addr = format!("127.0.0.1:{}", launch.port.unwrap_or_else(free_port));
             match spawn_berth(&addr, dir.path(), &log, &env, &launch) {
                 Ok(child) => {
                     return Berth {

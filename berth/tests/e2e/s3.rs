@@ -18,9 +18,9 @@ pub fn unique_prefix(label: &str) -> String {
 /// `[storage]` for the test bucket under `prefix`, plus `extra` lines. Credentials come
 /// from the environment ([`s3_env`]), as in a cluster.
 pub fn s3_storage_toml(prefix: &str, extra: &str) -> String {
-    let endpoint = std::env::var("BERTH_TEST_S3_URL")
-        .expect("BERTH_TEST_S3_URL must point at an S3 server (scripts/start-s3.sh)");
-    let bucket = std::env::var("BERTH_TEST_S3_BUCKET").unwrap_or_else(|_| "berth-test".into());
+    let berth_storage::S3Config {
+        endpoint, bucket, ..
+    } = berth_testkit::s3_config(prefix);
     format!(
         "[storage]\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\n\
          prefix = \"{prefix}\"\npath_style = true\n{extra}"
@@ -36,19 +36,7 @@ pub const S3_ENV: &[(&str, &str)] = &[
 
 /// The objects under `rel` in the bucket below `prefix`, read with Berth's own client.
 pub fn bucket_objects(prefix: &str, rel: &str) -> Vec<(String, u64)> {
-    let config = berth_storage::S3Config {
-        endpoint: std::env::var("BERTH_TEST_S3_URL").expect("BERTH_TEST_S3_URL"),
-        bucket: std::env::var("BERTH_TEST_S3_BUCKET").unwrap_or_else(|_| "berth-test".into()),
-        region: "us-east-1".into(),
-        prefix: prefix.into(),
-        credentials: berth_storage::S3Credentials {
-            access_key_id: "berth-e2e".into(),
-            secret_access_key: "berth-e2e-secret".into(),
-            session_token: None,
-        },
-        path_style: true,
-        redirect_expiry: None,
-    };
+    let config = berth_testkit::s3_config(prefix);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -250,6 +238,10 @@ fn migrate_storage_from_the_embedded_default_to_s3_and_postgres() {
     skopeo_copy(&[], &moved.docker("e2e/whole:stable"), &back.oci("v1"));
     assert_same_image_blobs(&src, &back, &digest);
     // The tag's history came along: created, deleted, created again.
-    let history = run_stdout(moved.cli().args(["tag", "history", "e2e/whole:stable"]));
+    let history = run_stdout(
+        moved
+            .cli()
+            .args(["tag", "history", "e2e/whole:stable", "--json"]),
+    );
     assert_eq!(history.lines().count(), 3, "{history}");
 }

@@ -14,7 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::harness::{
-    Berth, Layout, OCI_MANIFEST, cmd, exec, run, run_fails, skopeo_copy, tempdir,
+    Berth, Layout, OCI_MANIFEST, cmd, exec, run, run_fails, run_stdout, skopeo_copy, tempdir,
 };
 
 const PASSWORD: &str = "e2e-cosign-password";
@@ -397,13 +397,38 @@ mode = "audit"
         .replace(r#"mode = "audit""#, r#"mode = "enforce""#);
     let toml = berth.data_dir().with_file_name("berth.toml");
     std::fs::write(&toml, &enforcing).expect("config");
-    // The dry run that switching to enforce needs; it reports what would be refused.
-    let check = run(berth
-        .cli()
-        .args(["policy", "check", "--rule", "signed-prod"]));
-    let check = String::from_utf8_lossy(&check.stdout).into_owned();
+    // The dry run that switching to enforce needs; it reports what would be refused, as
+    // a table for people and as JSON Lines for scripts.
+    let check = run_stdout(
+        berth
+            .cli()
+            .args(["policy", "check", "--rule", "signed-prod"]),
+    );
+    let header = check.lines().next().unwrap_or_default();
     assert!(
-        check.contains("10 image(s) checked, enforcing would refuse 6"),
+        header.starts_with("RULE") && header.contains("WOULD REFUSE"),
+        "{check}"
+    );
+    assert!(check.contains("prod/unsigned@"), "{check}");
+    let check =
+        run_stdout(
+            berth
+                .cli()
+                .args(["policy", "check", "--rule", "signed-prod", "--json"]),
+        );
+    let runs: Vec<serde_json::Value> = check
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
+        .collect();
+    assert_eq!(runs.len(), 1, "{check}");
+    assert_eq!(
+        (runs[0]["checked"].as_u64(), runs[0]["refused"].as_u64()),
+        (Some(10), Some(6)),
+        "{check}"
+    );
+    assert_eq!(
+        runs[0]["examples"].as_array().map(Vec::len),
+        Some(6),
         "{check}"
     );
     berth.restart();
@@ -659,42 +684,19 @@ mode = "enforce"
         OCI_MANIFEST,
     );
     assert_eq!(sig.status, 401, "anonymous reads need a token here");
-    let resp = run_stdout_curl(&[
-        "-u",
-        &admin_creds,
-        "-H",
-        &format!("Accept: {OCI_MANIFEST}"),
-        "-o",
-        "/dev/null",
-        "-D",
-        "-",
-        &format!(
-            "http://{}/v2/prod/app/manifests/sha256-{}.sig",
-            a.addr(),
-            &digest[7..]
-        ),
-    ]);
-    let sig_digest = resp
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("docker-content-digest: ")
-                .or_else(|| l.strip_prefix("Docker-Content-Digest: "))
-        })
-        .expect("digest header")
-        .trim()
-        .to_owned();
-    run_stdout_curl(&[
-        "-u",
-        &admin_creds,
-        "-X",
+    let basic = format!("Basic {}", STANDARD.encode(&admin_creds));
+    let sig = a.request(
+        "GET",
+        &format!("/v2/prod/app/manifests/sha256-{}.sig", &digest[7..]),
+        &[("Authorization", &basic), ("Accept", OCI_MANIFEST)],
+    );
+    assert_eq!(sig.status, 200, "{sig:?}");
+    let sig_digest = sig.header("docker-content-digest").expect("digest header");
+    let gone = a.request(
         "DELETE",
-        "--fail",
-        &format!("http://{}/v2/prod/app/manifests/{sig_digest}", a.addr()),
-    ]);
+        &format!("/v2/prod/app/manifests/{sig_digest}"),
+        &[("Authorization", &basic)],
+    );
+    assert_eq!(gone.status, 202, "{gone:?}");
     pull_within_2s(&b, "prod/app:v1", &node_creds, &out, false);
-}
-
-fn run_stdout_curl(args: &[&str]) -> String {
-    let out = run(cmd("curl").arg("--silent").args(args));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

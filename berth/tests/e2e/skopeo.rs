@@ -307,8 +307,13 @@ fn skopeo_push_past_a_tenant_quota_is_denied_and_stores_nothing() {
     assert!(!placed.exists(), "the refused layer is in blobs/");
     let uploads = std::fs::read_dir(berth.data_dir().join("uploads")).expect("uploads/");
     assert_eq!(uploads.count(), 0, "an upload was left behind");
-    let usage = run_stdout(berth.cli().args(["tenant", "quota", "team"]));
-    assert!(usage.contains("open uploads 0"), "{usage}");
+    let usage = run_stdout(berth.cli().args(["tenant", "quota", "team", "--json"]));
+    let usage = crate::harness::parse_json(usage.as_bytes(), "quota");
+    assert_eq!(
+        (usage["bytes"].as_u64(), usage["uploads"].as_u64()),
+        (Some(100_000), Some(0)),
+        "{usage}"
+    );
 
     run(berth.cli().args(["tenant", "quota", "team", "none"]));
     skopeo_copy(&[], &src.oci("v1"), &berth.docker("team/app:v1"));

@@ -4,10 +4,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_storage::{BlobStore, FsStore, S3Config, S3Credentials, S3Store};
+use berth_storage::{S3Config, S3Credentials};
 use serde::Deserialize;
-
-use crate::config::Config;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -131,22 +129,6 @@ impl StorageConfig {
                 .redirect_blob_gets
                 .then(|| Duration::from_secs(self.redirect_expiry_secs.clamp(1, 7 * 86_400))),
         })
-    }
-}
-
-/// The blob store `config` names, opened (and, for S3, checked to answer).
-pub async fn open_blobs(config: &Config) -> anyhow::Result<BlobStore> {
-    match config.storage.kind {
-        StorageKind::Fs => Ok(BlobStore::Fs(FsStore::new(config.data_dir.clone()).await?)),
-        StorageKind::S3 => {
-            let s3 = config.storage.s3_config(|k| std::env::var(k).ok())?;
-            let what = format!("S3 bucket {} at {}", s3.bucket, s3.endpoint);
-            let store = S3Store::new(s3)
-                .await
-                .with_context(|| format!("opening {what}"))?;
-            tracing::info!("blobs in {what}");
-            Ok(BlobStore::S3(store))
-        }
     }
 }
 
