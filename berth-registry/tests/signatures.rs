@@ -8,26 +8,20 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use berth_meta::MetaStore;
-use berth_oci::{Digest, Reference, RepoName};
+use berth_oci::RepoName;
 use berth_registry::retention::{RetentionPolicies, RetentionSpec};
-use berth_registry::{Actor, Registry, RegistryConfig, RegistryError, TagRuleSpec, TagRules};
-use berth_storage::{BlobStore, FsStore};
-use bytes::Bytes;
+use berth_registry::{Registry, RegistryConfig, RegistryError, TagRuleSpec, TagRules};
+use common::IMAGE;
 use serde_json::{Value, json};
 
-const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
-
+/// A registry with these tag rules over the filesystem in `dir` and SQLite there, or a
+/// fresh PostgreSQL schema.
 async fn registry(dir: &std::path::Path, postgres: bool, rules: Vec<TagRuleSpec>) -> Registry {
-    let blobs = BlobStore::Fs(FsStore::new(dir).await.expect("fs store"));
-    let url = if postgres {
-        common::postgres_url().await
-    } else {
-        format!("sqlite:{}", dir.join("meta.db").display())
-    };
-    let meta = MetaStore::connect(&url).await.expect("metadata store");
+    let meta = berth_meta::MetaStore::connect(&common::meta_url(dir, postgres).await)
+        .await
+        .expect("metadata store");
     Registry::new(
-        blobs,
+        common::blob_store(false, dir).await,
         meta,
         RegistryConfig {
             tag_rules: TagRules::new(rules).expect("rules"),
@@ -36,16 +30,8 @@ async fn registry(dir: &std::path::Path, postgres: bool, rules: Vec<TagRuleSpec>
     )
 }
 
-fn sha(data: &[u8]) -> Digest {
-    berth_storage::digest_of(berth_oci::Algorithm::Sha256, data)
-}
-
 async fn blob(r: &Registry, repo: &RepoName, data: &[u8]) -> Value {
-    let d = sha(data);
-    let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::copy_from_slice(data))]);
-    r.put_blob(repo, &d, None, body, &Actor::anonymous())
-        .await
-        .expect("blob");
+    let d = common::blob(r, repo, data).await.expect("blob");
     json!({"digest": d.to_string(), "size": data.len()})
 }
 
@@ -59,23 +45,6 @@ async fn manifest(r: &Registry, repo: &RepoName, seed: &str, layer_type: &str) -
         "schemaVersion": 2, "mediaType": IMAGE, "config": config, "layers": [layer],
     }))
     .expect("json")
-}
-
-async fn put(
-    r: &Registry,
-    repo: &RepoName,
-    tag: &str,
-    body: &[u8],
-) -> Result<Digest, RegistryError> {
-    r.put_manifest(
-        repo,
-        &Reference::Tag(tag.parse().expect("tag")),
-        Some(IMAGE),
-        Bytes::copy_from_slice(body),
-        &Actor::anonymous(),
-    )
-    .await
-    .map(|o| o.digest)
 }
 
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -97,41 +66,56 @@ async fn tag_rules_never_block_signatures(postgres: bool) {
     )
     .await;
     let repo: RepoName = "prod/app".parse().expect("name");
-    let img = put(&r, &repo, "1.0.0", &manifest(&r, &repo, "a", TAR).await)
-        .await
-        .expect("a release");
-    let sig_tag = format!("sha256-{}.sig", img.hex());
-    // A cosign signature, then a second signer's (cosign appends: the tag moves).
-    put(
+    let img = common::put(
         &r,
         &repo,
-        &sig_tag,
+        Some("1.0.0"),
+        &manifest(&r, &repo, "a", TAR).await,
+    )
+    .await
+    .expect("a release");
+    let sig_tag = format!("sha256-{}.sig", img.hex());
+    // A cosign signature, then a second signer's (cosign appends: the tag moves).
+    common::put(
+        &r,
+        &repo,
+        Some(&sig_tag),
         &manifest(&r, &repo, "sig one", SIG).await,
     )
     .await
     .expect("first signature");
-    put(
+    common::put(
         &r,
         &repo,
-        &sig_tag,
+        Some(&sig_tag),
         &manifest(&r, &repo, "sig two", SIG).await,
     )
     .await
     .expect("second signer");
     let att_tag = format!("sha256-{}.att", img.hex());
-    put(&r, &repo, &att_tag, &manifest(&r, &repo, "att", DSSE).await)
-        .await
-        .expect("attestation");
-    // A runnable image under a signature tag is an image: the tag is immutable for it.
-    let err = put(&r, &repo, &sig_tag, &manifest(&r, &repo, "fake", TAR).await)
-        .await
-        .expect_err("an image moving an immutable tag");
-    assert!(matches!(err, RegistryError::Denied(_)), "{err}");
-    // And a signature under an ordinary tag is judged by the rules (refuse_mutable).
-    let err = put(
+    common::put(
         &r,
         &repo,
-        "latest",
+        Some(&att_tag),
+        &manifest(&r, &repo, "att", DSSE).await,
+    )
+    .await
+    .expect("attestation");
+    // A runnable image under a signature tag is an image: the tag is immutable for it.
+    let err = common::put(
+        &r,
+        &repo,
+        Some(&sig_tag),
+        &manifest(&r, &repo, "fake", TAR).await,
+    )
+    .await
+    .expect_err("an image moving an immutable tag");
+    assert!(matches!(err, RegistryError::Denied(_)), "{err}");
+    // And a signature under an ordinary tag is judged by the rules (refuse_mutable).
+    let err = common::put(
+        &r,
+        &repo,
+        Some("latest"),
         &manifest(&r, &repo, "sig three", SIG).await,
     )
     .await
@@ -155,19 +139,19 @@ async fn retention_keeps_signatures_with_their_images(postgres: bool) {
     let repo: RepoName = "team/app".parse().expect("name");
     let mut digests = Vec::new();
     for (i, v) in ["1.0.0", "1.1.0", "1.2.0"].into_iter().enumerate() {
-        let d = put(
+        let d = common::put(
             &r,
             &repo,
-            v,
+            Some(v),
             &manifest(&r, &repo, &format!("v{i}"), TAR).await,
         )
         .await
         .expect("image");
         for (suffix, ty) in [("sig", SIG), ("att", DSSE)] {
-            put(
+            common::put(
                 &r,
                 &repo,
-                &format!("sha256-{}.{suffix}", d.hex()),
+                Some(&format!("sha256-{}.{suffix}", d.hex())),
                 &manifest(&r, &repo, &format!("{suffix} {i}"), ty).await,
             )
             .await
@@ -177,9 +161,14 @@ async fn retention_keeps_signatures_with_their_images(postgres: bool) {
     }
     // A runnable image tagged like the signature of an image that is not tagged at all.
     let fake = format!("sha256-{}.sig", "ab".repeat(32));
-    put(&r, &repo, &fake, &manifest(&r, &repo, "fake", TAR).await)
-        .await
-        .expect("fake");
+    common::put(
+        &r,
+        &repo,
+        Some(&fake),
+        &manifest(&r, &repo, "fake", TAR).await,
+    )
+    .await
+    .expect("fake");
 
     let policies = RetentionPolicies::new(vec![RetentionSpec {
         repositories: "team/*".into(),
