@@ -781,7 +781,19 @@ impl Registry {
         // A signature, attestation or SBOM (by content) under the referrers tag
         // convention (`sha256-<hex>.sig`, ...) is not a release: tag rules never block
         // it, and cosign moves its `.sig` tag as signers append.
-        let attached = berth_verify::classify(&body).kind.is_supply_chain();
+        let kind = berth_verify::classify(&body).kind;
+        let attached = kind.is_supply_chain();
+        // A signature or attestation for an image (its `subject`, or the image its cosign
+        // tag names): the push also tells the webhooks that subscribe to signatures.
+        let signature_added = match kind {
+            berth_verify::Kind::CosignSignature
+            | berth_verify::Kind::NotarySignature
+            | berth_verify::Kind::Attestation => subject
+                .clone()
+                .or_else(|| tags.iter().find_map(|t| policy::attached_subject(t)))
+                .map(|subject| events::SignatureAdded { subject, kind }),
+            _ => None,
+        };
         let exempt = |t: &str| attached && policy::attached_subject(t).is_some();
         for t in &tags {
             if exempt(t) {
@@ -800,7 +812,22 @@ impl Registry {
             }
         };
         let queued = std::sync::atomic::AtomicBool::new(false);
-        let jobs = self.jobs_for(&queued);
+        let change_jobs = self.jobs_for(&queued);
+        // One signature event per push, however many tags it sets.
+        let signature_told = std::sync::atomic::AtomicBool::new(false);
+        let jobs = |c: &berth_meta::Change<'_>| {
+            let mut out = change_jobs(c);
+            if let Some(added) = &signature_added
+                && !signature_told.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                let more = self.events.signature_jobs(c, added);
+                if !more.is_empty() {
+                    queued.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                out.extend(more);
+            }
+            out
+        };
         let guard = TagGuard {
             immutable: &immutable,
             admin: false,

@@ -27,6 +27,7 @@ use berth_verify::{Failure, KeyKind, Kind, PublicKey, classify};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::events::RefusedPull;
 use crate::tag_rules::Glob;
 use crate::{Manifest, Registry, RegistryError, Result, stats};
 
@@ -408,6 +409,18 @@ pub struct VerifyReport {
     pub rules: Vec<RuleReport>,
 }
 
+/// Who asked for a manifest, and how: what a policy-refusal event tells.
+#[derive(Debug, Clone, Copy)]
+pub struct PullRequest<'a> {
+    /// The tag asked for, when the manifest was asked for by tag.
+    pub tag: Option<&'a str>,
+    /// `GET` or `HEAD`.
+    pub method: &'static str,
+    /// Who asked, and from where (as the audit log names them).
+    pub actor: &'a str,
+    pub source: Option<std::net::IpAddr>,
+}
+
 /// What the server does with a pull.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
@@ -758,7 +771,13 @@ impl Registry {
 
     /// Decides a pull of `m` from `repo`: served, served and audited, or refused
     /// (`Denied`, naming the rule and the digest).
-    pub async fn admit(&self, repo: &RepoName, m: &Manifest, caller: Caller) -> Result<Admission> {
+    pub async fn admit(
+        &self,
+        repo: &RepoName,
+        m: &Manifest,
+        caller: Caller,
+        request: &PullRequest<'_>,
+    ) -> Result<Admission> {
         let policy = self.policy.current();
         let mut rules = policy.acting_rules(repo.as_str()).peekable();
         if rules.peek().is_none() {
@@ -791,6 +810,18 @@ impl Registry {
             }
             if rule.spec.mode == Mode::Enforce {
                 stats::bump(&self.policy.refused, 1);
+                self.record_refusal(&RefusedPull {
+                    repository: repo.as_str(),
+                    digest: m.digest.as_str(),
+                    media_type: &m.media_type,
+                    size: m.content.len() as u64,
+                    tag: request.tag,
+                    rule: &rule.spec.name,
+                    reason: &reason,
+                    method: request.method,
+                    actor: request.actor,
+                    source: request.source,
+                });
                 return Err(RegistryError::Denied(format!(
                     "policy rule {:?} refuses {}@{}: {reason}",
                     rule.spec.name, repo, m.digest

@@ -833,7 +833,16 @@ async fn get_manifest(
         Caller::Bearer(_) => policy::Caller::Unknown,
         _ => policy::Caller::Puller,
     };
-    let mut admitted = state.registry().admit(name, &m, caller).await;
+    let request = policy::PullRequest {
+        tag: match reference {
+            Reference::Tag(t) => Some(t.as_str()),
+            Reference::Digest(_) => None,
+        },
+        method: if with_body { "GET" } else { "HEAD" },
+        actor: ctx.name(),
+        source: ctx.source,
+    };
+    let mut admitted = state.registry().admit(name, &m, caller, &request).await;
     if let Ok(policy::Admission::NeedsPushCheck) = admitted {
         let pusher = ctx.identity(state).await?.is_some_and(|id| {
             id.grants
@@ -845,7 +854,7 @@ async fn get_manifest(
         } else {
             policy::Caller::Puller
         };
-        admitted = state.registry().admit(name, &m, caller).await;
+        admitted = state.registry().admit(name, &m, caller, &request).await;
     }
     if let Err(RegistryError::Denied(why)) = &admitted {
         policy_audit(state, ctx, name, reference, "denied", why.clone());

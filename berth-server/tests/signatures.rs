@@ -11,69 +11,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use berth_meta::AuditQuery;
 use berth_registry::access::AccessConfig;
-use berth_registry::policy::{
-    CosignKeySpec, Mode, Pending, Policy, PolicySpec, RuleSpec, TrustSpec,
-};
+use berth_registry::policy::{Mode, Policy};
 use berth_server::ChallengeKind;
-use common::{OCI_INDEX, OCI_MANIFEST, Setup, Stores, TestServer as Server, sha256};
+use common::{
+    Key, OCI_INDEX, OCI_MANIFEST, SIMPLE_SIGNING, Setup, Stores, TestServer as Server, key,
+    payload, sha256, sign, signature_policy as policy,
+};
 use reqwest::{Method, StatusCode, header};
-use ring::rand::SystemRandom;
-use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{Value, json};
-
-const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
-
-struct Key {
-    pair: Ed25519KeyPair,
-    pem: String,
-}
-
-fn key() -> Key {
-    let pk8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("generate");
-    let pair = Ed25519KeyPair::from_pkcs8(pk8.as_ref()).expect("load");
-    // SubjectPublicKeyInfo: SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING key }
-    let mut spki = vec![
-        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-    ];
-    spki.extend_from_slice(pair.public_key().as_ref());
-    let pem = format!(
-        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-        STANDARD.encode(&spki)
-    );
-    Key { pair, pem }
-}
-
-fn policy(keys: &[&Key], mode: Mode) -> Policy {
-    Policy::new(PolicySpec {
-        trust: vec![TrustSpec {
-            name: "ci".into(),
-            repositories: vec!["prod/*".into()],
-            cosign: keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| CosignKeySpec {
-                    name: format!("k{i}"),
-                    pem: k.pem.clone(),
-                    algorithm: Some("ed25519".into()),
-                })
-                .collect(),
-            notary: Vec::new(),
-        }],
-        rules: vec![RuleSpec {
-            name: "signed-prod".into(),
-            repositories: vec!["prod/*".into()],
-            kind: "signature".into(),
-            mode,
-            pending: Pending::Refuse,
-            push_bypass: true,
-        }],
-    })
-    .expect("policy")
-}
 
 /// A server under `policy`, following the other replicas' changes as `berth serve` does;
 /// over `stores` when given (another replica), else fresh ones (PostgreSQL or SQLite).
@@ -297,17 +244,6 @@ impl Server {
     async fn metric(&self, sample: &str) -> u64 {
         common::metric(&self.metrics().await, sample)
     }
-}
-
-fn payload(digest: &str) -> Vec<u8> {
-    format!(
-        r#"{{"critical":{{"identity":{{"docker-reference":"elsewhere.example/mirror"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
-    )
-    .into_bytes()
-}
-
-fn sign(k: &Key, payload: &[u8]) -> String {
-    STANDARD.encode(k.pair.sign(payload).as_ref())
 }
 
 async fn enforce_refuses_unsigned_and_serves_signed(postgres: bool) {
