@@ -3,12 +3,12 @@
 #
 # Idempotent, non-interactive; meant for a fresh Debian 12 (bookworm) machine,
 # run as root (CI=true). Reaches the Debian archive (bookworm, and trixie/sid for
-# the oras package); scripts/start-s3.sh reaches PyPI for moto.
+# the oras, cosign and notation packages); scripts/start-s3.sh reaches PyPI for moto.
 #
 # Installs (bookworm apt): skopeo umoci jq curl openssl containerd(+ctr, runc) podman
 #                          docker-registry (CNCF Distribution 2.8) postgresql
-# Installs (trixie/sid .deb, extracted only): oras -> $BERTH_TOOLS_PREFIX/bin/oras,
-#                          symlinked as /usr/local/bin/oras
+# Installs (trixie/sid .deb, extracted only): oras, cosign (trixie), notation (sid)
+#                          -> $BERTH_TOOLS_PREFIX/bin/<tool>, symlinked into /usr/local/bin
 #
 # No service is left running: package service start-up is suppressed with
 # policy-rc.d during the install, and on a systemd host the containerd and
@@ -76,7 +76,7 @@ POLICY_RC=/usr/sbin/policy-rc.d
 CREATED_POLICY_RC=0
 cleanup() {
   if [ "$CREATED_POLICY_RC" = 1 ]; then rm -f "$POLICY_RC"; fi
-  if [ -n "${ORAS_TMP:-}" ]; then rm -rf "$ORAS_TMP"; fi
+  if [ -n "${TOOL_TMP:-}" ]; then rm -rf "$TOOL_TMP"; fi
 }
 trap cleanup EXIT
 if [ ! -e "$POLICY_RC" ]; then
@@ -163,27 +163,33 @@ debian_mirror() {
   return 1
 }
 
-install_oras() {
-  local bin="$PREFIX/bin/oras"
+# install_deb_tool NAME BINARY SUITE...: the newest NAME .deb of the first SUITE that has
+# it, extracted (never installed) into $PREFIX/NAME, with $PREFIX/bin/BINARY and
+# /usr/local/bin/BINARY pointing at it. These are static Go binaries: extracting them
+# needs none of their Depends, and the bookworm system stays as it is.
+install_deb_tool() {
+  local name=$1 binary=$2; shift 2
+  local suites=("$@")
+  local bin="$PREFIX/bin/$binary"
   if [ -x "$bin" ] && "$bin" version >/dev/null 2>&1; then
-    log "oras already installed at $bin"
+    log "$name already installed at $bin"
   else
-    local mirror suite deb
+    local mirror suite deb=""
     mirror=$(debian_mirror) || die "cannot determine the Debian mirror from /etc/apt/sources.list*; set BERTH_DEBIAN_MIRROR"
-    ORAS_TMP=$(mktemp -d /tmp/berth-oras-apt.XXXXXX)
-    mkdir -p "$ORAS_TMP"/{lists/partial,archives/partial,cache,etc/sources.list.d,etc/preferences.d,etc/apt.conf.d,dl}
+    TOOL_TMP=$(mktemp -d /tmp/berth-tool-apt.XXXXXX)
+    mkdir -p "$TOOL_TMP"/{lists/partial,archives/partial,cache,etc/sources.list.d,etc/preferences.d,etc/apt.conf.d,dl}
     local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
     [ -r "$keyring" ] || die "missing $keyring (package debian-archive-keyring)"
     # A private apt "root": own sources, lists, caches; system sources and
     # pinning are not read, nothing under /etc/apt or /var/lib/apt changes.
     local APT_DL=(-q
-      -o Dir::Etc::SourceList="$ORAS_TMP/etc/sources.list"
-      -o Dir::Etc::SourceParts="$ORAS_TMP/etc/sources.list.d"
-      -o Dir::Etc::Preferences="$ORAS_TMP/etc/preferences"
-      -o Dir::Etc::PreferencesParts="$ORAS_TMP/etc/preferences.d"
-      -o Dir::State::Lists="$ORAS_TMP/lists"
-      -o Dir::Cache="$ORAS_TMP/cache"
-      -o Dir::Cache::Archives="$ORAS_TMP/archives"
+      -o Dir::Etc::SourceList="$TOOL_TMP/etc/sources.list"
+      -o Dir::Etc::SourceParts="$TOOL_TMP/etc/sources.list.d"
+      -o Dir::Etc::Preferences="$TOOL_TMP/etc/preferences"
+      -o Dir::Etc::PreferencesParts="$TOOL_TMP/etc/preferences.d"
+      -o Dir::State::Lists="$TOOL_TMP/lists"
+      -o Dir::Cache="$TOOL_TMP/cache"
+      -o Dir::Cache::Archives="$TOOL_TMP/archives"
       -o Dir::Cache::pkgcache=""
       -o Dir::Cache::srcpkgcache=""
       -o APT::Architecture="$ARCH"
@@ -195,37 +201,41 @@ install_oras() {
       -o Acquire::IndexTargets::deb::DEP-11-icons-hidpi::DefaultEnabled=false
       -o Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false
       -o Acquire::IndexTargets::deb::Contents-udeb::DefaultEnabled=false)
-    for suite in "${ORAS_SUITES[@]}"; do
-      printf 'deb [signed-by=%s] %s %s main\n' "$keyring" "$mirror" "$suite" >"$ORAS_TMP/etc/sources.list"
+    for suite in "${suites[@]}"; do
+      printf 'deb [signed-by=%s] %s %s main\n' "$keyring" "$mirror" "$suite" >"$TOOL_TMP/etc/sources.list"
       log "fetching $suite package index from $mirror (private apt dir)"
-      rm -rf "$ORAS_TMP/lists"/*_Packages* "$ORAS_TMP/lists"/*Release* 2>/dev/null || true
+      rm -rf "$TOOL_TMP/lists"/*_Packages* "$TOOL_TMP/lists"/*Release* 2>/dev/null || true
       if ! apt-get "${APT_DL[@]}" update; then
         log "apt-get update for $suite failed"; continue
       fi
-      if ! apt-cache "${APT_DL[@]}" show oras >/dev/null 2>&1; then
-        log "no oras package in $suite"; continue
+      if ! apt-cache "${APT_DL[@]}" show "$name" >/dev/null 2>&1; then
+        log "no $name package in $suite"; continue
       fi
-      rm -f "$ORAS_TMP"/dl/*.deb
-      if (cd "$ORAS_TMP/dl" && apt-get "${APT_DL[@]}" download oras); then
-        deb=$(ls "$ORAS_TMP"/dl/oras_*.deb 2>/dev/null | head -n1)
+      rm -f "$TOOL_TMP"/dl/*.deb
+      if (cd "$TOOL_TMP/dl" && apt-get "${APT_DL[@]}" download "$name"); then
+        deb=$(ls "$TOOL_TMP"/dl/"${name}"_*.deb 2>/dev/null | head -n1)
         [ -n "$deb" ] && break
       fi
-      log "download of oras from $suite failed"
+      log "download of $name from $suite failed"
     done
-    [ -n "${deb:-}" ] || die "could not obtain an oras .deb from ${ORAS_SUITES[*]}"
-    log "extracting $(basename "$deb") into $PREFIX/oras"
-    rm -rf "$PREFIX/oras.new"
-    mkdir -p "$PREFIX/oras.new" "$PREFIX/bin"
-    dpkg -x "$deb" "$PREFIX/oras.new"
-    [ -x "$PREFIX/oras.new/usr/bin/oras" ] || die "oras .deb has no usr/bin/oras"
-    dpkg-deb -f "$deb" Version >"$PREFIX/oras.new/DEB_VERSION"
-    rm -rf "$PREFIX/oras"
-    mv "$PREFIX/oras.new" "$PREFIX/oras"
-    ln -sfn "$PREFIX/oras/usr/bin/oras" "$bin"
+    [ -n "${deb:-}" ] || die "could not obtain a $name .deb from ${suites[*]}"
+    log "extracting $(basename "$deb") into $PREFIX/$name"
+    rm -rf "$PREFIX/$name.new"
+    mkdir -p "$PREFIX/$name.new" "$PREFIX/bin"
+    dpkg -x "$deb" "$PREFIX/$name.new"
+    [ -x "$PREFIX/$name.new/usr/bin/$binary" ] || die "$name .deb has no usr/bin/$binary"
+    dpkg-deb -f "$deb" Version >"$PREFIX/$name.new/DEB_VERSION"
+    rm -rf "$PREFIX/$name"
+    mv "$PREFIX/$name.new" "$PREFIX/$name"
+    ln -sfn "$PREFIX/$name/usr/bin/$binary" "$bin"
+    rm -rf "$TOOL_TMP"; TOOL_TMP=""
   fi
-  ln -sfn "$bin" /usr/local/bin/oras
+  ln -sfn "$bin" "/usr/local/bin/$binary"
 }
-install_oras
+install_deb_tool oras oras "${ORAS_SUITES[@]}"
+# Signatures: cosign 2.5 is in trixie, notation 1.3 only in sid.
+install_deb_tool cosign cosign trixie sid
+install_deb_tool notation notation sid
 
 # ---------------------------------------------------------------------------
 # 5. verify
@@ -250,6 +260,8 @@ verify ctr             ctr --version
 verify runc            runc --version
 verify podman          podman --version
 verify oras            oras version
+verify cosign          cosign version
+verify notation        notation version
 verify docker-registry /usr/bin/docker-registry --version
 if [ "${BERTH_SKIP_POSTGRES:-0}" != 1 ]; then
   verify postgres      /usr/lib/postgresql/15/bin/postgres --version

@@ -134,6 +134,18 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
         "settings",
         &[("name", Text), ("value", Text), ("updated_at", Int)],
     ),
+    // Dry runs gate switching a rule to enforce; their ids are the target's own. Verdicts
+    // and verification epochs are not copied: verdicts are computed again.
+    (
+        "policy_dry_runs",
+        &[
+            ("rule", Text),
+            ("fingerprint", Text),
+            ("at", Int),
+            ("refused", Int),
+            ("result", Text),
+        ],
+    ),
     (
         "webhooks",
         &[

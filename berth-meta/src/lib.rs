@@ -17,6 +17,7 @@ mod jobs;
 mod notify;
 mod quota;
 mod tags;
+mod verdicts;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -32,6 +33,7 @@ pub use jobs::{
 pub use notify::Invalidation;
 pub use quota::{QuotaExceeded, Reservation, Usage};
 pub use tags::{SetTag, TagChange, TagEvent, TagGuard};
+pub use verdicts::{DryRunRow, StoredVerdict};
 
 /// Which engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +242,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0008_upload_quota.sql"),
     include_str!("../migrations/sqlite/0009_tags_covering.sql"),
     include_str!("../migrations/sqlite/0010_jobs.sql"),
+    include_str!("../migrations/sqlite/0011_verdicts.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -252,6 +255,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0008_upload_quota.sql"),
     include_str!("../migrations/postgres/0009_tags_covering.sql"),
     include_str!("../migrations/postgres/0010_jobs.sql"),
+    include_str!("../migrations/postgres/0011_verdicts.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {
@@ -966,6 +970,9 @@ impl MetaStore {
             };
             Self::queue_jobs_for(&mut tx, guard.jobs, &change).await?;
         }
+        if m.subject.is_some() || m.tags.iter().any(|t| verdicts::may_sign(t)) {
+            self.bump_verify_epoch(&mut tx, m.repo).await?;
+        }
         tx.commit().await?;
         Ok(PutManifest::Stored)
     }
@@ -1045,6 +1052,8 @@ impl MetaStore {
             digest: digest.to_owned(),
         };
         self.notify(&mut tx, inv).await?;
+        // A signature, or an index whose signature covered its children, may be gone.
+        self.bump_verify_epoch(&mut tx, repo).await?;
         // Rolled back with the rest if an index still lists the manifest.
         let change = Change {
             kind: ChangeKind::DeleteManifest,
@@ -1135,6 +1144,9 @@ impl MetaStore {
             tag: tag.to_owned(),
         };
         self.notify(&mut tx, inv).await?;
+        if verdicts::may_sign(tag) {
+            self.bump_verify_epoch(&mut tx, repo).await?;
+        }
         tx.commit().await?;
         Ok(Removal::Removed)
     }

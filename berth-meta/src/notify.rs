@@ -20,6 +20,9 @@ pub enum Invalidation {
     Manifest { repo: String, digest: String },
     /// A blob was unlinked from a repository.
     Blob { repo: String, digest: String },
+    /// Signature verdicts of a repository may have changed (a signature or index came or
+    /// went) or, with no repository, the policy itself changed.
+    Verdicts { repo: Option<String> },
     /// Notifications may have been missed (the listening connection was lost): drop
     /// everything.
     All,
@@ -32,6 +35,8 @@ impl Invalidation {
             Invalidation::Tag { repo, tag } => format!("t {repo} {tag}"),
             Invalidation::Manifest { repo, digest } => format!("m {repo} {digest}"),
             Invalidation::Blob { repo, digest } => format!("b {repo} {digest}"),
+            Invalidation::Verdicts { repo: Some(repo) } => format!("v {repo}"),
+            Invalidation::Verdicts { repo: None } => "v".to_owned(),
             Invalidation::All => "*".to_owned(),
         }
     }
@@ -39,6 +44,14 @@ impl Invalidation {
     fn decode(s: &str) -> Option<Invalidation> {
         if s == "*" {
             return Some(Invalidation::All);
+        }
+        if s == "v" {
+            return Some(Invalidation::Verdicts { repo: None });
+        }
+        if let Some(repo) = s.strip_prefix("v ") {
+            return Some(Invalidation::Verdicts {
+                repo: Some(repo.to_owned()),
+            });
         }
         let mut parts = s.splitn(3, ' ');
         let (kind, repo, item) = (parts.next()?, parts.next()?, parts.next()?);
@@ -122,6 +135,10 @@ mod tests {
                 repo: "x/y/z".into(),
                 digest: "sha256:11".into(),
             },
+            Invalidation::Verdicts {
+                repo: Some("a/b".into()),
+            },
+            Invalidation::Verdicts { repo: None },
             Invalidation::All,
         ] {
             assert_eq!(Invalidation::decode(&inv.encode()), Some(inv));

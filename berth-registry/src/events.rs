@@ -1,6 +1,6 @@
 //! Events and webhooks: what happened in the registry (a manifest pushed, a tag moved or
-//! rolled back, a manifest or tag deleted, a manifest pulled), told to other systems over
-//! HTTP.
+//! rolled back, a manifest or tag deleted, a manifest pulled, a signature or attestation
+//! added to an image, a pull refused by a policy rule), told to other systems over HTTP.
 //!
 //! * **Endpoints** come from the configuration file (`[[webhook]]`, global, trusted) and
 //!   from the management API (global ones by admins, a tenant's by its owners), stored in
@@ -11,20 +11,27 @@
 //!   [`Events::jobs_for`] through the guard's hook), one job per matching endpoint, all
 //!   carrying the same event id. Pulls change nothing: they are queued in memory and
 //!   written in batches, one job per endpoint and repository per batch, and only while
-//!   some endpoint subscribes to pulls.
+//!   some endpoint subscribes to pulls. A signature added is an event of the push that
+//!   stored it (written in its transaction, once per push, carrying the subject's digest).
+//!   Policy refusals are frequent (every node retrying an unsigned image): each replica
+//!   queues the first refusal of a (repository, digest, rule) at once, then at most one per
+//!   [`REFUSAL_EVERY`], which counts the refusals withheld since the previous one.
 //! * **Payloads**, per endpoint: CNCF Distribution's notification envelope (`{"events":
 //!   [...]}`, actions push/pull/delete; a rollback is a push of the tag with the digest it
-//!   now names) or CloudEvents 1.0 in structured mode (a batch of pulls in batched mode).
+//!   now names; a signature added is a push whose target is the subject, with the
+//!   signature's media type and the signature manifest in `references`; a refusal has the
+//!   Berth action `berth.policy.refused` and a `policy` object) or CloudEvents 1.0 in
+//!   structured mode (a batch of pulls in batched mode).
 //!   Signed with HMAC-SHA256 over `<timestamp>.<body>` when the endpoint has a secret.
 //! * **Addresses**: an endpoint set through the API is called only at addresses the
 //!   allowlist admits (public ones, and the networks and hosts an admin listed), judged
 //!   when connecting (see `berth_upstream::webhook`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use berth_auth::net::IpNet;
 use berth_auth::policy::glob;
@@ -52,6 +59,11 @@ const PULLS_PER_TX: usize = 8192;
 const PULL_LINGER: Duration = Duration::from_millis(200);
 /// The longest a receiver may take to answer.
 pub const MAX_TIMEOUT_SECS: u64 = 60;
+/// At most one policy-refusal event per (repository, digest, rule) this often, per replica.
+pub const REFUSAL_EVERY: Duration = Duration::from_secs(60);
+/// (repository, digest, rule) keys remembered for that; past it, stale ones are dropped,
+/// and while every one is fresh a new key's refusals are withheld (and counted).
+const REFUSAL_KEYS: usize = 65_536;
 
 /// What an endpoint subscribes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,6 +79,11 @@ pub enum EventKind {
     Delete,
     /// A manifest pulled.
     Pull,
+    /// A signature or attestation pushed for an image (the event names the image).
+    Signature,
+    /// A manifest GET or HEAD refused by an enforcing policy rule (rate-limited per
+    /// replica, see the module notes).
+    PolicyRefusal,
 }
 
 /// The body a receiver gets.
@@ -216,6 +233,12 @@ pub struct Event {
     /// The tags a manifest deletion took with it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// A signature added: the manifest that carries it (`digest` is its subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Attached>,
+    /// A policy refusal: which rule, why, how often.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Refusal>,
     pub actor: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
@@ -231,6 +254,74 @@ pub enum Action {
     DeleteManifest,
     DeleteTag,
     Pull,
+    Signature,
+    PolicyRefusal,
+}
+
+/// The signature or attestation manifest of a signature-added event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attached {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    /// `cosign_signature`, `notary_signature` or `attestation`.
+    pub kind: String,
+}
+
+/// What a policy-refusal event says beyond the manifest refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub rule: String,
+    pub reason: String,
+    /// Refusals of this manifest by this rule on this replica since its previous event
+    /// for them, this one included.
+    pub count: u64,
+    /// The refused request's method (`GET` or `HEAD`).
+    pub method: String,
+}
+
+/// A signature or attestation just pushed for `subject`.
+#[derive(Debug, Clone)]
+pub struct SignatureAdded {
+    pub subject: String,
+    pub kind: berth_verify::Kind,
+}
+
+impl SignatureAdded {
+    /// What a signature-added event names as the signature's media type: the type of its
+    /// envelopes.
+    fn media_type(&self) -> &'static str {
+        use berth_verify::artifact::{COSIGN_SIMPLE_SIGNING, DSSE_ENVELOPE, NOTARY_SIGNATURE};
+        match self.kind {
+            berth_verify::Kind::Attestation => DSSE_ENVELOPE,
+            berth_verify::Kind::NotarySignature => NOTARY_SIGNATURE,
+            _ => COSIGN_SIMPLE_SIGNING,
+        }
+    }
+}
+
+/// A refused pull, as the server saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct RefusedPull<'a> {
+    pub repository: &'a str,
+    pub digest: &'a str,
+    pub media_type: &'a str,
+    pub size: u64,
+    /// The tag asked for, when it was asked by tag.
+    pub tag: Option<&'a str>,
+    pub rule: &'a str,
+    pub reason: &'a str,
+    pub method: &'static str,
+    pub actor: &'a str,
+    pub source: Option<IpAddr>,
+}
+
+/// When a (repository, digest, rule) last had a refusal event here, and how many of its
+/// refusals were withheld since.
+struct RefusalWindow {
+    sent: Instant,
+    withheld: u64,
 }
 
 impl Event {
@@ -242,6 +333,8 @@ impl Event {
             Action::Rollback => vec![EventKind::Rollback, EventKind::TagMove],
             Action::DeleteManifest | Action::DeleteTag => vec![EventKind::Delete],
             Action::Pull => vec![EventKind::Pull],
+            Action::Signature => vec![EventKind::Signature],
+            Action::PolicyRefusal => vec![EventKind::PolicyRefusal],
         }
     }
 }
@@ -305,6 +398,8 @@ impl PullBatch {
                     tag: name(tag),
                     previous: None,
                     tags: &[],
+                    signature: None,
+                    refusal: None,
                     actor: name(actor as i32).unwrap_or_default(),
                     addr: name(addr),
                     instance: &self.instance,
@@ -370,6 +465,8 @@ struct View<'a> {
     tag: Option<&'a str>,
     previous: Option<&'a str>,
     tags: &'a [String],
+    signature: Option<&'a Attached>,
+    refusal: Option<&'a Refusal>,
     actor: &'a str,
     addr: Option<&'a str>,
     instance: &'a str,
@@ -388,6 +485,8 @@ impl<'a> From<&'a Event> for View<'a> {
             tag: e.tag.as_deref(),
             previous: e.previous.as_deref(),
             tags: &e.tags,
+            signature: e.signature.as_ref(),
+            refusal: e.refusal.as_ref(),
             actor: &e.actor,
             addr: e.addr.as_deref(),
             instance: &e.instance,
@@ -403,6 +502,8 @@ impl View<'_> {
             Action::DeleteManifest => "io.berth.manifest.deleted",
             Action::DeleteTag => "io.berth.tag.deleted",
             Action::Pull => "io.berth.manifest.pulled",
+            Action::Signature => "io.berth.signature.added",
+            Action::PolicyRefusal => "io.berth.policy.refused",
         }
     }
 }
@@ -435,6 +536,9 @@ pub struct EventStats {
     pub address_refused: AtomicU64,
     /// Webhooks refused at creation for their address.
     pub webhooks_refused: AtomicU64,
+    /// Policy refusals not sent as an event of their own (counted in a later one's
+    /// `count`, or lost if no later one comes).
+    pub refusals_withheld: AtomicU64,
 }
 
 /// Event ids: UUIDs (version 4 layout) made of a random per-process half and a counter,
@@ -477,6 +581,9 @@ pub(crate) struct Events {
     allowlist: Arc<Allowlist>,
     endpoints: RwLock<Arc<EndpointSet>>,
     wants_pulls: AtomicBool,
+    wants_refusals: AtomicBool,
+    /// Per (repository, digest, rule): when its last refusal event was queued here.
+    refusals: Mutex<HashMap<(String, String, String), RefusalWindow>>,
     /// Identifies this process in the events it makes.
     instance: String,
     client: Option<WebhookClient>,
@@ -512,6 +619,8 @@ impl Events {
             allowlist,
             endpoints: RwLock::default(),
             wants_pulls: AtomicBool::new(false),
+            wants_refusals: AtomicBool::new(false),
+            refusals: Mutex::default(),
             instance: uuid::Uuid::new_v4().to_string(),
             client: Some(client),
             stats: EventStats::default(),
@@ -530,6 +639,8 @@ impl Events {
             allowlist: Arc::default(),
             endpoints: RwLock::default(),
             wants_pulls: AtomicBool::new(false),
+            wants_refusals: AtomicBool::new(false),
+            refusals: Mutex::default(),
             instance: uuid::Uuid::new_v4().to_string(),
             client: None,
             stats: EventStats::default(),
@@ -555,10 +666,11 @@ impl Events {
         list.extend(stored.into_iter().filter(|e| {
             !(e.tenant.is_none() && self.settings.webhooks.iter().any(|w| w.name == e.spec.name))
         }));
-        let pulls = list
-            .iter()
-            .any(|e| e.spec.events.contains(&EventKind::Pull));
-        self.wants_pulls.store(pulls, Ordering::Relaxed);
+        let wants = |k| list.iter().any(|e| e.spec.events.contains(&k));
+        self.wants_pulls
+            .store(wants(EventKind::Pull), Ordering::Relaxed);
+        self.wants_refusals
+            .store(wants(EventKind::PolicyRefusal), Ordering::Relaxed);
         *self
             .endpoints
             .write()
@@ -576,8 +688,7 @@ impl Events {
 
     /// The jobs a change causes: one per matching endpoint, all with one event.
     pub fn jobs_for(&self, c: &Change<'_>) -> Vec<NewJob> {
-        let set = self.endpoints();
-        if set.list.is_empty() {
+        if self.endpoints().list.is_empty() {
             return Vec::new();
         }
         let action = match c.kind {
@@ -586,7 +697,7 @@ impl Events {
             ChangeKind::DeleteManifest => Action::DeleteManifest,
             ChangeKind::DeleteTag => Action::DeleteTag,
         };
-        let event = Event {
+        self.jobs_of(&Event {
             id: self.ids.next(),
             at: c.at,
             action,
@@ -597,14 +708,128 @@ impl Events {
             tag: c.tag.map(str::to_owned),
             previous: c.previous.map(str::to_owned),
             tags: c.tags.to_vec(),
+            signature: None,
+            refusal: None,
             actor: c.actor.name.clone(),
             addr: c.actor.source.clone(),
             instance: self.instance.clone(),
+        })
+    }
+
+    /// The jobs of a signature added by the push `c`: the event names the subject.
+    pub fn signature_jobs(&self, c: &Change<'_>, added: &SignatureAdded) -> Vec<NewJob> {
+        if self.endpoints().list.is_empty() {
+            return Vec::new();
+        }
+        self.jobs_of(&Event {
+            id: self.ids.next(),
+            at: c.at,
+            action: Action::Signature,
+            repository: c.repo.to_owned(),
+            digest: added.subject.clone(),
+            media_type: Some(added.media_type().to_owned()),
+            size: None,
+            tag: None,
+            previous: None,
+            tags: Vec::new(),
+            signature: Some(Attached {
+                digest: c.digest.to_owned(),
+                media_type: c.media_type.unwrap_or_default().to_owned(),
+                size: c.size.unwrap_or_default(),
+                kind: added.kind.as_str().to_owned(),
+            }),
+            refusal: None,
+            actor: c.actor.name.clone(),
+            addr: c.actor.source.clone(),
+            instance: self.instance.clone(),
+        })
+    }
+
+    /// The jobs of a refused pull, unless this (repository, digest, rule) had its event
+    /// here less than [`REFUSAL_EVERY`] ago (then it is only counted).
+    fn refusal_jobs(&self, r: &RefusedPull<'_>, now: Instant) -> Vec<NewJob> {
+        if !self.wants_refusals.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let count = {
+            let mut map = self
+                .refusals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let key = (
+                r.repository.to_owned(),
+                r.digest.to_owned(),
+                r.rule.to_owned(),
+            );
+            let fresh = |w: &RefusalWindow| now.duration_since(w.sent) < REFUSAL_EVERY;
+            match map.get_mut(&key) {
+                Some(w) if fresh(w) => {
+                    w.withheld += 1;
+                    self.stats.refusals_withheld.fetch_add(1, Ordering::Relaxed);
+                    return Vec::new();
+                }
+                Some(w) => {
+                    let count = w.withheld + 1;
+                    *w = RefusalWindow {
+                        sent: now,
+                        withheld: 0,
+                    };
+                    count
+                }
+                None => {
+                    if map.len() >= REFUSAL_KEYS {
+                        map.retain(|_, w| fresh(w));
+                    }
+                    if map.len() >= REFUSAL_KEYS {
+                        self.stats.refusals_withheld.fetch_add(1, Ordering::Relaxed);
+                        return Vec::new();
+                    }
+                    map.insert(
+                        key,
+                        RefusalWindow {
+                            sent: now,
+                            withheld: 0,
+                        },
+                    );
+                    1
+                }
+            }
         };
+        self.jobs_of(&Event {
+            id: self.ids.next(),
+            at: berth_meta::now_micros(),
+            action: Action::PolicyRefusal,
+            repository: r.repository.to_owned(),
+            digest: r.digest.to_owned(),
+            media_type: Some(r.media_type.to_owned()),
+            size: Some(r.size),
+            tag: r.tag.map(str::to_owned),
+            previous: None,
+            tags: Vec::new(),
+            signature: None,
+            refusal: Some(Refusal {
+                rule: r.rule.to_owned(),
+                reason: r.reason.to_owned(),
+                count,
+                method: r.method.to_owned(),
+            }),
+            actor: r.actor.to_owned(),
+            addr: r.source.map(|a| a.to_string()),
+            instance: self.instance.clone(),
+        })
+    }
+
+    /// One job per endpoint that subscribes to `event`, all with the same payload.
+    fn jobs_of(&self, event: &Event) -> Vec<NewJob> {
+        let set = self.endpoints();
         let kinds = event.kinds();
         let mut payload = None;
         let mut out = Vec::new();
-        for ep in set.list.iter().filter(|e| e.matches(&kinds, c.repo)) {
+        for ep in set
+            .list
+            .iter()
+            .filter(|e| e.matches(&kinds, &event.repository))
+        {
             let payload = payload.get_or_insert_with(|| {
                 serde_json::to_string(&WebhookJob {
                     events: vec![event.clone()],
@@ -615,7 +840,7 @@ impl Events {
             out.push(NewJob {
                 kind: WEBHOOK_JOB.to_owned(),
                 queue: ep.queue.clone(),
-                lane: c.repo.to_owned(),
+                lane: event.repository.clone(),
                 payload: payload.clone(),
             });
         }
@@ -713,6 +938,16 @@ impl Events {
             Action::Rollback => ("push", "POST"),
             Action::DeleteManifest | Action::DeleteTag => ("delete", "DELETE"),
             Action::Pull => ("pull", "GET"),
+            // A push concerning the subject: its target is the image signed, typed as the
+            // signature (what consumers filter on), the signature manifest in
+            // `references` (Distribution 3's field for related descriptors).
+            Action::Signature => ("push", "PUT"),
+            // Distribution has no refusal: a Berth action, namespaced so it cannot clash
+            // with one Distribution may add.
+            Action::PolicyRefusal => (
+                "berth.policy.refused",
+                e.refusal.map_or("GET", |r| r.method.as_str()),
+            ),
         };
         let deleted = matches!(e.action, Action::DeleteManifest | Action::DeleteTag);
         DistEvent {
@@ -729,6 +964,16 @@ impl Events {
                     .then(|| self.manifest_url(e.repository, e.digest))
                     .flatten(),
                 tag: e.tag,
+                references: e
+                    .signature
+                    .map(|s| {
+                        vec![DistDescriptor {
+                            media_type: &s.media_type,
+                            digest: &s.digest,
+                            size: s.size,
+                        }]
+                    })
+                    .unwrap_or_default(),
             },
             request: DistRequest {
                 id: &e.id,
@@ -740,6 +985,7 @@ impl Events {
                 addr: &self.settings.source_addr,
                 instance_id: e.instance,
             },
+            policy: e.refusal,
         }
     }
 
@@ -762,6 +1008,8 @@ impl Events {
                 tag: e.tag,
                 previous_digest: e.previous,
                 tags: e.tags,
+                signature: e.signature,
+                policy: e.refusal,
                 url: (!deleted)
                     .then(|| self.manifest_url(e.repository, e.digest))
                     .flatten(),
@@ -893,6 +1141,9 @@ struct DistEvent<'a> {
     request: DistRequest<'a>,
     actor: DistActor<'a>,
     source: DistSource<'a>,
+    /// `berth.policy.refused` only: the rule, the reason, the count and the method.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<&'a Refusal>,
 }
 
 #[derive(Serialize)]
@@ -910,6 +1161,16 @@ struct DistTarget<'a> {
     url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tag: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    references: Vec<DistDescriptor<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DistDescriptor<'a> {
+    media_type: &'a str,
+    digest: &'a str,
+    size: u64,
 }
 
 #[derive(Serialize)]
@@ -917,7 +1178,7 @@ struct DistRequest<'a> {
     id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     addr: Option<&'a str>,
-    method: &'static str,
+    method: &'a str,
 }
 
 #[derive(Serialize)]
@@ -960,6 +1221,10 @@ struct CloudData<'a> {
     previous_digest: Option<&'a str>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     tags: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signature: Option<&'a Attached>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<&'a Refusal>,
     #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<String>,
     actor: CloudActor<'a>,
@@ -1023,7 +1288,7 @@ fn check_spec(w: &WebhookSpec) -> Result<()> {
     url_host(&w.url).map_err(|e| RegistryError::Invalid(format!("webhook {}: {e}", w.name)))?;
     if w.events.is_empty() {
         return Err(RegistryError::Invalid(format!(
-            "webhook {}: events is empty (push, tag_move, rollback, delete, pull)",
+            "webhook {}: events is empty (push, tag_move, rollback, delete, pull, signature, policy_refusal)",
             w.name
         )));
     }
@@ -1172,6 +1437,30 @@ impl Registry {
             tag: tag.map(str::to_owned),
             actor: actor.name.clone(),
             addr: actor.source.clone(),
+        });
+    }
+
+    /// Notes a pull an enforcing policy rule refused, for the webhooks that subscribe to
+    /// refusals: queued at once for a (repository, digest, rule) new here, else at most
+    /// once per [`REFUSAL_EVERY`] (see the module notes). Written off the request path.
+    pub(crate) fn record_refusal(&self, refused: &RefusedPull<'_>) {
+        let jobs = self.events.refusal_jobs(refused, Instant::now());
+        if jobs.is_empty() {
+            return;
+        }
+        let registry = self.clone();
+        tokio::spawn(async move {
+            match registry.meta.enqueue_jobs(&jobs).await {
+                Ok(()) => registry.wake_jobs(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "policy refusal event not written");
+                    registry
+                        .events
+                        .stats
+                        .refusals_withheld
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
         });
     }
 
@@ -1489,5 +1778,103 @@ mod tests {
             "2026-11-22T03:14:26.000042Z"
         );
         assert_eq!(timestamp(0), "1970-01-01T00:00:00.000000Z");
+    }
+
+    fn refused<'a>(digest: &'a str, rule: &'a str) -> RefusedPull<'a> {
+        RefusedPull {
+            repository: "prod/app",
+            digest,
+            media_type: "application/vnd.oci.image.manifest.v1+json",
+            size: 512,
+            tag: Some("v1"),
+            rule,
+            reason: "no signature",
+            method: "GET",
+            actor: "node",
+            source: Some(ip("10.0.0.7")),
+        }
+    }
+
+    fn count_of(jobs: &[NewJob]) -> Vec<u64> {
+        jobs.iter()
+            .map(|j| {
+                let p: WebhookJob = serde_json::from_str(&j.payload).expect("payload");
+                p.events[0].refusal.as_ref().expect("a refusal").count
+            })
+            .collect()
+    }
+
+    #[test]
+    fn refusal_events_are_limited_per_key_and_count_what_they_withheld() {
+        let spec = |events| WebhookSpec {
+            name: "sec".into(),
+            url: "http://hooks.example/r".into(),
+            events,
+            repositories: Vec::new(),
+            secret: None,
+            format: Format::Distribution,
+            timeout_secs: 10,
+        };
+        // Nobody subscribes: nothing is made, nothing remembered.
+        let quiet = Events::new(EventSettings {
+            webhooks: vec![spec(default_events())],
+            ..EventSettings::default()
+        })
+        .expect("events");
+        let t0 = Instant::now();
+        assert!(
+            quiet
+                .refusal_jobs(&refused("sha256:aa", "r"), t0)
+                .is_empty()
+        );
+        assert!(quiet.refusals.lock().expect("lock").is_empty());
+
+        let ev = Events::new(EventSettings {
+            webhooks: vec![spec(vec![EventKind::PolicyRefusal])],
+            ..EventSettings::default()
+        })
+        .expect("events");
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert_eq!(
+            count_of(&ev.refusal_jobs(&refused("sha256:aa", "r"), t0)),
+            [1]
+        );
+        for s in [1, 30, 59] {
+            assert!(
+                ev.refusal_jobs(&refused("sha256:aa", "r"), at(s))
+                    .is_empty()
+            );
+        }
+        // Another digest or another rule is another key.
+        assert_eq!(
+            count_of(&ev.refusal_jobs(&refused("sha256:bb", "r"), at(1))),
+            [1]
+        );
+        assert_eq!(
+            count_of(&ev.refusal_jobs(&refused("sha256:aa", "q"), at(1))),
+            [1]
+        );
+        // A minute after the last event, the next one carries what was withheld.
+        assert_eq!(
+            count_of(&ev.refusal_jobs(&refused("sha256:aa", "r"), at(60))),
+            [4]
+        );
+        assert!(
+            ev.refusal_jobs(&refused("sha256:aa", "r"), at(61))
+                .is_empty()
+        );
+        assert_eq!(ev.stats.refusals_withheld.load(Ordering::Relaxed), 4);
+
+        let job: WebhookJob =
+            serde_json::from_str(&ev.refusal_jobs(&refused("sha256:cc", "r"), at(62))[0].payload)
+                .expect("payload");
+        let e = &job.events[0];
+        assert_eq!(e.action, Action::PolicyRefusal);
+        assert_eq!(e.kinds(), [EventKind::PolicyRefusal]);
+        assert_eq!(
+            (e.digest.as_str(), e.tag.as_deref(), e.actor.as_str()),
+            ("sha256:cc", Some("v1"), "node")
+        );
+        assert_eq!(e.addr.as_deref(), Some("10.0.0.7"));
     }
 }

@@ -355,6 +355,11 @@ impl Registry {
             "Pull events dropped: the in-memory queue was full, or a batch could not be written",
             &s.pulls_dropped,
         ));
+        out.push(plain(
+            "policy_refusal_events_withheld",
+            "Policy refusals not sent as an event of their own: within a minute of the last event for the same repository, digest and rule on this replica (counted in the next one's count), or not written",
+            &s.refusals_withheld,
+        ));
         out
     }
 

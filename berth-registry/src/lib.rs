@@ -13,6 +13,7 @@ pub mod gc;
 pub mod jobs;
 pub mod layout;
 mod login;
+pub mod policy;
 pub mod prefetch;
 mod proxy;
 mod quota;
@@ -169,6 +170,8 @@ impl Caches {
             I::Blob { repo, digest } => {
                 self.blob_links.remove(&cache::key(&repo, &digest));
             }
+            // The policy state forgets verdicts; nothing cached here depends on them.
+            I::Verdicts { .. } => {}
             I::All => {
                 self.tags.remove_prefix("");
                 self.manifests.remove_prefix("");
@@ -195,6 +198,8 @@ pub struct Registry {
     stats: Arc<stats::Stats>,
     /// The tag rules in force: the configuration's and those managed through the API.
     rules: Arc<std::sync::RwLock<Arc<TagRules>>>,
+    /// Signature trust, policy rules and the verdict cache.
+    policy: Arc<policy::PolicyState>,
 }
 
 impl Registry {
@@ -217,6 +222,7 @@ impl Registry {
             jobs: Arc::new(jobs::JobsState::new(jobs::JobSettings::default())),
             stats: Arc::default(),
             rules: Arc::new(std::sync::RwLock::new(rules)),
+            policy: Arc::new(policy::PolicyState::new(policy::Policy::default())),
         }
     }
 
@@ -229,9 +235,29 @@ impl Registry {
     /// SQLite.
     pub async fn follow_other_replicas(&self) -> Result<()> {
         let caches = Arc::clone(&self.cache);
-        self.meta
-            .listen_invalidations(move |inv| caches.apply(inv))
+        let verdicts = Arc::clone(&self.policy);
+        let listening = self
+            .meta
+            .listen_invalidations(move |inv| {
+                match &inv {
+                    // The policy itself changed: the poller re-reads it at once.
+                    berth_meta::Invalidation::Verdicts { repo: None } => {
+                        verdicts.invalidate(None);
+                        verdicts.wake();
+                    }
+                    berth_meta::Invalidation::Verdicts { repo } => {
+                        verdicts.invalidate(repo.as_deref())
+                    }
+                    berth_meta::Invalidation::All => verdicts.invalidate(None),
+                    _ => {}
+                }
+                caches.apply(inv)
+            })
             .await?;
+        if listening.is_some() {
+            // The fallback for notifications lost while the listener reconnects.
+            self.poll_verdict_counter();
+        }
         Ok(())
     }
 
@@ -752,15 +778,56 @@ impl Registry {
                 tags.push(t.as_str());
             }
         }
+        // A signature, attestation or SBOM (by content) under the referrers tag
+        // convention (`sha256-<hex>.sig`, ...) is not a release: tag rules never block
+        // it, and cosign moves its `.sig` tag as signers append.
+        let kind = berth_verify::classify(&body).kind;
+        let attached = kind.is_supply_chain();
+        // A signature or attestation for an image (its `subject`, or the image its cosign
+        // tag names): the push also tells the webhooks that subscribe to signatures.
+        let signature_added = match kind {
+            berth_verify::Kind::CosignSignature
+            | berth_verify::Kind::NotarySignature
+            | berth_verify::Kind::Attestation => subject
+                .clone()
+                .or_else(|| tags.iter().find_map(|t| policy::attached_subject(t)))
+                .map(|subject| events::SignatureAdded { subject, kind }),
+            _ => None,
+        };
+        let exempt = |t: &str| attached && policy::attached_subject(t).is_some();
         for t in &tags {
+            if exempt(t) {
+                continue;
+            }
             if let Some(why) = self.tag_rules().refusal(repo.as_str(), t) {
                 return Err(RegistryError::Denied(why));
             }
         }
         let rules = self.tag_rules();
-        let immutable = |t: &str| rules.immutable(repo.as_str(), t);
+        let immutable = |t: &str| {
+            if exempt(t) {
+                None
+            } else {
+                rules.immutable(repo.as_str(), t)
+            }
+        };
         let queued = std::sync::atomic::AtomicBool::new(false);
-        let jobs = self.jobs_for(&queued);
+        let change_jobs = self.jobs_for(&queued);
+        // One signature event per push, however many tags it sets.
+        let signature_told = std::sync::atomic::AtomicBool::new(false);
+        let jobs = |c: &berth_meta::Change<'_>| {
+            let mut out = change_jobs(c);
+            if let Some(added) = &signature_added
+                && !signature_told.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                let more = self.events.signature_jobs(c, added);
+                if !more.is_empty() {
+                    queued.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                out.extend(more);
+            }
+            out
+        };
         let guard = TagGuard {
             immutable: &immutable,
             admin: false,
@@ -791,6 +858,9 @@ impl Registry {
         failpoint(failpoint::AFTER_MANIFEST_COMMIT)?;
         match outcome {
             PutManifest::Stored => {
+                if subject.is_some() || tags.iter().any(|t| t.starts_with("sha256-")) {
+                    self.invalidate_verdicts(Some(repo.as_str()));
+                }
                 for tag in &tags {
                     self.cache
                         .tags
@@ -897,8 +967,11 @@ impl Registry {
                 outcome
             }
         };
-        if queued.load(std::sync::atomic::Ordering::Relaxed) && outcome == Removal::Removed {
-            self.wake_jobs();
+        if outcome == Removal::Removed {
+            self.invalidate_verdicts(Some(repo.as_str()));
+            if queued.load(std::sync::atomic::Ordering::Relaxed) {
+                self.wake_jobs();
+            }
         }
         match outcome {
             Removal::Removed => Ok(()),

@@ -205,8 +205,22 @@ impl Registry {
                 .filter_map(|(t, ..)| Version::parse(t).map(|v| (v, t.as_str())))
                 .collect();
             versions.sort_by(|a, b| b.0.cmp(&a.0));
+            // Signatures, attestations and SBOMs under the referrers tag convention (by
+            // content) follow their image: judged after the other tags, not by the rules.
+            let mut attached: HashMap<&str, String> = HashMap::new();
+            for (tag, digest, ..) in &tags {
+                if let Some(subject) = crate::policy::attached_subject(tag)
+                    && let Some(m) = self.meta.get_manifest(&repo, digest).await?
+                    && berth_verify::classify(&m.content).kind.is_supply_chain()
+                {
+                    attached.insert(tag.as_str(), subject);
+                }
+            }
             let mut expired = Vec::new();
             for (tag, digest, updated_at, pulled_at) in &tags {
+                if attached.contains_key(tag.as_str()) {
+                    continue;
+                }
                 let immutable = self.tag_rules().immutable(&repo, tag).is_some();
                 let last_used = pulled_at.unwrap_or(0).max(*updated_at);
                 // Kept if any matching policy keeps it.
@@ -235,10 +249,41 @@ impl Registry {
                     expired.push((tag.clone(), digest.clone(), immutable));
                 }
             }
+            let g = self.meta.gc_repo_graph(repo_id, &repo, i64::MAX).await?;
+            if !attached.is_empty() {
+                // An attached tag goes when its image goes: its subject was reached only
+                // from removed tags. Subjects no tag reaches are not retention's to judge.
+                let gone: HashSet<&str> = expired.iter().map(|(t, ..)| t.as_str()).collect();
+                let kept_roots = tags
+                    .iter()
+                    .filter(|(t, ..)| {
+                        !gone.contains(t.as_str()) && !attached.contains_key(t.as_str())
+                    })
+                    .map(|(_, d, ..)| d.as_str());
+                let removed_roots = expired.iter().map(|(_, d, _)| d.as_str());
+                let kept: HashSet<String> = reach(&g, kept_roots)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
+                let removed: HashSet<String> = reach(&g, removed_roots)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
+                for (tag, digest, ..) in &tags {
+                    let Some(subject) = attached.get(tag.as_str()) else {
+                        continue;
+                    };
+                    if removed.contains(subject) && !kept.contains(subject) {
+                        let immutable = self.tag_rules().immutable(&repo, tag).is_some();
+                        expired.push((tag.clone(), digest.clone(), immutable));
+                    } else {
+                        report.kept += 1;
+                    }
+                }
+            }
             if expired.is_empty() {
                 continue;
             }
-            let g = self.meta.gc_repo_graph(repo_id, &repo, i64::MAX).await?;
             let gone_tags: HashSet<&str> = expired.iter().map(|(t, ..)| t.as_str()).collect();
             let kept_roots = tags
                 .iter()

@@ -116,6 +116,30 @@ impl Registry {
                 value: get(&s.audit_pruned),
             },
         ];
+        let p = &self.policy;
+        for (what, c) in [
+            ("refused", &p.refused),
+            ("audited", &p.audited),
+            ("bypassed", &p.bypassed),
+            ("pending", &p.pending),
+        ] {
+            out.push(Counter {
+                name: "policy_pulls",
+                help: "Manifest pulls a policy rule judged, by result (refused: 403 under an \
+                    enforcing rule; audited: served under an audit rule and recorded in the \
+                    audit log; bypassed: served to an authenticated caller with push \
+                    permission under an enforcing rule's push_bypass, and audited; pending: no verdict could be computed in time, answered as the \
+                    rule's `pending` says)",
+                label: Some(("result", what)),
+                value: get(c),
+            });
+        }
+        out.push(Counter {
+            name: "policy_verdicts_computed",
+            help: "Signature verdicts computed (not found in memory or in the metadata store)",
+            label: None,
+            value: get(&p.computed),
+        });
         let refusals = "Writes refused by a tenant's storage quota, by request (blob: a \
             monolithic upload, an upload's completion or a mount; chunk: a PATCH to an upload \
             session, refused before the bytes past the quota were written; manifest: a \

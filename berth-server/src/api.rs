@@ -36,6 +36,7 @@ use crate::metrics::ReasonLabels;
 use crate::{AppState, ConnInfo};
 
 mod events;
+mod policy;
 mod versions;
 
 type ApiResult = Result<Response, ApiError>;
@@ -79,6 +80,7 @@ pub fn router() -> Router<AppState> {
         .route("/keys/rotate", post(rotate_key))
         .route("/tag-rules", get(get_tag_rules).put(set_tag_rules))
         .merge(versions::router())
+        .merge(policy::router())
         .merge(events::router())
 }
 

@@ -10,7 +10,7 @@ use berth_auth::Actions;
 use berth_meta::AuditRecord;
 use berth_oci::range::parse_content_range;
 use berth_oci::{Digest, ErrorCode, Reference, RepoName, Tag};
-use berth_registry::{Actor, BlobSource, PulledBlob, RegistryError};
+use berth_registry::{Actor, BlobSource, PulledBlob, RegistryError, policy};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 use crate::auth::{self, Caller, Ctx};
@@ -273,7 +273,7 @@ async fn handle(state: &AppState, ep: Endpoint, req: Request, ctx: &Ctx) -> ApiR
         Endpoint::Tags { name } if m == Method::GET => tags(state, name, req).await,
         Endpoint::Manifest { name, reference } => match m {
             Method::GET => {
-                let resp = get_manifest(state, &name, &reference, req, true).await;
+                let resp = get_manifest(state, ctx, &name, &reference, req, true).await;
                 if let Ok(r) = &resp {
                     audit_pull(state, ctx, &name, &reference, r);
                     if state.registry().wants_pull_events() {
@@ -282,7 +282,7 @@ async fn handle(state: &AppState, ep: Endpoint, req: Request, ctx: &Ctx) -> ApiR
                 }
                 resp
             }
-            Method::HEAD => get_manifest(state, &name, &reference, req, false).await,
+            Method::HEAD => get_manifest(state, ctx, &name, &reference, req, false).await,
             Method::PUT => put_manifest(state, name, reference, req, &actor).await,
             Method::DELETE => {
                 let admin = ctx.is_admin(state).await?;
@@ -756,6 +756,28 @@ fn audit_pull(
     });
 }
 
+/// Records a pull a policy rule refused or would refuse (audit mode).
+fn policy_audit(
+    state: &AppState,
+    ctx: &Ctx,
+    name: &RepoName,
+    reference: &Reference,
+    outcome: &str,
+    detail: String,
+) {
+    state.audit(AuditRecord {
+        at: berth_meta::now_micros(),
+        actor: ctx.name().to_owned(),
+        source: ctx.source.map(|s| s.to_string()),
+        action: "policy.pull".into(),
+        tenant: Some(berth_auth::tenant_of(name.as_str()).to_owned()),
+        repository: Some(name.to_string()),
+        target: Some(reference.to_string()),
+        outcome: outcome.into(),
+        detail: Some(detail),
+    });
+}
+
 /// Hands a manifest download to the webhooks that subscribe to pulls.
 fn pull_event(
     state: &AppState,
@@ -784,6 +806,7 @@ fn pull_event(
 
 async fn get_manifest(
     state: &AppState,
+    ctx: &Ctx,
     name: &RepoName,
     reference: &Reference,
     req: Request,
@@ -796,6 +819,67 @@ async fn get_manifest(
     let m = pulled.manifest;
     if !accepts(req.headers(), &m.media_type) {
         return Err(ApiError::Registry(RegistryError::ManifestUnknown));
+    }
+    // The policy layer: refused here (403 DENIED naming the rule and digest), or served
+    // with the violation recorded. Blob GETs are not judged: they are content-addressed,
+    // and a client reaches them only through a manifest it was served.
+    // Pushers may read what they pushed (signers must); never an anonymous caller. A
+    // token scoped to pull (what clients ask for to read) is asked about its identity's
+    // current grants only when a rule would refuse.
+    let caller = match &ctx.caller {
+        Caller::Basic(_) | Caller::Bearer(_) if ctx.allows(name.as_str(), Actions::PUSH) => {
+            policy::Caller::Pusher
+        }
+        Caller::Bearer(_) => policy::Caller::Unknown,
+        _ => policy::Caller::Puller,
+    };
+    let request = policy::PullRequest {
+        tag: match reference {
+            Reference::Tag(t) => Some(t.as_str()),
+            Reference::Digest(_) => None,
+        },
+        method: if with_body { "GET" } else { "HEAD" },
+        actor: ctx.name(),
+        source: ctx.source,
+    };
+    let mut admitted = state.registry().admit(name, &m, caller, &request).await;
+    if let Ok(policy::Admission::NeedsPushCheck) = admitted {
+        let pusher = ctx.identity(state).await?.is_some_and(|id| {
+            id.grants
+                .on_repository(name.as_str())
+                .contains(Actions::PUSH)
+        });
+        let caller = if pusher {
+            policy::Caller::Pusher
+        } else {
+            policy::Caller::Puller
+        };
+        admitted = state.registry().admit(name, &m, caller, &request).await;
+    }
+    if let Err(RegistryError::Denied(why)) = &admitted {
+        policy_audit(state, ctx, name, reference, "denied", why.clone());
+    }
+    match admitted? {
+        policy::Admission::Serve | policy::Admission::NeedsPushCheck => {}
+        policy::Admission::Audited { rule, reason } => policy_audit(
+            state,
+            ctx,
+            name,
+            reference,
+            "audited",
+            format!("policy rule {rule:?} would refuse {}: {reason}", m.digest),
+        ),
+        policy::Admission::Bypassed { rule, reason } => policy_audit(
+            state,
+            ctx,
+            name,
+            reference,
+            "bypassed",
+            format!(
+                "policy rule {rule:?} refuses {} ({reason}); served to a pusher",
+                m.digest
+            ),
+        ),
     }
     let len = m.content.len();
     let mut resp = if with_body {

@@ -1352,3 +1352,224 @@ async fn admins_set_global_webhooks() {
         .expect("delete");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+/// Pushes `body` (an OCI manifest) as `repo:reference`, with extra `?tag=`s; its digest.
+async fn put_manifest(
+    b: &Berth,
+    repo: &str,
+    reference: &str,
+    extra: &[&str],
+    body: &Value,
+) -> String {
+    let bytes = serde_json::to_vec(body).expect("json");
+    let query: String = extra.iter().map(|t| format!("&tag={t}")).collect();
+    let query = query.replacen('&', "?", 1);
+    let r = b
+        .req(
+            Method::PUT,
+            &format!("/v2/{repo}/manifests/{reference}{query}"),
+        )
+        .header("content-type", OCI_MANIFEST)
+        .body(bytes.clone())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+    sha256(&bytes)
+}
+
+/// A manifest over an empty config and one layer of `layer_type` (pushed), with a subject.
+async fn artifact(
+    b: &Berth,
+    repo: &str,
+    layer_type: &str,
+    seed: &str,
+    subject: Option<&str>,
+) -> Value {
+    let config = b"{}";
+    let c = b.push_blob(repo, config).await;
+    let layer = format!("{{\"seed\":\"{seed}\"}}");
+    let l = b.push_blob(repo, layer.as_bytes()).await;
+    let mut m = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config.len()},
+        "layers": [{"mediaType": layer_type, "digest": l, "size": layer.len(),
+            "annotations": {"dev.cosignproject.cosign/signature": "c2lnbmF0dXJl"}}],
+    });
+    if let Some(s) = subject {
+        m["subject"] = json!({"mediaType": OCI_MANIFEST, "digest": s, "size": 1});
+    }
+    m
+}
+
+/// The two event kinds of the signature layer, against a real receiver in both formats: a
+/// signature or attestation pushed for an image is told once per push with the image's
+/// digest (cosign's `.sig` tag or an OCI 1.1 `subject`), never for an image under a
+/// signature tag nor for a referrer that is not a signature; a pull an enforcing rule
+/// refuses is told at once, then withheld for that (repository, digest, rule) on this
+/// replica (counted), while another manifest's refusal is told. Neither is in the default
+/// subscription.
+#[tokio::test]
+async fn signatures_added_and_policy_refusals_are_told() {
+    const DSSE: &str = "application/vnd.dsse.envelope.v1+json";
+    let rx = Receiver::start().await;
+    let kinds = &[EventKind::Signature, EventKind::PolicyRefusal];
+    let (b, _dir) = sqlite_berth(Setup {
+        webhooks: vec![
+            hook("dist", rx.url("/dist"), Format::Distribution, kinds),
+            hook("ce", rx.url("/ce"), Format::Cloudevents, kinds),
+            hook("plain", rx.url("/plain"), Format::Distribution, ALL),
+        ],
+        public_url: Some("https://registry.example".into()),
+        ..Setup::default()
+    })
+    .await;
+    let k = common::key();
+    b.registry.set_policy(common::signature_policy(
+        &[&k],
+        berth_registry::policy::Mode::Enforce,
+    ));
+
+    let (img, _) = b.push("prod/app", "v1", b"the image").await;
+    let sig_tag = format!("sha256-{}.sig", &img[7..]);
+    // Not signatures: a runnable image under the signature tag of another image, and an
+    // image naming `img` as its subject.
+    let (other, _) = b.push("prod/app", "v2", b"another image").await;
+    let fake = format!("sha256-{}.sig", &other[7..]);
+    b.push("prod/app", &fake, b"runnable, whatever its tag")
+        .await;
+    let referrer = artifact(
+        &b,
+        "prod/app",
+        "application/vnd.oci.image.layer.v1.tar",
+        "r",
+        Some(&img),
+    )
+    .await;
+    put_manifest(&b, "prod/app", "referrer", &[], &referrer).await;
+    // A cosign signature under its tag and one more (`?tag=`): one event.
+    let sig = artifact(&b, "prod/app", common::SIMPLE_SIGNING, "s", None).await;
+    let sig = put_manifest(&b, "prod/app", &sig_tag, &["sig-copy"], &sig).await;
+    // An attestation by digest with a subject (OCI 1.1 referrers).
+    let att = artifact(&b, "prod/app", DSSE, "a", Some(&img)).await;
+    let att_digest = sha256(&serde_json::to_vec(&att).expect("json"));
+    let att = put_manifest(&b, "prod/app", &att_digest, &[], &att).await;
+
+    // Refused pulls: the signature is not a valid one, so `img` is unsigned.
+    for method in [Method::GET, Method::GET, Method::HEAD, Method::GET] {
+        let r = b
+            .req(method, "/v2/prod/app/manifests/v1")
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+    let r = b
+        .req(Method::GET, &format!("/v2/prod/app/manifests/{other}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    let events =
+        |path: &str| -> Vec<Value> { rx.on(path).iter().flat_map(Received::events).collect() };
+    rx.wait("two signatures and two refusals at both endpoints", |_| {
+        events("/dist").len() >= 4 && events("/ce").len() >= 4
+    })
+    .await;
+    // Whatever else was to come has come: pushes are told in their transaction, refusals
+    // at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let d = events("/dist");
+    let c = events("/ce");
+    assert_eq!((d.len(), c.len()), (4, 4), "{d:?}");
+
+    // Distribution: a push whose target is the image, typed as the signature, the
+    // signature manifest in `references`.
+    let url = format!("https://registry.example/v2/prod/app/manifests/{img}");
+    for (e, media_type, signature) in [(&d[0], common::SIMPLE_SIGNING, &sig), (&d[1], DSSE, &att)] {
+        assert_eq!(e["action"], "push", "{e}");
+        assert_eq!(e["request"]["method"], "PUT");
+        let t = &e["target"];
+        assert_eq!(t["digest"], img.as_str(), "{e}");
+        assert_eq!(t["repository"], "prod/app");
+        assert_eq!(t["mediaType"], media_type);
+        assert_eq!(t["url"], url.as_str());
+        assert_eq!(t["references"][0]["digest"], signature.as_str(), "{e}");
+        assert_eq!(t["references"][0]["mediaType"], OCI_MANIFEST);
+        assert!(t["references"][0]["size"].as_u64().is_some_and(|n| n > 0));
+        assert!(t.get("tag").is_none(), "{e}");
+    }
+    // Refusals: a Berth action, one per (repository, digest, rule) here, first at once.
+    let refusal = |e: &Value, digest: &str, tag: Option<&str>| {
+        assert_eq!(e["action"], "berth.policy.refused", "{e}");
+        assert_eq!(e["request"]["method"], "GET");
+        assert_eq!(e["request"]["addr"], "127.0.0.1");
+        assert_eq!(e["target"]["digest"], digest);
+        assert_eq!(e["target"]["mediaType"], OCI_MANIFEST);
+        assert_eq!(e["target"]["tag"].as_str(), tag);
+        assert_eq!(e["policy"]["rule"], "signed-prod");
+        assert_eq!(e["policy"]["count"], 1);
+        assert!(
+            e["policy"]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty())
+        );
+    };
+    // The two refusals are queued off their requests: either may come first.
+    let (first, second) = if d[2]["target"]["digest"] == img.as_str() {
+        (&d[2], &d[3])
+    } else {
+        (&d[3], &d[2])
+    };
+    refusal(first, &img, Some("v1"));
+    refusal(second, &other, None);
+
+    // CloudEvents: their own types, the same ids.
+    let types: Vec<&str> = c
+        .iter()
+        .map(|e| e["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "io.berth.signature.added",
+            "io.berth.signature.added",
+            "io.berth.policy.refused",
+            "io.berth.policy.refused"
+        ]
+    );
+    for (x, y) in d.iter().zip(&c) {
+        assert_eq!(x["id"], y["id"]);
+    }
+    assert_eq!(c[0]["data"]["digest"], img.as_str());
+    assert_eq!(c[0]["data"]["signature"]["digest"], sig.as_str());
+    assert_eq!(c[0]["data"]["signature"]["kind"], "cosign_signature");
+    assert_eq!(c[1]["data"]["signature"]["kind"], "attestation");
+    assert_eq!(c[1]["data"]["mediaType"], DSSE);
+    let refused_v1 = c
+        .iter()
+        .find(|e| e["data"]["tag"] == "v1")
+        .expect("the refusal of v1");
+    assert_eq!(refused_v1["data"]["policy"]["rule"], "signed-prod");
+    assert_eq!(refused_v1["data"]["digest"], img.as_str());
+
+    // The default subscription sees the pushes only (6 manifests, the ?tag= one twice).
+    let plain = events("/plain");
+    assert!(plain.iter().all(|e| e["action"] == "push"), "{plain:?}");
+    assert!(
+        plain
+            .iter()
+            .all(|e| e["target"].get("references").is_none()),
+        "{plain:?}"
+    );
+    assert_eq!(plain.len(), 7, "{plain:?}");
+    let withheld: u64 = common::metric(
+        &common::metrics_at(&b.http, &b.base).await,
+        "berth_policy_refusal_events_withheld_total",
+    );
+    assert_eq!(withheld, 3);
+}

@@ -42,6 +42,10 @@ pub struct Config {
     pub tag_rule: Option<Vec<berth_registry::TagRuleSpec>>,
     /// `[[retention]]` policies: which tags to keep where.
     pub retention: Vec<berth_registry::retention::RetentionSpec>,
+    /// `[[trust]]`: signature trust material per repository glob.
+    pub trust: Vec<crate::policy::TrustEntry>,
+    /// `[[policy]]`: rules that can refuse a pull.
+    pub policy: Vec<berth_registry::policy::RuleSpec>,
     /// Webhooks (`[[webhook]]` tables): global, and trusted to call any address.
     #[serde(rename = "webhook")]
     pub webhooks: Vec<berth_registry::events::WebhookSpec>,
@@ -90,6 +94,8 @@ impl Default for Config {
             replicas: Vec::new(),
             tag_rule: None,
             retention: Vec::new(),
+            trust: Vec::new(),
+            policy: Vec::new(),
             webhooks: Vec::new(),
             events: crate::events::EventsConfig::default(),
             jobs: crate::events::JobsConfig::default(),

@@ -1,6 +1,7 @@
 //! What the listing commands print (`user list`, `tenant list`, `tenant members`, `tenant
 //! quota`, `robot list`, `tag history`, `tag list`, `tag resolve`, `audit`, `events list`,
-//! `events dead`, `events webhooks`).
+//! `events dead`, `events webhooks`, `policy check`, and the signatures and rules of
+//! `verify`).
 //!
 //! For people: a table with a header row, times in RFC 3339 (UTC), absent values as `-`,
 //! control characters escaped (see `output`).
@@ -14,6 +15,7 @@
 use berth_meta::{AuditRecord, TenantRow, Usage, UserRow};
 use berth_registry::access::RobotInfo;
 use berth_registry::events::{JobView, WebhookView};
+use berth_registry::policy::{DryRun, RuleReport, SignatureReport};
 use berth_registry::{HistoryEntry, VersionedTag};
 use serde_json::{Value, json};
 
@@ -254,7 +256,7 @@ impl Row for (i64, AuditRecord) {
 }
 
 /// The lower-case name serde gives an enum value (`push`, `cloudevents`).
-fn serde_name<T: serde::Serialize>(v: &T) -> String {
+pub fn serde_name<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -330,6 +332,113 @@ impl Row for WebhookView {
 
     fn json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// A signature `berth verify` found for `image`.
+pub struct Signature<'a> {
+    pub image: &'a str,
+    pub report: &'a SignatureReport,
+}
+
+impl Row for Signature<'_> {
+    const HEADER: &'static [&'static str] = &[
+        "KIND",
+        "SIGNATURE",
+        "FOR",
+        "VALID",
+        "SIGNED BY OR WHY NOT",
+        "WARNINGS",
+    ];
+
+    fn cells(&self) -> Vec<String> {
+        let s = self.report;
+        let result = match (&s.signed_by, &s.failure) {
+            (_, Some(f)) => f.to_string(),
+            (Some(by), None) => by.clone(),
+            (None, None) => "-".to_owned(),
+        };
+        vec![
+            s.kind.to_owned(),
+            s.manifest.clone(),
+            if s.covers == self.image {
+                "the image".to_owned()
+            } else {
+                format!("index {}", s.covers)
+            },
+            yes_no(s.valid).into(),
+            result,
+            if s.warnings.is_empty() {
+                "-".to_owned()
+            } else {
+                s.warnings.join("; ")
+            },
+        ]
+    }
+
+    fn json(&self) -> Value {
+        serde_json::to_value(self.report).unwrap_or(Value::Null)
+    }
+}
+
+impl Row for RuleReport {
+    const HEADER: &'static [&'static str] = &["RULE", "MODE", "ENFORCING WOULD"];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.rule.clone(),
+            serde_name(&self.mode),
+            self.decision.to_owned(),
+        ]
+    }
+
+    fn json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// A dry run of one rule (`berth policy check`).
+impl Row for DryRun {
+    const HEADER: &'static [&'static str] = &["RULE", "MODE", "CHECKED", "WOULD REFUSE"];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.rule.clone(),
+            serde_name(&self.mode),
+            self.checked.to_string(),
+            self.refused.to_string(),
+        ]
+    }
+
+    fn json(&self) -> Value {
+        let examples: Vec<Value> = self
+            .examples
+            .iter()
+            .map(|(repo, digest, why)| json!({"repository": repo, "digest": digest, "why": why}))
+            .collect();
+        json!({
+            "rule": self.rule, "mode": serde_name(&self.mode), "checked": self.checked,
+            "refused": self.refused, "examples": examples,
+        })
+    }
+}
+
+/// An image a dry run would refuse, for people (`--json` has them in the run's row).
+pub struct Refused {
+    pub rule: String,
+    pub image: String,
+    pub why: String,
+}
+
+impl Row for Refused {
+    const HEADER: &'static [&'static str] = &["RULE", "WOULD REFUSE", "WHY"];
+
+    fn cells(&self) -> Vec<String> {
+        vec![self.rule.clone(), self.image.clone(), self.why.clone()]
+    }
+
+    fn json(&self) -> Value {
+        json!({"rule": self.rule, "image": self.image, "why": self.why})
     }
 }
 
@@ -447,5 +556,50 @@ mod tests {
             (v["at"].clone(), v["time"].clone()),
             (json!(DAY_ONE), json!("2026-01-01T00:00:00Z"))
         );
+    }
+
+    #[test]
+    fn dry_runs_and_signatures_as_rows() {
+        let run = DryRun {
+            rule: "signed-prod".into(),
+            mode: berth_registry::policy::Mode::DryRun,
+            checked: 10,
+            refused: 1,
+            examples: vec![("prod/app".into(), "sha256:aa".into(), "no signature".into())],
+        };
+        assert_eq!(run.cells(), ["signed-prod", "dry-run", "10", "1"]);
+        let v: Value = serde_json::from_str(render(&[run], true).trim()).expect("one line");
+        assert_eq!(v["mode"], "dry-run");
+        assert_eq!(
+            v["examples"],
+            json!([{"repository": "prod/app", "digest": "sha256:aa", "why": "no signature"}])
+        );
+
+        // Who signed comes from certificates anyone can make: escaped like any cell.
+        let sig = SignatureReport {
+            manifest: "sha256:51".into(),
+            kind: "notary_jws",
+            covers: "sha256:1d".into(),
+            valid: true,
+            signed_by: Some("CN=x\nverdict: signed".into()),
+            predicate_type: None,
+            failure: None,
+            warnings: vec!["expires soon".into(), "old".into()],
+        };
+        let as_image = Signature {
+            image: "sha256:1d",
+            report: &sig,
+        };
+        assert_eq!(as_image.cells()[2], "the image");
+        assert_eq!(as_image.cells()[5], "expires soon; old");
+        let text = render(std::slice::from_ref(&as_image), false);
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("CN=x\\nverdict"), "{text}");
+        let for_child = Signature {
+            image: "sha256:c0",
+            report: &sig,
+        };
+        assert_eq!(for_child.cells()[2], "index sha256:1d");
+        assert_eq!(for_child.json()["signed_by"], "CN=x\nverdict: signed");
     }
 }

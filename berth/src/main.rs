@@ -13,6 +13,7 @@ mod migrate;
 mod mirror;
 mod open;
 mod output;
+mod policy;
 mod progress;
 mod versions;
 
@@ -136,6 +137,23 @@ enum Command {
     Migrate {
         #[command(flatten)]
         store: open::StoreArgs,
+    },
+    /// Which signatures REPO@DIGEST or REPO:TAG has, who signed, which rule they satisfy
+    /// or exactly why not. Exit code 0: signed (or a signature itself), 1: not, 2: the
+    /// check failed.
+    Verify {
+        #[command(flatten)]
+        store: open::StoreArgs,
+        #[command(flatten)]
+        args: policy::VerifyArgs,
+    },
+    /// Policy rules: `check` judges every stored image as enforcing would, records the dry
+    /// run, and changes nothing else.
+    Policy {
+        #[command(flatten)]
+        store: open::StoreArgs,
+        #[command(subcommand)]
+        cmd: policy::PolicyCommand,
     },
     /// Tag history, rollback, semver listing and resolution (offline, as the admin `cli`).
     Tag {
@@ -261,6 +279,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let registry = open::open_registry(&config).await?;
     let meta = registry.meta().clone();
     let jobs = registry.start_jobs();
+    registry
+        .check_enforce_ready()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     registry
         .follow_other_replicas()
         .await
@@ -521,6 +543,15 @@ fn main() -> anyhow::Result<()> {
             Ok(false) => std::process::exit(1),
             Err(e) => {
                 eprintln!("berth migrate-storage: {e:#}");
+                std::process::exit(2)
+            }
+        },
+        Command::Policy { store, cmd } => runtime.block_on(policy::command(&store, cmd)),
+        Command::Verify { store, args } => match runtime.block_on(policy::verify(&store, args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("berth verify: {e:#}");
                 std::process::exit(2)
             }
         },

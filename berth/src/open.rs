@@ -144,6 +144,11 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
             })
             .collect(),
     )?;
+    registry.set_policy(crate::policy::compile(config)?);
+    registry
+        .reload_policy()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the policy managed through the API: {e}"))?;
     // The rules managed through the API apply to the offline commands too.
     registry
         .reload_tag_rules()

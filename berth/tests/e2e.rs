@@ -1,5 +1,5 @@
 //! End-to-end tests: the real `berth` binary driven by real clients (skopeo, umoci,
-//! containerd/ctr, podman, oras). Images are built locally with umoci; nothing is
+//! containerd/ctr, podman, oras, cosign, notation). Images are built locally with umoci; nothing is
 //! downloaded and nothing but 127.0.0.1 is contacted.
 //!
 //! Every tool is required: a missing one fails its tests with a message naming it
@@ -48,6 +48,8 @@ mod replicas;
 mod restart;
 #[path = "e2e/s3.rs"]
 mod s3;
+#[path = "e2e/signatures.rs"]
+mod signatures;
 #[path = "e2e/skopeo.rs"]
 mod skopeo;
 #[path = "e2e/tls.rs"]

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use berth_meta::MetaStore;
 use berth_registry::access::{Access, AccessConfig, cli_identity};
+use berth_registry::policy::{
+    CosignKeySpec, Mode, Pending, Policy, PolicySpec, RuleSpec, TrustSpec,
+};
 use berth_registry::replicate::ReplicaRule;
 use berth_registry::{Registry, RegistryConfig, UpstreamSettings};
 use berth_server::{AppState, AuthSettings, ChallengeKind, ServerConfig};
@@ -134,6 +137,7 @@ pub async fn add_tenant(access: &Access, tenant: &str, public: bool, members: &[
 }
 
 /// Blob and metadata stores in a directory of their own.
+#[derive(Clone)]
 pub struct Stores {
     pub dir: Arc<tempfile::TempDir>,
     pub blobs: BlobStore,
@@ -188,6 +192,8 @@ pub struct Setup {
     pub s3: bool,
     /// Start on a stopped server's directory (the filesystem and SQLite) again.
     pub dir: Option<Arc<tempfile::TempDir>>,
+    /// Start another replica over a running server's stores ([`TestServer::stores`]).
+    pub stores: Option<Stores>,
     /// The CA the test client trusts: the server speaks TLS (`server.tls`).
     pub client_ca: Option<PathBuf>,
 }
@@ -208,9 +214,10 @@ pub struct TestServer {
 }
 
 pub async fn start(setup: Setup) -> TestServer {
-    let st = match setup.dir {
-        Some(dir) => stores_in(dir, false, false).await,
-        None => stores_on(setup.postgres, setup.s3).await,
+    let st = match (setup.stores, setup.dir) {
+        (Some(st), _) => st,
+        (None, Some(dir)) => stores_in(dir, false, false).await,
+        (None, None) => stores_on(setup.postgres, setup.s3).await,
     };
     let registry = Registry::new(st.blobs.clone(), st.meta.clone(), setup.registry)
         .with_upstreams(setup.upstreams)
@@ -352,6 +359,15 @@ impl TestServer {
         (bytes, d, l)
     }
 
+    /// Its stores, for another replica over them (`Setup::stores`).
+    pub fn stores(&self) -> Stores {
+        Stores {
+            dir: self.dir.clone(),
+            blobs: self.blobs.clone(),
+            meta: self.meta.clone(),
+        }
+    }
+
     /// The metrics exposition.
     pub async fn metrics(&self) -> String {
         metrics_at(&self.http, &self.base).await
@@ -370,6 +386,76 @@ impl TestServer {
             let _ = t.await;
         }
     }
+}
+
+// ---- signatures in cosign's format, made with ring ----
+
+pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+
+/// An Ed25519 key pair and its public key as cosign's PEM.
+pub struct Key {
+    pair: ring::signature::Ed25519KeyPair,
+    pub pem: String,
+}
+
+pub fn key() -> Key {
+    use base64::Engine as _;
+    use ring::signature::{Ed25519KeyPair, KeyPair as _};
+    let pk8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).expect("generate");
+    let pair = Ed25519KeyPair::from_pkcs8(pk8.as_ref()).expect("load");
+    // SubjectPublicKeyInfo: SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING key }
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    spki.extend_from_slice(pair.public_key().as_ref());
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(&spki)
+    );
+    Key { pair, pem }
+}
+
+/// Trust `ci` (these keys) for `prod/*`, and the rule `signed-prod` over it in `mode`.
+pub fn signature_policy(keys: &[&Key], mode: Mode) -> Policy {
+    Policy::new(PolicySpec {
+        trust: vec![TrustSpec {
+            name: "ci".into(),
+            repositories: vec!["prod/*".into()],
+            cosign: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| CosignKeySpec {
+                    name: format!("k{i}"),
+                    pem: k.pem.clone(),
+                    algorithm: Some("ed25519".into()),
+                })
+                .collect(),
+            notary: Vec::new(),
+        }],
+        rules: vec![RuleSpec {
+            name: "signed-prod".into(),
+            repositories: vec!["prod/*".into()],
+            kind: "signature".into(),
+            mode,
+            pending: Pending::Refuse,
+            push_bypass: true,
+        }],
+    })
+    .expect("policy")
+}
+
+/// A cosign simple-signing payload naming `digest`.
+pub fn payload(digest: &str) -> Vec<u8> {
+    format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"elsewhere.example/mirror"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+    )
+    .into_bytes()
+}
+
+/// `payload` signed by `k`, base64 as cosign annotates it.
+pub fn sign(k: &Key, payload: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(k.pair.sign(payload).as_ref())
 }
 
 /// A CA and a server certificate for 127.0.0.1 made with the `openssl` CLI.
