@@ -245,7 +245,12 @@ async fn race(postgres: bool) {
     let mut acknowledged = 0;
     let mut last = std::collections::HashMap::new();
     let mut i = 0u32;
-    while started.elapsed() < Duration::from_secs(8) && i < 400 {
+    // Eight seconds, but never fewer than 24 pushes: on a loaded machine a push can take
+    // long enough that a fixed time would test too few races.
+    while (started.elapsed() < Duration::from_secs(8) || i < 24)
+        && i < 400
+        && started.elapsed() < Duration::from_secs(120)
+    {
         let tag = format!("t{}", i % 2);
         let config = format!("config {i}");
         // Only the last two pushes are tagged, so of eight recycled layers six are out of
