@@ -135,7 +135,8 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
         &[("name", Text), ("value", Text), ("updated_at", Int)],
     ),
     // Dry runs gate switching a rule to enforce; their ids are the target's own. Verdicts
-    // and verification epochs are not copied: verdicts are computed again.
+    // and verification epochs are not copied: verdicts are computed again; nor are package
+    // catalogs (layer_catalogs, image_catalogs, image_packages), which are derived data.
     (
         "policy_dry_runs",
         &[

@@ -10,6 +10,7 @@
 //! This crate is the only one that knows SQL; it knows nothing of paths or HTTP.
 
 mod access;
+mod catalogs;
 mod copy;
 mod fsck;
 mod gc;
@@ -25,6 +26,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row, Transaction};
 
 pub use access::{AuditQuery, AuditRecord, RobotRow, TenantRow, UserChange, UserRow};
+pub use catalogs::{CatalogPackage, ImageCatalogRow, LayerCatalogRow};
 pub use fsck::{BlobRow, DanglingRef, ManifestCursor, ManifestRow};
 pub use gc::{GcManifest, RepoGraph};
 pub use jobs::{
@@ -243,6 +245,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0009_tags_covering.sql"),
     include_str!("../migrations/sqlite/0010_jobs.sql"),
     include_str!("../migrations/sqlite/0011_verdicts.sql"),
+    include_str!("../migrations/sqlite/0012_catalogs.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -256,6 +259,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0009_tags_covering.sql"),
     include_str!("../migrations/postgres/0010_jobs.sql"),
     include_str!("../migrations/postgres/0011_verdicts.sql"),
+    include_str!("../migrations/postgres/0012_catalogs.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {

@@ -3,9 +3,9 @@
 //! not optional: without the variable its tests fail, so a green run always means both.
 
 use berth_meta::{
-    Actor, AuditQuery, AuditRecord, JobOutcome, JobQuery, JobState, Linked, ManifestCursor,
-    ManifestRef, MetaStore, NewJob, NewManifest, PutManifest, RefKind, Removal, Reservation,
-    RobotRow, SetTag, TagChange, TagGuard, Usage, UserChange,
+    Actor, AuditQuery, AuditRecord, CatalogPackage, ImageCatalogRow, JobOutcome, JobQuery,
+    JobState, Linked, ManifestCursor, ManifestRef, MetaStore, NewJob, NewManifest, PutManifest,
+    RefKind, Removal, Reservation, RobotRow, SetTag, TagChange, TagGuard, Usage, UserChange,
 };
 
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -1192,7 +1192,7 @@ async fn reserved_users_are_renamed_and_disabled_by_the_migration(db: Db) {
         .expect("rewind the schema version");
     drop(conn);
     let s = MetaStore::connect(&db.url).await.expect("migrates");
-    assert_eq!(s.schema_version().await.expect("version"), (11, 11));
+    assert_eq!(s.schema_version().await.expect("version"), (12, 12));
     assert_eq!(s.user("anonymous").await.expect("get"), None);
     assert_eq!(s.user("cli").await.expect("get"), None);
     let users = s.users().await.expect("users");
@@ -1567,6 +1567,7 @@ suite!(
     dead_jobs_are_listed_and_redelivered,
     two_workers_never_hold_one_queue,
     webhooks_are_stored_per_tenant,
+    catalogs_are_kept_per_layer_and_per_image,
 );
 
 /// Four replicas (or `berth migrate` init containers) starting at once on one database:
@@ -2148,4 +2149,103 @@ async fn webhooks_are_stored_per_tenant(db: Db) {
         .await
         .expect("delete tenant");
     assert_eq!(s.webhooks().await.expect("list").len(), 1);
+}
+
+fn package(purl: &str, name: &str, source: Option<&str>, layer: &str) -> CatalogPackage {
+    CatalogPackage {
+        purl: purl.into(),
+        ecosystem: "deb".into(),
+        name: name.into(),
+        version: "1.0-1".into(),
+        source_name: source.map(str::to_owned),
+        source_version: source.map(|_| "1.0-1".to_owned()),
+        arch: Some("amd64".into()),
+        layer_digest: layer.into(),
+        path: "var/lib/dpkg/status".into(),
+    }
+}
+
+async fn catalogs_are_kept_per_layer_and_per_image(db: Db) {
+    let s = &db.store;
+    assert_eq!(s.layer_catalog(D1).await.expect("get"), None);
+    s.put_layer_catalog(D1, 1, Some("more than 10 entries"), "{\"packages\":[]}")
+        .await
+        .expect("put");
+    s.put_layer_catalog(D1, 2, None, "{\"v\":2}")
+        .await
+        .expect("replace");
+    let l = s.layer_catalog(D1).await.expect("get").expect("stored");
+    assert_eq!(
+        (l.cataloger_version, l.partial.as_deref(), l.result.as_str()),
+        (2, None, "{\"v\":2}")
+    );
+    assert_eq!(s.image_catalog(M1).await.expect("get"), None);
+    // More packages than one insert statement takes, one of them twice.
+    let mut packages: Vec<CatalogPackage> = (0..250)
+        .map(|i| {
+            package(
+                &format!("pkg:deb/debian/p{i:03}@1.0-1"),
+                &format!("p{i:03}"),
+                None,
+                D1,
+            )
+        })
+        .collect();
+    packages.push(package(
+        "pkg:deb/debian/libc6@1.0-1",
+        "libc6",
+        Some("glibc"),
+        D2,
+    ));
+    packages.push(package(
+        "pkg:deb/debian/libc6@1.0-1",
+        "libc6",
+        Some("glibc"),
+        D1,
+    ));
+    let row = ImageCatalogRow {
+        digest: M1.into(),
+        status: "partial".into(),
+        detail: "{}".into(),
+        cataloger_version: 1,
+        cataloged_at: 7,
+        packages,
+    };
+    s.put_image_catalog(&row).await.expect("put");
+    let got = s.image_catalog(M1).await.expect("get").expect("stored");
+    assert_eq!(got.status, "partial");
+    assert_eq!(got.packages.len(), 251);
+    assert_eq!(got.packages[0].purl, "pkg:deb/debian/libc6@1.0-1");
+    assert_eq!(got.packages[0].layer_digest, D2, "the first found is kept");
+    assert_eq!(got.packages[0].source_name.as_deref(), Some("glibc"));
+    assert_eq!(got.packages[1].source_name, None);
+    // Matching by source package name finds the binary package.
+    let hits = s
+        .images_with_package("deb", "glibc", 10)
+        .await
+        .expect("match");
+    assert_eq!(hits.len(), 1);
+    assert_eq!((hits[0].0.as_str(), hits[0].1.name.as_str()), (M1, "libc6"));
+    assert!(
+        s.images_with_package("apk", "glibc", 10)
+            .await
+            .expect("match")
+            .is_empty()
+    );
+    // Replacing a catalog replaces its packages whole.
+    let again = ImageCatalogRow {
+        status: "complete".into(),
+        packages: vec![package("pkg:deb/debian/bash@1.0-1", "bash", None, D1)],
+        ..row
+    };
+    s.put_image_catalog(&again).await.expect("replace");
+    let got = s.image_catalog(M1).await.expect("get").expect("stored");
+    assert_eq!(got.status, "complete");
+    assert_eq!(got.packages.len(), 1);
+    assert!(
+        s.images_with_package("deb", "glibc", 10)
+            .await
+            .expect("match")
+            .is_empty()
+    );
 }

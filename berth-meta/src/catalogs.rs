@@ -1,0 +1,249 @@
+//! Package catalogs: per-layer results (kept by layer digest, so a shared base layer is
+//! read once) and per-image catalogs with one row per package, which advisories are
+//! matched against without reading a layer again.
+//!
+//! Catalogs are derived data, like verdicts: they are written without audit rows, and
+//! `copy_into` does not copy them (the catalog jobs compute them again).
+
+use sqlx::Row;
+
+use crate::{MetaStore, Result, now_micros, to_i64};
+
+/// Packages inserted per statement: 10 parameters each stays far under both engines'
+/// parameter limits.
+const INSERT_BATCH: usize = 100;
+
+/// A layer's stored result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerCatalogRow {
+    pub digest: String,
+    pub cataloger_version: i64,
+    pub partial: Option<String>,
+    /// JSON, opaque here.
+    pub result: String,
+    pub cataloged_at: i64,
+}
+
+/// One package of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogPackage {
+    pub purl: String,
+    pub ecosystem: String,
+    pub name: String,
+    pub version: String,
+    pub source_name: Option<String>,
+    pub source_version: Option<String>,
+    pub arch: Option<String>,
+    pub layer_digest: String,
+    pub path: String,
+}
+
+/// An image's catalog: its summary and, when read back, its packages in purl order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageCatalogRow {
+    pub digest: String,
+    /// `complete`, `partial` or `failed`.
+    pub status: String,
+    /// JSON, opaque here.
+    pub detail: String,
+    pub cataloger_version: i64,
+    pub cataloged_at: i64,
+    pub packages: Vec<CatalogPackage>,
+}
+
+impl MetaStore {
+    pub async fn layer_catalog(&self, digest: &str) -> Result<Option<LayerCatalogRow>> {
+        let row = sqlx::query(
+            "SELECT digest, cataloger_version, partial, result, cataloged_at \
+             FROM layer_catalogs WHERE digest = $1",
+        )
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| -> Result<LayerCatalogRow> {
+            Ok(LayerCatalogRow {
+                digest: r.try_get(0)?,
+                cataloger_version: r.try_get(1)?,
+                partial: r.try_get(2)?,
+                result: r.try_get(3)?,
+                cataloged_at: r.try_get(4)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Stores (or replaces) a layer's result.
+    pub async fn put_layer_catalog(
+        &self,
+        digest: &str,
+        cataloger_version: i64,
+        partial: Option<&str>,
+        result: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO layer_catalogs (digest, cataloger_version, partial, result, cataloged_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (digest) DO UPDATE SET \
+             cataloger_version = excluded.cataloger_version, partial = excluded.partial, \
+             result = excluded.result, cataloged_at = excluded.cataloged_at",
+        )
+        .bind(digest)
+        .bind(cataloger_version)
+        .bind(partial)
+        .bind(result)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Replaces an image's catalog and its packages in one transaction, so a reader sees
+    /// the old catalog or the new one, never a mix.
+    pub async fn put_image_catalog(&self, c: &ImageCatalogRow) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM image_packages WHERE image_digest = $1")
+            .bind(&c.digest)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO image_catalogs (digest, status, detail, package_count, cataloger_version, cataloged_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (digest) DO UPDATE SET \
+             status = excluded.status, detail = excluded.detail, package_count = excluded.package_count, \
+             cataloger_version = excluded.cataloger_version, cataloged_at = excluded.cataloged_at",
+        )
+        .bind(&c.digest)
+        .bind(&c.status)
+        .bind(&c.detail)
+        .bind(to_i64(c.packages.len() as u64))
+        .bind(c.cataloger_version)
+        .bind(c.cataloged_at)
+        .execute(&mut *tx)
+        .await?;
+        for chunk in c.packages.chunks(INSERT_BATCH) {
+            let mut sql = String::from(
+                "INSERT INTO image_packages (image_digest, purl, ecosystem, name, version, \
+                 source_name, source_version, arch, layer_digest, path) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 10;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8,
+                    b + 9,
+                    b + 10
+                ));
+            }
+            // The same purl twice in one image is one package: the first found is kept.
+            sql.push_str(" ON CONFLICT (image_digest, purl) DO NOTHING");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for p in chunk {
+                q = q
+                    .bind(&c.digest)
+                    .bind(&p.purl)
+                    .bind(&p.ecosystem)
+                    .bind(&p.name)
+                    .bind(&p.version)
+                    .bind(p.source_name.as_deref())
+                    .bind(p.source_version.as_deref())
+                    .bind(p.arch.as_deref())
+                    .bind(&p.layer_digest)
+                    .bind(&p.path);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An image's catalog with its packages, if it was cataloged.
+    pub async fn image_catalog(&self, digest: &str) -> Result<Option<ImageCatalogRow>> {
+        let Some(r) = sqlx::query(
+            "SELECT digest, status, detail, cataloger_version, cataloged_at \
+             FROM image_catalogs WHERE digest = $1",
+        )
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT purl, ecosystem, name, version, source_name, source_version, arch, layer_digest, path \
+             FROM image_packages WHERE image_digest = $1 ORDER BY purl",
+        )
+        .bind(digest)
+        .fetch_all(&self.pool)
+        .await?;
+        let packages = rows
+            .iter()
+            .map(|p| -> Result<CatalogPackage> {
+                Ok(CatalogPackage {
+                    purl: p.try_get(0)?,
+                    ecosystem: p.try_get(1)?,
+                    name: p.try_get(2)?,
+                    version: p.try_get(3)?,
+                    source_name: p.try_get(4)?,
+                    source_version: p.try_get(5)?,
+                    arch: p.try_get(6)?,
+                    layer_digest: p.try_get(7)?,
+                    path: p.try_get(8)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(ImageCatalogRow {
+            digest: r.try_get(0)?,
+            status: r.try_get(1)?,
+            detail: r.try_get(2)?,
+            cataloger_version: r.try_get(3)?,
+            cataloged_at: r.try_get(4)?,
+            packages,
+        }))
+    }
+
+    /// Images holding a package of `ecosystem` named `name`, or whose source package is
+    /// `name` (Debian advisories name source packages): `(image digest, package)`.
+    pub async fn images_with_package(
+        &self,
+        ecosystem: &str,
+        name: &str,
+        limit: u64,
+    ) -> Result<Vec<(String, CatalogPackage)>> {
+        let rows = sqlx::query(
+            "SELECT image_digest, purl, ecosystem, name, version, source_name, source_version, arch, layer_digest, path \
+             FROM image_packages WHERE ecosystem = $1 AND (name = $2 OR source_name = $2) \
+             ORDER BY image_digest, purl LIMIT $3",
+        )
+        .bind(ecosystem)
+        .bind(name)
+        .bind(to_i64(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|p| {
+                Ok((
+                    p.try_get(0)?,
+                    CatalogPackage {
+                        purl: p.try_get(1)?,
+                        ecosystem: p.try_get(2)?,
+                        name: p.try_get(3)?,
+                        version: p.try_get(4)?,
+                        source_name: p.try_get(5)?,
+                        source_version: p.try_get(6)?,
+                        arch: p.try_get(7)?,
+                        layer_digest: p.try_get(8)?,
+                        path: p.try_get(9)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+}
