@@ -16,6 +16,7 @@ mod layer;
 mod merge;
 pub mod parsers;
 pub mod purl;
+pub mod sbom;
 pub mod tar;
 mod zip;
 

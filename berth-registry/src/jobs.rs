@@ -1,6 +1,6 @@
 //! The workers of the durable job queue (`berth_meta`'s `jobs` table): the one mechanism
-//! for background work. Webhook deliveries and replication copies run here; scans and
-//! re-encryption are meant to join as further job kinds.
+//! for background work. Webhook deliveries, replication copies and catalog scans (`catalog`) run here;
+//! re-encryption is meant to join as a further job kind.
 //!
 //! Every replica runs one loop. It looks at the queues it knows (each webhook endpoint,
 //! each replication target) every [`JobSettings::poll`], and at once when this process
@@ -229,6 +229,9 @@ impl Registry {
             if let Some(r) = &self.replicator {
                 jobs.extend(r.jobs_for(c));
             }
+            if let Some(cat) = &self.catalog {
+                jobs.extend(cat.jobs_for(c));
+            }
             if !jobs.is_empty() {
                 queued.store(true, Ordering::Relaxed);
             }
@@ -247,6 +250,9 @@ impl Registry {
             .collect();
         if let Some(r) = &self.replicator {
             queues.extend(r.queues());
+        }
+        if self.catalog.is_some() {
+            queues.push(crate::catalog::CATALOG_QUEUE.to_owned());
         }
         queues.sort();
         queues.dedup();
@@ -368,6 +374,7 @@ impl Registry {
         match job.kind.as_str() {
             WEBHOOK_JOB => self.events.deliver(job).await,
             REPLICATE_JOB => self.run_replication(job).await,
+            crate::catalog::CATALOG_JOB => self.run_catalog(job).await,
             other => Err(DeliveryFailure::permanent(format!(
                 "no runner for jobs of kind {other:?}"
             ))),

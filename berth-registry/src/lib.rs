@@ -5,6 +5,7 @@
 pub mod access;
 pub mod audit;
 mod cache;
+pub mod catalog;
 mod error;
 pub mod events;
 mod flight;
@@ -191,6 +192,8 @@ pub struct Registry {
     proxy: Option<Arc<proxy::Proxy>>,
     /// Push-mirror replication, if any rule is configured.
     replicator: Option<Arc<replicate::Replicator>>,
+    /// Package catalogs and SBOMs of every image, if turned on.
+    catalog: Option<Arc<catalog::Cataloger>>,
     /// Webhooks: the endpoints in force, the allowlist, the pull event queue.
     events: Arc<events::Events>,
     /// The job workers' settings and counters.
@@ -218,6 +221,7 @@ impl Registry {
             }),
             proxy: None,
             replicator: None,
+            catalog: None,
             events: Arc::new(events::Events::none()),
             jobs: Arc::new(jobs::JobsState::new(jobs::JobSettings::default())),
             stats: Arc::default(),

@@ -546,21 +546,44 @@ impl Registry {
         };
         let media_type = parsed.kind.media_type();
         let actor = Actor::named(&format!("proxy:{upstream}"));
+        // A cached image is cataloged like a pushed one: its catalog job is written with
+        // it (webhooks and replication are for pushes only).
+        let queued = std::sync::atomic::AtomicBool::new(false);
+        let catalog_jobs = |c: &berth_meta::Change<'_>| match &self.catalog {
+            Some(cat) => {
+                let jobs = cat.jobs_for(c);
+                if !jobs.is_empty() {
+                    queued.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                jobs
+            }
+            None => Vec::new(),
+        };
+        let guard = berth_meta::TagGuard {
+            jobs: &catalog_jobs,
+            ..berth_meta::TagGuard::NONE
+        };
         let outcome = self
             .meta
-            .put_manifest(&NewManifest {
-                repo: repo.as_str(),
-                digest: fetched.digest.as_str(),
-                media_type,
-                artifact_type: parsed.artifact_type.as_deref(),
-                subject: subject.as_deref(),
-                annotations: annotations.as_deref(),
-                content: &fetched.content,
-                refs: &refs,
-                tags: tag.as_slice(),
-                actor: &actor,
-            })
+            .put_manifest_guarded(
+                &NewManifest {
+                    repo: repo.as_str(),
+                    digest: fetched.digest.as_str(),
+                    media_type,
+                    artifact_type: parsed.artifact_type.as_deref(),
+                    subject: subject.as_deref(),
+                    annotations: annotations.as_deref(),
+                    content: &fetched.content,
+                    refs: &refs,
+                    tags: tag.as_slice(),
+                    actor: &actor,
+                },
+                guard,
+            )
             .await?;
+        if queued.load(std::sync::atomic::Ordering::Relaxed) {
+            self.wake_jobs();
+        }
         // No reference is required, so nothing can be missing; kept exhaustive so a new
         // rule in the metadata store cannot be ignored here silently.
         if let PutManifest::Missing(d) = outcome {

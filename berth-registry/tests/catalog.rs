@@ -1,0 +1,218 @@
+//! The `catalog` job kind through the use cases: images pushed (and each platform of an
+//! index) are cataloged by the job workers, layers shared between images are read once,
+//! and the SBOMs land as referrers of each image. On SQLite and PostgreSQL.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use berth_catalog::fuzzing::{Item, tar};
+use berth_oci::{Digest, Reference};
+use berth_registry::Registry;
+use berth_registry::catalog::{CatalogSettings, CatalogView};
+
+const STATUS: &[u8] = b"Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nSource: glibc (2.36-9+deb12u4)\nVersion: 2.36-9+deb12u4\n\nPackage: bash\nStatus: install ok installed\nArchitecture: amd64\nVersion: 5.2.15-2+b2\n";
+const OS: &[u8] = b"ID=debian\nVERSION_ID=\"12\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n";
+
+fn base_layer() -> Vec<u8> {
+    tar(&[
+        Item::File("etc/os-release", OS),
+        Item::File("var/lib/dpkg/status", STATUS),
+    ])
+}
+
+async fn wait_for(r: &Registry, repo: &berth_oci::RepoName, d: &Digest) -> CatalogView {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = r
+            .catalog_of(repo, &Reference::Digest(d.clone()), None)
+            .await
+            .expect("read catalog")
+        {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not cataloged within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn images_are_cataloged_and_get_sboms(postgres: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = common::registry(dir.path(), postgres)
+        .await
+        .with_catalog(CatalogSettings::default());
+    let jobs = r.start_jobs();
+    let repo = common::repo("team/app");
+    let base = base_layer();
+    let app = tar(&[Item::File(
+        "srv/node_modules/left-pad/package.json",
+        br#"{"name":"left-pad","version":"1.3.0"}"#,
+    )]);
+    let m1 = common::push_image(&r, &repo, Some("v1"), b"{\"c\":1}", &[&base, &app], None)
+        .await
+        .expect("push");
+    let d1 = common::sha(&m1);
+    let v = wait_for(&r, &repo, &d1).await;
+    assert_eq!(v.status, "complete");
+    let got: Vec<(&str, &str)> = v
+        .packages
+        .iter()
+        .map(|p| (p.purl.as_str(), p.layer.as_str()))
+        .collect();
+    let base_d = common::sha(&base).to_string();
+    let app_d = common::sha(&app).to_string();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "pkg:deb/debian/bash@5.2.15-2%2Bb2?arch=amd64&distro=debian-12",
+                base_d.as_str()
+            ),
+            (
+                "pkg:deb/debian/libc6@2.36-9%2Bdeb12u4?arch=amd64&distro=debian-12&upstream=glibc",
+                base_d.as_str()
+            ),
+            ("pkg:npm/left-pad@1.3.0", app_d.as_str()),
+        ]
+    );
+    // The SBOMs are referrers of the image, one per format.
+    let start = Instant::now();
+    let types = loop {
+        let refs = r
+            .meta()
+            .referrers(repo.as_str(), d1.as_str(), None)
+            .await
+            .expect("referrers");
+        let mut types: Vec<String> = refs
+            .iter()
+            .filter_map(|x| x.artifact_type.clone())
+            .collect();
+        types.sort();
+        if types.len() == 2 || start.elapsed() > Duration::from_secs(20) {
+            break types;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        types,
+        ["application/spdx+json", "application/vnd.cyclonedx+json"]
+    );
+    // The referrer's document is the one rendered on request.
+    let refs = r
+        .meta()
+        .referrers(repo.as_str(), d1.as_str(), Some("application/spdx+json"))
+        .await
+        .expect("referrers");
+    let sm = r
+        .get_manifest(
+            &repo,
+            &Reference::Digest(refs[0].digest.parse().expect("digest")),
+        )
+        .await
+        .expect("sbom manifest");
+    let sm: serde_json::Value = serde_json::from_slice(&sm.content).expect("json");
+    let layer: Digest = sm["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .parse()
+        .expect("digest");
+    let stored = common::read_all(&r, &repo, &layer)
+        .await
+        .expect("sbom blob");
+    let (_, rendered) = r
+        .sbom(
+            &repo,
+            &Reference::Digest(d1.clone()),
+            None,
+            berth_catalog::sbom::Format::Spdx,
+        )
+        .await
+        .expect("render")
+        .expect("cataloged");
+    assert_eq!(stored, rendered);
+    let doc: serde_json::Value = serde_json::from_slice(&stored).expect("spdx json");
+    assert_eq!(doc["spdxVersion"], "SPDX-2.3");
+
+    // A second image on the same base: the base layer is not read again; an index of
+    // both is cataloged per platform (both already are: nothing is read).
+    let stats = r.catalog_stats().expect("stats");
+    let read_before = stats.layers_read.load(Ordering::Relaxed);
+    let other = tar(&[Item::File(
+        "usr/lib/python3/dist-packages/six-1.16.0.dist-info/METADATA",
+        b"Name: six\nVersion: 1.16.0\n",
+    )]);
+    let m2 = common::push_image(&r, &repo, Some("v2"), b"{\"c\":2}", &[&base, &other], None)
+        .await
+        .expect("push");
+    let v2 = wait_for(&r, &repo, &common::sha(&m2)).await;
+    assert!(v2.packages.iter().any(|p| p.purl == "pkg:pypi/six@1.16.0"));
+    assert_eq!(
+        stats.layers_read.load(Ordering::Relaxed),
+        read_before + 1,
+        "only the new layer is read"
+    );
+    assert!(stats.layers_reused.load(Ordering::Relaxed) >= 1);
+    jobs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_cataloged_and_get_sboms_on_sqlite() {
+    images_are_cataloged_and_get_sboms(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_cataloged_and_get_sboms_on_postgres() {
+    images_are_cataloged_and_get_sboms(true).await;
+}
+
+/// Each platform of an index is cataloged, including one pushed only as part of the
+/// index (its own push queued a job too, but the index's job does not depend on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_platform_of_an_index_is_cataloged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = common::registry(dir.path(), false)
+        .await
+        .with_catalog(CatalogSettings::default());
+    let repo = common::repo("multi");
+    let amd = tar(&[Item::File(
+        "lib/apk/db/installed",
+        b"P:musl\nV:1.2.4-r2\nA:x86_64\no:musl\n\n",
+    )]);
+    let arm = tar(&[Item::File(
+        "lib/apk/db/installed",
+        b"P:musl\nV:1.2.4-r2\nA:aarch64\no:musl\n\n",
+    )]);
+    let ma = common::push_image(&r, &repo, None, b"{\"a\":1}", &[&amd], None)
+        .await
+        .expect("push");
+    let mb = common::push_image(&r, &repo, None, b"{\"a\":2}", &[&arm], None)
+        .await
+        .expect("push");
+    let idx = common::index(&[&ma, &mb]);
+    common::put(&r, &repo, Some("latest"), &idx)
+        .await
+        .expect("index");
+    // Workers start after the pushes: the jobs were queued with them and survive until then.
+    let jobs = r.start_jobs();
+    for m in [&ma, &mb] {
+        let v = wait_for(&r, &repo, &common::sha(m)).await;
+        assert_eq!(v.packages.len(), 1);
+        assert!(
+            v.packages[0]
+                .purl
+                .starts_with("pkg:apk/alpine/musl@1.2.4-r2?arch=")
+        );
+    }
+    // By the index's tag, the first platform's catalog.
+    let v = r
+        .catalog_of(&repo, &Reference::Tag("latest".parse().expect("tag")), None)
+        .await
+        .expect("read")
+        .expect("cataloged");
+    assert_eq!(v.digest, common::sha(&ma).to_string());
+    jobs.shutdown().await;
+}
