@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use berth_catalog::sbom::{self, Format};
+use berth_catalog::sbom;
+pub use berth_catalog::sbom::Format;
 use berth_catalog::{
     CATALOGER_VERSION, Ecosystem, ImageCatalog, ImagePackage, LayerCatalog, LayerRef, Limits,
     OsRelease, Package,

@@ -338,6 +338,27 @@ impl Registry {
                 age,
             ));
         }
+        if let Some(c) = self.catalog_stats() {
+            let count = |name, help, v: &std::sync::atomic::AtomicU64, gauge| JobMetric {
+                name,
+                help,
+                gauge,
+                labels: Vec::new(),
+                value: v.load(Ordering::Relaxed) as f64,
+            };
+            out.extend([
+                count("catalog_images", "Images cataloged on this replica (the catalog queue's depth is jobs_queued{queue=\"catalog\"})", &c.images, false),
+                count("catalog_images_partial", "Images cataloged only partly on this replica: a layer over a cap (entries, time) or unreadable", &c.images_partial, false),
+                count("catalog_layers_read", "Layers streamed and cataloged on this replica", &c.layers_read, false),
+                count("catalog_layers_reused", "Layers whose stored catalog was reused instead of reading them again", &c.layers_reused, false),
+                count("catalog_layers_partial", "Layers not read to their end: over a cap (entries, bytes, packages, time) or corrupt", &c.layers_partial, false),
+                count("catalog_layer_bytes", "Stored (compressed) bytes of the layers read", &c.layer_bytes, false),
+                count("catalog_tar_bytes", "Uncompressed tar bytes of the layers read", &c.tar_bytes, false),
+                count("catalog_packages", "Packages found in the images cataloged", &c.packages, false),
+                count("catalog_sboms", "SBOM documents pushed as referrers", &c.sboms, false),
+                count("catalog_scans_running", "Layer scans running now on this replica", &c.running, true),
+            ]);
+        }
         let s = self.event_stats();
         let plain = |name, help, v: &std::sync::atomic::AtomicU64| JobMetric {
             name,

@@ -37,6 +37,7 @@ use crate::{AppState, ConnInfo};
 
 mod events;
 mod policy;
+mod sbom;
 mod versions;
 
 type ApiResult = Result<Response, ApiError>;
@@ -81,6 +82,7 @@ pub fn router() -> Router<AppState> {
         .route("/tag-rules", get(get_tag_rules).put(set_tag_rules))
         .merge(versions::router())
         .merge(policy::router())
+        .merge(sbom::router())
         .merge(events::router())
 }
 

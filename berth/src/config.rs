@@ -53,6 +53,8 @@ pub struct Config {
     pub events: crate::events::EventsConfig,
     /// Retries and leases of the job queue.
     pub jobs: crate::events::JobsConfig,
+    /// Package catalogs and SBOMs of every image (`[catalog]`).
+    pub catalog: crate::sbom::CatalogConfig,
 }
 
 /// One `[[replicate]]` rule: pushes to matching repositories are copied to `url`.
@@ -99,6 +101,7 @@ impl Default for Config {
             webhooks: Vec::new(),
             events: crate::events::EventsConfig::default(),
             jobs: crate::events::JobsConfig::default(),
+            catalog: crate::sbom::CatalogConfig::default(),
         }
     }
 }

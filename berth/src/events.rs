@@ -126,6 +126,10 @@ pub async fn configure(registry: Registry, config: &Config) -> anyhow::Result<Re
         .context("[[webhook]]")?
         .with_jobs(config.jobs.settings())
         .with_replication(crate::replication_rules(config)?);
+    let registry = match config.catalog.settings() {
+        Some(s) => registry.with_catalog(s),
+        None => registry,
+    };
     registry
         .reload_webhooks()
         .await

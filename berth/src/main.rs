@@ -15,6 +15,7 @@ mod open;
 mod output;
 mod policy;
 mod progress;
+mod sbom;
 mod versions;
 
 use std::path::PathBuf;
@@ -146,6 +147,14 @@ enum Command {
         store: open::StoreArgs,
         #[command(flatten)]
         args: policy::VerifyArgs,
+    },
+    /// An image's SBOM (CycloneDX or SPDX JSON) from its stored package catalog; exit 1
+    /// when it is not cataloged (yet).
+    Sbom {
+        #[command(flatten)]
+        store: open::StoreArgs,
+        #[command(flatten)]
+        args: sbom::SbomArgs,
     },
     /// Policy rules: `check` judges every stored image as enforcing would, records the dry
     /// run, and changes nothing else.
@@ -552,6 +561,14 @@ fn main() -> anyhow::Result<()> {
             Ok(false) => std::process::exit(1),
             Err(e) => {
                 eprintln!("berth verify: {e:#}");
+                std::process::exit(2)
+            }
+        },
+        Command::Sbom { store, args } => match runtime.block_on(sbom::run(&store, args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("berth sbom: {e:#}");
                 std::process::exit(2)
             }
         },

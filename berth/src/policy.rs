@@ -242,7 +242,7 @@ pub enum PolicyCommand {
     },
 }
 
-fn parse_reference(r: &str) -> anyhow::Result<(RepoName, Reference)> {
+pub(crate) fn parse_reference(r: &str) -> anyhow::Result<(RepoName, Reference)> {
     let (repo, reference) = if let Some((repo, d)) = r.split_once('@') {
         (repo, Reference::Digest(d.parse().context("digest")?))
     } else {

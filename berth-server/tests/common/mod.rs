@@ -196,6 +196,8 @@ pub struct Setup {
     pub stores: Option<Stores>,
     /// The CA the test client trusts: the server speaks TLS (`server.tls`).
     pub client_ca: Option<PathBuf>,
+    /// Catalog every image (the `catalog` job kind).
+    pub catalog: Option<berth_registry::catalog::CatalogSettings>,
 }
 
 /// A server started for a test, and what the test reaches behind it. Dropping it stops
@@ -223,6 +225,10 @@ pub async fn start(setup: Setup) -> TestServer {
         .with_upstreams(setup.upstreams)
         .expect("upstreams")
         .with_replication(setup.replicas);
+    let registry = match setup.catalog {
+        Some(c) => registry.with_catalog(c),
+        None => registry,
+    };
     // Replication runs on the job queue's workers, as under `berth serve`.
     let _workers = registry.start_jobs();
     let (access, challenge) = match setup.auth {

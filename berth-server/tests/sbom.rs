@@ -1,0 +1,240 @@
+//! Package catalogs and SBOMs over real HTTP: an image pushed through the registry API is
+//! cataloged by the job workers; `/api/v1/catalog` and `/api/v1/sbom` answer whoever may
+//! pull the repository; the CycloneDX and SPDX documents are referrers of the image
+//! (`/v2/<name>/referrers/<digest>`), the same bytes as `/api/v1/sbom` renders; the
+//! catalog counters are on `/metrics`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use berth_catalog::fuzzing::{Item, tar};
+use berth_registry::access::AccessConfig;
+use berth_registry::catalog::CatalogSettings;
+use berth_server::ChallengeKind;
+use common::{Cred, OCI_MANIFEST, Setup, sha256};
+use reqwest::{Method, StatusCode, header};
+use serde_json::Value;
+
+const STATUS: &[u8] = b"Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nSource: glibc (2.36-9+deb12u4)\nVersion: 2.36-9+deb12u4\n\nPackage: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nSource: zlib\nVersion: 1:1.2.13.dfsg-1\n";
+
+async fn sbom_over_http(postgres: bool) {
+    let s = common::start(Setup {
+        auth: Some((AccessConfig::default(), ChallengeKind::Basic)),
+        catalog: Some(CatalogSettings::default()),
+        postgres,
+        ..Setup::default()
+    })
+    .await;
+    common::add_users(
+        s.access(),
+        &[("ci", false), ("node", false), ("stranger", false)],
+    )
+    .await;
+    common::add_tenant(
+        s.access(),
+        "prod",
+        false,
+        &[("ci", "developer"), ("node", "reader")],
+    )
+    .await;
+    let ci = Cred::user("ci");
+    let node = Cred::user("node");
+    let layer = tar(&[
+        Item::File("etc/os-release", b"ID=debian\nVERSION_ID=\"12\"\n"),
+        Item::File("var/lib/dpkg/status", STATUS),
+    ]);
+    let (_, digest, _) = s.push_image_as(&ci, "prod/app", &["v1"], &layer).await;
+
+    let q = "repository=prod/app&reference=v1";
+    let start = Instant::now();
+    let catalog: Value = loop {
+        let r = s
+            .request_as(Method::GET, &format!("/api/v1/catalog?{q}"), &node)
+            .send()
+            .await
+            .expect("send");
+        if r.status() == StatusCode::OK {
+            break r.json().await.expect("json");
+        }
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "before the job ran");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not cataloged within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(catalog["digest"], digest.as_str());
+    assert_eq!(catalog["status"], "complete");
+    let purls: Vec<&str> = catalog["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| p["purl"].as_str().expect("purl"))
+        .collect();
+    assert_eq!(
+        purls,
+        [
+            "pkg:deb/debian/libc6@2.36-9%2Bdeb12u4?arch=amd64&distro=debian-12&upstream=glibc",
+            "pkg:deb/debian/zlib1g@1%3A1.2.13.dfsg-1?arch=amd64&distro=debian-12&upstream=zlib",
+        ]
+    );
+    assert_eq!(catalog["packages"][0]["source_name"], "glibc");
+    assert_eq!(catalog["packages"][0]["layer"], sha256(&layer).as_str());
+
+    // Both formats, as rendered on request.
+    let mut rendered = Vec::new();
+    for (format, media_type) in [
+        ("cyclonedx", "application/vnd.cyclonedx+json"),
+        ("spdx", "application/spdx+json"),
+    ] {
+        let r = s
+            .request_as(
+                Method::GET,
+                &format!("/api/v1/sbom?{q}&format={format}"),
+                &node,
+            )
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], media_type);
+        let body = r.bytes().await.expect("body").to_vec();
+        let doc: Value = serde_json::from_slice(&body).expect("json");
+        match format {
+            "cyclonedx" => {
+                assert_eq!(doc["specVersion"], "1.6");
+                assert_eq!(doc["components"][1]["purl"], purls[0]);
+            }
+            _ => {
+                assert_eq!(doc["spdxVersion"], "SPDX-2.3");
+                assert_eq!(
+                    doc["packages"][2]["externalRefs"][0]["referenceLocator"],
+                    purls[0]
+                );
+            }
+        }
+        rendered.push((media_type, body));
+    }
+
+    // The referrers API lists both documents; each is the rendered one.
+    let start = Instant::now();
+    let index: Value = loop {
+        let r = s
+            .request_as(
+                Method::GET,
+                &format!("/v2/prod/app/referrers/{digest}"),
+                &node,
+            )
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.expect("json");
+        if v["manifests"].as_array().is_some_and(|m| m.len() == 2) {
+            break v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "SBOM referrers not pushed: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for (media_type, body) in &rendered {
+        let entry = index["manifests"]
+            .as_array()
+            .expect("manifests")
+            .iter()
+            .find(|m| m["artifactType"] == *media_type)
+            .unwrap_or_else(|| panic!("no {media_type} referrer in {index}"));
+        let m: Value = s
+            .request_as(
+                Method::GET,
+                &format!(
+                    "/v2/prod/app/manifests/{}",
+                    entry["digest"].as_str().expect("digest")
+                ),
+                &node,
+            )
+            .header(header::ACCEPT, OCI_MANIFEST)
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("manifest");
+        assert_eq!(m["subject"]["digest"], digest.as_str());
+        let blob = s
+            .request_as(
+                Method::GET,
+                &format!(
+                    "/v2/prod/app/blobs/{}",
+                    m["layers"][0]["digest"].as_str().expect("layer")
+                ),
+                &node,
+            )
+            .send()
+            .await
+            .expect("send")
+            .bytes()
+            .await
+            .expect("blob");
+        assert_eq!(
+            &blob[..],
+            &body[..],
+            "{media_type}: the referrer is the rendered document"
+        );
+    }
+
+    // Who may not pull may not read the catalog; an unknown format is a 400.
+    let r = s
+        .request_as(
+            Method::GET,
+            &format!("/api/v1/sbom?{q}"),
+            &Cred::user("stranger"),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = s
+        .request_as(Method::GET, &format!("/api/v1/sbom?{q}"), &Cred::Anonymous)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = s
+        .request_as(Method::GET, &format!("/api/v1/sbom?{q}&format=xml"), &node)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    let metrics = s.metrics().await;
+    assert_eq!(
+        common::metric::<u64>(&metrics, "berth_catalog_images_total"),
+        1
+    );
+    assert_eq!(
+        common::metric::<u64>(&metrics, "berth_catalog_layers_read_total"),
+        1
+    );
+    assert_eq!(
+        common::metric::<u64>(&metrics, "berth_catalog_sboms_total"),
+        2
+    );
+    assert_eq!(
+        common::metric::<u64>(&metrics, "berth_catalog_layer_bytes_total"),
+        layer.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sbom_over_http_sqlite() {
+    sbom_over_http(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sbom_over_http_postgres() {
+    sbom_over_http(true).await;
+}
