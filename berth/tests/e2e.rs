@@ -48,6 +48,8 @@ mod replicas;
 mod restart;
 #[path = "e2e/s3.rs"]
 mod s3;
+#[path = "e2e/sbom.rs"]
+mod sbom;
 #[path = "e2e/signatures.rs"]
 mod signatures;
 #[path = "e2e/skopeo.rs"]
