@@ -3,7 +3,8 @@
 #
 # Idempotent, non-interactive; meant for a fresh Debian 12 (bookworm) machine,
 # run as root (CI=true). Reaches the Debian archive (bookworm, and trixie/sid for
-# the oras, cosign and notation packages); scripts/start-s3.sh reaches PyPI for moto.
+# the oras, cosign and notation packages) and PyPI for the SBOM validators;
+# scripts/start-s3.sh reaches PyPI for moto.
 #
 # Installs (bookworm apt): skopeo umoci jq curl openssl containerd(+ctr, runc) podman
 #                          docker-registry (CNCF Distribution 2.8) postgresql
@@ -249,6 +250,25 @@ verify() {
   fi
   printf '  %-16s %s\n' "$name" "$(printf '%s\n' "$out" | grep -v '^\s*$' | head -n1)"
 }
+# SBOM validators (PyPI, pinned) in a virtualenv of their own: the e2e tests check
+# Berth's CycloneDX and SPDX documents with them (scripts/validate-sbom.py), run by
+# the venv's interpreter, run through /usr/local/bin/berth-sbom-python.
+SBOM_VENV=$PREFIX/sbom-venv
+SBOM_PKGS=("cyclonedx-python-lib[json-validation]==11.12.0" "spdx-tools==0.8.5")
+if ! "$SBOM_VENV/bin/python" -c "import cyclonedx.validation.json, spdx_tools" 2>/dev/null; then
+  log "installing the SBOM validators into $SBOM_VENV"
+  mkdir -p "$PREFIX"
+  if ! python3 -m venv "$SBOM_VENV" >&2 2>&1; then
+    # Debian's python3 ships venv separately.
+    "${APT_GET[@]}" install python3-venv >&2 || die "cannot create a virtualenv (python3-venv)"
+    python3 -m venv "$SBOM_VENV" >&2
+  fi
+  "$SBOM_VENV/bin/pip" install -q "${SBOM_PKGS[@]}" >&2 || die "pip install ${SBOM_PKGS[*]} failed"
+fi
+# A wrapper, not a symlink: a venv's python finds its packages only when run by its own path.
+printf '#!/bin/sh\nexec %s/bin/python "$@"\n' "$SBOM_VENV" >/usr/local/bin/berth-sbom-python
+chmod 755 /usr/local/bin/berth-sbom-python
+
 log "installed tool versions:"
 verify skopeo          skopeo --version
 verify umoci           umoci --version
@@ -262,6 +282,7 @@ verify podman          podman --version
 verify oras            oras version
 verify cosign          cosign version
 verify notation        notation version
+verify berth-sbom-python berth-sbom-python -c "import cyclonedx, spdx_tools; print('sbom validators ok')"
 verify docker-registry /usr/bin/docker-registry --version
 if [ "${BERTH_SKIP_POSTGRES:-0}" != 1 ]; then
   verify postgres      /usr/lib/postgresql/15/bin/postgres --version

@@ -52,6 +52,8 @@ pub struct Subject<'a> {
     /// `berth-<version>`.
     pub tool: &'a str,
     pub tool_version: &'a str,
+    /// The catalog's status: `complete`, or `partial` (a layer over a cap or unreadable).
+    pub status: &'a str,
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` from microseconds since the epoch.
@@ -133,6 +135,7 @@ pub fn cyclonedx(s: &Subject<'_>, os: Option<&OsRelease>, packages: &[ImagePacka
                 "name": s.repository,
                 "version": s.digest,
             },
+            "properties": [{"name": "berth:catalog-status", "value": s.status}],
         },
         "components": components,
     });
@@ -207,6 +210,7 @@ pub fn spdx(s: &Subject<'_>, os: Option<&OsRelease>, packages: &[ImagePackage]) 
             "created": rfc3339(s.created_micros),
             "creators": [format!("Tool: {}-{}", s.tool, s.tool_version)],
         },
+        "comment": format!("berth catalog status: {}", s.status),
         "documentDescribes": ["SPDXRef-Image"],
         "packages": pkgs,
         "relationships": rels,

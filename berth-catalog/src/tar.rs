@@ -125,10 +125,18 @@ impl<R: Read> TarReader<R> {
 
     /// Moves to the next entry, skipping what is left of the current one.
     pub fn next_entry(&mut self) -> Result<Option<Entry>, TarError> {
-        let rest = self.remaining + self.padding;
+        let (rest, padding) = (self.remaining, self.padding);
         self.remaining = 0;
         self.padding = 0;
         self.skip(rest)?;
+        // Some writers (umoci 0.4) end the stream right after the last entry's data,
+        // without its padding or the closing zero blocks: the entry is whole, so that is
+        // the end of the archive, not a truncation.
+        match self.skip(padding) {
+            Ok(()) => {}
+            Err(TarError::Truncated) => return Ok(None),
+            Err(e) => return Err(e),
+        }
         let mut long_name: Option<Vec<u8>> = None;
         let mut long_link: Option<Vec<u8>> = None;
         let mut pax_size: Option<u64> = None;

@@ -384,3 +384,17 @@ fn archives_from_other_writers() {
         vec![(Ecosystem::Npm, "z".to_string(), "2".to_string())]
     );
 }
+
+/// umoci 0.4 ends a layer right after the last file's data, with no padding and no
+/// closing blocks: complete, not partial. Cut inside the data, it is truncated.
+#[test]
+fn a_stream_ending_after_the_last_data_is_complete() {
+    let data = b"ID=debian\nVERSION_ID=\"12\"\n";
+    let mut raw = header("etc/os-release", b'0', 0o644, data.len() as u64, "").to_vec();
+    raw.extend_from_slice(data);
+    let c = catalog_layer(&gzip(&raw)[..], &Limits::default());
+    assert_eq!(c.partial, None);
+    assert_eq!(c.os_release.len(), 1);
+    let c = catalog_layer(&raw[..raw.len() - 1], &Limits::default());
+    assert_eq!(c.partial.as_deref(), Some("truncated archive"));
+}

@@ -688,6 +688,7 @@ fn render(repo: &RepoName, view: &CatalogView, format: Format) -> Vec<u8> {
         uuid: &uuid,
         tool: "berth",
         tool_version: env!("CARGO_PKG_VERSION"),
+        status: &view.status,
     };
     match format {
         Format::CycloneDx => sbom::cyclonedx(&subject, view.os.as_ref(), &view.packages),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Berth, Layout, cmd, parse_json, run_stdout, skopeo_copy, tempdir};
+use crate::harness::{Berth, Layout, cmd, parse_json, run, run_stdout, skopeo_copy, tempdir};
 
 const CONFIG: &str = "[catalog]\nenabled = true\n\n[jobs]\npoll_ms = 100\n";
 
@@ -106,6 +106,11 @@ fn a_debian_image_pushed_with_skopeo_gets_sboms_oras_discovers() {
     );
     let doc: Value = parse_json(out.as_bytes(), "berth sbom output");
     assert_eq!(doc["specVersion"], "1.6");
+    // umoci writes layers without the closing blocks: read whole all the same.
+    assert_eq!(
+        doc["metadata"]["properties"][0],
+        serde_json::json!({"name": "berth:catalog-status", "value": "complete"})
+    );
     let components = doc["components"].as_array().expect("components");
     let mut debs: Vec<(String, String)> = components
         .iter()
@@ -145,16 +150,25 @@ fn a_debian_image_pushed_with_skopeo_gets_sboms_oras_discovers() {
             .any(|c| c["type"] == "operating-system" && c["name"] == "debian")
     );
 
-    let out = run_stdout(
+    let spdx_out = run_stdout(
         berth
             .cli()
             .args(["sbom", "e2e/debian:v1", "--format", "spdx"]),
     );
-    let spdx: Value = parse_json(out.as_bytes(), "berth sbom output");
+    let spdx: Value = parse_json(spdx_out.as_bytes(), "berth sbom output");
     assert_eq!(spdx["spdxVersion"], "SPDX-2.3");
     // The image, the OS, and one package per component but the OS.
     assert_eq!(
         spdx["packages"].as_array().expect("packages").len(),
         components.len() + 1
     );
+
+    // Both documents validate with the reference libraries (CycloneDX 1.6 schema, strict;
+    // spdx-tools' full SPDX 2.3 validation).
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/validate-sbom.py");
+    for (format, text) in [("cyclonedx", &out), ("spdx", &spdx_out)] {
+        let file = work.path().join(format!("sbom.{format}.json"));
+        std::fs::write(&file, text).expect("writing the SBOM");
+        run(cmd("berth-sbom-python").arg(script).arg(format).arg(&file));
+    }
 }
