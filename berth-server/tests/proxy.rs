@@ -1045,3 +1045,53 @@ async fn pushes_are_replicated_with_blobs_and_referrers() {
         .await;
     eventually(&target, "/v2/team-a/app/manifests/v1", admin, Some(&moved)).await;
 }
+
+/// A cached image is cataloged like a pushed one: the catalog job is written with the
+/// cached manifest and runs once its layer has been pulled through.
+#[tokio::test]
+async fn cached_images_are_cataloged() {
+    let upstream = start(Vec::new()).await;
+    let layer = berth_catalog::fuzzing::tar(&[berth_catalog::fuzzing::Item::File(
+        "lib/apk/db/installed",
+        b"P:musl\nV:1.2.4-r2\nA:x86_64\no:musl\n\n",
+    )]);
+    let (_, mdigest, ldigest) = upstream.push_image("library/alpine", "3.19", &layer).await;
+    let cache = start_with(Setup {
+        upstreams: vec![upstream_settings(
+            "docker.io",
+            &upstream.base,
+            Duration::ZERO,
+        )],
+        catalog: Some(berth_registry::catalog::CatalogSettings::default()),
+        ..Setup::default()
+    })
+    .await;
+    let r = cache
+        .get("/v2/docker.io/library/alpine/manifests/3.19")
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = cache
+        .get(&format!("/v2/docker.io/library/alpine/blobs/{ldigest}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let repo = "docker.io/library/alpine".parse().expect("name");
+    let reference = berth_oci::Reference::Digest(mdigest.parse().expect("digest"));
+    let start = std::time::Instant::now();
+    let view = loop {
+        if let Some(v) = cache
+            .registry
+            .catalog_of(&repo, &reference, None)
+            .await
+            .expect("catalog")
+        {
+            break v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the cached image was not cataloged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let purls: Vec<&str> = view.packages.iter().map(|p| p.purl.as_str()).collect();
+    assert_eq!(purls, ["pkg:apk/alpine/musl@1.2.4-r2?arch=x86_64"]);
+}
