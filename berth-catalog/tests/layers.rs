@@ -398,3 +398,46 @@ fn a_stream_ending_after_the_last_data_is_complete() {
     let c = catalog_layer(&raw[..raw.len() - 1], &Limits::default());
     assert_eq!(c.partial.as_deref(), Some("truncated archive"));
 }
+
+/// Tar bombs of the kinds that need no size: a path longer than any real one (a PAX path
+/// of 8 KiB), and os-release symlinks that point at each other.
+#[test]
+fn deep_paths_and_symlink_loops_end() {
+    let deep = "d/".repeat(4096);
+    let record = format!("path={deep}x\n");
+    let mut len = record.len() + 2;
+    while format!("{len} {record}").len() != len {
+        len += 1;
+    }
+    let pax = format!("{len} {record}");
+    let mut raw = header("pax", b'x', 0o644, pax.len() as u64, "").to_vec();
+    raw.extend_from_slice(pax.as_bytes());
+    raw.resize(raw.len().div_ceil(512) * 512, 0);
+    raw.extend(header("x", b'0', 0o644, 0, ""));
+    raw.extend([0u8; 1024]);
+    let c = catalog_layer(&raw[..], &Limits::default());
+    assert!(
+        c.partial
+            .as_deref()
+            .is_some_and(|r| r.starts_with("path of")),
+        "{:?}",
+        c.partial
+    );
+
+    let looped = catalog_layer(
+        &tar(&[
+            Item::Symlink("etc/os-release", "../usr/lib/os-release"),
+            Item::Symlink("usr/lib/os-release", "/etc/os-release"),
+            Item::File("var/lib/dpkg/status", STATUS),
+        ])[..],
+        &Limits::default(),
+    );
+    let image = merge(&[LayerRef {
+        digest: "sha256:l",
+        catalog: &looped,
+    }]);
+    assert_eq!(image.os, None);
+    // Without a distribution the purls say debian, the dpkg default.
+    assert_eq!(image.packages.len(), 2);
+    assert!(image.packages[0].purl.starts_with("pkg:deb/debian/bash@"));
+}
