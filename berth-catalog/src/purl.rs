@@ -3,11 +3,12 @@
 
 use crate::{Ecosystem, OsRelease, Package};
 
-/// Percent-encodes all but the unreserved characters.
+/// Percent-encodes all but the unreserved characters and `:`, which the purl spec leaves
+/// as it is (so a Debian epoch reads `1:2.3`, as syft and OSV write it).
 pub fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~') {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~' | b':') {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));

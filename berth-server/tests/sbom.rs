@@ -76,7 +76,7 @@ async fn sbom_over_http(postgres: bool) {
         purls,
         [
             "pkg:deb/debian/libc6@2.36-9%2Bdeb12u4?arch=amd64&distro=debian-12&upstream=glibc",
-            "pkg:deb/debian/zlib1g@1%3A1.2.13.dfsg-1?arch=amd64&distro=debian-12&upstream=zlib",
+            "pkg:deb/debian/zlib1g@1:1.2.13.dfsg-1?arch=amd64&distro=debian-12&upstream=zlib",
         ]
     );
     assert_eq!(catalog["packages"][0]["source_name"], "glibc");
