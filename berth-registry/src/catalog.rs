@@ -472,7 +472,11 @@ impl Registry {
         }
         let mut body = reader.body;
         let mut sent: u64 = 0;
+        let mut read_error = None;
         while let Some(chunk) = body.next().await {
+            if let Err(e) = &chunk {
+                read_error = Some(e.to_string());
+            }
             let len = chunk.as_ref().map_or(0, Bytes::len) as u64;
             // The scan stopped reading (the tar ended, or a cap): the rest is not needed.
             if tx.send(chunk).await.is_err() {
@@ -484,6 +488,11 @@ impl Registry {
         let result = done_rx.await;
         stats.running.fetch_sub(1, Ordering::Relaxed);
         let lc = result.map_err(|_| transient("the scan thread ended without a result"))?;
+        // The store failed to read (an S3 hiccup): not the layer's fault, so nothing is
+        // stored and the job is tried again.
+        if let Some(e) = read_error {
+            return Err(transient(format!("reading layer {d}: {e}")));
+        }
         stats.layers_read.fetch_add(1, Ordering::Relaxed);
         stats.layer_bytes.fetch_add(sent, Ordering::Relaxed);
         stats.tar_bytes.fetch_add(lc.tar_bytes, Ordering::Relaxed);
