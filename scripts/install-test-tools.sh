@@ -12,6 +12,9 @@
 # Installs (PyPI, pinned, own virtualenv): kubernetes-validate (the Kubernetes schemas
 #                          the rendered manifests are checked against, offline)
 #                          -> $BERTH_TOOLS_PREFIX/kubernetes-validate-venv
+# Downloads (bookworm .deb, kept): the packages Berth's own image takes its libraries and
+#                          CA certificates from (scripts/oci-image.py --fetch-debs)
+#                          -> $BERTH_TOOLS_PREFIX/image-debs
 #
 # No service is left running: package service start-up is suppressed with
 # policy-rc.d during the install, and on a systemd host the containerd and
@@ -255,7 +258,19 @@ install_kubernetes_validate() {
 install_kubernetes_validate
 
 # ---------------------------------------------------------------------------
-# 6. verify
+# 6. The Debian packages of Berth's own image (libc6, libgcc-s1, gcc-12-base,
+#    ca-certificates; a few MB), so the image tests build offline.
+# ---------------------------------------------------------------------------
+IMAGE_DEBS=$PREFIX/image-debs
+fetch_image_debs() { python3 "$(dirname "$0")/oci-image.py" --fetch-debs --debs "$IMAGE_DEBS"; }
+if ! fetch_image_debs; then
+  # Old package lists name versions the archive no longer has.
+  apt_update_retry
+  fetch_image_debs || die "could not download the Debian packages of Berth's image"
+fi
+
+# ---------------------------------------------------------------------------
+# 7. verify
 # ---------------------------------------------------------------------------
 verify() {
   local name=$1; shift
