@@ -59,6 +59,15 @@ fn build_image(binary: &Path, out: &Path, cwd: &Path, umask: &str, epoch: Option
     digest
 }
 
+/// A tool of the base system that may live in an sbin directory root's PATH can lack.
+fn system_tool(name: &str) -> PathBuf {
+    ["/usr/sbin", "/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| tool(name))
+}
+
 /// One image of this run's binary for the tests that only use it, built once per run
 /// in Cargo's directory for test scratch space.
 fn shared_image() -> &'static (Layout, String) {
@@ -213,7 +222,7 @@ fn berth_image_runs_as_its_non_root_user_with_only_its_own_libraries() {
     let version = run_stdout(
         Command::new(tool("env"))
             .arg("-i")
-            .arg(tool("chroot"))
+            .arg(system_tool("chroot"))
             .arg(format!("--userspec={uid}:{gid}"))
             .arg(&rootfs)
             .args(["/usr/local/bin/berth", "--version"]),
