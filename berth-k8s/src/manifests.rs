@@ -66,6 +66,10 @@ pub struct Options {
     /// CIDRs allowed to reach the registry port. Empty: every source (kubelets pull from
     /// the nodes' own addresses, which no pod or namespace selector names).
     pub allow_from: Vec<String>,
+    /// `[security] trusted_proxies`: the ingress's addresses, whose `X-Forwarded-For`
+    /// names the client. Without them every client behind the ingress counts as the
+    /// ingress for the per-client limits.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Where blobs and metadata live.
@@ -115,6 +119,7 @@ impl Options {
             memory_request: "256Mi".to_owned(),
             memory_limit: None,
             allow_from: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -399,7 +404,12 @@ fn check(o: &Options) -> Result<(), K8sError> {
             return Err(invalid(format!("{what} {q:?} is not a quantity")));
         }
     }
-    if let Some(bad) = o.allow_from.iter().find(|c| !is_cidr(c)) {
+    if let Some(bad) = o
+        .allow_from
+        .iter()
+        .chain(&o.trusted_proxies)
+        .find(|c| !is_cidr(c))
+    {
         return Err(invalid(format!("{bad:?} is not a CIDR (10.0.0.0/8)")));
     }
     Ok(())
@@ -513,24 +523,29 @@ fn berth_toml(o: &Options) -> String {
     line("");
     line("[auth]");
     line("enabled = true");
-    match &o.tls_secret {
-        Some(_) => {
-            line("");
-            line("[tls]");
-            line(&format!(
-                "cert_file = {}",
-                toml_str(&format!("{TLS_DIR}/tls.crt"))
-            ));
-            line(&format!(
-                "key_file = {}",
-                toml_str(&format!("{TLS_DIR}/tls.key"))
-            ));
-        }
-        None => {
-            line("");
-            line("[security]");
+    if o.tls_secret.is_some() {
+        line("");
+        line("[tls]");
+        line(&format!(
+            "cert_file = {}",
+            toml_str(&format!("{TLS_DIR}/tls.crt"))
+        ));
+        line(&format!(
+            "key_file = {}",
+            toml_str(&format!("{TLS_DIR}/tls.key"))
+        ));
+    }
+    if o.tls_secret.is_none() || !o.trusted_proxies.is_empty() {
+        line("");
+        line("[security]");
+        if o.tls_secret.is_none() {
             line("# TLS ends in front of Berth (an ingress); authentication stays on.");
             line("allow_insecure_http = true");
+        }
+        if !o.trusted_proxies.is_empty() {
+            line("# The ingress: its X-Forwarded-For names the client.");
+            let list: Vec<String> = o.trusted_proxies.iter().map(|c| toml_str(c)).collect();
+            line(&format!("trusted_proxies = [{}]", list.join(", ")));
         }
     }
     line("");
@@ -1016,6 +1031,13 @@ mod tests {
                     ..external()
                 },
                 "memory limit",
+            ),
+            (
+                Options {
+                    trusted_proxies: vec!["ingress".into()],
+                    ..external()
+                },
+                "CIDR",
             ),
             (
                 Options {

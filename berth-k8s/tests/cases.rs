@@ -36,6 +36,7 @@ pub fn cases() -> Vec<(&'static str, Options)> {
             Options {
                 replicas: 3,
                 public_url: Some("https://registry.example.com".into()),
+                trusted_proxies: vec!["10.42.0.0/16".into()],
                 storage: external(
                     S3 {
                         bucket: "registry".into(),

@@ -100,6 +100,11 @@ pub struct ManifestArgs {
     /// kubelets pull from the nodes' addresses).
     #[arg(long)]
     allow_from: Vec<String>,
+    /// An ingress's CIDR whose `X-Forwarded-For` names the client (repeatable;
+    /// `[security] trusted_proxies`): without it, per-client limits see every client
+    /// behind the ingress as one.
+    #[arg(long = "trusted-proxy")]
+    trusted_proxies: Vec<String>,
     /// Write a kustomize base (one file per resource and kustomization.yaml) into this
     /// directory instead of printing.
     #[arg(long)]
@@ -142,6 +147,7 @@ impl ManifestArgs {
             memory_request: self.memory_request,
             memory_limit: self.memory_limit,
             allow_from: self.allow_from,
+            trusted_proxies: self.trusted_proxies,
         }
     }
 }
@@ -321,6 +327,10 @@ mod tests {
                     "b",
                     "--s3-region",
                     "eu-west-1",
+                    "--trusted-proxy",
+                    "10.42.0.0/16",
+                    "--trusted-proxy",
+                    "fd00::/8",
                 ],
                 "s3",
             ),
@@ -368,6 +378,13 @@ mod tests {
                 };
                 config.storage.s3_config(env).expect("S3 settings");
             }
+            let proxies: Vec<&str> = args
+                .windows(2)
+                .filter(|w| w[0] == "--trusted-proxy")
+                .map(|w| w[1])
+                .collect();
+            assert_eq!(config.security.trusted_proxies, proxies, "{args:?}");
+            config.trusted_proxies().expect("trusted proxies parse");
             let gc = if args.contains(&"--gc-interval-secs") {
                 0
             } else {
