@@ -389,7 +389,7 @@ pub async fn robot(store: &StoreArgs, cmd: RobotCommand) -> anyhow::Result<()> {
 }
 
 /// The registry host pods use in image references.
-fn server_name(config: &Config, explicit: Option<String>) -> String {
+pub fn server_name(config: &Config, explicit: Option<String>) -> String {
     if let Some(s) = explicit {
         return s;
     }
