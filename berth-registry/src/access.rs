@@ -1642,6 +1642,12 @@ pub fn namespace_robot(ns: &str) -> String {
 /// Kubernetes Secret name (tenant names may hold `_`, Secret names may not).
 pub fn pull_secret_name(tenant: &str) -> Option<String> {
     let name = format!("{tenant}-pull");
+    is_secret_name(&name).then_some(name)
+}
+
+/// Whether `name` is a Kubernetes Secret name (a DNS subdomain: lower-case labels of
+/// letters, digits and `-`, joined by `.`).
+pub fn is_secret_name(name: &str) -> bool {
     let label = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
@@ -1650,7 +1656,7 @@ pub fn pull_secret_name(tenant: &str) -> Option<String> {
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
-    (name.len() <= 253 && name.split('.').all(label)).then_some(name)
+    name.len() <= 253 && name.split('.').all(label)
 }
 
 /// A `.docker/config.json` holding one registry's credentials.
