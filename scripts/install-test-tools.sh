@@ -10,6 +10,12 @@
 #                          docker-registry (CNCF Distribution 2.8) postgresql
 # Installs (trixie/sid .deb, extracted only): oras, cosign (trixie), notation (sid)
 #                          -> $BERTH_TOOLS_PREFIX/bin/<tool>, symlinked into /usr/local/bin
+# Installs (PyPI, pinned, own virtualenv): kubernetes-validate (the Kubernetes schemas
+#                          the rendered manifests are checked against, offline)
+#                          -> $BERTH_TOOLS_PREFIX/kubernetes-validate-venv
+# Downloads (bookworm .deb, kept): the packages Berth's own image takes its libraries and
+#                          CA certificates from (scripts/oci-image.py --fetch-debs)
+#                          -> $BERTH_TOOLS_PREFIX/image-debs
 #
 # No service is left running: package service start-up is suppressed with
 # policy-rc.d during the install, and on a systemd host the containerd and
@@ -239,7 +245,43 @@ install_deb_tool cosign cosign trixie sid
 install_deb_tool notation notation sid
 
 # ---------------------------------------------------------------------------
-# 5. verify
+# 5. kubernetes-validate from PyPI, pinned, in its own virtualenv: it carries the
+#    Kubernetes OpenAPI schemas of every version it knows, so checks run offline.
+# ---------------------------------------------------------------------------
+KUBERNETES_VALIDATE_VERSION=1.37.0
+KV_VENV=$PREFIX/kubernetes-validate-venv
+install_kubernetes_validate() {
+  if "$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$KUBERNETES_VALIDATE_VERSION"; then
+    log "kubernetes-validate $KUBERNETES_VALIDATE_VERSION already installed in $KV_VENV"
+    return
+  fi
+  log "installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION into $KV_VENV"
+  mkdir -p "$PREFIX"
+  if ! python3 -m venv "$KV_VENV" >&2 2>&1; then
+    # Debian's python3 ships venv separately.
+    wait_apt_locks
+    "${APT_GET[@]}" install --no-install-recommends python3-venv
+    python3 -m venv "$KV_VENV"
+  fi
+  "$KV_VENV/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+    || die "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION failed"
+}
+install_kubernetes_validate
+
+# ---------------------------------------------------------------------------
+# 6. The Debian packages of Berth's own image (libc6, libgcc-s1, gcc-12-base,
+#    ca-certificates; a few MB), so the image tests build offline.
+# ---------------------------------------------------------------------------
+IMAGE_DEBS=$PREFIX/image-debs
+fetch_image_debs() { python3 "$(dirname "$0")/oci-image.py" --fetch-debs --debs "$IMAGE_DEBS"; }
+if ! fetch_image_debs; then
+  # Old package lists name versions the archive no longer has.
+  apt_update_retry
+  fetch_image_debs || die "could not download the Debian packages of Berth's image"
+fi
+
+# ---------------------------------------------------------------------------
+# 7. verify
 # ---------------------------------------------------------------------------
 verify() {
   local name=$1; shift
@@ -284,6 +326,7 @@ verify cosign          cosign version
 verify notation        notation version
 verify berth-sbom-python berth-sbom-python -c "import cyclonedx, spdx_tools; print('sbom validators ok')"
 verify docker-registry /usr/bin/docker-registry --version
+verify kubernetes-validate "$KV_VENV/bin/kubernetes-validate" --version
 if [ "${BERTH_SKIP_POSTGRES:-0}" != 1 ]; then
   verify postgres      /usr/lib/postgresql/15/bin/postgres --version
   verify pg_ctlcluster sh -c 'command -v pg_ctlcluster'

@@ -1420,6 +1420,80 @@ impl Access {
         }
     }
 
+    /// One pull-only robot of `tenant` per Kubernetes namespace (`namespace_robot`), for
+    /// that namespace's pull secret. A missing robot is created; an existing one is left
+    /// as it is (its secret cannot be read back, so none is returned: its namespace keeps
+    /// the Secret it has) unless `rotate`, which gives it a new secret. Each namespace
+    /// has its own robot, so rotating, disabling or deleting one never touches another
+    /// namespace's pulls. An existing robot allowed more than pull is refused rather than
+    /// put into a pull secret. Every namespace is checked before anything changes.
+    pub async fn namespace_pull_robots(
+        &self,
+        by: &Identity,
+        source: Option<IpAddr>,
+        tenant: &str,
+        namespaces: &[String],
+        rotate: bool,
+    ) -> Result<Vec<NamespaceRobot>> {
+        require_manager(by, tenant)?;
+        if namespaces.is_empty() {
+            return Err(RegistryError::Invalid("no namespace given".into()));
+        }
+        let mut wanted: Vec<&str> = Vec::new();
+        for ns in namespaces {
+            if !valid_namespace(ns) {
+                return Err(RegistryError::Invalid(format!(
+                    "{ns:.64?} is not a Kubernetes namespace name"
+                )));
+            }
+            if !wanted.contains(&ns.as_str()) {
+                wanted.push(ns);
+            }
+        }
+        if self.0.meta.tenant(tenant).await?.is_none() {
+            return Err(RegistryError::NotFound(format!("no tenant {tenant}")));
+        }
+        let mut existing = Vec::new();
+        for ns in &wanted {
+            let name = namespace_robot(ns);
+            let row = self.0.meta.robot(tenant, &name).await?;
+            if let Some(r) = &row
+                && r.actions != "pull"
+            {
+                return Err(RegistryError::Conflict(format!(
+                    "robot {tenant}+{name} may {}: a pull secret gets a pull-only robot; \
+                     delete or rename it",
+                    r.actions
+                )));
+            }
+            existing.push(row);
+        }
+        let mut out = Vec::new();
+        for (ns, row) in wanted.into_iter().zip(existing) {
+            let name = namespace_robot(ns);
+            let outcome = match row {
+                None => {
+                    let spec = NewRobot {
+                        actions: Actions::PULL,
+                        repositories: Vec::new(),
+                        description: Some(format!("pull secret of Kubernetes namespace {ns}")),
+                        expires_in: None,
+                    };
+                    PullRobot::Created(self.create_robot(by, source, tenant, &name, &spec).await?)
+                }
+                Some(_) if rotate => {
+                    PullRobot::Rotated(self.rotate_robot(by, source, tenant, &name).await?)
+                }
+                Some(r) => PullRobot::Kept(robot_info(&r)),
+            };
+            out.push(NamespaceRobot {
+                namespace: ns.to_owned(),
+                outcome,
+            });
+        }
+        Ok(out)
+    }
+
     /// Audit rows: admins read everything; a tenant owner reads its tenant's rows only.
     pub async fn audit(&self, by: &Identity, q: &AuditQuery) -> Result<Vec<(i64, AuditRecord)>> {
         if !by.is_admin() {
@@ -1527,6 +1601,64 @@ pub fn cli_identity() -> Identity {
     }
 }
 
+/// A namespace's pull robot, and what `namespace_pull_robots` did to it.
+#[derive(Debug, Clone)]
+pub struct NamespaceRobot {
+    pub namespace: String,
+    pub outcome: PullRobot,
+}
+
+#[derive(Debug, Clone)]
+pub enum PullRobot {
+    /// New: its credentials belong in the namespace's Secret.
+    Created(RobotCredentials),
+    /// Given a new secret on request: the namespace's Secret must be replaced.
+    Rotated(RobotCredentials),
+    /// There already, untouched; the namespace keeps the Secret it has.
+    Kept(RobotInfo),
+}
+
+/// The robot that pulls a tenant's images into Kubernetes namespace `ns`: `k8s-<ns>`, or,
+/// when that is no valid robot name (a namespace over 60 characters, or with `--`), a
+/// shortened one ending in a hash of the namespace, so that no two namespaces share one.
+pub fn namespace_robot(ns: &str) -> String {
+    let plain = format!("k8s-{ns}");
+    if berth_auth::valid_name(&plain) {
+        return plain;
+    }
+    let hash = hex::encode(&Sha256::digest(ns.as_bytes())[..4]);
+    let mut short = String::from("k8s");
+    for part in ns.split('-').filter(|p| !p.is_empty()) {
+        if short.len() + 1 + part.len() > 64 - 9 {
+            break;
+        }
+        short.push('-');
+        short.push_str(part);
+    }
+    format!("{short}-{hash}")
+}
+
+/// The name of the pull Secret of `tenant`'s images: `<tenant>-pull`, if that is a
+/// Kubernetes Secret name (tenant names may hold `_`, Secret names may not).
+pub fn pull_secret_name(tenant: &str) -> Option<String> {
+    let name = format!("{tenant}-pull");
+    is_secret_name(&name).then_some(name)
+}
+
+/// Whether `name` is a Kubernetes Secret name (a DNS subdomain: lower-case labels of
+/// letters, digits and `-`, joined by `.`).
+pub fn is_secret_name(name: &str) -> bool {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    name.len() <= 253 && name.split('.').all(label)
+}
+
 /// A `.docker/config.json` holding one registry's credentials.
 pub fn docker_config(server: &str, login: &str, secret: &str) -> serde_json::Value {
     use base64::Engine as _;
@@ -1572,4 +1704,44 @@ pub fn valid_namespace(ns: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_namespace_gets_its_own_valid_robot_name() {
+        assert_eq!(namespace_robot("team-a-prod"), "k8s-team-a-prod");
+        let long = "n".repeat(63);
+        let double = "a--b";
+        let mut seen = std::collections::HashSet::new();
+        for ns in [
+            "a",
+            "a-b",
+            double,
+            "a---b",
+            &long,
+            &"x".repeat(61),
+            &"x".repeat(60),
+            "0",
+            "9-9",
+        ] {
+            let name = namespace_robot(ns);
+            assert!(berth_auth::valid_name(&name), "{ns} -> {name}");
+            assert!(seen.insert(name.clone()), "{ns} -> {name} twice");
+        }
+        // Namespaces differing past the shortened prefix still differ.
+        let a = format!("{}-a", "x".repeat(61));
+        let b = format!("{}-b", "x".repeat(61));
+        assert_ne!(namespace_robot(&a), namespace_robot(&b));
+        assert!(namespace_robot(&a).len() <= 64);
+    }
+
+    #[test]
+    fn pull_secret_names_are_kubernetes_names_or_none() {
+        assert_eq!(pull_secret_name("team-a").as_deref(), Some("team-a-pull"));
+        assert_eq!(pull_secret_name("team.a").as_deref(), Some("team.a-pull"));
+        assert_eq!(pull_secret_name("team_a"), None);
+    }
 }

@@ -186,8 +186,10 @@ async fn exact_sweep_postgres() {
 /// succeeds and pulls back complete at once, the tags pull complete at the end, and the
 /// store is consistent afterwards.
 /// Longer than any push takes here, even on a loaded machine: the grace period is what
-/// protects a blob between its upload and the manifest that references it.
-const GRACE: Duration = Duration::from_secs(1);
+/// protects a blob between its upload and the manifest that references it. (1 s was not:
+/// with SQLite's one writer shared with a collection looping without pause, a push on a
+/// machine busy compiling once took longer, and its config was rightly collected.)
+const GRACE: Duration = Duration::from_secs(3);
 
 async fn race(postgres: bool) {
     let dir = tempfile::tempdir().expect("tempdir");

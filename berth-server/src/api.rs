@@ -582,13 +582,26 @@ async fn pull_secret(
             "{ns:.64?} is not a Kubernetes namespace name"
         ))));
     }
+    // Tenant and robot names may hold `_`, a Secret name may not: checked before any robot
+    // is created or rotated.
+    let secret_name = q
+        .get("name")
+        .cloned()
+        .unwrap_or_else(|| format!("{tenant}-{robot}-pull"));
+    if matches!(q.get("format").map(String::as_str), None | Some("secret"))
+        && !access::is_secret_name(&secret_name)
+    {
+        return Err(ApiError::Registry(RegistryError::Invalid(format!(
+            "{secret_name:.64?} is not a Kubernetes Secret name; give one with ?name="
+        ))));
+    }
     let server = registry_host(&state, &headers);
     let creds = access_of(&state)?
         .pull_credentials(&c.id, c.source, &tenant, &robot)
         .await?;
     let body = match q.get("format").map(String::as_str) {
         None | Some("secret") => access::pull_secret(
-            &format!("{tenant}-{robot}-pull"),
+            &secret_name,
             namespace,
             &server,
             &creds.robot.login,

@@ -1210,6 +1210,48 @@ async fn management_api_round_trip() {
         s.send(Method::GET, "/v2/", &robot).await.status(),
         StatusCode::OK
     );
+    // A Secret name Kubernetes would refuse is refused before the robot is rotated; a
+    // valid one names the Secret.
+    let r = s
+        .send(
+            Method::POST,
+            "/api/v1/tenants/team-a/robots/ci/pull-secret?name=Team_A",
+            &owner,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        s.send(Method::GET, "/v2/", &robot).await.status(),
+        StatusCode::OK,
+        "a refused request rotates nothing"
+    );
+    let r = s
+        .send(
+            Method::POST,
+            "/api/v1/tenants/team-a/robots/ci/pull-secret?name=apps-pull",
+            &owner,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["metadata"]["name"], "apps-pull");
+    let config: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(v["data"][".dockerconfigjson"].as_str().expect("data"))
+            .expect("b64"),
+    )
+    .expect("config json");
+    let robot = Cred::Basic(
+        "team-a+ci".into(),
+        config["auths"][host]["password"]
+            .as_str()
+            .expect("password")
+            .to_owned(),
+    );
+    assert_eq!(
+        s.send(Method::GET, "/v2/", &robot).await.status(),
+        StatusCode::OK
+    );
     // The owner cannot create users, nor see another tenant's robots.
     let r = s
         .req(Method::POST, "/api/v1/users", &owner)

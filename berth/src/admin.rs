@@ -166,6 +166,10 @@ pub struct SecretArgs {
     /// Registry host as pods name it; default: from `public_url`, else the listen address.
     #[arg(long)]
     pub server: Option<String>,
+    /// The Secret's name; default `<tenant>-<robot>-pull`, which must then be a Kubernetes
+    /// name (tenant and robot names may hold `_`, Secret names may not).
+    #[arg(long)]
+    pub secret_name: Option<String>,
 }
 
 #[derive(Args)]
@@ -389,7 +393,7 @@ pub async fn robot(store: &StoreArgs, cmd: RobotCommand) -> anyhow::Result<()> {
 }
 
 /// The registry host pods use in image references.
-fn server_name(config: &Config, explicit: Option<String>) -> String {
+pub fn server_name(config: &Config, explicit: Option<String>) -> String {
     if let Some(s) = explicit {
         return s;
     }
@@ -398,6 +402,26 @@ fn server_name(config: &Config, explicit: Option<String>) -> String {
         return rest.trim_end_matches('/').to_owned();
     }
     config.listen.to_string()
+}
+
+/// The pull Secret's name: `--secret-name`, or `<tenant>-<robot>-pull`; either must be a
+/// Kubernetes Secret name.
+fn secret_name(args: &SecretArgs) -> anyhow::Result<String> {
+    match &args.secret_name {
+        Some(n) if access::is_secret_name(n) => Ok(n.clone()),
+        Some(n) => anyhow::bail!("--secret-name {n:?} is not a Kubernetes Secret name"),
+        None => {
+            let n = format!("{}-{}-pull", args.tenant, args.robot);
+            if access::is_secret_name(&n) {
+                Ok(n)
+            } else {
+                anyhow::bail!(
+                    "{n:?} is not a Kubernetes Secret name (lower-case letters, digits, `-` \
+                     and `.`); give one with --secret-name"
+                )
+            }
+        }
+    }
 }
 
 pub async fn secret(store: &StoreArgs, args: SecretArgs) -> anyhow::Result<()> {
@@ -409,6 +433,8 @@ pub async fn secret(store: &StoreArgs, args: SecretArgs) -> anyhow::Result<()> {
     if !matches!(args.format.as_str(), "secret" | "config-json") {
         anyhow::bail!("--format is secret or config-json");
     }
+    // Checked before any robot is created or rotated.
+    let secret_name = secret_name(&args)?;
     let (config, access) = store.access().await?;
     let server = server_name(&config, args.server);
     let c = access
@@ -420,7 +446,7 @@ pub async fn secret(store: &StoreArgs, args: SecretArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let v = access::pull_secret(
-        &format!("{}-{}-pull", args.tenant, args.robot),
+        &secret_name,
         args.namespace.as_deref(),
         &server,
         &c.robot.login,
@@ -432,7 +458,7 @@ pub async fn secret(store: &StoreArgs, args: SecretArgs) -> anyhow::Result<()> {
     println!("apiVersion: v1");
     println!("kind: Secret");
     println!("metadata:");
-    println!("  name: {}-{}-pull", args.tenant, args.robot);
+    println!("  name: {secret_name}");
     if let Some(ns) = &args.namespace {
         println!("  namespace: {ns}");
     }
@@ -475,4 +501,36 @@ pub async fn rotate_key(store: &StoreArgs) -> anyhow::Result<()> {
     let kid = access.rotate_key(&cli_identity(), None).await?;
     println!("new signing key {kid}; tokens signed by the old key stay valid until they expire");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(tenant: &str, robot: &str, name: Option<&str>) -> SecretArgs {
+        SecretArgs {
+            tenant: tenant.into(),
+            robot: robot.into(),
+            namespace: None,
+            format: "secret".into(),
+            server: None,
+            secret_name: name.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn pull_secret_names_are_kubernetes_names() {
+        assert_eq!(
+            secret_name(&args("team-a", "ci", None)).expect("default"),
+            "team-a-ci-pull"
+        );
+        // Tenant and robot names may hold `_`; a Secret name may not, so one must be given.
+        let err = secret_name(&args("team_a", "ci", None)).expect_err("invalid default");
+        assert!(err.to_string().contains("--secret-name"), "{err}");
+        assert_eq!(
+            secret_name(&args("team_a", "ci", Some("team-a-pull"))).expect("given"),
+            "team-a-pull"
+        );
+        assert!(secret_name(&args("team-a", "ci", Some("Team_A"))).is_err());
+    }
 }

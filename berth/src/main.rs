@@ -6,6 +6,7 @@ mod config;
 mod events;
 mod fsck;
 mod gc;
+mod k8s;
 mod layout;
 mod listing;
 mod logging;
@@ -178,6 +179,11 @@ enum Command {
         store: open::StoreArgs,
         #[command(subcommand)]
         cmd: events::EventsCommand,
+    },
+    /// Berth on Kubernetes: the install manifests, pull Secrets per namespace.
+    K8s {
+        #[command(subcommand)]
+        cmd: k8s::K8sCommand,
     },
 }
 
@@ -544,6 +550,7 @@ fn main() -> anyhow::Result<()> {
         Command::RotateKey { store } => runtime.block_on(admin::rotate_key(&store)),
         Command::Tag { store, cmd } => runtime.block_on(versions::tag(&store, cmd)),
         Command::Events { store, cmd } => runtime.block_on(events::run(&store, cmd)),
+        Command::K8s { cmd } => runtime.block_on(k8s::run(cmd)),
         Command::Gc { store, args } => runtime.block_on(gc::run(&store, args)),
         Command::Migrate { store } => runtime.block_on(migrate(&store)),
         Command::Retention { store, args } => runtime.block_on(gc::retention(&store, args)),

@@ -28,6 +28,10 @@ mod docker;
 mod events;
 #[path = "e2e/hostile.rs"]
 mod hostile;
+#[path = "e2e/image.rs"]
+mod image;
+#[path = "e2e/k8s.rs"]
+mod k8s;
 #[path = "e2e/large.rs"]
 mod large;
 #[path = "e2e/layout.rs"]

@@ -1,0 +1,84 @@
+//! The option sets the golden files and the schema checks cover: one replica on a
+//! volume, with and without TLS and the other knobs, and several replicas over
+//! PostgreSQL and S3, with and without TLS.
+
+use berth_k8s::{Options, S3, Storage};
+
+pub const IMAGE: &str = "registry.example.com/berth:0.1.0";
+
+fn external(s3: S3, database_secret: Option<&str>) -> Storage {
+    Storage::External {
+        database_secret: database_secret.map(str::to_owned),
+        s3,
+    }
+}
+
+pub fn cases() -> Vec<(&'static str, Options)> {
+    let base = || Options::new(IMAGE, "0.1.0");
+    vec![
+        ("single", base()),
+        (
+            "single-tls",
+            Options {
+                public_url: Some("https://registry.example.com".into()),
+                tls_secret: Some("berth-tls".into()),
+                storage: Storage::Volume {
+                    size: "50Gi".into(),
+                    class: Some("fast-ssd".into()),
+                },
+                memory_limit: Some("1Gi".into()),
+                image_pull_secrets: vec!["regcred".into()],
+                ..base()
+            },
+        ),
+        (
+            "replicas",
+            Options {
+                replicas: 3,
+                public_url: Some("https://registry.example.com".into()),
+                trusted_proxies: vec!["10.42.0.0/16".into()],
+                storage: external(
+                    S3 {
+                        bucket: "registry".into(),
+                        endpoint: Some("https://s3.eu-west-1.amazonaws.com".into()),
+                        region: Some("eu-west-1".into()),
+                        prefix: "berth/".into(),
+                        path_style: false,
+                        secret: None,
+                    },
+                    None,
+                ),
+                ..base()
+            },
+        ),
+        (
+            "replicas-tls",
+            Options {
+                name: "registry".into(),
+                namespace: "platform".into(),
+                create_namespace: false,
+                replicas: 5,
+                public_url: Some("https://registry.internal:5000".into()),
+                tls_secret: Some("registry-tls".into()),
+                admin_secret: Some("registry-admin".into()),
+                gc_interval_secs: 0,
+                cpu_request: "1".into(),
+                memory_request: "512Mi".into(),
+                memory_limit: Some("2Gi".into()),
+                allow_from: vec!["10.0.0.0/8".into(), "fd00::/8".into()],
+                storage: external(
+                    S3 {
+                        bucket: "images".into(),
+                        endpoint: Some("http://minio.storage.svc:9000".into()),
+                        region: None,
+                        prefix: String::new(),
+                        path_style: true,
+                        secret: Some("minio-keys".into()),
+                    },
+                    Some("registry-pg"),
+                ),
+                ..base()
+            },
+        ),
+    ]
+}
