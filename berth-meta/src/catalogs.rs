@@ -247,3 +247,34 @@ impl MetaStore {
             .collect()
     }
 }
+
+impl MetaStore {
+    /// Drops catalogs of content no longer stored: images whose manifest is in no
+    /// repository, layers whose blob is gone. Returns (images, layers) dropped. A catalog
+    /// is keyed by digest alone, so it stays while any repository holds the content.
+    pub async fn prune_catalogs(&self) -> Result<(u64, u64)> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM image_packages WHERE NOT EXISTS \
+             (SELECT 1 FROM manifests m WHERE m.digest = image_packages.image_digest)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let images = sqlx::query(
+            "DELETE FROM image_catalogs WHERE NOT EXISTS \
+             (SELECT 1 FROM manifests m WHERE m.digest = image_catalogs.digest)",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let layers = sqlx::query(
+            "DELETE FROM layer_catalogs WHERE NOT EXISTS \
+             (SELECT 1 FROM blobs b WHERE b.digest = layer_catalogs.digest)",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok((images, layers))
+    }
+}

@@ -610,6 +610,58 @@ impl Registry {
         Ok(Some((format.media_type(), render(repo, &view, format))))
     }
 
+    /// The SBOM referrers this registry generated for `subject` in `repo`.
+    async fn generated_sboms(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> crate::Result<Vec<Digest>> {
+        let referrers = self
+            .meta
+            .referrers(repo.as_str(), subject.as_str(), None)
+            .await?;
+        Ok(referrers
+            .into_iter()
+            .filter(|r| {
+                r.annotations.as_deref().is_some_and(|a| {
+                    serde_json::from_str::<serde_json::Value>(a)
+                        .ok()
+                        .is_some_and(|v| v.get(SBOM_ANNOTATION).is_some())
+                })
+            })
+            .filter_map(|r| r.digest.parse().ok())
+            .collect())
+    }
+
+    /// Deletes the SBOMs generated for a manifest just deleted. They describe that image
+    /// only, and left behind they would keep blobs the client pushed (the shared empty
+    /// config) in use after the client deleted everything of its own. A failure here
+    /// leaves an orphan for garbage collection, never a failed delete.
+    pub(crate) async fn drop_generated_sboms(&self, repo: &RepoName, subject: &Digest) {
+        let doomed = match self.generated_sboms(repo, subject).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(repository = %repo, %subject, error = %e, "could not list the SBOMs of a deleted manifest");
+                return;
+            }
+        };
+        for d in doomed {
+            let r = Box::pin(self.delete_manifest(
+                repo,
+                &Reference::Digest(d.clone()),
+                &Actor::named("system"),
+                true,
+            ))
+            .await;
+            match r {
+                Ok(()) | Err(RegistryError::ManifestUnknown) => {}
+                Err(e) => {
+                    tracing::warn!(repository = %repo, sbom = %d, error = %e, "could not delete the SBOM of a deleted manifest");
+                }
+            }
+        }
+    }
+
     /// Pushes the CycloneDX and SPDX documents of an image as its referrers in `repo`,
     /// unless this cataloger's are there already.
     async fn attach_sboms(
@@ -683,6 +735,18 @@ impl Registry {
             )
             .await?;
             cat.stats.sboms.fetch_add(1, Ordering::Relaxed);
+        }
+        // The image may have been deleted while its documents were pushed. Either that
+        // delete saw them and took them along, or this read sees the image gone.
+        // Read from the database, not this replica's cache: the delete may have been
+        // another replica's.
+        if self
+            .meta
+            .get_manifest(repo.as_str(), digest.as_str())
+            .await?
+            .is_none()
+        {
+            self.drop_generated_sboms(repo, digest).await;
         }
         Ok(())
     }

@@ -62,6 +62,9 @@ pub struct GcReport {
     pub blobs_deleted: Vec<(String, u64)>,
     pub bytes_freed: u64,
     pub uploads_purged: usize,
+    /// Catalogs dropped because no repository holds their content any more: (images,
+    /// layers).
+    pub catalogs_pruned: (u64, u64),
     pub elapsed: Duration,
 }
 
@@ -359,6 +362,7 @@ impl Registry {
         .await?;
         if !options.dry_run {
             report.uploads_purged = self.purge_stale_uploads().await?;
+            report.catalogs_pruned = self.meta.prune_catalogs().await?;
         }
         report.bytes_freed = report.blobs_deleted.iter().map(|(_, s)| s).sum();
         report.elapsed = started.elapsed();
@@ -374,6 +378,7 @@ impl Registry {
                 "blobs": report.blobs_deleted.len(),
                 "bytes": report.bytes_freed,
                 "uploads": report.uploads_purged,
+                "catalogs": {"images": report.catalogs_pruned.0, "layers": report.catalogs_pruned.1},
             });
             self.meta
                 .audit_run(&actor, "gc.run", &detail.to_string())

@@ -972,6 +972,9 @@ impl Registry {
             }
         };
         if outcome == Removal::Removed {
+            if let Reference::Digest(d) = reference {
+                self.drop_generated_sboms(repo, d).await;
+            }
             self.invalidate_verdicts(Some(repo.as_str()));
             if queued.load(std::sync::atomic::Ordering::Relaxed) {
                 self.wake_jobs();

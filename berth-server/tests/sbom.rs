@@ -35,7 +35,7 @@ async fn sbom_over_http(postgres: bool) {
         s.access(),
         "prod",
         false,
-        &[("ci", "developer"), ("node", "reader")],
+        &[("ci", "maintainer"), ("node", "reader")],
     )
     .await;
     let ci = Cred::user("ci");
@@ -215,6 +215,7 @@ async fn sbom_over_http(postgres: bool) {
         common::metric::<u64>(&metrics, "berth_catalog_images_total"),
         1
     );
+    deleted_with_the_image(&s, &ci, &digest, &layer).await;
     assert_eq!(
         common::metric::<u64>(&metrics, "berth_catalog_layers_read_total"),
         1
@@ -226,6 +227,79 @@ async fn sbom_over_http(postgres: bool) {
     assert_eq!(
         common::metric::<u64>(&metrics, "berth_catalog_layer_bytes_total"),
         layer.len() as u64
+    );
+}
+
+/// The client deletes everything it pushed, as the conformance suite's teardown does: its
+/// own artifact (configured with the same empty `{}` blob as Berth's SBOMs), the image,
+/// then the blobs. The generated SBOMs go with the image, so the empty blob is free to
+/// delete; a collection then drops the catalogs of content no longer stored.
+async fn deleted_with_the_image(s: &common::TestServer, ci: &Cred, digest: &str, layer: &[u8]) {
+    let empty = s.push_blob_as(ci, "prod/app", b"{}").await;
+    let doc = s.push_blob_as(ci, "prod/app", b"client notes").await;
+    let artifact = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.notes",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "text/plain", "digest": doc, "size": 12}],
+    });
+    let body = serde_json::to_vec(&artifact).expect("json");
+    let r = s
+        .put_manifest_as(ci, "prod/app", "notes", OCI_MANIFEST, &body)
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    for m in [sha256(&body), digest.to_owned()] {
+        let r = s
+            .request_as(Method::DELETE, &format!("/v2/prod/app/manifests/{m}"), ci)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "delete {m}");
+    }
+    let r = s
+        .request_as(Method::GET, &format!("/v2/prod/app/referrers/{digest}"), ci)
+        .send()
+        .await
+        .expect("send");
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(
+        v["manifests"],
+        serde_json::json!([]),
+        "SBOMs left behind: {v}"
+    );
+    let r = s
+        .request_as(Method::DELETE, &format!("/v2/prod/app/blobs/{empty}"), ci)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "the empty config is no longer in use"
+    );
+
+    assert!(s.meta.image_catalog(digest).await.expect("read").is_some());
+    let report = s
+        .registry
+        .collect_garbage(
+            &berth_registry::gc::GcOptions {
+                dry_run: false,
+                grace: Duration::ZERO,
+                rollback_window: Duration::ZERO,
+            },
+            &|_| {},
+        )
+        .await
+        .expect("gc");
+    assert_eq!(report.catalogs_pruned, (1, 1));
+    assert!(s.meta.image_catalog(digest).await.expect("read").is_none());
+    assert!(
+        s.meta
+            .layer_catalog(&sha256(layer))
+            .await
+            .expect("read")
+            .is_none()
     );
 }
 

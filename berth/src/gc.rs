@@ -76,6 +76,12 @@ pub async fn run(store: &StoreArgs, args: GcArgs) -> anyhow::Result<()> {
     if !args.dry_run && report.uploads_purged > 0 {
         println!("removed {} stale uploads", report.uploads_purged);
     }
+    let (images, layers) = report.catalogs_pruned;
+    if images + layers > 0 {
+        println!(
+            "dropped the package catalogs of {images} images and {layers} layers no longer stored"
+        );
+    }
     Ok(())
 }
 

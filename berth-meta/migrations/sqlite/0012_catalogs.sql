@@ -42,3 +42,7 @@ CREATE TABLE image_packages (
 );
 CREATE INDEX image_packages_name ON image_packages (ecosystem, name);
 CREATE INDEX image_packages_source ON image_packages (ecosystem, source_name);
+
+-- Catalogs are kept per digest whatever the repository; pruning those of content no
+-- repository holds any more looks manifests up by digest alone.
+CREATE INDEX manifests_digest ON manifests (digest);
