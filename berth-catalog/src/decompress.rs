@@ -3,12 +3,10 @@
 
 use std::io::{self, BufRead, BufReader, Read};
 
-use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
-use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
-
-/// Largest zstd window accepted: the decoder allocates it, so a frame cannot ask for
-/// more memory than this. `zstd -19` uses 8 MiB; only `--long` or `--ultra` go further.
-pub const MAX_ZSTD_WINDOW: u64 = 64 << 20;
+/// Largest zstd window accepted, as a power of two (64 MiB): the decoder allocates the
+/// window, so a frame cannot ask for more memory than this. `zstd -19` uses 8 MiB; only
+/// `--long` or `--ultra` go further.
+pub const MAX_ZSTD_WINDOW_LOG: u32 = 26;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -28,74 +26,23 @@ pub fn open<'a, R: Read + 'a>(r: R) -> io::Result<(Compression, Box<dyn Read + '
             Box::new(flate2::bufread::MultiGzDecoder::new(r)),
         ))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Ok((Compression::Zstd, Box::new(Zstd::new(r))))
+        // libzstd reads every frame in turn and skips skippable ones (zstd:chunked
+        // layers hold several frames and skippable metadata frames).
+        let mut d = zstd::stream::read::Decoder::with_buffer(r)?;
+        d.window_log_max(MAX_ZSTD_WINDOW_LOG)?;
+        Ok((Compression::Zstd, Box::new(Zstd(d))))
     } else {
         Ok((Compression::None, Box::new(r)))
     }
 }
 
-/// Every frame of a zstd stream in turn, skippable frames skipped (zstd:chunked layers
-/// hold several frames and skippable metadata frames).
-struct Zstd<R> {
-    source: R,
-    decoder: FrameDecoder,
-    in_frame: bool,
-}
-
-impl<R: BufRead> Zstd<R> {
-    fn new(source: R) -> Self {
-        let mut decoder = FrameDecoder::new();
-        decoder.set_max_window_size(MAX_ZSTD_WINDOW);
-        Zstd {
-            source,
-            decoder,
-            in_frame: false,
-        }
-    }
-}
-
-fn invalid(e: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}"))
-}
+/// libzstd's errors as invalid data, named: a corrupt layer is the layer's fault.
+struct Zstd<R: BufRead>(zstd::stream::read::Decoder<'static, R>);
 
 impl<R: BufRead> Read for Zstd<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        loop {
-            if self.in_frame {
-                if self.decoder.can_collect() > 0 {
-                    return self.decoder.read(buf);
-                }
-                if self.decoder.is_finished() {
-                    self.in_frame = false;
-                    continue;
-                }
-                self.decoder
-                    .decode_blocks(&mut self.source, BlockDecodingStrategy::UptoBlocks(1))
-                    .map_err(invalid)?;
-                continue;
-            }
-            if self.source.fill_buf()?.is_empty() {
-                return Ok(0);
-            }
-            match self.decoder.init(&mut self.source) {
-                Ok(()) => self.in_frame = true,
-                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
-                    length,
-                    ..
-                })) => {
-                    let skipped = io::copy(
-                        &mut (&mut self.source).take(u64::from(length)),
-                        &mut io::sink(),
-                    )?;
-                    if skipped < u64::from(length) {
-                        return Err(invalid("truncated skippable frame"));
-                    }
-                }
-                Err(e) => return Err(invalid(e)),
-            }
-        }
+        self.0
+            .read(buf)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))
     }
 }

@@ -16,7 +16,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 fn zstd(data: &[u8]) -> Vec<u8> {
-    ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+    ::zstd::encode_all(data, 1).expect("zstd")
 }
 
 fn names(c: &LayerCatalog) -> Vec<(Ecosystem, String, String)> {
@@ -74,6 +74,41 @@ fn the_three_encodings_give_the_same_catalog() {
     assert_eq!(names(&zs), expected);
     // Read up to the first of the two closing zero blocks.
     assert_eq!(zs.tar_bytes, raw.len() as u64 - 512);
+}
+
+/// zstd:chunked layers are several frames with skippable metadata frames between them.
+#[test]
+fn zstd_frames_and_skippable_frames_are_one_stream() {
+    let raw = base();
+    let (a, b) = raw.split_at(1000);
+    let mut layer = zstd(a);
+    // A skippable frame: magic 0x184D2A5?, little-endian length, that many bytes.
+    layer.extend_from_slice(&[0x50, 0x2a, 0x4d, 0x18, 5, 0, 0, 0, 1, 2, 3, 4, 5]);
+    layer.extend(zstd(b));
+    let c = catalog_layer(&layer[..], &Limits::default());
+    assert_eq!(c.partial, None);
+    assert_eq!(c.compression, Some(Compression::Zstd));
+    assert_eq!(
+        c.packages.len(),
+        catalog_layer(&raw[..], &Limits::default()).packages.len()
+    );
+}
+
+/// A frame asking for a window over 64 MiB would make the decoder allocate it.
+#[test]
+fn a_zstd_window_over_the_limit_is_refused() {
+    use std::io::Write;
+    let raw = base();
+    let mut e = ::zstd::stream::Encoder::new(Vec::new(), 1).expect("encoder");
+    e.window_log(27).expect("window");
+    e.long_distance_matching(true).expect("ldm");
+    e.include_contentsize(false).expect("size");
+    e.write_all(&raw).expect("write");
+    let layer = e.finish().expect("finish");
+    let c = catalog_layer(&layer[..], &Limits::default());
+    let reason = c.partial.expect("refused");
+    assert!(reason.contains("zstd"), "{reason}");
+    assert!(c.packages.is_empty());
 }
 
 #[test]
