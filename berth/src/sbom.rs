@@ -36,7 +36,7 @@ impl Default for CatalogConfig {
     fn default() -> Self {
         let l = Limits::default();
         CatalogConfig {
-            enabled: false,
+            enabled: true,
             referrers: true,
             layer_timeout_secs: 600,
             concurrency: 1,
