@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use berth_catalog::fuzzing::{Item, tar};
 use berth_catalog::{LayerCatalog, LayerRef, Limits, catalog_layer, merge};
+use proptest::prelude::*;
 
 const FEDORA: &[u8] = b"NAME=\"Fedora Linux\"\nID=fedora\nVERSION_ID=40\n";
 
@@ -425,4 +426,37 @@ fn the_package_cap_holds_inside_a_database() {
         assert_eq!(c.packages.len(), 5);
         assert_eq!(c.partial.as_deref(), Some("more than 5 packages"));
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The real databases with bytes overwritten anywhere: never a panic, never more
+    /// packages than were installed, and the layer itself is still read to its end.
+    #[test]
+    fn corrupted_databases_are_read_or_reported(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..16),
+        bdb_file in any::<bool>(),
+    ) {
+        let f = fixture();
+        let (path, mut db) = if bdb_file {
+            ("var/lib/rpm/Packages", small_bdb().clone())
+        } else {
+            ("var/lib/rpm/rpmdb.sqlite", f.sqlite.clone())
+        };
+        for (at, byte) in &edits {
+            let i = at.index(db.len());
+            db[i] = *byte;
+        }
+        let c = layer(path, &db);
+        prop_assert!(c.packages.len() <= f.expected.len());
+        prop_assert_eq!(c.partial, None);
+    }
+}
+
+/// One BDB `Packages` (512-byte pages, big-endian: the most pages and overflow chains) for
+/// the property test, loaded once.
+fn small_bdb() -> &'static Vec<u8> {
+    static B: OnceLock<Vec<u8>> = OnceLock::new();
+    B.get_or_init(|| bdb(512, true))
 }
