@@ -23,6 +23,8 @@ pub struct Db<'a> {
     last_page: u32,
     /// The last page the metadata names, which a truncated file does not hold.
     meta_last_page: u32,
+    /// Largest value reassembled from an overflow chain.
+    max_value: usize,
 }
 
 /// An item of a hash page: inline bytes, or where an overflow chain starts and its length.
@@ -32,7 +34,7 @@ enum Item<'a> {
 }
 
 impl<'a> Db<'a> {
-    pub fn open(data: &'a [u8]) -> Result<Db<'a>, String> {
+    pub fn open(data: &'a [u8], max_value: usize) -> Result<Db<'a>, String> {
         let magic = data.get(12..16).ok_or("not a Berkeley DB file")?;
         let magic = [magic[0], magic[1], magic[2], magic[3]];
         let big_endian = if u32::from_le_bytes(magic) == HASH_MAGIC {
@@ -48,6 +50,7 @@ impl<'a> Db<'a> {
             page_size: 0,
             last_page: 0,
             meta_last_page: 0,
+            max_value,
         };
         let page_size = db.u32(data, 20)?;
         if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
@@ -119,8 +122,8 @@ impl<'a> Db<'a> {
     /// The bytes of an overflow chain.
     fn overflow(&self, first: u32, len: u32, used: &mut [bool]) -> Result<Vec<u8>, String> {
         let len = len as usize;
-        if len > self.data.len() {
-            return Err(format!("overflow item of {len} bytes in a smaller file"));
+        if len > self.data.len().min(self.max_value) {
+            return Err(format!("an overflow item of {len} bytes"));
         }
         let mut out = Vec::with_capacity(len);
         let mut n = first;
@@ -180,5 +183,32 @@ impl<'a> Db<'a> {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fuzz seed made by `db5.3_load`: 512-byte pages, rpm's counter under key 0 and
+    /// two rpm headers of about 1.3 KB on overflow pages.
+    const SEED: &[u8] = include_bytes!("../../fuzz/corpus/layer/rpm-packages-small.bdb");
+
+    fn values(max: usize) -> Result<Vec<usize>, String> {
+        let db = Db::open(SEED, max)?;
+        let mut sizes = Vec::new();
+        db.scan(|_, v| {
+            sizes.push(v.len());
+            Ok(true)
+        })?;
+        Ok(sizes)
+    }
+
+    #[test]
+    fn the_value_cap_holds() {
+        let mut sizes = values(1 << 20).expect("test");
+        sizes.sort();
+        assert_eq!(sizes, vec![4, 1240, 1284]);
+        assert!(values(1000).expect_err("test").contains("an overflow item"));
     }
 }

@@ -6,7 +6,8 @@
 //! Bounds (`Limits`): entries per layer, bytes of any single file read, packages per
 //! layer, a deadline. A layer over one is kept as far as it was read, marked partial with
 //! the reason. Memory per scan is at most the zstd window (64 MiB), one file read
-//! (64 MiB), a nested jar (16 MiB) and the results: under 160 MiB.
+//! (64 MiB), a nested jar or an rpm header copied out of its database (16 MiB) and the
+//! results: under 160 MiB.
 
 mod bdb;
 pub mod decompress;

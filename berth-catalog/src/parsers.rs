@@ -402,7 +402,7 @@ pub type RpmFound = (Vec<Package>, Option<String>);
 /// `rpmdb.sqlite`: every row of table `Packages(hnum, blob)`, each blob an rpm header.
 /// Stops after `max` packages (the layer's package cap says so).
 pub fn rpmdb_sqlite(data: &[u8], path: &str, max: usize) -> Result<RpmFound, String> {
-    let db = crate::sqlite::Db::open(data)?;
+    let db = crate::sqlite::Db::open(data, crate::rpm::MAX_HEADER_BYTES)?;
     let root = db
         .table_root("Packages")?
         .ok_or("no table Packages in the rpm database")?;
@@ -420,7 +420,7 @@ pub fn rpmdb_sqlite(data: &[u8], path: &str, max: usize) -> Result<RpmFound, Str
 /// The Berkeley DB `Packages`: every value an rpm header, keyed by its instance number
 /// (the value under key 0 is rpm's own counter, not a header).
 pub fn rpmdb_bdb(data: &[u8], path: &str, max: usize) -> Result<RpmFound, String> {
-    let db = crate::bdb::Db::open(data)?;
+    let db = crate::bdb::Db::open(data, crate::rpm::MAX_HEADER_BYTES)?;
     let mut found = crate::rpm::Collector::new(path, max);
     let walked = db.scan(|key, value| {
         if key.iter().all(|&b| b == 0) {

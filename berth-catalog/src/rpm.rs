@@ -11,6 +11,11 @@ const MAGIC: [u8; 4] = [0x8e, 0xad, 0xe8, 0x01];
 const MAX_TAGS: u32 = 0xffff;
 const MAX_DATA: u32 = 0x0fff_ffff;
 
+/// The largest header blob read from a database. Real headers stay well under a few MiB
+/// (a file list is the bulk); this keeps one row's copy inside the scan's memory bound
+/// (the database itself is one file read, under the file cap).
+pub const MAX_HEADER_BYTES: usize = 16 << 20;
+
 pub const TAG_NAME: u32 = 1000;
 pub const TAG_VERSION: u32 = 1001;
 pub const TAG_RELEASE: u32 = 1002;
