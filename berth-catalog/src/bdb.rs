@@ -149,10 +149,12 @@ impl<'a> Db<'a> {
         Ok(out)
     }
 
-    /// Calls `pair` with each key and value of the database; `pair` returns false to stop.
+    /// Calls `pair` with each key and value of the database, or why one could not be read:
+    /// a broken overflow chain loses its pair, a broken page the rest of that page, and
+    /// the walk goes on. `pair` returns false to stop.
     pub fn scan<F>(&self, mut pair: F) -> Result<(), String>
     where
-        F: FnMut(&[u8], &[u8]) -> Result<bool, String>,
+        F: FnMut(Result<(&[u8], &[u8]), String>) -> Result<bool, String>,
     {
         let mut used = vec![false; self.last_page as usize + 1];
         for n in 1..=self.last_page {
@@ -162,15 +164,26 @@ impl<'a> Db<'a> {
             }
             let entries = usize::from(self.u16(page, 20)?);
             for i in (0..entries.saturating_sub(1)).step_by(2) {
-                let key = match self.item(page, i)? {
-                    Item::Inline(k) => k.to_vec(),
-                    Item::Offpage { page, len } => self.overflow(page, len, &mut used)?,
+                let items = match (self.item(page, i), self.item(page, i + 1)) {
+                    (Ok(k), Ok(v)) => (k, v),
+                    (Err(e), _) | (_, Err(e)) => {
+                        if !pair(Err(format!("page {n}: {e}")))? {
+                            return Ok(());
+                        }
+                        break;
+                    }
                 };
-                let value = match self.item(page, i + 1)? {
-                    Item::Inline(v) => v.to_vec(),
-                    Item::Offpage { page, len } => self.overflow(page, len, &mut used)?,
+                let mut bytes = |item| match item {
+                    Item::Inline(b) => Ok(<[u8]>::to_vec(b)),
+                    Item::Offpage { page, len } => self.overflow(page, len, &mut used),
                 };
-                if !pair(&key, &value)? {
+                let key = bytes(items.0);
+                let value = bytes(items.1);
+                let kv = match (&key, &value) {
+                    (Ok(k), Ok(v)) => Ok((&k[..], &v[..])),
+                    (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+                };
+                if !pair(kv)? {
                     return Ok(());
                 }
             }
@@ -197,8 +210,8 @@ mod tests {
     fn values(max: usize) -> Result<Vec<usize>, String> {
         let db = Db::open(SEED, max)?;
         let mut sizes = Vec::new();
-        db.scan(|_, v| {
-            sizes.push(v.len());
+        db.scan(|kv| {
+            sizes.push(kv?.1.len());
             Ok(true)
         })?;
         Ok(sizes)

@@ -408,11 +408,11 @@ pub fn rpmdb_sqlite(data: &[u8], path: &str, max: usize) -> Result<RpmFound, Str
         .ok_or("no table Packages in the rpm database")?;
     let mut found = crate::rpm::Collector::new(path, max);
     let walked = db.scan(root, |_, payload| {
-        let cols = crate::sqlite::record(payload)?;
-        Ok(match cols.get(1) {
-            Some(crate::sqlite::Value::Blob(b)) => found.add(b),
-            _ => found.add(&[]),
-        })
+        let row = payload.and_then(|p| match crate::sqlite::record(p)?.get(1) {
+            Some(crate::sqlite::Value::Blob(b)) => Ok(found.add(b)),
+            _ => Err("a row without a header blob".to_string()),
+        });
+        Ok(row.unwrap_or_else(|e| found.fail(e)))
     });
     finish_rpm(found, walked)
 }
@@ -422,11 +422,12 @@ pub fn rpmdb_sqlite(data: &[u8], path: &str, max: usize) -> Result<RpmFound, Str
 pub fn rpmdb_bdb(data: &[u8], path: &str, max: usize) -> Result<RpmFound, String> {
     let db = crate::bdb::Db::open(data, crate::rpm::MAX_HEADER_BYTES)?;
     let mut found = crate::rpm::Collector::new(path, max);
-    let walked = db.scan(|key, value| {
-        if key.iter().all(|&b| b == 0) {
-            return Ok(true);
-        }
-        Ok(found.add(value))
+    let walked = db.scan(|kv| {
+        Ok(match kv {
+            Ok((key, _)) if key.iter().all(|&b| b == 0) => true,
+            Ok((_, value)) => found.add(value),
+            Err(e) => found.fail(e),
+        })
     });
     finish_rpm(found, walked)
 }

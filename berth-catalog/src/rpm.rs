@@ -190,11 +190,17 @@ impl<'p> Collector<'p> {
             Ok(Some(p)) => self.packages.push(p),
             Ok(None) => {}
             Err(e) => {
-                self.bad += 1;
-                self.first_bad.get_or_insert(e);
+                self.fail(e);
             }
         }
         self.packages.len() <= self.max
+    }
+
+    /// Counts a row or value that could not be read at all; the walk goes on.
+    pub fn fail(&mut self, e: String) -> bool {
+        self.bad += 1;
+        self.first_bad.get_or_insert(e);
+        true
     }
 
     pub fn finish(mut self) -> (Vec<Package>, Option<String>) {

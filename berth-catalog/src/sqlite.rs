@@ -101,10 +101,12 @@ impl<'a> Db<'a> {
     }
 
     /// Calls `row` with each row of the table rooted at `root`, in b-tree order: its rowid
-    /// and its record's payload. `row` returns false to stop early.
+    /// and its record's payload, or why that one cell could not be read (the walk goes on:
+    /// a broken overflow chain loses one row). A broken b-tree ends the walk with an error.
+    /// `row` returns false to stop early.
     pub fn scan<F>(&self, root: u32, mut row: F) -> Result<(), String>
     where
-        F: FnMut(i64, &[u8]) -> Result<bool, String>,
+        F: FnMut(i64, Result<&[u8], String>) -> Result<bool, String>,
     {
         let mut visited = Visited(vec![false; self.pages as usize + 1]);
         let mut stack = vec![root];
@@ -138,8 +140,8 @@ impl<'a> Db<'a> {
                 let cell = page.get(at..).ok_or("cell outside its page")?;
                 let (size, a) = varint(cell).ok_or("bad payload size")?;
                 let (rowid, b) = varint(&cell[a..]).ok_or("bad rowid")?;
-                let payload = self.payload(&cell[a + b..], size, &mut visited)?;
-                if !row(rowid as i64, &payload)? {
+                let payload = self.payload(&cell[a + b..], size, &mut visited);
+                if !row(rowid as i64, payload.as_deref().map_err(Clone::clone))? {
                     return Ok(());
                 }
             }
@@ -183,7 +185,7 @@ impl<'a> Db<'a> {
     pub fn table_root(&self, name: &str) -> Result<Option<u32>, String> {
         let mut root = None;
         self.scan(1, |_, payload| {
-            let cols = record(payload)?;
+            let cols = record(payload?)?;
             let is = |i: usize, want: &str| {
                 matches!(cols.get(i), Some(Value::Text(t)) if t.eq_ignore_ascii_case(want.as_bytes()))
             };
@@ -280,7 +282,7 @@ mod tests {
             let root = db.table_root("packages")?.ok_or("no table")?;
             let mut sizes = Vec::new();
             db.scan(root, |_, p| {
-                sizes.push(p.len());
+                sizes.push(p?.len());
                 Ok(true)
             })?;
             Ok(sizes)
