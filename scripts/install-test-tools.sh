@@ -8,6 +8,8 @@
 #
 # Installs (bookworm apt): skopeo umoci jq curl openssl containerd(+ctr, runc) podman
 #                          docker-registry (CNCF Distribution 2.8) postgresql
+#                          rpm db5.3-util sqlite3 (berth-catalog's rpm database fixtures:
+#                          rpmbuild, rpm --dbpath, db5.3_load, the sqlite3 shell)
 # Installs (trixie/sid .deb, extracted only): oras, cosign (trixie), notation (sid)
 #                          -> $BERTH_TOOLS_PREFIX/bin/<tool>, symlinked into /usr/local/bin
 # Installs (PyPI, pinned, own virtualenv): kubernetes-validate (the Kubernetes schemas
@@ -96,7 +98,8 @@ fi
 # 2. bookworm packages
 # ---------------------------------------------------------------------------
 PKGS=(ca-certificates curl jq openssl psmisc skopeo umoci containerd runc podman
-      golang-github-containers-common conmon crun docker-registry)
+      golang-github-containers-common conmon crun docker-registry
+      rpm db5.3-util sqlite3)
 [ "${BERTH_SKIP_POSTGRES:-0}" = 1 ] || PKGS+=(postgresql postgresql-client)
 
 missing=()
@@ -326,6 +329,9 @@ verify cosign          cosign version
 verify notation        notation version
 verify berth-sbom-python berth-sbom-python -c "import cyclonedx, spdx_tools; print('sbom validators ok')"
 verify docker-registry /usr/bin/docker-registry --version
+verify rpmbuild        rpmbuild --version
+verify db5.3_load      sh -c 'db5.3_load -V'
+verify sqlite3         sqlite3 --version
 verify kubernetes-validate "$KV_VENV/bin/kubernetes-validate" --version
 if [ "${BERTH_SKIP_POSTGRES:-0}" != 1 ]; then
   verify postgres      /usr/lib/postgresql/15/bin/postgres --version

@@ -35,6 +35,16 @@ pub fn layer(data: &[u8]) {
     let _ = parsers::jar(data, "x", 1 << 18);
     let _ = parsers::go_buildinfo(data, "x");
     let _ = parsers::cargo_auditable(data, "x");
+    for found in [
+        parsers::rpmdb_sqlite(data, "x", 500),
+        parsers::rpmdb_bdb(data, "x", 500),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        assert!(found.0.len() <= 501);
+    }
+    let _ = crate::rpm::package(data, "x");
 }
 
 /// What a test layer holds.

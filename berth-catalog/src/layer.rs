@@ -158,6 +158,20 @@ fn walk<R: Read>(
             Some(Kind::NpmLock) => parsers::npm_lock(&data, &path),
             Some(Kind::CargoLock) => parsers::cargo_lock(&data, &path),
             Some(Kind::Jar) => parsers::jar(&data, &path, limits.max_nested_bytes),
+            Some(k @ (Kind::RpmSqlite | Kind::RpmBdb)) => {
+                let room = limits.max_packages.saturating_sub(cat.packages.len());
+                let read = if k == Kind::RpmSqlite {
+                    parsers::rpmdb_sqlite(&data, &path, room)
+                } else {
+                    parsers::rpmdb_bdb(&data, &path, room)
+                };
+                read.map(|(found, trouble)| {
+                    if let Some(r) = trouble {
+                        cat.issues.push(issue(&path, r));
+                    }
+                    found
+                })
+            }
         };
         match found {
             Ok(p) => cat.packages.extend(p),

@@ -6,8 +6,10 @@
 //! Bounds (`Limits`): entries per layer, bytes of any single file read, packages per
 //! layer, a deadline. A layer over one is kept as far as it was read, marked partial with
 //! the reason. Memory per scan is at most the zstd window (64 MiB), one file read
-//! (64 MiB), a nested jar (16 MiB) and the results: under 160 MiB.
+//! (64 MiB), a nested jar or an rpm header copied out of its database (16 MiB) and the
+//! results: under 160 MiB.
 
+mod bdb;
 pub mod decompress;
 mod elf;
 #[doc(hidden)]
@@ -16,7 +18,9 @@ mod layer;
 mod merge;
 pub mod parsers;
 pub mod purl;
+pub mod rpm;
 pub mod sbom;
+mod sqlite;
 pub mod tar;
 mod zip;
 
@@ -29,7 +33,7 @@ use std::time::Instant;
 
 /// Version of what `catalog_layer` finds: stored per-layer results of an older version are
 /// read again when a newer cataloger would find more.
-pub const CATALOGER_VERSION: u32 = 1;
+pub const CATALOGER_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -84,7 +88,8 @@ pub struct Package {
     pub version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
-    /// dpkg `Source:` / apk origin: the source package advisories are keyed by.
+    /// dpkg `Source:` / apk origin / rpm `SOURCERPM`: the source package advisories are
+    /// keyed by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

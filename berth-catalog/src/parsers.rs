@@ -17,6 +17,10 @@ pub enum Kind {
     NpmLock,
     CargoLock,
     Jar,
+    /// rpm 4.16 and later (RHEL 9, Fedora 33+): `rpmdb.sqlite`.
+    RpmSqlite,
+    /// Older rpm (RHEL/UBI 8, CentOS 7): the Berkeley DB hash `Packages`.
+    RpmBdb,
 }
 
 pub fn classify(path: &str) -> Option<Kind> {
@@ -25,6 +29,10 @@ pub fn classify(path: &str) -> Option<Kind> {
         "etc/os-release" | "usr/lib/os-release" => return Some(Kind::OsRelease),
         "var/lib/dpkg/status" => return Some(Kind::DpkgStatus),
         "lib/apk/db/installed" => return Some(Kind::Apk),
+        "var/lib/rpm/rpmdb.sqlite" | "usr/lib/sysimage/rpm/rpmdb.sqlite" => {
+            return Some(Kind::RpmSqlite);
+        }
+        "var/lib/rpm/Packages" | "usr/lib/sysimage/rpm/Packages" => return Some(Kind::RpmBdb),
         _ => {}
     }
     if let Some(rest) = path.strip_prefix("var/lib/dpkg/status.d/") {
@@ -385,6 +393,57 @@ pub fn jar(data: &[u8], path: &str, max_nested: u64) -> Result<Vec<Package>, Str
     out.sort_by(|a, b| (&a.name, &a.version, &a.path).cmp(&(&b.name, &b.version, &b.path)));
     out.dedup_by(|a, b| a.name == b.name && a.version == b.version && a.path == b.path);
     Ok(out)
+}
+
+/// An rpm database's packages, and what could not be read in it when some of it could:
+/// a corrupt row or page loses what it holds, not the whole database.
+pub type RpmFound = (Vec<Package>, Option<String>);
+
+/// `rpmdb.sqlite`: every row of table `Packages(hnum, blob)`, each blob an rpm header.
+/// Stops after `max` packages (the layer's package cap says so).
+pub fn rpmdb_sqlite(data: &[u8], path: &str, max: usize) -> Result<RpmFound, String> {
+    let db = crate::sqlite::Db::open(data, crate::rpm::MAX_HEADER_BYTES)?;
+    let root = db
+        .table_root("Packages")?
+        .ok_or("no table Packages in the rpm database")?;
+    let mut found = crate::rpm::Collector::new(path, max);
+    let walked = db.scan(root, |_, payload| {
+        let row = payload.and_then(|p| match crate::sqlite::record(p)?.get(1) {
+            Some(crate::sqlite::Value::Blob(b)) => Ok(found.add(b)),
+            _ => Err("a row without a header blob".to_string()),
+        });
+        Ok(row.unwrap_or_else(|e| found.fail(e)))
+    });
+    finish_rpm(found, walked)
+}
+
+/// The Berkeley DB `Packages`: every value an rpm header, keyed by its instance number
+/// (the value under key 0 is rpm's own counter, not a header).
+pub fn rpmdb_bdb(data: &[u8], path: &str, max: usize) -> Result<RpmFound, String> {
+    let db = crate::bdb::Db::open(data, crate::rpm::MAX_HEADER_BYTES)?;
+    let mut found = crate::rpm::Collector::new(path, max);
+    let walked = db.scan(|kv| {
+        Ok(match kv {
+            Ok((key, _)) if key.iter().all(|&b| b == 0) => true,
+            Ok((_, value)) => found.add(value),
+            Err(e) => found.fail(e),
+        })
+    });
+    finish_rpm(found, walked)
+}
+
+/// A database that breaks part-way keeps what was read before, with the reason.
+fn finish_rpm(
+    found: crate::rpm::Collector<'_>,
+    walked: Result<(), String>,
+) -> Result<RpmFound, String> {
+    let (packages, bad) = found.finish();
+    match (walked, bad) {
+        (Ok(()), bad) => Ok((packages, bad)),
+        (Err(e), _) if packages.is_empty() => Err(e),
+        (Err(e), None) => Ok((packages, Some(e))),
+        (Err(e), Some(b)) => Ok((packages, Some(format!("{e}; {b}")))),
+    }
 }
 
 const GO_MAGIC: &[u8] = b"\xff Go buildinf:";
