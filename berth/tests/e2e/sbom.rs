@@ -1,7 +1,8 @@
 //! Package catalogs and SBOMs with real components: an image built by umoci from this
 //! host's own Debian package database (`/var/lib/dpkg/status`, `/usr/lib/os-release`)
-//! plus Python, npm and Cargo lock files, pushed with skopeo; the SBOMs are found with
-//! `oras discover` and read with `berth sbom`.
+//! plus Python, npm and Cargo lock files and a Go binary (oras), pushed with skopeo; the
+//! SBOMs are found with `oras discover` and read with `berth sbom`, and the inventory is
+//! compared with syft's of the same layout.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,8 @@ fn a_debian_image_pushed_with_skopeo_gets_sboms_oras_discovers() {
     let expected = installed(&status);
     assert!(expected.len() > 10, "a real package database");
 
+    // A real Go binary (Debian's oras), for its embedded build info.
+    let oras = std::fs::read("/usr/local/bin/oras").expect("oras (install-test-tools.sh)");
     let berth = Berth::start_with(CONFIG, &[]);
     let work = tempdir();
     let layout = Layout::init(work.path().join("layout"));
@@ -55,6 +58,7 @@ fn a_debian_image_pushed_with_skopeo_gets_sboms_oras_discovers() {
                 "srv/app/package-lock.json",
                 br#"{"lockfileVersion":3,"packages":{"":{"name":"app"},"node_modules/express":{"version":"4.19.2"}}}"#.as_slice(),
             ),
+            ("usr/local/bin/oras", oras.as_slice()),
             (
                 "srv/tool/Cargo.lock",
                 b"version = 3\n\n[[package]]\nname = \"serde\"\nversion = \"1.0.203\"\n".as_slice(),
@@ -171,4 +175,60 @@ fn a_debian_image_pushed_with_skopeo_gets_sboms_oras_discovers() {
         std::fs::write(&file, text).expect("writing the SBOM");
         run(cmd("berth-sbom-python").arg(script).arg(format).arg(&file));
     }
+
+    // Parity with syft on the same layout, offline: every package syft finds in an
+    // ecosystem Berth covers, Berth finds with the same name and version.
+    let out = run_stdout(
+        cmd("syft")
+            .env("SYFT_CHECK_FOR_APP_UPDATE", "false")
+            .args(["scan", "-q", "-o", "syft-json"])
+            .arg(format!("oci-dir:{}", layout.dir.display())),
+    );
+    let syft = parse_json(out.as_bytes(), "syft output");
+    let key = |purl: &str, name: &str, version: &str| {
+        let kind = purl
+            .strip_prefix("pkg:")
+            .and_then(|p| p.split('/').next())
+            .unwrap_or_default()
+            .to_owned();
+        (kind, name.to_owned(), version.to_owned())
+    };
+    let ours: std::collections::BTreeSet<_> = components
+        .iter()
+        .filter_map(|c| {
+            Some(key(
+                c["purl"].as_str()?,
+                c["name"].as_str()?,
+                c["version"].as_str()?,
+            ))
+        })
+        .collect();
+    let covered = ["deb", "apk", "rpm", "pypi", "npm", "cargo", "golang", "maven"];
+    let theirs: Vec<_> = syft["artifacts"]
+        .as_array()
+        .expect("syft artifacts")
+        .iter()
+        .filter_map(|a| {
+            Some(key(
+                a["purl"].as_str()?,
+                a["name"].as_str()?,
+                a["version"].as_str()?,
+            ))
+        })
+        .filter(|k| covered.contains(&k.0.as_str()))
+        // A Go binary's own main module, built outside a module release, is `(devel)`:
+        // not a version anything can match, so Berth leaves it out.
+        .filter(|k| k.2 != "(devel)")
+        .collect();
+    assert!(
+        theirs.iter().any(|k| k.0 == "golang"),
+        "syft read oras's build info: {theirs:?}"
+    );
+    assert!(
+        theirs.len() > expected.len() / 2,
+        "syft found {} packages",
+        theirs.len()
+    );
+    let missing: Vec<_> = theirs.iter().filter(|k| !ours.contains(*k)).collect();
+    assert!(missing.is_empty(), "syft found, Berth did not: {missing:?}");
 }
