@@ -9,13 +9,13 @@
    bytes per second, and Berth's as a ratio of the tool's.
 2. Serving while the queue works: two Berth servers on the same build, one with
    `[catalog] enabled = true` and a backlog of distinct images with that layer pushed
-   before each run so its scan queue is busy throughout, one without cataloging. Figures:
+   before each of its measurements so its scan queue is busy throughout, one without cataloging. Figures:
    manifest GET requests/s (`berth-load rps`) and pushes of small images (`berth-load
    push-images`) on each; the ratio scanning / idle. The script checks the queue was still
    working when each measurement ended.
 
     cargo build --release -p berth -p berth-bench && cargo build --release -p berth-catalog --example scan
-    python3 bench/catalog.py [--runs 5] [--seconds 5] [--images 200] [--backlog 6]
+    python3 bench/catalog.py [--runs 5] [--seconds 5] [--images 200] [--backlog 4]
 """
 
 import argparse
@@ -122,7 +122,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--images", type=int, default=200)
-    ap.add_argument("--backlog", type=int, default=6, help="images with the big layer pushed before each run")
+    ap.add_argument("--backlog", type=int, default=4, help="images with the big layer pushed before each measurement")
     args = ap.parse_args()
     for tool in (BERTH, LOAD, SCAN):
         if not os.path.exists(tool):
@@ -160,14 +160,15 @@ def main():
         p99 = {"idle": [], "scanning": []}
         push = {"idle": [], "scanning": []}
         for i in range(args.runs):
-            push_backlog(busy, big, args.backlog, i)
-            deadline = time.time() + 30
-            while not scanning(busy):
-                if time.time() > deadline:
-                    raise SystemExit("the scan queue did not start")
-                time.sleep(0.1)
             for name in (["idle", "scanning"] if i % 2 == 0 else ["scanning", "idle"]):
                 s = idle if name == "idle" else busy
+                if name == "scanning":
+                    push_backlog(busy, big, args.backlog, i)
+                    deadline = time.time() + 30
+                    while not scanning(busy):
+                        if time.time() > deadline:
+                            raise SystemExit("the scan queue did not start")
+                        time.sleep(0.1)
                 r = load("rps", f"{s.base}/v2/bench/app/manifests/v1", "--connections", args.connections,
                          "--seconds", args.seconds, "--header", accept)
                 if r["errors"]:

@@ -16,6 +16,11 @@ pub enum Compression {
     Zstd,
 }
 
+/// Decompressed bytes are handed out in chunks of this size: the tar reader asks for
+/// 512-byte headers and skips file data in small steps, and each call into a decoder has
+/// a cost of its own (libzstd copies out of its window per call).
+const DECODED_CHUNK: usize = 128 << 10;
+
 /// Wraps `r` in the decoder its first bytes call for.
 pub fn open<'a, R: Read + 'a>(r: R) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
     let mut r = BufReader::with_capacity(64 << 10, r);
@@ -23,14 +28,20 @@ pub fn open<'a, R: Read + 'a>(r: R) -> io::Result<(Compression, Box<dyn Read + '
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok((
             Compression::Gzip,
-            Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+            Box::new(BufReader::with_capacity(
+                DECODED_CHUNK,
+                flate2::bufread::MultiGzDecoder::new(r),
+            )),
         ))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         // libzstd reads every frame in turn and skips skippable ones (zstd:chunked
         // layers hold several frames and skippable metadata frames).
         let mut d = zstd::stream::read::Decoder::with_buffer(r)?;
         d.window_log_max(MAX_ZSTD_WINDOW_LOG)?;
-        Ok((Compression::Zstd, Box::new(Zstd(d))))
+        Ok((
+            Compression::Zstd,
+            Box::new(BufReader::with_capacity(DECODED_CHUNK, Zstd(d))),
+        ))
     } else {
         Ok((Compression::None, Box::new(r)))
     }

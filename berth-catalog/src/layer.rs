@@ -46,6 +46,7 @@ fn walk<R: Read>(
     cat: &mut LayerCatalog,
     limits: &Limits,
 ) -> Option<String> {
+    let scratch = &mut Vec::new();
     loop {
         if limits.deadline.is_some_and(|d| Instant::now() >= d) {
             return Some("scan time over the cap".into());
@@ -118,9 +119,27 @@ fn walk<R: Read>(
         if kind.is_some() {
             cat.seen.push(path.clone());
         }
-        let data = match tar.read_all(limits.max_file_bytes) {
-            Ok(Some(d)) => d,
-            Ok(None) => {
+        scratch.clear();
+        if kind.is_none() {
+            // Most executables are not Go or Rust binaries with build info, and many are
+            // not ELF at all: look at the magic before reading the rest.
+            let mut magic = [0u8; 4];
+            let mut got = 0;
+            while got < magic.len() {
+                match tar.read_data(&mut magic[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(err) => return Some(err.to_string()),
+                }
+            }
+            if magic[..got] != *b"\x7fELF" {
+                continue;
+            }
+            scratch.extend_from_slice(&magic);
+        }
+        let data = match tar.read_rest_into(limits.max_file_bytes, scratch) {
+            Ok(true) => &scratch[..],
+            Ok(false) => {
                 if kind.is_some() {
                     cat.issues
                         .push(issue(&path, format!("{} bytes, over the file cap", e.size)));
@@ -131,12 +150,9 @@ fn walk<R: Read>(
         };
         let found = match kind {
             None => {
-                if !data.starts_with(b"\x7fELF") {
-                    continue;
-                }
                 cat.seen.push(path.clone());
-                let mut found = parsers::go_buildinfo(&data, &path);
-                match parsers::cargo_auditable(&data, &path) {
+                let mut found = parsers::go_buildinfo(data, &path);
+                match parsers::cargo_auditable(data, &path) {
                     Some(Ok(p)) => found.extend(p),
                     Some(Err(r)) => cat.issues.push(issue(&path, r)),
                     None => {}
@@ -144,26 +160,26 @@ fn walk<R: Read>(
                 Ok(found)
             }
             Some(Kind::OsRelease) => {
-                match parsers::os_release(&data) {
+                match parsers::os_release(data) {
                     Ok(r) => cat.os_release.push((path.clone(), r)),
                     Err(r) => cat.issues.push(issue(&path, r)),
                 }
                 Ok(Vec::new())
             }
-            Some(Kind::DpkgStatus) => parsers::dpkg(&data, &path, false),
-            Some(Kind::DpkgStatusD) => parsers::dpkg(&data, &path, true),
-            Some(Kind::Apk) => parsers::apk(&data, &path),
-            Some(Kind::PythonMetadata) => parsers::python(&data, &path),
-            Some(Kind::NpmPackageJson) => parsers::npm_package_json(&data, &path),
-            Some(Kind::NpmLock) => parsers::npm_lock(&data, &path),
-            Some(Kind::CargoLock) => parsers::cargo_lock(&data, &path),
-            Some(Kind::Jar) => parsers::jar(&data, &path, limits.max_nested_bytes),
+            Some(Kind::DpkgStatus) => parsers::dpkg(data, &path, false),
+            Some(Kind::DpkgStatusD) => parsers::dpkg(data, &path, true),
+            Some(Kind::Apk) => parsers::apk(data, &path),
+            Some(Kind::PythonMetadata) => parsers::python(data, &path),
+            Some(Kind::NpmPackageJson) => parsers::npm_package_json(data, &path),
+            Some(Kind::NpmLock) => parsers::npm_lock(data, &path),
+            Some(Kind::CargoLock) => parsers::cargo_lock(data, &path),
+            Some(Kind::Jar) => parsers::jar(data, &path, limits.max_nested_bytes),
             Some(k @ (Kind::RpmSqlite | Kind::RpmBdb)) => {
                 let room = limits.max_packages.saturating_sub(cat.packages.len());
                 let read = if k == Kind::RpmSqlite {
-                    parsers::rpmdb_sqlite(&data, &path, room)
+                    parsers::rpmdb_sqlite(data, &path, room)
                 } else {
-                    parsers::rpmdb_bdb(&data, &path, room)
+                    parsers::rpmdb_bdb(data, &path, room)
                 };
                 read.map(|(found, trouble)| {
                     if let Some(r) = trouble {

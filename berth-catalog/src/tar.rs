@@ -273,18 +273,26 @@ impl<R: Read> TarReader<R> {
         }
     }
 
-    /// Reads the current entry's data whole, if it is at most `cap` bytes.
-    pub fn read_all(&mut self, cap: u64) -> Result<Option<Vec<u8>>, TarError> {
-        if self.remaining > cap {
-            return Ok(None);
+    /// Appends the rest of the current entry's data to `out`, if `out` then holds at most
+    /// `cap` bytes; false (nothing read) if it would not. The caller keeps one buffer for
+    /// a whole layer: a fresh allocation per file would cost a page fault per 4 KiB of
+    /// every file read, most of them binaries.
+    pub fn read_rest_into(&mut self, cap: u64, out: &mut Vec<u8>) -> Result<bool, TarError> {
+        let start = out.len();
+        if self.remaining.saturating_add(start as u64) > cap {
+            return Ok(false);
         }
-        let mut out = vec![0u8; self.remaining as usize];
-        let mut done = 0;
+        out.resize(start + self.remaining as usize, 0);
+        let mut done = start;
         while done < out.len() {
             let n = self.read_data(&mut out[done..])?;
+            if n == 0 {
+                out.truncate(done);
+                return Err(TarError::Truncated);
+            }
             done += n;
         }
-        Ok(Some(out))
+        Ok(true)
     }
 }
 

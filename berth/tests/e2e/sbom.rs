@@ -203,7 +203,9 @@ fn a_debian_image_pushed_with_skopeo_gets_sboms_oras_discovers() {
             ))
         })
         .collect();
-    let covered = ["deb", "apk", "rpm", "pypi", "npm", "cargo", "golang", "maven"];
+    let covered = [
+        "deb", "apk", "rpm", "pypi", "npm", "cargo", "golang", "maven",
+    ];
     let theirs: Vec<_> = syft["artifacts"]
         .as_array()
         .expect("syft artifacts")
