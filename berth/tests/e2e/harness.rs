@@ -561,7 +561,7 @@ impl Layout {
     }
 
     /// Builds image `tag` for `arch`: one layer per file (path in the image, content), and
-    /// returns its manifest digest.
+    /// returns its manifest digest. Files under a `bin/` directory are executable.
     #[track_caller]
     pub fn build<C: AsRef<[u8]>>(&self, tag: &str, arch: &str, files: &[(&str, C)]) -> String {
         let image = format!("{}:{tag}", self.dir.display());
@@ -572,6 +572,11 @@ impl Layout {
             std::fs::create_dir_all(&src).expect("creating a staging directory");
             let file = src.join("f");
             std::fs::write(&file, content.as_ref()).expect("writing a staging file");
+            if path.contains("bin/") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod");
+            }
             run(cmd("umoci")
                 .args(["insert", "--image", &image])
                 .arg(&file)
