@@ -43,6 +43,10 @@ pub const CATALOG_QUEUE: &str = "catalog";
 /// The empty JSON object, the config of SBOM artifact manifests.
 const EMPTY_CONFIG: &[u8] = b"{}";
 const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+/// Who pushes and deletes the SBOM documents (audit log). Not a user name (a user name
+/// has no `:`). Its changes queue no jobs: the documents are derived from the image,
+/// which already caused its events, and every Berth derives its own.
+pub const CATALOG_ACTOR: &str = "system:catalog";
 /// Marks the referrers Berth made (and which cataloger made them).
 const SBOM_ANNOTATION: &str = "dev.berth.sbom.cataloger";
 
@@ -666,7 +670,7 @@ impl Registry {
             let r = Box::pin(self.delete_manifest(
                 repo,
                 &Reference::Digest(d.clone()),
-                &Actor::named("system"),
+                &Actor::named(CATALOG_ACTOR),
                 true,
             ))
             .await;
@@ -700,7 +704,7 @@ impl Registry {
             return Ok(());
         };
         let marker = format!("{CATALOGER_VERSION}");
-        let actor = Actor::named("system");
+        let actor = Actor::named(CATALOG_ACTOR);
         for format in [Format::CycloneDx, Format::Spdx] {
             let present = existing.iter().any(|r| {
                 r.artifact_type.as_deref() == Some(format.media_type())

@@ -225,6 +225,9 @@ impl Registry {
         queued: &'a AtomicBool,
     ) -> impl Fn(&Change<'_>) -> Vec<NewJob> + Sync + 'a {
         move |c: &Change<'_>| {
+            if c.actor.name == crate::catalog::CATALOG_ACTOR {
+                return Vec::new();
+            }
             let mut jobs = self.events.jobs_for(c);
             if let Some(r) = &self.replicator {
                 jobs.extend(r.jobs_for(c));

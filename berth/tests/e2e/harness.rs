@@ -314,6 +314,15 @@ impl Berth {
     pub fn start_launched(config: &str, env: &[(&str, &str)], launch: Launch) -> Berth {
         let dir = tempdir();
         let log = dir.path().join("berth.log");
+        // Cataloging is on by default and pushes two SBOM referrers per image; the suites
+        // count exactly the manifests, blobs, referrers and events they cause, so it is
+        // off unless a test configures it (sbom.rs does; the conformance runs use the
+        // defaults).
+        let config = if config.contains("[catalog]") {
+            config.to_owned()
+        } else {
+            format!("{config}\n[catalog]\nenabled = false\n")
+        };
         std::fs::write(dir.path().join("berth.toml"), config).expect("writing berth.toml");
         let env: Vec<(String, String)> = env
             .iter()
