@@ -210,7 +210,14 @@ async fn sbom_over_http(postgres: bool) {
         .expect("send");
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
+    // The SBOM documents are derived data: pushing them queued no jobs (no catalog job
+    // for them, no events), so the image's is the only catalog job run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let metrics = s.metrics().await;
+    assert_eq!(
+        common::metric::<u64>(&metrics, "berth_jobs_done_total{queue=\"catalog\"}"),
+        1
+    );
     assert_eq!(
         common::metric::<u64>(&metrics, "berth_catalog_images_total"),
         1

@@ -89,8 +89,10 @@ fn gc_sweeps_what_a_moved_tag_left_and_keeps_the_rest() {
 
 #[test]
 fn serve_collects_on_its_schedule() {
+    // A grace period of 0 would let a round collect the blobs of a push still in flight
+    // (pushed, their manifest not yet): 2 s covers a push here.
     let b = Berth::start_with(
-        "[gc]\ninterval_secs = 1\ngrace_secs = 0\nrollback_window_secs = 0\n",
+        "[gc]\ninterval_secs = 1\ngrace_secs = 2\nrollback_window_secs = 0\n",
         &[],
     );
     let work = tempdir();
