@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn latest_and_untagged() {
-        let r = |s| DockerRef::parse(s).unwrap();
+        let r = |s| DockerRef::parse(s).expect("parses");
         assert!(r("nginx").untagged() && r("nginx").floating_latest());
         assert!(!r("nginx:latest").untagged() && r("nginx:latest").floating_latest());
         assert!(!r("nginx:1").floating_latest());

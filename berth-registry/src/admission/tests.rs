@@ -34,7 +34,7 @@ fn review(kind: (&str, &str), op: &str, object: Value, old: Option<Value>) -> Re
         "request": {"uid": "u-1", "kind": {"group": kind.0, "version": "v1", "kind": kind.1},
             "namespace": "team-a", "operation": op, "object": object, "oldObject": old}
     });
-    parse_review(&serde_json::to_vec(&body).unwrap()).unwrap()
+    parse_review(&serde_json::to_vec(&body).expect("test value")).expect("test value")
 }
 
 fn pod(images: &[&str]) -> Value {
@@ -49,16 +49,16 @@ fn pod(images: &[&str]) -> Value {
 fn held(repo: &str, digest: Option<&str>) -> ImageFacts {
     ImageFacts {
         location: Some(ImageLocation {
-            repo: repo.parse().unwrap(),
+            repo: repo.parse().expect("test value"),
             at_berth: repo.starts_with("team-"),
         }),
-        digest: digest.map(|d| d.parse().unwrap()),
+        digest: digest.map(|d| d.parse().expect("test value")),
         ..ImageFacts::default()
     }
 }
 
 fn run(specs: Vec<AdmissionRuleSpec>, r: &Review, webhook: Webhook, facts: &Facts) -> Decision {
-    let rules = AdmissionRules::new(specs).unwrap();
+    let rules = AdmissionRules::new(specs).expect("test value");
     let acting = rules.acting_for(r, webhook);
     evaluate(r, webhook, &acting, facts, &settings())
 }
@@ -73,7 +73,7 @@ fn refuse_latest_in_each_mode() {
         &Facts::new(),
     );
     assert!(!d.allowed);
-    let m = d.message.unwrap();
+    let m = d.message.expect("test value");
     assert!(
         m.contains("\"c0\"") && m.contains("\"nginx\"") && m.contains("\"nl\""),
         "{m}"
@@ -280,7 +280,12 @@ fn signature_rule_reads_the_verdict() {
         Webhook::Validate,
         &facts,
     );
-    assert!(!d.allowed && d.message.unwrap().contains("not signed: no signature"));
+    assert!(
+        !d.allowed
+            && d.message
+                .expect("test value")
+                .contains("not signed: no signature")
+    );
     f.signature = Some((Outcome::Signed, "ci/release".into()));
     let facts: Facts = [("team-a/app:1".to_string(), f)].into();
     assert!(
@@ -310,7 +315,7 @@ fn bad_input() {
         Webhook::Validate,
         &Facts::new(),
     );
-    assert!(!d.allowed && d.message.unwrap().contains("containers"));
+    assert!(!d.allowed && d.message.expect("test value").contains("containers"));
     let r = review(("", "Pod"), "CREATE", pod(&["Not A Ref"]), None);
     let d = run(
         vec![rule("nl", RuleKind::RefuseLatest, Mode::Enforce)],
@@ -318,7 +323,7 @@ fn bad_input() {
         Webhook::Validate,
         &Facts::new(),
     );
-    assert!(!d.allowed && d.message.unwrap().contains("does not parse"));
+    assert!(!d.allowed && d.message.expect("test value").contains("does not parse"));
     // A spec whose containers are not objects, or images not strings: no panic.
     let r = review(
         ("", "Pod"),
