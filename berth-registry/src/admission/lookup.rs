@@ -225,7 +225,7 @@ impl Registry {
             }
         } else {
             let containers = review.containers();
-            let images = images_to_look_up(&review, &containers);
+            let images = images_to_look_up(&containers);
             if images.len() > MAX_IMAGES {
                 Decision {
                     allowed: false,

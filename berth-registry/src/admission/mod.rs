@@ -774,7 +774,10 @@ fn mutate(
                     reasons.push((rule, format!("pin to {dg}")));
                 }
                 None => {
-                    if let Some(why) = f.and_then(|f| f.unresolved.as_deref()) {
+                    // Said only where the rule speaks (enforce, audit); a dry run is silent.
+                    if matches!(rule.spec.mode, Mode::Enforce | Mode::Audit)
+                        && let Some(why) = f.and_then(|f| f.unresolved.as_deref())
+                    {
                         d.warnings.push(truncate(
                             format!(
                                 "berth could not pin container {:?} image {:?}: {why}",
@@ -917,8 +920,8 @@ pub fn response(uid: &str, d: &Decision) -> Value {
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": r})
 }
 
-/// The images of `review` whose facts the acting rules need, as written (deduplicated).
-pub fn images_to_look_up(review: &Review, containers: &[Container]) -> Vec<String> {
+/// The images (new and old) whose facts the acting rules need, as written, once each.
+pub fn images_to_look_up(containers: &[Container]) -> Vec<String> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for c in containers {
@@ -928,7 +931,6 @@ pub fn images_to_look_up(review: &Review, containers: &[Container]) -> Vec<Strin
             }
         }
     }
-    let _ = review;
     out
 }
 

@@ -353,3 +353,30 @@ fn rule_specs_are_checked() {
     let a = rule("x", RuleKind::Pin, Mode::Enforce);
     assert!(AdmissionRules::new(vec![a.clone(), a]).is_err());
 }
+
+#[test]
+fn a_pin_that_cannot_resolve_warns_only_where_the_rule_speaks() {
+    let r = review(("", "Pod"), "CREATE", pod(&["ghcr.io/x/y:1"]), None);
+    let facts: Facts = [(
+        "ghcr.io/x/y:1".to_string(),
+        ImageFacts {
+            unresolved: Some("ghcr.io is neither Berth nor a configured upstream".into()),
+            ..ImageFacts::default()
+        },
+    )]
+    .into();
+    for (mode, warned) in [
+        (Mode::Enforce, true),
+        (Mode::Audit, true),
+        (Mode::DryRun, false),
+    ] {
+        let d = run(
+            vec![rule("p", RuleKind::Pin, mode)],
+            &r,
+            Webhook::Mutate,
+            &facts,
+        );
+        assert!(d.patch.is_empty(), "{mode:?}");
+        assert_eq!(!d.warnings.is_empty(), warned, "{mode:?}: {:?}", d.warnings);
+    }
+}
