@@ -175,6 +175,23 @@ impl fmt::Display for DockerRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn never_panics_and_its_full_form_is_a_fixed_point(s in "[a-zA-Z0-9.:/@_\\[\\]-]{0,80}") {
+            if let Ok(r) = DockerRef::parse(&s) {
+                let full = r.to_string();
+                let again = DockerRef::parse(&full);
+                prop_assert_eq!(again.as_ref().ok(), Some(&r), "{} -> {}", s, full);
+            }
+        }
+
+        #[test]
+        fn any_text_is_judged_without_panic(s in ".{0,300}") {
+            let _ = DockerRef::parse(&s);
+        }
+    }
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
