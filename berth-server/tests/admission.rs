@@ -484,6 +484,19 @@ async fn every_kind_is_mutated_as_expected_and_stays_valid() {
     for ((kind, want), got) in expected.iter().zip(&results) {
         assert_eq!(got, want, "{kind}");
     }
+    // Reinvoked (reinvocationPolicy IfNeeded) on its own output, the mutating webhook
+    // changes nothing more: mirrored, pinned and completed specs are left as they are.
+    for ((kind, _), got) in expected.iter().zip(&results) {
+        let gvk = object(kind, &three()).1;
+        let resp = w
+            .hook
+            .review("mutate", &request(gvk, "CREATE", got, None))
+            .await;
+        assert!(
+            resp["allowed"] == true && resp.get("patch").is_none(),
+            "{kind}: {resp}"
+        );
+    }
     // The validating webhook judges what the mutating one made: Berth's own images are
     // signed, pinned and allowed; docker.io's nginx has no trust, so only it is refused.
     for ((kind, _), got) in expected.iter().zip(&results) {
