@@ -13,7 +13,9 @@
 # Installs (trixie/sid .deb, extracted only): oras, cosign (trixie), notation (sid)
 #                          -> $BERTH_TOOLS_PREFIX/bin/<tool>, symlinked into /usr/local/bin
 # Installs (PyPI, pinned, own virtualenv): kubernetes-validate (the Kubernetes schemas
-#                          the rendered manifests are checked against, offline)
+#                          the rendered manifests are checked against, offline) and
+#                          jsonpatch (an independent RFC 6902 implementation that applies
+#                          the admission webhook's patches in the tests)
 #                          -> $BERTH_TOOLS_PREFIX/kubernetes-validate-venv
 # Downloads (bookworm .deb, kept): the packages Berth's own image takes its libraries and
 #                          CA certificates from (scripts/oci-image.py --fetch-debs)
@@ -252,10 +254,12 @@ install_deb_tool notation notation sid
 #    Kubernetes OpenAPI schemas of every version it knows, so checks run offline.
 # ---------------------------------------------------------------------------
 KUBERNETES_VALIDATE_VERSION=1.37.0
+JSONPATCH_VERSION=1.33
 KV_VENV=$PREFIX/kubernetes-validate-venv
 install_kubernetes_validate() {
-  if "$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$KUBERNETES_VALIDATE_VERSION"; then
-    log "kubernetes-validate $KUBERNETES_VALIDATE_VERSION already installed in $KV_VENV"
+  if "$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$KUBERNETES_VALIDATE_VERSION" \
+    && "$KV_VENV/bin/python" -c "import jsonpatch, sys; sys.exit(jsonpatch.__version__ != '$JSONPATCH_VERSION')" 2>/dev/null; then
+    log "kubernetes-validate $KUBERNETES_VALIDATE_VERSION and jsonpatch $JSONPATCH_VERSION already installed in $KV_VENV"
     return
   fi
   log "installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION into $KV_VENV"
@@ -266,8 +270,8 @@ install_kubernetes_validate() {
     "${APT_GET[@]}" install --no-install-recommends python3-venv
     python3 -m venv "$KV_VENV"
   fi
-  "$KV_VENV/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
-    || die "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION failed"
+  "$KV_VENV/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonpatch==$JSONPATCH_VERSION" \
+    || die "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION jsonpatch==$JSONPATCH_VERSION failed"
 }
 install_kubernetes_validate
 
@@ -338,6 +342,7 @@ verify rpmbuild        rpmbuild --version
 verify db5.3_load      sh -c 'db5.3_load -V'
 verify sqlite3         sqlite3 --version
 verify kubernetes-validate "$KV_VENV/bin/kubernetes-validate" --version
+verify jsonpatch       "$KV_VENV/bin/python" -c "import jsonpatch; print(jsonpatch.__version__)"
 if [ "${BERTH_SKIP_POSTGRES:-0}" != 1 ]; then
   verify postgres      /usr/lib/postgresql/15/bin/postgres --version
   verify pg_ctlcluster sh -c 'command -v pg_ctlcluster'

@@ -7,6 +7,9 @@
 //! * `pull`: C concurrent pulls of an image (manifest, config, layers), R rounds → seconds.
 //! * `push-images`: N small images (config, one layer, manifest by tag), C at a time →
 //!   images/s.
+//! * `rate`: POSTs a body at a fixed rate (open loop: each request is due at its own time
+//!   and its latency counts from then, so a stall delays the requests behind it in the
+//!   figures too) → achieved rate, p50, p99, max. HTTPS with `--ca`.
 //! * `receive`: a webhook receiver answering 204 to every POST; `GET /count` says how
 //!   many it got. Runs until killed.
 //!
@@ -83,6 +86,23 @@ enum Cmd {
     Receive {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
+    },
+    Rate {
+        url: String,
+        /// The request body (JSON), POSTed every time.
+        #[arg(long)]
+        body: std::path::PathBuf,
+        /// Requests per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rps: f64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Seconds at the same rate before measuring (connections, caches).
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        /// PEM CA the server's certificate must chain to (the only one trusted).
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
     },
 }
 
@@ -237,6 +257,81 @@ async fn rps(
         serde_json::json!({
             "requests": all.len(), "errors": errors, "rps": all.len() as f64 / elapsed,
             "p50_ms": pct(0.50) as f64 / 1000.0, "p99_ms": pct(0.99) as f64 / 1000.0,
+        })
+    );
+    Ok(())
+}
+
+async fn rate(
+    url: String,
+    body: std::path::PathBuf,
+    rps: f64,
+    seconds: f64,
+    warmup: f64,
+    ca: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30));
+    if let Some(ca) = &ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        builder = builder.tls_certs_only([reqwest::Certificate::from_pem(&pem)?]);
+    }
+    let http = builder.build()?;
+    let body =
+        Bytes::from(std::fs::read(&body).with_context(|| format!("reading {}", body.display()))?);
+    let interval = Duration::from_secs_f64(1.0 / rps);
+    let total = ((warmup + seconds) * rps) as u64;
+    let measured_from = (warmup * rps) as u64;
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
+            let ok = match r {
+                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                _ => false,
+            };
+            (i, ok, due.elapsed().as_micros() as u64)
+        }));
+    }
+    let sent_for = start.elapsed().as_secs_f64();
+    let mut lat = Vec::with_capacity(total as usize);
+    let mut errors = 0u64;
+    for t in tasks {
+        let (i, ok, micros) = t.await?;
+        if i < measured_from {
+            continue;
+        }
+        if ok {
+            lat.push(micros);
+        } else {
+            errors += 1;
+        }
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "requests": lat.len(), "errors": errors, "target_rps": rps,
+            "achieved_rps": total as f64 / sent_for,
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
+            "max_ms": lat.last().copied().unwrap_or(0) as f64 / 1000.0,
         })
     );
     Ok(())
@@ -611,6 +706,14 @@ fn main() -> anyhow::Result<()> {
                 seed,
             } => push_images(base, repo, images, concurrency, layer_size, seed).await,
             Cmd::Receive { listen } => receive(listen).await,
+            Cmd::Rate {
+                url,
+                body,
+                rps,
+                seconds,
+                warmup,
+                ca,
+            } => rate(url, body, rps, seconds, warmup, ca).await,
         }
     })
 }

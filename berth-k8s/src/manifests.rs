@@ -26,6 +26,11 @@ use crate::{DATA_DIR, K8sError, PORT, RUN_AS_UID};
 const CONFIG_DIR: &str = "/etc/berth/config";
 /// Where the TLS Secret is mounted.
 const TLS_DIR: &str = "/etc/berth/tls";
+/// Where the webhook certificate's Secret is mounted.
+const WEBHOOK_TLS_DIR: &str = "/etc/berth/webhook-tls";
+/// The admission webhooks' port in the pod, and its name.
+const WEBHOOK_PORT: u16 = 8443;
+const WEBHOOK_PORT_NAME: &str = "webhook";
 /// The name of the container port (probes, the Service and the policy refer to it).
 const PORT_NAME: &str = "registry";
 /// Longest `--name`: the resources append suffixes (`-database`) to it, and Kubernetes
@@ -70,6 +75,36 @@ pub struct Options {
     /// names the client. Without them every client behind the ingress counts as the
     /// ingress for the per-client limits.
     pub trusted_proxies: Vec<String>,
+    /// The admission webhooks: their Service, certificate Secret and webhook
+    /// configurations. Unset: no webhooks.
+    pub admission: Option<Admission>,
+}
+
+/// The admission webhooks (`--admission`).
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// The PEM CA certificate that signed the webhook certificate: the API server's
+    /// `caBundle` (public; the certificate and key stay in the Secret).
+    pub ca_pem: String,
+    /// The `kubernetes.io/tls` Secret with the webhook certificate for
+    /// `<name>-webhook.<namespace>.svc`, shared by every replica. Unset:
+    /// `<name>-webhook-tls`.
+    pub secret: Option<String>,
+    /// `Fail` (default: nothing is admitted unjudged while Berth is down) or `Ignore`.
+    pub failure_policy: String,
+    /// How long the API server waits for an answer, 1 to 30 seconds.
+    pub timeout_seconds: u32,
+}
+
+impl Admission {
+    pub fn new(ca_pem: impl Into<String>) -> Admission {
+        Admission {
+            ca_pem: ca_pem.into(),
+            secret: None,
+            failure_policy: "Fail".to_owned(),
+            timeout_seconds: 5,
+        }
+    }
 }
 
 /// Where blobs and metadata live.
@@ -120,6 +155,7 @@ impl Options {
             memory_limit: None,
             allow_from: Vec::new(),
             trusted_proxies: Vec::new(),
+            admission: None,
         }
     }
 }
@@ -167,7 +203,14 @@ impl Install {
         let mut files = Vec::new();
         let mut list = Vec::new();
         for r in &self.resources {
-            let file = format!("{}.yaml", r.kind.to_ascii_lowercase());
+            // Two of a kind (the registry's and the webhooks' Services) are told apart
+            // by name.
+            let twins = self.resources.iter().filter(|o| o.kind == r.kind).count() > 1;
+            let file = if twins {
+                format!("{}-{}.yaml", r.kind.to_ascii_lowercase(), r.name)
+            } else {
+                format!("{}.yaml", r.kind.to_ascii_lowercase())
+            };
             list.push(Value::from(file.clone()));
             files.push((file, crate::yaml::to_yaml(&r.value)));
         }
@@ -206,11 +249,27 @@ pub fn render(o: &Options) -> Result<Install, K8sError> {
         );
     }
     add("Service", o.name.clone(), service(o));
+    if o.admission.is_some() {
+        add("Service", webhook_service_name(o), webhook_service(o));
+    }
     add("Deployment", o.name.clone(), deployment(o, &config));
     if o.replicas > 1 {
         add("PodDisruptionBudget", o.name.clone(), disruption_budget(o));
     }
     add("NetworkPolicy", o.name.clone(), network_policy(o));
+    if let Some(a) = &o.admission {
+        // Last: the API server calls the webhooks as soon as these exist.
+        add(
+            "ValidatingWebhookConfiguration",
+            webhook_configuration_name(o),
+            webhook_configuration(o, a, false),
+        );
+        add(
+            "MutatingWebhookConfiguration",
+            webhook_configuration_name(o),
+            webhook_configuration(o, a, true),
+        );
+    }
     Ok(Install {
         resources,
         secrets,
@@ -291,6 +350,26 @@ fn check_secret_name(what: &str, name: Option<&str>) -> Result<(), K8sError> {
 }
 
 fn check(o: &Options) -> Result<(), K8sError> {
+    if let Some(a) = &o.admission {
+        if !a.ca_pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(invalid(
+                "webhook CA: not a PEM certificate (--webhook-ca names the CA that signed the webhook certificate)".into(),
+            ));
+        }
+        if !matches!(a.failure_policy.as_str(), "Fail" | "Ignore") {
+            return Err(invalid(format!(
+                "webhook failure policy {:?} is not Fail or Ignore",
+                a.failure_policy
+            )));
+        }
+        if !(1..=30).contains(&a.timeout_seconds) {
+            return Err(invalid(format!(
+                "webhook timeout {} s: Kubernetes allows 1 to 30",
+                a.timeout_seconds
+            )));
+        }
+        check_secret_name("webhook secret", a.secret.as_deref())?;
+    }
     if !is_dns_label(&o.name, MAX_NAME) {
         return Err(invalid(format!(
             "name {:?}: at most {MAX_NAME} lowercase letters, digits and '-', \
@@ -481,7 +560,31 @@ fn secrets(o: &Options) -> Vec<SecretRef> {
             purpose: "the certificate chain and key Berth serves HTTPS with",
         });
     }
+    if let Some(a) = &o.admission {
+        out.push(SecretRef {
+            name: webhook_secret(o, a),
+            keys: vec!["tls.crt", "tls.key"],
+            tls: true,
+            optional: false,
+            purpose: "the webhook certificate (for <name>-webhook.<namespace>.svc, signed by the --webhook-ca CA)",
+        });
+    }
     out
+}
+
+fn webhook_secret(o: &Options, a: &Admission) -> String {
+    a.secret
+        .clone()
+        .unwrap_or_else(|| format!("{}-webhook-tls", o.name))
+}
+
+fn webhook_service_name(o: &Options) -> String {
+    format!("{}-webhook", o.name)
+}
+
+/// Webhook configurations are cluster-scoped: the namespace keeps two installs apart.
+fn webhook_configuration_name(o: &Options) -> String {
+    format!("{}-{}-admission", o.namespace, o.name)
 }
 
 // ---- berth.toml ----
@@ -572,6 +675,24 @@ fn berth_toml(o: &Options) -> String {
                 line("path_style = true");
             }
         }
+    }
+    if o.admission.is_some() {
+        line("");
+        line("# The admission webhooks, for the API server only. Rules: [[admission.rule]]");
+        line("# tables here, or PUT /api/v1/admission (in force on every replica).");
+        line("[admission]");
+        line(&format!(
+            "listen = {}",
+            toml_str(&format!("0.0.0.0:{WEBHOOK_PORT}"))
+        ));
+        line(&format!(
+            "cert_file = {}",
+            toml_str(&format!("{WEBHOOK_TLS_DIR}/tls.crt"))
+        ));
+        line(&format!(
+            "key_file = {}",
+            toml_str(&format!("{WEBHOOK_TLS_DIR}/tls.key"))
+        ));
     }
     if o.gc_interval_secs > 0 {
         line("");
@@ -726,6 +847,9 @@ fn mounts(o: &Options) -> Vec<Value> {
     if o.tls_secret.is_some() {
         m.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
     }
+    if o.admission.is_some() {
+        m.push(json!({"name": "webhook-tls", "mountPath": WEBHOOK_TLS_DIR, "readOnly": true}));
+    }
     m
 }
 
@@ -766,13 +890,19 @@ fn deployment(o: &Options, config: &str) -> Value {
         true,
     ));
 
+    let mut ports = vec![json!({"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"})];
+    if o.admission.is_some() {
+        ports.push(
+            json!({"name": WEBHOOK_PORT_NAME, "containerPort": WEBHOOK_PORT, "protocol": "TCP"}),
+        );
+    }
     let container = json!({
         "name": "berth",
         "image": o.image,
         "imagePullPolicy": "IfNotPresent",
         "args": ["serve", "--config", config_arg()],
         "env": env,
-        "ports": [{"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
+        "ports": ports,
         // Schema migrations run before the port opens: give a first start two minutes.
         "startupProbe": probe(o, "/healthz", 2, 60),
         // Liveness asks only whether the process answers: a database outage must make
@@ -799,6 +929,10 @@ fn deployment(o: &Options, config: &str) -> Value {
     ];
     if let Some(t) = &o.tls_secret {
         volumes.push(json!({"name": "tls", "secret": {"secretName": t}}));
+    }
+    if let Some(a) = &o.admission {
+        volumes
+            .push(json!({"name": "webhook-tls", "secret": {"secretName": webhook_secret(o, a)}}));
     }
 
     let mut pod = Map::new();
@@ -919,6 +1053,13 @@ fn network_policy(o: &Options) -> Value {
             .map(|c| json!({"ipBlock": {"cidr": c}}))
             .collect();
     }
+    let mut rules = vec![rule];
+    if o.admission.is_some() {
+        // The API server's address is the cluster's business (a control plane outside
+        // the pod network, often): the webhook port is open to every source; only the
+        // API server holds the CA bundle it trusts.
+        rules.push(json!({"ports": [{"port": WEBHOOK_PORT_NAME, "protocol": "TCP"}]}));
+    }
     // Ingress only: Berth calls out to PostgreSQL, S3, upstream registries and webhook
     // receivers, whose addresses only the operator knows.
     json!({
@@ -928,14 +1069,130 @@ fn network_policy(o: &Options) -> Value {
         "spec": {
             "podSelector": {"matchLabels": selector_labels(o)},
             "policyTypes": ["Ingress"],
-            "ingress": [rule],
+            "ingress": rules,
         },
+    })
+}
+
+fn webhook_service(o: &Options) -> Value {
+    let mut meta = metadata(o, &webhook_service_name(o));
+    meta["labels"]["app.kubernetes.io/component"] = Value::from("admission");
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(o),
+            "ports": [{
+                "name": "https",
+                "port": 443,
+                "targetPort": WEBHOOK_PORT_NAME,
+                "protocol": "TCP",
+            }],
+        },
+    })
+}
+
+/// Every kind that carries a pod spec, and the subresource `kubectl debug` uses.
+fn webhook_rules() -> Value {
+    let ops = json!(["CREATE", "UPDATE"]);
+    json!([
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ops,
+         "resources": ["pods", "pods/ephemeralcontainers", "podtemplates", "replicationcontrollers"],
+         "scope": "Namespaced"},
+        {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ops,
+         "resources": ["deployments", "replicasets", "statefulsets", "daemonsets"],
+         "scope": "Namespaced"},
+        {"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ops,
+         "resources": ["jobs", "cronjobs"],
+         "scope": "Namespaced"},
+    ])
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn webhook_configuration(o: &Options, a: &Admission, mutating: bool) -> Value {
+    let (kind, what, path) = if mutating {
+        ("MutatingWebhookConfiguration", "mutate", "/mutate")
+    } else {
+        ("ValidatingWebhookConfiguration", "validate", "/validate")
+    };
+    let mut hook = json!({
+        "name": format!("{what}.{}.{}.svc", o.name, o.namespace),
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "failurePolicy": a.failure_policy,
+        "timeoutSeconds": a.timeout_seconds,
+        "matchPolicy": "Equivalent",
+        "clientConfig": {
+            "service": {
+                "name": webhook_service_name(o),
+                "namespace": o.namespace,
+                "path": path,
+                "port": 443,
+            },
+            "caBundle": base64(a.ca_pem.as_bytes()),
+        },
+        "rules": webhook_rules(),
+        // Berth's own pods must start when Berth is down, and so must the control plane.
+        "namespaceSelector": {
+            "matchExpressions": [{
+                "key": "kubernetes.io/metadata.name",
+                "operator": "NotIn",
+                "values": ["kube-system", o.namespace],
+            }],
+        },
+    });
+    if mutating {
+        // Sidecars a later webhook adds are mutated too.
+        hook["reinvocationPolicy"] = Value::from("IfNeeded");
+    }
+    let mut meta = json!({"name": webhook_configuration_name(o), "labels": labels(o)});
+    meta["labels"]["app.kubernetes.io/component"] = Value::from("admission");
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": kind,
+        "metadata": meta,
+        "webhooks": [hook],
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_is_standard() {
+        for (raw, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+        ] {
+            assert_eq!(base64(raw.as_bytes()), enc);
+        }
+    }
 
     fn external() -> Options {
         Options {

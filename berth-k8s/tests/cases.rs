@@ -2,7 +2,11 @@
 //! volume, with and without TLS and the other knobs, and several replicas over
 //! PostgreSQL and S3, with and without TLS.
 
+use berth_k8s::manifests::Admission;
 use berth_k8s::{Options, S3, Storage};
+
+/// A CA certificate's PEM as `--webhook-ca` reads it (the rendering only encodes it).
+pub const WEBHOOK_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBdzCCAR2gAwIBAgIUKwCAtest0webhook0CA0for0the0golden0filesMAoGCCqG\n-----END CERTIFICATE-----\n";
 
 pub const IMAGE: &str = "registry.example.com/berth:0.1.0";
 
@@ -77,6 +81,30 @@ pub fn cases() -> Vec<(&'static str, Options)> {
                     },
                     Some("registry-pg"),
                 ),
+                ..base()
+            },
+        ),
+        (
+            "replicas-admission",
+            Options {
+                replicas: 2,
+                public_url: Some("https://registry.example.com".into()),
+                tls_secret: Some("berth-tls".into()),
+                storage: external(
+                    S3 {
+                        bucket: "registry".into(),
+                        endpoint: None,
+                        region: Some("eu-west-1".into()),
+                        prefix: String::new(),
+                        path_style: false,
+                        secret: None,
+                    },
+                    None,
+                ),
+                admission: Some(Admission {
+                    timeout_seconds: 3,
+                    ..Admission::new(WEBHOOK_CA)
+                }),
                 ..base()
             },
         ),

@@ -3,6 +3,7 @@
 //! they cannot disagree about the rules.
 
 pub mod access;
+pub mod admission;
 pub mod audit;
 mod cache;
 pub mod catalog;
@@ -203,6 +204,8 @@ pub struct Registry {
     rules: Arc<std::sync::RwLock<Arc<TagRules>>>,
     /// Signature trust, policy rules and the verdict cache.
     policy: Arc<policy::PolicyState>,
+    /// Admission webhook rules, settings and counters.
+    admission: Arc<admission::AdmissionState>,
 }
 
 impl Registry {
@@ -227,6 +230,7 @@ impl Registry {
             stats: Arc::default(),
             rules: Arc::new(std::sync::RwLock::new(rules)),
             policy: Arc::new(policy::PolicyState::new(policy::Policy::default())),
+            admission: Arc::default(),
         }
     }
 

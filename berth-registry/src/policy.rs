@@ -842,6 +842,20 @@ impl Registry {
         })
     }
 
+    /// The signature verdict of a manifest of `repo` as pulls are judged: what the
+    /// admission webhook's `signature` rule reads.
+    pub(crate) async fn signature_verdict(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Verdict> {
+        let m = self
+            .get_manifest(repo, &berth_oci::Reference::Digest(digest.clone()))
+            .await?;
+        let policy = self.policy.current();
+        Ok(self.verdict(&policy, repo, digest, &m.content).await)
+    }
+
     /// The verdict of a manifest: from memory, else the store, else computed (and stored).
     async fn verdict(
         &self,

@@ -272,6 +272,19 @@ impl Registry {
         proxy.route(repo).map(|(r, _)| r.upstream.name())
     }
 
+    /// The repository of the cache holding `path` of the upstream registry `host` (as
+    /// nodes name it: `docker.io`, `ghcr.io`), if an upstream of that name serves it.
+    pub(crate) fn cache_repo_for_host(&self, host: &str, path: &str) -> Option<RepoName> {
+        let proxy = self.proxy.as_ref()?;
+        let route = proxy
+            .routes
+            .iter()
+            .find(|r| r.upstream.name().eq_ignore_ascii_case(host))?;
+        let remote = route.upstream.config().remote_repo(path);
+        let repo: RepoName = format!("{}/{remote}", route.prefix).parse().ok()?;
+        proxy.route(&repo).map(|_| repo)
+    }
+
     /// The local repository a request names. containerd, used as a mirror, sends the
     /// upstream-relative name with `?ns=<host>` (with its port, if it has one); the cache
     /// keeps it under `<prefix>/<name>` so prefix and mirror requests share one copy

@@ -65,6 +65,36 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .unwrap_or_default();
         let _ = writeln!(extra, "berth_{}_total{label} {}", c.name, c.value);
     }
+    {
+        use std::fmt::Write as _;
+        let stats = state.registry().admission_stats();
+        let reviews = stats.reviews.lock().map(|m| m.clone()).unwrap_or_default();
+        let rules = stats.rules.lock().map(|m| m.clone()).unwrap_or_default();
+        if !reviews.is_empty() {
+            extra.push_str(
+                "# HELP berth_admission_reviews AdmissionReviews answered, by webhook and result \
+                 (allowed, patched, warned, denied, invalid).\n# TYPE berth_admission_reviews counter\n",
+            );
+            for ((webhook, result), n) in reviews {
+                let _ = writeln!(
+                    extra,
+                    "berth_admission_reviews_total{{webhook=\"{webhook}\",result=\"{result}\"}} {n}"
+                );
+            }
+        }
+        if !rules.is_empty() {
+            extra.push_str(
+                "# HELP berth_admission_rule_hits Reviews in which an admission rule acted or would have, \
+                 by kind, mode and result.\n# TYPE berth_admission_rule_hits counter\n",
+            );
+            for ((kind, mode, result), n) in rules {
+                let _ = writeln!(
+                    extra,
+                    "berth_admission_rule_hits_total{{kind=\"{kind}\",mode=\"{mode}\",result=\"{result}\"}} {n}"
+                );
+            }
+        }
+    }
     if let Some(auth) = state.auth() {
         use std::fmt::Write as _;
         let mut described = std::collections::BTreeSet::new();

@@ -8,6 +8,7 @@
 //!
 //! [`run`] takes a bound listener, so tests bind port 0 and drive a real server.
 
+pub mod admission;
 mod api;
 pub mod audit;
 pub mod auth;
@@ -233,8 +234,33 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    let tls = state.config().tls.clone();
+    let app = router(state.clone());
+    serve(listener, state, tls.as_ref(), app, shutdown).await
+}
+
+/// Serves the admission webhooks (`/validate`, `/mutate`) on their own listener, with the
+/// webhook certificate (the API server calls webhooks over HTTPS only), under the same
+/// connection limits and deadlines as the registry.
+pub async fn run_admission(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<TlsSettings>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let app = admission::router(state.clone());
+    serve(listener, state, tls.as_ref(), app, shutdown).await
+}
+
+async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<&TlsSettings>,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
     let config = state.config().clone();
-    let tls = match &config.tls {
+    let tls = match tls {
         Some(settings) => Some(
             tls::acceptor(settings)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
@@ -250,7 +276,6 @@ pub async fn run(
         state.metrics(),
     );
     let timed_out = state.metrics().connections_timed_out.clone();
-    let app = router(state);
     let mut auto = Builder::new(TokioExecutor::new());
     auto.http1()
         .timer(TokioTimer::new())

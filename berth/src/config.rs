@@ -55,6 +55,82 @@ pub struct Config {
     pub jobs: crate::events::JobsConfig,
     /// Package catalogs and SBOMs of every image (`[catalog]`).
     pub catalog: crate::sbom::CatalogConfig,
+    /// The Kubernetes admission webhooks (`[admission]`, `[[admission.rule]]`).
+    pub admission: AdmissionConfig,
+}
+
+/// `[admission]`: the webhooks' listener and certificate, how nodes name Berth, and the
+/// rules (`[[admission.rule]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Where the webhooks listen (HTTPS); unset: no webhooks.
+    pub listen: Option<SocketAddr>,
+    /// The webhook certificate (its CA is the `caBundle` of the webhook configurations).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Berth's registry host as nodes pull from it (`registry.example.com`); default the
+    /// host of `public_url`.
+    pub registry: Option<String>,
+    /// Other names nodes use for the same registry.
+    pub aliases: Vec<String>,
+    /// How long a pin may wait for a configured upstream, in milliseconds.
+    pub upstream_timeout_ms: u64,
+    #[serde(rename = "rule")]
+    pub rules: Vec<berth_registry::admission::AdmissionRuleSpec>,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            listen: None,
+            cert_file: None,
+            key_file: None,
+            registry: None,
+            aliases: Vec::new(),
+            upstream_timeout_ms: 1500,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The admission settings: the registry host defaults to `public_url`'s.
+    pub fn admission_settings(&self) -> berth_registry::admission::AdmissionSettings {
+        let from_url = self.public_url.as_deref().and_then(|u| {
+            let rest = u.split_once("://").map_or(u, |(_, r)| r);
+            let host = rest.split('/').next()?;
+            (!host.is_empty()).then(|| host.to_owned())
+        });
+        berth_registry::admission::AdmissionSettings {
+            registry: self.admission.registry.clone().or(from_url),
+            aliases: self.admission.aliases.clone(),
+            upstream_timeout: std::time::Duration::from_millis(
+                self.admission.upstream_timeout_ms.max(1),
+            ),
+        }
+    }
+
+    /// The webhooks' TLS pair: the API server calls webhooks over HTTPS only.
+    pub fn admission_tls(&self) -> anyhow::Result<Option<berth_server::TlsSettings>> {
+        if self.admission.listen.is_none() {
+            return Ok(None);
+        }
+        match (&self.admission.cert_file, &self.admission.key_file) {
+            (Some(cert), Some(key)) => Ok(Some(berth_server::TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+                reload_interval: std::time::Duration::from_secs(
+                    self.tls.reload_interval_secs.max(1),
+                ),
+            })),
+            _ if self.admission.listen.is_some_and(|l| l.ip().is_loopback()) => Ok(None),
+            _ => anyhow::bail!(
+                "[admission] listen is set but cert_file and key_file are not: the Kubernetes \
+                 API server calls webhooks over HTTPS only (plain HTTP is allowed on loopback)"
+            ),
+        }
+    }
 }
 
 /// One `[[replicate]]` rule: pushes to matching repositories are copied to `url`.
@@ -102,6 +178,7 @@ impl Default for Config {
             events: crate::events::EventsConfig::default(),
             jobs: crate::events::JobsConfig::default(),
             catalog: crate::sbom::CatalogConfig::default(),
+            admission: AdmissionConfig::default(),
         }
     }
 }

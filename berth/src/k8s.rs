@@ -109,10 +109,39 @@ pub struct ManifestArgs {
     /// directory instead of printing.
     #[arg(long)]
     kustomize: Option<PathBuf>,
+    /// Add the admission webhooks: their Service, the certificate Secret mounted in every
+    /// replica, and the Validating and Mutating WebhookConfigurations. Needs --webhook-ca.
+    #[arg(long, requires = "webhook_ca")]
+    admission: bool,
+    /// PEM file of the CA that signed the webhook certificate (for
+    /// `<name>-webhook.<namespace>.svc`): the webhook configurations' caBundle.
+    #[arg(long, requires = "admission")]
+    webhook_ca: Option<PathBuf>,
+    /// The `kubernetes.io/tls` Secret with the webhook certificate (default:
+    /// <name>-webhook-tls).
+    #[arg(long, requires = "admission")]
+    webhook_secret: Option<String>,
+    /// What the API server does when Berth does not answer: Fail (nothing is admitted
+    /// unjudged) or Ignore.
+    #[arg(long, requires = "admission", default_value = "Fail")]
+    webhook_failure_policy: String,
+    /// Seconds the API server waits for an answer (1 to 30).
+    #[arg(long, requires = "admission", default_value_t = 5)]
+    webhook_timeout: u32,
 }
 
 impl ManifestArgs {
-    fn options(self) -> Options {
+    fn options(self) -> anyhow::Result<Options> {
+        let admission = match (&self.admission, &self.webhook_ca) {
+            (true, Some(ca)) => Some(berth_k8s::manifests::Admission {
+                ca_pem: std::fs::read_to_string(ca)
+                    .with_context(|| format!("reading --webhook-ca {}", ca.display()))?,
+                secret: self.webhook_secret.clone(),
+                failure_policy: self.webhook_failure_policy.clone(),
+                timeout_seconds: self.webhook_timeout,
+            }),
+            _ => None,
+        };
         let storage = match self.s3_bucket {
             Some(bucket) => Storage::External {
                 database_secret: self.database_secret,
@@ -130,7 +159,7 @@ impl ManifestArgs {
                 class: self.storage_class,
             },
         };
-        Options {
+        Ok(Options {
             name: self.name,
             namespace: self.namespace,
             create_namespace: !self.no_namespace,
@@ -148,7 +177,8 @@ impl ManifestArgs {
             memory_limit: self.memory_limit,
             allow_from: self.allow_from,
             trusted_proxies: self.trusted_proxies,
-        }
+            admission,
+        })
     }
 }
 
@@ -181,7 +211,7 @@ pub async fn run(cmd: K8sCommand) -> anyhow::Result<()> {
 
 fn manifests(args: ManifestArgs) -> anyhow::Result<()> {
     let kustomize = args.kustomize.clone();
-    let options = args.options();
+    let options = args.options()?;
     let install = berth_k8s::manifests::render(&options)?;
     match kustomize {
         None => print!("{}", install.to_yaml()),
@@ -305,7 +335,74 @@ mod tests {
         let K8sCommand::Manifests(m) = cli.cmd else {
             panic!("not manifests")
         };
-        berth_k8s::manifests::render(&(*m).options()).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        let options = (*m).options().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        berth_k8s::manifests::render(&options).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn admission_manifests_configure_the_webhooks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let ca = ca.to_str().expect("utf-8").to_owned();
+        let install = rendered(&[
+            "--public-url",
+            "https://r.example",
+            "--admission",
+            "--webhook-ca",
+            &ca,
+            "--webhook-failure-policy",
+            "Ignore",
+        ]);
+        let kinds: Vec<&str> = install.resources.iter().map(|r| r.kind).collect();
+        assert!(kinds.ends_with(&[
+            "ValidatingWebhookConfiguration",
+            "MutatingWebhookConfiguration"
+        ]));
+        assert!(
+            install
+                .secrets
+                .iter()
+                .any(|s| s.name == "berth-webhook-tls" && s.tls)
+        );
+        let path = dir.path().join("berth.toml");
+        std::fs::write(&path, &install.config).expect("write");
+        let config = Config::load(Some(&path)).expect("loads");
+        assert_eq!(config.admission.listen.map(|l| l.port()), Some(8443));
+        let tls = config
+            .admission_tls()
+            .expect("tls")
+            .expect("the webhook certificate");
+        assert_eq!(tls.cert, PathBuf::from("/etc/berth/webhook-tls/tls.crt"));
+        assert_eq!(
+            config.admission_settings().registry.as_deref(),
+            Some("r.example")
+        );
+        // The CA is required, and a bad failure policy is refused naming it.
+        assert!(Cli::try_parse_from(["k8s", "manifests", "--image", "i", "--admission"]).is_err());
+        let cli = Cli::try_parse_from([
+            "k8s",
+            "manifests",
+            "--image",
+            "i",
+            "--admission",
+            "--webhook-ca",
+            &ca,
+            "--webhook-failure-policy",
+            "Sometimes",
+        ])
+        .expect("parses");
+        let K8sCommand::Manifests(m) = cli.cmd else {
+            panic!("not manifests")
+        };
+        let Err(e) = berth_k8s::manifests::render(&(*m).options().expect("options")) else {
+            panic!("a failure policy of Sometimes was rendered")
+        };
+        assert!(e.to_string().contains("failure policy"), "{e}");
     }
 
     /// The berth.toml each install puts in its ConfigMap is one this berth accepts, and

@@ -278,6 +278,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     logging::init(&config);
     let tls = config.tls_settings()?;
+    let admission_tls = config.admission_tls()?;
     let auth_enabled = config.auth.enabled;
     config.check_protected_mode(auth_enabled)?;
     config.check_upstreams()?;
@@ -285,6 +286,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(settings) = &tls {
         // Fail before opening any store, naming the file at fault.
         berth_server::tls::check(settings).context("TLS certificate or key")?;
+    }
+    if let Some(settings) = &admission_tls {
+        berth_server::tls::check(settings).context("[admission] webhook certificate or key")?;
     }
     let armed = berth_storage::failpoint::init()?;
     if !armed.is_empty() {
@@ -311,6 +315,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 tick.tick().await;
                 if let Err(e) = registry.reload_tag_rules().await {
                     tracing::warn!(error = %e, "reloading managed tag rules failed");
+                }
+                if let Err(e) = registry.reload_admission().await {
+                    tracing::warn!(error = %e, "reloading managed admission rules failed");
                 }
             }
         });
@@ -409,7 +416,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     );
     tracing::info!("{}", config.exposure(auth_enabled).describe(tls.is_some()));
+    let webhooks = match config.admission.listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding [admission] listen {addr}"))?;
+            tracing::info!(listen = %l.local_addr()?, tls = admission_tls.is_some(), "admission webhooks are serving");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(berth_server::run_admission(
+                l,
+                state.clone(),
+                admission_tls.clone(),
+                async move {
+                    let _ = stopped.await;
+                },
+            ));
+            Some((stop, task))
+        }
+        None => None,
+    };
     berth_server::run(listener, state.clone(), shutdown_signal()).await?;
+    if let Some((stop, task)) = webhooks {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
     jobs.shutdown().await;
     state.flush_audit().await;
     meta.close().await;

@@ -146,6 +146,13 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
     )?;
     registry.set_policy(crate::policy::compile(config)?);
     registry
+        .set_admission(config.admission.rules.clone(), config.admission_settings())
+        .map_err(|e| anyhow::anyhow!("[admission]: {e}"))?;
+    registry
+        .reload_admission()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the admission rules managed through the API: {e}"))?;
+    registry
         .reload_policy()
         .await
         .map_err(|e| anyhow::anyhow!("reading the policy managed through the API: {e}"))?;

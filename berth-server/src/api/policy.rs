@@ -25,6 +25,7 @@ pub fn router() -> Router<AppState> {
         .route("/verify", get(verify))
         .route("/policy", get(get_policy).put(set_policy))
         .route("/policy/check", post(check))
+        .route("/admission", get(get_admission).put(set_admission))
 }
 
 fn invalid(msg: String) -> ApiError {
@@ -101,4 +102,28 @@ async fn check(
         .await?;
     let v = serde_json::to_value(&runs).map_err(|e| invalid(e.to_string()))?;
     Ok(json(StatusCode::OK, &serde_json::json!({ "runs": v })))
+}
+
+async fn get_admission(State(state): State<AppState>, c: Caller) -> ApiResult {
+    access::require_admin(&c.id)?;
+    let registry = state.registry();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "config": registry.config_admission(),
+            "managed": registry.managed_admission(),
+        }),
+    ))
+}
+
+/// Replaces the admission rules managed at run time: `{"rules": [...]}`, checked whole,
+/// in force on every replica within seconds.
+async fn set_admission(State(state): State<AppState>, c: Caller, body: Bytes) -> ApiResult {
+    access::require_admin(&c.id)?;
+    let spec: berth_registry::admission::AdmissionSpec = parse(&body)?;
+    state
+        .registry()
+        .set_managed_admission(spec, &c.id.actor(c.source))
+        .await?;
+    done()
 }

@@ -485,3 +485,90 @@ fn protected_mode_network_address_without_auth() {
             .contains("serving HTTPS: anonymous push and pull")
     );
 }
+
+/// `curl --cacert ca -d @body https://<addr><path>`: the status and body.
+fn curl_post_https(addr: &str, ca: &Path, path: &str, body: &Path) -> (String, String) {
+    let out = run(cmd("curl")
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .args(["--write-out", "\n%{http_code}"])
+        .args(["-H", "content-type: application/json", "--data-binary"])
+        .arg(format!("@{}", body.display()))
+        .arg("--cacert")
+        .arg(ca)
+        .arg(format!("https://{addr}{path}")));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (status.to_owned(), body.to_owned())
+}
+
+/// `berth serve` with `[admission]`: the webhooks answer over HTTPS on their own port
+/// with their own certificate (curl trusts only its CA), from the images Berth holds: a
+/// Pod naming an image pushed with skopeo is pinned to its digest, and `:latest` refused.
+#[test]
+fn admission_webhooks_served_by_berth_serve() {
+    use base64::Engine as _;
+    let work = tempdir();
+    let pki = Pki::new(work.path().join("pki"), "localhost", 1002, KeyKind::Pkcs8Ec);
+    let hook_port = free_port();
+    let config = format!(
+        "[admission]\nlisten = \"127.0.0.1:{hook_port}\"\ncert_file = {:?}\nkey_file = {:?}\n\
+         registry = \"registry.example.com\"\n\n\
+         [[admission.rule]]\nname = \"no-latest\"\nnamespaces = [\"team-*\"]\nkind = \"refuse-latest\"\nmode = \"enforce\"\n\n\
+         [[admission.rule]]\nname = \"pin\"\nnamespaces = [\"team-*\"]\nkind = \"pin\"\nmode = \"enforce\"\n",
+        pki.cert().display().to_string(),
+        pki.key().display().to_string()
+    );
+    let berth = Berth::start_with(&config, &[]);
+    let src = Layout::init(work.path().join("src"));
+    let digest = src.build("v1", "amd64", &[("app.txt", &unique("admission"))]);
+    crate::harness::skopeo_copy(
+        &[],
+        &src.oci("v1"),
+        &format!("docker://{}/team-a/app:1.0", berth.addr()),
+    );
+    let hook = format!("127.0.0.1:{hook_port}");
+    crate::harness::wait_until(Duration::from_secs(10), "the webhook listener", || {
+        curl_https(&hook, &pki.ca(), "/healthz").0
+    });
+    let review = |image: &str| {
+        serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "e2e-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "team-a", "operation": "CREATE",
+                "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                    "spec": {"containers": [{"name": "app", "image": image}]}}}
+        })
+    };
+    let body = work.path().join("review.json");
+    std::fs::write(
+        &body,
+        review("registry.example.com/team-a/app:1.0").to_string(),
+    )
+    .expect("write");
+    let (status, text) = curl_post_https(&hook, &pki.ca(), "/mutate", &body);
+    assert_eq!(status, "200", "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["response"]["uid"], "e2e-1");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(v["response"]["patch"].as_str().expect("a patch"))
+        .expect("base64");
+    let patch: serde_json::Value = serde_json::from_slice(&patch).expect("patch");
+    assert_eq!(
+        patch,
+        serde_json::json!([{"op": "replace", "path": "/spec/containers/0/image",
+            "value": format!("registry.example.com/team-a/app:1.0@{digest}")}])
+    );
+    std::fs::write(&body, review("nginx:latest").to_string()).expect("write");
+    let (status, text) = curl_post_https(&hook, &pki.ca(), "/validate", &body);
+    assert_eq!(status, "200", "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["response"]["allowed"], false, "{text}");
+    assert!(text.contains("no-latest"), "{text}");
+    std::fs::write(&body, "{").expect("write");
+    let (status, _) = curl_post_https(&hook, &pki.ca(), "/validate", &body);
+    assert_eq!(status, "400");
+    // The registry port does not answer reviews, and the webhook port serves no registry.
+    let (_, out) = curl_https(&hook, &pki.ca(), "/v2/");
+    assert!(out.starts_with("404"), "{out}");
+}

@@ -1,0 +1,261 @@
+//! The facts admission rules judge, looked up in Berth's own data: where an image lives
+//! in Berth, the digest its tag names there, its stored signature verdict. A tag Berth
+//! does not hold is asked of the configured upstream of its registry (never of a host a
+//! pod spec names that is not one), within a short timeout, and never for a dry run.
+
+use std::sync::Arc;
+
+use berth_oci::{DockerRef, Reference, RepoName};
+use futures_util::future::join_all;
+use serde_json::Value;
+
+use super::{
+    AdmissionRuleError, AdmissionRuleSpec, AdmissionRules, AdmissionSettings, AdmissionSpec,
+    AdmissionStats, BadReview, Decision, Facts, ImageFacts, MAX_IMAGES, Needs, Webhook, evaluate,
+    images_to_look_up, parse_review, read, response, write,
+};
+use crate::{Registry, RegistryError, Result};
+
+/// Where Berth holds an image a pod spec names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageLocation {
+    /// The repository in Berth.
+    pub repo: RepoName,
+    /// The reference already names Berth's address (`mirror` leaves it alone).
+    pub at_berth: bool,
+}
+
+const MANAGED: &str = "admission.rules";
+
+impl Registry {
+    /// Sets the configuration's admission rules and settings; the managed rules stay in
+    /// force after them.
+    pub fn set_admission(
+        &self,
+        rules: Vec<AdmissionRuleSpec>,
+        settings: AdmissionSettings,
+    ) -> std::result::Result<(), AdmissionRuleError> {
+        let managed = read(&self.admission.managed);
+        let combined = AdmissionRules::new(rules.iter().cloned().chain(managed.rules).collect())?;
+        write(&self.admission.config, rules);
+        write(&self.admission.settings, Arc::new(settings));
+        write(&self.admission.rules, Arc::new(combined));
+        Ok(())
+    }
+
+    /// The admission rules managed through the API.
+    pub fn managed_admission(&self) -> AdmissionSpec {
+        read(&self.admission.managed)
+    }
+
+    /// The configuration's admission rules.
+    pub fn config_admission(&self) -> Vec<AdmissionRuleSpec> {
+        read(&self.admission.config)
+    }
+
+    fn install_admission(&self, managed: AdmissionSpec) -> Result<()> {
+        let config = read(&self.admission.config);
+        let rules = AdmissionRules::new(config.into_iter().chain(managed.rules.clone()).collect())
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        write(&self.admission.managed, managed);
+        write(&self.admission.rules, Arc::new(rules));
+        Ok(())
+    }
+
+    /// Re-reads the managed rules (another replica may have changed them).
+    pub async fn reload_admission(&self) -> Result<()> {
+        let managed = match self.meta.setting(MANAGED).await? {
+            None => AdmissionSpec::default(),
+            Some(json) => serde_json::from_str(&json).map_err(|e| {
+                RegistryError::Internal(format!("stored admission rules are unreadable: {e}"))
+            })?,
+        };
+        if managed == read(&self.admission.managed) {
+            return Ok(());
+        }
+        self.install_admission(managed)
+    }
+
+    /// Replaces the managed rules: checked whole first (a bad glob changes nothing),
+    /// audited (`admission.set`). The caller has checked that `actor` is an admin.
+    pub async fn set_managed_admission(
+        &self,
+        spec: AdmissionSpec,
+        actor: &berth_meta::Actor,
+    ) -> Result<()> {
+        let config = read(&self.admission.config);
+        AdmissionRules::new(config.into_iter().chain(spec.rules.clone()).collect())
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let json =
+            serde_json::to_string(&spec).map_err(|e| RegistryError::Internal(e.to_string()))?;
+        self.meta
+            .set_setting(MANAGED, &json, actor, "admission.set")
+            .await?;
+        self.install_admission(spec)
+    }
+
+    pub fn admission_stats(&self) -> &AdmissionStats {
+        &self.admission.stats
+    }
+
+    /// Where Berth holds the image `r` names: a repository of its own (the reference
+    /// names Berth's address) or an upstream's cache.
+    fn locate(&self, settings: &AdmissionSettings, r: &DockerRef) -> Option<ImageLocation> {
+        let ours = settings
+            .registry
+            .iter()
+            .chain(&settings.aliases)
+            .any(|h| h.eq_ignore_ascii_case(&r.domain));
+        if ours {
+            return Some(ImageLocation {
+                repo: r.path.clone(),
+                at_berth: true,
+            });
+        }
+        let repo = self.cache_repo_for_host(&r.domain, r.path.as_str())?;
+        Some(ImageLocation {
+            repo,
+            at_berth: false,
+        })
+    }
+
+    async fn image_facts(
+        &self,
+        settings: &AdmissionSettings,
+        image: &str,
+        needs: Needs,
+    ) -> ImageFacts {
+        let mut f = ImageFacts::default();
+        let Ok(r) = DockerRef::parse(image) else {
+            return f;
+        };
+        f.location = self.locate(settings, &r);
+        let Some(loc) = f.location.clone() else {
+            if needs.digest && r.digest.is_none() {
+                f.unresolved = Some(format!(
+                    "{} is neither Berth nor a configured upstream",
+                    r.domain
+                ));
+            }
+            f.digest = r.digest.clone();
+            return f;
+        };
+        if !needs.digest {
+            return f;
+        }
+        f.digest = match (&r.digest, &r.tag) {
+            (Some(d), _) => Some(d.clone()),
+            (None, tag) => {
+                let tag = match tag {
+                    Some(t) => t.clone(),
+                    None => match "latest".parse() {
+                        Ok(t) => t,
+                        Err(_) => return f,
+                    },
+                };
+                let reference = Reference::Tag(tag);
+                match self.resolve(&loc.repo, &reference).await {
+                    Ok(d) => Some(d),
+                    Err(RegistryError::ManifestUnknown) if needs.upstream && !loc.at_berth => {
+                        let fetch = self.get_manifest_proxied(&loc.repo, &reference);
+                        match tokio::time::timeout(settings.upstream_timeout, fetch).await {
+                            Ok(Ok(p)) => Some(p.manifest.digest),
+                            Ok(Err(e)) => {
+                                f.unresolved = Some(format!("the upstream: {e}"));
+                                None
+                            }
+                            Err(_) => {
+                                f.unresolved = Some(format!(
+                                    "the upstream did not answer within {} ms",
+                                    settings.upstream_timeout.as_millis()
+                                ));
+                                None
+                            }
+                        }
+                    }
+                    Err(RegistryError::ManifestUnknown) => {
+                        f.unresolved = Some(format!("{}:{} is not in Berth", loc.repo, reference));
+                        None
+                    }
+                    Err(e) => {
+                        f.unresolved = Some(e.to_string());
+                        None
+                    }
+                }
+            }
+        };
+        if needs.signature
+            && let Some(d) = &f.digest
+        {
+            f.signature = match self.signature_verdict(&loc.repo, d).await {
+                Ok(v) => Some((v.outcome, v.detail)),
+                Err(RegistryError::ManifestUnknown) => {
+                    f.unresolved = Some(format!("{}@{d} is not in Berth", loc.repo));
+                    f.digest = None;
+                    None
+                }
+                Err(e) => Some((crate::policy::Outcome::Pending, e.to_string())),
+            };
+        }
+        f
+    }
+
+    /// Answers one `AdmissionReview` for `webhook`: the response review, or why the
+    /// request cannot be answered in kind (a 400).
+    pub async fn admission_review(
+        &self,
+        webhook: Webhook,
+        body: &[u8],
+    ) -> std::result::Result<Value, BadReview> {
+        let stats = &self.admission.stats;
+        let review = match parse_review(body) {
+            Ok(r) => r,
+            Err(e) => {
+                stats.review(webhook, "invalid");
+                return Err(e);
+            }
+        };
+        let rules = read(&self.admission.rules);
+        let settings = read(&self.admission.settings);
+        let acting = rules.acting_for(&review, webhook);
+        let decision = if acting.is_empty() {
+            Decision {
+                allowed: true,
+                ..Decision::default()
+            }
+        } else {
+            let containers = review.containers();
+            let images = images_to_look_up(&containers);
+            if images.len() > MAX_IMAGES {
+                Decision {
+                    allowed: false,
+                    message: Some(format!(
+                        "berth: the pod spec names {} distinct images, more than the {MAX_IMAGES} Berth judges",
+                        images.len()
+                    )),
+                    ..Decision::default()
+                }
+            } else if containers.len() > super::MAX_CONTAINERS {
+                evaluate(&review, webhook, &acting, &Facts::new(), &settings)
+            } else {
+                let needs = acting.needs(&review);
+                let looked =
+                    join_all(images.iter().map(|i| self.image_facts(&settings, i, needs))).await;
+                let facts: Facts = images.into_iter().zip(looked).collect();
+                evaluate(&review, webhook, &acting, &facts, &settings)
+            }
+        };
+        stats.rules(&decision.counts);
+        let result = if !decision.allowed {
+            "denied"
+        } else if !decision.patch.is_empty() {
+            "patched"
+        } else if !decision.warnings.is_empty() {
+            "warned"
+        } else {
+            "allowed"
+        };
+        stats.review(webhook, result);
+        Ok(response(&review.uid, &decision))
+    }
+}

@@ -1,0 +1,971 @@
+//! The admission webhooks over real HTTPS (a CA made with openssl, trusted alone by the
+//! client), answered from a real Berth holding the images: `AdmissionReview` payloads of
+//! every pod-bearing kind shaped as the API server sends them (CREATE, UPDATE with
+//! `oldObject`, `dryRun`, the ephemeral containers subresource); every returned JSONPatch
+//! is applied by PyPI's `jsonpatch` (an independent RFC 6902 implementation), compared
+//! with the expected object and validated by `kubernetes-validate` (strict); each rule in
+//! each mode; bad input is a 400 or a well-formed answer, never a 500; two replicas over
+//! PostgreSQL answer alike.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use berth_registry::access::AccessConfig;
+use berth_registry::admission::{AdmissionRuleSpec, AdmissionSettings, RuleKind};
+use berth_registry::policy::{CosignKeySpec, Mode, Policy, PolicySpec, TrustSpec};
+use berth_registry::{UpstreamConfig, UpstreamSettings};
+use berth_server::{ChallengeKind, TlsSettings};
+use common::{
+    Cred, Key, OCI_MANIFEST, SIMPLE_SIGNING, Setup, TestServer as Server, key, make_pki, sha256,
+    sign,
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const NS: &str = "team-a";
+const HOST: &str = "registry.example.com";
+
+/// The webhook listener of a server: its base URL and a client trusting only the CA.
+struct Hook {
+    base: String,
+    http: reqwest::Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn hook(s: &Server) -> Hook {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = make_pki(dir.path());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(berth_server::run_admission(
+        listener,
+        s.state.clone(),
+        Some(TlsSettings {
+            cert,
+            key,
+            reload_interval: Duration::from_secs(10),
+        }),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let pem = std::fs::read(ca).expect("CA");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("CA")])
+        .build()
+        .expect("client");
+    Hook {
+        base: format!("https://{addr}"),
+        http,
+        _stop: stop,
+        _dir: dir,
+    }
+}
+
+impl Hook {
+    async fn post(&self, webhook: &str, body: Vec<u8>) -> (StatusCode, String) {
+        let r = self
+            .http
+            .post(format!("{}/{webhook}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        let status = r.status();
+        (status, r.text().await.expect("body"))
+    }
+
+    /// One review; the response object (status 200 asserted).
+    async fn review(&self, webhook: &str, review: &Value) -> Value {
+        let (status, text) = self
+            .post(webhook, serde_json::to_vec(review).expect("json"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let v: Value = serde_json::from_str(&text).expect("response JSON");
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["kind"], "AdmissionReview");
+        assert_eq!(v["response"]["uid"], review["request"]["uid"]);
+        v["response"].clone()
+    }
+}
+
+/// The JSONPatch of a response, decoded from base64.
+fn patch_of(response: &Value) -> Option<Value> {
+    let p = response.get("patch")?.as_str()?;
+    assert_eq!(response["patchType"], "JSONPatch");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(p)
+        .expect("base64");
+    Some(serde_json::from_slice(&bytes).expect("patch JSON"))
+}
+
+fn venv_python() -> PathBuf {
+    let prefix =
+        std::env::var_os("BERTH_TOOLS_PREFIX").unwrap_or_else(|| "/opt/berth-tools".into());
+    PathBuf::from(prefix).join("kubernetes-validate-venv/bin/python")
+}
+
+/// Applies each (object, patch) with PyPI jsonpatch and validates the result with
+/// kubernetes-validate; the patched objects, or a failure.
+fn apply_and_validate(cases: &[(Value, Option<Value>)]) -> Vec<Value> {
+    let input: Vec<Value> = cases
+        .iter()
+        .map(|(o, p)| json!({"object": o, "patch": p}))
+        .collect();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/admission_patch.py");
+    let mut child = Command::new(venv_python())
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python of the kubernetes-validate venv (scripts/install-test-tools.sh)");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(&serde_json::to_vec(&input).expect("json"))
+            .expect("write");
+    }
+    let out = child.wait_with_output().expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<Value> = serde_json::from_slice(&out.stdout).expect("results");
+    results
+        .into_iter()
+        .zip(cases)
+        .map(|(r, (o, _))| {
+            assert!(
+                r.get("error").is_none(),
+                "{}\nobject: {o}",
+                r["error"].as_str().unwrap_or_default()
+            );
+            r["result"].clone()
+        })
+        .collect()
+}
+
+fn request(kind: (&str, &str, &str), op: &str, object: &Value, old: Option<&Value>) -> Value {
+    let (group, version, k) = kind;
+    let resource = match k {
+        "Pod" => "pods",
+        "PodTemplate" => "podtemplates",
+        "ReplicationController" => "replicationcontrollers",
+        "Deployment" => "deployments",
+        "ReplicaSet" => "replicasets",
+        "StatefulSet" => "statefulsets",
+        "DaemonSet" => "daemonsets",
+        "Job" => "jobs",
+        "CronJob" => "cronjobs",
+        _ => "things",
+    };
+    let mut req = json!({
+        "uid": format!("uid-{k}-{op}"),
+        "kind": {"group": group, "version": version, "kind": k},
+        "resource": {"group": group, "version": version, "resource": resource},
+        "requestKind": {"group": group, "version": version, "kind": k},
+        "requestResource": {"group": group, "version": version, "resource": resource},
+        "name": object["metadata"]["name"],
+        "namespace": NS,
+        "operation": op,
+        "userInfo": {"username": "system:serviceaccount:kube-system:deployment-controller", "uid": "u", "groups": ["system:serviceaccounts"]},
+        "object": object,
+        "oldObject": old,
+        "dryRun": false,
+        "options": {"apiVersion": "meta.k8s.io/v1", "kind": if op == "CREATE" { "CreateOptions" } else { "UpdateOptions" }},
+    });
+    if old.is_none() {
+        req["oldObject"] = Value::Null;
+    }
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": req})
+}
+
+fn pod_spec(images: &[(&str, &str, &str)]) -> Value {
+    let mut spec = json!({"containers": [], "initContainers": []});
+    for (list, name, image) in images {
+        spec[*list]
+            .as_array_mut()
+            .expect("list")
+            .push(json!({"name": name, "image": image}));
+    }
+    if spec["initContainers"].as_array().is_some_and(Vec::is_empty) {
+        spec.as_object_mut().expect("spec").remove("initContainers");
+    }
+    spec
+}
+
+fn template(spec: &Value) -> Value {
+    json!({"metadata": {"labels": {"app": "web"}}, "spec": spec})
+}
+
+/// A valid object of `kind` around `spec`, and where its pod spec lives.
+fn object(
+    kind: &str,
+    spec: &Value,
+) -> (
+    Value,
+    (&'static str, &'static str, &'static str),
+    &'static str,
+) {
+    let meta = json!({"name": "web", "namespace": NS});
+    let sel = json!({"matchLabels": {"app": "web"}});
+    let mut job_spec = spec.clone();
+    job_spec["restartPolicy"] = json!("Never");
+    match kind {
+        "Pod" => (
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}),
+            ("", "v1", "Pod"),
+            "/spec",
+        ),
+        "PodTemplate" => (
+            json!({"apiVersion": "v1", "kind": "PodTemplate", "metadata": meta, "template": template(spec)}),
+            ("", "v1", "PodTemplate"),
+            "/template/spec",
+        ),
+        "ReplicationController" => (
+            json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": meta, "spec": {"selector": {"app": "web"}, "template": template(spec)}}),
+            ("", "v1", "ReplicationController"),
+            "/spec/template/spec",
+        ),
+        "Deployment" => (
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": {"selector": sel, "template": template(spec)}}),
+            ("apps", "v1", "Deployment"),
+            "/spec/template/spec",
+        ),
+        "ReplicaSet" => (
+            json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": meta, "spec": {"selector": sel, "template": template(spec)}}),
+            ("apps", "v1", "ReplicaSet"),
+            "/spec/template/spec",
+        ),
+        "StatefulSet" => (
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta, "spec": {"selector": sel, "serviceName": "web", "template": template(spec)}}),
+            ("apps", "v1", "StatefulSet"),
+            "/spec/template/spec",
+        ),
+        "DaemonSet" => (
+            json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta, "spec": {"selector": sel, "template": template(spec)}}),
+            ("apps", "v1", "DaemonSet"),
+            "/spec/template/spec",
+        ),
+        "Job" => (
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": {"template": template(&job_spec)}}),
+            ("batch", "v1", "Job"),
+            "/spec/template/spec",
+        ),
+        "CronJob" => (
+            json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta, "spec": {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": template(&job_spec)}}}}),
+            ("batch", "v1", "CronJob"),
+            "/spec/jobTemplate/spec/template/spec",
+        ),
+        _ => unreachable!(),
+    }
+}
+
+const KINDS: [&str; 9] = [
+    "Pod",
+    "PodTemplate",
+    "ReplicationController",
+    "Deployment",
+    "ReplicaSet",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+];
+
+fn rule(name: &str, kind: RuleKind, mode: Mode) -> AdmissionRuleSpec {
+    AdmissionRuleSpec {
+        name: name.into(),
+        namespaces: vec!["team-*".into()],
+        kind,
+        mode,
+        registries: if kind == RuleKind::AllowedRegistries {
+            vec![HOST.into(), "docker.io".into()]
+        } else {
+            vec![]
+        },
+        templates: true,
+        pull_policy: (kind == RuleKind::PullPolicy).then(|| "IfNotPresent".into()),
+        secret: (kind == RuleKind::PullSecret).then(|| "team-a-pull".into()),
+    }
+}
+
+fn all_rules(mode: Mode) -> Vec<AdmissionRuleSpec> {
+    vec![
+        rule("no-latest", RuleKind::RefuseLatest, mode),
+        rule("registries", RuleKind::AllowedRegistries, mode),
+        rule("signed", RuleKind::Signature, mode),
+        rule("mirror", RuleKind::Mirror, mode),
+        rule("pin", RuleKind::Pin, mode),
+        rule("pull-policy", RuleKind::PullPolicy, mode),
+        rule("pull-secret", RuleKind::PullSecret, mode),
+    ]
+}
+
+fn settings() -> AdmissionSettings {
+    AdmissionSettings {
+        registry: Some(HOST.into()),
+        aliases: vec![],
+        upstream_timeout: Duration::from_secs(2),
+    }
+}
+
+/// Trust `k` for `team-a/*`.
+fn trust(k: &Key) -> Policy {
+    Policy::new(PolicySpec {
+        trust: vec![TrustSpec {
+            name: "ci".into(),
+            repositories: vec!["team-a/*".into()],
+            cosign: vec![CosignKeySpec {
+                name: "release".into(),
+                pem: k.pem.clone(),
+                algorithm: Some("ed25519".into()),
+            }],
+            notary: vec![],
+        }],
+        rules: vec![],
+    })
+    .expect("policy")
+}
+
+/// A cosign `.sig` of `subject` in `repo`, signed by `k`.
+async fn sign_image(s: &Server, k: &Key, repo: &str, subject: &str) {
+    let cred = Cred::Anonymous;
+    let payload = common::payload(subject);
+    let cfg = br#"{"architecture":"","os":""}"#;
+    let c = s.push_blob_as(&cred, repo, cfg).await;
+    let p = s.push_blob_as(&cred, repo, &payload).await;
+    let m = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": cfg.len()},
+        "layers": [{"mediaType": SIMPLE_SIGNING, "digest": p, "size": payload.len(),
+            "annotations": {"dev.cosignproject.cosign/signature": sign(k, &payload)}}],
+    });
+    let tag = format!("sha256-{}.sig", &subject[7..]);
+    let r = s
+        .put_manifest_as(
+            &cred,
+            repo,
+            &tag,
+            OCI_MANIFEST,
+            &serde_json::to_vec(&m).expect("json"),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+/// A registry holding `library/nginx:1.27` (and `:1.28`), as docker.io for the cache.
+struct World {
+    up: Server,
+    s: Server,
+    hook: Hook,
+    /// Digests of team-a/app:1.0, team-a/side:2.0, team-a/init:3.0, nginx:1.27.
+    app: String,
+    side: String,
+    init: String,
+    nginx: String,
+    key: Key,
+}
+
+async fn world(setup: Setup, rules: Vec<AdmissionRuleSpec>) -> World {
+    let up = common::start(Setup::default()).await;
+    let (_, nginx, _) = up
+        .push_image_as(&Cred::Anonymous, "library/nginx", &["1.27"], b"nginx 1.27")
+        .await;
+    up.push_image_as(&Cred::Anonymous, "library/nginx", &["1.28"], b"nginx 1.28")
+        .await;
+    let s = common::start(Setup {
+        upstreams: vec![UpstreamSettings {
+            client: UpstreamConfig {
+                timeout: Duration::from_secs(2),
+                ..UpstreamConfig::new("docker.io", &up.base)
+            },
+            tag_ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(30),
+            repositories: vec![],
+            cache: true,
+        }],
+        ..setup
+    })
+    .await;
+    let k = key();
+    s.registry.set_policy(trust(&k));
+    let push = |repo: &'static str, tag: &'static str, layer: &'static [u8]| {
+        let s = &s;
+        async move {
+            s.push_image_as(&Cred::Anonymous, repo, &[tag], layer)
+                .await
+                .1
+        }
+    };
+    let app = push("team-a/app", "1.0", b"app 1.0").await;
+    let side = push("team-a/side", "2.0", b"side 2.0").await;
+    let init = push("team-a/init", "3.0", b"init 3.0").await;
+    for d in [&app, &side, &init] {
+        let repo = if d == &app {
+            "team-a/app"
+        } else if d == &side {
+            "team-a/side"
+        } else {
+            "team-a/init"
+        };
+        sign_image(&s, &k, repo, d).await;
+    }
+    s.registry.set_admission(rules, settings()).expect("rules");
+    let hook = hook(&s).await;
+    World {
+        up,
+        s,
+        hook,
+        app,
+        side,
+        init,
+        nginx,
+        key: k,
+    }
+}
+
+fn three() -> Value {
+    pod_spec(&[
+        (
+            "initContainers",
+            "init",
+            "registry.example.com/team-a/init:3.0",
+        ),
+        ("containers", "app", "registry.example.com/team-a/app:1.0"),
+        ("containers", "proxy", "nginx:1.27"),
+    ])
+}
+
+/// Every pod-bearing kind, CREATE, every mutating rule enforcing: the patch applied by
+/// jsonpatch gives exactly the expected object, which Kubernetes' schema accepts.
+#[tokio::test]
+async fn every_kind_is_mutated_as_expected_and_stays_valid() {
+    let w = world(Setup::default(), all_rules(Mode::Enforce)).await;
+    let mut cases = Vec::new();
+    let mut expected = Vec::new();
+    for kind in KINDS {
+        let (obj, gvk, at) = object(kind, &three());
+        let resp = w
+            .hook
+            .review("mutate", &request(gvk, "CREATE", &obj, None))
+            .await;
+        assert_eq!(resp["allowed"], true, "{kind}: {resp}");
+        let patch = patch_of(&resp).unwrap_or_else(|| panic!("{kind}: no patch in {resp}"));
+        let mut want = obj.clone();
+        let spec = want.pointer_mut(at).expect("spec");
+        spec["initContainers"][0]["image"] = json!(format!("{HOST}/team-a/init:3.0@{}", w.init));
+        spec["containers"][0]["image"] = json!(format!("{HOST}/team-a/app:1.0@{}", w.app));
+        spec["containers"][1]["image"] =
+            json!(format!("{HOST}/docker.io/library/nginx:1.27@{}", w.nginx));
+        for list in ["initContainers", "containers"] {
+            for c in spec[list].as_array_mut().expect("list") {
+                c["imagePullPolicy"] = json!("IfNotPresent");
+            }
+        }
+        spec["imagePullSecrets"] = json!([{"name": "team-a-pull"}]);
+        cases.push((obj, Some(patch)));
+        expected.push((kind, want));
+    }
+    let results = apply_and_validate(&cases);
+    for ((kind, want), got) in expected.iter().zip(&results) {
+        assert_eq!(got, want, "{kind}");
+    }
+    // Reinvoked (reinvocationPolicy IfNeeded) on its own output, the mutating webhook
+    // changes nothing more: mirrored, pinned and completed specs are left as they are.
+    for ((kind, _), got) in expected.iter().zip(&results) {
+        let gvk = object(kind, &three()).1;
+        let resp = w
+            .hook
+            .review("mutate", &request(gvk, "CREATE", got, None))
+            .await;
+        assert!(
+            resp["allowed"] == true && resp.get("patch").is_none(),
+            "{kind}: {resp}"
+        );
+    }
+    // The validating webhook judges what the mutating one made: Berth's own images are
+    // signed, pinned and allowed; docker.io's nginx has no trust, so only it is refused.
+    for ((kind, _), got) in expected.iter().zip(&results) {
+        let gvk = object(kind, &three()).1;
+        let resp = w
+            .hook
+            .review("validate", &request(gvk, "CREATE", got, None))
+            .await;
+        assert_eq!(resp["allowed"], false, "{kind}: {resp}");
+        let msg = resp["status"]["message"].as_str().expect("message");
+        assert!(
+            msg.contains("\"proxy\"") && msg.contains("\"signed\""),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("\"app\"") && !msg.contains("\"init\""),
+            "{msg}"
+        );
+        assert!(resp.get("patch").is_none());
+    }
+    // nginx:1.27 was pinned through the configured upstream and is now in the cache.
+    let cached =
+        w.s.registry
+            .resolve(
+                &"docker.io/library/nginx".parse().expect("repo"),
+                &"1.27".parse().expect("tag"),
+            )
+            .await
+            .expect("cached");
+    assert_eq!(cached.as_str(), w.nginx);
+    let metrics = w.s.metrics().await;
+    assert!(
+        metrics.contains(r#"berth_admission_reviews_total{webhook="mutate",result="patched"} 9"#),
+        "{metrics}"
+    );
+    let _ = (&w.up, &w.side, &w.key);
+}
+
+/// UPDATE of a workload keeps oldObject's digest while the tag is unchanged (an apply
+/// must not roll out whatever the tag names now), pins a changed tag afresh, and judges
+/// only changed containers.
+#[tokio::test]
+async fn update_keeps_the_old_digest_while_the_tag_is_unchanged() {
+    let w = world(Setup::default(), all_rules(Mode::Enforce)).await;
+    let (old, gvk, at) = object(
+        "Deployment",
+        &pod_spec(&[(
+            "containers",
+            "app",
+            &format!("{HOST}/team-a/app:1.0@{}", w.app),
+        )]),
+    );
+    // The tag moves in Berth.
+    let (_, moved, _) =
+        w.s.push_image_as(&Cred::Anonymous, "team-a/app", &["1.0"], b"app 1.0 rebuilt")
+            .await;
+    assert_ne!(moved, w.app);
+    let (new, _, _) = object(
+        "Deployment",
+        &pod_spec(&[("containers", "app", "registry.example.com/team-a/app:1.0")]),
+    );
+    let resp = w
+        .hook
+        .review("mutate", &request(gvk, "UPDATE", &new, Some(&old)))
+        .await;
+    let patched = apply_and_validate(&[(new.clone(), patch_of(&resp))]);
+    assert_eq!(
+        patched[0]
+            .pointer(&format!("{at}/containers/0/image"))
+            .expect("image"),
+        &json!(format!("{HOST}/team-a/app:1.0@{}", w.app))
+    );
+    // A Pod created now gets the digest the tag names now.
+    let (pod, pgvk, _) = object(
+        "Pod",
+        &pod_spec(&[("containers", "app", "registry.example.com/team-a/app:1.0")]),
+    );
+    let resp = w
+        .hook
+        .review("mutate", &request(pgvk, "CREATE", &pod, None))
+        .await;
+    let patched = apply_and_validate(&[(pod, patch_of(&resp))]);
+    assert_eq!(
+        patched[0]["spec"]["containers"][0]["image"],
+        json!(format!("{HOST}/team-a/app:1.0@{moved}"))
+    );
+    // Unsigned (the rebuilt image has no signature): a new Pod is refused...
+    let (pod, pgvk, _) = object(
+        "Pod",
+        &pod_spec(&[(
+            "containers",
+            "app",
+            &format!("{HOST}/team-a/app:1.0@{moved}"),
+        )]),
+    );
+    let resp = w
+        .hook
+        .review("validate", &request(pgvk, "CREATE", &pod, None))
+        .await;
+    assert_eq!(resp["allowed"], false);
+    let msg = resp["status"]["message"].as_str().expect("message");
+    assert!(
+        msg.contains("\"app\"") && msg.contains(&moved) && msg.contains("\"signed\""),
+        "{msg}"
+    );
+    assert_eq!(resp["status"]["code"], 403);
+    // ...but an UPDATE that leaves that container's image alone is not judged on it.
+    let mut relabelled = pod.clone();
+    relabelled["metadata"]["labels"] = json!({"x": "y"});
+    let resp = w
+        .hook
+        .review(
+            "validate",
+            &request(pgvk, "UPDATE", &relabelled, Some(&pod)),
+        )
+        .await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+}
+
+/// `dryRun` changes nothing: no upstream is asked (nothing lands in the cache), the
+/// answer comes from what Berth holds.
+#[tokio::test]
+async fn dry_run_asks_no_upstream() {
+    let w = world(Setup::default(), all_rules(Mode::Enforce)).await;
+    let (pod, gvk, _) = object("Pod", &pod_spec(&[("containers", "web", "nginx:1.28")]));
+    let mut req = request(gvk, "CREATE", &pod, None);
+    req["request"]["dryRun"] = json!(true);
+    let resp = w.hook.review("mutate", &req).await;
+    let patched = apply_and_validate(&[(pod.clone(), patch_of(&resp))]);
+    // Mirrored (a pure rewrite), not pinned: the tag is not in Berth and no upstream was asked.
+    assert_eq!(
+        patched[0]["spec"]["containers"][0]["image"],
+        json!(format!("{HOST}/docker.io/library/nginx:1.28"))
+    );
+    assert!(
+        resp["warnings"].to_string().contains("not in Berth"),
+        "{resp}"
+    );
+    let r =
+        w.s.registry
+            .resolve(
+                &"docker.io/library/nginx".parse().expect("repo"),
+                &"1.28".parse().expect("tag"),
+            )
+            .await;
+    assert!(r.is_err(), "a dry run filled the cache");
+    // The same request for real pins through the upstream.
+    let resp = w
+        .hook
+        .review("mutate", &request(gvk, "CREATE", &pod, None))
+        .await;
+    let patched = apply_and_validate(&[(pod, patch_of(&resp))]);
+    assert!(
+        patched[0]["spec"]["containers"][0]["image"]
+            .as_str()
+            .expect("image")
+            .contains("@sha256:")
+    );
+}
+
+/// A host that is neither Berth nor a configured upstream is never asked.
+#[tokio::test]
+async fn arbitrary_hosts_are_never_asked() {
+    let w = world(Setup::default(), all_rules(Mode::Enforce)).await;
+    // The upstream's own address, named directly in a pod spec: not a configured upstream name.
+    let host = w.up.base.trim_start_matches("http://").to_owned();
+    let image = format!("{host}/library/nginx:1.27");
+    let before = w.up.metrics().await;
+    let (pod, gvk, _) = object("Pod", &pod_spec(&[("containers", "web", &image)]));
+    let resp = w
+        .hook
+        .review("mutate", &request(gvk, "CREATE", &pod, None))
+        .await;
+    let patched = apply_and_validate(&[(pod, patch_of(&resp))]);
+    assert_eq!(patched[0]["spec"]["containers"][0]["image"], json!(image));
+    assert!(
+        resp["warnings"]
+            .to_string()
+            .contains("neither Berth nor a configured upstream"),
+        "{resp}"
+    );
+    let manifests = |m: &str| {
+        common::metric::<u64>(
+            m,
+            r#"berth_http_requests_total{route="manifest",method="GET",status="200"}"#,
+        )
+    };
+    assert_eq!(manifests(&before), manifests(&w.up.metrics().await));
+    // And the validating webhook refuses its registry.
+    let resp = w
+        .hook
+        .review("validate", &request(gvk, "CREATE", &patched[0], None))
+        .await;
+    assert_eq!(resp["allowed"], false);
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("is not allowed")
+    );
+}
+
+/// `kubectl debug`: the `pods/ephemeralcontainers` subresource. Only the new ephemeral
+/// container is touched; a running Pod's pull secrets and other containers stay.
+#[tokio::test]
+async fn ephemeral_containers() {
+    let w = world(Setup::default(), all_rules(Mode::Enforce)).await;
+    let (old, gvk, _) = object(
+        "Pod",
+        &pod_spec(&[(
+            "containers",
+            "app",
+            &format!("{HOST}/team-a/app:1.0@{}", w.app),
+        )]),
+    );
+    let mut new = old.clone();
+    new["spec"]["ephemeralContainers"] = json!([{"name": "debugger", "image": "registry.example.com/team-a/side:2.0", "targetContainerName": "app"}]);
+    let mut req = request(gvk, "UPDATE", &new, Some(&old));
+    req["request"]["subResource"] = json!("ephemeralcontainers");
+    req["request"]["resource"]["resource"] = json!("pods");
+    let resp = w.hook.review("mutate", &req).await;
+    let patch = patch_of(&resp).expect("patch");
+    let patched = apply_and_validate(&[(new.clone(), Some(patch.clone()))]);
+    let mut want = new.clone();
+    want["spec"]["ephemeralContainers"][0]["image"] =
+        json!(format!("{HOST}/team-a/side:2.0@{}", w.side));
+    want["spec"]["ephemeralContainers"][0]["imagePullPolicy"] = json!("IfNotPresent");
+    assert_eq!(patched[0], want, "patch {patch}");
+    // The validating webhook judges the ephemeral container: an unpinned :latest is refused.
+    new["spec"]["ephemeralContainers"][0]["image"] = json!("busybox");
+    let mut req = request(gvk, "UPDATE", &new, Some(&old));
+    req["request"]["subResource"] = json!("ephemeralcontainers");
+    let resp = w.hook.review("validate", &req).await;
+    assert_eq!(resp["allowed"], false);
+    let msg = resp["status"]["message"].as_str().expect("msg");
+    assert!(
+        msg.contains("\"debugger\"") && msg.contains("\"busybox\"") && msg.contains("no-latest"),
+        "{msg}"
+    );
+}
+
+/// Each rule in each mode: enforce acts (patch or denial), audit only warns, dry-run and
+/// off leave the answer alone (dry-run is counted).
+#[tokio::test]
+async fn each_rule_in_each_mode() {
+    let w = world(Setup::default(), vec![]).await;
+    let spec = pod_spec(&[
+        ("containers", "a", "nginx:1.27"),
+        ("containers", "b", "evil.example.net/x:latest"),
+        ("containers", "c", &format!("{HOST}/team-a/app:1.0")),
+    ]);
+    let (pod, gvk, _) = object("Pod", &spec);
+    for kind in [
+        RuleKind::RefuseLatest,
+        RuleKind::AllowedRegistries,
+        RuleKind::Signature,
+        RuleKind::Mirror,
+        RuleKind::Pin,
+        RuleKind::PullPolicy,
+        RuleKind::PullSecret,
+    ] {
+        let validating = matches!(
+            kind,
+            RuleKind::RefuseLatest | RuleKind::AllowedRegistries | RuleKind::Signature
+        );
+        let webhook = if validating { "validate" } else { "mutate" };
+        for mode in [Mode::Off, Mode::DryRun, Mode::Audit, Mode::Enforce] {
+            w.s.registry
+                .set_admission(vec![rule("r", kind, mode)], settings())
+                .expect("rules");
+            let resp = w
+                .hook
+                .review(webhook, &request(gvk, "CREATE", &pod, None))
+                .await;
+            let what = format!("{kind:?} {mode:?}: {resp}");
+            let warned = resp.get("warnings").is_some();
+            let patched = resp.get("patch").is_some();
+            let denied = resp["allowed"] == false;
+            match mode {
+                Mode::Off | Mode::DryRun => assert!(!warned && !patched && !denied, "{what}"),
+                Mode::Audit => assert!(warned && !patched && !denied, "{what}"),
+                Mode::Enforce if validating => assert!(denied && !patched, "{what}"),
+                Mode::Enforce => {
+                    assert!(patched && !denied, "{what}");
+                    apply_and_validate(&[(pod.clone(), patch_of(&resp))]);
+                }
+            }
+        }
+        let metrics = w.s.metrics().await;
+        let line = format!(
+            r#"berth_admission_rule_hits_total{{kind="{}",mode="dry-run","#,
+            kind.as_str()
+        );
+        assert!(
+            metrics.contains(&line),
+            "{kind:?}: no dry-run count in\n{metrics}"
+        );
+    }
+}
+
+/// Bad input: a 400 or a well-formed answer, never a 500 or a hang.
+#[tokio::test]
+async fn bad_input() {
+    let w = world(Setup::default(), all_rules(Mode::Enforce)).await;
+    let (pod, gvk, _) = object("Pod", &three());
+    let good = request(gvk, "CREATE", &pod, None);
+    let mut no_uid = good.clone();
+    no_uid["request"]
+        .as_object_mut()
+        .expect("req")
+        .remove("uid");
+    let mut old_version = good.clone();
+    old_version["apiVersion"] = json!("admission.k8s.io/v1beta1");
+    for (what, body) in [
+        ("not JSON", b"{\"apiVersion\":".to_vec()),
+        ("empty", Vec::new()),
+        ("no uid", serde_json::to_vec(&no_uid).expect("json")),
+        ("v1beta1", serde_json::to_vec(&old_version).expect("json")),
+        ("oversize", vec![b' '; 8 << 20]),
+    ] {
+        for webhook in ["validate", "mutate"] {
+            let (status, text) = w.hook.post(webhook, body.clone()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{what} {webhook}: {text}");
+        }
+    }
+    // An unknown kind is allowed untouched.
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"image": "nginx"}});
+    let resp = w
+        .hook
+        .review(
+            "mutate",
+            &request(("", "v1", "ConfigMap"), "CREATE", &cm, None),
+        )
+        .await;
+    assert!(resp["allowed"] == true && resp.get("patch").is_none());
+    // Thousands of containers: refused with a reason.
+    let many: Vec<(String, String)> = (0..3000)
+        .map(|i| (format!("c{i}"), format!("img{i}:1")))
+        .collect();
+    let refs: Vec<(&str, &str, &str)> = many
+        .iter()
+        .map(|(n, i)| ("containers", n.as_str(), i.as_str()))
+        .collect();
+    let (big, gvk, _) = object("Pod", &pod_spec(&refs));
+    for webhook in ["validate", "mutate"] {
+        let resp = w
+            .hook
+            .review(webhook, &request(gvk, "CREATE", &big, None))
+            .await;
+        assert_eq!(resp["allowed"], false, "{webhook}");
+    }
+    // A reference that does not parse: refused naming it; the mutating webhook leaves it.
+    let (bad, gvk, _) = object("Pod", &pod_spec(&[("containers", "x", "UPPER/Case:??")]));
+    let resp = w
+        .hook
+        .review("validate", &request(gvk, "CREATE", &bad, None))
+        .await;
+    assert_eq!(resp["allowed"], false);
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("does not parse")
+    );
+    let resp = w
+        .hook
+        .review("mutate", &request(gvk, "CREATE", &bad, None))
+        .await;
+    assert_eq!(resp["allowed"], true);
+    // Garbage where containers should be.
+    let junk = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "j"}, "spec": {"containers": "no", "initContainers": [null, 3, {"image": 7}]}});
+    for webhook in ["validate", "mutate"] {
+        let _ = w
+            .hook
+            .review(webhook, &request(("", "v1", "Pod"), "CREATE", &junk, None))
+            .await;
+    }
+    let metrics = w.s.metrics().await;
+    assert!(
+        metrics.contains(r#"berth_admission_reviews_total{webhook="validate",result="invalid"} 5"#),
+        "{metrics}"
+    );
+}
+
+/// Two replicas over PostgreSQL: rules set through one's API reach the other, and both
+/// answer the same review alike.
+#[tokio::test]
+async fn two_replicas_agree() {
+    let w = world(
+        Setup {
+            postgres: true,
+            ..Setup::default()
+        },
+        vec![],
+    )
+    .await;
+    let other = common::start(Setup {
+        stores: Some(w.s.stores()),
+        auth: Some((AccessConfig::default(), ChallengeKind::Basic)),
+        upstreams: vec![UpstreamSettings {
+            client: UpstreamConfig {
+                timeout: Duration::from_secs(2),
+                ..UpstreamConfig::new("docker.io", &w.up.base)
+            },
+            tag_ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(30),
+            repositories: vec![],
+            cache: true,
+        }],
+        ..Setup::default()
+    })
+    .await;
+    other.registry.set_policy(trust(&w.key));
+    other
+        .registry
+        .set_admission(vec![], settings())
+        .expect("settings");
+    let hook2 = hook(&other).await;
+    // Rules through the second replica's API, as an administrator; the first re-reads
+    // them as `berth serve` does every 10 s.
+    common::add_users(other.access(), &[("admin", true)]).await;
+    let admin = Cred::user("admin");
+    let r = other
+        .request_as(reqwest::Method::PUT, "/api/v1/admission", &admin)
+        .json(&json!({"rules": all_rules(Mode::Enforce)}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(
+        r.status(),
+        StatusCode::NO_CONTENT,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    w.s.registry.reload_admission().await.expect("reload");
+    for kind in KINDS {
+        let (obj, gvk, _) = object(kind, &three());
+        let req = request(gvk, "CREATE", &obj, None);
+        for webhook in ["mutate", "validate"] {
+            let a = w.hook.review(webhook, &req).await;
+            let b = hook2.review(webhook, &req).await;
+            assert_eq!(a, b, "{kind} {webhook}");
+        }
+    }
+    let got: Value = other
+        .request_as(reqwest::Method::GET, "/api/v1/admission", &admin)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(got["managed"]["rules"].as_array().map(Vec::len), Some(7));
+    // A bad rule changes nothing; anonymous callers change nothing.
+    let bad = json!({"rules": [{"name": "x", "namespaces": ["*"], "kind": "pull-policy", "pull_policy": "Sometimes"}]});
+    let r = other
+        .request_as(reqwest::Method::PUT, "/api/v1/admission", &admin)
+        .json(&bad)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = other
+        .request_as(reqwest::Method::PUT, "/api/v1/admission", &Cred::Anonymous)
+        .json(&json!({"rules": []}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(other.registry.managed_admission().rules.len(), 7);
+    let _ = sha256(b"");
+}
