@@ -23,6 +23,8 @@ pub struct Stats {
     pub quota_refused_chunks: AtomicU64,
     pub quota_refused_manifests: AtomicU64,
     pub quota_orphaned_blobs: AtomicU64,
+    pub meta_stale_served: AtomicU64,
+    pub listener_resets: AtomicU64,
 }
 
 /// One counter as `/metrics` shows it: name (without the `berth_` prefix and `_total`
@@ -72,6 +74,20 @@ impl Registry {
                 help: "Cached tags served with a Warning because their upstream was unavailable",
                 label: None,
                 value: get(&s.stale_served),
+            },
+            Counter {
+                name: "metadata_stale_served",
+                help: "Tags, manifests and blob links answered from this replica's read cache \
+                    past their TTL because the metadata store was unavailable",
+                label: None,
+                value: get(&s.meta_stale_served),
+            },
+            Counter {
+                name: "cache_invalidation_resets",
+                help: "Times the read caches were expired wholesale because the LISTEN \
+                    connection for other replicas' changes was lost or re-established",
+                label: None,
+                value: get(&s.listener_resets),
             },
             Counter {
                 name: "gc_runs",
