@@ -132,6 +132,36 @@ impl Registry {
                 value: get(&s.audit_pruned),
             },
         ];
+        if let berth_storage::BlobStore::S3(s3) = &self.blobs {
+            let c = s3.counters();
+            for (cause, v) in [
+                ("status", &c.retried_status),
+                ("connection", &c.retried_connection),
+                ("timeout", &c.retried_timeout),
+            ] {
+                out.push(Counter {
+                    name: "s3_retries",
+                    help: "Attempts of S3 requests repeated, by cause (status: a 5xx or 429 \
+                        answer such as SlowDown; connection: refused or reset; timeout: no \
+                        answer within the attempt timeout)",
+                    label: Some(("cause", cause)),
+                    value: get(v),
+                });
+            }
+            out.push(Counter {
+                name: "s3_failures",
+                help: "S3 requests that failed after their last attempt, or found no slot \
+                    among max_in_flight in time",
+                label: None,
+                value: get(&c.failed),
+            });
+            out.push(Counter {
+                name: "s3_slot_waits",
+                help: "S3 requests that waited because max_in_flight requests were in flight",
+                label: None,
+                value: get(&c.waited_for_slot),
+            });
+        }
         let p = &self.policy;
         for (what, c) in [
             ("refused", &p.refused),

@@ -76,6 +76,11 @@ impl ApiError {
         matches!(self, ApiError::Registry(RegistryError::Meta(m)) if m.is_unavailable())
     }
 
+    /// The blob store failed after its retries (503 `UNAVAILABLE`).
+    pub fn is_storage_unavailable(&self) -> bool {
+        matches!(self, ApiError::Registry(RegistryError::Storage(e)) if e.is_unavailable())
+    }
+
     /// The status table. Server faults carry no OCI code: the spec's codes all describe
     /// something the client can act on, and the log names the cause.
     fn status_and_code(&self) -> (StatusCode, Option<&'static str>) {
@@ -91,6 +96,9 @@ impl ApiError {
                 RegistryError::UpstreamUnavailable { .. } | RegistryError::Busy { .. },
             ) => Some("UNAVAILABLE"),
             ApiError::Registry(RegistryError::Meta(m)) if m.is_unavailable() => Some("UNAVAILABLE"),
+            ApiError::Registry(RegistryError::Storage(e)) if e.is_unavailable() => {
+                Some("UNAVAILABLE")
+            }
             _ => None,
         });
         (status, code)
@@ -163,6 +171,9 @@ impl ApiError {
                 // The database is down, restarting or failing over: nothing was written,
                 // and the same request may succeed in a moment.
                 R::Meta(m) if m.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, None),
+                // The bucket still failed, throttled or stalled after the client's
+                // retries: nothing was stored, the client may retry.
+                R::Storage(s) if s.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, None),
                 R::UpstreamUnavailable { .. } | R::Busy { .. } => {
                     (StatusCode::SERVICE_UNAVAILABLE, None)
                 }
@@ -187,6 +198,10 @@ impl IntoResponse for ApiError {
             Some(code) if self.is_metadata_unavailable() => {
                 tracing::warn!(error = %self, "request failed: metadata store unavailable");
                 serde_json::json!({"errors": [{"code": code, "message": "the metadata store is unavailable; retry shortly", "detail": null}]})
+            }
+            Some(code) if self.is_storage_unavailable() => {
+                tracing::warn!(error = %self, "request failed: blob store unavailable");
+                serde_json::json!({"errors": [{"code": code, "message": "the blob store is unavailable; retry shortly", "detail": null}]})
             }
             Some(code) => {
                 serde_json::json!({"errors": [{"code": code, "message": message(code, &self.to_string()), "detail": null}]})
@@ -229,7 +244,7 @@ impl IntoResponse for ApiError {
             ) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
-            ApiError::Registry(RegistryError::Meta(m)) if m.is_unavailable() => {
+            _ if self.is_metadata_unavailable() || self.is_storage_unavailable() => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
             }
             ApiError::Registry(RegistryError::RangeNotSatisfiable { size }) => {

@@ -182,10 +182,12 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         ),
         Err(e) => ("invalid", Err(e)),
     };
-    if let Err(e) = &result
-        && e.is_metadata_unavailable()
-    {
-        state.metrics().metadata_unavailable.inc();
+    if let Err(e) = &result {
+        if e.is_metadata_unavailable() {
+            state.metrics().metadata_unavailable.inc();
+        } else if e.is_storage_unavailable() {
+            state.metrics().storage_unavailable.inc();
+        }
     }
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
     // A refusal sent before the request body was read (401 on a PUT, 413, ...) leaves

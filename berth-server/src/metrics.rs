@@ -57,6 +57,7 @@ pub struct Metrics {
     /// without the management scope), `anonymous-token`.
     pub api_refused: Family<ReasonLabels, Counter>,
     pub metadata_unavailable: Counter,
+    pub storage_unavailable: Counter,
 }
 
 impl Default for Metrics {
@@ -138,6 +139,12 @@ impl Default for Metrics {
             "Registry requests answered 503 UNAVAILABLE because the metadata store was unreachable, restarting or read-only",
             metadata_unavailable.clone(),
         );
+        let storage_unavailable = Counter::default();
+        registry.register(
+            "storage_unavailable_responses",
+            "Registry requests answered 503 UNAVAILABLE because the blob store still failed, throttled or stalled after the client's retries",
+            storage_unavailable.clone(),
+        );
         let connections_open = Gauge::default();
         let connections_accepted = Counter::default();
         let connections_refused = Family::<ReasonLabels, Counter>::default();
@@ -170,6 +177,7 @@ impl Default for Metrics {
         );
         Metrics {
             metadata_unavailable,
+            storage_unavailable,
             tokens_refused,
             api_refused,
             connections_open,

@@ -580,3 +580,448 @@ async fn failover_to_a_promoted_standby() {
         .expect("count");
     eprintln!("idle connections left on the old primary: {still_on_old}");
 }
+
+// ---- S3: a fault-injecting proxy between Berth and the S3 test server ----
+
+/// What the proxy does to the requests it picks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// `500 InternalError`.
+    Internal,
+    /// `503 SlowDown`.
+    SlowDown,
+    /// The connection is reset (RST) without an answer.
+    Reset,
+    /// Nothing is answered for a minute.
+    Stall,
+}
+
+/// Which requests fail: every `every`-th request gets the next fault of `kinds` in turn
+/// (0: none fails).
+#[derive(Clone)]
+struct FaultPlan {
+    every: u64,
+    kinds: Vec<Fault>,
+}
+
+/// An HTTP/1.1 proxy in front of the S3 test server that answers a share of requests
+/// with a fault instead of forwarding them. One request per connection (it answers
+/// `Connection: close`), which is all the S3 client needs.
+struct FaultProxy {
+    port: u16,
+    plan: Arc<Mutex<FaultPlan>>,
+    injected: Arc<Mutex<Vec<Fault>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The end of the header block and the `Content-Length` in it.
+fn parse_head(buf: &[u8]) -> Option<(usize, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    Some((end, len))
+}
+
+/// The head without its `Connection` header, with `Connection: close`.
+fn closing(head: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut out = String::new();
+    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+        if line
+            .split_once(':')
+            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("connection"))
+        {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    out.into_bytes()
+}
+
+async fn read_message(s: &mut tokio::net::TcpStream, until_eof: bool) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if !until_eof
+            && let Some((end, len)) = parse_head(&buf)
+            && buf.len() >= end + len
+        {
+            return Some(buf);
+        }
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return (!buf.is_empty()).then_some(buf);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+impl FaultProxy {
+    async fn start(upstream: u16, plan: FaultPlan) -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let plan = Arc::new(Mutex::new(plan));
+        let injected = Arc::new(Mutex::new(Vec::new()));
+        let (p, inj) = (plan.clone(), injected.clone());
+        let task = tokio::spawn(async move {
+            let seen = Arc::new(AtomicU64::new(0));
+            while let Ok((mut client, _)) = listener.accept().await {
+                let (p, inj, seen) = (p.clone(), inj.clone(), seen.clone());
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt as _;
+                    let Some(req) = read_message(&mut client, false).await else {
+                        return;
+                    };
+                    let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
+                    let fault = {
+                        let plan = p.lock().expect("plan").clone();
+                        (plan.every > 0 && n % plan.every == 0 && !plan.kinds.is_empty())
+                            .then(|| plan.kinds[((n / plan.every) as usize) % plan.kinds.len()])
+                    };
+                    if let Some(f) = fault {
+                        inj.lock().expect("faults").push(f);
+                        let answer = |status: &str, code: &str| {
+                            let body = format!(
+                                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected</Message></Error>"
+                            );
+                            format!(
+                                "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                        };
+                        match f {
+                            Fault::Internal => {
+                                let _ = client
+                                    .write_all(
+                                        answer("500 Internal Server Error", "InternalError")
+                                            .as_bytes(),
+                                    )
+                                    .await;
+                            }
+                            Fault::SlowDown => {
+                                let _ = client
+                                    .write_all(answer("503 Slow Down", "SlowDown").as_bytes())
+                                    .await;
+                            }
+                            Fault::Reset => {
+                                let _ = client.set_zero_linger();
+                            }
+                            Fault::Stall => tokio::time::sleep(Duration::from_secs(60)).await,
+                        }
+                        return;
+                    }
+                    let Some((end, _)) = parse_head(&req) else {
+                        return;
+                    };
+                    let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let mut out = closing(&req[..end]);
+                    out.extend_from_slice(&req[end..]);
+                    if up.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    let Some(resp) = read_message(&mut up, true).await else {
+                        return;
+                    };
+                    let Some((rend, _)) = parse_head(&resp) else {
+                        return;
+                    };
+                    let mut back = closing(&resp[..rend]);
+                    back.extend_from_slice(&resp[rend..]);
+                    let _ = client.write_all(&back).await;
+                    let _ = client.shutdown().await;
+                });
+            }
+        });
+        FaultProxy {
+            port,
+            plan,
+            injected,
+            task,
+        }
+    }
+
+    fn set(&self, plan: FaultPlan) {
+        *self.plan.lock().expect("plan") = plan;
+    }
+
+    fn injected(&self, f: Fault) -> usize {
+        self.injected
+            .lock()
+            .expect("faults")
+            .iter()
+            .filter(|x| **x == f)
+            .count()
+    }
+}
+
+/// A server whose blob store reaches the S3 test server through `proxy`, with short
+/// attempt timeouts so that stalls are found quickly.
+async fn s3_server(
+    proxy: &FaultProxy,
+    prefix: &str,
+) -> (common::TestServer, berth_storage::S3Store) {
+    let moto = std::env::var("BERTH_TEST_S3_URL").expect("BERTH_TEST_S3_URL");
+    let mut config = berth_testkit::s3_config(prefix);
+    config.endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    assert!(moto.starts_with("http://127.0.0.1:"), "moto on loopback");
+    let tuning = berth_storage::S3Tuning {
+        attempt_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(5),
+        ..berth_storage::S3Tuning::default()
+    };
+    let s3 = berth_storage::S3Store::new_tuned(config, tuning)
+        .await
+        .expect("S3 store through the proxy");
+    let meta = MetaStore::connect(&berth_testkit::postgres_url().await)
+        .await
+        .expect("metadata");
+    let server = common::start(common::Setup {
+        stores: Some(common::Stores {
+            dir: Arc::new(tempfile::tempdir().expect("tempdir")),
+            blobs: BlobStore::S3(s3.clone()),
+            meta,
+        }),
+        ..common::Setup::default()
+    })
+    .await;
+    (server, s3)
+}
+
+fn moto_port() -> u16 {
+    std::env::var("BERTH_TEST_S3_URL")
+        .expect("BERTH_TEST_S3_URL")
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("port of BERTH_TEST_S3_URL")
+}
+
+/// A chunked upload of `data` in `chunk`-sized PATCHes, resumed at the offset the
+/// registry reports after any failure, as clients do; each failure must be a clean 503.
+/// The number of failures met.
+async fn resumable_upload(
+    http: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    data: &[u8],
+    chunk: usize,
+) -> usize {
+    let mut failures = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let next = |failures: &mut usize, f: Failure, what: &str| {
+        assert_eq!(
+            (f.status, f.code.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            "{what}: {f:?}"
+        );
+        assert!(Instant::now() < deadline, "{what}: no progress");
+        *failures += 1;
+    };
+    let location = loop {
+        let started = Instant::now();
+        let r = http
+            .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+            .send()
+            .await;
+        match check(r, StatusCode::ACCEPTED, started).await {
+            Ok(r) => {
+                break r.headers()["location"]
+                    .to_str()
+                    .expect("location")
+                    .to_owned();
+            }
+            Err(f) => next(&mut failures, f, "starting an upload"),
+        }
+    };
+    let url = if location.starts_with("http") {
+        location
+    } else {
+        format!("{base}{location}")
+    };
+    let mut offset = 0usize;
+    while offset < data.len() {
+        let end = (offset + chunk).min(data.len());
+        let started = Instant::now();
+        let r = http
+            .patch(&url)
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{offset}-{}", end - 1))
+            .body(data[offset..end].to_vec())
+            .send()
+            .await;
+        match check(r, StatusCode::ACCEPTED, started).await {
+            Ok(_) => offset = end,
+            Err(f) => {
+                next(&mut failures, f, "a chunk");
+                // Where the upload stands now: the chunk counts only if acknowledged.
+                loop {
+                    let r = http.get(&url).send().await.expect("status");
+                    if r.status() == StatusCode::NO_CONTENT {
+                        let range = r.headers()["range"].to_str().expect("range").to_owned();
+                        let last: usize =
+                            range.trim_start_matches("0-").parse().expect("range end");
+                        offset = if range == "0-0" && offset == 0 {
+                            0
+                        } else {
+                            last + 1
+                        };
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    loop {
+        let started = Instant::now();
+        let r = http
+            .put(format!(
+                "{url}{}digest={}",
+                if url.contains('?') { '&' } else { '?' },
+                sha256(data)
+            ))
+            .send()
+            .await;
+        match check(r, StatusCode::CREATED, started).await {
+            Ok(_) => return failures,
+            Err(f) => next(&mut failures, f, "completing the upload"),
+        }
+    }
+}
+
+/// A share of S3 requests answered 500, 503 SlowDown, reset or stalled: Berth retries
+/// them with backoff (counted on /metrics) and pushes complete; a bucket that keeps
+/// failing gives a clean 503, and the same upload completes once it recovers; every
+/// blob then reads back byte-identical, and nothing is left of multipart uploads under
+/// the test's prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_faults_are_retried_or_fail_cleanly() {
+    let proxy = FaultProxy::start(
+        moto_port(),
+        FaultPlan {
+            every: 4,
+            kinds: vec![Fault::SlowDown, Fault::Internal, Fault::Reset, Fault::Stall],
+        },
+    )
+    .await;
+    let prefix = format!("{}/", berth_testkit::unique());
+    let (server, s3) = s3_server(&proxy, &prefix).await;
+    let http = client();
+    let base = server.base.clone();
+    let repo = "faults/s3";
+    // Sizes that take every path: one PutObject per small chunk, a multipart append
+    // (over 8 MiB), and completion by copy or by multipart assembly.
+    let blobs: Vec<Vec<u8>> = [
+        (300 * 1024, 100 * 1024),
+        (9 << 20, 9 << 20),
+        (6 << 20, 2 << 20),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, &(len, _))| {
+        (0..len as u64)
+            .map(|b| (b.wrapping_mul(2654435761 + i as u64) >> 7) as u8)
+            .collect()
+    })
+    .collect();
+    let chunks = [100 * 1024, 9 << 20, 2 << 20];
+    let mut client_failures = 0;
+    for (data, chunk) in blobs.iter().zip(chunks) {
+        client_failures += resumable_upload(&http, &base, repo, data, chunk).await;
+    }
+    // The bucket fails every request for a while: a clean 503, then the same upload
+    // goes on when it recovers.
+    proxy.set(FaultPlan {
+        every: 1,
+        kinds: vec![Fault::SlowDown],
+    });
+    let last: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let started = Instant::now();
+    let r = http
+        .post(format!(
+            "{base}/v2/{repo}/blobs/uploads/?digest={}",
+            sha256(&last)
+        ))
+        .body(last.clone())
+        .send()
+        .await;
+    let f = check(r, StatusCode::CREATED, started)
+        .await
+        .expect_err("a bucket that only says SlowDown cannot take the blob");
+    assert_eq!(
+        (f.status, f.code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        "{f:?}"
+    );
+    proxy.set(FaultPlan {
+        every: 0,
+        kinds: vec![],
+    });
+    client_failures += resumable_upload(&http, &base, repo, &last, 1 << 20).await;
+
+    for data in blobs.iter().chain([&last]) {
+        let r = http
+            .get(format!("{base}/v2/{repo}/blobs/{}", sha256(data)))
+            .send()
+            .await
+            .expect("pull");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            &r.bytes().await.expect("body")[..],
+            &data[..],
+            "byte-identical"
+        );
+    }
+    let text = server.metrics().await;
+    let retried = |cause: &str| {
+        metric::<u64>(
+            &text,
+            &format!("berth_s3_retries_total{{cause=\"{cause}\"}}"),
+        )
+    };
+    eprintln!(
+        "faults injected: {} SlowDown, {} InternalError, {} resets, {} stalls; retries: \
+         status {}, connection {}, timeout {}; S3 failures {}; client-visible 503s {client_failures}",
+        proxy.injected(Fault::SlowDown),
+        proxy.injected(Fault::Internal),
+        proxy.injected(Fault::Reset),
+        proxy.injected(Fault::Stall),
+        retried("status"),
+        retried("connection"),
+        retried("timeout"),
+        metric::<u64>(&text, "berth_s3_failures_total"),
+    );
+    assert!(proxy.injected(Fault::Stall) > 0 && proxy.injected(Fault::Reset) > 0);
+    assert!(retried("status") > 0, "5xx retried");
+    assert!(retried("connection") > 0, "resets retried");
+    assert!(retried("timeout") > 0, "stalls retried");
+    assert!(metric::<u64>(&text, "berth_storage_unavailable_responses_total") > 0);
+    // Multipart uploads of this test's own prefix only (moto dates every multipart
+    // upload to 2010, so no stale-upload sweep is run against the shared bucket).
+    assert_eq!(
+        s3.pending_multipart_uploads().await.expect("list"),
+        0,
+        "multipart uploads left under {prefix}"
+    );
+}

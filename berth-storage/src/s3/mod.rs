@@ -13,6 +13,7 @@
 //! the large pieces inside S3 and streams only runs of small chunks through here.
 
 mod client;
+pub use client::{S3Counters, S3Tuning};
 pub mod sign;
 mod xml;
 
@@ -93,13 +94,21 @@ impl S3Store {
     /// Builds the client and checks that the bucket answers, so a wrong endpoint or
     /// credentials fail at startup rather than at the first push.
     pub async fn new(config: S3Config) -> Result<S3Store> {
-        let client = Client::new(&ClientConfig {
-            endpoint: config.endpoint.clone(),
-            bucket: config.bucket.clone(),
-            region: config.region.clone(),
-            credentials: config.credentials.clone(),
-            path_style: config.path_style,
-        })?;
+        Self::new_tuned(config, S3Tuning::default()).await
+    }
+
+    /// [`S3Store::new`] with retries, timeouts and the in-flight limit chosen.
+    pub async fn new_tuned(config: S3Config, tuning: S3Tuning) -> Result<S3Store> {
+        let client = Client::new(
+            &ClientConfig {
+                endpoint: config.endpoint.clone(),
+                bucket: config.bucket.clone(),
+                region: config.region.clone(),
+                credentials: config.credentials.clone(),
+                path_style: config.path_style,
+            },
+            tuning,
+        )?;
         let mut prefix = config.prefix.trim_start_matches('/').to_owned();
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
@@ -120,6 +129,11 @@ impl S3Store {
 
     fn client(&self) -> &Client {
         &self.inner.client
+    }
+
+    /// What the client retried and gave up on.
+    pub fn counters(&self) -> &S3Counters {
+        &self.inner.client.counters
     }
 
     fn key(&self, rel: &str) -> String {
