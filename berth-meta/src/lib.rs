@@ -68,10 +68,16 @@ impl From<sqlx::Error> for MetaError {
             // A failover left this connection on a server that no longer takes writes
             // (a demoted primary, a standby): pooled connections are checked and replaced
             // for a while (see `before_acquire` in `MetaStore::connect_with`).
-            READ_ONLY_SEEN_AT.store(now_micros(), Ordering::Relaxed);
+            note_read_only();
         }
         MetaError::Db(e)
     }
+}
+
+/// A connection of this process met a server that takes no writes: pooled connections are
+/// checked before use for a while, and those on such a server replaced.
+pub(crate) fn note_read_only() {
+    READ_ONLY_SEEN_AT.store(now_micros(), Ordering::Relaxed);
 }
 
 /// PostgreSQL's `read_only_sql_transaction`.

@@ -14,10 +14,16 @@ const CHANNEL: &str = "berth_cache";
 /// How often the listening connection is checked (alive, and not on a read-only server).
 const LISTENER_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Whether the listening connection is on a server that takes no writes. If so, the pool's
+/// connections are likely on it too: they are checked and replaced before their next use,
+/// so that reads do not go on answering from a fenced old primary.
 async fn listener_read_only(l: &mut PgListener) -> Result<bool> {
     let v: String = sqlx::query_scalar("SHOW transaction_read_only")
         .fetch_one(l)
         .await?;
+    if v == "on" {
+        crate::note_read_only();
+    }
     Ok(v == "on")
 }
 
@@ -191,6 +197,12 @@ impl MetaStore {
         // caller must learn that notifications were missed.
         l.eager_reconnect(false);
         l.listen(CHANNEL).await?;
+        // The new primary's notifications do not reach a standby or a fenced old primary.
+        if listener_read_only(&mut l).await? {
+            return Err(crate::MetaError::Unavailable(
+                "the server only accepts read-only transactions".into(),
+            ));
+        }
         Ok(l)
     }
 }

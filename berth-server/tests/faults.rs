@@ -32,17 +32,27 @@ struct Replica {
 }
 
 async fn replica(url: &str, blobs: &BlobStore) -> Replica {
+    replica_with_ttl(url, blobs, RegistryConfig::default().cache_ttl).await
+}
+
+async fn replica_with_ttl(url: &str, blobs: &BlobStore, cache_ttl: Duration) -> Replica {
+    replica_with(
+        url,
+        blobs,
+        RegistryConfig {
+            stale_on_error: Duration::from_secs(120),
+            cache_ttl,
+            ..RegistryConfig::default()
+        },
+    )
+    .await
+}
+
+async fn replica_with(url: &str, blobs: &BlobStore, config: RegistryConfig) -> Replica {
     let meta = MetaStore::connect_with(url, &PoolSettings::default())
         .await
         .expect("metadata store");
-    let registry = Registry::new(
-        blobs.clone(),
-        meta,
-        RegistryConfig {
-            stale_on_error: Duration::from_secs(120),
-            ..RegistryConfig::default()
-        },
-    );
+    let registry = Registry::new(blobs.clone(), meta, config);
     registry
         .follow_other_replicas()
         .await
@@ -458,6 +468,81 @@ async fn postgres_stopped_and_restarted_under_load() {
     assert!(metric::<u64>(&text, "berth_cache_invalidation_resets_total") > 0);
 }
 
+/// Every replica shares the one database, so when it is down all of them are in the same
+/// state. The choice: readiness stays 200 ("degraded") while stale reads are possible
+/// (`stale_on_error`), so the Service keeps its endpoints and kubelets keep pulling what
+/// was served lately, and everything else gets a JSON 503 rather than a refused
+/// connection; past the bound nothing useful can be served and readiness turns 503.
+/// Liveness never depends on the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_follows_the_stale_bound_when_the_shared_database_is_down() {
+    const BOUND: Duration = Duration::from_secs(8);
+    let cluster = PgCluster::start();
+    let blobs = berth_testkit::s3_store().await;
+    let config = || RegistryConfig {
+        stale_on_error: BOUND,
+        ..RegistryConfig::default()
+    };
+    let replicas = [
+        replica_with(&cluster.url(), &blobs, config()).await,
+        replica_with(&cluster.url(), &blobs, config()).await,
+    ];
+    let repo = "faults/readiness";
+    let warm = warm_up(&replicas, repo).await;
+    let http = client();
+    let get = |url: String| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(url)
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .await
+                .expect("answered");
+            let status = r.status();
+            (status, r.text().await.expect("body"))
+        }
+    };
+    cluster.stop("immediate");
+    let down = Instant::now();
+    for r in &replicas {
+        let base = &r.run.base;
+        let (status, _) = get(format!("{base}/v2/{repo}/manifests/{}", warm[3].tag)).await;
+        assert_eq!(status, StatusCode::OK, "served stale within the bound");
+    }
+    for r in &replicas {
+        let (status, body) = get(format!("{}/readyz", r.run.base)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with("degraded"), "{body}");
+    }
+    // Past the bound (counted from the outage for readiness, and from when each entry
+    // was read for the cache).
+    tokio::time::sleep(BOUND.saturating_sub(down.elapsed()) + Duration::from_millis(500)).await;
+    for r in &replicas {
+        let base = &r.run.base;
+        let (status, body) = get(format!("{base}/readyz")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.starts_with("not ready"), "{body}");
+        let (status, body) = get(format!("{base}/v2/{repo}/manifests/{}", warm[3].tag)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("UNAVAILABLE"), "{body}");
+        let (status, _) = get(format!("{base}/healthz")).await;
+        assert_eq!(status, StatusCode::OK, "liveness");
+    }
+    cluster.start_server();
+    let back = Instant::now();
+    for r in &replicas {
+        loop {
+            let (status, body) = get(format!("{}/readyz", r.run.base)).await;
+            if status == StatusCode::OK && body == "ready\n" {
+                break;
+            }
+            assert!(back.elapsed() < RECOVER_WITHIN, "ready again: {body}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// `pg_terminate_backend` of every Berth connection, again and again, while pushes run:
 /// a transaction cut in the middle is a clean 503 (nothing half-written), and the pools
 /// replace the connections by themselves.
@@ -508,15 +593,46 @@ async fn backends_terminated_mid_transaction() {
 /// `read_only_sql_transaction` are replaced, not retried for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failover_to_a_promoted_standby() {
+    let t0 = Instant::now();
     let primary = PgCluster::start();
     let standby = primary.standby();
+    eprintln!("[{:?}] clusters up", t0.elapsed());
     let proxy = TcpProxy::start(primary.port).await;
     let url = primary.url_at(proxy.port);
     let blobs = berth_testkit::s3_store().await;
-    let replicas = [replica(&url, &blobs).await, replica(&url, &blobs).await];
+    // A read cache that trusts entries for a minute: only the invalidation listener can
+    // make a replica see a tag the other one moved sooner.
+    let ttl = Duration::from_secs(60);
+    let replicas = [
+        replica_with_ttl(&url, &blobs, ttl).await,
+        replica_with_ttl(&url, &blobs, ttl).await,
+    ];
     let bases = [replicas[0].run.base.clone(), replicas[1].run.base.clone()];
     let repo = "faults/failover";
     let warm = warm_up(&replicas, repo).await;
+    let http = client();
+    let moving = |tag: &str, seed| {
+        let (http, base, tag) = (http.clone(), bases[0].clone(), tag.to_owned());
+        async move { push(&http, &base, repo, &tag, seed).await.expect("push") }
+    };
+    let before = moving("moving", 77).await;
+    let pulled = |base: String| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("{base}/v2/{repo}/manifests/moving"))
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .await
+                .expect("pull");
+            (r.status(), r.bytes().await.expect("body").to_vec())
+        }
+    };
+    assert_eq!(
+        pulled(bases[1].clone()).await,
+        (StatusCode::OK, before.manifest.clone())
+    );
+    eprintln!("[{:?}] warm", t0.elapsed());
     let load = Load::start(bases.clone(), repo, warm.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -540,6 +656,7 @@ async fn failover_to_a_promoted_standby() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!("[{:?}] standby caught up", t0.elapsed());
     tokio::time::sleep(Duration::from_secs(1)).await;
     standby.promote();
     proxy.point_at(standby.port);
@@ -551,7 +668,29 @@ async fn failover_to_a_promoted_standby() {
         "both replicas write to the new primary {:?} after promotion",
         promoted.elapsed()
     );
+    // The tag moves through one replica; the other, whose listener was left on the fenced
+    // old primary, must notice it is deaf, reconnect to the new primary and forget what it
+    // cached: within its 5 s check and a reconnection, not the minute of its TTL.
+    let after = moving("moving", 78).await;
+    let moved = Instant::now();
+    loop {
+        let (status, body) = pulled(bases[1].clone()).await;
+        if status == StatusCode::OK && body == after.manifest {
+            break;
+        }
+        assert!(
+            moved.elapsed() < Duration::from_secs(15),
+            "the other replica still serves the old digest of a moved tag after {:?}",
+            moved.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "moved tag seen through the other replica after {:?}",
+        moved.elapsed()
+    );
     let (acked, failures, pulls) = load.finish().await;
+    eprintln!("[{:?}] load finished", t0.elapsed());
     for f in &failures {
         assert_clean(f, "a request during the failover");
     }

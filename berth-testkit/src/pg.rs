@@ -161,6 +161,9 @@ impl PgCluster {
                 "-R",
                 "-X",
                 "stream",
+                // An immediate checkpoint: the default spreads it over minutes.
+                "-c",
+                "fast",
             ],
         );
         s.start_server();

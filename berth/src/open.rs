@@ -90,7 +90,7 @@ pub async fn open_blobs(config: &Config, existing: bool) -> anyhow::Result<BlobS
         StorageKind::S3 => {
             let s3 = config.storage.s3_config(|k| std::env::var(k).ok())?;
             let what = format!("S3 bucket {} at {}", s3.bucket, s3.endpoint);
-            let store = S3Store::new(s3)
+            let store = S3Store::new_tuned(s3, config.storage.s3_tuning())
                 .await
                 .with_context(|| format!("opening {what}"))?;
             tracing::info!("blobs in {what}");
