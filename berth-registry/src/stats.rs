@@ -156,6 +156,12 @@ impl Registry {
                 value: get(&c.failed),
             });
             out.push(Counter {
+                name: "s3_append_waits",
+                help: "Appends that waited for a turn because max_appends were buffering",
+                label: None,
+                value: get(&c.waited_for_append),
+            });
+            out.push(Counter {
                 name: "s3_slot_waits",
                 help: "S3 requests that waited because max_in_flight requests were in flight",
                 label: None,

@@ -741,6 +741,8 @@ enum Fault {
 struct FaultPlan {
     every: u64,
     kinds: Vec<Fault>,
+    /// Only requests with this method are counted and faulted (`None`: all).
+    method: Option<&'static str>,
 }
 
 /// An HTTP/1.1 proxy in front of the S3 test server that answers a share of requests
@@ -829,10 +831,17 @@ impl FaultProxy {
                     let Some(req) = read_message(&mut client, false).await else {
                         return;
                     };
-                    let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
+                    let plan = p.lock().expect("plan").clone();
+                    let picked = plan
+                        .method
+                        .is_none_or(|m| req.starts_with(format!("{m} ").as_bytes()));
+                    let n = if picked {
+                        seen.fetch_add(1, Ordering::Relaxed) + 1
+                    } else {
+                        1
+                    };
                     let fault = {
-                        let plan = p.lock().expect("plan").clone();
-                        (plan.every > 0 && n % plan.every == 0 && !plan.kinds.is_empty())
+                        (picked && plan.every > 0 && n % plan.every == 0 && !plan.kinds.is_empty())
                             .then(|| plan.kinds[((n / plan.every) as usize) % plan.kinds.len()])
                     };
                     if let Some(f) = fault {
@@ -920,15 +929,27 @@ async fn s3_server(
     proxy: &FaultProxy,
     prefix: &str,
 ) -> (common::TestServer, berth_storage::S3Store) {
+    s3_server_tuned(
+        proxy,
+        prefix,
+        berth_storage::S3Tuning {
+            attempt_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(5),
+            ..berth_storage::S3Tuning::default()
+        },
+    )
+    .await
+}
+
+async fn s3_server_tuned(
+    proxy: &FaultProxy,
+    prefix: &str,
+    tuning: berth_storage::S3Tuning,
+) -> (common::TestServer, berth_storage::S3Store) {
     let moto = std::env::var("BERTH_TEST_S3_URL").expect("BERTH_TEST_S3_URL");
     let mut config = berth_testkit::s3_config(prefix);
     config.endpoint = format!("http://127.0.0.1:{}", proxy.port);
     assert!(moto.starts_with("http://127.0.0.1:"), "moto on loopback");
-    let tuning = berth_storage::S3Tuning {
-        attempt_timeout: Duration::from_secs(2),
-        read_timeout: Duration::from_secs(5),
-        ..berth_storage::S3Tuning::default()
-    };
     let s3 = berth_storage::S3Store::new_tuned(config, tuning)
         .await
         .expect("S3 store through the proxy");
@@ -1061,6 +1082,7 @@ async fn s3_faults_are_retried_or_fail_cleanly() {
         FaultPlan {
             every: 4,
             kinds: vec![Fault::SlowDown, Fault::Internal, Fault::Reset, Fault::Stall],
+            method: None,
         },
     )
     .await;
@@ -1094,6 +1116,7 @@ async fn s3_faults_are_retried_or_fail_cleanly() {
     proxy.set(FaultPlan {
         every: 1,
         kinds: vec![Fault::SlowDown],
+        method: None,
     });
     let last: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     let started = Instant::now();
@@ -1116,6 +1139,7 @@ async fn s3_faults_are_retried_or_fail_cleanly() {
     proxy.set(FaultPlan {
         every: 0,
         kinds: vec![],
+        method: None,
     });
     client_failures += resumable_upload(&http, &base, repo, &last, 1 << 20).await;
 
@@ -1163,4 +1187,131 @@ async fn s3_faults_are_retried_or_fail_cleanly() {
         0,
         "multipart uploads left under {prefix}"
     );
+}
+
+/// This process's resident memory, in bytes.
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A bucket that stalls every object write, under 64 concurrent 9 MiB uploads: every
+/// request is answered (a clean 503) in bounded time, and memory grows by at most what
+/// `max_appends` appends may buffer (two 8 MiB parts each), not by what 64 would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_bucket_bounds_waiting_and_memory() {
+    const CLIENTS: usize = 64;
+    const APPENDS: usize = 4;
+    let proxy = FaultProxy::start(
+        moto_port(),
+        FaultPlan {
+            every: 0,
+            kinds: vec![],
+            method: None,
+        },
+    )
+    .await;
+    let prefix = format!("{}/", berth_testkit::unique());
+    let (server, s3) = s3_server_tuned(
+        &proxy,
+        &prefix,
+        berth_storage::S3Tuning {
+            attempts: 2,
+            attempt_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(2),
+            max_in_flight: 16,
+            max_appends: APPENDS,
+        },
+    )
+    .await;
+    proxy.set(FaultPlan {
+        every: 1,
+        kinds: vec![Fault::Stall],
+        method: Some("PUT"),
+    });
+    let data = bytes::Bytes::from(
+        (0..9u32 << 20)
+            .map(|i| (i % 253) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let digest = sha256(&data);
+    let baseline = rss();
+    let peak = Arc::new(AtomicU64::new(baseline));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(rss(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let uploads: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (http, base, data, digest) =
+                (client(), server.base.clone(), data.clone(), digest.clone());
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let r = http
+                    .post(format!(
+                        "{base}/v2/faults/stalled{i}/blobs/uploads/?digest={digest}"
+                    ))
+                    .body(data)
+                    .send()
+                    .await;
+                let f = check(r, StatusCode::CREATED, t)
+                    .await
+                    .expect_err("nothing can be written to a stalled bucket");
+                (f, t.elapsed())
+            })
+        })
+        .collect();
+    let mut longest = Duration::ZERO;
+    for u in uploads {
+        let (f, took) = u.await.expect("upload task");
+        if f.status != StatusCode::IM_A_TEAPOT {
+            assert_eq!(
+                (f.status, f.code.as_str()),
+                (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+                "{f:?}"
+            );
+        }
+        longest = longest.max(took);
+    }
+    sampling.store(false, Ordering::Relaxed);
+    sampler.await.expect("sampler");
+    let grew = peak.load(Ordering::Relaxed).saturating_sub(baseline);
+    let text = server.metrics().await;
+    eprintln!(
+        "{CLIENTS} uploads of 9 MiB into a stalled bucket: all answered within {longest:?} \
+         (all done after {:?}); resident memory grew by {} MiB at most; append waits {}, \
+         S3 failures {}",
+        started.elapsed(),
+        grew >> 20,
+        metric::<u64>(&text, "berth_s3_append_waits_total"),
+        metric::<u64>(&text, "berth_s3_failures_total"),
+    );
+    assert!(metric::<u64>(&text, "berth_s3_append_waits_total") > 0);
+    // Two 8 MiB parts per append in turn, plus room for the runtime and the clients'
+    // send buffers: far below the 576 MiB the 64 bodies would take if each were read.
+    let bound = (APPENDS as u64 * 16 << 20) + (128 << 20);
+    assert!(grew < bound, "memory grew by {} MiB", grew >> 20);
+    assert!(
+        longest < Duration::from_secs(30),
+        "longest answer {longest:?}"
+    );
+    proxy.set(FaultPlan {
+        every: 0,
+        kinds: vec![],
+        method: None,
+    });
+    assert_eq!(s3.pending_multipart_uploads().await.expect("list"), 0);
 }

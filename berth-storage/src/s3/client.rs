@@ -33,6 +33,10 @@ pub struct S3Tuning {
     /// `attempt_timeout`, then fail as unavailable. Keeps requests from piling up behind
     /// a stalled bucket.
     pub max_in_flight: usize,
+    /// Appends buffering at once (each holds at most two 8 MiB parts): more wait for a
+    /// turn, at most `attempt_timeout`, before reading any of their body, then fail as
+    /// unavailable. Bounds the memory uploads take when the bucket is slow.
+    pub max_appends: usize,
 }
 
 impl Default for S3Tuning {
@@ -42,6 +46,7 @@ impl Default for S3Tuning {
             attempt_timeout: std::time::Duration::from_secs(30),
             read_timeout: std::time::Duration::from_secs(60),
             max_in_flight: 256,
+            max_appends: 32,
         }
     }
 }
@@ -59,6 +64,8 @@ pub struct S3Counters {
     pub failed: AtomicU64,
     /// Requests that waited for a slot (`max_in_flight` reached).
     pub waited_for_slot: AtomicU64,
+    /// Appends that waited for a turn (`max_appends` reached).
+    pub waited_for_append: AtomicU64,
 }
 
 /// A random duration in `[step / 2, step)`.
@@ -115,8 +122,9 @@ pub struct Client {
     host: String,
     bucket: String,
     path_style: bool,
-    tuning: S3Tuning,
+    pub(crate) tuning: S3Tuning,
     slots: Arc<tokio::sync::Semaphore>,
+    pub(crate) appends: Arc<tokio::sync::Semaphore>,
     pub(crate) counters: Arc<S3Counters>,
 }
 
@@ -179,6 +187,7 @@ impl Client {
             bucket: config.bucket.clone(),
             path_style: config.path_style,
             slots: Arc::new(tokio::sync::Semaphore::new(tuning.max_in_flight.max(1))),
+            appends: Arc::new(tokio::sync::Semaphore::new(tuning.max_appends.max(1))),
             tuning,
             counters: Arc::default(),
         })

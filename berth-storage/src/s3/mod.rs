@@ -18,6 +18,7 @@ pub mod sign;
 mod xml;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use berth_oci::{Algorithm, Digest};
@@ -253,6 +254,33 @@ impl S3Store {
         E: std::error::Error + Send + Sync + 'static,
     {
         let dir = self.upload_dir(id)?;
+        // A turn before a byte of the body is read: with the bucket slow, appends wait here
+        // (their clients held back by TCP) instead of each buffering its parts.
+        let client = self.client();
+        let _turn = match client.appends.clone().try_acquire_owned() {
+            Ok(t) => t,
+            Err(_) => {
+                client
+                    .counters
+                    .waited_for_append
+                    .fetch_add(1, Ordering::Relaxed);
+                match tokio::time::timeout(
+                    client.tuning.attempt_timeout,
+                    client.appends.clone().acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(t)) => t,
+                    _ => {
+                        client.counters.failed.fetch_add(1, Ordering::Relaxed);
+                        return Err(StorageError::S3Request {
+                            op: "append",
+                            source: "too many appends buffering; none finished in time".into(),
+                        });
+                    }
+                }
+            }
+        };
         let listed = self.client().list_all(&dir).await?;
         if Self::chain(&dir, &listed, offset).is_none() {
             return Err(StorageError::UploadUnknown(id.to_owned()));

@@ -47,6 +47,9 @@ pub struct StorageConfig {
     /// S3: requests in flight at once per replica; more wait (at most
     /// `attempt_timeout_secs`) and then fail with 503.
     pub max_in_flight: usize,
+    /// S3: appends buffering at once per replica (each holds at most 16 MiB); more wait
+    /// (at most `attempt_timeout_secs`) before reading their body, then fail with 503.
+    pub max_appends: usize,
 }
 
 impl Default for StorageConfig {
@@ -66,6 +69,7 @@ impl Default for StorageConfig {
             attempt_timeout_secs: 30,
             read_timeout_secs: 60,
             max_in_flight: 256,
+            max_appends: 32,
         }
     }
 }
@@ -91,6 +95,7 @@ impl std::fmt::Debug for StorageConfig {
             .field("attempt_timeout_secs", &self.attempt_timeout_secs)
             .field("read_timeout_secs", &self.read_timeout_secs)
             .field("max_in_flight", &self.max_in_flight)
+            .field("max_appends", &self.max_appends)
             .finish()
     }
 }
@@ -103,6 +108,7 @@ impl StorageConfig {
             attempt_timeout: std::time::Duration::from_secs(self.attempt_timeout_secs.max(1)),
             read_timeout: std::time::Duration::from_secs(self.read_timeout_secs.max(1)),
             max_in_flight: self.max_in_flight.max(1),
+            max_appends: self.max_appends.max(1),
         }
     }
 
