@@ -1302,7 +1302,7 @@ async fn a_stalled_bucket_bounds_waiting_and_memory() {
     assert!(metric::<u64>(&text, "berth_s3_append_waits_total") > 0);
     // Two 8 MiB parts per append in turn, plus room for the runtime and the clients'
     // send buffers: far below the 576 MiB the 64 bodies would take if each were read.
-    let bound = (APPENDS as u64 * 16 << 20) + (128 << 20);
+    let bound = ((APPENDS as u64 * 16) << 20) + (128 << 20);
     assert!(grew < bound, "memory grew by {} MiB", grew >> 20);
     assert!(
         longest < Duration::from_secs(30),
