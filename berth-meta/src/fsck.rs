@@ -111,6 +111,7 @@ impl MetaStore {
             pool,
             backend,
             url: None,
+            counters: Default::default(),
         };
         let expected = match backend {
             Backend::Sqlite => SQLITE_SCHEMA.len(),

@@ -20,7 +20,9 @@ mod quota;
 mod tags;
 mod verdicts;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row, Transaction};
@@ -49,15 +51,78 @@ pub enum MetaError {
     #[error("metadata URL {0:?} is neither sqlite: nor postgres://")]
     UnknownScheme(String),
     #[error("metadata database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("metadata is inconsistent: {0}")]
     Corrupt(String),
+    /// The store was found unavailable a moment ago and was not asked again.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
     /// Concurrent writers kept changing the same row; the caller may retry.
     #[error("metadata write contended: {0}")]
     Contended(String),
 }
 
+impl From<sqlx::Error> for MetaError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(d) = &e
+            && d.code().as_deref() == Some(READ_ONLY_SQL_TRANSACTION)
+        {
+            // A failover left this connection on a server that no longer takes writes
+            // (a demoted primary, a standby): pooled connections are checked and replaced
+            // for a while (see `before_acquire` in `MetaStore::connect_with`).
+            note_read_only();
+        }
+        MetaError::Db(e)
+    }
+}
+
+/// A connection of this process met a server that takes no writes: pooled connections are
+/// checked before use for a while, and those on such a server replaced.
+pub(crate) fn note_read_only() {
+    READ_ONLY_SEEN_AT.store(now_micros(), Ordering::Relaxed);
+}
+
+/// PostgreSQL's `read_only_sql_transaction`.
+const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+
+/// When a statement last failed with `read_only_sql_transaction` in this process
+/// (microseconds; 0: never). Process-wide because the error is converted by `?` far from
+/// any store; a false alarm only costs other stores a `SHOW` per acquire for a while.
+static READ_ONLY_SEEN_AT: AtomicI64 = AtomicI64::new(0);
+
+/// How long after a `read_only_sql_transaction` pooled connections are checked before use.
+const READ_ONLY_WATCH: Duration = Duration::from_secs(60);
+
 impl MetaError {
+    /// The database cannot be used right now: unreachable, shutting down, restarting,
+    /// failed over to a server that refuses writes, a pool with no connection free in
+    /// time, a statement past its timeout. Nothing was written; the same request may
+    /// succeed once the database is back, so the server answers 503 rather than 500.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            MetaError::Db(e) => match e {
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_) => true,
+                sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+                    // Class 08: connection exceptions. 57P01-57P03: shutdown, crash,
+                    // starting up. 57014: cancelled (statement_timeout). 53300: too many
+                    // connections. 25006: the server is read-only (a standby).
+                    c.starts_with("08")
+                        || matches!(
+                            c.as_ref(),
+                            "57P01" | "57P02" | "57P03" | "57014" | "53300" | "25006"
+                        )
+                }),
+                _ => false,
+            },
+            MetaError::Unavailable(_) => true,
+            _ => false,
+        }
+    }
+
     /// The database gave up on a transaction because of a concurrent one (a deadlock or a
     /// serialization failure); running it again may succeed.
     pub fn is_transient(&self) -> bool {
@@ -225,6 +290,57 @@ pub struct MetaStore {
     backend: Backend,
     /// The PostgreSQL URL, for the connection that listens for other replicas' changes.
     url: Option<std::sync::Arc<str>>,
+    counters: Arc<PoolCounters>,
+}
+
+/// How the connection pool meets a database that is down, slow or failed over.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// How long a statement waits for a connection, including opening a new one (so it
+    /// also bounds connecting to an unreachable server): past it, the request fails as
+    /// unavailable instead of waiting for the database to come back.
+    pub acquire_timeout: Duration,
+    /// PostgreSQL's `statement_timeout` for every pooled connection (migrations excepted):
+    /// a statement stuck behind a lock or a struggling server is cancelled. Zero: none.
+    pub statement_timeout: Duration,
+    /// Connections at most (PostgreSQL).
+    pub max_connections: u32,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            acquire_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(30),
+            max_connections: 16,
+        }
+    }
+}
+
+/// What the pool did about failures, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PoolCounters {
+    /// Pooled connections closed because their server had become read-only.
+    pub replaced_read_only: AtomicU64,
+    /// New connections refused because their server was read-only.
+    pub refused_read_only: AtomicU64,
+}
+
+/// The pool's state and counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+    pub replaced_read_only: u64,
+    pub refused_read_only: u64,
+}
+
+/// Whether the session's transactions are read-only (a standby, or a fenced old primary).
+async fn session_read_only(conn: &mut sqlx::AnyConnection) -> Result<bool, sqlx::Error> {
+    let v: String = sqlx::query_scalar("SHOW transaction_read_only")
+        .fetch_one(conn)
+        .await?;
+    Ok(v == "on")
 }
 
 /// The migration that renames and disables users holding reserved names (it logs each).
@@ -273,7 +389,13 @@ fn to_i64(v: u64) -> i64 {
 impl MetaStore {
     /// Connects to `sqlite:PATH` or `postgres://…` and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<MetaStore> {
+        Self::connect_with(url, &PoolSettings::default()).await
+    }
+
+    /// [`MetaStore::connect`] with the pool's timeouts chosen.
+    pub async fn connect_with(url: &str, settings: &PoolSettings) -> Result<MetaStore> {
         sqlx::any::install_default_drivers();
+        let counters = Arc::new(PoolCounters::default());
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -311,7 +433,57 @@ impl MetaStore {
                         Ok(!conn.is_in_transaction())
                     })
                 }),
-            Backend::Postgres => AnyPoolOptions::new().max_connections(16),
+            Backend::Postgres => {
+                let statement_ms = settings.statement_timeout.as_millis();
+                let refused = Arc::clone(&counters);
+                let replaced = Arc::clone(&counters);
+                AnyPoolOptions::new()
+                    .max_connections(settings.max_connections.max(1))
+                    .after_connect(move |conn, _| {
+                        let refused = Arc::clone(&refused);
+                        Box::pin(async move {
+                            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                                "SET statement_timeout = {statement_ms}"
+                            )))
+                            .execute(&mut *conn)
+                            .await?;
+                            // During a failover the address may lead to a standby (or the
+                            // fenced old primary) for a while: such a connection could
+                            // only fail every write, so it is refused and the pool tries
+                            // again until its acquire timeout.
+                            if session_read_only(conn).await? {
+                                refused.refused_read_only.fetch_add(1, Ordering::Relaxed);
+                                return Err(sqlx::Error::Protocol(
+                                    "the server only accepts read-only transactions".into(),
+                                ));
+                            }
+                            Ok(())
+                        })
+                    })
+                    .before_acquire(move |conn, _| {
+                        let replaced = Arc::clone(&replaced);
+                        Box::pin(async move {
+                            let seen = READ_ONLY_SEEN_AT.load(Ordering::Relaxed);
+                            let watch = i64::try_from(READ_ONLY_WATCH.as_micros()).unwrap_or(0);
+                            if seen == 0 || now_micros().saturating_sub(seen) > watch {
+                                return Ok(true);
+                            }
+                            // Recently some write met a read-only server: a pooled
+                            // connection still attached to it is closed, not reused.
+                            if session_read_only(conn).await? {
+                                replaced.replaced_read_only.fetch_add(1, Ordering::Relaxed);
+                                return Ok(false);
+                            }
+                            Ok(true)
+                        })
+                    })
+            }
+        };
+        // SQLite is a file beside the process: it does not go away, and under a burst of
+        // writers its queue for the one write lock is worth waiting out.
+        let options = match backend {
+            Backend::Postgres => options.acquire_timeout(settings.acquire_timeout),
+            Backend::Sqlite => options,
         };
         let url = match backend {
             Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
@@ -322,6 +494,7 @@ impl MetaStore {
             pool,
             backend,
             url: (backend == Backend::Postgres).then(|| std::sync::Arc::from(url.as_str())),
+            counters,
         };
         store.migrate().await?;
         Ok(store)
@@ -344,6 +517,22 @@ impl MetaStore {
         self.backend
     }
 
+    /// The pool's connections and what it replaced.
+    pub fn pool_stats(&self) -> PoolStats {
+        PoolStats {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            replaced_read_only: self.counters.replaced_read_only.load(Ordering::Relaxed),
+            refused_read_only: self.counters.refused_read_only.load(Ordering::Relaxed),
+        }
+    }
+
+    /// One cheap round trip: whether the database answers now.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -356,6 +545,11 @@ impl MetaStore {
             // on PostgreSQL's catalog. A transaction-scoped advisory lock makes the others
             // wait, then find the steps applied. (SQLite's `BEGIN IMMEDIATE` already
             // serialises.)
+            // Waiting for another replica's migration, or one rewriting a large table,
+            // may take longer than the pool's statement timeout, which is for requests.
+            sqlx::raw_sql("SET LOCAL statement_timeout = 0")
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(MIGRATION_LOCK)
                 .execute(&mut *tx)

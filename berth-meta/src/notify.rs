@@ -11,6 +11,22 @@ use crate::{Backend, MetaStore, Result};
 
 const CHANNEL: &str = "berth_cache";
 
+/// How often the listening connection is checked (alive, and not on a read-only server).
+const LISTENER_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the listening connection is on a server that takes no writes. If so, the pool's
+/// connections are likely on it too: they are checked and replaced before their next use,
+/// so that reads do not go on answering from a fenced old primary.
+async fn listener_read_only(l: &mut PgListener) -> Result<bool> {
+    let v: String = sqlx::query_scalar("SHOW transaction_read_only")
+        .fetch_one(l)
+        .await?;
+    if v == "on" {
+        crate::note_read_only();
+    }
+    Ok(v == "on")
+}
+
 /// What another replica changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalidation {
@@ -85,6 +101,12 @@ impl MetaStore {
 
     /// Calls `apply` for every change another replica commits, until the store is dropped.
     /// `None` on SQLite, where there are no other replicas to hear from.
+    ///
+    /// When the listening connection is lost, `apply` gets [`Invalidation::All`] at once
+    /// and again once `LISTEN` is back in place: changes committed while nobody listened
+    /// are unknown, so everything cached before that moment must be asked for again.
+    /// Reconnection is retried every second, each attempt bounded by the pool's acquire
+    /// timeout.
     pub async fn listen_invalidations(
         &self,
         apply: impl Fn(Invalidation) + Send + 'static,
@@ -92,27 +114,96 @@ impl MetaStore {
         let Some(url) = self.url.clone() else {
             return Ok(None);
         };
-        let mut listener = PgListener::connect(&url).await?;
-        listener.listen(CHANNEL).await?;
+        let timeout = self.pool.options().get_acquire_timeout();
+        let first = Self::listener(&url, timeout).await?;
         Ok(Some(tokio::spawn(async move {
+            let mut listener = Some(first);
             loop {
-                match listener.try_recv().await {
-                    Ok(Some(n)) => {
-                        if let Some(inv) = Invalidation::decode(n.payload()) {
-                            apply(inv);
+                let mut l = match listener.take() {
+                    Some(l) => l,
+                    None => match Self::listener(&url, timeout).await {
+                        Ok(l) => {
+                            tracing::info!("cache invalidation listener reconnected");
+                            apply(Invalidation::All);
+                            l
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cache invalidation listener still down");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    },
+                };
+                let mut check = tokio::time::interval(LISTENER_CHECK);
+                check.tick().await;
+                loop {
+                    let received = tokio::select! {
+                        r = l.try_recv() => r,
+                        _ = check.tick() => {
+                            // A connection left on a server that stopped taking writes
+                            // (a failover moved the primary elsewhere) hears nothing the
+                            // new primary sends; one that is silently gone hears nothing
+                            // at all. Both are found here.
+                            match tokio::time::timeout(timeout, listener_read_only(&mut l)).await {
+                                Ok(Ok(false)) => continue,
+                                Ok(Ok(true)) => {
+                                    tracing::warn!("cache invalidation listener is on a read-only server; reconnecting");
+                                    break;
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::warn!(error = %e, "cache invalidation listener failed its check");
+                                    break;
+                                }
+                                Err(_) => {
+                                    tracing::warn!("cache invalidation listener did not answer its check");
+                                    break;
+                                }
+                            }
+                        }
+                    };
+                    match received {
+                        Ok(Some(n)) => {
+                            if let Some(inv) = Invalidation::decode(n.payload()) {
+                                apply(inv);
+                            }
+                        }
+                        Ok(None) => {
+                            tracing::warn!("cache invalidation listener lost its connection");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cache invalidation listener failed");
+                            break;
                         }
                     }
-                    // The connection dropped and is being re-established: whatever was
-                    // sent meanwhile is lost.
-                    Ok(None) => apply(Invalidation::All),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cache invalidation listener failed; retrying");
-                        apply(Invalidation::All);
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
                 }
+                apply(Invalidation::All);
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         })))
+    }
+
+    /// A listening connection of its own (not from the request pool), `LISTEN`ing.
+    async fn listener(url: &str, timeout: std::time::Duration) -> Result<PgListener> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .acquire_timeout(timeout)
+            .connect(url)
+            .await?;
+        let mut l = PgListener::connect_with(&pool).await?;
+        // A lost connection is reported at once rather than re-established silently: the
+        // caller must learn that notifications were missed.
+        l.eager_reconnect(false);
+        l.listen(CHANNEL).await?;
+        // The new primary's notifications do not reach a standby or a fenced old primary.
+        if listener_read_only(&mut l).await? {
+            return Err(crate::MetaError::Unavailable(
+                "the server only accepts read-only transactions".into(),
+            ));
+        }
+        Ok(l)
     }
 }
 

@@ -4,10 +4,16 @@
 //!
 //! Writes through this process invalidate exactly. Entries also expire after a short TTL,
 //! which bounds how long another replica's write (a tag move, a delete) can go unseen.
+//!
+//! An expired entry is not dropped at once: while the metadata store is unreachable it may
+//! still be served, marked stale, for as long as the caller allows (`get_stale`).
+//! [`TtlCache::expire_all`] (the invalidation listener lost its connection) makes every
+//! entry expired without forgetting it; an explicit invalidation forgets it.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
@@ -17,16 +23,62 @@ pub struct TtlCache<V> {
     hasher: std::collections::hash_map::RandomState,
     ttl: Duration,
     per_shard: usize,
+    /// How long an entry is kept at all (at least `ttl`).
+    keep: Duration,
+    /// Entries stored before this (nanoseconds after `origin`) are expired, whatever
+    /// their age.
+    expired_before: AtomicU64,
+    origin: Instant,
 }
 
 impl<V: Clone> TtlCache<V> {
     /// `capacity` is the total number of entries kept; `ttl` zero disables the cache.
+    /// Entries are kept (for [`TtlCache::get_stale`]) until `keep` after they were stored,
+    /// unless room is needed sooner.
+    pub fn with_keep(self, keep: Duration) -> Self {
+        TtlCache {
+            keep: keep.max(self.ttl),
+            ..self
+        }
+    }
+
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         TtlCache {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             ttl,
             per_shard: capacity.div_ceil(SHARDS).max(1),
+            keep: ttl,
+            expired_before: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
+    fn fresh(&self, at: Instant) -> bool {
+        let cut = self.expired_before.load(Ordering::Acquire);
+        at.elapsed() < self.ttl
+            && (cut == 0 || at.saturating_duration_since(self.origin).as_nanos() as u64 >= cut)
+    }
+
+    /// Every entry stored until now counts as expired from now on (still there for
+    /// [`TtlCache::get_stale`]).
+    pub fn expire_all(&self) {
+        let now = self.origin.elapsed().as_nanos() as u64;
+        // The cut only moves forward; +1 so that an entry stored in this very nanosecond
+        // is expired too.
+        self.expired_before.fetch_max(now + 1, Ordering::AcqRel);
+    }
+
+    /// An entry stored less than `max_age` ago, fresh or expired, and its age: what may be
+    /// served, marked stale, while the metadata store cannot be asked.
+    pub fn get_stale(&self, key: &str, max_age: Duration) -> Option<(V, Duration)> {
+        if self.ttl.is_zero() || max_age.is_zero() {
+            return None;
+        }
+        let shard = self.shard(key).read().unwrap_or_else(|p| p.into_inner());
+        match shard.get(key) {
+            Some((v, at)) if at.elapsed() < max_age => Some((v.clone(), at.elapsed())),
+            _ => None,
         }
     }
 
@@ -41,7 +93,7 @@ impl<V: Clone> TtlCache<V> {
         }
         let shard = self.shard(key).read().unwrap_or_else(|p| p.into_inner());
         match shard.get(key) {
-            Some((v, at)) if at.elapsed() < self.ttl => Some(v.clone()),
+            Some((v, at)) if self.fresh(*at) => Some(v.clone()),
             _ => None,
         }
     }
@@ -52,10 +104,15 @@ impl<V: Clone> TtlCache<V> {
         }
         let mut shard = self.shard(&key).write().unwrap_or_else(|p| p.into_inner());
         if shard.len() >= self.per_shard && !shard.contains_key(&key) {
-            // Full: drop expired entries, and if that frees nothing, an arbitrary one. Hot
-            // keys come straight back; a scan of cold keys cannot grow memory.
-            let ttl = self.ttl;
-            shard.retain(|_, (_, at)| at.elapsed() < ttl);
+            // Full: drop entries past keeping, then expired ones, and if that frees nothing,
+            // an arbitrary one. Hot keys come straight back; a scan of cold keys cannot
+            // grow memory.
+            let keep = self.keep;
+            shard.retain(|_, (_, at)| at.elapsed() < keep);
+            if shard.len() >= self.per_shard {
+                let ttl = self.ttl;
+                shard.retain(|_, (_, at)| at.elapsed() < ttl);
+            }
             if shard.len() >= self.per_shard
                 && let Some(victim) = shard.keys().next().cloned()
             {
@@ -131,5 +188,40 @@ mod tests {
             .sum();
         assert!(total <= 32, "{total}");
         assert_eq!(TtlCache::<u8>::new(10, Duration::ZERO).get("x"), None);
+    }
+
+    #[test]
+    fn expired_entries_stay_for_stale_reads_within_their_bound() {
+        let c = TtlCache::new(100, Duration::from_secs(60)).with_keep(Duration::from_secs(300));
+        c.insert(key("a", "t"), 1);
+        c.expire_all();
+        assert_eq!(
+            c.get(&key("a", "t")),
+            None,
+            "expired by the listener's loss"
+        );
+        let (v, age) = c
+            .get_stale(&key("a", "t"), Duration::from_secs(300))
+            .expect("kept for stale reads");
+        assert_eq!(v, 1);
+        assert!(age < Duration::from_secs(5));
+        assert_eq!(c.get_stale(&key("a", "t"), Duration::ZERO), None);
+        c.insert(key("a", "t"), 2);
+        assert_eq!(
+            c.get(&key("a", "t")),
+            Some(2),
+            "stored after the cut: fresh"
+        );
+        c.remove(&key("a", "t"));
+        assert_eq!(c.get_stale(&key("a", "t"), Duration::from_secs(300)), None);
+        let short = TtlCache::new(100, Duration::from_millis(20));
+        short.insert(key("b", "t"), 3);
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(short.get(&key("b", "t")), None);
+        assert_eq!(
+            short.get_stale(&key("b", "t"), Duration::from_millis(30)),
+            None,
+            "older than the stale bound"
+        );
     }
 }

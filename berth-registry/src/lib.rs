@@ -12,6 +12,7 @@ pub mod events;
 mod flight;
 pub mod fsck;
 pub mod gc;
+pub mod health;
 pub mod jobs;
 pub mod layout;
 mod login;
@@ -34,7 +35,7 @@ use berth_meta::{MetaStore, NewManifest, PutManifest, Removal, TagGuard};
 use berth_oci::manifest::parse_manifest;
 use berth_oci::range::{RangeError, resolve_range};
 use berth_oci::{Algorithm, Digest, Reference, RepoName, Tag};
-use berth_storage::{BlobReader, BlobStore, HashState, StorageError, digest_of, failpoint};
+use berth_storage::{BlobReader, BlobStore, HashState, digest_of, failpoint};
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::Serialize;
@@ -49,6 +50,14 @@ pub use versions::{HistoryEntry, Rollback, VersionedTag};
 use cache::TtlCache;
 
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// The `Warning` of a manifest served from the stale cache (RFC 9111's 110).
+fn stale_warning(age: Duration) -> String {
+    format!(
+        "110 - \"metadata store unavailable; served from this replica's cache, {} s old\"",
+        age.as_secs()
+    )
+}
 
 /// Passes a failpoint on the metadata side of a write (see `berth_storage::failpoint`).
 fn failpoint(name: &'static str) -> Result<()> {
@@ -74,6 +83,10 @@ pub struct RegistryConfig {
     pub cache_ttl: Duration,
     /// Entries kept in each read cache.
     pub cache_entries: usize,
+    /// While the metadata store is unavailable, tags, manifests and blob links this
+    /// replica read from it less than this long ago are still served (manifests with a
+    /// `Warning`), so pulls go on through a short outage or a failover. Zero: never.
+    pub stale_on_error: Duration,
     /// Immutable and refused tags.
     pub tag_rules: TagRules,
 }
@@ -88,6 +101,7 @@ impl Default for RegistryConfig {
             upload_ttl: Duration::from_secs(24 * 3600),
             cache_ttl: Duration::from_secs(2),
             cache_entries: 10_000,
+            stale_on_error: Duration::from_secs(300),
             tag_rules: TagRules::default(),
         }
     }
@@ -174,10 +188,12 @@ impl Caches {
             }
             // The policy state forgets verdicts; nothing cached here depends on them.
             I::Verdicts { .. } => {}
+            // Changes may have been missed: nothing cached until now is served as fresh
+            // again, but it stays for stale reads while the store is unavailable.
             I::All => {
-                self.tags.remove_prefix("");
-                self.manifests.remove_prefix("");
-                self.blob_links.remove_prefix("");
+                self.tags.expire_all();
+                self.manifests.expire_all();
+                self.blob_links.expire_all();
             }
         }
     }
@@ -206,20 +222,23 @@ pub struct Registry {
     policy: Arc<policy::PolicyState>,
     /// Admission webhook rules, settings and counters.
     admission: Arc<admission::AdmissionState>,
+    /// Whether the metadata store answers.
+    health: Arc<health::MetaHealth>,
 }
 
 impl Registry {
     pub fn new(blobs: BlobStore, meta: MetaStore, config: RegistryConfig) -> Registry {
         let rules = Arc::new(config.tag_rules.clone());
         let (n, ttl) = (config.cache_entries, config.cache_ttl);
+        let keep = config.stale_on_error;
         Registry {
             blobs,
             meta,
             config,
             cache: Arc::new(Caches {
-                tags: TtlCache::new(n, ttl),
-                manifests: TtlCache::new(n, ttl),
-                blob_links: TtlCache::new(n, ttl),
+                tags: TtlCache::new(n, ttl).with_keep(keep),
+                manifests: TtlCache::new(n, ttl).with_keep(keep),
+                blob_links: TtlCache::new(n, ttl).with_keep(keep),
                 pulls: TtlCache::new(n, PULL_NOTE_INTERVAL),
             }),
             proxy: None,
@@ -231,6 +250,7 @@ impl Registry {
             rules: Arc::new(std::sync::RwLock::new(rules)),
             policy: Arc::new(policy::PolicyState::new(policy::Policy::default())),
             admission: Arc::default(),
+            health: Arc::default(),
         }
     }
 
@@ -244,6 +264,7 @@ impl Registry {
     pub async fn follow_other_replicas(&self) -> Result<()> {
         let caches = Arc::clone(&self.cache);
         let verdicts = Arc::clone(&self.policy);
+        let stats = Arc::clone(&self.stats);
         let listening = self
             .meta
             .listen_invalidations(move |inv| {
@@ -256,7 +277,10 @@ impl Registry {
                     berth_meta::Invalidation::Verdicts { repo } => {
                         verdicts.invalidate(repo.as_deref())
                     }
-                    berth_meta::Invalidation::All => verdicts.invalidate(None),
+                    berth_meta::Invalidation::All => {
+                        stats::bump(&stats.listener_resets, 1);
+                        verdicts.invalidate(None)
+                    }
                     _ => {}
                 }
                 caches.apply(inv)
@@ -316,11 +340,20 @@ impl Registry {
         if let Some(size) = self.cache.blob_links.get(&k) {
             return Ok(size);
         }
-        let size = self
-            .meta
-            .repo_blob(repo.as_str(), digest.as_str())
-            .await?
-            .ok_or(RegistryError::BlobUnknown)?;
+        if let Some((size, _)) = self.stale_without_asking(&self.cache.blob_links, &k) {
+            return Ok(size);
+        }
+        let size = match self.meta.repo_blob(repo.as_str(), digest.as_str()).await {
+            Ok(size) => size.ok_or(RegistryError::BlobUnknown)?,
+            Err(e) => {
+                let e = RegistryError::from(e);
+                return match self.stale(&self.cache.blob_links, &k, &e) {
+                    Some((size, _)) => Ok(size),
+                    None => Err(e),
+                };
+            }
+        };
+        self.health.answered();
         self.cache.blob_links.insert(k, size);
         Ok(size)
     }
@@ -594,12 +627,12 @@ impl Registry {
         }
         match self.place_blob(id, status.offset, &state, digest).await {
             Ok(()) => {}
-            Err(StorageError::DigestMismatch { expected, actual }) => {
+            Err(RegistryError::DigestMismatch { expected, actual }) => {
                 // These bytes can never become the claimed blob: drop the session.
                 self.cancel_upload(repo, id).await?;
                 return Err(RegistryError::DigestMismatch { expected, actual });
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
         failpoint(failpoint::BEFORE_BLOB_LINK)?;
         let l = self
@@ -683,14 +716,14 @@ impl Registry {
         size: u64,
         state: &HashState,
         digest: &Digest,
-    ) -> std::result::Result<(), StorageError> {
-        if let Err(e) = self.meta.touch_blob(digest.as_str()).await {
-            return Err(StorageError::Io {
-                op: "recording a blob write",
-                source: std::io::Error::other(e),
-            });
-        }
-        self.blobs.finish_upload(id, size, state, digest).await
+    ) -> Result<()> {
+        // A metadata failure stays one (the database being away is a 503, not a storage
+        // fault).
+        self.meta.touch_blob(digest.as_str()).await?;
+        self.blobs
+            .finish_upload(id, size, state, digest)
+            .await
+            .map_err(RegistryError::from)
     }
 
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
@@ -890,45 +923,126 @@ impl Registry {
 
     /// Resolves a reference to the digest it names in `repo`.
     pub async fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest> {
+        Ok(self.resolve_or_stale(repo, reference).await?.0)
+    }
+
+    /// [`Registry::resolve`]; with the age of the answer when it came from the stale
+    /// cache because the metadata store is unavailable.
+    async fn resolve_or_stale(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(Digest, Option<Duration>)> {
         match reference {
-            Reference::Digest(d) => Ok(d.clone()),
+            Reference::Digest(d) => Ok((d.clone(), None)),
             Reference::Tag(t) => {
                 let k = cache::key(repo.as_str(), t.as_str());
                 if let Some(d) = self.cache.tags.get(&k) {
-                    return Ok(d);
+                    return Ok((d, None));
                 }
-                let d = self
-                    .meta
-                    .resolve_tag(repo.as_str(), t.as_str())
-                    .await?
-                    .ok_or(RegistryError::ManifestUnknown)?;
+                if let Some((d, age)) = self.stale_without_asking(&self.cache.tags, &k) {
+                    return Ok((d, Some(age)));
+                }
+                let d = match self.meta.resolve_tag(repo.as_str(), t.as_str()).await {
+                    Ok(d) => d.ok_or(RegistryError::ManifestUnknown)?,
+                    Err(e) => {
+                        let e = RegistryError::from(e);
+                        return match self.stale(&self.cache.tags, &k, &e) {
+                            Some((d, age)) => Ok((d, Some(age))),
+                            None => Err(e),
+                        };
+                    }
+                };
+                self.health.answered();
                 let d: Digest = d.parse().map_err(|_| {
                     RegistryError::Internal(format!("stored tag points at bad digest {d:?}"))
                 })?;
                 self.cache.tags.insert(k, d.clone());
-                Ok(d)
+                Ok((d, None))
             }
         }
     }
 
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest> {
-        let digest = self.resolve(repo, reference).await?;
+        Ok(self.get_manifest_or_stale(repo, reference).await?.0)
+    }
+
+    /// [`Registry::get_manifest`], or while the metadata store is unavailable, what this
+    /// replica read of it lately (tag and manifest within `stale_on_error`), with the
+    /// `Warning` to send along.
+    pub async fn get_manifest_or_stale(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(Manifest, Option<String>)> {
+        let (digest, tag_stale) = self.resolve_or_stale(repo, reference).await?;
         let k = cache::key(repo.as_str(), digest.as_str());
-        if let Some(m) = self.cache.manifests.get(&k) {
-            return Ok(m);
+        if tag_stale.is_none()
+            && let Some(m) = self.cache.manifests.get(&k)
+        {
+            return Ok((m, None));
         }
-        let m = self
-            .meta
-            .get_manifest(repo.as_str(), digest.as_str())
-            .await?
-            .ok_or(RegistryError::ManifestUnknown)?;
+        let stale_manifest = |e: RegistryError| match self.stale(&self.cache.manifests, &k, &e) {
+            Some((m, age)) => {
+                let age = tag_stale.map_or(age, |t| t.max(age));
+                Ok((m, Some(stale_warning(age))))
+            }
+            None => Err(e),
+        };
+        // The tag came from the stale cache: the store was just found unavailable, and a
+        // second wait for it would take the answer past the client's patience.
+        if tag_stale.is_some() {
+            return stale_manifest(RegistryError::Meta(berth_meta::MetaError::Unavailable(
+                "metadata store unavailable".into(),
+            )));
+        }
+        if let Some((m, age)) = self.stale_without_asking(&self.cache.manifests, &k) {
+            return Ok((m, Some(stale_warning(age))));
+        }
+        let m = match self.meta.get_manifest(repo.as_str(), digest.as_str()).await {
+            Ok(m) => m.ok_or(RegistryError::ManifestUnknown)?,
+            Err(e) => return stale_manifest(RegistryError::from(e)),
+        };
+        self.health.answered();
         let m = Manifest {
             digest,
             media_type: m.media_type,
             content: Bytes::from(m.content),
         };
         self.cache.manifests.insert(k, m.clone());
-        Ok(m)
+        Ok((m, None))
+    }
+
+    /// The stale cache's entry for `k` when `e` says the metadata store is unavailable
+    /// (counted, and noted for readiness).
+    fn stale<V: Clone>(
+        &self,
+        cache: &TtlCache<V>,
+        k: &str,
+        e: &RegistryError,
+    ) -> Option<(V, Duration)> {
+        if !self.meta_failed(e) {
+            return None;
+        }
+        let found = cache.get_stale(k, self.config.stale_on_error)?;
+        stats::bump(&self.stats.meta_stale_served, 1);
+        Some(found)
+    }
+
+    /// The stale cache's entry for `k` without asking the store, when a request found it
+    /// unavailable within the last second: during an outage each read would otherwise
+    /// wait for the pool's acquire timeout first.
+    fn stale_without_asking<V: Clone>(
+        &self,
+        cache: &TtlCache<V>,
+        k: &str,
+    ) -> Option<(V, Duration)> {
+        if !self.health.failed_lately() {
+            return None;
+        }
+        let found = cache.get_stale(k, self.config.stale_on_error)?;
+        stats::bump(&self.stats.meta_stale_served, 1);
+        Some(found)
     }
 
     /// Deletes a manifest (by digest, with its tags) or just a tag. An immutable tag goes

@@ -322,11 +322,8 @@ impl Registry {
             Some((p, route, remote))
         });
         let Some((proxy, route, remote)) = routed else {
-            let manifest = self.get_manifest(repo, reference).await?;
-            return Ok(Pulled {
-                manifest,
-                warning: None,
-            });
+            let (manifest, warning) = self.get_manifest_or_stale(repo, reference).await?;
+            return Ok(Pulled { manifest, warning });
         };
         if !route.cache {
             return self.pass_manifest(route, &remote, reference).await;

@@ -23,6 +23,8 @@ pub struct Stats {
     pub quota_refused_chunks: AtomicU64,
     pub quota_refused_manifests: AtomicU64,
     pub quota_orphaned_blobs: AtomicU64,
+    pub meta_stale_served: AtomicU64,
+    pub listener_resets: AtomicU64,
 }
 
 /// One counter as `/metrics` shows it: name (without the `berth_` prefix and `_total`
@@ -74,6 +76,20 @@ impl Registry {
                 value: get(&s.stale_served),
             },
             Counter {
+                name: "metadata_stale_served",
+                help: "Tags, manifests and blob links answered from this replica's read cache \
+                    past their TTL because the metadata store was unavailable",
+                label: None,
+                value: get(&s.meta_stale_served),
+            },
+            Counter {
+                name: "cache_invalidation_resets",
+                help: "Times the read caches were expired wholesale because the LISTEN \
+                    connection for other replicas' changes was lost or re-established",
+                label: None,
+                value: get(&s.listener_resets),
+            },
+            Counter {
                 name: "gc_runs",
                 help: "Garbage collections finished",
                 label: None,
@@ -116,6 +132,42 @@ impl Registry {
                 value: get(&s.audit_pruned),
             },
         ];
+        if let berth_storage::BlobStore::S3(s3) = &self.blobs {
+            let c = s3.counters();
+            for (cause, v) in [
+                ("status", &c.retried_status),
+                ("connection", &c.retried_connection),
+                ("timeout", &c.retried_timeout),
+            ] {
+                out.push(Counter {
+                    name: "s3_retries",
+                    help: "Attempts of S3 requests repeated, by cause (status: a 5xx or 429 \
+                        answer such as SlowDown; connection: refused or reset; timeout: no \
+                        answer within the attempt timeout)",
+                    label: Some(("cause", cause)),
+                    value: get(v),
+                });
+            }
+            out.push(Counter {
+                name: "s3_failures",
+                help: "S3 requests that failed after their last attempt, or found no slot \
+                    among max_in_flight in time",
+                label: None,
+                value: get(&c.failed),
+            });
+            out.push(Counter {
+                name: "s3_append_waits",
+                help: "Appends that waited for a turn because max_appends were buffering",
+                label: None,
+                value: get(&c.waited_for_append),
+            });
+            out.push(Counter {
+                name: "s3_slot_waits",
+                help: "S3 requests that waited because max_in_flight requests were in flight",
+                label: None,
+                value: get(&c.waited_for_slot),
+            });
+        }
         let p = &self.policy;
         for (what, c) in [
             ("refused", &p.refused),

@@ -71,6 +71,16 @@ fn is_no_space(e: &RegistryError) -> bool {
 }
 
 impl ApiError {
+    /// The metadata store could not be reached (503 `UNAVAILABLE`).
+    pub fn is_metadata_unavailable(&self) -> bool {
+        matches!(self, ApiError::Registry(RegistryError::Meta(m)) if m.is_unavailable())
+    }
+
+    /// The blob store failed after its retries (503 `UNAVAILABLE`).
+    pub fn is_storage_unavailable(&self) -> bool {
+        matches!(self, ApiError::Registry(RegistryError::Storage(e)) if e.is_unavailable())
+    }
+
     /// The status table. Server faults carry no OCI code: the spec's codes all describe
     /// something the client can act on, and the log names the cause.
     fn status_and_code(&self) -> (StatusCode, Option<&'static str>) {
@@ -85,6 +95,10 @@ impl ApiError {
             ApiError::Registry(
                 RegistryError::UpstreamUnavailable { .. } | RegistryError::Busy { .. },
             ) => Some("UNAVAILABLE"),
+            ApiError::Registry(RegistryError::Meta(m)) if m.is_unavailable() => Some("UNAVAILABLE"),
+            ApiError::Registry(RegistryError::Storage(e)) if e.is_unavailable() => {
+                Some("UNAVAILABLE")
+            }
             _ => None,
         });
         (status, code)
@@ -154,6 +168,12 @@ impl ApiError {
                 R::InUse(_) => (StatusCode::METHOD_NOT_ALLOWED, Some(ErrorCode::Unsupported)),
                 R::Storage(_) if is_no_space(e) => (StatusCode::INSUFFICIENT_STORAGE, None),
                 R::Meta(m) if m.is_storage_full() => (StatusCode::INSUFFICIENT_STORAGE, None),
+                // The database is down, restarting or failing over: nothing was written,
+                // and the same request may succeed in a moment.
+                R::Meta(m) if m.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, None),
+                // The bucket still failed, throttled or stalled after the client's
+                // retries: nothing was stored, the client may retry.
+                R::Storage(s) if s.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, None),
                 R::UpstreamUnavailable { .. } | R::Busy { .. } => {
                     (StatusCode::SERVICE_UNAVAILABLE, None)
                 }
@@ -174,6 +194,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let body = match code {
+            // The database's own words (addresses, SQL states) stay in the log.
+            Some(code) if self.is_metadata_unavailable() => {
+                tracing::warn!(error = %self, "request failed: metadata store unavailable");
+                serde_json::json!({"errors": [{"code": code, "message": "the metadata store is unavailable; retry shortly", "detail": null}]})
+            }
+            Some(code) if self.is_storage_unavailable() => {
+                tracing::warn!(error = %self, "request failed: blob store unavailable");
+                serde_json::json!({"errors": [{"code": code, "message": "the blob store is unavailable; retry shortly", "detail": null}]})
+            }
             Some(code) => {
                 serde_json::json!({"errors": [{"code": code, "message": message(code, &self.to_string()), "detail": null}]})
             }
@@ -214,6 +243,9 @@ impl IntoResponse for ApiError {
                 },
             ) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            _ if self.is_metadata_unavailable() || self.is_storage_unavailable() => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
             }
             ApiError::Registry(RegistryError::RangeNotSatisfiable { size }) => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {

@@ -29,17 +29,31 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Readiness: whether this replica can serve. While the metadata store has been
+/// unreachable for less than `stale_on_error` the replica stays ready (`degraded`): it
+/// still serves pulls of recently served content and answers everything else with a clean
+/// 503, and since every replica shares the one database, taking all of them out of the
+/// Service would turn those answers into refused connections.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match state.registry().meta().catalog(None, 1).await {
-        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready: metadata store unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "metadata store unreachable\n",
-            )
-                .into_response()
-        }
+    use berth_registry::health::Readiness;
+    match state.registry().readiness().await {
+        Readiness::Ready => (StatusCode::OK, "ready\n").into_response(),
+        Readiness::Degraded { down_for } => (
+            StatusCode::OK,
+            format!(
+                "degraded: metadata store unreachable for {} s; serving recently pulled content\n",
+                down_for.as_secs()
+            ),
+        )
+            .into_response(),
+        Readiness::Unavailable { down_for } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: metadata store unreachable for {} s\n",
+                down_for.as_secs()
+            ),
+        )
+            .into_response(),
     }
 }
 
@@ -94,6 +108,23 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 );
             }
         }
+        let p = state.registry().meta().pool_stats();
+        let _ = write!(
+            extra,
+            "# HELP berth_metadata_pool_connections Connections the metadata pool holds open.\n\
+             # TYPE berth_metadata_pool_connections gauge\n\
+             berth_metadata_pool_connections {}\n\
+             # HELP berth_metadata_pool_idle Connections of the metadata pool not in use.\n\
+             # TYPE berth_metadata_pool_idle gauge\n\
+             berth_metadata_pool_idle {}\n\
+             # HELP berth_metadata_read_only_connections Connections to a server that only \
+             takes read-only transactions (a standby, a demoted primary after a failover): \
+             pooled ones closed (replaced), new ones refused.\n\
+             # TYPE berth_metadata_read_only_connections counter\n\
+             berth_metadata_read_only_connections_total{{action=\"replaced\"}} {}\n\
+             berth_metadata_read_only_connections_total{{action=\"refused\"}} {}\n",
+            p.size, p.idle, p.replaced_read_only, p.refused_read_only
+        );
     }
     if let Some(auth) = state.auth() {
         use std::fmt::Write as _;
@@ -178,6 +209,13 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         ),
         Err(e) => ("invalid", Err(e)),
     };
+    if let Err(e) = &result {
+        if e.is_metadata_unavailable() {
+            state.metrics().metadata_unavailable.inc();
+        } else if e.is_storage_unavailable() {
+            state.metrics().storage_unavailable.inc();
+        }
+    }
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
     // A refusal sent before the request body was read (401 on a PUT, 413, ...) leaves
     // unread bytes on the connection, so it cannot be reused; saying so lets the client

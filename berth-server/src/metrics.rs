@@ -56,6 +56,8 @@ pub struct Metrics {
     /// `/api/v1` requests refused for the kind of credential: `token-scope` (a token
     /// without the management scope), `anonymous-token`.
     pub api_refused: Family<ReasonLabels, Counter>,
+    pub metadata_unavailable: Counter,
+    pub storage_unavailable: Counter,
 }
 
 impl Default for Metrics {
@@ -131,6 +133,18 @@ impl Default for Metrics {
             "Management API requests refused for their credential: a token without the management scope, an anonymous token",
             api_refused.clone(),
         );
+        let metadata_unavailable = Counter::default();
+        registry.register(
+            "metadata_unavailable_responses",
+            "Registry requests answered 503 UNAVAILABLE because the metadata store was unreachable, restarting or read-only",
+            metadata_unavailable.clone(),
+        );
+        let storage_unavailable = Counter::default();
+        registry.register(
+            "storage_unavailable_responses",
+            "Registry requests answered 503 UNAVAILABLE because the blob store still failed, throttled or stalled after the client's retries",
+            storage_unavailable.clone(),
+        );
         let connections_open = Gauge::default();
         let connections_accepted = Counter::default();
         let connections_refused = Family::<ReasonLabels, Counter>::default();
@@ -162,6 +176,8 @@ impl Default for Metrics {
             connections_timed_out.clone(),
         );
         Metrics {
+            metadata_unavailable,
+            storage_unavailable,
             tokens_refused,
             api_refused,
             connections_open,

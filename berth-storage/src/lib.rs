@@ -32,7 +32,7 @@ use futures_util::Stream;
 pub use copy::{Copied, CopyEvent, CopySummary, copy_all_blobs, copy_blob};
 pub use fs::FsStore;
 pub use hash::{HashState, digest_of};
-pub use s3::{Credentials as S3Credentials, S3Config, S3Store};
+pub use s3::{Credentials as S3Credentials, S3Config, S3Counters, S3Store, S3Tuning};
 pub use scan::{BlobCheck, BlobScan, ScanEntry};
 
 /// Errors from the blob store. Client-caused conditions are distinct variants so the
@@ -80,6 +80,17 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The object store is failing, throttling or unreachable right now (after the
+    /// client's retries): nothing was stored, and the same request may succeed later, so
+    /// the server answers 503 rather than 500.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StorageError::S3 { status, .. } => matches!(status, 500 | 502 | 503 | 504 | 429),
+            StorageError::S3Request { .. } => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> StorageError {
         move |source| StorageError::Io { op, source }
     }

@@ -5,6 +5,8 @@
 //! Berth itself. Both servers are required: a suite that needs one fails without it rather
 //! than skip.
 
+pub mod pg;
+
 use sha2::{Digest as _, Sha256};
 
 /// `sha256:<hex>` of `data`.

@@ -323,11 +323,40 @@ impl UpstreamEntry {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetadataConfig {
     /// `sqlite:PATH` or `postgres://user:pass@host/db`. Default: `sqlite:<data_dir>/berth.db`.
     pub url: Option<String>,
+    /// PostgreSQL: milliseconds a request waits for a database connection, opening one
+    /// included, before it is answered 503 `UNAVAILABLE`.
+    pub acquire_timeout_ms: u64,
+    /// PostgreSQL: `statement_timeout` of every connection, in milliseconds (0: none).
+    pub statement_timeout_ms: u64,
+    /// PostgreSQL: connections per replica at most.
+    pub max_connections: u32,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        let d = berth_meta::PoolSettings::default();
+        MetadataConfig {
+            url: None,
+            acquire_timeout_ms: d.acquire_timeout.as_millis() as u64,
+            statement_timeout_ms: d.statement_timeout.as_millis() as u64,
+            max_connections: d.max_connections,
+        }
+    }
+}
+
+impl MetadataConfig {
+    pub fn pool_settings(&self) -> berth_meta::PoolSettings {
+        berth_meta::PoolSettings {
+            acquire_timeout: std::time::Duration::from_millis(self.acquire_timeout_ms.max(1)),
+            statement_timeout: std::time::Duration::from_millis(self.statement_timeout_ms),
+            max_connections: self.max_connections.max(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -463,6 +492,10 @@ pub struct CacheConfig {
     pub ttl_ms: u64,
     /// Entries kept in each of the three caches.
     pub entries: usize,
+    /// Seconds a tag, manifest or blob link read from the metadata store may still be
+    /// served (manifests with a `Warning`) while the store is unreachable; also how long
+    /// `/readyz` stays ready (degraded) during an outage. 0: never serve stale.
+    pub stale_on_error_secs: u64,
 }
 
 impl Default for CacheConfig {
@@ -470,6 +503,7 @@ impl Default for CacheConfig {
         CacheConfig {
             ttl_ms: 2000,
             entries: 10_000,
+            stale_on_error_secs: 300,
         }
     }
 }

@@ -453,7 +453,7 @@ async fn migrate(store: &open::StoreArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     }
-    let meta = MetaStore::connect(&config.metadata_url())
+    let meta = MetaStore::connect_with(&config.metadata_url(), &config.metadata.pool_settings())
         .await
         .context("opening (and migrating) the metadata store")?;
     let (version, known) = meta.schema_version().await?;

@@ -51,9 +51,10 @@ impl StoreArgs {
         let config = self.load()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let meta = MetaStore::connect(&config.metadata_url())
-            .await
-            .context("opening the metadata store")?;
+        let meta =
+            MetaStore::connect_with(&config.metadata_url(), &config.metadata.pool_settings())
+                .await
+                .context("opening the metadata store")?;
         let key = read_key_file(&config)?;
         let access = Access::new(meta, config.access_config(), key).await?;
         Ok((config, access))
@@ -89,7 +90,7 @@ pub async fn open_blobs(config: &Config, existing: bool) -> anyhow::Result<BlobS
         StorageKind::S3 => {
             let s3 = config.storage.s3_config(|k| std::env::var(k).ok())?;
             let what = format!("S3 bucket {} at {}", s3.bucket, s3.endpoint);
-            let store = S3Store::new(s3)
+            let store = S3Store::new_tuned(s3, config.storage.s3_tuning())
                 .await
                 .with_context(|| format!("opening {what}"))?;
             tracing::info!("blobs in {what}");
@@ -105,7 +106,7 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let blobs = open_blobs(config, false).await?;
-    let meta = MetaStore::connect(&config.metadata_url())
+    let meta = MetaStore::connect_with(&config.metadata_url(), &config.metadata.pool_settings())
         .await
         .context("opening the metadata store")?;
     let registry = Registry::new(
@@ -122,6 +123,7 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
             upload_ttl: Duration::from_secs(config.uploads.ttl_secs),
             cache_ttl: Duration::from_millis(config.cache.ttl_ms),
             cache_entries: config.cache.entries.max(1),
+            stale_on_error: Duration::from_secs(config.cache.stale_on_error_secs),
             tag_rules: config.tag_rules()?,
         },
     )

@@ -1015,6 +1015,90 @@ fn kill_9_during_concurrent_pushes_loses_nothing_acknowledged() {
     );
 }
 
+/// The loop above at scale: two replicas over one PostgreSQL schema and one S3 prefix,
+/// workers pushing through both, one replica (chosen at random) SIGKILLed per round and
+/// restarted; everything either replica acknowledged must come back byte-identical from
+/// both, and fsck over the database and the bucket must be clean. `BERTH_CRASH_ROUNDS`
+/// (default 4 here) and `BERTH_CRASH_SECS` (default 60) bound it; the CI run takes about
+/// a minute, long runs set both higher.
+#[test]
+fn kill_9_of_one_of_two_replicas_over_postgres_and_s3_loses_nothing_acknowledged() {
+    const WORKERS: usize = 4;
+    let rounds = env_u64("BERTH_CRASH_ROUNDS", 4) as usize;
+    let budget = Duration::from_secs(env_u64("BERTH_CRASH_SECS", 60));
+    let started = Instant::now();
+    let mut rng = Rng::seeded("kill_9_of_one_of_two_replicas_over_postgres_and_s3");
+    let url = {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(berth_testkit::postgres_url())
+    };
+    let s3 = berth_testkit::s3_config(&format!("{}/", berth_testkit::unique()));
+    let config = format!(
+        "[metadata]\nurl = {url:?}\n[storage]\nkind = \"s3\"\nendpoint = {:?}\nbucket = {:?}\n\
+         region = {:?}\nprefix = {:?}\naccess_key_id = {:?}\nsecret_access_key = {:?}\n\
+         path_style = true\n",
+        s3.endpoint,
+        s3.bucket,
+        s3.region,
+        s3.prefix,
+        s3.credentials.access_key_id,
+        s3.credentials.secret_access_key,
+    );
+    let homes = [Home::new(&config), Home::new(&config)];
+    let ledger = Arc::new(Ledger::default());
+    let mut servers = [homes[0].start(None), homes[1].start(None)];
+    let mut done = 0;
+    for round in 0..rounds {
+        if started.elapsed() > budget {
+            break;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|w| {
+                let (ledger, stop, wrng) = (ledger.clone(), stop.clone(), rng.fork());
+                let addr = servers[w % 2].addr;
+                thread::spawn(move || workload(addr, w, round, wrng, &ledger, &stop))
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(500 + rng.below(1500)));
+        let victim = rng.below(2) as usize;
+        servers[victim].kill9();
+        // The survivor goes on taking pushes for a moment while the other is down.
+        thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+        for w in workers {
+            w.join().expect("worker");
+        }
+        servers[victim] = homes[victim].start(None);
+        let faults = ledger.faults.lock().expect("ledger").clone();
+        assert!(faults.is_empty(), "wrong answers under load: {faults:#?}");
+        let mut counts = (0, 0);
+        for server in &servers {
+            counts = verify_ledger(server.addr, &ledger);
+        }
+        homes[0].fsck_clean();
+        done += 1;
+        eprintln!(
+            "round {round}: replica {victim} killed; {} blobs and {} manifests acknowledged so far, all intact on both",
+            counts.0, counts.1
+        );
+    }
+    let (blobs, manifests) = verify_ledger(servers[0].addr, &ledger);
+    eprintln!(
+        "kill -9 loop over PostgreSQL + S3: {done} rounds in {:?}, {} requests, {blobs} blobs and {manifests} manifests verified on both replicas",
+        started.elapsed(),
+        ledger.attempts.load(Ordering::Relaxed),
+    );
+    assert!(done >= 1.min(rounds), "no round ran");
+    assert!(
+        blobs > 0 && manifests > 0,
+        "the workload acknowledged nothing"
+    );
+}
+
 // ---- c: error failpoints ----
 
 /// With `point=1*error`, a push that hits it gets a 5xx, the server keeps serving, and the

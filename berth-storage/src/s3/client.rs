@@ -4,6 +4,8 @@
 //! Request bodies are always in memory (at most one part), so every request can be retried
 //! as it is; response bodies of object reads are handed back unread, to be streamed.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -13,9 +15,67 @@ use super::sign::{self, Credentials, Signer};
 use super::xml;
 use crate::{Result, StorageError};
 
-/// Attempts per request: S3 answers a small share of requests with 500/503 (`SlowDown`,
-/// `InternalError`) that succeed when repeated.
-const ATTEMPTS: u32 = 4;
+/// How the client meets a bucket that fails, throttles or stalls.
+#[derive(Debug, Clone)]
+pub struct S3Tuning {
+    /// Attempts per request: S3 answers a small share of requests with 500/503
+    /// (`SlowDown`, `InternalError`) or drops connections, and these succeed when
+    /// repeated. Between attempts: an exponential backoff from 100 ms with jitter (half
+    /// the step plus a random part of the other half).
+    pub attempts: u32,
+    /// One attempt's time until the response headers (a stalled request is abandoned and
+    /// retried); with the backoff it bounds a whole request: at most
+    /// `attempts × attempt_timeout` plus about 1.5 s of waits with the defaults.
+    pub attempt_timeout: std::time::Duration,
+    /// Longest pause inside a response body (a stalled read of an object).
+    pub read_timeout: std::time::Duration,
+    /// S3 requests in flight at once from this process; more wait for a slot, at most
+    /// `attempt_timeout`, then fail as unavailable. Keeps requests from piling up behind
+    /// a stalled bucket.
+    pub max_in_flight: usize,
+    /// Appends buffering at once (each holds at most two 8 MiB parts): more wait for a
+    /// turn, at most `attempt_timeout`, before reading any of their body, then fail as
+    /// unavailable. Bounds the memory uploads take when the bucket is slow.
+    pub max_appends: usize,
+}
+
+impl Default for S3Tuning {
+    fn default() -> Self {
+        S3Tuning {
+            attempts: 4,
+            attempt_timeout: std::time::Duration::from_secs(30),
+            read_timeout: std::time::Duration::from_secs(60),
+            max_in_flight: 256,
+            max_appends: 32,
+        }
+    }
+}
+
+/// What the client retried and gave up on, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct S3Counters {
+    /// Attempts repeated after a 5xx or 429 answer.
+    pub retried_status: AtomicU64,
+    /// Attempts repeated after a connection failure (refused, reset).
+    pub retried_connection: AtomicU64,
+    /// Attempts repeated after a stall past `attempt_timeout`.
+    pub retried_timeout: AtomicU64,
+    /// Requests that failed after their last attempt, or found no slot in time.
+    pub failed: AtomicU64,
+    /// Requests that waited for a slot (`max_in_flight` reached).
+    pub waited_for_slot: AtomicU64,
+    /// Appends that waited for a turn (`max_appends` reached).
+    pub waited_for_append: AtomicU64,
+}
+
+/// A random duration in `[step / 2, step)`.
+fn jittered(step: Duration) -> Duration {
+    use std::hash::BuildHasher as _;
+    let half = step / 2;
+    let r = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    let nanos = half.as_nanos().max(1) as u64;
+    half + Duration::from_nanos(r % nanos)
+}
 
 /// Where the bucket is and how to address it.
 #[derive(Clone)]
@@ -62,6 +122,10 @@ pub struct Client {
     host: String,
     bucket: String,
     path_style: bool,
+    pub(crate) tuning: S3Tuning,
+    slots: Arc<tokio::sync::Semaphore>,
+    pub(crate) appends: Arc<tokio::sync::Semaphore>,
+    pub(crate) counters: Arc<S3Counters>,
 }
 
 fn ensure_crypto_provider() {
@@ -76,7 +140,7 @@ fn config_error(msg: String) -> StorageError {
 }
 
 impl Client {
-    pub fn new(config: &ClientConfig) -> Result<Client> {
+    pub fn new(config: &ClientConfig, tuning: S3Tuning) -> Result<Client> {
         let url = reqwest::Url::parse(&config.endpoint)
             .map_err(|e| config_error(format!("S3 endpoint {:?}: {e}", config.endpoint)))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -105,9 +169,10 @@ impl Client {
         };
         ensure_crypto_provider();
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            // Reads stall only when S3 does; a whole large object may take far longer.
-            .read_timeout(Duration::from_secs(120))
+            .connect_timeout(tuning.attempt_timeout.min(Duration::from_secs(10)))
+            // Reads stall only when S3 does; a whole large object may take far longer, so
+            // the bound is on a pause, not on the whole body.
+            .read_timeout(tuning.read_timeout)
             .build()
             .map_err(|e| config_error(format!("S3 client: {e}")))?;
         Ok(Client {
@@ -121,6 +186,10 @@ impl Client {
             host,
             bucket: config.bucket.clone(),
             path_style: config.path_style,
+            slots: Arc::new(tokio::sync::Semaphore::new(tuning.max_in_flight.max(1))),
+            appends: Arc::new(tokio::sync::Semaphore::new(tuning.max_appends.max(1))),
+            tuning,
+            counters: Arc::default(),
         })
     }
 
@@ -169,6 +238,31 @@ impl Client {
             ("x-amz-content-sha256".to_owned(), payload_hash.clone()),
         ];
         headers.extend(extra.iter().cloned());
+        // A slot first: behind a stalled bucket, requests wait here (bounded) instead of
+        // piling up connections and buffered bodies without end.
+        let _slot = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.counters
+                    .waited_for_slot
+                    .fetch_add(1, Ordering::Relaxed);
+                match tokio::time::timeout(
+                    self.tuning.attempt_timeout,
+                    self.slots.clone().acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                        return Err(StorageError::S3Request {
+                            op,
+                            source: "too many S3 requests in flight; none finished in time".into(),
+                        });
+                    }
+                }
+            }
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -194,28 +288,57 @@ impl Client {
             } else if method == Method::PUT || method == Method::POST {
                 rb = rb.header("content-length", "0");
             }
-            let retry_after = Duration::from_millis(100 << attempt);
-            match rb.send().await {
-                Ok(resp)
-                    if attempt < ATTEMPTS
+            let last = attempt >= self.tuning.attempts.max(1);
+            let backoff = jittered(Duration::from_millis(100 << attempt.min(10)));
+            let sent = tokio::time::timeout(self.tuning.attempt_timeout, rb.send()).await;
+            match sent {
+                Ok(Ok(resp))
+                    if !last
                         && (resp.status().is_server_error()
                             || resp.status() == StatusCode::TOO_MANY_REQUESTS) =>
                 {
+                    self.counters.retried_status.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(op, status = %resp.status(), "S3 request will be retried");
-                    tokio::time::sleep(retry_after).await;
+                    tokio::time::sleep(backoff).await;
                 }
-                Ok(resp) => return Ok(resp),
-                Err(e)
-                    if attempt < ATTEMPTS
-                        && (e.is_connect() || e.is_timeout() || e.is_request()) =>
-                {
+                Ok(Ok(resp)) => {
+                    if resp.status().is_server_error()
+                        || resp.status() == StatusCode::TOO_MANY_REQUESTS
+                    {
+                        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(resp);
+                }
+                Ok(Err(e)) if !last && (e.is_connect() || e.is_timeout() || e.is_request()) => {
+                    self.counters
+                        .retried_connection
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(op, error = %e, "S3 request will be retried");
-                    tokio::time::sleep(retry_after).await;
+                    tokio::time::sleep(backoff).await;
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
                     return Err(StorageError::S3Request {
                         op,
                         source: Box::new(e),
+                    });
+                }
+                Err(_) if !last => {
+                    self.counters
+                        .retried_timeout
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(op, "S3 request stalled; it will be retried");
+                    tokio::time::sleep(backoff).await;
+                }
+                Err(_) => {
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    return Err(StorageError::S3Request {
+                        op,
+                        source: format!(
+                            "no answer within {} ms",
+                            self.tuning.attempt_timeout.as_millis()
+                        )
+                        .into(),
                     });
                 }
             }

@@ -13,10 +13,12 @@
 //! the large pieces inside S3 and streams only runs of small chunks through here.
 
 mod client;
+pub use client::{S3Counters, S3Tuning};
 pub mod sign;
 mod xml;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use berth_oci::{Algorithm, Digest};
@@ -93,13 +95,21 @@ impl S3Store {
     /// Builds the client and checks that the bucket answers, so a wrong endpoint or
     /// credentials fail at startup rather than at the first push.
     pub async fn new(config: S3Config) -> Result<S3Store> {
-        let client = Client::new(&ClientConfig {
-            endpoint: config.endpoint.clone(),
-            bucket: config.bucket.clone(),
-            region: config.region.clone(),
-            credentials: config.credentials.clone(),
-            path_style: config.path_style,
-        })?;
+        Self::new_tuned(config, S3Tuning::default()).await
+    }
+
+    /// [`S3Store::new`] with retries, timeouts and the in-flight limit chosen.
+    pub async fn new_tuned(config: S3Config, tuning: S3Tuning) -> Result<S3Store> {
+        let client = Client::new(
+            &ClientConfig {
+                endpoint: config.endpoint.clone(),
+                bucket: config.bucket.clone(),
+                region: config.region.clone(),
+                credentials: config.credentials.clone(),
+                path_style: config.path_style,
+            },
+            tuning,
+        )?;
         let mut prefix = config.prefix.trim_start_matches('/').to_owned();
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
@@ -120,6 +130,11 @@ impl S3Store {
 
     fn client(&self) -> &Client {
         &self.inner.client
+    }
+
+    /// What the client retried and gave up on.
+    pub fn counters(&self) -> &S3Counters {
+        &self.inner.client.counters
     }
 
     fn key(&self, rel: &str) -> String {
@@ -239,6 +254,33 @@ impl S3Store {
         E: std::error::Error + Send + Sync + 'static,
     {
         let dir = self.upload_dir(id)?;
+        // A turn before a byte of the body is read: with the bucket slow, appends wait here
+        // (their clients held back by TCP) instead of each buffering its parts.
+        let client = self.client();
+        let _turn = match client.appends.clone().try_acquire_owned() {
+            Ok(t) => t,
+            Err(_) => {
+                client
+                    .counters
+                    .waited_for_append
+                    .fetch_add(1, Ordering::Relaxed);
+                match tokio::time::timeout(
+                    client.tuning.attempt_timeout,
+                    client.appends.clone().acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(t)) => t,
+                    _ => {
+                        client.counters.failed.fetch_add(1, Ordering::Relaxed);
+                        return Err(StorageError::S3Request {
+                            op: "append",
+                            source: "too many appends buffering; none finished in time".into(),
+                        });
+                    }
+                }
+            }
+        };
         let listed = self.client().list_all(&dir).await?;
         if Self::chain(&dir, &listed, offset).is_none() {
             return Err(StorageError::UploadUnknown(id.to_owned()));

@@ -36,6 +36,20 @@ pub struct StorageConfig {
     pub redirect_blob_gets: bool,
     /// How long a presigned URL stays valid.
     pub redirect_expiry_secs: u64,
+    /// S3: attempts per request (5xx, 429, resets and stalls are retried with a jittered
+    /// exponential backoff from 100 ms).
+    pub attempts: u32,
+    /// S3: seconds one attempt may wait for the response headers before it is abandoned
+    /// and retried.
+    pub attempt_timeout_secs: u64,
+    /// S3: seconds a response body may pause before the read fails.
+    pub read_timeout_secs: u64,
+    /// S3: requests in flight at once per replica; more wait (at most
+    /// `attempt_timeout_secs`) and then fail with 503.
+    pub max_in_flight: usize,
+    /// S3: appends buffering at once per replica (each holds at most 16 MiB); more wait
+    /// (at most `attempt_timeout_secs`) before reading their body, then fail with 503.
+    pub max_appends: usize,
 }
 
 impl Default for StorageConfig {
@@ -51,6 +65,11 @@ impl Default for StorageConfig {
             path_style: false,
             redirect_blob_gets: false,
             redirect_expiry_secs: 300,
+            attempts: 4,
+            attempt_timeout_secs: 30,
+            read_timeout_secs: 60,
+            max_in_flight: 256,
+            max_appends: 32,
         }
     }
 }
@@ -72,11 +91,27 @@ impl std::fmt::Debug for StorageConfig {
             .field("path_style", &self.path_style)
             .field("redirect_blob_gets", &self.redirect_blob_gets)
             .field("redirect_expiry_secs", &self.redirect_expiry_secs)
+            .field("attempts", &self.attempts)
+            .field("attempt_timeout_secs", &self.attempt_timeout_secs)
+            .field("read_timeout_secs", &self.read_timeout_secs)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_appends", &self.max_appends)
             .finish()
     }
 }
 
 impl StorageConfig {
+    /// How the S3 client meets a failing or stalled bucket.
+    pub fn s3_tuning(&self) -> berth_storage::S3Tuning {
+        berth_storage::S3Tuning {
+            attempts: self.attempts.max(1),
+            attempt_timeout: std::time::Duration::from_secs(self.attempt_timeout_secs.max(1)),
+            read_timeout: std::time::Duration::from_secs(self.read_timeout_secs.max(1)),
+            max_in_flight: self.max_in_flight.max(1),
+            max_appends: self.max_appends.max(1),
+        }
+    }
+
     /// The S3 settings, with the standard AWS environment variables filling what the file
     /// leaves unset. `env` is `std::env::var` outside tests.
     pub fn s3_config(&self, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<S3Config> {

@@ -366,3 +366,80 @@ fn gc_beside_pushes_and_immutable_races_across_replicas_over_s3() {
         .count();
     assert_eq!((won, denied), (1, 7), "{answers:#?}");
 }
+
+/// Four `berth migrate` processes (the init containers of four replicas) started at the
+/// same moment on a database of their own: none fails, and every step is applied and
+/// recorded once. On an empty database, and on one an older Berth left at version 5.
+#[test]
+fn four_migrate_processes_at_once_apply_the_schema_once() {
+    let older_steps = [
+        include_str!("../../../berth-meta/migrations/postgres/0001_core.sql"),
+        include_str!("../../../berth-meta/migrations/postgres/0002_access.sql"),
+        include_str!("../../../berth-meta/migrations/postgres/0003_tag_history.sql"),
+        include_str!("../../../berth-meta/migrations/postgres/0004_gc.sql"),
+        include_str!("../../../berth-meta/migrations/postgres/0005_quota.sql"),
+    ];
+    for older in [false, true] {
+        let cluster = berth_testkit::pg::PgCluster::start();
+        if older {
+            cluster.sql(
+                "berth",
+                "CREATE TABLE berth_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            );
+            for (i, step) in older_steps.iter().enumerate() {
+                cluster.sql("berth", step);
+                cluster.sql(
+                    "berth",
+                    &format!("INSERT INTO berth_schema VALUES ({}, 0)", i + 1),
+                );
+            }
+        }
+        let dir = tempdir();
+        let children: Vec<_> = (0..4)
+            .map(|i| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+                    .args(["migrate", "--data-dir"])
+                    .arg(dir.path().join(format!("d{i}")))
+                    .args(["--metadata-url", &cluster.url()])
+                    .output_async()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().expect("berth migrate");
+            assert!(
+                out.status.success(),
+                "older = {older}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let counts = cluster.sql(
+            "berth",
+            "SELECT count(*) || ' ' || count(DISTINCT version) || ' ' || max(version) FROM berth_schema",
+        );
+        let known = std::fs::read_dir(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../berth-meta/migrations/postgres"
+        ))
+        .expect("migrations")
+        .count();
+        assert_eq!(
+            counts,
+            format!("{known} {known} {known}"),
+            "older = {older}"
+        );
+    }
+}
+
+/// Starts a command with its output captured, without waiting for it.
+trait Spawn {
+    fn output_async(&mut self) -> std::process::Child;
+}
+
+impl Spawn for std::process::Command {
+    fn output_async(&mut self) -> std::process::Child {
+        self.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn berth")
+    }
+}
