@@ -348,6 +348,7 @@ impl Registry {
             .image_catalog(digest.as_str())
             .await
             .map_err(transient)?;
+        let mut status = current.as_ref().map(|c| c.status.clone());
         if current
             .as_ref()
             .is_none_or(|c| c.cataloger_version < i64::from(CATALOGER_VERSION))
@@ -366,8 +367,11 @@ impl Registry {
                 _ => 0,
             };
             tracing::info!(repository = %repo, %digest, status = %row.status, packages = row.packages.len(), "cataloged");
+            status = Some(row.status);
         }
-        if cat.settings.referrers {
+        // No document describes an image none of whose content could be read as a
+        // filesystem: it would be an SBOM of nothing, listed among the image's referrers.
+        if cat.settings.referrers && status.as_deref() != Some("failed") {
             self.attach_sboms(cat, repo, digest, media_type, content.len() as u64)
                 .await
                 .map_err(transient)?;
@@ -416,7 +420,17 @@ impl Registry {
             .into_iter()
             .map(|(l, i)| (l, i.path, i.reason))
             .collect();
-        let status = if detail.partial.is_empty() {
+        // A layer with not one tar entry before it went bad is not a filesystem at all
+        // (random test data, a mislabelled blob): nothing of the image is known.
+        let unreadable: Vec<&str> = catalogs
+            .iter()
+            .filter(|(_, c)| c.entries == 0 && c.partial.is_some())
+            .map(|(d, _)| d.as_str())
+            .collect();
+        let status = if !unreadable.is_empty() {
+            detail.error = Some(format!("not a tar archive: {}", unreadable.join(", ")));
+            "failed"
+        } else if detail.partial.is_empty() {
             "complete"
         } else {
             "partial"

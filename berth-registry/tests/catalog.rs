@@ -216,3 +216,51 @@ async fn each_platform_of_an_index_is_cataloged() {
     assert_eq!(v.digest, common::sha(&ma).to_string());
     jobs.shutdown().await;
 }
+
+/// A layer that is not a tar archive at all (random bytes, as test suites push) makes the
+/// image's catalog `failed`, and no SBOM of nothing is listed among its referrers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_of_random_bytes_gets_no_sbom() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = common::registry(dir.path(), false)
+        .await
+        .with_catalog(CatalogSettings::default());
+    let jobs = r.start_jobs();
+    let repo = common::repo("noise");
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let m = common::push_image(&r, &repo, Some("v1"), b"{\"n\":1}", &[&noise], None)
+        .await
+        .expect("push");
+    let d = common::sha(&m);
+    let v = wait_for(&r, &repo, &d).await;
+    assert_eq!(v.status, "failed");
+    assert!(v.packages.is_empty());
+    // A real image pushed after it gets its SBOMs: the queue ran past the failed one.
+    let good = common::push_image(&r, &repo, Some("v2"), b"{\"n\":2}", &[&base_layer()], None)
+        .await
+        .expect("push");
+    let gd = common::sha(&good);
+    let start = Instant::now();
+    while r
+        .meta()
+        .referrers(repo.as_str(), gd.as_str(), None)
+        .await
+        .expect("referrers")
+        .len()
+        < 2
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "no SBOMs for v2");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        r.meta()
+            .referrers(repo.as_str(), d.as_str(), None)
+            .await
+            .expect("referrers")
+            .is_empty(),
+        "an SBOM of nothing"
+    );
+    jobs.shutdown().await;
+}
