@@ -161,10 +161,12 @@ impl<R: Read> TarReader<R> {
             if h.iter().all(|&b| b == 0) {
                 return Ok(None);
             }
-            self.entries += 1;
+            // Only a header that checks out counts as an entry: a layer whose first block
+            // does not is no tar archive (it has zero entries).
             if !checksum_ok(&h) {
-                return Err(TarError::Checksum(self.entries));
+                return Err(TarError::Checksum(self.entries + 1));
             }
+            self.entries += 1;
             let typeflag = h[156];
             let size = number(&h[124..136]).ok_or(TarError::Number("size"))?;
             match typeflag {
