@@ -18,7 +18,7 @@ pub mod parsers;
 pub mod purl;
 pub mod sbom;
 pub mod tar;
-mod zip;
+pub mod zip;
 
 pub use decompress::Compression;
 pub use layer::catalog_layer;

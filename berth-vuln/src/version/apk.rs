@@ -105,10 +105,10 @@ pub fn compare(a: &str, b: &str) -> Option<Ordering> {
     for i in 0..n {
         let (x, y) = (a.suffixes.get(i), b.suffixes.get(i));
         let o = match (x, y) {
-            (Some(x), Some(y)) => x
-                .0
-                .cmp(&y.0)
-                .then_with(|| cmp_numeric(x.1.as_bytes(), y.1.as_bytes())),
+            (Some(x), Some(y)) => {
+                x.0.cmp(&y.0)
+                    .then_with(|| cmp_numeric(x.1.as_bytes(), y.1.as_bytes()))
+            }
             (Some(x), None) => x.0.cmp(&0),
             (None, Some(y)) => 0.cmp(&y.0),
             (None, None) => Ordering::Equal,

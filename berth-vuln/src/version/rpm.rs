@@ -94,7 +94,10 @@ fn split(v: &str) -> Option<(u64, &str, &str)> {
         None => (0, v),
     };
     let (ver, rel) = rest.rsplit_once('-').unwrap_or((rest, ""));
-    if ver.is_empty() || v.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+    if ver.is_empty()
+        || v.bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
         return None;
     }
     Some((epoch, ver, rel))

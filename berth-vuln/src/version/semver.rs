@@ -20,9 +20,9 @@ fn numeric_ok(s: &str) -> bool {
 fn parse(v: &str) -> Option<Semver<'_>> {
     let v = v.trim();
     let v = v.strip_prefix(['v', '=']).unwrap_or(v);
-    let v = v.split_once('+').map_or(v, |(h, build)| {
-        if build.is_empty() { "" } else { h }
-    });
+    let v = v
+        .split_once('+')
+        .map_or(v, |(h, build)| if build.is_empty() { "" } else { h });
     let (core, pre) = match v.split_once('-') {
         Some((c, p)) => (c, Some(p)),
         None => (v, None),
