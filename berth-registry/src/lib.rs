@@ -25,6 +25,7 @@ pub mod stats;
 pub mod tag_rules;
 pub mod transfer;
 mod versions;
+pub mod vulns;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -203,6 +204,8 @@ pub struct Registry {
     rules: Arc<std::sync::RwLock<Arc<TagRules>>>,
     /// Signature trust, policy rules and the verdict cache.
     policy: Arc<policy::PolicyState>,
+    /// Vulnerability import and matching counters.
+    vulns: Arc<vulns::VulnStats>,
 }
 
 impl Registry {
@@ -227,6 +230,7 @@ impl Registry {
             stats: Arc::default(),
             rules: Arc::new(std::sync::RwLock::new(rules)),
             policy: Arc::new(policy::PolicyState::new(policy::Policy::default())),
+            vulns: Arc::default(),
         }
     }
 
