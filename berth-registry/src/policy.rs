@@ -1032,6 +1032,9 @@ impl Registry {
             }
             if rule.spec.mode == Mode::Enforce {
                 stats::bump(&self.policy.refused, 1);
+                if rule.vuln.is_some() {
+                    stats::bump(&self.vulns.refused, 1);
+                }
                 self.record_refusal(&RefusedPull {
                     repository: repo.as_str(),
                     digest: m.digest.as_str(),

@@ -31,6 +31,8 @@ pub struct VulnStats {
     pub packages_matched: AtomicU64,
     /// Images whose findings were read (scans, the API, policy verdicts computed).
     pub scans: AtomicU64,
+    /// Pulls refused by an enforcing vulnerability rule.
+    pub refused: AtomicU64,
 }
 
 /// What one feed of an import brought.
