@@ -239,8 +239,9 @@ impl Registry {
     }
 
     /// Keeps this replica's read caches in step with changes other replicas commit
-    /// (PostgreSQL `LISTEN`); without it they catch up within `cache_ttl`. Nothing to do on
-    /// SQLite.
+    /// (PostgreSQL `LISTEN`); without it they catch up within `cache_ttl`. On both, the
+    /// policy counter is polled once a second, so an advisory import or a policy change
+    /// made by another process is in force here within a second.
     pub async fn follow_other_replicas(&self) -> Result<()> {
         let caches = Arc::clone(&self.cache);
         let verdicts = Arc::clone(&self.policy);
@@ -262,10 +263,11 @@ impl Registry {
                 caches.apply(inv)
             })
             .await?;
-        if listening.is_some() {
-            // The fallback for notifications lost while the listener reconnects.
-            self.poll_verdict_counter();
-        }
+        // On PostgreSQL the fallback for notifications lost while the listener
+        // reconnects; on SQLite how this process learns of what offline commands wrote
+        // into its database (`berth advisories import` while it serves).
+        let _ = listening;
+        self.poll_verdict_counter();
         Ok(())
     }
 
