@@ -68,7 +68,7 @@ fn deb(base: usize, i: usize) -> CatalogPackage {
 }
 
 fn app(j: usize, layer: u64) -> CatalogPackage {
-    let (eco, name, version) = if j % 2 == 0 {
+    let (eco, name, version) = if j.is_multiple_of(2) {
         (
             "npm",
             format!("npm-pkg{}", j / 4),
@@ -102,7 +102,14 @@ fn records(n: usize, rng: &mut Rng) -> Vec<Record> {
             0 => (
                 "deb",
                 format!("src{}", rng.below(BASE_PACKAGES * 8)),
-                Some(if k % 4 == 0 { "bookworm" } else { "bullseye" }.to_owned()),
+                Some(
+                    if k.is_multiple_of(4) {
+                        "bookworm"
+                    } else {
+                        "bullseye"
+                    }
+                    .to_owned(),
+                ),
                 format!(
                     "1.{}.{}-2+deb12u{}",
                     rng.below(7),
@@ -112,7 +119,7 @@ fn records(n: usize, rng: &mut Rng) -> Vec<Record> {
             ),
             _ => {
                 let j = rng.below(APP_POOL * 4);
-                if j % 2 == 0 {
+                if j.is_multiple_of(2) {
                     (
                         "npm",
                         format!("npm-pkg{}", j / 4),
