@@ -1,5 +1,5 @@
 //! Vulnerabilities with real components: a Debian image built by umoci, pushed with
-//! skopeo, cataloged by the server; `berth advisories import` reads the fixture dumps
+//! skopeo, cataloged by the server, pulled by skopeo and containerd; `berth advisories import` reads the fixture dumps
 //! (OSV files, the Debian tracker, Alpine secdb) into the server's data directory while
 //! it serves, and the enforcing `[[vulnerability_policy]]` starts refusing skopeo's pull
 //! of the image within the poll interval, naming the rule and the worst finding.
@@ -8,7 +8,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Berth, Layout, cmd, exec, parse_json, run_stdout, skopeo_copy, tempdir};
+use crate::containerd::Containerd;
+use crate::harness::{
+    Berth, Layout, cmd, exec, parse_json, run, run_fails, run_stdout, skopeo_copy, tempdir,
+};
 
 const CONFIG: &str = r#"[catalog]
 enabled = true
@@ -34,7 +37,7 @@ fn fixtures() -> String {
 }
 
 #[test]
-fn skopeo_pulls_are_refused_once_an_import_finds_a_high_vulnerability() {
+fn skopeo_and_containerd_pulls_are_refused_once_an_import_finds_a_high_vulnerability() {
     let berth = Berth::start_with(CONFIG, &[]);
     let work = tempdir();
     let layout = Layout::init(work.path().join("layout"));
@@ -78,6 +81,12 @@ fn skopeo_pulls_are_refused_once_an_import_finds_a_high_vulnerability() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    let daemon = Containerd::start();
+    let reference = berth.image("e2e/app:v1");
+    run(daemon
+        .ctr("before")
+        .args(["image", "pull", "--plain-http", &reference]));
+
     let out = run_stdout(berth.cli().args(["advisories", "import", &fixtures()]));
     assert!(out.contains("debian-tracker"), "{out}");
     assert!(out.contains("re-matched"), "{out}");
@@ -97,6 +106,13 @@ fn skopeo_pulls_are_refused_once_an_import_finds_a_high_vulnerability() {
     };
     assert!(err.contains("no-high"), "{err}");
     assert!(err.contains("CVE-2023-4911"), "{err}");
+    // containerd, in a namespace that does not hold the image yet.
+    let err = run_fails(
+        daemon
+            .ctr("after")
+            .args(["image", "pull", "--plain-http", &reference]),
+    );
+    assert!(err.contains("403 Forbidden"), "{err}");
 
     let out = run_stdout(berth.cli().args(["scan", "e2e/app:v1", "--json"]));
     let report = parse_json(out.as_bytes(), "berth scan --json");
