@@ -211,6 +211,17 @@ impl MetaStore {
         Ok((generation, records))
     }
 
+    /// Every advisory as `(feed, id, record JSON)`: what an import would replace is told
+    /// by its feed and id.
+    pub async fn advisories_by_feed(&self) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query("SELECT feed, id, record FROM advisories")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
     /// The advisory records (JSON) for one package name of an ecosystem.
     pub async fn advisories_for(&self, ecosystem: &str, package: &str) -> Result<Vec<String>> {
         let rows =

@@ -1559,6 +1559,82 @@ impl Registry {
         Ok(out)
     }
 
+    /// For each vulnerability rule, every cataloged image manifest of the repositories it
+    /// covers judged under the advisories `now` and `after`: how many were judged, and
+    /// those refused after but not now (at most 1,000).
+    pub(crate) async fn judge_import(
+        &self,
+        now: &berth_vuln::Index,
+        after: &berth_vuln::Index,
+    ) -> Result<(u64, Vec<crate::vulns::NewlyRefused>)> {
+        let policy = self.policy.current();
+        let rules: Vec<&Rule> = policy
+            .rules
+            .iter()
+            .filter(|r| r.vuln.is_some() && r.spec.mode != Mode::Off)
+            .collect();
+        let mut checked = 0;
+        let mut out = Vec::new();
+        let when = now_secs();
+        let mut last: Option<String> = None;
+        loop {
+            let page = self.meta.catalog(last.as_deref(), 1000).await?;
+            for name in &page {
+                let covering: Vec<&&Rule> = rules
+                    .iter()
+                    .filter(|r| r.repos.iter().any(|g| g.matches(name)))
+                    .collect();
+                if covering.is_empty() {
+                    continue;
+                }
+                let mut after_digest = String::new();
+                loop {
+                    let digests = self.meta.manifest_page(name, &after_digest, 500).await?;
+                    for d in &digests {
+                        let Some(m) = self.meta.get_manifest(name, d).await? else {
+                            continue;
+                        };
+                        if classify(&m.content).kind != Kind::Image {
+                            continue;
+                        }
+                        let Some(catalog) = self.meta.image_catalog(d).await? else {
+                            continue;
+                        };
+                        let before = crate::vulns::catalog_findings(now, &catalog);
+                        let later = crate::vulns::catalog_findings(after, &catalog);
+                        for r in &covering {
+                            let Some(vr) = &r.vuln else { continue };
+                            checked += 1;
+                            if vr.judge(&before, when).is_some() {
+                                continue;
+                            }
+                            if let Some((worst, n)) = vr.judge(&later, when)
+                                && out.len() < 1000
+                            {
+                                out.push(crate::vulns::NewlyRefused {
+                                    rule: r.spec.name.clone(),
+                                    mode: r.spec.mode,
+                                    repository: name.clone(),
+                                    digest: d.clone(),
+                                    why: vr.reason(worst, n),
+                                });
+                            }
+                        }
+                    }
+                    match digests.last() {
+                        Some(l) if digests.len() == 500 => after_digest = l.clone(),
+                        _ => break,
+                    }
+                }
+            }
+            if page.len() < 1000 {
+                break;
+            }
+            last = page.last().cloned();
+        }
+        Ok((checked, out))
+    }
+
     /// Keeps this replica's verdicts in step when a notification was missed: polls the
     /// metadata store's counter once a second and forgets everything when it moved.
     pub fn poll_verdict_counter(&self) {

@@ -103,6 +103,25 @@ pub struct ScanReport {
     pub counts: BTreeMap<String, u64>,
 }
 
+/// What an import would change for the vulnerability rules.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportPreview {
+    pub feeds: Vec<FeedReport>,
+    /// Image manifests judged (per rule).
+    pub checked: u64,
+    /// What the rules would refuse after the import and do not refuse now.
+    pub newly_refused: Vec<NewlyRefused>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NewlyRefused {
+    pub rule: String,
+    pub mode: crate::policy::Mode,
+    pub repository: String,
+    pub digest: String,
+    pub why: String,
+}
+
 /// `berth advisories status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AdvisoryStatus {
@@ -171,9 +190,123 @@ fn merge_feeds(feeds: Vec<Feed>) -> Vec<Feed> {
     by_name.into_values().collect()
 }
 
+/// The findings of a stored catalog under `index`, as an image's findings read.
+pub(crate) fn catalog_findings(
+    index: &Index,
+    catalog: &berth_meta::ImageCatalogRow,
+) -> Vec<ImageFinding> {
+    let mut out = Vec::new();
+    for p in &catalog.packages {
+        let k = Package {
+            purl: &p.purl,
+            ecosystem: &p.ecosystem,
+            name: &p.name,
+            version: &p.version,
+            source_name: p.source_name.as_deref(),
+            source_version: p.source_version.as_deref(),
+        };
+        for f in index.matches(&k) {
+            out.push(ImageFinding {
+                id: f.id,
+                aliases: f.aliases,
+                package: p.name.clone(),
+                version: p.version.clone(),
+                source: p.source_name.clone().filter(|s| *s != p.name),
+                purl: p.purl.clone(),
+                fixed: f.fixed,
+                severity: f.severity,
+                score: f.score,
+                status: f.status,
+                layer: p.layer_digest.clone(),
+                summary: f.summary,
+            });
+        }
+    }
+    out
+}
+
+/// The advisories in force now and those an import of `feeds` would leave, without
+/// writing anything: `(now, after)`.
+pub(crate) fn indexes_around(
+    stored: Vec<(String, String, String)>,
+    feeds: &[Feed],
+) -> (Index, Index) {
+    let replaced: HashSet<&str> = feeds
+        .iter()
+        .filter(|f| f.complete && (!f.records.is_empty() || f.skipped.is_empty()))
+        .map(|f| f.name.as_str())
+        .collect();
+    let updated: HashSet<(&str, &str)> = feeds
+        .iter()
+        .filter(|f| !f.complete)
+        .flat_map(|f| {
+            f.records
+                .iter()
+                .map(move |r| (f.name.as_str(), r.id.as_str()))
+        })
+        .collect();
+    let withdrawn: HashSet<&str> = feeds
+        .iter()
+        .flat_map(|f| f.withdrawn.iter().map(String::as_str))
+        .collect();
+    let mut now = Vec::new();
+    let mut after = Vec::new();
+    for (feed, id, json) in &stored {
+        let Ok(r) = serde_json::from_str::<Record>(json) else {
+            continue;
+        };
+        let osv = feed == "osv" || feed.starts_with("osv:");
+        let gone = replaced.contains(feed.as_str())
+            || updated.contains(&(feed.as_str(), id.as_str()))
+            || (osv && withdrawn.contains(id.as_str()));
+        if !gone {
+            after.push(r.clone());
+        }
+        now.push(r);
+    }
+    after.extend(feeds.iter().flat_map(|f| f.records.iter().cloned()));
+    (Index::new(now), Index::new(after))
+}
+
 impl Registry {
     pub fn vuln_stats(&self) -> Arc<VulnStats> {
         Arc::clone(&self.vulns)
+    }
+
+    /// What importing `feeds` would start refusing under the vulnerability rules in force
+    /// (audit and enforce, and dry-run ones), without writing anything: `berth
+    /// advisories import --dry-run`.
+    pub async fn preview_import(&self, feeds: Vec<Feed>) -> Result<ImportPreview> {
+        let feeds = merge_feeds(feeds);
+        let stored = self.meta.advisories_by_feed().await?;
+        let (now, after) = {
+            let feeds = feeds.clone();
+            tokio::task::spawn_blocking(move || indexes_around(stored, &feeds))
+                .await
+                .map_err(internal)?
+        };
+        let (checked, newly_refused) = self.judge_import(&now, &after).await?;
+        Ok(ImportPreview {
+            feeds: feeds
+                .iter()
+                .map(|f| FeedReport {
+                    name: f.name.clone(),
+                    format: f.format.to_owned(),
+                    complete: f.complete,
+                    records: f.records.len() as u64,
+                    withdrawn: f.withdrawn.len() as u64,
+                    skipped: f.skipped.len() as u64,
+                    skipped_examples: f
+                        .skipped
+                        .iter()
+                        .take(50)
+                        .map(|s| (s.what.clone(), s.reason.clone()))
+                        .collect(),
+                })
+                .collect(),
+            checked,
+            newly_refused,
+        })
     }
 
     /// Imports parsed advisory inputs in one transaction, then re-matches every stored

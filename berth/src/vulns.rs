@@ -69,6 +69,10 @@ pub enum AdvisoriesCommand {
         paths: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Import nothing: list what the vulnerability rules (in any mode but off) would
+        /// start refusing after this import.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// The imported feeds: records, skipped records, newest advisory, age.
     Status {
@@ -122,12 +126,47 @@ fn read_feed(path: &Path) -> Feed {
 pub async fn advisories(store: &StoreArgs, cmd: AdvisoriesCommand) -> anyhow::Result<()> {
     let (_, registry) = store.registry().await?;
     let result = match cmd {
-        AdvisoriesCommand::Import { paths, json } => {
+        AdvisoriesCommand::Import {
+            paths,
+            json,
+            dry_run,
+        } => {
             let mut files = Vec::new();
             for p in &paths {
                 inputs(p, &mut files)?;
             }
             let feeds: Vec<Feed> = files.iter().map(|f| read_feed(f)).collect();
+            if dry_run {
+                let preview = registry
+                    .preview_import(feeds)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"));
+                registry.meta().close().await;
+                let preview = preview?;
+                if json {
+                    output::print(&format!("{}\n", serde_json::to_string(&preview)?));
+                } else {
+                    let mut t = Table::new(&["RULE", "MODE", "IMAGE", "WHY"]);
+                    for n in &preview.newly_refused {
+                        t.row([
+                            output::clean(&n.rule).into_owned(),
+                            serde_json::to_value(n.mode)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_owned))
+                                .unwrap_or_default(),
+                            output::clean(&format!("{}@{}", n.repository, n.digest)).into_owned(),
+                            output::clean(&n.why).into_owned(),
+                        ]);
+                    }
+                    output::print(&t.render());
+                    output::print(&format!(
+                        "{} judged; {} would be refused newly (nothing imported)\n",
+                        preview.checked,
+                        preview.newly_refused.len()
+                    ));
+                }
+                return Ok(());
+            }
             let report = registry.import_advisories(feeds).await;
             let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;
             if json {

@@ -3,6 +3,7 @@
 //! (OSV files, the Debian tracker, Alpine secdb) into the server's data directory while
 //! it serves, and the enforcing `[[vulnerability_policy]]` starts refusing skopeo's pull
 //! of the image within the poll interval, naming the rule and the worst finding.
+//! `berth advisories import --dry-run` lists what the import would refuse first;
 //! `berth scan` and `berth policy check` read the same findings.
 
 use std::path::Path;
@@ -86,6 +87,22 @@ fn skopeo_and_containerd_pulls_are_refused_once_an_import_finds_a_high_vulnerabi
     run(daemon
         .ctr("before")
         .args(["image", "pull", "--plain-http", &reference]));
+
+    // Dry run first: what the import would start refusing, and nothing imported.
+    let out = run_stdout(
+        berth
+            .cli()
+            .args(["advisories", "import", "--dry-run", &fixtures()]),
+    );
+    assert!(
+        out.contains("no-high") && out.contains("e2e/app@sha256:") && out.contains("CVE-2023-4911"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 would be refused newly (nothing imported)"),
+        "{out}"
+    );
+    assert!(pull().status.success(), "a dry run changed what is served");
 
     let out = run_stdout(berth.cli().args(["advisories", "import", &fixtures()]));
     assert!(out.contains("debian-tracker"), "{out}");
