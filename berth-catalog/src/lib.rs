@@ -22,7 +22,7 @@ pub mod rpm;
 pub mod sbom;
 mod sqlite;
 pub mod tar;
-mod zip;
+pub mod zip;
 
 pub use decompress::Compression;
 pub use layer::catalog_layer;

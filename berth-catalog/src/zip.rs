@@ -1,6 +1,7 @@
-//! Just enough of the zip format to read small members of a jar held in memory: the
-//! central directory, stored and deflated members. No zip64 (a jar needing it is over
-//! the file cap anyway).
+//! Just enough of the zip format to read small members of a jar (or an OSV dump) held
+//! in memory: the central directory, stored and deflated members. Of zip64 only the
+//! member count (OSV dumps hold more than 65,535 small files; a member needing zip64
+//! sizes is over any cap).
 
 use std::io::Read;
 
@@ -19,6 +20,10 @@ fn u32le(d: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(d.get(at..at + 4)?.try_into().ok()?))
 }
 
+fn u64le(d: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(d.get(at..at + 8)?.try_into().ok()?))
+}
+
 /// The central directory's entries.
 pub fn entries(d: &[u8]) -> Result<Vec<ZipEntry>, String> {
     // The end record is within the last 64 KiB + 22 bytes (its comment is at most 64 KiB).
@@ -27,9 +32,22 @@ pub fn entries(d: &[u8]) -> Result<Vec<ZipEntry>, String> {
         .rev()
         .find(|&i| d[i..].starts_with(b"PK\x05\x06"))
         .ok_or("not a zip: no end of central directory")?;
-    let count = u16le(d, eocd + 10).ok_or("short end record")?;
+    let mut count = u64::from(u16le(d, eocd + 10).ok_or("short end record")?);
     let mut at = u32le(d, eocd + 16).ok_or("short end record")? as usize;
-    let mut out = Vec::with_capacity(usize::from(count).min(4096));
+    // Over 65,535 members (an OSV ecosystem dump): the zip64 end record holds the count,
+    // found through the locator just before the end record.
+    if count == 0xffff
+        && eocd >= 20
+        && u32le(d, eocd - 20) == Some(0x0706_4b50)
+        && let Some(z) = u64le(d, eocd - 12).and_then(|o| usize::try_from(o).ok())
+        && u32le(d, z) == Some(0x0606_4b50)
+    {
+        count = u64le(d, z + 32).ok_or("short zip64 end record")?;
+        at = u64le(d, z + 48)
+            .and_then(|o| usize::try_from(o).ok())
+            .ok_or("short zip64 end record")?;
+    }
+    let mut out = Vec::with_capacity(usize::try_from(count.min(4096)).unwrap_or(4096));
     for _ in 0..count {
         if u32le(d, at) != Some(0x0201_4b50) {
             return Err("bad central directory entry".into());

@@ -19,6 +19,7 @@ mod notify;
 mod quota;
 mod tags;
 mod verdicts;
+mod vulns;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -38,6 +39,7 @@ pub use notify::Invalidation;
 pub use quota::{QuotaExceeded, Reservation, Usage};
 pub use tags::{SetTag, TagChange, TagEvent, TagGuard};
 pub use verdicts::{DryRunRow, StoredVerdict};
+pub use vulns::{AdvisoryRow, FeedImport, FeedRow, FindingRow, PackageKey};
 
 /// Which engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,6 +364,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0010_jobs.sql"),
     include_str!("../migrations/sqlite/0011_verdicts.sql"),
     include_str!("../migrations/sqlite/0012_catalogs.sql"),
+    include_str!("../migrations/sqlite/0013_vulnerabilities.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -376,6 +379,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0010_jobs.sql"),
     include_str!("../migrations/postgres/0011_verdicts.sql"),
     include_str!("../migrations/postgres/0012_catalogs.sql"),
+    include_str!("../migrations/postgres/0013_vulnerabilities.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {

@@ -3,9 +3,10 @@
 //! not optional: without the variable its tests fail, so a green run always means both.
 
 use berth_meta::{
-    Actor, AuditQuery, AuditRecord, CatalogPackage, ImageCatalogRow, JobOutcome, JobQuery,
-    JobState, Linked, ManifestCursor, ManifestRef, MetaStore, NewJob, NewManifest, PutManifest,
-    RefKind, Removal, Reservation, RobotRow, SetTag, TagChange, TagGuard, Usage, UserChange,
+    Actor, AdvisoryRow, AuditQuery, AuditRecord, CatalogPackage, FeedImport, FindingRow,
+    ImageCatalogRow, JobOutcome, JobQuery, JobState, Linked, ManifestCursor, ManifestRef,
+    MetaStore, NewJob, NewManifest, PutManifest, RefKind, Removal, Reservation, RobotRow, SetTag,
+    TagChange, TagGuard, Usage, UserChange,
 };
 
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -1192,7 +1193,7 @@ async fn reserved_users_are_renamed_and_disabled_by_the_migration(db: Db) {
         .expect("rewind the schema version");
     drop(conn);
     let s = MetaStore::connect(&db.url).await.expect("migrates");
-    assert_eq!(s.schema_version().await.expect("version"), (12, 12));
+    assert_eq!(s.schema_version().await.expect("version"), (13, 13));
     assert_eq!(s.user("anonymous").await.expect("get"), None);
     assert_eq!(s.user("cli").await.expect("get"), None);
     let users = s.users().await.expect("users");
@@ -1568,6 +1569,7 @@ suite!(
     two_workers_never_hold_one_queue,
     webhooks_are_stored_per_tenant,
     catalogs_are_kept_per_layer_and_per_image,
+    advisories_import_atomically_and_findings_follow_generations,
 );
 
 /// Four replicas (or `berth migrate` init containers) starting at once on one database:
@@ -2247,5 +2249,145 @@ async fn catalogs_are_kept_per_layer_and_per_image(db: Db) {
             .await
             .expect("match")
             .is_empty()
+    );
+}
+
+fn adv(id: &str, package: &str) -> AdvisoryRow {
+    AdvisoryRow {
+        id: id.into(),
+        ecosystem: "npm".into(),
+        package: package.into(),
+        release: String::new(),
+        record: format!("{{\"id\":\"{id}\"}}"),
+    }
+}
+
+fn feed(name: &str, complete: bool, rows: Vec<AdvisoryRow>, withdrawn: &[&str]) -> FeedImport {
+    FeedImport {
+        name: name.into(),
+        format: "osv".into(),
+        complete,
+        rows,
+        withdrawn: withdrawn.iter().map(|s| s.to_string()).collect(),
+        skipped: 1,
+        newest_modified: Some("2024-01-01T00:00:00Z".into()),
+    }
+}
+
+async fn advisories_import_atomically_and_findings_follow_generations(db: Db) {
+    let s = &db.store;
+    assert_eq!(s.vuln_state().await.expect("state").0, 0);
+    // More rows than one insert statement takes.
+    let many: Vec<AdvisoryRow> = (0..230)
+        .map(|i| adv(&format!("GHSA-{i}"), "lodash"))
+        .collect();
+    let g1 = s
+        .import_advisories(&[
+            feed("osv:npm", true, many.clone(), &[]),
+            feed("osv", false, vec![adv("GHSA-x", "left-pad")], &[]),
+        ])
+        .await
+        .expect("import");
+    assert_eq!(g1, 1);
+    assert_eq!(
+        s.advisories_for("npm", "lodash").await.expect("q").len(),
+        230
+    );
+    // The same import again: the same records (idempotent), a new generation.
+    let g2 = s
+        .import_advisories(&[feed("osv:npm", true, many, &[])])
+        .await
+        .expect("again");
+    assert_eq!(g2, 2);
+    assert_eq!(s.all_advisories().await.expect("all").1.len(), 231);
+    // A complete feed replaces what it held; a withdrawn id leaves every OSV feed.
+    s.import_advisories(&[feed(
+        "osv:npm",
+        true,
+        vec![adv("GHSA-1", "lodash"), adv("GHSA-2", "lodash")],
+        &["GHSA-x"],
+    )])
+    .await
+    .expect("replace");
+    let (g3, all) = s.all_advisories().await.expect("all");
+    assert_eq!(g3, 3);
+    let mut ids: Vec<String> = all;
+    ids.sort();
+    assert_eq!(ids, vec!["{\"id\":\"GHSA-1\"}", "{\"id\":\"GHSA-2\"}"]);
+    let feeds = s.advisory_feeds().await.expect("feeds");
+    assert_eq!(
+        feeds
+            .iter()
+            .map(|f| (f.name.as_str(), f.records))
+            .collect::<Vec<_>>(),
+        vec![("osv", 0), ("osv:npm", 2)]
+    );
+
+    // Findings per purl, read through the image's packages.
+    let row = ImageCatalogRow {
+        digest: M1.into(),
+        status: "complete".into(),
+        detail: "{}".into(),
+        cataloger_version: 1,
+        cataloged_at: 7,
+        packages: vec![
+            package("pkg:npm/lodash@4.17.20", "lodash", None, D1),
+            package("pkg:npm/ok@1.0.0", "ok", None, D1),
+        ],
+    };
+    s.put_image_catalog(&row).await.expect("put");
+    assert_eq!(s.distinct_packages().await.expect("distinct").len(), 2);
+    assert_eq!(
+        s.unmatched_packages(M1, g3).await.expect("unmatched").len(),
+        2
+    );
+    let f = FindingRow {
+        purl: "pkg:npm/lodash@4.17.20".into(),
+        id: "GHSA-1".into(),
+        severity: "high".into(),
+        finding: "{}".into(),
+    };
+    let purls: Vec<String> = row.packages.iter().map(|p| p.purl.clone()).collect();
+    // Under a generation that is no longer current nothing is written.
+    assert!(
+        !s.put_findings(g2, &purls, std::slice::from_ref(&f), true)
+            .await
+            .expect("stale")
+    );
+    assert!(
+        s.put_findings(g3, &purls, std::slice::from_ref(&f), true)
+            .await
+            .expect("put")
+    );
+    assert!(
+        s.unmatched_packages(M1, g3)
+            .await
+            .expect("unmatched")
+            .is_empty()
+    );
+    assert_eq!(
+        s.image_findings(M1).await.expect("findings"),
+        vec![f.clone()]
+    );
+    assert!(s.vuln_state().await.expect("state").1 > 0);
+    // The next import makes every package stale until it is matched again.
+    let g4 = s
+        .import_advisories(&[feed("osv", false, vec![], &[])])
+        .await
+        .expect("import");
+    assert_eq!(
+        s.unmatched_packages(M1, g4).await.expect("unmatched").len(),
+        2
+    );
+    // A partial re-match replaces only the purls it names.
+    assert!(
+        s.put_findings(g4, &purls[1..], &[], false)
+            .await
+            .expect("put")
+    );
+    assert_eq!(s.image_findings(M1).await.expect("findings"), vec![f]);
+    assert_eq!(
+        s.unmatched_packages(M1, g4).await.expect("unmatched").len(),
+        1
     );
 }

@@ -573,7 +573,7 @@ impl Registry {
 
     /// The image a manifest names: itself, or the child of an index for `platform`
     /// (`os/arch`, `os/arch/variant`), by default the first child.
-    async fn image_of(
+    pub(crate) async fn image_of(
         &self,
         repo: &RepoName,
         m: &crate::Manifest,

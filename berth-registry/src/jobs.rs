@@ -362,6 +362,32 @@ impl Registry {
                 count("catalog_scans_running", "Layer scans running now on this replica", &c.running, true),
             ]);
         }
+        {
+            let v = self.vuln_stats();
+            let count = |name, help, v: &std::sync::atomic::AtomicU64| JobMetric {
+                name,
+                help,
+                gauge: false,
+                labels: Vec::new(),
+                value: v.load(Ordering::Relaxed) as f64,
+            };
+            out.extend([
+                count("vulnerability_imports", "Advisory imports run by this process", &v.imports),
+                count("vulnerability_records_imported", "Advisory records imported by this process", &v.records_imported),
+                count("vulnerability_records_skipped", "Advisory records skipped at import (bad JSON, unknown range types or ecosystems, versions that do not parse), each logged with its reason", &v.records_skipped),
+                count("vulnerability_rematches", "Full re-matches of every stored package after an import", &v.rematches),
+                count("vulnerability_packages_matched", "Distinct packages matched against the advisories (full re-matches and packages found stale when read)", &v.packages_matched),
+                count("vulnerability_scans", "Images whose findings were read (scans, the API, verdicts of vulnerability rules)", &v.scans),
+                count("vulnerability_pulls_refused", "Pulls refused by an enforcing vulnerability rule on this replica", &v.refused),
+            ]);
+            out.push(JobMetric {
+                name: "vulnerability_rematch_seconds",
+                help: "How long the last full re-match took on this replica",
+                gauge: true,
+                labels: Vec::new(),
+                value: v.rematch_millis.load(Ordering::Relaxed) as f64 / 1000.0,
+            });
+        }
         let s = self.event_stats();
         let plain = |name, help, v: &std::sync::atomic::AtomicU64| JobMetric {
             name,

@@ -27,6 +27,7 @@ pub mod stats;
 pub mod tag_rules;
 pub mod transfer;
 mod versions;
+pub mod vulns;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -224,6 +225,8 @@ pub struct Registry {
     admission: Arc<admission::AdmissionState>,
     /// Whether the metadata store answers.
     health: Arc<health::MetaHealth>,
+    /// Vulnerability import and matching counters.
+    vulns: Arc<vulns::VulnStats>,
 }
 
 impl Registry {
@@ -251,6 +254,7 @@ impl Registry {
             policy: Arc::new(policy::PolicyState::new(policy::Policy::default())),
             admission: Arc::default(),
             health: Arc::default(),
+            vulns: Arc::default(),
         }
     }
 
@@ -259,8 +263,9 @@ impl Registry {
     }
 
     /// Keeps this replica's read caches in step with changes other replicas commit
-    /// (PostgreSQL `LISTEN`); without it they catch up within `cache_ttl`. Nothing to do on
-    /// SQLite.
+    /// (PostgreSQL `LISTEN`); without it they catch up within `cache_ttl`. On both, the
+    /// policy counter is polled once a second, so an advisory import or a policy change
+    /// made by another process is in force here within a second.
     pub async fn follow_other_replicas(&self) -> Result<()> {
         let caches = Arc::clone(&self.cache);
         let verdicts = Arc::clone(&self.policy);
@@ -286,10 +291,11 @@ impl Registry {
                 caches.apply(inv)
             })
             .await?;
-        if listening.is_some() {
-            // The fallback for notifications lost while the listener reconnects.
-            self.poll_verdict_counter();
-        }
+        // On PostgreSQL the fallback for notifications lost while the listener
+        // reconnects; on SQLite how this process learns of what offline commands wrote
+        // into its database (`berth advisories import` while it serves).
+        let _ = listening;
+        self.poll_verdict_counter();
         Ok(())
     }
 

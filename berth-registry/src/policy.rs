@@ -29,7 +29,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::RefusedPull;
 use crate::tag_rules::Glob;
+use crate::vulns::ImageFinding;
 use crate::{Manifest, Registry, RegistryError, Result, stats};
+use berth_vuln::Severity;
 
 /// What a rule does with a manifest that fails it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -73,6 +75,67 @@ pub struct RuleSpec {
     /// they sign, so CI must be able to. Never anonymous or open-mode callers.
     #[serde(default = "yes")]
     pub push_bypass: bool,
+    /// What a `vulnerability` rule refuses (`[[vulnerability_policy]]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vulnerability: Option<VulnRuleSpec>,
+}
+
+/// What findings may not be served: at or above `severity`, optionally only those with a
+/// fix available, minus the allowlist while each entry lasts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VulnRuleSpec {
+    /// `negligible`, `low`, `medium`, `high` or `critical`.
+    pub severity: Severity,
+    /// Only findings with a fixed version count (nothing to upgrade to is not refused).
+    #[serde(default)]
+    pub fixed_only: bool,
+    /// Findings whose severity is unknown: `ignore` (the default) or `refuse`.
+    #[serde(default)]
+    pub unknown: UnknownSeverity,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<AllowEntry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSeverity {
+    #[default]
+    Ignore,
+    Refuse,
+}
+
+/// An advisory id (or alias) not counted until the end of `until` (UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowEntry {
+    pub id: String,
+    /// `YYYY-MM-DD`, the last day it is allowed.
+    pub until: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// Seconds since the epoch at the end of a `YYYY-MM-DD` day (UTC).
+fn end_of_day(date: &str) -> Option<u64> {
+    let mut it = date.split('-');
+    let (y, m, d): (i64, i64, i64) = (
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    );
+    if it.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
+        return None;
+    }
+    // Days from civil (proleptic Gregorian), as in Howard Hinnant's algorithm.
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from((days + 1) * 86_400).ok()
 }
 
 fn yes() -> bool {
@@ -191,9 +254,68 @@ impl Trust {
     }
 }
 
+struct VulnRule {
+    spec: VulnRuleSpec,
+    /// Allowed ids with the end of their last day.
+    allow: Vec<(String, u64)>,
+}
+
+impl VulnRule {
+    /// The worst finding this rule refuses, if any, and how many it refuses.
+    fn judge<'f>(
+        &self,
+        findings: &'f [ImageFinding],
+        now: u64,
+    ) -> Option<(&'f ImageFinding, usize)> {
+        let allowed = |f: &ImageFinding| {
+            self.allow.iter().any(|(id, until)| {
+                now < *until && (f.id == *id || f.aliases.iter().any(|a| a == id))
+            })
+        };
+        let counted: Vec<&ImageFinding> = findings
+            .iter()
+            .filter(|f| match f.severity {
+                Severity::Unknown => self.spec.unknown == UnknownSeverity::Refuse,
+                s => s >= self.spec.severity,
+            })
+            .filter(|f| !self.spec.fixed_only || f.fixed.is_some())
+            .filter(|f| !allowed(f))
+            .collect();
+        let worst = counted.iter().copied().max_by(|a, b| {
+            a.severity
+                .cmp(&b.severity)
+                .then_with(|| a.fixed.is_some().cmp(&b.fixed.is_some()))
+                .then_with(|| b.id.cmp(&a.id))
+        })?;
+        Some((worst, counted.len()))
+    }
+
+    fn reason(&self, worst: &ImageFinding, n: usize) -> String {
+        let fix = match &worst.fixed {
+            Some(v) => format!(", fixed in {v}"),
+            None => ", no fix".to_owned(),
+        };
+        format!(
+            "{n} finding(s) at or above {}{}; worst {} ({}) in {} {}{fix}",
+            self.spec.severity.as_str(),
+            if self.spec.fixed_only {
+                " with a fix"
+            } else {
+                ""
+            },
+            worst.id,
+            worst.severity.as_str(),
+            worst.package,
+            worst.version,
+        )
+    }
+}
+
 struct Rule {
     spec: RuleSpec,
     repos: Vec<Glob>,
+    /// Set for `vulnerability` rules.
+    vuln: Option<VulnRule>,
     /// Of the rule's definition and the trust material: a dry run counts for exactly this.
     fingerprint: String,
 }
@@ -300,21 +422,75 @@ impl Policy {
             if !names.insert(r.name.clone()) {
                 return Err(err(&what, "is declared twice"));
             }
-            if r.kind != "signature" {
-                return Err(err(&what, format!("kind {:?} is not signature", r.kind)));
-            }
-            let def = (
-                &r.name,
-                &r.repositories,
-                &r.kind,
-                r.pending,
-                r.push_bypass,
-                &trust_fp,
-            );
+            let (vuln, fp) = match (r.kind.as_str(), &r.vulnerability) {
+                ("signature", None) => {
+                    let def = (
+                        &r.name,
+                        &r.repositories,
+                        &r.kind,
+                        r.pending,
+                        r.push_bypass,
+                        &trust_fp,
+                    );
+                    (None, fingerprint(&def))
+                }
+                ("signature", Some(_)) => {
+                    return Err(err(
+                        &what,
+                        "is a signature rule with vulnerability settings",
+                    ));
+                }
+                ("vulnerability", Some(v)) => {
+                    if v.severity == Severity::Unknown {
+                        return Err(err(
+                            &what,
+                            "severity must be negligible, low, medium, high or critical \
+                             (findings of unknown severity are set by `unknown`)",
+                        ));
+                    }
+                    let mut allow = Vec::new();
+                    for a in &v.allow {
+                        let until = end_of_day(&a.until).ok_or_else(|| {
+                            err(
+                                &what,
+                                format!("allow {:?}: until {:?} is not YYYY-MM-DD", a.id, a.until),
+                            )
+                        })?;
+                        allow.push((a.id.clone(), until));
+                    }
+                    // The allowlist's dates are part of the definition: a new entry is a
+                    // new rule to dry-run.
+                    let def = (
+                        &r.name,
+                        &r.repositories,
+                        &r.kind,
+                        r.pending,
+                        r.push_bypass,
+                        v,
+                    );
+                    (
+                        Some(VulnRule {
+                            spec: v.clone(),
+                            allow,
+                        }),
+                        fingerprint(&def),
+                    )
+                }
+                ("vulnerability", None) => {
+                    return Err(err(&what, "is a vulnerability rule without its settings"));
+                }
+                (other, _) => {
+                    return Err(err(
+                        &what,
+                        format!("kind {other:?} is not signature or vulnerability"),
+                    ));
+                }
+            };
             rules.push(Rule {
                 spec: r.clone(),
                 repos: globs(&what, &r.repositories)?,
-                fingerprint: fingerprint(&def),
+                vuln,
+                fingerprint: fp,
             });
         }
         Ok(Policy {
@@ -481,6 +657,30 @@ pub fn attached_subject(tag: &str) -> Option<String> {
     (hex_ok && suffix_ok).then(|| format!("sha256:{hex}"))
 }
 
+/// What vulnerability rules judge an image by.
+#[derive(Debug, Clone)]
+enum VulnFacts {
+    /// Not an image (an index, a signature, an SBOM): its images are judged when pulled.
+    Exempt,
+    /// Not cataloged yet, or matching failed or took too long.
+    Pending(String),
+    Findings(Arc<Vec<ImageFinding>>),
+}
+
+/// What has been computed of one manifest while its rules are judged.
+#[derive(Default)]
+struct Judged {
+    signature: Option<Verdict>,
+    vulns: Option<VulnFacts>,
+}
+
+/// One rule's decision on one manifest.
+enum Decision {
+    Exempt,
+    Allow,
+    Refuse(String),
+}
+
 /// The setting holding the trust and rules managed through the API.
 const MANAGED: &str = "signature_policy";
 
@@ -513,6 +713,10 @@ pub(crate) struct PolicyState {
     /// Wakes the replica's poller at once when a notification says the policy changed.
     wake: tokio::sync::Notify,
     cache: RwLock<HashMap<String, Verdict>>,
+    /// What vulnerability rules judge, per manifest digest (findings do not depend on
+    /// the repository); cleared with every full invalidation (an import bumps the
+    /// policy counter, so every replica clears it within a second).
+    vuln_cache: RwLock<HashMap<String, VulnFacts>>,
     /// Grows with every invalidation: a verdict computed across one is not cached.
     generation: AtomicU64,
     pub(crate) refused: AtomicU64,
@@ -607,8 +811,32 @@ impl PolicyState {
                 let prefix = format!("{r}@");
                 c.retain(|k, _| !k.starts_with(&prefix));
             }
-            None => c.clear(),
+            None => {
+                c.clear();
+                drop(c);
+                match self.vuln_cache.write() {
+                    Ok(mut v) => v.clear(),
+                    Err(p) => p.into_inner().clear(),
+                }
+            }
         }
+    }
+
+    fn cached_vuln(&self, digest: &str) -> Option<VulnFacts> {
+        self.vuln_cache.read().ok()?.get(digest).cloned()
+    }
+
+    fn remember_vuln(&self, digest: String, f: VulnFacts, generation: u64) {
+        let Ok(mut c) = self.vuln_cache.write() else {
+            return;
+        };
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
+        if c.len() >= CACHE_ENTRIES {
+            c.clear();
+        }
+        c.insert(digest, f);
     }
 
     fn cached(&self, key: &str) -> Option<Verdict> {
@@ -783,21 +1011,15 @@ impl Registry {
         if rules.peek().is_none() {
             return Ok(Admission::Serve);
         }
-        let verdict = self.verdict(&policy, repo, &m.digest, &m.content).await;
+        let mut judged = Judged::default();
         let mut audited = None;
         let mut bypassed = None;
         for rule in rules {
-            let refuse = match verdict.outcome {
-                Outcome::Signed | Outcome::Exempt => false,
-                Outcome::Unsigned => true,
-                Outcome::Pending => rule.spec.pending == Pending::Refuse,
-            };
-            if !refuse {
+            let Decision::Refuse(reason) = self
+                .decide(&policy, rule, repo, &m.digest, &m.content, &mut judged)
+                .await
+            else {
                 continue;
-            }
-            let reason = match verdict.outcome {
-                Outcome::Pending => format!("its verdict is pending ({})", verdict.detail),
-                _ => verdict.detail.clone(),
             };
             if rule.spec.mode == Mode::Enforce && rule.spec.push_bypass && caller == Caller::Unknown
             {
@@ -810,6 +1032,9 @@ impl Registry {
             }
             if rule.spec.mode == Mode::Enforce {
                 stats::bump(&self.policy.refused, 1);
+                if rule.vuln.is_some() {
+                    stats::bump(&self.vulns.refused, 1);
+                }
                 self.record_refusal(&RefusedPull {
                     repository: repo.as_str(),
                     digest: m.digest.as_str(),
@@ -854,6 +1079,89 @@ impl Registry {
             .await?;
         let policy = self.policy.current();
         Ok(self.verdict(&policy, repo, digest, &m.content).await)
+    }
+
+    /// What `rule` does with a manifest; the signature verdict and the vulnerability
+    /// facts are computed once per manifest, however many rules ask.
+    async fn decide(
+        &self,
+        policy: &Policy,
+        rule: &Rule,
+        repo: &RepoName,
+        digest: &Digest,
+        content: &[u8],
+        judged: &mut Judged,
+    ) -> Decision {
+        match &rule.vuln {
+            None => {
+                if judged.signature.is_none() {
+                    judged.signature = Some(self.verdict(policy, repo, digest, content).await);
+                }
+                let Some(v) = &judged.signature else {
+                    return Decision::Allow;
+                };
+                match v.outcome {
+                    Outcome::Exempt => Decision::Exempt,
+                    Outcome::Signed => Decision::Allow,
+                    Outcome::Unsigned => Decision::Refuse(v.detail.clone()),
+                    Outcome::Pending if rule.spec.pending == Pending::Refuse => {
+                        Decision::Refuse(format!("its verdict is pending ({})", v.detail))
+                    }
+                    Outcome::Pending => Decision::Allow,
+                }
+            }
+            Some(vr) => {
+                if judged.vulns.is_none() {
+                    judged.vulns = Some(self.vuln_facts(digest, content).await);
+                }
+                match &judged.vulns {
+                    None | Some(VulnFacts::Exempt) => Decision::Exempt,
+                    Some(VulnFacts::Pending(why)) => match rule.spec.pending {
+                        Pending::Refuse => Decision::Refuse(format!(
+                            "its vulnerability findings are pending ({why})"
+                        )),
+                        Pending::Allow => Decision::Allow,
+                    },
+                    Some(VulnFacts::Findings(f)) => match vr.judge(f, now_secs()) {
+                        Some((worst, n)) => Decision::Refuse(vr.reason(worst, n)),
+                        None => Decision::Allow,
+                    },
+                }
+            }
+        }
+    }
+
+    /// An image's findings for vulnerability rules: from memory, else read (matching
+    /// its packages first if an import made them stale), within the compute budget.
+    async fn vuln_facts(&self, digest: &Digest, content: &[u8]) -> VulnFacts {
+        if let Some(f) = self.policy.cached_vuln(digest.as_str()) {
+            return f;
+        }
+        let generation = self.policy.generation.load(Ordering::SeqCst);
+        if classify(content).kind != Kind::Image {
+            self.policy
+                .remember_vuln(digest.to_string(), VulnFacts::Exempt, generation);
+            return VulnFacts::Exempt;
+        }
+        match tokio::time::timeout(COMPUTE_BUDGET, self.image_findings(digest.as_str())).await {
+            Ok(Ok(Some(report))) => {
+                let f = VulnFacts::Findings(Arc::new(report.findings));
+                self.policy
+                    .remember_vuln(digest.to_string(), f.clone(), generation);
+                f
+            }
+            // Not cached: the catalog job may finish any moment.
+            Ok(Ok(None)) => VulnFacts::Pending("not cataloged yet".into()),
+            Ok(Err(e)) => {
+                stats::bump(&self.policy.pending, 1);
+                tracing::warn!(error = %e, %digest, "vulnerability findings failed; pending");
+                VulnFacts::Pending(e.to_string())
+            }
+            Err(_) => {
+                stats::bump(&self.policy.pending, 1);
+                VulnFacts::Pending("matching is taking too long".into())
+            }
+        }
     }
 
     /// The verdict of a manifest: from memory, else the store, else computed (and stored).
@@ -1018,7 +1326,7 @@ impl Registry {
                 };
             }
         }
-        for r in &policy.rules {
+        for r in policy.rules.iter().filter(|r| r.vuln.is_none()) {
             if r.repos.iter().any(|g| g.matches(repo.as_str())) {
                 report.rules.push(RuleReport {
                     rule: r.spec.name.clone(),
@@ -1229,20 +1537,19 @@ impl Registry {
                             let Some(m) = self.meta.get_manifest(name, d).await? else {
                                 continue;
                             };
-                            let v = self.verdict(&policy, &repo, &digest, &m.content).await;
-                            if v.outcome == Outcome::Exempt {
-                                continue;
-                            }
-                            run.checked += 1;
-                            let refused = match v.outcome {
-                                Outcome::Unsigned => true,
-                                Outcome::Pending => r.spec.pending == Pending::Refuse,
-                                _ => false,
-                            };
-                            if refused {
-                                run.refused += 1;
-                                if run.examples.len() < 100 {
-                                    run.examples.push((name.clone(), d.clone(), v.detail));
+                            let mut judged = Judged::default();
+                            let decision = self
+                                .decide(&policy, r, &repo, &digest, &m.content, &mut judged)
+                                .await;
+                            match decision {
+                                Decision::Exempt => continue,
+                                Decision::Allow => run.checked += 1,
+                                Decision::Refuse(why) => {
+                                    run.checked += 1;
+                                    run.refused += 1;
+                                    if run.examples.len() < 100 {
+                                        run.examples.push((name.clone(), d.clone(), why));
+                                    }
                                 }
                             }
                         }
@@ -1264,6 +1571,82 @@ impl Registry {
             out.push(run);
         }
         Ok(out)
+    }
+
+    /// For each vulnerability rule, every cataloged image manifest of the repositories it
+    /// covers judged under the advisories `now` and `after`: how many were judged, and
+    /// those refused after but not now (at most 1,000).
+    pub(crate) async fn judge_import(
+        &self,
+        now: &berth_vuln::Index,
+        after: &berth_vuln::Index,
+    ) -> Result<(u64, Vec<crate::vulns::NewlyRefused>)> {
+        let policy = self.policy.current();
+        let rules: Vec<&Rule> = policy
+            .rules
+            .iter()
+            .filter(|r| r.vuln.is_some() && r.spec.mode != Mode::Off)
+            .collect();
+        let mut checked = 0;
+        let mut out = Vec::new();
+        let when = now_secs();
+        let mut last: Option<String> = None;
+        loop {
+            let page = self.meta.catalog(last.as_deref(), 1000).await?;
+            for name in &page {
+                let covering: Vec<&&Rule> = rules
+                    .iter()
+                    .filter(|r| r.repos.iter().any(|g| g.matches(name)))
+                    .collect();
+                if covering.is_empty() {
+                    continue;
+                }
+                let mut after_digest = String::new();
+                loop {
+                    let digests = self.meta.manifest_page(name, &after_digest, 500).await?;
+                    for d in &digests {
+                        let Some(m) = self.meta.get_manifest(name, d).await? else {
+                            continue;
+                        };
+                        if classify(&m.content).kind != Kind::Image {
+                            continue;
+                        }
+                        let Some(catalog) = self.meta.image_catalog(d).await? else {
+                            continue;
+                        };
+                        let before = crate::vulns::catalog_findings(now, &catalog);
+                        let later = crate::vulns::catalog_findings(after, &catalog);
+                        for r in &covering {
+                            let Some(vr) = &r.vuln else { continue };
+                            checked += 1;
+                            if vr.judge(&before, when).is_some() {
+                                continue;
+                            }
+                            if let Some((worst, n)) = vr.judge(&later, when)
+                                && out.len() < 1000
+                            {
+                                out.push(crate::vulns::NewlyRefused {
+                                    rule: r.spec.name.clone(),
+                                    mode: r.spec.mode,
+                                    repository: name.clone(),
+                                    digest: d.clone(),
+                                    why: vr.reason(worst, n),
+                                });
+                            }
+                        }
+                    }
+                    match digests.last() {
+                        Some(l) if digests.len() == 500 => after_digest = l.clone(),
+                        _ => break,
+                    }
+                }
+            }
+            if page.len() < 1000 {
+                break;
+            }
+            last = page.last().cloned();
+        }
+        Ok((checked, out))
     }
 
     /// Keeps this replica's verdicts in step when a notification was missed: polls the

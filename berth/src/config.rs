@@ -46,6 +46,8 @@ pub struct Config {
     pub trust: Vec<crate::policy::TrustEntry>,
     /// `[[policy]]`: rules that can refuse a pull.
     pub policy: Vec<berth_registry::policy::RuleSpec>,
+    /// `[[vulnerability_policy]]`: rules refusing images with known vulnerabilities.
+    pub vulnerability_policy: Vec<crate::vulns::VulnPolicyEntry>,
     /// Webhooks (`[[webhook]]` tables): global, and trusted to call any address.
     #[serde(rename = "webhook")]
     pub webhooks: Vec<berth_registry::events::WebhookSpec>,
@@ -174,6 +176,7 @@ impl Default for Config {
             retention: Vec::new(),
             trust: Vec::new(),
             policy: Vec::new(),
+            vulnerability_policy: Vec::new(),
             webhooks: Vec::new(),
             events: crate::events::EventsConfig::default(),
             jobs: crate::events::JobsConfig::default(),

@@ -18,6 +18,7 @@ mod policy;
 mod progress;
 mod sbom;
 mod versions;
+mod vulns;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -156,6 +157,22 @@ enum Command {
         store: open::StoreArgs,
         #[command(flatten)]
         args: sbom::SbomArgs,
+    },
+    /// An image's known vulnerabilities, from its stored package catalog and the imported
+    /// advisories (table or `--json`); exit 1 when it is not cataloged (yet).
+    Scan {
+        #[command(flatten)]
+        store: open::StoreArgs,
+        #[command(flatten)]
+        args: vulns::ScanArgs,
+    },
+    /// Offline vulnerability advisories: `import` OSV, Debian tracker and Alpine secdb
+    /// dumps, `status` of what was imported.
+    Advisories {
+        #[command(flatten)]
+        store: open::StoreArgs,
+        #[command(subcommand)]
+        cmd: vulns::AdvisoriesCommand,
     },
     /// Policy rules: `check` judges every stored image as enforcing would, records the dry
     /// run, and changes nothing else.
@@ -609,6 +626,15 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(2)
             }
         },
+        Command::Scan { store, args } => match runtime.block_on(vulns::scan(&store, args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("berth scan: {e:#}");
+                std::process::exit(2)
+            }
+        },
+        Command::Advisories { store, cmd } => runtime.block_on(vulns::advisories(&store, cmd)),
         Command::Fsck(args) => match runtime.block_on(fsck::run(args)) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

@@ -179,6 +179,8 @@ pub fn compile(config: &Config) -> anyhow::Result<Policy> {
         trust: Vec::new(),
         rules: config.policy.clone(),
     };
+    spec.rules
+        .extend(config.vulnerability_policy.iter().map(|v| v.rule()));
     for t in &config.trust {
         let mut ts = TrustSpec {
             name: t.name.clone(),
@@ -218,7 +220,8 @@ pub fn compile(config: &Config) -> anyhow::Result<Policy> {
         }
         spec.trust.push(ts);
     }
-    Policy::new(spec).map_err(|e| anyhow::anyhow!("[[trust]] / [[policy]]: {e}"))
+    Policy::new(spec)
+        .map_err(|e| anyhow::anyhow!("[[trust]] / [[policy]] / [[vulnerability_policy]]: {e}"))
 }
 
 #[derive(clap::Args)]

@@ -60,3 +60,5 @@ mod signatures;
 mod skopeo;
 #[path = "e2e/tls.rs"]
 mod tls;
+#[path = "e2e/vulns.rs"]
+mod vulns;

@@ -1,7 +1,9 @@
 //! What is inside an image under `/api/v1`, for anyone who may pull the repository:
 //! `/catalog` (the stored package catalog as JSON) and `/sbom` (a CycloneDX or SPDX
 //! document rendered from it, the same bytes as the referrer stored beside the image).
-//! Both answer 404 with `{"error": "not cataloged"}` while the catalog job has not run.
+//! and `/vulnerabilities` (its findings against the imported advisories). All three
+//! answer 404 with `{"error": "not cataloged"}` while the catalog job has not run.
+//! `/advisories` is the status of the imported advisory feeds.
 
 use std::collections::HashMap;
 
@@ -23,6 +25,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/catalog", get(catalog))
         .route("/sbom", get(sbom))
+        .route("/vulnerabilities", get(vulnerabilities))
+        .route("/advisories", get(advisories))
 }
 
 fn invalid(msg: String) -> ApiError {
@@ -103,4 +107,32 @@ async fn sbom(
         }
         None => Ok(not_cataloged()),
     }
+}
+
+/// The image's findings (`berth scan --json`), matched against the imported advisories.
+async fn vulnerabilities(
+    State(state): State<AppState>,
+    c: Reader,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let (repo, reference, platform) = target(&c, &q)?;
+    match state
+        .registry()
+        .scan(&repo, &reference, platform.as_deref())
+        .await?
+    {
+        Some(v) => {
+            let v = serde_json::to_value(&v).map_err(|e| invalid(e.to_string()))?;
+            Ok(json(StatusCode::OK, &v))
+        }
+        None => Ok(not_cataloged()),
+    }
+}
+
+/// The imported feeds (`berth advisories status --json`), for any authenticated caller:
+/// it names sources and counts, nothing of any repository.
+async fn advisories(State(state): State<AppState>, _c: Reader) -> ApiResult {
+    let s = state.registry().advisory_status().await?;
+    let v = serde_json::to_value(&s).map_err(|e| invalid(e.to_string()))?;
+    Ok(json(StatusCode::OK, &v))
 }

@@ -445,6 +445,7 @@ pub fn signature_policy(keys: &[&Key], mode: Mode) -> Policy {
             mode,
             pending: Pending::Refuse,
             push_bypass: true,
+            vulnerability: None,
         }],
     })
     .expect("policy")
