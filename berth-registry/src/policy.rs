@@ -1081,6 +1081,34 @@ impl Registry {
         Ok(self.verdict(&policy, repo, digest, &m.content).await)
     }
 
+    /// What the vulnerability rules in force on pulls of `repo` (audit or enforce) say of
+    /// a manifest, whatever their pull mode: the refusal reason of the first that would
+    /// refuse it, naming the rule. What the admission webhook's `vulnerability` rule reads,
+    /// so a pod is judged by the same findings and thresholds as a pull.
+    pub(crate) async fn vulnerability_refusal(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<String>> {
+        let m = self
+            .get_manifest(repo, &berth_oci::Reference::Digest(digest.clone()))
+            .await?;
+        let policy = self.policy.current();
+        let mut judged = Judged::default();
+        for rule in policy
+            .acting_rules(repo.as_str())
+            .filter(|r| r.vuln.is_some())
+        {
+            if let Decision::Refuse(reason) = self
+                .decide(&policy, rule, repo, digest, &m.content, &mut judged)
+                .await
+            {
+                return Ok(Some(format!("rule {:?}: {reason}", rule.spec.name)));
+            }
+        }
+        Ok(None)
+    }
+
     /// What `rule` does with a manifest; the signature verdict and the vulnerability
     /// facts are computed once per manifest, however many rules ask.
     async fn decide(

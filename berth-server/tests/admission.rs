@@ -969,3 +969,140 @@ async fn two_replicas_agree() {
     assert_eq!(other.registry.managed_admission().rules.len(), 7);
     let _ = sha256(b"");
 }
+
+/// The `vulnerability` rule judges a pod's images by the findings and thresholds of the
+/// vulnerability rules in force on pulls of their repositories: a Debian image with a
+/// high finding (the tracker's CVE-2023-4911 in glibc) is refused where the pod is
+/// created, naming container, image, rule and finding, while the pull rule only audits
+/// (nodes keep pulling); an image without findings is admitted; in audit the refusal is
+/// a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vulnerable_images_are_refused_where_pods_are_created() {
+    use berth_catalog::fuzzing::{Item, tar};
+    use berth_registry::catalog::CatalogSettings;
+    use berth_registry::policy::{Pending, RuleSpec, UnknownSeverity, VulnRuleSpec};
+
+    let s = common::start(Setup {
+        catalog: Some(CatalogSettings {
+            referrers: false,
+            ..CatalogSettings::default()
+        }),
+        ..Setup::default()
+    })
+    .await;
+    let os = b"ID=debian\nVERSION_ID=\"12\"\n";
+    let vulnerable = tar(&[
+        Item::File("etc/os-release", os),
+        Item::File(
+            "var/lib/dpkg/status",
+            b"Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nSource: glibc (2.36-9+deb12u1)\nVersion: 2.36-9+deb12u1\n",
+        ),
+    ]);
+    let clean = tar(&[Item::File("etc/os-release", os)]);
+    let (_, bad, _) = s
+        .push_image_as(&Cred::Anonymous, "team-a/app", &["1.0"], &vulnerable)
+        .await;
+    let (_, good, _) = s
+        .push_image_as(&Cred::Anonymous, "team-a/clean", &["1.0"], &clean)
+        .await;
+    for (repo, d) in [("team-a/app", &bad), ("team-a/clean", &good)] {
+        let repo: berth_oci::RepoName = repo.parse().expect("repo");
+        let d: berth_oci::Digest = d.parse().expect("digest");
+        let start = std::time::Instant::now();
+        while s
+            .registry
+            .catalog_of(&repo, &berth_oci::Reference::Digest(d.clone()), None)
+            .await
+            .expect("catalog")
+            .is_none()
+        {
+            assert!(start.elapsed() < Duration::from_secs(20), "not cataloged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let fixture = |name: &str| {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../berth-vuln/tests/fixtures")
+            .join(name);
+        berth_vuln::parse(name, &std::fs::read(&p).expect("fixture"))
+    };
+    s.registry
+        .import_advisories(vec![fixture("debian.json")])
+        .await
+        .expect("import");
+    s.registry.set_policy(
+        Policy::new(PolicySpec {
+            trust: Vec::new(),
+            rules: vec![RuleSpec {
+                name: "no-high".into(),
+                repositories: vec!["team-a/*".into()],
+                kind: "vulnerability".into(),
+                mode: Mode::Audit,
+                pending: Pending::Refuse,
+                push_bypass: false,
+                vulnerability: Some(VulnRuleSpec {
+                    severity: berth_vuln::Severity::High,
+                    fixed_only: false,
+                    unknown: UnknownSeverity::Ignore,
+                    allow: Vec::new(),
+                }),
+            }],
+        })
+        .expect("policy"),
+    );
+    let hook = hook(&s).await;
+    let pod = |image: &str| {
+        let spec = pod_spec(&[("containers", "web", image)]);
+        let (pod, gvk, _) = object("Pod", &spec);
+        request(gvk, "CREATE", &pod, None)
+    };
+    s.registry
+        .set_admission(
+            vec![rule("vulns", RuleKind::Vulnerability, Mode::Enforce)],
+            settings(),
+        )
+        .expect("rules");
+    let resp = hook
+        .review("validate", &pod(&format!("{HOST}/team-a/app:1.0")))
+        .await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let message = resp["status"]["message"].as_str().expect("message");
+    for part in [
+        "\"web\"",
+        "team-a/app:1.0",
+        "\"vulns\"",
+        "no-high",
+        "CVE-2023-4911",
+    ] {
+        assert!(message.contains(part), "{part} not in {message}");
+    }
+    let resp = hook
+        .review("validate", &pod(&format!("{HOST}/team-a/clean:1.0")))
+        .await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    // The pull rule only audits: the node can still pull the image the pod was refused.
+    let r = s
+        .request_as(
+            reqwest::Method::GET,
+            "/v2/team-a/app/manifests/1.0",
+            &Cred::Anonymous,
+        )
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+
+    s.registry
+        .set_admission(
+            vec![rule("vulns", RuleKind::Vulnerability, Mode::Audit)],
+            settings(),
+        )
+        .expect("rules");
+    let resp = hook
+        .review("validate", &pod(&format!("{HOST}/team-a/app:1.0")))
+        .await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    let warnings = resp["warnings"].to_string();
+    assert!(warnings.contains("CVE-2023-4911"), "{warnings}");
+}

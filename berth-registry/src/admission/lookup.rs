@@ -197,6 +197,19 @@ impl Registry {
                 Err(e) => Some((crate::policy::Outcome::Pending, e.to_string())),
             };
         }
+        if needs.vulnerability
+            && let Some(d) = &f.digest
+        {
+            f.vulnerability = match self.vulnerability_refusal(&loc.repo, d).await {
+                Ok(v) => Some(v),
+                Err(RegistryError::ManifestUnknown) => {
+                    f.unresolved = Some(format!("{}@{d} is not in Berth", loc.repo));
+                    f.digest = None;
+                    None
+                }
+                Err(e) => Some(Some(format!("vulnerability findings unavailable: {e}"))),
+            };
+        }
         f
     }
 

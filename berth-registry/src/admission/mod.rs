@@ -50,6 +50,9 @@ pub enum RuleKind {
     AllowedRegistries,
     /// A valid signature, from the stored verdicts (validating).
     Signature,
+    /// No finding over the vulnerability rules (`[[vulnerability_policy]]`) in force on
+    /// pulls of the image's repository (validating).
+    Vulnerability,
     /// Rewrite to Berth's address: upstream images through their cache prefix (mutating).
     Mirror,
     /// Add the digest the tag names in Berth (mutating).
@@ -66,6 +69,7 @@ impl RuleKind {
             RuleKind::RefuseLatest => "refuse-latest",
             RuleKind::AllowedRegistries => "allowed-registries",
             RuleKind::Signature => "signature",
+            RuleKind::Vulnerability => "vulnerability",
             RuleKind::Mirror => "mirror",
             RuleKind::Pin => "pin",
             RuleKind::PullPolicy => "pull-policy",
@@ -75,9 +79,10 @@ impl RuleKind {
 
     fn webhook(self) -> Webhook {
         match self {
-            RuleKind::RefuseLatest | RuleKind::AllowedRegistries | RuleKind::Signature => {
-                Webhook::Validate
-            }
+            RuleKind::RefuseLatest
+            | RuleKind::AllowedRegistries
+            | RuleKind::Signature
+            | RuleKind::Vulnerability => Webhook::Validate,
             RuleKind::Mirror | RuleKind::Pin | RuleKind::PullPolicy | RuleKind::PullSecret => {
                 Webhook::Mutate
             }
@@ -486,6 +491,8 @@ pub struct Needs {
     pub digest: bool,
     /// The stored signature verdict (signature).
     pub signature: bool,
+    /// What the vulnerability rules say (vulnerability).
+    pub vulnerability: bool,
     /// Ask a configured upstream for a tag Berth does not hold (pin, on a real request).
     pub upstream: bool,
 }
@@ -501,6 +508,9 @@ pub struct ImageFacts {
     pub unresolved: Option<String>,
     /// The signature verdict of `digest` in Berth's repository.
     pub signature: Option<(Outcome, String)>,
+    /// What the vulnerability rules say of `digest`: `Some(None)` nothing refused,
+    /// `Some(Some(why))` a rule would refuse it; `None` not looked up.
+    pub vulnerability: Option<Option<String>>,
 }
 
 /// Facts per image string, as written in the pod spec.
@@ -537,9 +547,11 @@ impl<'r> Acting<'r> {
         let pin = self
             .get(RuleKind::Pin)
             .is_some_and(|r| !review.template || r.spec.templates);
+        let vulnerability = self.get(RuleKind::Vulnerability).is_some();
         Needs {
-            digest: pin || self.get(RuleKind::Signature).is_some(),
+            digest: pin || self.get(RuleKind::Signature).is_some() || vulnerability,
             signature: self.get(RuleKind::Signature).is_some(),
+            vulnerability,
             upstream: pin && !review.dry_run,
         }
     }
@@ -616,6 +628,23 @@ fn violation(rule: &Rule, image: &str, facts: Option<&ImageFacts>) -> Option<Str
                 Some((Outcome::Unsigned, why)) => Some(format!("not signed: {why}")),
                 Some((Outcome::Pending, why)) => Some(format!("signature verdict pending: {why}")),
                 None => Some("no signature verdict".into()),
+            }
+        }
+        RuleKind::Vulnerability => {
+            let f = facts?;
+            if f.location.is_none() {
+                return Some("Berth does not hold it (no vulnerability findings)".into());
+            }
+            if f.digest.is_none() {
+                return Some(format!(
+                    "no digest known in Berth ({})",
+                    f.unresolved.as_deref().unwrap_or("not found")
+                ));
+            }
+            match &f.vulnerability {
+                Some(None) => None,
+                Some(Some(why)) => Some(why.clone()),
+                None => Some("no vulnerability findings".into()),
             }
         }
         RuleKind::Mirror | RuleKind::Pin | RuleKind::PullPolicy | RuleKind::PullSecret => None,
