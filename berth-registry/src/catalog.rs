@@ -40,9 +40,12 @@ use crate::{Actor, Registry, RegistryError};
 pub const CATALOG_JOB: &str = "catalog";
 pub const CATALOG_QUEUE: &str = "catalog";
 
-/// The empty JSON object, the config of SBOM artifact manifests.
-const EMPTY_CONFIG: &[u8] = b"{}";
-const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+/// The config of Berth's SBOM artifact manifests. Not the empty `{}` descriptor other
+/// artifacts use: a blob Berth's own documents need must never be one a client pushed
+/// too, or a client deleting its blobs could find one still in use by a document Berth
+/// pushed a moment before (its image being deleted meanwhile).
+const SBOM_CONFIG: &[u8] = br#"{"generator":"berth"}"#;
+const SBOM_CONFIG_MEDIA_TYPE: &str = "application/vnd.berth.sbom.config.v1+json";
 /// Who pushes and deletes the SBOM documents (audit log). Not a user name (a user name
 /// has no `:`). Its changes queue no jobs: the documents are derived from the image,
 /// which already caused its events, and every Berth derives its own.
@@ -737,9 +740,9 @@ impl Registry {
             }
             let doc = render(repo, &view, format);
             let doc_digest = crate::digest_of(berth_oci::Algorithm::Sha256, &doc);
-            let config_digest = crate::digest_of(berth_oci::Algorithm::Sha256, EMPTY_CONFIG);
+            let config_digest = crate::digest_of(berth_oci::Algorithm::Sha256, SBOM_CONFIG);
             for (d, bytes) in [
-                (&config_digest, EMPTY_CONFIG.to_vec()),
+                (&config_digest, SBOM_CONFIG.to_vec()),
                 (&doc_digest, doc.clone()),
             ] {
                 let len = bytes.len() as u64;
@@ -751,7 +754,7 @@ impl Registry {
                 "schemaVersion": 2,
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "artifactType": format.media_type(),
-                "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": config_digest.to_string(), "size": EMPTY_CONFIG.len(), "data": "e30="},
+                "config": {"mediaType": SBOM_CONFIG_MEDIA_TYPE, "digest": config_digest.to_string(), "size": SBOM_CONFIG.len()},
                 "layers": [{"mediaType": format.media_type(), "digest": doc_digest.to_string(), "size": doc.len()}],
                 "subject": {"mediaType": media_type, "digest": digest.to_string(), "size": size},
                 "annotations": {
