@@ -29,6 +29,9 @@ pub struct TtlCache<V> {
     /// their age.
     expired_before: AtomicU64,
     origin: Instant,
+    /// Counts removals (invalidations): a value read from the store before a removal
+    /// must not be cached after it.
+    removals: AtomicU64,
 }
 
 impl<V: Clone> TtlCache<V> {
@@ -51,6 +54,7 @@ impl<V: Clone> TtlCache<V> {
             keep: ttl,
             expired_before: AtomicU64::new(0),
             origin: Instant::now(),
+            removals: AtomicU64::new(0),
         }
     }
 
@@ -98,11 +102,35 @@ impl<V: Clone> TtlCache<V> {
         }
     }
 
+    /// Taken before reading a value from the store, for [`TtlCache::insert_read`].
+    pub fn generation(&self) -> u64 {
+        self.removals.load(Ordering::Acquire)
+    }
+
+    /// Caches a value read from the store after [`TtlCache::generation`] returned
+    /// `generation`, unless something was removed since: the read may predate that
+    /// removal (a blob deleted while a pull or a catalog scan read its link), and caching
+    /// it would serve the deleted entry for a whole TTL. Any removal counts, not only
+    /// this key's: a value not cached now is read again next time.
+    pub fn insert_read(&self, generation: u64, key: String, value: V) {
+        let mut shard = self.shard(&key).write().unwrap_or_else(|p| p.into_inner());
+        // Under the shard lock: a removal either bumped the counter before this check,
+        // or removes this entry after it is inserted.
+        if self.removals.load(Ordering::Acquire) != generation {
+            return;
+        }
+        self.put(&mut shard, key, value);
+    }
+
     pub fn insert(&self, key: String, value: V) {
+        let mut shard = self.shard(&key).write().unwrap_or_else(|p| p.into_inner());
+        self.put(&mut shard, key, value);
+    }
+
+    fn put(&self, shard: &mut HashMap<String, (V, Instant)>, key: String, value: V) {
         if self.ttl.is_zero() {
             return;
         }
-        let mut shard = self.shard(&key).write().unwrap_or_else(|p| p.into_inner());
         if shard.len() >= self.per_shard && !shard.contains_key(&key) {
             // Full: drop entries past keeping, then expired ones, and if that frees nothing,
             // an arbitrary one. Hot keys come straight back; a scan of cold keys cannot
@@ -123,6 +151,8 @@ impl<V: Clone> TtlCache<V> {
     }
 
     pub fn remove(&self, key: &str) {
+        // Counted before the entry goes, so a read that raced it is not cached after.
+        self.removals.fetch_add(1, Ordering::AcqRel);
         self.shard(key)
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -131,6 +161,7 @@ impl<V: Clone> TtlCache<V> {
 
     /// Drops every entry whose key starts with `prefix` (all tags of a repository).
     pub fn remove_prefix(&self, prefix: &str) {
+        self.removals.fetch_add(1, Ordering::AcqRel);
         for shard in &self.shards {
             shard
                 .write()
@@ -157,6 +188,26 @@ pub fn repo_prefix(repo: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_that_raced_a_removal_is_not_cached() {
+        let c: TtlCache<u64> = TtlCache::new(100, Duration::from_secs(60));
+        // A reader takes the generation, reads the store (the link is still there)...
+        let before = c.generation();
+        // ...a delete commits and invalidates...
+        c.remove("repo\0sha256:a");
+        // ...and the reader's value must not come back for a whole TTL.
+        c.insert_read(before, "repo\0sha256:a".into(), 7);
+        assert_eq!(c.get("repo\0sha256:a"), None);
+        // A read after the removal is cached as usual.
+        let after = c.generation();
+        c.insert_read(after, "repo\0sha256:a".into(), 7);
+        assert_eq!(c.get("repo\0sha256:a"), Some(7));
+        let g = c.generation();
+        c.remove_prefix("other\0");
+        c.insert_read(g, "repo\0sha256:b".into(), 8);
+        assert_eq!(c.get("repo\0sha256:b"), None, "any removal counts");
+    }
 
     #[test]
     fn expires_and_invalidates() {

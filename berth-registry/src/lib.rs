@@ -349,6 +349,7 @@ impl Registry {
         if let Some((size, _)) = self.stale_without_asking(&self.cache.blob_links, &k) {
             return Ok(size);
         }
+        let generation = self.cache.blob_links.generation();
         let size = match self.meta.repo_blob(repo.as_str(), digest.as_str()).await {
             Ok(size) => size.ok_or(RegistryError::BlobUnknown)?,
             Err(e) => {
@@ -360,7 +361,7 @@ impl Registry {
             }
         };
         self.health.answered();
-        self.cache.blob_links.insert(k, size);
+        self.cache.blob_links.insert_read(generation, k, size);
         Ok(size)
     }
 
@@ -399,14 +400,16 @@ impl Registry {
 
     /// Unlinks a blob from a repository. Refused while a manifest there needs it.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest, actor: &Actor) -> Result<()> {
-        self.cache
-            .blob_links
-            .remove(&cache::key(repo.as_str(), digest.as_str()));
-        match self
+        let k = cache::key(repo.as_str(), digest.as_str());
+        self.cache.blob_links.remove(&k);
+        let outcome = self
             .meta
             .unlink_blob(repo.as_str(), digest.as_str(), actor)
-            .await?
-        {
+            .await?;
+        // Again once the unlink is in: a read between the first removal and the commit
+        // saw the link and may have cached it.
+        self.cache.blob_links.remove(&k);
+        match outcome {
             Removal::Removed => Ok(()),
             Removal::NotFound => Err(RegistryError::BlobUnknown),
             Removal::Referenced(by) => Err(RegistryError::InUse(format!(
@@ -949,6 +952,7 @@ impl Registry {
                 if let Some((d, age)) = self.stale_without_asking(&self.cache.tags, &k) {
                     return Ok((d, Some(age)));
                 }
+                let generation = self.cache.tags.generation();
                 let d = match self.meta.resolve_tag(repo.as_str(), t.as_str()).await {
                     Ok(d) => d.ok_or(RegistryError::ManifestUnknown)?,
                     Err(e) => {
@@ -963,7 +967,7 @@ impl Registry {
                 let d: Digest = d.parse().map_err(|_| {
                     RegistryError::Internal(format!("stored tag points at bad digest {d:?}"))
                 })?;
-                self.cache.tags.insert(k, d.clone());
+                self.cache.tags.insert_read(generation, k, d.clone());
                 Ok((d, None))
             }
         }
@@ -1005,6 +1009,7 @@ impl Registry {
         if let Some((m, age)) = self.stale_without_asking(&self.cache.manifests, &k) {
             return Ok((m, Some(stale_warning(age))));
         }
+        let generation = self.cache.manifests.generation();
         let m = match self.meta.get_manifest(repo.as_str(), digest.as_str()).await {
             Ok(m) => m.ok_or(RegistryError::ManifestUnknown)?,
             Err(e) => return stale_manifest(RegistryError::from(e)),
@@ -1015,7 +1020,7 @@ impl Registry {
             media_type: m.media_type,
             content: Bytes::from(m.content),
         };
-        self.cache.manifests.insert(k, m.clone());
+        self.cache.manifests.insert_read(generation, k, m.clone());
         Ok((m, None))
     }
 
