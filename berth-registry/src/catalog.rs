@@ -173,6 +173,12 @@ fn background_priority() {
     }
 }
 
+/// Whether a catalog found anything to list: an OS or a package.
+fn has_inventory(row: &ImageCatalogRow) -> bool {
+    !row.packages.is_empty()
+        || serde_json::from_str::<CatalogDetail>(&row.detail).is_ok_and(|d| d.os.is_some())
+}
+
 fn transient(e: impl std::fmt::Display) -> DeliveryFailure {
     DeliveryFailure::transient(e.to_string())
 }
@@ -351,7 +357,9 @@ impl Registry {
             .image_catalog(digest.as_str())
             .await
             .map_err(transient)?;
-        let mut status = current.as_ref().map(|c| c.status.clone());
+        let mut inventory = current
+            .as_ref()
+            .map(|c| (c.status.clone(), has_inventory(c)));
         if current
             .as_ref()
             .is_none_or(|c| c.cataloger_version < i64::from(CATALOGER_VERSION))
@@ -370,11 +378,17 @@ impl Registry {
                 _ => 0,
             };
             tracing::info!(repository = %repo, %digest, status = %row.status, packages = row.packages.len(), "cataloged");
-            status = Some(row.status);
+            inventory = Some((row.status.clone(), has_inventory(&row)));
         }
-        // No document describes an image none of whose content could be read as a
-        // filesystem: it would be an SBOM of nothing, listed among the image's referrers.
-        if cat.settings.referrers && status.as_deref() != Some("failed") {
+        // Only an image with something to list gets the documents as referrers: one none
+        // of whose content reads as a filesystem, or in which no OS and no package was
+        // found, would get an SBOM of nothing among its referrers, which every client
+        // listing them (and the conformance suite, counting them) would see. Its catalog
+        // is still there for `berth sbom` and the API.
+        let worth = inventory
+            .as_ref()
+            .is_some_and(|(status, any)| status != "failed" && *any);
+        if cat.settings.referrers && worth {
             self.attach_sboms(cat, repo, digest, media_type, content.len() as u64)
                 .await
                 .map_err(transient)?;

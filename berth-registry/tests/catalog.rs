@@ -218,7 +218,8 @@ async fn each_platform_of_an_index_is_cataloged() {
 }
 
 /// A layer that is not a tar archive at all (random bytes, as test suites push) makes the
-/// image's catalog `failed`, and no SBOM of nothing is listed among its referrers.
+/// image's catalog `failed`; neither it nor an image in which nothing is found gets an
+/// SBOM of nothing among its referrers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_of_random_bytes_gets_no_sbom() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -237,7 +238,17 @@ async fn an_image_of_random_bytes_gets_no_sbom() {
     let v = wait_for(&r, &repo, &d).await;
     assert_eq!(v.status, "failed");
     assert!(v.packages.is_empty());
-    // A real image pushed after it gets its SBOMs: the queue ran past the failed one.
+    // A filesystem in which nothing is found (no OS, no package) is cataloged, complete,
+    // but gets no SBOM of nothing among its referrers either.
+    let bare = tar(&[Item::File("srv/data.txt", b"hello")]);
+    let mb = common::push_image(&r, &repo, Some("bare"), b"{\"n\":3}", &[&bare], None)
+        .await
+        .expect("push");
+    let bd = common::sha(&mb);
+    let v = wait_for(&r, &repo, &bd).await;
+    assert_eq!(v.status, "complete");
+    assert!(v.packages.is_empty() && v.os.is_none());
+    // A real image pushed after them gets its SBOMs: the queue ran past both.
     let good = common::push_image(&r, &repo, Some("v2"), b"{\"n\":2}", &[&base_layer()], None)
         .await
         .expect("push");
@@ -254,13 +265,15 @@ async fn an_image_of_random_bytes_gets_no_sbom() {
         assert!(start.elapsed() < Duration::from_secs(20), "no SBOMs for v2");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        r.meta()
-            .referrers(repo.as_str(), d.as_str(), None)
-            .await
-            .expect("referrers")
-            .is_empty(),
-        "an SBOM of nothing"
-    );
+    for subject in [&d, &bd] {
+        assert!(
+            r.meta()
+                .referrers(repo.as_str(), subject.as_str(), None)
+                .await
+                .expect("referrers")
+                .is_empty(),
+            "an SBOM of nothing for {subject}"
+        );
+    }
     jobs.shutdown().await;
 }
