@@ -284,12 +284,23 @@ async fn verify_everything(replicas: &[Replica], acked: &[Pushed]) {
     for p in acked {
         for r in replicas {
             let base = &r.run.base;
-            let m = http
-                .get(format!("{base}/v2/{}/manifests/{}", p.repo, p.tag))
-                .header("accept", OCI_MANIFEST)
-                .send()
-                .await
-                .expect("pull manifest");
+            // A 503 says "retry shortly" (Retry-After: 1), and clients do: on a machine
+            // loaded enough that a new connection takes longer than the acquire timeout
+            // right after the fault, the pull is asked again, as a kubelet would.
+            let mut tries = 0;
+            let m = loop {
+                let m = http
+                    .get(format!("{base}/v2/{}/manifests/{}", p.repo, p.tag))
+                    .header("accept", OCI_MANIFEST)
+                    .send()
+                    .await
+                    .expect("pull manifest");
+                tries += 1;
+                if m.status() != StatusCode::SERVICE_UNAVAILABLE || tries == 5 {
+                    break m;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            };
             assert_eq!(
                 m.status(),
                 StatusCode::OK,
