@@ -1,0 +1,714 @@
+//! The web interface over real HTTP: the `Host` check, the security headers, session
+//! cookies and their flags, login and logout (on one replica and across two), CSRF and
+//! cross-origin refusals, authorization (a reader sees no rollback and cannot forge one),
+//! escaping of what pushers wrote, read-only mode without authentication, and a walk in
+//! headless Chromium over WebDriver (`tests/support/ui_browser.py`).
+
+mod common;
+
+use std::process::Command;
+
+use berth_registry::RegistryConfig;
+use berth_registry::access::AccessConfig;
+use berth_server::{ChallengeKind, ServerConfig};
+use common::{Cred, OCI_MANIFEST, PASSWORD, Setup, TestServer as Server, sha256};
+use reqwest::{Method, StatusCode, header};
+use serde_json::json;
+
+const REPO: &str = "team-a/app";
+
+async fn start_with(server: ServerConfig, postgres: bool) -> Server {
+    let s = common::start(Setup {
+        registry: RegistryConfig::default(),
+        server,
+        auth: Some((AccessConfig::default(), ChallengeKind::Bearer)),
+        postgres,
+        ..Setup::default()
+    })
+    .await;
+    common::add_users(
+        s.access(),
+        &[("admin", true), ("maint", false), ("reader", false)],
+    )
+    .await;
+    common::add_tenant(
+        s.access(),
+        "team-a",
+        false,
+        &[("maint", "maintainer"), ("reader", "reader")],
+    )
+    .await;
+    s
+}
+
+async fn start() -> Server {
+    start_with(ServerConfig::default(), false).await
+}
+
+/// A client that shows redirects instead of following them.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// The value of `name="csrf"`'s hidden field in a page.
+fn csrf_of(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("a csrf field");
+    let rest = &html[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').expect("end of value")].to_owned()
+}
+
+/// `name=value` of a `Set-Cookie` header for `name`, and the whole header.
+fn set_cookie(r: &reqwest::Response, name: &str) -> Option<(String, String)> {
+    r.headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| {
+            let pair = v.split(';').next().unwrap_or("").to_owned();
+            (pair, v.to_owned())
+        })
+}
+
+/// Logs `user` in through the form; the session cookie (`berth_session=...`) and the
+/// whole `Set-Cookie` header.
+async fn login(s: &Server, user: &str) -> (String, String) {
+    let http = client();
+    let page = http
+        .get(s.url("/ui/login"))
+        .send()
+        .await
+        .expect("login page");
+    assert_eq!(page.status(), StatusCode::OK);
+    let (pre, _) = set_cookie(&page, "berth_login").expect("login cookie");
+    let token = csrf_of(&page.text().await.expect("body"));
+    let r = http
+        .post(s.url("/ui/login"))
+        .header(header::COOKIE, pre)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(
+            serde_urlencoded::to_string([
+                ("user", user),
+                ("password", PASSWORD),
+                ("csrf", &token),
+                ("next", "/ui/tenants"),
+            ])
+            .expect("form"),
+        )
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "login of {user}");
+    assert_eq!(r.headers()[header::LOCATION], "/ui/tenants");
+    set_cookie(&r, "berth_session").expect("session cookie")
+}
+
+async fn get(s: &Server, path: &str, cookie: &str) -> reqwest::Response {
+    client()
+        .get(s.url(path))
+        .header(header::COOKIE, cookie)
+        .send()
+        .await
+        .expect("get")
+}
+
+async fn post(s: &Server, path: &str, cookie: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    client()
+        .post(s.url(path))
+        .header(header::COOKIE, cookie)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(form).expect("form"))
+        .send()
+        .await
+        .expect("post")
+}
+
+async fn csrf_for(s: &Server, cookie: &str) -> String {
+    let r = get(s, "/ui/repositories", cookie).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    csrf_of(&r.text().await.expect("body"))
+}
+
+fn metric(text: &str, reason: &str) -> u64 {
+    common::metric(
+        text,
+        &format!("berth_ui_refused_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// Two images under `tag` in turn; (first digest, second digest).
+async fn two_pushes(s: &Server, tag: &str) -> (String, String) {
+    let admin = Cred::user("admin");
+    let (_, d1, _) = s.push_image_as(&admin, REPO, &[tag], b"first layer").await;
+    let (_, d2, _) = s.push_image_as(&admin, REPO, &[tag], b"second layer").await;
+    assert_ne!(d1, d2);
+    (d1, d2)
+}
+
+async fn tag_digest(s: &Server, tag: &str) -> String {
+    let r = s
+        .request_as(
+            Method::HEAD,
+            &format!("/v2/{REPO}/manifests/{tag}"),
+            &Cred::user("admin"),
+        )
+        .header(header::ACCEPT, OCI_MANIFEST)
+        .send()
+        .await
+        .expect("head");
+    r.headers()["docker-content-digest"]
+        .to_str()
+        .expect("digest")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn foreign_hosts_are_refused_and_pages_carry_a_strict_csp() {
+    let s = start().await;
+    let before = metric(&s.metrics().await, "host");
+    for host in ["evil.example", "evil.example:5000", "127.0.0.1.nip.io"] {
+        let r = client()
+            .get(s.url("/ui/login"))
+            .header(header::HOST, host)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST, "Host {host}");
+    }
+    assert_eq!(metric(&s.metrics().await, "host"), before + 3);
+    // The API is not the interface's business: a foreign Host still reaches /v2.
+    let r = client()
+        .get(s.url("/v2/"))
+        .header(header::HOST, "evil.example")
+        .send()
+        .await
+        .expect("get");
+    assert_ne!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+
+    for host in [None, Some("localhost:5000")] {
+        let mut req = client().get(s.url("/ui/login"));
+        if let Some(h) = host {
+            req = req.header(header::HOST, h);
+        }
+        let r = req.send().await.expect("get");
+        assert_eq!(r.status(), StatusCode::OK, "Host {host:?}");
+        let csp = r.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .expect("csp");
+        assert!(csp.contains("default-src 'none'"), "{csp}");
+        assert!(csp.contains("script-src 'self'"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        assert_eq!(r.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        let body = r.text().await.expect("body");
+        assert!(!body.contains("<script>"), "no inline script");
+        assert!(!body.contains("style="), "no inline style");
+    }
+}
+
+#[tokio::test]
+async fn assets_are_embedded_with_etags_and_long_caching_when_versioned() {
+    let s = start().await;
+    let page = client()
+        .get(s.url("/ui/login"))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("body");
+    let at = page
+        .find("/ui/static/berth.css?v=")
+        .expect("versioned css link");
+    let href: String = page[at..].chars().take_while(|c| *c != '"').collect();
+    let r = client().get(s.url(&href)).send().await.expect("css");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .expect("type")
+            .starts_with("text/css")
+    );
+    assert!(
+        r.headers()[header::CACHE_CONTROL]
+            .to_str()
+            .expect("cache")
+            .contains("immutable")
+    );
+    let etag = r.headers()[header::ETAG].clone();
+    assert!(
+        r.text()
+            .await
+            .expect("css")
+            .contains("prefers-color-scheme: dark")
+    );
+    let again = client()
+        .get(s.url("/ui/static/berth.css"))
+        .header(header::IF_NONE_MATCH, etag)
+        .send()
+        .await
+        .expect("css");
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    let missing = client()
+        .get(s.url("/ui/static/other.js"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn login_sets_a_strict_cookie_and_logout_ends_the_session() {
+    let s = start().await;
+    // Without a session every page leads to the login form.
+    let r = get(&s, "/ui/repositories", "").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(
+        r.headers()[header::LOCATION]
+            .to_str()
+            .expect("location")
+            .starts_with("/ui/login?next=")
+    );
+
+    let (cookie, header_value) = login(&s, "maint").await;
+    assert!(header_value.contains("HttpOnly"), "{header_value}");
+    assert!(header_value.contains("SameSite=Strict"), "{header_value}");
+    assert!(header_value.contains("Path=/ui"), "{header_value}");
+    assert!(header_value.contains("Max-Age="), "{header_value}");
+    // Plain HTTP and no https public_url: a Secure cookie would never be sent back.
+    assert!(!header_value.contains("Secure"), "{header_value}");
+
+    let r = get(&s, "/ui/repositories", &cookie).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.text().await.expect("body");
+    assert!(body.contains("Signed in as"), "{body}");
+    let token = csrf_of(&body);
+
+    // The stored session is keyed by a hash: the cookie's value is not in the database.
+    let value = cookie.split_once('=').expect("pair").1;
+    let hashed = &sha256(value.as_bytes())["sha256:".len()..];
+    assert!(s.meta.ui_session(hashed).await.expect("read").is_some());
+    assert!(s.meta.ui_session(value).await.expect("read").is_none());
+
+    // Logout needs the session's token like any other form.
+    let r = post(&s, "/ui/logout", &cookie, &[]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        get(&s, "/ui/repositories", &cookie).await.status(),
+        StatusCode::OK
+    );
+    let r = post(&s, "/ui/logout", &cookie, &[("csrf", &token)]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (_, cleared) = set_cookie(&r, "berth_session").expect("cleared cookie");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    // The old cookie no longer works, whoever replays it.
+    let r = get(&s, "/ui/repositories", &cookie).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn bad_passwords_and_forged_logins_open_no_session() {
+    let s = start().await;
+    let http = client();
+    let page = http.get(s.url("/ui/login")).send().await.expect("page");
+    let (pre, _) = set_cookie(&page, "berth_login").expect("cookie");
+    let token = csrf_of(&page.text().await.expect("body"));
+    let form = |pw: &str, csrf: &str| {
+        serde_urlencoded::to_string([("user", "maint"), ("password", pw), ("csrf", csrf)])
+            .expect("form")
+    };
+    let r = http
+        .post(s.url("/ui/login"))
+        .header(header::COOKIE, &pre)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(form("wrong password", &token))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(set_cookie(&r, "berth_session").is_none());
+    // The right password without the form's cookie (another site posting the form).
+    let r = http
+        .post(s.url("/ui/login"))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(form(PASSWORD, &token))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(set_cookie(&r, "berth_session").is_none());
+    // A robot's secret opens no session either: the interface is for people.
+    assert!(metric(&s.metrics().await, "csrf") >= 1);
+}
+
+#[tokio::test]
+async fn secure_cookies_behind_an_https_public_url() {
+    let s = start_with(
+        ServerConfig {
+            public_url: Some("https://registry.example".into()),
+            ..ServerConfig::default()
+        },
+        false,
+    )
+    .await;
+    let (_, header_value) = login(&s, "maint").await;
+    assert!(header_value.contains("; Secure"), "{header_value}");
+    // public_url's host is served.
+    let r = client()
+        .get(s.url("/ui/login"))
+        .header(header::HOST, "registry.example")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn rollback_needs_push_a_session_token_and_the_same_origin() {
+    let s = start().await;
+    let (d1, d2) = two_pushes(&s, "stable").await;
+    let (maint, _) = login(&s, "maint").await;
+    let (reader, _) = login(&s, "reader").await;
+    let history = format!("/ui/history?repository={REPO}&tag=stable");
+
+    // The reader sees the history but no rollback, and cannot open the confirmation.
+    let r = get(&s, &history, &reader).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.text().await.expect("body");
+    assert!(body.contains(&d1[..19]), "{body}");
+    assert!(!body.contains("Roll back to this"), "{body}");
+    let confirm = format!("/ui/rollback?repository={REPO}&tag=stable&to={d1}");
+    assert_eq!(
+        get(&s, &confirm, &reader).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    // The maintainer sees one.
+    let body = get(&s, &history, &maint).await.text().await.expect("body");
+    assert!(body.contains("Roll back to this"), "{body}");
+    assert_eq!(get(&s, &confirm, &maint).await.status(), StatusCode::OK);
+
+    let base = [("repository", REPO), ("tag", "stable"), ("to", d1.as_str())];
+    fn with<'a>(base: &[(&'a str, &'a str)], csrf: &'a str) -> Vec<(&'a str, &'a str)> {
+        let mut f = base.to_vec();
+        f.push(("csrf", csrf));
+        f
+    }
+    let before = s.metrics().await;
+    // No token, a wrong token, another session's token.
+    let reader_token = csrf_for(&s, &reader).await;
+    let maint_token = csrf_for(&s, &maint).await;
+    assert_eq!(
+        post(&s, "/ui/rollback", &maint, &base).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post(&s, "/ui/rollback", &maint, &with(&base, "forged"))
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post(&s, "/ui/rollback", &maint, &with(&base, &reader_token))
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    // The right token from another site.
+    let r = client()
+        .post(s.url("/ui/rollback"))
+        .header(header::COOKIE, &maint)
+        .header(header::ORIGIN, "http://evil.example")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(with(&base, &maint_token)).expect("form"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // The reader with its own valid token: its role does not allow it.
+    assert_eq!(
+        post(&s, "/ui/rollback", &reader, &with(&base, &reader_token))
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(tag_digest(&s, "stable").await, d2, "nothing moved the tag");
+    let after = s.metrics().await;
+    assert_eq!(metric(&after, "csrf"), metric(&before, "csrf") + 3);
+    assert_eq!(metric(&after, "origin"), metric(&before, "origin") + 1);
+    assert_eq!(metric(&after, "denied"), metric(&before, "denied") + 1);
+
+    // The maintainer's own form.
+    let r = post(&s, "/ui/rollback", &maint, &with(&base, &maint_token)).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(tag_digest(&s, "stable").await, d1);
+    let body = get(&s, &history, &maint).await.text().await.expect("body");
+    assert!(body.contains("rollback"), "{body}");
+    assert!(body.contains("maint"), "{body}");
+}
+
+#[tokio::test]
+async fn what_pushers_wrote_is_shown_inert() {
+    let s = start().await;
+    let admin = Cred::user("admin");
+    let config = json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Labels": {"evil": "<script>alert('label')</script>"}},
+        "history": [{"created_by": "<img src=x onerror=alert(1)>"}],
+    })
+    .to_string()
+    .into_bytes();
+    let c = s.push_blob_as(&admin, REPO, &config).await;
+    let l = s.push_blob_as(&admin, REPO, b"layer").await;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l, "size": 5}],
+        "annotations": {"<b>key</b>": "\"><script>alert('annotation')</script>"},
+    })
+    .to_string()
+    .into_bytes();
+    let r = s
+        .put_manifest_as(&admin, REPO, "v1.0.0", OCI_MANIFEST, &manifest)
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (cookie, _) = login(&s, "maint").await;
+    let r = get(
+        &s,
+        &format!("/ui/image?repository={REPO}&reference=v1.0.0"),
+        &cookie,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.text().await.expect("body");
+    assert!(body.contains(&sha256(&manifest)), "the image page");
+    for raw in ["<script>alert", "<img src=x", "<b>key", "\"><script>alert"] {
+        assert!(
+            !body.contains(raw),
+            "{raw} reached the page unescaped: {body}"
+        );
+    }
+    assert!(
+        body.contains("&lt;script&gt;alert('label')&lt;/script&gt;"),
+        "{body}"
+    );
+    assert!(
+        body.contains("&lt;img src=x onerror=alert(1)&gt;"),
+        "{body}"
+    );
+    assert!(body.contains("&lt;b&gt;key&lt;/b&gt;"), "{body}");
+}
+
+#[tokio::test]
+async fn pages_show_only_what_the_role_may_read() {
+    let s = start().await;
+    let admin = Cred::user("admin");
+    s.push_image_as(&admin, REPO, &["v1"], b"a").await;
+    s.push_image_as(&admin, "hidden/secret", &["v1"], b"b")
+        .await;
+    let (cookie, _) = login(&s, "reader").await;
+    let body = get(&s, "/ui/repositories", &cookie)
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(body.contains(REPO), "{body}");
+    assert!(!body.contains("hidden/secret"), "{body}");
+    // The same 404 for a repository it cannot read as for one that does not exist.
+    let hidden = get(&s, "/ui/repository?repository=hidden/secret", &cookie).await;
+    let absent = get(&s, "/ui/repository?repository=team-a/none", &cookie).await;
+    assert_eq!(hidden.status(), StatusCode::NOT_FOUND);
+    assert_eq!(absent.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        hidden.text().await.expect("body"),
+        absent.text().await.expect("body")
+    );
+}
+
+#[tokio::test]
+async fn without_authentication_the_interface_only_reads() {
+    let s = common::start(Setup::default()).await;
+    let open = Cred::Anonymous;
+    let (_, d1, _) = s.push_image_as(&open, REPO, &["t"], b"one").await;
+    let (_, d2, _) = s.push_image_as(&open, REPO, &["t"], b"two").await;
+    let body = get(&s, &format!("/ui/history?repository={REPO}&tag=t"), "")
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(body.contains("Read-only"), "{body}");
+    assert!(body.contains(&d1[..19]), "{body}");
+    assert!(!body.contains("Roll back to this"), "{body}");
+    let r = post(
+        &s,
+        "/ui/rollback",
+        "",
+        &[
+            ("repository", REPO),
+            ("tag", "t"),
+            ("to", &d1),
+            ("csrf", ""),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(tag_digest(&s, "t").await, d2);
+}
+
+#[tokio::test]
+async fn every_replica_honours_a_session_and_a_logout_anywhere_ends_it() {
+    let a = start_with(ServerConfig::default(), true).await;
+    let b = common::start(Setup {
+        auth: Some((AccessConfig::default(), ChallengeKind::Bearer)),
+        stores: Some(a.stores()),
+        ..Setup::default()
+    })
+    .await;
+    let (cookie, _) = login(&a, "maint").await;
+    assert_eq!(
+        get(&b, "/ui/tenants", &cookie).await.status(),
+        StatusCode::OK
+    );
+    let token = csrf_for(&b, &cookie).await;
+    let r = post(&b, "/ui/logout", &cookie, &[("csrf", &token)]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        get(&a, "/ui/tenants", &cookie).await.status(),
+        StatusCode::SEE_OTHER
+    );
+}
+
+#[tokio::test]
+async fn a_password_change_ends_the_users_sessions() {
+    let s = start().await;
+    let (cookie, _) = login(&s, "maint").await;
+    assert_eq!(
+        get(&s, "/ui/tenants", &cookie).await.status(),
+        StatusCode::OK
+    );
+    s.access()
+        .update_user(
+            &berth_registry::access::cli_identity(),
+            None,
+            "maint",
+            &berth_registry::access::UserUpdate {
+                password: Some("another long password"),
+                current_password: None,
+                admin: None,
+                disabled: None,
+            },
+        )
+        .await
+        .expect("password change");
+    assert_eq!(
+        get(&s, "/ui/tenants", &cookie).await.status(),
+        StatusCode::SEE_OTHER
+    );
+}
+
+fn python() -> String {
+    std::env::var("BERTH_UI_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The walk in a real browser: headless Chromium driven by chromedriver over WebDriver,
+/// from a Python script that needs nothing beyond the standard library. Screenshots land
+/// in `target/ui-screenshots`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_walk() {
+    let s = start().await;
+    let admin = Cred::user("admin");
+    // Many repositories to find one among.
+    for i in 0..60 {
+        s.push_image_as(
+            &admin,
+            &format!("team-a/svc-{i:02}"),
+            &["v1"],
+            format!("l{i}").as_bytes(),
+        )
+        .await;
+    }
+    let (d1, d2) = two_pushes(&s, "stable").await;
+    // A label carrying markup, to be shown inert.
+    let config = json!({"architecture": "amd64", "os": "linux",
+        "config": {"Labels": {"note": "<img src=x id=pwned>"}}})
+    .to_string()
+    .into_bytes();
+    let c = s.push_blob_as(&admin, REPO, &config).await;
+    let l = s.push_blob_as(&admin, REPO, b"hostile layer").await;
+    let m = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l, "size": 13}],
+        "annotations": {"org.example.note": "<script id=pwned2>document.title='pwned'</script>"}})
+    .to_string()
+    .into_bytes();
+    assert_eq!(
+        s.put_manifest_as(&admin, REPO, "hostile", OCI_MANIFEST, &m)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ui-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/ui_browser.py");
+    let base = s.base.clone();
+    let args = json!({
+        "base": base,
+        "password": PASSWORD,
+        "repo": REPO,
+        "old": d1,
+        "new": d2,
+        "screenshots": shots,
+    })
+    .to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .arg(args)
+            .output()
+            .expect("python3")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "browser walk failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The walk rolled `stable` back: a registry client now pulls the old digest.
+    let host = base.trim_start_matches("http://");
+    let inspect = tokio::task::spawn_blocking({
+        let host = host.to_owned();
+        move || {
+            Command::new("skopeo")
+                .args([
+                    "inspect",
+                    "--raw",
+                    "--tls-verify=false",
+                    "--creds",
+                    &format!("admin:{PASSWORD}"),
+                    &format!("docker://{host}/{REPO}:stable"),
+                ])
+                .output()
+                .expect("skopeo")
+        }
+    })
+    .await
+    .expect("join");
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    assert_eq!(
+        sha256(&inspect.stdout),
+        d1,
+        "skopeo pulls the rolled-back digest"
+    );
+}
