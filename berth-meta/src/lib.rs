@@ -368,6 +368,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0012_catalogs.sql"),
     include_str!("../migrations/sqlite/0013_vulnerabilities.sql"),
     include_str!("../migrations/sqlite/0014_ui_sessions.sql"),
+    include_str!("../migrations/sqlite/0015_tag_versions.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -384,6 +385,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0012_catalogs.sql"),
     include_str!("../migrations/postgres/0013_vulnerabilities.sql"),
     include_str!("../migrations/postgres/0014_ui_sessions.sql"),
+    include_str!("../migrations/postgres/0015_tag_versions.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {
@@ -616,6 +618,7 @@ impl MetaStore {
                 .await?;
             tracing::info!(version, "applied metadata schema migration");
         }
+        Self::fill_version_keys(&mut tx).await?;
         tx.commit().await?;
         for (user, what) in renamed {
             tracing::warn!(

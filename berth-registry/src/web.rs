@@ -151,3 +151,24 @@ impl Registry {
         Ok(out)
     }
 }
+
+impl Registry {
+    /// Up to `n` version tags of `repo`, newest version first, after `last` in that order
+    /// (an index range, not a sort); the second value says whether more follow.
+    pub async fn version_page(
+        &self,
+        repo: &RepoName,
+        n: u64,
+        last: Option<&str>,
+    ) -> Result<(Vec<TagRow>, bool)> {
+        let limit = n.clamp(1, self.config.max_page);
+        let mut rows = self
+            .meta
+            .version_page(repo.as_str(), last, limit + 1)
+            .await?
+            .ok_or(RegistryError::NameUnknown)?;
+        let more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        Ok((rows, more))
+    }
+}

@@ -503,6 +503,90 @@ async fn what_pushers_wrote_is_shown_inert() {
     assert!(body.contains("&lt;b&gt;key&lt;/b&gt;"), "{body}");
 }
 
+/// The tag names of a repository page, in order, and its next-page link.
+fn tags_of(html: &str) -> (Vec<String>, Option<String>) {
+    let mut tags = Vec::new();
+    let mut rest = html;
+    while let Some(at) = rest.find("class=\"tag\"") {
+        rest = &rest[at..];
+        let start = rest.find('>').expect("tag link") + 1;
+        let end = rest[start..].find('<').expect("end") + start;
+        tags.push(rest[start..end].to_owned());
+        rest = &rest[end..];
+    }
+    let next = html.find("rel=\"next\"").map(|at| {
+        let before = &html[..at];
+        let href = before.rfind("href=\"").expect("href") + "href=\"".len();
+        html[href..]
+            .split('"')
+            .next()
+            .expect("link")
+            .replace("&amp;", "&")
+    });
+    (tags, next)
+}
+
+#[tokio::test]
+async fn tags_page_in_semver_order_newest_first_through_keyset_pages() {
+    semver_pages(false).await;
+}
+
+#[tokio::test]
+async fn tags_page_in_semver_order_on_postgres() {
+    semver_pages(true).await;
+}
+
+async fn semver_pages(postgres: bool) {
+    let s = start_with(ServerConfig::default(), postgres).await;
+    let admin = Cred::user("admin");
+    let (bytes, _, _) = s.push_image_as(&admin, REPO, &["latest"], b"v").await;
+    let mut names: Vec<String> = (0..55).map(|i| format!("1.0.{i}")).collect();
+    names.extend(["2.0.0", "2.0.0-rc.1", "v2.0.0-beta", "1.10.0", "1.9.0"].map(String::from));
+    // Pushed in an order that is neither the version nor the name order.
+    names.reverse();
+    names.swap(3, 40);
+    for t in &names {
+        let r = s
+            .put_manifest_as(&admin, REPO, t, OCI_MANIFEST, &bytes)
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let (cookie, _) = login(&s, "reader").await;
+    let mut seen = Vec::new();
+    let mut next = Some(format!("/ui/repository?repository={REPO}"));
+    let mut pages = 0;
+    while let Some(path) = next {
+        let r = get(&s, &path, &cookie).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let (tags, more) = tags_of(&r.text().await.expect("body"));
+        seen.extend(tags);
+        next = more;
+        pages += 1;
+    }
+    let mut want: Vec<String> = vec!["2.0.0", "2.0.0-rc.1", "v2.0.0-beta", "1.10.0", "1.9.0"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    want.extend((0..55).rev().map(|i| format!("1.0.{i}")));
+    assert_eq!(
+        seen, want,
+        "versions newest first, across pages, without `latest`"
+    );
+    assert_eq!(pages, 2);
+    // By name, every tag, `latest` too, in the listing order.
+    let mut all = Vec::new();
+    let mut next = Some(format!("/ui/repository?repository={REPO}&order=name"));
+    while let Some(path) = next {
+        let body = get(&s, &path, &cookie).await.text().await.expect("body");
+        let (tags, more) = tags_of(&body);
+        all.extend(tags);
+        next = more;
+    }
+    assert_eq!(all.len(), 61);
+    assert_eq!(all[..3], ["1.0.0", "1.0.1", "1.0.10"]);
+    assert!(all.contains(&"latest".to_owned()));
+}
+
 #[tokio::test]
 async fn pages_show_only_what_the_role_may_read() {
     let s = start().await;
@@ -632,6 +716,9 @@ async fn browser_walk() {
         .await;
     }
     let (d1, d2) = two_pushes(&s, "stable").await;
+    for t in ["v1.2.0", "1.10.0", "1.9.0-rc.1"] {
+        s.push_image_as(&admin, REPO, &[t], t.as_bytes()).await;
+    }
     // A label carrying markup, to be shown inert.
     let config = json!({"architecture": "amd64", "os": "linux",
         "config": {"Labels": {"note": "<img src=x id=pwned>"}}})

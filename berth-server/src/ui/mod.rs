@@ -586,11 +586,15 @@ async fn repository(
     let fail = |e| error_page(&state, Some(&viewer), e);
     let repo = readable(&viewer, &q).map_err(fail)?;
     let after = q.get("after").map(String::as_str).filter(|s| !s.is_empty());
-    let (rows, more) = state
-        .registry()
-        .tag_page(&repo, PAGE, after)
-        .await
-        .map_err(|e| fail(ApiError::Registry(e)))?;
+    // Versions, newest first, by default; every tag by name on request. Both are ranges of
+    // an index, so a page costs the same at any depth of a large repository.
+    let by_name = q.get("order").is_some_and(|o| o == "name");
+    let page = if by_name {
+        state.registry().tag_page(&repo, PAGE, after).await
+    } else {
+        state.registry().version_page(&repo, PAGE, after).await
+    };
+    let (rows, more) = page.map_err(|e| fail(ApiError::Registry(e)))?;
     let mut tags = Vec::with_capacity(rows.len());
     for row in rows {
         // The manifest comes through the registry's read cache; its content gives the
@@ -615,7 +619,7 @@ async fn repository(
         .collect();
     Ok(html(
         StatusCode::OK,
-        pages::repository(&viewer, repo.as_str(), &tags, &immutable, more),
+        pages::repository(&viewer, repo.as_str(), by_name, &tags, &immutable, more),
     ))
 }
 

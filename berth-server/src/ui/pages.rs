@@ -259,16 +259,25 @@ pub fn summarize(content: &[u8]) -> Summary {
 pub fn repository(
     v: &Viewer,
     repo: &str,
+    by_name: bool,
     tags: &[(TagRow, Summary)],
     immutable: &[bool],
     more: bool,
 ) -> Markup {
+    let order = if by_name { "name" } else { "version" };
     layout(
         Some(Nav::of(v)),
         repo,
         html! {
-            h2 { "Tags" }
-            @if tags.is_empty() { p.muted { "No tags." } } @else {
+            nav aria-label="Tag order" {
+                ul.tabs {
+                    li { a href=(url("/ui/repository", &[("repository", repo)])) aria-current=[(!by_name).then_some("page")] { "Versions, newest first" } }
+                    li { a href=(url("/ui/repository", &[("repository", repo), ("order", "name")])) aria-current=[by_name.then_some("page")] { "All tags by name" } }
+                }
+            }
+            @if tags.is_empty() {
+                p.muted { @if by_name { "No tags." } @else { "No tag is a version (like 1.4.2 or v1.4.2-rc.1)." } }
+            } @else {
                 div.table-wrap { table.stack id="tags" {
                     thead { tr {
                         th scope="col" { "Tag" } th scope="col" { "Digest" } th scope="col" { "Kind" }
@@ -292,7 +301,7 @@ pub fn repository(
             }
             @if more { @if let Some((last, _)) = tags.last() {
                 nav.pager aria-label="Pages" {
-                    a href=(url("/ui/repository", &[("repository", repo), ("after", &last.name)])) rel="next" { "Next page" }
+                    a href=(url("/ui/repository", &[("repository", repo), ("order", order), ("after", &last.name)])) rel="next" { "Next page" }
                 }
             } }
         },

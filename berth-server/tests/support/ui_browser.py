@@ -214,8 +214,13 @@ def main():
         d.click("#repositories a")
         expect(wait_for(lambda: "/ui/repository?" in d.current()), "the repository page")
         tags = [d.s("GET", f"/element/{e}/text") for e in d.find_all("#tags a.tag")]
-        expect("stable" in tags and "hostile" in tags, f"its tags: {tags}")
+        expect(tags == ["1.10.0", "1.9.0-rc.1", "v1.2.0"], f"its versions, newest first: {tags}")
         d.shot(shots, "repository")
+        d.click("a[href*='order=name']")
+        expect(wait_for(lambda: "order=name" in d.current()), "the by-name tab")
+        tags = [d.s("GET", f"/element/{e}/text") for e in d.find_all("#tags a.tag")]
+        expect("stable" in tags and "hostile" in tags, f"all its tags: {tags}")
+        d.shot(shots, "repository-by-name")
 
         # The image page: what the pusher wrote is text, never markup.
         d.go(base + "/ui/image?" + q(repository=repo, reference="hostile"))
