@@ -239,7 +239,7 @@ mod tests {
         fn version_keys_order_as_semver(a in version_tag(), b in version_tag()) {
             let (va, vb) = (Version::parse(&a), Version::parse(&b));
             prop_assume!(va.is_some() && vb.is_some());
-            let (va, vb) = (va.unwrap(), vb.unwrap());
+            let (va, vb) = (va.expect("parsed"), vb.expect("parsed"));
             prop_assert_eq!(
                 version_key(&a).as_bytes().cmp(version_key(&b).as_bytes()),
                 va.cmp(&vb),
