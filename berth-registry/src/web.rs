@@ -88,6 +88,11 @@ impl Access {
         }))
     }
 
+    /// Deletes expired sessions (they are refused anyway); how many.
+    pub async fn prune_sessions(&self) -> Result<u64> {
+        Ok(self.meta().prune_ui_sessions().await?)
+    }
+
     /// Ends the session a cookie names, on every replica at once (they all read the one
     /// table); true if there was one.
     pub async fn close_session(&self, cookie: &str) -> Result<bool> {
