@@ -28,14 +28,23 @@ async fn start_with(server: ServerConfig, postgres: bool) -> Server {
     .await;
     common::add_users(
         s.access(),
-        &[("admin", true), ("maint", false), ("reader", false)],
+        &[
+            ("admin", true),
+            ("owner", false),
+            ("maint", false),
+            ("reader", false),
+        ],
     )
     .await;
     common::add_tenant(
         s.access(),
         "team-a",
         false,
-        &[("maint", "maintainer"), ("reader", "reader")],
+        &[
+            ("owner", "owner"),
+            ("maint", "maintainer"),
+            ("reader", "reader"),
+        ],
     )
     .await;
     s
@@ -694,6 +703,154 @@ async fn a_password_change_ends_the_users_sessions() {
     );
 }
 
+/// The registry login and password in a pull-secret page's Secret.
+fn pull_creds(html: &str) -> (String, String) {
+    use base64::Engine as _;
+    let at = html
+        .find("<pre class=\"card\" id=\"pull-secret\">")
+        .expect("the Secret");
+    let rest = &html[at..];
+    let start = rest.find('>').expect("pre") + 1;
+    let end = rest.find("</pre>").expect("end");
+    let text = rest[start..end]
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&");
+    let secret: serde_json::Value = serde_json::from_str(&text).expect("Secret JSON");
+    assert_eq!(secret["type"], "kubernetes.io/dockerconfigjson");
+    let config = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"][".dockerconfigjson"].as_str().expect("data"))
+        .expect("base64");
+    let config: serde_json::Value = serde_json::from_slice(&config).expect("config");
+    let auth = config["auths"]
+        .as_object()
+        .and_then(|a| a.values().next())
+        .expect("one registry");
+    (
+        auth["username"].as_str().expect("user").to_owned(),
+        auth["password"].as_str().expect("password").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn pull_secret_per_namespace_pulls_and_rotating_one_breaks_no_other() {
+    let s = start().await;
+    s.push_image_as(&Cred::user("admin"), REPO, &["v1"], b"x")
+        .await;
+    let (owner, _) = login(&s, "owner").await;
+    let page = get(&s, "/ui/tenant?name=team-a", &owner).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let body = page.text().await.expect("body");
+    assert!(
+        body.contains("Robot accounts") && body.contains("maintainer"),
+        "{body}"
+    );
+    let token = csrf_of(&body);
+    let make = |ns: &'static str, rotate: bool| {
+        let mut f = vec![
+            ("tenant", "team-a"),
+            ("namespace", ns),
+            ("csrf", token.as_str()),
+        ];
+        if rotate {
+            f.push(("rotate", "yes"));
+        }
+        f
+    };
+    let pulls = |user: String, pass: String| {
+        let s = &s;
+        async move {
+            s.request_as(
+                Method::GET,
+                &format!("/v2/{REPO}/manifests/v1"),
+                &Cred::Basic(user, pass),
+            )
+            .header(header::ACCEPT, OCI_MANIFEST)
+            .send()
+            .await
+            .expect("pull")
+            .status()
+        }
+    };
+    let r = post(&s, "/ui/pull-secret", &owner, &make("prod", false)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let (prod_user, prod_pass) = pull_creds(&r.text().await.expect("body"));
+    assert_eq!(prod_user, "team-a+k8s-prod");
+    let r = post(&s, "/ui/pull-secret", &owner, &make("dev", false)).await;
+    let (dev_user, dev_pass) = pull_creds(&r.text().await.expect("body"));
+    assert_eq!(
+        pulls(prod_user.clone(), prod_pass.clone()).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        pulls(dev_user.clone(), dev_pass.clone()).await,
+        StatusCode::OK
+    );
+    // Pull only.
+    let push = s
+        .put_manifest_as(
+            &Cred::Basic(prod_user.clone(), prod_pass.clone()),
+            REPO,
+            "v2",
+            OCI_MANIFEST,
+            b"{}",
+        )
+        .await;
+    assert!(push.status().is_client_error());
+    // Asked again, the secret is not shown (it cannot be read back).
+    let r = post(&s, "/ui/pull-secret", &owner, &make("dev", false)).await;
+    let body = r.text().await.expect("body");
+    assert!(!body.contains("id=\"pull-secret\""), "{body}");
+    // Rotating dev's: the old dev secret stops working, prod's goes on.
+    let r = post(&s, "/ui/pull-secret", &owner, &make("dev", true)).await;
+    let (_, new_dev_pass) = pull_creds(&r.text().await.expect("body"));
+    s.access().forget_logins();
+    assert_eq!(
+        pulls(dev_user.clone(), dev_pass).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(pulls(dev_user, new_dev_pass).await, StatusCode::OK);
+    assert_eq!(pulls(prod_user, prod_pass).await, StatusCode::OK);
+
+    // A maintainer is no manager: no form, and its POST is refused.
+    let (maint, _) = login(&s, "maint").await;
+    let body = get(&s, "/ui/tenant?name=team-a", &maint)
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(!body.contains("make-pull-secret"), "{body}");
+    let maint_token = csrf_for(&s, &maint).await;
+    let r = post(
+        &s,
+        "/ui/pull-secret",
+        &maint,
+        &[
+            ("tenant", "team-a"),
+            ("namespace", "qa"),
+            ("csrf", &maint_token),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // And the owner's own form without its token.
+    let r = post(
+        &s,
+        "/ui/pull-secret",
+        &owner,
+        &[("tenant", "team-a"), ("namespace", "qa")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(
+        s.access()
+            .robots(&berth_registry::access::cli_identity(), "team-a")
+            .await
+            .expect("robots")
+            .iter()
+            .all(|r| r.name != "k8s-qa")
+    );
+}
+
 fn python() -> String {
     std::env::var("BERTH_UI_PYTHON").unwrap_or_else(|_| "python3".into())
 }
@@ -768,23 +925,33 @@ async fn browser_walk() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // The walk made namespace prod's pull secret: its robot is what skopeo pulls with.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PULL_SECRET "))
+        .expect("the walk's pull secret");
+    let creds: serde_json::Value = serde_json::from_str(line).expect("creds");
+    let creds = format!(
+        "{}:{}",
+        creds["user"].as_str().expect("user"),
+        creds["password"].as_str().expect("password")
+    );
+    assert!(creds.starts_with("team-a+k8s-prod:"), "{creds}");
     // The walk rolled `stable` back: a registry client now pulls the old digest.
-    let host = base.trim_start_matches("http://");
-    let inspect = tokio::task::spawn_blocking({
-        let host = host.to_owned();
-        move || {
-            Command::new("skopeo")
-                .args([
-                    "inspect",
-                    "--raw",
-                    "--tls-verify=false",
-                    "--creds",
-                    &format!("admin:{PASSWORD}"),
-                    &format!("docker://{host}/{REPO}:stable"),
-                ])
-                .output()
-                .expect("skopeo")
-        }
+    let host = base.trim_start_matches("http://").to_owned();
+    let inspect = tokio::task::spawn_blocking(move || {
+        Command::new("skopeo")
+            .args([
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                "--creds",
+                &creds,
+                &format!("docker://{host}/{REPO}:stable"),
+            ])
+            .output()
+            .expect("skopeo")
     })
     .await
     .expect("join");

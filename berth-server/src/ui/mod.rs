@@ -77,6 +77,8 @@ pub fn router() -> Router<AppState> {
         .route("/ui/login", get(login_page).post(login))
         .route("/ui/logout", axum::routing::post(logout))
         .route("/ui/tenants", get(tenants))
+        .route("/ui/tenant", get(tenant))
+        .route("/ui/pull-secret", axum::routing::post(pull_secret))
         .route("/ui/repositories", get(repositories))
         .route("/ui/repository", get(repository))
         .route("/ui/image", get(image))
@@ -553,6 +555,95 @@ async fn tenants(State(state): State<AppState>, viewer: Viewer) -> Page {
     Ok(html(
         StatusCode::OK,
         pages::tenants(&viewer, rows.as_deref()),
+    ))
+}
+
+async fn tenant(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<HashMap<String, String>>,
+) -> Page {
+    let fail = |e| error_page(&state, Some(&viewer), e);
+    let (Some(auth), Some(id)) = (state.auth(), &viewer.id) else {
+        return Err(fail(not_found()));
+    };
+    let name = q.get("name").map(String::as_str).unwrap_or("");
+    // A tenant the viewer does not see is the same 404 as one that does not exist.
+    let visible = auth
+        .access
+        .list_tenants(id)
+        .await
+        .map_err(|e| fail(ApiError::Registry(e)))?
+        .into_iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| fail(not_found()))?;
+    // Members and robots are for the tenant's managers (owners, admins), as in the API.
+    let manager = berth_registry::access::require_manager(id, name).is_ok();
+    let (members, robots) = if manager {
+        let members = auth
+            .access
+            .members(id, name)
+            .await
+            .map_err(|e| fail(ApiError::Registry(e)))?;
+        let robots = auth
+            .access
+            .robots(id, name)
+            .await
+            .map_err(|e| fail(ApiError::Registry(e)))?;
+        (Some(members), Some(robots))
+    } else {
+        (None, None)
+    };
+    Ok(html(
+        StatusCode::OK,
+        pages::tenant(&viewer, &visible, members.as_deref(), robots.as_deref()),
+    ))
+}
+
+/// "Pull secret for namespace X": the namespace's own pull-only robot (created, or with
+/// `rotate` given a new secret), and its Kubernetes Secret, shown once.
+async fn pull_secret(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Page {
+    let form = form_of(&state, &viewer, &headers, &body)?;
+    let fail = |e| error_page(&state, Some(&viewer), e);
+    let (Some(auth), Some(id)) = (state.auth(), &viewer.id) else {
+        refuse(&state, "read-only");
+        return Err(forbidden(
+            "The web interface is read-only while authentication is off.",
+        ));
+    };
+    let tenant = form.get("tenant").map(String::as_str).unwrap_or("");
+    let namespace = form
+        .get("namespace")
+        .map(|n| n.trim().to_owned())
+        .unwrap_or_default();
+    let rotate = form.get("rotate").is_some_and(|v| v == "yes");
+    if berth_registry::access::require_manager(id, tenant).is_err() {
+        refuse(&state, "denied");
+        return Err(fail(denied()));
+    }
+    let mut done = auth
+        .access
+        .namespace_pull_robots(
+            id,
+            viewer.source,
+            tenant,
+            std::slice::from_ref(&namespace),
+            rotate,
+        )
+        .await
+        .map_err(|e| fail(ApiError::Registry(e)))?;
+    let Some(robot) = done.pop() else {
+        return Err(fail(not_found()));
+    };
+    let server = crate::api::registry_host(&state, &headers);
+    Ok(html(
+        StatusCode::OK,
+        pages::pull_secret(&viewer, tenant, &server, &robot),
     ))
 }
 

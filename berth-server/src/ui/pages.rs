@@ -5,6 +5,7 @@
 use berth_meta::{TagRow, TenantRow};
 use berth_registry::HistoryEntry;
 use berth_registry::Manifest;
+use berth_registry::access::{self, NamespaceRobot, PullRobot, RobotInfo, pull_secret_name};
 use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
 
@@ -171,12 +172,104 @@ pub fn tenants(v: &Viewer, rows: Option<&[TenantRow]>) -> Markup {
                 Some(rows) => div.table-wrap { table.stack {
                     thead { tr { th scope="col" { "Tenant" } th scope="col" { "Visibility" } th scope="col" { "Created" } } }
                     tbody { @for t in rows { tr {
-                        td data-label="Tenant" { a href=(url("/ui/repositories", &[("q", &format!("{}/", t.name))])) { (t.name) } }
+                        td data-label="Tenant" { a href=(url("/ui/tenant", &[("name", &t.name)])) { (t.name) } }
                         td data-label="Visibility" { @if t.public { span.badge { "public" } } @else { span.badge { "private" } } }
                         td data-label="Created" { (when(t.created_at)) }
                     } } }
                 } },
             }
+        },
+    )
+}
+
+pub fn tenant(
+    v: &Viewer,
+    t: &TenantRow,
+    members: Option<&[(String, String)]>,
+    robots: Option<&[RobotInfo]>,
+) -> Markup {
+    layout(
+        Some(Nav::of(v)),
+        &format!("Tenant {}", t.name),
+        html! {
+            p {
+                @if t.public { span.badge { "public" } } @else { span.badge { "private" } }
+                " · "
+                a href=(url("/ui/repositories", &[("q", &format!("{}/", t.name))])) { "Its repositories" }
+            }
+            @match (members, robots) {
+                (Some(members), Some(robots)) => {
+                    h2 { "Members" }
+                    @if members.is_empty() { p.muted { "None." } } @else {
+                        div.table-wrap { table.stack id="members" {
+                            thead { tr { th scope="col" { "User" } th scope="col" { "Role" } } }
+                            tbody { @for (u, r) in members { tr { td data-label="User" { (u) } td data-label="Role" { (r) } } } }
+                        } }
+                    }
+                    h2 { "Robot accounts" }
+                    @if robots.is_empty() { p.muted { "None." } } @else {
+                        div.table-wrap { table.stack id="robots" {
+                            thead { tr { th scope="col" { "Login" } th scope="col" { "May" } th scope="col" { "Repositories" } th scope="col" { "State" } } }
+                            tbody { @for r in robots { tr {
+                                td data-label="Login" { code { (r.login) } @if let Some(d) = &r.description { br; span.muted { (d) } } }
+                                td data-label="May" { (r.actions.join(", ")) }
+                                td data-label="Repositories" { @if r.repositories.is_empty() { "all of the tenant" } @else { (r.repositories.join(", ")) } }
+                                td data-label="State" { @if r.disabled { span.badge.bad { "disabled" } } @else { span.badge.ok { "active" } } }
+                            } } }
+                        } }
+                    }
+                    h2 { "Pull secret for a Kubernetes namespace" }
+                    div.card {
+                        p.muted { "Each namespace gets a pull-only robot of its own, so rotating one breaks no other namespace. The secret is shown once." }
+                        form method="post" action="/ui/pull-secret" {
+                            input type="hidden" name="csrf" value=(v.csrf);
+                            input type="hidden" name="tenant" value=(t.name);
+                            div.field {
+                                label for="namespace" { "Namespace" }
+                                input type="text" id="namespace" name="namespace" required pattern="[a-z0-9]([-a-z0-9]*[a-z0-9])?" maxlength="63";
+                            }
+                            div.field {
+                                label { input type="checkbox" name="rotate" value="yes"; " Rotate its secret if the robot exists (its current Secret stops working)" }
+                            }
+                            button type="submit" id="make-pull-secret" { "Make the pull secret" }
+                        }
+                    }
+                },
+                _ => p.muted { "Members, robot accounts and pull secrets are shown to the tenant's owners and to admins." },
+            }
+        },
+    )
+}
+
+pub fn pull_secret(v: &Viewer, tenant: &str, server: &str, robot: &NamespaceRobot) -> Markup {
+    let creds = match &robot.outcome {
+        PullRobot::Created(c) | PullRobot::Rotated(c) => Some(c),
+        PullRobot::Kept(_) => None,
+    };
+    layout(
+        Some(Nav::of(v)),
+        &format!("Pull secret for namespace {}", robot.namespace),
+        html! {
+            @match creds {
+                Some(c) => {
+                    @let name = pull_secret_name(tenant).unwrap_or_else(|| "berth-pull".to_owned());
+                    @let secret = access::pull_secret(&name, Some(&robot.namespace), server, &c.robot.login, &c.secret);
+                    @let text = serde_json::to_string_pretty(&secret).unwrap_or_default();
+                    p.notice role="status" {
+                        "Robot " code { (c.robot.login) } " may pull from tenant " (tenant) ". "
+                        strong { "This secret is shown once." }
+                    }
+                    p { "Apply it with " code { "kubectl apply -f secret.json" } " (JSON is YAML: the file works either way), and name "
+                        code { (name) } " in the pods' " code { "imagePullSecrets" } "." }
+                    pre.card id="pull-secret" { (text) }
+                    button type="button" data-copy=(text) { "Copy" }
+                },
+                None => p.notice {
+                    "The namespace's robot already exists; its secret cannot be shown again. "
+                    "Tick “rotate” to give it a new one (only this namespace's Secret stops working)."
+                },
+            }
+            p { a href=(url("/ui/tenant", &[("name", tenant)])) { "Back to the tenant" } }
         },
     )
 }

@@ -288,6 +288,23 @@ def main():
             q(repository=repo, tag="stable", to=new),
         )
         expect(status == 403, f"a forged POST is refused: {status}")
+
+        # An admin makes the pull secret of namespace prod; the test pulls with it.
+        d.go(base + "/ui/repositories")
+        d.click("#logout")
+        expect(wait_for(lambda: "/ui/login" in d.current()), "the reader logs out")
+        login(d, base, "admin", a["password"])
+        d.go(base + "/ui/tenant?" + q(name="team-a"))
+        check_page(d, "tenant")
+        d.shot(shots, "tenant")
+        d.type("#namespace", "prod")
+        d.click("#make-pull-secret")
+        expect(wait_for(lambda: d.find_all("#pull-secret") != []), "the Secret is shown")
+        d.shot(shots, "pull-secret")
+        secret = json.loads(d.text("#pull-secret"))
+        config = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
+        auth = next(iter(config["auths"].values()))
+        print("PULL_SECRET " + json.dumps({"user": auth["username"], "password": auth["password"]}))
     finally:
         d.quit()
     print("browser walk passed")
