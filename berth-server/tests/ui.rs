@@ -851,6 +851,63 @@ async fn pull_secret_per_namespace_pulls_and_rotating_one_breaks_no_other() {
     );
 }
 
+#[tokio::test]
+async fn audit_log_filtered_for_admins_and_owners_only() {
+    let s = start().await;
+    let (owner, _) = login(&s, "owner").await;
+    let token = csrf_for(&s, &owner).await;
+    let r = post(
+        &s,
+        "/ui/pull-secret",
+        &owner,
+        &[
+            ("tenant", "team-a"),
+            ("namespace", "audited"),
+            ("csrf", &token),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    common::add_tenant(s.access(), "team-b", false, &[]).await;
+
+    let (admin, _) = login(&s, "admin").await;
+    let body = get(&s, "/ui/audit?user=owner&action=robot", &admin)
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(body.contains("robot.create"), "{body}");
+    assert!(!body.contains("tenant.create"), "{body}");
+    let body = get(&s, "/ui/audit?action=tenant", &admin)
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        body.contains("tenant.create") && !body.contains("robot.create"),
+        "{body}"
+    );
+    let body = get(&s, "/ui/audit?from=1970-01-01&to=1970-01-02", &admin)
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(body.contains("No entry matches."), "{body}");
+
+    // The owner reads its tenant's rows, not team-b's; a reader reads none.
+    let body = get(&s, "/ui/audit?tenant=team-a", &owner)
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(body.contains("robot.create"), "{body}");
+    let r = get(&s, "/ui/audit?tenant=team-b", &owner).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let (reader, _) = login(&s, "reader").await;
+    let r = get(&s, "/ui/audit?tenant=team-a", &reader).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
 fn python() -> String {
     std::env::var("BERTH_UI_PYTHON").unwrap_or_else(|_| "python3".into())
 }

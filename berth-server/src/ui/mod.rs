@@ -78,6 +78,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/logout", axum::routing::post(logout))
         .route("/ui/tenants", get(tenants))
         .route("/ui/tenant", get(tenant))
+        .route("/ui/audit", get(audit))
         .route("/ui/pull-secret", axum::routing::post(pull_secret))
         .route("/ui/repositories", get(repositories))
         .route("/ui/repository", get(repository))
@@ -644,6 +645,68 @@ async fn pull_secret(
     Ok(html(
         StatusCode::OK,
         pages::pull_secret(&viewer, tenant, &server, &robot),
+    ))
+}
+
+/// The audit log, newest first, filtered by user, tenant, action and a day range; what the
+/// viewer may read of it is `Access::audit`'s decision (admins all, owners their tenant).
+async fn audit(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<HashMap<String, String>>,
+) -> Page {
+    let fail = |e| error_page(&state, Some(&viewer), e);
+    let (Some(auth), Some(id)) = (state.auth(), &viewer.id) else {
+        return Err(fail(not_found()));
+    };
+    let text = |k: &str| {
+        q.get(k)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let day = |k: &str, end: bool| -> Result<Option<i64>, Response> {
+        match text(k) {
+            None => Ok(None),
+            Some(d) => pages::day_micros(&d, end).map(Some).ok_or_else(|| {
+                fail(ApiError::Registry(RegistryError::Invalid(format!(
+                    "{k} must be a date like 2026-12-06"
+                ))))
+            }),
+        }
+    };
+    let query = berth_meta::AuditQuery {
+        since: day("from", false)?,
+        until: day("to", true)?,
+        actor: text("user"),
+        tenant: text("tenant"),
+        action: text("action"),
+        before_id: text("before").and_then(|b| b.parse().ok()),
+        limit: PAGE * 2,
+    };
+    // An owner reads its own tenants' rows: ask for one rather than refuse the page.
+    if !id.is_admin() && query.tenant.is_none() {
+        return Ok(html(
+            StatusCode::OK,
+            pages::audit(
+                &viewer,
+                &q,
+                &[],
+                false,
+                Some(
+                    "Admins read the whole log; a tenant's owners read its rows: give the tenant.",
+                ),
+            ),
+        ));
+    }
+    let rows = auth
+        .access
+        .audit(id, &query)
+        .await
+        .map_err(|e| fail(ApiError::Registry(e)))?;
+    let more = rows.len() as u64 == query.limit;
+    Ok(html(
+        StatusCode::OK,
+        pages::audit(&viewer, &q, &rows, more, None),
     ))
 }
 

@@ -2,7 +2,7 @@
 //! HTML-escaped (tag names, labels and annotations are whatever a pusher wrote). Nothing
 //! here uses `PreEscaped`; no inline script or style (the CSP forbids both).
 
-use berth_meta::{TagRow, TenantRow};
+use berth_meta::{AuditRecord, TagRow, TenantRow};
 use berth_registry::HistoryEntry;
 use berth_registry::Manifest;
 use berth_registry::access::{self, NamespaceRobot, PullRobot, RobotInfo, pull_secret_name};
@@ -83,6 +83,97 @@ pub fn when(micros: i64) -> String {
     )
 }
 
+/// Microseconds at the start (or, with `end`, the end) of a UTC day written `YYYY-MM-DD`.
+pub fn day_micros(d: &str, end: bool) -> Option<i64> {
+    let mut parts = d.split('-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let day: i64 = parts.next()?.parse().ok()?;
+    if parts.next().is_some()
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || !(1970..=9999).contains(&y)
+    {
+        return None;
+    }
+    // Days since 1970-01-01 of a civil date (the inverse of `when`'s conversion).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let start = days * 86_400 * 1_000_000;
+    Some(if end {
+        start + 86_400 * 1_000_000 - 1
+    } else {
+        start
+    })
+}
+
+pub fn audit(
+    v: &Viewer,
+    q: &std::collections::HashMap<String, String>,
+    rows: &[(i64, AuditRecord)],
+    more: bool,
+    notice: Option<&str>,
+) -> Markup {
+    let val = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+    let fields = [
+        ("user", "User", "alice"),
+        ("tenant", "Tenant", "team-a"),
+        ("action", "Action", "manifest.put or user"),
+        ("from", "From day", "2026-12-01"),
+        ("to", "To day", "2026-12-06"),
+    ];
+    let mut next: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, _, _)| (*k, val(k)))
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+    let before = rows
+        .last()
+        .map(|(id, _)| id.to_string())
+        .unwrap_or_default();
+    next.push(("before", &before));
+    layout(
+        Some(Nav::of(v)),
+        "Audit log",
+        html! {
+            form.search method="get" action="/ui/audit" aria-label="Filter the audit log" {
+                @for (k, label, hint) in fields {
+                    div.field {
+                        label for=(format!("audit-{k}")) { (label) }
+                        input type="text" id=(format!("audit-{k}")) name=(k) value=(val(k)) placeholder=(hint);
+                    }
+                }
+                div.field { button type="submit" id="audit-filter" { "Filter" } }
+            }
+            @if let Some(n) = notice { p.notice role="status" { (n) } }
+            @if rows.is_empty() { p.muted { "No entry matches." } } @else {
+                div.table-wrap { table.stack id="audit" {
+                    thead { tr {
+                        th scope="col" { "When" } th scope="col" { "User" } th scope="col" { "Action" }
+                        th scope="col" { "Tenant" } th scope="col" { "Target" } th scope="col" { "Outcome" }
+                    } }
+                    tbody { @for (_, r) in rows { tr {
+                        td data-label="When" { (when(r.at)) }
+                        td data-label="User" { (r.actor) @if let Some(s) = &r.source { span.muted { " from " (s) } } }
+                        td data-label="Action" { code { (r.action) } }
+                        td data-label="Tenant" { (r.tenant.as_deref().unwrap_or("—")) }
+                        td data-label="Target" { (r.repository.as_deref().or(r.target.as_deref()).unwrap_or("—")) @if let Some(d) = &r.detail { br; span.muted { (d) } } }
+                        td data-label="Outcome" { @if r.outcome == "ok" { span.badge.ok { "ok" } } @else { span.badge.bad { (r.outcome) } } }
+                    } } }
+                } }
+            }
+            @if more {
+                nav.pager aria-label="Pages" { a href=(url("/ui/audit", &next)) rel="next" { "Older entries" } }
+            }
+        },
+    )
+}
+
 pub fn layout(nav: Option<Nav>, title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
@@ -103,6 +194,7 @@ pub fn layout(nav: Option<Nav>, title: &str, body: Markup) -> Markup {
                             ul {
                                 li { a href="/ui/repositories" { "Repositories" } }
                                 li { a href="/ui/tenants" { "Tenants" } }
+                                li { a href="/ui/audit" { "Audit log" } }
                             }
                         }
                         div.who {
@@ -666,6 +758,16 @@ mod tests {
     fn times_are_utc_dates() {
         assert_eq!(when(0), "1970-01-01 00:00 UTC");
         assert_eq!(when(1_780_000_000 * 1_000_000), "2026-05-28 20:26 UTC");
+    }
+
+    #[test]
+    fn days_are_utc_ranges() {
+        assert_eq!(day_micros("1970-01-01", false), Some(0));
+        assert_eq!(day_micros("1970-01-01", true), Some(86_400_000_000 - 1));
+        let d = day_micros("2026-05-28", false).expect("day");
+        assert_eq!(when(d), "2026-05-28 00:00 UTC");
+        assert_eq!(day_micros("2026-13-01", false), None);
+        assert_eq!(day_micros("yesterday", false), None);
     }
 
     #[test]

@@ -294,9 +294,16 @@ def main():
         d.click("#logout")
         expect(wait_for(lambda: "/ui/login" in d.current()), "the reader logs out")
         login(d, base, "admin", a["password"])
-        d.go(base + "/ui/tenant?" + q(name="team-a"))
-        check_page(d, "tenant")
-        d.shot(shots, "tenant")
+        for width, label in ((1280, "desktop"), (375, "phone")):
+            d.size(width, 900)
+            for scheme in ("light", "dark"):
+                d.color_scheme(scheme)
+                for name, path in (("audit", "/ui/audit"), ("tenant", "/ui/tenant?" + q(name="team-a"))):
+                    d.go(base + path)
+                    check_page(d, f"{name} at {width}px, {scheme}")
+                    d.shot(shots, f"{name}-{label}-{scheme}")
+        d.size(1280, 900)
+        d.color_scheme("light")
         d.type("#namespace", "prod")
         d.click("#make-pull-secret")
         expect(wait_for(lambda: d.find_all("#pull-secret") != []), "the Secret is shown")
