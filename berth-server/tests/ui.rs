@@ -187,7 +187,25 @@ async fn foreign_hosts_are_refused_and_pages_carry_a_strict_csp() {
             .expect("get");
         assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST, "Host {host}");
     }
-    assert_eq!(metric(&s.metrics().await, "host"), before + 3);
+    // Two Host headers, the first one served: refused, whichever a check would read.
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let addr = s.base.trim_start_matches("http://");
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        c.write_all(
+            format!(
+                "GET /ui/login HTTP/1.1\r\nHost: {addr}\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut raw = Vec::new();
+        c.read_to_end(&mut raw).await.expect("read");
+        let head = String::from_utf8_lossy(&raw);
+        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    }
+    assert_eq!(metric(&s.metrics().await, "host"), before + 4);
     // The API is not the interface's business: a foreign Host still reaches /v2.
     let r = client()
         .get(s.url("/v2/"))

@@ -160,6 +160,12 @@ fn host_allowed(state: &AppState, headers: &HeaderMap) -> bool {
 }
 
 fn check_host(state: &AppState, parts: &Parts) -> Result<(), Response> {
+    // Two `Host` headers are malformed (RFC 9112 §3.2), and which one a check reads and
+    // which one a proxy routed by need not agree.
+    if parts.headers.get_all(header::HOST).iter().count() > 1 {
+        refuse(state, "host");
+        return Err((StatusCode::BAD_REQUEST, "more than one Host header\n").into_response());
+    }
     // The authority of an HTTP/2 request is in its URI.
     let mut headers = parts.headers.clone();
     if !headers.contains_key(header::HOST)
