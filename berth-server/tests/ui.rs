@@ -869,6 +869,132 @@ async fn pull_secret_per_namespace_pulls_and_rotating_one_breaks_no_other() {
     );
 }
 
+/// The login and secret on a robot's secret page.
+fn robot_creds(html: &str) -> (String, String) {
+    let value = |id: &str| {
+        let key = format!("id=\"{id}\">");
+        let at = html.find(&key).expect(id) + key.len();
+        html[at..].split('<').next().expect("value").to_owned()
+    };
+    (value("robot-login"), value("robot-secret"))
+}
+
+#[tokio::test]
+async fn robots_are_created_rotated_and_disabled_by_managers_only() {
+    let s = start().await;
+    let admin = Cred::user("admin");
+    s.push_image_as(&admin, REPO, &["v1"], b"x").await;
+    s.push_image_as(&admin, "team-a/other", &["v1"], b"y").await;
+    let (owner, _) = login(&s, "owner").await;
+    let token = csrf_for(&s, &owner).await;
+    let r = post(
+        &s,
+        "/ui/robot",
+        &owner,
+        &[
+            ("csrf", &token),
+            ("tenant", "team-a"),
+            ("op", "create"),
+            ("name", "ci"),
+            ("action_pull", "yes"),
+            ("action_push", "yes"),
+            ("repositories", "app"),
+            ("description", "<script>alert('robot')</script>"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let (login_name, secret) = robot_creds(&r.text().await.expect("body"));
+    assert_eq!(login_name, "team-a+ci");
+    let pushes = |repo: &'static str, secret: String| {
+        let s = &s;
+        let who = Cred::Basic("team-a+ci".into(), secret);
+        async move {
+            s.request_as(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={}", sha256(b"robot")),
+                &who,
+            )
+            .body(b"robot".to_vec())
+            .send()
+            .await
+            .expect("push")
+            .status()
+        }
+    };
+    assert_eq!(pushes(REPO, secret.clone()).await, StatusCode::CREATED);
+    assert_eq!(
+        pushes("team-a/other", secret.clone()).await,
+        StatusCode::FORBIDDEN
+    );
+    let body = get(&s, "/ui/tenant?name=team-a", &owner)
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(body.contains("team-a+ci"), "{body}");
+    assert!(!body.contains("<script>alert('robot')"), "{body}");
+
+    let op = |op: &'static str| {
+        [
+            ("csrf", token.clone()),
+            ("tenant", "team-a".to_owned()),
+            ("op", op.to_owned()),
+            ("name", "ci".to_owned()),
+        ]
+    };
+    let form = |f: &[(&'static str, String); 4]| {
+        f.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>()
+    };
+    let r = client()
+        .post(s.url("/ui/robot"))
+        .header(header::COOKIE, &owner)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(form(&op("rotate"))).expect("form"))
+        .send()
+        .await
+        .expect("rotate");
+    assert_eq!(r.status(), StatusCode::OK);
+    let (_, rotated) = robot_creds(&r.text().await.expect("body"));
+    s.access().forget_logins();
+    assert_eq!(pushes(REPO, secret).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(pushes(REPO, rotated.clone()).await, StatusCode::CREATED);
+    let r = client()
+        .post(s.url("/ui/robot"))
+        .header(header::COOKIE, &owner)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(form(&op("disable"))).expect("form"))
+        .send()
+        .await
+        .expect("disable");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    s.access().forget_logins();
+    assert_eq!(pushes(REPO, rotated).await, StatusCode::UNAUTHORIZED);
+
+    // A maintainer manages no robots, even with its own valid token.
+    let (maint, _) = login(&s, "maint").await;
+    let maint_token = csrf_for(&s, &maint).await;
+    let r = post(
+        &s,
+        "/ui/robot",
+        &maint,
+        &[
+            ("csrf", &maint_token),
+            ("tenant", "team-a"),
+            ("op", "enable"),
+            ("name", "ci"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let robots = s
+        .access()
+        .robots(&berth_registry::access::cli_identity(), "team-a")
+        .await
+        .expect("robots");
+    assert!(robots.iter().any(|r| r.name == "ci" && r.disabled));
+}
+
 #[tokio::test]
 async fn audit_log_filtered_for_admins_and_owners_only() {
     let s = start().await;

@@ -79,6 +79,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/tenants", get(tenants))
         .route("/ui/tenant", get(tenant))
         .route("/ui/audit", get(audit))
+        .route("/ui/robot", axum::routing::post(robot))
         .route("/ui/pull-secret", axum::routing::post(pull_secret))
         .route("/ui/repositories", get(repositories))
         .route("/ui/repository", get(repository))
@@ -714,6 +715,85 @@ async fn audit(
         StatusCode::OK,
         pages::audit(&viewer, &q, &rows, more, None),
     ))
+}
+
+/// Robot accounts of a tenant, for its managers: `op` is `create` (with the actions and
+/// repository patterns chosen), `rotate` (a new secret, shown once), `disable`, `enable`.
+async fn robot(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Page {
+    let form = form_of(&state, &viewer, &headers, &body)?;
+    let fail = |e| error_page(&state, Some(&viewer), e);
+    let (Some(auth), Some(id)) = (state.auth(), &viewer.id) else {
+        refuse(&state, "read-only");
+        return Err(forbidden(
+            "The web interface is read-only while authentication is off.",
+        ));
+    };
+    let get = |k: &str| form.get(k).map(|v| v.trim()).unwrap_or("");
+    let tenant = get("tenant");
+    let name = get("name");
+    if berth_registry::access::require_manager(id, tenant).is_err() {
+        refuse(&state, "denied");
+        return Err(fail(denied()));
+    }
+    let access = &auth.access;
+    let creds = match get("op") {
+        "create" => {
+            let actions = Actions::from_names(
+                ["pull", "push", "delete"]
+                    .into_iter()
+                    .filter(|a| get(&format!("action_{a}")) == "yes"),
+            );
+            let repositories = get("repositories")
+                .split([',', ' ', '\n'])
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let description = Some(get("description").to_owned()).filter(|d| !d.is_empty());
+            let spec = berth_registry::access::NewRobot {
+                actions,
+                repositories,
+                description,
+                expires_in: None,
+            };
+            Some(
+                access
+                    .create_robot(id, viewer.source, tenant, name, &spec)
+                    .await,
+            )
+        }
+        "rotate" => Some(access.rotate_robot(id, viewer.source, tenant, name).await),
+        op @ ("disable" | "enable") => {
+            access
+                .set_robot_disabled(id, viewer.source, tenant, name, op == "disable")
+                .await
+                .map_err(|e| fail(ApiError::Registry(e)))?;
+            None
+        }
+        _ => {
+            return Err(fail(ApiError::Registry(RegistryError::Invalid(
+                "unknown operation".into(),
+            ))));
+        }
+    };
+    match creds {
+        Some(c) => {
+            let c = c.map_err(|e| fail(ApiError::Registry(e)))?;
+            Ok(html(
+                StatusCode::OK,
+                pages::robot_secret(&viewer, tenant, &c),
+            ))
+        }
+        None => Ok(redirect(&format!(
+            "/ui/tenant?{}",
+            serde_urlencoded::to_string([("name", tenant)]).unwrap_or_default()
+        ))),
+    }
 }
 
 async fn repositories(

@@ -301,14 +301,38 @@ pub fn tenant(
                     h2 { "Robot accounts" }
                     @if robots.is_empty() { p.muted { "None." } } @else {
                         div.table-wrap { table.stack id="robots" {
-                            thead { tr { th scope="col" { "Login" } th scope="col" { "May" } th scope="col" { "Repositories" } th scope="col" { "State" } } }
+                            thead { tr { th scope="col" { "Login" } th scope="col" { "May" } th scope="col" { "Repositories" } th scope="col" { "State" } th scope="col" { "Actions" } } }
                             tbody { @for r in robots { tr {
                                 td data-label="Login" { code { (r.login) } @if let Some(d) = &r.description { br; span.muted { (d) } } }
                                 td data-label="May" { (r.actions.join(", ")) }
                                 td data-label="Repositories" { @if r.repositories.is_empty() { "all of the tenant" } @else { (r.repositories.join(", ")) } }
                                 td data-label="State" { @if r.disabled { span.badge.bad { "disabled" } } @else { span.badge.ok { "active" } } }
+                                td data-label="Actions" {
+                                    (robot_button(v, &t.name, &r.name, "rotate", "Rotate secret"))
+                                    " "
+                                    @if r.disabled { (robot_button(v, &t.name, &r.name, "enable", "Enable")) }
+                                    @else { (robot_button(v, &t.name, &r.name, "disable", "Disable")) }
+                                }
                             } } }
                         } }
+                    }
+                    details.card {
+                        summary { "Create a robot account" }
+                        form method="post" action="/ui/robot" {
+                            input type="hidden" name="csrf" value=(v.csrf);
+                            input type="hidden" name="tenant" value=(t.name);
+                            input type="hidden" name="op" value="create";
+                            div.field { label for="robot-name" { "Name" } input type="text" id="robot-name" name="name" required maxlength="64"; }
+                            fieldset.field {
+                                legend { "May" }
+                                @for a in ["pull", "push", "delete"] {
+                                    label { input type="checkbox" name=(format!("action_{a}")) value="yes" checked[a == "pull"]; " " (a) }
+                                }
+                            }
+                            div.field { label for="robot-repos" { "Repositories (patterns within the tenant, comma-separated; empty: all of it)" } input type="text" id="robot-repos" name="repositories" placeholder="app, tools/*"; }
+                            div.field { label for="robot-description" { "Description" } input type="text" id="robot-description" name="description"; }
+                            button type="submit" id="create-robot" { "Create" }
+                        }
                     }
                     h2 { "Pull secret for a Kubernetes namespace" }
                     div.card {
@@ -329,6 +353,35 @@ pub fn tenant(
                 },
                 _ => p.muted { "Members, robot accounts and pull secrets are shown to the tenant's owners and to admins." },
             }
+        },
+    )
+}
+
+fn robot_button(v: &Viewer, tenant: &str, name: &str, op: &str, label: &str) -> Markup {
+    html! {
+        form.inline method="post" action="/ui/robot" {
+            input type="hidden" name="csrf" value=(v.csrf);
+            input type="hidden" name="tenant" value=(tenant);
+            input type="hidden" name="name" value=(name);
+            input type="hidden" name="op" value=(op);
+            button.link type="submit" aria-label=(format!("{label}: {name}")) { (label) }
+        }
+    }
+}
+
+/// A robot's new secret, shown once.
+pub fn robot_secret(v: &Viewer, tenant: &str, c: &access::RobotCredentials) -> Markup {
+    layout(
+        Some(Nav::of(v)),
+        &format!("Robot {}", c.robot.login),
+        html! {
+            p.notice role="status" { strong { "This secret is shown once." } " Store it now; it cannot be read back, only rotated." }
+            div.card { dl.facts {
+                dt { "Login" } dd { code id="robot-login" { (c.robot.login) } }
+                dt { "Secret" } dd { code id="robot-secret" { (c.secret) } " " button type="button" data-copy=(c.secret) { "Copy" } }
+                dt { "May" } dd { (c.robot.actions.join(", ")) }
+            } }
+            p { a href=(url("/ui/tenant", &[("name", tenant)])) { "Back to the tenant" } }
         },
     )
 }
