@@ -996,6 +996,22 @@ async fn robots_are_created_rotated_and_disabled_by_managers_only() {
 }
 
 #[tokio::test]
+async fn operations_for_admins_only() {
+    let s = start().await;
+    let (admin, _) = login(&s, "admin").await;
+    let r = get(&s, "/ui/operations", &admin).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.text().await.expect("body");
+    assert!(body.contains("ready"), "{body}");
+    assert!(body.contains("upstream_failures"), "{body}");
+    let (owner, _) = login(&s, "owner").await;
+    assert_eq!(
+        get(&s, "/ui/operations", &owner).await.status(),
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
 async fn audit_log_filtered_for_admins_and_owners_only() {
     let s = start().await;
     let (owner, _) = login(&s, "owner").await;

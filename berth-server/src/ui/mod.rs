@@ -79,6 +79,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/tenants", get(tenants))
         .route("/ui/tenant", get(tenant))
         .route("/ui/audit", get(audit))
+        .route("/ui/operations", get(operations))
         .route("/ui/robot", axum::routing::post(robot))
         .route("/ui/pull-secret", axum::routing::post(pull_secret))
         .route("/ui/repositories", get(repositories))
@@ -794,6 +795,50 @@ async fn robot(
             serde_urlencoded::to_string([("name", tenant)]).unwrap_or_default()
         ))),
     }
+}
+
+/// Operations, for admins (or anyone with authentication off, which shows no jobs): the
+/// metadata store's readiness, dead jobs (webhook deliveries, replication copies, scans)
+/// and this replica's counters (upstream fetches and failures, stale serves, GC).
+async fn operations(State(state): State<AppState>, viewer: Viewer) -> Page {
+    let fail = |e| error_page(&state, Some(&viewer), e);
+    if let Some(id) = &viewer.id
+        && !id.is_admin()
+    {
+        return Err(fail(denied()));
+    }
+    let readiness = match state.registry().readiness().await {
+        berth_registry::health::Readiness::Ready => ("ready".to_owned(), true),
+        berth_registry::health::Readiness::Degraded { down_for } => (
+            format!(
+                "degraded: the metadata store has not answered for {} s; recent content is served stale",
+                down_for.as_secs()
+            ),
+            false,
+        ),
+        berth_registry::health::Readiness::Unavailable { down_for } => (
+            format!(
+                "unavailable: the metadata store has not answered for {} s",
+                down_for.as_secs()
+            ),
+            false,
+        ),
+    };
+    let dead = match &viewer.id {
+        Some(id) => Some(
+            state
+                .registry()
+                .jobs(id, None, Some(berth_meta::JobState::Dead), None, 50)
+                .await
+                .map_err(|e| fail(ApiError::Registry(e)))?,
+        ),
+        None => None,
+    };
+    let counters = state.registry().counters();
+    Ok(html(
+        StatusCode::OK,
+        pages::operations(&viewer, &readiness, dead.as_deref(), &counters),
+    ))
 }
 
 async fn repositories(

@@ -174,6 +174,46 @@ pub fn audit(
     )
 }
 
+pub fn operations(
+    v: &Viewer,
+    readiness: &(String, bool),
+    dead: Option<&[berth_registry::events::JobView]>,
+    counters: &[berth_registry::stats::Counter],
+) -> Markup {
+    layout(
+        Some(Nav::of(v)),
+        "Operations",
+        html! {
+            h2 { "Health" }
+            p id="health" { "Metadata store: " @if readiness.1 { span.badge.ok { (readiness.0) } } @else { span.badge.bad { (readiness.0) } } }
+            h2 { "Dead jobs" }
+            @match dead {
+                None => p.muted { "Jobs are shown to admins; authentication is off." },
+                Some([]) => p.muted { "None: every webhook delivery, replication copy and scan went through or is still being retried." },
+                Some(jobs) => div.table-wrap { table.stack id="dead-jobs" {
+                    thead { tr { th scope="col" { "Id" } th scope="col" { "Kind" } th scope="col" { "Queue" } th scope="col" { "Attempts" } th scope="col" { "Last error" } } }
+                    tbody { @for j in jobs { tr {
+                        td data-label="Id" { (j.id) }
+                        td data-label="Kind" { (j.kind) }
+                        td data-label="Queue" { (j.queue) " / " (j.lane) }
+                        td data-label="Attempts" { (j.attempts) }
+                        td data-label="Last error" { (j.last_error.as_deref().unwrap_or("—")) }
+                    } } }
+                } },
+            }
+            h2 { "This replica's counters" }
+            p.muted { "Since this process started; each replica counts its own (see /metrics)." }
+            div.table-wrap { table.stack id="counters" {
+                thead { tr { th scope="col" { "Counter" } th scope="col" { "Value" } } }
+                tbody { @for c in counters { tr {
+                    td data-label="Counter" { code { (c.name) @if let Some((k, val)) = c.label { "{" (k) "=" (val) "}" } } br; span.muted { (c.help) } }
+                    td data-label="Value" { (c.value) }
+                } } }
+            } }
+        },
+    )
+}
+
 pub fn layout(nav: Option<Nav>, title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
@@ -195,6 +235,7 @@ pub fn layout(nav: Option<Nav>, title: &str, body: Markup) -> Markup {
                                 li { a href="/ui/repositories" { "Repositories" } }
                                 li { a href="/ui/tenants" { "Tenants" } }
                                 li { a href="/ui/audit" { "Audit log" } }
+                                li { a href="/ui/operations" { "Operations" } }
                             }
                         }
                         div.who {

@@ -298,7 +298,8 @@ def main():
             d.size(width, 900)
             for scheme in ("light", "dark"):
                 d.color_scheme(scheme)
-                for name, path in (("audit", "/ui/audit"), ("tenant", "/ui/tenant?" + q(name="team-a"))):
+                for name, path in (("audit", "/ui/audit"), ("operations", "/ui/operations"),
+                                   ("tenant", "/ui/tenant?" + q(name="team-a"))):
                     d.go(base + path)
                     check_page(d, f"{name} at {width}px, {scheme}")
                     d.shot(shots, f"{name}-{label}-{scheme}")
