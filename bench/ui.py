@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""The web interface's repository page at scale: one repository with --tags tags (100,000 by
+"""The web interface's pages at scale. The repository page: one repository with --tags tags (100,000 by
 default; nine in ten are versions like 3.14.159, the rest names like build-000123), then
 --requests GETs of `/ui/repository` at pages spread over the whole list, in both orders
 (versions newest first, and by name), each following an `after=` cursor taken from a
-random tag. Prints p50/p99/max per order and the issue's target (p99 < 50 ms). Times are
+random tag. The image page of a 50-layer image (config with 50 history entries and
+labels), --requests times. Prints p50/p99/max of each and the issue's target (p99 < 50 ms). Times are
 measured at the client over loopback, so they include the connection and HTML transfer:
 an upper bound of the server time.
 
@@ -76,6 +77,52 @@ def fill(server, names, threads):
         raise SystemExit(f"filling tags failed: {errors[:3]}")
 
 
+def push_layered_image(server, layers):
+    """An image of `layers` small distinct layers and a config with a history entry each."""
+    descs = []
+    for i in range(layers):
+        d, n = push_small_blob(server.base, REPO, f"layer {i} of the bench image".encode())
+        descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n})
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux", "created": "2026-01-01T00:00:00Z",
+        "config": {"Labels": {f"org.example.label{i}": f"value {i}" for i in range(20)}},
+        "history": [{"created": "2026-01-01T00:00:00Z", "created_by": f"RUN step {i}"} for i in range(layers)],
+    }).encode()
+    c, n = push_small_blob(server.base, REPO, config)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": n},
+        "layers": descs,
+    }).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("PUT", f"/v2/{REPO}/manifests/fifty-layers", manifest, {"Content-Type": OCI_MANIFEST})
+    r = conn.getresponse()
+    r.read()
+    if r.status != 201:
+        raise SystemExit(f"pushing the 50-layer image: {r.status}")
+
+
+def measure_paths(server, paths, marker):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    times = []
+    for path in paths:
+        start = time.perf_counter()
+        conn.request("GET", path, headers={"Host": "127.0.0.1"})
+        r = conn.getresponse()
+        body = r.read()
+        times.append(time.perf_counter() - start)
+        if r.status != 200 or marker not in body:
+            raise SystemExit(f"{path}: {r.status} {body[:300]!r}")
+    conn.close()
+    ts = sorted(times)
+    return {
+        "requests": len(ts),
+        "p50_ms": round(statistics.median(ts) * 1000, 2),
+        "p99_ms": round(ts[max(0, int(len(ts) * 0.99) - 1)] * 1000, 2),
+        "max_ms": round(ts[-1] * 1000, 2),
+    }
+
+
 def measure(server, names, order, requests):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     rng = random.Random(order)
@@ -126,6 +173,10 @@ def main():
         for order in ("version", "name"):
             measure(server, names, order, 20)  # warm the caches and the connection
             out[order] = measure(server, names, order, args.requests)
+        push_layered_image(server, 50)
+        image = "/ui/image?" + urllib.parse.urlencode({"repository": REPO, "reference": "fifty-layers"})
+        measure_paths(server, [image] * 20, b'id="layers"')
+        out["image_50_layers"] = measure_paths(server, [image] * args.requests, b'id="layers"')
         print(json.dumps(out, indent=2))
     finally:
         if server:
