@@ -586,6 +586,8 @@ async fn tenant(
         .into_iter()
         .find(|t| t.name == name)
         .ok_or_else(|| fail(not_found()))?;
+    // Quota and usage are for its members and admins, as in the API.
+    let quota = auth.access.tenant_quota(id, name).await.ok();
     // Members and robots are for the tenant's managers (owners, admins), as in the API.
     let manager = berth_registry::access::require_manager(id, name).is_ok();
     let (members, robots) = if manager {
@@ -605,7 +607,13 @@ async fn tenant(
     };
     Ok(html(
         StatusCode::OK,
-        pages::tenant(&viewer, &visible, members.as_deref(), robots.as_deref()),
+        pages::tenant(
+            &viewer,
+            &visible,
+            quota.as_ref(),
+            members.as_deref(),
+            robots.as_deref(),
+        ),
     ))
 }
 

@@ -318,6 +318,7 @@ pub fn tenants(v: &Viewer, rows: Option<&[TenantRow]>) -> Markup {
 pub fn tenant(
     v: &Viewer,
     t: &TenantRow,
+    quota: Option<&(Option<u64>, berth_meta::Usage)>,
     members: Option<&[(String, String)]>,
     robots: Option<&[RobotInfo]>,
 ) -> Markup {
@@ -329,6 +330,16 @@ pub fn tenant(
                 @if t.public { span.badge { "public" } } @else { span.badge { "private" } }
                 " · "
                 a href=(url("/ui/repositories", &[("q", &format!("{}/", t.name))])) { "Its repositories" }
+            }
+            @if let Some((limit, used)) = quota {
+                h2 { "Quota and usage" }
+                div.card { dl.facts id="quota" {
+                    dt { "Used" } dd { (bytes(used.total())) }
+                    dt { "Quota" } dd { @match limit { Some(l) => (bytes(*l)), None => "none" } }
+                    dt { "Blobs" } dd { (bytes(used.blobs)) }
+                    dt { "Manifests" } dd { (bytes(used.manifests)) }
+                    dt { "Uploads in progress" } dd { (bytes(used.uploads)) }
+                } }
             }
             @match (members, robots) {
                 (Some(members), Some(robots)) => {
