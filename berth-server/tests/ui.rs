@@ -762,6 +762,7 @@ async fn pull_secret_per_namespace_pulls_and_rotating_one_breaks_no_other() {
         body.contains("Robot accounts") && body.contains("maintainer"),
         "{body}"
     );
+    assert!(body.contains("Quota and usage"), "{body}");
     let token = csrf_of(&body);
     let make = |ns: &'static str, rotate: bool| {
         let mut f = vec![
