@@ -10,6 +10,9 @@
 #                          docker-registry (CNCF Distribution 2.8) postgresql
 #                          rpm db5.3-util sqlite3 (berth-catalog's rpm database fixtures:
 #                          rpmbuild, rpm --dbpath, db5.3_load, the sqlite3 shell)
+#                          chromium chromium-driver python3 (the web interface's
+#                          browser walk: headless Chromium over WebDriver, driven by
+#                          berth-server/tests/support/ui_browser.py, standard library only)
 # Installs (trixie/sid .deb, extracted only): oras, cosign (trixie), notation (sid)
 #                          -> $BERTH_TOOLS_PREFIX/bin/<tool>, symlinked into /usr/local/bin
 # Installs (PyPI, pinned, own virtualenv): kubernetes-validate (the Kubernetes schemas
@@ -101,7 +104,7 @@ fi
 # ---------------------------------------------------------------------------
 PKGS=(ca-certificates curl jq openssl psmisc skopeo umoci containerd runc podman
       golang-github-containers-common conmon crun docker-registry
-      rpm db5.3-util sqlite3)
+      rpm db5.3-util sqlite3 chromium chromium-driver python3)
 [ "${BERTH_SKIP_POSTGRES:-0}" = 1 ] || PKGS+=(postgresql postgresql-client)
 
 missing=()
@@ -341,6 +344,8 @@ verify docker-registry /usr/bin/docker-registry --version
 verify rpmbuild        rpmbuild --version
 verify db5.3_load      sh -c 'db5.3_load -V'
 verify sqlite3         sqlite3 --version
+verify chromium        chromium --version
+verify chromedriver    chromedriver --version
 verify kubernetes-validate "$KV_VENV/bin/kubernetes-validate" --version
 verify jsonpatch       "$KV_VENV/bin/python" -c "import jsonpatch; print(jsonpatch.__version__)"
 if [ "${BERTH_SKIP_POSTGRES:-0}" != 1 ]; then

@@ -68,6 +68,7 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("sort_key", Text),
             ("digest", Text),
             ("updated_at", Int),
+            ("version_key", Text),
         ],
     ),
     (

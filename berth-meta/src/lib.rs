@@ -17,6 +17,7 @@ mod gc;
 mod jobs;
 mod notify;
 mod quota;
+mod sessions;
 mod tags;
 mod verdicts;
 mod vulns;
@@ -37,6 +38,7 @@ pub use jobs::{
 };
 pub use notify::Invalidation;
 pub use quota::{QuotaExceeded, Reservation, Usage};
+pub use sessions::{TagRow, UiSession};
 pub use tags::{SetTag, TagChange, TagEvent, TagGuard};
 pub use verdicts::{DryRunRow, StoredVerdict};
 pub use vulns::{AdvisoryRow, FeedImport, FeedRow, FindingRow, PackageKey};
@@ -365,6 +367,8 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0011_verdicts.sql"),
     include_str!("../migrations/sqlite/0012_catalogs.sql"),
     include_str!("../migrations/sqlite/0013_vulnerabilities.sql"),
+    include_str!("../migrations/sqlite/0014_ui_sessions.sql"),
+    include_str!("../migrations/sqlite/0015_tag_versions.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -380,6 +384,8 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0011_verdicts.sql"),
     include_str!("../migrations/postgres/0012_catalogs.sql"),
     include_str!("../migrations/postgres/0013_vulnerabilities.sql"),
+    include_str!("../migrations/postgres/0014_ui_sessions.sql"),
+    include_str!("../migrations/postgres/0015_tag_versions.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {
@@ -612,6 +618,7 @@ impl MetaStore {
                 .await?;
             tracing::info!(version, "applied metadata schema migration");
         }
+        Self::fill_version_keys(&mut tx).await?;
         tx.commit().await?;
         for (user, what) in renamed {
             tracing::warn!(

@@ -187,14 +187,15 @@ impl MetaStore {
                 }
                 None => {
                     let inserted = sqlx::query(
-                        "INSERT INTO tags (repo_id, name, sort_key, digest, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                         ON CONFLICT (repo_id, name) DO NOTHING",
+                        "INSERT INTO tags (repo_id, name, sort_key, digest, updated_at, version_key) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (repo_id, name) DO NOTHING",
                     )
                     .bind(w.repo_id)
                     .bind(w.tag)
                     .bind(berth_oci::tag_sort_key(w.tag))
                     .bind(w.digest)
                     .bind(now)
+                    .bind(berth_oci::semver::version_key(w.tag))
                     .execute(&mut **tx)
                     .await?;
                     if inserted.rows_affected() == 1 {

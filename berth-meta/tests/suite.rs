@@ -1162,6 +1162,63 @@ async fn concurrent_immutable_pushes_one_wins(db: Db) {
     assert_eq!(h[0].new_digest.as_deref(), Some(winners[0].as_str()));
 }
 
+/// Tags carry their semver key from the write that creates them, and tags from before
+/// the key existed (NULL) get theirs at the next start; the version page is newest first.
+async fn version_keys_are_written_and_filled_in_at_start(db: Db) {
+    let s = &db.store;
+    let refs = blob_refs();
+    for d in [D1, D2] {
+        s.link_blob("r", d, 1, None, &who("t")).await.expect("link");
+    }
+    s.put_manifest(&image(
+        "r",
+        M1,
+        &refs,
+        &["1.2.0", "latest", "1.10.0", "v1.10.0-rc.1"],
+    ))
+    .await
+    .expect("put");
+    let names =
+        |rows: Vec<berth_meta::TagRow>| rows.into_iter().map(|r| r.name).collect::<Vec<_>>();
+    let want = ["1.10.0", "v1.10.0-rc.1", "1.2.0"];
+    let page = s
+        .version_page("r", None, 10)
+        .await
+        .expect("page")
+        .expect("repo");
+    assert_eq!(names(page), want);
+    // Keyset: after a tag, the versions below it.
+    let page = s
+        .version_page("r", Some("v1.10.0-rc.1"), 10)
+        .await
+        .expect("page")
+        .expect("repo");
+    assert_eq!(names(page), ["1.2.0"]);
+    // Tags as an older Berth wrote them.
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .expect("raw connection");
+    sqlx::query("UPDATE tags SET version_key = NULL")
+        .execute(&mut conn)
+        .await
+        .expect("forget the keys");
+    drop(conn);
+    assert!(
+        s.version_page("r", None, 10)
+            .await
+            .expect("page")
+            .expect("repo")
+            .is_empty()
+    );
+    let again = MetaStore::connect(&db.url).await.expect("reopens");
+    let page = again
+        .version_page("r", None, 10)
+        .await
+        .expect("page")
+        .expect("repo");
+    assert_eq!(names(page), want);
+}
+
 /// Users of reserved names, left from before they were reserved (an unauthenticated token
 /// resolved to a user named `anonymous`), are renamed and disabled by migration 0007,
 /// their memberships and password kept, and the audit log says so.
@@ -1193,7 +1250,7 @@ async fn reserved_users_are_renamed_and_disabled_by_the_migration(db: Db) {
         .expect("rewind the schema version");
     drop(conn);
     let s = MetaStore::connect(&db.url).await.expect("migrates");
-    assert_eq!(s.schema_version().await.expect("version"), (13, 13));
+    assert_eq!(s.schema_version().await.expect("version"), (15, 15));
     assert_eq!(s.user("anonymous").await.expect("get"), None);
     assert_eq!(s.user("cli").await.expect("get"), None);
     let users = s.users().await.expect("users");
@@ -1560,6 +1617,7 @@ suite!(
     tag_history_records_every_change,
     concurrent_immutable_pushes_one_wins,
     reserved_users_are_renamed_and_disabled_by_the_migration,
+    version_keys_are_written_and_filled_in_at_start,
     quota_selection_agrees_with_tenant_of,
     quota_counts_manifests_and_open_uploads,
     jobs_commit_with_their_change,

@@ -155,6 +155,40 @@ impl VersionPrefix {
     }
 }
 
+/// A key whose byte order is semver precedence, for the metadata store to index: the
+/// three numbers as 20 digits each, then `~` for a release (above any pre-release) or `-`
+/// and the pre-release identifiers, numeric ones as `0` and 20 digits (below alphanumeric
+/// ones, `1` and the text), separated by `\u{1}`, which sorts below every identifier byte,
+/// so a shorter list of equal identifiers sorts first. Empty for a tag that is no version.
+/// Equal versions (`1.4.2`, `v1.4.2`) get equal keys; the index breaks ties by name.
+pub fn version_key(tag: &str) -> String {
+    let Some(v) = Version::parse(tag) else {
+        return String::new();
+    };
+    let mut k = format!("{:020}.{:020}.{:020}", v.major, v.minor, v.patch);
+    if v.pre.is_empty() {
+        k.push('~');
+        return k;
+    }
+    k.push('-');
+    for (i, id) in v.pre.iter().enumerate() {
+        if i > 0 {
+            k.push('\u{1}');
+        }
+        match id {
+            PreId::Numeric(n) => {
+                k.push('0');
+                k.push_str(&format!("{n:020}"));
+            }
+            PreId::Alpha(a) => {
+                k.push('1');
+                k.push_str(a);
+            }
+        }
+    }
+    k
+}
+
 /// Sorts tags into ascending version order, dropping tags that are not versions. Tags of
 /// equal version (`1.4.2`, `v1.4.2`) keep the one tag order among themselves.
 pub fn sort_versions<T>(tags: impl IntoIterator<Item = T>, name: impl Fn(&T) -> &str) -> Vec<T> {
@@ -174,6 +208,72 @@ pub fn sort_versions<T>(tags: impl IntoIterator<Item = T>, name: impl Fn(&T) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn version_tag() -> impl Strategy<Value = String> {
+        let num = prop_oneof![0u64..4, Just(u64::MAX), any::<u64>()];
+        let id = prop_oneof![
+            (0u64..12).prop_map(|n| n.to_string()),
+            Just(u64::MAX.to_string()),
+            "[0-9A-Za-z-]{0,3}[A-Za-z-][0-9A-Za-z-]{0,3}",
+        ];
+        (
+            any::<bool>(),
+            num.clone(),
+            num.clone(),
+            num,
+            proptest::collection::vec(id, 0..4),
+        )
+            .prop_map(|(v, a, b, c, pre)| {
+                let mut t = format!("{}{a}.{b}.{c}", if v { "v" } else { "" });
+                if !pre.is_empty() {
+                    t.push('-');
+                    t.push_str(&pre.join("."));
+                }
+                t
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn version_keys_order_as_semver(a in version_tag(), b in version_tag()) {
+            let (va, vb) = (Version::parse(&a), Version::parse(&b));
+            prop_assume!(va.is_some() && vb.is_some());
+            let (va, vb) = (va.expect("parsed"), vb.expect("parsed"));
+            prop_assert_eq!(
+                version_key(&a).as_bytes().cmp(version_key(&b).as_bytes()),
+                va.cmp(&vb),
+                "{} vs {}", a, b
+            );
+        }
+    }
+
+    #[test]
+    fn version_keys_of_known_orders() {
+        let ordered = [
+            "1.0.0-1",
+            "1.0.0-2",
+            "1.0.0-10",
+            "1.0.0-alpha",
+            "1.0.0-alpha.1",
+            "1.0.0-alpha.beta",
+            "1.0.0-alpha-x",
+            "1.0.0-beta",
+            "1.0.0-beta.2",
+            "1.0.0-beta.11",
+            "1.0.0-rc.1",
+            "1.0.0",
+            "1.2.0",
+            "1.10.0",
+            "2.0.0",
+        ];
+        for w in ordered.windows(2) {
+            assert!(version_key(w[0]) < version_key(w[1]), "{} < {}", w[0], w[1]);
+        }
+        assert_eq!(version_key("v1.4.2"), version_key("1.4.2"));
+        assert_eq!(version_key("latest"), "");
+        assert_eq!(version_key("1.4"), "");
+    }
 
     #[test]
     fn parses_tags() {

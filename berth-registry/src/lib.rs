@@ -28,6 +28,7 @@ pub mod tag_rules;
 pub mod transfer;
 mod versions;
 pub mod vulns;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -619,7 +619,7 @@ async fn pull_secret(
 
 /// The registry's host as clients name it in image references: from `public_url`, else
 /// the Host the caller used.
-fn registry_host(state: &AppState, headers: &http::HeaderMap) -> String {
+pub(crate) fn registry_host(state: &AppState, headers: &http::HeaderMap) -> String {
     if let Some(u) = &state.config().public_url {
         let rest = u.split_once("://").map_or(u.as_str(), |(_, r)| r);
         return rest.trim_end_matches('/').to_owned();

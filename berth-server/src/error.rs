@@ -83,7 +83,7 @@ impl ApiError {
 
     /// The status table. Server faults carry no OCI code: the spec's codes all describe
     /// something the client can act on, and the log names the cause.
-    fn status_and_code(&self) -> (StatusCode, Option<&'static str>) {
+    pub(crate) fn status_and_code(&self) -> (StatusCode, Option<&'static str>) {
         let (status, code) = self.status_and_spec_code();
         let code = code.map(ErrorCode::as_str).or(match self {
             // Management API answers that have no distribution-spec code.

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod stall;
 pub mod tls;
 mod token;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -90,6 +91,8 @@ pub struct ServerConfig {
     /// A response the client reads nothing of, or an upload body it sends nothing of,
     /// for this long is cut off (see [`stall`]).
     pub stall_timeout: Duration,
+    /// The web interface (`/ui`); see [`ui`].
+    pub ui: ui::UiConfig,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +108,7 @@ impl Default for ServerConfig {
             trusted_proxies: client::TrustedProxies::default(),
             audit_window: audit::WINDOW,
             stall_timeout: Duration::from_secs(60),
+            ui: ui::UiConfig::default(),
         }
     }
 }
@@ -184,6 +188,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(handlers::metrics))
         .route("/token", get(token::get).post(token::post))
         .nest("/api/v1", api::router())
+        .merge(ui::router())
         .fallback(handlers::dispatch)
         .with_state(state)
 }

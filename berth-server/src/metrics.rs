@@ -56,6 +56,11 @@ pub struct Metrics {
     /// `/api/v1` requests refused for the kind of credential: `token-scope` (a token
     /// without the management scope), `anonymous-token`.
     pub api_refused: Family<ReasonLabels, Counter>,
+    /// Web interface requests refused by a defence: `host` (a `Host` Berth does not serve:
+    /// DNS rebinding), `csrf` (a form without its session's token), `origin` (a POST from
+    /// another origin), `read-only` (a change with authentication off), `denied` (a change
+    /// the caller's role does not allow).
+    pub ui_refused: Family<ReasonLabels, Counter>,
     pub metadata_unavailable: Counter,
     pub storage_unavailable: Counter,
 }
@@ -133,6 +138,12 @@ impl Default for Metrics {
             "Management API requests refused for their credential: a token without the management scope, an anonymous token",
             api_refused.clone(),
         );
+        let ui_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "ui_refused",
+            "Web interface requests refused by a defence: foreign Host, missing or wrong CSRF token, cross-origin POST, a change while read-only or not allowed",
+            ui_refused.clone(),
+        );
         let metadata_unavailable = Counter::default();
         registry.register(
             "metadata_unavailable_responses",
@@ -180,6 +191,7 @@ impl Default for Metrics {
             storage_unavailable,
             tokens_refused,
             api_refused,
+            ui_refused,
             connections_open,
             connections_accepted,
             connections_refused,

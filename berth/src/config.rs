@@ -59,6 +59,28 @@ pub struct Config {
     pub catalog: crate::sbom::CatalogConfig,
     /// The Kubernetes admission webhooks (`[admission]`, `[[admission.rule]]`).
     pub admission: AdmissionConfig,
+    /// The web interface (`[ui]`).
+    pub ui: UiSection,
+}
+
+/// `[ui]`: the web interface under `/ui`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiSection {
+    /// Host names the interface answers to besides `public_url`'s host, `localhost` and IP
+    /// addresses; any other `Host` is refused (DNS rebinding).
+    pub hosts: Vec<String>,
+    /// How long a login lasts.
+    pub session_ttl_secs: u64,
+}
+
+impl Default for UiSection {
+    fn default() -> Self {
+        UiSection {
+            hosts: Vec::new(),
+            session_ttl_secs: 8 * 3600,
+        }
+    }
 }
 
 /// `[admission]`: the webhooks' listener and certificate, how nodes name Berth, and the
@@ -182,6 +204,7 @@ impl Default for Config {
             jobs: crate::events::JobsConfig::default(),
             catalog: crate::sbom::CatalogConfig::default(),
             admission: AdmissionConfig::default(),
+            ui: UiSection::default(),
         }
     }
 }

@@ -379,10 +379,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tls: tls.clone(),
             trusted_proxies: config.trusted_proxies()?,
             audit_window: Duration::from_secs(config.audit.refusal_window_secs.max(1)),
+            ui: berth_server::ui::UiConfig {
+                hosts: config.ui.hosts.clone(),
+                session_ttl: Duration::from_secs(config.ui.session_ttl_secs.max(60)),
+            },
             ..ServerConfig::default()
         },
         auth,
     );
+    if let Some(a) = state.auth() {
+        // Expired web sessions are refused when read; this only keeps the table small.
+        let access = a.access.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                if let Err(e) = access.prune_sessions().await {
+                    tracing::warn!(error = %e, "pruning expired web sessions failed");
+                }
+            }
+        });
+    }
 
     let purge_every = Duration::from_secs(config.uploads.purge_interval_secs.max(1));
     let registry_for_purge = registry.clone();

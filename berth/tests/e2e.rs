@@ -60,5 +60,7 @@ mod signatures;
 mod skopeo;
 #[path = "e2e/tls.rs"]
 mod tls;
+#[path = "e2e/ui.rs"]
+mod ui;
 #[path = "e2e/vulns.rs"]
 mod vulns;
