@@ -218,12 +218,18 @@ fn severity_word(v: &Option<serde_json::Value>) -> Option<Severity> {
         .find_map(|k| v.get(k)?.as_str().and_then(Severity::parse))
 }
 
-/// The highest computable CVSS v3 score among `severity` entries.
+/// The score of `severity` entries: the highest computable CVSS v4.0 score when there is
+/// one, else the highest v3.x. v4.0 first because a source that scores in both wrote the
+/// v4.0 vector later, with the finer metrics (attack requirements, subsequent systems),
+/// and that is the one it shows first.
 fn best_score(sev: &[OsvSeverity]) -> Option<f64> {
-    sev.iter()
-        .filter(|s| s.kind == "CVSS_V3")
-        .filter_map(|s| cvss::v3_base_score(&s.score))
-        .fold(None, |m, s| Some(m.map_or(s, |m: f64| m.max(s))))
+    let highest = |kind: &str, score: fn(&str) -> Option<f64>| {
+        sev.iter()
+            .filter(|s| s.kind == kind)
+            .filter_map(|s| score(&s.score))
+            .fold(None, |m, s| Some(m.map_or(s, |m: f64| m.max(s))))
+    };
+    highest("CVSS_V4", cvss::v4_base_score).or_else(|| highest("CVSS_V3", cvss::v3_base_score))
 }
 
 fn osv_one(feed: &mut Feed, what: &str, json: &str) {
@@ -309,7 +315,7 @@ fn osv_one(feed: &mut Feed, what: &str, json: &str) {
             .database_specific
             .as_ref()
             .and_then(|d| d.get("cvss")?.as_str())
-            .and_then(cvss::v3_base_score);
+            .and_then(cvss::base_score);
         let score = best_score(&a.severity)
             .or_else(|| best_score(&o.severity))
             .or(db_vector);

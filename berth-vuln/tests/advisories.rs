@@ -530,6 +530,25 @@ fn severity_from_cvss_vectors_and_database_words() {
     assert_eq!(f.records[0].severity, Severity::Medium);
     let r = fixture("osv/RUSTSEC-2022-0013.json");
     assert_eq!(r.records[0].score, Some(7.5));
+    // Both a v3.1 (7.5, high) and a v4.0 vector (9.3, critical): the v4.0 one is scored
+    // and rates it; a malformed v4.0 vector falls back to the v3.1 one.
+    let both = fixture("osv/GHSA-cvss4-both.json");
+    assert_eq!(both.records[0].score, Some(9.3));
+    assert_eq!(both.records[0].severity, Severity::Critical);
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/osv/GHSA-cvss4-both.json"),
+    )
+    .expect("fixture");
+    let broken = parse("b.json", text.replace("/SA:N\"", "/SA:Q\"").as_bytes());
+    assert_eq!(broken.records[0].score, Some(7.5));
+    assert_eq!(broken.records[0].severity, Severity::High);
+    // Only a malformed v4.0 vector: the database's word.
+    let only4 = text
+        .replace("/SA:N\"", "/SA:Q\"")
+        .replace("\"CVSS_V3\"", "\"OTHER\"");
+    let w = parse("w.json", only4.as_bytes());
+    assert_eq!(w.records[0].score, None);
+    assert_eq!(w.records[0].severity, Severity::Medium);
     // No vector, no database severity: unknown.
     let g = fixture("osv/GO-2023-2102.json");
     assert!(
