@@ -365,6 +365,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0011_verdicts.sql"),
     include_str!("../migrations/sqlite/0012_catalogs.sql"),
     include_str!("../migrations/sqlite/0013_vulnerabilities.sql"),
+    include_str!("../migrations/sqlite/0014_catalog_packages.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -380,6 +381,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0011_verdicts.sql"),
     include_str!("../migrations/postgres/0012_catalogs.sql"),
     include_str!("../migrations/postgres/0013_vulnerabilities.sql"),
+    include_str!("../migrations/postgres/0014_catalog_packages.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {
