@@ -102,18 +102,9 @@ impl MetaStore {
     /// the old catalog or the new one, never a mix.
     pub async fn put_image_catalog(&self, c: &ImageCatalogRow) -> Result<()> {
         let mut tx = self.write().await?;
-        let old: BTreeSet<String> =
-            sqlx::query("SELECT purl FROM image_packages WHERE image_digest = $1")
-                .bind(&c.digest)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<std::result::Result<_, _>>()?;
-        sqlx::query("DELETE FROM image_packages WHERE image_digest = $1")
-            .bind(&c.digest)
-            .execute(&mut *tx)
-            .await?;
+        // The catalog row first: a second writer of the same image (two replicas, two
+        // repositories) waits here for the first to commit, then reads the packages it
+        // left, so the distinct packages' counts see each image's packages once.
         sqlx::query(
             "INSERT INTO image_catalogs (digest, status, detail, package_count, cataloger_version, cataloged_at) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (digest) DO UPDATE SET \
@@ -128,6 +119,18 @@ impl MetaStore {
         .bind(c.cataloged_at)
         .execute(&mut *tx)
         .await?;
+        let old: BTreeSet<String> =
+            sqlx::query("SELECT purl FROM image_packages WHERE image_digest = $1")
+                .bind(&c.digest)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<_, _>>()?;
+        sqlx::query("DELETE FROM image_packages WHERE image_digest = $1")
+            .bind(&c.digest)
+            .execute(&mut *tx)
+            .await?;
         for chunk in c.packages.chunks(INSERT_BATCH) {
             let mut sql = String::from(
                 "INSERT INTO image_packages (image_digest, purl, ecosystem, name, version, \

@@ -1571,6 +1571,7 @@ suite!(
     catalogs_are_kept_per_layer_and_per_image,
     advisories_import_atomically_and_findings_follow_generations,
     distinct_packages_follow_catalog_writes_and_pruning,
+    concurrent_writers_of_one_catalog_count_it_once,
 );
 
 /// Four replicas (or `berth migrate` init containers) starting at once on one database:
@@ -2527,4 +2528,66 @@ async fn distinct_packages_follow_catalog_writes_and_pruning(db: Db) {
     again.prune_catalogs().await.expect("prune");
     held.remove(M1);
     assert_eq!(distinct_purls(&again).await, oracle(&held));
+}
+
+/// Writers of the same image's catalog at once (two replicas, or two repositories' catalog
+/// jobs): whichever commits last is the catalog, and its packages are counted once, so
+/// emptying the catalog empties the distinct packages.
+async fn concurrent_writers_of_one_catalog_count_it_once(db: Db) {
+    let s = db.store.clone();
+    for round in 0..3u64 {
+        let tasks: Vec<_> = (0..6u64)
+            .map(|w| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let packages: Vec<CatalogPackage> = (0..120)
+                        .map(|i| {
+                            let n = (i * 7 + w * 13 + round) % 200;
+                            package(
+                                &format!("pkg:deb/debian/c{n}@1.0-1"),
+                                &format!("c{n}"),
+                                None,
+                                D1,
+                            )
+                        })
+                        .collect();
+                    s.put_image_catalog(&ImageCatalogRow {
+                        digest: M1.into(),
+                        status: "complete".into(),
+                        detail: "{}".into(),
+                        cataloger_version: 1,
+                        cataloged_at: w as i64,
+                        packages,
+                    })
+                    .await
+                    .expect("put under contention");
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let mut stored: Vec<String> = s
+            .image_catalog(M1)
+            .await
+            .expect("get")
+            .expect("stored")
+            .packages
+            .into_iter()
+            .map(|p| p.purl)
+            .collect();
+        stored.sort();
+        assert_eq!(distinct_purls(&s).await, stored, "round {round}");
+    }
+    s.put_image_catalog(&ImageCatalogRow {
+        digest: M1.into(),
+        status: "complete".into(),
+        detail: "{}".into(),
+        cataloger_version: 1,
+        cataloged_at: 0,
+        packages: Vec::new(),
+    })
+    .await
+    .expect("empty");
+    assert_eq!(distinct_purls(&s).await, Vec::<String>::new());
 }
