@@ -15,6 +15,7 @@
     cargo build --release -p berth -p berth-bench
     cargo build --release -p berth-registry --example vuln_rematch
     python3 bench/vulns.py [--images 10000] [--advisories 200000] [--runs 5] [--seconds 5]
+        [--metadata-url postgres://...] [--rematch-binary OTHER_BUILD] [--skip-pulls]
 """
 
 import argparse
@@ -73,11 +74,14 @@ def status(url):
 
 
 def rematch(args):
-    if not os.path.exists(REMATCH):
-        raise SystemExit(f"missing {REMATCH}: see the docstring")
-    argv = [REMATCH, "--images", str(args.images), "--advisories", str(args.advisories)]
+    binary = args.rematch_binary or REMATCH
+    if not os.path.exists(binary):
+        raise SystemExit(f"missing {binary}: see the docstring")
+    argv = [binary, "--images", str(args.images), "--advisories", str(args.advisories)]
     if args.metadata_url:
         argv += ["--metadata-url", args.metadata_url]
+    if args.reuse:
+        argv.append("--reuse")
     out = subprocess.run(argv, check=True, capture_output=True, text=True)
     sys.stderr.write(out.stderr)
     return out.stdout
@@ -149,6 +153,9 @@ def main():
     ap.add_argument("--images", type=int, default=10000)
     ap.add_argument("--advisories", type=int, default=200000)
     ap.add_argument("--metadata-url")
+    ap.add_argument("--reuse", action="store_true",
+                    help="the catalogs of an earlier run with the same --metadata-url are there")
+    ap.add_argument("--rematch-binary", help="another build of the vuln_rematch example (a before/after comparison)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--connections", type=int, default=64)

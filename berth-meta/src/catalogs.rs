@@ -5,7 +5,9 @@
 //! Catalogs are derived data, like verdicts: they are written without audit rows, and
 //! `copy_into` does not copy them (the catalog jobs compute them again).
 
-use sqlx::Row;
+use std::collections::{BTreeMap, BTreeSet};
+
+use sqlx::{Row, Transaction};
 
 use crate::{MetaStore, Result, now_micros, to_i64};
 
@@ -100,10 +102,9 @@ impl MetaStore {
     /// the old catalog or the new one, never a mix.
     pub async fn put_image_catalog(&self, c: &ImageCatalogRow) -> Result<()> {
         let mut tx = self.write().await?;
-        sqlx::query("DELETE FROM image_packages WHERE image_digest = $1")
-            .bind(&c.digest)
-            .execute(&mut *tx)
-            .await?;
+        // The catalog row first: a second writer of the same image (two replicas, two
+        // repositories) waits here for the first to commit, then reads the packages it
+        // left, so the distinct packages' counts see each image's packages once.
         sqlx::query(
             "INSERT INTO image_catalogs (digest, status, detail, package_count, cataloger_version, cataloged_at) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (digest) DO UPDATE SET \
@@ -118,6 +119,18 @@ impl MetaStore {
         .bind(c.cataloged_at)
         .execute(&mut *tx)
         .await?;
+        let old: BTreeSet<String> =
+            sqlx::query("SELECT purl FROM image_packages WHERE image_digest = $1")
+                .bind(&c.digest)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<_, _>>()?;
+        sqlx::query("DELETE FROM image_packages WHERE image_digest = $1")
+            .bind(&c.digest)
+            .execute(&mut *tx)
+            .await?;
         for chunk in c.packages.chunks(INSERT_BATCH) {
             let mut sql = String::from(
                 "INSERT INTO image_packages (image_digest, purl, ecosystem, name, version, \
@@ -160,7 +173,90 @@ impl MetaStore {
             }
             q.execute(&mut *tx).await?;
         }
+        // The distinct packages change by what the image gained and lost; the first of a
+        // purl is the one stored, as above.
+        let mut delta: BTreeMap<&str, (Option<&CatalogPackage>, i64)> = BTreeMap::new();
+        for p in &c.packages {
+            if !old.contains(&p.purl) {
+                delta.entry(p.purl.as_str()).or_insert((Some(p), 1));
+            }
+        }
+        let kept: BTreeSet<&str> = c.packages.iter().map(|p| p.purl.as_str()).collect();
+        for purl in &old {
+            if !kept.contains(purl.as_str()) {
+                delta.insert(purl, (None, -1));
+            }
+        }
+        let delta: Vec<(&str, Option<&CatalogPackage>, i64)> =
+            delta.into_iter().map(|(k, (p, d))| (k, p, d)).collect();
+        Self::count_packages(&mut tx, &delta).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Adds `images` to each purl's count in `catalog_packages` (a package for a purl
+    /// new to the table), then drops the purls left at zero. Rows go in purl order, so
+    /// concurrent writers on PostgreSQL lock shared purls in the same order.
+    async fn count_packages(
+        tx: &mut Transaction<'static, sqlx::Any>,
+        delta: &[(&str, Option<&CatalogPackage>, i64)],
+    ) -> Result<()> {
+        for chunk in delta.chunks(INSERT_BATCH) {
+            let mut sql = String::from(
+                "INSERT INTO catalog_packages (purl, ecosystem, name, version, source_name, \
+                 source_version, images) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 7;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                ));
+            }
+            sql.push_str(
+                " ON CONFLICT (purl) DO UPDATE SET images = catalog_packages.images + excluded.images",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (purl, p, d) in chunk {
+                // A purl losing an image is in the table already: only its count changes.
+                q = q
+                    .bind(*purl)
+                    .bind(p.map_or("", |p| p.ecosystem.as_str()))
+                    .bind(p.map_or("", |p| p.name.as_str()))
+                    .bind(p.map_or("", |p| p.version.as_str()))
+                    .bind(p.and_then(|p| p.source_name.as_deref()))
+                    .bind(p.and_then(|p| p.source_version.as_deref()))
+                    .bind(*d);
+            }
+            q.execute(&mut **tx).await?;
+            let lost: Vec<&str> = chunk
+                .iter()
+                .filter(|(_, _, d)| *d < 0)
+                .map(|(purl, _, _)| *purl)
+                .collect();
+            if !lost.is_empty() {
+                let list = (1..=lost.len())
+                    .map(|i| format!("${i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql =
+                    format!("DELETE FROM catalog_packages WHERE images <= 0 AND purl IN ({list})");
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for purl in lost {
+                    q = q.bind(purl);
+                }
+                q.execute(&mut **tx).await?;
+            }
+        }
         Ok(())
     }
 
@@ -253,7 +349,20 @@ impl MetaStore {
     /// repository, layers whose blob is gone. Returns (images, layers) dropped. A catalog
     /// is keyed by digest alone, so it stays while any repository holds the content.
     pub async fn prune_catalogs(&self) -> Result<(u64, u64)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
+        // The pruned images' packages leave the distinct packages' counts first.
+        sqlx::query(
+            "INSERT INTO catalog_packages (purl, ecosystem, name, version, source_name, \
+             source_version, images) \
+             SELECT purl, '', '', '', NULL, NULL, -COUNT(*) FROM image_packages p WHERE NOT EXISTS \
+             (SELECT 1 FROM manifests m WHERE m.digest = p.image_digest) GROUP BY purl ORDER BY purl \
+             ON CONFLICT (purl) DO UPDATE SET images = catalog_packages.images + excluded.images",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM catalog_packages WHERE images <= 0")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "DELETE FROM image_packages WHERE NOT EXISTS \
              (SELECT 1 FROM manifests m WHERE m.digest = image_packages.image_digest)",

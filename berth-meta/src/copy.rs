@@ -137,7 +137,8 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
     ),
     // Dry runs gate switching a rule to enforce; their ids are the target's own. Verdicts
     // and verification epochs are not copied: verdicts are computed again; nor are package
-    // catalogs (layer_catalogs, image_catalogs, image_packages), which are derived data.
+    // catalogs (layer_catalogs, image_catalogs, image_packages, catalog_packages), which
+    // are derived data.
     (
         "policy_dry_runs",
         &[

@@ -369,6 +369,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0013_vulnerabilities.sql"),
     include_str!("../migrations/sqlite/0014_ui_sessions.sql"),
     include_str!("../migrations/sqlite/0015_tag_versions.sql"),
+    include_str!("../migrations/sqlite/0016_catalog_packages.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -386,6 +387,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0013_vulnerabilities.sql"),
     include_str!("../migrations/postgres/0014_ui_sessions.sql"),
     include_str!("../migrations/postgres/0015_tag_versions.sql"),
+    include_str!("../migrations/postgres/0016_catalog_packages.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {

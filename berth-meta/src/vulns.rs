@@ -236,11 +236,12 @@ impl MetaStore {
             .collect::<std::result::Result<Vec<String>, _>>()?)
     }
 
-    /// Every distinct package of every stored image catalog.
+    /// Every distinct package of every stored image catalog (`catalog_packages`, kept
+    /// as catalogs are written and pruned).
     pub async fn distinct_packages(&self) -> Result<Vec<PackageKey>> {
         let rows = sqlx::query(
-            "SELECT DISTINCT purl, ecosystem, name, version, source_name, source_version \
-             FROM image_packages",
+            "SELECT purl, ecosystem, name, version, source_name, source_version \
+             FROM catalog_packages",
         )
         .fetch_all(&self.pool)
         .await?;

@@ -1250,7 +1250,7 @@ async fn reserved_users_are_renamed_and_disabled_by_the_migration(db: Db) {
         .expect("rewind the schema version");
     drop(conn);
     let s = MetaStore::connect(&db.url).await.expect("migrates");
-    assert_eq!(s.schema_version().await.expect("version"), (15, 15));
+    assert_eq!(s.schema_version().await.expect("version"), (16, 16));
     assert_eq!(s.user("anonymous").await.expect("get"), None);
     assert_eq!(s.user("cli").await.expect("get"), None);
     let users = s.users().await.expect("users");
@@ -1628,6 +1628,8 @@ suite!(
     webhooks_are_stored_per_tenant,
     catalogs_are_kept_per_layer_and_per_image,
     advisories_import_atomically_and_findings_follow_generations,
+    distinct_packages_follow_catalog_writes_and_pruning,
+    concurrent_writers_of_one_catalog_count_it_once,
 );
 
 /// Four replicas (or `berth migrate` init containers) starting at once on one database:
@@ -2448,4 +2450,202 @@ async fn advisories_import_atomically_and_findings_follow_generations(db: Db) {
         s.unmatched_packages(M1, g4).await.expect("unmatched").len(),
         1
     );
+}
+
+/// The purls `distinct_packages` lists, sorted.
+async fn distinct_purls(s: &MetaStore) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .distinct_packages()
+        .await
+        .expect("distinct")
+        .into_iter()
+        .map(|k| k.purl)
+        .collect();
+    v.sort();
+    v
+}
+
+/// `catalog_packages` against an oracle (the union of the catalogs stored): random catalog
+/// writes over three images (more packages than one statement takes, duplicates within an
+/// image, replacements that keep, gain and lose purls), then pruning by GC, then the
+/// migration's backfill from `image_packages` alone.
+async fn distinct_packages_follow_catalog_writes_and_pruning(db: Db) {
+    use std::collections::{BTreeMap, BTreeSet};
+    const M3: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+    let s = &db.store;
+    link_d1_d2(s, "r").await;
+    let refs = blob_refs();
+    // M1 and M2 are stored manifests; M3's catalog belongs to nothing stored.
+    for m in [M1, M2] {
+        assert_eq!(
+            s.put_manifest(&image("r", m, &refs, &[]))
+                .await
+                .expect("manifest"),
+            PutManifest::Stored
+        );
+    }
+    let pkg = |i: u64| {
+        package(
+            &format!("pkg:deb/debian/p{i}@1.0-1?upstream=s{i}"),
+            &format!("p{i}"),
+            Some(&format!("s{i}")),
+            D1,
+        )
+    };
+    let mut held: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let oracle = |held: &BTreeMap<&str, BTreeSet<String>>| -> Vec<String> {
+        let all: BTreeSet<String> = held.values().flatten().cloned().collect();
+        all.into_iter().collect()
+    };
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for step in 0..30 {
+        let image = [M1, M2, M3][next(3) as usize];
+        let packages: Vec<CatalogPackage> = (0..next(160)).map(|_| pkg(next(220))).collect();
+        held.insert(image, packages.iter().map(|p| p.purl.clone()).collect());
+        s.put_image_catalog(&ImageCatalogRow {
+            digest: image.into(),
+            status: "complete".into(),
+            detail: "{}".into(),
+            cataloger_version: 1,
+            cataloged_at: step,
+            packages,
+        })
+        .await
+        .expect("put");
+        assert_eq!(distinct_purls(s).await, oracle(&held), "step {step}");
+    }
+    // A row carries its package, not just its purl.
+    let p = pkg(7);
+    s.put_image_catalog(&ImageCatalogRow {
+        digest: M3.into(),
+        status: "complete".into(),
+        detail: "{}".into(),
+        cataloger_version: 1,
+        cataloged_at: 99,
+        packages: vec![p.clone()],
+    })
+    .await
+    .expect("put");
+    held.insert(M3, BTreeSet::from([p.purl.clone()]));
+    let row = s
+        .distinct_packages()
+        .await
+        .expect("distinct")
+        .into_iter()
+        .find(|k| k.purl == p.purl)
+        .expect("listed");
+    assert_eq!(
+        (
+            row.ecosystem.as_str(),
+            row.name.as_str(),
+            row.version.as_str()
+        ),
+        ("deb", "p7", "1.0-1")
+    );
+    assert_eq!(row.source_name.as_deref(), Some("s7"));
+    assert_eq!(row.source_version.as_deref(), Some("1.0-1"));
+    // GC: M3's catalog goes, then M1's once its manifest is deleted.
+    s.prune_catalogs().await.expect("prune");
+    held.remove(M3);
+    assert_eq!(distinct_purls(s).await, oracle(&held));
+    s.delete_manifest("r", M1, &who("t")).await.expect("delete");
+    s.prune_catalogs().await.expect("prune");
+    held.remove(M1);
+    assert_eq!(distinct_purls(s).await, oracle(&held));
+
+    // A store whose catalogs were written before the table existed: the migration
+    // fills it from the packages stored.
+    s.put_image_catalog(&ImageCatalogRow {
+        digest: M1.into(),
+        status: "complete".into(),
+        detail: "{}".into(),
+        cataloger_version: 1,
+        cataloged_at: 100,
+        packages: (200..230).map(pkg).collect(),
+    })
+    .await
+    .expect("put");
+    held.insert(M1, (200..230).map(|i| pkg(i).purl).collect());
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .expect("raw connection");
+    sqlx::raw_sql("DROP TABLE catalog_packages; DELETE FROM berth_schema WHERE version = 16")
+        .execute(&mut conn)
+        .await
+        .expect("rewind");
+    drop(conn);
+    let again = MetaStore::connect(&db.url).await.expect("migrates");
+    assert_eq!(distinct_purls(&again).await, oracle(&held));
+    // And it counts from there: M1 (no manifest) pruned, its purls go.
+    again.prune_catalogs().await.expect("prune");
+    held.remove(M1);
+    assert_eq!(distinct_purls(&again).await, oracle(&held));
+}
+
+/// Writers of the same image's catalog at once (two replicas, or two repositories' catalog
+/// jobs): whichever commits last is the catalog, and its packages are counted once, so
+/// emptying the catalog empties the distinct packages.
+async fn concurrent_writers_of_one_catalog_count_it_once(db: Db) {
+    let s = db.store.clone();
+    for round in 0..3u64 {
+        let tasks: Vec<_> = (0..6u64)
+            .map(|w| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let packages: Vec<CatalogPackage> = (0..120)
+                        .map(|i| {
+                            let n = (i * 7 + w * 13 + round) % 200;
+                            package(
+                                &format!("pkg:deb/debian/c{n}@1.0-1"),
+                                &format!("c{n}"),
+                                None,
+                                D1,
+                            )
+                        })
+                        .collect();
+                    s.put_image_catalog(&ImageCatalogRow {
+                        digest: M1.into(),
+                        status: "complete".into(),
+                        detail: "{}".into(),
+                        cataloger_version: 1,
+                        cataloged_at: w as i64,
+                        packages,
+                    })
+                    .await
+                    .expect("put under contention");
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let mut stored: Vec<String> = s
+            .image_catalog(M1)
+            .await
+            .expect("get")
+            .expect("stored")
+            .packages
+            .into_iter()
+            .map(|p| p.purl)
+            .collect();
+        stored.sort();
+        assert_eq!(distinct_purls(&s).await, stored, "round {round}");
+    }
+    s.put_image_catalog(&ImageCatalogRow {
+        digest: M1.into(),
+        status: "complete".into(),
+        detail: "{}".into(),
+        cataloger_version: 1,
+        cataloged_at: 0,
+        packages: Vec::new(),
+    })
+    .await
+    .expect("empty");
+    assert_eq!(distinct_purls(&s).await, Vec::<String>::new());
 }

@@ -141,6 +141,13 @@ pub struct FeedStatus {
     pub imported_at: i64,
 }
 
+/// The source package an advisory named, when it is not the package itself: Debian's and
+/// Alpine's name source packages; rpm advisories name the binary rpm.
+fn advisory_source(ecosystem: &str, name: &str, source: Option<&str>) -> Option<String> {
+    let (_, key) = berth_vuln::matching::advisory_key(ecosystem, name, source);
+    (key != name && matches!(ecosystem, "deb" | "apk")).then_some(key)
+}
+
 fn internal(e: impl std::fmt::Display) -> RegistryError {
     RegistryError::Internal(e.to_string())
 }
@@ -211,7 +218,7 @@ pub(crate) fn catalog_findings(
                 aliases: f.aliases,
                 package: p.name.clone(),
                 version: p.version.clone(),
-                source: p.source_name.clone().filter(|s| *s != p.name),
+                source: advisory_source(&p.ecosystem, &p.name, p.source_name.as_deref()),
                 purl: p.purl.clone(),
                 fixed: f.fixed,
                 severity: f.severity,
@@ -442,16 +449,11 @@ impl Registry {
         }
         let mut names: HashSet<(String, String)> = HashSet::new();
         for k in &stale {
-            let name = if matches!(k.ecosystem.as_str(), "deb" | "apk") {
-                k.source_name.as_deref().unwrap_or(&k.name)
-            } else {
-                &k.name
-            };
-            let name = match k.ecosystem.as_str() {
-                "pypi" => berth_catalog::purl::pep503(name),
-                _ => name.to_owned(),
-            };
-            names.insert((k.ecosystem.clone(), name));
+            names.insert(berth_vuln::matching::advisory_key(
+                &k.ecosystem,
+                &k.name,
+                k.source_name.as_deref(),
+            ));
         }
         let mut records = Vec::new();
         for (eco, name) in &names {
@@ -498,7 +500,7 @@ impl Registry {
                 aliases: f.aliases,
                 package: p.name.clone(),
                 version: p.version.clone(),
-                source: p.source_name.clone().filter(|s| *s != p.name),
+                source: advisory_source(&p.ecosystem, &p.name, p.source_name.as_deref()),
                 purl: p.purl.clone(),
                 fixed: f.fixed,
                 severity: f.severity,

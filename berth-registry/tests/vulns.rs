@@ -427,6 +427,176 @@ async fn pending_follows_the_rule(postgres: bool) {
     assert_eq!(pull(&r, &repo, &d).await.expect("served"), Admission::Serve);
 }
 
+/// An `rpmdb.sqlite` made by the real tools (`rpmbuild`, `rpm --dbpath --justdb`; see
+/// `scripts/install-test-tools.sh`): `openssl` 1:3.0.7-24.el9 with its `openssl-libs`
+/// subpackage (source rpm `openssl`), and `openssl-fips-provider`, which the errata do not
+/// list.
+fn rpmdb() -> Vec<u8> {
+    use std::process::Command;
+    let run = |cmd: &mut Command| {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/install-test-tools.sh)"));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let top = dir.path().join("top");
+    let specs = [
+        (
+            "openssl",
+            "Version: 3.0.7\nRelease: 24.el9\nEpoch: 1\n",
+            "%package libs\nSummary: libs\n%description libs\nlibs\n%files libs\n",
+        ),
+        (
+            "openssl-fips-provider",
+            "Version: 3.0.7\nRelease: 24.el9\nEpoch: 1\n",
+            "",
+        ),
+    ];
+    for (name, head, extra) in specs {
+        let spec = dir.path().join(format!("{name}.spec"));
+        std::fs::write(
+            &spec,
+            format!(
+                "Name: {name}\n{head}Summary: test\nLicense: MIT\nBuildArch: noarch\n\
+                 %description\ntest\n%files\n{extra}"
+            ),
+        )
+        .expect("spec");
+        run(Command::new("rpmbuild")
+            .arg("--define")
+            .arg(format!("_topdir {}", top.display()))
+            .args(["--quiet", "-bb"])
+            .arg(&spec));
+    }
+    let rpms: Vec<_> = std::fs::read_dir(top.join("RPMS/noarch"))
+        .expect("rpms")
+        .map(|e| e.expect("rpm").path())
+        .collect();
+    assert_eq!(rpms.len(), 3);
+    let db = dir.path().join("db");
+    std::fs::create_dir_all(&db).expect("db");
+    run(Command::new("rpm")
+        .arg("--dbpath")
+        .arg(&db)
+        .args(["-i", "--justdb", "--nodeps", "--noverify", "--nosignature"])
+        .args(&rpms));
+    std::fs::read(db.join("rpmdb.sqlite")).expect("rpmdb.sqlite")
+}
+
+/// rpm images end to end: cataloged by the job from a real rpm database, the AlmaLinux,
+/// Rocky Linux and Red Hat OSV records imported, each image's binary packages matched
+/// against its own distribution's major release only.
+async fn rpm_images(postgres: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = common::registry(dir.path(), postgres)
+        .await
+        .with_catalog(CatalogSettings {
+            referrers: false,
+            ..CatalogSettings::default()
+        });
+    let _jobs = r.start_jobs();
+    let db = rpmdb();
+    let mut digests = Vec::new();
+    for (tag, os) in [
+        (
+            "alma",
+            &b"NAME=\"AlmaLinux\"\nID=\"almalinux\"\nVERSION_ID=\"9.3\"\n"[..],
+        ),
+        (
+            "rocky",
+            b"NAME=\"Rocky Linux\"\nID=\"rocky\"\nVERSION_ID=\"9.3\"\n",
+        ),
+        (
+            "ubi",
+            b"NAME=\"Red Hat Enterprise Linux\"\nID=\"rhel\"\nVERSION_ID=\"9.3\"\n",
+        ),
+        ("alma8", b"ID=\"almalinux\"\nVERSION_ID=\"8.9\"\n"),
+    ] {
+        let layer = tar(&[
+            Item::File("etc/os-release", os),
+            Item::File("var/lib/rpm/rpmdb.sqlite", &db),
+        ]);
+        let m = common::push_image(
+            &r,
+            &common::repo("prod/rpm"),
+            Some(tag),
+            tag.as_bytes(),
+            &[&layer],
+            None,
+        )
+        .await
+        .expect("push");
+        let d = common::sha(&m);
+        wait_cataloged(&r, &d).await;
+        digests.push((tag, d));
+    }
+    let report = r
+        .import_advisories(vec![
+            fixture("osv/rpm/ALSA-2024-2447.json"),
+            fixture("osv/rpm/RLSA-2024-2447.json"),
+            fixture("osv/rpm/RHSA-2024-2447.json"),
+        ])
+        .await
+        .expect("import");
+    assert!(report.rematch.is_some());
+    for (tag, d) in &digests {
+        let scan = r
+            .scan(
+                &common::repo("prod/rpm"),
+                &Reference::Digest(d.clone()),
+                None,
+            )
+            .await
+            .expect("scan")
+            .expect("cataloged");
+        let got: Vec<(&str, &str, &str, Option<&str>)> = scan
+            .findings
+            .iter()
+            .map(|f| {
+                (
+                    f.id.as_str(),
+                    f.package.as_str(),
+                    f.version.as_str(),
+                    f.fixed.as_deref(),
+                )
+            })
+            .collect();
+        // The advisory named the binary rpm, not its source rpm.
+        assert!(scan.findings.iter().all(|f| f.source.is_none()), "{tag}");
+        let id = match *tag {
+            "alma" => "ALSA-2024:2447",
+            "rocky" => "RLSA-2024:2447",
+            "ubi" => "RHSA-2024:2447",
+            _ => {
+                assert_eq!(got, vec![], "{tag}");
+                continue;
+            }
+        };
+        let fix = Some("1:3.0.7-27.el9");
+        let mut want = vec![(id, "openssl-libs", "1:3.0.7-24.el9", fix)];
+        // Red Hat's record lists openssl-libs and openssl-devel only.
+        if *tag != "ubi" {
+            want.insert(0, (id, "openssl", "1:3.0.7-24.el9", fix));
+        }
+        assert_eq!(got, want, "{tag}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpm_images_sqlite() {
+    rpm_images(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpm_images_postgres() {
+    rpm_images(true).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn findings_rules_and_dry_runs_sqlite() {
     findings_rules_and_dry_runs(false).await;

@@ -107,13 +107,14 @@ pub struct Record {
     pub id: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
-    /// The catalog's ecosystem: `deb`, `apk`, `pypi`, `npm`, `cargo`, `golang`, `maven`,
-    /// `gem`.
+    /// The catalog's ecosystem: `deb`, `apk`, `rpm`, `pypi`, `npm`, `cargo`, `golang`,
+    /// `maven`, `gem`.
     pub ecosystem: String,
     /// Normalized as the catalog's names are matched (PEP 503 for PyPI); the source
-    /// package for Debian and Alpine.
+    /// package for Debian and Alpine; the binary package for rpm.
     pub package: String,
-    /// A distribution release (`bookworm`, `v3.19`); `None` for language ecosystems.
+    /// A distribution release (`bookworm`, `v3.19`, `almalinux:9`, `rocky:9`, `rhel:9`);
+    /// `None` for language ecosystems.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<String>,
     /// Each range's events; a version is affected if any range says so.

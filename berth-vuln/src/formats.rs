@@ -194,6 +194,22 @@ fn osv_ecosystem(e: &str) -> Option<(&'static str, Option<String>)> {
             },
         ),
         "Alpine" => ("apk", release.map(str::to_owned)),
+        // The rpm distributions' OSV feeds list binary packages (each erratum names every
+        // rpm it ships), versioned `[epoch:]version-release`, per major release.
+        "AlmaLinux" => ("rpm", Some(rpm_release("almalinux", release?)?)),
+        "Rocky Linux" => ("rpm", Some(rpm_release("rocky", release?)?)),
+        // `Red Hat:enterprise_linux:9::baseos` (and appstream, crb, ...): the repository
+        // does not matter to an installed package. Other products (EUS, E4S, AUS,
+        // software collections) ship their own builds an image of the base stream does
+        // not get, so they are not matched.
+        "Red Hat" => {
+            let (product, rest) = release?.split_once(':')?;
+            if product != "enterprise_linux" {
+                return None;
+            }
+            let version = rest.split(':').next()?;
+            ("rpm", Some(rpm_release("rhel", version)?))
+        }
         "PyPI" => ("pypi", None),
         "npm" => ("npm", None),
         "crates.io" => ("cargo", None),
@@ -202,6 +218,16 @@ fn osv_ecosystem(e: &str) -> Option<(&'static str, Option<String>)> {
         "RubyGems" => ("gem", None),
         _ => return None,
     })
+}
+
+/// `almalinux:9` from `9` or `9.4`: rpm advisories are per major release, and the
+/// catalog's purl says `distro=almalinux-9.4` (see `matching::release_of`).
+pub(crate) fn rpm_release(distro: &str, version: &str) -> Option<String> {
+    let major = version.split('.').next()?;
+    if major.is_empty() || !major.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(format!("{distro}:{major}"))
 }
 
 pub(crate) fn normalize_name(ecosystem: &str, name: &str) -> String {
@@ -218,12 +244,18 @@ fn severity_word(v: &Option<serde_json::Value>) -> Option<Severity> {
         .find_map(|k| v.get(k)?.as_str().and_then(Severity::parse))
 }
 
-/// The highest computable CVSS v3 score among `severity` entries.
+/// The score of `severity` entries: the highest computable CVSS v4.0 score when there is
+/// one, else the highest v3.x. v4.0 first because a source that scores in both wrote the
+/// v4.0 vector later, with the finer metrics (attack requirements, subsequent systems),
+/// and that is the one it shows first.
 fn best_score(sev: &[OsvSeverity]) -> Option<f64> {
-    sev.iter()
-        .filter(|s| s.kind == "CVSS_V3")
-        .filter_map(|s| cvss::v3_base_score(&s.score))
-        .fold(None, |m, s| Some(m.map_or(s, |m: f64| m.max(s))))
+    let highest = |kind: &str, score: fn(&str) -> Option<f64>| {
+        sev.iter()
+            .filter(|s| s.kind == kind)
+            .filter_map(|s| score(&s.score))
+            .fold(None, |m, s| Some(m.map_or(s, |m: f64| m.max(s))))
+    };
+    highest("CVSS_V4", cvss::v4_base_score).or_else(|| highest("CVSS_V3", cvss::v3_base_score))
 }
 
 fn osv_one(feed: &mut Feed, what: &str, json: &str) {
@@ -243,6 +275,7 @@ fn osv_one(feed: &mut Feed, what: &str, json: &str) {
     } else {
         o.summary.clone()
     };
+    let first = feed.records.len();
     for a in &o.affected {
         let Some(pkg) = &a.package else {
             continue;
@@ -309,7 +342,7 @@ fn osv_one(feed: &mut Feed, what: &str, json: &str) {
             .database_specific
             .as_ref()
             .and_then(|d| d.get("cvss")?.as_str())
-            .and_then(cvss::v3_base_score);
+            .and_then(cvss::base_score);
         let score = best_score(&a.severity)
             .or_else(|| best_score(&o.severity))
             .or(db_vector);
@@ -319,11 +352,21 @@ fn osv_one(feed: &mut Feed, what: &str, json: &str) {
             .or_else(|| severity_word(&a.database_specific))
             .or_else(|| severity_word(&o.database_specific))
             .unwrap_or_default();
+        let package = normalize_name(eco, &pkg.name);
+        // One package in two entries of a record (Red Hat's baseos and appstream become
+        // one release): one record, with both entries' ranges.
+        if let Some(r) = feed.records[first..].iter_mut().find(|r| {
+            r.id == o.id && r.ecosystem == eco && r.package == package && r.release == release
+        }) {
+            r.ranges.extend(ranges);
+            r.versions.extend(a.versions.iter().cloned());
+            continue;
+        }
         feed.push(Record {
             id: o.id.clone(),
             aliases: o.aliases.clone(),
             ecosystem: eco.to_owned(),
-            package: normalize_name(eco, &pkg.name),
+            package,
             release,
             ranges,
             versions: a.versions.clone(),
@@ -382,7 +425,18 @@ fn osv_zip(name: &str, data: &[u8]) -> Feed {
         [one] => format!("osv:{one}"),
         [] => format!("osv:{name}"),
         _ => {
-            let mut bases: Vec<&str> = feed.records.iter().map(|r| r.ecosystem.as_str()).collect();
+            // Each rpm distribution's dump is its own feed (AlmaLinux's and Rocky Linux's
+            // both hold releases 8 and 9; importing one must not replace the other).
+            let mut bases: Vec<String> = feed
+                .records
+                .iter()
+                .map(|r| match (r.ecosystem.as_str(), &r.release) {
+                    ("rpm", Some(rel)) => {
+                        format!("rpm:{}", rel.split(':').next().unwrap_or_default())
+                    }
+                    (e, _) => e.to_owned(),
+                })
+                .collect();
             bases.sort();
             bases.dedup();
             match bases.as_slice() {

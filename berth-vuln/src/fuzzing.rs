@@ -18,6 +18,13 @@ const SCHEMES: [Scheme; 8] = [
 /// Any bytes as an advisory input: never a panic; every record kept passes its check,
 /// and matching with it does not panic either.
 pub fn advisory(data: &[u8]) {
+    // The input as a CVSS vector too: scored within 0..=10 or not at all.
+    let text = String::from_utf8_lossy(data);
+    for line in text.lines().take(4) {
+        if let Some(s) = crate::cvss::base_score(line) {
+            assert!((0.0..=10.0).contains(&s), "{line:?} {s}");
+        }
+    }
     let feed = parse("fuzz", data);
     for r in &feed.records {
         assert!(r.check().is_ok());

@@ -6,7 +6,7 @@
 //! - `advisory`: the one record model every format becomes.
 //! - `formats`: OSV (files, lists, ecosystem zips), the Debian security tracker, Alpine
 //!   secdb; bad records are skipped with a reason, never fatal.
-//! - `cvss`: base scores from CVSS v3.x vectors.
+//! - `cvss`: base scores from CVSS v3.x and v4.0 vectors.
 //! - `matching`: the (ecosystem, name) index and the findings of a package.
 
 pub mod advisory;

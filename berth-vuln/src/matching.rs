@@ -1,8 +1,9 @@
 //! Matching packages against advisories: advisories are indexed by (ecosystem, name),
 //! so a package costs one hash lookup plus its few candidates, each judged in the
 //! ecosystem's own version order. Debian and Alpine packages match through their source
-//! package and source version, as those advisories name them, and only advisories of
-//! their own release.
+//! package and source version, as those advisories name them; rpm packages by their own
+//! name and `[epoch:]version-release`, as the rpm distributions' OSV feeds name them;
+//! distribution packages only against advisories of their own release.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Scheme;
 use crate::advisory::{Event, Record, Severity, Status, alpine_branch, debian_codename};
-use crate::formats::normalize_name;
+use crate::formats::{normalize_name, rpm_release};
 
 /// A package as the catalog stores it.
 #[derive(Debug, Clone, Copy)]
@@ -51,8 +52,25 @@ pub fn release_of(purl: &str) -> Option<String> {
     match os {
         "debian" => debian_codename(ver).map(str::to_owned),
         "alpine" => alpine_branch(ver),
+        "almalinux" | "rocky" | "rhel" => rpm_release(os, ver),
         _ => None,
     }
+}
+
+/// The (ecosystem, package) advisories name a catalog package by: Debian and Alpine
+/// advisories name the source package; rpm ones (AlmaLinux, Rocky Linux, Red Hat) and
+/// language ecosystems the package itself (PEP 503 for PyPI).
+pub fn advisory_key(ecosystem: &str, name: &str, source_name: Option<&str>) -> (String, String) {
+    let name = if by_source(ecosystem) {
+        source_name.unwrap_or(name)
+    } else {
+        name
+    };
+    (ecosystem.to_owned(), normalize_name(ecosystem, name))
+}
+
+fn by_source(ecosystem: &str) -> bool {
+    matches!(ecosystem, "deb" | "apk")
 }
 
 fn is_zero(e: &Event) -> bool {
@@ -156,22 +174,19 @@ impl Index {
         let Some(scheme) = Scheme::of(p.ecosystem) else {
             return Vec::new();
         };
-        let distro = matches!(p.ecosystem, "deb" | "apk");
-        let (name, version) = if distro {
-            (
-                p.source_name.unwrap_or(p.name),
-                p.source_version.unwrap_or(p.version),
-            )
+        let version = if by_source(p.ecosystem) {
+            p.source_version.unwrap_or(p.version)
         } else {
-            (p.name, p.version)
+            p.version
         };
         if !scheme.valid(version) {
             return Vec::new();
         }
-        let key = (p.ecosystem.to_owned(), normalize_name(p.ecosystem, name));
+        let key = advisory_key(p.ecosystem, p.name, p.source_name);
         let Some(candidates) = self.by_package.get(&key) else {
             return Vec::new();
         };
+        let distro = matches!(p.ecosystem, "deb" | "apk" | "rpm");
         let release = if distro { release_of(p.purl) } else { None };
         let mut out: Vec<Finding> = Vec::new();
         for r in candidates {

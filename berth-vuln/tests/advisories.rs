@@ -530,6 +530,25 @@ fn severity_from_cvss_vectors_and_database_words() {
     assert_eq!(f.records[0].severity, Severity::Medium);
     let r = fixture("osv/RUSTSEC-2022-0013.json");
     assert_eq!(r.records[0].score, Some(7.5));
+    // Both a v3.1 (7.5, high) and a v4.0 vector (9.3, critical): the v4.0 one is scored
+    // and rates it; a malformed v4.0 vector falls back to the v3.1 one.
+    let both = fixture("osv/GHSA-cvss4-both.json");
+    assert_eq!(both.records[0].score, Some(9.3));
+    assert_eq!(both.records[0].severity, Severity::Critical);
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/osv/GHSA-cvss4-both.json"),
+    )
+    .expect("fixture");
+    let broken = parse("b.json", text.replace("/SA:N\"", "/SA:Q\"").as_bytes());
+    assert_eq!(broken.records[0].score, Some(7.5));
+    assert_eq!(broken.records[0].severity, Severity::High);
+    // Only a malformed v4.0 vector: the database's word.
+    let only4 = text
+        .replace("/SA:N\"", "/SA:Q\"")
+        .replace("\"CVSS_V3\"", "\"OTHER\"");
+    let w = parse("w.json", only4.as_bytes());
+    assert_eq!(w.records[0].score, None);
+    assert_eq!(w.records[0].severity, Severity::Medium);
     // No vector, no database severity: unknown.
     let g = fixture("osv/GO-2023-2102.json");
     assert!(
@@ -576,4 +595,164 @@ fn a_zip64_count_is_read() {
     let feed = parse("npm.zip", &zip);
     assert_eq!(feed.name, "osv:npm");
     assert_eq!(feed.records.len(), 2, "{:?}", feed.skipped);
+}
+
+/// An rpm as the catalog stores it: binary name and `[epoch:]version-release`, the
+/// source rpm's name, the distribution in the purl.
+fn rpm(
+    distro: &str,
+    name: &str,
+    version: &str,
+    source: &str,
+) -> (String, String, String, String, String) {
+    let (os, _) = distro.split_once('-').expect("distro");
+    (
+        format!("pkg:rpm/{os}/{name}@{version}?arch=x86_64&distro={distro}&upstream={source}"),
+        name.to_owned(),
+        version.to_owned(),
+        source.to_owned(),
+        version.to_owned(),
+    )
+}
+
+fn rpm_ids(
+    idx: &Index,
+    p: &(String, String, String, String, String),
+) -> Vec<(String, Option<String>)> {
+    idx.matches(&Package {
+        purl: &p.0,
+        ecosystem: "rpm",
+        name: &p.1,
+        version: &p.2,
+        source_name: Some(&p.3),
+        source_version: Some(&p.4),
+    })
+    .into_iter()
+    .map(|f| (f.id, f.fixed))
+    .collect()
+}
+
+#[test]
+fn rpm_distributions_by_binary_package_in_their_major_release() {
+    let alma = fixture("osv/rpm/ALSA-2024-2447.json");
+    let alma8 = fixture("osv/rpm/ALSA-2023-7877.json");
+    let rocky = fixture("osv/rpm/RLSA-2024-2447.json");
+    let rhel = fixture("osv/rpm/RHSA-2024-2447.json");
+    assert_eq!(alma.records.len(), 4, "{:?}", alma.skipped);
+    assert!(
+        alma.records
+            .iter()
+            .all(|r| r.ecosystem == "rpm" && r.release.as_deref() == Some("almalinux:9"))
+    );
+    assert_eq!(alma8.records[0].release.as_deref(), Some("almalinux:8"));
+    assert_eq!(rocky.records.len(), 3);
+    assert_eq!(rocky.records[0].release.as_deref(), Some("rocky:9"));
+    // Red Hat: baseos and appstream are one release, the package's two entries one
+    // record; the EUS stream is not matched (skipped, with its reason).
+    assert_eq!(rhel.records.len(), 2, "{:?}", rhel.records);
+    assert!(
+        rhel.records
+            .iter()
+            .all(|r| r.release.as_deref() == Some("rhel:9"))
+    );
+    let libs = rhel
+        .records
+        .iter()
+        .find(|r| r.package == "openssl-libs")
+        .expect("openssl-libs");
+    assert_eq!(libs.ranges.len(), 2);
+    assert_eq!(rhel.skipped.len(), 1);
+    assert!(
+        rhel.skipped[0]
+            .reason
+            .contains("Red Hat:rhel_eus:9.2::baseos")
+    );
+    assert_eq!(rhel.records[0].score, Some(7.5));
+
+    let idx = Index::new(
+        [alma, alma8, rocky, rhel]
+            .into_iter()
+            .flat_map(|f| f.records),
+    );
+    let hit = |id: &str| vec![(id.to_owned(), Some("1:3.0.7-27.el9".to_owned()))];
+    // AlmaLinux 9.3's openssl-libs (source rpm openssl): its own ALSA, by its binary name.
+    let libs_alma = rpm("almalinux-9.3", "openssl-libs", "1:3.0.7-24.el9", "openssl");
+    assert_eq!(rpm_ids(&idx, &libs_alma), hit("ALSA-2024:2447"));
+    // Fixed, and later: nothing.
+    for v in ["1:3.0.7-27.el9", "1:3.0.7-28.el9_4"] {
+        let p = rpm("almalinux-9.4", "openssl-libs", v, "openssl");
+        assert_eq!(rpm_ids(&idx, &p), vec![], "{v}");
+    }
+    // The epoch decides: 3.0.9 without the epoch is older than 1:3.0.7.
+    let no_epoch = rpm("almalinux-9.3", "openssl-libs", "3.0.9-1.el9", "openssl");
+    assert_eq!(rpm_ids(&idx, &no_epoch), hit("ALSA-2024:2447"));
+    // A binary the erratum does not list is not matched through its source rpm.
+    let fips = rpm(
+        "almalinux-9.3",
+        "openssl-fips-provider",
+        "1:3.0.7-24.el9",
+        "openssl",
+    );
+    assert_eq!(rpm_ids(&idx, &fips), vec![]);
+    // Rocky Linux and RHEL (UBI: ID=rhel) each by their own feed only.
+    let libs_rocky = rpm("rocky-9.3", "openssl-libs", "1:3.0.7-24.el9", "openssl");
+    assert_eq!(rpm_ids(&idx, &libs_rocky), hit("RLSA-2024:2447"));
+    let libs_rhel = rpm("rhel-9.3", "openssl-libs", "1:3.0.7-24.el9", "openssl");
+    assert_eq!(rpm_ids(&idx, &libs_rhel), hit("RHSA-2024:2447"));
+    // Rocky writes epoch 0 out; the catalog does not.
+    let bash = rpm("rocky-9.3", "bash", "5.1.8-6.el9_1", "bash");
+    assert_eq!(
+        rpm_ids(&idx, &bash),
+        vec![(
+            "RLSA-2024:2447".to_owned(),
+            Some("0:5.1.8-9.el9".to_owned())
+        )]
+    );
+    let bash_fixed = rpm("rocky-9.4", "bash", "5.1.8-9.el9", "bash");
+    assert_eq!(rpm_ids(&idx, &bash_fixed), vec![]);
+    // Another major release, another distribution, no distribution: nothing.
+    for p in [
+        rpm("almalinux-8.9", "openssl-libs", "1:3.0.7-24.el9", "openssl"),
+        rpm("centos-9", "openssl-libs", "1:3.0.7-24.el9", "openssl"),
+        rpm("fedora-39", "openssl-libs", "1:3.0.7-24.el9", "openssl"),
+    ] {
+        assert_eq!(rpm_ids(&idx, &p), vec![], "{}", p.0);
+    }
+    let gnutls = rpm("almalinux-8.9", "gnutls", "3.6.16-7.el8", "gnutls");
+    assert_eq!(
+        rpm_ids(&idx, &gnutls),
+        vec![(
+            "ALSA-2023:7877".to_owned(),
+            Some("3.6.16-8.el8_9".to_owned())
+        )]
+    );
+    // Lookups go by the binary name.
+    assert_eq!(
+        berth_vuln::matching::advisory_key("rpm", "openssl-libs", Some("openssl")),
+        ("rpm".to_owned(), "openssl-libs".to_owned())
+    );
+}
+
+#[test]
+fn each_rpm_distributions_dump_is_its_own_feed() {
+    let read = |f: &str| {
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/osv/rpm")
+                .join(f),
+        )
+        .expect("fixture")
+    };
+    let (a9, a8, r9) = (
+        read("ALSA-2024-2447.json"),
+        read("ALSA-2023-7877.json"),
+        read("RLSA-2024-2447.json"),
+    );
+    let alma = berth_vuln::fuzzing::stored_zip(
+        &[("ALSA-2024:2447.json", &a9), ("ALSA-2023:7877.json", &a8)],
+        false,
+    );
+    let rocky = berth_vuln::fuzzing::stored_zip(&[("RLSA-2024:2447.json", &r9)], false);
+    assert_eq!(parse("all.zip", &alma).name, "osv:rpm:almalinux");
+    assert_eq!(parse("all.zip", &rocky).name, "osv:rpm:rocky:9");
 }
