@@ -956,6 +956,7 @@ impl Registry {
                     return Ok((d, Some(age)));
                 }
                 let generation = self.cache.tags.generation();
+                stats::bump(&self.stats.tag_cache_misses, 1);
                 let d = match self.meta.resolve_tag(repo.as_str(), t.as_str()).await {
                     Ok(d) => d.ok_or(RegistryError::ManifestUnknown)?,
                     Err(e) => {
@@ -986,6 +987,7 @@ impl Registry {
         if !self.cache.tags.claim_refresh(&k) {
             return;
         }
+        stats::bump(&self.stats.tag_cache_refreshes, 1);
         let (meta, caches, health) = (
             self.meta.clone(),
             Arc::clone(&self.cache),

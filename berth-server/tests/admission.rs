@@ -1375,3 +1375,53 @@ async fn the_made_webhook_certificate_is_accepted_by_its_ca_only() {
         .await;
     assert!(r.is_err(), "a client trusting another CA accepted it");
 }
+
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Pins answer from memory: reviews naming the same tag for several cache TTLs never ask
+/// the metadata store on their own path (the tag is read again in the background before
+/// it expires), where expiry used to send a review to the store every TTL.
+#[tokio::test]
+async fn pinning_a_hot_tag_never_waits_for_the_metadata_store() {
+    let w = world(
+        Setup {
+            registry: berth_registry::RegistryConfig {
+                cache_ttl: Duration::from_secs(1),
+                ..Default::default()
+            },
+            ..Setup::default()
+        },
+        vec![rule("pin", RuleKind::Pin, Mode::Enforce)],
+    )
+    .await;
+    let spec = pod_spec(&[("containers", "app", &format!("{HOST}/team-a/app:1.0"))]);
+    let (pod, gvk, _) = object("Pod", &spec);
+    let review = request(gvk, "CREATE", &pod, None);
+    // Once, so the tag is cached whatever the setup left.
+    w.hook.review("mutate", &review).await;
+    let before = w.s.metrics().await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let r = w.hook.review("mutate", &review).await;
+        let patch = patch_of(&r).expect("a patch");
+        assert_eq!(
+            patch[0]["value"],
+            format!("{HOST}/team-a/app:1.0@{}", w.app),
+            "{r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = w.s.metrics().await;
+    let delta = |name: &str| counter(&after, name) - counter(&before, name);
+    let misses = delta("berth_tag_cache_misses_total");
+    let refreshes = delta("berth_tag_cache_refreshes_total");
+    // Four TTLs of reviews: without the refresh, about four misses; with it, none (one
+    // if a refresh took longer than half the TTL on a loaded machine).
+    assert!(misses <= 1, "{misses} misses, {refreshes} refreshes");
+    assert!(refreshes >= 3, "{misses} misses, {refreshes} refreshes");
+}
