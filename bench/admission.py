@@ -121,6 +121,8 @@ def main():
     ap.add_argument("--rps", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--extra-config", default="",
+                    help="TOML appended to the registry's berth.toml (e.g. '[cache]\\nttl_ms = 3600000')")
     args = ap.parse_args()
     for tool in (BERTH, LOAD):
         if not os.path.exists(tool):
@@ -168,7 +170,9 @@ listen = "127.0.0.1:{hook_port}"
 cert_file = "{cert}"
 key_file = "{hkey}"
 registry = "{HOST}"
-{rules}""")
+{rules}
+{args.extra_config.replace(chr(92) + 'n', chr(10))}
+""")
         port = free_port()
         data = os.path.join(work, "data")
         os.makedirs(data)

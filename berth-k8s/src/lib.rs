@@ -1,11 +1,13 @@
 //! Berth on Kubernetes: the install manifests (`berth k8s manifests`) and the same
-//! resources as a kustomize base, rendered from [`Options`]. Pure: options in, resources
-//! and text out; no I/O, so every rendering is checked by golden files and the
-//! Kubernetes schemas (`tests/`).
+//! resources as a kustomize base, rendered from [`Options`], and the admission webhooks'
+//! certificates (`cert`). Pure: options in, resources and text out; no I/O (the
+//! certificate maker is handed the time and a random source), so every rendering is
+//! checked by golden files and the Kubernetes schemas (`tests/`).
 //!
 //! What the resources promise and why lives next to each builder in `manifests`; the
 //! YAML writer in `yaml`.
 
+pub mod cert;
 pub mod manifests;
 pub mod yaml;
 

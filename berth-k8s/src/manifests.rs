@@ -94,6 +94,16 @@ pub struct Admission {
     pub failure_policy: String,
     /// How long the API server waits for an answer, 1 to 30 seconds.
     pub timeout_seconds: u32,
+    /// The webhook certificate and key (PEM), when Berth made them (`cert`): the Secret
+    /// is then one of the resources rather than one the operator creates.
+    pub tls: Option<WebhookTls>,
+}
+
+/// A serving certificate and its key, PEM.
+#[derive(Debug, Clone)]
+pub struct WebhookTls {
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 impl Admission {
@@ -103,6 +113,7 @@ impl Admission {
             secret: None,
             failure_policy: "Fail".to_owned(),
             timeout_seconds: 5,
+            tls: None,
         }
     }
 }
@@ -249,8 +260,17 @@ pub fn render(o: &Options) -> Result<Install, K8sError> {
         );
     }
     add("Service", o.name.clone(), service(o));
-    if o.admission.is_some() {
+    if let Some(a) = &o.admission {
         add("Service", webhook_service_name(o), webhook_service(o));
+        if let Some(tls) = &a.tls {
+            let mut l = labels(o);
+            l["app.kubernetes.io/component"] = Value::from("admission");
+            add(
+                "Secret",
+                webhook_secret(o, a),
+                tls_secret(&webhook_secret(o, a), &o.namespace, l, tls),
+            );
+        }
     }
     add("Deployment", o.name.clone(), deployment(o, &config));
     if o.replicas > 1 {
@@ -560,7 +580,9 @@ fn secrets(o: &Options) -> Vec<SecretRef> {
             purpose: "the certificate chain and key Berth serves HTTPS with",
         });
     }
-    if let Some(a) = &o.admission {
+    if let Some(a) = &o.admission
+        && a.tls.is_none()
+    {
         out.push(SecretRef {
             name: webhook_secret(o, a),
             keys: vec!["tls.crt", "tls.key"],
@@ -570,6 +592,20 @@ fn secrets(o: &Options) -> Vec<SecretRef> {
         });
     }
     out
+}
+
+/// A `kubernetes.io/tls` Secret holding `tls`.
+pub fn tls_secret(name: &str, namespace: &str, labels: Value, tls: &WebhookTls) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "data": {
+            "tls.crt": base64(tls.cert_pem.as_bytes()),
+            "tls.key": base64(tls.key_pem.as_bytes()),
+        },
+    })
 }
 
 fn webhook_secret(o: &Options, a: &Admission) -> String {
@@ -1110,7 +1146,7 @@ fn webhook_rules() -> Value {
     ])
 }
 
-fn base64(bytes: &[u8]) -> String {
+pub(crate) fn base64(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
@@ -1180,6 +1216,58 @@ fn webhook_configuration(o: &Options, a: &Admission, mutating: bool) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_made_webhook_certificate_is_a_resource_and_its_ca_the_bundle() {
+        let rng = ring::rand::SystemRandom::new();
+        let pki = crate::cert::webhook_pki("berth", "berth", 30, 1_800_000_000, &rng).expect("pki");
+        let o = Options {
+            admission: Some(Admission {
+                tls: Some(WebhookTls {
+                    cert_pem: pki.cert_pem.clone(),
+                    key_pem: pki.key_pem.clone(),
+                }),
+                ..Admission::new(pki.ca_pem.clone())
+            }),
+            ..Options::new("registry.example.com/berth:0.1.0", "0.1.0")
+        };
+        let install = render(&o).expect("renders");
+        let secret = install
+            .resources
+            .iter()
+            .find(|r| r.kind == "Secret")
+            .expect("the Secret is rendered");
+        assert_eq!(secret.name, "berth-webhook-tls");
+        assert_eq!(secret.value["type"], "kubernetes.io/tls");
+        assert_eq!(
+            secret.value["data"]["tls.crt"],
+            base64(pki.cert_pem.as_bytes())
+        );
+        assert_eq!(
+            secret.value["data"]["tls.key"],
+            base64(pki.key_pem.as_bytes())
+        );
+        // Before the Deployment that mounts it.
+        let at = |k: &str| install.resources.iter().position(|r| r.kind == k);
+        assert!(at("Secret") < at("Deployment"));
+        assert!(
+            install
+                .secrets
+                .iter()
+                .all(|s| s.name != "berth-webhook-tls"),
+            "not one to create by hand"
+        );
+        for r in install
+            .resources
+            .iter()
+            .filter(|r| r.kind.ends_with("WebhookConfiguration"))
+        {
+            assert_eq!(
+                r.value["webhooks"][0]["clientConfig"]["caBundle"],
+                base64(pki.ca_pem.as_bytes())
+            );
+        }
+    }
 
     #[test]
     fn base64_is_standard() {

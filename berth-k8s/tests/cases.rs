@@ -2,11 +2,17 @@
 //! volume, with and without TLS and the other knobs, and several replicas over
 //! PostgreSQL and S3, with and without TLS.
 
-use berth_k8s::manifests::Admission;
+use berth_k8s::manifests::{Admission, WebhookTls};
 use berth_k8s::{Options, S3, Storage};
 
 /// A CA certificate's PEM as `--webhook-ca` reads it (the rendering only encodes it).
 pub const WEBHOOK_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBdzCCAR2gAwIBAgIUKwCAtest0webhook0CA0for0the0golden0filesMAoGCCqG\n-----END CERTIFICATE-----\n";
+
+/// A made webhook certificate and key as `berth k8s webhook-cert` would hand them over
+/// (the rendering only encodes them).
+pub const WEBHOOK_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBmade0by0berth0k8s0for0the0golden0files\n-----END CERTIFICATE-----\n";
+pub const WEBHOOK_KEY: &str =
+    "-----BEGIN PRIVATE KEY-----\nMIGHnot0a0real0key0golden0files\n-----END PRIVATE KEY-----\n";
 
 pub const IMAGE: &str = "registry.example.com/berth:0.1.0";
 
@@ -103,6 +109,19 @@ pub fn cases() -> Vec<(&'static str, Options)> {
                 ),
                 admission: Some(Admission {
                     timeout_seconds: 3,
+                    ..Admission::new(WEBHOOK_CA)
+                }),
+                ..base()
+            },
+        ),
+        (
+            "single-admission-made",
+            Options {
+                admission: Some(Admission {
+                    tls: Some(WebhookTls {
+                        cert_pem: WEBHOOK_CERT.into(),
+                        key_pem: WEBHOOK_KEY.into(),
+                    }),
                     ..Admission::new(WEBHOOK_CA)
                 }),
                 ..base()

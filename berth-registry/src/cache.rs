@@ -4,16 +4,19 @@
 //!
 //! Writes through this process invalidate exactly. Entries also expire after a short TTL,
 //! which bounds how long another replica's write (a tag move, a delete) can go unseen.
+//! Tags asked for past half their TTL are read again in the background
+//! ([`TtlCache::get_refreshing`]): a hot tag (a rollout, every admission review of a
+//! Deployment) never expires under its readers, so none of them waits for the store.
 //!
 //! An expired entry is not dropped at once: while the metadata store is unreachable it may
 //! still be served, marked stale, for as long as the caller allows (`get_stale`).
 //! [`TtlCache::expire_all`] (the invalidation listener lost its connection) makes every
 //! entry expired without forgetting it; an explicit invalidation forgets it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
@@ -32,6 +35,8 @@ pub struct TtlCache<V> {
     /// Counts removals (invalidations): a value read from the store before a removal
     /// must not be cached after it.
     removals: AtomicU64,
+    /// Keys whose background refresh is under way.
+    refreshing: Mutex<HashSet<String>>,
 }
 
 impl<V: Clone> TtlCache<V> {
@@ -55,6 +60,7 @@ impl<V: Clone> TtlCache<V> {
             expired_before: AtomicU64::new(0),
             origin: Instant::now(),
             removals: AtomicU64::new(0),
+            refreshing: Mutex::new(HashSet::new()),
         }
     }
 
@@ -92,14 +98,41 @@ impl<V: Clone> TtlCache<V> {
     }
 
     pub fn get(&self, key: &str) -> Option<V> {
+        self.get_refreshing(key).map(|(v, _)| v)
+    }
+
+    /// [`TtlCache::get`], and whether the entry is past half its TTL: a caller that can
+    /// read the value again in the background ([`TtlCache::claim_refresh`]) does so then,
+    /// so a key asked for all the time is renewed before it expires and no request waits
+    /// for the store because a hot entry's time ran out. The TTL bound is unchanged.
+    pub fn get_refreshing(&self, key: &str) -> Option<(V, bool)> {
         if self.ttl.is_zero() {
             return None;
         }
         let shard = self.shard(key).read().unwrap_or_else(|p| p.into_inner());
         match shard.get(key) {
-            Some((v, at)) if self.fresh(*at) => Some(v.clone()),
+            Some((v, at)) if self.fresh(*at) => Some((v.clone(), at.elapsed() >= self.ttl / 2)),
             _ => None,
         }
+    }
+
+    /// Claims the background refresh of `key`: true for one caller until
+    /// [`TtlCache::end_refresh`], so a hot key is read once per refresh, not once per
+    /// request that finds it due.
+    pub fn claim_refresh(&self, key: &str) -> bool {
+        let mut r = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded like the entries: a refresh that never ended cannot grow the set.
+        if r.len() >= SHARDS * self.per_shard {
+            return false;
+        }
+        r.insert(key.to_owned())
+    }
+
+    pub fn end_refresh(&self, key: &str) {
+        self.refreshing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 
     /// Taken before reading a value from the store, for [`TtlCache::insert_read`].
@@ -120,6 +153,13 @@ impl<V: Clone> TtlCache<V> {
             return;
         }
         self.put(&mut shard, key, value);
+    }
+
+    /// A value this process just wrote to the store: counted like a removal, so that a
+    /// read (a refresh) that began before the write cannot put the old value back.
+    pub fn replace(&self, key: String, value: V) {
+        self.removals.fetch_add(1, Ordering::AcqRel);
+        self.insert(key, value);
     }
 
     pub fn insert(&self, key: String, value: V) {
@@ -224,6 +264,29 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(c.get(&key("ab", "t")), None, "expired");
+    }
+
+    #[test]
+    fn due_for_refresh_past_half_the_ttl_and_claimed_once() {
+        let c = TtlCache::new(100, Duration::from_millis(200));
+        c.insert(key("a", "t"), 1);
+        assert_eq!(c.get_refreshing(&key("a", "t")), Some((1, false)));
+        std::thread::sleep(Duration::from_millis(110));
+        assert_eq!(
+            c.get_refreshing(&key("a", "t")),
+            Some((1, true)),
+            "still fresh, due"
+        );
+        assert!(c.claim_refresh(&key("a", "t")));
+        assert!(!c.claim_refresh(&key("a", "t")), "one refresh at a time");
+        // The refresh read the store before a write through this process replaced the
+        // value: the older read is not cached over it.
+        let g = c.generation();
+        c.replace(key("a", "t"), 2);
+        c.insert_read(g, key("a", "t"), 1);
+        c.end_refresh(&key("a", "t"));
+        assert_eq!(c.get_refreshing(&key("a", "t")), Some((2, false)));
+        assert!(c.claim_refresh(&key("a", "t")));
     }
 
     #[test]

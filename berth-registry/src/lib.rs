@@ -915,7 +915,7 @@ impl Registry {
                 for tag in &tags {
                     self.cache
                         .tags
-                        .insert(cache::key(repo.as_str(), tag), digest.clone());
+                        .replace(cache::key(repo.as_str(), tag), digest.clone());
                 }
                 Ok(PutOutcome {
                     digest,
@@ -947,13 +947,17 @@ impl Registry {
             Reference::Digest(d) => Ok((d.clone(), None)),
             Reference::Tag(t) => {
                 let k = cache::key(repo.as_str(), t.as_str());
-                if let Some(d) = self.cache.tags.get(&k) {
+                if let Some((d, due)) = self.cache.tags.get_refreshing(&k) {
+                    if due {
+                        self.refresh_cached_tag(repo, t, k);
+                    }
                     return Ok((d, None));
                 }
                 if let Some((d, age)) = self.stale_without_asking(&self.cache.tags, &k) {
                     return Ok((d, Some(age)));
                 }
                 let generation = self.cache.tags.generation();
+                stats::bump(&self.stats.tag_cache_misses, 1);
                 let d = match self.meta.resolve_tag(repo.as_str(), t.as_str()).await {
                     Ok(d) => d.ok_or(RegistryError::ManifestUnknown)?,
                     Err(e) => {
@@ -972,6 +976,44 @@ impl Registry {
                 Ok((d, None))
             }
         }
+    }
+
+    /// Reads a tag the cache holds again, in the background (one refresh per key at a
+    /// time): see [`TtlCache::get_refreshing`]. A tag gone from the store is forgotten; an
+    /// error leaves the entry to expire as it would have.
+    fn refresh_cached_tag(&self, repo: &RepoName, tag: &Tag, k: String) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self.cache.tags.claim_refresh(&k) {
+            return;
+        }
+        stats::bump(&self.stats.tag_cache_refreshes, 1);
+        let (meta, caches, health) = (
+            self.meta.clone(),
+            Arc::clone(&self.cache),
+            Arc::clone(&self.health),
+        );
+        let (repo, tag) = (repo.to_string(), tag.to_string());
+        rt.spawn(async move {
+            let generation = caches.tags.generation();
+            match meta.resolve_tag(&repo, &tag).await {
+                Ok(Some(d)) => {
+                    health.answered();
+                    if let Ok(d) = d.parse::<Digest>() {
+                        caches.tags.insert_read(generation, k.clone(), d);
+                    }
+                }
+                Ok(None) => {
+                    health.answered();
+                    caches.tags.remove(&k);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, %repo, %tag, "refreshing a cached tag failed")
+                }
+            }
+            caches.tags.end_refresh(&k);
+        });
     }
 
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest> {

@@ -24,6 +24,10 @@ pub struct Stats {
     pub quota_refused_manifests: AtomicU64,
     pub quota_orphaned_blobs: AtomicU64,
     pub meta_stale_served: AtomicU64,
+    /// Tag resolutions that had to ask the metadata store (not cached, or expired).
+    pub tag_cache_misses: AtomicU64,
+    /// Cached tags read again in the background before they expired.
+    pub tag_cache_refreshes: AtomicU64,
     pub listener_resets: AtomicU64,
 }
 
@@ -81,6 +85,20 @@ impl Registry {
                     past their TTL because the metadata store was unavailable",
                 label: None,
                 value: get(&s.meta_stale_served),
+            },
+            Counter {
+                name: "tag_cache_misses",
+                help: "Tag resolutions that asked the metadata store because the tag was not \
+                    in this replica's read cache or had expired there",
+                label: None,
+                value: get(&s.tag_cache_misses),
+            },
+            Counter {
+                name: "tag_cache_refreshes",
+                help: "Cached tags read again in the background past half their TTL, so \
+                    their readers never wait for the metadata store",
+                label: None,
+                value: get(&s.tag_cache_refreshes),
             },
             Counter {
                 name: "cache_invalidation_resets",

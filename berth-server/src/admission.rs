@@ -1,7 +1,8 @@
 //! The Kubernetes admission webhooks: `POST /validate` and `POST /mutate`, served on
 //! their own listener (`[admission] listen`, TLS with the webhook certificate), each
 //! taking one `AdmissionReview` v1 and answering one. The decision is
-//! `Registry::admission_review`'s; this module only bounds the body and shapes errors.
+//! `Registry::admission_review`'s; this module only bounds the body, shapes errors and
+//! queues the decision's audit rows (refusals, changes, audit-mode warnings).
 
 use axum::Router;
 use axum::body::Body;
@@ -66,12 +67,18 @@ async fn review(state: AppState, webhook: Webhook, body: Body) -> Response {
         }
     };
     match state.registry().admission_review(webhook, &bytes).await {
-        Ok(v) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::to_vec(&v).unwrap_or_default(),
-        )
-            .into_response(),
+        Ok((v, audit)) => {
+            // Queued for the audit writer's next batch: the answer never waits for it.
+            for r in audit {
+                state.audit(r);
+            }
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::to_vec(&v).unwrap_or_default(),
+            )
+                .into_response()
+        }
         Err(e) => bad(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }

@@ -108,6 +108,16 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 );
             }
         }
+        let _ = write!(
+            extra,
+            "# HELP berth_admission_audit_repeats Admission audit rows not written because the \
+             same row was written within the last minute.\n\
+             # TYPE berth_admission_audit_repeats counter\n\
+             berth_admission_audit_repeats_total {}\n",
+            stats
+                .audit_repeats
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
         let p = state.registry().meta().pool_stats();
         let _ = write!(
             extra,

@@ -1,5 +1,6 @@
-//! The admission webhooks over real HTTPS (a CA made with openssl, trusted alone by the
-//! client), answered from a real Berth holding the images: `AdmissionReview` payloads of
+//! The admission webhooks over real HTTPS (the CA and certificate `berth k8s
+//! webhook-cert` makes, trusted alone by a client that names the webhook Service),
+//! answered from a real Berth holding the images: `AdmissionReview` payloads of
 //! every pod-bearing kind shaped as the API server sends them (CREATE, UPDATE with
 //! `oldObject`, `dryRun`, the ephemeral containers subresource); every returned JSONPatch
 //! is applied by PyPI's `jsonpatch` (an independent RFC 6902 implementation), compared
@@ -20,8 +21,7 @@ use berth_registry::policy::{CosignKeySpec, Mode, Policy, PolicySpec, TrustSpec}
 use berth_registry::{UpstreamConfig, UpstreamSettings};
 use berth_server::{ChallengeKind, TlsSettings};
 use common::{
-    Cred, Key, OCI_MANIFEST, SIMPLE_SIGNING, Setup, TestServer as Server, key, make_pki, sha256,
-    sign,
+    Cred, Key, OCI_MANIFEST, SIMPLE_SIGNING, Setup, TestServer as Server, key, sha256, sign,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -37,9 +37,42 @@ struct Hook {
     _dir: tempfile::TempDir,
 }
 
+/// The name the API server calls the webhooks by (`berth-webhook.berth.svc`).
+const SVC: &str = "berth-webhook.berth.svc";
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// The CA, certificate and key `berth k8s webhook-cert` makes for the install `berth` in
+/// namespace `berth`, written to `dir`.
+fn webhook_pki(dir: &std::path::Path, days: u32) -> (PathBuf, PathBuf, PathBuf) {
+    let rng = ring::rand::SystemRandom::new();
+    let pki = berth_k8s::cert::webhook_pki("berth", "berth", days, unix_now(), &rng).expect("pki");
+    let paths = (dir.join("ca.crt"), dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&paths.0, &pki.ca_pem).expect("ca");
+    std::fs::write(&paths.1, &pki.cert_pem).expect("cert");
+    std::fs::write(&paths.2, &pki.key_pem).expect("key");
+    paths
+}
+
+/// A client trusting only `ca`, reaching `addr` by the name `host`.
+fn client_for(ca: &std::path::Path, host: &str, addr: std::net::SocketAddr) -> reqwest::Client {
+    let pem = std::fs::read(ca).expect("CA");
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("CA")])
+        .resolve(host, addr)
+        .build()
+        .expect("client")
+}
+
 async fn hook(s: &Server) -> Hook {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ca, cert, key) = make_pki(dir.path());
+    let (ca, cert, key) = webhook_pki(dir.path(), 30);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -57,14 +90,9 @@ async fn hook(s: &Server) -> Hook {
             let _ = stopped.await;
         },
     ));
-    let pem = std::fs::read(ca).expect("CA");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("CA")])
-        .build()
-        .expect("client");
+    let http = client_for(&ca, SVC, addr);
     Hook {
-        base: format!("https://{addr}"),
+        base: format!("https://{SVC}:{}", addr.port()),
         http,
         _stop: stop,
         _dir: dir,
@@ -1105,4 +1133,295 @@ async fn vulnerable_images_are_refused_where_pods_are_created() {
     assert_eq!(resp["allowed"], true, "{resp}");
     let warnings = resp["warnings"].to_string();
     assert!(warnings.contains("CVE-2023-4911"), "{warnings}");
+}
+
+/// The admission audit rows of one server, read through `GET /api/v1/audit` as an admin
+/// of a second replica over the same stores.
+async fn admission_rows(reader: &Server, admin: &Cred) -> Vec<Value> {
+    let r = reader
+        .request_as(
+            reqwest::Method::GET,
+            "/api/v1/audit?action=admission&limit=1000",
+            admin,
+        )
+        .send()
+        .await
+        .expect("audit");
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    v["entries"].as_array().cloned().unwrap_or_default()
+}
+
+/// Refusals, changes and audit-mode warnings are in the audit log with namespace,
+/// kind/name, container, image, rule, mode and decision; allowed-and-unchanged reviews
+/// and repeats within a minute write nothing more.
+#[tokio::test]
+async fn decisions_are_in_the_audit_log() {
+    let w = world(
+        Setup {
+            postgres: true,
+            ..Setup::default()
+        },
+        vec![
+            rule("no-latest", RuleKind::RefuseLatest, Mode::Enforce),
+            rule("registries", RuleKind::AllowedRegistries, Mode::Audit),
+            rule("pin", RuleKind::Pin, Mode::Enforce),
+            rule("pull-policy", RuleKind::PullPolicy, Mode::Audit),
+            rule("dry", RuleKind::PullSecret, Mode::DryRun),
+        ],
+    )
+    .await;
+    let reader = common::start(Setup {
+        stores: Some(w.s.stores()),
+        auth: Some((AccessConfig::default(), ChallengeKind::Basic)),
+        ..Setup::default()
+    })
+    .await;
+    common::add_users(reader.access(), &[("admin", true)]).await;
+    let admin = Cred::user("admin");
+    let spec = pod_spec(&[
+        ("containers", "a", "nginx:1.27"),
+        ("containers", "b", "evil.example.net/x:latest"),
+        ("containers", "c", &format!("{HOST}/team-a/app:1.0")),
+    ]);
+    let (pod, gvk, _) = object("Pod", &spec);
+    let create = request(gvk, "CREATE", &pod, None);
+    let m = w.hook.review("mutate", &create).await;
+    assert!(m.get("patch").is_some(), "{m}");
+    let v = w.hook.review("validate", &create).await;
+    assert_eq!(v["allowed"], false, "{v}");
+    // Allowed and unchanged: a pinned image of Berth's own, no rule has anything to say.
+    let quiet_spec = pod_spec(&[(
+        "containers",
+        "q",
+        &format!("{HOST}/team-a/app:1.0@{}", w.app),
+    )]);
+    let (mut quiet, _, _) = object("Pod", &quiet_spec);
+    quiet["metadata"]["name"] = json!("quiet");
+    quiet["spec"]["containers"][0]["imagePullPolicy"] = json!("IfNotPresent");
+    let mut quiet_req = request(gvk, "CREATE", &quiet, None);
+    quiet_req["request"]["uid"] = json!("uid-quiet");
+    for webhook in ["mutate", "validate"] {
+        let r = w.hook.review(webhook, &quiet_req).await;
+        assert!(
+            r["allowed"] == true && r.get("patch").is_none() && r.get("warnings").is_none(),
+            "{r}"
+        );
+    }
+    // Expected: pin of a and c; pull-policy warnings for a, b, c; the refusal of b and
+    // the registries warning for b. The dry-run rule writes nothing.
+    let expected = 7;
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = admission_rows(&reader, &admin).await;
+        if rows.len() >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The same reviews again (a controller retrying): counted, not written.
+    w.hook.review("mutate", &create).await;
+    w.hook.review("validate", &create).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = admission_rows(&reader, &admin).await;
+    assert_eq!(rows.len(), expected, "{rows:#?}");
+    assert_eq!(again.len(), expected, "repeats were written: {again:#?}");
+    let metrics = w.s.metrics().await;
+    assert!(
+        metrics.contains("berth_admission_audit_repeats_total 7"),
+        "{metrics}"
+    );
+    let detail = |r: &Value| -> Value {
+        serde_json::from_str(r["detail"].as_str().expect("detail")).expect("detail JSON")
+    };
+    let find = |action: &str, container: &str, rule: &str| -> (Value, Value) {
+        let r = rows
+            .iter()
+            .find(|r| {
+                let d = detail(r);
+                r["action"] == action && d["container"] == container && d["rule"] == rule
+            })
+            .unwrap_or_else(|| panic!("no {action} {container} {rule} in {rows:#?}"));
+        (r.clone(), detail(r))
+    };
+    for r in &rows {
+        assert_eq!(
+            r["actor"],
+            "k8s:system:serviceaccount:kube-system:deployment-controller"
+        );
+        assert_eq!(r["target"], "team-a/Pod/web", "nothing of the quiet pod");
+        assert_ne!(detail(r)["rule"], "dry");
+    }
+    let (deny, d) = find("admission.deny", "b", "no-latest");
+    assert_eq!(deny["outcome"], "denied");
+    assert_eq!(d["namespace"], "team-a");
+    assert_eq!(d["kind"], "Pod");
+    assert_eq!(d["name"], "web");
+    assert_eq!(d["image"], "evil.example.net/x:latest");
+    assert_eq!(d["rule_kind"], "refuse-latest");
+    assert_eq!(d["mode"], "enforce");
+    assert_eq!(d["decision"], "denied");
+    assert_eq!(d["webhook"], "validate");
+    let (warn, d) = find("admission.warn", "b", "registries");
+    assert_eq!(warn["outcome"], "ok");
+    assert_eq!(d["mode"], "audit");
+    assert_eq!(d["decision"], "warned");
+    let (pin, d) = find("admission.mutate", "c", "pin");
+    assert_eq!(pin["repository"], "team-a/app");
+    assert_eq!(pin["tenant"], "team-a");
+    assert_eq!(d["what"], format!("pin to {}", w.app));
+    assert_eq!(d["mode"], "enforce");
+    assert_eq!(d["decision"], "patched");
+    let (_, d) = find("admission.mutate", "a", "pin");
+    assert_eq!(d["image"], "nginx:1.27");
+    for c in ["a", "b", "c"] {
+        let (_, d) = find("admission.warn", c, "pull-policy");
+        assert_eq!(d["what"], "imagePullPolicy IfNotPresent");
+    }
+}
+
+/// The certificate `berth k8s webhook-cert` makes: its SANs are the webhook Service's
+/// names, it is valid from about now for the days asked, and a client trusting only the
+/// made CA accepts it under those names and refuses it under any other (and a client
+/// trusting another CA refuses it).
+#[tokio::test]
+async fn the_made_webhook_certificate_is_accepted_by_its_ca_only() {
+    let s = common::start(Setup::default()).await;
+    s.registry
+        .set_admission(vec![], settings())
+        .expect("settings");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = webhook_pki(dir.path(), 90);
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    for san in [
+        "DNS:berth-webhook.berth.svc",
+        "DNS:berth-webhook.berth.svc.cluster.local",
+        "DNS:berth-webhook.berth",
+        "DNS:berth-webhook",
+    ] {
+        assert!(text.contains(san), "{san} missing:\n{text}");
+    }
+    assert!(text.contains("TLS Web Server Authentication"), "{text}");
+    assert!(text.contains("CA:FALSE"), "{text}");
+    // Valid now, and not after 90 days (a day's margin either way for the clock).
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-checkend", "0", "-in"])
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "expired already");
+    for (secs, valid) in [(89 * 86_400, true), (91 * 86_400, false)] {
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-checkend", &secs.to_string(), "-in"])
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert_eq!(out.status.success(), valid, "checkend {secs}");
+    }
+    let verify = Command::new("openssl")
+        .args(["verify", "-purpose", "sslserver", "-CAfile"])
+        .arg(&ca)
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(berth_server::run_admission(
+        listener,
+        s.state.clone(),
+        Some(TlsSettings {
+            cert,
+            key,
+            reload_interval: Duration::from_secs(10),
+        }),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    for host in [SVC, "berth-webhook.berth.svc.cluster.local"] {
+        let r = client_for(&ca, host, addr)
+            .get(format!("https://{host}:{}/healthz", addr.port()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e:?}"));
+        assert_eq!(r.status(), StatusCode::OK, "{host}");
+    }
+    let wrong = "other-webhook.berth.svc";
+    let r = client_for(&ca, wrong, addr)
+        .get(format!("https://{wrong}:{}/healthz", addr.port()))
+        .send()
+        .await;
+    assert!(r.is_err(), "a name not in the certificate was accepted");
+    let other = tempfile::tempdir().expect("tempdir");
+    let (other_ca, _, _) = webhook_pki(other.path(), 90);
+    let r = client_for(&other_ca, SVC, addr)
+        .get(format!("https://{SVC}:{}/healthz", addr.port()))
+        .send()
+        .await;
+    assert!(r.is_err(), "a client trusting another CA accepted it");
+}
+
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Pins answer from memory: reviews naming the same tag for several cache TTLs never ask
+/// the metadata store on their own path (the tag is read again in the background before
+/// it expires), where expiry used to send a review to the store every TTL.
+#[tokio::test]
+async fn pinning_a_hot_tag_never_waits_for_the_metadata_store() {
+    let w = world(
+        Setup {
+            registry: berth_registry::RegistryConfig {
+                cache_ttl: Duration::from_secs(1),
+                ..Default::default()
+            },
+            ..Setup::default()
+        },
+        vec![rule("pin", RuleKind::Pin, Mode::Enforce)],
+    )
+    .await;
+    let spec = pod_spec(&[("containers", "app", &format!("{HOST}/team-a/app:1.0"))]);
+    let (pod, gvk, _) = object("Pod", &spec);
+    let review = request(gvk, "CREATE", &pod, None);
+    // Once, so the tag is cached whatever the setup left.
+    w.hook.review("mutate", &review).await;
+    let before = w.s.metrics().await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let r = w.hook.review("mutate", &review).await;
+        let patch = patch_of(&r).expect("a patch");
+        assert_eq!(
+            patch[0]["value"],
+            format!("{HOST}/team-a/app:1.0@{}", w.app),
+            "{r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = w.s.metrics().await;
+    let delta = |name: &str| counter(&after, name) - counter(&before, name);
+    let misses = delta("berth_tag_cache_misses_total");
+    let refreshes = delta("berth_tag_cache_refreshes_total");
+    // Four TTLs of reviews: without the refresh, about four misses; with it, none (one
+    // if a refresh took longer than half the TTL on a loaded machine).
+    assert!(misses <= 1, "{misses} misses, {refreshes} refreshes");
+    assert!(refreshes >= 3, "{misses} misses, {refreshes} refreshes");
 }

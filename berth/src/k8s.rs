@@ -26,6 +26,42 @@ pub enum K8sCommand {
         #[command(flatten)]
         args: PullSecretArgs,
     },
+    /// Make the admission webhooks' certificates, no openssl needed: a CA (ca.crt, for
+    /// `manifests --admission --webhook-ca`), a serving certificate for
+    /// `<name>-webhook.<namespace>.svc` (and `.svc.cluster.local`) with its key
+    /// (tls.crt, tls.key), and secret.yaml, the `kubernetes.io/tls` Secret every replica
+    /// mounts. The CA's key is not kept: run again to renew both.
+    WebhookCert(WebhookCertArgs),
+}
+
+#[derive(Args)]
+pub struct WebhookCertArgs {
+    /// Prefix of every resource name, as given to `manifests --name`.
+    #[arg(long, default_value = "berth")]
+    name: String,
+    #[arg(long, default_value = "berth")]
+    namespace: String,
+    /// The Secret's name (default: <name>-webhook-tls).
+    #[arg(long)]
+    secret: Option<String>,
+    /// Days both certificates are valid.
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+    /// Directory to write ca.crt, tls.crt, tls.key and secret.yaml into.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// A CA and serving certificate for the webhooks of `name` in `namespace`.
+fn make_pki(name: &str, namespace: &str, days: u32) -> anyhow::Result<berth_k8s::cert::WebhookPki> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_secs();
+    let rng = ring::rand::SystemRandom::new();
+    Ok(berth_k8s::cert::webhook_pki(
+        name, namespace, days, now, &rng,
+    )?)
 }
 
 #[derive(Args)]
@@ -110,13 +146,19 @@ pub struct ManifestArgs {
     #[arg(long)]
     kustomize: Option<PathBuf>,
     /// Add the admission webhooks: their Service, the certificate Secret mounted in every
-    /// replica, and the Validating and Mutating WebhookConfigurations. Needs --webhook-ca.
-    #[arg(long, requires = "webhook_ca")]
+    /// replica, and the Validating and Mutating WebhookConfigurations. Without
+    /// --webhook-ca, a CA and the webhook certificate are made here and the Secret is
+    /// one of the resources (the output then holds its private key).
+    #[arg(long)]
     admission: bool,
     /// PEM file of the CA that signed the webhook certificate (for
-    /// `<name>-webhook.<namespace>.svc`): the webhook configurations' caBundle.
+    /// `<name>-webhook.<namespace>.svc`; `berth k8s webhook-cert` makes one): the webhook
+    /// configurations' caBundle. The Secret is then the operator's to create.
     #[arg(long, requires = "admission")]
     webhook_ca: Option<PathBuf>,
+    /// Without --webhook-ca: days the made certificates are valid.
+    #[arg(long, requires = "admission", default_value_t = 365)]
+    webhook_cert_days: u32,
     /// The `kubernetes.io/tls` Secret with the webhook certificate (default:
     /// <name>-webhook-tls).
     #[arg(long, requires = "admission")]
@@ -139,7 +181,27 @@ impl ManifestArgs {
                 secret: self.webhook_secret.clone(),
                 failure_policy: self.webhook_failure_policy.clone(),
                 timeout_seconds: self.webhook_timeout,
+                tls: None,
             }),
+            (true, None) => {
+                let pki = make_pki(&self.name, &self.namespace, self.webhook_cert_days)?;
+                eprintln!(
+                    "made a webhook CA and certificate for {} ({} days); the output holds the \
+                     certificate's private key in a Secret: keep it as you keep Secrets",
+                    pki.dns_names.join(", "),
+                    self.webhook_cert_days
+                );
+                Some(berth_k8s::manifests::Admission {
+                    ca_pem: pki.ca_pem,
+                    secret: self.webhook_secret.clone(),
+                    failure_policy: self.webhook_failure_policy.clone(),
+                    timeout_seconds: self.webhook_timeout,
+                    tls: Some(berth_k8s::manifests::WebhookTls {
+                        cert_pem: pki.cert_pem,
+                        key_pem: pki.key_pem,
+                    }),
+                })
+            }
             _ => None,
         };
         let storage = match self.s3_bucket {
@@ -206,7 +268,68 @@ pub async fn run(cmd: K8sCommand) -> anyhow::Result<()> {
     match cmd {
         K8sCommand::Manifests(args) => manifests(*args),
         K8sCommand::PullSecrets { store, args } => pull_secrets(&store, args).await,
+        K8sCommand::WebhookCert(args) => webhook_cert(args),
     }
+}
+
+fn webhook_cert(args: WebhookCertArgs) -> anyhow::Result<()> {
+    let secret = args
+        .secret
+        .clone()
+        .unwrap_or_else(|| format!("{}-webhook-tls", args.name));
+    if !berth_k8s::manifests::is_dns_subdomain(&secret) {
+        anyhow::bail!("--secret {secret:?} is not a Kubernetes Secret name");
+    }
+    let pki = make_pki(&args.name, &args.namespace, args.days)?;
+    let labels = serde_json::json!({
+        "app.kubernetes.io/name": "berth",
+        "app.kubernetes.io/instance": args.name,
+        "app.kubernetes.io/component": "admission",
+    });
+    let tls = berth_k8s::manifests::WebhookTls {
+        cert_pem: pki.cert_pem.clone(),
+        key_pem: pki.key_pem.clone(),
+    };
+    let yaml = berth_k8s::yaml::to_yaml_stream(std::iter::once(&berth_k8s::manifests::tls_secret(
+        &secret,
+        &args.namespace,
+        labels,
+        &tls,
+    )));
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let write = |file: &str, text: &str, private: bool| -> anyhow::Result<()> {
+        let path = args.out.join(file);
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            o.mode(0o600);
+        }
+        let _ = private;
+        let mut f = o
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        std::io::Write::write_all(&mut f, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))
+    };
+    write("ca.crt", &pki.ca_pem, false)?;
+    write("tls.crt", &pki.cert_pem, false)?;
+    write("tls.key", &pki.key_pem, true)?;
+    write("secret.yaml", &yaml, true)?;
+    eprintln!(
+        "wrote ca.crt, tls.crt, tls.key and secret.yaml (Secret {secret}) to {}\n\
+         certificate for {}, valid {} days\n\
+         then: kubectl apply -f {}/secret.yaml and\n      \
+         berth k8s manifests --admission --webhook-ca {}/ca.crt ...",
+        args.out.display(),
+        pki.dns_names.join(", "),
+        args.days,
+        args.out.display(),
+        args.out.display(),
+    );
+    Ok(())
 }
 
 fn manifests(args: ManifestArgs) -> anyhow::Result<()> {

@@ -3,17 +3,26 @@
 //! does not hold is asked of the configured upstream of its registry (never of a host a
 //! pod spec names that is not one), within a short timeout, and never for a dry run.
 
+use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use berth_meta::AuditRecord;
 
 use berth_oci::{DockerRef, Reference, RepoName};
 use futures_util::future::join_all;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::{
     AdmissionRuleError, AdmissionRuleSpec, AdmissionRules, AdmissionSettings, AdmissionSpec,
-    AdmissionStats, BadReview, Decision, Facts, ImageFacts, MAX_IMAGES, Needs, Webhook, evaluate,
-    images_to_look_up, parse_review, read, response, write,
+    AdmissionStats, BadReview, Decision, Facts, ImageFacts, MAX_IMAGES, Needs, Review, Webhook,
+    evaluate, images_to_look_up, parse_review, read, response, write,
 };
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 use crate::{Registry, RegistryError, Result};
 
 /// Where Berth holds an image a pod spec names.
@@ -213,13 +222,113 @@ impl Registry {
         f
     }
 
-    /// Answers one `AdmissionReview` for `webhook`: the response review, or why the
-    /// request cannot be answered in kind (a 400).
+    /// The audit rows of a decision: one per refusal, change or warning of an enforcing or
+    /// auditing rule, less those written within [`super::AUDIT_REPEAT_WINDOW`]. Allowed
+    /// and unchanged reviews have none (they are counted on `/metrics`).
+    fn admission_audit(
+        &self,
+        webhook: Webhook,
+        review: &Review,
+        decision: &Decision,
+        facts: &Facts,
+    ) -> Vec<AuditRecord> {
+        if decision.events.is_empty() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let at = berth_meta::now_micros();
+        let mut out = Vec::new();
+        let mut seen = lock(&self.admission.audited);
+        for e in &decision.events {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (
+                webhook.as_str(),
+                &review.user,
+                &review.namespace,
+                &review.kind,
+                &review.name,
+                &review.operation,
+                review.dry_run,
+                e,
+            )
+                .hash(&mut h);
+            let key = h.finish();
+            if seen
+                .get(&key)
+                .is_some_and(|t| now.duration_since(*t) < super::AUDIT_REPEAT_WINDOW)
+            {
+                self.admission
+                    .stats
+                    .audit_repeats
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if seen.len() >= super::AUDIT_REPEAT_KEYS {
+                seen.retain(|_, t| now.duration_since(*t) < super::AUDIT_REPEAT_WINDOW);
+                if seen.len() >= super::AUDIT_REPEAT_KEYS {
+                    seen.clear();
+                }
+            }
+            seen.insert(key, now);
+            let repository = e
+                .image
+                .as_ref()
+                .and_then(|i| facts.get(i))
+                .and_then(|f| f.location.as_ref())
+                .map(|l| l.repo.to_string());
+            let action = match e.decision {
+                "denied" => "admission.deny",
+                "patched" => "admission.mutate",
+                _ => "admission.warn",
+            };
+            let detail = json!({
+                "webhook": webhook.as_str(),
+                "namespace": review.namespace,
+                "kind": review.kind,
+                "name": review.name,
+                "operation": review.operation,
+                "dry_run": review.dry_run,
+                "container": e.container,
+                "image": e.image,
+                "rule": e.rule,
+                "rule_kind": e.kind.as_str(),
+                "mode": e.mode,
+                "decision": e.decision,
+                "what": e.what,
+            });
+            out.push(AuditRecord {
+                at,
+                actor: format!("k8s:{}", review.user),
+                source: None,
+                action: action.to_owned(),
+                tenant: repository
+                    .as_deref()
+                    .map(berth_auth::policy::tenant_of)
+                    .map(str::to_owned),
+                repository,
+                target: Some(format!(
+                    "{}/{}/{}",
+                    review.namespace, review.kind, review.name
+                )),
+                outcome: if e.decision == "denied" {
+                    "denied"
+                } else {
+                    "ok"
+                }
+                .to_owned(),
+                detail: Some(detail.to_string()),
+            });
+        }
+        out
+    }
+
+    /// Answers one `AdmissionReview` for `webhook`: the response review and the audit
+    /// rows to write, or why the request cannot be answered in kind (a 400).
     pub async fn admission_review(
         &self,
         webhook: Webhook,
         body: &[u8],
-    ) -> std::result::Result<Value, BadReview> {
+    ) -> std::result::Result<(Value, Vec<AuditRecord>), BadReview> {
         let stats = &self.admission.stats;
         let review = match parse_review(body) {
             Ok(r) => r,
@@ -231,6 +340,7 @@ impl Registry {
         let rules = read(&self.admission.rules);
         let settings = read(&self.admission.settings);
         let acting = rules.acting_for(&review, webhook);
+        let mut facts = Facts::new();
         let decision = if acting.is_empty() {
             Decision {
                 allowed: true,
@@ -254,7 +364,7 @@ impl Registry {
                 let needs = acting.needs(&review);
                 let looked =
                     join_all(images.iter().map(|i| self.image_facts(&settings, i, needs))).await;
-                let facts: Facts = images.into_iter().zip(looked).collect();
+                facts = images.into_iter().zip(looked).collect();
                 evaluate(&review, webhook, &acting, &facts, &settings)
             }
         };
@@ -269,6 +379,7 @@ impl Registry {
             "allowed"
         };
         stats.review(webhook, result);
-        Ok(response(&review.uid, &decision))
+        let audit = self.admission_audit(webhook, &review, &decision, &facts);
+        Ok((response(&review.uid, &decision), audit))
     }
 }

@@ -313,6 +313,16 @@ struct RawRequest {
     old_object: Option<Value>,
     #[serde(default)]
     dry_run: Option<bool>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    user_info: Option<UserInfo>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct UserInfo {
+    #[serde(default)]
+    username: Option<String>,
 }
 
 /// An `AdmissionReview` request, read.
@@ -323,6 +333,10 @@ pub struct Review {
     pub namespace: String,
     pub operation: String,
     pub dry_run: bool,
+    /// The object's name; for one named by `generateName`, that prefix and `*`.
+    pub name: String,
+    /// Who asks the API server (`userInfo.username`).
+    pub user: String,
     /// JSON pointer of the pod spec inside `object`, for a pod-bearing kind.
     spec_pointer: Option<&'static str>,
     /// A workload's template rather than a Pod.
@@ -367,15 +381,31 @@ pub fn parse_review(body: &[u8]) -> Result<Review, BadReview> {
         Some((p, t)) => (Some(p), t),
         None => (None, false),
     };
+    let object = req.object.unwrap_or(Value::Null);
+    let meta = |k: &str| {
+        object
+            .pointer(&format!("/metadata/{k}"))
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+    };
+    let name = req
+        .name
+        .filter(|n| !n.is_empty())
+        .or_else(|| meta("name"))
+        .or_else(|| meta("generateName").map(|g| format!("{g}*")))
+        .unwrap_or_default();
     Ok(Review {
         uid,
+        name,
+        user: req.user_info.and_then(|u| u.username).unwrap_or_default(),
         kind: req.kind.kind,
         namespace: req.namespace.unwrap_or_default(),
         operation: req.operation.unwrap_or_default(),
         dry_run: req.dry_run.unwrap_or(false),
         spec_pointer: pointer,
         template,
-        object: req.object.unwrap_or(Value::Null),
+        object,
         old_object: req.old_object,
         ephemeral: req.sub_resource.as_deref() == Some("ephemeralcontainers"),
     })
@@ -526,6 +556,24 @@ pub struct Decision {
     pub warnings: Vec<String>,
     /// (rule kind, mode, what happened) for each rule that acted or would have: counted.
     pub counts: Vec<(RuleKind, Mode, &'static str)>,
+    /// What each enforcing or auditing rule did to each container: the audit log's rows.
+    pub events: Vec<AdmissionEvent>,
+}
+
+/// One refusal, change or warning of one rule, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AdmissionEvent {
+    pub rule: String,
+    pub kind: RuleKind,
+    /// `enforce` or `audit` (dry-run rules only count).
+    pub mode: &'static str,
+    /// `denied` or `patched` (enforce), `warned` (audit: what enforcing would do).
+    pub decision: &'static str,
+    /// The container, for rules about one (not `pull-secret`).
+    pub container: Option<String>,
+    pub image: Option<String>,
+    /// What was refused or changed, and why.
+    pub what: String,
 }
 
 /// The rules that act on a review: those of the namespace, for this webhook.
@@ -701,6 +749,21 @@ fn validate(
                 continue;
             };
             hit = true;
+            if let Some(decision) = match rule.spec.mode {
+                Mode::Enforce => Some("denied"),
+                Mode::Audit => Some("warned"),
+                Mode::DryRun | Mode::Off => None,
+            } {
+                d.events.push(AdmissionEvent {
+                    rule: rule.spec.name.clone(),
+                    kind: rule.spec.kind,
+                    mode: mode_str(rule.spec.mode),
+                    decision,
+                    container: Some(c.name.clone()),
+                    image: Some(c.image.clone()),
+                    what: why.clone(),
+                });
+            }
             let text = format!(
                 "container {:?} image {:?}: rule {:?} ({}) {why}",
                 c.name,
@@ -742,6 +805,10 @@ struct Change {
     mode: Mode,
     what: String,
     op: Value,
+    /// (container, image) the change is about.
+    container: Option<(String, String)>,
+    /// The change alone, for the audit log.
+    short: String,
 }
 
 fn mutate(
@@ -838,6 +905,8 @@ fn mutate(
                 mode: rule.spec.mode,
                 what: format!("container {:?} image {:?}: {what}", c.name, c.image),
                 op: Value::Null,
+                container: Some((c.name.clone(), c.image.clone())),
+                short: what.clone(),
             });
         }
         let new_image = enforced.to_string();
@@ -857,6 +926,8 @@ fn mutate(
                 mode: rule.spec.mode,
                 what: format!("container {:?}: imagePullPolicy {want}", c.name),
                 op: json!({"op": "add", "path": format!("{at}/imagePullPolicy"), "value": want}),
+                container: Some((c.name.clone(), c.image.clone())),
+                short: format!("imagePullPolicy {want}"),
             });
         }
     }
@@ -885,12 +956,30 @@ fn mutate(
                 kind: rule.spec.kind,
                 mode: rule.spec.mode,
                 what: format!("imagePullSecrets: add {secret}"),
+                short: format!("imagePullSecrets: add {secret}"),
                 op,
+                container: None,
             });
         }
     }
     let mut counted = HashSet::new();
     for ch in changes {
+        if let Some(decision) = match ch.mode {
+            Mode::Enforce => Some("patched"),
+            Mode::Audit => Some("warned"),
+            Mode::DryRun | Mode::Off => None,
+        } {
+            let (container, image) = ch.container.clone().unzip();
+            d.events.push(AdmissionEvent {
+                rule: ch.rule.clone(),
+                kind: ch.kind,
+                mode: mode_str(ch.mode),
+                decision,
+                container,
+                image,
+                what: ch.short.clone(),
+            });
+        }
         match ch.mode {
             Mode::Enforce => {
                 if !ch.op.is_null() {
@@ -970,7 +1059,19 @@ pub struct AdmissionStats {
     pub reviews: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// (rule kind, mode, result) → reviews in which the rule acted or would have.
     pub rules: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
+    /// Audit rows not written because the same row was written within
+    /// [`AUDIT_REPEAT_WINDOW`].
+    pub audit_repeats: std::sync::atomic::AtomicU64,
 }
+
+/// An admission audit row identical to one written less than this ago (same webhook,
+/// requester, object, container, image, rule, mode, decision and change) is not written
+/// again, only counted: a controller retrying a refused Pod, or every replica of a
+/// rollout being pinned alike, is one row per minute, not one per request.
+pub const AUDIT_REPEAT_WINDOW: Duration = Duration::from_secs(60);
+/// Distinct audit rows remembered for that; past it, expired ones are forgotten, and if
+/// none are, all are (repeats are written again rather than memory growing).
+const AUDIT_REPEAT_KEYS: usize = 16_384;
 
 fn mode_str(m: Mode) -> &'static str {
     match m {
@@ -1007,6 +1108,8 @@ pub(crate) struct AdmissionState {
     pub(crate) managed: RwLock<AdmissionSpec>,
     pub(crate) settings: RwLock<Arc<AdmissionSettings>>,
     pub(crate) stats: AdmissionStats,
+    /// Hash of an audit row → when it was last written.
+    pub(crate) audited: Mutex<HashMap<u64, std::time::Instant>>,
 }
 
 impl Default for AdmissionState {
@@ -1017,6 +1120,7 @@ impl Default for AdmissionState {
             managed: RwLock::new(AdmissionSpec::default()),
             settings: RwLock::new(Arc::new(AdmissionSettings::default())),
             stats: AdmissionStats::default(),
+            audited: Mutex::new(HashMap::new()),
         }
     }
 }

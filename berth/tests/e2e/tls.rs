@@ -572,3 +572,137 @@ fn admission_webhooks_served_by_berth_serve() {
     let (_, out) = curl_https(&hook, &pki.ca(), "/v2/");
     assert!(out.starts_with("404"), "{out}");
 }
+
+/// `berth k8s webhook-cert` makes what the webhooks need without openssl: `berth serve`
+/// answers reviews with the certificate, curl trusting only the made CA accepts it under
+/// the Service's name, and the refusal is in the audit log. `berth k8s manifests
+/// --admission` without `--webhook-ca` renders the Secret and the CA bundle itself.
+#[test]
+fn admission_with_the_certificate_berth_makes() {
+    let work = tempdir();
+    let out = work.path().join("webhook-pki");
+    let made = exec(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args([
+                "k8s",
+                "webhook-cert",
+                "--name",
+                "berth",
+                "--namespace",
+                "registry",
+            ])
+            .args(["--days", "30", "--out"])
+            .arg(&out),
+    );
+    assert!(made.status.success(), "{made:?}");
+    let secret = std::fs::read_to_string(out.join("secret.yaml")).expect("secret.yaml");
+    assert!(secret.contains("type: kubernetes.io/tls"), "{secret}");
+    assert!(secret.contains("name: berth-webhook-tls"), "{secret}");
+    assert!(secret.contains("namespace: registry"), "{secret}");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(out.join("tls.key"))
+            .expect("tls.key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the key is readable by others: {mode:o}");
+    }
+    let hook_port = free_port();
+    let config = format!(
+        "[admission]\nlisten = \"127.0.0.1:{hook_port}\"\ncert_file = {:?}\nkey_file = {:?}\n\
+         registry = \"registry.example.com\"\n\n\
+         [[admission.rule]]\nname = \"no-latest\"\nnamespaces = [\"team-*\"]\nkind = \"refuse-latest\"\nmode = \"enforce\"\n",
+        out.join("tls.crt").display().to_string(),
+        out.join("tls.key").display().to_string()
+    );
+    let berth = Berth::start_with(&config, &[]);
+    let host = "berth-webhook.registry.svc";
+    let curl = |path: &str, body: Option<&Path>| {
+        let mut c = cmd("curl");
+        c.args(["--silent", "--show-error", "--max-time", "10"])
+            .args(["--write-out", "\n%{http_code}"])
+            .arg("--resolve")
+            .arg(format!("{host}:{hook_port}:127.0.0.1"))
+            .arg("--cacert")
+            .arg(out.join("ca.crt"));
+        if let Some(b) = body {
+            c.args(["-H", "content-type: application/json", "--data-binary"])
+                .arg(format!("@{}", b.display()));
+        }
+        exec(c.arg(format!("https://{host}:{hook_port}{path}")))
+    };
+    crate::harness::wait_until(Duration::from_secs(10), "the webhook listener", || {
+        curl("/healthz", None).status.success()
+    });
+    let body = work.path().join("review.json");
+    std::fs::write(
+        &body,
+        serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "e2e-2", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "namespace": "team-a", "operation": "CREATE", "name": "p",
+                "userInfo": {"username": "alice"},
+                "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                    "spec": {"containers": [{"name": "app", "image": "nginx:latest"}]}}}
+        })
+        .to_string(),
+    )
+    .expect("write");
+    let r = curl("/validate", Some(&body));
+    assert!(r.status.success(), "{r:?}");
+    let text = String::from_utf8_lossy(&r.stdout).into_owned();
+    let (json, status) = text.rsplit_once('\n').expect("status");
+    assert_eq!(status, "200", "{text}");
+    let v: serde_json::Value = serde_json::from_str(json).expect("json");
+    assert_eq!(v["response"]["allowed"], false, "{text}");
+    // Another name than the certificate's is refused by curl.
+    let wrong = exec(
+        cmd("curl")
+            .args(["--silent", "--max-time", "10", "--resolve"])
+            .arg(format!("other.registry.svc:{hook_port}:127.0.0.1"))
+            .arg("--cacert")
+            .arg(out.join("ca.crt"))
+            .arg(format!("https://other.registry.svc:{hook_port}/healthz")),
+    );
+    assert!(!wrong.status.success(), "a name not in the certificate");
+
+    let audit = || run_stdout(berth.cli().args(["audit", "--json"]));
+    crate::harness::wait_until(
+        Duration::from_secs(10),
+        "the refusal in the audit log",
+        || audit().contains("admission.deny"),
+    );
+    let row = audit()
+        .lines()
+        .map(|l| crate::harness::parse_json(l.as_bytes(), "an audit row"))
+        .find(|r| r["action"] == "admission.deny")
+        .expect("the row");
+    assert_eq!(row["actor"], "k8s:alice", "{row}");
+    assert_eq!(row["outcome"], "denied", "{row}");
+    assert_eq!(row["target"], "team-a/Pod/p", "{row}");
+    let detail: serde_json::Value =
+        serde_json::from_str(row["detail"].as_str().expect("detail")).expect("detail JSON");
+    assert_eq!(detail["container"], "app", "{detail}");
+    assert_eq!(detail["image"], "nginx:latest", "{detail}");
+    assert_eq!(detail["rule"], "no-latest", "{detail}");
+    assert_eq!(detail["mode"], "enforce", "{detail}");
+
+    let manifests = exec(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args([
+                "k8s",
+                "manifests",
+                "--image",
+                "registry.example.com/berth:0.1.0",
+            ])
+            .arg("--admission"),
+    );
+    assert!(manifests.status.success(), "{manifests:?}");
+    let yaml = String::from_utf8_lossy(&manifests.stdout);
+    assert!(yaml.contains("type: kubernetes.io/tls"), "{yaml}");
+    assert!(yaml.contains("caBundle: "), "{yaml}");
+    assert!(
+        String::from_utf8_lossy(&manifests.stderr).contains("private key"),
+        "{manifests:?}"
+    );
+}
