@@ -448,6 +448,58 @@ impl S3Store {
         Ok(())
     }
 
+    /// Assembles the first `size` bytes of an upload as `dest`'s blob, unchecked: for
+    /// sealed blobs, whose plaintext the caller has verified. The pieces are ciphertext
+    /// already in their final form, so the server-side copies move sealed bytes only.
+    pub(crate) async fn place_upload(&self, id: &str, size: u64, dest: &Digest) -> Result<()> {
+        let dir = self.upload_dir(id)?;
+        let listed = self.client().list_all(&dir).await?;
+        let chain = Self::chain(&dir, &listed, size)
+            .ok_or_else(|| StorageError::UploadUnknown(id.to_owned()))?;
+        let dest = self.blob_key(dest);
+        failpoint::hit(failpoint::BEFORE_RENAME)
+            .map_err(StorageError::io("moving an upload into place"))?;
+        // Sealing is deterministic per digest: a blob already there is the same bytes.
+        if self.client().head_object(&dest).await? != Some(size) {
+            self.assemble(&dest, &chain, size).await?;
+        }
+        if let Err(e) = self.delete_keys(listed.into_iter().map(|o| o.key)).await {
+            tracing::warn!(upload = id, error = %e, "finished upload left objects behind; the stale-upload sweep removes them");
+        }
+        Ok(())
+    }
+
+    /// The first `size` bytes of an upload, as stored, object after object.
+    pub(crate) async fn read_upload(
+        &self,
+        id: &str,
+        size: u64,
+    ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
+        let dir = self.upload_dir(id)?;
+        let listed = self.client().list_all(&dir).await?;
+        let chain = Self::chain(&dir, &listed, size)
+            .ok_or_else(|| StorageError::UploadUnknown(id.to_owned()))?;
+        let store = self.clone();
+        let objects = futures_util::stream::iter(chain).then(move |o| {
+            let store = store.clone();
+            async move {
+                let resp = store
+                    .client()
+                    .get_object(&o.key, None)
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("{} vanished while an upload was finishing", o.key),
+                        )
+                    })?;
+                Ok::<_, std::io::Error>(resp.bytes_stream().map_err(std::io::Error::other))
+            }
+        });
+        Ok(objects.try_flatten())
+    }
+
     /// Writes the bytes of `chain` as the object `dest`: one copy inside S3 where it can,
     /// otherwise a multipart upload whose large pieces are copied inside S3 and whose runs
     /// of small chunks are streamed through here into parts of at least 5 MiB.
