@@ -12,6 +12,7 @@
 mod access;
 mod catalogs;
 mod copy;
+mod encryption;
 mod fsck;
 mod gc;
 mod jobs;
@@ -30,6 +31,7 @@ use sqlx::{AnyPool, Row, Transaction};
 
 pub use access::{AuditQuery, AuditRecord, RobotRow, TenantRow, UserChange, UserRow};
 pub use catalogs::{CatalogPackage, ImageCatalogRow, LayerCatalogRow};
+pub use encryption::{KeyUse, WrappedKey};
 pub use fsck::{BlobRow, DanglingRef, ManifestCursor, ManifestRow};
 pub use gc::{GcManifest, RepoGraph};
 pub use jobs::{
@@ -365,6 +367,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0011_verdicts.sql"),
     include_str!("../migrations/sqlite/0012_catalogs.sql"),
     include_str!("../migrations/sqlite/0013_vulnerabilities.sql"),
+    include_str!("../migrations/sqlite/0014_encryption.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -380,6 +383,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0011_verdicts.sql"),
     include_str!("../migrations/postgres/0012_catalogs.sql"),
     include_str!("../migrations/postgres/0013_vulnerabilities.sql"),
+    include_str!("../migrations/postgres/0014_encryption.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {

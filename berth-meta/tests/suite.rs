@@ -1193,7 +1193,7 @@ async fn reserved_users_are_renamed_and_disabled_by_the_migration(db: Db) {
         .expect("rewind the schema version");
     drop(conn);
     let s = MetaStore::connect(&db.url).await.expect("migrates");
-    assert_eq!(s.schema_version().await.expect("version"), (13, 13));
+    assert_eq!(s.schema_version().await.expect("version"), (14, 14));
     assert_eq!(s.user("anonymous").await.expect("get"), None);
     assert_eq!(s.user("cli").await.expect("get"), None);
     let users = s.users().await.expect("users");

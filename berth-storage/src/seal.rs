@@ -143,6 +143,16 @@ impl Keyring {
         (kek.id.clone(), self.wrap_with(kek, context, secret))
     }
 
+    /// [`Keyring::wrap`] under the named key rather than the active one.
+    pub fn wrap_under(
+        &self,
+        id: &str,
+        context: &[u8],
+        secret: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        Ok(self.wrap_with(self.kek(id)?, context, secret))
+    }
+
     fn wrap_with(&self, kek: &Kek, context: &[u8], secret: &[u8]) -> Vec<u8> {
         let nonce: [u8; NONCE_LEN] = self.random();
         let mut buf = secret.to_vec();
@@ -150,7 +160,11 @@ impl Keyring {
         // Sealing in place with a fresh nonce cannot fail for inputs this small.
         if kek
             .key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf,
+            )
             .is_err()
         {
             panic!("AES-GCM sealing of a key failed");
@@ -388,7 +402,8 @@ impl BlobSealer {
 
     fn seal_one(&mut self, last: bool, out: &mut Vec<u8>) {
         let mut seg = std::mem::replace(&mut self.buf, Vec::with_capacity(SEGMENT + TAG));
-        self.key.seal_segment(&self.digest, self.index, last, &mut seg);
+        self.key
+            .seal_segment(&self.digest, self.index, last, &mut seg);
         self.index += 1;
         out.extend_from_slice(&seg);
     }
@@ -650,7 +665,15 @@ mod tests {
     fn blobs_round_trip_and_detect_tampering() {
         let k = ring();
         let (key, _, _) = k.new_data_key(b"d");
-        for len in [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT, 200_000] {
+        for len in [
+            0,
+            1,
+            SEGMENT - 1,
+            SEGMENT,
+            SEGMENT + 1,
+            3 * SEGMENT,
+            200_000,
+        ] {
             let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             for piece in [1000, SEGMENT, 7 * SEGMENT] {
                 let s = seal(&key, "d", &data, piece);
@@ -664,7 +687,10 @@ mod tests {
             let at = flipped.len() / 2;
             flipped[at] ^= 1;
             assert!(open(&key, "d", len as u64, &flipped).is_err());
-            assert!(open(&key, "other", len as u64, &s).is_err(), "bound to the digest");
+            assert!(
+                open(&key, "other", len as u64, &s).is_err(),
+                "bound to the digest"
+            );
             let mut longer = s.clone();
             longer.extend_from_slice(&[0; TAG + 1]);
             assert!(open(&key, "d", len as u64, &longer).is_err(), "extended");
@@ -688,7 +714,12 @@ mod tests {
         let k = Arc::new(ring());
         let mut stored = Vec::new();
         let mut plain = Vec::new();
-        for (n, piece) in [(10usize, 3usize), (RECORD * 2 + 5, 4096), (0, 1), (700_000, 65536)] {
+        for (n, piece) in [
+            (10usize, 3usize),
+            (RECORD * 2 + 5, 4096),
+            (0, 1),
+            (700_000, 65536),
+        ] {
             let data: Vec<u8> = (0..n).map(|i| (i % 253) as u8).collect();
             let mut s = UploadSealer::new(&k);
             for c in data.chunks(piece) {

@@ -165,9 +165,8 @@ impl BlobStore {
             let failure: Arc<Mutex<Option<SealError>>> = Arc::default();
             let sealer = BlobSealer::new(key.clone(), expected.as_str(), size);
             let seen = Arc::clone(&failure);
-            let sealed = futures_util::stream::unfold(
-                (plain, Some(sealer)),
-                move |(mut plain, sealer)| {
+            let sealed =
+                futures_util::stream::unfold((plain, Some(sealer)), move |(mut plain, sealer)| {
                     let failure = Arc::clone(&seen);
                     async move {
                         let mut sealer = sealer?;
@@ -199,8 +198,7 @@ impl BlobStore {
                             }
                         }
                     }
-                },
-            );
+                });
             let written = self
                 .append_upload(&target, 0, &mut HashState::new(), sealed, u64::MAX)
                 .await;
@@ -236,11 +234,10 @@ impl BlobStore {
         id: &str,
         stored: u64,
     ) -> Result<std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>> {
-        let raw: std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> =
-            match self {
-                BlobStore::Fs(s) => Box::pin(s.read_upload(id, stored).await?),
-                BlobStore::S3(s) => Box::pin(s.read_upload(id, stored).await?),
-            };
+        let raw: std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> = match self {
+            BlobStore::Fs(s) => Box::pin(s.read_upload(id, stored).await?),
+            BlobStore::S3(s) => Box::pin(s.read_upload(id, stored).await?),
+        };
         let opener = UploadOpener::new(Arc::clone(keyring));
         Ok(Box::pin(futures_util::stream::unfold(
             (raw, Some(opener)),
@@ -360,14 +357,20 @@ impl BlobStore {
         }))
     }
 
-    /// Checks a sealed blob whole: every segment authenticates and the stored size is
-    /// right. For `fsck`.
-    pub async fn check_sealed(&self, digest: &Digest, size: u64, key: &DataKey) -> Result<()> {
+    /// Re-reads a sealed blob whole for `fsck`: every segment must authenticate, and the
+    /// plaintext is hashed in the digest's algorithm. `progress` is told the stored bytes
+    /// read.
+    pub async fn verify_sealed(
+        &self,
+        digest: &Digest,
+        size: u64,
+        key: &DataKey,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<crate::BlobCheck> {
         let Some(mut r) = self.open_sealed(digest, None, size, key, None).await? else {
-            return Err(StorageError::Sealed(SealError::Tampered(format!(
-                "{digest} is missing"
-            ))));
+            return Ok(crate::BlobCheck::Missing);
         };
+        let mut h = Hasher::new(digest.algorithm());
         let mut n = 0u64;
         while let Some(piece) = r.body.next().await {
             let piece = piece.map_err(|e| match e.downcast::<SealError>() {
@@ -375,13 +378,13 @@ impl BlobStore {
                 Err(e) => StorageError::io("reading a sealed blob")(e),
             })?;
             n += piece.len() as u64;
+            h.update(&piece);
+            progress(piece.len() as u64);
         }
-        if n != size {
-            return Err(StorageError::Sealed(SealError::Tampered(format!(
-                "{digest} opened to {n} bytes, {size} expected"
-            ))));
-        }
-        Ok(())
+        Ok(crate::BlobCheck::Present {
+            size: n,
+            actual: h.finish(),
+        })
     }
 }
 

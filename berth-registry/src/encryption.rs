@@ -1,0 +1,224 @@
+//! Encryption at rest as the registry applies it: which data key seals a blob (one per
+//! digest, kept wrapped in the metadata store), the keyring's check at startup, and the
+//! upload path through the sealed formats of `berth_storage::seal`.
+
+use std::sync::Arc;
+
+use berth_meta::WrappedKey;
+use berth_oci::{Algorithm, Digest};
+use berth_storage::seal::{DataKey, Keyring, SealError};
+use berth_storage::{HashState, StorageError};
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::{Registry, RegistryError, Result};
+
+/// What a key-encryption key's check value seals: the bytes prove the key under that id is
+/// the one that was used before.
+const CHECK_CONTEXT: &[u8] = b"berth-kek-check";
+const CHECK_VALUE: &[u8] = b"berth encryption at rest";
+
+/// A keyring that does not fit the registry's stored data, found at startup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyProblem {
+    /// The key under this id is not the one that sealed this registry's data.
+    Wrong { key_id: String },
+    /// Blobs are sealed under a key id the keyring does not have.
+    Missing { key_id: String, blobs: u64 },
+    /// The registry holds sealed blobs and no keyring is configured.
+    NoKeyring { blobs: u64 },
+}
+
+impl std::fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyProblem::Wrong { key_id } => write!(
+                f,
+                "key {key_id} is not the key that was used under this id before (wrong key material)"
+            ),
+            KeyProblem::Missing { key_id, blobs } => write!(
+                f,
+                "{blobs} blobs are sealed under key {key_id}, which is not in the keyring"
+            ),
+            KeyProblem::NoKeyring { blobs } => write!(
+                f,
+                "{blobs} blobs are stored encrypted and encryption is not configured"
+            ),
+        }
+    }
+}
+
+impl Registry {
+    /// Turns encryption at rest on (`Some`) for blobs written from now on. Check the
+    /// keyring against the stored data first with [`Registry::check_keyring`].
+    pub fn with_encryption(mut self, keyring: Option<Arc<Keyring>>) -> Registry {
+        self.encryption = keyring;
+        self
+    }
+
+    pub fn encryption(&self) -> Option<&Arc<Keyring>> {
+        self.encryption.as_ref()
+    }
+
+    /// Whether `keyring` can open what this registry stores: each key id used before must
+    /// hold the same key (checked against the value sealed under it at first use, which is
+    /// written now for keys used for the first time), and every key id that wraps a blob's
+    /// data key must be in the keyring. With no keyring, no blob may be sealed.
+    pub async fn check_keyring(&self, keyring: Option<&Keyring>) -> Result<Vec<KeyProblem>> {
+        let uses = self.meta.key_uses().await?;
+        let Some(keyring) = keyring else {
+            let blobs: u64 = uses.iter().map(|u| u.blobs).sum();
+            return Ok(if blobs > 0 {
+                vec![KeyProblem::NoKeyring { blobs }]
+            } else {
+                vec![]
+            });
+        };
+        let mut problems = Vec::new();
+        for id in keyring.ids() {
+            match self.meta.kek_check(id).await? {
+                Some(sealed) => {
+                    if keyring.unwrap(id, CHECK_CONTEXT, &sealed).as_deref() != Ok(CHECK_VALUE) {
+                        problems.push(KeyProblem::Wrong {
+                            key_id: id.to_owned(),
+                        });
+                    }
+                }
+                None => {
+                    let sealed = keyring.wrap_under(id, CHECK_CONTEXT, CHECK_VALUE)?;
+                    self.meta.insert_kek_check(id, &sealed).await?;
+                    // A concurrent first use may have written its value first.
+                    if let Some(stored) = self.meta.kek_check(id).await?
+                        && keyring.unwrap(id, CHECK_CONTEXT, &stored).as_deref() != Ok(CHECK_VALUE)
+                    {
+                        problems.push(KeyProblem::Wrong {
+                            key_id: id.to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        for u in uses {
+            if !keyring.ids().any(|id| id == u.key_id) {
+                problems.push(KeyProblem::Missing {
+                    key_id: u.key_id,
+                    blobs: u.blobs,
+                });
+            }
+        }
+        Ok(problems)
+    }
+
+    /// The data key a sealed blob is read with; `None`: stored as plaintext.
+    pub(crate) async fn read_key(&self, digest: &Digest) -> Result<Option<DataKey>> {
+        let Some(keyring) = &self.encryption else {
+            return Ok(None);
+        };
+        let Some(w) = self.meta.blob_key(digest.as_str()).await? else {
+            return Ok(None);
+        };
+        keyring
+            .open_data_key(&w.key_id, digest.as_str().as_bytes(), &w.wrapped)
+            .map(Some)
+            .map_err(sealed)
+    }
+
+    /// The data key `digest` is sealed under, created (and recorded before any byte is
+    /// sealed) if it has none. Racing writers of one digest all get the one recorded.
+    async fn seal_key(&self, keyring: &Keyring, digest: &Digest) -> Result<DataKey> {
+        let context = digest.as_str().as_bytes();
+        if let Some(w) = self.meta.blob_key(digest.as_str()).await? {
+            return keyring
+                .open_data_key(&w.key_id, context, &w.wrapped)
+                .map_err(sealed);
+        }
+        let (key, key_id, wrapped) = keyring.new_data_key(context);
+        let mine = WrappedKey { key_id, wrapped };
+        let stored = self.meta.insert_blob_key(digest.as_str(), &mine).await?;
+        if stored == mine {
+            return Ok(key);
+        }
+        keyring
+            .open_data_key(&stored.key_id, context, &stored.wrapped)
+            .map_err(sealed)
+    }
+
+    /// Appends to an upload's data, sealed when encryption is on.
+    pub(crate) async fn append_upload<S, E>(
+        &self,
+        id: &str,
+        offset: u64,
+        state: &mut HashState,
+        body: S,
+        limit: u64,
+    ) -> std::result::Result<u64, StorageError>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match &self.encryption {
+            None => {
+                self.blobs
+                    .append_upload(id, offset, state, body, limit)
+                    .await
+            }
+            Some(k) => {
+                self.blobs
+                    .append_upload_sealed(k, id, offset, state, body, limit)
+                    .await
+            }
+        }
+    }
+
+    /// Makes a verified upload `digest`'s bytes, sealed under the digest's data key when
+    /// encryption is on.
+    pub(crate) async fn finish_upload(
+        &self,
+        id: &str,
+        size: u64,
+        state: &HashState,
+        digest: &Digest,
+    ) -> Result<()> {
+        let Some(keyring) = &self.encryption else {
+            return self
+                .blobs
+                .finish_upload(id, size, state, digest)
+                .await
+                .map_err(RegistryError::from);
+        };
+        if self.meta.blob_key(digest.as_str()).await?.is_none()
+            && digest.algorithm() == Algorithm::Sha256
+            && self.meta.blob(digest.as_str()).await?.is_some()
+            && self.blobs.stat(digest).await?.is_some()
+        {
+            // The blob is stored as plaintext from before encryption was turned on, and
+            // readers rely on that: overwriting it with sealed bytes before its state
+            // changed would hand them ciphertext. The same bytes are already there; `berth
+            // encrypt` seals them with an atomic switch.
+            let actual = state.digest();
+            if &actual != digest {
+                return Err(RegistryError::DigestMismatch {
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
+            self.blobs.delete_upload(id).await?;
+            return Ok(());
+        }
+        let key = self.seal_key(keyring, digest).await?;
+        self.blobs
+            .finish_upload_sealed(keyring, id, size, state, digest, &key)
+            .await
+            .map_err(RegistryError::from)
+    }
+}
+
+fn sealed(e: SealError) -> RegistryError {
+    RegistryError::Storage(StorageError::Sealed(e))
+}
+
+impl From<SealError> for RegistryError {
+    fn from(e: SealError) -> Self {
+        sealed(e)
+    }
+}
