@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub mod encryption;
 pub mod storage;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +60,8 @@ pub struct Config {
     pub catalog: crate::sbom::CatalogConfig,
     /// The Kubernetes admission webhooks (`[admission]`, `[[admission.rule]]`).
     pub admission: AdmissionConfig,
+    /// Encryption at rest (`[encryption]`, `[[encryption.key]]`).
+    pub encryption: encryption::EncryptionConfig,
 }
 
 /// `[admission]`: the webhooks' listener and certificate, how nodes name Berth, and the
@@ -182,6 +185,7 @@ impl Default for Config {
             jobs: crate::events::JobsConfig::default(),
             catalog: crate::sbom::CatalogConfig::default(),
             admission: AdmissionConfig::default(),
+            encryption: encryption::EncryptionConfig::default(),
         }
     }
 }
@@ -728,6 +732,18 @@ impl Config {
                 Ok(config)
             }
         }
+    }
+
+    /// The keyring of `[encryption]` (read from its files and variables), `None` when
+    /// encryption is off; refuses settings that cannot go with it.
+    pub fn keyring(&self) -> anyhow::Result<Option<std::sync::Arc<berth_storage::seal::Keyring>>> {
+        let ring = self.encryption.keyring(&|k| std::env::var(k).ok())?;
+        if ring.is_some() && self.storage.redirect_blob_gets {
+            anyhow::bail!(
+                "[storage] redirect_blob_gets = true cannot be used with [encryption]: the bucket holds only ciphertext, so clients must get blobs through Berth"
+            );
+        }
+        Ok(ring)
     }
 
     /// The tag rules in force: the configured ones, or semver immutability everywhere.

@@ -99,6 +99,43 @@ pub async fn open_blobs(config: &Config, existing: bool) -> anyhow::Result<BlobS
     }
 }
 
+/// Turns `[encryption]` on for `registry` once the keyring is known to open what the
+/// registry stores: a wrong key under a known id, a key sealed blobs need that is missing,
+/// or sealed blobs without any keyring stop here, naming the key and its setting.
+pub async fn check_keyring(
+    registry: Registry,
+    config: &Config,
+    keyring: Option<std::sync::Arc<berth_storage::seal::Keyring>>,
+) -> anyhow::Result<Registry> {
+    let problems = registry
+        .check_keyring(keyring.as_deref())
+        .await
+        .context("checking the encryption keys against the metadata store")?;
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|p| match p {
+                berth_registry::KeyProblem::Wrong { key_id }
+                | berth_registry::KeyProblem::Missing { key_id, .. } => {
+                    format!("{p} ({})", config.encryption.setting_of(key_id))
+                }
+                berth_registry::KeyProblem::NoKeyring { .. } => {
+                    format!("{p}: configure [encryption] with the keys that sealed them")
+                }
+            })
+            .collect();
+        anyhow::bail!("[encryption]: {}", lines.join("; "));
+    }
+    if let Some(k) = &keyring {
+        tracing::info!(
+            active = k.active_id(),
+            keys = k.ids().count(),
+            "blobs are encrypted at rest"
+        );
+    }
+    Ok(registry.with_encryption(keyring))
+}
+
 /// The registry as `serve` runs it: storage, metadata and upstreams from `config`. The
 /// offline commands open it the same way, so the configured rules apply to them too.
 /// Its metadata store is `registry.meta()`; close it when done.
@@ -109,6 +146,7 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
     let meta = MetaStore::connect_with(&config.metadata_url(), &config.metadata.pool_settings())
         .await
         .context("opening the metadata store")?;
+    let keyring = config.keyring()?;
     let registry = Registry::new(
         blobs,
         meta,
@@ -146,6 +184,7 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
             })
             .collect(),
     )?;
+    let registry = check_keyring(registry, config, keyring).await?;
     registry.set_policy(crate::policy::compile(config)?);
     registry
         .set_admission(config.admission.rules.clone(), config.admission_settings())
