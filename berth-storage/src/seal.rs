@@ -637,16 +637,16 @@ mod tests {
     use super::*;
 
     fn ring() -> Keyring {
-        Keyring::new(vec![("k1".into(), [7; 32]), ("k2".into(), [9; 32])], "k2").unwrap()
+        Keyring::new(vec![("k1".into(), [7; 32]), ("k2".into(), [9; 32])], "k2").expect("ok")
     }
 
     fn seal(key: &DataKey, digest: &str, data: &[u8], piece: usize) -> Vec<u8> {
         let mut s = BlobSealer::new(key.clone(), digest, data.len() as u64);
         let mut out = Vec::new();
         for c in data.chunks(piece.max(1)) {
-            out.extend(s.push(c).unwrap());
+            out.extend(s.push(c).expect("ok"));
         }
-        out.extend(s.finish().unwrap());
+        out.extend(s.finish().expect("ok"));
         out
     }
 
@@ -678,7 +678,7 @@ mod tests {
             for piece in [1000, SEGMENT, 7 * SEGMENT] {
                 let s = seal(&key, "d", &data, piece);
                 assert_eq!(s.len() as u64, sealed_len(len as u64));
-                assert_eq!(open(&key, "d", len as u64, &s).unwrap(), data);
+                assert_eq!(open(&key, "d", len as u64, &s).expect("ok"), data);
                 // Deterministic: sealing again gives the same bytes.
                 assert_eq!(seal(&key, "d", &data, 999), s);
             }
@@ -731,9 +731,9 @@ mod tests {
         let mut o = UploadOpener::new(Arc::clone(&k));
         let mut out = Vec::new();
         for c in stored.chunks(1234) {
-            o.push(c, &mut out).unwrap();
+            o.push(c, &mut out).expect("ok");
         }
-        o.finish().unwrap();
+        o.finish().expect("ok");
         assert_eq!(out, plain);
         let mut bad = stored.clone();
         let at = bad.len() - 3;
@@ -747,14 +747,14 @@ mod tests {
         let k = ring();
         let (id, w) = k.wrap(b"sha256:aa", b"secret");
         assert_eq!(id, "k2");
-        assert_eq!(k.unwrap(&id, b"sha256:aa", &w).unwrap(), b"secret");
+        assert_eq!(k.unwrap(&id, b"sha256:aa", &w).expect("ok"), b"secret");
         assert!(k.unwrap(&id, b"sha256:bb", &w).is_err());
         assert!(k.unwrap("k1", b"sha256:aa", &w).is_err());
         assert_eq!(
             k.unwrap("k3", b"x", &w),
             Err(SealError::UnknownKey("k3".into()))
         );
-        let other = Keyring::new(vec![("k2".into(), [1; 32])], "k2").unwrap();
+        let other = Keyring::new(vec![("k2".into(), [1; 32])], "k2").expect("ok");
         assert!(other.unwrap(&id, b"sha256:aa", &w).is_err(), "wrong key");
     }
 }

@@ -196,18 +196,18 @@ mod tests {
         assert_eq!(ring.ids().collect::<Vec<_>>(), ["k1", "k3"]);
 
         let unset = |_: &str| None;
-        let e = config.keyring(&unset).unwrap_err().to_string();
+        let e = config.keyring(&unset).expect_err("refused").to_string();
         assert!(e.contains("key k1") && e.contains("env = KEK1"), "{e}");
 
         std::fs::write(&f, "too short").expect("write");
-        let e = config.keyring(&env).unwrap_err().to_string();
+        let e = config.keyring(&env).expect_err("refused").to_string();
         assert!(
             e.contains("key k3") && e.contains(&f.display().to_string()),
             "{e}"
         );
 
         std::fs::remove_file(&f).expect("rm");
-        let e = config.keyring(&env).unwrap_err().to_string();
+        let e = config.keyring(&env).expect_err("refused").to_string();
         assert!(e.contains("key k3") && e.contains("cannot read"), "{e}");
 
         let short = |_: &str| Some("abcd".to_owned());
@@ -215,7 +215,7 @@ mod tests {
             active: None,
             keys: vec![entry("k1", "KEK1")],
         };
-        let e = one.keyring(&short).unwrap_err().to_string();
+        let e = one.keyring(&short).expect_err("refused").to_string();
         assert!(e.contains("key k1") && e.contains("KEK1"), "{e}");
         assert_eq!(
             one.keyring(&env).expect("ok").expect("on").active_id(),
@@ -225,7 +225,7 @@ mod tests {
             active: Some("k9".into()),
             keys: vec![entry("k1", "KEK1")],
         };
-        let e = missing_active.keyring(&env).unwrap_err().to_string();
+        let e = missing_active.keyring(&env).expect_err("refused").to_string();
         assert!(e.contains("k9"), "{e}");
         assert!(
             EncryptionConfig::default()
