@@ -632,6 +632,48 @@ impl UploadOpener {
     }
 }
 
+/// A record of a stored upload: (its key's fingerprint, its nonce counter, its ciphertext).
+#[doc(hidden)]
+pub type UploadRecord = (Vec<u8>, u64, Vec<u8>);
+
+/// Every record of an upload's stored bytes as (a fingerprint of its key, its nonce
+/// counter, its ciphertext). For tests that check no (key, nonce) pair repeats.
+#[doc(hidden)]
+pub fn upload_records(
+    keyring: &Keyring,
+    stored: &[u8],
+) -> Result<Vec<UploadRecord>, SealError> {
+    use sha2::Digest as _;
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut current: Option<(Vec<u8>, u64)> = None;
+    let bad = || SealError::Tampered("upload bytes do not parse".into());
+    while pos < stored.len() {
+        let rest = &stored[pos..];
+        if rest.len() >= 4 && &rest[..4] == UPLOAD_MAGIC {
+            let idlen = *rest.get(4).ok_or_else(bad)? as usize;
+            let id =
+                std::str::from_utf8(rest.get(5..5 + idlen).ok_or_else(bad)?).map_err(|_| bad())?;
+            let wl = rest.get(5 + idlen..7 + idlen).ok_or_else(bad)?;
+            let wl = u16::from_be_bytes([wl[0], wl[1]]) as usize;
+            let end = 7 + idlen + wl;
+            let raw =
+                keyring.unwrap(id, UPLOAD_MAGIC, rest.get(7 + idlen..end).ok_or_else(bad)?)?;
+            current = Some((sha2::Sha256::digest(&raw).to_vec(), 0));
+            pos += end;
+            continue;
+        }
+        let (fp, counter) = current.as_mut().ok_or_else(bad)?;
+        let len = rest.get(..4).ok_or_else(bad)?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let ct = rest.get(4..4 + len + TAG).ok_or_else(bad)?;
+        out.push((fp.clone(), *counter, ct.to_vec()));
+        *counter += 1;
+        pos += 4 + len + TAG;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

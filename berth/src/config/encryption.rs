@@ -225,7 +225,10 @@ mod tests {
             active: Some("k9".into()),
             keys: vec![entry("k1", "KEK1")],
         };
-        let e = missing_active.keyring(&env).expect_err("refused").to_string();
+        let e = missing_active
+            .keyring(&env)
+            .expect_err("refused")
+            .to_string();
         assert!(e.contains("k9"), "{e}");
         assert!(
             EncryptionConfig::default()
