@@ -144,6 +144,7 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("secret", Bytes),
             ("created_at", Int),
             ("retired_at", Int),
+            ("sealed_by", Text),
         ],
     ),
     (

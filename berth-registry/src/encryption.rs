@@ -18,13 +18,37 @@ use crate::{Registry, RegistryError, Result};
 const CHECK_CONTEXT: &[u8] = b"berth-kek-check";
 const CHECK_VALUE: &[u8] = b"berth encryption at rest";
 
+/// What one key-encryption key seals.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyUse {
+    pub key_id: String,
+    /// Blobs whose data key it wraps.
+    pub blobs: u64,
+    /// Stored secrets (token signing keys) it seals.
+    pub secrets: u64,
+}
+
+impl KeyUse {
+    fn new(id: &str) -> KeyUse {
+        KeyUse {
+            key_id: id.to_owned(),
+            blobs: 0,
+            secrets: 0,
+        }
+    }
+}
+
 /// A keyring that does not fit the registry's stored data, found at startup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyProblem {
     /// The key under this id is not the one that sealed this registry's data.
     Wrong { key_id: String },
-    /// Blobs are sealed under a key id the keyring does not have.
-    Missing { key_id: String, blobs: u64 },
+    /// Blobs (or stored secrets) are sealed under a key id the keyring does not have.
+    Missing {
+        key_id: String,
+        blobs: u64,
+        secrets: u64,
+    },
     /// The registry holds sealed blobs and no keyring is configured.
     NoKeyring { blobs: u64 },
 }
@@ -36,9 +60,13 @@ impl std::fmt::Display for KeyProblem {
                 f,
                 "key {key_id} is not the key that was used under this id before (wrong key material)"
             ),
-            KeyProblem::Missing { key_id, blobs } => write!(
+            KeyProblem::Missing {
+                key_id,
+                blobs,
+                secrets,
+            } => write!(
                 f,
-                "{blobs} blobs are sealed under key {key_id}, which is not in the keyring"
+                "{blobs} blobs and {secrets} stored secrets are sealed under key {key_id}, which is not in the keyring"
             ),
             KeyProblem::NoKeyring { blobs } => write!(
                 f,
@@ -65,9 +93,9 @@ impl Registry {
     /// written now for keys used for the first time), and every key id that wraps a blob's
     /// data key must be in the keyring. With no keyring, no blob may be sealed.
     pub async fn check_keyring(&self, keyring: Option<&Keyring>) -> Result<Vec<KeyProblem>> {
-        let uses = self.meta.key_uses().await?;
+        let uses = self.key_uses().await?;
         let Some(keyring) = keyring else {
-            let blobs: u64 = uses.iter().map(|u| u.blobs).sum();
+            let blobs: u64 = uses.iter().map(|u| u.blobs + u.secrets).sum();
             return Ok(if blobs > 0 {
                 vec![KeyProblem::NoKeyring { blobs }]
             } else {
@@ -103,10 +131,28 @@ impl Registry {
                 problems.push(KeyProblem::Missing {
                     key_id: u.key_id,
                     blobs: u.blobs,
+                    secrets: u.secrets,
                 });
             }
         }
         Ok(problems)
+    }
+
+    /// What each key-encryption key seals: blobs' data keys and stored secrets (token
+    /// signing keys), by key id.
+    pub async fn key_uses(&self) -> Result<Vec<KeyUse>> {
+        let mut out: std::collections::BTreeMap<String, KeyUse> = Default::default();
+        for u in self.meta.key_uses().await? {
+            out.entry(u.key_id.clone())
+                .or_insert_with(|| KeyUse::new(&u.key_id))
+                .blobs += u.blobs;
+        }
+        for (id, n) in self.meta.signing_key_uses().await? {
+            out.entry(id.clone())
+                .or_insert_with(|| KeyUse::new(&id))
+                .secrets += n;
+        }
+        Ok(out.into_values().collect())
     }
 
     /// The data key a sealed blob is read with; `None`: stored as plaintext.

@@ -44,7 +44,7 @@ use serde::Serialize;
 
 pub use berth_meta::{Actor, Backend, Linked, Referrer};
 pub use berth_upstream::UpstreamConfig;
-pub use encryption::KeyProblem;
+pub use encryption::{KeyProblem, KeyUse};
 pub use error::RegistryError;
 pub use proxy::{BlobSource, Pulled, PulledBlob, UpstreamSettings, upstream_prefix};
 pub use tag_rules::{TagRuleSpec, TagRules};

@@ -433,11 +433,112 @@ async fn a_wrong_or_missing_key_is_found_before_serving() {
         s.registry.check_keyring(Some(&other)).await.expect("check"),
         vec![KeyProblem::Missing {
             key_id: "k1".into(),
-            blobs: 1
+            blobs: 1,
+            secrets: 0,
         }]
     );
     assert_eq!(
         s.registry.check_keyring(None).await.expect("check"),
         vec![KeyProblem::NoKeyring { blobs: 1 }]
+    );
+}
+
+/// Token signing keys are stored sealed: tokens issued over HTTP verify, the stored secret
+/// is not the key, a key stored before encryption was turned on is sealed at the next
+/// start, and a keyring with another key under the id cannot read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_signing_keys_are_sealed_in_the_metadata_store() {
+    use berth_registry::access::{Access, AccessConfig};
+    use berth_server::auth::ChallengeKind;
+
+    // First without encryption: the signing key is stored as it is.
+    let plain = start(false, false, None).await;
+    let before = Access::new(plain.meta.clone(), AccessConfig::default(), None)
+        .await
+        .expect("access");
+    drop(before);
+    let stored = plain.meta.stored_signing_keys().await.expect("keys");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0].2, None,
+        "without encryption the key is stored as it is"
+    );
+    let dir = plain.dir.clone();
+    drop(plain);
+
+    // The same data directory with encryption and authentication on.
+    let ring = keyring(0x44);
+    let s = common::start(Setup {
+        dir: Some(dir),
+        encryption: Some(ring.clone()),
+        auth: Some((
+            AccessConfig {
+                encryption: Some(ring.clone()),
+                ..AccessConfig::default()
+            },
+            ChallengeKind::Bearer,
+        )),
+        ..Setup::default()
+    })
+    .await;
+    common::add_users(s.access(), &[("root", true)]).await;
+    let after = s.meta.stored_signing_keys().await.expect("keys");
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].0, stored[0].0, "the same key");
+    assert_eq!(after[0].2.as_deref(), Some("k1"), "sealed at start");
+    assert_ne!(after[0].1, stored[0].1, "the stored secret is not the key");
+    assert!(!holds(&after[0].1, &stored[0].1));
+
+    let r = s
+        .http
+        .get(format!(
+            "{}/token?service=berth&scope=repository:root/app:pull,push",
+            s.base
+        ))
+        .basic_auth("root", Some(common::PASSWORD))
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: serde_json::Value = r.json().await.expect("json");
+    let token = v["token"].as_str().expect("token").to_owned();
+    let r = s
+        .http
+        .get(s.url("/v2/"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("v2");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "a token signed with the sealed key verifies"
+    );
+
+    // Rotation stores the new key sealed too.
+    let admin = s
+        .access()
+        .login("root", common::PASSWORD, None)
+        .await
+        .expect("admin");
+    s.access().rotate_key(&admin, None).await.expect("rotate");
+    let rotated = s.meta.stored_signing_keys().await.expect("keys");
+    assert_eq!(rotated.len(), 2);
+    assert!(rotated.iter().all(|k| k.2.as_deref() == Some("k1")));
+
+    // Another key under the same id cannot open them.
+    let wrong = keyring(0x45);
+    let refused = Access::new(
+        s.meta.clone(),
+        AccessConfig {
+            encryption: Some(wrong),
+            ..AccessConfig::default()
+        },
+        None,
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a wrong key must not read the signing keys"
     );
 }

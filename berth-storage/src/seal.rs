@@ -639,10 +639,7 @@ pub type UploadRecord = (Vec<u8>, u64, Vec<u8>);
 /// Every record of an upload's stored bytes as (a fingerprint of its key, its nonce
 /// counter, its ciphertext). For tests that check no (key, nonce) pair repeats.
 #[doc(hidden)]
-pub fn upload_records(
-    keyring: &Keyring,
-    stored: &[u8],
-) -> Result<Vec<UploadRecord>, SealError> {
+pub fn upload_records(keyring: &Keyring, stored: &[u8]) -> Result<Vec<UploadRecord>, SealError> {
     use sha2::Digest as _;
     let mut out = Vec::new();
     let mut pos = 0;

@@ -605,6 +605,8 @@ impl AuthConfig {
             password_queue: self.password_check_queue.max(1),
             // Filled from the `[[upstream]]` tables by `Config::access_config`.
             cache_tenants: Vec::new(),
+            // The keyring is read (from its files) where the registry is opened.
+            encryption: None,
         }
     }
 }

@@ -341,7 +341,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let auth = if config.auth.enabled {
         let key = open::read_key_file(&config)?;
-        let access = Access::new(meta.clone(), config.access_config(), key)
+        let access_config = berth_registry::access::AccessConfig {
+            encryption: registry.encryption().cloned(),
+            ..config.access_config()
+        };
+        let access = Access::new(meta.clone(), access_config, key)
             .await
             .context("setting up authentication")?;
         bootstrap_admin(&access, &config).await?;

@@ -56,7 +56,11 @@ impl StoreArgs {
                 .await
                 .context("opening the metadata store")?;
         let key = read_key_file(&config)?;
-        let access = Access::new(meta, config.access_config(), key).await?;
+        let access_config = berth_registry::access::AccessConfig {
+            encryption: config.keyring()?,
+            ..config.access_config()
+        };
+        let access = Access::new(meta, access_config, key).await?;
         Ok((config, access))
     }
 

@@ -17,3 +17,7 @@ CREATE TABLE kek_checks (
     sealed      BYTEA NOT NULL,
     created_at  BIGINT NOT NULL
 );
+
+-- A token signing key's secret sealed by this key-encryption key (NULL: stored as it is,
+-- from before encryption was turned on; sealed at the next start with a keyring).
+ALTER TABLE signing_keys ADD COLUMN sealed_by TEXT;
