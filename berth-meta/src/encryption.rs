@@ -116,6 +116,15 @@ impl MetaStore {
             .collect()
     }
 
+    /// How many sealed blobs have their data key wrapped by another key than `except`.
+    pub async fn count_blob_keys_not_under(&self, except: &str) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blob_keys WHERE key_id <> $1")
+            .bind(except)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(crate::to_u64(n))
+    }
+
     /// Replaces the wrapped form of data keys (the keys themselves unchanged), each only if
     /// it is still wrapped as `old` says, in one transaction. Returns how many changed.
     pub async fn rewrap_blob_keys(

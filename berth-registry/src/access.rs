@@ -1790,6 +1790,13 @@ pub fn valid_namespace(ns: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
+/// What a token signing key's sealed secret is bound to.
+fn signing_context(kid: &str) -> Vec<u8> {
+    let mut c = b"berth-token-signing-key\0".to_vec();
+    c.extend_from_slice(kid.as_bytes());
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1828,11 +1835,4 @@ mod tests {
         assert_eq!(pull_secret_name("team.a").as_deref(), Some("team.a-pull"));
         assert_eq!(pull_secret_name("team_a"), None);
     }
-}
-
-/// What a token signing key's sealed secret is bound to.
-fn signing_context(kid: &str) -> Vec<u8> {
-    let mut c = b"berth-token-signing-key\0".to_vec();
-    c.extend_from_slice(kid.as_bytes());
-    c
 }

@@ -259,6 +259,144 @@ impl Registry {
     }
 }
 
+/// The setting (JSON string) naming the active key-encryption key, written by `berth keys
+/// rotate` and followed by every replica that has that key.
+const ACTIVE_SETTING: &str = "encryption.active_key";
+
+/// Data keys re-wrapped per transaction.
+const REWRAP_BATCH: u32 = 1000;
+
+/// What `berth keys rewrap` did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RewrapSummary {
+    /// The key everything is wrapped with now.
+    pub active: String,
+    /// Data keys re-wrapped.
+    pub rewrapped: u64,
+    /// Data keys that could not be opened (digest, why): they stay as they were, and
+    /// `fsck` reports their blobs.
+    pub failed: Vec<(String, String)>,
+}
+
+impl Registry {
+    /// Follows `berth keys rotate`: makes the key the metadata store names active here, if
+    /// this replica's keyring has it (until it does, its own active key goes on wrapping,
+    /// which every replica can still open).
+    pub async fn load_active_key(&self) -> Result<()> {
+        let Some(ring) = &self.encryption else {
+            return Ok(());
+        };
+        let Some(value) = self.meta.setting(ACTIVE_SETTING).await? else {
+            return Ok(());
+        };
+        let id: String = serde_json::from_str(&value).unwrap_or(value);
+        if ring.has(&id) {
+            if ring.active_id() != id {
+                tracing::info!(key = %id, "encryption key rotated: new data keys are wrapped with it");
+            }
+            ring.set_active(&id)?;
+        } else {
+            tracing::warn!(key = %id, "the active encryption key named in the metadata store is not in this replica's keyring; add it to [[encryption.key]]");
+        }
+        Ok(())
+    }
+
+    /// `berth keys rotate`: makes `id` (already in the keyring, and checked at startup) the
+    /// key new data keys and secrets are wrapped with, on every replica within seconds.
+    pub async fn activate_key(&self, id: &str, actor: &berth_meta::Actor) -> Result<()> {
+        let ring = self.keyring()?;
+        if !ring.has(id) {
+            return Err(RegistryError::Invalid(format!(
+                "key {id} is not in the keyring: add it to [[encryption.key]] on every replica first"
+            )));
+        }
+        let value =
+            serde_json::to_string(id).map_err(|e| RegistryError::Internal(e.to_string()))?;
+        self.meta
+            .set_setting(ACTIVE_SETTING, &value, actor, "encryption.rotate")
+            .await?;
+        ring.set_active(id)?;
+        Ok(())
+    }
+
+    fn keyring(&self) -> Result<&Arc<Keyring>> {
+        self.encryption.as_ref().ok_or_else(|| {
+            RegistryError::Invalid("encryption is not configured ([encryption])".into())
+        })
+    }
+
+    /// `berth keys rewrap`: re-wraps every blob data key not wrapped by the active key,
+    /// a batch per transaction (each change only if the row is still as read), so it runs
+    /// beside serving replicas and resumes where a crash stopped it. No blob byte is
+    /// rewritten: the data keys themselves do not change. `progress(done, total)`.
+    pub async fn rewrap_keys(
+        &self,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<RewrapSummary> {
+        let ring = self.keyring()?;
+        let active = ring.active_id().to_owned();
+        let total = self.meta.count_blob_keys_not_under(&active).await?;
+        let mut summary = RewrapSummary {
+            active: active.clone(),
+            ..RewrapSummary::default()
+        };
+        let mut after = String::new();
+        let mut seen = 0u64;
+        progress(0, total);
+        loop {
+            let page = self
+                .meta
+                .blob_keys_not_under(&active, &after, REWRAP_BATCH)
+                .await?;
+            let Some((last, _)) = page.last() else { break };
+            after = last.clone();
+            let mut changes = Vec::with_capacity(page.len());
+            for (digest, old) in page {
+                seen += 1;
+                match ring.rewrap(&old.key_id, digest.as_bytes(), &old.wrapped) {
+                    Ok((key_id, wrapped)) => {
+                        changes.push((digest, old, WrappedKey { key_id, wrapped }))
+                    }
+                    Err(e) => summary.failed.push((digest, e.to_string())),
+                }
+            }
+            berth_storage::failpoint::hit(berth_storage::failpoint::REWRAP_BATCH)
+                .map_err(|e| RegistryError::Internal(e.to_string()))?;
+            summary.rewrapped += self.meta.rewrap_blob_keys(&changes).await?;
+            progress(seen, total.max(seen));
+        }
+        Ok(summary)
+    }
+
+    /// `berth keys retire`: forgets key `id` once nothing uses it. Refused, saying what
+    /// still does, while it is active or wraps any data key or secret.
+    pub async fn retire_key(&self, id: &str) -> Result<()> {
+        let ring = self.keyring()?;
+        if ring.active_id() == id {
+            return Err(RegistryError::InUse(format!(
+                "key {id} is the active key: `berth keys rotate --to` another key first"
+            )));
+        }
+        if let Some(value) = self.meta.setting(ACTIVE_SETTING).await?
+            && serde_json::from_str::<String>(&value).unwrap_or(value) == id
+        {
+            return Err(RegistryError::InUse(format!(
+                "key {id} is the active key in the metadata store: `berth keys rotate --to` another key first"
+            )));
+        }
+        if let Some(u) = self.key_uses().await?.into_iter().find(|u| u.key_id == id)
+            && (u.blobs > 0 || u.secrets > 0)
+        {
+            return Err(RegistryError::InUse(format!(
+                "key {id} still wraps the data keys of {} blobs and seals {} stored secrets: run `berth keys rewrap` first",
+                u.blobs, u.secrets
+            )));
+        }
+        self.meta.delete_kek_check(id).await?;
+        Ok(())
+    }
+}
+
 fn sealed(e: SealError) -> RegistryError {
     RegistryError::Storage(StorageError::Sealed(e))
 }

@@ -542,3 +542,99 @@ async fn token_signing_keys_are_sealed_in_the_metadata_store() {
         "a wrong key must not read the signing keys"
     );
 }
+
+/// Rotation without downtime: a second key made active wraps new data keys, `rewrap`
+/// re-wraps the old ones (the blobs read the same, their bytes untouched), and the old key
+/// can be retired only once nothing uses it; then a keyring without it serves everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_rewrap_and_retire() {
+    let both = Arc::new(
+        Keyring::new(
+            vec![("k1".into(), [0x61; 32]), ("k2".into(), [0x62; 32])],
+            "k1",
+        )
+        .expect("keyring"),
+    );
+    let s = start(false, false, Some(both.clone())).await;
+    let anon = common::Cred::Anonymous;
+    let blobs: Vec<Vec<u8>> = (0..3)
+        .map(|i| marked(SEG + 100 * i, &format!("r{i}-")))
+        .collect();
+    let mut d = Vec::new();
+    for b in &blobs {
+        d.push(s.push_blob_as(&anon, "rot/app", b).await);
+    }
+    let stored_before = read_stored(&s, &d[0]).await;
+    let cli = berth_meta::Actor::named("cli");
+    let e = s.registry.retire_key("k1").await.expect_err("active");
+    assert!(e.to_string().contains("active"), "{e}");
+
+    s.registry.activate_key("k2", &cli).await.expect("rotate");
+    assert_eq!(both.active_id(), "k2");
+    // New blobs are wrapped with k2 at once.
+    let fresh = marked(1000, "fresh-");
+    let f = s.push_blob_as(&anon, "rot/app", &fresh).await;
+    assert_eq!(
+        s.meta
+            .blob_key(&f)
+            .await
+            .expect("key")
+            .expect("sealed")
+            .key_id,
+        "k2"
+    );
+    let e = s.registry.retire_key("k1").await.expect_err("in use");
+    assert!(
+        e.to_string().contains("3 blobs"),
+        "says what still uses it: {e}"
+    );
+
+    let mut seen = Vec::new();
+    let summary = s
+        .registry
+        .rewrap_keys(&mut |done, total| seen.push((done, total)))
+        .await
+        .expect("rewrap");
+    assert_eq!(summary.rewrapped, 3);
+    assert!(summary.failed.is_empty());
+    assert_eq!(seen.last(), Some(&(3, 3)), "progress reaches the total");
+    // Nothing left to do: a second run (a resumed one) changes nothing.
+    let again = s.registry.rewrap_keys(&mut |_, _| {}).await.expect("again");
+    assert_eq!(again.rewrapped, 0);
+    for digest in &d {
+        assert_eq!(
+            s.meta
+                .blob_key(digest)
+                .await
+                .expect("key")
+                .expect("sealed")
+                .key_id,
+            "k2"
+        );
+    }
+    assert_eq!(
+        read_stored(&s, &d[0]).await,
+        stored_before,
+        "no blob byte rewritten"
+    );
+    s.registry.retire_key("k1").await.expect("retire");
+
+    // A keyring of k2 alone opens everything.
+    let only = Arc::new(Keyring::new(vec![("k2".into(), [0x62; 32])], "k2").expect("keyring"));
+    assert_eq!(
+        s.registry.check_keyring(Some(&only)).await.expect("check"),
+        vec![]
+    );
+    let dir = s.dir.clone();
+    drop(s);
+    let s = common::start(Setup {
+        dir: Some(dir),
+        encryption: Some(only),
+        ..Setup::default()
+    })
+    .await;
+    for (digest, b) in d.iter().zip(&blobs) {
+        assert_eq!(&get(&s, "rot/app", digest, None).await.expect("GET"), b);
+    }
+    assert_eq!(get(&s, "rot/app", &f, None).await.expect("GET"), fresh);
+}

@@ -58,7 +58,9 @@ struct Kek {
 /// The key-encryption keys Berth knows, one of them active (new wraps use it).
 pub struct Keyring {
     keys: Vec<Kek>,
-    active: usize,
+    /// Which key new wraps use; switched at run time by `berth keys rotate` (through the
+    /// metadata store) without a restart.
+    active: std::sync::atomic::AtomicUsize,
     rng: SystemRandom,
 }
 
@@ -106,13 +108,33 @@ impl Keyring {
             })?;
         Ok(Keyring {
             keys: ring_keys,
-            active,
+            active: std::sync::atomic::AtomicUsize::new(active),
             rng: SystemRandom::new(),
         })
     }
 
+    fn active_kek(&self) -> &Kek {
+        &self.keys[self.active.load(std::sync::atomic::Ordering::Relaxed)]
+    }
+
     pub fn active_id(&self) -> &str {
-        &self.keys[self.active].id
+        &self.active_kek().id
+    }
+
+    /// Makes `id` the key new wraps use.
+    pub fn set_active(&self, id: &str) -> Result<(), SealError> {
+        let i = self
+            .keys
+            .iter()
+            .position(|k| k.id == id)
+            .ok_or_else(|| SealError::UnknownKey(id.to_owned()))?;
+        self.active.store(i, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the keyring has a key `id`.
+    pub fn has(&self, id: &str) -> bool {
+        self.keys.iter().any(|k| k.id == id)
     }
 
     pub fn ids(&self) -> impl Iterator<Item = &str> {
@@ -139,7 +161,7 @@ impl Keyring {
     /// digest, a setting's name), so a wrapped value moved to another row does not open.
     /// Returns the key id and `nonce || ciphertext || tag`.
     pub fn wrap(&self, context: &[u8], secret: &[u8]) -> (String, Vec<u8>) {
-        let kek = &self.keys[self.active];
+        let kek = self.active_kek();
         (kek.id.clone(), self.wrap_with(kek, context, secret))
     }
 

@@ -7,6 +7,7 @@ mod events;
 mod fsck;
 mod gc;
 mod k8s;
+mod keys;
 mod layout;
 mod listing;
 mod logging;
@@ -113,6 +114,13 @@ enum Command {
         store: open::StoreArgs,
         #[command(flatten)]
         args: mirror::MirrorArgs,
+    },
+    /// Encryption at rest: key status, rotation, re-wrapping and retirement.
+    Keys {
+        #[command(flatten)]
+        store: open::StoreArgs,
+        #[command(subcommand)]
+        cmd: keys::KeysCommand,
     },
     /// Rotate the token signing key.
     RotateKey {
@@ -335,6 +343,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
                 if let Err(e) = registry.reload_admission().await {
                     tracing::warn!(error = %e, "reloading managed admission rules failed");
+                }
+                if let Err(e) = registry.load_active_key().await {
+                    tracing::warn!(error = %e, "reading the active encryption key failed");
                 }
             }
         });
@@ -598,6 +609,7 @@ fn main() -> anyhow::Result<()> {
         Command::Export { store, args } => runtime.block_on(layout::export(&store, args)),
         Command::Import { store, args } => runtime.block_on(layout::import(&store, args)),
         Command::Mirror { store, args } => runtime.block_on(mirror::run(&store, args)),
+        Command::Keys { store, cmd } => runtime.block_on(keys::run(&store, cmd)),
         Command::RotateKey { store } => runtime.block_on(admin::rotate_key(&store)),
         Command::Tag { store, cmd } => runtime.block_on(versions::tag(&store, cmd)),
         Command::Events { store, cmd } => runtime.block_on(events::run(&store, cmd)),

@@ -137,7 +137,12 @@ pub async fn check_keyring(
             "blobs are encrypted at rest"
         );
     }
-    Ok(registry.with_encryption(keyring))
+    let registry = registry.with_encryption(keyring);
+    registry
+        .load_active_key()
+        .await
+        .context("reading the active encryption key")?;
+    Ok(registry)
 }
 
 /// The registry as `serve` runs it: storage, metadata and upstreams from `config`. The
