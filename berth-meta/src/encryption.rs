@@ -20,8 +20,12 @@ pub struct KeyUse {
     pub blobs: u64,
 }
 
-/// The one state a row has today: the blob's bytes are sealed under the row's key.
+/// The blob's bytes are sealed under the row's key.
 const SEALED: &str = "sealed";
+/// `berth encrypt` is sealing the blob's plaintext bytes in place: until the row says
+/// `sealed`, the stored object is either the plaintext (its size is the blob's) or the
+/// sealed form (longer by a tag per segment), and readers tell them apart by that size.
+const CONVERTING: &str = "converting";
 
 impl MetaStore {
     /// The wrapped data key of a sealed blob; `None`: the blob is stored as plaintext.
@@ -38,6 +42,91 @@ impl MetaStore {
                 })
             })
             .transpose()?)
+    }
+
+    /// The wrapped data key of a blob and whether its conversion from plaintext is still
+    /// under way (`true`: the stored object may be either form).
+    pub async fn blob_key_state(&self, digest: &str) -> Result<Option<(WrappedKey, bool)>> {
+        let row = sqlx::query("SELECT key_id, wrapped, state FROM blob_keys WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| {
+                Ok::<_, sqlx::Error>((
+                    WrappedKey {
+                        key_id: r.try_get(0)?,
+                        wrapped: r.try_get(1)?,
+                    },
+                    r.try_get::<String, _>(2)? == CONVERTING,
+                ))
+            })
+            .transpose()?)
+    }
+
+    /// Starts converting a plaintext blob: records its new data key with the state
+    /// `converting` unless it has a key already; returns the key it has.
+    pub async fn start_blob_conversion(
+        &self,
+        digest: &str,
+        key: &WrappedKey,
+    ) -> Result<WrappedKey> {
+        sqlx::query(
+            "INSERT INTO blob_keys (digest, key_id, wrapped, state, updated_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(digest)
+        .bind(&key.key_id)
+        .bind(&key.wrapped)
+        .bind(CONVERTING)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        self.blob_key(digest).await?.ok_or_else(|| {
+            crate::MetaError::Corrupt(format!(
+                "the data key of {digest} vanished as it was written"
+            ))
+        })
+    }
+
+    /// Ends a conversion: the stored object is the sealed form from now on.
+    pub async fn finish_blob_conversion(&self, digest: &str) -> Result<()> {
+        sqlx::query("UPDATE blob_keys SET state = $1, updated_at = $2 WHERE digest = $3")
+            .bind(SEALED)
+            .bind(now_micros())
+            .bind(digest)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` blobs after `after` (digest order) that are not sealed yet, with their
+    /// sizes: plaintext ones and ones whose conversion was interrupted.
+    pub async fn blobs_to_seal(&self, after: &str, limit: u32) -> Result<Vec<(String, u64)>> {
+        let rows = sqlx::query(
+            "SELECT b.digest, b.size FROM blobs b LEFT JOIN blob_keys k ON k.digest = b.digest \
+             WHERE b.digest > $1 AND (k.digest IS NULL OR k.state <> $2) ORDER BY b.digest LIMIT $3",
+        )
+        .bind(after)
+        .bind(SEALED)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get(0)?, crate::to_u64(r.try_get(1)?))))
+            .collect()
+    }
+
+    /// How many blobs are not sealed yet.
+    pub async fn count_blobs_to_seal(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM blobs b LEFT JOIN blob_keys k ON k.digest = b.digest \
+             WHERE k.digest IS NULL OR k.state <> $1",
+        )
+        .bind(SEALED)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(crate::to_u64(n))
     }
 
     /// Records `key` as the data key of `digest` unless it has one already, and returns the

@@ -155,18 +155,46 @@ impl Registry {
         Ok(out.into_values().collect())
     }
 
-    /// The data key a sealed blob is read with; `None`: stored as plaintext.
-    pub(crate) async fn read_key(&self, digest: &Digest) -> Result<Option<DataKey>> {
+    /// The data key a sealed blob is read with, and whether its conversion from plaintext
+    /// is under way; `None`: stored as plaintext.
+    pub(crate) async fn read_key(&self, digest: &Digest) -> Result<Option<(DataKey, bool)>> {
         let Some(keyring) = &self.encryption else {
             return Ok(None);
         };
-        let Some(w) = self.meta.blob_key(digest.as_str()).await? else {
+        let Some((w, converting)) = self.meta.blob_key_state(digest.as_str()).await? else {
             return Ok(None);
         };
         keyring
             .open_data_key(&w.key_id, digest.as_str().as_bytes(), &w.wrapped)
-            .map(Some)
+            .map(|k| Some((k, converting)))
             .map_err(sealed)
+    }
+
+    /// Opens a blob in the form the metadata store says it is stored in. While `berth
+    /// encrypt` converts it, the object is either the plaintext or the sealed form, and its
+    /// size (the plaintext's, or longer by a tag per segment) says which: the size is read
+    /// from the very object opened, before any byte is passed on.
+    pub(crate) async fn open_blob(
+        &self,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+        size: u64,
+    ) -> Result<Option<berth_storage::BlobReader>> {
+        let failures = || Some(Arc::clone(&self.stats.sealed_failures));
+        match self.read_key(digest).await? {
+            None => Ok(self.blobs.open(digest, range).await?),
+            Some((key, false)) => Ok(self
+                .blobs
+                .open_sealed(digest, range, size, &key, failures())
+                .await?),
+            Some((key, true)) => match self.blobs.open(digest, range).await? {
+                Some(plain) if plain.total == size => Ok(Some(plain)),
+                _ => Ok(self
+                    .blobs
+                    .open_sealed(digest, range, size, &key, failures())
+                    .await?),
+            },
+        }
     }
 
     /// The data key `digest` is sealed under, created (and recorded before any byte is
@@ -278,7 +306,124 @@ pub struct RewrapSummary {
     pub failed: Vec<(String, String)>,
 }
 
+/// What `berth encrypt` did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EncryptSummary {
+    /// Blobs sealed in this run.
+    pub sealed: u64,
+    /// Blobs whose bytes are missing from storage (left as they are; `fsck` reports them).
+    pub missing: Vec<String>,
+    /// Blobs that could not be sealed (digest, why); a later run tries again.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Blobs listed per page while converting.
+const ENCRYPT_PAGE: u32 = 100;
+
 impl Registry {
+    /// `berth encrypt`: seals every blob still stored as plaintext, beside serving
+    /// replicas. Per blob: its data key is recorded with the state `converting`, the
+    /// plaintext is read, verified against the digest and sealed over it (an atomic
+    /// replace on either backend), and only then does the state become `sealed`. Readers
+    /// get the same bytes throughout (see [`Registry::open_blob`]); a crash leaves
+    /// `converting` rows that the next run finishes. `progress(done, total)`.
+    pub async fn encrypt_blobs(
+        &self,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<EncryptSummary> {
+        let ring = self.keyring()?.clone();
+        let total = self.meta.count_blobs_to_seal().await?;
+        let mut summary = EncryptSummary::default();
+        let mut after = String::new();
+        let mut done = 0u64;
+        progress(0, total);
+        loop {
+            let page = self.meta.blobs_to_seal(&after, ENCRYPT_PAGE).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = last.clone();
+            for (digest, size) in page {
+                done += 1;
+                match self.seal_stored_blob(&ring, &digest, size).await {
+                    Ok(true) => summary.sealed += 1,
+                    Ok(false) => summary.missing.push(digest),
+                    Err(e) => summary.failed.push((digest, e.to_string())),
+                }
+                progress(done, total.max(done));
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Seals one plaintext blob in place; `false` if its bytes are missing.
+    async fn seal_stored_blob(&self, ring: &Arc<Keyring>, digest: &str, size: u64) -> Result<bool> {
+        let d: Digest = digest
+            .parse()
+            .map_err(|e| RegistryError::Internal(format!("blob digest {digest:?}: {e}")))?;
+        let context = digest.as_bytes();
+        let (fresh, key_id, wrapped) = ring.new_data_key(context);
+        let mine = WrappedKey { key_id, wrapped };
+        let stored = self.meta.start_blob_conversion(digest, &mine).await?;
+        let key = if stored == mine {
+            fresh
+        } else {
+            ring.open_data_key(&stored.key_id, context, &stored.wrapped)
+                .map_err(sealed)?
+        };
+        match self.blobs.stat(&d).await? {
+            None => return Ok(false),
+            // Sealed already (a run that crashed before its switch, or a push meanwhile):
+            // check it whole before the state says so.
+            Some(n) if n != size => {
+                match self
+                    .blobs
+                    .verify_sealed(&d, size, &key, &mut |_| {})
+                    .await?
+                {
+                    berth_storage::BlobCheck::Present { size: got, actual }
+                        if got == size && actual == d => {}
+                    _ => {
+                        return Err(RegistryError::Internal(format!(
+                            "{digest}: stored object is neither its plaintext nor its sealed form"
+                        )));
+                    }
+                }
+            }
+            Some(_) => {
+                let Some(plain) = self.blobs.open(&d, None).await? else {
+                    return Ok(false);
+                };
+                let id = uuid::Uuid::new_v4().to_string();
+                self.blobs.create_upload(&id).await?;
+                let sealed_in = async {
+                    let mut state = HashState::new();
+                    let n = self
+                        .blobs
+                        .append_upload_sealed(ring, &id, 0, &mut state, plain.body, u64::MAX)
+                        .await?;
+                    if n != size {
+                        return Err(RegistryError::Internal(format!(
+                            "{digest}: read {n} bytes, {size} expected"
+                        )));
+                    }
+                    // Verifies the digest before anything is sealed under its key.
+                    self.blobs
+                        .finish_upload_sealed(ring, &id, size, &state, &d, &key)
+                        .await?;
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = sealed_in {
+                    let _ = self.blobs.delete_upload(&id).await;
+                    return Err(e);
+                }
+            }
+        }
+        berth_storage::failpoint::hit(berth_storage::failpoint::BEFORE_SEAL_SWITCH)
+            .map_err(|e| RegistryError::Internal(e.to_string()))?;
+        self.meta.finish_blob_conversion(digest).await?;
+        Ok(true)
+    }
+
     /// Follows `berth keys rotate`: makes the key the metadata store names active here, if
     /// this replica's keyring has it (until it does, its own active key goes on wrapping,
     /// which every replica can still open).

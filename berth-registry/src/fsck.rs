@@ -176,7 +176,17 @@ impl Registry {
                     progress.advance(n);
                 };
                 // Sealed or plaintext is the metadata's word, never the bytes'.
-                let check = match self.meta.blob_key(&row.digest).await? {
+                let state = self.meta.blob_key_state(&row.digest).await?;
+                // Mid-conversion the object is either form; its size says which.
+                let state = match state {
+                    Some((_, true))
+                        if self.blobs.stat(&digest).await.ok().flatten() == Some(row.size) =>
+                    {
+                        None
+                    }
+                    other => other.map(|(w, _)| w),
+                };
+                let check = match state {
                     None => self.blobs.verify_blob(&digest, &mut count).await,
                     Some(w) => match &self.encryption {
                         None => Err(berth_storage::StorageError::Config(

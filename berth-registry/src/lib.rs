@@ -44,7 +44,7 @@ use serde::Serialize;
 
 pub use berth_meta::{Actor, Backend, Linked, Referrer};
 pub use berth_upstream::UpstreamConfig;
-pub use encryption::{KeyProblem, KeyUse};
+pub use encryption::{EncryptSummary, KeyProblem, KeyUse, RewrapSummary};
 pub use error::RegistryError;
 pub use proxy::{BlobSource, Pulled, PulledBlob, UpstreamSettings, upstream_prefix};
 pub use tag_rules::{TagRuleSpec, TagRules};
@@ -387,15 +387,7 @@ impl Registry {
             Err(RangeError::Malformed) => None,
         };
         let reader = if with_body {
-            let reader = match self.read_key(digest).await? {
-                None => self.blobs.open(digest, range).await?,
-                Some(key) => {
-                    let failures = Some(Arc::clone(&self.stats.sealed_failures));
-                    self.blobs
-                        .open_sealed(digest, range, size, &key, failures)
-                        .await?
-                }
-            };
+            let reader = self.open_blob(digest, range, size).await?;
             if reader.is_none() {
                 tracing::error!(%digest, "blob is linked but its bytes are missing from storage");
                 return Err(RegistryError::BlobUnknown);

@@ -137,3 +137,31 @@ pub async fn run(store: &StoreArgs, cmd: KeysCommand) -> anyhow::Result<()> {
     registry.meta().close().await;
     result
 }
+
+/// `berth encrypt`: seals every blob still stored as plaintext, beside serving replicas;
+/// resumable. `Ok(true)` when every blob is sealed.
+pub async fn encrypt(store: &StoreArgs) -> anyhow::Result<bool> {
+    let (_, registry) = store.registry().await?;
+    let result = async {
+        if registry.encryption().is_none() {
+            anyhow::bail!("encryption is not configured: add [encryption] and [[encryption.key]]");
+        }
+        let bar = crate::progress::CountBar::new("blobs");
+        let summary = registry
+            .encrypt_blobs(&mut |done, total| bar.set(done, total))
+            .await;
+        bar.finish();
+        let summary = summary?;
+        println!("sealed {} blobs", summary.sealed);
+        for d in &summary.missing {
+            eprintln!("{d}: bytes missing from storage (see `berth fsck`)");
+        }
+        for (d, why) in &summary.failed {
+            eprintln!("{d}: could not be sealed: {why}");
+        }
+        Ok(summary.missing.is_empty() && summary.failed.is_empty())
+    }
+    .await;
+    registry.meta().close().await;
+    result
+}

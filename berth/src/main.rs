@@ -122,6 +122,13 @@ enum Command {
         #[command(subcommand)]
         cmd: keys::KeysCommand,
     },
+    /// Seal every blob still stored as plaintext (after turning `[encryption]` on), beside
+    /// serving replicas; resumable. Exit code 0: all sealed, 1: some could not be, 2: the
+    /// run could not start.
+    Encrypt {
+        #[command(flatten)]
+        store: open::StoreArgs,
+    },
     /// Rotate the token signing key.
     RotateKey {
         #[command(flatten)]
@@ -610,6 +617,14 @@ fn main() -> anyhow::Result<()> {
         Command::Import { store, args } => runtime.block_on(layout::import(&store, args)),
         Command::Mirror { store, args } => runtime.block_on(mirror::run(&store, args)),
         Command::Keys { store, cmd } => runtime.block_on(keys::run(&store, cmd)),
+        Command::Encrypt { store } => match runtime.block_on(keys::encrypt(&store)) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("berth encrypt: {e:#}");
+                std::process::exit(2)
+            }
+        },
         Command::RotateKey { store } => runtime.block_on(admin::rotate_key(&store)),
         Command::Tag { store, cmd } => runtime.block_on(versions::tag(&store, cmd)),
         Command::Events { store, cmd } => runtime.block_on(events::run(&store, cmd)),
