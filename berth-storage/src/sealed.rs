@@ -101,7 +101,7 @@ impl BlobStore {
                 }
             },
         );
-        let mut scratch = HashState::new();
+        let mut scratch = HashState::scratch();
         let appended = self
             .append_upload(id, stored, &mut scratch, sealed, u64::MAX)
             .await;
@@ -200,7 +200,7 @@ impl BlobStore {
                     }
                 });
             let written = self
-                .append_upload(&target, 0, &mut HashState::new(), sealed, u64::MAX)
+                .append_upload(&target, 0, &mut HashState::scratch(), sealed, u64::MAX)
                 .await;
             if let Some(e) = lock(&failure).take() {
                 return Err(tampered(e));
