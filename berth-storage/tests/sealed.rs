@@ -317,3 +317,52 @@ async fn no_key_nonce_pair_repeats_across_a_long_upload_with_retries_on_fs() {
 async fn no_key_nonce_pair_repeats_across_a_long_upload_with_retries_on_s3() {
     no_key_nonce_reuse(s3().await).await;
 }
+
+/// With server-side encryption requested, every object Berth writes (append objects, the
+/// blob assembled from them by a copy, and a multipart blob) carries it in S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_server_side_encryption_headers_reach_every_object() {
+    let BlobStore::S3(s3) = s3().await else {
+        unreachable!("an S3 store")
+    };
+    let s3 = s3.with_server_side_encryption("AES256", None).expect("sse");
+    assert!(
+        S3Store::new(s3_config("x/"))
+            .await
+            .expect("open")
+            .with_server_side_encryption("rot13", None)
+            .is_err()
+    );
+    let store = BlobStore::S3(s3.clone());
+    let k = keyring();
+    for (i, len) in [1000usize, 9 << 20].into_iter().enumerate() {
+        let blob = data(len, 40 + i as u64);
+        let id = format!("sse-{i}");
+        store.create_upload(&id).await.expect("create");
+        let mut state = HashState::new();
+        let n = store
+            .append_upload_sealed(&k, &id, 0, &mut state, body(&blob), u64::MAX)
+            .await
+            .expect("append");
+        for (key, _) in s3.list_raw(&format!("uploads/{id}/")).await.expect("list") {
+            assert_eq!(
+                s3.object_encryption(&key).await.expect("head").as_deref(),
+                Some("AES256"),
+                "{key}"
+            );
+        }
+        let d = digest_of(Algorithm::Sha256, &blob);
+        let (key, _, _) = k.new_data_key(d.as_str().as_bytes());
+        store
+            .finish_upload_sealed(&k, &id, n, &state, &d, &key)
+            .await
+            .expect("finish");
+        let hex = d.hex();
+        let rel = format!("blobs/sha256/{}/{hex}", &hex[..2]);
+        assert_eq!(
+            s3.object_encryption(&rel).await.expect("head").as_deref(),
+            Some("AES256"),
+            "blob of {len} bytes"
+        );
+    }
+}

@@ -94,9 +94,14 @@ pub async fn open_blobs(config: &Config, existing: bool) -> anyhow::Result<BlobS
         StorageKind::S3 => {
             let s3 = config.storage.s3_config(|k| std::env::var(k).ok())?;
             let what = format!("S3 bucket {} at {}", s3.bucket, s3.endpoint);
-            let store = S3Store::new_tuned(s3, config.storage.s3_tuning())
+            let mut store = S3Store::new_tuned(s3, config.storage.s3_tuning())
                 .await
                 .with_context(|| format!("opening {what}"))?;
+            if let Some(sse) = &config.storage.server_side_encryption {
+                store = store
+                    .with_server_side_encryption(sse, config.storage.sse_kms_key_id.as_deref())
+                    .context("[storage] server_side_encryption")?;
+            }
             tracing::info!("blobs in {what}");
             Ok(BlobStore::S3(store))
         }

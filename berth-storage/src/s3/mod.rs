@@ -132,6 +132,45 @@ impl S3Store {
         &self.inner.client
     }
 
+    /// Asks S3 to encrypt every object Berth writes with its own keys as well:
+    /// `AES256` (SSE-S3) or `aws:kms` (SSE-KMS, with `kms_key_id` or the bucket's default
+    /// key). Call right after opening the store.
+    pub fn with_server_side_encryption(
+        mut self,
+        algorithm: &str,
+        kms_key_id: Option<&str>,
+    ) -> Result<S3Store> {
+        let mut headers = match algorithm {
+            "AES256" | "aws:kms" => vec![(
+                "x-amz-server-side-encryption".to_owned(),
+                algorithm.to_owned(),
+            )],
+            other => {
+                return Err(StorageError::Config(format!(
+                    "server-side encryption {other:?}: use \"AES256\" (SSE-S3) or \"aws:kms\" (SSE-KMS)"
+                )));
+            }
+        };
+        if let Some(id) = kms_key_id {
+            if algorithm != "aws:kms" {
+                return Err(StorageError::Config(
+                    "a KMS key id needs server-side encryption \"aws:kms\"".into(),
+                ));
+            }
+            headers.push((
+                "x-amz-server-side-encryption-aws-kms-key-id".to_owned(),
+                id.to_owned(),
+            ));
+        }
+        let inner = Arc::get_mut(&mut self.inner).ok_or_else(|| {
+            StorageError::Config(
+                "server-side encryption must be set before the store is shared".into(),
+            )
+        })?;
+        inner.client.sse = headers;
+        Ok(self)
+    }
+
     /// What the client retried and gave up on.
     pub fn counters(&self) -> &S3Counters {
         &self.inner.client.counters
@@ -744,6 +783,14 @@ impl S3Store {
                 Ok(Some(out.freeze()))
             }
         }
+    }
+
+    /// The server-side encryption S3 reports for the object at `rel`. For tests.
+    #[doc(hidden)]
+    pub async fn object_encryption(&self, rel: &str) -> Result<Option<String>> {
+        self.client()
+            .head_header(&self.key(rel), "x-amz-server-side-encryption")
+            .await
     }
 
     /// How many multipart uploads under the prefix are neither completed nor aborted. For
