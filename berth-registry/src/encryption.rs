@@ -231,6 +231,9 @@ impl Registry {
         E: std::error::Error + Send + Sync + 'static,
     {
         match &self.encryption {
+            // An upload begun sealed (encryption since turned off) cannot go on as
+            // plaintext: its stored bytes are records, not the blob.
+            None if state.stored().is_some() => Err(StorageError::UploadUnknown(id.to_owned())),
             None => {
                 self.blobs
                     .append_upload(id, offset, state, body, limit)
@@ -254,6 +257,9 @@ impl Registry {
         digest: &Digest,
     ) -> Result<()> {
         let Some(keyring) = &self.encryption else {
+            if state.stored().is_some() {
+                return Err(RegistryError::UploadUnknown);
+            }
             return self
                 .blobs
                 .finish_upload(id, size, state, digest)
