@@ -575,16 +575,73 @@ impl MetaStore {
             .collect()
     }
 
+    /// Every signing key as stored, newest first: `(kid, secret, sealed_by)`, the secret
+    /// sealed by the key-encryption key `sealed_by` when that is set.
+    pub async fn stored_signing_keys(&self) -> Result<Vec<(String, Vec<u8>, Option<String>)>> {
+        sqlx::query("SELECT kid, secret, sealed_by FROM signing_keys ORDER BY created_at DESC, kid")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// Replaces a signing key's stored secret (sealing it, or re-wrapping it under another
+    /// key-encryption key) if it is still stored as `old`/`old_sealed_by`.
+    pub async fn reseal_signing_key(
+        &self,
+        kid: &str,
+        old: &[u8],
+        old_sealed_by: Option<&str>,
+        new: &[u8],
+        sealed_by: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE signing_keys SET secret = $1, sealed_by = $2 WHERE kid = $3 AND secret = $4 \
+             AND COALESCE(sealed_by, '') = $5",
+        )
+        .bind(new.to_vec())
+        .bind(sealed_by)
+        .bind(kid)
+        .bind(old.to_vec())
+        .bind(old_sealed_by.unwrap_or(""))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Signing keys per key-encryption key that seals them.
+    pub async fn signing_key_uses(&self) -> Result<Vec<(String, u64)>> {
+        sqlx::query(
+            "SELECT sealed_by, COUNT(*) FROM signing_keys WHERE sealed_by IS NOT NULL GROUP BY sealed_by ORDER BY sealed_by",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, crate::to_u64(r.try_get(1)?))))
+        .collect()
+    }
+
     /// Stores `kid`/`secret` unless a key exists already (first start; replicas racing
     /// here all end up reading the same keys).
     pub async fn ensure_signing_key(&self, kid: &str, secret: &[u8]) -> Result<()> {
+        self.ensure_signing_key_as(kid, secret, None).await
+    }
+
+    /// [`MetaStore::ensure_signing_key`] with the secret sealed by `sealed_by`.
+    pub async fn ensure_signing_key_as(
+        &self,
+        kid: &str,
+        secret: &[u8],
+        sealed_by: Option<&str>,
+    ) -> Result<()> {
         let mut tx = self.write().await?;
         let any = sqlx::query("SELECT 1 FROM signing_keys LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?
             .is_some();
         if !any {
-            Self::insert_key(&mut tx, kid, secret).await?;
+            Self::insert_key(&mut tx, kid, secret, sealed_by).await?;
             Self::manage_audit(
                 &mut tx,
                 &Actor::named("system"),
@@ -608,6 +665,19 @@ impl MetaStore {
         keep_retired_micros: i64,
         actor: &Actor,
     ) -> Result<()> {
+        self.rotate_signing_key_as(kid, secret, None, keep_retired_micros, actor)
+            .await
+    }
+
+    /// [`MetaStore::rotate_signing_key`] with the secret sealed by `sealed_by`.
+    pub async fn rotate_signing_key_as(
+        &self,
+        kid: &str,
+        secret: &[u8],
+        sealed_by: Option<&str>,
+        keep_retired_micros: i64,
+        actor: &Actor,
+    ) -> Result<()> {
         let now = now_micros();
         let mut tx = self.write().await?;
         sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
@@ -618,7 +688,7 @@ impl MetaStore {
             .bind(now.saturating_sub(keep_retired_micros))
             .execute(&mut *tx)
             .await?;
-        Self::insert_key(&mut tx, kid, secret).await?;
+        Self::insert_key(&mut tx, kid, secret, sealed_by).await?;
         Self::manage_audit(&mut tx, actor, "key.rotate", None, kid, None).await?;
         tx.commit().await?;
         Ok(())
@@ -628,13 +698,17 @@ impl MetaStore {
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         kid: &str,
         secret: &[u8],
+        sealed_by: Option<&str>,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO signing_keys (kid, secret, created_at) VALUES ($1, $2, $3)")
-            .bind(kid)
-            .bind(secret.to_vec())
-            .bind(now_micros())
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, secret, created_at, sealed_by) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(kid)
+        .bind(secret.to_vec())
+        .bind(now_micros())
+        .bind(sealed_by)
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 

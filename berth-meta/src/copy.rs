@@ -33,6 +33,22 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("written_at", Int),
         ],
     ),
+    // Sealed blobs keep their wrapped data keys, and the keys' check values come along, so
+    // the copy opens with the same keyring.
+    (
+        "blob_keys",
+        &[
+            ("digest", Text),
+            ("key_id", Text),
+            ("wrapped", Bytes),
+            ("state", Text),
+            ("updated_at", Int),
+        ],
+    ),
+    (
+        "kek_checks",
+        &[("key_id", Text), ("sealed", Bytes), ("created_at", Int)],
+    ),
     (
         "repo_blobs",
         &[("repo_id", Int), ("digest", Text), ("created_at", Int)],
@@ -129,6 +145,7 @@ const TABLES: &[(&str, &[(&str, Col)])] = &[
             ("secret", Bytes),
             ("created_at", Int),
             ("retired_at", Int),
+            ("sealed_by", Text),
         ],
     ),
     (

@@ -12,6 +12,7 @@
 mod access;
 mod catalogs;
 mod copy;
+mod encryption;
 mod fsck;
 mod gc;
 mod jobs;
@@ -31,6 +32,7 @@ use sqlx::{AnyPool, Row, Transaction};
 
 pub use access::{AuditQuery, AuditRecord, RobotRow, TenantRow, UserChange, UserRow};
 pub use catalogs::{CatalogPackage, ImageCatalogRow, LayerCatalogRow};
+pub use encryption::{KeyUse, WrappedKey};
 pub use fsck::{BlobRow, DanglingRef, ManifestCursor, ManifestRow};
 pub use gc::{GcManifest, RepoGraph};
 pub use jobs::{
@@ -370,6 +372,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0014_ui_sessions.sql"),
     include_str!("../migrations/sqlite/0015_tag_versions.sql"),
     include_str!("../migrations/sqlite/0016_catalog_packages.sql"),
+    include_str!("../migrations/sqlite/0017_encryption.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -388,6 +391,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0014_ui_sessions.sql"),
     include_str!("../migrations/postgres/0015_tag_versions.sql"),
     include_str!("../migrations/postgres/0016_catalog_packages.sql"),
+    include_str!("../migrations/postgres/0017_encryption.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {

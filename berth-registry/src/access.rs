@@ -54,6 +54,8 @@ pub struct AccessConfig {
     pub password_queue: usize,
     /// Pull-through caches: the tenant named after each upstream, and who may pull from it.
     pub cache_tenants: Vec<(String, CachePull)>,
+    /// Encryption at rest: token signing keys are stored sealed with this keyring.
+    pub encryption: Option<Arc<berth_storage::seal::Keyring>>,
 }
 
 impl Default for AccessConfig {
@@ -71,6 +73,7 @@ impl Default for AccessConfig {
             password_threads: default_password_threads(),
             password_queue: 32,
             cache_tenants: Vec::new(),
+            encryption: None,
         }
     }
 }
@@ -321,7 +324,13 @@ impl Access {
         }));
         if !fixed_key {
             let k = SigningKey::generate();
-            access.0.meta.ensure_signing_key(&k.kid, &k.secret).await?;
+            let (stored, sealed_by) = access.seal_signing_secret(&k);
+            access
+                .0
+                .meta
+                .ensure_signing_key_as(&k.kid, &stored, sealed_by.as_deref())
+                .await?;
+            access.seal_stored_signing_keys().await?;
             access.reload_keys().await?;
         }
         access.sync_cache_tenants().await?;
@@ -391,20 +400,88 @@ impl Access {
         &self.0.meta
     }
 
+    /// A signing key's secret as stored: sealed by the active key-encryption key when
+    /// encryption is on.
+    fn seal_signing_secret(&self, k: &SigningKey) -> (Vec<u8>, Option<String>) {
+        match &self.0.config.encryption {
+            None => (k.secret.clone(), None),
+            Some(ring) => {
+                let (by, sealed) = ring.wrap(&signing_context(&k.kid), &k.secret);
+                (sealed, Some(by))
+            }
+        }
+    }
+
+    /// With encryption on, seals the signing keys stored before it was turned on.
+    async fn seal_stored_signing_keys(&self) -> Result<()> {
+        let Some(ring) = &self.0.config.encryption else {
+            return Ok(());
+        };
+        for (kid, secret, sealed_by) in self.0.meta.stored_signing_keys().await? {
+            if sealed_by.is_some() {
+                continue;
+            }
+            let (by, sealed) = ring.wrap(&signing_context(&kid), &secret);
+            self.0
+                .meta
+                .reseal_signing_key(&kid, &secret, None, &sealed, &by)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Re-wraps every sealed signing key under the active key-encryption key (`berth keys
+    /// rewrap`); returns how many changed.
+    pub async fn rewrap_signing_keys(&self) -> Result<u64> {
+        let Some(ring) = &self.0.config.encryption else {
+            return Ok(0);
+        };
+        self.seal_stored_signing_keys().await?;
+        let mut changed = 0;
+        for (kid, secret, sealed_by) in self.0.meta.stored_signing_keys().await? {
+            let Some(by) = sealed_by else { continue };
+            if by == ring.active_id() {
+                continue;
+            }
+            let (new_by, sealed) = ring
+                .rewrap(&by, &signing_context(&kid), &secret)
+                .map_err(|e| RegistryError::Invalid(format!("token signing key {kid}: {e}")))?;
+            if self
+                .0
+                .meta
+                .reseal_signing_key(&kid, &secret, Some(&by), &sealed, &new_by)
+                .await?
+            {
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     /// Re-reads the signing keys, so a rotation on another replica (or by the CLI) takes
     /// effect here.
     pub async fn reload_keys(&self) -> Result<()> {
         if self.0.fixed_key {
             return Ok(());
         }
-        let keys = self
-            .0
-            .meta
-            .signing_keys()
-            .await?
-            .into_iter()
-            .map(|(kid, secret)| SigningKey { kid, secret })
-            .collect();
+        let mut keys = Vec::new();
+        for (kid, secret, sealed_by) in self.0.meta.stored_signing_keys().await? {
+            let secret = match sealed_by {
+                None => secret,
+                Some(by) => {
+                    let ring = self.0.config.encryption.as_ref().ok_or_else(|| {
+                        RegistryError::Invalid(format!(
+                            "token signing key {kid} is sealed by key {by}: configure [encryption]"
+                        ))
+                    })?;
+                    ring.unwrap(&by, &signing_context(&kid), &secret)
+                        .map_err(|e| {
+                            RegistryError::Invalid(format!("token signing key {kid}: {e}"))
+                        })?
+                }
+            };
+            keys.push(SigningKey { kid, secret });
+        }
         *self
             .0
             .keyring
@@ -956,9 +1033,16 @@ impl Access {
         let k = SigningKey::generate();
         let keep =
             secs(self.0.config.refresh_ttl.max(self.0.config.token_ttl)).saturating_mul(1_000_000);
+        let (stored, sealed_by) = self.seal_signing_secret(&k);
         self.0
             .meta
-            .rotate_signing_key(&k.kid, &k.secret, keep, &by.actor(source))
+            .rotate_signing_key_as(
+                &k.kid,
+                &stored,
+                sealed_by.as_deref(),
+                keep,
+                &by.actor(source),
+            )
             .await?;
         self.reload_keys().await?;
         Ok(k.kid)
@@ -1704,6 +1788,13 @@ pub fn valid_namespace(ns: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
+}
+
+/// What a token signing key's sealed secret is bound to.
+fn signing_context(kid: &str) -> Vec<u8> {
+    let mut c = b"berth-token-signing-key\0".to_vec();
+    c.extend_from_slice(kid.as_bytes());
+    c
 }
 
 #[cfg(test)]

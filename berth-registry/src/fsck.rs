@@ -171,13 +171,39 @@ impl Registry {
                     }
                 };
                 let mut read = 0u64;
-                let check = self
-                    .blobs
-                    .verify_blob(&digest, &mut |n| {
-                        read += n;
-                        progress.advance(n);
-                    })
-                    .await;
+                let mut count = |n| {
+                    read += n;
+                    progress.advance(n);
+                };
+                // Sealed or plaintext is the metadata's word, never the bytes'.
+                let state = self.meta.blob_key_state(&row.digest).await?;
+                // Mid-conversion the object is either form; its size says which.
+                let state = match state {
+                    Some((_, true))
+                        if self.blobs.stat(&digest).await.ok().flatten() == Some(row.size) =>
+                    {
+                        None
+                    }
+                    other => other.map(|(w, _)| w),
+                };
+                let check = match state {
+                    None => self.blobs.verify_blob(&digest, &mut count).await,
+                    Some(w) => match &self.encryption {
+                        None => Err(berth_storage::StorageError::Config(
+                            "the blob is encrypted and no keyring is configured".into(),
+                        )),
+                        Some(k) => {
+                            match k.open_data_key(&w.key_id, row.digest.as_bytes(), &w.wrapped) {
+                                Err(e) => Err(berth_storage::StorageError::Sealed(e)),
+                                Ok(key) => {
+                                    self.blobs
+                                        .verify_sealed(&digest, row.size, &key, &mut count)
+                                        .await
+                                }
+                            }
+                        }
+                    },
+                };
                 report.bytes_checked += read;
                 let problem = match check {
                     Ok(BlobCheck::Present { size, actual })

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod audit;
 mod cache;
 pub mod catalog;
+mod encryption;
 mod error;
 pub mod events;
 mod flight;
@@ -44,6 +45,7 @@ use serde::Serialize;
 
 pub use berth_meta::{Actor, Backend, Linked, Referrer};
 pub use berth_upstream::UpstreamConfig;
+pub use encryption::{EncryptSummary, KeyProblem, KeyUse, RewrapSummary};
 pub use error::RegistryError;
 pub use proxy::{BlobSource, Pulled, PulledBlob, UpstreamSettings, upstream_prefix};
 pub use tag_rules::{TagRuleSpec, TagRules};
@@ -228,6 +230,8 @@ pub struct Registry {
     health: Arc<health::MetaHealth>,
     /// Vulnerability import and matching counters.
     vulns: Arc<vulns::VulnStats>,
+    /// The keyring when blobs are encrypted at rest.
+    encryption: Option<Arc<berth_storage::seal::Keyring>>,
 }
 
 impl Registry {
@@ -256,6 +260,7 @@ impl Registry {
             admission: Arc::default(),
             health: Arc::default(),
             vulns: Arc::default(),
+            encryption: None,
         }
     }
 
@@ -383,7 +388,7 @@ impl Registry {
             Err(RangeError::Malformed) => None,
         };
         let reader = if with_body {
-            let reader = self.blobs.open(digest, range).await?;
+            let reader = self.open_blob(digest, range, size).await?;
             if reader.is_none() {
                 tracing::error!(%digest, "blob is linked but its bytes are missing from storage");
                 return Err(RegistryError::BlobUnknown);
@@ -526,7 +531,6 @@ impl Registry {
         let mut state = HashState::from_bytes(&u.hash_state)?;
         let (new_size, reserved) = if !limited {
             let n = self
-                .blobs
                 .append_upload(id, u.size, &mut state, body, self.config.max_blob_bytes)
                 .await?;
             (n, 0)
@@ -693,7 +697,6 @@ impl Registry {
         let result = async {
             let mut state = HashState::new();
             let size = self
-                .blobs
                 .append_upload(&id, 0, &mut state, body, self.config.max_blob_bytes)
                 .await?;
             self.place_blob(&id, size, &state, digest).await?;
@@ -730,10 +733,7 @@ impl Registry {
         // A metadata failure stays one (the database being away is a 503, not a storage
         // fault).
         self.meta.touch_blob(digest.as_str()).await?;
-        self.blobs
-            .finish_upload(id, size, state, digest)
-            .await
-            .map_err(RegistryError::from)
+        self.finish_upload(id, size, state, digest).await
     }
 
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {

@@ -149,7 +149,6 @@ impl Registry {
         let room = Arc::new(std::sync::Mutex::new(room));
         let gated = gate(self.clone(), id.to_owned(), Arc::clone(&room), body);
         let appended = self
-            .blobs
             .append_upload(id, offset, state, gated, self.config.max_blob_bytes)
             .await;
         let (reserved, refused, gone, failed) = {

@@ -29,6 +29,8 @@ pub struct Stats {
     /// Cached tags read again in the background before they expired.
     pub tag_cache_refreshes: AtomicU64,
     pub listener_resets: AtomicU64,
+    /// Sealed blobs that failed authentication when read (shared with the read streams).
+    pub sealed_failures: std::sync::Arc<AtomicU64>,
 }
 
 /// One counter as `/metrics` shows it: name (without the `berth_` prefix and `_total`
@@ -106,6 +108,12 @@ impl Registry {
                     connection for other replicas' changes was lost or re-established",
                 label: None,
                 value: get(&s.listener_resets),
+            },
+            Counter {
+                name: "sealed_blob_failures",
+                help: "Reads of encrypted blobs refused because their bytes did not authenticate (tampered, truncated, extended, swapped or under a wrong key)",
+                label: None,
+                value: get(&s.sealed_failures),
             },
             Counter {
                 name: "gc_runs",

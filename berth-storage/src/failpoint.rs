@@ -28,9 +28,15 @@ pub const AFTER_BLOB_LINK: &str = "after_blob_link";
 pub const BEFORE_MANIFEST_COMMIT: &str = "before_manifest_commit";
 /// A manifest is committed, but the client has not been answered.
 pub const AFTER_MANIFEST_COMMIT: &str = "after_manifest_commit";
+/// `berth keys rewrap` computed a batch of re-wrapped data keys but has not committed it.
+pub const REWRAP_BATCH: &str = "rewrap_batch";
+/// `berth encrypt` sealed a blob in place but has not switched its state to sealed.
+pub const BEFORE_SEAL_SWITCH: &str = "before_seal_switch";
 
 /// Every point there is; a name outside this list is a typo and refused.
 pub const ALL: &[&str] = &[
+    REWRAP_BATCH,
+    BEFORE_SEAL_SWITCH,
     AFTER_TEMP_WRITE,
     BEFORE_RENAME,
     BEFORE_BLOB_LINK,

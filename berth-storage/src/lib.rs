@@ -21,6 +21,8 @@ mod hash;
 pub mod layout;
 pub mod s3;
 mod scan;
+pub mod seal;
+mod sealed;
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -71,6 +73,10 @@ pub enum StorageError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Sealed bytes (or a wrapped key) did not authenticate: tampered, moved, cut, or a
+    /// key that is not the one that sealed them.
+    #[error("{0}")]
+    Sealed(seal::SealError),
     #[error("storage I/O failed while {op}: {source}")]
     Io {
         op: &'static str,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub mod encryption;
 pub mod storage;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +62,8 @@ pub struct Config {
     pub admission: AdmissionConfig,
     /// The web interface (`[ui]`).
     pub ui: UiSection,
+    /// Encryption at rest (`[encryption]`, `[[encryption.key]]`).
+    pub encryption: encryption::EncryptionConfig,
 }
 
 /// `[ui]`: the web interface under `/ui`.
@@ -205,6 +208,7 @@ impl Default for Config {
             catalog: crate::sbom::CatalogConfig::default(),
             admission: AdmissionConfig::default(),
             ui: UiSection::default(),
+            encryption: encryption::EncryptionConfig::default(),
         }
     }
 }
@@ -624,6 +628,8 @@ impl AuthConfig {
             password_queue: self.password_check_queue.max(1),
             // Filled from the `[[upstream]]` tables by `Config::access_config`.
             cache_tenants: Vec::new(),
+            // The keyring is read (from its files) where the registry is opened.
+            encryption: None,
         }
     }
 }
@@ -751,6 +757,18 @@ impl Config {
                 Ok(config)
             }
         }
+    }
+
+    /// The keyring of `[encryption]` (read from its files and variables), `None` when
+    /// encryption is off; refuses settings that cannot go with it.
+    pub fn keyring(&self) -> anyhow::Result<Option<std::sync::Arc<berth_storage::seal::Keyring>>> {
+        let ring = self.encryption.keyring(&|k| std::env::var(k).ok())?;
+        if ring.is_some() && self.storage.redirect_blob_gets {
+            anyhow::bail!(
+                "[storage] redirect_blob_gets = true cannot be used with [encryption]: the bucket holds only ciphertext, so clients must get blobs through Berth"
+            );
+        }
+        Ok(ring)
     }
 
     /// The tag rules in force: the configured ones, or semver immutability everywhere.

@@ -54,6 +54,8 @@ pub async fn run(args: FsckArgs) -> anyhow::Result<bool> {
             ..RegistryConfig::default()
         },
     );
+    let keyring = config.keyring()?;
+    let registry = crate::open::check_keyring(registry, &config, keyring).await?;
     let bar = PhaseBar::new();
     let report = registry.fsck(&bar).await;
     bar.finish();

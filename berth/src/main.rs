@@ -7,6 +7,7 @@ mod events;
 mod fsck;
 mod gc;
 mod k8s;
+mod keys;
 mod layout;
 mod listing;
 mod logging;
@@ -113,6 +114,20 @@ enum Command {
         store: open::StoreArgs,
         #[command(flatten)]
         args: mirror::MirrorArgs,
+    },
+    /// Encryption at rest: key status, rotation, re-wrapping and retirement.
+    Keys {
+        #[command(flatten)]
+        store: open::StoreArgs,
+        #[command(subcommand)]
+        cmd: keys::KeysCommand,
+    },
+    /// Seal every blob still stored as plaintext (after turning `[encryption]` on), beside
+    /// serving replicas; resumable. Exit code 0: all sealed, 1: some could not be, 2: the
+    /// run could not start.
+    Encrypt {
+        #[command(flatten)]
+        store: open::StoreArgs,
     },
     /// Rotate the token signing key.
     RotateKey {
@@ -336,12 +351,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 if let Err(e) = registry.reload_admission().await {
                     tracing::warn!(error = %e, "reloading managed admission rules failed");
                 }
+                if let Err(e) = registry.load_active_key().await {
+                    tracing::warn!(error = %e, "reading the active encryption key failed");
+                }
             }
         });
     }
     let auth = if config.auth.enabled {
         let key = open::read_key_file(&config)?;
-        let access = Access::new(meta.clone(), config.access_config(), key)
+        let access_config = berth_registry::access::AccessConfig {
+            encryption: registry.encryption().cloned(),
+            ..config.access_config()
+        };
+        let access = Access::new(meta.clone(), access_config, key)
             .await
             .context("setting up authentication")?;
         bootstrap_admin(&access, &config).await?;
@@ -611,6 +633,15 @@ fn main() -> anyhow::Result<()> {
         Command::Export { store, args } => runtime.block_on(layout::export(&store, args)),
         Command::Import { store, args } => runtime.block_on(layout::import(&store, args)),
         Command::Mirror { store, args } => runtime.block_on(mirror::run(&store, args)),
+        Command::Keys { store, cmd } => runtime.block_on(keys::run(&store, cmd)),
+        Command::Encrypt { store } => match runtime.block_on(keys::encrypt(&store)) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("berth encrypt: {e:#}");
+                std::process::exit(2)
+            }
+        },
         Command::RotateKey { store } => runtime.block_on(admin::rotate_key(&store)),
         Command::Tag { store, cmd } => runtime.block_on(versions::tag(&store, cmd)),
         Command::Events { store, cmd } => runtime.block_on(events::run(&store, cmd)),

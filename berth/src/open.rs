@@ -56,7 +56,11 @@ impl StoreArgs {
                 .await
                 .context("opening the metadata store")?;
         let key = read_key_file(&config)?;
-        let access = Access::new(meta, config.access_config(), key).await?;
+        let access_config = berth_registry::access::AccessConfig {
+            encryption: config.keyring()?,
+            ..config.access_config()
+        };
+        let access = Access::new(meta, access_config, key).await?;
         Ok((config, access))
     }
 
@@ -90,13 +94,60 @@ pub async fn open_blobs(config: &Config, existing: bool) -> anyhow::Result<BlobS
         StorageKind::S3 => {
             let s3 = config.storage.s3_config(|k| std::env::var(k).ok())?;
             let what = format!("S3 bucket {} at {}", s3.bucket, s3.endpoint);
-            let store = S3Store::new_tuned(s3, config.storage.s3_tuning())
+            let mut store = S3Store::new_tuned(s3, config.storage.s3_tuning())
                 .await
                 .with_context(|| format!("opening {what}"))?;
+            if let Some(sse) = &config.storage.server_side_encryption {
+                store = store
+                    .with_server_side_encryption(sse, config.storage.sse_kms_key_id.as_deref())
+                    .context("[storage] server_side_encryption")?;
+            }
             tracing::info!("blobs in {what}");
             Ok(BlobStore::S3(store))
         }
     }
+}
+
+/// Turns `[encryption]` on for `registry` once the keyring is known to open what the
+/// registry stores: a wrong key under a known id, a key sealed blobs need that is missing,
+/// or sealed blobs without any keyring stop here, naming the key and its setting.
+pub async fn check_keyring(
+    registry: Registry,
+    config: &Config,
+    keyring: Option<std::sync::Arc<berth_storage::seal::Keyring>>,
+) -> anyhow::Result<Registry> {
+    let problems = registry
+        .check_keyring(keyring.as_deref())
+        .await
+        .context("checking the encryption keys against the metadata store")?;
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|p| match p {
+                berth_registry::KeyProblem::Wrong { key_id }
+                | berth_registry::KeyProblem::Missing { key_id, .. } => {
+                    format!("{p} ({})", config.encryption.setting_of(key_id))
+                }
+                berth_registry::KeyProblem::NoKeyring { .. } => {
+                    format!("{p}: configure [encryption] with the keys that sealed them")
+                }
+            })
+            .collect();
+        anyhow::bail!("[encryption]: {}", lines.join("; "));
+    }
+    if let Some(k) = &keyring {
+        tracing::info!(
+            active = k.active_id(),
+            keys = k.ids().count(),
+            "blobs are encrypted at rest"
+        );
+    }
+    let registry = registry.with_encryption(keyring);
+    registry
+        .load_active_key()
+        .await
+        .context("reading the active encryption key")?;
+    Ok(registry)
 }
 
 /// The registry as `serve` runs it: storage, metadata and upstreams from `config`. The
@@ -109,6 +160,7 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
     let meta = MetaStore::connect_with(&config.metadata_url(), &config.metadata.pool_settings())
         .await
         .context("opening the metadata store")?;
+    let keyring = config.keyring()?;
     let registry = Registry::new(
         blobs,
         meta,
@@ -146,6 +198,7 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
             })
             .collect(),
     )?;
+    let registry = check_keyring(registry, config, keyring).await?;
     registry.set_policy(crate::policy::compile(config)?);
     registry
         .set_admission(config.admission.rules.clone(), config.admission_settings())

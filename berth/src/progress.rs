@@ -162,3 +162,27 @@ impl GcSpinner {
         self.bar.finish_and_clear();
     }
 }
+
+/// A bar over a count of items with a known total (`keys rewrap`).
+pub struct CountBar {
+    bar: ProgressBar,
+}
+
+impl CountBar {
+    pub fn new(what: &'static str) -> CountBar {
+        let bar = styled(
+            ProgressBar::with_draw_target(Some(0), target()),
+            &format!("{{bar:40}} {{pos}}/{{len}} {what} {{per_sec}} eta {{eta}}"),
+        );
+        CountBar { bar }
+    }
+
+    pub fn set(&self, done: u64, total: u64) {
+        self.bar.set_length(total);
+        self.bar.set_position(done);
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

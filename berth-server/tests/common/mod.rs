@@ -198,6 +198,8 @@ pub struct Setup {
     pub client_ca: Option<PathBuf>,
     /// Catalog every image (the `catalog` job kind).
     pub catalog: Option<berth_registry::catalog::CatalogSettings>,
+    /// Encryption at rest with this keyring.
+    pub encryption: Option<Arc<berth_storage::seal::Keyring>>,
 }
 
 /// A server started for a test, and what the test reaches behind it. Dropping it stops
@@ -224,7 +226,8 @@ pub async fn start(setup: Setup) -> TestServer {
     let registry = Registry::new(st.blobs.clone(), st.meta.clone(), setup.registry)
         .with_upstreams(setup.upstreams)
         .expect("upstreams")
-        .with_replication(setup.replicas);
+        .with_replication(setup.replicas)
+        .with_encryption(setup.encryption);
     let registry = match setup.catalog {
         Some(c) => registry.with_catalog(c),
         None => registry,

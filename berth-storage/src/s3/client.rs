@@ -126,6 +126,8 @@ pub struct Client {
     slots: Arc<tokio::sync::Semaphore>,
     pub(crate) appends: Arc<tokio::sync::Semaphore>,
     pub(crate) counters: Arc<S3Counters>,
+    /// Server-side encryption headers sent with every object written (SSE-S3, SSE-KMS).
+    pub(crate) sse: Vec<(String, String)>,
 }
 
 fn ensure_crypto_provider() {
@@ -190,6 +192,7 @@ impl Client {
             appends: Arc::new(tokio::sync::Semaphore::new(tuning.max_appends.max(1))),
             tuning,
             counters: Arc::default(),
+            sse: Vec::new(),
         })
     }
 
@@ -387,6 +390,23 @@ impl Client {
         Ok(Some(content_length(&resp)))
     }
 
+    /// One response header of a `HeadObject`, if the object and the header are there.
+    pub async fn head_header(&self, key: &str, name: &str) -> Result<Option<String>> {
+        let op = "HeadObject";
+        let resp = self
+            .send(op, Method::HEAD, key, &[], &[], Body::Empty)
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = Self::check(op, resp).await?;
+        Ok(resp
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned))
+    }
+
     /// The object's response, unread, at an inclusive byte range if given; `None` if
     /// there is no such object.
     pub async fn get_object(
@@ -411,7 +431,7 @@ impl Client {
     pub async fn put_object(&self, key: &str, data: Bytes) -> Result<()> {
         let op = "PutObject";
         let resp = self
-            .send(op, Method::PUT, key, &[], &[], Body::Unsigned(data))
+            .send(op, Method::PUT, key, &[], &self.sse, Body::Unsigned(data))
             .await?;
         Self::check(op, resp).await.map(drop)
     }
@@ -509,7 +529,7 @@ impl Client {
         let op = "CreateMultipartUpload";
         let query = [("uploads".to_owned(), String::new())];
         let resp = self
-            .send(op, Method::POST, key, &query, &[], Body::Empty)
+            .send(op, Method::POST, key, &query, &self.sse, Body::Empty)
             .await?;
         let doc = Self::document(op, resp).await?;
         xml::text(&doc, "UploadId").ok_or_else(|| StorageError::S3 {
@@ -628,7 +648,9 @@ impl Client {
     /// Copies `source` to `key` inside S3 (objects up to 5 GiB).
     pub async fn copy_object(&self, key: &str, source: &str) -> Result<()> {
         let op = "CopyObject";
-        let extra = [("x-amz-copy-source".to_owned(), self.copy_source(source))];
+        let mut extra = vec![("x-amz-copy-source".to_owned(), self.copy_source(source))];
+        // A copy is a new object: without the headers it would be stored unencrypted.
+        extra.extend(self.sse.iter().cloned());
         let resp = self
             .send(op, Method::PUT, key, &[], &extra, Body::Empty)
             .await?;

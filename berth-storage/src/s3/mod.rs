@@ -132,6 +132,45 @@ impl S3Store {
         &self.inner.client
     }
 
+    /// Asks S3 to encrypt every object Berth writes with its own keys as well:
+    /// `AES256` (SSE-S3) or `aws:kms` (SSE-KMS, with `kms_key_id` or the bucket's default
+    /// key). Call right after opening the store.
+    pub fn with_server_side_encryption(
+        mut self,
+        algorithm: &str,
+        kms_key_id: Option<&str>,
+    ) -> Result<S3Store> {
+        let mut headers = match algorithm {
+            "AES256" | "aws:kms" => vec![(
+                "x-amz-server-side-encryption".to_owned(),
+                algorithm.to_owned(),
+            )],
+            other => {
+                return Err(StorageError::Config(format!(
+                    "server-side encryption {other:?}: use \"AES256\" (SSE-S3) or \"aws:kms\" (SSE-KMS)"
+                )));
+            }
+        };
+        if let Some(id) = kms_key_id {
+            if algorithm != "aws:kms" {
+                return Err(StorageError::Config(
+                    "a KMS key id needs server-side encryption \"aws:kms\"".into(),
+                ));
+            }
+            headers.push((
+                "x-amz-server-side-encryption-aws-kms-key-id".to_owned(),
+                id.to_owned(),
+            ));
+        }
+        let inner = Arc::get_mut(&mut self.inner).ok_or_else(|| {
+            StorageError::Config(
+                "server-side encryption must be set before the store is shared".into(),
+            )
+        })?;
+        inner.client.sse = headers;
+        Ok(self)
+    }
+
     /// What the client retried and gave up on.
     pub fn counters(&self) -> &S3Counters {
         &self.inner.client.counters
@@ -448,6 +487,58 @@ impl S3Store {
         Ok(())
     }
 
+    /// Assembles the first `size` bytes of an upload as `dest`'s blob, unchecked: for
+    /// sealed blobs, whose plaintext the caller has verified. The pieces are ciphertext
+    /// already in their final form, so the server-side copies move sealed bytes only.
+    pub(crate) async fn place_upload(&self, id: &str, size: u64, dest: &Digest) -> Result<()> {
+        let dir = self.upload_dir(id)?;
+        let listed = self.client().list_all(&dir).await?;
+        let chain = Self::chain(&dir, &listed, size)
+            .ok_or_else(|| StorageError::UploadUnknown(id.to_owned()))?;
+        let dest = self.blob_key(dest);
+        failpoint::hit(failpoint::BEFORE_RENAME)
+            .map_err(StorageError::io("moving an upload into place"))?;
+        // Sealing is deterministic per digest: a blob already there is the same bytes.
+        if self.client().head_object(&dest).await? != Some(size) {
+            self.assemble(&dest, &chain, size).await?;
+        }
+        if let Err(e) = self.delete_keys(listed.into_iter().map(|o| o.key)).await {
+            tracing::warn!(upload = id, error = %e, "finished upload left objects behind; the stale-upload sweep removes them");
+        }
+        Ok(())
+    }
+
+    /// The first `size` bytes of an upload, as stored, object after object.
+    pub(crate) async fn read_upload(
+        &self,
+        id: &str,
+        size: u64,
+    ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
+        let dir = self.upload_dir(id)?;
+        let listed = self.client().list_all(&dir).await?;
+        let chain = Self::chain(&dir, &listed, size)
+            .ok_or_else(|| StorageError::UploadUnknown(id.to_owned()))?;
+        let store = self.clone();
+        let objects = futures_util::stream::iter(chain).then(move |o| {
+            let store = store.clone();
+            async move {
+                let resp = store
+                    .client()
+                    .get_object(&o.key, None)
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("{} vanished while an upload was finishing", o.key),
+                        )
+                    })?;
+                Ok::<_, std::io::Error>(resp.bytes_stream().map_err(std::io::Error::other))
+            }
+        });
+        Ok(objects.try_flatten())
+    }
+
     /// Writes the bytes of `chain` as the object `dest`: one copy inside S3 where it can,
     /// otherwise a multipart upload whose large pieces are copied inside S3 and whose runs
     /// of small chunks are streamed through here into parts of at least 5 MiB.
@@ -677,6 +768,29 @@ impl S3Store {
     #[doc(hidden)]
     pub async fn put_raw(&self, rel: &str, data: Bytes) -> Result<()> {
         self.client().put_object(&self.key(rel), data).await
+    }
+
+    /// Reads the object at `rel` (relative to the prefix) whole, bypassing every check. For
+    /// tests that look at or tamper with stored bytes.
+    #[doc(hidden)]
+    pub async fn get_raw(&self, rel: &str) -> Result<Option<Bytes>> {
+        let mut out = BytesMut::new();
+        match self.client().head_object(&self.key(rel)).await? {
+            None => Ok(None),
+            Some(_) => {
+                self.read_range(&self.key(rel), None, |b| out.extend_from_slice(b))
+                    .await?;
+                Ok(Some(out.freeze()))
+            }
+        }
+    }
+
+    /// The server-side encryption S3 reports for the object at `rel`. For tests.
+    #[doc(hidden)]
+    pub async fn object_encryption(&self, rel: &str) -> Result<Option<String>> {
+        self.client()
+            .head_header(&self.key(rel), "x-amz-server-side-encryption")
+            .await
     }
 
     /// How many multipart uploads under the prefix are neither completed nor aborted. For

@@ -47,6 +47,12 @@ pub struct StorageConfig {
     /// S3: requests in flight at once per replica; more wait (at most
     /// `attempt_timeout_secs`) and then fail with 503.
     pub max_in_flight: usize,
+    /// S3: ask the bucket to encrypt objects as well (server-side encryption):
+    /// `"AES256"` (SSE-S3) or `"aws:kms"` (SSE-KMS). Independent of `[encryption]`, which
+    /// seals blobs before they leave Berth.
+    pub server_side_encryption: Option<String>,
+    /// S3: the KMS key for `server_side_encryption = "aws:kms"` (unset: the bucket's).
+    pub sse_kms_key_id: Option<String>,
     /// S3: appends buffering at once per replica (each holds at most 16 MiB); more wait
     /// (at most `attempt_timeout_secs`) before reading their body, then fail with 503.
     pub max_appends: usize,
@@ -70,6 +76,8 @@ impl Default for StorageConfig {
             read_timeout_secs: 60,
             max_in_flight: 256,
             max_appends: 32,
+            server_side_encryption: None,
+            sse_kms_key_id: None,
         }
     }
 }

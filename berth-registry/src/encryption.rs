@@ -1,0 +1,559 @@
+//! Encryption at rest as the registry applies it: which data key seals a blob (one per
+//! digest, kept wrapped in the metadata store), the keyring's check at startup, and the
+//! upload path through the sealed formats of `berth_storage::seal`.
+
+use std::sync::Arc;
+
+use berth_meta::WrappedKey;
+use berth_oci::{Algorithm, Digest};
+use berth_storage::seal::{DataKey, Keyring, SealError};
+use berth_storage::{HashState, StorageError};
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::{Registry, RegistryError, Result};
+
+/// What a key-encryption key's check value seals: the bytes prove the key under that id is
+/// the one that was used before.
+const CHECK_CONTEXT: &[u8] = b"berth-kek-check";
+const CHECK_VALUE: &[u8] = b"berth encryption at rest";
+
+/// What one key-encryption key seals.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyUse {
+    pub key_id: String,
+    /// Blobs whose data key it wraps.
+    pub blobs: u64,
+    /// Stored secrets (token signing keys) it seals.
+    pub secrets: u64,
+}
+
+impl KeyUse {
+    fn new(id: &str) -> KeyUse {
+        KeyUse {
+            key_id: id.to_owned(),
+            blobs: 0,
+            secrets: 0,
+        }
+    }
+}
+
+/// A keyring that does not fit the registry's stored data, found at startup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyProblem {
+    /// The key under this id is not the one that sealed this registry's data.
+    Wrong { key_id: String },
+    /// Blobs (or stored secrets) are sealed under a key id the keyring does not have.
+    Missing {
+        key_id: String,
+        blobs: u64,
+        secrets: u64,
+    },
+    /// The registry holds sealed blobs and no keyring is configured.
+    NoKeyring { blobs: u64 },
+}
+
+impl std::fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyProblem::Wrong { key_id } => write!(
+                f,
+                "key {key_id} is not the key that was used under this id before (wrong key material)"
+            ),
+            KeyProblem::Missing {
+                key_id,
+                blobs,
+                secrets,
+            } => write!(
+                f,
+                "{blobs} blobs and {secrets} stored secrets are sealed under key {key_id}, which is not in the keyring"
+            ),
+            KeyProblem::NoKeyring { blobs } => write!(
+                f,
+                "{blobs} blobs are stored encrypted and encryption is not configured"
+            ),
+        }
+    }
+}
+
+impl Registry {
+    /// Turns encryption at rest on (`Some`) for blobs written from now on. Check the
+    /// keyring against the stored data first with [`Registry::check_keyring`].
+    pub fn with_encryption(mut self, keyring: Option<Arc<Keyring>>) -> Registry {
+        self.encryption = keyring;
+        self
+    }
+
+    pub fn encryption(&self) -> Option<&Arc<Keyring>> {
+        self.encryption.as_ref()
+    }
+
+    /// Whether `keyring` can open what this registry stores: each key id used before must
+    /// hold the same key (checked against the value sealed under it at first use, which is
+    /// written now for keys used for the first time), and every key id that wraps a blob's
+    /// data key must be in the keyring. With no keyring, no blob may be sealed.
+    pub async fn check_keyring(&self, keyring: Option<&Keyring>) -> Result<Vec<KeyProblem>> {
+        let uses = self.key_uses().await?;
+        let Some(keyring) = keyring else {
+            let blobs: u64 = uses.iter().map(|u| u.blobs + u.secrets).sum();
+            return Ok(if blobs > 0 {
+                vec![KeyProblem::NoKeyring { blobs }]
+            } else {
+                vec![]
+            });
+        };
+        let mut problems = Vec::new();
+        for id in keyring.ids() {
+            match self.meta.kek_check(id).await? {
+                Some(sealed) => {
+                    if keyring.unwrap(id, CHECK_CONTEXT, &sealed).as_deref() != Ok(CHECK_VALUE) {
+                        problems.push(KeyProblem::Wrong {
+                            key_id: id.to_owned(),
+                        });
+                    }
+                }
+                None => {
+                    let sealed = keyring.wrap_under(id, CHECK_CONTEXT, CHECK_VALUE)?;
+                    self.meta.insert_kek_check(id, &sealed).await?;
+                    // A concurrent first use may have written its value first.
+                    if let Some(stored) = self.meta.kek_check(id).await?
+                        && keyring.unwrap(id, CHECK_CONTEXT, &stored).as_deref() != Ok(CHECK_VALUE)
+                    {
+                        problems.push(KeyProblem::Wrong {
+                            key_id: id.to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        for u in uses {
+            if !keyring.ids().any(|id| id == u.key_id) {
+                problems.push(KeyProblem::Missing {
+                    key_id: u.key_id,
+                    blobs: u.blobs,
+                    secrets: u.secrets,
+                });
+            }
+        }
+        Ok(problems)
+    }
+
+    /// What each key-encryption key seals: blobs' data keys and stored secrets (token
+    /// signing keys), by key id.
+    pub async fn key_uses(&self) -> Result<Vec<KeyUse>> {
+        let mut out: std::collections::BTreeMap<String, KeyUse> = Default::default();
+        for u in self.meta.key_uses().await? {
+            out.entry(u.key_id.clone())
+                .or_insert_with(|| KeyUse::new(&u.key_id))
+                .blobs += u.blobs;
+        }
+        for (id, n) in self.meta.signing_key_uses().await? {
+            out.entry(id.clone())
+                .or_insert_with(|| KeyUse::new(&id))
+                .secrets += n;
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// The data key a sealed blob is read with, and whether its conversion from plaintext
+    /// is under way; `None`: stored as plaintext.
+    pub(crate) async fn read_key(&self, digest: &Digest) -> Result<Option<(DataKey, bool)>> {
+        let Some(keyring) = &self.encryption else {
+            return Ok(None);
+        };
+        let Some((w, converting)) = self.meta.blob_key_state(digest.as_str()).await? else {
+            return Ok(None);
+        };
+        keyring
+            .open_data_key(&w.key_id, digest.as_str().as_bytes(), &w.wrapped)
+            .map(|k| Some((k, converting)))
+            .map_err(sealed)
+    }
+
+    /// Opens a blob in the form the metadata store says it is stored in. While `berth
+    /// encrypt` converts it, the object is either the plaintext or the sealed form, and its
+    /// size (the plaintext's, or longer by a tag per segment) says which: the size is read
+    /// from the very object opened, before any byte is passed on.
+    pub(crate) async fn open_blob(
+        &self,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+        size: u64,
+    ) -> Result<Option<berth_storage::BlobReader>> {
+        let failures = || Some(Arc::clone(&self.stats.sealed_failures));
+        match self.read_key(digest).await? {
+            None => Ok(self.blobs.open(digest, range).await?),
+            Some((key, false)) => Ok(self
+                .blobs
+                .open_sealed(digest, range, size, &key, failures())
+                .await?),
+            Some((key, true)) => match self.blobs.open(digest, range).await? {
+                Some(plain) if plain.total == size => Ok(Some(plain)),
+                _ => Ok(self
+                    .blobs
+                    .open_sealed(digest, range, size, &key, failures())
+                    .await?),
+            },
+        }
+    }
+
+    /// The data key `digest` is sealed under, created (and recorded before any byte is
+    /// sealed) if it has none. Racing writers of one digest all get the one recorded.
+    async fn seal_key(&self, keyring: &Keyring, digest: &Digest) -> Result<DataKey> {
+        let context = digest.as_str().as_bytes();
+        if let Some(w) = self.meta.blob_key(digest.as_str()).await? {
+            return keyring
+                .open_data_key(&w.key_id, context, &w.wrapped)
+                .map_err(sealed);
+        }
+        let (key, key_id, wrapped) = keyring.new_data_key(context);
+        let mine = WrappedKey { key_id, wrapped };
+        let stored = self.meta.insert_blob_key(digest.as_str(), &mine).await?;
+        if stored == mine {
+            return Ok(key);
+        }
+        keyring
+            .open_data_key(&stored.key_id, context, &stored.wrapped)
+            .map_err(sealed)
+    }
+
+    /// Appends to an upload's data, sealed when encryption is on.
+    pub(crate) async fn append_upload<S, E>(
+        &self,
+        id: &str,
+        offset: u64,
+        state: &mut HashState,
+        body: S,
+        limit: u64,
+    ) -> std::result::Result<u64, StorageError>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match &self.encryption {
+            // An upload begun sealed (encryption since turned off) cannot go on as
+            // plaintext: its stored bytes are records, not the blob.
+            None if state.stored().is_some() => Err(StorageError::UploadUnknown(id.to_owned())),
+            None => {
+                self.blobs
+                    .append_upload(id, offset, state, body, limit)
+                    .await
+            }
+            Some(k) => {
+                self.blobs
+                    .append_upload_sealed(k, id, offset, state, body, limit)
+                    .await
+            }
+        }
+    }
+
+    /// Makes a verified upload `digest`'s bytes, sealed under the digest's data key when
+    /// encryption is on.
+    pub(crate) async fn finish_upload(
+        &self,
+        id: &str,
+        size: u64,
+        state: &HashState,
+        digest: &Digest,
+    ) -> Result<()> {
+        let Some(keyring) = &self.encryption else {
+            if state.stored().is_some() {
+                return Err(RegistryError::UploadUnknown);
+            }
+            return self
+                .blobs
+                .finish_upload(id, size, state, digest)
+                .await
+                .map_err(RegistryError::from);
+        };
+        if self.meta.blob_key(digest.as_str()).await?.is_none()
+            && digest.algorithm() == Algorithm::Sha256
+            && self.meta.blob(digest.as_str()).await?.is_some()
+            && self.blobs.stat(digest).await?.is_some()
+        {
+            // The blob is stored as plaintext from before encryption was turned on, and
+            // readers rely on that: overwriting it with sealed bytes before its state
+            // changed would hand them ciphertext. The same bytes are already there; `berth
+            // encrypt` seals them with an atomic switch.
+            let actual = state.digest();
+            if &actual != digest {
+                return Err(RegistryError::DigestMismatch {
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
+            self.blobs.delete_upload(id).await?;
+            return Ok(());
+        }
+        let key = self.seal_key(keyring, digest).await?;
+        self.blobs
+            .finish_upload_sealed(keyring, id, size, state, digest, &key)
+            .await
+            .map_err(RegistryError::from)
+    }
+}
+
+/// The setting (JSON string) naming the active key-encryption key, written by `berth keys
+/// rotate` and followed by every replica that has that key.
+const ACTIVE_SETTING: &str = "encryption.active_key";
+
+/// Data keys re-wrapped per transaction.
+const REWRAP_BATCH: u32 = 1000;
+
+/// What `berth keys rewrap` did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RewrapSummary {
+    /// The key everything is wrapped with now.
+    pub active: String,
+    /// Data keys re-wrapped.
+    pub rewrapped: u64,
+    /// Data keys that could not be opened (digest, why): they stay as they were, and
+    /// `fsck` reports their blobs.
+    pub failed: Vec<(String, String)>,
+}
+
+/// What `berth encrypt` did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EncryptSummary {
+    /// Blobs sealed in this run.
+    pub sealed: u64,
+    /// Blobs whose bytes are missing from storage (left as they are; `fsck` reports them).
+    pub missing: Vec<String>,
+    /// Blobs that could not be sealed (digest, why); a later run tries again.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Blobs listed per page while converting.
+const ENCRYPT_PAGE: u32 = 100;
+
+impl Registry {
+    /// `berth encrypt`: seals every blob still stored as plaintext, beside serving
+    /// replicas. Per blob: its data key is recorded with the state `converting`, the
+    /// plaintext is read, verified against the digest and sealed over it (an atomic
+    /// replace on either backend), and only then does the state become `sealed`. Readers
+    /// get the same bytes throughout (see [`Registry::open_blob`]); a crash leaves
+    /// `converting` rows that the next run finishes. `progress(done, total)`.
+    pub async fn encrypt_blobs(
+        &self,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<EncryptSummary> {
+        let ring = self.keyring()?.clone();
+        let total = self.meta.count_blobs_to_seal().await?;
+        let mut summary = EncryptSummary::default();
+        let mut after = String::new();
+        let mut done = 0u64;
+        progress(0, total);
+        loop {
+            let page = self.meta.blobs_to_seal(&after, ENCRYPT_PAGE).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = last.clone();
+            for (digest, size) in page {
+                done += 1;
+                match self.seal_stored_blob(&ring, &digest, size).await {
+                    Ok(true) => summary.sealed += 1,
+                    Ok(false) => summary.missing.push(digest),
+                    Err(e) => summary.failed.push((digest, e.to_string())),
+                }
+                progress(done, total.max(done));
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Seals one plaintext blob in place; `false` if its bytes are missing.
+    async fn seal_stored_blob(&self, ring: &Arc<Keyring>, digest: &str, size: u64) -> Result<bool> {
+        let d: Digest = digest
+            .parse()
+            .map_err(|e| RegistryError::Internal(format!("blob digest {digest:?}: {e}")))?;
+        let context = digest.as_bytes();
+        let (fresh, key_id, wrapped) = ring.new_data_key(context);
+        let mine = WrappedKey { key_id, wrapped };
+        let stored = self.meta.start_blob_conversion(digest, &mine).await?;
+        let key = if stored == mine {
+            fresh
+        } else {
+            ring.open_data_key(&stored.key_id, context, &stored.wrapped)
+                .map_err(sealed)?
+        };
+        match self.blobs.stat(&d).await? {
+            None => return Ok(false),
+            // Sealed already (a run that crashed before its switch, or a push meanwhile):
+            // check it whole before the state says so.
+            Some(n) if n != size => {
+                match self
+                    .blobs
+                    .verify_sealed(&d, size, &key, &mut |_| {})
+                    .await?
+                {
+                    berth_storage::BlobCheck::Present { size: got, actual }
+                        if got == size && actual == d => {}
+                    _ => {
+                        return Err(RegistryError::Internal(format!(
+                            "{digest}: stored object is neither its plaintext nor its sealed form"
+                        )));
+                    }
+                }
+            }
+            Some(_) => {
+                let Some(plain) = self.blobs.open(&d, None).await? else {
+                    return Ok(false);
+                };
+                let id = uuid::Uuid::new_v4().to_string();
+                self.blobs.create_upload(&id).await?;
+                let sealed_in = async {
+                    let mut state = HashState::new();
+                    let n = self
+                        .blobs
+                        .append_upload_sealed(ring, &id, 0, &mut state, plain.body, u64::MAX)
+                        .await?;
+                    if n != size {
+                        return Err(RegistryError::Internal(format!(
+                            "{digest}: read {n} bytes, {size} expected"
+                        )));
+                    }
+                    // Verifies the digest before anything is sealed under its key.
+                    self.blobs
+                        .finish_upload_sealed(ring, &id, size, &state, &d, &key)
+                        .await?;
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = sealed_in {
+                    let _ = self.blobs.delete_upload(&id).await;
+                    return Err(e);
+                }
+            }
+        }
+        berth_storage::failpoint::hit(berth_storage::failpoint::BEFORE_SEAL_SWITCH)
+            .map_err(|e| RegistryError::Internal(e.to_string()))?;
+        self.meta.finish_blob_conversion(digest).await?;
+        Ok(true)
+    }
+
+    /// Follows `berth keys rotate`: makes the key the metadata store names active here, if
+    /// this replica's keyring has it (until it does, its own active key goes on wrapping,
+    /// which every replica can still open).
+    pub async fn load_active_key(&self) -> Result<()> {
+        let Some(ring) = &self.encryption else {
+            return Ok(());
+        };
+        let Some(value) = self.meta.setting(ACTIVE_SETTING).await? else {
+            return Ok(());
+        };
+        let id: String = serde_json::from_str(&value).unwrap_or(value);
+        if ring.has(&id) {
+            if ring.active_id() != id {
+                tracing::info!(key = %id, "encryption key rotated: new data keys are wrapped with it");
+            }
+            ring.set_active(&id)?;
+        } else {
+            tracing::warn!(key = %id, "the active encryption key named in the metadata store is not in this replica's keyring; add it to [[encryption.key]]");
+        }
+        Ok(())
+    }
+
+    /// `berth keys rotate`: makes `id` (already in the keyring, and checked at startup) the
+    /// key new data keys and secrets are wrapped with, on every replica within seconds.
+    pub async fn activate_key(&self, id: &str, actor: &berth_meta::Actor) -> Result<()> {
+        let ring = self.keyring()?;
+        if !ring.has(id) {
+            return Err(RegistryError::Invalid(format!(
+                "key {id} is not in the keyring: add it to [[encryption.key]] on every replica first"
+            )));
+        }
+        let value =
+            serde_json::to_string(id).map_err(|e| RegistryError::Internal(e.to_string()))?;
+        self.meta
+            .set_setting(ACTIVE_SETTING, &value, actor, "encryption.rotate")
+            .await?;
+        ring.set_active(id)?;
+        Ok(())
+    }
+
+    fn keyring(&self) -> Result<&Arc<Keyring>> {
+        self.encryption.as_ref().ok_or_else(|| {
+            RegistryError::Invalid("encryption is not configured ([encryption])".into())
+        })
+    }
+
+    /// `berth keys rewrap`: re-wraps every blob data key not wrapped by the active key,
+    /// a batch per transaction (each change only if the row is still as read), so it runs
+    /// beside serving replicas and resumes where a crash stopped it. No blob byte is
+    /// rewritten: the data keys themselves do not change. `progress(done, total)`.
+    pub async fn rewrap_keys(
+        &self,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<RewrapSummary> {
+        let ring = self.keyring()?;
+        let active = ring.active_id().to_owned();
+        let total = self.meta.count_blob_keys_not_under(&active).await?;
+        let mut summary = RewrapSummary {
+            active: active.clone(),
+            ..RewrapSummary::default()
+        };
+        let mut after = String::new();
+        let mut seen = 0u64;
+        progress(0, total);
+        loop {
+            let page = self
+                .meta
+                .blob_keys_not_under(&active, &after, REWRAP_BATCH)
+                .await?;
+            let Some((last, _)) = page.last() else { break };
+            after = last.clone();
+            let mut changes = Vec::with_capacity(page.len());
+            for (digest, old) in page {
+                seen += 1;
+                match ring.rewrap(&old.key_id, digest.as_bytes(), &old.wrapped) {
+                    Ok((key_id, wrapped)) => {
+                        changes.push((digest, old, WrappedKey { key_id, wrapped }))
+                    }
+                    Err(e) => summary.failed.push((digest, e.to_string())),
+                }
+            }
+            berth_storage::failpoint::hit(berth_storage::failpoint::REWRAP_BATCH)
+                .map_err(|e| RegistryError::Internal(e.to_string()))?;
+            summary.rewrapped += self.meta.rewrap_blob_keys(&changes).await?;
+            progress(seen, total.max(seen));
+        }
+        Ok(summary)
+    }
+
+    /// `berth keys retire`: forgets key `id` once nothing uses it. Refused, saying what
+    /// still does, while it is active or wraps any data key or secret.
+    pub async fn retire_key(&self, id: &str) -> Result<()> {
+        let ring = self.keyring()?;
+        if ring.active_id() == id {
+            return Err(RegistryError::InUse(format!(
+                "key {id} is the active key: `berth keys rotate --to` another key first"
+            )));
+        }
+        if let Some(value) = self.meta.setting(ACTIVE_SETTING).await?
+            && serde_json::from_str::<String>(&value).unwrap_or(value) == id
+        {
+            return Err(RegistryError::InUse(format!(
+                "key {id} is the active key in the metadata store: `berth keys rotate --to` another key first"
+            )));
+        }
+        if let Some(u) = self.key_uses().await?.into_iter().find(|u| u.key_id == id)
+            && (u.blobs > 0 || u.secrets > 0)
+        {
+            return Err(RegistryError::InUse(format!(
+                "key {id} still wraps the data keys of {} blobs and seals {} stored secrets: run `berth keys rewrap` first",
+                u.blobs, u.secrets
+            )));
+        }
+        self.meta.delete_kek_check(id).await?;
+        Ok(())
+    }
+}
+
+fn sealed(e: SealError) -> RegistryError {
+    RegistryError::Storage(StorageError::Sealed(e))
+}
+
+impl From<SealError> for RegistryError {
+    fn from(e: SealError) -> Self {
+        sealed(e)
+    }
+}
