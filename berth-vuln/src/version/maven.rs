@@ -49,7 +49,9 @@ impl Item {
                 }
             }
             Item::Str(s) => qualifier(s).cmp(&qualifier("")),
-            Item::List(l) => l.first().map_or(Ordering::Equal, Item::cmp_null),
+            // Item by item, as against an empty list: Maven looks at the first item only,
+            // which makes `1-0.1` equal to `1` but above `1-sp`, and `1-sp` above `1`.
+            Item::List(l) => cmp_lists(l, &[]),
         }
     }
 
@@ -113,6 +115,17 @@ fn normalize(list: &mut Vec<Item>) {
             list.remove(i);
         } else if !matches!(list[i], Item::List(_)) {
             break;
+        }
+    }
+    // A list left holding only a sublist (`1-final-alpha`, `1--alpha`: the null before
+    // it went) is that sublist: otherwise it would sort after `1-sp` (a list beats a
+    // string) yet before `1` (its first item, `alpha`, is below release), and the order
+    // would not be transitive. A sublist is always its parent's last item, so there is
+    // nothing else in the list to lose.
+    while let [Item::List(_)] = list.as_slice() {
+        match list.pop() {
+            Some(Item::List(inner)) => *list = inner,
+            _ => break,
         }
     }
 }
@@ -220,11 +233,21 @@ mod tests {
             ("1a1", "1-alpha-1"),
             ("2.14.0", "2.14"),
             ("1.0-1", "1-1"),
+            ("1-final-alpha", "1-alpha"),
+            ("1.final-alpha", "1-alpha"),
+            ("1--alpha", "1-alpha"),
         ] {
             assert_eq!(compare(a, b), Some(Equal), "{a} == {b}");
         }
         assert_eq!(compare("2.15.0", "2.14.1"), Some(Greater));
         assert_eq!(compare("2.17.1", "2.17.0"), Some(Greater));
         assert_eq!(compare("2.12.4", "2.13.0-rc1"), Some(Less));
+        // Found by the property test: 1 < 01-sp, and 1-final-alpha (a pre-release of 1)
+        // must then sort below both.
+        assert_eq!(compare("1", "01-sp"), Some(Less));
+        assert_eq!(compare("1-final-alpha", "1"), Some(Less));
+        assert_eq!(compare("1-final-alpha", "01-sp"), Some(Less));
+        assert_eq!(compare("01-0.1", "01"), Some(Greater));
+        assert_eq!(compare("01-0.1", "01-sp"), Some(Greater));
     }
 }
