@@ -167,6 +167,12 @@ struct Osv {
     withdrawn: Option<String>,
     #[serde(default)]
     aliases: Vec<String>,
+    /// The CVEs an rpm erratum fixes: AlmaLinux and Red Hat name them in `related`,
+    /// Rocky in `upstream`.
+    #[serde(default)]
+    related: Vec<String>,
+    #[serde(default)]
+    upstream: Vec<String>,
     #[serde(default)]
     summary: String,
     #[serde(default)]
@@ -177,6 +183,21 @@ struct Osv {
     affected: Vec<OsvAffected>,
     #[serde(default)]
     database_specific: Option<serde_json::Value>,
+}
+
+/// An erratum is an alias of the CVEs it fixes, so an allowlist entry naming the CVE
+/// covers the erratum's finding. Only for rpm feeds: elsewhere (Debian's OSV records)
+/// `upstream` names advisories the record merely derives from, and must not widen it.
+fn record_aliases(o: &Osv, eco: &str) -> Vec<String> {
+    let mut aliases = o.aliases.clone();
+    if eco == "rpm" {
+        for id in o.related.iter().chain(&o.upstream) {
+            if id != &o.id && !aliases.contains(id) {
+                aliases.push(id.clone());
+            }
+        }
+    }
+    aliases
 }
 
 /// OSV's ecosystem name to the catalog's, with the release for distributions.
@@ -364,7 +385,7 @@ fn osv_one(feed: &mut Feed, what: &str, json: &str) {
         }
         feed.push(Record {
             id: o.id.clone(),
-            aliases: o.aliases.clone(),
+            aliases: record_aliases(&o, eco),
             ecosystem: eco.to_owned(),
             package,
             release,

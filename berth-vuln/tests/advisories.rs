@@ -668,6 +668,25 @@ fn rpm_distributions_by_binary_package_in_their_major_release() {
             .contains("Red Hat:rhel_eus:9.2::baseos")
     );
     assert_eq!(rhel.records[0].score, Some(7.5));
+    // The CVEs an erratum fixes are its aliases (`related` for AlmaLinux and Red Hat,
+    // `upstream` for Rocky), so an allowlist naming the CVE covers it.
+    let cves = [
+        "CVE-2023-3446",
+        "CVE-2023-3817",
+        "CVE-2023-5678",
+        "CVE-2024-0727",
+    ];
+    for feed in [&alma, &rocky, &rhel] {
+        for r in &feed.records {
+            assert!(
+                cves.iter().all(|c| r.aliases.iter().any(|a| a == c)),
+                "{} {:?}",
+                r.id,
+                r.aliases
+            );
+        }
+    }
+    assert_eq!(alma8.records[0].aliases, vec!["CVE-2023-5981".to_owned()]);
 
     let idx = Index::new(
         [alma, alma8, rocky, rhel]
