@@ -505,8 +505,16 @@ mod tests {
             config.admission_settings().registry.as_deref(),
             Some("r.example")
         );
-        // The CA is required, and a bad failure policy is refused naming it.
-        assert!(Cli::try_parse_from(["k8s", "manifests", "--image", "i", "--admission"]).is_err());
+        // Without a CA, Berth makes one and the webhook certificate: the Secret holding it
+        // is then a rendered resource, applied before the webhooks that trust its CA.
+        let made = rendered(&["--admission"]);
+        let kinds: Vec<&str> = made.resources.iter().map(|r| r.kind).collect();
+        assert!(kinds.contains(&"Secret"), "{kinds:?}");
+        assert!(kinds.ends_with(&[
+            "ValidatingWebhookConfiguration",
+            "MutatingWebhookConfiguration"
+        ]));
+        // A bad failure policy is refused naming it.
         let cli = Cli::try_parse_from([
             "k8s",
             "manifests",
