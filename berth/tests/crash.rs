@@ -166,7 +166,19 @@ fn finish_upload(
 /// A chunked upload: `chunks` PATCHes, then a PUT with nothing. Returns the first answer
 /// that is not a success, or the final one.
 fn push_chunked(addr: SocketAddr, repo: &str, data: &[u8], chunks: usize) -> std::io::Result<Resp> {
-    let location = start_upload(addr, repo)?;
+    // Opening the session writes to the metadata store: on a disk with a few KiB left it
+    // can meet the wall before any chunk does, and that answer is the push's answer.
+    let r = http(
+        addr,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[],
+        b"",
+    )?;
+    if r.status != 202 {
+        return Ok(r);
+    }
+    let location = r.header("location").expect("upload location").to_owned();
     let step = data.len().div_ceil(chunks.max(1)).max(1);
     let mut offset = 0;
     while offset < data.len() {
