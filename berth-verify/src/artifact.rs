@@ -106,6 +106,12 @@ pub struct SignatureLayer {
     pub size: u64,
     /// Cosign's base64 signature annotation, for simple-signing layers.
     pub signature: Option<String>,
+    /// Cosign's signing certificate and chain (PEM), Rekor bundle and RFC 3161
+    /// timestamp annotations, for signatures made with a certificate.
+    pub certificate: Option<String>,
+    pub chain: Option<String>,
+    pub bundle: Option<String>,
+    pub rfc3161: Option<String>,
 }
 
 /// A manifest as the policy layer sees it.
@@ -186,8 +192,12 @@ pub fn classify(manifest: &[u8]) -> Classified {
     ) {
         raw.layers
             .into_iter()
-            .map(|l| SignatureLayer {
-                signature: l.annotations.get(COSIGN_SIGNATURE_ANNOTATION).cloned(),
+            .map(|mut l| SignatureLayer {
+                signature: l.annotations.remove(COSIGN_SIGNATURE_ANNOTATION),
+                certificate: l.annotations.remove(crate::keyless::CERTIFICATE_ANNOTATION),
+                chain: l.annotations.remove(crate::keyless::CHAIN_ANNOTATION),
+                bundle: l.annotations.remove(crate::keyless::BUNDLE_ANNOTATION),
+                rfc3161: l.annotations.remove(crate::keyless::RFC3161_ANNOTATION),
                 media_type: l.media_type,
                 digest: l.digest,
                 size: l.size,

@@ -49,7 +49,7 @@ pub struct Verified {
     pub predicate_type: Option<String>,
 }
 
-fn decode_b64(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_b64(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
     STANDARD.decode(s).ok().or_else(|| URL_SAFE.decode(s).ok())
 }
@@ -79,6 +79,15 @@ pub fn verify_simple_signing(
     let sig = decode_b64(signature)
         .ok_or_else(|| Failure::Invalid("signature annotation is not base64".into()))?;
     let key = find_key(keys, payload, &sig).ok_or(Failure::WrongKey(keys.len()))?;
+    check_simple_signing(payload, subject)?;
+    Ok(Verified {
+        key: key.name.clone(),
+        predicate_type: None,
+    })
+}
+
+/// A verified simple-signing payload must be a cosign image signature naming `subject`.
+pub(crate) fn check_simple_signing(payload: &[u8], subject: &str) -> Result<(), Failure> {
     let p: SimpleSigning = serde_json::from_slice(payload)
         .map_err(|e| Failure::Invalid(format!("simple-signing payload: {e}")))?;
     if !p.critical.kind.eq_ignore_ascii_case(SIMPLE_SIGNING_TYPE) {
@@ -92,10 +101,7 @@ pub fn verify_simple_signing(
             signed: p.critical.image.digest,
         });
     }
-    Ok(Verified {
-        key: key.name.clone(),
-        predicate_type: None,
-    })
+    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use berth_oci::{Digest, Reference, RepoName};
 use berth_registry::policy::{
-    CosignKeySpec, NotaryStoreSpec, Outcome, Policy, PolicySpec, TrustSpec,
+    CertificateSpec, CosignKeySpec, NotaryStoreSpec, Outcome, Policy, PolicySpec, TrustSpec,
 };
 use clap::Subcommand;
 use serde::Deserialize;
@@ -33,6 +33,39 @@ pub struct TrustEntry {
     pub notary: Vec<NotaryEntry>,
     /// `[trust.notation]`: a notation `trustpolicy.json` imported as it is.
     pub notation: Option<NotationImport>,
+    /// `[[trust.certificates]]`: CA roots for cosign signatures made with a certificate.
+    #[serde(default)]
+    pub certificates: Vec<CertificateEntry>,
+}
+
+/// `[[trust.certificates]]`: CA roots with the identities and OIDC issuers they are
+/// trusted for, as `cosign verify --certificate-identity[-regexp]
+/// --certificate-oidc-issuer[-regexp]`, and what may date a signature.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateEntry {
+    pub name: String,
+    /// PEM CA roots, or
+    pub roots: Option<String>,
+    /// a file holding them.
+    pub roots_file: Option<PathBuf>,
+    #[serde(default)]
+    pub identities: Vec<String>,
+    #[serde(default)]
+    pub identity_regexps: Vec<String>,
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    #[serde(default)]
+    pub issuer_regexps: Vec<String>,
+    /// Longest certificate path, leaf to root inclusive (default 3).
+    pub max_chain: Option<usize>,
+    /// PEM files of transparency-log public keys (Rekor's).
+    #[serde(default)]
+    pub log_key_files: Vec<PathBuf>,
+    /// PEM roots of trusted RFC 3161 timestamp authorities, or
+    pub tsa_roots: Option<String>,
+    /// a file holding them.
+    pub tsa_roots_file: Option<PathBuf>,
 }
 
 /// A notation trust policy file. Its policies keep their own registry scopes (exact
@@ -187,6 +220,7 @@ pub fn compile(config: &Config) -> anyhow::Result<Policy> {
             repositories: t.repositories.clone(),
             cosign: Vec::new(),
             notary: Vec::new(),
+            certificates: Vec::new(),
         };
         for k in &t.cosign {
             ts.cosign.push(CosignKeySpec {
@@ -210,6 +244,37 @@ pub fn compile(config: &Config) -> anyhow::Result<Policy> {
                 level: n.level.clone(),
                 trusted_identities: n.trusted_identities.clone(),
                 scopes: Vec::new(),
+            });
+        }
+        for c in &t.certificates {
+            let what = format!("[[trust.certificates]] {:?}", c.name);
+            let mut log_keys = Vec::new();
+            for f in &c.log_key_files {
+                log_keys.push(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("{what}: reading {}", f.display()))?,
+                );
+            }
+            let tsa_roots = match (&c.tsa_roots, &c.tsa_roots_file) {
+                (None, None) => String::new(),
+                _ => text_or_file(
+                    &format!("{what} tsa_roots"),
+                    &c.tsa_roots,
+                    &c.tsa_roots_file,
+                )?,
+            };
+            ts.certificates.push(CertificateSpec {
+                name: c.name.clone(),
+                roots: text_or_file(&what, &c.roots, &c.roots_file)?,
+                identities: c.identities.clone(),
+                identity_regexps: c.identity_regexps.clone(),
+                issuers: c.issuers.clone(),
+                issuer_regexps: c.issuer_regexps.clone(),
+                max_chain: c
+                    .max_chain
+                    .unwrap_or(berth_registry::policy::DEFAULT_MAX_CHAIN),
+                log_keys,
+                tsa_roots,
             });
         }
         if let Some(n) = &t.notation {
