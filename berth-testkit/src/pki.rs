@@ -187,6 +187,53 @@ impl Pki {
         self.cert(name, Some(ca), start, end, &ext);
     }
 
+    /// A signing leaf like `leaf`'s for a public key made elsewhere (`pubkey`, a PEM file
+    /// in the directory, such as cosign's own `cosign.pub`), valid for 30 days from now.
+    pub fn leaf_for_key(&self, name: &str, ca: &str, pubkey: &str, san: &str, issuer: &str) {
+        std::fs::write(
+            self.path(&format!("{name}.ext")),
+            format!(
+                "[x]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                 extendedKeyUsage=codeSigning\nsubjectAltName=critical,{san}\n\
+                 1.3.6.1.4.1.57264.1.8=ASN1:UTF8String:{issuer}\n"
+            ),
+        )
+        .expect("ext");
+        // openssl needs a request to sign; its key is replaced by `pubkey`.
+        self.key(&format!("{name}-csr"));
+        self.openssl(&[
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}-csr.key"),
+            "-subj",
+            &format!("/O=Berth Test/CN={name}"),
+            "-out",
+            &format!("{name}.csr"),
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-force_pubkey",
+            pubkey,
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-extensions",
+            "x",
+            "-out",
+            &format!("{name}.crt"),
+        ]);
+    }
+
     /// A timestamp authority's certificate (critical time-stamping EKU).
     pub fn tsa(&self, name: &str, ca: &str) {
         self.cert(
