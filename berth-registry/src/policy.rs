@@ -176,6 +176,13 @@ pub struct NotaryStoreSpec {
     /// repository exactly is used alone; otherwise the stores with `*` or no scopes are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
+    /// Longest certificate path, leaf to root inclusive (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_chain: Option<usize>,
+    /// PEM roots of the timestamp authorities whose RFC 3161 countersignatures date a
+    /// signature.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tsa_roots: String,
 }
 
 fn strict() -> String {
@@ -480,6 +487,16 @@ impl Policy {
                 if n.trusted_identities.is_empty() && level != Level::Skip {
                     return Err(err(&nw, "names no trusted identity (use \"*\" for any)"));
                 }
+                let max_chain = n.max_chain.unwrap_or(notary::MAX_CHAIN);
+                if max_chain < 2 {
+                    return Err(err(&nw, "max_chain must be at least 2 (leaf and root)"));
+                }
+                let tsa_roots = if n.tsa_roots.trim().is_empty() {
+                    Vec::new()
+                } else {
+                    keyless::roots_from_pem(n.tsa_roots.as_bytes())
+                        .map_err(|e| err(&nw, format!("tsa_roots: {e}")))?
+                };
                 let identities = n
                     .trusted_identities
                     .iter()
@@ -492,6 +509,8 @@ impl Policy {
                         roots,
                         identities,
                         level,
+                        max_chain,
+                        tsa_roots,
                     },
                     n.scopes.clone(),
                 ));

@@ -402,3 +402,75 @@ fn certificate_fields_are_read() {
         assert!(berth_verify::x509::parse(&d[..n]).is_err());
     }
 }
+
+/// notation's envelopes: the RFC 3161 countersignature in the unsigned header
+/// (`io.cncf.notary.timestampSignature`) dates the signature when a configured authority
+/// made it; the path length is bounded as for cosign.
+#[test]
+fn notary_timestamps_and_chain_length() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use berth_verify::notary::{self, Identity, Level, NotaryTrust};
+    let fixture = |name: &str| {
+        std::fs::read(format!(
+            "{}/tests/fixtures/real/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("fixture")
+    };
+    // 2027-01-01, inside the fixture chain's validity.
+    const AT: u64 = 1_798_761_600;
+    let digest = "sha256:cdd3f6b72d99a95285cbdb5e304e091fdc35c16c596f69ad372ef0cf128b1726";
+    let w = World::new();
+    let trust = NotaryTrust {
+        name: "store".into(),
+        roots: NotaryTrust::roots_from_pem(&fixture("root.crt")).expect("roots"),
+        identities: vec![Identity::Any],
+        level: Level::Strict,
+        max_chain: notary::MAX_CHAIN,
+        tsa_roots: keyless::roots_from_pem(w.pki.read("tsaroot.crt").as_bytes()).expect("tsa"),
+    };
+    let env = fixture("notary-jws.sig");
+    let jws: serde_json::Value = serde_json::from_slice(&env).expect("jws");
+    let sig = URL_SAFE_NO_PAD
+        .decode(jws["signature"].as_str().expect("signature"))
+        .expect("b64");
+    let stamped = |tsa: &str, over: &[u8]| {
+        let mut j = jws.clone();
+        j["header"][notary::TIMESTAMP_SIGNATURE] =
+            STANDARD.encode(w.pki.timestamp(tsa, over)).into();
+        let bytes = serde_json::to_vec(&j).expect("json");
+        let d = sha256_digest(&bytes);
+        notary::verify(notary::JWS_MEDIA_TYPE, &bytes, &d, digest, &trust, AT)
+    };
+    let claimed = notary::verify(
+        notary::JWS_MEDIA_TYPE,
+        &env,
+        &sha256_digest(&env),
+        digest,
+        &trust,
+        AT,
+    )
+    .expect("plain envelope")
+    .signing_time;
+    // The authority's time replaces the signer's claim.
+    let v = stamped("tsa", &sig).expect("timestamped");
+    assert!(v.signing_time > claimed && (v.signing_time - now()).abs() < 600);
+    // An authority nobody configured, and a timestamp over other bytes: refused (strict).
+    let r = stamped("faketsa", &sig).map(|v| v.signer);
+    assert!(code(r.clone()).starts_with("untrusted_time"), "{r:?}");
+    let r = stamped("tsa", b"not this signature").map(|v| v.signer);
+    assert!(code(r.clone()).contains("other bytes"), "{r:?}");
+    // The fixture's path is leaf and root: two certificates.
+    let mut one = trust.clone();
+    one.max_chain = 1;
+    let r = notary::verify(
+        notary::JWS_MEDIA_TYPE,
+        &env,
+        &sha256_digest(&env),
+        digest,
+        &one,
+        AT,
+    )
+    .map(|v| v.signer);
+    assert!(code(r.clone()).starts_with("chain_too_long"), "{r:?}");
+}

@@ -156,6 +156,8 @@ fn import_notation(what: &str, n: &NotationImport) -> anyhow::Result<Vec<NotaryS
             level: p.signature_verification.level,
             trusted_identities: p.trusted_identities,
             scopes,
+            max_chain: None,
+            tsa_roots: String::new(),
         });
     }
     Ok(out)
@@ -186,6 +188,12 @@ pub struct NotaryEntry {
     pub level: String,
     /// `*` or `x509.subject: C=.., O=.., CN=..` entries.
     pub trusted_identities: Vec<String>,
+    /// Longest certificate path, leaf to root inclusive (default 10).
+    pub max_chain: Option<usize>,
+    /// PEM roots of trusted RFC 3161 timestamp authorities, or
+    pub tsa_roots: Option<String>,
+    /// a file holding them.
+    pub tsa_roots_file: Option<PathBuf>,
 }
 
 fn strict() -> String {
@@ -244,6 +252,15 @@ pub fn compile(config: &Config) -> anyhow::Result<Policy> {
                 level: n.level.clone(),
                 trusted_identities: n.trusted_identities.clone(),
                 scopes: Vec::new(),
+                max_chain: n.max_chain,
+                tsa_roots: match (&n.tsa_roots, &n.tsa_roots_file) {
+                    (None, None) => String::new(),
+                    _ => text_or_file(
+                        &format!("[[trust.notary]] {:?} tsa_roots", n.name),
+                        &n.tsa_roots,
+                        &n.tsa_roots_file,
+                    )?,
+                },
             });
         }
         for c in &t.certificates {
