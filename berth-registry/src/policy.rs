@@ -196,7 +196,12 @@ fn strict() -> String {
 pub struct CertificateSpec {
     pub name: String,
     /// PEM CA roots (Fulcio's, or your own CA's).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub roots: String,
+    /// A Sigstore `trusted_root.json` (its text): CA certificates, log keys and timestamp
+    /// authorities, added to the others.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trusted_root: String,
     /// SAN emails or URIs, exactly.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identities: Vec<String>,
@@ -237,7 +242,20 @@ fn matchers(exact: &[String], regexps: &[String]) -> Result<Vec<Matcher>, String
 
 fn compile_certificates(trust: &str, c: &CertificateSpec) -> Result<CertTrust, PolicyError> {
     let what = format!("trust {trust:?} certificates {:?}", c.name);
-    let roots = keyless::roots_from_pem(c.roots.as_bytes()).map_err(|e| err(&what, e))?;
+    let from_file = if c.trusted_root.trim().is_empty() {
+        berth_verify::bundle::TrustedRootMaterial::default()
+    } else {
+        berth_verify::bundle::trusted_root(c.trusted_root.as_bytes()).map_err(|e| err(&what, e))?
+    };
+    let mut roots = if c.roots.trim().is_empty() {
+        Vec::new()
+    } else {
+        keyless::roots_from_pem(c.roots.as_bytes()).map_err(|e| err(&what, e))?
+    };
+    roots.extend(from_file.roots);
+    if roots.is_empty() {
+        return Err(err(&what, "names no CA root (roots or trusted_root)"));
+    }
     let identities = matchers(&c.identities, &c.identity_regexps).map_err(|e| err(&what, e))?;
     let issuers = matchers(&c.issuers, &c.issuer_regexps).map_err(|e| err(&what, e))?;
     if identities.is_empty() || issuers.is_empty() {
@@ -258,12 +276,14 @@ fn compile_certificates(trust: &str, c: &CertificateSpec) -> Result<CertTrust, P
             key,
         });
     }
-    let tsa_roots = if c.tsa_roots.trim().is_empty() {
+    let mut tsa_roots = if c.tsa_roots.trim().is_empty() {
         Vec::new()
     } else {
         keyless::roots_from_pem(c.tsa_roots.as_bytes())
             .map_err(|e| err(&what, format!("tsa_roots: {e}")))?
     };
+    tsa_roots.extend(from_file.tsa_roots);
+    log_keys.extend(from_file.log_keys);
     Ok(CertTrust {
         name: format!("{trust}/{}", c.name),
         roots,
@@ -1583,7 +1603,19 @@ impl Registry {
                         }
                     }
                     Kind::Attestation => {
-                        match cosign::verify_dsse(subject, &bytes, &layer.digest, &keys) {
+                        let verdict = if berth_verify::bundle::is_bundle_type(&layer.media_type) {
+                            berth_verify::bundle::verify(
+                                subject,
+                                &bytes,
+                                &layer.digest,
+                                &keys,
+                                &certs,
+                                now as i64,
+                            )
+                        } else {
+                            cosign::verify_dsse(subject, &bytes, &layer.digest, &keys)
+                        };
+                        match verdict {
                             Ok(v) => {
                                 rep.valid = true;
                                 rep.signed_by = Some(v.key);

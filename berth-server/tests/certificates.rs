@@ -36,6 +36,7 @@ fn policy(pki: &Pki, mode: Mode) -> Policy {
             certificates: vec![CertificateSpec {
                 name: "corp".into(),
                 roots: pki.read("root.crt"),
+                trusted_root: String::new(),
                 identities: Vec::new(),
                 identity_regexps: vec![r"ci@example\.com".into()],
                 issuers: vec![ISSUER.into()],
@@ -348,4 +349,197 @@ fn berth_verify_log_id(pem: &str) -> String {
     berth_verify::PublicKey::from_pem(pem.as_bytes())
         .expect("log key")
         .fingerprint
+}
+
+/// A `trusted_root.json` naming `pki`'s CA chain, its log key and no TSA.
+fn trusted_root(pki: &Pki) -> String {
+    let der = |pem: &str| {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        STANDARD.encode(CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem"))
+    };
+    let spki = {
+        use rustls_pki_types::SubjectPublicKeyInfoDer;
+        use rustls_pki_types::pem::PemObject;
+        STANDARD.encode(
+            SubjectPublicKeyInfoDer::from_pem_slice(pki.read("log.pub").as_bytes()).expect("pem"),
+        )
+    };
+    json!({
+        "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+        "tlogs": [{"baseUrl": "https://rekor.test", "hashAlgorithm": "SHA2_256",
+                   "publicKey": {"rawBytes": spki, "keyDetails": "PKIX_ECDSA_P256_SHA_256"},
+                   "logId": {"keyId": ""}}],
+        "certificateAuthorities": [{"subject": {"organization": "Berth Test"},
+            "certChain": {"certificates": [{"rawBytes": der(&pki.read("inter.crt"))},
+                                           {"rawBytes": der(&pki.read("root.crt"))}]}}],
+        "ctlogs": [],
+        "timestampAuthorities": [],
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_cosign_bundles_verify_offline() {
+    let pki = Pki::new();
+    pki.ca("root", None);
+    pki.ca("inter", Some("root"));
+    cosign_leaf(&pki, "ci", &format!("email:{EMAIL}"), ISSUER);
+    pki.key("log");
+    let s = common::start(Setup::default()).await;
+    let mut spec = policy(&pki, Mode::Audit).spec().clone();
+    spec.trust[0].certificates[0].roots = String::new();
+    spec.trust[0].certificates[0].log_keys = Vec::new();
+    spec.trust[0].certificates[0].trusted_root = trusted_root(&pki);
+    s.registry
+        .set_policy(Policy::new(spec.clone()).expect("policy"));
+    let host = s.base.trim_start_matches("http://").to_owned();
+    let img = image(&s, "prod/app", "bundle").await;
+    std::fs::write(pki.path("pred.json"), r#"{"built":"yes"}"#).expect("pred");
+    let chain = format!("{}{}", pki.read("inter.crt"), pki.read("root.crt"));
+    std::fs::write(pki.path("chain.pem"), chain).expect("chain");
+    cosign(
+        pki.dir(),
+        &[
+            "attest",
+            "--new-bundle-format",
+            "--key",
+            "cosign-ci.key",
+            "--certificate",
+            "ci.crt",
+            "--certificate-chain",
+            "chain.pem",
+            "--tlog-upload=false",
+            "--allow-insecure-registry",
+            "--allow-http-registry",
+            "-y",
+            "--type",
+            "custom",
+            "--predicate",
+            "pred.json",
+            &format!("{host}/prod/app@{img}"),
+        ],
+    );
+    let r: Value = serde_json::from_str(&report(&s, "prod/app", &img).await).expect("json");
+    let att = &r["signatures"][0];
+    assert_eq!(att["kind"], "attestation", "{r}");
+    assert_eq!(att["valid"], true, "{r}");
+    assert!(
+        att["signed_by"].as_str().unwrap_or("").contains(EMAIL),
+        "{r}"
+    );
+    let referrer = att["manifest"].as_str().expect("manifest").to_owned();
+
+    // The bundle cosign attached, read back to forge log entries around it.
+    let (_, m) = get(&s, "prod/app", &referrer).await;
+    let m: Value = serde_json::from_str(&m).expect("manifest");
+    let layer = &m["layers"][0];
+    assert_eq!(
+        layer["mediaType"], "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "{m}"
+    );
+    let raw = s
+        .http
+        .get(format!(
+            "{}/v2/prod/app/blobs/{}",
+            s.base,
+            layer["digest"].as_str().expect("digest")
+        ))
+        .send()
+        .await
+        .expect("blob")
+        .bytes()
+        .await
+        .expect("bytes");
+    let bundle: Value = serde_json::from_slice(&raw).expect("bundle");
+    let env = &bundle["dsseEnvelope"];
+    let payload = STANDARD
+        .decode(env["payload"].as_str().expect("payload"))
+        .expect("b64");
+    let sig = env["signatures"][0]["sig"]
+        .as_str()
+        .expect("sig")
+        .to_owned();
+    let log_id = berth_verify_log_id(&pki.read("log.pub"));
+    let entry = |set_key: &str, at: i64| {
+        let body = STANDARD.encode(
+            json!({"apiVersion": "0.0.1", "kind": "dsse", "spec": {
+                "payloadHash": {"algorithm": "sha256", "value": &sha256(&payload)[7..]},
+                "signatures": [{"signature": sig, "verifier": STANDARD.encode(pki.read("ci.crt"))}]}})
+            .to_string(),
+        );
+        let set = pki.sign(
+            set_key,
+            &berth_verify::keyless::rekor_set_message(&body, at, &log_id, 3),
+        );
+        json!({"logIndex": "3", "logId": {"keyId": STANDARD.encode(hex_decode(&log_id))},
+               "kindVersion": {"kind": "dsse", "version": "0.0.1"},
+               "integratedTime": at.to_string(),
+               "inclusionPromise": {"signedEntryTimestamp": STANDARD.encode(set)},
+               "canonicalizedBody": body})
+    };
+    pki.key("forger");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    // Integrated just after the leaf was made (its validity starts when openssl made it).
+    for (seed, set_key, want) in [
+        ("logged", "log", None),
+        ("forged", "forger", Some("untrusted_time")),
+    ] {
+        let mut b = bundle.clone();
+        b["verificationMaterial"]["tlogEntries"] = json!([entry(set_key, now + 10)]);
+        let bytes = serde_json::to_vec(&b).expect("json");
+        let (bd, bl) = blob(&s, "prod/app", &bytes).await;
+        let mut forged = m.clone();
+        forged["layers"][0]["digest"] = bd.into();
+        forged["layers"][0]["size"] = bl.into();
+        forged["annotations"]["seed"] = seed.into();
+        let fd = put(
+            &s,
+            "prod/app",
+            &format!(
+                "sha256:{}",
+                &sha256(&serde_json::to_vec(&forged).expect("json"))[7..]
+            ),
+            &forged,
+        )
+        .await;
+        let r: Value = serde_json::from_str(&report(&s, "prod/app", &img).await).expect("json");
+        let rep = r["signatures"]
+            .as_array()
+            .expect("signatures")
+            .iter()
+            .find(|x| x["manifest"] == fd.as_str())
+            .unwrap_or_else(|| panic!("{seed}: {r}"))
+            .clone();
+        match want {
+            None => assert_eq!(rep["valid"], true, "{seed}: {rep}"),
+            Some(reason) => {
+                assert_eq!(rep["valid"], false, "{seed}: {rep}");
+                assert_eq!(rep["failure"]["reason"], reason, "{seed}: {rep}");
+            }
+        }
+    }
+
+    // Another CA in the trusted root: the same bundle counts for nothing.
+    let other = Pki::new();
+    other.ca("root", None);
+    other.ca("inter", Some("root"));
+    other.key("log");
+    spec.trust[0].certificates[0].trusted_root = trusted_root(&other);
+    s.registry.set_policy(Policy::new(spec).expect("policy"));
+    let r = report(&s, "prod/app", &img).await;
+    assert!(
+        r.contains("untrusted_chain") && !r.contains("\"valid\":true"),
+        "{r}"
+    );
+}
+
+fn hex_decode(h: &str) -> Vec<u8> {
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex"))
+        .collect()
 }

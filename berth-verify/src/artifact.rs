@@ -94,6 +94,7 @@ fn is_supply_chain_artifact(t: &str) -> bool {
     t == NOTARY_SIGNATURE
         || t.starts_with("application/vnd.dev.cosign.")
         || t == DSSE_ENVELOPE
+        || crate::bundle::is_bundle_type(t)
         || t.starts_with("application/vnd.in-toto")
         || SBOM_TYPES.contains(&t)
 }
@@ -175,7 +176,7 @@ pub fn classify(manifest: &[u8]) -> Classified {
         || raw.config.as_ref().map(|c| c.media_type.as_str()) == Some(NOTARY_SIGNATURE);
     let kind = if all(&|m| m == COSIGN_SIMPLE_SIGNING) {
         Kind::CosignSignature
-    } else if all(&|m| m == DSSE_ENVELOPE) {
+    } else if all(&|m| m == DSSE_ENVELOPE || crate::bundle::is_bundle_type(m)) {
         Kind::Attestation
     } else if notary_type
         && all(&|m| m == crate::notary::JWS_MEDIA_TYPE || m == crate::notary::COSE_MEDIA_TYPE)

@@ -177,13 +177,26 @@ pub fn verify_dsse(
         .filter_map(|s| decode_b64(&s.sig))
         .find_map(|sig| find_key(keys, &message, &sig))
         .ok_or(Failure::WrongKey(keys.len()))?;
-    if env.payload_type != "application/vnd.in-toto+json" {
+    let predicate_type = check_statement(&env.payload_type, &payload, subject)?;
+    Ok(Verified {
+        key: key.name.clone(),
+        predicate_type,
+    })
+}
+
+/// A verified DSSE payload must be an in-toto statement with `subject` among its subjects;
+/// its predicate type.
+pub(crate) fn check_statement(
+    payload_type: &str,
+    payload: &[u8],
+    subject: &str,
+) -> Result<Option<String>, Failure> {
+    if payload_type != "application/vnd.in-toto+json" {
         return Err(Failure::Invalid(format!(
-            "DSSE payload type {:?} is not an in-toto statement",
-            env.payload_type
+            "DSSE payload type {payload_type:?} is not an in-toto statement"
         )));
     }
-    let st: Statement = serde_json::from_slice(&payload)
+    let st: Statement = serde_json::from_slice(payload)
         .map_err(|e| Failure::Invalid(format!("in-toto statement: {e}")))?;
     let (alg, hex) = subject.split_once(':').unwrap_or(("", subject));
     if !st.subject.iter().any(|s| {
@@ -199,8 +212,5 @@ pub fn verify_dsse(
             .unwrap_or_else(|| "nothing".into());
         return Err(Failure::OtherDigest { signed });
     }
-    Ok(Verified {
-        key: key.name.clone(),
-        predicate_type: st.predicate_type,
-    })
+    Ok(st.predicate_type)
 }

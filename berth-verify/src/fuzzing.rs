@@ -73,6 +73,16 @@ pub fn envelope(data: &[u8]) {
             "a certificate signature verified without a CA root"
         );
     }
+    let r = crate::bundle::verify(
+        subject,
+        data,
+        &digest,
+        &[],
+        std::slice::from_ref(&no_roots),
+        1_800_000_000,
+    );
+    assert!(r.is_err(), "a bundle verified with no key and no CA root");
+    let _ = crate::bundle::trusted_root(data);
     let _ = cbor::decode(data);
     let _ = keys::PublicKey::from_spki(data);
     let _ = keys::PublicKey::from_pem(data);

@@ -9,6 +9,7 @@
 //! the parsers).
 
 pub mod artifact;
+pub mod bundle;
 pub mod cbor;
 pub mod cosign;
 pub mod der;

@@ -49,6 +49,8 @@ pub struct CertificateEntry {
     pub roots: Option<String>,
     /// a file holding them.
     pub roots_file: Option<PathBuf>,
+    /// A Sigstore `trusted_root.json` (CA certificates, log keys, timestamp authorities).
+    pub trusted_root_file: Option<PathBuf>,
     #[serde(default)]
     pub identities: Vec<String>,
     #[serde(default)]
@@ -282,7 +284,15 @@ pub fn compile(config: &Config) -> anyhow::Result<Policy> {
             };
             ts.certificates.push(CertificateSpec {
                 name: c.name.clone(),
-                roots: text_or_file(&what, &c.roots, &c.roots_file)?,
+                roots: match (&c.roots, &c.roots_file) {
+                    (None, None) => String::new(),
+                    _ => text_or_file(&what, &c.roots, &c.roots_file)?,
+                },
+                trusted_root: match &c.trusted_root_file {
+                    Some(f) => std::fs::read_to_string(f)
+                        .with_context(|| format!("{what}: reading {}", f.display()))?,
+                    None => String::new(),
+                },
                 identities: c.identities.clone(),
                 identity_regexps: c.identity_regexps.clone(),
                 issuers: c.issuers.clone(),
