@@ -543,3 +543,113 @@ fn hex_decode(h: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex"))
         .collect()
 }
+
+/// A timestamp authority over HTTP (RFC 3161: a POSTed request, the response in the body)
+/// answering with `tsa`'s key, on a thread of its own; its URL.
+fn serve_tsa(pki: std::sync::Arc<Pki>, tsa: &'static str) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut query = vec![0; len];
+            if reader.read_exact(&mut query).is_err() {
+                continue;
+            }
+            let reply = pki.timestamp_reply(tsa, &query);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/timestamp-reply\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                reply.len()
+            );
+            let _ = conn.write_all(&reply);
+        }
+    });
+    format!("http://{addr}/")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_cosign_timestamps_date_signatures() {
+    let pki = Pki::new();
+    pki.ca("root", None);
+    pki.ca("inter", Some("root"));
+    cosign_leaf(&pki, "ci", &format!("email:{EMAIL}"), ISSUER);
+    pki.key("log");
+    pki.ca("tsaroot", None);
+    pki.tsa("tsa", "tsaroot");
+    pki.ca("otherroot", None);
+    pki.tsa("faketsa", "otherroot");
+    let pki = std::sync::Arc::new(pki);
+    let good = serve_tsa(pki.clone(), "tsa");
+    let fake = serve_tsa(pki.clone(), "faketsa");
+
+    let s = common::start(Setup::default()).await;
+    let mut spec = policy(&pki, Mode::Audit).spec().clone();
+    spec.trust[0].certificates[0].tsa_roots = pki.read("tsaroot.crt");
+    s.registry
+        .set_policy(Policy::new(spec.clone()).expect("policy"));
+    let host = s.base.trim_start_matches("http://").to_owned();
+    let chain = format!("{}{}", pki.read("inter.crt"), pki.read("root.crt"));
+    std::fs::write(pki.path("chain.pem"), chain).expect("chain");
+    let mut digests = Vec::new();
+    for (repo, url) in [("prod/stamped", &good), ("prod/fake", &fake)] {
+        let img = image(&s, repo, repo).await;
+        cosign(
+            pki.dir(),
+            &[
+                "sign",
+                "--key",
+                "cosign-ci.key",
+                "--certificate",
+                "ci.crt",
+                "--certificate-chain",
+                "chain.pem",
+                "--tlog-upload=false",
+                "--timestamp-server-url",
+                url,
+                "--allow-insecure-registry",
+                "--allow-http-registry",
+                "-y",
+                &format!("{host}/{repo}@{img}"),
+            ],
+        );
+        digests.push(img);
+    }
+    let (_, sig) = get(
+        &s,
+        "prod/stamped",
+        &format!("sha256-{}.sig", &digests[0][7..]),
+    )
+    .await;
+    assert!(
+        sig.contains("dev.sigstore.cosign/rfc3161timestamp"),
+        "{sig}"
+    );
+    let r = report(&s, "prod/stamped", &digests[0]).await;
+    assert!(r.contains("\"valid\":true"), "{r}");
+    // A timestamp from an authority nobody configured: forged time, refused.
+    let r = report(&s, "prod/fake", &digests[1]).await;
+    assert!(
+        r.contains("untrusted_time") && r.contains("timestamp authority"),
+        "{r}"
+    );
+    spec.rules[0].mode = Mode::Enforce;
+    s.registry.set_policy(Policy::new(spec).expect("policy"));
+    assert_eq!(get(&s, "prod/stamped", &digests[0]).await.0, StatusCode::OK);
+    assert_eq!(
+        get(&s, "prod/fake", &digests[1]).await.0,
+        StatusCode::FORBIDDEN
+    );
+}

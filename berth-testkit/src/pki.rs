@@ -258,6 +258,27 @@ impl Pki {
         ])
     }
 
+    /// The DER TimeStampResp the TSA `name` answers to the DER TimeStampReq `query` (what
+    /// a timestamp server sends back over HTTP).
+    pub fn timestamp_reply(&self, name: &str, query: &[u8]) -> Vec<u8> {
+        std::fs::write(self.path("http.tsq"), query).expect("write");
+        self.openssl(&[
+            "ts",
+            "-reply",
+            "-config",
+            "ca.cnf",
+            "-queryfile",
+            "http.tsq",
+            "-inkey",
+            &format!("{name}.key"),
+            "-signer",
+            &format!("{name}.crt"),
+            "-out",
+            "http.tsr",
+        ]);
+        std::fs::read(self.path("http.tsr")).expect("reply")
+    }
+
     /// A DER RFC 3161 TimeStampToken over `data` from the TSA `name` (its certificate
     /// included in the token), dated now.
     pub fn timestamp(&self, name: &str, data: &[u8]) -> Vec<u8> {

@@ -53,8 +53,29 @@ fn alg_oid(seq: &[u8]) -> Result<&[u8], DerError> {
     Reader::new(seq).expect(OID)
 }
 
-/// Parses a DER TimeStampToken (a ContentInfo).
+/// The token of a DER TimeStampResp (what a TSA answers, and what cosign stores), or
+/// `bytes` itself when it is already a TimeStampToken.
+pub fn token_of(bytes: &[u8]) -> Result<&[u8], DerError> {
+    let mut outer = Reader::new(der::single(bytes, SEQUENCE)?);
+    if outer.peek_tag() == Some(OID) {
+        return Ok(bytes);
+    }
+    // PKIStatusInfo: granted (0) or granted with modifications (1) only.
+    let mut status = Reader::new(outer.expect(SEQUENCE)?);
+    match status.expect(INTEGER)? {
+        [0] | [1] => {}
+        _ => return Err(DerError),
+    }
+    let (t, raw) = outer.read_raw()?;
+    if t.tag != SEQUENCE || !outer.is_empty() {
+        return Err(DerError);
+    }
+    Ok(raw)
+}
+
+/// Parses a DER TimeStampToken (a ContentInfo), or the TimeStampResp holding one.
 pub fn parse_token(token: &[u8]) -> Result<Token<'_>, DerError> {
+    let token = token_of(token)?;
     let mut ci = Reader::new(der::single(token, SEQUENCE)?);
     if ci.expect(OID)? != OID_SIGNED_DATA {
         return Err(DerError);
