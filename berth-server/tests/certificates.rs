@@ -653,3 +653,91 @@ async fn real_cosign_timestamps_date_signatures() {
         StatusCode::FORBIDDEN
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_notation_timestamps_date_signatures() {
+    use berth_registry::policy::NotaryStoreSpec;
+    let pki = Pki::new();
+    pki.ca("root", None);
+    pki.leaf(
+        "signer",
+        "root",
+        berth_testkit::pki::LONG_AGO,
+        berth_testkit::pki::FAR_AHEAD,
+        &format!("email:{EMAIL}"),
+        None,
+    );
+    pki.key("log");
+    pki.ca("tsaroot", None);
+    pki.tsa("tsa", "tsaroot");
+    pki.ca("otherroot", None);
+    pki.tsa("faketsa", "otherroot");
+    let chain = format!("{}{}", pki.read("signer.crt"), pki.read("root.crt"));
+    std::fs::write(pki.path("signer-chain.crt"), chain).expect("chain");
+    let cfg = pki.path("ncfg");
+    std::fs::create_dir_all(cfg.join("notation")).expect("dir");
+    let keys = json!({"default": "signer", "keys": [{"name": "signer",
+        "keyPath": pki.path("signer.key"), "certPath": pki.path("signer-chain.crt")}]});
+    std::fs::write(cfg.join("notation/signingkeys.json"), keys.to_string()).expect("keys");
+    let pki = std::sync::Arc::new(pki);
+    let good = serve_tsa(pki.clone(), "tsa");
+    let fake = serve_tsa(pki.clone(), "faketsa");
+
+    let s = common::start(Setup::default()).await;
+    let spec = |mode: Mode| {
+        let mut spec = policy(&pki, mode).spec().clone();
+        spec.trust[0].certificates.clear();
+        spec.trust[0].notary = vec![NotaryStoreSpec {
+            name: "corp".into(),
+            certificates: pki.read("root.crt"),
+            level: "strict".into(),
+            trusted_identities: vec!["*".into()],
+            scopes: Vec::new(),
+            max_chain: None,
+            tsa_roots: pki.read("tsaroot.crt"),
+        }];
+        Policy::new(spec).expect("policy")
+    };
+    s.registry.set_policy(spec(Mode::Audit));
+    let host = s.base.trim_start_matches("http://").to_owned();
+    let mut digests = Vec::new();
+    for (repo, url, root) in [
+        ("prod/stamped", &good, "tsaroot.crt"),
+        ("prod/fake", &fake, "otherroot.crt"),
+    ] {
+        let img = image(&s, repo, repo).await;
+        let out = Command::new("notation")
+            .env("XDG_CONFIG_HOME", &cfg)
+            .env("HOME", &cfg)
+            .args([
+                "sign",
+                "--insecure-registry",
+                "--timestamp-url",
+                url,
+                "--timestamp-root-cert",
+                &pki.path(root).display().to_string(),
+                &format!("{host}/{repo}@{img}"),
+            ])
+            .output()
+            .expect("notation");
+        assert!(
+            out.status.success(),
+            "notation sign {repo}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        digests.push(img);
+    }
+    let r = report(&s, "prod/stamped", &digests[0]).await;
+    assert!(r.contains("\"valid\":true"), "{r}");
+    let r = report(&s, "prod/fake", &digests[1]).await;
+    assert!(
+        r.contains("untrusted_time") && r.contains("timestamp authority"),
+        "{r}"
+    );
+    s.registry.set_policy(spec(Mode::Enforce));
+    assert_eq!(get(&s, "prod/stamped", &digests[0]).await.0, StatusCode::OK);
+    assert_eq!(
+        get(&s, "prod/fake", &digests[1]).await.0,
+        StatusCode::FORBIDDEN
+    );
+}

@@ -116,7 +116,7 @@ impl Pki {
             "-key",
             &format!("{name}.key"),
             "-subj",
-            &format!("/O=Berth Test/CN={name}"),
+            &format!("/C=US/ST=WA/O=Berth Test/CN={name}"),
             "-out",
             &format!("{name}.csr"),
         ]);
@@ -207,7 +207,7 @@ impl Pki {
             "-key",
             &format!("{name}-csr.key"),
             "-subj",
-            &format!("/O=Berth Test/CN={name}"),
+            &format!("/C=US/ST=WA/O=Berth Test/CN={name}"),
             "-out",
             &format!("{name}.csr"),
         ]);
