@@ -430,3 +430,52 @@ pub async fn command(store: &StoreArgs, cmd: PolicyCommand) -> anyhow::Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[[trust.certificates]]` as documented: files are read, regexps compile anchored,
+    /// and a bad regexp or a missing issuer is refused when the configuration loads.
+    #[test]
+    fn trust_certificates_from_toml() {
+        let pki = berth_testkit::pki::Pki::new();
+        pki.ca("root", None);
+        pki.key("log");
+        pki.ca("tsaroot", None);
+        let toml = |extra: &str| {
+            format!(
+                r#"
+[[trust]]
+name = "ci"
+repositories = ["prod/*"]
+[[trust.certificates]]
+name = "fulcio"
+roots_file = "{root}"
+identity_regexps = ['ci@example\.com']
+log_key_files = ["{log}"]
+tsa_roots_file = "{tsa}"
+max_chain = 3
+{extra}
+"#,
+                root = pki.path("root.crt").display(),
+                log = pki.path("log.pub").display(),
+                tsa = pki.path("tsaroot.crt").display(),
+            )
+        };
+        let good: Config =
+            toml::from_str(&toml("issuers = [\"https://issuer.example\"]")).expect("parse");
+        let policy = compile(&good).expect("compile");
+        let c = &policy.spec().trust[0].certificates[0];
+        assert!(c.roots.contains("BEGIN CERTIFICATE") && c.log_keys.len() == 1);
+        assert!(c.tsa_roots.contains("BEGIN CERTIFICATE"));
+        let no_issuer: Config = toml::from_str(&toml("")).expect("parse");
+        let e = compile(&no_issuer).err().expect("refused").to_string();
+        assert!(e.contains("issuers"), "{e}");
+        let bad: Config =
+            toml::from_str(&toml("issuers = [\"x\"]\nissuer_regexps = [\"(unclosed\"]"))
+                .expect("parse");
+        let e = compile(&bad).err().expect("refused").to_string();
+        assert!(e.contains("regular expression"), "{e}");
+    }
+}
