@@ -396,6 +396,30 @@ fn certificate_fields_are_read() {
     assert_eq!(info.issuer.as_deref(), Some(ISSUER));
     let uri = berth_verify::x509::parse(&der("uri")).expect("parse");
     assert!(uri.emails.is_empty() && uri.uris.len() == 1);
+    // Fulcio's deprecated issuer extension (.1.1) holds the bare string; .1.8 wins when
+    // both are present.
+    let v1 = "https://v1.example";
+    let v1_hex: String = v1.bytes().map(|b| format!("{b:02x}")).collect();
+    let base = "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=codeSigning\n\
+                subjectAltName=email:a@example.com";
+    w.pki.cert(
+        "v1",
+        Some("inter"),
+        LONG_AGO,
+        FAR_AHEAD,
+        &format!("{base}\n1.3.6.1.4.1.57264.1.1=DER:{v1_hex}"),
+    );
+    w.pki.cert(
+        "both",
+        Some("inter"),
+        LONG_AGO,
+        FAR_AHEAD,
+        &format!("{base}\n1.3.6.1.4.1.57264.1.1=DER:{v1_hex}\n1.3.6.1.4.1.57264.1.8=ASN1:UTF8String:{ISSUER}"),
+    );
+    let v1_info = berth_verify::x509::parse(&der("v1")).expect("parse");
+    assert_eq!(v1_info.issuer.as_deref(), Some(v1));
+    let both = berth_verify::x509::parse(&der("both")).expect("parse");
+    assert_eq!(both.issuer.as_deref(), Some(ISSUER));
     // Every prefix of a certificate is refused, never a panic.
     let d = der("ci");
     for n in 0..d.len() {
