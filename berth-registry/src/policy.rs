@@ -1612,6 +1612,20 @@ impl Registry {
                                 &certs,
                                 now as i64,
                             )
+                        } else if let Some(certificate) = layer.certificate.as_deref() {
+                            keyless::verify_dsse(
+                                subject,
+                                &bytes,
+                                &layer.digest,
+                                &keyless::Material {
+                                    certificate,
+                                    chain: layer.chain.as_deref(),
+                                    bundle: layer.bundle.as_deref(),
+                                    rfc3161: layer.rfc3161.as_deref(),
+                                },
+                                &certs,
+                                now as i64,
+                            )
                         } else {
                             cosign::verify_dsse(subject, &bytes, &layer.digest, &keys)
                         };

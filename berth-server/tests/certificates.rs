@@ -247,6 +247,43 @@ async fn real_cosign_certificate_signatures_gate_pulls() {
         );
         assert!(m >= 1, "{reason}: {m}");
     }
+
+    // An attestation made with the certificate (`.att`, DSSE with the certificate
+    // annotations) is judged by the same trust.
+    std::fs::write(pki.path("pred.json"), r#"{"built":"yes"}"#).expect("pred");
+    cosign(
+        pki.dir(),
+        &[
+            "attest",
+            "--key",
+            "cosign-ci.key",
+            "--certificate",
+            "ci.crt",
+            "--certificate-chain",
+            "chain.pem",
+            "--tlog-upload=false",
+            "--allow-insecure-registry",
+            "--allow-http-registry",
+            "-y",
+            "--type",
+            "custom",
+            "--predicate",
+            "pred.json",
+            &format!("{host}/prod/app@{}", digests[0]),
+        ],
+    );
+    let r: Value = serde_json::from_str(&report(&s, "prod/app", &digests[0]).await).expect("json");
+    let att = r["signatures"]
+        .as_array()
+        .expect("signatures")
+        .iter()
+        .find(|x| x["kind"] == "attestation")
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(att["valid"], true, "{r}");
+    assert!(
+        att["signed_by"].as_str().unwrap_or("").contains(EMAIL),
+        "{r}"
+    );
 }
 
 /// A `.sig` manifest as cosign writes it, with the given annotations besides the signature.

@@ -106,15 +106,15 @@ pub(crate) fn check_simple_signing(payload: &[u8], subject: &str) -> Result<(), 
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Envelope {
-    payload_type: String,
-    payload: String,
-    signatures: Vec<DsseSignature>,
+pub(crate) struct Envelope {
+    pub(crate) payload_type: String,
+    pub(crate) payload: String,
+    pub(crate) signatures: Vec<DsseSignature>,
 }
 
 #[derive(Deserialize)]
-struct DsseSignature {
-    sig: String,
+pub(crate) struct DsseSignature {
+    pub(crate) sig: String,
 }
 
 #[derive(Deserialize)]
@@ -143,7 +143,7 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Most signatures read from one envelope.
-const MAX_DSSE_SIGNATURES: usize = 16;
+pub(crate) const MAX_DSSE_SIGNATURES: usize = 16;
 
 /// Verifies a DSSE envelope holding an in-toto statement about `subject`.
 pub fn verify_dsse(

@@ -194,6 +194,85 @@ pub fn verify_simple_signing(
     Err(first.unwrap_or_else(|| Failure::UntrustedChain("no certificate trust applies".into())))
 }
 
+/// Verifies a DSSE attestation layer (`cosign attest --certificate ...`) signed with a
+/// certificate: the envelope's signature with the leaf's key, the statement about
+/// `subject`, then the chain, identity and issuer as for signatures. A Rekor bundle of
+/// such a layer is an `intoto`/`dsse` entry, which this does not read: with a log key
+/// configured, such evidence is refused as an unverifiable time rather than ignored.
+pub fn verify_dsse(
+    subject: &str,
+    envelope: &[u8],
+    envelope_digest: &str,
+    m: &Material<'_>,
+    trusts: &[CertTrust],
+    now: i64,
+) -> Result<Verified, Failure> {
+    if envelope.len() > MAX_ENVELOPE || m.certificate.len() > MAX_ENVELOPE {
+        return Err(Failure::Invalid("envelope is too large".into()));
+    }
+    if !digest_matches(envelope_digest, envelope) {
+        return Err(Failure::Tampered(
+            "envelope bytes do not match their digest".into(),
+        ));
+    }
+    let env: crate::cosign::Envelope = serde_json::from_slice(envelope)
+        .map_err(|e| Failure::Invalid(format!("DSSE envelope: {e}")))?;
+    let payload = decode_b64(&env.payload)
+        .ok_or_else(|| Failure::Invalid("DSSE payload is not base64".into()))?;
+    if env.signatures.is_empty() || env.signatures.len() > crate::cosign::MAX_DSSE_SIGNATURES {
+        return Err(Failure::Invalid(format!(
+            "DSSE envelope has {} signatures",
+            env.signatures.len()
+        )));
+    }
+    let leaf_der = pem_certs(m.certificate, "certificate annotation")?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Failure::Invalid("certificate annotation holds no certificate".into()))?;
+    let chain = match m.chain {
+        Some(c) => pem_certs(c, "chain annotation")?,
+        None => Vec::new(),
+    };
+    let leaf = EndEntityCert::try_from(&leaf_der)
+        .map_err(|e| Failure::Invalid(format!("signing certificate: {e:?}")))?;
+    let key = PublicKey::from_spki(leaf.subject_public_key_info().as_ref())
+        .map_err(|e| Failure::UnsupportedAlgorithm(format!("signing certificate key: {e}")))?;
+    let message = crate::cosign::pae(&env.payload_type, &payload);
+    let sig = env
+        .signatures
+        .iter()
+        .filter_map(|s| decode_b64(&s.sig))
+        .find(|sig| key.verify_cosign(&message, sig))
+        .ok_or_else(|| {
+            Failure::Tampered(
+                "the envelope's signature does not verify with its certificate's key".into(),
+            )
+        })?;
+    let predicate_type = crate::cosign::check_statement(&env.payload_type, &payload, subject)?;
+    let info = x509::parse(leaf_der.as_ref())
+        .map_err(|_| Failure::Invalid("signing certificate: malformed".into()))?;
+    let signed = Signed {
+        payload: &payload,
+        signature: &sig,
+        leaf_der: leaf_der.as_ref(),
+    };
+    let mut first = None;
+    for t in trusts {
+        match judge(&leaf, &chain, &info, t, m, &signed, now) {
+            Ok(key) => {
+                return Ok(Verified {
+                    key,
+                    predicate_type,
+                });
+            }
+            Err(f) => {
+                first.get_or_insert(f);
+            }
+        }
+    }
+    Err(first.unwrap_or_else(|| Failure::UntrustedChain("no certificate trust applies".into())))
+}
+
 /// What a log entry or a timestamp must be about.
 pub(crate) struct Signed<'a> {
     pub payload: &'a [u8],
