@@ -72,6 +72,18 @@ pub fn envelope(data: &[u8]) {
             r.is_err(),
             "a certificate signature verified without a CA root"
         );
+        let r = keyless::verify_dsse(
+            subject,
+            data,
+            &digest,
+            &m,
+            std::slice::from_ref(&no_roots),
+            1_800_000_000,
+        );
+        assert!(
+            r.is_err(),
+            "a certificate attestation verified without a CA root"
+        );
     }
     let r = crate::bundle::verify(
         subject,
