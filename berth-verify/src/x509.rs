@@ -107,6 +107,10 @@ fn read_san(value: &[u8], info: &mut CertInfo) -> Result<(), DerError> {
 /// A UTCTime or GeneralizedTime (with an optional fraction), UTC only.
 pub fn time(r: &mut Reader<'_>) -> Result<i64, DerError> {
     let t = r.read()?;
+    // ASCII only, so the byte slicing below always falls on character boundaries.
+    if !t.value.is_ascii() {
+        return Err(DerError);
+    }
     let s = std::str::from_utf8(t.value).map_err(|_| DerError)?;
     let s = s.strip_suffix('Z').ok_or(DerError)?;
     let (year, rest) = match t.tag {
@@ -159,5 +163,12 @@ mod tests {
         assert_eq!(time(&mut Reader::new(&gen_)), Ok(1_796_542_093));
         let bad = [UTC_TIME, 5, b'2', b'6', b'1', b'2', b'Z'];
         assert!(time(&mut Reader::new(&bad)).is_err());
+        // Twelve bytes before the Z, one a three-byte character across index 2: refused,
+        // not a slice through a character.
+        let mut multi = vec![UTC_TIME, 13, b'2'];
+        multi.extend_from_slice("€".as_bytes());
+        multi.extend_from_slice(b"12345678Z");
+        assert_eq!(multi.len(), 15);
+        assert!(time(&mut Reader::new(&multi)).is_err());
     }
 }
