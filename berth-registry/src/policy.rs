@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use berth_oci::{Digest, RepoName};
 use berth_verify::cosign::{self, TrustedKey};
+use berth_verify::keyless::{self, CertTrust, Matcher};
 use berth_verify::notary::{self, Identity, Level, NotaryTrust};
 use berth_verify::{Failure, KeyKind, Kind, PublicKey, classify};
 use futures_util::StreamExt;
@@ -175,10 +176,123 @@ pub struct NotaryStoreSpec {
     /// repository exactly is used alone; otherwise the stores with `*` or no scopes are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
+    /// Longest certificate path, leaf to root inclusive (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_chain: Option<usize>,
+    /// PEM roots of the timestamp authorities whose RFC 3161 countersignatures date a
+    /// signature.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tsa_roots: String,
 }
 
 fn strict() -> String {
     "strict".into()
+}
+
+/// CA roots for cosign signatures made with a certificate, with the identities and
+/// issuers they are trusted for and the authorities that may date a signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSpec {
+    pub name: String,
+    /// PEM CA roots (Fulcio's, or your own CA's).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub roots: String,
+    /// A Sigstore `trusted_root.json` (its text): CA certificates, log keys and timestamp
+    /// authorities, added to the others.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trusted_root: String,
+    /// SAN emails or URIs, exactly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
+    /// Regular expressions over SAN emails or URIs, matched whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_regexps: Vec<String>,
+    /// OIDC issuers (Fulcio's extension), exactly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<String>,
+    /// Regular expressions over the OIDC issuer, matched whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuer_regexps: Vec<String>,
+    /// Longest certificate path, leaf to root inclusive.
+    #[serde(default = "default_max_chain")]
+    pub max_chain: usize,
+    /// PEM public keys of the transparency logs whose entries date a signature.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_keys: Vec<String>,
+    /// PEM roots of the RFC 3161 timestamp authorities whose timestamps date a signature.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tsa_roots: String,
+}
+
+/// Longest certificate path accepted by default: Fulcio's leaf, intermediate and root.
+pub const DEFAULT_MAX_CHAIN: usize = keyless::DEFAULT_MAX_CHAIN;
+
+fn default_max_chain() -> usize {
+    DEFAULT_MAX_CHAIN
+}
+
+fn matchers(exact: &[String], regexps: &[String]) -> Result<Vec<Matcher>, String> {
+    let mut out: Vec<Matcher> = exact.iter().map(|e| Matcher::Exact(e.clone())).collect();
+    for r in regexps {
+        out.push(Matcher::regex(r)?);
+    }
+    Ok(out)
+}
+
+fn compile_certificates(trust: &str, c: &CertificateSpec) -> Result<CertTrust, PolicyError> {
+    let what = format!("trust {trust:?} certificates {:?}", c.name);
+    let from_file = if c.trusted_root.trim().is_empty() {
+        berth_verify::bundle::TrustedRootMaterial::default()
+    } else {
+        berth_verify::bundle::trusted_root(c.trusted_root.as_bytes()).map_err(|e| err(&what, e))?
+    };
+    let mut roots = if c.roots.trim().is_empty() {
+        Vec::new()
+    } else {
+        keyless::roots_from_pem(c.roots.as_bytes()).map_err(|e| err(&what, e))?
+    };
+    roots.extend(from_file.roots);
+    if roots.is_empty() {
+        return Err(err(&what, "names no CA root (roots or trusted_root)"));
+    }
+    let identities = matchers(&c.identities, &c.identity_regexps).map_err(|e| err(&what, e))?;
+    let issuers = matchers(&c.issuers, &c.issuer_regexps).map_err(|e| err(&what, e))?;
+    if identities.is_empty() || issuers.is_empty() {
+        return Err(err(
+            &what,
+            "needs identities (or identity_regexps) and issuers (or issuer_regexps)",
+        ));
+    }
+    if c.max_chain < 2 {
+        return Err(err(&what, "max_chain must be at least 2 (leaf and root)"));
+    }
+    let mut log_keys = Vec::new();
+    for (i, pem) in c.log_keys.iter().enumerate() {
+        let key = PublicKey::from_pem(pem.as_bytes())
+            .map_err(|e| err(&what, format!("log key {i}: {e}")))?;
+        log_keys.push(TrustedKey {
+            name: format!("{trust}/{}/log{i}", c.name),
+            key,
+        });
+    }
+    let mut tsa_roots = if c.tsa_roots.trim().is_empty() {
+        Vec::new()
+    } else {
+        keyless::roots_from_pem(c.tsa_roots.as_bytes())
+            .map_err(|e| err(&what, format!("tsa_roots: {e}")))?
+    };
+    tsa_roots.extend(from_file.tsa_roots);
+    log_keys.extend(from_file.log_keys);
+    Ok(CertTrust {
+        name: format!("{trust}/{}", c.name),
+        roots,
+        identities,
+        issuers,
+        max_chain: c.max_chain,
+        log_keys,
+        tsa_roots,
+    })
 }
 
 /// Trust material for the repositories its globs match (`[[trust]]`).
@@ -191,6 +305,9 @@ pub struct TrustSpec {
     pub cosign: Vec<CosignKeySpec>,
     #[serde(default)]
     pub notary: Vec<NotaryStoreSpec>,
+    /// Cosign signatures made with a certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateSpec>,
 }
 
 /// Trust and rules together.
@@ -229,6 +346,7 @@ fn globs(what: &str, patterns: &[String]) -> Result<Vec<Glob>, PolicyError> {
 struct Trust {
     repos: Vec<Glob>,
     keys: Vec<TrustedKey>,
+    certs: Vec<CertTrust>,
     /// Each store with its scopes.
     notary: Vec<(NotaryTrust, Vec<String>)>,
 }
@@ -389,6 +507,16 @@ impl Policy {
                 if n.trusted_identities.is_empty() && level != Level::Skip {
                     return Err(err(&nw, "names no trusted identity (use \"*\" for any)"));
                 }
+                let max_chain = n.max_chain.unwrap_or(notary::MAX_CHAIN);
+                if max_chain < 2 {
+                    return Err(err(&nw, "max_chain must be at least 2 (leaf and root)"));
+                }
+                let tsa_roots = if n.tsa_roots.trim().is_empty() {
+                    Vec::new()
+                } else {
+                    keyless::roots_from_pem(n.tsa_roots.as_bytes())
+                        .map_err(|e| err(&nw, format!("tsa_roots: {e}")))?
+                };
                 let identities = n
                     .trusted_identities
                     .iter()
@@ -401,16 +529,27 @@ impl Policy {
                         roots,
                         identities,
                         level,
+                        max_chain,
+                        tsa_roots,
                     },
                     n.scopes.clone(),
                 ));
             }
-            if keys.is_empty() && stores.is_empty() {
-                return Err(err(&what, "declares no cosign key and no notary store"));
+            let certs = t
+                .certificates
+                .iter()
+                .map(|c| compile_certificates(&t.name, c))
+                .collect::<Result<Vec<_>, _>>()?;
+            if keys.is_empty() && stores.is_empty() && certs.is_empty() {
+                return Err(err(
+                    &what,
+                    "declares no cosign key, no certificates and no notary store",
+                ));
             }
             trust.push(Trust {
                 repos: globs(&what, &t.repositories)?,
                 keys,
+                certs,
                 notary: stores,
             });
         }
@@ -724,6 +863,8 @@ pub(crate) struct PolicyState {
     pub(crate) bypassed: AtomicU64,
     pub(crate) pending: AtomicU64,
     pub(crate) computed: AtomicU64,
+    /// Signatures that did not count, by `Failure::CODES` position.
+    pub(crate) failures: [AtomicU64; Failure::CODES.len()],
 }
 
 fn cache_key(repo: &str, digest: &str) -> String {
@@ -1397,6 +1538,7 @@ impl Registry {
         }
         manifests.truncate(MAX_SIGNATURES);
         let keys: Vec<TrustedKey> = trust.iter().flat_map(|t| t.keys.iter().cloned()).collect();
+        let certs: Vec<CertTrust> = trust.iter().flat_map(|t| t.certs.iter().cloned()).collect();
         let stores: Vec<&NotaryTrust> = trust
             .iter()
             .flat_map(|t| t.stores_for(repo.as_str()))
@@ -1429,13 +1571,30 @@ impl Registry {
                 match c.kind {
                     Kind::CosignSignature => {
                         let sig = layer.signature.as_deref().unwrap_or("");
-                        match cosign::verify_simple_signing(
-                            subject,
-                            &bytes,
-                            &layer.digest,
-                            sig,
-                            &keys,
-                        ) {
+                        let verdict = match layer.certificate.as_deref() {
+                            Some(certificate) => keyless::verify_simple_signing(
+                                subject,
+                                &bytes,
+                                &layer.digest,
+                                sig,
+                                &keyless::Material {
+                                    certificate,
+                                    chain: layer.chain.as_deref(),
+                                    bundle: layer.bundle.as_deref(),
+                                    rfc3161: layer.rfc3161.as_deref(),
+                                },
+                                &certs,
+                                now as i64,
+                            ),
+                            None => cosign::verify_simple_signing(
+                                subject,
+                                &bytes,
+                                &layer.digest,
+                                sig,
+                                &keys,
+                            ),
+                        };
+                        match verdict {
                             Ok(v) => {
                                 rep.valid = true;
                                 rep.signed_by = Some(v.key);
@@ -1444,7 +1603,33 @@ impl Registry {
                         }
                     }
                     Kind::Attestation => {
-                        match cosign::verify_dsse(subject, &bytes, &layer.digest, &keys) {
+                        let verdict = if berth_verify::bundle::is_bundle_type(&layer.media_type) {
+                            berth_verify::bundle::verify(
+                                subject,
+                                &bytes,
+                                &layer.digest,
+                                &keys,
+                                &certs,
+                                now as i64,
+                            )
+                        } else if let Some(certificate) = layer.certificate.as_deref() {
+                            keyless::verify_dsse(
+                                subject,
+                                &bytes,
+                                &layer.digest,
+                                &keyless::Material {
+                                    certificate,
+                                    chain: layer.chain.as_deref(),
+                                    bundle: layer.bundle.as_deref(),
+                                    rfc3161: layer.rfc3161.as_deref(),
+                                },
+                                &certs,
+                                now as i64,
+                            )
+                        } else {
+                            cosign::verify_dsse(subject, &bytes, &layer.digest, &keys)
+                        };
+                        match verdict {
                             Ok(v) => {
                                 rep.valid = true;
                                 rep.signed_by = Some(v.key);
@@ -1482,6 +1667,9 @@ impl Registry {
                         }
                     }
                     _ => continue,
+                }
+                if let Some(f) = &rep.failure {
+                    stats::bump(&self.policy.failures[f.index()], 1);
                 }
                 out.push(rep);
             }

@@ -212,6 +212,17 @@ impl Registry {
                 value: get(c),
             });
         }
+        for (i, code) in berth_verify::Failure::CODES.iter().enumerate() {
+            out.push(Counter {
+                name: "policy_signature_failures",
+                help: "Signatures that did not count when a verdict or a verify report was \
+                    computed, by reason (expired, untrusted_identity, untrusted_issuer, \
+                    chain_too_long, untrusted_time: a forged or foreign log entry or \
+                    timestamp, ...)",
+                label: Some(("reason", code)),
+                value: get(&p.failures[i]),
+            });
+        }
         out.push(Counter {
             name: "policy_verdicts_computed",
             help: "Signature verdicts computed (not found in memory or in the metadata store)",

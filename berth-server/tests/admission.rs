@@ -363,6 +363,7 @@ fn trust(k: &Key) -> Policy {
                 algorithm: Some("ed25519".into()),
             }],
             notary: vec![],
+            certificates: vec![],
         }],
         rules: vec![],
     })

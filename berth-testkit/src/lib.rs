@@ -6,6 +6,7 @@
 //! than skip.
 
 pub mod pg;
+pub mod pki;
 
 use sha2::{Digest as _, Sha256};
 

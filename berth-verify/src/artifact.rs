@@ -94,6 +94,7 @@ fn is_supply_chain_artifact(t: &str) -> bool {
     t == NOTARY_SIGNATURE
         || t.starts_with("application/vnd.dev.cosign.")
         || t == DSSE_ENVELOPE
+        || crate::bundle::is_bundle_type(t)
         || t.starts_with("application/vnd.in-toto")
         || SBOM_TYPES.contains(&t)
 }
@@ -106,6 +107,12 @@ pub struct SignatureLayer {
     pub size: u64,
     /// Cosign's base64 signature annotation, for simple-signing layers.
     pub signature: Option<String>,
+    /// Cosign's signing certificate and chain (PEM), Rekor bundle and RFC 3161
+    /// timestamp annotations, for signatures made with a certificate.
+    pub certificate: Option<String>,
+    pub chain: Option<String>,
+    pub bundle: Option<String>,
+    pub rfc3161: Option<String>,
 }
 
 /// A manifest as the policy layer sees it.
@@ -169,7 +176,7 @@ pub fn classify(manifest: &[u8]) -> Classified {
         || raw.config.as_ref().map(|c| c.media_type.as_str()) == Some(NOTARY_SIGNATURE);
     let kind = if all(&|m| m == COSIGN_SIMPLE_SIGNING) {
         Kind::CosignSignature
-    } else if all(&|m| m == DSSE_ENVELOPE) {
+    } else if all(&|m| m == DSSE_ENVELOPE || crate::bundle::is_bundle_type(m)) {
         Kind::Attestation
     } else if notary_type
         && all(&|m| m == crate::notary::JWS_MEDIA_TYPE || m == crate::notary::COSE_MEDIA_TYPE)
@@ -186,8 +193,12 @@ pub fn classify(manifest: &[u8]) -> Classified {
     ) {
         raw.layers
             .into_iter()
-            .map(|l| SignatureLayer {
-                signature: l.annotations.get(COSIGN_SIGNATURE_ANNOTATION).cloned(),
+            .map(|mut l| SignatureLayer {
+                signature: l.annotations.remove(COSIGN_SIGNATURE_ANNOTATION),
+                certificate: l.annotations.remove(crate::keyless::CERTIFICATE_ANNOTATION),
+                chain: l.annotations.remove(crate::keyless::CHAIN_ANNOTATION),
+                bundle: l.annotations.remove(crate::keyless::BUNDLE_ANNOTATION),
+                rfc3161: l.annotations.remove(crate::keyless::RFC3161_ANNOTATION),
                 media_type: l.media_type,
                 digest: l.digest,
                 size: l.size,

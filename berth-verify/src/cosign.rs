@@ -49,7 +49,7 @@ pub struct Verified {
     pub predicate_type: Option<String>,
 }
 
-fn decode_b64(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_b64(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
     STANDARD.decode(s).ok().or_else(|| URL_SAFE.decode(s).ok())
 }
@@ -79,6 +79,15 @@ pub fn verify_simple_signing(
     let sig = decode_b64(signature)
         .ok_or_else(|| Failure::Invalid("signature annotation is not base64".into()))?;
     let key = find_key(keys, payload, &sig).ok_or(Failure::WrongKey(keys.len()))?;
+    check_simple_signing(payload, subject)?;
+    Ok(Verified {
+        key: key.name.clone(),
+        predicate_type: None,
+    })
+}
+
+/// A verified simple-signing payload must be a cosign image signature naming `subject`.
+pub(crate) fn check_simple_signing(payload: &[u8], subject: &str) -> Result<(), Failure> {
     let p: SimpleSigning = serde_json::from_slice(payload)
         .map_err(|e| Failure::Invalid(format!("simple-signing payload: {e}")))?;
     if !p.critical.kind.eq_ignore_ascii_case(SIMPLE_SIGNING_TYPE) {
@@ -92,23 +101,20 @@ pub fn verify_simple_signing(
             signed: p.critical.image.digest,
         });
     }
-    Ok(Verified {
-        key: key.name.clone(),
-        predicate_type: None,
-    })
+    Ok(())
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Envelope {
-    payload_type: String,
-    payload: String,
-    signatures: Vec<DsseSignature>,
+pub(crate) struct Envelope {
+    pub(crate) payload_type: String,
+    pub(crate) payload: String,
+    pub(crate) signatures: Vec<DsseSignature>,
 }
 
 #[derive(Deserialize)]
-struct DsseSignature {
-    sig: String,
+pub(crate) struct DsseSignature {
+    pub(crate) sig: String,
 }
 
 #[derive(Deserialize)]
@@ -137,7 +143,7 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Most signatures read from one envelope.
-const MAX_DSSE_SIGNATURES: usize = 16;
+pub(crate) const MAX_DSSE_SIGNATURES: usize = 16;
 
 /// Verifies a DSSE envelope holding an in-toto statement about `subject`.
 pub fn verify_dsse(
@@ -171,13 +177,26 @@ pub fn verify_dsse(
         .filter_map(|s| decode_b64(&s.sig))
         .find_map(|sig| find_key(keys, &message, &sig))
         .ok_or(Failure::WrongKey(keys.len()))?;
-    if env.payload_type != "application/vnd.in-toto+json" {
+    let predicate_type = check_statement(&env.payload_type, &payload, subject)?;
+    Ok(Verified {
+        key: key.name.clone(),
+        predicate_type,
+    })
+}
+
+/// A verified DSSE payload must be an in-toto statement with `subject` among its subjects;
+/// its predicate type.
+pub(crate) fn check_statement(
+    payload_type: &str,
+    payload: &[u8],
+    subject: &str,
+) -> Result<Option<String>, Failure> {
+    if payload_type != "application/vnd.in-toto+json" {
         return Err(Failure::Invalid(format!(
-            "DSSE payload type {:?} is not an in-toto statement",
-            env.payload_type
+            "DSSE payload type {payload_type:?} is not an in-toto statement"
         )));
     }
-    let st: Statement = serde_json::from_slice(&payload)
+    let st: Statement = serde_json::from_slice(payload)
         .map_err(|e| Failure::Invalid(format!("in-toto statement: {e}")))?;
     let (alg, hex) = subject.split_once(':').unwrap_or(("", subject));
     if !st.subject.iter().any(|s| {
@@ -193,8 +212,5 @@ pub fn verify_dsse(
             .unwrap_or_else(|| "nothing".into());
         return Err(Failure::OtherDigest { signed });
     }
-    Ok(Verified {
-        key: key.name.clone(),
-        predicate_type: st.predicate_type,
-    })
+    Ok(st.predicate_type)
 }

@@ -18,6 +18,10 @@ pub const OID: u8 = 0x06;
 pub const BIT_STRING: u8 = 0x03;
 pub const INTEGER: u8 = 0x02;
 pub const NULL: u8 = 0x05;
+pub const OCTET_STRING: u8 = 0x04;
+pub const BOOLEAN: u8 = 0x01;
+pub const UTC_TIME: u8 = 0x17;
+pub const GENERALIZED_TIME: u8 = 0x18;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("malformed DER")]
@@ -72,6 +76,20 @@ impl<'a> Reader<'a> {
         let (value, rest) = rest.split_at(len);
         self.rest = rest;
         Ok(Tlv { tag, value })
+    }
+
+    /// The next element with its whole encoding (tag and length included), for the
+    /// structures whose exact bytes are hashed or parsed again elsewhere.
+    pub fn read_raw(&mut self) -> Result<(Tlv<'a>, &'a [u8]), DerError> {
+        let before = self.rest;
+        let t = self.read()?;
+        let used = before.len() - self.rest.len();
+        Ok((t, &before[..used]))
+    }
+
+    /// The tag of the next element, if any.
+    pub fn peek_tag(&self) -> Option<u8> {
+        self.rest.first().copied()
     }
 
     /// The next element, which must carry `tag`.

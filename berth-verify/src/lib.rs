@@ -9,13 +9,17 @@
 //! the parsers).
 
 pub mod artifact;
+pub mod bundle;
 pub mod cbor;
 pub mod cosign;
 pub mod der;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod keyless;
 pub mod keys;
 pub mod notary;
+pub mod tsa;
+pub mod x509;
 
 pub use artifact::{Kind, SignatureLayer, classify, signature_layers};
 pub use keys::{KeyError, KeyKind, PublicKey};
@@ -55,6 +59,16 @@ pub enum Failure {
     /// Expired, or signed outside the certificate's validity.
     #[error("expired: {0}")]
     Expired(String),
+    /// The certificate's OIDC issuer is none of the rule's.
+    #[error("untrusted issuer: {0}")]
+    UntrustedIssuer(String),
+    /// The path from the signing certificate to its root is longer than allowed.
+    #[error("chain too long: {0}")]
+    ChainTooLong(String),
+    /// A transparency-log entry or timestamp that should date the signature does not
+    /// verify (forged, from an unknown log or authority, or about other bytes).
+    #[error("untrusted time: {0}")]
+    UntrustedTime(String),
 }
 
 impl Failure {
@@ -70,7 +84,34 @@ impl Failure {
             Failure::UntrustedIdentity(_) => "untrusted_identity",
             Failure::UnsupportedAlgorithm(_) => "unsupported_algorithm",
             Failure::Expired(_) => "expired",
+            Failure::UntrustedIssuer(_) => "untrusted_issuer",
+            Failure::ChainTooLong(_) => "chain_too_long",
+            Failure::UntrustedTime(_) => "untrusted_time",
         }
+    }
+
+    /// Every code, in a fixed order (the metrics' labels).
+    pub const CODES: [&'static str; 12] = [
+        "invalid",
+        "tampered",
+        "wrong_key",
+        "other_digest",
+        "untrusted_chain",
+        "no_code_signing_eku",
+        "untrusted_identity",
+        "unsupported_algorithm",
+        "expired",
+        "untrusted_issuer",
+        "chain_too_long",
+        "untrusted_time",
+    ];
+
+    /// The position of this failure's code in `CODES`.
+    pub fn index(&self) -> usize {
+        Failure::CODES
+            .iter()
+            .position(|c| *c == self.code())
+            .unwrap_or(0)
     }
 }
 

@@ -14,12 +14,11 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Deserialize;
-use std::cell::Cell;
-
-use webpki::{EndEntityCert, ExtendedKeyUsageValidator, KeyPurposeIdIter, KeyUsage};
+use webpki::EndEntityCert;
 
 use crate::cbor::{self, Value};
 use crate::der::{self, OID, Reader, SEQUENCE, SET};
+use crate::keyless::{EKU_CODE_SIGNING, LeafEku};
 use crate::keys::{PublicKey, SigAlg};
 use crate::{Failure, MAX_ENVELOPE, digest_matches};
 
@@ -30,11 +29,11 @@ const SCHEME: &str = "io.cncf.notary.signingScheme";
 const SIGNING_TIME: &str = "io.cncf.notary.signingTime";
 const EXPIRY: &str = "io.cncf.notary.expiry";
 const AUTHENTIC_SIGNING_TIME: &str = "io.cncf.notary.authenticSigningTime";
+/// The unsigned header holding an RFC 3161 timestamp token over the signature.
+pub const TIMESTAMP_SIGNATURE: &str = "io.cncf.notary.timestampSignature";
 
-/// id-kp-codeSigning, 1.3.6.1.5.5.7.3.3, as DER contents.
-const EKU_CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
-/// Most certificates read from one chain.
-const MAX_CHAIN: usize = 10;
+/// Most certificates read from one chain, and the longest path accepted by default.
+pub const MAX_CHAIN: usize = 10;
 
 /// notation's verification levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -131,6 +130,11 @@ pub struct NotaryTrust {
     pub roots: Vec<CertificateDer<'static>>,
     pub identities: Vec<Identity>,
     pub level: Level,
+    /// Longest certificate path accepted, leaf to root inclusive.
+    pub max_chain: usize,
+    /// Roots of the timestamp authorities whose RFC 3161 countersignature dates a
+    /// signature (`notation sign --timestamp-url`); empty: timestamps are not read.
+    pub tsa_roots: Vec<CertificateDer<'static>>,
 }
 
 impl NotaryTrust {
@@ -156,7 +160,8 @@ impl NotaryTrust {
 pub struct Verified {
     /// The leaf certificate's subject, `C=.., O=.., CN=..`.
     pub signer: String,
-    /// Signing time claimed by the signer (not authenticated without a timestamp).
+    /// Signing time: the timestamp authority's if a configured one dated the signature,
+    /// else the signer's claim.
     pub signing_time: i64,
     pub warnings: Vec<String>,
 }
@@ -169,6 +174,8 @@ struct Parsed {
     certs: Vec<Vec<u8>>,
     signing_time: i64,
     expiry: Option<i64>,
+    /// DER timestamp token of the unsigned header, if any.
+    timestamp: Option<Vec<u8>>,
 }
 
 /// Verifies one Notary signature envelope of `media_type` against `target` (the digest
@@ -197,7 +204,7 @@ pub fn verify(
             "envelope bytes do not match their digest".into(),
         ));
     }
-    let p = match media_type {
+    let mut p = match media_type {
         JWS_MEDIA_TYPE => parse_jws(envelope)?,
         COSE_MEDIA_TYPE => parse_cose(envelope)?,
         other => {
@@ -251,6 +258,22 @@ pub fn verify(
         .join(", ");
 
     let mut warnings = Vec::new();
+    let mut late = Vec::new();
+    // An RFC 3161 timestamp over the signature from a configured authority replaces the
+    // signer's own claim of when it signed, and makes "the chain is still valid now"
+    // unnecessary (notation's authentic timestamp).
+    let mut trusted_time = None;
+    if let Some(token) = &p.timestamp
+        && !trust.tsa_roots.is_empty()
+    {
+        match crate::tsa::verify_token(token, &p.signature, &trust.tsa_roots, now as i64) {
+            Ok(t) => trusted_time = Some(t.at),
+            Err(f) => late.push(f),
+        }
+    }
+    if let Some(t) = trusted_time {
+        p.signing_time = t;
+    }
     // Authenticity.
     let authenticity = authenticate(&leaf, &p, trust, &signer_attrs, &signer);
     let authentic = authenticity.is_ok();
@@ -260,16 +283,19 @@ pub fn verify(
         (Err(f), _) => return Err(f),
     }
     // Authentic timestamp and expiry: refused only under strict.
-    let mut late = Vec::new();
     let intermediates: Vec<CertificateDer<'_>> = p.certs[1..]
         .iter()
         .map(|c| CertificateDer::from(c.as_slice()))
         .collect();
     // Only a chain that was trusted when it signed can have expired since; an untrusted
     // one was already reported.
-    if authentic && let Err(e) = chain(&leaf, &intermediates, trust, now as i64) {
+    if authentic
+        && trusted_time.is_none()
+        && let Err(e) = chain(&leaf, &intermediates, trust, now as i64)
+    {
         late.push(Failure::Expired(format!(
-            "the certificate chain is not valid now: {e:?}"
+            "the certificate chain is not valid now ({e:?}) and no trusted timestamp (RFC 3161, \
+             from a configured timestamp authority) shows it signed while valid"
         )));
     }
     if let Some(exp) = p.expiry
@@ -293,12 +319,13 @@ pub fn verify(
     })
 }
 
+/// The chain at `at`; the path's length, leaf to root inclusive.
 fn chain(
     leaf: &EndEntityCert<'_>,
     intermediates: &[CertificateDer<'_>],
     trust: &NotaryTrust,
     at: i64,
-) -> Result<(), webpki::Error> {
+) -> Result<usize, webpki::Error> {
     let anchors: Vec<_> = trust
         .roots
         .iter()
@@ -310,30 +337,11 @@ fn chain(
         &anchors,
         intermediates,
         time,
-        CodeSigning {
-            leaf_seen: Cell::new(false),
-        },
+        LeafEku::new(EKU_CODE_SIGNING),
         None,
         None,
     )
-    .map(|_| ())
-}
-
-/// The code-signing EKU, required on the leaf. webpki runs one validator on every
-/// certificate of the path, leaf first; CA certificates commonly carry no EKU at all,
-/// so past the leaf the EKU is only required to include code signing if present.
-struct CodeSigning {
-    leaf_seen: Cell<bool>,
-}
-
-impl ExtendedKeyUsageValidator for CodeSigning {
-    fn validate(&self, iter: KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
-        if self.leaf_seen.replace(true) {
-            KeyUsage::required_if_present(EKU_CODE_SIGNING).validate(iter)
-        } else {
-            KeyUsage::required(EKU_CODE_SIGNING).validate(iter)
-        }
-    }
+    .map(|p| 2 + p.intermediate_certificates().count())
 }
 
 fn authenticate(
@@ -347,7 +355,7 @@ fn authenticate(
         .iter()
         .map(|c| CertificateDer::from(c.as_slice()))
         .collect();
-    chain(leaf, &intermediates, trust, p.signing_time).map_err(|e| match e {
+    let len = chain(leaf, &intermediates, trust, p.signing_time).map_err(|e| match e {
         webpki::Error::RequiredEkuNotFoundContext(_) => Failure::NoCodeSigningEku,
         webpki::Error::CertExpired { .. }
         | webpki::Error::CertNotValidYet { .. }
@@ -361,6 +369,12 @@ fn authenticate(
         )),
         other => Failure::UntrustedChain(format!("{other:?}")),
     })?;
+    if len > trust.max_chain {
+        return Err(Failure::ChainTooLong(format!(
+            "the certificate path has {len} certificates, {:?} allows {}",
+            trust.name, trust.max_chain
+        )));
+    }
     if !trust.identities.iter().any(|i| i.matches(signer_attrs)) {
         return Err(Failure::UntrustedIdentity(format!(
             "{signer} is not a trusted identity of {:?}",
@@ -457,6 +471,8 @@ struct Jws {
 #[derive(Deserialize)]
 struct JwsHeader {
     x5c: Vec<String>,
+    #[serde(rename = "io.cncf.notary.timestampSignature")]
+    timestamp: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -515,8 +531,17 @@ fn parse_jws(envelope: &[u8]) -> Result<Parsed, Failure> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     check_chain_len(&certs)?;
+    let timestamp = match &jws.header.timestamp {
+        Some(t) => Some(
+            STANDARD
+                .decode(t)
+                .map_err(|_| Failure::Invalid("timestamp signature is not base64".into()))?,
+        ),
+        None => None,
+    };
     Ok(Parsed {
         alg,
+        timestamp,
         signing_input: format!("{}.{}", jws.protected, jws.payload).into_bytes(),
         signature: b64url(&jws.signature, "signature")?,
         payload: b64url(&jws.payload, "payload")?,
@@ -621,8 +646,14 @@ fn parse_cose(envelope: &[u8]) -> Result<Parsed, Failure> {
     cbor::encode_head(&mut tbs, 2, 0);
     cbor::encode_head(&mut tbs, 2, payload.len() as u64);
     tbs.extend_from_slice(payload);
+    let timestamp = match map_get(unprotected, &Value::Text(TIMESTAMP_SIGNATURE)) {
+        Some(Value::Bytes(b)) => Some(b.to_vec()),
+        Some(_) => return Err(Failure::Invalid("timestamp signature is not bytes".into())),
+        None => None,
+    };
     Ok(Parsed {
         alg,
+        timestamp,
         signing_input: tbs,
         signature: signature.to_vec(),
         payload: payload.to_vec(),

@@ -49,6 +49,8 @@ proptest! {
             roots: NotaryTrust::roots_from_pem(&fixture("root.crt")).expect("root"),
             identities: vec![Identity::Any],
             level: Level::Strict,
+            max_chain: notary::MAX_CHAIN,
+            tsa_roots: Vec::new(),
         };
         let mut b = fixture("notary-cose.sig");
         let start = b.windows(14).position(|w| w == b"targetArtifact").expect("payload") - 2;
@@ -64,6 +66,8 @@ proptest! {
             roots: NotaryTrust::roots_from_pem(&fixture("root.crt")).expect("root"),
             identities: vec![Identity::Any],
             level: Level::Strict,
+            max_chain: notary::MAX_CHAIN,
+            tsa_roots: Vec::new(),
         };
         let mut env: serde_json::Value = serde_json::from_slice(&fixture("notary-jws.sig")).expect("json");
         for field in ["protected", "payload", "signature"] {

@@ -32,6 +32,8 @@ fn trust(root: &str, level: Level) -> NotaryTrust {
         roots: NotaryTrust::roots_from_pem(&fixture(root)).expect("roots"),
         identities: vec![Identity::Any],
         level,
+        max_chain: notary::MAX_CHAIN,
+        tsa_roots: Vec::new(),
     }
 }
 

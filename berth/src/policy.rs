@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use berth_oci::{Digest, Reference, RepoName};
 use berth_registry::policy::{
-    CosignKeySpec, NotaryStoreSpec, Outcome, Policy, PolicySpec, TrustSpec,
+    CertificateSpec, CosignKeySpec, NotaryStoreSpec, Outcome, Policy, PolicySpec, TrustSpec,
 };
 use clap::Subcommand;
 use serde::Deserialize;
@@ -33,6 +33,41 @@ pub struct TrustEntry {
     pub notary: Vec<NotaryEntry>,
     /// `[trust.notation]`: a notation `trustpolicy.json` imported as it is.
     pub notation: Option<NotationImport>,
+    /// `[[trust.certificates]]`: CA roots for cosign signatures made with a certificate.
+    #[serde(default)]
+    pub certificates: Vec<CertificateEntry>,
+}
+
+/// `[[trust.certificates]]`: CA roots with the identities and OIDC issuers they are
+/// trusted for, as `cosign verify --certificate-identity[-regexp]
+/// --certificate-oidc-issuer[-regexp]`, and what may date a signature.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateEntry {
+    pub name: String,
+    /// PEM CA roots, or
+    pub roots: Option<String>,
+    /// a file holding them.
+    pub roots_file: Option<PathBuf>,
+    /// A Sigstore `trusted_root.json` (CA certificates, log keys, timestamp authorities).
+    pub trusted_root_file: Option<PathBuf>,
+    #[serde(default)]
+    pub identities: Vec<String>,
+    #[serde(default)]
+    pub identity_regexps: Vec<String>,
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    #[serde(default)]
+    pub issuer_regexps: Vec<String>,
+    /// Longest certificate path, leaf to root inclusive (default 3).
+    pub max_chain: Option<usize>,
+    /// PEM files of transparency-log public keys (Rekor's).
+    #[serde(default)]
+    pub log_key_files: Vec<PathBuf>,
+    /// PEM roots of trusted RFC 3161 timestamp authorities, or
+    pub tsa_roots: Option<String>,
+    /// a file holding them.
+    pub tsa_roots_file: Option<PathBuf>,
 }
 
 /// A notation trust policy file. Its policies keep their own registry scopes (exact
@@ -123,6 +158,8 @@ fn import_notation(what: &str, n: &NotationImport) -> anyhow::Result<Vec<NotaryS
             level: p.signature_verification.level,
             trusted_identities: p.trusted_identities,
             scopes,
+            max_chain: None,
+            tsa_roots: String::new(),
         });
     }
     Ok(out)
@@ -153,6 +190,12 @@ pub struct NotaryEntry {
     pub level: String,
     /// `*` or `x509.subject: C=.., O=.., CN=..` entries.
     pub trusted_identities: Vec<String>,
+    /// Longest certificate path, leaf to root inclusive (default 10).
+    pub max_chain: Option<usize>,
+    /// PEM roots of trusted RFC 3161 timestamp authorities, or
+    pub tsa_roots: Option<String>,
+    /// a file holding them.
+    pub tsa_roots_file: Option<PathBuf>,
 }
 
 fn strict() -> String {
@@ -187,6 +230,7 @@ pub fn compile(config: &Config) -> anyhow::Result<Policy> {
             repositories: t.repositories.clone(),
             cosign: Vec::new(),
             notary: Vec::new(),
+            certificates: Vec::new(),
         };
         for k in &t.cosign {
             ts.cosign.push(CosignKeySpec {
@@ -210,6 +254,54 @@ pub fn compile(config: &Config) -> anyhow::Result<Policy> {
                 level: n.level.clone(),
                 trusted_identities: n.trusted_identities.clone(),
                 scopes: Vec::new(),
+                max_chain: n.max_chain,
+                tsa_roots: match (&n.tsa_roots, &n.tsa_roots_file) {
+                    (None, None) => String::new(),
+                    _ => text_or_file(
+                        &format!("[[trust.notary]] {:?} tsa_roots", n.name),
+                        &n.tsa_roots,
+                        &n.tsa_roots_file,
+                    )?,
+                },
+            });
+        }
+        for c in &t.certificates {
+            let what = format!("[[trust.certificates]] {:?}", c.name);
+            let mut log_keys = Vec::new();
+            for f in &c.log_key_files {
+                log_keys.push(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("{what}: reading {}", f.display()))?,
+                );
+            }
+            let tsa_roots = match (&c.tsa_roots, &c.tsa_roots_file) {
+                (None, None) => String::new(),
+                _ => text_or_file(
+                    &format!("{what} tsa_roots"),
+                    &c.tsa_roots,
+                    &c.tsa_roots_file,
+                )?,
+            };
+            ts.certificates.push(CertificateSpec {
+                name: c.name.clone(),
+                roots: match (&c.roots, &c.roots_file) {
+                    (None, None) => String::new(),
+                    _ => text_or_file(&what, &c.roots, &c.roots_file)?,
+                },
+                trusted_root: match &c.trusted_root_file {
+                    Some(f) => std::fs::read_to_string(f)
+                        .with_context(|| format!("{what}: reading {}", f.display()))?,
+                    None => String::new(),
+                },
+                identities: c.identities.clone(),
+                identity_regexps: c.identity_regexps.clone(),
+                issuers: c.issuers.clone(),
+                issuer_regexps: c.issuer_regexps.clone(),
+                max_chain: c
+                    .max_chain
+                    .unwrap_or(berth_registry::policy::DEFAULT_MAX_CHAIN),
+                log_keys,
+                tsa_roots,
             });
         }
         if let Some(n) = &t.notation {
@@ -337,4 +429,53 @@ pub async fn command(store: &StoreArgs, cmd: PolicyCommand) -> anyhow::Result<()
         listing::print(&refused, false);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[[trust.certificates]]` as documented: files are read, regexps compile anchored,
+    /// and a bad regexp or a missing issuer is refused when the configuration loads.
+    #[test]
+    fn trust_certificates_from_toml() {
+        let pki = berth_testkit::pki::Pki::new();
+        pki.ca("root", None);
+        pki.key("log");
+        pki.ca("tsaroot", None);
+        let toml = |extra: &str| {
+            format!(
+                r#"
+[[trust]]
+name = "ci"
+repositories = ["prod/*"]
+[[trust.certificates]]
+name = "fulcio"
+roots_file = "{root}"
+identity_regexps = ['ci@example\.com']
+log_key_files = ["{log}"]
+tsa_roots_file = "{tsa}"
+max_chain = 3
+{extra}
+"#,
+                root = pki.path("root.crt").display(),
+                log = pki.path("log.pub").display(),
+                tsa = pki.path("tsaroot.crt").display(),
+            )
+        };
+        let good: Config =
+            toml::from_str(&toml("issuers = [\"https://issuer.example\"]")).expect("parse");
+        let policy = compile(&good).expect("compile");
+        let c = &policy.spec().trust[0].certificates[0];
+        assert!(c.roots.contains("BEGIN CERTIFICATE") && c.log_keys.len() == 1);
+        assert!(c.tsa_roots.contains("BEGIN CERTIFICATE"));
+        let no_issuer: Config = toml::from_str(&toml("")).expect("parse");
+        let e = compile(&no_issuer).err().expect("refused").to_string();
+        assert!(e.contains("issuers"), "{e}");
+        let bad: Config =
+            toml::from_str(&toml("issuers = [\"x\"]\nissuer_regexps = [\"(unclosed\"]"))
+                .expect("parse");
+        let e = compile(&bad).err().expect("refused").to_string();
+        assert!(e.contains("regular expression"), "{e}");
+    }
 }

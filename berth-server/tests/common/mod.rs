@@ -440,6 +440,7 @@ pub fn signature_policy(keys: &[&Key], mode: Mode) -> Policy {
                 })
                 .collect(),
             notary: Vec::new(),
+            certificates: Vec::new(),
         }],
         rules: vec![RuleSpec {
             name: "signed-prod".into(),
