@@ -220,7 +220,7 @@ mod tests {
     fn claims() -> TicketClaims {
         TicketClaims {
             node: "node-a".into(),
-            addr: "10.0.0.1".parse().unwrap(),
+            addr: "10.0.0.1".parse().expect("test"),
             digest: "sha256:aa".into(),
             exp: 1000,
         }
@@ -228,9 +228,9 @@ mod tests {
 
     #[test]
     fn a_ticket_opens_its_blob_for_its_node_until_it_expires() {
-        let k = TicketKey::generate().unwrap();
+        let k = TicketKey::generate().expect("test");
         let t = k.sign_ticket(&claims());
-        let me = "10.0.0.1".parse().unwrap();
+        let me = "10.0.0.1".parse().expect("test");
         let pk = k.public_key().to_vec();
         assert_eq!(verify_ticket(&pk, &t, "sha256:aa", me, 900), Ok(claims()));
         assert_eq!(
@@ -238,23 +238,23 @@ mod tests {
             Err(TicketError::OtherDigest)
         );
         assert_eq!(
-            verify_ticket(&pk, &t, "sha256:aa", "10.0.0.2".parse().unwrap(), 900),
+            verify_ticket(&pk, &t, "sha256:aa", "10.0.0.2".parse().expect("test"), 900),
             Err(TicketError::OtherNode)
         );
         assert_eq!(
             verify_ticket(&pk, &t, "sha256:aa", me, 2000),
             Err(TicketError::Expired)
         );
-        let other = TicketKey::generate().unwrap();
+        let other = TicketKey::generate().expect("test");
         assert_eq!(
             verify_ticket(other.public_key(), &t, "sha256:aa", me, 900),
             Err(TicketError::BadSignature)
         );
         // A claim changed after signing.
-        let (_, sig) = t.split_once('.').unwrap();
+        let (_, sig) = t.split_once('.').expect("test");
         let mut forged = claims();
         forged.digest = "sha256:bb".into();
-        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).expect("test"));
         assert_eq!(
             verify_ticket(&pk, &format!("{body}.{sig}"), "sha256:bb", me, 900),
             Err(TicketError::BadSignature)
@@ -263,8 +263,8 @@ mod tests {
 
     #[test]
     fn a_node_credential_is_no_ticket_and_a_ticket_no_credential() {
-        let k = TicketKey::generate().unwrap();
-        let me: IpAddr = "10.0.0.1".parse().unwrap();
+        let k = TicketKey::generate().expect("test");
+        let me: IpAddr = "10.0.0.1".parse().expect("test");
         let cred = k.sign_node(&NodeClaims {
             node: "node-a".into(),
             addr: me,
@@ -280,7 +280,7 @@ mod tests {
             verify_node(k.public_key(), &t, me, 900),
             Err(TicketError::BadSignature)
         );
-        let again = TicketKey::from_pkcs8(k.pkcs8()).unwrap();
+        let again = TicketKey::from_pkcs8(k.pkcs8()).expect("test");
         assert_eq!(again.public_key(), k.public_key());
     }
 }
