@@ -879,3 +879,28 @@ pub async fn run_agent(
     let (a, b) = tokio::join!(c.into_future(), p.into_future());
     a.and(b)
 }
+
+/// The tracker's view from a running central Berth (`berth p2p status`), as an
+/// administrator.
+pub async fn tracker_status(
+    url: &str,
+    user: &str,
+    password: &str,
+) -> Result<serde_json::Value, AgentError> {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let r = reqwest::Client::new()
+        .get(format!("{}/p2p/v1/status", url.trim_end_matches('/')))
+        .basic_auth(user, Some(password))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| AgentError::Central(e.to_string()))?;
+    if !r.status().is_success() {
+        return Err(AgentError::Central(format!("status: {}", r.status())));
+    }
+    r.json()
+        .await
+        .map_err(|e| AgentError::Central(e.to_string()))
+}
