@@ -148,6 +148,8 @@ fn write_hosts_toml(
 }
 
 pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
+    // The agent logs as `serve` does by default (info, text); RUST_LOG overrides.
+    crate::logging::init(&crate::config::Config::default());
     let failpoints: Vec<String> = std::env::var("BERTH_NODE_FAILPOINTS")
         .map(|v| {
             v.split(',')
