@@ -451,10 +451,18 @@ impl Registry {
         Ok(pieces)
     }
 
-    /// An agent says it holds a blob: accepted only with a valid ticket for that blob
-    /// issued to that agent's node, so nobody can name itself the holder of something it
-    /// was never allowed to fetch (and poison the tracker).
-    pub fn p2p_announce(&self, credential: &str, from: IpAddr, ticket_str: &str) -> Result<()> {
+    /// An agent says it holds a blob, or is fetching it (it serves the pieces it has
+    /// verified): accepted only with a valid ticket for that blob issued to that agent's
+    /// node, so nobody can name itself the holder of something it was never allowed to
+    /// fetch (and poison the tracker). The answer is a few of the holders that announced
+    /// before it, in random order: asking and announcing in one step orders the nodes
+    /// that start at once into a tree (each fetches from earlier ones), never a cycle.
+    pub fn p2p_announce(
+        &self,
+        credential: &str,
+        from: IpAddr,
+        ticket_str: &str,
+    ) -> Result<Vec<Peer>> {
         let p = self.p2p_on()?;
         let node = p.node_of(credential, from)?;
         let refuse = |e: TicketError| {
@@ -477,6 +485,13 @@ impl Registry {
         let ttl = p.settings.announce_ttl;
         let hs = st.holders.entry(c.digest).or_default();
         hs.retain(|h| h.node != node.node && now.duration_since(h.at) < ttl);
+        let mut earlier: Vec<Peer> = hs
+            .iter()
+            .map(|h| Peer {
+                node: h.node.clone(),
+                addr: h.addr,
+            })
+            .collect();
         if hs.len() >= MAX_HOLDERS {
             hs.remove(0);
         }
@@ -485,8 +500,11 @@ impl Registry {
             addr: SocketAddr::new(node.addr, port),
             at: now,
         });
+        drop(st);
         bump(&p.stats.announces);
-        Ok(())
+        earlier.shuffle(&mut rand::rng());
+        earlier.truncate(p.settings.peers_per_answer);
+        Ok(earlier)
     }
 
     /// Who holds `digest`: a few peers, in random order so load spreads, never the asker;

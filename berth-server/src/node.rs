@@ -88,6 +88,8 @@ pub struct Agent {
     public_key: Mutex<Option<Vec<u8>>>,
     /// Blobs complete and verified in the spool, by digest.
     held: Mutex<HashMap<String, u64>>,
+    /// Blobs being fetched, with the bytes verified so far (served to peers already).
+    progress: Mutex<HashMap<String, tokio::sync::watch::Receiver<u64>>>,
     pacer: Pacer,
     pub stats: AgentStats,
 }
@@ -183,6 +185,7 @@ impl Agent {
             enrolled: tokio::sync::Mutex::new(None),
             public_key: Mutex::new(None),
             held: Mutex::new(held),
+            progress: Mutex::default(),
             stats: AgentStats::default(),
         }))
     }
@@ -277,24 +280,15 @@ impl Agent {
         }
     }
 
-    async fn peers(&self, digest: &str) -> Vec<PeerEntry> {
+    /// Announces that this node holds or is fetching a blob; the answer names a few of
+    /// the nodes that announced it earlier.
+    async fn announce(&self, ticket: &str) -> Vec<PeerEntry> {
         #[derive(Deserialize)]
         struct Answer {
             peers: Vec<PeerEntry>,
         }
-        match self.central_get(&format!("/p2p/v1/peers/{digest}")).await {
-            Ok(r) if r.status().is_success() => r
-                .json::<Answer>()
-                .await
-                .map(|a| a.peers)
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        }
-    }
-
-    async fn announce(&self, ticket: &str) {
         let Ok(e) = self.enrollment(false).await else {
-            return;
+            return Vec::new();
         };
         let r = self
             .http
@@ -305,9 +299,19 @@ impl Agent {
             .send()
             .await;
         match r {
-            Ok(r) if r.status().is_success() => {}
-            Ok(r) => tracing::warn!(status = %r.status(), "announcement refused"),
-            Err(e) => tracing::warn!(error = %e, "announcement failed"),
+            Ok(r) if r.status().is_success() => r
+                .json::<Answer>()
+                .await
+                .map(|a| a.peers)
+                .unwrap_or_default(),
+            Ok(r) => {
+                tracing::warn!(status = %r.status(), "announcement refused");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "announcement failed");
+                Vec::new()
+            }
         }
     }
 
@@ -370,17 +374,47 @@ impl Agent {
     }
 
     /// Fetches the blob into the spool, sending each verified piece to `out` as it lands;
-    /// the last one only after the whole digest checked.
+    /// the last one only after the whole digest checked. Peers may fetch the verified
+    /// pieces meanwhile; a failed transfer leaves nothing.
     async fn fetch_blob(
         self: Arc<Self>,
         digest: String,
         issued: Issued,
         out: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     ) -> Result<(), AgentError> {
-        let mut peers = self.peers(&digest).await;
-        let central_url = self.central(&format!("/p2p/v1/blobs/{digest}"));
+        let (done, watching) = tokio::sync::watch::channel(0u64);
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.clone(), watching);
+        let r = Arc::clone(&self)
+            .fetch_pieces(&digest, &issued, &out, &done)
+            .await;
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&digest);
+        if r.is_err() {
+            let _ =
+                tokio::fs::remove_file(self.spool_path(&digest).with_extension("partial")).await;
+        }
+        r
+    }
+
+    async fn fetch_pieces(
+        self: Arc<Self>,
+        digest: &str,
+        issued: &Issued,
+        out: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+        done: &tokio::sync::watch::Sender<u64>,
+    ) -> Result<(), AgentError> {
+        let digest = digest.to_owned();
         let partial = self.spool_path(&digest).with_extension("partial");
         let mut file = tokio::fs::File::create(&partial).await?;
+        // Announced (and the earlier holders learned) only once the spool file exists,
+        // so a peer that comes at once finds what to wait on.
+        let mut peers = self.announce(&issued.ticket).await;
+        let central_url = self.central(&format!("/p2p/v1/blobs/{digest}"));
         let mut whole = Sha256::new();
         let n = issued.hashes.len();
         let mut held_back: Option<Bytes> = None;
@@ -437,6 +471,9 @@ impl Agent {
             };
             whole.update(&piece);
             file.write_all(&piece).await?;
+            // In the file (not tokio's buffer) before peers are told they may read it.
+            file.flush().await?;
+            done.send_replace(last + 1);
             let piece = Bytes::from(piece);
             if i + 1 < n {
                 if let Some(prev) = held_back.replace(piece) {
@@ -466,7 +503,6 @@ impl Agent {
                         break;
                     }
                 }
-                self.announce(&issued.ticket).await;
                 return Ok(());
             }
         }
@@ -689,6 +725,20 @@ async fn for_containerd(State(agent): State<Arc<Agent>>, req: Request) -> Respon
         headers(&mut r, 0);
         return r;
     }
+    if agent
+        .progress
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains_key(&digest)
+    {
+        // Another request of this node is fetching it: containerd takes it from the
+        // registry this once rather than wait on a second copy.
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "this blob is being fetched already",
+        );
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
     {
         let agent = Arc::clone(&agent);
@@ -778,10 +828,34 @@ async fn for_peer(
     {
         return refuse(e.reason());
     }
-    let Some(size) = agent.held_size(&digest) else {
+    let not_found = || {
         let mut r = Response::new(Body::empty());
         *r.status_mut() = StatusCode::NOT_FOUND;
-        return r;
+        r
+    };
+    // Held, or being fetched: then the size is the ticket's (the asker's ticket names the
+    // same blob) and the bytes are served once verified here.
+    let fetching = agent
+        .progress
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&digest)
+        .cloned();
+    let size = match (agent.held_size(&digest), &fetching) {
+        (Some(size), _) => size,
+        (None, Some(_)) => match req
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(_, last)| last.parse::<u64>().ok())
+        {
+            // Only ranged requests of a blob in progress: its size is not known here.
+            Some(last) => last + 1,
+            None => return not_found(),
+        },
+        (None, None) => return not_found(),
     };
     let range = req
         .headers()
@@ -789,13 +863,21 @@ async fn for_peer(
         .and_then(|v| v.to_str().ok())
         .and_then(|r| berth_oci::range::resolve_range(r, size).ok().flatten());
     let (first, last) = range.unwrap_or((0, size.saturating_sub(1)));
+    if let Some(mut w) = fetching {
+        // Wait, bounded, until the piece is verified here; the asker's own stall timeout
+        // is the other bound.
+        let ready = tokio::time::timeout(agent.config.stall_timeout, w.wait_for(|d| *d > last));
+        if !matches!(ready.await, Ok(Ok(_))) && agent.held_size(&digest).is_none() {
+            return not_found();
+        }
+    }
+    let partial = agent.spool_path(&digest).with_extension("partial");
     let mut f = match tokio::fs::File::open(agent.spool_path(&digest)).await {
         Ok(f) => f,
-        Err(_) => {
-            let mut r = Response::new(Body::empty());
-            *r.status_mut() = StatusCode::NOT_FOUND;
-            return r;
-        }
+        Err(_) => match tokio::fs::File::open(&partial).await {
+            Ok(f) => f,
+            Err(_) => return not_found(),
+        },
     };
     if f.seek(std::io::SeekFrom::Start(first)).await.is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();

@@ -128,8 +128,8 @@ async fn announce(State(state): State<AppState>, req: Request) -> ApiResult {
         .map_err(|e| ApiError::Registry(RegistryError::Invalid(e.to_string())))?;
     let b: AnnounceBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::Registry(RegistryError::Invalid(e.to_string())))?;
-    state.registry().p2p_announce(&cred, from, &b.ticket)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let peers = state.registry().p2p_announce(&cred, from, &b.ticket)?;
+    Ok(Json(serde_json::json!({ "peers": peers })))
 }
 
 async fn blob(State(state): State<AppState>, Path(d): Path<String>, req: Request) -> ApiResult {

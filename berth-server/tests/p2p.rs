@@ -230,6 +230,42 @@ async fn a_second_node_gets_the_layer_from_the_first_and_the_central_berth_sends
 }
 
 #[tokio::test]
+async fn four_nodes_pulling_at_once_get_the_layer_while_the_central_berth_sends_it_once() {
+    let c = central(vec![]).await;
+    let size = c.layer_bytes.len() as u64;
+    let mut nodes = Vec::new();
+    for n in 2..6u8 {
+        nodes.push((n, node(&c, n, &[], Duration::from_secs(10)).await));
+        assert_eq!(
+            kubelet_pull(&c, n, &Cred::user("alice")).await,
+            StatusCode::OK
+        );
+    }
+    let pulls = nodes
+        .iter()
+        .map(|(n, node)| containerd_get(node, *n, &c.layer));
+    for (s, bytes) in futures_util::future::join_all(pulls).await {
+        assert_eq!(s, StatusCode::OK);
+        assert!(bytes == c.layer_bytes, "every node got the layer's bytes");
+    }
+    let from_peers: u64 = nodes
+        .iter()
+        .map(|(_, n)| stat(n, |s| &s.bytes_from_peers))
+        .sum();
+    let from_central: u64 = nodes
+        .iter()
+        .map(|(_, n)| stat(n, |s| &s.bytes_from_central))
+        .sum();
+    assert_eq!(
+        central_metric(&c, "berth_p2p_bytes_to_agents_total").await,
+        size,
+        "the central Berth sent the layer once (peers {from_peers}, central {from_central})"
+    );
+    assert_eq!(from_central, size);
+    assert_eq!(from_peers, 3 * size);
+}
+
+#[tokio::test]
 async fn nodes_whose_pulls_were_refused_get_nothing_from_the_agent_or_its_peers() {
     let c = central(vec![]).await;
     let a = node(&c, 2, &[], Duration::from_secs(10)).await;
@@ -447,12 +483,28 @@ async fn the_tracker_takes_announcements_only_with_the_announcers_own_ticket() {
             .expect("test")
             .is_empty()
     );
+    // A node's credential (or a ticket) is no registry credential: an agent cannot pull
+    // what its node was not let pull, from the registry itself either.
+    for bearer in [&cred_a, &ticket_a] {
+        for path in [
+            format!("/v2/team-a/app/manifests/{}", c.manifest),
+            format!("/v2/team-a/app/blobs/{}", c.layer),
+        ] {
+            let r = client_from(ip(2))
+                .get(c.server.url(&path))
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .expect("test");
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+        }
+    }
     assert_eq!(
         central_metric(&c, "berth_p2p_announces_refused_total").await,
         2
     );
 
-    assert_eq!(announce(2, cred_a, ticket_a).await, StatusCode::NO_CONTENT);
+    assert_eq!(announce(2, cred_a, ticket_a).await, StatusCode::OK);
     let st = status(&c).await;
     assert_eq!(st["blobs"][0]["holders"][0]["node"], "node-2", "{st}");
 }
