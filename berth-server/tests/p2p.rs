@@ -77,6 +77,16 @@ struct Node {
 }
 
 async fn node(c: &Central, n: u8, failpoints: &[&str], stall: Duration) -> Node {
+    node_with_rate(c, n, failpoints, stall, 0).await
+}
+
+async fn node_with_rate(
+    c: &Central,
+    n: u8,
+    failpoints: &[&str],
+    stall: Duration,
+    serve_rate: u64,
+) -> Node {
     let spool = tempfile::tempdir().expect("test");
     let containerd = tokio::net::TcpListener::bind((ip(n), 0))
         .await
@@ -91,7 +101,7 @@ async fn node(c: &Central, n: u8, failpoints: &[&str], stall: Duration) -> Node 
         bootstrap_token: BOOTSTRAP.into(),
         peer_port: peer.port(),
         spool: spool.path().to_owned(),
-        serve_rate: 0,
+        serve_rate,
         stall_timeout: stall,
         local_address: Some(ip(n)),
         central_ca: None,
@@ -231,10 +241,19 @@ async fn a_second_node_gets_the_layer_from_the_first_and_the_central_berth_sends
 
 #[tokio::test]
 async fn four_nodes_pulling_at_once_get_the_layer_while_the_central_berth_sends_it_once() {
+    nodes_pulling_at_once(4).await;
+}
+
+#[tokio::test]
+async fn eight_nodes_pulling_at_once_get_the_layer_while_the_central_berth_sends_it_once() {
+    nodes_pulling_at_once(8).await;
+}
+
+async fn nodes_pulling_at_once(count: u8) {
     let c = central(vec![]).await;
     let size = c.layer_bytes.len() as u64;
     let mut nodes = Vec::new();
-    for n in 2..6u8 {
+    for n in 2..2 + count {
         nodes.push((n, node(&c, n, &[], Duration::from_secs(10)).await));
         assert_eq!(
             kubelet_pull(&c, n, &Cred::user("alice")).await,
@@ -262,7 +281,35 @@ async fn four_nodes_pulling_at_once_get_the_layer_while_the_central_berth_sends_
         "the central Berth sent the layer once (peers {from_peers}, central {from_central})"
     );
     assert_eq!(from_central, size);
-    assert_eq!(from_peers, 3 * size);
+    assert_eq!(from_peers, u64::from(count - 1) * size);
+}
+
+#[tokio::test]
+async fn the_bytes_served_to_peers_stay_under_the_cap() {
+    let c = central(vec![]).await;
+    // 8 MB/s: the 9.4 MB layer takes over a second to serve; on loopback, uncapped, it
+    // takes a few milliseconds.
+    let a = node_with_rate(&c, 2, &[], Duration::from_secs(10), 8_000_000).await;
+    assert_eq!(
+        kubelet_pull(&c, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    assert_eq!(containerd_get(&a, 2, &c.layer).await.0, StatusCode::OK);
+    let b = node(&c, 3, &[], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&c, 3, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let t0 = Instant::now();
+    let (s, bytes) = containerd_get(&b, 3, &c.layer).await;
+    let took = t0.elapsed();
+    assert_eq!(s, StatusCode::OK);
+    assert!(bytes == c.layer_bytes);
+    assert_eq!(
+        stat(&b, |s| &s.bytes_from_peers),
+        c.layer_bytes.len() as u64
+    );
+    assert!(took >= Duration::from_millis(1000), "served in {took:?}");
 }
 
 #[tokio::test]
