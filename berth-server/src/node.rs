@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub peer_port: u16,
     /// Where blobs being fetched and fetched blobs are kept.
     pub spool: PathBuf,
+    /// Bytes of fetched blobs kept at most; past it the oldest go first. 0: no limit.
+    pub spool_max_bytes: u64,
     /// Bytes per second served to peers, all connections together; 0: no cap.
     pub serve_rate: u64,
     /// A source that sends nothing for this long is abandoned.
@@ -73,6 +75,7 @@ pub struct AgentStats {
     pub peers_dropped_stalled: AtomicU64,
     pub peers_dropped_failed: AtomicU64,
     pub peer_requests_refused: AtomicU64,
+    pub blobs_evicted: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -498,6 +501,7 @@ impl Agent {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(digest.clone(), issued.size);
+                self.evict(&digest);
                 for b in prev.into_iter().chain([piece]) {
                     if out.send(Ok(b)).await.is_err() {
                         break;
@@ -507,6 +511,42 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the spool under its cap: the blobs fetched longest ago go first, never the
+    /// one just fetched. A peer reading one keeps its open file; later askers get a 404
+    /// and take the next source.
+    fn evict(&self, keep: &str) {
+        let max = self.config.spool_max_bytes;
+        if max == 0 {
+            return;
+        }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total: u64 = held.values().sum();
+        if total <= max {
+            return;
+        }
+        let mut by_age: Vec<(std::time::SystemTime, String)> = held
+            .keys()
+            .filter(|d| *d != keep)
+            .map(|d| {
+                let t = std::fs::metadata(self.spool_path(d))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(UNIX_EPOCH);
+                (t, d.clone())
+            })
+            .collect();
+        by_age.sort();
+        for (_, d) in by_age {
+            if total <= max {
+                break;
+            }
+            if let Some(n) = held.remove(&d) {
+                total -= n;
+                let _ = std::fs::remove_file(self.spool_path(&d));
+                self.stats.blobs_evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     fn metrics_text(&self) -> String {
@@ -567,6 +607,12 @@ impl Agent {
                 "",
                 "{reason=\"failed\"}",
                 g(&s.peers_dropped_failed),
+            ),
+            (
+                "berth_node_spool_evicted",
+                "Blobs removed from the spool to keep it under its cap",
+                "",
+                g(&s.blobs_evicted),
             ),
             (
                 "berth_node_peer_requests_refused",

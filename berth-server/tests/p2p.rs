@@ -72,12 +72,12 @@ struct Node {
     /// The containerd face.
     mirror: String,
     peer: SocketAddr,
-    _spool: tempfile::TempDir,
+    spool: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 async fn node(c: &Central, n: u8, failpoints: &[&str], stall: Duration) -> Node {
-    node_with_rate(c, n, failpoints, stall, 0).await
+    node_with_rate(c, n, failpoints, stall, 0, 0).await
 }
 
 async fn node_with_rate(
@@ -86,6 +86,7 @@ async fn node_with_rate(
     failpoints: &[&str],
     stall: Duration,
     serve_rate: u64,
+    spool_max_bytes: u64,
 ) -> Node {
     let spool = tempfile::tempdir().expect("test");
     let containerd = tokio::net::TcpListener::bind((ip(n), 0))
@@ -101,6 +102,7 @@ async fn node_with_rate(
         bootstrap_token: BOOTSTRAP.into(),
         peer_port: peer.port(),
         spool: spool.path().to_owned(),
+        spool_max_bytes,
         serve_rate,
         stall_timeout: stall,
         local_address: Some(ip(n)),
@@ -135,7 +137,7 @@ async fn node_with_rate(
         agent,
         mirror,
         peer,
-        _spool: spool,
+        spool,
         _stop: stop,
     }
 }
@@ -289,7 +291,7 @@ async fn the_bytes_served_to_peers_stay_under_the_cap() {
     let c = central(vec![]).await;
     // 8 MB/s: the 9.4 MB layer takes over a second to serve; on loopback, uncapped, it
     // takes a few milliseconds.
-    let a = node_with_rate(&c, 2, &[], Duration::from_secs(10), 8_000_000).await;
+    let a = node_with_rate(&c, 2, &[], Duration::from_secs(10), 8_000_000, 0).await;
     assert_eq!(
         kubelet_pull(&c, 2, &Cred::user("alice")).await,
         StatusCode::OK
@@ -619,4 +621,29 @@ async fn sharing_turned_off_for_a_tenant_gives_no_ticket() {
     let (s, _) = containerd_get(&a, 2, &c.layer).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_eq!(stat(&a, |s| &s.bytes_from_central), 0);
+}
+
+#[tokio::test]
+async fn the_spool_keeps_under_its_cap_by_dropping_the_oldest_blob() {
+    let c = central(vec![]).await;
+    let size = c.layer_bytes.len() as u64;
+    let a = node_with_rate(&c, 2, &[], Duration::from_secs(10), 0, size).await;
+    assert_eq!(
+        kubelet_pull(&c, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let config = common::sha256(br#"{"architecture":"amd64","os":"linux"}"#);
+    assert_eq!(containerd_get(&a, 2, &config).await.0, StatusCode::OK);
+    assert_eq!(stat(&a, |s| &s.blobs_evicted), 0);
+    assert_eq!(containerd_get(&a, 2, &c.layer).await.0, StatusCode::OK);
+    assert_eq!(
+        stat(&a, |s| &s.blobs_evicted),
+        1,
+        "the config went to make room"
+    );
+    let spooled: Vec<String> = std::fs::read_dir(a.spool.path())
+        .expect("test")
+        .map(|e| e.expect("test").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(spooled, vec![c.layer.replace(':', "-")]);
 }

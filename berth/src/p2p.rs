@@ -98,6 +98,9 @@ pub struct NodeArgs {
     /// Blobs being fetched and fetched blobs.
     #[arg(long, default_value = "/var/lib/berth-node")]
     spool: PathBuf,
+    /// Gibibytes of fetched blobs the spool keeps; the oldest go first. 0: no limit.
+    #[arg(long, default_value_t = 20)]
+    spool_max_gib: u64,
     /// Megabits per second served to peers, all together; 0: no cap.
     #[arg(long, default_value_t = 400)]
     serve_mbit: u64,
@@ -182,6 +185,7 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         bootstrap_token: args.bootstrap_token,
         peer_port: peers.local_addr()?.port(),
         spool: args.spool,
+        spool_max_bytes: args.spool_max_gib.saturating_mul(1 << 30),
         serve_rate: args.serve_mbit.saturating_mul(1_000_000 / 8),
         stall_timeout: Duration::from_secs(args.stall_timeout_secs.max(1)),
         local_address: args.local_address,
