@@ -647,3 +647,36 @@ async fn the_spool_keeps_under_its_cap_by_dropping_the_oldest_blob() {
         .collect();
     assert_eq!(spooled, vec![c.layer.replace(':', "-")]);
 }
+
+#[tokio::test]
+async fn a_peer_that_is_gone_is_dropped_and_the_transfer_completes() {
+    let c = central(vec![]).await;
+    let a = node(&c, 2, &[], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&c, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    assert_eq!(containerd_get(&a, 2, &c.layer).await.0, StatusCode::OK);
+    let gone = a.peer;
+    drop(a);
+    // Stopped: its port refuses connections, but the tracker still names it.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(gone).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b = node(&c, 3, &[], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&c, 3, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let (s, bytes) = containerd_get(&b, 3, &c.layer).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(bytes == c.layer_bytes);
+    assert_eq!(stat(&b, |s| &s.peers_dropped_failed), 1);
+    assert_eq!(
+        stat(&b, |s| &s.bytes_from_central),
+        c.layer_bytes.len() as u64
+    );
+}
