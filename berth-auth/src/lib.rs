@@ -9,6 +9,7 @@ pub mod net;
 pub mod password;
 pub mod policy;
 pub mod scope;
+pub mod ticket;
 pub mod token;
 
 pub use policy::{Actions, Grants, RobotScope, Role, tenant_of};

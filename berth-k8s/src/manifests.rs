@@ -78,6 +78,47 @@ pub struct Options {
     /// The admission webhooks: their Service, certificate Secret and webhook
     /// configurations. Unset: no webhooks.
     pub admission: Option<Admission>,
+    /// Node-local sharing: `[p2p]` on the registry and the node agents' DaemonSet.
+    /// Unset: no sharing.
+    pub node_agent: Option<NodeAgent>,
+}
+
+/// The node agents (`--node-agent`): a DaemonSet in a namespace of its own,
+/// `<namespace>-node`, because what an agent needs (the node's network for a loopback
+/// listener containerd reaches, containerd's `certs.d` to write `hosts.toml`, a spool on
+/// the node) is exactly what the registry's `restricted` namespace forbids.
+#[derive(Debug, Clone)]
+pub struct NodeAgent {
+    /// The registry host in image names (`registry.example.com`), whose `hosts.toml` the
+    /// agents write.
+    pub registry_host: String,
+    /// Where agents reach the registry (its public URL, so that they and the kubelets
+    /// arrive by the same path and are seen with the same node address). Default: the
+    /// registry's `public_url`.
+    pub central_url: Option<String>,
+    /// Megabits per second each agent serves to peers.
+    pub serve_mbit: u64,
+}
+
+/// The agents' port for peers (on the node's network).
+pub const NODE_PEER_PORT: u16 = 5051;
+/// The agents' port for containerd (the node's loopback).
+pub const NODE_MIRROR_PORT: u16 = 5050;
+const P2P_DIR: &str = "/etc/berth/p2p";
+
+/// The node agents' namespace.
+pub fn node_namespace(o: &Options) -> String {
+    format!("{}-node", o.namespace)
+}
+
+/// The Secret with the bootstrap token and the ticket signing key (registry side), and
+/// the one with the bootstrap token only (agents' side).
+fn p2p_secret(o: &Options) -> String {
+    format!("{}-p2p", o.name)
+}
+
+fn node_secret(o: &Options) -> String {
+    format!("{}-node", o.name)
 }
 
 /// The admission webhooks (`--admission`).
@@ -167,6 +208,7 @@ impl Options {
             allow_from: Vec::new(),
             trusted_proxies: Vec::new(),
             admission: None,
+            node_agent: None,
         }
     }
 }
@@ -183,6 +225,8 @@ pub struct Resource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretRef {
     pub name: String,
+    /// Its namespace, when not the registry's.
+    pub namespace: Option<String>,
     /// The keys read from it.
     pub keys: Vec<&'static str>,
     /// `kubernetes.io/tls` rather than generic.
@@ -277,6 +321,14 @@ pub fn render(o: &Options) -> Result<Install, K8sError> {
         add("PodDisruptionBudget", o.name.clone(), disruption_budget(o));
     }
     add("NetworkPolicy", o.name.clone(), network_policy(o));
+    if let Some(n) = &o.node_agent {
+        add("Namespace", node_namespace(o), node_namespace_object(o));
+        add(
+            "DaemonSet",
+            format!("{}-node", o.name),
+            node_daemon_set(o, n),
+        );
+    }
     if let Some(a) = &o.admission {
         // Last: the API server calls the webhooks as soon as these exist.
         add(
@@ -370,6 +422,19 @@ fn check_secret_name(what: &str, name: Option<&str>) -> Result<(), K8sError> {
 }
 
 fn check(o: &Options) -> Result<(), K8sError> {
+    if let Some(n) = &o.node_agent {
+        if n.central_url.is_none() && o.public_url.is_none() {
+            return Err(invalid(
+                "--node-agent needs --public-url or --node-central-url: where the agents reach the registry".into(),
+            ));
+        }
+        if !is_dns_subdomain(n.registry_host.split(':').next().unwrap_or_default()) {
+            return Err(invalid(format!(
+                "--node-agent {:?}: not a registry host name",
+                n.registry_host
+            )));
+        }
+    }
     if let Some(a) = &o.admission {
         if !a.ca_pem.contains("-----BEGIN CERTIFICATE-----") {
             return Err(invalid(
@@ -550,6 +615,7 @@ fn secrets(o: &Options) -> Vec<SecretRef> {
     } = &o.storage
     {
         out.push(SecretRef {
+            namespace: None,
             name: database_secret(o, db.as_ref()),
             keys: vec!["url"],
             tls: false,
@@ -557,6 +623,7 @@ fn secrets(o: &Options) -> Vec<SecretRef> {
             purpose: "the PostgreSQL URL (postgres://user:password@host:5432/db)",
         });
         out.push(SecretRef {
+            namespace: None,
             name: s3_secret(o, s3),
             keys: vec!["access-key-id", "secret-access-key"],
             tls: false,
@@ -565,6 +632,7 @@ fn secrets(o: &Options) -> Vec<SecretRef> {
         });
     }
     out.push(SecretRef {
+        namespace: None,
         name: admin_secret(o),
         keys: vec!["password"],
         tls: false,
@@ -573,6 +641,7 @@ fn secrets(o: &Options) -> Vec<SecretRef> {
     });
     if let Some(t) = &o.tls_secret {
         out.push(SecretRef {
+            namespace: None,
             name: t.clone(),
             keys: vec!["tls.crt", "tls.key"],
             tls: true,
@@ -584,11 +653,30 @@ fn secrets(o: &Options) -> Vec<SecretRef> {
         && a.tls.is_none()
     {
         out.push(SecretRef {
+            namespace: None,
             name: webhook_secret(o, a),
             keys: vec!["tls.crt", "tls.key"],
             tls: true,
             optional: false,
             purpose: "the webhook certificate (for <name>-webhook.<namespace>.svc, signed by the --webhook-ca CA)",
+        });
+    }
+    if o.node_agent.is_some() {
+        out.push(SecretRef {
+            namespace: None,
+            name: p2p_secret(o),
+            keys: vec!["bootstrap-token", "ticket.key"],
+            tls: false,
+            optional: false,
+            purpose: "node-local sharing: the agents' bootstrap token (at least 16 characters) and the ticket signing key (`berth p2p generate-key ticket.key`; use --from-file for it)",
+        });
+        out.push(SecretRef {
+            namespace: Some(node_namespace(o)),
+            name: node_secret(o),
+            keys: vec!["bootstrap-token"],
+            tls: false,
+            optional: false,
+            purpose: "the same bootstrap token, for the node agents",
         });
     }
     out
@@ -729,6 +817,19 @@ fn berth_toml(o: &Options) -> String {
             "key_file = {}",
             toml_str(&format!("{WEBHOOK_TLS_DIR}/tls.key"))
         ));
+    }
+    if o.node_agent.is_some() {
+        line("");
+        line("# Node-local sharing: the agents' bootstrap token in BERTH_P2P_BOOTSTRAP_TOKEN");
+        line("# and the ticket key, both from a Secret. `off` lists tenants or repositories");
+        line("# whose pulls are never shared.");
+        line("[p2p]");
+        line("enabled = true");
+        line(&format!(
+            "key_file = {}",
+            toml_str(&format!("{P2P_DIR}/ticket.key"))
+        ));
+        line("off = []");
     }
     if o.gc_interval_secs > 0 {
         line("");
@@ -886,6 +987,9 @@ fn mounts(o: &Options) -> Vec<Value> {
     if o.admission.is_some() {
         m.push(json!({"name": "webhook-tls", "mountPath": WEBHOOK_TLS_DIR, "readOnly": true}));
     }
+    if o.node_agent.is_some() {
+        m.push(json!({"name": "p2p", "mountPath": P2P_DIR, "readOnly": true}));
+    }
     m
 }
 
@@ -925,6 +1029,14 @@ fn deployment(o: &Options, config: &str) -> Value {
         "password",
         true,
     ));
+    if o.node_agent.is_some() {
+        env.push(secret_env(
+            "BERTH_P2P_BOOTSTRAP_TOKEN",
+            &p2p_secret(o),
+            "bootstrap-token",
+            false,
+        ));
+    }
 
     let mut ports = vec![json!({"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"})];
     if o.admission.is_some() {
@@ -969,6 +1081,12 @@ fn deployment(o: &Options, config: &str) -> Value {
     if let Some(a) = &o.admission {
         volumes
             .push(json!({"name": "webhook-tls", "secret": {"secretName": webhook_secret(o, a)}}));
+    }
+    if o.node_agent.is_some() {
+        volumes.push(json!({"name": "p2p", "secret": {
+            "secretName": p2p_secret(o),
+            "items": [{"key": "ticket.key", "path": "ticket.key"}],
+        }}));
     }
 
     let mut pod = Map::new();
@@ -1063,6 +1181,92 @@ fn deployment(o: &Options, config: &str) -> Value {
                     "annotations": {"checksum/config": hex::encode(Sha256::digest(config))},
                 },
                 "spec": pod,
+            },
+        },
+    })
+}
+
+fn node_namespace_object(o: &Options) -> Value {
+    let mut l = labels(o);
+    l["app.kubernetes.io/component"] = Value::from("node-agent");
+    // The explicit exception to the restricted defaults: host network (a listener on the
+    // node's loopback for containerd, and the node's address towards the registry and
+    // peers) and two host paths (containerd's certs.d, the spool).
+    l["pod-security.kubernetes.io/enforce"] = Value::from("privileged");
+    json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": node_namespace(o), "labels": l},
+    })
+}
+
+fn node_daemon_set(o: &Options, n: &NodeAgent) -> Value {
+    let mut l = labels(o);
+    l["app.kubernetes.io/component"] = Value::from("node-agent");
+    let mut sel = selector_labels(o);
+    sel["app.kubernetes.io/component"] = Value::from("node-agent");
+    let central = n
+        .central_url
+        .clone()
+        .or_else(|| o.public_url.clone())
+        .unwrap_or_default();
+    let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let container = json!({
+        "name": "agent",
+        "image": o.image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": [
+            "node",
+            "--central", central,
+            "--registry-host", n.registry_host,
+            "--listen", format!("127.0.0.1:{NODE_MIRROR_PORT}"),
+            "--peer-listen", format!("0.0.0.0:{NODE_PEER_PORT}"),
+            "--spool", "/var/lib/berth-node",
+            "--serve-mbit", n.serve_mbit.to_string(),
+        ],
+        "env": [
+            field("NODE_NAME", "spec.nodeName"),
+            field("NODE_IP", "status.hostIP"),
+            secret_env("BERTH_P2P_BOOTSTRAP_TOKEN", &node_secret(o), "bootstrap-token", false),
+        ],
+        "ports": [{"name": "peers", "containerPort": NODE_PEER_PORT, "hostPort": NODE_PEER_PORT, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+        // Root only to write into containerd's root-owned certs.d and the spool; every
+        // capability dropped, no escalation, a read-only root filesystem.
+        "securityContext": {
+            "runAsNonRoot": false,
+            "runAsUser": 0,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "privileged": false,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "certs-d", "mountPath": "/etc/containerd/certs.d"},
+            {"name": "spool", "mountPath": "/var/lib/berth-node"},
+        ],
+    });
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": format!("{}-node", o.name), "namespace": node_namespace(o), "labels": l},
+        "spec": {
+            "selector": {"matchLabels": sel},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "template": {
+                "metadata": {"labels": l},
+                "spec": {
+                    "hostNetwork": true,
+                    "dnsPolicy": "ClusterFirstWithHostNet",
+                    "automountServiceAccountToken": false,
+                    "enableServiceLinks": false,
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "certs-d", "hostPath": {"path": "/etc/containerd/certs.d", "type": "DirectoryOrCreate"}},
+                        {"name": "spool", "hostPath": {"path": "/var/lib/berth-node", "type": "DirectoryOrCreate"}},
+                    ],
+                },
             },
         },
     })
@@ -1216,6 +1420,74 @@ fn webhook_configuration(o: &Options, a: &Admission, mutating: bool) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_node_agents_are_a_daemon_set_in_a_namespace_of_their_own() {
+        let o = Options {
+            public_url: Some("https://registry.example.com".into()),
+            node_agent: Some(NodeAgent {
+                registry_host: "registry.example.com".into(),
+                central_url: None,
+                serve_mbit: 200,
+            }),
+            ..Options::new("registry.example.com/berth:0.1.0", "0.1.0")
+        };
+        let install = render(&o).expect("renders");
+        let find = |kind: &str, name: &str| {
+            install
+                .resources
+                .iter()
+                .find(|r| r.kind == kind && r.name == name)
+                .unwrap_or_else(|| panic!("{kind} {name}"))
+                .value
+                .clone()
+        };
+        let ns = find("Namespace", "berth-node");
+        assert_eq!(
+            ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+            "privileged"
+        );
+        // The registry's own namespace stays restricted.
+        let reg = find("Namespace", "berth");
+        assert_eq!(
+            reg["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+            "restricted"
+        );
+        let ds = find("DaemonSet", "berth-node");
+        assert_eq!(ds["metadata"]["namespace"], "berth-node");
+        let pod = &ds["spec"]["template"]["spec"];
+        assert_eq!(pod["hostNetwork"], true);
+        let args: Vec<&str> = pod["containers"][0]["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let after = |flag: &str| args[args.iter().position(|a| *a == flag).expect(flag) + 1];
+        assert_eq!(after("--listen"), "127.0.0.1:5050");
+        assert_eq!(after("--central"), "https://registry.example.com");
+        assert_eq!(after("--registry-host"), "registry.example.com");
+        assert_eq!(after("--serve-mbit"), "200");
+        let sc = &pod["containers"][0]["securityContext"];
+        assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert!(install.config.contains("[p2p]\nenabled = true\n"));
+        let dep = find("Deployment", "berth");
+        let env = dep["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+        assert!(env.contains("BERTH_P2P_BOOTSTRAP_TOKEN"));
+        let names: Vec<(&str, Option<&str>)> = install
+            .secrets
+            .iter()
+            .map(|s| (s.name.as_str(), s.namespace.as_deref()))
+            .collect();
+        assert!(names.contains(&("berth-p2p", None)));
+        assert!(names.contains(&("berth-node", Some("berth-node"))));
+        // Without it: none of this.
+        let plain =
+            render(&Options::new("registry.example.com/berth:0.1.0", "0.1.0")).expect("renders");
+        assert!(!plain.resources.iter().any(|r| r.kind == "DaemonSet"));
+        assert!(!plain.config.contains("[p2p]"));
+    }
 
     #[test]
     fn a_made_webhook_certificate_is_a_resource_and_its_ca_the_bundle() {

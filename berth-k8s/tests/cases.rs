@@ -2,7 +2,7 @@
 //! volume, with and without TLS and the other knobs, and several replicas over
 //! PostgreSQL and S3, with and without TLS.
 
-use berth_k8s::manifests::{Admission, WebhookTls};
+use berth_k8s::manifests::{Admission, NodeAgent, WebhookTls};
 use berth_k8s::{Options, S3, Storage};
 
 /// A CA certificate's PEM as `--webhook-ca` reads it (the rendering only encodes it).
@@ -27,6 +27,19 @@ pub fn cases() -> Vec<(&'static str, Options)> {
     let base = || Options::new(IMAGE, "0.1.0");
     vec![
         ("single", base()),
+        (
+            "single-node-agent",
+            Options {
+                public_url: Some("https://registry.example.com".into()),
+                tls_secret: Some("berth-tls".into()),
+                node_agent: Some(NodeAgent {
+                    registry_host: "registry.example.com".into(),
+                    central_url: None,
+                    serve_mbit: 400,
+                }),
+                ..base()
+            },
+        ),
         (
             "single-tls",
             Options {

@@ -17,6 +17,7 @@ pub mod health;
 pub mod jobs;
 pub mod layout;
 mod login;
+pub mod p2p;
 pub mod policy;
 pub mod prefetch;
 mod proxy;
@@ -232,6 +233,8 @@ pub struct Registry {
     vulns: Arc<vulns::VulnStats>,
     /// The keyring when blobs are encrypted at rest.
     encryption: Option<Arc<berth_storage::seal::Keyring>>,
+    /// Node-local sharing (tickets, tracker), if turned on.
+    p2p: Option<Arc<p2p::P2p>>,
 }
 
 impl Registry {
@@ -261,6 +264,7 @@ impl Registry {
             health: Arc::default(),
             vulns: Arc::default(),
             encryption: None,
+            p2p: None,
         }
     }
 

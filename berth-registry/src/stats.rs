@@ -268,6 +268,68 @@ impl Registry {
                 },
             ]);
         }
+        if let Some(p) = self.p2p() {
+            let s = &p.stats;
+            for (name, help, c) in [
+                (
+                    "p2p_enrolled",
+                    "Node agents enrolled (or enrolled again)",
+                    &s.enrolled,
+                ),
+                (
+                    "p2p_enroll_refused",
+                    "Enrollments refused (wrong bootstrap token, bad node name)",
+                    &s.enroll_refused,
+                ),
+                (
+                    "p2p_pulls_recorded",
+                    "Blobs an enrolled node was authorized to fetch through a manifest pull",
+                    &s.pulls_recorded,
+                ),
+                (
+                    "p2p_pulls_dropped",
+                    "Authorized pulls not recorded because the table was full (those nodes pull centrally)",
+                    &s.pulls_dropped,
+                ),
+                (
+                    "p2p_tickets_issued",
+                    "Tickets signed for node agents",
+                    &s.tickets_issued,
+                ),
+                (
+                    "p2p_tickets_refused",
+                    "Ticket, peer-list and central blob requests refused: no authorized pull of the blob from that node, or a ticket that does not verify",
+                    &s.tickets_refused,
+                ),
+                (
+                    "p2p_announces",
+                    "Announcements accepted into the tracker",
+                    &s.announces,
+                ),
+                (
+                    "p2p_announces_refused",
+                    "Announcements refused (no valid ticket of the announcing node for the blob): tracker poisoning attempts",
+                    &s.announces_refused,
+                ),
+                (
+                    "p2p_credentials_refused",
+                    "Requests with a node credential that did not verify, expired, came from another address or names a node not enrolled there",
+                    &s.credentials_refused,
+                ),
+                (
+                    "p2p_bytes_to_agents",
+                    "Blob bytes the central Berth served to node agents for tickets",
+                    &s.bytes_to_agents,
+                ),
+            ] {
+                out.push(Counter {
+                    name,
+                    help,
+                    label: None,
+                    value: get(c),
+                });
+            }
+        }
         out
     }
 }

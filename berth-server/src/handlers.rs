@@ -959,6 +959,13 @@ async fn get_manifest(
             ),
         ),
     }
+    // Served with every check passed: if this came from an enrolled node, its agent may
+    // now fetch the manifest's blobs (node-local sharing).
+    if with_body && let Some(from) = ctx.source {
+        state
+            .registry()
+            .p2p_note_pull(from, name, &m.content, &m.media_type);
+    }
     let len = m.content.len();
     let mut resp = if with_body {
         Response::new(Body::from(m.content))

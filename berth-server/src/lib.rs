@@ -18,6 +18,8 @@ pub mod endpoint;
 pub mod error;
 mod handlers;
 pub mod metrics;
+pub mod node;
+pub mod p2p;
 pub mod stall;
 pub mod tls;
 mod token;
@@ -188,6 +190,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(handlers::metrics))
         .route("/token", get(token::get).post(token::post))
         .nest("/api/v1", api::router())
+        .nest("/p2p/v1", p2p::router())
         .merge(ui::router())
         .fallback(handlers::dispatch)
         .with_state(state)

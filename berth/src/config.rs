@@ -64,6 +64,8 @@ pub struct Config {
     pub ui: UiSection,
     /// Encryption at rest (`[encryption]`, `[[encryption.key]]`).
     pub encryption: encryption::EncryptionConfig,
+    /// Node-local sharing (`berth node` agents); off by default.
+    pub p2p: crate::p2p::P2pConfig,
 }
 
 /// `[ui]`: the web interface under `/ui`.
@@ -209,6 +211,7 @@ impl Default for Config {
             admission: AdmissionConfig::default(),
             ui: UiSection::default(),
             encryption: encryption::EncryptionConfig::default(),
+            p2p: crate::p2p::P2pConfig::default(),
         }
     }
 }

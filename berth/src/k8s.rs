@@ -85,6 +85,17 @@ pub struct ManifestArgs {
     /// Replicas; more than one needs --s3-bucket (and PostgreSQL).
     #[arg(long, default_value_t = 1)]
     replicas: u32,
+    /// Node-local sharing: `[p2p]` on, and a DaemonSet of node agents (in
+    /// <namespace>-node) writing containerd's hosts.toml for this registry host
+    /// (`registry.example.com`).
+    #[arg(long, value_name = "REGISTRY_HOST")]
+    node_agent: Option<String>,
+    /// Where the agents reach the registry (default: --public-url).
+    #[arg(long, requires = "node_agent")]
+    node_central_url: Option<String>,
+    /// Megabits per second each agent serves to peers.
+    #[arg(long, requires = "node_agent", default_value_t = 400)]
+    node_serve_mbit: u64,
     /// One replica: the size of its PersistentVolumeClaim.
     #[arg(long, default_value = "10Gi")]
     storage_size: String,
@@ -240,6 +251,13 @@ impl ManifestArgs {
             allow_from: self.allow_from,
             trusted_proxies: self.trusted_proxies,
             admission,
+            node_agent: self
+                .node_agent
+                .map(|registry_host| berth_k8s::manifests::NodeAgent {
+                    registry_host,
+                    central_url: self.node_central_url,
+                    serve_mbit: self.node_serve_mbit,
+                }),
         })
     }
 }
@@ -353,12 +371,13 @@ fn manifests(args: ManifestArgs) -> anyhow::Result<()> {
         options.namespace
     );
     for s in &install.secrets {
+        let ns = s.namespace.as_deref().unwrap_or(&options.namespace);
         let optional = if s.optional { " (optional)" } else { "" };
         eprintln!("  {}: {}{optional}", s.name, s.purpose);
         let how = if s.tls {
             format!(
-                "kubectl -n {} create secret tls {} --cert=tls.crt --key=tls.key",
-                options.namespace, s.name
+                "kubectl -n {ns} create secret tls {} --cert=tls.crt --key=tls.key",
+                s.name
             )
         } else {
             let keys: Vec<String> = s
@@ -367,8 +386,7 @@ fn manifests(args: ManifestArgs) -> anyhow::Result<()> {
                 .map(|k| format!("--from-literal={k}=..."))
                 .collect();
             format!(
-                "kubectl -n {} create secret generic {} {}",
-                options.namespace,
+                "kubectl -n {ns} create secret generic {} {}",
                 s.name,
                 keys.join(" ")
             )
@@ -541,8 +559,17 @@ mod tests {
     /// explicit statement that it ends in front of Berth.
     #[test]
     fn rendered_configs_load_and_pass_protected_mode() {
-        let cases: [(&[&str], &str); 4] = [
+        let cases: [(&[&str], &str); 5] = [
             (&[], "fs"),
+            (
+                &[
+                    "--public-url",
+                    "https://r.example",
+                    "--node-agent",
+                    "r.example",
+                ],
+                "fs",
+            ),
             (
                 &["--tls-secret", "t", "--public-url", "https://r.example"],
                 "fs",
@@ -619,6 +646,11 @@ mod tests {
                 86_400
             };
             assert_eq!(config.gc.interval_secs, gc, "{args:?}");
+            assert_eq!(
+                config.p2p.enabled,
+                args.contains(&"--node-agent"),
+                "{args:?}"
+            );
         }
     }
 

@@ -15,6 +15,7 @@ mod migrate;
 mod mirror;
 mod open;
 mod output;
+mod p2p;
 mod policy;
 mod progress;
 mod sbom;
@@ -212,6 +213,14 @@ enum Command {
         #[command(subcommand)]
         cmd: events::EventsCommand,
     },
+    /// The node agent of node-local sharing (one per node, a DaemonSet): a blob mirror for
+    /// containerd on loopback, sharing layers with the other nodes' agents.
+    Node(p2p::NodeArgs),
+    /// Node-local sharing: the tracker's `status`, `generate-key` for `[p2p] key_file`.
+    P2p {
+        #[command(subcommand)]
+        cmd: p2p::P2pCommand,
+    },
     /// Berth on Kubernetes: the install manifests, pull Secrets per namespace.
     K8s {
         #[command(subcommand)]
@@ -327,7 +336,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(failpoints = ?armed, "failpoints are armed: this server will fail on purpose");
     }
 
-    let registry = open::open_registry(&config).await?;
+    let registry = open::open_registry(&config).await?.with_p2p(
+        config
+            .p2p
+            .settings()?
+            .map(|s| berth_registry::p2p::P2p::new(s).map(std::sync::Arc::new))
+            .transpose()
+            .context("[p2p]")?,
+    );
     let meta = registry.meta().clone();
     let jobs = registry.start_jobs();
     registry
@@ -646,6 +662,8 @@ fn main() -> anyhow::Result<()> {
         Command::Tag { store, cmd } => runtime.block_on(versions::tag(&store, cmd)),
         Command::Events { store, cmd } => runtime.block_on(events::run(&store, cmd)),
         Command::K8s { cmd } => runtime.block_on(k8s::run(cmd)),
+        Command::Node(args) => runtime.block_on(p2p::node(args)),
+        Command::P2p { cmd } => runtime.block_on(p2p::run(cmd)),
         Command::Gc { store, args } => runtime.block_on(gc::run(&store, args)),
         Command::Migrate { store } => runtime.block_on(migrate(&store)),
         Command::Retention { store, args } => runtime.block_on(gc::retention(&store, args)),

@@ -42,6 +42,8 @@ mod mirror;
 mod multiarch;
 #[path = "e2e/oras.rs"]
 mod oras;
+#[path = "e2e/p2p.rs"]
+mod p2p;
 #[path = "e2e/podman.rs"]
 mod podman;
 #[path = "e2e/prefetch.rs"]

@@ -200,6 +200,8 @@ pub struct Setup {
     pub catalog: Option<berth_registry::catalog::CatalogSettings>,
     /// Encryption at rest with this keyring.
     pub encryption: Option<Arc<berth_storage::seal::Keyring>>,
+    /// Node-local sharing with these settings.
+    pub p2p: Option<berth_registry::p2p::P2pSettings>,
 }
 
 /// A server started for a test, and what the test reaches behind it. Dropping it stops
@@ -227,7 +229,12 @@ pub async fn start(setup: Setup) -> TestServer {
         .with_upstreams(setup.upstreams)
         .expect("upstreams")
         .with_replication(setup.replicas)
-        .with_encryption(setup.encryption);
+        .with_encryption(setup.encryption)
+        .with_p2p(
+            setup
+                .p2p
+                .map(|s| Arc::new(berth_registry::p2p::P2p::new(s).expect("p2p settings"))),
+        );
     let registry = match setup.catalog {
         Some(c) => registry.with_catalog(c),
         None => registry,

@@ -1,0 +1,622 @@
+//! Node-local sharing, the central side: which node may fetch which blob, tickets saying
+//! so, the piece hashes of a blob, and the tracker of which nodes hold what.
+//!
+//! The rule that keeps access control intact: a node's agent gets a ticket for a blob only
+//! if a manifest naming that blob was pulled, with the caller's own credentials and all
+//! the usual checks, from that node's address within `pull_ttl`. The agent never pulls
+//! with a credential of its own: without such a pull it gets nothing, from the central
+//! Berth or from a peer (peers check tickets offline, `berth_auth::ticket`).
+//!
+//! The state (enrolled nodes, authorized pulls, the tracker, piece hashes) lives in this
+//! replica's memory: with several replicas, an agent and the kubelet of its node must
+//! reach the same replica (session affinity by client address), or tickets are refused
+//! and containerd falls back to the central Berth.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use berth_auth::ticket::{self, NodeClaims, TicketClaims, TicketError, TicketKey};
+use berth_oci::{Digest, RepoName};
+use futures_util::StreamExt as _;
+use rand::seq::SliceRandom as _;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::{BlobRead, Registry, RegistryError, Result};
+
+/// Every blob is hashed in pieces of this size (the last one shorter), so a peer that
+/// sends bad bytes is caught at the piece, not at the end of a 2 GB layer.
+pub const PIECE_SIZE: u64 = 4 << 20;
+/// Authorized pulls remembered at most; past it, the oldest expired ones go first and a
+/// pull that finds no room is not shared (its node pulls from the central Berth).
+const MAX_PULLS: usize = 1_000_000;
+/// Blobs whose piece hashes are kept.
+const MAX_PIECE_LISTS: usize = 4096;
+/// Holders remembered per blob.
+const MAX_HOLDERS: usize = 256;
+
+/// What an operator sets (`[p2p]`).
+#[derive(Debug, Clone)]
+pub struct P2pSettings {
+    /// What agents present to enroll (the Kubernetes Secret the manifests refer to).
+    pub bootstrap_token: String,
+    /// The Ed25519 signing key as PKCS#8; `None`: one generated at start (one replica
+    /// only: peers verify with the key of the replica they enrolled at).
+    pub key_pkcs8: Option<Vec<u8>>,
+    /// How long a ticket is valid.
+    pub ticket_ttl: Duration,
+    /// How long after an authorized manifest pull the node may fetch its blobs.
+    pub pull_ttl: Duration,
+    /// How long a node credential is valid (agents enroll again before).
+    pub credential_ttl: Duration,
+    /// How long an announcement counts.
+    pub announce_ttl: Duration,
+    /// Peers named in one answer to "who has this digest".
+    pub peers_per_answer: usize,
+    /// Tenants (`team-a`) or repositories (`team-a/app`) whose pulls are never shared.
+    pub off: Vec<String>,
+}
+
+impl Default for P2pSettings {
+    fn default() -> Self {
+        P2pSettings {
+            bootstrap_token: String::new(),
+            key_pkcs8: None,
+            ticket_ttl: Duration::from_secs(600),
+            pull_ttl: Duration::from_secs(3600),
+            credential_ttl: Duration::from_secs(24 * 3600),
+            announce_ttl: Duration::from_secs(3600),
+            peers_per_answer: 3,
+            off: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    name: String,
+    port: u16,
+}
+
+#[derive(Debug, Clone)]
+struct Holder {
+    node: String,
+    addr: SocketAddr,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    /// Enrolled agents by node address.
+    nodes: HashMap<IpAddr, Node>,
+    /// (node address, blob digest) → the repository it was pulled through, and until when.
+    pulls: HashMap<(IpAddr, String), (RepoName, Instant)>,
+    /// Blob digest → nodes that announced it.
+    holders: HashMap<String, Vec<Holder>>,
+    pieces: HashMap<String, Arc<Pieces>>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct P2pStats {
+    pub enrolled: AtomicU64,
+    pub enroll_refused: AtomicU64,
+    pub pulls_recorded: AtomicU64,
+    pub pulls_dropped: AtomicU64,
+    pub tickets_issued: AtomicU64,
+    pub tickets_refused: AtomicU64,
+    pub announces: AtomicU64,
+    pub announces_refused: AtomicU64,
+    pub credentials_refused: AtomicU64,
+    pub bytes_to_agents: AtomicU64,
+}
+
+pub struct P2p {
+    settings: P2pSettings,
+    key: TicketKey,
+    state: Mutex<State>,
+    pub stats: P2pStats,
+}
+
+/// A blob's piece hashes.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Pieces {
+    pub size: u64,
+    pub piece_size: u64,
+    /// SHA-256 of each piece, hex.
+    pub hashes: Vec<String>,
+}
+
+/// What an enrolled agent gets.
+#[derive(Debug, Clone, Serialize)]
+pub struct Enrollment {
+    pub node: String,
+    pub addr: IpAddr,
+    pub credential: String,
+    pub expires_at: u64,
+    /// Hex; the key peers verify tickets with.
+    pub public_key: String,
+}
+
+/// A ticket with what the agent needs to fetch and check the blob.
+#[derive(Debug, Clone, Serialize)]
+pub struct Issued {
+    pub ticket: String,
+    pub expires_at: u64,
+    #[serde(flatten)]
+    pub pieces: Pieces,
+}
+
+/// One holder, as the tracker names it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Peer {
+    pub node: String,
+    pub addr: SocketAddr,
+}
+
+/// The tracker's view, for `berth p2p status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub nodes: Vec<Peer>,
+    pub blobs: Vec<BlobHolders>,
+    pub authorized_pulls: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BlobHolders {
+    pub digest: String,
+    pub holders: Vec<Peer>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A Kubernetes node name: a DNS subdomain.
+fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && !name.starts_with(['.', '-'])
+        && !name.ends_with(['.', '-'])
+}
+
+/// Compares through hashes, so the time taken says nothing about how much of a guess
+/// matched.
+fn same_secret(a: &str, b: &str) -> bool {
+    Sha256::digest(a.as_bytes()) == Sha256::digest(b.as_bytes())
+}
+
+impl P2p {
+    pub fn new(settings: P2pSettings) -> Result<P2p> {
+        if settings.bootstrap_token.len() < 16 {
+            return Err(RegistryError::Invalid(
+                "[p2p] bootstrap token must be at least 16 characters".into(),
+            ));
+        }
+        let key = match &settings.key_pkcs8 {
+            Some(k) => TicketKey::from_pkcs8(k),
+            None => TicketKey::generate(),
+        }
+        .map_err(|e| RegistryError::Invalid(format!("[p2p] ticket key: {e}")))?;
+        Ok(P2p {
+            settings,
+            key,
+            state: Mutex::default(),
+            stats: P2pStats::default(),
+        })
+    }
+
+    pub fn public_key(&self) -> &[u8] {
+        self.key.public_key()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than losing sharing; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether pulls of `repo` may be shared.
+    pub fn shared(&self, repo: &str) -> bool {
+        let tenant = berth_auth::tenant_of(repo);
+        !self.settings.off.iter().any(|o| o == repo || o == tenant)
+    }
+
+    /// The node an agent's credential names, checked against the address it comes from.
+    fn node_of(&self, credential: &str, from: IpAddr) -> Result<NodeClaims> {
+        let c =
+            ticket::verify_node(self.public_key(), credential, from, unix_now()).map_err(|e| {
+                bump(&self.stats.credentials_refused);
+                RegistryError::Unauthorized(format!("node credential refused: {e}"))
+            })?;
+        let enrolled = self
+            .state()
+            .nodes
+            .get(&from.to_canonical())
+            .is_some_and(|n| n.name == c.node);
+        if !enrolled {
+            bump(&self.stats.credentials_refused);
+            return Err(RegistryError::Unauthorized(
+                "node credential refused: not enrolled at this address (enroll again)".into(),
+            ));
+        }
+        Ok(c)
+    }
+}
+
+impl Registry {
+    /// Turns node-local sharing on.
+    pub fn with_p2p(mut self, p2p: Option<Arc<P2p>>) -> Registry {
+        self.p2p = p2p;
+        self
+    }
+
+    pub fn p2p(&self) -> Option<&Arc<P2p>> {
+        self.p2p.as_ref()
+    }
+
+    fn p2p_on(&self) -> Result<&Arc<P2p>> {
+        self.p2p
+            .as_ref()
+            .ok_or_else(|| RegistryError::NotFound("node-local sharing is off".into()))
+    }
+
+    /// An agent enrolls with the bootstrap token: it is the node at the address it
+    /// comes from (so it cannot claim another node's pulls), listening for peers on
+    /// `port`.
+    pub fn p2p_enroll(
+        &self,
+        token: &str,
+        node: &str,
+        from: IpAddr,
+        port: u16,
+    ) -> Result<Enrollment> {
+        let p = self.p2p_on()?;
+        if !same_secret(token, &p.settings.bootstrap_token) {
+            bump(&p.stats.enroll_refused);
+            return Err(RegistryError::Unauthorized(
+                "bootstrap token refused".into(),
+            ));
+        }
+        if !valid_node_name(node) || port == 0 {
+            bump(&p.stats.enroll_refused);
+            return Err(RegistryError::Invalid(
+                "node name must be a DNS subdomain and the peer port non-zero".into(),
+            ));
+        }
+        let addr = from.to_canonical();
+        let expires_at = unix_now() + p.settings.credential_ttl.as_secs();
+        let credential = p.key.sign_node(&NodeClaims {
+            node: node.to_owned(),
+            addr,
+            exp: expires_at,
+        });
+        {
+            let mut st = p.state();
+            let old = st.nodes.insert(
+                addr,
+                Node {
+                    name: node.to_owned(),
+                    port,
+                },
+            );
+            // Another name at this address: what it held was announced by another agent.
+            if old.is_some_and(|o| o.name != node) {
+                for hs in st.holders.values_mut() {
+                    hs.retain(|h| h.addr.ip() != addr);
+                }
+            }
+        }
+        bump(&p.stats.enrolled);
+        tracing::info!(node, %addr, port, "p2p agent enrolled");
+        Ok(Enrollment {
+            node: node.to_owned(),
+            addr,
+            credential,
+            expires_at,
+            public_key: hex::encode(p.public_key()),
+        })
+    }
+
+    /// Called after a manifest was served, with every check passed, to `from`: if that
+    /// is an enrolled node, its agent may fetch the manifest's blobs for `pull_ttl`.
+    pub fn p2p_note_pull(&self, from: IpAddr, repo: &RepoName, content: &[u8], media_type: &str) {
+        let Some(p) = &self.p2p else { return };
+        let from = from.to_canonical();
+        if !p.state().nodes.contains_key(&from) || !p.shared(repo.as_str()) {
+            return;
+        }
+        let Ok(m) = berth_oci::manifest::parse_manifest(content, Some(media_type)) else {
+            return;
+        };
+        let until = Instant::now() + p.settings.pull_ttl;
+        let digests = m
+            .config
+            .iter()
+            .chain(&m.layers)
+            .chain(&m.manifests)
+            .map(|d| d.digest.clone());
+        let mut st = p.state();
+        if st.pulls.len() >= MAX_PULLS {
+            let now = Instant::now();
+            st.pulls.retain(|_, (_, t)| *t > now);
+        }
+        for d in digests {
+            if st.pulls.len() >= MAX_PULLS {
+                bump(&p.stats.pulls_dropped);
+                continue;
+            }
+            st.pulls.insert((from, d), (repo.clone(), until));
+            bump(&p.stats.pulls_recorded);
+        }
+    }
+
+    /// The repository through which node `from` may fetch `digest`, if it may.
+    fn p2p_authorized(&self, p: &P2p, from: IpAddr, digest: &str) -> Option<RepoName> {
+        let st = p.state();
+        match st.pulls.get(&(from.to_canonical(), digest.to_owned())) {
+            Some((repo, until)) if *until > Instant::now() && p.shared(repo.as_str()) => {
+                Some(repo.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// A ticket for `digest` to the agent holding `credential`, with the blob's pieces:
+    /// only for a blob of a manifest its node pulled with the puller's own credentials.
+    pub async fn p2p_ticket(
+        &self,
+        credential: &str,
+        from: IpAddr,
+        digest: &Digest,
+    ) -> Result<Issued> {
+        let p = self.p2p_on()?;
+        let node = p.node_of(credential, from)?;
+        let Some(repo) = self.p2p_authorized(p, from, digest.as_str()) else {
+            bump(&p.stats.tickets_refused);
+            return Err(RegistryError::Denied(format!(
+                "node {} has no authorized pull of a manifest naming {digest}",
+                node.node
+            )));
+        };
+        let pieces = self.p2p_pieces(p, &repo, digest).await?;
+        let expires_at = unix_now() + p.settings.ticket_ttl.as_secs();
+        let ticket = p.key.sign_ticket(&TicketClaims {
+            node: node.node,
+            addr: node.addr,
+            digest: digest.to_string(),
+            exp: expires_at,
+        });
+        bump(&p.stats.tickets_issued);
+        Ok(Issued {
+            ticket,
+            expires_at,
+            pieces: (*pieces).clone(),
+        })
+    }
+
+    async fn p2p_pieces(&self, p: &P2p, repo: &RepoName, digest: &Digest) -> Result<Arc<Pieces>> {
+        if let Some(x) = p.state().pieces.get(digest.as_str()) {
+            return Ok(Arc::clone(x));
+        }
+        let read = self.read_blob(repo, digest, None, true).await?;
+        let Some(reader) = read.reader else {
+            return Err(RegistryError::Internal("blob read without a body".into()));
+        };
+        let mut body = reader.body;
+        let mut hashes = Vec::new();
+        let mut h = Sha256::new();
+        let mut in_piece = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk =
+                chunk.map_err(|e| RegistryError::Internal(format!("reading {digest}: {e}")))?;
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                let take = rest.len().min((PIECE_SIZE - in_piece) as usize);
+                h.update(&rest[..take]);
+                in_piece += take as u64;
+                rest = &rest[take..];
+                if in_piece == PIECE_SIZE {
+                    hashes.push(hex::encode(std::mem::take(&mut h).finalize()));
+                    in_piece = 0;
+                }
+            }
+        }
+        if in_piece > 0 || hashes.is_empty() {
+            hashes.push(hex::encode(h.finalize()));
+        }
+        let pieces = Arc::new(Pieces {
+            size: read.size,
+            piece_size: PIECE_SIZE,
+            hashes,
+        });
+        let mut st = p.state();
+        if st.pieces.len() >= MAX_PIECE_LISTS {
+            st.pieces.clear();
+        }
+        st.pieces.insert(digest.to_string(), Arc::clone(&pieces));
+        Ok(pieces)
+    }
+
+    /// An agent says it holds a blob, or is fetching it (it serves the pieces it has
+    /// verified): accepted only with a valid ticket for that blob issued to that agent's
+    /// node, so nobody can name itself the holder of something it was never allowed to
+    /// fetch (and poison the tracker). The answer is a few of the holders that announced
+    /// before it, in random order: asking and announcing in one step orders the nodes
+    /// that start at once into a tree (each fetches from earlier ones), never a cycle.
+    pub fn p2p_announce(
+        &self,
+        credential: &str,
+        from: IpAddr,
+        ticket_str: &str,
+    ) -> Result<Vec<Peer>> {
+        let p = self.p2p_on()?;
+        let node = p.node_of(credential, from)?;
+        let refuse = |e: TicketError| {
+            bump(&p.stats.announces_refused);
+            RegistryError::Denied(format!("announcement refused: {e}"))
+        };
+        // The digest comes from the ticket itself; its node must be the announcer.
+        let claims: TicketClaims =
+            peek_claims(ticket_str).ok_or_else(|| refuse(TicketError::Malformed))?;
+        let c = ticket::verify_ticket(p.public_key(), ticket_str, &claims.digest, from, unix_now())
+            .map_err(refuse)?;
+        if c.node != node.node {
+            return Err(refuse(TicketError::OtherNode));
+        }
+        let mut st = p.state();
+        let Some(port) = st.nodes.get(&node.addr).map(|n| n.port) else {
+            return Err(refuse(TicketError::OtherNode));
+        };
+        let now = Instant::now();
+        let ttl = p.settings.announce_ttl;
+        let hs = st.holders.entry(c.digest).or_default();
+        hs.retain(|h| h.node != node.node && now.duration_since(h.at) < ttl);
+        let mut earlier: Vec<Peer> = hs
+            .iter()
+            .map(|h| Peer {
+                node: h.node.clone(),
+                addr: h.addr,
+            })
+            .collect();
+        if hs.len() >= MAX_HOLDERS {
+            hs.remove(0);
+        }
+        hs.push(Holder {
+            node: node.node,
+            addr: SocketAddr::new(node.addr, port),
+            at: now,
+        });
+        drop(st);
+        bump(&p.stats.announces);
+        earlier.shuffle(&mut rand::rng());
+        earlier.truncate(p.settings.peers_per_answer);
+        Ok(earlier)
+    }
+
+    /// Who holds `digest`: a few peers, in random order so load spreads, never the asker;
+    /// asked only by a node that may fetch the blob itself.
+    pub fn p2p_peers(&self, credential: &str, from: IpAddr, digest: &Digest) -> Result<Vec<Peer>> {
+        let p = self.p2p_on()?;
+        let node = p.node_of(credential, from)?;
+        if self.p2p_authorized(p, from, digest.as_str()).is_none() {
+            bump(&p.stats.tickets_refused);
+            return Err(RegistryError::Denied(format!(
+                "node {} has no authorized pull of a manifest naming {digest}",
+                node.node
+            )));
+        }
+        let now = Instant::now();
+        let ttl = p.settings.announce_ttl;
+        let mut peers: Vec<Peer> = p
+            .state()
+            .holders
+            .get(digest.as_str())
+            .map(|hs| {
+                hs.iter()
+                    .filter(|h| h.node != node.node && now.duration_since(h.at) < ttl)
+                    .map(|h| Peer {
+                        node: h.node.clone(),
+                        addr: h.addr,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        peers.shuffle(&mut rand::rng());
+        peers.truncate(p.settings.peers_per_answer);
+        Ok(peers)
+    }
+
+    /// The central Berth as the source of last resort for an agent: the blob's bytes for a
+    /// valid ticket of the asking node, never for its credential alone.
+    pub async fn p2p_read_blob(
+        &self,
+        from: IpAddr,
+        ticket_str: &str,
+        digest: &Digest,
+        range: Option<&str>,
+    ) -> Result<BlobRead> {
+        let p = self.p2p_on()?;
+        let refuse = |e: TicketError| {
+            bump(&p.stats.tickets_refused);
+            RegistryError::Denied(format!("ticket refused: {e}"))
+        };
+        ticket::verify_ticket(
+            p.public_key(),
+            ticket_str,
+            digest.as_str(),
+            from,
+            unix_now(),
+        )
+        .map_err(refuse)?;
+        let Some(repo) = self.p2p_authorized(p, from, digest.as_str()) else {
+            return Err(refuse(TicketError::OtherNode));
+        };
+        let read = self.read_blob(&repo, digest, range, true).await?;
+        if let Some(r) = &read.reader {
+            p.stats.bytes_to_agents.fetch_add(r.len, Ordering::Relaxed);
+        }
+        Ok(read)
+    }
+
+    /// The tracker's view.
+    pub fn p2p_status(&self) -> Result<Status> {
+        let p = self.p2p_on()?;
+        let st = p.state();
+        let mut nodes: Vec<Peer> = st
+            .nodes
+            .iter()
+            .map(|(a, n)| Peer {
+                node: n.name.clone(),
+                addr: SocketAddr::new(*a, n.port),
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        let now = Instant::now();
+        let mut blobs: Vec<BlobHolders> = st
+            .holders
+            .iter()
+            .map(|(d, hs)| BlobHolders {
+                digest: d.clone(),
+                holders: hs
+                    .iter()
+                    .filter(|h| now.duration_since(h.at) < p.settings.announce_ttl)
+                    .map(|h| Peer {
+                        node: h.node.clone(),
+                        addr: h.addr,
+                    })
+                    .collect(),
+            })
+            .filter(|b| !b.holders.is_empty())
+            .collect();
+        blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(Status {
+            nodes,
+            blobs,
+            authorized_pulls: st.pulls.values().filter(|(_, t)| *t > now).count(),
+        })
+    }
+}
+
+/// A ticket's claims before verification, only to learn which digest to verify it for.
+fn peek_claims(t: &str) -> Option<TicketClaims> {
+    use base64::Engine as _;
+    let (body, _) = t.split_once('.')?;
+    let body = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .ok()?;
+    serde_json::from_slice(&body).ok()
+}

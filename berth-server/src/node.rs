@@ -1,0 +1,1034 @@
+//! `berth node`: the node agent of node-local sharing.
+//!
+//! Two faces. For containerd, on the node's loopback, a registry mirror that answers only
+//! `GET`/`HEAD /v2/<name>/blobs/<digest>` (containerd resolves manifests at the central
+//! Berth with the pod's credentials, and uses this mirror with `capabilities = ["pull"]`).
+//! For peers, `GET /p2p/v1/blobs/<digest>` with a ticket, served from the spool.
+//!
+//! For each blob containerd asks for, the agent gets a ticket from the central Berth,
+//! which signs one only if a manifest naming the blob was pulled from this node with
+//! the puller's own credentials; without one it answers an error (containerd then asks
+//! the central Berth itself) and fetches nothing. With a ticket it asks the tracker for
+//! peers, fetches the blob piece by piece (each piece checked against the hashes the
+//! central Berth published; a peer that sends a bad piece, stalls or fails is dropped and
+//! the piece is fetched from the next source, the central Berth last), and holds back
+//! the last piece until the whole digest is checked. A failure before the first byte is
+//! a 5xx; after it, the body ends with an error: containerd never waits on silence.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode, header};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+
+use crate::p2p::TICKET_HEADER;
+
+/// What `berth node` runs with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's name (Kubernetes: `spec.nodeName`).
+    pub node: String,
+    /// The central Berth, e.g. `https://berth.berth.svc:5000`.
+    pub central: String,
+    pub bootstrap_token: String,
+    /// The port peers reach this agent on (told to the tracker).
+    pub peer_port: u16,
+    /// Where blobs being fetched and fetched blobs are kept.
+    pub spool: PathBuf,
+    /// Bytes of fetched blobs kept at most; past it the oldest go first. 0: no limit.
+    pub spool_max_bytes: u64,
+    /// Bytes per second served to peers, all connections together; 0: no cap.
+    pub serve_rate: u64,
+    /// A source that sends nothing for this long is abandoned.
+    pub stall_timeout: Duration,
+    /// The address outgoing connections leave from (the node's address, which the
+    /// central Berth and peers know it by); unset: the system's choice.
+    pub local_address: Option<IpAddr>,
+    /// PEM CAs to trust for the central Berth, besides the system's.
+    pub central_ca: Option<PathBuf>,
+    /// Failpoints for the tests (`BERTH_NODE_FAILPOINTS`): `serve-corrupt` flips a byte
+    /// of every chunk served to peers, `serve-stall` sends peers headers and then nothing.
+    pub failpoints: Vec<String>,
+}
+
+/// The agent's counters, served on the containerd listener's `/metrics`.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    pub bytes_from_peers: AtomicU64,
+    pub bytes_from_central: AtomicU64,
+    pub bytes_to_peers: AtomicU64,
+    pub blobs_served: AtomicU64,
+    pub blobs_refused: AtomicU64,
+    pub blobs_failed: AtomicU64,
+    pub peers_dropped_corrupt: AtomicU64,
+    pub peers_dropped_stalled: AtomicU64,
+    pub peers_dropped_failed: AtomicU64,
+    pub peer_requests_refused: AtomicU64,
+    pub blobs_evicted: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Enrolled {
+    credential: String,
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    http: reqwest::Client,
+    enrolled: tokio::sync::Mutex<Option<Enrolled>>,
+    /// The public key peers' tickets are checked with, once enrolled.
+    public_key: Mutex<Option<Vec<u8>>>,
+    /// Blobs complete and verified in the spool, by digest.
+    held: Mutex<HashMap<String, u64>>,
+    /// Blobs being fetched, with the bytes verified so far (served to peers already).
+    progress: Mutex<HashMap<String, tokio::sync::watch::Receiver<u64>>>,
+    pacer: Pacer,
+    pub stats: AgentStats,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("central Berth: {0}")]
+    Central(String),
+    #[error("no ticket: {0}")]
+    NoTicket(String),
+    #[error("spool: {0}")]
+    Spool(#[from] std::io::Error),
+    #[error("every source failed for piece {piece}: {why}")]
+    Exhausted { piece: usize, why: String },
+    #[error("the blob's bytes do not hash to its digest")]
+    DigestMismatch,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+struct Issued {
+    ticket: String,
+    size: u64,
+    piece_size: u64,
+    hashes: Vec<String>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct PeerEntry {
+    pub node: String,
+    pub addr: SocketAddr,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Spaces out the bytes served to peers so that together they stay under a rate.
+struct Pacer {
+    rate: u64,
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    async fn take(&self, n: usize) {
+        if self.rate == 0 {
+            return;
+        }
+        let at = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(n as f64 / self.rate as f64);
+            start
+        };
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
+        // reqwest is built with rustls and no provider; ring is the workspace's.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy();
+        if let Some(a) = config.local_address {
+            b = b.local_address(a);
+        }
+        if let Some(ca) = &config.central_ca {
+            let pem = std::fs::read(ca)?;
+            for c in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| AgentError::Central(format!("{}: {e}", ca.display())))?
+            {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let http = b.build().map_err(|e| AgentError::Central(e.to_string()))?;
+        std::fs::create_dir_all(&config.spool)?;
+        let held = scan_spool(&config.spool);
+        Ok(Arc::new(Agent {
+            pacer: Pacer {
+                rate: config.serve_rate,
+                next: Mutex::new(Instant::now()),
+            },
+            config,
+            http,
+            enrolled: tokio::sync::Mutex::new(None),
+            public_key: Mutex::new(None),
+            held: Mutex::new(held),
+            progress: Mutex::default(),
+            stats: AgentStats::default(),
+        }))
+    }
+
+    fn failpoint(&self, name: &str) -> bool {
+        self.config.failpoints.iter().any(|f| f == name)
+    }
+
+    fn central(&self, path: &str) -> String {
+        format!("{}{path}", self.config.central.trim_end_matches('/'))
+    }
+
+    /// Enrolls with the bootstrap token (again, when `renew`).
+    async fn enrollment(&self, renew: bool) -> Result<Enrolled, AgentError> {
+        let mut e = self.enrolled.lock().await;
+        if let Some(x) = e.as_ref()
+            && !renew
+        {
+            return Ok(x.clone());
+        }
+        let r = self
+            .http
+            .post(self.central("/p2p/v1/enroll"))
+            .bearer_auth(&self.config.bootstrap_token)
+            .json(&serde_json::json!({"node": self.config.node, "port": self.config.peer_port}))
+            .timeout(self.config.stall_timeout)
+            .send()
+            .await
+            .map_err(|e| AgentError::Central(e.to_string()))?;
+        if !r.status().is_success() {
+            return Err(AgentError::Central(format!("enrollment: {}", r.status())));
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            credential: String,
+            public_key: String,
+        }
+        let a: Answer = r
+            .json()
+            .await
+            .map_err(|e| AgentError::Central(e.to_string()))?;
+        let public_key =
+            hex::decode(&a.public_key).map_err(|e| AgentError::Central(e.to_string()))?;
+        *self.public_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(public_key);
+        let x = Enrolled {
+            credential: a.credential,
+        };
+        *e = Some(x.clone());
+        tracing::info!(node = %self.config.node, "enrolled with the central Berth");
+        Ok(x)
+    }
+
+    /// Enrolls now, so peers can be served before containerd asks for anything.
+    pub async fn enroll(&self) -> Result<(), AgentError> {
+        self.enrollment(true).await.map(|_| ())
+    }
+
+    /// A GET to the central Berth with the node credential, enrolling again once if it
+    /// was refused (expired, or the central Berth restarted and forgot this node).
+    async fn central_get(&self, path: &str) -> Result<reqwest::Response, AgentError> {
+        for renew in [false, true] {
+            let e = self.enrollment(renew).await?;
+            let r = self
+                .http
+                .get(self.central(path))
+                .bearer_auth(&e.credential)
+                .timeout(self.config.stall_timeout.max(Duration::from_secs(30)))
+                .send()
+                .await
+                .map_err(|e| AgentError::Central(e.to_string()))?;
+            if r.status() == StatusCode::UNAUTHORIZED && !renew {
+                continue;
+            }
+            return Ok(r);
+        }
+        Err(AgentError::Central("unreachable".into()))
+    }
+
+    async fn ticket(&self, digest: &str) -> Result<Issued, AgentError> {
+        let r = self
+            .central_get(&format!("/p2p/v1/tickets/{digest}"))
+            .await?;
+        match r.status() {
+            s if s.is_success() => r
+                .json()
+                .await
+                .map_err(|e| AgentError::Central(e.to_string())),
+            StatusCode::FORBIDDEN | StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED => {
+                Err(AgentError::NoTicket(format!("{}", r.status())))
+            }
+            s => Err(AgentError::Central(format!("ticket: {s}"))),
+        }
+    }
+
+    /// Announces that this node holds or is fetching a blob; the answer names a few of
+    /// the nodes that announced it earlier.
+    async fn announce(&self, ticket: &str) -> Vec<PeerEntry> {
+        #[derive(Deserialize)]
+        struct Answer {
+            peers: Vec<PeerEntry>,
+        }
+        let Ok(e) = self.enrollment(false).await else {
+            return Vec::new();
+        };
+        let r = self
+            .http
+            .post(self.central("/p2p/v1/announce"))
+            .bearer_auth(&e.credential)
+            .json(&serde_json::json!({ "ticket": ticket }))
+            .timeout(self.config.stall_timeout)
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => r
+                .json::<Answer>()
+                .await
+                .map(|a| a.peers)
+                .unwrap_or_default(),
+            Ok(r) => {
+                tracing::warn!(status = %r.status(), "announcement refused");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "announcement failed");
+                Vec::new()
+            }
+        }
+    }
+
+    fn spool_path(&self, digest: &str) -> PathBuf {
+        self.config.spool.join(digest.replace(':', "-"))
+    }
+
+    fn held_size(&self, digest: &str) -> Option<u64> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .copied()
+    }
+
+    /// Fetches one piece from one source: the URL and ticket, the byte range, the hash it
+    /// must have. Every wait on the source is bounded by the stall timeout.
+    async fn fetch_piece(
+        &self,
+        url: &str,
+        ticket: &str,
+        first: u64,
+        last: u64,
+        want: &str,
+    ) -> Result<Vec<u8>, PieceError> {
+        let stall = self.config.stall_timeout;
+        let send = self
+            .http
+            .get(url)
+            .header(TICKET_HEADER, ticket)
+            .header(header::RANGE, format!("bytes={first}-{last}"))
+            .send();
+        let mut r = match tokio::time::timeout(stall, send).await {
+            Err(_) => return Err(PieceError::Stalled),
+            Ok(Err(e)) => return Err(PieceError::Failed(e.to_string())),
+            Ok(Ok(r)) => r,
+        };
+        if r.status() != StatusCode::PARTIAL_CONTENT {
+            return Err(PieceError::Failed(format!("answered {}", r.status())));
+        }
+        let len = (last - first + 1) as usize;
+        let mut buf = Vec::with_capacity(len);
+        loop {
+            match tokio::time::timeout(stall, r.chunk()).await {
+                Err(_) => return Err(PieceError::Stalled),
+                Ok(Err(e)) => return Err(PieceError::Failed(e.to_string())),
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(c))) => {
+                    if buf.len() + c.len() > len {
+                        return Err(PieceError::Corrupt);
+                    }
+                    buf.extend_from_slice(&c);
+                }
+            }
+        }
+        if buf.len() != len || hex::encode(Sha256::digest(&buf)) != want {
+            return Err(PieceError::Corrupt);
+        }
+        Ok(buf)
+    }
+
+    /// Fetches the blob into the spool, sending each verified piece to `out` as it lands;
+    /// the last one only after the whole digest checked. Peers may fetch the verified
+    /// pieces meanwhile; a failed transfer leaves nothing.
+    async fn fetch_blob(
+        self: Arc<Self>,
+        digest: String,
+        issued: Issued,
+        out: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ) -> Result<(), AgentError> {
+        let (done, watching) = tokio::sync::watch::channel(0u64);
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.clone(), watching);
+        let r = Arc::clone(&self)
+            .fetch_pieces(&digest, &issued, &out, &done)
+            .await;
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&digest);
+        if r.is_err() {
+            let _ =
+                tokio::fs::remove_file(self.spool_path(&digest).with_extension("partial")).await;
+        }
+        r
+    }
+
+    async fn fetch_pieces(
+        self: Arc<Self>,
+        digest: &str,
+        issued: &Issued,
+        out: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+        done: &tokio::sync::watch::Sender<u64>,
+    ) -> Result<(), AgentError> {
+        let digest = digest.to_owned();
+        let partial = self.spool_path(&digest).with_extension("partial");
+        let mut file = tokio::fs::File::create(&partial).await?;
+        // Announced (and the earlier holders learned) only once the spool file exists,
+        // so a peer that comes at once finds what to wait on.
+        let mut peers = self.announce(&issued.ticket).await;
+        let central_url = self.central(&format!("/p2p/v1/blobs/{digest}"));
+        let mut whole = Sha256::new();
+        let n = issued.hashes.len();
+        let mut held_back: Option<Bytes> = None;
+        for (i, want) in issued.hashes.iter().enumerate() {
+            let first = i as u64 * issued.piece_size;
+            let last = (first + issued.piece_size)
+                .min(issued.size)
+                .saturating_sub(1);
+            let mut why = String::new();
+            let mut got = None;
+            // Peers in the tracker's order, dropped for good once they misbehave.
+            while let Some(p) = peers.first().cloned() {
+                let url = format!("http://{}/p2p/v1/blobs/{digest}", p.addr);
+                match self
+                    .fetch_piece(&url, &issued.ticket, first, last, want)
+                    .await
+                {
+                    Ok(b) => {
+                        self.stats
+                            .bytes_from_peers
+                            .fetch_add(b.len() as u64, Ordering::Relaxed);
+                        got = Some(b);
+                        break;
+                    }
+                    Err(e) => {
+                        let c = match e {
+                            PieceError::Corrupt => &self.stats.peers_dropped_corrupt,
+                            PieceError::Stalled => &self.stats.peers_dropped_stalled,
+                            PieceError::Failed(_) => &self.stats.peers_dropped_failed,
+                        };
+                        c.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(peer = %p.node, addr = %p.addr, %digest, piece = i, problem = %e, "peer dropped");
+                        why = format!("peer {}: {e}", p.node);
+                        peers.remove(0);
+                    }
+                }
+            }
+            if got.is_none() {
+                match self
+                    .fetch_piece(&central_url, &issued.ticket, first, last, want)
+                    .await
+                {
+                    Ok(b) => {
+                        self.stats
+                            .bytes_from_central
+                            .fetch_add(b.len() as u64, Ordering::Relaxed);
+                        got = Some(b);
+                    }
+                    Err(e) => why = format!("{why}; central Berth: {e}"),
+                }
+            }
+            let Some(piece) = got else {
+                return Err(AgentError::Exhausted { piece: i, why });
+            };
+            whole.update(&piece);
+            file.write_all(&piece).await?;
+            // In the file (not tokio's buffer) before peers are told they may read it.
+            file.flush().await?;
+            done.send_replace(last + 1);
+            let piece = Bytes::from(piece);
+            if i + 1 < n {
+                if let Some(prev) = held_back.replace(piece) {
+                    // containerd going away ends the transfer; the spool keeps nothing.
+                    if out.send(Ok(prev)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            } else {
+                let prev = held_back.take();
+                let actual = format!(
+                    "sha256:{}",
+                    hex::encode(std::mem::take(&mut whole).finalize())
+                );
+                if actual != digest {
+                    return Err(AgentError::DigestMismatch);
+                }
+                file.sync_all().await?;
+                drop(file);
+                tokio::fs::rename(&partial, self.spool_path(&digest)).await?;
+                self.held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(digest.clone(), issued.size);
+                self.evict(&digest);
+                for b in prev.into_iter().chain([piece]) {
+                    if out.send(Ok(b)).await.is_err() {
+                        break;
+                    }
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the spool under its cap: the blobs fetched longest ago go first, never the
+    /// one just fetched. A peer reading one keeps its open file; later askers get a 404
+    /// and take the next source.
+    fn evict(&self, keep: &str) {
+        let max = self.config.spool_max_bytes;
+        if max == 0 {
+            return;
+        }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total: u64 = held.values().sum();
+        if total <= max {
+            return;
+        }
+        let mut by_age: Vec<(std::time::SystemTime, String)> = held
+            .keys()
+            .filter(|d| *d != keep)
+            .map(|d| {
+                let t = std::fs::metadata(self.spool_path(d))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(UNIX_EPOCH);
+                (t, d.clone())
+            })
+            .collect();
+        by_age.sort();
+        for (_, d) in by_age {
+            if total <= max {
+                break;
+            }
+            if let Some(n) = held.remove(&d) {
+                total -= n;
+                let _ = std::fs::remove_file(self.spool_path(&d));
+                self.stats.blobs_evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn metrics_text(&self) -> String {
+        let s = &self.stats;
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut t = String::new();
+        for (name, help, label, v) in [
+            (
+                "berth_node_bytes_from_peers",
+                "Blob bytes fetched from peers and verified",
+                "",
+                g(&s.bytes_from_peers),
+            ),
+            (
+                "berth_node_bytes_from_central",
+                "Blob bytes fetched from the central Berth and verified",
+                "",
+                g(&s.bytes_from_central),
+            ),
+            (
+                "berth_node_bytes_to_peers",
+                "Blob bytes served to peers",
+                "",
+                g(&s.bytes_to_peers),
+            ),
+            (
+                "berth_node_blobs_served",
+                "Blobs served to containerd",
+                "",
+                g(&s.blobs_served),
+            ),
+            (
+                "berth_node_blobs_refused",
+                "Blob requests of containerd answered with an error because the central Berth gave no ticket",
+                "",
+                g(&s.blobs_refused),
+            ),
+            (
+                "berth_node_blobs_failed",
+                "Blob requests of containerd that failed (every source failed, or the digest did not match)",
+                "",
+                g(&s.blobs_failed),
+            ),
+            (
+                "berth_node_peers_dropped",
+                "Peers dropped during a transfer, by reason",
+                "{reason=\"corrupt\"}",
+                g(&s.peers_dropped_corrupt),
+            ),
+            (
+                "berth_node_peers_dropped",
+                "",
+                "{reason=\"stalled\"}",
+                g(&s.peers_dropped_stalled),
+            ),
+            (
+                "berth_node_peers_dropped",
+                "",
+                "{reason=\"failed\"}",
+                g(&s.peers_dropped_failed),
+            ),
+            (
+                "berth_node_spool_evicted",
+                "Blobs removed from the spool to keep it under its cap",
+                "",
+                g(&s.blobs_evicted),
+            ),
+            (
+                "berth_node_peer_requests_refused",
+                "Peer requests refused with 403 and no bytes (no ticket, a ticket for another blob or node, expired, bad signature)",
+                "",
+                g(&s.peer_requests_refused),
+            ),
+        ] {
+            if !help.is_empty() {
+                t.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} counter\n"));
+            }
+            t.push_str(&format!("{name}_total{label} {v}\n"));
+        }
+        t.push_str("# EOF\n");
+        t
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PieceError {
+    #[error("sent bytes that do not match the piece's hash")]
+    Corrupt,
+    #[error("stalled")]
+    Stalled,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Blobs a previous run left complete in the spool (their names say their digest; they
+/// were renamed into place only after their digest was checked).
+fn scan_spool(dir: &std::path::Path) -> HashMap<String, u64> {
+    let mut held = HashMap::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(hex) = name.strip_prefix("sha256-")
+                && hex.len() == 64
+                && hex.bytes().all(|c| c.is_ascii_hexdigit())
+                && let Ok(m) = e.metadata()
+            {
+                held.insert(format!("sha256:{hex}"), m.len());
+            } else if name.ends_with(".partial") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    held
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({"errors": [{"code": code, "message": message, "detail": null}]});
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `/v2/<name>/blobs/<digest>` → the digest.
+fn blob_digest(path: &str) -> Option<String> {
+    let (_, d) = path.rsplit_once("/blobs/")?;
+    let ok = path.starts_with("/v2/")
+        && d.strip_prefix("sha256:").is_some_and(|h| {
+            h.len() == 64 && h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        });
+    ok.then(|| d.to_owned())
+}
+
+/// The face for containerd.
+pub fn containerd_router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .fallback(for_containerd)
+        .with_state(agent)
+}
+
+async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+    let mut r = agent.metrics_text().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+async fn for_containerd(State(agent): State<Arc<Agent>>, req: Request) -> Response {
+    let m = req.method().clone();
+    if m != Method::GET && m != Method::HEAD {
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "this mirror only serves blobs",
+        );
+    }
+    let path = req.uri().path();
+    if path == "/v2/" || path == "/v2" {
+        return (StatusCode::OK, "{}").into_response();
+    }
+    let Some(digest) = blob_digest(path) else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "UNSUPPORTED",
+            "this mirror only serves blobs",
+        );
+    };
+    let with_body = m == Method::GET;
+    // Held already: still only for a node that may have it now.
+    let issued = match agent.ticket(&digest).await {
+        Ok(t) => t,
+        Err(AgentError::NoTicket(why)) => {
+            agent.stats.blobs_refused.fetch_add(1, Ordering::Relaxed);
+            return error_response(
+                StatusCode::FORBIDDEN,
+                "DENIED",
+                &format!("no ticket for {digest} ({why}): pull it from the registry itself"),
+            );
+        }
+        Err(e) => {
+            agent.stats.blobs_failed.fetch_add(1, Ordering::Relaxed);
+            return error_response(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &e.to_string());
+        }
+    };
+    let headers = |resp: &mut Response, len: u64| {
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&digest) {
+            h.insert("docker-content-digest", v);
+        }
+    };
+    if !with_body {
+        let mut r = Response::new(Body::empty());
+        headers(&mut r, issued.size);
+        return r;
+    }
+    if agent.held_size(&digest) == Some(issued.size) {
+        match tokio::fs::File::open(agent.spool_path(&digest)).await {
+            Ok(f) => {
+                agent.stats.blobs_served.fetch_add(1, Ordering::Relaxed);
+                let mut r = Response::new(Body::from_stream(tokio_util::io::ReaderStream::new(f)));
+                headers(&mut r, issued.size);
+                return r;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %digest, "spooled blob unreadable; fetching again")
+            }
+        }
+    }
+    let size = issued.size;
+    if issued.size == 0 {
+        let mut r = Response::new(Body::empty());
+        headers(&mut r, 0);
+        return r;
+    }
+    if agent
+        .progress
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains_key(&digest)
+    {
+        // Another request of this node is fetching it: containerd takes it from the
+        // registry this once rather than wait on a second copy.
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "this blob is being fetched already",
+        );
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    {
+        let agent = Arc::clone(&agent);
+        let digest = digest.clone();
+        tokio::spawn(async move {
+            let failed = tx.clone();
+            match Arc::clone(&agent)
+                .fetch_blob(digest.clone(), issued, tx)
+                .await
+            {
+                Ok(()) => {
+                    agent.stats.blobs_served.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    agent.stats.blobs_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%digest, error = %e, "blob transfer failed");
+                    let _ = failed.send(Err(std::io::Error::other(e.to_string()))).await;
+                }
+            }
+        });
+    }
+    // Headers only once the first piece is verified (or the transfer failed): a failure
+    // before any byte is a 5xx, which containerd falls back on.
+    let first = match rx.recv().await {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => {
+            return error_response(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &e.to_string());
+        }
+        None => {
+            return error_response(StatusCode::BAD_GATEWAY, "UNAVAILABLE", "transfer ended");
+        }
+    };
+    let rest =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let body = futures_util::stream::StreamExt::chain(
+        futures_util::stream::once(std::future::ready(Ok::<_, std::io::Error>(first))),
+        rest,
+    );
+    let mut r = Response::new(Body::from_stream(body));
+    headers(&mut r, size);
+    r
+}
+
+/// The face for peers: a blob from the spool for a ticket of the asking node, checked
+/// offline; anything else is a 403 with no bytes.
+pub fn peer_router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/p2p/v1/blobs/{digest}", axum::routing::get(for_peer))
+        .with_state(agent)
+}
+
+async fn for_peer(
+    State(agent): State<Arc<Agent>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::extract::Path(digest): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    let refuse = |why: &str| {
+        agent
+            .stats
+            .peer_requests_refused
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%peer, %digest, why, "peer request refused");
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::FORBIDDEN;
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        r
+    };
+    let Some(public_key) = agent
+        .public_key
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+    else {
+        return refuse("not enrolled yet");
+    };
+    let Some(ticket) = req
+        .headers()
+        .get(TICKET_HEADER)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return refuse("no ticket");
+    };
+    if let Err(e) =
+        berth_auth::ticket::verify_ticket(&public_key, ticket, &digest, peer.ip(), unix_now())
+    {
+        return refuse(e.reason());
+    }
+    let not_found = || {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        r
+    };
+    // Held, or being fetched: then the size is the ticket's (the asker's ticket names the
+    // same blob) and the bytes are served once verified here.
+    let fetching = agent
+        .progress
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&digest)
+        .cloned();
+    let size = match (agent.held_size(&digest), &fetching) {
+        (Some(size), _) => size,
+        (None, Some(_)) => match req
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(_, last)| last.parse::<u64>().ok())
+        {
+            // Only ranged requests of a blob in progress: its size is not known here.
+            Some(last) => last + 1,
+            None => return not_found(),
+        },
+        (None, None) => return not_found(),
+    };
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| berth_oci::range::resolve_range(r, size).ok().flatten());
+    let (first, last) = range.unwrap_or((0, size.saturating_sub(1)));
+    if let Some(mut w) = fetching {
+        // Wait, bounded, until the piece is verified here; the asker's own stall timeout
+        // is the other bound.
+        let ready = tokio::time::timeout(agent.config.stall_timeout, w.wait_for(|d| *d > last));
+        if !matches!(ready.await, Ok(Ok(_))) && agent.held_size(&digest).is_none() {
+            return not_found();
+        }
+    }
+    let partial = agent.spool_path(&digest).with_extension("partial");
+    let mut f = match tokio::fs::File::open(agent.spool_path(&digest)).await {
+        Ok(f) => f,
+        Err(_) => match tokio::fs::File::open(&partial).await {
+            Ok(f) => f,
+            Err(_) => return not_found(),
+        },
+    };
+    if f.seek(std::io::SeekFrom::Start(first)).await.is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let len = last + 1 - first;
+    let corrupt = agent.failpoint("serve-corrupt");
+    let stall = agent.failpoint("serve-stall");
+    let a = Arc::clone(&agent);
+    let body = futures_util::stream::unfold((f, len), move |(mut f, left)| {
+        let a = Arc::clone(&a);
+        async move {
+            if left == 0 {
+                return None;
+            }
+            if stall {
+                // Headers sent, then silence: what a frozen peer looks like.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            let mut buf = vec![0u8; left.min(256 * 1024) as usize];
+            match f.read_exact(&mut buf).await {
+                Ok(_) => {}
+                Err(e) => return Some((Err(e), (f, 0))),
+            }
+            a.pacer.take(buf.len()).await;
+            if corrupt {
+                buf[0] ^= 0xff;
+            }
+            a.stats
+                .bytes_to_peers
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            let n = buf.len() as u64;
+            Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (f, left - n)))
+        }
+    });
+    let mut r = Response::new(Body::from_stream(body));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if range.is_some() {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")) {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    r
+}
+
+/// Runs the agent: enrolls, then serves containerd on `containerd` (bind it to the
+/// node's loopback) and peers on `peers` until `shutdown` resolves.
+pub async fn run_agent(
+    agent: Arc<Agent>,
+    containerd: tokio::net::TcpListener,
+    peers: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Err(e) = agent.enroll().await {
+        // Not fatal: every request enrolls again first, and containerd falls back meanwhile.
+        tracing::warn!(error = %e, "enrollment failed; retrying on the next request");
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let c =
+        axum::serve(containerd, containerd_router(Arc::clone(&agent))).with_graceful_shutdown({
+            let mut s = stopped.clone();
+            async move {
+                let _ = s.changed().await;
+            }
+        });
+    let p = axum::serve(
+        peers,
+        peer_router(agent).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown({
+        let mut s = stopped;
+        async move {
+            let _ = s.changed().await;
+        }
+    });
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let (a, b) = tokio::join!(c.into_future(), p.into_future());
+    a.and(b)
+}
+
+/// The tracker's view from a running central Berth (`berth p2p status`), as an
+/// administrator.
+pub async fn tracker_status(
+    url: &str,
+    user: &str,
+    password: &str,
+) -> Result<serde_json::Value, AgentError> {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let r = reqwest::Client::new()
+        .get(format!("{}/p2p/v1/status", url.trim_end_matches('/')))
+        .basic_auth(user, Some(password))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| AgentError::Central(e.to_string()))?;
+    if !r.status().is_success() {
+        return Err(AgentError::Central(format!("status: {}", r.status())));
+    }
+    r.json()
+        .await
+        .map_err(|e| AgentError::Central(e.to_string()))
+}

@@ -1,0 +1,682 @@
+//! Node-local sharing over real HTTP on 127.0.0.0/8: a central Berth and node agents
+//! (`berth_server::node`), each node an address of its own (127.0.0.2, .3, ...), its
+//! "kubelet" a client from that address pulling manifests with its own credentials.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use berth_auth::ticket::{TicketClaims, TicketKey};
+use berth_registry::access::AccessConfig;
+use berth_registry::p2p::P2pSettings;
+use berth_server::ChallengeKind;
+use berth_server::node::{Agent, AgentConfig};
+use common::{Cred, OCI_MANIFEST, Setup, TestServer, add_tenant, add_users, client_from, metric};
+use reqwest::StatusCode;
+
+const BOOTSTRAP: &str = "bootstrap-token-for-the-tests";
+
+struct Central {
+    server: TestServer,
+    key: TicketKey,
+    manifest: String,
+    layer: String,
+    layer_bytes: Vec<u8>,
+}
+
+/// A central Berth with authentication and sharing on, and a private image in team-a
+/// (alice may pull; bob, of team-b, may not). The layer spans three pieces.
+async fn central(p2p_off: Vec<String>) -> Central {
+    let key = TicketKey::generate().expect("test");
+    let server = common::start(Setup {
+        auth: Some((AccessConfig::default(), ChallengeKind::Basic)),
+        p2p: Some(P2pSettings {
+            bootstrap_token: BOOTSTRAP.into(),
+            key_pkcs8: Some(key.pkcs8().to_vec()),
+            off: p2p_off,
+            ..P2pSettings::default()
+        }),
+        ..Setup::default()
+    })
+    .await;
+    add_users(
+        server.access(),
+        &[("admin", true), ("alice", false), ("bob", false)],
+    )
+    .await;
+    add_tenant(server.access(), "team-a", false, &[("alice", "developer")]).await;
+    add_tenant(server.access(), "team-b", false, &[("bob", "developer")]).await;
+    let layer_bytes: Vec<u8> = (0..(9u32 << 20) + 12345)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let (_, manifest, layer) = server
+        .push_image_as(&Cred::user("admin"), "team-a/app", &["v1"], &layer_bytes)
+        .await;
+    Central {
+        server,
+        key,
+        manifest,
+        layer,
+        layer_bytes,
+    }
+}
+
+fn ip(n: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, n])
+}
+
+struct Node {
+    agent: Arc<Agent>,
+    /// The containerd face.
+    mirror: String,
+    peer: SocketAddr,
+    spool: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn node(c: &Central, n: u8, failpoints: &[&str], stall: Duration) -> Node {
+    node_with_rate(c, n, failpoints, stall, 0, 0).await
+}
+
+async fn node_with_rate(
+    c: &Central,
+    n: u8,
+    failpoints: &[&str],
+    stall: Duration,
+    serve_rate: u64,
+    spool_max_bytes: u64,
+) -> Node {
+    let spool = tempfile::tempdir().expect("test");
+    let containerd = tokio::net::TcpListener::bind((ip(n), 0))
+        .await
+        .expect("test");
+    let peers = tokio::net::TcpListener::bind((ip(n), 0))
+        .await
+        .expect("test");
+    let peer = peers.local_addr().expect("test");
+    let agent = Agent::new(AgentConfig {
+        node: format!("node-{n}"),
+        central: c.server.base.clone(),
+        bootstrap_token: BOOTSTRAP.into(),
+        peer_port: peer.port(),
+        spool: spool.path().to_owned(),
+        spool_max_bytes,
+        serve_rate,
+        stall_timeout: stall,
+        local_address: Some(ip(n)),
+        central_ca: None,
+        failpoints: failpoints.iter().map(|s| s.to_string()).collect(),
+    })
+    .expect("test");
+    let mirror = format!("http://{}", containerd.local_addr().expect("test"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(berth_server::node::run_agent(
+        Arc::clone(&agent),
+        containerd,
+        peers,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    // Enrolled once it answers its metrics and the central Berth knows it.
+    let http = client_from(ip(n));
+    for _ in 0..100 {
+        let st = status(c).await;
+        if st["nodes"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["node"] == format!("node-{n}")))
+            && http.get(format!("{mirror}/metrics")).send().await.is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Node {
+        agent,
+        mirror,
+        peer,
+        spool,
+        _stop: stop,
+    }
+}
+
+async fn status(c: &Central) -> serde_json::Value {
+    c.server
+        .request_as(reqwest::Method::GET, "/p2p/v1/status", &Cred::user("admin"))
+        .send()
+        .await
+        .expect("test")
+        .json()
+        .await
+        .expect("test")
+}
+
+/// The node's kubelet resolving the image at the central Berth, as `cred`.
+async fn kubelet_pull(c: &Central, n: u8, cred: &Cred) -> StatusCode {
+    let r = cred
+        .apply(
+            client_from(ip(n)).get(
+                c.server
+                    .url(&format!("/v2/team-a/app/manifests/{}", c.manifest)),
+            ),
+        )
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("test");
+    r.status()
+}
+
+/// containerd asking the node's agent for the layer: status and bytes.
+async fn containerd_get(node: &Node, n: u8, digest: &str) -> (StatusCode, Vec<u8>) {
+    let r = client_from(ip(n))
+        .get(format!(
+            "{}/v2/team-a/app/blobs/{digest}?ns=registry.example",
+            node.mirror
+        ))
+        .send()
+        .await
+        .expect("test");
+    let s = r.status();
+    (s, r.bytes().await.map(|b| b.to_vec()).unwrap_or_default())
+}
+
+fn stat(
+    node: &Node,
+    f: impl Fn(&berth_server::node::AgentStats) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    f(&node.agent.stats).load(std::sync::atomic::Ordering::Relaxed)
+}
+
+async fn central_metric(c: &Central, sample: &str) -> u64 {
+    let text = c.server.metrics().await;
+    metric(&text, sample)
+}
+
+#[tokio::test]
+async fn a_second_node_gets_the_layer_from_the_first_and_the_central_berth_sends_it_once() {
+    let c = central(vec![]).await;
+    let a = node(&c, 2, &[], Duration::from_secs(10)).await;
+    let b = node(&c, 3, &[], Duration::from_secs(10)).await;
+    let size = c.layer_bytes.len() as u64;
+
+    assert_eq!(
+        kubelet_pull(&c, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let (s, bytes) = containerd_get(&a, 2, &c.layer).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(bytes == c.layer_bytes, "node A got the layer's bytes");
+    assert_eq!(stat(&a, |s| &s.bytes_from_central), size);
+    assert_eq!(
+        central_metric(&c, "berth_p2p_bytes_to_agents_total").await,
+        size
+    );
+
+    assert_eq!(
+        kubelet_pull(&c, 3, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let (s, bytes) = containerd_get(&b, 3, &c.layer).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(bytes == c.layer_bytes, "node B got the layer's bytes");
+    assert_eq!(stat(&b, |s| &s.bytes_from_peers), size);
+    assert_eq!(stat(&b, |s| &s.bytes_from_central), 0);
+    assert_eq!(stat(&a, |s| &s.bytes_to_peers), size);
+    assert_eq!(
+        central_metric(&c, "berth_p2p_bytes_to_agents_total").await,
+        size,
+        "the central Berth sent the layer once"
+    );
+    // Both now hold it, as the tracker says.
+    let st = status(&c).await;
+    let holders = st["blobs"]
+        .as_array()
+        .expect("test")
+        .iter()
+        .find(|b| b["digest"] == c.layer.as_str())
+        .map(|b| b["holders"].as_array().expect("test").len());
+    assert_eq!(holders, Some(2), "{st}");
+}
+
+#[tokio::test]
+async fn four_nodes_pulling_at_once_get_the_layer_while_the_central_berth_sends_it_once() {
+    nodes_pulling_at_once(4).await;
+}
+
+#[tokio::test]
+async fn eight_nodes_pulling_at_once_get_the_layer_while_the_central_berth_sends_it_once() {
+    nodes_pulling_at_once(8).await;
+}
+
+async fn nodes_pulling_at_once(count: u8) {
+    let c = central(vec![]).await;
+    let size = c.layer_bytes.len() as u64;
+    let mut nodes = Vec::new();
+    for n in 2..2 + count {
+        nodes.push((n, node(&c, n, &[], Duration::from_secs(10)).await));
+        assert_eq!(
+            kubelet_pull(&c, n, &Cred::user("alice")).await,
+            StatusCode::OK
+        );
+    }
+    let pulls = nodes
+        .iter()
+        .map(|(n, node)| containerd_get(node, *n, &c.layer));
+    for (s, bytes) in futures_util::future::join_all(pulls).await {
+        assert_eq!(s, StatusCode::OK);
+        assert!(bytes == c.layer_bytes, "every node got the layer's bytes");
+    }
+    let from_peers: u64 = nodes
+        .iter()
+        .map(|(_, n)| stat(n, |s| &s.bytes_from_peers))
+        .sum();
+    let from_central: u64 = nodes
+        .iter()
+        .map(|(_, n)| stat(n, |s| &s.bytes_from_central))
+        .sum();
+    assert_eq!(
+        central_metric(&c, "berth_p2p_bytes_to_agents_total").await,
+        size,
+        "the central Berth sent the layer once (peers {from_peers}, central {from_central})"
+    );
+    assert_eq!(from_central, size);
+    assert_eq!(from_peers, u64::from(count - 1) * size);
+}
+
+#[tokio::test]
+async fn the_bytes_served_to_peers_stay_under_the_cap() {
+    let c = central(vec![]).await;
+    // 8 MB/s: the 9.4 MB layer takes over a second to serve; on loopback, uncapped, it
+    // takes a few milliseconds.
+    let a = node_with_rate(&c, 2, &[], Duration::from_secs(10), 8_000_000, 0).await;
+    assert_eq!(
+        kubelet_pull(&c, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    assert_eq!(containerd_get(&a, 2, &c.layer).await.0, StatusCode::OK);
+    let b = node(&c, 3, &[], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&c, 3, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let t0 = Instant::now();
+    let (s, bytes) = containerd_get(&b, 3, &c.layer).await;
+    let took = t0.elapsed();
+    assert_eq!(s, StatusCode::OK);
+    assert!(bytes == c.layer_bytes);
+    assert_eq!(
+        stat(&b, |s| &s.bytes_from_peers),
+        c.layer_bytes.len() as u64
+    );
+    assert!(took >= Duration::from_millis(1000), "served in {took:?}");
+}
+
+#[tokio::test]
+async fn nodes_whose_pulls_were_refused_get_nothing_from_the_agent_or_its_peers() {
+    let c = central(vec![]).await;
+    let a = node(&c, 2, &[], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&c, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    assert_eq!(containerd_get(&a, 2, &c.layer).await.0, StatusCode::OK);
+
+    let other = node(&c, 4, &[], Duration::from_secs(10)).await;
+    // Anonymous, and a member of another tenant: both refused at the central Berth.
+    assert_eq!(
+        kubelet_pull(&c, 4, &Cred::Anonymous).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        kubelet_pull(&c, 4, &Cred::user("bob")).await,
+        StatusCode::FORBIDDEN
+    );
+    let (s, bytes) = containerd_get(&other, 4, &c.layer).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(!bytes.windows(64).any(|w| c.layer_bytes.starts_with(w)));
+    assert_eq!(stat(&other, |s| &s.bytes_from_peers), 0);
+    assert_eq!(stat(&other, |s| &s.bytes_from_central), 0);
+    assert_eq!(stat(&a, |s| &s.bytes_to_peers), 0);
+    assert_eq!(stat(&other, |s| &s.blobs_refused), 1);
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("test")
+        .as_secs()
+}
+
+/// A peer request from node `n` with `ticket`: status and body length.
+async fn ask_peer(
+    peer: SocketAddr,
+    n: u8,
+    digest: &str,
+    ticket: Option<&str>,
+) -> (StatusCode, usize) {
+    let mut r = client_from(ip(n))
+        .get(format!("http://{peer}/p2p/v1/blobs/{digest}"))
+        .header("range", "bytes=0-1023");
+    if let Some(t) = ticket {
+        r = r.header("x-berth-ticket", t);
+    }
+    let r = r.send().await.expect("test");
+    let s = r.status();
+    (s, r.bytes().await.expect("test").len())
+}
+
+#[tokio::test]
+async fn a_peer_answers_403_with_no_bytes_without_a_valid_ticket_of_the_asking_node() {
+    let c = central(vec![]).await;
+    let a = node(&c, 2, &[], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&c, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    assert_eq!(containerd_get(&a, 2, &c.layer).await.0, StatusCode::OK);
+
+    let ticket = |node: &str, n: u8, digest: &str, exp: u64| {
+        c.key.sign_ticket(&TicketClaims {
+            node: node.into(),
+            addr: ip(n),
+            digest: digest.into(),
+            exp,
+        })
+    };
+    let later = now() + 300;
+    let config = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    let cases = [
+        ("no ticket", None),
+        (
+            "a ticket for another blob",
+            Some(ticket("node-3", 3, config, later)),
+        ),
+        (
+            "another node's ticket",
+            Some(ticket("node-5", 5, &c.layer, later)),
+        ),
+        (
+            "an expired ticket",
+            Some(ticket("node-3", 3, &c.layer, now() - 3600)),
+        ),
+        (
+            "a ticket signed by another key",
+            Some(
+                TicketKey::generate()
+                    .expect("test")
+                    .sign_ticket(&TicketClaims {
+                        node: "node-3".into(),
+                        addr: ip(3),
+                        digest: c.layer.clone(),
+                        exp: later,
+                    }),
+            ),
+        ),
+    ];
+    for (what, t) in &cases {
+        let (s, n) = ask_peer(a.peer, 3, &c.layer, t.as_deref()).await;
+        assert_eq!((s, n), (StatusCode::FORBIDDEN, 0), "{what}");
+    }
+    assert_eq!(stat(&a, |s| &s.peer_requests_refused), cases.len() as u64);
+    assert_eq!(stat(&a, |s| &s.bytes_to_peers), 0);
+    // The same request with node 3's own ticket is served.
+    let (s, n) = ask_peer(
+        a.peer,
+        3,
+        &c.layer,
+        Some(&ticket("node-3", 3, &c.layer, later)),
+    )
+    .await;
+    assert_eq!((s, n), (StatusCode::PARTIAL_CONTENT, 1024));
+}
+
+async fn enroll(c: &Central, n: u8) -> String {
+    let r = client_from(ip(n))
+        .post(c.server.url("/p2p/v1/enroll"))
+        .bearer_auth(BOOTSTRAP)
+        .json(&serde_json::json!({"node": format!("node-{n}"), "port": 9}))
+        .send()
+        .await
+        .expect("test");
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: serde_json::Value = r.json().await.expect("test");
+    v["credential"].as_str().expect("test").to_owned()
+}
+
+#[tokio::test]
+async fn the_tracker_takes_announcements_only_with_the_announcers_own_ticket() {
+    let c = central(vec![]).await;
+    let wrong = client_from(ip(2))
+        .post(c.server.url("/p2p/v1/enroll"))
+        .bearer_auth("not-the-bootstrap-token")
+        .json(&serde_json::json!({"node": "node-2", "port": 9}))
+        .send()
+        .await
+        .expect("test");
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+
+    let cred_a = enroll(&c, 2).await;
+    let cred_m = enroll(&c, 6).await;
+    assert_eq!(
+        kubelet_pull(&c, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let issued: serde_json::Value = client_from(ip(2))
+        .get(c.server.url(&format!("/p2p/v1/tickets/{}", c.layer)))
+        .bearer_auth(&cred_a)
+        .send()
+        .await
+        .expect("test")
+        .json()
+        .await
+        .expect("test");
+    let ticket_a = issued["ticket"].as_str().expect("test").to_owned();
+    assert_eq!(issued["hashes"].as_array().expect("test").len(), 3);
+
+    let announce = |n: u8, cred: String, ticket: String| {
+        let url = c.server.url("/p2p/v1/announce");
+        async move {
+            client_from(ip(n))
+                .post(url)
+                .bearer_auth(cred)
+                .json(&serde_json::json!({ "ticket": ticket }))
+                .send()
+                .await
+                .expect("test")
+                .status()
+        }
+    };
+    // Node 6 never pulled the image: it has no ticket of its own; A's does not pass for it,
+    // nor does a forged one, nor A's credential from 6's address.
+    assert_eq!(
+        announce(6, cred_m.clone(), ticket_a.clone()).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        announce(6, cred_m.clone(), "e30.AAAA".into()).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        announce(6, cred_a.clone(), ticket_a.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // Nor may it ask who holds the blob, or get a ticket.
+    let peers = client_from(ip(6))
+        .get(c.server.url(&format!("/p2p/v1/peers/{}", c.layer)))
+        .bearer_auth(&cred_m)
+        .send()
+        .await
+        .expect("test");
+    assert_eq!(peers.status(), StatusCode::FORBIDDEN);
+    let t = client_from(ip(6))
+        .get(c.server.url(&format!("/p2p/v1/tickets/{}", c.layer)))
+        .bearer_auth(&cred_m)
+        .send()
+        .await
+        .expect("test");
+    assert_eq!(t.status(), StatusCode::FORBIDDEN);
+    // Central bytes for a ticket come only to its own node.
+    let stolen = client_from(ip(6))
+        .get(c.server.url(&format!("/p2p/v1/blobs/{}", c.layer)))
+        .header("x-berth-ticket", &ticket_a)
+        .send()
+        .await
+        .expect("test");
+    assert_eq!(stolen.status(), StatusCode::FORBIDDEN);
+    assert!(
+        status(&c).await["blobs"]
+            .as_array()
+            .expect("test")
+            .is_empty()
+    );
+    // A node's credential (or a ticket) is no registry credential: an agent cannot pull
+    // what its node was not let pull, from the registry itself either.
+    for bearer in [&cred_a, &ticket_a] {
+        for path in [
+            format!("/v2/team-a/app/manifests/{}", c.manifest),
+            format!("/v2/team-a/app/blobs/{}", c.layer),
+        ] {
+            let r = client_from(ip(2))
+                .get(c.server.url(&path))
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .expect("test");
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+        }
+    }
+    assert_eq!(
+        central_metric(&c, "berth_p2p_announces_refused_total").await,
+        2
+    );
+
+    assert_eq!(announce(2, cred_a, ticket_a).await, StatusCode::OK);
+    let st = status(&c).await;
+    assert_eq!(st["blobs"][0]["holders"][0]["node"], "node-2", "{st}");
+}
+
+#[tokio::test]
+async fn a_peer_sending_corrupt_pieces_is_dropped_and_the_transfer_completes() {
+    let c = central(vec![]).await;
+    let bad = node(&c, 2, &["serve-corrupt"], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&c, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    assert_eq!(containerd_get(&bad, 2, &c.layer).await.0, StatusCode::OK);
+
+    let b = node(&c, 3, &[], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&c, 3, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let (s, bytes) = containerd_get(&b, 3, &c.layer).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        bytes == c.layer_bytes,
+        "the right bytes despite the corrupt peer"
+    );
+    assert_eq!(stat(&b, |s| &s.peers_dropped_corrupt), 1);
+    assert_eq!(stat(&b, |s| &s.bytes_from_peers), 0);
+    assert_eq!(
+        stat(&b, |s| &s.bytes_from_central),
+        c.layer_bytes.len() as u64
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_peer_is_abandoned_within_the_stall_timeout() {
+    let c = central(vec![]).await;
+    let frozen = node(&c, 2, &["serve-stall"], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&c, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    assert_eq!(containerd_get(&frozen, 2, &c.layer).await.0, StatusCode::OK);
+
+    let b = node(&c, 3, &[], Duration::from_secs(1)).await;
+    assert_eq!(
+        kubelet_pull(&c, 3, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let t0 = Instant::now();
+    let (s, bytes) = containerd_get(&b, 3, &c.layer).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(bytes == c.layer_bytes);
+    assert_eq!(stat(&b, |s| &s.peers_dropped_stalled), 1);
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn sharing_turned_off_for_a_tenant_gives_no_ticket() {
+    let c = central(vec!["team-a".into()]).await;
+    let a = node(&c, 2, &[], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&c, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let (s, _) = containerd_get(&a, 2, &c.layer).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(stat(&a, |s| &s.bytes_from_central), 0);
+}
+
+#[tokio::test]
+async fn the_spool_keeps_under_its_cap_by_dropping_the_oldest_blob() {
+    let c = central(vec![]).await;
+    let size = c.layer_bytes.len() as u64;
+    let a = node_with_rate(&c, 2, &[], Duration::from_secs(10), 0, size).await;
+    assert_eq!(
+        kubelet_pull(&c, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let config = common::sha256(br#"{"architecture":"amd64","os":"linux"}"#);
+    assert_eq!(containerd_get(&a, 2, &config).await.0, StatusCode::OK);
+    assert_eq!(stat(&a, |s| &s.blobs_evicted), 0);
+    assert_eq!(containerd_get(&a, 2, &c.layer).await.0, StatusCode::OK);
+    assert_eq!(
+        stat(&a, |s| &s.blobs_evicted),
+        1,
+        "the config went to make room"
+    );
+    let spooled: Vec<String> = std::fs::read_dir(a.spool.path())
+        .expect("test")
+        .map(|e| e.expect("test").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(spooled, vec![c.layer.replace(':', "-")]);
+}
+
+#[tokio::test]
+async fn a_peer_that_is_gone_is_dropped_and_the_transfer_completes() {
+    let c = central(vec![]).await;
+    let a = node(&c, 2, &[], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&c, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    assert_eq!(containerd_get(&a, 2, &c.layer).await.0, StatusCode::OK);
+    let gone = a.peer;
+    drop(a);
+    // Stopped: its port refuses connections, but the tracker still names it.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(gone).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b = node(&c, 3, &[], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&c, 3, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let (s, bytes) = containerd_get(&b, 3, &c.layer).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(bytes == c.layer_bytes);
+    assert_eq!(stat(&b, |s| &s.peers_dropped_failed), 1);
+    assert_eq!(
+        stat(&b, |s| &s.bytes_from_central),
+        c.layer_bytes.len() as u64
+    );
+}
