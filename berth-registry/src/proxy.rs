@@ -362,9 +362,9 @@ impl Registry {
     /// Brings the signatures of the cached image `digest` of `repo` from its upstream:
     /// the cosign tags `sha256-<hex>.sig`, `.att` and `.sbom`, and every referrer (by the
     /// referrers API, else the referrers tag schema `sha256-<hex>`), each with its blobs,
-    /// stored like any cached manifest. Once per digest within the upstream's tag TTL
-    /// (signatures can be added later, so the lookup is a tag's), one fetch at a time
-    /// for concurrent pulls (followers wait for it). Failures are counted and logged,
+    /// stored like any cached manifest. Once per digest within the longer of the
+    /// upstream's tag and negative TTLs (signatures can be added later, so the lookup is
+    /// a tag's), one fetch at a time for concurrent pulls (followers wait for it). Failures are counted and logged,
     /// never the pull's: what is stored already keeps serving when the upstream is down.
     pub async fn fetch_signatures(&self, repo: &RepoName, digest: &Digest) {
         let Some(proxy) = &self.proxy else {
@@ -377,7 +377,10 @@ impl Registry {
             return;
         }
         let key = signatures_key(repo, digest);
-        if proxy.fresh(&key, route.tag_ttl) {
+        // Found signatures are believed for the tag TTL, absent ones for the negative
+        // TTL: the lookup as a whole stands for the longer of the two.
+        let ttl = route.tag_ttl.max(route.negative_ttl);
+        if proxy.fresh(&key, ttl) {
             return;
         }
         loop {
@@ -388,7 +391,7 @@ impl Registry {
                 },
                 Seat::Leader(lead) => {
                     // A flight that ended between our check and `join` did the work.
-                    if proxy.fresh(&key, route.tag_ttl) {
+                    if proxy.fresh(&key, ttl) {
                         lead.land(Ok(()));
                         return;
                     }

@@ -280,6 +280,8 @@ async fn repository_filter_and_pass_through_without_cache() {
         .get("/v2/docker.io/library/allowed/manifests/1.0")
         .await;
     assert_eq!(r.status(), StatusCode::OK);
+    // Its signatures are looked up in the background: done before counting.
+    signature_lookups_settle(&filtered, 4).await;
     let before = total(upstream.metrics().await);
     let r = filtered
         .get("/v2/docker.io/library/other/manifests/1.0")
@@ -559,7 +561,10 @@ async fn concurrent_cold_pulls_fetch_each_object_from_the_upstream_once() {
             "every client gets the layer"
         );
     }
-    assert_eq!(served(&upstream, "manifest", "HEAD").await - h0, 1);
+    // The image's signature tags (.sig, .att, .sbom: none here) are looked up once too,
+    // one HEAD each, and its referrers listed once.
+    signature_lookups_settle(&cache, 4).await;
+    assert_eq!(served(&upstream, "manifest", "HEAD").await - h0, 1 + 3);
     assert_eq!(served(&upstream, "manifest", "GET").await - m0, 1);
     assert_eq!(served(&upstream, "blob", "GET").await - b0, 1);
 }
@@ -1094,4 +1099,198 @@ async fn cached_images_are_cataloged() {
     };
     let purls: Vec<&str> = view.packages.iter().map(|p| p.purl.as_str()).collect();
     assert_eq!(purls, ["pkg:apk/alpine/musl@1.2.4-r2?arch=x86_64"]);
+}
+
+/// The cache's `berth_upstream_signature_fetches_total` counter of `outcome`.
+async fn signature_lookups(cache: &Server, outcome: &str) -> u64 {
+    let line = format!(r#"berth_upstream_signature_fetches_total{{outcome="{outcome}"}} "#);
+    cache
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until a cache has made `n` signature lookups (any outcome), as a pull's
+/// background fetch does; 20 s at most.
+async fn signature_lookups_settle(cache: &Server, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut done = 0;
+        for outcome in ["fetched", "absent", "failed"] {
+            done += signature_lookups(cache, outcome).await;
+        }
+        if done >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{done} of {n} signature lookups:\n{}",
+            cache.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Server {
+    /// Puts `body` as a manifest under `reference`; its digest.
+    async fn put_json(&self, repo: &str, reference: &str, body: &serde_json::Value) -> String {
+        let bytes = serde_json::to_vec(body).expect("json");
+        let r = self
+            .req(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
+            .header("content-type", OCI_MANIFEST)
+            .body(bytes.clone())
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status(), StatusCode::CREATED, "put {repo}:{reference}");
+        sha256(&bytes)
+    }
+}
+
+/// An image's cosign `.sig` tag and an OCI referrer come through the cache with it, once
+/// however many clients pull it at once, and keep serving when the upstream is down;
+/// eviction keeps them while their image is cached and evicts them with it.
+#[tokio::test]
+async fn signatures_and_referrers_travel_with_cached_images_and_go_with_them() {
+    use berth_registry::gc::GcOptions;
+    use berth_registry::retention::CacheLimits;
+    let mut upstream = start(Vec::new()).await;
+    let repo = "library/signed";
+    let (manifest, digest, _) = upstream.push_image(repo, "1.0", b"signed layer").await;
+    let payload = common::payload(&digest);
+    let sig_layer = upstream.push_blob(repo, &payload).await;
+    let empty = upstream.push_blob(repo, b"{}").await;
+    let sig_tag = format!("sha256-{}.sig", &digest[7..]);
+    let sig = upstream
+        .put_json(
+            repo,
+            &sig_tag,
+            &json!({
+                "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": empty, "size": 2},
+                "layers": [{"mediaType": common::SIMPLE_SIGNING, "digest": sig_layer, "size": payload.len(),
+                    "annotations": {"dev.cosignproject.cosign/signature": "c2lnbmF0dXJl"}}],
+            }),
+        )
+        .await;
+    let referrer = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.sbom",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": manifest.len()},
+    });
+    let referrer_digest = sha256(&serde_json::to_vec(&referrer).expect("json"));
+    upstream.put_json(repo, &referrer_digest, &referrer).await;
+
+    let cache = Arc::new(cache_for(&upstream, Duration::from_secs(300)).await);
+    let (h0, r0) = (
+        served(&upstream, "manifest", "HEAD").await,
+        served(&upstream, "referrers", "GET").await,
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let cache = cache.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = cache
+                .get("/v2/docker.io/library/signed/manifests/1.0")
+                .await;
+            assert_eq!(r.status(), StatusCode::OK);
+            body(r).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), manifest);
+    }
+    // In the background (no rule judges this repository): the .sig tag and the
+    // referrers found, the .att and .sbom tags absent.
+    signature_lookups_settle(&cache, 4).await;
+    assert_eq!(signature_lookups(&cache, "fetched").await, 2);
+    assert_eq!(signature_lookups(&cache, "absent").await, 2);
+    assert_eq!(signature_lookups(&cache, "failed").await, 0);
+    // Once for eight pulls: the image tag and the three signature tags checked once
+    // each, the referrers listed once.
+    assert_eq!(served(&upstream, "manifest", "HEAD").await - h0, 4);
+    assert_eq!(served(&upstream, "referrers", "GET").await - r0, 1);
+
+    // The upstream goes away; what came along keeps serving.
+    upstream.stop().await;
+    let cached = "/v2/docker.io/library/signed";
+    let r = cache.get(&format!("{cached}/manifests/{sig_tag}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(sha256(&body(r).await), sig);
+    let r = cache.get(&format!("{cached}/blobs/{sig_layer}")).await;
+    assert_eq!(body(r).await, payload);
+    let r = cache.get(&format!("{cached}/referrers/{digest}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let listed: serde_json::Value = r.json().await.expect("referrers index");
+    assert_eq!(listed["manifests"][0]["digest"], referrer_digest.as_str());
+    let r = cache
+        .get(&format!("{cached}/manifests/{referrer_digest}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // The image was pulled just now, its signature and referrer fetched over a second
+    // ago and never pulled: eviction by age keeps them with their image.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    cache
+        .registry
+        .meta()
+        .mark_pulled("docker.io/library/signed", &digest)
+        .await
+        .expect("mark pulled");
+    let kept = cache
+        .registry
+        .evict_cache(
+            "docker.io",
+            &CacheLimits {
+                max_age: Some(Duration::from_millis(600)),
+                max_bytes: None,
+            },
+            false,
+        )
+        .await
+        .expect("evict");
+    assert!(kept.evicted.is_empty(), "{kept:?}");
+    let r = cache.get(&format!("{cached}/manifests/{sig_tag}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Evicting the image evicts what is attached to it; the collection frees the bytes.
+    let evicted = cache
+        .registry
+        .evict_cache(
+            "docker.io",
+            &CacheLimits {
+                max_age: Some(Duration::ZERO),
+                max_bytes: None,
+            },
+            false,
+        )
+        .await
+        .expect("evict");
+    let mut gone: Vec<&str> = evicted.evicted.iter().map(|e| e.digest.as_str()).collect();
+    gone.sort_unstable();
+    let mut expected = vec![digest.as_str(), sig.as_str(), referrer_digest.as_str()];
+    expected.sort_unstable();
+    assert_eq!(gone, expected, "{evicted:?}");
+    let no_grace = GcOptions {
+        dry_run: false,
+        grace: Duration::ZERO,
+        rollback_window: Duration::ZERO,
+    };
+    cache
+        .registry
+        .collect_garbage(&no_grace, &|_| {})
+        .await
+        .expect("gc");
+    assert!(!cache.blob_path(&sig_layer).exists());
+    assert_ne!(
+        cache
+            .get(&format!("{cached}/manifests/{sig_tag}"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
 }
