@@ -1044,6 +1044,35 @@ async fn pushes_are_replicated_with_blobs_and_referrers() {
         "team-b is not replicated"
     );
 
+    // A cosign `.sig` tag is a push of its own: it follows, with its layer.
+    let payload = common::payload(&digest);
+    let sig_layer = source.push_blob("team-a/app", &payload).await;
+    let cosign_sig = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": common::SIMPLE_SIGNING, "digest": sig_layer, "size": payload.len(),
+            "annotations": {"dev.cosignproject.cosign/signature": "c2lnbmF0dXJl"}}],
+    });
+    let sig_tag = format!("sha256-{}.sig", &digest[7..]);
+    source.put_json("team-a/app", &sig_tag, &cosign_sig).await;
+    eventually(
+        &target,
+        &format!("/v2/team-a/app/manifests/{sig_tag}"),
+        admin,
+        Some(&serde_json::to_vec(&cosign_sig).expect("json")),
+    )
+    .await;
+    let blob = target
+        .req_as(
+            Method::GET,
+            &format!("/v2/team-a/app/blobs/{sig_layer}"),
+            admin,
+        )
+        .send()
+        .await
+        .expect("blob");
+    assert_eq!(body(blob).await, payload);
+
     // A moved tag follows.
     let (moved, _, _) = source
         .push_image("team-a/app", "v1", b"second version")
