@@ -1323,3 +1323,128 @@ async fn signatures_and_referrers_travel_with_cached_images_and_go_with_them() {
         StatusCode::OK
     );
 }
+
+/// A registry without the referrers API (404 there, as registries that predate it
+/// answer): it serves `objects`, (path, content type, body), for GET and HEAD, with the
+/// body's digest in `Docker-Content-Digest`, and 404 for everything else.
+async fn static_upstream(objects: Vec<(String, &'static str, Vec<u8>)>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let objects = Arc::new(objects);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let objects = objects.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let mut words = head.split_whitespace();
+                let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                let found = objects.iter().find(|(p, _, _)| p == path);
+                let answer = match found {
+                    Some((_, content_type, body)) => {
+                        let mut a = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n\
+                             Docker-Content-Digest: {}\r\nContent-Length: {}\r\n\
+                             Connection: close\r\n\r\n",
+                            sha256(body),
+                            body.len()
+                        )
+                        .into_bytes();
+                        if method == "GET" {
+                            a.extend_from_slice(body);
+                        }
+                        a
+                    }
+                    None => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                };
+                let _ = conn.write_all(&answer).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Without a referrers API upstream, the referrers come from the referrers tag schema's
+/// index (`sha256-<hex>`).
+#[tokio::test]
+async fn referrers_come_from_the_tag_schema_when_the_upstream_has_no_api() {
+    let config = b"{\"architecture\":\"amd64\",\"os\":\"linux\"}".to_vec();
+    let layer = b"a layer".to_vec();
+    let image = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": layer.len()}],
+    }))
+    .expect("json");
+    let digest = sha256(&image);
+    let referrer = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.sbom",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(b"{}"), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(b"{}"), "size": 2}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": image.len()},
+    }))
+    .expect("json");
+    let referrer_digest = sha256(&referrer);
+    let schema_index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": common::OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": referrer_digest, "size": referrer.len(),
+            "artifactType": "application/vnd.example.sbom"}],
+    }))
+    .expect("json");
+    let m = |r: &str| format!("/v2/library/app/manifests/{r}");
+    let b = |d: &str| format!("/v2/library/app/blobs/{d}");
+    let url = static_upstream(vec![
+        (m("1.0"), OCI_MANIFEST, image.clone()),
+        (m(&digest), OCI_MANIFEST, image.clone()),
+        (
+            m(&format!("sha256-{}", &digest[7..])),
+            common::OCI_INDEX,
+            schema_index,
+        ),
+        (m(&referrer_digest), OCI_MANIFEST, referrer),
+        (
+            b(&sha256(b"{}")),
+            "application/octet-stream",
+            b"{}".to_vec(),
+        ),
+    ])
+    .await;
+    let cache = start(vec![upstream_settings(
+        "docker.io",
+        &url,
+        Duration::from_secs(300),
+    )])
+    .await;
+    let r = cache.get("/v2/docker.io/library/app/manifests/1.0").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    signature_lookups_settle(&cache, 4).await;
+    assert_eq!(
+        signature_lookups(&cache, "fetched").await,
+        1,
+        "the referrers"
+    );
+    assert_eq!(
+        signature_lookups(&cache, "absent").await,
+        3,
+        ".sig .att .sbom"
+    );
+    let r = cache
+        .get(&format!("/v2/docker.io/library/app/referrers/{digest}"))
+        .await;
+    let listed: serde_json::Value = r.json().await.expect("referrers index");
+    assert_eq!(listed["manifests"][0]["digest"], referrer_digest.as_str());
+}
