@@ -149,6 +149,11 @@ impl Proxy {
 
     fn mark_checked(&self, key: String) {
         if let Ok(mut m) = self.checked.lock() {
+            // Signature lookups add a key per pulled digest: old entries go when the map
+            // grows (a forgotten entry costs one more upstream check, never a wrong answer).
+            if m.len() >= 65_536 {
+                m.retain(|_, at| at.elapsed() < Duration::from_secs(600));
+            }
             m.insert(key, Instant::now());
         }
     }
@@ -326,7 +331,8 @@ impl Registry {
         let pulled = self.get_manifest_filled(repo, reference).await?;
         self.note_pull(repo, &pulled.manifest.digest);
         if self.brings_signatures(repo, reference, &pulled.manifest) {
-            if self.policy().wants_signatures(repo.as_str()) {
+            // Served stale: the upstream is down, and waiting for it again helps no one.
+            if pulled.warning.is_none() && self.policy().wants_signatures(repo.as_str()) {
                 self.fetch_signatures(repo, &pulled.manifest.digest).await;
             } else {
                 let (this, repo, digest) =
@@ -380,7 +386,8 @@ impl Registry {
         // Found signatures are believed for the tag TTL, absent ones for the negative
         // TTL: the lookup as a whole stands for the longer of the two.
         let ttl = route.tag_ttl.max(route.negative_ttl);
-        if proxy.fresh(&key, ttl) {
+        let failed_key = format!("{key}!failed");
+        if proxy.fresh(&key, ttl) || proxy.fresh(&failed_key, SIGNATURE_RETRY) {
             return;
         }
         loop {
@@ -400,6 +407,10 @@ impl Registry {
                         .await;
                     if complete {
                         proxy.mark_checked(key);
+                    } else {
+                        // Not before a while: with the upstream down or hanging, every
+                        // pull would otherwise wait for its timeouts again.
+                        proxy.mark_checked(failed_key);
                     }
                     lead.land(Ok(()));
                     return;
@@ -1069,6 +1080,10 @@ impl Registry {
 /// The cosign tag scheme's suffixes fetched with an image: signatures, attestations,
 /// SBOMs.
 const SIGNATURE_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
+
+/// How long after a signature lookup that failed (upstream down, say) it is not tried
+/// again for the same digest.
+const SIGNATURE_RETRY: Duration = Duration::from_secs(30);
 
 /// Referrers of one image fetched at most; more is not a signed image but a flood.
 const MAX_REFERRERS: usize = 64;
