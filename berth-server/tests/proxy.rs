@@ -1448,3 +1448,70 @@ async fn referrers_come_from_the_tag_schema_when_the_upstream_has_no_api() {
     let listed: serde_json::Value = r.json().await.expect("referrers index");
     assert_eq!(listed["manifests"][0]["digest"], referrer_digest.as_str());
 }
+
+/// Under an enforcing signature rule on the cache repository, the first pulls of a signed
+/// upstream image are admitted (its signature is fetched before the answer, once for
+/// eight concurrent pulls) and an unsigned one is refused.
+#[tokio::test]
+async fn an_enforcing_rule_admits_the_first_pulls_of_a_signed_upstream_image() {
+    use berth_registry::policy::{Mode, Policy};
+    let upstream = start(Vec::new()).await;
+    let k = common::key();
+    let (manifest, digest, _) = upstream
+        .push_image("library/signed", "1.0", b"signed layer")
+        .await;
+    upstream
+        .push_image("library/unsigned", "1.0", b"unsigned layer")
+        .await;
+    let payload = common::payload(&digest);
+    let sig_layer = upstream.push_blob("library/signed", &payload).await;
+    let empty = upstream.push_blob("library/signed", b"{}").await;
+    upstream
+        .put_json(
+            "library/signed",
+            &format!("sha256-{}.sig", &digest[7..]),
+            &json!({
+                "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": empty, "size": 2},
+                "layers": [{"mediaType": common::SIMPLE_SIGNING, "digest": sig_layer, "size": payload.len(),
+                    "annotations": {"dev.cosignproject.cosign/signature": common::sign(&k, &payload)}}],
+            }),
+        )
+        .await;
+    let cache = Arc::new(cache_for(&upstream, Duration::from_secs(300)).await);
+    let mut spec = common::signature_policy(&[&k], Mode::Enforce)
+        .spec()
+        .clone();
+    spec.trust[0].repositories = vec!["docker.io/library/*".into()];
+    spec.rules[0].repositories = vec!["docker.io/library/*".into()];
+    cache
+        .registry
+        .set_policy(Policy::new(spec).expect("policy"));
+    let h0 = served(&upstream, "manifest", "HEAD").await;
+
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let cache = cache.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = cache
+                .get("/v2/docker.io/library/signed/manifests/1.0")
+                .await;
+            (r.status(), body(r).await)
+        }));
+    }
+    for t in tasks {
+        let (status, got) = t.await.expect("task");
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&got));
+        assert_eq!(got, manifest);
+    }
+    assert_eq!(
+        served(&upstream, "manifest", "HEAD").await - h0,
+        1 + 3,
+        "the image tag and its three signature tags, once each"
+    );
+    assert_eq!(signature_lookups(&cache, "fetched").await, 1);
+    let r = cache
+        .get("/v2/docker.io/library/unsigned/manifests/1.0")
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
