@@ -38,6 +38,9 @@ pub struct RepoGraph {
     pub blobs: Vec<(String, String)>,
     /// Digests tags point at now.
     pub tagged: Vec<String>,
+    /// (tag, digest) of every tag, for the tags of the referrers convention
+    /// (`sha256-<hex>.sig`), which belong to the image they name.
+    pub tag_names: Vec<(String, String)>,
     /// Digests the tag history names (either side of a change) since the window began.
     pub history: Vec<String>,
     /// (blob, linked at, size)
@@ -114,12 +117,14 @@ impl MetaStore {
                 g.blobs.push(pair);
             }
         }
-        for r in sqlx::query("SELECT digest FROM tags WHERE repo_id = $1")
+        for r in sqlx::query("SELECT digest, name FROM tags WHERE repo_id = $1")
             .bind(repo_id)
             .fetch_all(&self.pool)
             .await?
         {
-            g.tagged.push(r.try_get(0)?);
+            let digest: String = r.try_get(0)?;
+            g.tag_names.push((r.try_get(1)?, digest.clone()));
+            g.tagged.push(digest);
         }
         for r in sqlx::query(
             "SELECT old_digest, new_digest FROM tag_history WHERE repo_id = $1 AND at >= $2",

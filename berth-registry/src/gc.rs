@@ -303,6 +303,15 @@ impl Registry {
                     deleted.extend(gone);
                 }
                 report.manifests_kept += marked.doomed.len() - deleted.len();
+                // A swept image's cosign `.sig`/`.att`/`.sbom` tags would keep its
+                // signatures forever: they go with it (their bytes at the next run).
+                if let Ok(name) = repo.parse::<berth_oci::RepoName>() {
+                    for d in &deleted {
+                        if let Ok(d) = d.parse() {
+                            self.drop_signature_tags(&name, &d, &actor).await;
+                        }
+                    }
+                }
                 deleted
             };
             let mut sorted: Vec<&String> = deleted.iter().collect();

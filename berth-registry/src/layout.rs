@@ -343,6 +343,21 @@ impl Registry {
                 .parse()
                 .map_err(|e| TransferError::Invalid(format!("stored manifest digest: {e}")))?;
             entries.insert((repo.to_string(), reference.to_string()), entry);
+            // Its signatures, attestations, SBOMs and referrers go with it, so an
+            // imported copy is judged like the original.
+            let attached = self
+                .attached_refs(repo, &digest)
+                .await
+                .context(|| format!("listing what is attached to {repo}@{digest}"))?;
+            for a in attached {
+                let mut e = ex.manifest(repo, &a).await?;
+                e.annotations
+                    .insert(REPOSITORY.to_owned(), repo.to_string());
+                if let Reference::Tag(t) = &a {
+                    e.annotations.insert(REF_NAME.to_owned(), t.to_string());
+                }
+                entries.insert((repo.to_string(), a.to_string()), e);
+            }
             progress.image_done(repo, reference, &digest);
         }
         index.manifests = entries.into_values().collect();

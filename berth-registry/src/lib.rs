@@ -1150,6 +1150,7 @@ impl Registry {
         if outcome == Removal::Removed {
             if let Reference::Digest(d) = reference {
                 self.drop_generated_sboms(repo, d).await;
+                self.drop_signature_tags(repo, d, actor).await;
             }
             self.invalidate_verdicts(Some(repo.as_str()));
             if queued.load(std::sync::atomic::Ordering::Relaxed) {

@@ -650,6 +650,13 @@ impl Policy {
             .filter(move |t| t.repos.iter().any(|g| g.matches(repo)))
     }
 
+    /// Whether pulls of `repo` are judged by their signatures now or may be soon: trust
+    /// covers it, or a signature rule acts on it. The pull-through cache then fetches an
+    /// image's signatures before answering for it, so the first pull is judged with them.
+    pub(crate) fn wants_signatures(&self, repo: &str) -> bool {
+        self.trust_for(repo).next().is_some() || self.acting_rules(repo).any(|r| r.vuln.is_none())
+    }
+
     /// Rules that act on pulls of `repo` (audit and enforce).
     fn acting_rules<'p>(&'p self, repo: &'p str) -> impl Iterator<Item = &'p Rule> + 'p {
         self.rules.iter().filter(move |r| {

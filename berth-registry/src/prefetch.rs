@@ -123,6 +123,11 @@ impl<'a> Prefetch<'a> {
     ) -> Result<Prefetched, TransferError> {
         let mut kept = Vec::new();
         let digest = self.manifest(repo, reference, &mut kept).await?;
+        // Their signatures too, before the command ends (a pull fetches them in the
+        // background); joins a fetch a pull already started.
+        for d in &kept {
+            self.registry.fetch_signatures(repo, d).await;
+        }
         Ok(Prefetched { digest, kept })
     }
 
@@ -227,33 +232,86 @@ impl<'a> Prefetch<'a> {
                 .get_manifest(from, &Reference::Digest(d.clone()))
                 .await
                 .context(|| format!("reading manifest {d} of {from}"))?;
-            let parsed = parse(&m.content, Some(&m.media_type), || format!("manifest {d}"))?;
-            for b in needed_blobs(&parsed) {
-                let mounted = self
-                    .registry
-                    .mount_blob(target, &b, from, &self.actor)
-                    .await
-                    .context(|| format!("mounting blob {b} into {target}"))?;
-                if !mounted {
-                    return Err(TransferError::Invalid(format!(
-                        "blob {b} is not in {from} to copy"
-                    )));
-                }
-            }
             let reference = match tag {
                 Some(t) if *d == image.digest => Reference::Tag(t.clone()),
                 _ => Reference::Digest(d.clone()),
             };
-            self.registry
-                .put_manifest(
-                    target,
-                    &reference,
-                    Some(&m.media_type),
-                    m.content,
-                    &self.actor,
-                )
+            self.put_copy(from, target, d, &reference, m).await?;
+        }
+        // The signatures, attestations, SBOMs and referrers the cache holds for them,
+        // after their subjects (a copy is judged like the cached image).
+        for d in &image.kept {
+            self.copy_attached(from, d, target).await?;
+        }
+        Ok(())
+    }
+
+    /// Mounts the blobs of `m` (manifest `d` of `from`) into `target` and stores it there
+    /// as `reference`.
+    async fn put_copy(
+        &mut self,
+        from: &RepoName,
+        target: &RepoName,
+        d: &Digest,
+        reference: &Reference,
+        m: crate::Manifest,
+    ) -> Result<(), TransferError> {
+        let parsed = parse(&m.content, Some(&m.media_type), || format!("manifest {d}"))?;
+        for b in needed_blobs(&parsed) {
+            let mounted = self
+                .registry
+                .mount_blob(target, &b, from, &self.actor)
                 .await
-                .context(|| format!("storing manifest {d} in {target}"))?;
+                .context(|| format!("mounting blob {b} into {target}"))?;
+            if !mounted {
+                return Err(TransferError::Invalid(format!(
+                    "blob {b} is not in {from} to copy"
+                )));
+            }
+        }
+        self.registry
+            .put_manifest(
+                target,
+                reference,
+                Some(&m.media_type),
+                m.content,
+                &self.actor,
+            )
+            .await
+            .context(|| format!("storing manifest {d} in {target}"))?;
+        Ok(())
+    }
+
+    /// Copies what is attached to `subject` in `from` (the cosign `sha256-<hex>.sig`,
+    /// `.att`, `.sbom` tags and the referrers) into `target`. One whose blobs the cache
+    /// does not hold is left out with a warning: the image copy stands without it.
+    async fn copy_attached(
+        &mut self,
+        from: &RepoName,
+        subject: &Digest,
+        target: &RepoName,
+    ) -> Result<(), TransferError> {
+        let attached = self
+            .registry
+            .attached_refs(from, subject)
+            .await
+            .context(|| format!("listing what is attached to {subject} in {from}"))?;
+        for reference in attached {
+            let m = match self.registry.get_manifest(from, &reference).await {
+                Ok(m) => m,
+                Err(crate::RegistryError::ManifestUnknown) => continue,
+                Err(source) => {
+                    return Err(TransferError::Registry {
+                        what: format!("reading {from}:{reference}"),
+                        source,
+                    });
+                }
+            };
+            let d = m.digest.clone();
+            if let Err(e) = self.put_copy(from, target, &d, &reference, m).await {
+                self.progress
+                    .warning(&format!("{from}:{reference} not copied: {e}"));
+            }
         }
         Ok(())
     }

@@ -16,7 +16,10 @@
 //!   `berth-upstream`: until the time is up it is not contacted, cached content is served
 //!   (tags with a warning) and misses get the remaining wait.
 //!
-//! Not yet: eviction, sharing one upstream stream among concurrent clients (followers
+//! * An image's signatures, attestations, SBOMs and referrers come with it
+//!   (`fetch_signatures`), once per digest and TTL, coalesced like the manifests.
+//!
+//! Not yet: sharing one upstream stream among concurrent clients (followers
 //! wait for the whole blob to be stored).
 
 use std::collections::HashMap;
@@ -81,6 +84,9 @@ pub(crate) struct Proxy {
     missing: Mutex<HashMap<String, Instant>>,
     manifests: Flights<Shared<Pulled>>,
     blobs: Flights<Shared<()>>,
+    /// One signature fetch per (repo, digest) at a time; when it last succeeded is in
+    /// `checked` under [`signatures_key`].
+    signatures: Flights<Shared<()>>,
 }
 
 impl Proxy {
@@ -117,6 +123,7 @@ impl Proxy {
             missing: Mutex::new(HashMap::new()),
             manifests: Flights::default(),
             blobs: Flights::default(),
+            signatures: Flights::default(),
         })
     }
 
@@ -142,6 +149,11 @@ impl Proxy {
 
     fn mark_checked(&self, key: String) {
         if let Ok(mut m) = self.checked.lock() {
+            // Signature lookups add a key per pulled digest: old entries go when the map
+            // grows (a forgotten entry costs one more upstream check, never a wrong answer).
+            if m.len() >= 65_536 {
+                m.retain(|_, at| at.elapsed() < Duration::from_secs(600));
+            }
             m.insert(key, Instant::now());
         }
     }
@@ -306,6 +318,11 @@ impl Registry {
 
     /// `get_manifest`, filling from the upstream when `repo` is under one. Notes the pull
     /// for retention policies and cache eviction.
+    ///
+    /// A cached image's signatures, attestations, SBOMs and referrers come along
+    /// ([`Registry::fetch_signatures`]): before the answer when signatures judge pulls of
+    /// `repo` (so the first pull is judged with them), else in the background, so the
+    /// pull itself waits for nothing more.
     pub async fn get_manifest_proxied(
         &self,
         repo: &RepoName,
@@ -313,7 +330,295 @@ impl Registry {
     ) -> Result<Pulled> {
         let pulled = self.get_manifest_filled(repo, reference).await?;
         self.note_pull(repo, &pulled.manifest.digest);
+        if self.brings_signatures(repo, reference, &pulled.manifest) {
+            // Served stale: the upstream is down, and waiting for it again helps no one.
+            if pulled.warning.is_none() && self.policy().wants_signatures(repo.as_str()) {
+                self.fetch_signatures(repo, &pulled.manifest.digest).await;
+            } else {
+                let (this, repo, digest) =
+                    (self.clone(), repo.clone(), pulled.manifest.digest.clone());
+                tokio::spawn(async move { this.fetch_signatures(&repo, &digest).await });
+            }
+        }
         Ok(pulled)
+    }
+
+    /// Whether a pull of `m` should bring its signatures: a cached repository, and not
+    /// itself something attached to another manifest (its signatures are not fetched:
+    /// one level, as `cosign verify` and `notation verify` read them).
+    fn brings_signatures(&self, repo: &RepoName, reference: &Reference, m: &Manifest) -> bool {
+        let cached = self
+            .proxy
+            .as_ref()
+            .and_then(|p| p.route(repo))
+            .is_some_and(|(route, _)| route.cache);
+        if !cached {
+            return false;
+        }
+        if let Reference::Tag(t) = reference
+            && crate::policy::attached_subject(t.as_str()).is_some()
+        {
+            return false;
+        }
+        // A referrer names its subject; only manifests that name none are fetched for.
+        !serde_json::from_slice::<serde_json::Value>(&m.content)
+            .is_ok_and(|v| v.get("subject").is_some_and(|s| !s.is_null()))
+    }
+
+    /// Brings the signatures of the cached image `digest` of `repo` from its upstream:
+    /// the cosign tags `sha256-<hex>.sig`, `.att` and `.sbom`, and every referrer (by the
+    /// referrers API, else the referrers tag schema `sha256-<hex>`), each with its blobs,
+    /// stored like any cached manifest. Once per digest within the longer of the
+    /// upstream's tag and negative TTLs (signatures can be added later, so the lookup is
+    /// a tag's), one fetch at a time for concurrent pulls (followers wait for it). Failures are counted and logged,
+    /// never the pull's: what is stored already keeps serving when the upstream is down.
+    pub async fn fetch_signatures(&self, repo: &RepoName, digest: &Digest) {
+        let Some(proxy) = &self.proxy else {
+            return;
+        };
+        let Some((route, remote)) = proxy.route(repo) else {
+            return;
+        };
+        if !route.cache {
+            return;
+        }
+        let key = signatures_key(repo, digest);
+        // Found signatures are believed for the tag TTL, absent ones for the negative
+        // TTL: the lookup as a whole stands for the longer of the two.
+        let ttl = route.tag_ttl.max(route.negative_ttl);
+        let failed_key = format!("{key}!failed");
+        if proxy.fresh(&key, ttl) || proxy.fresh(&failed_key, SIGNATURE_RETRY) {
+            return;
+        }
+        loop {
+            match proxy.signatures.join(&key) {
+                Seat::Follower(rx) => match flight::wait(rx).await {
+                    Some(_) => return,
+                    None => continue, // the leader was cancelled: try again
+                },
+                Seat::Leader(lead) => {
+                    // A flight that ended between our check and `join` did the work.
+                    if proxy.fresh(&key, ttl) {
+                        lead.land(Ok(()));
+                        return;
+                    }
+                    let complete = self
+                        .fetch_signatures_now(route, &remote, repo, digest)
+                        .await;
+                    if complete {
+                        proxy.mark_checked(key);
+                    } else {
+                        // Not before a while: with the upstream down or hanging, every
+                        // pull would otherwise wait for its timeouts again.
+                        proxy.mark_checked(failed_key);
+                    }
+                    lead.land(Ok(()));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The work of [`Registry::fetch_signatures`]; true when every lookup had an answer
+    /// (found or absent), so the digest need not be looked at again within the TTL.
+    async fn fetch_signatures_now(
+        &self,
+        route: &Route,
+        remote: &str,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> bool {
+        let Some(hex) = digest.as_str().strip_prefix("sha256:") else {
+            return true; // the tag scheme and the tag schema know SHA-256 only
+        };
+        let mut complete = true;
+        let stats = self.stats();
+        for suffix in SIGNATURE_SUFFIXES {
+            let Ok(tag) = format!("sha256-{hex}.{suffix}").parse() else {
+                continue;
+            };
+            match self.get_manifest_filled(repo, &Reference::Tag(tag)).await {
+                Ok(p) => match self.fetch_attached_blobs(repo, &p.manifest).await {
+                    Ok(()) => crate::stats::bump(&stats.signature_fetched, 1),
+                    Err(e) => {
+                        complete = false;
+                        crate::stats::bump(&stats.signature_failed, 1);
+                        tracing::warn!(%repo, %digest, suffix, error = %e,
+                            "signature blobs not fetched from the upstream");
+                    }
+                },
+                Err(RegistryError::ManifestUnknown) => {
+                    crate::stats::bump(&stats.signature_absent, 1)
+                }
+                Err(e) => {
+                    complete = false;
+                    crate::stats::bump(&stats.signature_failed, 1);
+                    tracing::warn!(%repo, %digest, suffix, error = %e,
+                        "signature not fetched from the upstream");
+                }
+            }
+        }
+        let up = &route.upstream;
+        let listed = match up.referrers(remote, digest).await {
+            Ok(Some(list)) => Ok(list),
+            // No referrers API upstream: the referrers tag schema's index, if any.
+            Ok(None) => {
+                let schema = format!("sha256-{hex}");
+                match schema.parse() {
+                    Ok(tag) => match up.get_manifest(remote, &Reference::Tag(tag)).await {
+                        Ok(f) => Ok(berth_upstream::index_digests(&f.content).unwrap_or_default()),
+                        Err(UpstreamError::NotFound) => Ok(Vec::new()),
+                        Err(e) => Err(e),
+                    },
+                    Err(_) => Ok(Vec::new()),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match listed {
+            Ok(list) if list.is_empty() => crate::stats::bump(&stats.signature_absent, 1),
+            Ok(list) => {
+                let mut ok = true;
+                for d in list.into_iter().take(MAX_REFERRERS) {
+                    let r = match self
+                        .get_manifest_filled(repo, &Reference::Digest(d.clone()))
+                        .await
+                    {
+                        Ok(p) => self.fetch_attached_blobs(repo, &p.manifest).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = r {
+                        ok = false;
+                        tracing::warn!(%repo, %digest, referrer = %d, error = %e,
+                            "referrer not fetched from the upstream");
+                    }
+                }
+                if ok {
+                    crate::stats::bump(&stats.signature_fetched, 1);
+                } else {
+                    complete = false;
+                    crate::stats::bump(&stats.signature_failed, 1);
+                }
+            }
+            Err(e) => {
+                complete = false;
+                crate::stats::bump(&stats.signature_failed, 1);
+                tracing::warn!(%repo, %digest, error = %e, "referrers not listed by the upstream");
+            }
+        }
+        complete
+    }
+
+    /// What is attached to `subject` in `repo`: the cosign tags (`sha256-<hex>.sig`,
+    /// `.att`, `.sbom`) that exist, then every referrer by digest. What export, mirror
+    /// copies and eviction carry along with an image.
+    pub(crate) async fn attached_refs(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<Reference>> {
+        let mut out = Vec::new();
+        if let Some(hex) = subject.as_str().strip_prefix("sha256:") {
+            for suffix in SIGNATURE_SUFFIXES {
+                let Ok(tag) = format!("sha256-{hex}.{suffix}").parse() else {
+                    continue;
+                };
+                let reference = Reference::Tag(tag);
+                match self.get_manifest(repo, &reference).await {
+                    Ok(_) => out.push(reference),
+                    Err(RegistryError::ManifestUnknown) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        for r in self
+            .meta
+            .referrers(repo.as_str(), subject.as_str(), None)
+            .await?
+        {
+            if let Ok(d) = r.digest.parse() {
+                out.push(Reference::Digest(d));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the signatures, attestations and SBOMs the cosign tags of a deleted
+    /// manifest hold (`sha256-<hex>.sig`, by content, not by name alone): they belong to
+    /// it, and a tag would otherwise keep them from garbage collection forever.
+    /// Referrers need no help there (unreachable once their subject is gone); eviction
+    /// deletes those itself.
+    pub(crate) async fn drop_signature_tags(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        actor: &Actor,
+    ) {
+        let Some(hex) = subject.as_str().strip_prefix("sha256:") else {
+            return;
+        };
+        for suffix in SIGNATURE_SUFFIXES {
+            let Ok(tag) = format!("sha256-{hex}.{suffix}").parse() else {
+                continue;
+            };
+            let m = match self.get_manifest(repo, &Reference::Tag(tag)).await {
+                Ok(m) => m,
+                Err(RegistryError::ManifestUnknown) => continue,
+                Err(e) => {
+                    tracing::warn!(repository = %repo, %subject, suffix, error = %e,
+                        "could not read the signature of a deleted manifest");
+                    continue;
+                }
+            };
+            if !berth_verify::classify(&m.content).kind.is_supply_chain() {
+                continue;
+            }
+            let r = Box::pin(self.delete_manifest(
+                repo,
+                &Reference::Digest(m.digest.clone()),
+                actor,
+                true,
+            ))
+            .await;
+            match r {
+                Ok(()) | Err(RegistryError::ManifestUnknown) => {}
+                Err(e) => tracing::warn!(repository = %repo, %subject, suffix, error = %e,
+                    "could not delete the signature of a deleted manifest"),
+            }
+        }
+    }
+
+    /// Stores the blobs of an attached manifest (config and layers, small for
+    /// signatures): verification reads them from the store, and the upstream may be
+    /// gone by the time they are needed. Larger ones arrive when a client asks.
+    async fn fetch_attached_blobs(&self, repo: &RepoName, m: &Manifest) -> Result<()> {
+        let parsed = parse_manifest(&m.content, Some(m.media_type.as_str()))
+            .map_err(|e| RegistryError::UpstreamFailed(format!("manifest: {e}")))?;
+        for d in parsed.config.iter().chain(&parsed.layers) {
+            let Some(digest) = d.known_digest() else {
+                continue;
+            };
+            if d.has_urls || d.size > MAX_ATTACHED_BLOB {
+                continue;
+            }
+            match self.stat_blob(repo, &digest).await {
+                Ok(_) => continue,
+                Err(RegistryError::BlobUnknown) => {}
+                Err(e) => return Err(e),
+            }
+            if let BlobSource::Upstream(PulledBlob {
+                body: Some(mut body),
+                ..
+            }) = self.fetch_blob(repo, &digest, true).await?
+            {
+                // Read to the end: the blob is stored as it passes, and the last chunk
+                // comes only once it verified.
+                while let Some(chunk) = body.next().await {
+                    chunk.map_err(|e| RegistryError::UpstreamFailed(e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn get_manifest_filled(&self, repo: &RepoName, reference: &Reference) -> Result<Pulled> {
@@ -599,6 +904,10 @@ impl Registry {
         if let PutManifest::Missing(d) = outcome {
             return Err(RegistryError::ManifestBlobUnknown(d));
         }
+        // A signature arriving changes its subject's verdict, as a pushed one does.
+        if subject.is_some() || tag.is_some_and(|t| t.starts_with("sha256-")) {
+            self.invalidate_verdicts(Some(repo.as_str()));
+        }
         if let Some(tag) = tag {
             self.cache
                 .tags
@@ -766,6 +1075,26 @@ impl Registry {
             }
         }
     }
+}
+
+/// The cosign tag scheme's suffixes fetched with an image: signatures, attestations,
+/// SBOMs.
+const SIGNATURE_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
+
+/// How long after a signature lookup that failed (upstream down, say) it is not tried
+/// again for the same digest.
+const SIGNATURE_RETRY: Duration = Duration::from_secs(30);
+
+/// Referrers of one image fetched at most; more is not a signed image but a flood.
+const MAX_REFERRERS: usize = 64;
+
+/// Blobs of attached manifests larger than this are left for a client to ask for.
+const MAX_ATTACHED_BLOB: u64 = 16 << 20;
+
+/// Where `checked` keeps when the signatures of `digest` were last fetched. A tag cannot
+/// hold `+`, so no tag's key is the same.
+fn signatures_key(repo: &RepoName, digest: &Digest) -> String {
+    cache::key(repo.as_str(), &format!("{digest}+signatures"))
 }
 
 /// An upstream's "not found" is the registry's own miss; everything else keeps its cause.

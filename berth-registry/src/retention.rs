@@ -385,10 +385,41 @@ impl Registry {
         // Every cached manifest, least recently used first; an index before its children
         // (containerd pulls the index first, so the index is older), which keeps a delete
         // from being refused because an index still lists the child.
+        // What is attached to a cached manifest (referrers, and what the cosign tags
+        // `sha256-<hex>.sig`/`.att`/`.sbom` hold) is part of it: never evicted on its own
+        // while its image is cached, and evicted with it.
+        let mut attached: HashMap<(&str, &str), Vec<&str>> = HashMap::new();
+        let mut is_attached: HashSet<(&str, &str)> = HashSet::new();
+        for g in &graphs {
+            let stored: HashSet<&str> = g.manifests.iter().map(|m| m.digest.as_str()).collect();
+            let by_subject = g
+                .manifests
+                .iter()
+                .filter_map(|m| Some((m.subject.as_deref()?, m.digest.as_str())));
+            let by_tag = g.tag_names.iter().filter_map(|(tag, d)| {
+                let subject = crate::policy::attached_subject(tag)?;
+                let subject = stored.get(subject.as_str())?;
+                Some((*subject, d.as_str()))
+            });
+            for (subject, d) in by_subject.chain(by_tag) {
+                if subject == d || !stored.contains(subject) {
+                    continue;
+                }
+                if is_attached.insert((g.repo.as_str(), d)) {
+                    attached
+                        .entry((g.repo.as_str(), subject))
+                        .or_default()
+                        .push(d);
+                }
+            }
+        }
         let mut all: Vec<(i64, usize, &str, &str)> = Vec::new();
         for g in &graphs {
             let parents: HashSet<&str> = g.children.iter().map(|(p, _)| p.as_str()).collect();
             for m in &g.manifests {
+                if is_attached.contains(&(g.repo.as_str(), m.digest.as_str())) {
+                    continue;
+                }
                 let used = m.pulled_at.unwrap_or(m.created_at).max(m.created_at);
                 let rank = usize::from(!parents.contains(m.digest.as_str()));
                 all.push((used, rank, &g.repo, &m.digest));
@@ -410,7 +441,7 @@ impl Registry {
             }
             m
         };
-        for (used, _, repo, digest) in all {
+        for (used, _, repo, subject) in all {
             let reason = if age_cutoff.is_some_and(|c| used < c) {
                 "age"
             } else if limits.max_bytes.is_some_and(|max| total > max) {
@@ -418,41 +449,53 @@ impl Registry {
             } else {
                 continue;
             };
-            if !dry_run {
-                let (Ok(name), Ok(d)) = (repo.parse::<RepoName>(), digest.parse()) else {
-                    continue;
-                };
-                // As the system, which a cache tenant's own refusal of deletes does not
-                // bind; tags on the manifest go with it.
-                match self
-                    .delete_manifest(&name, &Reference::Digest(d), &actor, true)
-                    .await
-                {
-                    Ok(()) | Err(RegistryError::ManifestUnknown) => {}
-                    Err(e) => {
-                        report.skipped.push(format!("{repo}@{digest}: {e}"));
+            // The image first (a refusal keeps its signatures too), then what is attached.
+            let mut with: Vec<&str> = vec![subject];
+            let mut i = 0;
+            while let Some(d) = with.get(i).copied() {
+                with.extend(attached.get(&(repo, d)).into_iter().flatten().copied());
+                i += 1;
+            }
+            for (n, digest) in with.into_iter().enumerate() {
+                if !dry_run {
+                    let (Ok(name), Ok(d)) = (repo.parse::<RepoName>(), digest.parse()) else {
                         continue;
+                    };
+                    // As the system, which a cache tenant's own refusal of deletes does not
+                    // bind; tags on the manifest go with it.
+                    match self
+                        .delete_manifest(&name, &Reference::Digest(d), &actor, true)
+                        .await
+                    {
+                        Ok(()) | Err(RegistryError::ManifestUnknown) => {}
+                        Err(e) => {
+                            report.skipped.push(format!("{repo}@{digest}: {e}"));
+                            if n == 0 {
+                                break;
+                            }
+                            continue;
+                        }
                     }
                 }
-            }
-            for b in blob_refs.get(&(repo, digest)).into_iter().flatten() {
-                if let Some(n) = users.get_mut(b) {
-                    *n -= 1;
-                    if *n == 0 {
-                        let size = sizes.get(b).copied().unwrap_or(0);
-                        total = total.saturating_sub(size);
-                        report.bytes += size;
+                for b in blob_refs.get(&(repo, digest)).into_iter().flatten() {
+                    if let Some(n) = users.get_mut(b) {
+                        *n -= 1;
+                        if *n == 0 {
+                            let size = sizes.get(b).copied().unwrap_or(0);
+                            total = total.saturating_sub(size);
+                            report.bytes += size;
+                        }
                     }
                 }
+                if !dry_run {
+                    crate::stats::bump(&self.stats().evicted, 1);
+                }
+                report.evicted.push(Evicted {
+                    repository: repo.to_owned(),
+                    digest: digest.to_owned(),
+                    reason,
+                });
             }
-            if !dry_run {
-                crate::stats::bump(&self.stats().evicted, 1);
-            }
-            report.evicted.push(Evicted {
-                repository: repo.to_owned(),
-                digest: digest.to_owned(),
-                reason,
-            });
         }
         Ok(report)
     }

@@ -12,6 +12,11 @@ pub struct Stats {
     pub upstream_blobs: AtomicU64,
     pub upstream_failures: AtomicU64,
     pub stale_served: AtomicU64,
+    /// Signature lookups through the cache (a digest's `.sig`, `.att`, `.sbom` tag or its
+    /// referrers), by outcome: something stored, nothing upstream, the upstream failed.
+    pub signature_fetched: AtomicU64,
+    pub signature_absent: AtomicU64,
+    pub signature_failed: AtomicU64,
     pub gc_runs: AtomicU64,
     pub gc_manifests: AtomicU64,
     pub gc_blobs: AtomicU64,
@@ -80,6 +85,27 @@ impl Registry {
                 help: "Cached tags served with a Warning because their upstream was unavailable",
                 label: None,
                 value: get(&s.stale_served),
+            },
+            Counter {
+                name: "upstream_signature_fetches",
+                help: "Lookups of an upstream image's signatures, attestations, SBOMs and \
+                    referrers by the pull-through cache and `berth mirror`, by outcome",
+                label: Some(("outcome", "fetched")),
+                value: get(&s.signature_fetched),
+            },
+            Counter {
+                name: "upstream_signature_fetches",
+                help: "Lookups of an upstream image's signatures, attestations, SBOMs and \
+                    referrers by the pull-through cache and `berth mirror`, by outcome",
+                label: Some(("outcome", "absent")),
+                value: get(&s.signature_absent),
+            },
+            Counter {
+                name: "upstream_signature_fetches",
+                help: "Lookups of an upstream image's signatures, attestations, SBOMs and \
+                    referrers by the pull-through cache and `berth mirror`, by outcome",
+                label: Some(("outcome", "failed")),
+                value: get(&s.signature_failed),
             },
             Counter {
                 name: "metadata_stale_served",

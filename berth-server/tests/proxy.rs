@@ -280,6 +280,8 @@ async fn repository_filter_and_pass_through_without_cache() {
         .get("/v2/docker.io/library/allowed/manifests/1.0")
         .await;
     assert_eq!(r.status(), StatusCode::OK);
+    // Its signatures are looked up in the background: done before counting.
+    signature_lookups_settle(&filtered, 4).await;
     let before = total(upstream.metrics().await);
     let r = filtered
         .get("/v2/docker.io/library/other/manifests/1.0")
@@ -559,7 +561,10 @@ async fn concurrent_cold_pulls_fetch_each_object_from_the_upstream_once() {
             "every client gets the layer"
         );
     }
-    assert_eq!(served(&upstream, "manifest", "HEAD").await - h0, 1);
+    // The image's signature tags (.sig, .att, .sbom: none here) are looked up once too,
+    // one HEAD each, and its referrers listed once.
+    signature_lookups_settle(&cache, 4).await;
+    assert_eq!(served(&upstream, "manifest", "HEAD").await - h0, 1 + 3);
     assert_eq!(served(&upstream, "manifest", "GET").await - m0, 1);
     assert_eq!(served(&upstream, "blob", "GET").await - b0, 1);
 }
@@ -1039,6 +1044,35 @@ async fn pushes_are_replicated_with_blobs_and_referrers() {
         "team-b is not replicated"
     );
 
+    // A cosign `.sig` tag is a push of its own: it follows, with its layer.
+    let payload = common::payload(&digest);
+    let sig_layer = source.push_blob("team-a/app", &payload).await;
+    let cosign_sig = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": common::SIMPLE_SIGNING, "digest": sig_layer, "size": payload.len(),
+            "annotations": {"dev.cosignproject.cosign/signature": "c2lnbmF0dXJl"}}],
+    });
+    let sig_tag = format!("sha256-{}.sig", &digest[7..]);
+    source.put_json("team-a/app", &sig_tag, &cosign_sig).await;
+    eventually(
+        &target,
+        &format!("/v2/team-a/app/manifests/{sig_tag}"),
+        admin,
+        Some(&serde_json::to_vec(&cosign_sig).expect("json")),
+    )
+    .await;
+    let blob = target
+        .req_as(
+            Method::GET,
+            &format!("/v2/team-a/app/blobs/{sig_layer}"),
+            admin,
+        )
+        .send()
+        .await
+        .expect("blob");
+    assert_eq!(body(blob).await, payload);
+
     // A moved tag follows.
     let (moved, _, _) = source
         .push_image("team-a/app", "v1", b"second version")
@@ -1094,4 +1128,390 @@ async fn cached_images_are_cataloged() {
     };
     let purls: Vec<&str> = view.packages.iter().map(|p| p.purl.as_str()).collect();
     assert_eq!(purls, ["pkg:apk/alpine/musl@1.2.4-r2?arch=x86_64"]);
+}
+
+/// The cache's `berth_upstream_signature_fetches_total` counter of `outcome`.
+async fn signature_lookups(cache: &Server, outcome: &str) -> u64 {
+    let line = format!(r#"berth_upstream_signature_fetches_total{{outcome="{outcome}"}} "#);
+    cache
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until a cache has made `n` signature lookups (any outcome), as a pull's
+/// background fetch does; 20 s at most.
+async fn signature_lookups_settle(cache: &Server, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut done = 0;
+        for outcome in ["fetched", "absent", "failed"] {
+            done += signature_lookups(cache, outcome).await;
+        }
+        if done >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{done} of {n} signature lookups:\n{}",
+            cache.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Server {
+    /// Puts `body` as a manifest under `reference`; its digest.
+    async fn put_json(&self, repo: &str, reference: &str, body: &serde_json::Value) -> String {
+        let bytes = serde_json::to_vec(body).expect("json");
+        let r = self
+            .req(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
+            .header("content-type", OCI_MANIFEST)
+            .body(bytes.clone())
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status(), StatusCode::CREATED, "put {repo}:{reference}");
+        sha256(&bytes)
+    }
+}
+
+/// An image's cosign `.sig` tag and an OCI referrer come through the cache with it, once
+/// however many clients pull it at once, and keep serving when the upstream is down;
+/// eviction keeps them while their image is cached and evicts them with it.
+#[tokio::test]
+async fn signatures_and_referrers_travel_with_cached_images_and_go_with_them() {
+    use berth_registry::gc::GcOptions;
+    use berth_registry::retention::CacheLimits;
+    let mut upstream = start(Vec::new()).await;
+    let repo = "library/signed";
+    let (manifest, digest, _) = upstream.push_image(repo, "1.0", b"signed layer").await;
+    let payload = common::payload(&digest);
+    let sig_layer = upstream.push_blob(repo, &payload).await;
+    let empty = upstream.push_blob(repo, b"{}").await;
+    let sig_tag = format!("sha256-{}.sig", &digest[7..]);
+    let sig = upstream
+        .put_json(
+            repo,
+            &sig_tag,
+            &json!({
+                "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": empty, "size": 2},
+                "layers": [{"mediaType": common::SIMPLE_SIGNING, "digest": sig_layer, "size": payload.len(),
+                    "annotations": {"dev.cosignproject.cosign/signature": "c2lnbmF0dXJl"}}],
+            }),
+        )
+        .await;
+    let referrer = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.sbom",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": manifest.len()},
+    });
+    let referrer_digest = sha256(&serde_json::to_vec(&referrer).expect("json"));
+    upstream.put_json(repo, &referrer_digest, &referrer).await;
+
+    let cache = Arc::new(cache_for(&upstream, Duration::from_secs(300)).await);
+    let (h0, r0) = (
+        served(&upstream, "manifest", "HEAD").await,
+        served(&upstream, "referrers", "GET").await,
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let cache = cache.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = cache
+                .get("/v2/docker.io/library/signed/manifests/1.0")
+                .await;
+            assert_eq!(r.status(), StatusCode::OK);
+            body(r).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), manifest);
+    }
+    // In the background (no rule judges this repository): the .sig tag and the
+    // referrers found, the .att and .sbom tags absent.
+    signature_lookups_settle(&cache, 4).await;
+    assert_eq!(signature_lookups(&cache, "fetched").await, 2);
+    assert_eq!(signature_lookups(&cache, "absent").await, 2);
+    assert_eq!(signature_lookups(&cache, "failed").await, 0);
+    // Once for eight pulls: the image tag and the three signature tags checked once
+    // each, the referrers listed once.
+    assert_eq!(served(&upstream, "manifest", "HEAD").await - h0, 4);
+    assert_eq!(served(&upstream, "referrers", "GET").await - r0, 1);
+
+    // The upstream goes away; what came along keeps serving.
+    upstream.stop().await;
+    let cached = "/v2/docker.io/library/signed";
+    let r = cache.get(&format!("{cached}/manifests/{sig_tag}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(sha256(&body(r).await), sig);
+    let r = cache.get(&format!("{cached}/blobs/{sig_layer}")).await;
+    assert_eq!(body(r).await, payload);
+    let r = cache.get(&format!("{cached}/referrers/{digest}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let listed: serde_json::Value = r.json().await.expect("referrers index");
+    assert_eq!(listed["manifests"][0]["digest"], referrer_digest.as_str());
+    let r = cache
+        .get(&format!("{cached}/manifests/{referrer_digest}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // The image was pulled just now, its signature and referrer fetched over a second
+    // ago and never pulled: eviction by age keeps them with their image.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    cache
+        .registry
+        .meta()
+        .mark_pulled("docker.io/library/signed", &digest)
+        .await
+        .expect("mark pulled");
+    let kept = cache
+        .registry
+        .evict_cache(
+            "docker.io",
+            &CacheLimits {
+                max_age: Some(Duration::from_millis(600)),
+                max_bytes: None,
+            },
+            false,
+        )
+        .await
+        .expect("evict");
+    assert!(kept.evicted.is_empty(), "{kept:?}");
+    let r = cache.get(&format!("{cached}/manifests/{sig_tag}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Evicting the image evicts what is attached to it; the collection frees the bytes.
+    let evicted = cache
+        .registry
+        .evict_cache(
+            "docker.io",
+            &CacheLimits {
+                max_age: Some(Duration::ZERO),
+                max_bytes: None,
+            },
+            false,
+        )
+        .await
+        .expect("evict");
+    let mut gone: Vec<&str> = evicted.evicted.iter().map(|e| e.digest.as_str()).collect();
+    gone.sort_unstable();
+    let mut expected = vec![digest.as_str(), sig.as_str(), referrer_digest.as_str()];
+    expected.sort_unstable();
+    assert_eq!(gone, expected, "{evicted:?}");
+    let no_grace = GcOptions {
+        dry_run: false,
+        grace: Duration::ZERO,
+        rollback_window: Duration::ZERO,
+    };
+    cache
+        .registry
+        .collect_garbage(&no_grace, &|_| {})
+        .await
+        .expect("gc");
+    assert!(!cache.blob_path(&sig_layer).exists());
+    assert_ne!(
+        cache
+            .get(&format!("{cached}/manifests/{sig_tag}"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+/// A registry without the referrers API (404 there, as registries that predate it
+/// answer): it serves `objects`, (path, content type, body), for GET and HEAD, with the
+/// body's digest in `Docker-Content-Digest`, and 404 for everything else.
+async fn static_upstream(objects: Vec<(String, &'static str, Vec<u8>)>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let objects = Arc::new(objects);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let objects = objects.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let mut words = head.split_whitespace();
+                let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                let found = objects.iter().find(|(p, _, _)| p == path);
+                let answer = match found {
+                    Some((_, content_type, body)) => {
+                        let mut a = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n\
+                             Docker-Content-Digest: {}\r\nContent-Length: {}\r\n\
+                             Connection: close\r\n\r\n",
+                            sha256(body),
+                            body.len()
+                        )
+                        .into_bytes();
+                        if method == "GET" {
+                            a.extend_from_slice(body);
+                        }
+                        a
+                    }
+                    None => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                };
+                let _ = conn.write_all(&answer).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Without a referrers API upstream, the referrers come from the referrers tag schema's
+/// index (`sha256-<hex>`).
+#[tokio::test]
+async fn referrers_come_from_the_tag_schema_when_the_upstream_has_no_api() {
+    let config = b"{\"architecture\":\"amd64\",\"os\":\"linux\"}".to_vec();
+    let layer = b"a layer".to_vec();
+    let image = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": layer.len()}],
+    }))
+    .expect("json");
+    let digest = sha256(&image);
+    let referrer = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.sbom",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(b"{}"), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(b"{}"), "size": 2}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": image.len()},
+    }))
+    .expect("json");
+    let referrer_digest = sha256(&referrer);
+    let schema_index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": common::OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": referrer_digest, "size": referrer.len(),
+            "artifactType": "application/vnd.example.sbom"}],
+    }))
+    .expect("json");
+    let m = |r: &str| format!("/v2/library/app/manifests/{r}");
+    let b = |d: &str| format!("/v2/library/app/blobs/{d}");
+    let url = static_upstream(vec![
+        (m("1.0"), OCI_MANIFEST, image.clone()),
+        (m(&digest), OCI_MANIFEST, image.clone()),
+        (
+            m(&format!("sha256-{}", &digest[7..])),
+            common::OCI_INDEX,
+            schema_index,
+        ),
+        (m(&referrer_digest), OCI_MANIFEST, referrer),
+        (
+            b(&sha256(b"{}")),
+            "application/octet-stream",
+            b"{}".to_vec(),
+        ),
+    ])
+    .await;
+    let cache = start(vec![upstream_settings(
+        "docker.io",
+        &url,
+        Duration::from_secs(300),
+    )])
+    .await;
+    let r = cache.get("/v2/docker.io/library/app/manifests/1.0").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    signature_lookups_settle(&cache, 4).await;
+    assert_eq!(
+        signature_lookups(&cache, "fetched").await,
+        1,
+        "the referrers"
+    );
+    assert_eq!(
+        signature_lookups(&cache, "absent").await,
+        3,
+        ".sig .att .sbom"
+    );
+    let r = cache
+        .get(&format!("/v2/docker.io/library/app/referrers/{digest}"))
+        .await;
+    let listed: serde_json::Value = r.json().await.expect("referrers index");
+    assert_eq!(listed["manifests"][0]["digest"], referrer_digest.as_str());
+}
+
+/// Under an enforcing signature rule on the cache repository, the first pulls of a signed
+/// upstream image are admitted (its signature is fetched before the answer, once for
+/// eight concurrent pulls) and an unsigned one is refused.
+#[tokio::test]
+async fn an_enforcing_rule_admits_the_first_pulls_of_a_signed_upstream_image() {
+    use berth_registry::policy::{Mode, Policy};
+    let upstream = start(Vec::new()).await;
+    let k = common::key();
+    let (manifest, digest, _) = upstream
+        .push_image("library/signed", "1.0", b"signed layer")
+        .await;
+    upstream
+        .push_image("library/unsigned", "1.0", b"unsigned layer")
+        .await;
+    let payload = common::payload(&digest);
+    let sig_layer = upstream.push_blob("library/signed", &payload).await;
+    let empty = upstream.push_blob("library/signed", b"{}").await;
+    upstream
+        .put_json(
+            "library/signed",
+            &format!("sha256-{}.sig", &digest[7..]),
+            &json!({
+                "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": empty, "size": 2},
+                "layers": [{"mediaType": common::SIMPLE_SIGNING, "digest": sig_layer, "size": payload.len(),
+                    "annotations": {"dev.cosignproject.cosign/signature": common::sign(&k, &payload)}}],
+            }),
+        )
+        .await;
+    let cache = Arc::new(cache_for(&upstream, Duration::from_secs(300)).await);
+    let mut spec = common::signature_policy(&[&k], Mode::Enforce)
+        .spec()
+        .clone();
+    spec.trust[0].repositories = vec!["docker.io/library/*".into()];
+    spec.rules[0].repositories = vec!["docker.io/library/*".into()];
+    cache
+        .registry
+        .set_policy(Policy::new(spec).expect("policy"));
+    let h0 = served(&upstream, "manifest", "HEAD").await;
+
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let cache = cache.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = cache
+                .get("/v2/docker.io/library/signed/manifests/1.0")
+                .await;
+            (r.status(), body(r).await)
+        }));
+    }
+    for t in tasks {
+        let (status, got) = t.await.expect("task");
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&got));
+        assert_eq!(got, manifest);
+    }
+    assert_eq!(
+        served(&upstream, "manifest", "HEAD").await - h0,
+        1 + 3,
+        "the image tag and its three signature tags, once each"
+    );
+    assert_eq!(signature_lookups(&cache, "fetched").await, 1);
+    let r = cache
+        .get("/v2/docker.io/library/unsigned/manifests/1.0")
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }

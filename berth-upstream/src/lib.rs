@@ -26,6 +26,12 @@ application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// Pages of a referrers answer followed at most; a subject with more referrers than this
+/// many pages hold is not a signed image but a flood.
+const MAX_REFERRER_PAGES: usize = 8;
+
 /// Largest manifest accepted from an upstream; a bigger answer is not a manifest.
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
@@ -512,6 +518,48 @@ impl Upstream {
         })
     }
 
+    /// The digests of the manifests that name `subject` as theirs, by the OCI referrers
+    /// API (every page, up to [`MAX_REFERRER_PAGES`]); `None` when the upstream has no
+    /// referrers API (a 404, or an answer that is not an image index), so the caller can
+    /// try the referrers tag schema instead.
+    pub async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Option<Vec<Digest>>> {
+        let mut path = format!("/v2/{repo}/referrers/{subject}");
+        let mut out = Vec::new();
+        for _ in 0..MAX_REFERRER_PAGES {
+            let resp = self.send(Method::GET, &path, repo, OCI_INDEX).await?;
+            let resp = match check_status(resp) {
+                Ok(r) => r,
+                Err(UpstreamError::NotFound) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let is_index = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(';').next().unwrap_or(v).trim() == OCI_INDEX);
+            let next = resp
+                .headers()
+                .get(header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link);
+            let body = read_capped(resp, MAX_MANIFEST_BYTES).await?;
+            if !is_index {
+                return Ok(None);
+            }
+            let Some(digests) = index_digests(&body) else {
+                return Ok(None);
+            };
+            out.extend(digests);
+            match next {
+                // Only a path on the same upstream: the link is followed with our
+                // credentials.
+                Some(n) if n.starts_with('/') => path = n,
+                _ => return Ok(Some(out)),
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// A blob's size, if the upstream has it.
     pub async fn head_blob(&self, repo: &str, digest: &Digest) -> Result<Option<u64>> {
         let path = format!("/v2/{repo}/blobs/{digest}");
@@ -623,6 +671,39 @@ async fn read_capped(resp: Response, cap: usize) -> Result<Bytes> {
         buf.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(buf))
+}
+
+/// The digests an image index lists (`manifests[].digest`), or `None` if `body` is not
+/// one. Public for the referrers tag schema, whose tag holds such an index.
+pub fn index_digests(body: &[u8]) -> Option<Vec<Digest>> {
+    let index: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let manifests = match index.get("manifests") {
+        None => return Some(Vec::new()),
+        Some(m) => m.as_array()?,
+    };
+    Some(
+        manifests
+            .iter()
+            .filter_map(|d| d.get("digest")?.as_str()?.parse().ok())
+            .collect(),
+    )
+}
+
+/// The target of a `Link: <...>; rel="next"` header.
+fn next_link(v: &str) -> Option<String> {
+    v.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"))
+            .then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            })
+    })
 }
 
 /// Percent-encodes a query value (everything but RFC 3986 unreserved characters).

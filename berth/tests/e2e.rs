@@ -58,6 +58,8 @@ mod s3;
 mod sbom;
 #[path = "e2e/signatures.rs"]
 mod signatures;
+#[path = "e2e/sigtravel.rs"]
+mod sigtravel;
 #[path = "e2e/skopeo.rs"]
 mod skopeo;
 #[path = "e2e/tls.rs"]
