@@ -1069,15 +1069,33 @@ async fn audit_log_filtered_for_admins_and_owners_only() {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
 
+/// axe-core's browser build: `BERTH_AXE_JS`, or where `scripts/install-test-tools.sh` puts
+/// it. Missing is a failure, never a skip: without it the walk would prove nothing about
+/// accessibility.
+fn axe_js() -> std::path::PathBuf {
+    let path = std::env::var_os("BERTH_AXE_JS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/opt/berth-tools/axe-core/node_modules/axe-core/axe.min.js".into());
+    assert!(
+        path.is_file(),
+        "axe-core not found at {} (run scripts/install-test-tools.sh, or set BERTH_AXE_JS to \
+         axe.min.js from `npm install axe-core@4.14.1`)",
+        path.display()
+    );
+    path
+}
+
 fn python() -> String {
     std::env::var("BERTH_UI_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
 /// The walk in a real browser: headless Chromium driven by chromedriver over WebDriver,
-/// from a Python script that needs nothing beyond the standard library. Screenshots land
-/// in `target/ui-screenshots`.
+/// from a Python script that needs nothing beyond the standard library. axe-core runs on
+/// every page at both widths and in both schemes and must report no violation.
+/// Screenshots land in `target/ui-screenshots`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_walk() {
+    let axe = axe_js();
     let s = start().await;
     let admin = Cred::user("admin");
     // Many repositories to find one among.
@@ -1126,6 +1144,7 @@ async fn browser_walk() {
         "old": d1,
         "new": d2,
         "screenshots": shots,
+        "axe": axe,
     })
     .to_string();
     let out = tokio::task::spawn_blocking(move || {
@@ -1143,8 +1162,21 @@ async fn browser_walk() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // The walk made namespace prod's pull secret: its robot is what skopeo pulls with.
     let stdout = String::from_utf8_lossy(&out.stdout);
+    // axe-core ran on every page the walk checked (the count guards against a walk that
+    // quietly stopped running it).
+    let axe_line = stdout
+        .lines()
+        .find(|l| l.starts_with("axe-core: no violation on "))
+        .expect("the walk's axe-core summary");
+    let axe_pages: u32 = axe_line
+        .split(' ')
+        .nth(4)
+        .and_then(|n| n.parse().ok())
+        .expect("a page count");
+    assert!(axe_pages >= 40, "axe-core ran on only {axe_pages} pages");
+    eprintln!("{axe_line}");
+    // The walk made namespace prod's pull secret: its robot is what skopeo pulls with.
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix("PULL_SECRET "))
