@@ -68,6 +68,8 @@ pub struct AuditQuery {
     pub until: Option<i64>,
     pub actor: Option<String>,
     pub tenant: Option<String>,
+    /// The repository a row concerns (pushes, pulls, deletions, tag moves).
+    pub repository: Option<String>,
     /// An exact action (`manifest.put`) or a family (`user`, matching `user.*`).
     pub action: Option<String>,
     /// Only rows older than this id: the cursor of the next page.
@@ -768,8 +770,59 @@ impl MetaStore {
         Ok(done)
     }
 
+    /// The actions of family `family` the log holds: `family` itself and `family.*`, each
+    /// found by one index seek from the previous (families have a handful of members).
+    async fn audit_family(&self, family: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let exact: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM audit_log WHERE action = $1 LIMIT 1")
+                .bind(family)
+                .fetch_optional(&self.pool)
+                .await?;
+        if exact.is_some() {
+            out.push(family.to_owned());
+        }
+        // `.` and `/` are adjacent bytes: `family.` < every member < `family/` (the column
+        // compares bytewise: SQLite's default, `COLLATE "C"` on PostgreSQL).
+        let mut after = format!("{family}.");
+        let end = format!("{family}/");
+        while out.len() < 256 {
+            let next: Option<String> = sqlx::query_scalar(
+                "SELECT min(action) FROM audit_log WHERE action > $1 AND action < $2",
+            )
+            .bind(&after)
+            .bind(&end)
+            .fetch_one(&self.pool)
+            .await?;
+            let Some(a) = next else { break };
+            out.push(a.clone());
+            after = a;
+        }
+        Ok(out)
+    }
+
     /// Audit rows matching `q`, newest first, each with its id (the paging cursor).
+    ///
+    /// Rows are ordered by `(at, id)`, not by id alone: every filter then has an index
+    /// that yields its rows already in that order (`audit_log_{at,actor,tenant,action,
+    /// repository}`, each ending in `at, id`), so a page reads its rows and stops, however
+    /// many the filter matches and wherever in time they lie. The cursor stays an id (the
+    /// last row shown); its time is looked up first.
     pub async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<(i64, AuditRecord)>> {
+        let cursor = match q.before_id {
+            None => None,
+            Some(id) => {
+                let at: Option<i64> = sqlx::query_scalar("SELECT at FROM audit_log WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                // A cursor row pruned since: everything older went with it.
+                match at {
+                    Some(at) => Some((at, id)),
+                    None => return Ok(Vec::new()),
+                }
+            }
+        };
         let mut sql = String::from(
             "SELECT id, at, actor, source, action, tenant, repository, target, outcome, detail \
              FROM audit_log WHERE 1 = 1",
@@ -791,10 +844,11 @@ impl MetaStore {
             sql.push_str(&format!(" AND at < ${i}"));
             ints.push((i, v));
         }
-        if let Some(v) = q.before_id {
-            let i = next();
-            sql.push_str(&format!(" AND id < ${i}"));
-            ints.push((i, v));
+        if let Some((at, id)) = cursor {
+            // `at <= …` bounds the index range; the rest breaks ties within one instant.
+            let (i, j, k) = (next(), next(), next());
+            sql.push_str(&format!(" AND at <= ${i} AND (at < ${j} OR id < ${k})"));
+            ints.extend([(i, at), (j, at), (k, id)]);
         }
         if let Some(v) = &q.actor {
             let i = next();
@@ -806,23 +860,42 @@ impl MetaStore {
             sql.push_str(&format!(" AND tenant = ${i}"));
             texts.push((i, v.clone()));
         }
-        if let Some(v) = &q.action {
+        if let Some(v) = &q.repository {
             let i = next();
-            // A family name has no dot; its actions are `family.*`. Action names are
-            // lowercase letters and dots, so LIKE needs no escaping (checked by callers).
-            if v.contains('.') {
-                sql.push_str(&format!(" AND action = ${i}"));
-                texts.push((i, v.clone()));
-            } else {
-                let j = next();
-                sql.push_str(&format!(" AND (action = ${i} OR action LIKE ${j})"));
-                texts.push((i, v.clone()));
-                texts.push((j, format!("{v}.%")));
-            }
+            sql.push_str(&format!(" AND repository = ${i}"));
+            texts.push((i, v.clone()));
         }
-        let i = next();
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${i}"));
-        ints.push((i, i64::try_from(q.limit).unwrap_or(i64::MAX)));
+        // One action, or a family's (`user`: `user` and `user.*`). A family is read as one
+        // index-ordered scan per member action, merged: a filter on `action LIKE 'user.%'`
+        // would walk the time index through every other row to find rare ones.
+        let actions = match &q.action {
+            None => Vec::new(),
+            Some(v) if v.contains('.') => vec![v.clone()],
+            Some(v) => self.audit_family(v).await?,
+        };
+        if q.action.is_some() && actions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limit = next();
+        ints.push((limit, i64::try_from(q.limit).unwrap_or(i64::MAX)));
+        let order = " ORDER BY at DESC, id DESC LIMIT $";
+        let sql = if actions.is_empty() {
+            format!("{sql}{order}{limit}")
+        } else {
+            let parts: Vec<String> = actions
+                .into_iter()
+                .map(|a| {
+                    let i = next();
+                    texts.push((i, a));
+                    format!("SELECT * FROM ({sql} AND action = ${i}{order}{limit}) AS a{i}")
+                })
+                .collect();
+            if parts.len() == 1 {
+                parts.concat()
+            } else {
+                format!("{}{order}{limit}", parts.join(" UNION ALL "))
+            }
+        };
         // Bind in placeholder order.
         enum Arg {
             Int(i64),

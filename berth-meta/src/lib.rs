@@ -373,6 +373,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0015_tag_versions.sql"),
     include_str!("../migrations/sqlite/0016_catalog_packages.sql"),
     include_str!("../migrations/sqlite/0017_encryption.sql"),
+    include_str!("../migrations/sqlite/0018_ui_indexes.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -392,6 +393,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0015_tag_versions.sql"),
     include_str!("../migrations/postgres/0016_catalog_packages.sql"),
     include_str!("../migrations/postgres/0017_encryption.sql"),
+    include_str!("../migrations/postgres/0018_ui_indexes.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {

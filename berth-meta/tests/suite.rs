@@ -852,6 +852,65 @@ async fn audit_queries_filter_and_page(db: Db) {
         seen.extend(page.into_iter().map(|(_, r)| r.at));
     }
     assert_eq!(seen, (1000..1010).rev().collect::<Vec<i64>>());
+
+    assert_eq!(
+        q(AuditQuery {
+            repository: Some("team-b/app".into()),
+            until: Some(1008),
+            ..Default::default()
+        })
+        .await,
+        [1007, 1006, 1005]
+    );
+    // A replica's batch flushed late carries older times, two of them equal to one already
+    // there: the log reads in time order (ties newest written first), and paging, with a
+    // tie across a page boundary, shows every row once.
+    let late: Vec<AuditRecord> = [1003, 999, 1003]
+        .into_iter()
+        .map(|at| rec(at, "carol", "manifest.push", "team-a"))
+        .collect();
+    s.append_audit(&late).await.expect("append");
+    let mut seen = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    let mut before = None;
+    loop {
+        let page = s
+            .audit_query(&AuditQuery {
+                before_id: before,
+                limit: 4,
+                ..Default::default()
+            })
+            .await
+            .expect("page");
+        let Some((last, _)) = page.last() else { break };
+        before = Some(*last);
+        for (id, r) in page {
+            assert!(ids.insert(id), "row {id} shown twice");
+            seen.push((r.at, r.actor));
+        }
+    }
+    let ats: Vec<i64> = seen.iter().map(|(at, _)| *at).collect();
+    assert_eq!(
+        ats,
+        [
+            1009, 1008, 1007, 1006, 1005, 1004, 1003, 1003, 1003, 1002, 1001, 1000, 999
+        ]
+    );
+    assert_eq!(seen[6].1, "carol");
+    assert_eq!(seen[7].1, "carol");
+    assert_eq!(
+        seen[8].1, "bob",
+        "the earlier-written row of the tie comes last"
+    );
+    // Under a filter, the same order.
+    assert_eq!(
+        q(AuditQuery {
+            repository: Some("team-a/app".into()),
+            ..Default::default()
+        })
+        .await,
+        [1004, 1003, 1003, 1003, 1002, 1001, 1000, 999]
+    );
 }
 
 async fn audit_rows_are_pruned_by_age_in_batches(db: Db) {
@@ -1250,7 +1309,7 @@ async fn reserved_users_are_renamed_and_disabled_by_the_migration(db: Db) {
         .expect("rewind the schema version");
     drop(conn);
     let s = MetaStore::connect(&db.url).await.expect("migrates");
-    assert_eq!(s.schema_version().await.expect("version"), (17, 17));
+    assert_eq!(s.schema_version().await.expect("version"), (18, 18));
     assert_eq!(s.user("anonymous").await.expect("get"), None);
     assert_eq!(s.user("cli").await.expect("get"), None);
     let users = s.users().await.expect("users");

@@ -1055,6 +1055,34 @@ async fn audit_log_filtered_for_admins_and_owners_only() {
         .expect("body");
     assert!(body.contains("No entry matches."), "{body}");
 
+    // The repository filter: pushes to two repositories, once both are in the log.
+    let admin_cred = Cred::user("admin");
+    s.push_image_as(&admin_cred, "team-a/other", &["v1"], b"other")
+        .await;
+    s.push_image_as(&admin_cred, REPO, &["v1"], b"app").await;
+    let target = |repo: &str| format!(r#"<td data-label="Target">{repo}"#);
+    let mut logged = false;
+    for _ in 0..100 {
+        let body = get(&s, "/ui/audit?action=manifest", &admin)
+            .await
+            .text()
+            .await
+            .expect("body");
+        if body.contains(&target("team-a/other")) && body.contains(&target(REPO)) {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(logged, "both pushes reach the audit log");
+    let body = get(&s, "/ui/audit?repository=team-a/other", &admin)
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(body.contains(&target("team-a/other")), "{body}");
+    assert!(!body.contains(&target(REPO)), "{body}");
+
     // The owner reads its tenant's rows, not team-b's; a reader reads none.
     let body = get(&s, "/ui/audit?tenant=team-a", &owner)
         .await

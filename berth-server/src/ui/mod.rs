@@ -695,6 +695,7 @@ async fn audit(
         until: day("to", true)?,
         actor: text("user"),
         tenant: text("tenant"),
+        repository: text("repository"),
         action: text("action"),
         before_id: text("before").and_then(|b| b.parse().ok()),
         limit: PAGE * 2,

@@ -110,6 +110,7 @@ pub fn audit(
     let fields = [
         ("user", "User", "alice"),
         ("tenant", "Tenant", "team-a"),
+        ("repository", "Repository", "team-a/app"),
         ("action", "Action", "manifest.put or user"),
         ("from", "From day", "2026-12-01"),
         ("to", "To day", "2026-12-06"),

@@ -1,0 +1,7 @@
+-- The audit page reads newest first (`ORDER BY at DESC, id DESC`) under any one filter:
+-- each filter needs an index that yields its rows in that order, so a page reads 100 rows
+-- and stops instead of sorting every match. On SQLite an index ends in the rowid (`id`),
+-- so `audit_log_at`, `audit_log_actor` and `audit_log_tenant` (0001, 0002) already serve;
+-- the action and repository filters get theirs.
+CREATE INDEX audit_log_action ON audit_log(action, at);
+CREATE INDEX audit_log_repository ON audit_log(repository, at);
