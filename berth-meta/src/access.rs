@@ -907,8 +907,12 @@ impl MetaStore {
             .chain(texts.into_iter().map(|(i, v)| (i, Arg::Text(v))))
             .collect();
         args.sort_by_key(|(i, _)| *i);
-        // Only placeholders and fixed fragments are spliced in; every value is bound.
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        // Only placeholders and fixed fragments are spliced in; every value is bound. Not
+        // a kept prepared statement: PostgreSQL would soon plan it once for any value,
+        // guess every filter matches a twelfth of the log, and walk the time index past
+        // hundreds of thousands of rows to find a rare action's page. Planned with its
+        // values, each query takes the index of its filter.
+        let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
         for (_, a) in args {
             query = match a {
                 Arg::Int(v) => query.bind(v),

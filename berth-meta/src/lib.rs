@@ -16,6 +16,7 @@ mod encryption;
 mod fsck;
 mod gc;
 mod jobs;
+mod maintenance;
 mod notify;
 mod quota;
 mod sessions;
@@ -38,6 +39,7 @@ pub use gc::{GcManifest, RepoGraph};
 pub use jobs::{
     Change, ChangeKind, Job, JobOutcome, JobQuery, JobState, JobsHook, NewJob, QueueBacklog,
 };
+pub use maintenance::MaintenanceRun;
 pub use notify::Invalidation;
 pub use quota::{QuotaExceeded, Reservation, Usage};
 pub use sessions::{TagRow, UiSession};
@@ -373,7 +375,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0015_tag_versions.sql"),
     include_str!("../migrations/sqlite/0016_catalog_packages.sql"),
     include_str!("../migrations/sqlite/0017_encryption.sql"),
-    include_str!("../migrations/sqlite/0018_ui_indexes.sql"),
+    include_str!("../migrations/sqlite/0018_web_interface.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -393,7 +395,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0015_tag_versions.sql"),
     include_str!("../migrations/postgres/0016_catalog_packages.sql"),
     include_str!("../migrations/postgres/0017_encryption.sql"),
-    include_str!("../migrations/postgres/0018_ui_indexes.sql"),
+    include_str!("../migrations/postgres/0018_web_interface.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {

@@ -17,6 +17,7 @@ pub mod health;
 pub mod jobs;
 pub mod layout;
 mod login;
+pub mod maintenance;
 pub mod policy;
 pub mod prefetch;
 mod proxy;
@@ -47,7 +48,9 @@ pub use berth_meta::{Actor, Backend, Linked, Referrer};
 pub use berth_upstream::UpstreamConfig;
 pub use encryption::{EncryptSummary, KeyProblem, KeyUse, RewrapSummary};
 pub use error::RegistryError;
-pub use proxy::{BlobSource, Pulled, PulledBlob, UpstreamSettings, upstream_prefix};
+pub use proxy::{
+    BlobSource, Pulled, PulledBlob, UpstreamSettings, UpstreamStatus, upstream_prefix,
+};
 pub use tag_rules::{TagRuleSpec, TagRules};
 pub use versions::{HistoryEntry, Rollback, VersionedTag};
 
@@ -232,6 +235,8 @@ pub struct Registry {
     vulns: Arc<vulns::VulnStats>,
     /// The keyring when blobs are encrypted at rest.
     encryption: Option<Arc<berth_storage::seal::Keyring>>,
+    /// What the operations page's dry runs use.
+    maintenance: Arc<maintenance::MaintenanceSettings>,
 }
 
 impl Registry {
@@ -261,6 +266,7 @@ impl Registry {
             health: Arc::default(),
             vulns: Arc::default(),
             encryption: None,
+            maintenance: Arc::default(),
         }
     }
 

@@ -1012,6 +1012,163 @@ async fn operations_for_admins_only() {
     );
 }
 
+/// The operations page over real HTTP: an upstream cache's hits, fills, stale serves and
+/// last failure; the job queues; GC and retention dry runs started as jobs, whose reports
+/// appear when ready and which remove nothing; admins only, with the session's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_show_upstreams_queues_and_dry_runs() {
+    let mut upstream = common::start(Setup::default()).await;
+    upstream
+        .push_image_as(&Cred::Anonymous, "library/app", &["v1"], b"upstream layer")
+        .await;
+    let s = common::start(Setup {
+        auth: Some((AccessConfig::default(), ChallengeKind::Bearer)),
+        upstreams: vec![berth_registry::UpstreamSettings {
+            client: berth_registry::UpstreamConfig {
+                timeout: std::time::Duration::from_secs(2),
+                ..berth_registry::UpstreamConfig::new("docker.io", &upstream.base)
+            },
+            // Every tag request asks the upstream again (a HEAD): a hit when unchanged.
+            tag_ttl: std::time::Duration::ZERO,
+            negative_ttl: std::time::Duration::from_secs(30),
+            repositories: Vec::new(),
+            cache: true,
+        }],
+        maintenance: Some(berth_registry::maintenance::MaintenanceSettings {
+            gc: berth_registry::gc::GcOptions {
+                dry_run: true,
+                grace: std::time::Duration::ZERO,
+                rollback_window: std::time::Duration::ZERO,
+            },
+            ..Default::default()
+        }),
+        ..Setup::default()
+    })
+    .await;
+    common::add_users(s.access(), &[("admin", true), ("owner", false)]).await;
+    common::add_tenant(s.access(), "team-a", false, &[("owner", "owner")]).await;
+    let admin_cred = Cred::user("admin");
+    let pull = |s: &Server| {
+        s.request_as(
+            Method::GET,
+            "/v2/docker.io/library/app/manifests/v1",
+            &admin_cred,
+        )
+        .header(header::ACCEPT, OCI_MANIFEST)
+        .send()
+    };
+    // A fill, then a hit (the upstream confirms the tag), then, with the upstream gone, a
+    // stale serve and a failure.
+    assert_eq!(pull(&s).await.expect("pull").status(), StatusCode::OK);
+    assert_eq!(pull(&s).await.expect("pull").status(), StatusCode::OK);
+    upstream.stop().await;
+    let stale = pull(&s).await.expect("pull");
+    assert_eq!(stale.status(), StatusCode::OK);
+    assert!(stale.headers().contains_key("warning"));
+
+    // Content for the collection: `v1` moved, its first manifest now unreferenced.
+    let (_, first, _) = s.push_image_as(&admin_cred, REPO, &["v1"], b"first").await;
+    s.push_image_as(&admin_cred, REPO, &["v1"], b"second").await;
+
+    let (admin, _) = login(&s, "admin").await;
+    let body = get(&s, "/ui/operations", &admin)
+        .await
+        .text()
+        .await
+        .expect("body");
+    let upstreams = body
+        .split(r#"id="upstreams""#)
+        .nth(1)
+        .expect("the upstream table")
+        .split("</table>")
+        .next()
+        .unwrap_or("");
+    assert!(upstreams.contains("docker.io"), "{upstreams}");
+    assert!(
+        upstreams.contains(r#"<td data-label="Hit ratio">50.0 %</td>"#),
+        "one hit, one fill: {upstreams}"
+    );
+    assert!(
+        upstreams.contains(r#"<td data-label="Stale serves">1</td>"#),
+        "{upstreams}"
+    );
+    assert!(
+        upstreams.contains(r#"<td data-label="Failures">1</td>"#),
+        "{upstreams}"
+    );
+    assert!(
+        !upstreams.contains(r#"<td data-label="Last failure">—"#),
+        "the last failure is shown: {upstreams}"
+    );
+    assert!(body.contains(r#"id="queues""#), "{body}");
+    assert!(body.contains("<code>maintenance</code>"), "{body}");
+    assert!(body.contains("Upstreams: "), "the health summary: {body}");
+
+    // A dry run needs the session's token, and an admin.
+    let r = post(&s, "/ui/dry-run", &admin, &[("task", "gc")]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let (owner, _) = login(&s, "owner").await;
+    let owner_token = csrf_for(&s, &owner).await;
+    let r = post(
+        &s,
+        "/ui/dry-run",
+        &owner,
+        &[("task", "gc"), ("csrf", &owner_token)],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        get(&s, "/ui/operations", &owner).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let token = csrf_for(&s, &admin).await;
+    for task in ["gc", "retention"] {
+        let r = post(
+            &s,
+            "/ui/dry-run",
+            &admin,
+            &[("task", task), ("csrf", &token)],
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{task}");
+    }
+    // The job queue runs them; the page shows their reports when ready.
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = get(&s, "/ui/operations", &admin)
+            .await
+            .text()
+            .await
+            .expect("body");
+        if body.matches(r#"data-state="done""#).count() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        body.matches(r#"data-state="done""#).count(),
+        2,
+        "both reports: {body}"
+    );
+    assert!(
+        body.contains("1 manifests and 1 blobs would go"),
+        "the moved tag's first manifest and its layer: {body}"
+    );
+    assert!(body.contains("0 tags would expire"), "{body}");
+    // A dry run removes nothing.
+    let r = s
+        .request_as(
+            Method::GET,
+            &format!("/v2/{REPO}/manifests/{first}"),
+            &admin_cred,
+        )
+        .header(header::ACCEPT, OCI_MANIFEST)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn audit_log_filtered_for_admins_and_owners_only() {
     let s = start().await;

@@ -200,6 +200,8 @@ pub struct Setup {
     pub catalog: Option<berth_registry::catalog::CatalogSettings>,
     /// Encryption at rest with this keyring.
     pub encryption: Option<Arc<berth_storage::seal::Keyring>>,
+    /// What the operations page's dry runs use (defaults otherwise).
+    pub maintenance: Option<berth_registry::maintenance::MaintenanceSettings>,
 }
 
 /// A server started for a test, and what the test reaches behind it. Dropping it stops
@@ -230,6 +232,10 @@ pub async fn start(setup: Setup) -> TestServer {
         .with_encryption(setup.encryption);
     let registry = match setup.catalog {
         Some(c) => registry.with_catalog(c),
+        None => registry,
+    };
+    let registry = match setup.maintenance {
+        Some(m) => registry.with_maintenance(m),
         None => registry,
     };
     // Replication runs on the job queue's workers, as under `berth serve`.

@@ -341,6 +341,16 @@ def main():
                     d.shot(shots, f"{name}-{label}-{scheme}")
         d.size(1280, 900)
         d.color_scheme("light")
+        # A GC dry run from the operations page: a background job, whose report the page
+        # (reloading itself while it waits) shows once ready.
+        d.go(base + "/ui/operations")
+        d.click("#dry-run-gc")
+        expect(wait_for(lambda: d.find_all("#runs tr[data-state=done]") != [], timeout=30),
+               "the dry run's report appears")
+        expect("would go" in d.text("#runs"), f"a report: {d.text('#runs')}")
+        check_page(d, "operations with a dry run's report")
+        d.shot(shots, "operations-dry-run")
+        d.go(base + "/ui/tenant?" + q(name="team-a"))
         d.type("#namespace", "prod")
         d.click("#make-pull-secret")
         expect(wait_for(lambda: d.find_all("#pull-secret") != []), "the Secret is shown")

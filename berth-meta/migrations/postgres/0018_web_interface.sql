@@ -13,3 +13,16 @@ CREATE INDEX audit_log_actor ON audit_log(actor, at, id);
 CREATE INDEX audit_log_tenant ON audit_log(tenant, at, id);
 CREATE INDEX audit_log_action ON audit_log(action, at, id);
 CREATE INDEX audit_log_repository ON audit_log(repository, at, id);
+
+-- Dry runs of the garbage collection and of the retention policies, asked for on the
+-- operations page and run by the job queue (kind `maintenance`); the row carries the
+-- report, so every replica's page shows it.
+CREATE TABLE maintenance_runs (
+    id           BIGSERIAL PRIMARY KEY,
+    task         TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_at BIGINT NOT NULL,
+    finished_at  BIGINT,
+    report       TEXT,
+    error        TEXT
+);

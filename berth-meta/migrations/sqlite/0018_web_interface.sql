@@ -5,3 +5,16 @@
 -- the action and repository filters get theirs.
 CREATE INDEX audit_log_action ON audit_log(action, at);
 CREATE INDEX audit_log_repository ON audit_log(repository, at);
+
+-- Dry runs of the garbage collection and of the retention policies, asked for on the
+-- operations page and run by the job queue (kind `maintenance`); the row carries the
+-- report, so every replica's page shows it.
+CREATE TABLE maintenance_runs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    task         TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_at INTEGER NOT NULL,
+    finished_at  INTEGER,
+    report       TEXT,
+    error        TEXT
+);
