@@ -1169,6 +1169,96 @@ async fn operations_show_upstreams_queues_and_dry_runs() {
     assert_eq!(r.status(), StatusCode::OK);
 }
 
+/// The cell of `label` in the first row of table `id` that has one.
+fn cell<'a>(html: &'a str, id: &str, label: &str) -> &'a str {
+    let table = html
+        .split(&format!(r#"id="{id}""#))
+        .nth(1)
+        .unwrap_or_default();
+    table
+        .split(&format!(r#"<td data-label="{label}">"#))
+        .nth(1)
+        .and_then(|c| c.split("</td>").next())
+        .unwrap_or_default()
+}
+
+/// A layer's uncompressed size comes from its catalog once the cataloger read it whole;
+/// before that (or without cataloging) the page says it is not known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_page_shows_uncompressed_sizes_once_cataloged() {
+    let s = common::start(Setup {
+        auth: Some((AccessConfig::default(), ChallengeKind::Bearer)),
+        catalog: Some(berth_registry::catalog::CatalogSettings {
+            referrers: false,
+            ..Default::default()
+        }),
+        ..Setup::default()
+    })
+    .await;
+    common::add_users(s.access(), &[("admin", true)]).await;
+    let data = vec![b'x'; 5000];
+    let layer = berth_catalog::fuzzing::tar(&[
+        berth_catalog::fuzzing::Item::File("etc/os-release", b"ID=debian\nVERSION_ID=\"12\"\n"),
+        berth_catalog::fuzzing::Item::File("srv/data.bin", &data),
+    ]);
+    s.push_image_as(&Cred::user("admin"), REPO, &["v1"], &layer)
+        .await;
+    let (admin, _) = login(&s, "admin").await;
+    let path = format!("/ui/image?repository={REPO}&reference=v1");
+    let mut body = String::new();
+    for _ in 0..200 {
+        body = get(&s, &path, &admin).await.text().await.expect("body");
+        if !cell(&body, "layers", "Uncompressed").contains("not known") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let uncompressed = cell(&body, "layers", "Uncompressed");
+    assert!(
+        !uncompressed.is_empty() && !uncompressed.contains("not known"),
+        "cataloged within 20 s: {body}"
+    );
+    // The layer is an uncompressed tar: its size is the layer's length, less the end
+    // of the archive (two to twenty zero blocks) the cataloger stops before.
+    let kib = |c: &str| -> f64 {
+        let n = c
+            .split(' ')
+            .find_map(|w| w.parse::<f64>().ok())
+            .expect("a number");
+        assert!(c.ends_with("KiB"), "{c}");
+        n * 1024.0
+    };
+    let whole = layer.len() as f64;
+    let text = uncompressed
+        .split('>')
+        .nth(1)
+        .and_then(|t| t.split('<').next())
+        .unwrap_or(uncompressed);
+    let shown = kib(text);
+    assert!(uncompressed.contains("≈ "), "{uncompressed}");
+    assert!(
+        shown <= whole + 52.0 && shown >= whole - 10_240.0 - 52.0,
+        "{shown} for a {whole}-byte tar"
+    );
+
+    // Without a catalog (another image's layer, never cataloged here), not known.
+    let plain = common::start(Setup {
+        auth: Some((AccessConfig::default(), ChallengeKind::Bearer)),
+        ..Setup::default()
+    })
+    .await;
+    common::add_users(plain.access(), &[("admin", true)]).await;
+    plain
+        .push_image_as(&Cred::user("admin"), REPO, &["v1"], &layer)
+        .await;
+    let (admin, _) = login(&plain, "admin").await;
+    let body = get(&plain, &path, &admin).await.text().await.expect("body");
+    assert!(
+        cell(&body, "layers", "Uncompressed").contains("not known"),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn audit_log_filtered_for_admins_and_owners_only() {
     let s = start().await;

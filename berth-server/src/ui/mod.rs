@@ -1001,6 +1001,18 @@ async fn image(
         .await
         .ok()
         .and_then(|r| serde_json::to_value(r).ok());
+    let layer_digests: Vec<&str> = parsed
+        .as_ref()
+        .map(|p| p.layers.iter().map(|l| l.digest.as_str()).collect())
+        .unwrap_or_default();
+    // Known only for layers the cataloger read to their end; the page says so otherwise.
+    let uncompressed = if layer_digests.is_empty() {
+        HashMap::new()
+    } else {
+        reg.uncompressed_sizes(&layer_digests)
+            .await
+            .unwrap_or_default()
+    };
     let vulns = if is_index {
         None
     } else {
@@ -1022,6 +1034,7 @@ async fn image(
             referrers: &referrers,
             verify,
             vulns,
+            uncompressed: &uncompressed,
         }),
     ))
 }

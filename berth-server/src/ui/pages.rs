@@ -743,6 +743,8 @@ pub struct ImageView<'a> {
     pub referrers: &'a [u8],
     pub verify: Option<Value>,
     pub vulns: Option<Value>,
+    /// Uncompressed layer sizes, by digest, where the catalog knows them.
+    pub uncompressed: &'a std::collections::HashMap<String, u64>,
 }
 
 fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -837,7 +839,12 @@ pub fn image(iv: &ImageView) -> Markup {
                             td data-label="Digest" { code title=(str_of(l, "digest")) { (short(str_of(l, "digest"))) } }
                             td data-label="Media type" { code { (str_of(l, "mediaType")) } }
                             td data-label="Compressed" { (bytes(l.get("size").and_then(Value::as_u64).unwrap_or(0))) }
-                            td data-label="Uncompressed" { span.muted { "not available yet" } }
+                            td data-label="Uncompressed" { @match iv.uncompressed.get(str_of(l, "digest")) {
+                                // The tar stream to its end-of-archive marker: the trailing
+                                // zero blocks (a few KiB at most) are not read.
+                                Some(n) => span title="The layer's tar archive as the cataloger read it, to its end-of-archive marker" { "≈ " (bytes(*n)) },
+                                None => span.muted title="Known once the catalog has read the whole layer" { "not known" },
+                            } }
                         } } }
                     } }
                 } @else { p.muted { "None." } }
