@@ -773,30 +773,31 @@ impl MetaStore {
     /// The actions of family `family` the log holds: `family` itself and `family.*`, each
     /// found by one index seek from the previous (families have a handful of members).
     async fn audit_family(&self, family: &str) -> Result<Vec<String>> {
+        // `-` < `.` < `/`: every member lies in [`family`, `family/`), with a few
+        // non-members (`family-x`) skipped. Each step is a `min` over an index range, planned
+        // well for any values (an `= $1 LIMIT 1` probe is planned as a scan that finds one
+        // row soon, and reads the whole log when there is none).
         let mut out = Vec::new();
-        let exact: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM audit_log WHERE action = $1 LIMIT 1")
-                .bind(family)
-                .fetch_optional(&self.pool)
-                .await?;
-        if exact.is_some() {
-            out.push(family.to_owned());
-        }
-        // `.` and `/` are adjacent bytes: `family.` < every member < `family/` (the column
-        // compares bytewise: SQLite's default, `COLLATE "C"` on PostgreSQL).
-        let mut after = format!("{family}.");
+        let mut from = family.to_owned();
+        let mut inclusive = true;
         let end = format!("{family}/");
         while out.len() < 256 {
-            let next: Option<String> = sqlx::query_scalar(
-                "SELECT min(action) FROM audit_log WHERE action > $1 AND action < $2",
-            )
-            .bind(&after)
-            .bind(&end)
-            .fetch_one(&self.pool)
-            .await?;
+            let sql = if inclusive {
+                "SELECT min(action) FROM audit_log WHERE action >= $1 AND action < $2"
+            } else {
+                "SELECT min(action) FROM audit_log WHERE action > $1 AND action < $2"
+            };
+            let next: Option<String> = sqlx::query_scalar(sql)
+                .bind(&from)
+                .bind(&end)
+                .fetch_one(&self.pool)
+                .await?;
             let Some(a) = next else { break };
-            out.push(a.clone());
-            after = a;
+            if a == family || a.strip_prefix(family).is_some_and(|r| r.starts_with('.')) {
+                out.push(a.clone());
+            }
+            from = a;
+            inclusive = false;
         }
         Ok(out)
     }
