@@ -1429,6 +1429,39 @@ impl MetaStore {
             .collect::<Result<_, _>>()?)
     }
 
+    /// Like [`MetaStore::catalog`], only names containing `needle` (repository names are
+    /// lowercase, as the needle must be). The database compares each name where it lies:
+    /// no name that does not match leaves it, so a rare match costs one pass over the
+    /// names' index, not a round trip per hundred names.
+    pub async fn catalog_matching(
+        &self,
+        needle: &str,
+        last: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<String>> {
+        let mut pattern = String::from("%");
+        for c in needle.chars() {
+            if matches!(c, '%' | '_' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('%');
+        let rows = sqlx::query(
+            "SELECT name FROM repositories r WHERE name > $1 AND name LIKE $3 ESCAPE '\\' \
+             AND EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id) ORDER BY name LIMIT $2",
+        )
+        .bind(last.unwrap_or(""))
+        .bind(to_i64(limit))
+        .bind(pattern)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
     /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type.
     pub async fn referrers(
         &self,

@@ -305,6 +305,35 @@ async fn catalog_lists_repositories_with_manifests(db: Db) {
         s.catalog(Some("a-b"), 2).await.expect("q"),
         vec!["a/b", "m"]
     );
+    // Searching by substring, in the store: `_` and `%` are themselves, not wildcards.
+    for repo in ["t/svc_1", "t/svcx1", "t/a%b"] {
+        s.put_manifest(&image(repo, M1, &none, &[]))
+            .await
+            .expect("put");
+    }
+    assert_eq!(
+        s.catalog_matching("svc_1", None, 100).await.expect("q"),
+        vec!["t/svc_1"]
+    );
+    assert_eq!(
+        s.catalog_matching("%", None, 100).await.expect("q"),
+        vec!["t/a%b"]
+    );
+    assert_eq!(
+        s.catalog_matching("b", None, 100).await.expect("q"),
+        vec!["a-b", "a/b", "t/a%b"]
+    );
+    assert_eq!(
+        s.catalog_matching("b", Some("a-b"), 1).await.expect("q"),
+        vec!["a/b"]
+    );
+    assert!(
+        s.catalog_matching("only", None, 100)
+            .await
+            .expect("q")
+            .is_empty(),
+        "a repository without manifests is not listed"
+    );
 }
 
 async fn referrers_by_subject_and_type(db: Db) {

@@ -1216,6 +1216,18 @@ impl Registry {
         last: Option<&str>,
         visible: impl Fn(&str) -> bool,
     ) -> Result<(Vec<String>, bool)> {
+        self.catalog_search(None, n, last, visible).await
+    }
+
+    /// [`Registry::catalog_visible`] of the names containing `needle` (matched in the
+    /// metadata store, lowercase), when given.
+    pub async fn catalog_search(
+        &self,
+        needle: Option<&str>,
+        n: Option<u64>,
+        last: Option<&str>,
+        visible: impl Fn(&str) -> bool,
+    ) -> Result<(Vec<String>, bool)> {
         let limit = n.unwrap_or(self.config.max_page).min(self.config.max_page);
         if limit == 0 {
             return Ok((Vec::new(), false));
@@ -1224,7 +1236,14 @@ impl Registry {
         let mut out = Vec::new();
         let mut cursor = last.map(str::to_owned);
         loop {
-            let repos = self.meta.catalog(cursor.as_deref(), batch).await?;
+            let repos = match needle {
+                Some(needle) => {
+                    self.meta
+                        .catalog_matching(needle, cursor.as_deref(), batch)
+                        .await?
+                }
+                None => self.meta.catalog(cursor.as_deref(), batch).await?,
+            };
             let exhausted = (repos.len() as u64) < batch;
             cursor = repos.last().cloned();
             for r in repos {

@@ -908,10 +908,12 @@ async fn repositories(
     let needle = search.to_lowercase();
     let (repos, more) = state
         .registry()
-        .catalog_visible(Some(PAGE), after, |r| {
-            viewer.may(r).contains(Actions::PULL)
-                && (needle.is_empty() || r.to_lowercase().contains(&needle))
-        })
+        .catalog_search(
+            Some(needle.as_str()).filter(|n| !n.is_empty()),
+            Some(PAGE),
+            after,
+            |r| viewer.may(r).contains(Actions::PULL),
+        )
         .await
         .map_err(|e| error_page(&state, Some(&viewer), ApiError::Registry(e)))?;
     Ok(html(
