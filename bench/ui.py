@@ -20,8 +20,12 @@ tenant, a repository, an action (a common one, a rare one, and a family), --requ
 each with a random value, half of them at a page deeper in (an `before=` cursor taken from a
 random matching row). --audit-rows 0 skips it; --tags 0 skips the repository and image.
 
+The repository search (--repos, 100,000 by default, written straight into SQLite): a name
+that matches one repository, one that matches all (its first page), and one that matches
+none. --repos 0 skips it.
+
     cargo build --release -p berth
-    python3 bench/ui.py [--tags 100000] [--audit-rows 1000000] [--requests 500]
+    python3 bench/ui.py [--tags 100000] [--audit-rows 1000000] [--repos 100000] [--requests 500]
                         [--fill-threads 8] [--berth PATH] [--postgres URL]
 
 Filling pushes one manifest and PUTs it under every tag from --fill-threads keep-alive
@@ -337,10 +341,43 @@ def bench_audit(args):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def bench_search(args):
+    """`/ui/repositories?q=` over --repos repositories (written straight into SQLite: one
+    manifest row each, which is all the listing reads), with authentication off."""
+    compare.WORK = tempfile.mkdtemp(prefix="berth-ui-search-bench-", dir="/var/tmp")
+    server = compare.start_berth()
+    try:
+        db = sqlite3.connect(os.path.join(compare.WORK, "berth-data", "berth.db"), timeout=60)
+        with db:
+            db.executemany("INSERT INTO repositories (id, name, created_at) VALUES (?, ?, 0)",
+                           ((i + 1_000_000, f"team-{i % 50:02d}/svc-{i:06d}") for i in range(args.repos)))
+            db.executemany(
+                "INSERT INTO manifests (repo_id, digest, media_type, content, created_at)"
+                " VALUES (?, 'sha256:' || printf('%064d', 0), ?, x'7b7d', 0)",
+                ((i + 1_000_000, OCI_MANIFEST) for i in range(args.repos)))
+        db.close()
+        rng = random.Random(5)
+        needles = {
+            "one match (svc-0XXXXX)": lambda: f"svc-{rng.randrange(args.repos):06d}",
+            "every name (svc), first page": lambda: "svc",
+            "no match": lambda: "nothing-here",
+        }
+        out = {"repositories": args.repos}
+        for name, pick in needles.items():
+            paths = ["/ui/repositories?" + urllib.parse.urlencode({"q": pick()}) for _ in range(args.requests)]
+            measure_paths(server, paths[:10], b"<main")
+            out[name] = measure_paths(server, paths, b"<main")
+        return out
+    finally:
+        server.stop()
+        shutil.rmtree(compare.WORK, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tags", type=int, default=100_000)
     ap.add_argument("--audit-rows", type=int, default=1_000_000)
+    ap.add_argument("--repos", type=int, default=100_000)
     ap.add_argument("--postgres", help="a PostgreSQL URL: the audit log lives in a fresh schema of its database")
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--fill-threads", type=int, default=8)
@@ -351,6 +388,8 @@ def main():
         raise SystemExit(f"missing {compare.BERTH}: see the docstring")
     if args.audit_rows:
         print(json.dumps(bench_audit(args), indent=2))
+    if args.repos:
+        print(json.dumps(bench_search(args), indent=2))
     if not args.tags:
         return
     compare.WORK = tempfile.mkdtemp(prefix="berth-ui-bench-")
