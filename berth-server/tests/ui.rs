@@ -1182,10 +1182,11 @@ fn cell<'a>(html: &'a str, id: &str, label: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-/// A layer's uncompressed size comes from its catalog once the cataloger read it whole;
-/// before that (or without cataloging) the page says it is not known.
+/// A layer's uncompressed size comes from its catalog once the cataloger read it whole,
+/// and the image's packages from the image's catalog; before that (or without
+/// cataloging) the page says they are not known.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn image_page_shows_uncompressed_sizes_once_cataloged() {
+async fn image_page_shows_uncompressed_sizes_and_packages_once_cataloged() {
     let s = common::start(Setup {
         auth: Some((AccessConfig::default(), ChallengeKind::Bearer)),
         catalog: Some(berth_registry::catalog::CatalogSettings {
@@ -1200,6 +1201,10 @@ async fn image_page_shows_uncompressed_sizes_once_cataloged() {
     let layer = berth_catalog::fuzzing::tar(&[
         berth_catalog::fuzzing::Item::File("etc/os-release", b"ID=debian\nVERSION_ID=\"12\"\n"),
         berth_catalog::fuzzing::Item::File("srv/data.bin", &data),
+        berth_catalog::fuzzing::Item::File(
+            "srv/node_modules/lodash/package.json",
+            br#"{"name":"lodash","version":"4.17.20"}"#,
+        ),
     ]);
     s.push_image_as(&Cred::user("admin"), REPO, &["v1"], &layer)
         .await;
@@ -1208,7 +1213,9 @@ async fn image_page_shows_uncompressed_sizes_once_cataloged() {
     let mut body = String::new();
     for _ in 0..200 {
         body = get(&s, &path, &admin).await.text().await.expect("body");
-        if !cell(&body, "layers", "Uncompressed").contains("not known") {
+        if !cell(&body, "layers", "Uncompressed").contains("not known")
+            && body.contains(r#"id="packages""#)
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -1218,6 +1225,10 @@ async fn image_page_shows_uncompressed_sizes_once_cataloged() {
         !uncompressed.is_empty() && !uncompressed.contains("not known"),
         "cataloged within 20 s: {body}"
     );
+    // The image's packages, from its catalog.
+    assert_eq!(cell(&body, "packages", "Package"), "lodash", "{body}");
+    assert_eq!(cell(&body, "packages", "Version"), "4.17.20", "{body}");
+    assert!(body.contains("on debian 12"), "{body}");
     // The layer is an uncompressed tar: its size is the layer's length, less the end
     // of the archive (two to twenty zero blocks) the cataloger stops before.
     let kib = |c: &str| -> f64 {
@@ -1255,6 +1266,10 @@ async fn image_page_shows_uncompressed_sizes_once_cataloged() {
     let body = get(&plain, &path, &admin).await.text().await.expect("body");
     assert!(
         cell(&body, "layers", "Uncompressed").contains("not known"),
+        "{body}"
+    );
+    assert!(
+        body.contains("Not available yet: this image has not been cataloged."),
         "{body}"
     );
 }

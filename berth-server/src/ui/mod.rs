@@ -1015,6 +1015,15 @@ async fn image(
             .await
             .unwrap_or_default()
     };
+    let packages = if is_index {
+        None
+    } else {
+        reg.catalog_of(&repo, &Reference::Digest(m.digest.clone()), None)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| serde_json::to_value(c).ok())
+    };
     let vulns = if is_index {
         None
     } else {
@@ -1037,6 +1046,7 @@ async fn image(
             verify,
             vulns,
             uncompressed: &uncompressed,
+            packages,
         }),
     ))
 }

@@ -745,6 +745,8 @@ pub struct ImageView<'a> {
     pub vulns: Option<Value>,
     /// Uncompressed layer sizes, by digest, where the catalog knows them.
     pub uncompressed: &'a std::collections::HashMap<String, u64>,
+    /// The image's catalog (`CatalogView` as JSON), once cataloged.
+    pub packages: Option<Value>,
 }
 
 fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -896,6 +898,31 @@ pub fn image(iv: &ImageView) -> Markup {
                 _ => p.muted { "None." },
             }
             @if doc.get("manifests").is_none() {
+                h2 { "Packages" }
+                @match &iv.packages {
+                    None => p.muted { "Not available yet: this image has not been cataloged." },
+                    Some(c) => {
+                        @let list = c.get("packages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                        p id="catalog-summary" {
+                            (list.len()) " packages"
+                            @if let Some(os) = c.get("os").filter(|o| !o.is_null()) { " on " (str_of(os, "id")) " " (str_of(os, "version_id")) }
+                            "; catalog " (str_of(c, "status"))
+                            @if list.len() > 200 { " (the first 200 shown)" }
+                            "."
+                        }
+                        @if !list.is_empty() {
+                            div.table-wrap { table.stack id="packages" {
+                                thead { tr { th scope="col" { "Package" } th scope="col" { "Version" } th scope="col" { "Ecosystem" } th scope="col" { "Found in" } } }
+                                tbody { @for pk in list.iter().take(200) { tr {
+                                    td data-label="Package" { (str_of(pk, "name")) }
+                                    td data-label="Version" { (str_of(pk, "version")) }
+                                    td data-label="Ecosystem" { (pk.get("ecosystem").map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned)).unwrap_or_default()) }
+                                    td data-label="Found in" { code { (str_of(pk, "path")) } }
+                                } } }
+                            } }
+                        }
+                    },
+                }
                 h2 { "Vulnerabilities" }
                 @match &iv.vulns {
                     None => p.muted { "Not available yet: this image has not been cataloged." },
