@@ -13,6 +13,7 @@
 #                          chromium chromium-driver python3 (the web interface's
 #                          browser walk: headless Chromium over WebDriver, driven by
 #                          berth-server/tests/support/ui_browser.py, standard library only)
+#                          npm (to fetch axe-core, below)
 # Installs (trixie/sid .deb, extracted only): oras, cosign (trixie), notation (sid)
 #                          -> $BERTH_TOOLS_PREFIX/bin/<tool>, symlinked into /usr/local/bin
 # Installs (PyPI, pinned, own virtualenv): kubernetes-validate (the Kubernetes schemas
@@ -20,6 +21,9 @@
 #                          jsonpatch (an independent RFC 6902 implementation that applies
 #                          the admission webhook's patches in the tests)
 #                          -> $BERTH_TOOLS_PREFIX/kubernetes-validate-venv
+# Installs (npm, pinned): axe-core, the accessibility checker the browser walk injects
+#                          into every page -> $BERTH_TOOLS_PREFIX/axe-core/node_modules/
+#                          axe-core/axe.min.js (the test's default BERTH_AXE_JS)
 # Downloads (bookworm .deb, kept): the packages Berth's own image takes its libraries and
 #                          CA certificates from (scripts/oci-image.py --fetch-debs)
 #                          -> $BERTH_TOOLS_PREFIX/image-debs
@@ -104,7 +108,7 @@ fi
 # ---------------------------------------------------------------------------
 PKGS=(ca-certificates curl jq openssl psmisc skopeo umoci containerd runc podman
       golang-github-containers-common conmon crun docker-registry
-      rpm db5.3-util sqlite3 chromium chromium-driver python3)
+      rpm db5.3-util sqlite3 chromium chromium-driver python3 npm)
 [ "${BERTH_SKIP_POSTGRES:-0}" = 1 ] || PKGS+=(postgresql postgresql-client)
 
 missing=()
@@ -279,6 +283,22 @@ install_kubernetes_validate() {
 install_kubernetes_validate
 
 # ---------------------------------------------------------------------------
+# 5b. axe-core from npm, pinned: the browser walk injects axe.min.js into every page
+#     (berth-server/tests/ui.rs browser_walk reads it from here, or BERTH_AXE_JS).
+# ---------------------------------------------------------------------------
+AXE_CORE_VERSION=4.14.1
+AXE_DIR=$PREFIX/axe-core
+AXE_JS=$AXE_DIR/node_modules/axe-core/axe.min.js
+if [ -r "$AXE_JS" ] && grep -q "\"version\": \"$AXE_CORE_VERSION\"" "$AXE_DIR/node_modules/axe-core/package.json" 2>/dev/null; then
+  log "axe-core $AXE_CORE_VERSION already installed in $AXE_DIR"
+else
+  log "installing axe-core@$AXE_CORE_VERSION into $AXE_DIR"
+  mkdir -p "$AXE_DIR"
+  npm install --prefix "$AXE_DIR" --no-audit --no-fund --save-exact "axe-core@$AXE_CORE_VERSION" >&2 \
+    || die "npm install axe-core@$AXE_CORE_VERSION failed"
+fi
+
+# ---------------------------------------------------------------------------
 # 6. The Debian packages of Berth's own image (libc6, libgcc-s1, gcc-12-base,
 #    ca-certificates; a few MB), so the image tests build offline.
 # ---------------------------------------------------------------------------
@@ -346,6 +366,7 @@ verify db5.3_load      sh -c 'db5.3_load -V'
 verify sqlite3         sqlite3 --version
 verify chromium        chromium --version
 verify chromedriver    chromedriver --version
+verify axe-core        python3 -c 'import json, os, sys; os.path.getsize(sys.argv[1]) or sys.exit(1); print("axe-core", json.load(open(sys.argv[2]))["version"])' "$AXE_JS" "$AXE_DIR/node_modules/axe-core/package.json"
 verify kubernetes-validate "$KV_VENV/bin/kubernetes-validate" --version
 verify jsonpatch       "$KV_VENV/bin/python" -c "import jsonpatch; print(jsonpatch.__version__)"
 if [ "${BERTH_SKIP_POSTGRES:-0}" != 1 ]; then

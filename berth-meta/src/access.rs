@@ -68,6 +68,8 @@ pub struct AuditQuery {
     pub until: Option<i64>,
     pub actor: Option<String>,
     pub tenant: Option<String>,
+    /// The repository a row concerns (pushes, pulls, deletions, tag moves).
+    pub repository: Option<String>,
     /// An exact action (`manifest.put`) or a family (`user`, matching `user.*`).
     pub action: Option<String>,
     /// Only rows older than this id: the cursor of the next page.
@@ -768,8 +770,60 @@ impl MetaStore {
         Ok(done)
     }
 
+    /// The actions of family `family` the log holds: `family` itself and `family.*`, each
+    /// found by one index seek from the previous (families have a handful of members).
+    async fn audit_family(&self, family: &str) -> Result<Vec<String>> {
+        // `-` < `.` < `/`: every member lies in [`family`, `family/`), with a few
+        // non-members (`family-x`) skipped. Each step is a `min` over an index range, planned
+        // well for any values (an `= $1 LIMIT 1` probe is planned as a scan that finds one
+        // row soon, and reads the whole log when there is none).
+        let mut out = Vec::new();
+        let mut from = family.to_owned();
+        let mut inclusive = true;
+        let end = format!("{family}/");
+        while out.len() < 256 {
+            let sql = if inclusive {
+                "SELECT min(action) FROM audit_log WHERE action >= $1 AND action < $2"
+            } else {
+                "SELECT min(action) FROM audit_log WHERE action > $1 AND action < $2"
+            };
+            let next: Option<String> = sqlx::query_scalar(sql)
+                .bind(&from)
+                .bind(&end)
+                .fetch_one(&self.pool)
+                .await?;
+            let Some(a) = next else { break };
+            if a == family || a.strip_prefix(family).is_some_and(|r| r.starts_with('.')) {
+                out.push(a.clone());
+            }
+            from = a;
+            inclusive = false;
+        }
+        Ok(out)
+    }
+
     /// Audit rows matching `q`, newest first, each with its id (the paging cursor).
+    ///
+    /// Rows are ordered by `(at, id)`, not by id alone: every filter then has an index
+    /// that yields its rows already in that order (`audit_log_{at,actor,tenant,action,
+    /// repository}`, each ending in `at, id`), so a page reads its rows and stops, however
+    /// many the filter matches and wherever in time they lie. The cursor stays an id (the
+    /// last row shown); its time is looked up first.
     pub async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<(i64, AuditRecord)>> {
+        let cursor = match q.before_id {
+            None => None,
+            Some(id) => {
+                let at: Option<i64> = sqlx::query_scalar("SELECT at FROM audit_log WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                // A cursor row pruned since: everything older went with it.
+                match at {
+                    Some(at) => Some((at, id)),
+                    None => return Ok(Vec::new()),
+                }
+            }
+        };
         let mut sql = String::from(
             "SELECT id, at, actor, source, action, tenant, repository, target, outcome, detail \
              FROM audit_log WHERE 1 = 1",
@@ -791,10 +845,11 @@ impl MetaStore {
             sql.push_str(&format!(" AND at < ${i}"));
             ints.push((i, v));
         }
-        if let Some(v) = q.before_id {
-            let i = next();
-            sql.push_str(&format!(" AND id < ${i}"));
-            ints.push((i, v));
+        if let Some((at, id)) = cursor {
+            // `at <= …` bounds the index range; the rest breaks ties within one instant.
+            let (i, j, k) = (next(), next(), next());
+            sql.push_str(&format!(" AND at <= ${i} AND (at < ${j} OR id < ${k})"));
+            ints.extend([(i, at), (j, at), (k, id)]);
         }
         if let Some(v) = &q.actor {
             let i = next();
@@ -806,23 +861,42 @@ impl MetaStore {
             sql.push_str(&format!(" AND tenant = ${i}"));
             texts.push((i, v.clone()));
         }
-        if let Some(v) = &q.action {
+        if let Some(v) = &q.repository {
             let i = next();
-            // A family name has no dot; its actions are `family.*`. Action names are
-            // lowercase letters and dots, so LIKE needs no escaping (checked by callers).
-            if v.contains('.') {
-                sql.push_str(&format!(" AND action = ${i}"));
-                texts.push((i, v.clone()));
-            } else {
-                let j = next();
-                sql.push_str(&format!(" AND (action = ${i} OR action LIKE ${j})"));
-                texts.push((i, v.clone()));
-                texts.push((j, format!("{v}.%")));
-            }
+            sql.push_str(&format!(" AND repository = ${i}"));
+            texts.push((i, v.clone()));
         }
-        let i = next();
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${i}"));
-        ints.push((i, i64::try_from(q.limit).unwrap_or(i64::MAX)));
+        // One action, or a family's (`user`: `user` and `user.*`). A family is read as one
+        // index-ordered scan per member action, merged: a filter on `action LIKE 'user.%'`
+        // would walk the time index through every other row to find rare ones.
+        let actions = match &q.action {
+            None => Vec::new(),
+            Some(v) if v.contains('.') => vec![v.clone()],
+            Some(v) => self.audit_family(v).await?,
+        };
+        if q.action.is_some() && actions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limit = next();
+        ints.push((limit, i64::try_from(q.limit).unwrap_or(i64::MAX)));
+        let order = " ORDER BY at DESC, id DESC LIMIT $";
+        let sql = if actions.is_empty() {
+            format!("{sql}{order}{limit}")
+        } else {
+            let parts: Vec<String> = actions
+                .into_iter()
+                .map(|a| {
+                    let i = next();
+                    texts.push((i, a));
+                    format!("SELECT * FROM ({sql} AND action = ${i}{order}{limit}) AS a{i}")
+                })
+                .collect();
+            if parts.len() == 1 {
+                parts.concat()
+            } else {
+                format!("{}{order}{limit}", parts.join(" UNION ALL "))
+            }
+        };
         // Bind in placeholder order.
         enum Arg {
             Int(i64),
@@ -834,8 +908,12 @@ impl MetaStore {
             .chain(texts.into_iter().map(|(i, v)| (i, Arg::Text(v))))
             .collect();
         args.sort_by_key(|(i, _)| *i);
-        // Only placeholders and fixed fragments are spliced in; every value is bound.
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        // Only placeholders and fixed fragments are spliced in; every value is bound. Not
+        // a kept prepared statement: PostgreSQL would soon plan it once for any value,
+        // guess every filter matches a twelfth of the log, and walk the time index past
+        // hundreds of thousands of rows to find a rare action's page. Planned with its
+        // values, each query takes the index of its filter.
+        let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
         for (_, a) in args {
             query = match a {
                 Arg::Int(v) => query.bind(v),

@@ -74,6 +74,28 @@ impl MetaStore {
         .transpose()
     }
 
+    /// The stored results of those of `digests` that were read to their end (a partial
+    /// scan's result says nothing of the whole layer): digest and result JSON.
+    pub async fn complete_layer_catalogs(&self, digests: &[&str]) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for chunk in digests.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT digest, result FROM layer_catalogs WHERE partial IS NULL AND digest IN ({})",
+                marks.join(", ")
+            );
+            // Only placeholders are spliced in.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for d in chunk {
+                q = q.bind(*d);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.push((r.try_get(0)?, r.try_get(1)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Stores (or replaces) a layer's result.
     pub async fn put_layer_catalog(
         &self,

@@ -16,6 +16,7 @@ mod encryption;
 mod fsck;
 mod gc;
 mod jobs;
+mod maintenance;
 mod notify;
 mod quota;
 mod sessions;
@@ -38,6 +39,7 @@ pub use gc::{GcManifest, RepoGraph};
 pub use jobs::{
     Change, ChangeKind, Job, JobOutcome, JobQuery, JobState, JobsHook, NewJob, QueueBacklog,
 };
+pub use maintenance::MaintenanceRun;
 pub use notify::Invalidation;
 pub use quota::{QuotaExceeded, Reservation, Usage};
 pub use sessions::{TagRow, UiSession};
@@ -373,6 +375,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0015_tag_versions.sql"),
     include_str!("../migrations/sqlite/0016_catalog_packages.sql"),
     include_str!("../migrations/sqlite/0017_encryption.sql"),
+    include_str!("../migrations/sqlite/0018_web_interface.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -392,6 +395,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0015_tag_versions.sql"),
     include_str!("../migrations/postgres/0016_catalog_packages.sql"),
     include_str!("../migrations/postgres/0017_encryption.sql"),
+    include_str!("../migrations/postgres/0018_web_interface.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {
@@ -1417,6 +1421,39 @@ impl MetaStore {
         )
         .bind(last.unwrap_or(""))
         .bind(to_i64(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Like [`MetaStore::catalog`], only names containing `needle` (repository names are
+    /// lowercase, as the needle must be). The database compares each name where it lies:
+    /// no name that does not match leaves it, so a rare match costs one pass over the
+    /// names' index, not a round trip per hundred names.
+    pub async fn catalog_matching(
+        &self,
+        needle: &str,
+        last: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<String>> {
+        let mut pattern = String::from("%");
+        for c in needle.chars() {
+            if matches!(c, '%' | '_' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('%');
+        let rows = sqlx::query(
+            "SELECT name FROM repositories r WHERE name > $1 AND name LIKE $3 ESCAPE '\\' \
+             AND EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id) ORDER BY name LIMIT $2",
+        )
+        .bind(last.unwrap_or(""))
+        .bind(to_i64(limit))
+        .bind(pattern)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

@@ -138,6 +138,7 @@ impl MetaStore {
         let Some(repo_id) = Self::repo_id_in(&self.pool, repo).await? else {
             return Ok(None);
         };
+        self.fill_repo_version_keys(repo_id).await?;
         // Every key starts with a digit: "a" is above them all, so the first page starts
         // at the top.
         let (key, name) = match last {
@@ -171,6 +172,41 @@ impl MetaStore {
             })
             .collect::<Result<Vec<_>>>()
             .map(Some)
+    }
+
+    /// Computes the keys of `repo_id`'s tags that have none: written, during a rolling
+    /// upgrade, by a replica older than the keys (start-up fills the rest). Without this,
+    /// such tags would be missing from the version order until the next start. Finding
+    /// none is one lookup of the partial index `tags_version_pending`.
+    async fn fill_repo_version_keys(&self, repo_id: i64) -> Result<()> {
+        let pending: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM tags WHERE repo_id = $1 AND version_key IS NULL LIMIT 10000",
+        )
+        .bind(repo_id)
+        .fetch_all(&self.pool)
+        .await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write().await?;
+        for name in &pending {
+            sqlx::query(
+                "UPDATE tags SET version_key = $1 \
+                 WHERE repo_id = $2 AND name = $3 AND version_key IS NULL",
+            )
+            .bind(berth_oci::semver::version_key(name))
+            .bind(repo_id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        tracing::info!(
+            repo_id,
+            tags = pending.len(),
+            "computed version keys of tags an older replica wrote"
+        );
+        Ok(())
     }
 
     /// Computes `version_key` for tags written before it existed (or by an older replica

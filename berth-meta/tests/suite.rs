@@ -305,6 +305,35 @@ async fn catalog_lists_repositories_with_manifests(db: Db) {
         s.catalog(Some("a-b"), 2).await.expect("q"),
         vec!["a/b", "m"]
     );
+    // Searching by substring, in the store: `_` and `%` are themselves, not wildcards.
+    for repo in ["t/svc_1", "t/svcx1", "t/a%b"] {
+        s.put_manifest(&image(repo, M1, &none, &[]))
+            .await
+            .expect("put");
+    }
+    assert_eq!(
+        s.catalog_matching("svc_1", None, 100).await.expect("q"),
+        vec!["t/svc_1"]
+    );
+    assert_eq!(
+        s.catalog_matching("%", None, 100).await.expect("q"),
+        vec!["t/a%b"]
+    );
+    assert_eq!(
+        s.catalog_matching("b", None, 100).await.expect("q"),
+        vec!["a-b", "a/b", "t/a%b"]
+    );
+    assert_eq!(
+        s.catalog_matching("b", Some("a-b"), 1).await.expect("q"),
+        vec!["a/b"]
+    );
+    assert!(
+        s.catalog_matching("only", None, 100)
+            .await
+            .expect("q")
+            .is_empty(),
+        "a repository without manifests is not listed"
+    );
 }
 
 async fn referrers_by_subject_and_type(db: Db) {
@@ -852,6 +881,65 @@ async fn audit_queries_filter_and_page(db: Db) {
         seen.extend(page.into_iter().map(|(_, r)| r.at));
     }
     assert_eq!(seen, (1000..1010).rev().collect::<Vec<i64>>());
+
+    assert_eq!(
+        q(AuditQuery {
+            repository: Some("team-b/app".into()),
+            until: Some(1008),
+            ..Default::default()
+        })
+        .await,
+        [1007, 1006, 1005]
+    );
+    // A replica's batch flushed late carries older times, two of them equal to one already
+    // there: the log reads in time order (ties newest written first), and paging, with a
+    // tie across a page boundary, shows every row once.
+    let late: Vec<AuditRecord> = [1003, 999, 1003]
+        .into_iter()
+        .map(|at| rec(at, "carol", "manifest.push", "team-a"))
+        .collect();
+    s.append_audit(&late).await.expect("append");
+    let mut seen = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    let mut before = None;
+    loop {
+        let page = s
+            .audit_query(&AuditQuery {
+                before_id: before,
+                limit: 4,
+                ..Default::default()
+            })
+            .await
+            .expect("page");
+        let Some((last, _)) = page.last() else { break };
+        before = Some(*last);
+        for (id, r) in page {
+            assert!(ids.insert(id), "row {id} shown twice");
+            seen.push((r.at, r.actor));
+        }
+    }
+    let ats: Vec<i64> = seen.iter().map(|(at, _)| *at).collect();
+    assert_eq!(
+        ats,
+        [
+            1009, 1008, 1007, 1006, 1005, 1004, 1003, 1003, 1003, 1002, 1001, 1000, 999
+        ]
+    );
+    assert_eq!(seen[6].1, "carol");
+    assert_eq!(seen[7].1, "carol");
+    assert_eq!(
+        seen[8].1, "bob",
+        "the earlier-written row of the tie comes last"
+    );
+    // Under a filter, the same order.
+    assert_eq!(
+        q(AuditQuery {
+            repository: Some("team-a/app".into()),
+            ..Default::default()
+        })
+        .await,
+        [1004, 1003, 1003, 1003, 1002, 1001, 1000, 999]
+    );
 }
 
 async fn audit_rows_are_pruned_by_age_in_batches(db: Db) {
@@ -1202,14 +1290,23 @@ async fn version_keys_are_written_and_filled_in_at_start(db: Db) {
         .execute(&mut conn)
         .await
         .expect("forget the keys");
+    // A replica that does not know the keys yet (a rolling upgrade) adds a tag while this
+    // one runs: reading the page fills in what it left, and the order is whole at once.
+    sqlx::query(
+        "INSERT INTO tags (repo_id, name, sort_key, digest, updated_at) \
+         SELECT repo_id, '1.11.0', sort_key, digest, updated_at FROM tags WHERE name = 'latest'",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("a tag as an older replica writes it");
     drop(conn);
-    assert!(
-        s.version_page("r", None, 10)
-            .await
-            .expect("page")
-            .expect("repo")
-            .is_empty()
-    );
+    let page = s
+        .version_page("r", None, 10)
+        .await
+        .expect("page")
+        .expect("repo");
+    assert_eq!(names(page), ["1.11.0", "1.10.0", "v1.10.0-rc.1", "1.2.0"]);
+    let want = ["1.11.0", "1.10.0", "v1.10.0-rc.1", "1.2.0"];
     let again = MetaStore::connect(&db.url).await.expect("reopens");
     let page = again
         .version_page("r", None, 10)
@@ -1250,7 +1347,7 @@ async fn reserved_users_are_renamed_and_disabled_by_the_migration(db: Db) {
         .expect("rewind the schema version");
     drop(conn);
     let s = MetaStore::connect(&db.url).await.expect("migrates");
-    assert_eq!(s.schema_version().await.expect("version"), (17, 17));
+    assert_eq!(s.schema_version().await.expect("version"), (18, 18));
     assert_eq!(s.user("anonymous").await.expect("get"), None);
     assert_eq!(s.user("cli").await.expect("get"), None);
     let users = s.users().await.expect("users");

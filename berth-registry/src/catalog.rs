@@ -846,3 +846,31 @@ mod tests {
         );
     }
 }
+
+/// The one field of a stored layer result the image page needs.
+#[derive(Deserialize)]
+struct TarBytes {
+    tar_bytes: u64,
+}
+
+impl Registry {
+    /// Uncompressed sizes (the bytes of the layer's tar stream, as the cataloger read it
+    /// to its end) of those of `digests` that were cataloged completely; the others are
+    /// not known and absent.
+    pub async fn uncompressed_sizes(
+        &self,
+        digests: &[&str],
+    ) -> crate::Result<std::collections::HashMap<String, u64>> {
+        Ok(self
+            .meta
+            .complete_layer_catalogs(digests)
+            .await?
+            .into_iter()
+            .filter_map(|(d, json)| {
+                serde_json::from_str::<TarBytes>(&json)
+                    .ok()
+                    .map(|t| (d, t.tar_bytes))
+            })
+            .collect())
+    }
+}

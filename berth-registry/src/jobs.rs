@@ -243,7 +243,7 @@ impl Registry {
     }
 
     /// Every queue this process knows how to run.
-    fn known_queues(&self) -> Vec<String> {
+    pub fn known_queues(&self) -> Vec<String> {
         let mut queues: Vec<String> = self
             .events
             .endpoints()
@@ -257,6 +257,7 @@ impl Registry {
         if self.catalog.is_some() {
             queues.push(crate::catalog::CATALOG_QUEUE.to_owned());
         }
+        queues.push(crate::maintenance::MAINTENANCE_QUEUE.to_owned());
         queues.sort();
         queues.dedup();
         queues
@@ -425,6 +426,7 @@ impl Registry {
             WEBHOOK_JOB => self.events.deliver(job).await,
             REPLICATE_JOB => self.run_replication(job).await,
             crate::catalog::CATALOG_JOB => self.run_catalog(job).await,
+            crate::maintenance::MAINTENANCE_JOB => self.run_maintenance(job).await,
             other => Err(DeliveryFailure::permanent(format!(
                 "no runner for jobs of kind {other:?}"
             ))),

@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod layout;
 mod login;
 pub mod p2p;
+pub mod maintenance;
 pub mod policy;
 pub mod prefetch;
 mod proxy;
@@ -48,7 +49,9 @@ pub use berth_meta::{Actor, Backend, Linked, Referrer};
 pub use berth_upstream::UpstreamConfig;
 pub use encryption::{EncryptSummary, KeyProblem, KeyUse, RewrapSummary};
 pub use error::RegistryError;
-pub use proxy::{BlobSource, Pulled, PulledBlob, UpstreamSettings, upstream_prefix};
+pub use proxy::{
+    BlobSource, Pulled, PulledBlob, UpstreamSettings, UpstreamStatus, upstream_prefix,
+};
 pub use tag_rules::{TagRuleSpec, TagRules};
 pub use versions::{HistoryEntry, Rollback, VersionedTag};
 
@@ -235,6 +238,8 @@ pub struct Registry {
     encryption: Option<Arc<berth_storage::seal::Keyring>>,
     /// Node-local sharing (tickets, tracker), if turned on.
     p2p: Option<Arc<p2p::P2p>>,
+    /// What the operations page's dry runs use.
+    maintenance: Arc<maintenance::MaintenanceSettings>,
 }
 
 impl Registry {
@@ -265,6 +270,7 @@ impl Registry {
             vulns: Arc::default(),
             encryption: None,
             p2p: None,
+            maintenance: Arc::default(),
         }
     }
 
@@ -1215,6 +1221,18 @@ impl Registry {
         last: Option<&str>,
         visible: impl Fn(&str) -> bool,
     ) -> Result<(Vec<String>, bool)> {
+        self.catalog_search(None, n, last, visible).await
+    }
+
+    /// [`Registry::catalog_visible`] of the names containing `needle` (matched in the
+    /// metadata store, lowercase), when given.
+    pub async fn catalog_search(
+        &self,
+        needle: Option<&str>,
+        n: Option<u64>,
+        last: Option<&str>,
+        visible: impl Fn(&str) -> bool,
+    ) -> Result<(Vec<String>, bool)> {
         let limit = n.unwrap_or(self.config.max_page).min(self.config.max_page);
         if limit == 0 {
             return Ok((Vec::new(), false));
@@ -1223,7 +1241,14 @@ impl Registry {
         let mut out = Vec::new();
         let mut cursor = last.map(str::to_owned);
         loop {
-            let repos = self.meta.catalog(cursor.as_deref(), batch).await?;
+            let repos = match needle {
+                Some(needle) => {
+                    self.meta
+                        .catalog_matching(needle, cursor.as_deref(), batch)
+                        .await?
+                }
+                None => self.meta.catalog(cursor.as_deref(), batch).await?,
+            };
             let exhausted = (repos.len() as u64) < batch;
             cursor = repos.last().cloned();
             for r in repos {

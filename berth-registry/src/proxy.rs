@@ -23,6 +23,7 @@
 //! wait for the whole blob to be stored).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,56 @@ struct Route {
     negative_ttl: Duration,
     repositories: Vec<crate::tag_rules::Glob>,
     cache: bool,
+    counters: RouteCounters,
+}
+
+/// What one upstream's cache did on this replica since it started (the operations page).
+#[derive(Default)]
+struct RouteCounters {
+    /// Manifest requests answered from the cache: fresh, by digest, or a tag the upstream
+    /// confirmed unchanged with a HEAD.
+    hits: AtomicU64,
+    /// Manifest requests that fetched the manifest from the upstream.
+    fills: AtomicU64,
+    /// Cached tags served because the upstream was unavailable.
+    stale: AtomicU64,
+    /// Upstream requests that failed (not counting "not found"), and the latest one.
+    failures: AtomicU64,
+    last_failure: Mutex<Option<(i64, String)>>,
+}
+
+impl RouteCounters {
+    fn hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn fill(&self) {
+        self.fills.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn failed(&self, e: &UpstreamError) {
+        if matches!(e, UpstreamError::NotFound) {
+            return;
+        }
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_failure.lock() {
+            *last = Some((berth_meta::now_micros(), e.to_string()));
+        }
+    }
+}
+
+/// One upstream's cache as this replica saw it since it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamStatus {
+    pub name: String,
+    /// Whether it caches (otherwise every request passes through).
+    pub cache: bool,
+    pub hits: u64,
+    pub fills: u64,
+    pub stale: u64,
+    pub failures: u64,
+    /// When (microseconds) and why the latest failure happened.
+    pub last_failure: Option<(i64, String)>,
 }
 
 /// An outcome shared by a flight's leader with its followers.
@@ -114,6 +165,7 @@ impl Proxy {
                     negative_ttl: s.negative_ttl,
                     repositories,
                     cache: s.cache,
+                    counters: RouteCounters::default(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -125,6 +177,22 @@ impl Proxy {
             blobs: Flights::default(),
             signatures: Flights::default(),
         })
+    }
+
+    fn status(&self) -> Vec<UpstreamStatus> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        self.routes
+            .iter()
+            .map(|r| UpstreamStatus {
+                name: r.upstream.name().to_owned(),
+                cache: r.cache,
+                hits: get(&r.counters.hits),
+                fills: get(&r.counters.fills),
+                stale: get(&r.counters.stale),
+                failures: get(&r.counters.failures),
+                last_failure: r.counters.last_failure.lock().ok().and_then(|l| l.clone()),
+            })
+            .collect()
     }
 
     /// The upstream serving `repo`, and the repository name to ask it for.
@@ -314,6 +382,11 @@ impl Registry {
         };
         let remote = route.upstream.config().remote_repo(name.as_str());
         format!("{}/{remote}", route.prefix).parse().unwrap_or(name)
+    }
+
+    /// Each upstream's cache on this replica since it started, in configuration order.
+    pub fn upstream_status(&self) -> Vec<UpstreamStatus> {
+        self.proxy.as_ref().map(|p| p.status()).unwrap_or_default()
     }
 
     /// `get_manifest`, filling from the upstream when `repo` is under one. Notes the pull
@@ -638,6 +711,7 @@ impl Registry {
             .manifest_from_cache(proxy, route, repo, reference)
             .await?
         {
+            route.counters.hit();
             return Ok(p);
         }
         if proxy.known_missing(&key) {
@@ -655,7 +729,10 @@ impl Registry {
                         .manifest_from_cache(proxy, route, repo, reference)
                         .await
                     {
-                        Ok(Some(p)) => Ok(p),
+                        Ok(Some(p)) => {
+                            route.counters.hit();
+                            Ok(p)
+                        }
                         Ok(None) => {
                             self.pull_manifest(proxy, route, &remote, repo, reference)
                                 .await
@@ -714,15 +791,17 @@ impl Registry {
         match reference {
             Reference::Digest(_) => {
                 if let Ok(manifest) = self.get_manifest(repo, reference).await {
+                    route.counters.hit();
                     return Ok(Pulled {
                         manifest,
                         warning: None,
                     });
                 }
-                let fetched = up
-                    .get_manifest(remote, reference)
-                    .await
-                    .map_err(|e| miss_error(up.name(), e, RegistryError::ManifestUnknown))?;
+                let fetched = up.get_manifest(remote, reference).await.map_err(|e| {
+                    route.counters.failed(&e);
+                    miss_error(up.name(), e, RegistryError::ManifestUnknown)
+                })?;
+                route.counters.fill();
                 let manifest = self.store_pulled(repo, None, fetched, up.name()).await?;
                 Ok(Pulled {
                     manifest,
@@ -742,15 +821,22 @@ impl Registry {
                 {
                     Ok(manifest) => {
                         proxy.mark_checked(key);
+                        if local.as_ref().is_some_and(|m| m.digest == manifest.digest) {
+                            route.counters.hit();
+                        } else {
+                            route.counters.fill();
+                        }
                         Ok(Pulled {
                             manifest,
                             warning: None,
                         })
                     }
                     Err(e) if e.is_transient() => {
+                        route.counters.failed(&e);
                         let Some(manifest) = local else {
                             return Err(upstream_error(up.name(), e));
                         };
+                        route.counters.stale.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%repo, %tag, upstream = up.name(), reason = %e,
                             "upstream unavailable; serving the cached tag");
                         crate::stats::bump(&self.stats().upstream_failures, 1);
@@ -765,7 +851,10 @@ impl Registry {
                         })
                     }
                     Err(UpstreamError::NotFound) => Err(RegistryError::ManifestUnknown),
-                    Err(e) => Err(upstream_error(up.name(), e)),
+                    Err(e) => {
+                        route.counters.failed(&e);
+                        Err(upstream_error(up.name(), e))
+                    }
                 }
             }
         }
@@ -808,6 +897,7 @@ impl Registry {
         match up.get_manifest(remote, reference).await {
             Ok(f) => {
                 crate::stats::bump(&self.stats().upstream_manifests, 1);
+                route.counters.fill();
                 Ok(Pulled {
                     manifest: Manifest {
                         digest: f.digest,
@@ -820,6 +910,7 @@ impl Registry {
             Err(UpstreamError::NotFound) => Err(RegistryError::ManifestUnknown),
             Err(e) => {
                 crate::stats::bump(&self.stats().upstream_failures, 1);
+                route.counters.failed(&e);
                 Err(upstream_error(up.name(), e))
             }
         }
@@ -941,6 +1032,7 @@ impl Registry {
             return Err(RegistryError::BlobUnknown);
         }
         let missing = |e: UpstreamError| {
+            route.counters.failed(&e);
             if matches!(e, UpstreamError::NotFound) {
                 proxy.mark_missing(key.clone(), route.negative_ttl);
             }

@@ -657,6 +657,7 @@ async fn audit(
         until: micros(num("until")?),
         actor: q.get("user").cloned(),
         tenant: q.get("tenant").cloned(),
+        repository: q.get("repository").cloned(),
         action: q.get("action").cloned(),
         before_id: num("before")?,
         limit: num("limit")?.map_or(100, |n| n.clamp(1, 1000) as u64),

@@ -1107,6 +1107,41 @@ async fn pulls_and_refusals_reach_the_audit_log() {
         v["entries"].as_array().is_some_and(|e| !e.is_empty()),
         "{v}"
     );
+    // Filtered by repository: its rows only, and none for a repository never touched.
+    let of = |v: &Value| -> Vec<String> {
+        v["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| e["repository"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    let v: Value = s
+        .send(
+            Method::GET,
+            "/api/v1/audit?repository=team-a/app&limit=50",
+            &admin(),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    let repos = of(&v);
+    assert!(
+        !repos.is_empty() && repos.iter().all(|r| r == "team-a/app"),
+        "{v}"
+    );
+    let v: Value = s
+        .send(
+            Method::GET,
+            "/api/v1/audit?repository=team-a/untouched",
+            &admin(),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(of(&v).is_empty(), "{v}");
     let r = s.send(Method::GET, "/api/v1/audit", &eve).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }

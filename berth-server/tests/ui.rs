@@ -1012,6 +1012,268 @@ async fn operations_for_admins_only() {
     );
 }
 
+/// The operations page over real HTTP: an upstream cache's hits, fills, stale serves and
+/// last failure; the job queues; GC and retention dry runs started as jobs, whose reports
+/// appear when ready and which remove nothing; admins only, with the session's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_show_upstreams_queues_and_dry_runs() {
+    let mut upstream = common::start(Setup::default()).await;
+    upstream
+        .push_image_as(&Cred::Anonymous, "library/app", &["v1"], b"upstream layer")
+        .await;
+    let s = common::start(Setup {
+        auth: Some((AccessConfig::default(), ChallengeKind::Bearer)),
+        upstreams: vec![berth_registry::UpstreamSettings {
+            client: berth_registry::UpstreamConfig {
+                timeout: std::time::Duration::from_secs(2),
+                ..berth_registry::UpstreamConfig::new("docker.io", &upstream.base)
+            },
+            // Every tag request asks the upstream again (a HEAD): a hit when unchanged.
+            tag_ttl: std::time::Duration::ZERO,
+            negative_ttl: std::time::Duration::from_secs(30),
+            repositories: Vec::new(),
+            cache: true,
+        }],
+        maintenance: Some(berth_registry::maintenance::MaintenanceSettings {
+            gc: berth_registry::gc::GcOptions {
+                dry_run: true,
+                grace: std::time::Duration::ZERO,
+                rollback_window: std::time::Duration::ZERO,
+            },
+            ..Default::default()
+        }),
+        ..Setup::default()
+    })
+    .await;
+    common::add_users(s.access(), &[("admin", true), ("owner", false)]).await;
+    common::add_tenant(s.access(), "team-a", false, &[("owner", "owner")]).await;
+    let admin_cred = Cred::user("admin");
+    let pull = |s: &Server| {
+        s.request_as(
+            Method::GET,
+            "/v2/docker.io/library/app/manifests/v1",
+            &admin_cred,
+        )
+        .header(header::ACCEPT, OCI_MANIFEST)
+        .send()
+    };
+    // A fill, then a hit (the upstream confirms the tag), then, with the upstream gone, a
+    // stale serve and a failure.
+    assert_eq!(pull(&s).await.expect("pull").status(), StatusCode::OK);
+    assert_eq!(pull(&s).await.expect("pull").status(), StatusCode::OK);
+    upstream.stop().await;
+    let stale = pull(&s).await.expect("pull");
+    assert_eq!(stale.status(), StatusCode::OK);
+    assert!(stale.headers().contains_key("warning"));
+
+    // Content for the collection: `v1` moved, its first manifest now unreferenced.
+    let (_, first, _) = s.push_image_as(&admin_cred, REPO, &["v1"], b"first").await;
+    s.push_image_as(&admin_cred, REPO, &["v1"], b"second").await;
+
+    let (admin, _) = login(&s, "admin").await;
+    let body = get(&s, "/ui/operations", &admin)
+        .await
+        .text()
+        .await
+        .expect("body");
+    let upstreams = body
+        .split(r#"id="upstreams""#)
+        .nth(1)
+        .expect("the upstream table")
+        .split("</table>")
+        .next()
+        .unwrap_or("");
+    assert!(upstreams.contains("docker.io"), "{upstreams}");
+    assert!(
+        upstreams.contains(r#"<td data-label="Hit ratio">50.0 %</td>"#),
+        "one hit, one fill: {upstreams}"
+    );
+    assert!(
+        upstreams.contains(r#"<td data-label="Stale serves">1</td>"#),
+        "{upstreams}"
+    );
+    assert!(
+        upstreams.contains(r#"<td data-label="Failures">1</td>"#),
+        "{upstreams}"
+    );
+    assert!(
+        !upstreams.contains(r#"<td data-label="Last failure">—"#),
+        "the last failure is shown: {upstreams}"
+    );
+    assert!(body.contains(r#"id="queues""#), "{body}");
+    assert!(body.contains("<code>maintenance</code>"), "{body}");
+    assert!(body.contains("Upstreams: "), "the health summary: {body}");
+
+    // A dry run needs the session's token, and an admin.
+    let r = post(&s, "/ui/dry-run", &admin, &[("task", "gc")]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let (owner, _) = login(&s, "owner").await;
+    let owner_token = csrf_for(&s, &owner).await;
+    let r = post(
+        &s,
+        "/ui/dry-run",
+        &owner,
+        &[("task", "gc"), ("csrf", &owner_token)],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        get(&s, "/ui/operations", &owner).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let token = csrf_for(&s, &admin).await;
+    for task in ["gc", "retention"] {
+        let r = post(
+            &s,
+            "/ui/dry-run",
+            &admin,
+            &[("task", task), ("csrf", &token)],
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{task}");
+    }
+    // The job queue runs them; the page shows their reports when ready.
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = get(&s, "/ui/operations", &admin)
+            .await
+            .text()
+            .await
+            .expect("body");
+        if body.matches(r#"data-state="done""#).count() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        body.matches(r#"data-state="done""#).count(),
+        2,
+        "both reports: {body}"
+    );
+    assert!(
+        body.contains("1 manifests and 1 blobs would go"),
+        "the moved tag's first manifest and its layer: {body}"
+    );
+    assert!(body.contains("0 tags would expire"), "{body}");
+    // A dry run removes nothing.
+    let r = s
+        .request_as(
+            Method::GET,
+            &format!("/v2/{REPO}/manifests/{first}"),
+            &admin_cred,
+        )
+        .header(header::ACCEPT, OCI_MANIFEST)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// The cell of `label` in the first row of table `id` that has one.
+fn cell<'a>(html: &'a str, id: &str, label: &str) -> &'a str {
+    let table = html
+        .split(&format!(r#"id="{id}""#))
+        .nth(1)
+        .unwrap_or_default();
+    table
+        .split(&format!(r#"<td data-label="{label}">"#))
+        .nth(1)
+        .and_then(|c| c.split("</td>").next())
+        .unwrap_or_default()
+}
+
+/// A layer's uncompressed size comes from its catalog once the cataloger read it whole,
+/// and the image's packages from the image's catalog; before that (or without
+/// cataloging) the page says they are not known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_page_shows_uncompressed_sizes_and_packages_once_cataloged() {
+    let s = common::start(Setup {
+        auth: Some((AccessConfig::default(), ChallengeKind::Bearer)),
+        catalog: Some(berth_registry::catalog::CatalogSettings {
+            referrers: false,
+            ..Default::default()
+        }),
+        ..Setup::default()
+    })
+    .await;
+    common::add_users(s.access(), &[("admin", true)]).await;
+    let data = vec![b'x'; 5000];
+    let layer = berth_catalog::fuzzing::tar(&[
+        berth_catalog::fuzzing::Item::File("etc/os-release", b"ID=debian\nVERSION_ID=\"12\"\n"),
+        berth_catalog::fuzzing::Item::File("srv/data.bin", &data),
+        berth_catalog::fuzzing::Item::File(
+            "srv/node_modules/lodash/package.json",
+            br#"{"name":"lodash","version":"4.17.20"}"#,
+        ),
+    ]);
+    s.push_image_as(&Cred::user("admin"), REPO, &["v1"], &layer)
+        .await;
+    let (admin, _) = login(&s, "admin").await;
+    let path = format!("/ui/image?repository={REPO}&reference=v1");
+    let mut body = String::new();
+    for _ in 0..200 {
+        body = get(&s, &path, &admin).await.text().await.expect("body");
+        if !cell(&body, "layers", "Uncompressed").contains("not known")
+            && body.contains(r#"id="packages""#)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let uncompressed = cell(&body, "layers", "Uncompressed");
+    assert!(
+        !uncompressed.is_empty() && !uncompressed.contains("not known"),
+        "cataloged within 20 s: {body}"
+    );
+    // The image's packages, from its catalog.
+    assert_eq!(cell(&body, "packages", "Package"), "lodash", "{body}");
+    assert_eq!(cell(&body, "packages", "Version"), "4.17.20", "{body}");
+    assert!(body.contains("on debian 12"), "{body}");
+    // The layer is an uncompressed tar: its size is the layer's length, less the end
+    // of the archive (two to twenty zero blocks) the cataloger stops before.
+    let kib = |c: &str| -> f64 {
+        let n = c
+            .split(' ')
+            .find_map(|w| w.parse::<f64>().ok())
+            .expect("a number");
+        assert!(c.ends_with("KiB"), "{c}");
+        n * 1024.0
+    };
+    let whole = layer.len() as f64;
+    let text = uncompressed
+        .split('>')
+        .nth(1)
+        .and_then(|t| t.split('<').next())
+        .unwrap_or(uncompressed);
+    let shown = kib(text);
+    assert!(uncompressed.contains("≈ "), "{uncompressed}");
+    assert!(
+        shown <= whole + 52.0 && shown >= whole - 10_240.0 - 52.0,
+        "{shown} for a {whole}-byte tar"
+    );
+
+    // Without a catalog (another image's layer, never cataloged here), not known.
+    let plain = common::start(Setup {
+        auth: Some((AccessConfig::default(), ChallengeKind::Bearer)),
+        ..Setup::default()
+    })
+    .await;
+    common::add_users(plain.access(), &[("admin", true)]).await;
+    plain
+        .push_image_as(&Cred::user("admin"), REPO, &["v1"], &layer)
+        .await;
+    let (admin, _) = login(&plain, "admin").await;
+    let body = get(&plain, &path, &admin).await.text().await.expect("body");
+    assert!(
+        cell(&body, "layers", "Uncompressed").contains("not known"),
+        "{body}"
+    );
+    assert!(
+        body.contains("Not available yet: this image has not been cataloged."),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn audit_log_filtered_for_admins_and_owners_only() {
     let s = start().await;
@@ -1055,6 +1317,34 @@ async fn audit_log_filtered_for_admins_and_owners_only() {
         .expect("body");
     assert!(body.contains("No entry matches."), "{body}");
 
+    // The repository filter: pushes to two repositories, once both are in the log.
+    let admin_cred = Cred::user("admin");
+    s.push_image_as(&admin_cred, "team-a/other", &["v1"], b"other")
+        .await;
+    s.push_image_as(&admin_cred, REPO, &["v1"], b"app").await;
+    let target = |repo: &str| format!(r#"<td data-label="Target">{repo}"#);
+    let mut logged = false;
+    for _ in 0..100 {
+        let body = get(&s, "/ui/audit?action=manifest", &admin)
+            .await
+            .text()
+            .await
+            .expect("body");
+        if body.contains(&target("team-a/other")) && body.contains(&target(REPO)) {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(logged, "both pushes reach the audit log");
+    let body = get(&s, "/ui/audit?repository=team-a/other", &admin)
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(body.contains(&target("team-a/other")), "{body}");
+    assert!(!body.contains(&target(REPO)), "{body}");
+
     // The owner reads its tenant's rows, not team-b's; a reader reads none.
     let body = get(&s, "/ui/audit?tenant=team-a", &owner)
         .await
@@ -1069,15 +1359,33 @@ async fn audit_log_filtered_for_admins_and_owners_only() {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
 
+/// axe-core's browser build: `BERTH_AXE_JS`, or where `scripts/install-test-tools.sh` puts
+/// it. Missing is a failure, never a skip: without it the walk would prove nothing about
+/// accessibility.
+fn axe_js() -> std::path::PathBuf {
+    let path = std::env::var_os("BERTH_AXE_JS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/opt/berth-tools/axe-core/node_modules/axe-core/axe.min.js".into());
+    assert!(
+        path.is_file(),
+        "axe-core not found at {} (run scripts/install-test-tools.sh, or set BERTH_AXE_JS to \
+         axe.min.js from `npm install axe-core@4.14.1`)",
+        path.display()
+    );
+    path
+}
+
 fn python() -> String {
     std::env::var("BERTH_UI_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
 /// The walk in a real browser: headless Chromium driven by chromedriver over WebDriver,
-/// from a Python script that needs nothing beyond the standard library. Screenshots land
-/// in `target/ui-screenshots`.
+/// from a Python script that needs nothing beyond the standard library. axe-core runs on
+/// every page at both widths and in both schemes and must report no violation.
+/// Screenshots land in `target/ui-screenshots`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_walk() {
+    let axe = axe_js();
     let s = start().await;
     let admin = Cred::user("admin");
     // Many repositories to find one among.
@@ -1126,6 +1434,7 @@ async fn browser_walk() {
         "old": d1,
         "new": d2,
         "screenshots": shots,
+        "axe": axe,
     })
     .to_string();
     let out = tokio::task::spawn_blocking(move || {
@@ -1143,8 +1452,21 @@ async fn browser_walk() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // The walk made namespace prod's pull secret: its robot is what skopeo pulls with.
     let stdout = String::from_utf8_lossy(&out.stdout);
+    // axe-core ran on every page the walk checked (the count guards against a walk that
+    // quietly stopped running it).
+    let axe_line = stdout
+        .lines()
+        .find(|l| l.starts_with("axe-core: no violation on "))
+        .expect("the walk's axe-core summary");
+    let axe_pages: u32 = axe_line
+        .split(' ')
+        .nth(4)
+        .and_then(|n| n.parse().ok())
+        .expect("a page count");
+    assert!(axe_pages >= 40, "axe-core ran on only {axe_pages} pages");
+    eprintln!("{axe_line}");
+    // The walk made namespace prod's pull secret: its robot is what skopeo pulls with.
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix("PULL_SECRET "))

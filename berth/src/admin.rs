@@ -184,12 +184,15 @@ pub struct AuditArgs {
     pub user: Option<String>,
     #[arg(long)]
     pub tenant: Option<String>,
+    /// Only entries about this repository (`team-a/app`).
+    #[arg(long)]
+    pub repository: Option<String>,
     /// An action (`manifest.pull`) or a family (`user`, `robot`, `login`).
     #[arg(long)]
     pub action: Option<String>,
     #[arg(long, default_value_t = 100)]
     pub limit: u64,
-    /// Page: entries older than this id.
+    /// Page: the entries after this one (its id), newest first.
     #[arg(long)]
     pub before: Option<i64>,
     /// One JSON object per line (JSON Lines) instead of a table.
@@ -487,6 +490,7 @@ pub async fn audit(store: &StoreArgs, args: AuditArgs) -> anyhow::Result<()> {
         until: args.until.map(|s| s.saturating_mul(1_000_000)),
         actor: args.user,
         tenant: args.tenant,
+        repository: args.repository,
         action: args.action,
         before_id: args.before,
         limit: args.limit.clamp(1, 10_000),

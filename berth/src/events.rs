@@ -117,15 +117,20 @@ pub fn event_settings(config: &Config) -> anyhow::Result<EventSettings> {
     })
 }
 
-/// `registry` with the configuration's webhooks, job settings and replication targets,
-/// and the webhooks set through the API: every command that changes content queues its
+/// `registry` with the configuration's webhooks, job settings, replication targets and
+/// housekeeping settings (for dry runs), and the webhooks set through the API: every command that changes content queues its
 /// events and copies (a serving replica delivers them).
 pub async fn configure(registry: Registry, config: &Config) -> anyhow::Result<Registry> {
     let registry = registry
         .with_events(event_settings(config)?)
         .context("[[webhook]]")?
         .with_jobs(config.jobs.settings())
-        .with_replication(crate::replication_rules(config)?);
+        .with_replication(crate::replication_rules(config)?)
+        // What the operations page's GC and retention dry runs use.
+        .with_maintenance(berth_registry::maintenance::MaintenanceSettings {
+            gc: config.gc.options(true),
+            housekeeping: config.housekeeping()?,
+        });
     let registry = match config.catalog.settings() {
         Some(s) => registry.with_catalog(s),
         None => registry,

@@ -80,6 +80,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/tenant", get(tenant))
         .route("/ui/audit", get(audit))
         .route("/ui/operations", get(operations))
+        .route("/ui/dry-run", axum::routing::post(dry_run))
         .route("/ui/robot", axum::routing::post(robot))
         .route("/ui/pull-secret", axum::routing::post(pull_secret))
         .route("/ui/repositories", get(repositories))
@@ -695,6 +696,7 @@ async fn audit(
         until: day("to", true)?,
         actor: text("user"),
         tenant: text("tenant"),
+        repository: text("repository"),
         action: text("action"),
         before_id: text("before").and_then(|b| b.parse().ok()),
         limit: PAGE * 2,
@@ -805,9 +807,11 @@ async fn robot(
     }
 }
 
-/// Operations, for admins (or anyone with authentication off, which shows no jobs): the
-/// metadata store's readiness, dead jobs (webhook deliveries, replication copies, scans)
-/// and this replica's counters (upstream fetches and failures, stale serves, GC).
+/// Operations, for admins (or anyone with authentication off, which shows neither jobs nor
+/// dry runs): the metadata store's readiness, each upstream cache (this replica's hits,
+/// fills, stale serves and latest failure), the job queues (event delivery, replication,
+/// scans, maintenance: backlog, dead jobs), the GC and retention dry runs and their reports,
+/// and this replica's counters.
 async fn operations(State(state): State<AppState>, viewer: Viewer) -> Page {
     let fail = |e| error_page(&state, Some(&viewer), e);
     if let Some(id) = &viewer.id
@@ -815,7 +819,8 @@ async fn operations(State(state): State<AppState>, viewer: Viewer) -> Page {
     {
         return Err(fail(denied()));
     }
-    let readiness = match state.registry().readiness().await {
+    let registry = state.registry();
+    let readiness = match registry.readiness().await {
         berth_registry::health::Readiness::Ready => ("ready".to_owned(), true),
         berth_registry::health::Readiness::Degraded { down_for } => (
             format!(
@@ -832,21 +837,65 @@ async fn operations(State(state): State<AppState>, viewer: Viewer) -> Page {
             false,
         ),
     };
-    let dead = match &viewer.id {
-        Some(id) => Some(
-            state
-                .registry()
-                .jobs(id, None, Some(berth_meta::JobState::Dead), None, 50)
-                .await
-                .map_err(|e| fail(ApiError::Registry(e)))?,
+    let reg = |e| fail(ApiError::Registry(e));
+    let (dead, queues, runs) = match &viewer.id {
+        Some(id) => (
+            Some(
+                registry
+                    .jobs(id, None, Some(berth_meta::JobState::Dead), None, 50)
+                    .await
+                    .map_err(reg)?,
+            ),
+            Some(registry.queue_status(id).await.map_err(reg)?),
+            Some(registry.dry_runs(id, 10).await.map_err(reg)?),
         ),
-        None => None,
+        None => (None, None, None),
     };
-    let counters = state.registry().counters();
-    Ok(html(
-        StatusCode::OK,
-        pages::operations(&viewer, &readiness, dead.as_deref(), &counters),
-    ))
+    let view = pages::OpsView {
+        readiness,
+        upstreams: registry.upstream_status(),
+        queues,
+        runs,
+        dead,
+        counters: registry.counters(),
+    };
+    Ok(html(StatusCode::OK, pages::operations(&viewer, &view)))
+}
+
+/// Starts a GC or retention dry run (admins): a job of the durable queue, whose report
+/// the operations page shows once ready.
+async fn dry_run(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Page {
+    let form = form_of(&state, &viewer, &headers, &body)?;
+    let fail = |e| error_page(&state, Some(&viewer), e);
+    let Some(id) = &viewer.id else {
+        refuse(&state, "read-only");
+        return Err(forbidden(
+            "The web interface is read-only while authentication is off.",
+        ));
+    };
+    if !id.is_admin() {
+        refuse(&state, "denied");
+        return Err(fail(denied()));
+    }
+    let task = form
+        .get("task")
+        .and_then(|t| berth_registry::maintenance::DryRun::parse(t))
+        .ok_or_else(|| {
+            fail(ApiError::Registry(RegistryError::Invalid(
+                "task must be gc or retention".into(),
+            )))
+        })?;
+    state
+        .registry()
+        .start_dry_run(id, task)
+        .await
+        .map_err(|e| fail(ApiError::Registry(e)))?;
+    Ok(redirect("/ui/operations#dry-runs"))
 }
 
 async fn repositories(
@@ -859,10 +908,12 @@ async fn repositories(
     let needle = search.to_lowercase();
     let (repos, more) = state
         .registry()
-        .catalog_visible(Some(PAGE), after, |r| {
-            viewer.may(r).contains(Actions::PULL)
-                && (needle.is_empty() || r.to_lowercase().contains(&needle))
-        })
+        .catalog_search(
+            Some(needle.as_str()).filter(|n| !n.is_empty()),
+            Some(PAGE),
+            after,
+            |r| viewer.may(r).contains(Actions::PULL),
+        )
         .await
         .map_err(|e| error_page(&state, Some(&viewer), ApiError::Registry(e)))?;
     Ok(html(
@@ -952,6 +1003,27 @@ async fn image(
         .await
         .ok()
         .and_then(|r| serde_json::to_value(r).ok());
+    let layer_digests: Vec<&str> = parsed
+        .as_ref()
+        .map(|p| p.layers.iter().map(|l| l.digest.as_str()).collect())
+        .unwrap_or_default();
+    // Known only for layers the cataloger read to their end; the page says so otherwise.
+    let uncompressed = if layer_digests.is_empty() {
+        HashMap::new()
+    } else {
+        reg.uncompressed_sizes(&layer_digests)
+            .await
+            .unwrap_or_default()
+    };
+    let packages = if is_index {
+        None
+    } else {
+        reg.catalog_of(&repo, &Reference::Digest(m.digest.clone()), None)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| serde_json::to_value(c).ok())
+    };
     let vulns = if is_index {
         None
     } else {
@@ -973,6 +1045,8 @@ async fn image(
             referrers: &referrers,
             verify,
             vulns,
+            uncompressed: &uncompressed,
+            packages,
         }),
     ))
 }

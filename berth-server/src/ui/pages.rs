@@ -110,6 +110,7 @@ pub fn audit(
     let fields = [
         ("user", "User", "alice"),
         ("tenant", "Tenant", "team-a"),
+        ("repository", "Repository", "team-a/app"),
         ("action", "Action", "manifest.put or user"),
         ("from", "From day", "2026-12-01"),
         ("to", "To day", "2026-12-06"),
@@ -161,22 +162,169 @@ pub fn audit(
     )
 }
 
-pub fn operations(
-    v: &Viewer,
-    readiness: &(String, bool),
-    dead: Option<&[berth_registry::events::JobView]>,
-    counters: &[berth_registry::stats::Counter],
-) -> Markup {
+/// What the operations page shows.
+pub struct OpsView {
+    pub readiness: (String, bool),
+    pub upstreams: Vec<berth_registry::UpstreamStatus>,
+    /// `None` with authentication off (jobs and dry runs are for admins).
+    pub queues: Option<Vec<berth_registry::maintenance::QueueStatus>>,
+    pub runs: Option<Vec<berth_meta::MaintenanceRun>>,
+    pub dead: Option<Vec<berth_registry::events::JobView>>,
+    pub counters: Vec<berth_registry::stats::Counter>,
+}
+
+/// What a queue is for, from its name.
+fn queue_kind(queue: &str) -> &'static str {
+    match queue.split_once(':').map_or(queue, |(k, _)| k) {
+        "webhook" => "event delivery",
+        "replicate" => "replication",
+        "catalog" => "catalog and scans",
+        "maintenance" => "dry runs",
+        _ => "other",
+    }
+}
+
+fn ratio(hits: u64, fills: u64) -> String {
+    match hits + fills {
+        0 => "—".to_owned(),
+        n => format!("{:.1} %", hits as f64 * 100.0 / n as f64),
+    }
+}
+
+/// A finished dry run's report, in words.
+fn run_report(run: &berth_meta::MaintenanceRun) -> Markup {
+    use berth_registry::maintenance::{GcDryRun, RetentionDryRun};
+    let report = run.report.as_deref().unwrap_or("");
+    match run.task.as_str() {
+        "gc" => match serde_json::from_str::<GcDryRun>(report) {
+            Ok(r) => html! {
+                (r.manifests_deleted) " manifests and " (r.blobs_deleted) " blobs would go, freeing "
+                (bytes(r.bytes_freed)) "; " (r.manifests_kept) " manifests kept in "
+                (r.repositories) " repositories; " (r.uploads_purged) " stale uploads ("
+                (r.elapsed_ms) " ms)."
+            },
+            Err(_) => html! { "unreadable report" },
+        },
+        "retention" => match serde_json::from_str::<RetentionDryRun>(report) {
+            Ok(r) => html! {
+                (r.tags_expired) " tags would expire and " (r.manifests_evicted)
+                " cached manifests be evicted (" (bytes(r.bytes)) " for the next collection); "
+                (r.tags_kept) " tags kept (" (r.elapsed_ms) " ms)."
+                @if !r.sample.is_empty() {
+                    br; span.muted { "For example: " }
+                    @for (i, t) in r.sample.iter().enumerate() { @if i > 0 { ", " } code { (t) } }
+                }
+            },
+            Err(_) => html! { "unreadable report" },
+        },
+        _ => html! { "unknown task" },
+    }
+}
+
+pub fn operations(v: &Viewer, o: &OpsView) -> Markup {
+    let dead_jobs: u64 = o.queues.iter().flatten().map(|q| q.dead).sum();
+    let pending: u64 = o.queues.iter().flatten().map(|q| q.pending).sum();
+    let failing: Vec<&berth_registry::UpstreamStatus> = o
+        .upstreams
+        .iter()
+        .filter(|u| u.last_failure.is_some())
+        .collect();
     layout(
         Some(Nav::of(v)),
         "Operations",
         html! {
             h2 { "Health" }
-            p id="health" { "Metadata store: " @if readiness.1 { span.badge.ok { (readiness.0) } } @else { span.badge.bad { (readiness.0) } } }
+            ul id="health" {
+                li { "Metadata store: " @if o.readiness.1 { span.badge.ok { (o.readiness.0) } } @else { span.badge.bad { (o.readiness.0) } } }
+                @if o.queues.is_some() {
+                    li { "Job queues: " (pending) " pending, "
+                        @if dead_jobs == 0 { span.badge.ok { "no dead job" } } @else { span.badge.bad { (dead_jobs) " dead" } } }
+                }
+                li { "Upstreams: "
+                    @if o.upstreams.is_empty() { "none configured" }
+                    @else if failing.is_empty() { span.badge.ok { "no failure on this replica" } }
+                    @else { span.badge.warn { (failing.len()) " of " (o.upstreams.len()) " failed at least once on this replica" } } }
+            }
+            h2 { "Upstream caches" }
+            @if o.upstreams.is_empty() { p.muted { "No upstream is configured." } } @else {
+                p.muted { "Manifest requests on this replica since it started: a hit is answered from the cache (a tag the upstream confirmed unchanged included), a fill fetched the manifest." }
+                div.table-wrap { table.stack id="upstreams" {
+                    thead { tr {
+                        th scope="col" { "Upstream" } th scope="col" { "Hit ratio" } th scope="col" { "Hits" }
+                        th scope="col" { "Fills" } th scope="col" { "Stale serves" } th scope="col" { "Failures" } th scope="col" { "Last failure" }
+                    } }
+                    tbody { @for u in &o.upstreams { tr {
+                        td data-label="Upstream" { (u.name) @if !u.cache { " " span.muted { "(pass-through)" } } }
+                        td data-label="Hit ratio" { (ratio(u.hits, u.fills)) }
+                        td data-label="Hits" { (u.hits) }
+                        td data-label="Fills" { (u.fills) }
+                        td data-label="Stale serves" { (u.stale) }
+                        td data-label="Failures" { (u.failures) }
+                        td data-label="Last failure" { @match &u.last_failure { Some((at, why)) => { (when(*at)) br; span.muted { (why) } }, None => "—" } }
+                    } } }
+                } }
+            }
+            h2 { "Replication and event delivery" }
+            @match &o.queues {
+                None => p.muted { "Queues are shown to admins; authentication is off." },
+                Some(qs) => div.table-wrap { table.stack id="queues" {
+                    thead { tr {
+                        th scope="col" { "Queue" } th scope="col" { "For" } th scope="col" { "Pending" } th scope="col" { "Oldest pending" }
+                        th scope="col" { "Dead" } th scope="col" { "Done here" } th scope="col" { "Failed here" }
+                    } }
+                    tbody { @for q in qs { tr {
+                        td data-label="Queue" { code { (q.queue) } }
+                        td data-label="For" { (queue_kind(&q.queue)) }
+                        td data-label="Pending" { (q.pending) }
+                        td data-label="Oldest pending" { @match q.oldest_pending { Some(t) => (when(t)), None => "—" } }
+                        td data-label="Dead" { @if q.dead == 0 { "0" } @else { span.badge.bad { (q.dead) } } }
+                        td data-label="Done here" { (q.done_here) }
+                        td data-label="Failed here" { (q.failed_here) }
+                    } } }
+                } },
+            }
+            h2 id="dry-runs" { "Dry runs" }
+            @match &o.runs {
+                None => p.muted { "Dry runs are for admins; authentication is off." },
+                Some(runs) => {
+                    p.muted { "A dry run reports what the garbage collection or the retention policies would remove now, and removes nothing. It runs as a background job; its report appears here when ready." }
+                    div.actions {
+                        @for (task, label) in [("gc", "Dry-run the garbage collection"), ("retention", "Dry-run the retention policies")] {
+                            form.inline method="post" action="/ui/dry-run" {
+                                input type="hidden" name="csrf" value=(v.csrf);
+                                input type="hidden" name="task" value=(task);
+                                button type="submit" id=(format!("dry-run-{task}")) { (label) }
+                            }
+                            " "
+                        }
+                    }
+                    @if runs.is_empty() { p.muted { "None yet." } } @else {
+                        div.table-wrap { table.stack id="runs" {
+                            thead { tr { th scope="col" { "Run" } th scope="col" { "Task" } th scope="col" { "Asked by" } th scope="col" { "Asked at" } th scope="col" { "Result" } } }
+                            tbody { @for r in runs {
+                                @let state = if r.finished_at.is_none() { "waiting" } else if r.error.is_some() { "failed" } else { "done" };
+                                tr id=(format!("run-{}", r.id)) data-state=(state) {
+                                    td data-label="Run" { (r.id) }
+                                    td data-label="Task" { @if r.task == "gc" { "garbage collection" } @else { (r.task) } }
+                                    td data-label="Asked by" { (r.requested_by) }
+                                    td data-label="Asked at" { (when(r.requested_at)) }
+                                    td data-label="Result" {
+                                        @match (state, &r.error) {
+                                            ("waiting", _) => span.muted data-refresh="2" { "Waiting for the job queue…" },
+                                            (_, Some(e)) => { span.badge.bad { "failed" } " " (e) },
+                                            _ => (run_report(r)),
+                                        }
+                                    }
+                                }
+                            } }
+                        } }
+                    }
+                }
+            }
             h2 { "Dead jobs" }
-            @match dead {
+            @match &o.dead {
                 None => p.muted { "Jobs are shown to admins; authentication is off." },
-                Some([]) => p.muted { "None: every webhook delivery, replication copy and scan went through or is still being retried." },
+                Some(jobs) if jobs.is_empty() => p.muted { "None: every webhook delivery, replication copy and scan went through or is still being retried." },
                 Some(jobs) => div.table-wrap { table.stack id="dead-jobs" {
                     thead { tr { th scope="col" { "Id" } th scope="col" { "Kind" } th scope="col" { "Queue" } th scope="col" { "Attempts" } th scope="col" { "Last error" } } }
                     tbody { @for j in jobs { tr {
@@ -192,7 +340,7 @@ pub fn operations(
             p.muted { "Since this process started; each replica counts its own (see /metrics)." }
             div.table-wrap { table.stack id="counters" {
                 thead { tr { th scope="col" { "Counter" } th scope="col" { "Value" } } }
-                tbody { @for c in counters { tr {
+                tbody { @for c in &o.counters { tr {
                     td data-label="Counter" { code { (c.name) @if let Some((k, val)) = c.label { "{" (k) "=" (val) "}" } } br; span.muted { (c.help) } }
                     td data-label="Value" { (c.value) }
                 } } }
@@ -595,6 +743,10 @@ pub struct ImageView<'a> {
     pub referrers: &'a [u8],
     pub verify: Option<Value>,
     pub vulns: Option<Value>,
+    /// Uncompressed layer sizes, by digest, where the catalog knows them.
+    pub uncompressed: &'a std::collections::HashMap<String, u64>,
+    /// The image's catalog (`CatalogView` as JSON), once cataloged.
+    pub packages: Option<Value>,
 }
 
 fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -689,7 +841,12 @@ pub fn image(iv: &ImageView) -> Markup {
                             td data-label="Digest" { code title=(str_of(l, "digest")) { (short(str_of(l, "digest"))) } }
                             td data-label="Media type" { code { (str_of(l, "mediaType")) } }
                             td data-label="Compressed" { (bytes(l.get("size").and_then(Value::as_u64).unwrap_or(0))) }
-                            td data-label="Uncompressed" { span.muted { "not available yet" } }
+                            td data-label="Uncompressed" { @match iv.uncompressed.get(str_of(l, "digest")) {
+                                // The tar stream to its end-of-archive marker: the trailing
+                                // zero blocks (a few KiB at most) are not read.
+                                Some(n) => span title="The layer's tar archive as the cataloger read it, to its end-of-archive marker" { "≈ " (bytes(*n)) },
+                                None => span.muted title="Known once the catalog has read the whole layer" { "not known" },
+                            } }
                         } } }
                     } }
                 } @else { p.muted { "None." } }
@@ -741,6 +898,31 @@ pub fn image(iv: &ImageView) -> Markup {
                 _ => p.muted { "None." },
             }
             @if doc.get("manifests").is_none() {
+                h2 { "Packages" }
+                @match &iv.packages {
+                    None => p.muted { "Not available yet: this image has not been cataloged." },
+                    Some(c) => {
+                        @let list = c.get("packages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                        p id="catalog-summary" {
+                            (list.len()) " packages"
+                            @if let Some(os) = c.get("os").filter(|o| !o.is_null()) { " on " (str_of(os, "id")) " " (str_of(os, "version_id")) }
+                            "; catalog " (str_of(c, "status"))
+                            @if list.len() > 200 { " (the first 200 shown)" }
+                            "."
+                        }
+                        @if !list.is_empty() {
+                            div.table-wrap { table.stack id="packages" {
+                                thead { tr { th scope="col" { "Package" } th scope="col" { "Version" } th scope="col" { "Ecosystem" } th scope="col" { "Found in" } } }
+                                tbody { @for pk in list.iter().take(200) { tr {
+                                    td data-label="Package" { (str_of(pk, "name")) }
+                                    td data-label="Version" { (str_of(pk, "version")) }
+                                    td data-label="Ecosystem" { (pk.get("ecosystem").map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned)).unwrap_or_default()) }
+                                    td data-label="Found in" { code { (str_of(pk, "path")) } }
+                                } } }
+                            } }
+                        }
+                    },
+                }
                 h2 { "Vulnerabilities" }
                 @match &iv.vulns {
                     None => p.muted { "Not available yet: this image has not been cataloged." },

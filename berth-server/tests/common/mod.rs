@@ -202,6 +202,8 @@ pub struct Setup {
     pub encryption: Option<Arc<berth_storage::seal::Keyring>>,
     /// Node-local sharing with these settings.
     pub p2p: Option<berth_registry::p2p::P2pSettings>,
+    /// What the operations page's dry runs use (defaults otherwise).
+    pub maintenance: Option<berth_registry::maintenance::MaintenanceSettings>,
 }
 
 /// A server started for a test, and what the test reaches behind it. Dropping it stops
@@ -237,6 +239,10 @@ pub async fn start(setup: Setup) -> TestServer {
         );
     let registry = match setup.catalog {
         Some(c) => registry.with_catalog(c),
+        None => registry,
+    };
+    let registry = match setup.maintenance {
+        Some(m) => registry.with_maintenance(m),
         None => registry,
     };
     // Replication runs on the job queue's workers, as under `berth serve`.

@@ -3,8 +3,10 @@
 W3C WebDriver protocol with nothing but the standard library (no selenium to install).
 
 Argument: a JSON object with base (the server's URL), password (every test user's), repo,
-old and new (the digests `repo:stable` pointed at, oldest first) and screenshots (a
-directory). Exits non-zero with a message at the first failed expectation.
+old and new (the digests `repo:stable` pointed at, oldest first), screenshots (a
+directory) and axe (the path of axe-core's axe.min.js, injected into every page checked).
+Exits non-zero with a message at the first failed expectation; axe-core's violations are
+gathered over the whole walk and reported together at its end.
 """
 
 import base64
@@ -160,8 +162,34 @@ def q(**kw):
     return urllib.parse.urlencode(kw)
 
 
+AXE = None
+VIOLATIONS = []
+AXE_PAGES = 0
+AXE_VERSION = None
+
+
+def axe_check(d, what):
+    """axe-core, injected through WebDriver (the pages' CSP forbids inline script; a script
+    the driver evaluates is not the page's), must find no violation at all."""
+    global AXE_VERSION
+    AXE_VERSION = d.js(AXE + "\nreturn axe.version;")
+    found = d.js_async(
+        "const done = arguments[arguments.length - 1];"
+        "axe.run(document, {resultTypes: ['violations']})"
+        ".then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,"
+        " nodes: v.nodes.slice(0, 5).map(n => n.target.join(' ') + ': ' + n.failureSummary)}))),"
+        " e => done('axe failed: ' + e));"
+    )
+    expect(isinstance(found, list), f"{what}: {found}")
+    global AXE_PAGES
+    AXE_PAGES += 1
+    if found:
+        VIOLATIONS.append(f"{what}:\n" + json.dumps(found, indent=1))
+
+
 def check_page(d, what):
-    """What every page must be: no horizontal scrolling, every visible field labelled."""
+    """What every page must be: no horizontal scrolling, every visible field labelled, and
+    no accessibility violation axe-core knows of."""
     overflow = d.js(
         "return document.documentElement.scrollWidth - document.documentElement.clientWidth;"
     )
@@ -173,6 +201,7 @@ def check_page(d, what):
     )
     expect(unlabelled == 0, f"{what}: {unlabelled} unlabelled controls")
     expect(d.js("return !!document.querySelector('main h1');"), f"{what}: a main heading")
+    axe_check(d, what)
 
 
 def login(d, base, user, password):
@@ -188,7 +217,10 @@ def login(d, base, user, password):
 
 
 def main():
+    global AXE
     a = json.loads(sys.argv[1])
+    with open(a["axe"], encoding="utf-8") as f:
+        AXE = f.read()
     base, repo, old, new, shots = a["base"], a["repo"], a["old"], a["new"], a["screenshots"]
     d = Driver()
     try:
@@ -197,6 +229,7 @@ def main():
             for scheme in ("light", "dark"):
                 d.color_scheme(scheme)
                 d.go(base + "/ui/login")
+                axe_check(d, f"login at {width}px, {scheme}")
                 d.shot(shots, f"login-{label}-{scheme}")
         d.size(1280, 900)
         d.color_scheme("light")
@@ -207,6 +240,7 @@ def main():
         d.click("form.search button")
         names = lambda: [d.s("GET", f"/element/{e}/text") for e in d.find_all("#repositories a")]
         expect(wait_for(lambda: names() == ["team-a/svc-42"]), f"the search finds exactly svc-42: {names()}")
+        axe_check(d, "repository search results")
         d.shot(shots, "repositories-search")
         d.type("#q", repo)
         d.click("form.search button")
@@ -237,6 +271,7 @@ def main():
         d.click("a.rollback")
         expect(wait_for(lambda: "/ui/rollback?" in d.current()), "a confirmation page first")
         expect(old in d.text("main"), "it names the target digest")
+        axe_check(d, "rollback confirmation")
         d.shot(shots, "rollback-confirm")
         d.click("#confirm-rollback")
         expect(wait_for(lambda: old in d.text("#done")), "the history says where the tag points now")
@@ -279,6 +314,7 @@ def main():
         login(d, base, "reader", a["password"])
         d.go(base + "/ui/history?" + q(repository=repo, tag="stable"))
         expect(d.find_all("a.rollback") == [], "a reader is offered no rollback")
+        axe_check(d, "history, as a reader")
         d.shot(shots, "history-reader")
         status = d.js_async(
             "const done = arguments[arguments.length - 1];"
@@ -305,9 +341,20 @@ def main():
                     d.shot(shots, f"{name}-{label}-{scheme}")
         d.size(1280, 900)
         d.color_scheme("light")
+        # A GC dry run from the operations page: a background job, whose report the page
+        # (reloading itself while it waits) shows once ready.
+        d.go(base + "/ui/operations")
+        d.click("#dry-run-gc")
+        expect(wait_for(lambda: d.find_all("#runs tr[data-state=done]") != [], timeout=30),
+               "the dry run's report appears")
+        expect("would go" in d.text("#runs"), f"a report: {d.text('#runs')}")
+        check_page(d, "operations with a dry run's report")
+        d.shot(shots, "operations-dry-run")
+        d.go(base + "/ui/tenant?" + q(name="team-a"))
         d.type("#namespace", "prod")
         d.click("#make-pull-secret")
         expect(wait_for(lambda: d.find_all("#pull-secret") != []), "the Secret is shown")
+        axe_check(d, "the pull secret, shown once")
         d.shot(shots, "pull-secret")
         secret = json.loads(d.text("#pull-secret"))
         config = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
@@ -315,6 +362,8 @@ def main():
         print("PULL_SECRET " + json.dumps({"user": auth["username"], "password": auth["password"]}))
     finally:
         d.quit()
+    expect(not VIOLATIONS, "axe-core violations:\n" + "\n".join(VIOLATIONS))
+    print(f"axe-core: no violation on {AXE_PAGES} pages (axe-core {AXE_VERSION})")
     print("browser walk passed")
 
 

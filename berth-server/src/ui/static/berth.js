@@ -11,3 +11,10 @@ document.addEventListener("click", function (ev) {
     });
   }
 });
+// A page waiting for a background job (a dry run's report) looks again until it is there.
+(function () {
+  var w = document.querySelector("[data-refresh]");
+  if (!w) return;
+  var secs = parseInt(w.getAttribute("data-refresh"), 10) || 2;
+  setTimeout(function () { location.reload(); }, secs * 1000);
+})();
