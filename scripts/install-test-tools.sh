@@ -13,7 +13,6 @@
 #                          chromium chromium-driver python3 (the web interface's
 #                          browser walk: headless Chromium over WebDriver, driven by
 #                          berth-server/tests/support/ui_browser.py, standard library only)
-#                          npm (to fetch axe-core, below)
 # Installs (trixie/sid .deb, extracted only): oras, cosign (trixie), notation (sid)
 #                          -> $BERTH_TOOLS_PREFIX/bin/<tool>, symlinked into /usr/local/bin
 # Installs (PyPI, pinned, own virtualenv): kubernetes-validate (the Kubernetes schemas
@@ -21,7 +20,7 @@
 #                          jsonpatch (an independent RFC 6902 implementation that applies
 #                          the admission webhook's patches in the tests)
 #                          -> $BERTH_TOOLS_PREFIX/kubernetes-validate-venv
-# Installs (npm, pinned): axe-core, the accessibility checker the browser walk injects
+# Installs (npm registry tarball, pinned): axe-core, the accessibility checker the browser walk injects
 #                          into every page -> $BERTH_TOOLS_PREFIX/axe-core/node_modules/
 #                          axe-core/axe.min.js (the test's default BERTH_AXE_JS)
 # Downloads (bookworm .deb, kept): the packages Berth's own image takes its libraries and
@@ -108,7 +107,7 @@ fi
 # ---------------------------------------------------------------------------
 PKGS=(ca-certificates curl jq openssl psmisc skopeo umoci containerd runc podman
       golang-github-containers-common conmon crun docker-registry
-      rpm db5.3-util sqlite3 chromium chromium-driver python3 npm)
+      rpm db5.3-util sqlite3 chromium chromium-driver python3)
 [ "${BERTH_SKIP_POSTGRES:-0}" = 1 ] || PKGS+=(postgresql postgresql-client)
 
 missing=()
@@ -283,19 +282,29 @@ install_kubernetes_validate() {
 install_kubernetes_validate
 
 # ---------------------------------------------------------------------------
-# 5b. axe-core from npm, pinned: the browser walk injects axe.min.js into every page
-#     (berth-server/tests/ui.rs browser_walk reads it from here, or BERTH_AXE_JS).
+# 5b. axe-core from the npm registry, pinned by version and integrity: the browser walk
+#     injects axe.min.js into every page (berth-server/tests/ui.rs browser_walk reads it
+#     from here, or BERTH_AXE_JS). Only the package's tarball is fetched: no npm, no
+#     Node.js (Debian's npm would pull hundreds of packages, and conflicts with a
+#     NodeSource nodejs where one is installed).
 # ---------------------------------------------------------------------------
 AXE_CORE_VERSION=4.14.1
+AXE_CORE_SHA512=FHfa+lmNjQZfJz1q8wKqIDwC6DExcHt/pkjNQb09a3NPjCKg2rhu5qb2S4r76ASyFNNtuFooJpZe37OgudVGtQ==
 AXE_DIR=$PREFIX/axe-core
 AXE_JS=$AXE_DIR/node_modules/axe-core/axe.min.js
 if [ -r "$AXE_JS" ] && grep -q "\"version\": \"$AXE_CORE_VERSION\"" "$AXE_DIR/node_modules/axe-core/package.json" 2>/dev/null; then
   log "axe-core $AXE_CORE_VERSION already installed in $AXE_DIR"
 else
   log "installing axe-core@$AXE_CORE_VERSION into $AXE_DIR"
-  mkdir -p "$AXE_DIR"
-  npm install --prefix "$AXE_DIR" --no-audit --no-fund --save-exact "axe-core@$AXE_CORE_VERSION" >&2 \
-    || die "npm install axe-core@$AXE_CORE_VERSION failed"
+  axe_tgz=$(mktemp)
+  curl -fsSL --retry 3 -o "$axe_tgz" "https://registry.npmjs.org/axe-core/-/axe-core-$AXE_CORE_VERSION.tgz" \
+    || die "download of axe-core $AXE_CORE_VERSION failed"
+  got=$(openssl dgst -sha512 -binary "$axe_tgz" | base64 -w0)
+  [ "$got" = "$AXE_CORE_SHA512" ] || die "axe-core $AXE_CORE_VERSION: sha512 $got, expected $AXE_CORE_SHA512"
+  rm -rf "$AXE_DIR/node_modules/axe-core" && mkdir -p "$AXE_DIR/node_modules/axe-core"
+  tar -xzf "$axe_tgz" -C "$AXE_DIR/node_modules/axe-core" --strip-components=1 \
+    || die "unpacking axe-core $AXE_CORE_VERSION failed"
+  rm -f "$axe_tgz"
 fi
 
 # ---------------------------------------------------------------------------
