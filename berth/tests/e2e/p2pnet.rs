@@ -151,7 +151,7 @@ impl Node {
 
 struct Topology {
     nodes: Vec<Node>,
-    _central: Proc,
+    central: Proc,
     central_ns: Netns,
     _switch: Netns,
     work: tempfile::TempDir,
@@ -210,7 +210,7 @@ impl Topology {
 
         let mut topo = Topology {
             nodes: Vec::new(),
-            _central: central,
+            central,
             central_ns,
             _switch: switch,
             work,
@@ -610,5 +610,69 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
     }
     eprintln!("stop/kill case: {big_size}-byte image finished on node-2 and node-3");
     stopped.signal("-CONT");
+
+    // 5. The central Berth dies once every node has its tickets and its layer transfer is
+    // under way: the transfers finish from peers. (Tickets are fetched per blob when
+    // containerd asks for it, so a node that has not asked yet cannot get one then.)
+    let mut t = t;
+    let killed = t.nodes[1].agent.take();
+    drop(killed);
+    t.nodes[1].agent = Some(t.agent(&t.nodes[1]));
+    let (late, _) = t.push("team-a/late", 1, 12 << 20);
+    let reference = format!("{CENTRAL}/team-a/late:v1");
+    run(&mut t.nodes[0].pull(&reference, Some(&creds)));
+    let base: Vec<u64> = t.nodes[1..]
+        .iter()
+        .map(|n| n.metric("berth_node_bytes_from_peers_total"))
+        .collect();
+    let pulls: Vec<Child> = t.nodes[1..]
+        .iter()
+        .map(|n| {
+            n.pull(&reference, Some(&creds))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("ctr")
+        })
+        .collect();
+    wait_until(
+        Duration::from_secs(30),
+        "every node's transfer to start",
+        || {
+            t.nodes[1..]
+                .iter()
+                .zip(&base)
+                .all(|(n, b)| n.metric("berth_node_bytes_from_peers_total") > b + (256 << 10))
+        },
+    );
+    t.central.signal("-KILL");
+    let peer_bytes = |t: &Topology| -> u64 {
+        t.nodes[1..]
+            .iter()
+            .map(|n| n.metric("berth_node_bytes_from_peers_total"))
+            .sum()
+    };
+    let at_kill = peer_bytes(&t);
+    for (n, p) in t.nodes[1..].iter().zip(pulls) {
+        let out = p.wait_with_output().expect("ctr");
+        assert!(
+            out.status.success(),
+            "{}: the pull did not finish without the central Berth: {}",
+            n.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for b in &late {
+            assert!(n.holds(b), "{} lacks {b}", n.name);
+        }
+    }
+    let after = peer_bytes(&t);
+    eprintln!(
+        "central killed: {} bytes came from peers afterwards",
+        after - at_kill
+    );
+    assert!(
+        after > at_kill,
+        "nothing was left to transfer when the central Berth died"
+    );
     drop(t);
 }
