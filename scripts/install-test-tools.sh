@@ -13,6 +13,9 @@
 #                          chromium chromium-driver python3 (the web interface's
 #                          browser walk: headless Chromium over WebDriver, driven by
 #                          berth-server/tests/support/ui_browser.py, standard library only)
+#                          iproute2 (ip netns, veth, bridge and tc tbf for the
+#                          network-namespace test of node-local sharing, e2e p2pnet;
+#                          the kernel needs veth, bridge and sch_tbf, no bridge-utils)
 # Installs (trixie/sid .deb, extracted only): oras, cosign (trixie), notation (sid)
 #                          -> $BERTH_TOOLS_PREFIX/bin/<tool>, symlinked into /usr/local/bin
 # Installs (PyPI, pinned, own virtualenv): kubernetes-validate (the Kubernetes schemas
@@ -107,7 +110,7 @@ fi
 # ---------------------------------------------------------------------------
 PKGS=(ca-certificates curl jq openssl psmisc skopeo umoci containerd runc podman
       golang-github-containers-common conmon crun docker-registry
-      rpm db5.3-util sqlite3 chromium chromium-driver python3)
+      rpm db5.3-util sqlite3 chromium chromium-driver python3 iproute2)
 [ "${BERTH_SKIP_POSTGRES:-0}" = 1 ] || PKGS+=(postgresql postgresql-client)
 
 missing=()
@@ -363,6 +366,8 @@ verify openssl         openssl version
 verify containerd      containerd --version
 verify ctr             ctr --version
 verify runc            runc --version
+verify ip              ip -V
+verify tc              tc -V
 verify podman          podman --version
 verify oras            oras version
 verify cosign          cosign version

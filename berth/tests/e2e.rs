@@ -44,6 +44,8 @@ mod multiarch;
 mod oras;
 #[path = "e2e/p2p.rs"]
 mod p2p;
+#[path = "e2e/p2pnet.rs"]
+mod p2pnet;
 #[path = "e2e/podman.rs"]
 mod podman;
 #[path = "e2e/prefetch.rs"]

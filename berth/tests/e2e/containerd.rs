@@ -13,10 +13,19 @@ pub struct Containerd {
     child: Child,
     socket: String,
     dir: TempDir,
+    /// The network namespace the daemon and every `ctr` run in; `None`: the test's own.
+    netns: Option<String>,
 }
 
 impl Containerd {
     pub fn start() -> Containerd {
+        Containerd::start_in(None)
+    }
+
+    /// A daemon inside network namespace `netns` (`ip netns`), whose `ctr` commands run
+    /// there too: with `ctr image pull` the client process resolves and fetches, so it must
+    /// reach the network the node has.
+    pub fn start_in(netns: Option<&str>) -> Containerd {
         require_root("containerd needs root");
         // A unix socket path must stay under 108 bytes: keep the directory short.
         let dir = short_tempdir("be2e-ctrd.");
@@ -57,7 +66,15 @@ disabled_plugins = [
         std::fs::write(&config_path, config).expect("writing the containerd config");
         let log = std::fs::File::create(dir.path().join("containerd.log"))
             .expect("creating the containerd log");
-        let child = Command::new(tool("containerd"))
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = cmd("ip");
+                c.args(["netns", "exec", ns]).arg(tool("containerd"));
+                c
+            }
+            None => Command::new(tool("containerd")),
+        };
+        let child = command
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
@@ -65,7 +82,12 @@ disabled_plugins = [
             .stderr(log)
             .spawn()
             .expect("starting containerd");
-        let mut daemon = Containerd { child, socket, dir };
+        let mut daemon = Containerd {
+            child,
+            socket,
+            dir,
+            netns: netns.map(str::to_owned),
+        };
         let socket = daemon.socket.clone();
         let ctr = tool("ctr");
         wait_until(Duration::from_secs(20), "containerd to answer", || {
@@ -81,7 +103,14 @@ disabled_plugins = [
 
     /// `ctr --address <socket> --namespace <namespace>`, with the native snapshotter.
     pub fn ctr(&self, namespace: &str) -> Command {
-        let mut c = cmd("ctr");
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = cmd("ip");
+                c.args(["netns", "exec", ns]).arg(tool("ctr"));
+                c
+            }
+            None => cmd("ctr"),
+        };
         c.args(["--address", &self.socket, "--namespace", namespace])
             .env("CONTAINERD_SNAPSHOTTER", "native");
         c

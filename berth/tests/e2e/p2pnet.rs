@@ -1,0 +1,678 @@
+//! Node-local sharing across network namespaces: a bridge (in a namespace of its own), a
+//! central `berth serve` with `[p2p]` in namespace `c` behind a link limited with `tc tbf`
+//! (160 Mbit/s out of the central namespace), and four node namespaces, each with its own
+//! containerd (own root, state and socket) and its own `berth node` agent, which writes the
+//! node's `hosts.toml`. containerd pulls with credentials through that `hosts.toml`
+//! (`ctr image pull --user --hosts-dir`: the same resolver and fetcher the CRI plugin
+//! uses, see ARCHITECTURE.md). Bytes leaving the central Berth are read from its veth's
+//! counters. One replica: the tracker's state is per replica, so two replicas would need
+//! client-IP affinity this topology has no balancer for.
+//!
+//! Everything created is removed by `Drop` guards, processes before namespaces, also when
+//! an assertion fails.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::containerd::Containerd;
+use crate::harness::{
+    Layout, cmd, exec, noise, parse_json, require_root, run, tempdir, unique, wait_until,
+};
+
+const TOKEN: &str = "netns-bootstrap-token-0123456789";
+const CENTRAL_IP: &str = "10.77.0.1";
+const CENTRAL: &str = "10.77.0.1:5000";
+const NODES: usize = 4;
+/// The central link's rate and each agent's cap on what it serves to peers: slower than
+/// the link, so a transfer from a peer lasts long enough to stop that peer in the middle.
+const LINK: &str = "160mbit";
+const SERVE_MBIT: &str = "40";
+
+/// A network namespace, deleted on drop (with the veths and bridge inside it).
+struct Netns(String);
+
+impl Netns {
+    fn add(name: String) -> Netns {
+        run(cmd("ip").args(["netns", "add", &name]));
+        let ns = Netns(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    #[track_caller]
+    fn ip(&self, args: &[&str]) {
+        run(cmd("ip").args(["-n", &self.0]).args(args));
+    }
+
+    /// `ip netns exec <ns> <program>`
+    fn exec(&self, program: &str) -> Command {
+        let mut c = cmd("ip");
+        c.args(["netns", "exec", &self.0]).arg(program);
+        c
+    }
+
+    /// Bytes sent out of `dev` in this namespace (the kernel's counter).
+    fn tx_bytes(&self, dev: &str) -> u64 {
+        let out = run(cmd("ip").args(["-n", &self.0, "-s", "-j", "link", "show", dev])).stdout;
+        let v = parse_json(&out, "ip -s -j link");
+        v[0]["stats64"]["tx"]["bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no tx bytes in {v}"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A process started with `ip netns exec` (which execs it: the child is the process
+/// itself), killed on drop.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn signal(&self, sig: &str) {
+        run(Command::new("kill").args([sig, &self.child.id().to_string()]));
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die of SIGKILL's reaping promptly.
+        let _ = self.child.kill();
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            eprintln!("--- {} ---", self.log.display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+struct Node {
+    name: String,
+    ip: String,
+    // Field order is drop order: the agent and containerd die before their namespace.
+    agent: Option<Proc>,
+    containerd: Containerd,
+    certs_d: PathBuf,
+    ns: Netns,
+}
+
+impl Node {
+    fn metric(&self, name: &str) -> u64 {
+        let out = run(self
+            .ns
+            .exec("curl")
+            .args(["-sSf", "http://127.0.0.1:5050/metrics"]))
+        .stdout;
+        metric(&String::from_utf8_lossy(&out), name)
+    }
+
+    /// `ctr image pull` of `reference` with `creds` (none: anonymous), as the kubelet's
+    /// pull would, through this node's hosts.toml.
+    fn pull(&self, reference: &str, creds: Option<&str>) -> Command {
+        let mut c = self.containerd.ctr("k8s.io");
+        c.args(["image", "pull"]);
+        if let Some(creds) = creds {
+            c.args(["--user", creds]);
+        }
+        c.arg("--hosts-dir").arg(&self.certs_d).arg(reference);
+        c
+    }
+
+    fn holds(&self, blob: &str) -> bool {
+        exec(self.containerd.ctr("k8s.io").args(["content", "get", blob]))
+            .status
+            .success()
+    }
+}
+
+struct Topology {
+    nodes: Vec<Node>,
+    central: Proc,
+    central_ns: Netns,
+    _switch: Netns,
+    work: tempfile::TempDir,
+    admin: String,
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+impl Topology {
+    fn build() -> Topology {
+        require_root("network namespaces, tc and containerd need root");
+        let id = format!("bp{}", std::process::id() % 100_000);
+        let work = tempdir();
+        let switch = Netns::add(format!("{id}-sw"));
+        switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        switch.ip(&["link", "set", "br0", "up"]);
+        let central_ns = Netns::add(format!("{id}-c"));
+        attach(&switch, &central_ns, "c", CENTRAL_IP);
+        // Everything leaving the central Berth crosses this qdisc.
+        run(central_ns.exec("tc").args([
+            "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", LINK, "burst", "64kb", "latency",
+            "100ms",
+        ]));
+
+        let admin = hex::encode(unique("admin").as_bytes())[..32].to_owned();
+        let config = "[auth]\nenabled = true\nchallenge = \"basic\"\n\
+                      [p2p]\nenabled = true\noff = [\"team-off\"]\n\
+                      [catalog]\nenabled = false\n\
+                      [security]\nallow_insecure_http = true\n";
+        std::fs::write(work.path().join("berth.toml"), config).expect("berth.toml");
+        let central = spawn(
+            central_ns
+                .exec(env!("CARGO_BIN_EXE_berth"))
+                .args(["serve", "--listen", CENTRAL, "--data-dir"])
+                .arg(work.path().join("data"))
+                .arg("--config")
+                .arg(work.path().join("berth.toml"))
+                .env("BERTH_ADMIN_PASSWORD", &admin)
+                .env("BERTH_P2P_BOOTSTRAP_TOKEN", TOKEN),
+            &work.path().join("central.log"),
+        );
+        wait_until(Duration::from_secs(30), "the central Berth", || {
+            exec(
+                central_ns
+                    .exec("curl")
+                    .args(["-sf", &format!("http://{CENTRAL}/healthz")]),
+            )
+            .status
+            .success()
+        });
+
+        let mut topo = Topology {
+            nodes: Vec::new(),
+            central,
+            central_ns,
+            _switch: switch,
+            work,
+            admin,
+        };
+        for i in 1..=NODES {
+            let name = format!("node-{i}");
+            let ip = format!("10.77.0.{}", 10 + i);
+            let ns = Netns::add(format!("{id}-n{i}"));
+            attach(&topo._switch, &ns, &format!("n{i}"), &ip);
+            let containerd = Containerd::start_in(Some(&ns.0));
+            let certs_d = topo.work.path().join(format!("{name}-certs.d"));
+            let mut node = Node {
+                name,
+                ip,
+                agent: None,
+                containerd,
+                certs_d,
+                ns,
+            };
+            node.agent = Some(topo.agent(&node));
+            topo.nodes.push(node);
+        }
+        topo
+    }
+
+    fn agent(&self, node: &Node) -> Proc {
+        let log = self.work.path().join(format!("{}.log", node.name));
+        let p = spawn(
+            node.ns
+                .exec(env!("CARGO_BIN_EXE_berth"))
+                .args(["node", "--node", &node.name])
+                .args(["--central", &format!("http://{CENTRAL}")])
+                .args(["--listen", "127.0.0.1:5050"])
+                .args(["--peer-listen", &format!("{}:5051", node.ip)])
+                .args(["--local-address", &node.ip])
+                .args(["--serve-mbit", SERVE_MBIT, "--stall-timeout-secs", "3"])
+                .arg("--spool")
+                .arg(self.work.path().join(format!("{}-spool", node.name)))
+                .args(["--registry-host", CENTRAL])
+                .arg("--containerd-certs-d")
+                .arg(&node.certs_d)
+                .env("BERTH_P2P_BOOTSTRAP_TOKEN", TOKEN),
+            &log,
+        );
+        wait_until(Duration::from_secs(20), "an agent to enroll", || {
+            let l = p.log_text();
+            l.contains("node agent serving") && l.contains("enrolled")
+        });
+        p
+    }
+
+    fn cli(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        c.env("BERTH_CONFIG", self.work.path().join("berth.toml"))
+            .env("BERTH_DATA_DIR", self.work.path().join("data"))
+            .env("BERTH_ADMIN_PASSWORD", &self.admin)
+            .env("BERTH_P2P_BOOTSTRAP_TOKEN", TOKEN)
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    /// Builds an image of `layers` incompressible layers of `size` bytes under `tag` and
+    /// pushes it (from inside the central namespace: pushes do not cross the link).
+    /// Returns the blobs (config first) and their total size.
+    fn push(&self, name: &str, layers: usize, size: usize) -> (Vec<String>, u64) {
+        let src = Layout::init(
+            self.work
+                .path()
+                .join(format!("src-{}", name.replace('/', "-"))),
+        );
+        let files: Vec<(String, Vec<u8>)> = (0..layers)
+            .map(|i| (format!("layer{i}.bin"), noise(size)))
+            .collect();
+        let files: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_slice()))
+            .collect();
+        let digest = src.build("v1", "amd64", &files);
+        run(self.central_ns.exec("skopeo").args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("admin:{}", self.admin),
+            &src.oci("v1"),
+            &format!("docker://{CENTRAL}/{name}:v1"),
+        ]));
+        let blobs = src.image_blobs(&digest);
+        let total = blobs.iter().map(|b| src.blob(b).len() as u64).sum();
+        (blobs, total)
+    }
+
+    /// Bytes out of the central namespace's link, and the central Berth's blob bytes
+    /// (`berth_sent_bytes_total`, which counts `/v2` blobs and blobs sent to agents).
+    fn central_bytes(&self) -> (u64, u64) {
+        let out = run(self
+            .central_ns
+            .exec("curl")
+            .args(["-sSf", &format!("http://{CENTRAL}/metrics")]))
+        .stdout;
+        let text = String::from_utf8_lossy(&out);
+        (
+            self.central_ns.tx_bytes("eth0"),
+            metric(&text, "berth_sent_bytes_total"),
+        )
+    }
+
+    /// Every node pulls `name` at once; returns the wall time.
+    fn pull_all(&self, name: &str, creds: &str) -> Duration {
+        let reference = format!("{CENTRAL}/{name}:v1");
+        let start = Instant::now();
+        let children: Vec<(String, Child)> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let child = n
+                    .pull(&reference, Some(creds))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("ctr");
+                (n.name.clone(), child)
+            })
+            .collect();
+        for (name, child) in children {
+            let out = child.wait_with_output().expect("ctr output");
+            assert!(
+                out.status.success(),
+                "{name}: pull of {reference} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        start.elapsed()
+    }
+}
+
+/// Connects `ns` to the bridge through a veth: `port` on the bridge, `eth0` at `ip` in `ns`.
+fn attach(switch: &Netns, ns: &Netns, port: &str, ip: &str) {
+    switch.ip(&[
+        "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
+    ]);
+    switch.ip(&["link", "set", port, "master", "br0", "up"]);
+    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+}
+
+fn spawn(c: &mut Command, log: &Path) -> Proc {
+    let child = c
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {c:?}: {e}"));
+    Proc {
+        child,
+        log: log.to_owned(),
+    }
+}
+
+fn run_with_stdin(c: &mut Command, input: &str) {
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("stdin write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `curl -w "%{http_code} %{size_download}"` said 403 with at most an error document:
+/// the layers are 1 MiB, so no layer bytes came with it.
+#[track_caller]
+fn assert_refused(out: &[u8], what: &str) {
+    let text = String::from_utf8_lossy(out);
+    let (code, size) = text.split_once(' ').unwrap_or_else(|| panic!("{text}"));
+    let size: u64 = size.parse().unwrap_or_else(|_| panic!("{text}"));
+    assert!(code == "403" && size < 1024, "{what}: {text}");
+}
+
+#[test]
+fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
+    let t = Topology::build();
+    for tenant in ["team-a", "team-b", "team-off"] {
+        run(t.cli().args(["tenant", "add", tenant]));
+    }
+    let dev_password = hex::encode(unique("dev").as_bytes())[..24].to_owned();
+    run_with_stdin(
+        t.cli().args(["user", "add", "dev", "--password-stdin"]),
+        &format!("{dev_password}\n"),
+    );
+    run(t
+        .cli()
+        .args(["tenant", "member", "team-b", "dev", "developer"]));
+    let creds = format!("admin:{}", t.admin);
+    let outsider = format!("dev:{dev_password}");
+
+    // 1. All nodes pull the same image at once: the central Berth sends it about once.
+    let (blobs, size) = t.push("team-a/app", 3, 2 << 20);
+    let (link0, app0) = t.central_bytes();
+    let wall = t.pull_all("team-a/app", &creds);
+    let (link1, app1) = t.central_bytes();
+    for n in &t.nodes {
+        for b in &blobs {
+            assert!(n.holds(b), "{}: {b} missing in containerd", n.name);
+        }
+    }
+    let (link, app) = (link1 - link0, app1 - app0);
+    eprintln!(
+        "all {NODES} at once: {size} image bytes, {link} bytes left central's link ({:.2}x), \
+         {app} blob bytes sent ({:.2}x), {wall:?}",
+        link as f64 / size as f64,
+        app as f64 / size as f64
+    );
+    assert!(
+        link as f64 <= 1.2 * size as f64,
+        "{link} bytes left the central link for a {size}-byte image"
+    );
+    assert!(
+        app as f64 <= 1.2 * size as f64,
+        "the central Berth sent {app} blob bytes for a {size}-byte image"
+    );
+    let from_peers: u64 = t
+        .nodes
+        .iter()
+        .map(|n| n.metric("berth_node_bytes_from_peers_total"))
+        .sum();
+    assert!(
+        from_peers >= (NODES as u64 - 1) * size * 8 / 10,
+        "{from_peers} bytes came from peers"
+    );
+
+    // 2. Sharing off for a tenant: every node's blobs come from the central Berth.
+    let (_, off_size) = t.push("team-off/app", 3, 2 << 20);
+    let peers0: u64 = t
+        .nodes
+        .iter()
+        .map(|n| n.metric("berth_node_bytes_from_peers_total"))
+        .sum();
+    let (link0, app0) = t.central_bytes();
+    t.pull_all("team-off/app", &creds);
+    let (link1, app1) = t.central_bytes();
+    let peers1: u64 = t
+        .nodes
+        .iter()
+        .map(|n| n.metric("berth_node_bytes_from_peers_total"))
+        .sum();
+    eprintln!(
+        "sharing off: {} bytes left central's link ({:.2}x), {} blob bytes",
+        link1 - link0,
+        (link1 - link0) as f64 / off_size as f64,
+        app1 - app0
+    );
+    assert!(
+        app1 - app0 >= NODES as u64 * off_size,
+        "central sent {} blob bytes, not N times {off_size}",
+        app1 - app0
+    );
+    assert!(link1 - link0 >= NODES as u64 * off_size);
+    assert_eq!(peers1, peers0, "no bytes from peers with sharing off");
+
+    // 3. Anonymous and wrong-tenant pulls fail, and their agents get no layer bytes.
+    let (private, _) = t.push("team-a/private", 2, 1 << 20);
+    let reference = format!("{CENTRAL}/team-a/private:v1");
+    run(&mut t.nodes[0].pull(&reference, Some(&creds)));
+    let before: Vec<(u64, u64)> = t.nodes[1..3]
+        .iter()
+        .map(|n| {
+            (
+                n.metric("berth_node_bytes_from_peers_total"),
+                n.metric("berth_node_bytes_from_central_total"),
+            )
+        })
+        .collect();
+    let served = t.nodes[0].metric("berth_node_bytes_to_peers_total");
+    let anon = exec(&mut t.nodes[1].pull(&reference, None));
+    assert!(!anon.status.success(), "an anonymous pull succeeded");
+    let wrong = exec(&mut t.nodes[2].pull(&reference, Some(&outsider)));
+    assert!(!wrong.status.success(), "a wrong-tenant pull succeeded");
+    for (n, (p, c)) in t.nodes[1..3].iter().zip(before) {
+        assert_eq!(
+            n.metric("berth_node_bytes_from_peers_total"),
+            p,
+            "{}",
+            n.name
+        );
+        assert_eq!(
+            n.metric("berth_node_bytes_from_central_total"),
+            c,
+            "{}",
+            n.name
+        );
+        for b in &private {
+            assert!(!n.holds(b), "{} holds {b}", n.name);
+            // The agent itself answers 403 and fetches nothing.
+            let out = run(n.ns.exec("curl").args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{size_download}",
+                &format!("http://127.0.0.1:5050/v2/team-a/private/blobs/{b}"),
+            ]))
+            .stdout;
+            assert_refused(&out, &format!("{}'s agent", n.name));
+            // The holder's peer port gives nothing without a ticket.
+            let out = run(n.ns.exec("curl").args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{size_download}",
+                &format!("http://{}:5051/p2p/v1/blobs/{b}", t.nodes[0].ip),
+            ]))
+            .stdout;
+            assert_refused(&out, "node-1's peer port");
+        }
+    }
+    assert_eq!(
+        t.nodes[0].metric("berth_node_bytes_to_peers_total"),
+        served,
+        "node-1 served nobody"
+    );
+
+    // 4. A peer stopped (SIGSTOP) in the middle of serving, and one killed: the pulls that
+    // were fetching from them still finish (from another peer or the central Berth).
+    let (big, big_size) = t.push("team-a/big", 1, 24 << 20);
+    let reference = format!("{CENTRAL}/team-a/big:v1");
+    run(&mut t.nodes[0].pull(&reference, Some(&creds)));
+    let p2 = t.nodes[1].metric("berth_node_bytes_from_peers_total");
+    let stopped = t.nodes[0].agent.as_ref().expect("agent");
+    let pull2 = t.nodes[1]
+        .pull(&reference, Some(&creds))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctr");
+    // node-2 reads from node-1 at SERVE_MBIT; stop node-1 once bytes flow.
+    wait_until(
+        Duration::from_secs(20),
+        "node-2 to get bytes from node-1",
+        || t.nodes[1].metric("berth_node_bytes_from_peers_total") > p2 + (1 << 20),
+    );
+    stopped.signal("-STOP");
+    let started = Instant::now();
+    let out = pull2.wait_with_output().expect("ctr");
+    assert!(
+        out.status.success(),
+        "node-2's pull with its peer stopped: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "node-2 finished {:?} after its peer stopped",
+        started.elapsed()
+    );
+    assert!(
+        t.nodes[1].metric("berth_node_peers_dropped_total") >= 1,
+        "node-2 dropped the stopped peer"
+    );
+    // node-3 now has node-1 (stopped) and node-2 as sources; node-2 is killed mid-way.
+    let p3 = t.nodes[2].metric("berth_node_bytes_from_peers_total");
+    let pull3 = t.nodes[2]
+        .pull(&reference, Some(&creds))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctr");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while t.nodes[2].metric("berth_node_bytes_from_peers_total") < p3 + (1 << 20)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.nodes[1].agent.as_ref().expect("agent").signal("-KILL");
+    let out = pull3.wait_with_output().expect("ctr");
+    assert!(
+        out.status.success(),
+        "node-3's pull with one peer stopped and one killed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for b in &big {
+        assert!(t.nodes[2].holds(b), "node-3 lacks {b}");
+    }
+    eprintln!("stop/kill case: {big_size}-byte image finished on node-2 and node-3");
+    stopped.signal("-CONT");
+
+    // 5. The central Berth dies once every node has its tickets and its layer transfer is
+    // under way: the transfers finish from peers. (Tickets are fetched per blob when
+    // containerd asks for it, so a node that has not asked yet cannot get one then.)
+    let mut t = t;
+    let killed = t.nodes[1].agent.take();
+    drop(killed);
+    t.nodes[1].agent = Some(t.agent(&t.nodes[1]));
+    let (late, _) = t.push("team-a/late", 1, 12 << 20);
+    let reference = format!("{CENTRAL}/team-a/late:v1");
+    run(&mut t.nodes[0].pull(&reference, Some(&creds)));
+    let base: Vec<u64> = t.nodes[1..]
+        .iter()
+        .map(|n| n.metric("berth_node_bytes_from_peers_total"))
+        .collect();
+    let pulls: Vec<Child> = t.nodes[1..]
+        .iter()
+        .map(|n| {
+            n.pull(&reference, Some(&creds))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("ctr")
+        })
+        .collect();
+    wait_until(
+        Duration::from_secs(30),
+        "every node's transfer to start",
+        || {
+            t.nodes[1..]
+                .iter()
+                .zip(&base)
+                .all(|(n, b)| n.metric("berth_node_bytes_from_peers_total") > b + (256 << 10))
+        },
+    );
+    t.central.signal("-KILL");
+    let peer_bytes = |t: &Topology| -> u64 {
+        t.nodes[1..]
+            .iter()
+            .map(|n| n.metric("berth_node_bytes_from_peers_total"))
+            .sum()
+    };
+    let at_kill = peer_bytes(&t);
+    for (n, p) in t.nodes[1..].iter().zip(pulls) {
+        let out = p.wait_with_output().expect("ctr");
+        assert!(
+            out.status.success(),
+            "{}: the pull did not finish without the central Berth: {}",
+            n.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for b in &late {
+            assert!(n.holds(b), "{} lacks {b}", n.name);
+        }
+    }
+    let after = peer_bytes(&t);
+    eprintln!(
+        "central killed: {} bytes came from peers afterwards",
+        after - at_kill
+    );
+    assert!(
+        after > at_kill,
+        "nothing was left to transfer when the central Berth died"
+    );
+    drop(t);
+}
