@@ -17,6 +17,7 @@ mod fsck;
 mod gc;
 mod jobs;
 mod notify;
+mod p2p;
 mod quota;
 mod sessions;
 mod tags;
@@ -373,6 +374,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0015_tag_versions.sql"),
     include_str!("../migrations/sqlite/0016_catalog_packages.sql"),
     include_str!("../migrations/sqlite/0017_encryption.sql"),
+    include_str!("../migrations/sqlite/0018_p2p.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -392,6 +394,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0015_tag_versions.sql"),
     include_str!("../migrations/postgres/0016_catalog_packages.sql"),
     include_str!("../migrations/postgres/0017_encryption.sql"),
+    include_str!("../migrations/postgres/0018_p2p.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {

@@ -212,7 +212,76 @@ fn same_secret(a: &str, b: &str) -> bool {
     Sha256::digest(a.as_bytes()) == Sha256::digest(b.as_bytes())
 }
 
+/// What a stored p2p key's seal is bound to, so a sealed key cannot pass for another.
+fn key_context(name: &str) -> Vec<u8> {
+    let mut c = b"berth-p2p-key\0".to_vec();
+    c.extend_from_slice(name.as_bytes());
+    c
+}
+
+/// The stored key `name`, made by `make` and stored (sealed by `encryption` when on) if
+/// no replica stored one yet.
+async fn shared_key(
+    meta: &berth_meta::MetaStore,
+    encryption: Option<&berth_storage::seal::Keyring>,
+    name: &str,
+    make: impl FnOnce() -> Result<Vec<u8>>,
+) -> Result<Vec<u8>> {
+    let fresh = make()?;
+    let (stored, by) = match encryption {
+        None => (fresh, None),
+        Some(ring) => {
+            let (by, sealed) = ring.wrap(&key_context(name), &fresh);
+            (sealed, Some(by))
+        }
+    };
+    let (secret, sealed_by) = meta.ensure_p2p_key(name, &stored, by.as_deref()).await?;
+    match sealed_by {
+        None => Ok(secret),
+        Some(by) => {
+            let ring = encryption.ok_or_else(|| {
+                RegistryError::Invalid(format!(
+                    "[p2p] the stored {name} key is sealed by key {by}: configure [encryption]"
+                ))
+            })?;
+            ring.unwrap(&by, &key_context(name), &secret)
+                .map_err(|e| RegistryError::Invalid(format!("[p2p] the stored {name} key: {e}")))
+        }
+    }
+}
+
 impl P2p {
+    /// [`P2p::new`] with the keys the settings leave unset shared through the metadata
+    /// store (sealed when encryption is on), so every replica signs tickets and agents'
+    /// certificates with the same keys without key files.
+    pub async fn open(
+        mut settings: P2pSettings,
+        meta: &berth_meta::MetaStore,
+        encryption: Option<&berth_storage::seal::Keyring>,
+    ) -> Result<P2p> {
+        if settings.key_pkcs8.is_none() {
+            settings.key_pkcs8 = Some(
+                shared_key(meta, encryption, "ticket", || {
+                    TicketKey::generate()
+                        .map(|k| k.pkcs8().to_vec())
+                        .map_err(|e| RegistryError::Invalid(format!("[p2p] ticket key: {e}")))
+                })
+                .await?,
+            );
+        }
+        if settings.ca_key_pkcs8.is_none() {
+            settings.ca_key_pkcs8 = Some(
+                shared_key(meta, encryption, "ca", || {
+                    berth_k8s::cert::new_p256_key(&ring::rand::SystemRandom::new())
+                        .map_err(|e| RegistryError::Invalid(format!("[p2p] CA key: {e}")))
+                })
+                .await?,
+            );
+        }
+        P2p::new(settings)
+    }
+
+    /// Keys unset in `settings` are made here, for this process only (one replica).
     pub fn new(settings: P2pSettings) -> Result<P2p> {
         if settings.bootstrap_token.len() < 16 {
             return Err(RegistryError::Invalid(

@@ -895,3 +895,113 @@ async fn the_peer_port_speaks_only_tls_and_only_to_certified_agents() {
         "{m}"
     );
 }
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("test"))
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A central Berth on PostgreSQL, sharing on and no key given: the keys are the store's.
+async fn replica(stores: Option<common::Stores>) -> TestServer {
+    common::start(Setup {
+        postgres: stores.is_none(),
+        stores,
+        auth: Some((AccessConfig::default(), ChallengeKind::Basic)),
+        p2p: Some(P2pSettings {
+            bootstrap_token: BOOTSTRAP.into(),
+            ..P2pSettings::default()
+        }),
+        ..Setup::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn replicas_on_one_store_sign_tickets_and_certificates_with_the_same_keys() {
+    let a_server = replica(None).await;
+    let b_server = replica(Some(a_server.stores())).await;
+    add_users(a_server.access(), &[("admin", true), ("alice", false)]).await;
+    add_tenant(
+        a_server.access(),
+        "team-a",
+        false,
+        &[("alice", "developer")],
+    )
+    .await;
+    let layer_bytes: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let (_, manifest, layer) = a_server
+        .push_image_as(&Cred::user("admin"), "team-a/app", &["v1"], &layer_bytes)
+        .await;
+    let at = |server| Central {
+        server,
+        key: TicketKey::generate().expect("test"),
+        manifest: manifest.clone(),
+        layer: layer.clone(),
+        layer_bytes: layer_bytes.clone(),
+    };
+    let (ca, cb) = (at(a_server), at(b_server));
+
+    // Node 2's agent enrolled at replica A and holds the layer.
+    let a = node(&ca, 2, &[], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&ca, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    assert_eq!(containerd_get(&a, 2, &layer).await.0, StatusCode::OK);
+
+    // Node 3 enrolls at replica B, pulls through B and gets its ticket there.
+    let (key3, point3) = tls_key();
+    let e3 = enroll_at(&cb, 3, 9, &point3).await;
+    let e5 = enroll_at(&ca, 5, 9, &tls_key().1).await;
+    assert_eq!(e3["public_key"], e5["public_key"], "one ticket key");
+    // Each replica makes its own CA certificate (serial, signature) of the one CA key:
+    // the TLS exchange below is what shows the CA is shared.
+    assert_eq!(
+        kubelet_pull(&cb, 3, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let issued: serde_json::Value = client_from(ip(3))
+        .get(cb.server.url(&format!("/p2p/v1/tickets/{layer}")))
+        .bearer_auth(e3["credential"].as_str().expect("test"))
+        .send()
+        .await
+        .expect("test")
+        .json()
+        .await
+        .expect("test");
+    let ticket = issued["ticket"].as_str().expect("test");
+
+    // Node 2's agent (which knows replica A only) serves node 3, over TLS both ways,
+    // for B's ticket.
+    let cert3 = hex::decode(e3["certificate"].as_str().expect("test")).expect("test");
+    let ca_der = hex::decode(e3["ca"].as_str().expect("test")).expect("test");
+    let identity = format!(
+        "{}{}",
+        pem("PRIVATE KEY", &key3),
+        pem("CERTIFICATE", &cert3)
+    );
+    let r = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_der(&ca_der).expect("test"))
+        .identity(reqwest::Identity::from_pem(identity.as_bytes()).expect("test"))
+        .local_address(ip(3))
+        .no_proxy()
+        .build()
+        .expect("test")
+        .get(format!("https://{}/p2p/v1/blobs/{layer}", a.peer))
+        .header("x-berth-ticket", ticket)
+        .header("range", "bytes=0-1023")
+        .send()
+        .await
+        .expect("node 2's agent accepts node 3's certificate from replica B");
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.expect("test")[..], layer_bytes[..1024]);
+}

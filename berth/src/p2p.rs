@@ -16,13 +16,13 @@ pub struct P2pConfig {
     pub enabled: bool,
     /// The environment variable holding the bootstrap token agents enroll with.
     pub bootstrap_token_env: String,
-    /// The Ed25519 ticket signing key (PKCS#8 DER, `berth p2p generate-key`); required
-    /// with several replicas, which must all sign with the same key. Unset: a key made at
-    /// start, which a restart replaces (agents enroll again).
+    /// The Ed25519 ticket signing key (PKCS#8 DER, `berth p2p generate-key`). Unset: a
+    /// key made by the first replica to start and kept in the metadata store (sealed when
+    /// `[encryption]` is on), shared by every replica and kept across restarts.
     pub key_file: Option<PathBuf>,
     /// The ECDSA P-256 key of the CA certifying agents for agent-to-agent TLS (PKCS#8
-    /// DER, `berth p2p generate-key --ca`); required with several replicas, as `key_file`.
-    /// Unset: a CA made at start, which a restart replaces (agents enroll again).
+    /// DER, `berth p2p generate-key --ca`). Unset: kept in the metadata store, as for
+    /// `key_file`.
     pub ca_key_file: Option<PathBuf>,
     pub ticket_ttl_secs: u64,
     /// How long after an authorized manifest pull a node's agent may fetch its blobs.
@@ -64,8 +64,8 @@ impl P2pConfig {
                 Some(std::fs::read(f).with_context(|| format!("[p2p] key_file {}", f.display()))?)
             }
             None => {
-                tracing::warn!(
-                    "[p2p] key_file unset: tickets are signed with a key made at start (one replica only)"
+                tracing::info!(
+                    "[p2p] key_file unset: tickets are signed with the key kept in the metadata store"
                 );
                 None
             }
@@ -75,8 +75,8 @@ impl P2pConfig {
                 std::fs::read(f).with_context(|| format!("[p2p] ca_key_file {}", f.display()))?,
             ),
             None => {
-                tracing::warn!(
-                    "[p2p] ca_key_file unset: agents' TLS certificates are signed by a CA made at start (one replica only)"
+                tracing::info!(
+                    "[p2p] ca_key_file unset: agents' TLS certificates are signed by the CA key kept in the metadata store"
                 );
                 None
             }
