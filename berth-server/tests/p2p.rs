@@ -1005,3 +1005,49 @@ async fn replicas_on_one_store_sign_tickets_and_certificates_with_the_same_keys(
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.bytes().await.expect("test")[..], layer_bytes[..1024]);
 }
+
+#[tokio::test]
+async fn with_encryption_on_the_stored_keys_are_sealed() {
+    let ring = Arc::new(
+        berth_storage::seal::Keyring::new(vec![("k1".into(), [0x42; 32])], "k1").expect("keyring"),
+    );
+    let server = common::start(Setup {
+        encryption: Some(Arc::clone(&ring)),
+        p2p: Some(P2pSettings {
+            bootstrap_token: BOOTSTRAP.into(),
+            ..P2pSettings::default()
+        }),
+        ..Setup::default()
+    })
+    .await;
+    // What is stored (a key is there already, so this only reads it).
+    let (stored, sealed_by) = server
+        .meta
+        .ensure_p2p_key("ticket", b"unused", None)
+        .await
+        .expect("test");
+    assert_eq!(sealed_by.as_deref(), Some("k1"));
+    assert!(TicketKey::from_pkcs8(&stored).is_err(), "not in the clear");
+    let key = TicketKey::from_pkcs8(
+        &ring
+            .unwrap("k1", b"berth-p2p-key\0ticket", &stored)
+            .expect("sealed by k1 for the ticket key"),
+    )
+    .expect("test");
+    let r = client_from(ip(2))
+        .post(server.url("/p2p/v1/enroll"))
+        .bearer_auth(BOOTSTRAP)
+        .json(&serde_json::json!({"node": "node-2", "port": 9, "tls_public_key": tls_key().1}))
+        .send()
+        .await
+        .expect("test");
+    let e: serde_json::Value = r.json().await.expect("test");
+    assert_eq!(e["public_key"], hex::encode(key.public_key()));
+    let (ca, ca_by) = server
+        .meta
+        .ensure_p2p_key("ca", b"unused", None)
+        .await
+        .expect("test");
+    assert_eq!(ca_by.as_deref(), Some("k1"));
+    assert!(ring.unwrap("k1", b"berth-p2p-key\0ca", &ca).is_ok());
+}
