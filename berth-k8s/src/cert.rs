@@ -6,6 +6,10 @@
 //! key is thrown away: a new pair is made by running the command again (both halves
 //! change together, in one `kubectl apply`).
 //!
+//! Node-local sharing's CA uses the same encoders: its self-signed certificate and the
+//! agents' certificates (one IP address, serverAuth and clientAuth), from keys the caller
+//! keeps.
+//!
 //! Both keys are ECDSA P-256 (ring, already Berth's only crypto provider); the X.509 DER is
 //! written by the few encoders below, because a general certificate crate (rcgen) would
 //! add `time`, `yasna`, `pem` and their dependencies for two fixed certificate shapes.

@@ -7,7 +7,9 @@
 //! with a credential of its own: without such a pull it gets nothing, from the central
 //! Berth or from a peer (peers check tickets offline, `berth_auth::ticket`).
 //!
-//! The state (enrolled nodes, authorized pulls, the tracker, piece hashes) lives in this
+//! Agents are certified at enrollment for agent-to-agent TLS by the p2p CA. The ticket and
+//! CA keys are shared by every replica through the metadata store ([`P2p::open`]); the
+//! state (enrolled nodes, authorized pulls, the tracker, piece hashes) lives in this
 //! replica's memory: with several replicas, an agent and the kubelet of its node must
 //! reach the same replica (session affinity by client address), or tickets are refused
 //! and containerd falls back to the central Berth.

@@ -1051,3 +1051,45 @@ async fn with_encryption_on_the_stored_keys_are_sealed() {
     assert_eq!(ca_by.as_deref(), Some("k1"));
     assert!(ring.unwrap("k1", b"berth-p2p-key\0ca", &ca).is_ok());
 }
+
+#[tokio::test]
+async fn an_agent_renews_its_certificate_before_it_expires() {
+    let server = common::start(Setup {
+        auth: Some((AccessConfig::default(), ChallengeKind::Basic)),
+        p2p: Some(P2pSettings {
+            bootstrap_token: BOOTSTRAP.into(),
+            credential_ttl: Duration::from_secs(3),
+            ..P2pSettings::default()
+        }),
+        ..Setup::default()
+    })
+    .await;
+    let c = Central {
+        server,
+        key: TicketKey::generate().expect("test"),
+        manifest: String::new(),
+        layer: String::new(),
+        layer_bytes: Vec::new(),
+    };
+    // The helpers ask the tracker's status as an administrator.
+    add_users(c.server.access(), &[("admin", true)]).await;
+    let a = node(&c, 2, &[], Duration::from_secs(10)).await;
+    let b = node(&c, 3, &[], Duration::from_secs(10)).await;
+    // Renewed at two thirds of three seconds, again and again; 20 s is a generous bound.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while central_metric(&c, "berth_p2p_enrolled_total").await < 6 {
+        assert!(Instant::now() < deadline, "no renewal");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Past the first certificates' expiry the agents still reach each other over TLS.
+    let r = b
+        .agent
+        .peer_client()
+        .expect("test")
+        .get(format!("https://{}/p2p/v1/blobs/{}", a.peer, "sha256:00"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("a renewed certificate on both ends");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
