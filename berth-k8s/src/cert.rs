@@ -6,6 +6,10 @@
 //! key is thrown away: a new pair is made by running the command again (both halves
 //! change together, in one `kubectl apply`).
 //!
+//! Node-local sharing's CA uses the same encoders: its self-signed certificate and the
+//! agents' certificates (one IP address, serverAuth and clientAuth), from keys the caller
+//! keeps.
+//!
 //! Both keys are ECDSA P-256 (ring, already Berth's only crypto provider); the X.509 DER is
 //! written by the few encoders below, because a general certificate crate (rcgen) would
 //! add `time`, `yasna`, `pem` and their dependencies for two fixed certificate shapes.
@@ -127,6 +131,103 @@ pub fn webhook_pki(
     })
 }
 
+/// A new ECDSA P-256 key, PKCS#8: the p2p CA's, or a node agent's.
+pub fn new_p256_key(rng: &dyn SecureRandom) -> Result<Vec<u8>, CertError> {
+    new_key(rng)
+}
+
+/// The uncompressed public point of a P-256 PKCS#8 key (what an agent sends to enroll).
+pub fn p256_public(pkcs8: &[u8], rng: &dyn SecureRandom) -> Result<Vec<u8>, CertError> {
+    Ok(pair(pkcs8, rng)?.public_key().as_ref().to_vec())
+}
+
+/// The subject name of the node-local sharing CA. Every replica makes its own CA
+/// certificate from the shared key with this name, so a node certificate issued by one
+/// replica chains to the anchor any other replica hands out (an anchor is a name and a key).
+const P2P_CA_NAME: &str = "Berth node-local sharing CA";
+
+/// The p2p CA's self-signed certificate (DER) for its key, valid from an hour before
+/// `now` for ten years: peers trust it as an anchor, whose validity webpki ignores anyway.
+pub fn p2p_ca_certificate(
+    ca_pkcs8: &[u8],
+    now: u64,
+    rng: &dyn SecureRandom,
+) -> Result<Vec<u8>, CertError> {
+    let ca = pair(ca_pkcs8, rng)?;
+    let name = name_cn(P2P_CA_NAME);
+    let kid = key_id(ca.public_key().as_ref());
+    let ext = vec![
+        extension(
+            OID_BASIC_CONSTRAINTS,
+            true,
+            seq(&[boolean(true), integer(&[0])]),
+        ),
+        extension(OID_KEY_USAGE, true, tlv(0x03, &[0x01, 0x06])),
+        extension(OID_SUBJECT_KEY_ID, false, tlv(0x04, &kid)),
+    ];
+    let t = tbs(
+        &serial(rng)?,
+        &name,
+        (now.saturating_sub(3600), now + 3650 * 86_400),
+        &name,
+        &spki(ca.public_key().as_ref()),
+        ext,
+    );
+    signed(&ca, t, rng)
+}
+
+/// A node agent's certificate (DER), signed by the p2p CA: for `node` (the subject's CN)
+/// at `addr` (the one subject alternative name, which peers check against the address
+/// the tracker named), for the agent's P-256 public point, for both ends of a TLS
+/// connection (peers authenticate each other), valid from a minute before `now` until
+/// `not_after`.
+pub fn p2p_node_certificate(
+    ca_pkcs8: &[u8],
+    node: &str,
+    addr: std::net::IpAddr,
+    public_point: &[u8],
+    now: u64,
+    not_after: u64,
+    rng: &dyn SecureRandom,
+) -> Result<Vec<u8>, CertError> {
+    // An uncompressed P-256 point; ring checks it lies on the curve when a peer verifies.
+    if public_point.len() != 65 || public_point[0] != 0x04 {
+        return Err(CertError::Invalid(
+            "the public key must be an uncompressed P-256 point (65 bytes, 0x04 first)".into(),
+        ));
+    }
+    if node.is_empty() || node.len() > 253 {
+        return Err(CertError::Invalid(format!("node name {node:?}")));
+    }
+    let ca = pair(ca_pkcs8, rng)?;
+    let ca_kid = key_id(ca.public_key().as_ref());
+    let ip = match addr {
+        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let ext = vec![
+        extension(OID_BASIC_CONSTRAINTS, true, seq(&[])),
+        extension(OID_KEY_USAGE, true, tlv(0x03, &[0x07, 0x80])),
+        extension(
+            OID_EXT_KEY_USAGE,
+            false,
+            seq(&[oid(OID_SERVER_AUTH), oid(OID_CLIENT_AUTH)]),
+        ),
+        extension(OID_SUBJECT_ALT_NAME, false, seq(&[tlv(0x87, &ip)])),
+        extension(OID_SUBJECT_KEY_ID, false, tlv(0x04, &key_id(public_point))),
+        extension(OID_AUTHORITY_KEY_ID, false, seq(&[tlv(0x80, &ca_kid)])),
+    ];
+    let t = tbs(
+        &serial(rng)?,
+        &name_cn(P2P_CA_NAME),
+        (now.saturating_sub(60), not_after),
+        &name_cn(node),
+        &spki(public_point),
+        ext,
+    );
+    signed(&ca, t, rng)
+}
+
 fn dns_name_ok(n: &str) -> bool {
     n.len() <= 253
         && n.split('.').all(|l| {
@@ -226,6 +327,7 @@ const OID_SUBJECT_ALT_NAME: &[u64] = &[2, 5, 29, 17];
 const OID_SUBJECT_KEY_ID: &[u64] = &[2, 5, 29, 14];
 const OID_AUTHORITY_KEY_ID: &[u64] = &[2, 5, 29, 35];
 const OID_SERVER_AUTH: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 3, 1];
+const OID_CLIENT_AUTH: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 3, 2];
 
 /// One DER element: tag, definite length, content.
 fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {

@@ -665,10 +665,10 @@ fn secrets(o: &Options) -> Vec<SecretRef> {
         out.push(SecretRef {
             namespace: None,
             name: p2p_secret(o),
-            keys: vec!["bootstrap-token", "ticket.key"],
+            keys: vec!["bootstrap-token", "ticket.key", "ca.key"],
             tls: false,
             optional: false,
-            purpose: "node-local sharing: the agents' bootstrap token (at least 16 characters) and the ticket signing key (`berth p2p generate-key ticket.key`; use --from-file for it)",
+            purpose: "node-local sharing: the agents' bootstrap token (at least 16 characters) the ticket signing key (`berth p2p generate-key ticket.key`) and the CA key of agent-to-agent TLS (`berth p2p generate-key --ca ca.key`); use --from-file for the keys",
         });
         out.push(SecretRef {
             namespace: Some(node_namespace(o)),
@@ -821,13 +821,17 @@ fn berth_toml(o: &Options) -> String {
     if o.node_agent.is_some() {
         line("");
         line("# Node-local sharing: the agents' bootstrap token in BERTH_P2P_BOOTSTRAP_TOKEN");
-        line("# and the ticket key, both from a Secret. `off` lists tenants or repositories");
-        line("# whose pulls are never shared.");
+        line("# and the ticket and CA keys, all from a Secret (every replica signs with the");
+        line("# same keys). `off` lists tenants or repositories whose pulls are never shared.");
         line("[p2p]");
         line("enabled = true");
         line(&format!(
             "key_file = {}",
             toml_str(&format!("{P2P_DIR}/ticket.key"))
+        ));
+        line(&format!(
+            "ca_key_file = {}",
+            toml_str(&format!("{P2P_DIR}/ca.key"))
         ));
         line("off = []");
     }
@@ -1085,7 +1089,10 @@ fn deployment(o: &Options, config: &str) -> Value {
     if o.node_agent.is_some() {
         volumes.push(json!({"name": "p2p", "secret": {
             "secretName": p2p_secret(o),
-            "items": [{"key": "ticket.key", "path": "ticket.key"}],
+            "items": [
+                {"key": "ticket.key", "path": "ticket.key"},
+                {"key": "ca.key", "path": "ca.key"},
+            ],
         }}));
     }
 

@@ -18,6 +18,7 @@ mod gc;
 mod jobs;
 mod maintenance;
 mod notify;
+mod p2p;
 mod quota;
 mod sessions;
 mod tags;
@@ -376,6 +377,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0016_catalog_packages.sql"),
     include_str!("../migrations/sqlite/0017_encryption.sql"),
     include_str!("../migrations/sqlite/0018_web_interface.sql"),
+    include_str!("../migrations/sqlite/0019_p2p.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -396,6 +398,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0016_catalog_packages.sql"),
     include_str!("../migrations/postgres/0017_encryption.sql"),
     include_str!("../migrations/postgres/0018_web_interface.sql"),
+    include_str!("../migrations/postgres/0019_p2p.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {

@@ -7,7 +7,9 @@
 //! with a credential of its own: without such a pull it gets nothing, from the central
 //! Berth or from a peer (peers check tickets offline, `berth_auth::ticket`).
 //!
-//! The state (enrolled nodes, authorized pulls, the tracker, piece hashes) lives in this
+//! Agents are certified at enrollment for agent-to-agent TLS by the p2p CA. The ticket and
+//! CA keys are shared by every replica through the metadata store ([`P2p::open`]); the
+//! state (enrolled nodes, authorized pulls, the tracker, piece hashes) lives in this
 //! replica's memory: with several replicas, an agent and the kubelet of its node must
 //! reach the same replica (session affinity by client address), or tickets are refused
 //! and containerd falls back to the central Berth.
@@ -46,6 +48,9 @@ pub struct P2pSettings {
     /// The Ed25519 signing key as PKCS#8; `None`: one generated at start (one replica
     /// only: peers verify with the key of the replica they enrolled at).
     pub key_pkcs8: Option<Vec<u8>>,
+    /// The ECDSA P-256 key of the CA that certifies agents for agent-to-agent TLS, as
+    /// PKCS#8; `None`: one generated at start (one replica only, as for `key_pkcs8`).
+    pub ca_key_pkcs8: Option<Vec<u8>>,
     /// How long a ticket is valid.
     pub ticket_ttl: Duration,
     /// How long after an authorized manifest pull the node may fetch its blobs.
@@ -65,6 +70,7 @@ impl Default for P2pSettings {
         P2pSettings {
             bootstrap_token: String::new(),
             key_pkcs8: None,
+            ca_key_pkcs8: None,
             ticket_ttl: Duration::from_secs(600),
             pull_ttl: Duration::from_secs(3600),
             credential_ttl: Duration::from_secs(24 * 3600),
@@ -117,6 +123,10 @@ pub struct P2pStats {
 pub struct P2p {
     settings: P2pSettings,
     key: TicketKey,
+    /// The CA certifying agents (PKCS#8) and its certificate (DER).
+    ca_key: Vec<u8>,
+    ca_der: Vec<u8>,
+    rng: ring::rand::SystemRandom,
     state: Mutex<State>,
     pub stats: P2pStats,
 }
@@ -139,6 +149,11 @@ pub struct Enrollment {
     pub expires_at: u64,
     /// Hex; the key peers verify tickets with.
     pub public_key: String,
+    /// Hex DER: the agent's certificate for agent-to-agent TLS, for its address, valid
+    /// until `expires_at` (the agent enrolls again before).
+    pub certificate: String,
+    /// Hex DER: the CA that certifies every agent, which peers trust and nothing else.
+    pub ca: String,
 }
 
 /// A ticket with what the agent needs to fetch and check the blob.
@@ -199,7 +214,76 @@ fn same_secret(a: &str, b: &str) -> bool {
     Sha256::digest(a.as_bytes()) == Sha256::digest(b.as_bytes())
 }
 
+/// What a stored p2p key's seal is bound to, so a sealed key cannot pass for another.
+fn key_context(name: &str) -> Vec<u8> {
+    let mut c = b"berth-p2p-key\0".to_vec();
+    c.extend_from_slice(name.as_bytes());
+    c
+}
+
+/// The stored key `name`, made by `make` and stored (sealed by `encryption` when on) if
+/// no replica stored one yet.
+async fn shared_key(
+    meta: &berth_meta::MetaStore,
+    encryption: Option<&berth_storage::seal::Keyring>,
+    name: &str,
+    make: impl FnOnce() -> Result<Vec<u8>>,
+) -> Result<Vec<u8>> {
+    let fresh = make()?;
+    let (stored, by) = match encryption {
+        None => (fresh, None),
+        Some(ring) => {
+            let (by, sealed) = ring.wrap(&key_context(name), &fresh);
+            (sealed, Some(by))
+        }
+    };
+    let (secret, sealed_by) = meta.ensure_p2p_key(name, &stored, by.as_deref()).await?;
+    match sealed_by {
+        None => Ok(secret),
+        Some(by) => {
+            let ring = encryption.ok_or_else(|| {
+                RegistryError::Invalid(format!(
+                    "[p2p] the stored {name} key is sealed by key {by}: configure [encryption]"
+                ))
+            })?;
+            ring.unwrap(&by, &key_context(name), &secret)
+                .map_err(|e| RegistryError::Invalid(format!("[p2p] the stored {name} key: {e}")))
+        }
+    }
+}
+
 impl P2p {
+    /// [`P2p::new`] with the keys the settings leave unset shared through the metadata
+    /// store (sealed when encryption is on), so every replica signs tickets and agents'
+    /// certificates with the same keys without key files.
+    pub async fn open(
+        mut settings: P2pSettings,
+        meta: &berth_meta::MetaStore,
+        encryption: Option<&berth_storage::seal::Keyring>,
+    ) -> Result<P2p> {
+        if settings.key_pkcs8.is_none() {
+            settings.key_pkcs8 = Some(
+                shared_key(meta, encryption, "ticket", || {
+                    TicketKey::generate()
+                        .map(|k| k.pkcs8().to_vec())
+                        .map_err(|e| RegistryError::Invalid(format!("[p2p] ticket key: {e}")))
+                })
+                .await?,
+            );
+        }
+        if settings.ca_key_pkcs8.is_none() {
+            settings.ca_key_pkcs8 = Some(
+                shared_key(meta, encryption, "ca", || {
+                    berth_k8s::cert::new_p256_key(&ring::rand::SystemRandom::new())
+                        .map_err(|e| RegistryError::Invalid(format!("[p2p] CA key: {e}")))
+                })
+                .await?,
+            );
+        }
+        P2p::new(settings)
+    }
+
+    /// Keys unset in `settings` are made here, for this process only (one replica).
     pub fn new(settings: P2pSettings) -> Result<P2p> {
         if settings.bootstrap_token.len() < 16 {
             return Err(RegistryError::Invalid(
@@ -211,9 +295,22 @@ impl P2p {
             None => TicketKey::generate(),
         }
         .map_err(|e| RegistryError::Invalid(format!("[p2p] ticket key: {e}")))?;
+        let rng = ring::rand::SystemRandom::new();
+        let ca_key = match &settings.ca_key_pkcs8 {
+            Some(k) => k.clone(),
+            None => berth_k8s::cert::new_p256_key(&rng)
+                .map_err(|e| RegistryError::Invalid(format!("[p2p] CA key: {e}")))?,
+        };
+        let ca_der =
+            berth_k8s::cert::p2p_ca_certificate(&ca_key, unix_now(), &rng).map_err(|e| {
+                RegistryError::Invalid(format!("[p2p] CA key (ECDSA P-256 PKCS#8 expected): {e}"))
+            })?;
         Ok(P2p {
             settings,
             key,
+            ca_key,
+            ca_der,
+            rng,
             state: Mutex::default(),
             stats: P2pStats::default(),
         })
@@ -221,6 +318,11 @@ impl P2p {
 
     pub fn public_key(&self) -> &[u8] {
         self.key.public_key()
+    }
+
+    /// The CA certificate (DER) agents trust for agent-to-agent TLS.
+    pub fn ca_certificate(&self) -> &[u8] {
+        &self.ca_der
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -276,13 +378,15 @@ impl Registry {
 
     /// An agent enrolls with the bootstrap token: it is the node at the address it
     /// comes from (so it cannot claim another node's pulls), listening for peers on
-    /// `port`.
+    /// `port`, over TLS with a certificate for `tls_public_key` (an uncompressed P-256
+    /// point whose private half never leaves the node) that names that address.
     pub fn p2p_enroll(
         &self,
         token: &str,
         node: &str,
         from: IpAddr,
         port: u16,
+        tls_public_key: &[u8],
     ) -> Result<Enrollment> {
         let p = self.p2p_on()?;
         if !same_secret(token, &p.settings.bootstrap_token) {
@@ -299,6 +403,19 @@ impl Registry {
         }
         let addr = from.to_canonical();
         let expires_at = unix_now() + p.settings.credential_ttl.as_secs();
+        let certificate = berth_k8s::cert::p2p_node_certificate(
+            &p.ca_key,
+            node,
+            addr,
+            tls_public_key,
+            unix_now(),
+            expires_at,
+            &p.rng,
+        )
+        .map_err(|e| {
+            bump(&p.stats.enroll_refused);
+            RegistryError::Invalid(format!("TLS public key: {e}"))
+        })?;
         let credential = p.key.sign_node(&NodeClaims {
             node: node.to_owned(),
             addr,
@@ -328,6 +445,8 @@ impl Registry {
             credential,
             expires_at,
             public_key: hex::encode(p.public_key()),
+            certificate: hex::encode(certificate),
+            ca: hex::encode(&p.ca_der),
         })
     }
 

@@ -3,7 +3,9 @@
 //! Two faces. For containerd, on the node's loopback, a registry mirror that answers only
 //! `GET`/`HEAD /v2/<name>/blobs/<digest>` (containerd resolves manifests at the central
 //! Berth with the pod's credentials, and uses this mirror with `capabilities = ["pull"]`).
-//! For peers, `GET /p2p/v1/blobs/<digest>` with a ticket, served from the spool.
+//! For peers, `GET /p2p/v1/blobs/<digest>` with a ticket, served from the spool over
+//! TLS only, both ends with a certificate of the central Berth's p2p CA (the agent makes
+//! its key at start and gets the certificate, for its node's address, at enrollment).
 //!
 //! For each blob containerd asks for, the agent gets a ticket from the central Berth,
 //! which signs one only if a manifest naming the blob was pulled from this node with
@@ -75,17 +77,104 @@ pub struct AgentStats {
     pub peers_dropped_stalled: AtomicU64,
     pub peers_dropped_failed: AtomicU64,
     pub peer_requests_refused: AtomicU64,
+    /// Connections to the peer port that did not complete a TLS handshake with a
+    /// certificate of the p2p CA (plain HTTP, an unknown certificate, none, a stall).
+    pub peer_handshakes_refused: AtomicU64,
     pub blobs_evicted: AtomicU64,
 }
 
 #[derive(Clone)]
 struct Enrolled {
     credential: String,
+    /// When the credential and the TLS certificate were issued and expire (unix seconds).
+    issued_at: u64,
+    expires_at: u64,
+}
+
+/// Agent-to-agent TLS: the agent's own key (made at start, never sent), and what the last
+/// enrollment made of it: the server side for peers and the client peers are fetched with.
+/// Both trust the p2p CA the central Berth named and nothing else; both present the
+/// agent's certificate, so a peer connection is authenticated at each end.
+struct PeerTls {
+    key_pkcs8: Vec<u8>,
+    public_point: Vec<u8>,
+    server: Mutex<Option<Arc<rustls::ServerConfig>>>,
+    client: Mutex<Option<reqwest::Client>>,
+}
+
+fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl PeerTls {
+    fn new() -> Result<PeerTls, AgentError> {
+        let rng = ring::rand::SystemRandom::new();
+        let key_pkcs8 = berth_k8s::cert::new_p256_key(&rng)
+            .map_err(|e| AgentError::Tls(format!("key: {e}")))?;
+        let public_point = berth_k8s::cert::p256_public(&key_pkcs8, &rng)
+            .map_err(|e| AgentError::Tls(format!("key: {e}")))?;
+        Ok(PeerTls {
+            key_pkcs8,
+            public_point,
+            server: Mutex::new(None),
+            client: Mutex::new(None),
+        })
+    }
+
+    /// Takes the certificate and CA of an enrollment into use, for new connections.
+    fn install(
+        &self,
+        cert_der: Vec<u8>,
+        ca_der: Vec<u8>,
+        local_address: Option<IpAddr>,
+    ) -> Result<(), AgentError> {
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let e = |what: &str, x: &dyn std::fmt::Display| AgentError::Tls(format!("{what}: {x}"));
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(ca_der))
+            .map_err(|x| e("p2p CA", &x))?;
+        let roots = Arc::new(roots);
+        let chain = vec![CertificateDer::from(cert_der)];
+        let key = || PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()));
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::clone(&roots),
+            tls_provider(),
+        )
+        .build()
+        .map_err(|x| e("peer verifier", &x))?;
+        let server = rustls::ServerConfig::builder_with_provider(tls_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|x| e("server", &x))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key())
+            .map_err(|x| e("server certificate", &x))?;
+        let client = rustls::ClientConfig::builder_with_provider(tls_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|x| e("client", &x))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key())
+            .map_err(|x| e("client certificate", &x))?;
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .https_only(true)
+            .use_preconfigured_tls(client);
+        if let Some(a) = local_address {
+            b = b.local_address(a);
+        }
+        let client = b.build().map_err(|x| e("peer client", &x))?;
+        *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(server));
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
+        Ok(())
+    }
 }
 
 pub struct Agent {
     config: AgentConfig,
     http: reqwest::Client,
+    tls: PeerTls,
     enrolled: tokio::sync::Mutex<Option<Enrolled>>,
     /// The public key peers' tickets are checked with, once enrolled.
     public_key: Mutex<Option<Vec<u8>>>,
@@ -109,6 +198,8 @@ pub enum AgentError {
     Exhausted { piece: usize, why: String },
     #[error("the blob's bytes do not hash to its digest")]
     DigestMismatch,
+    #[error("agent-to-agent TLS: {0}")]
+    Tls(String),
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -185,6 +276,7 @@ impl Agent {
             },
             config,
             http,
+            tls: PeerTls::new()?,
             enrolled: tokio::sync::Mutex::new(None),
             public_key: Mutex::new(None),
             held: Mutex::new(held),
@@ -213,7 +305,11 @@ impl Agent {
             .http
             .post(self.central("/p2p/v1/enroll"))
             .bearer_auth(&self.config.bootstrap_token)
-            .json(&serde_json::json!({"node": self.config.node, "port": self.config.peer_port}))
+            .json(&serde_json::json!({
+                "node": self.config.node,
+                "port": self.config.peer_port,
+                "tls_public_key": hex::encode(&self.tls.public_point),
+            }))
             .timeout(self.config.stall_timeout)
             .send()
             .await
@@ -225,16 +321,26 @@ impl Agent {
         struct Answer {
             credential: String,
             public_key: String,
+            expires_at: u64,
+            certificate: String,
+            ca: String,
         }
         let a: Answer = r
             .json()
             .await
             .map_err(|e| AgentError::Central(e.to_string()))?;
-        let public_key =
-            hex::decode(&a.public_key).map_err(|e| AgentError::Central(e.to_string()))?;
+        let unhex = |s: &str| hex::decode(s).map_err(|e| AgentError::Central(e.to_string()));
+        let public_key = unhex(&a.public_key)?;
+        self.tls.install(
+            unhex(&a.certificate)?,
+            unhex(&a.ca)?,
+            self.config.local_address,
+        )?;
         *self.public_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(public_key);
         let x = Enrolled {
             credential: a.credential,
+            issued_at: unix_now(),
+            expires_at: a.expires_at,
         };
         *e = Some(x.clone());
         tracing::info!(node = %self.config.node, "enrolled with the central Berth");
@@ -244,6 +350,28 @@ impl Agent {
     /// Enrolls now, so peers can be served before containerd asks for anything.
     pub async fn enroll(&self) -> Result<(), AgentError> {
         self.enrollment(true).await.map(|_| ())
+    }
+
+    /// The client this agent fetches from peers with: TLS only, trusting the p2p CA only,
+    /// presenting this agent's certificate. `None` before the first enrollment.
+    pub fn peer_client(&self) -> Option<reqwest::Client> {
+        self.tls
+            .client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How long until the certificate and credential should be renewed: when two thirds
+    /// of their lifetime has passed (a minute from now when not enrolled).
+    async fn renew_in(&self) -> Duration {
+        match self.enrolled.lock().await.as_ref() {
+            Some(e) => {
+                let at = e.issued_at + e.expires_at.saturating_sub(e.issued_at) * 2 / 3;
+                Duration::from_secs(at.saturating_sub(unix_now()).max(1))
+            }
+            None => Duration::from_secs(60),
+        }
     }
 
     /// A GET to the central Berth with the node credential, enrolling again once if it
@@ -334,6 +462,7 @@ impl Agent {
     /// must have. Every wait on the source is bounded by the stall timeout.
     async fn fetch_piece(
         &self,
+        client: &reqwest::Client,
         url: &str,
         ticket: &str,
         first: u64,
@@ -341,8 +470,7 @@ impl Agent {
         want: &str,
     ) -> Result<Vec<u8>, PieceError> {
         let stall = self.config.stall_timeout;
-        let send = self
-            .http
+        let send = client
             .get(url)
             .header(TICKET_HEADER, ticket)
             .header(header::RANGE, format!("bytes={first}-{last}"))
@@ -430,9 +558,14 @@ impl Agent {
             let mut got = None;
             // Peers in the tracker's order, dropped for good once they misbehave.
             while let Some(p) = peers.first().cloned() {
-                let url = format!("http://{}/p2p/v1/blobs/{digest}", p.addr);
+                // The peer's certificate must name the address the tracker gave.
+                let url = format!("https://{}/p2p/v1/blobs/{digest}", p.addr);
+                let Some(client) = self.peer_client() else {
+                    peers.clear();
+                    break;
+                };
                 match self
-                    .fetch_piece(&url, &issued.ticket, first, last, want)
+                    .fetch_piece(&client, &url, &issued.ticket, first, last, want)
                     .await
                 {
                     Ok(b) => {
@@ -457,7 +590,7 @@ impl Agent {
             }
             if got.is_none() {
                 match self
-                    .fetch_piece(&central_url, &issued.ticket, first, last, want)
+                    .fetch_piece(&self.http, &central_url, &issued.ticket, first, last, want)
                     .await
                 {
                     Ok(b) => {
@@ -619,6 +752,12 @@ impl Agent {
                 "Peer requests refused with 403 and no bytes (no ticket, a ticket for another blob or node, expired, bad signature)",
                 "",
                 g(&s.peer_requests_refused),
+            ),
+            (
+                "berth_node_peer_handshakes_refused",
+                "Connections to the peer port closed before a TLS handshake with a certificate of the p2p CA (plain HTTP, another certificate or none, a stall)",
+                "",
+                g(&s.peer_handshakes_refused),
             ),
         ] {
             if !help.is_empty() {
@@ -990,22 +1129,107 @@ pub async fn run_agent(
                 let _ = s.changed().await;
             }
         });
-    let p = axum::serve(
-        peers,
-        peer_router(agent).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown({
-        let mut s = stopped;
+    let renewing = {
+        let agent = Arc::clone(&agent);
+        let mut s = stopped.clone();
         async move {
-            let _ = s.changed().await;
+            loop {
+                let wait = agent.renew_in().await;
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = s.changed() => return,
+                }
+                match agent.enroll().await {
+                    Ok(()) => tracing::info!("TLS certificate and node credential renewed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "renewal failed; retrying in a minute");
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                            _ = s.changed() => return,
+                        }
+                    }
+                }
+            }
         }
-    });
+    };
+    tokio::spawn(renewing);
+    let p = serve_peers(agent, peers, stopped);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop.send(true);
     });
-    let (a, b) = tokio::join!(c.into_future(), p.into_future());
-    a.and(b)
+    let (a, ()) = tokio::join!(c.into_future(), p);
+    a
+}
+
+/// The peer port: TLS only, with the certificate of the last enrollment, and only for
+/// clients presenting a certificate of the same CA. Nothing is served before the first
+/// enrollment; a handshake that fails or takes longer than the stall timeout closes the
+/// connection before any HTTP is read.
+async fn serve_peers(
+    agent: Arc<Agent>,
+    listener: tokio::net::TcpListener,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    use tower::ServiceExt as _;
+    let router = peer_router(Arc::clone(&agent));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "peer port: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        let config = agent
+            .tls
+            .server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let refused = {
+            let agent = Arc::clone(&agent);
+            move |why: &str| {
+                agent
+                    .stats
+                    .peer_handshakes_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%peer, why, "peer connection refused");
+            }
+        };
+        let Some(config) = config else {
+            refused("not enrolled yet");
+            continue;
+        };
+        let router = router.clone();
+        let handshake_timeout = agent.config.stall_timeout;
+        tokio::spawn(async move {
+            let accepting = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+            let tls = match tokio::time::timeout(handshake_timeout, accepting).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return refused(&e.to_string()),
+                Err(_) => return refused("handshake stalled"),
+            };
+            let svc =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    router.clone().oneshot(req.map(Body::new))
+                });
+            let conn =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = conn
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "peer connection ended");
+            }
+        });
+    }
 }
 
 /// The tracker's view from a running central Berth (`berth p2p status`), as an

@@ -80,6 +80,9 @@ fn digest(s: &str) -> Result<Digest, ApiError> {
 struct EnrollBody {
     node: String,
     port: u16,
+    /// Hex, the agent's P-256 public point: agent-to-agent TLS is mandatory, so an
+    /// agent without one is not enrolled.
+    tls_public_key: String,
 }
 
 async fn enroll(State(state): State<AppState>, req: Request) -> ApiResult {
@@ -91,7 +94,12 @@ async fn enroll(State(state): State<AppState>, req: Request) -> ApiResult {
         .map_err(|e| ApiError::Registry(RegistryError::Invalid(e.to_string())))?;
     let b: EnrollBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::Registry(RegistryError::Invalid(e.to_string())))?;
-    let e = state.registry().p2p_enroll(&token, &b.node, from, b.port)?;
+    let tls_key = hex::decode(&b.tls_public_key).map_err(|_| {
+        ApiError::Registry(RegistryError::Invalid("tls_public_key: not hex".into()))
+    })?;
+    let e = state
+        .registry()
+        .p2p_enroll(&token, &b.node, from, b.port, &tls_key)?;
     Ok(Json(e))
 }
 

@@ -350,15 +350,19 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// A peer request from node `n` with `ticket`: status and body length.
+/// A peer request from node `asker`'s agent (its TLS client) with `ticket`: status and
+/// body length.
 async fn ask_peer(
     peer: SocketAddr,
-    n: u8,
+    asker: &Node,
     digest: &str,
     ticket: Option<&str>,
 ) -> (StatusCode, usize) {
-    let mut r = client_from(ip(n))
-        .get(format!("http://{peer}/p2p/v1/blobs/{digest}"))
+    let mut r = asker
+        .agent
+        .peer_client()
+        .expect("enrolled")
+        .get(format!("https://{peer}/p2p/v1/blobs/{digest}"))
         .header("range", "bytes=0-1023");
     if let Some(t) = ticket {
         r = r.header("x-berth-ticket", t);
@@ -377,6 +381,8 @@ async fn a_peer_answers_403_with_no_bytes_without_a_valid_ticket_of_the_asking_n
         StatusCode::OK
     );
     assert_eq!(containerd_get(&a, 2, &c.layer).await.0, StatusCode::OK);
+    // Node 3's agent asks, over TLS with its own certificate, without a pull of its own.
+    let b = node(&c, 3, &[], Duration::from_secs(10)).await;
 
     let ticket = |node: &str, n: u8, digest: &str, exp: u64| {
         c.key.sign_ticket(&TicketClaims {
@@ -417,7 +423,7 @@ async fn a_peer_answers_403_with_no_bytes_without_a_valid_ticket_of_the_asking_n
         ),
     ];
     for (what, t) in &cases {
-        let (s, n) = ask_peer(a.peer, 3, &c.layer, t.as_deref()).await;
+        let (s, n) = ask_peer(a.peer, &b, &c.layer, t.as_deref()).await;
         assert_eq!((s, n), (StatusCode::FORBIDDEN, 0), "{what}");
     }
     assert_eq!(stat(&a, |s| &s.peer_requests_refused), cases.len() as u64);
@@ -425,7 +431,7 @@ async fn a_peer_answers_403_with_no_bytes_without_a_valid_ticket_of_the_asking_n
     // The same request with node 3's own ticket is served.
     let (s, n) = ask_peer(
         a.peer,
-        3,
+        &b,
         &c.layer,
         Some(&ticket("node-3", 3, &c.layer, later)),
     )
@@ -433,16 +439,33 @@ async fn a_peer_answers_403_with_no_bytes_without_a_valid_ticket_of_the_asking_n
     assert_eq!((s, n), (StatusCode::PARTIAL_CONTENT, 1024));
 }
 
-async fn enroll(c: &Central, n: u8) -> String {
+/// A new P-256 key for agent-to-agent TLS: PKCS#8 and its public point, hex.
+fn tls_key() -> (Vec<u8>, String) {
+    let rng = ring::rand::SystemRandom::new();
+    let k = berth_k8s::cert::new_p256_key(&rng).expect("test");
+    let point = berth_k8s::cert::p256_public(&k, &rng).expect("test");
+    (k, hex::encode(point))
+}
+
+/// Enrolls node `n` by hand, as an agent would, with peers told to use `port`: the answer.
+async fn enroll_at(c: &Central, n: u8, port: u16, tls_public_key: &str) -> serde_json::Value {
     let r = client_from(ip(n))
         .post(c.server.url("/p2p/v1/enroll"))
         .bearer_auth(BOOTSTRAP)
-        .json(&serde_json::json!({"node": format!("node-{n}"), "port": 9}))
+        .json(&serde_json::json!({
+            "node": format!("node-{n}"),
+            "port": port,
+            "tls_public_key": tls_public_key,
+        }))
         .send()
         .await
         .expect("test");
     assert_eq!(r.status(), StatusCode::OK);
-    let v: serde_json::Value = r.json().await.expect("test");
+    r.json().await.expect("test")
+}
+
+async fn enroll(c: &Central, n: u8) -> String {
+    let v = enroll_at(c, n, 9, &tls_key().1).await;
     v["credential"].as_str().expect("test").to_owned()
 }
 
@@ -452,7 +475,7 @@ async fn the_tracker_takes_announcements_only_with_the_announcers_own_ticket() {
     let wrong = client_from(ip(2))
         .post(c.server.url("/p2p/v1/enroll"))
         .bearer_auth("not-the-bootstrap-token")
-        .json(&serde_json::json!({"node": "node-2", "port": 9}))
+        .json(&serde_json::json!({"node": "node-2", "port": 9, "tls_public_key": tls_key().1}))
         .send()
         .await
         .expect("test");
@@ -679,4 +702,394 @@ async fn a_peer_that_is_gone_is_dropped_and_the_transfer_completes() {
         stat(&b, |s| &s.bytes_from_central),
         c.layer_bytes.len() as u64
     );
+}
+
+/// A TLS server standing in for a peer at `addr`: counts the connections it gets and the
+/// handshakes that complete (then drops them), with the certificate it is given.
+struct FakePeer {
+    addr: SocketAddr,
+    connections: Arc<std::sync::atomic::AtomicU64>,
+    handshakes: Arc<std::sync::atomic::AtomicU64>,
+    config: Arc<std::sync::Mutex<Arc<rustls::ServerConfig>>>,
+}
+
+fn server_config(cert_der: Vec<u8>, key_pkcs8: &[u8]) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("test")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![rustls_pki_types::CertificateDer::from(cert_der)],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key_pkcs8.to_vec().into()),
+            )
+            .expect("test"),
+    )
+}
+
+async fn fake_peer(n: u8, config: Arc<rustls::ServerConfig>) -> FakePeer {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind((ip(n), 0))
+        .await
+        .expect("test");
+    let f = FakePeer {
+        addr: listener.local_addr().expect("test"),
+        connections: Arc::default(),
+        handshakes: Arc::default(),
+        config: Arc::new(std::sync::Mutex::new(config)),
+    };
+    let (conns, shakes, config) = (
+        Arc::clone(&f.connections),
+        Arc::clone(&f.handshakes),
+        Arc::clone(&f.config),
+    );
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            conns.fetch_add(1, Ordering::Relaxed);
+            let config = Arc::clone(&config.lock().expect("test"));
+            let shakes = Arc::clone(&shakes);
+            tokio::spawn(async move {
+                if tokio_rustls::TlsAcceptor::from(config)
+                    .accept(tcp)
+                    .await
+                    .is_ok()
+                {
+                    shakes.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    f
+}
+
+#[tokio::test]
+async fn a_peer_whose_certificate_is_not_from_the_p2p_ca_is_refused() {
+    use std::sync::atomic::Ordering;
+    let c = central(vec![]).await;
+    // Node 4 is no agent: it enrolls by hand (getting a real certificate for its key, kept
+    // for the control below), pulls and announces, so the tracker names it as a holder;
+    // at its peer port it presents a certificate for its name and address from a CA of
+    // its own.
+    let (key4, point4) = tls_key();
+    let rng = ring::rand::SystemRandom::new();
+    let own_ca = berth_k8s::cert::new_p256_key(&rng).expect("test");
+    let forged = berth_k8s::cert::p2p_node_certificate(
+        &own_ca,
+        "node-4",
+        ip(4),
+        &hex::decode(&point4).expect("test"),
+        now(),
+        now() + 3600,
+        &rng,
+    )
+    .expect("test");
+    let fake = fake_peer(4, server_config(forged, &key4)).await;
+    let e = enroll_at(&c, 4, fake.addr.port(), &point4).await;
+    let cred4 = e["credential"].as_str().expect("test");
+    assert_eq!(
+        kubelet_pull(&c, 4, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let issued: serde_json::Value = client_from(ip(4))
+        .get(c.server.url(&format!("/p2p/v1/tickets/{}", c.layer)))
+        .bearer_auth(cred4)
+        .send()
+        .await
+        .expect("test")
+        .json()
+        .await
+        .expect("test");
+    let announced = client_from(ip(4))
+        .post(c.server.url("/p2p/v1/announce"))
+        .bearer_auth(cred4)
+        .json(&serde_json::json!({ "ticket": issued["ticket"] }))
+        .send()
+        .await
+        .expect("test");
+    assert_eq!(announced.status(), StatusCode::OK);
+
+    let b = node(&c, 3, &[], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&c, 3, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let (s, bytes) = containerd_get(&b, 3, &c.layer).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(bytes == c.layer_bytes, "the layer, from the central Berth");
+    assert!(
+        fake.connections.load(Ordering::Relaxed) >= 1,
+        "node 3 tried node 4"
+    );
+    assert_eq!(fake.handshakes.load(Ordering::Relaxed), 0);
+    assert!(stat(&b, |s| &s.peers_dropped_failed) >= 1);
+    assert_eq!(stat(&b, |s| &s.bytes_from_peers), 0);
+    assert_eq!(
+        stat(&b, |s| &s.bytes_from_central),
+        c.layer_bytes.len() as u64
+    );
+
+    // The control: with the certificate the central Berth issued for its key, the same
+    // server completes the handshake with node 3's agent.
+    let real = hex::decode(e["certificate"].as_str().expect("test")).expect("test");
+    *fake.config.lock().expect("test") = server_config(real, &key4);
+    let _ = b
+        .agent
+        .peer_client()
+        .expect("test")
+        .get(format!("https://{}/p2p/v1/blobs/{}", fake.addr, c.layer))
+        .send()
+        .await;
+    assert_eq!(fake.handshakes.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn the_peer_port_speaks_only_tls_and_only_to_certified_agents() {
+    let c = central(vec![]).await;
+    let a = node(&c, 2, &[], Duration::from_secs(10)).await;
+    let b = node(&c, 3, &[], Duration::from_secs(10)).await;
+    let url = |scheme: &str| format!("{scheme}://{}/p2p/v1/blobs/{}", a.peer, c.layer);
+
+    // Plain HTTP gets no HTTP answer at all.
+    let plain = client_from(ip(3)).get(url("http")).send().await;
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+    // TLS trusting the p2p CA but with no certificate of one's own: refused too.
+    let e = enroll_at(&c, 5, 9, &tls_key().1).await;
+    let ca = hex::decode(e["ca"].as_str().expect("test")).expect("test");
+    let anonymous = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_der(&ca).expect("test"))
+        .local_address(ip(5))
+        .no_proxy()
+        .build()
+        .expect("test")
+        .get(url("https"))
+        .send()
+        .await;
+    assert!(
+        anonymous.is_err(),
+        "no client certificate answered: {anonymous:?}"
+    );
+    assert_eq!(stat(&a, |s| &s.peer_handshakes_refused), 2);
+    assert_eq!(stat(&a, |s| &s.bytes_to_peers), 0);
+    // An enrolled agent is answered (403 here: it has no ticket).
+    let r = b
+        .agent
+        .peer_client()
+        .expect("test")
+        .get(url("https"))
+        .send()
+        .await
+        .expect("test");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // The agent's metrics show the refusals.
+    let m = client_from(ip(2))
+        .get(format!("{}/metrics", a.mirror))
+        .send()
+        .await
+        .expect("test")
+        .text()
+        .await
+        .expect("test");
+    assert!(
+        m.contains("berth_node_peer_handshakes_refused_total 2"),
+        "{m}"
+    );
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("test"))
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A central Berth on PostgreSQL, sharing on and no key given: the keys are the store's.
+async fn replica(stores: Option<common::Stores>) -> TestServer {
+    common::start(Setup {
+        postgres: stores.is_none(),
+        stores,
+        auth: Some((AccessConfig::default(), ChallengeKind::Basic)),
+        p2p: Some(P2pSettings {
+            bootstrap_token: BOOTSTRAP.into(),
+            ..P2pSettings::default()
+        }),
+        ..Setup::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn replicas_on_one_store_sign_tickets_and_certificates_with_the_same_keys() {
+    let a_server = replica(None).await;
+    let b_server = replica(Some(a_server.stores())).await;
+    add_users(a_server.access(), &[("admin", true), ("alice", false)]).await;
+    add_tenant(
+        a_server.access(),
+        "team-a",
+        false,
+        &[("alice", "developer")],
+    )
+    .await;
+    let layer_bytes: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let (_, manifest, layer) = a_server
+        .push_image_as(&Cred::user("admin"), "team-a/app", &["v1"], &layer_bytes)
+        .await;
+    let at = |server| Central {
+        server,
+        key: TicketKey::generate().expect("test"),
+        manifest: manifest.clone(),
+        layer: layer.clone(),
+        layer_bytes: layer_bytes.clone(),
+    };
+    let (ca, cb) = (at(a_server), at(b_server));
+
+    // Node 2's agent enrolled at replica A and holds the layer.
+    let a = node(&ca, 2, &[], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&ca, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    assert_eq!(containerd_get(&a, 2, &layer).await.0, StatusCode::OK);
+
+    // Node 3 enrolls at replica B, pulls through B and gets its ticket there.
+    let (key3, point3) = tls_key();
+    let e3 = enroll_at(&cb, 3, 9, &point3).await;
+    let e5 = enroll_at(&ca, 5, 9, &tls_key().1).await;
+    assert_eq!(e3["public_key"], e5["public_key"], "one ticket key");
+    // Each replica makes its own CA certificate (serial, signature) of the one CA key:
+    // the TLS exchange below is what shows the CA is shared.
+    assert_eq!(
+        kubelet_pull(&cb, 3, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let issued: serde_json::Value = client_from(ip(3))
+        .get(cb.server.url(&format!("/p2p/v1/tickets/{layer}")))
+        .bearer_auth(e3["credential"].as_str().expect("test"))
+        .send()
+        .await
+        .expect("test")
+        .json()
+        .await
+        .expect("test");
+    let ticket = issued["ticket"].as_str().expect("test");
+
+    // Node 2's agent (which knows replica A only) serves node 3, over TLS both ways,
+    // for B's ticket.
+    let cert3 = hex::decode(e3["certificate"].as_str().expect("test")).expect("test");
+    let ca_der = hex::decode(e3["ca"].as_str().expect("test")).expect("test");
+    let identity = format!(
+        "{}{}",
+        pem("PRIVATE KEY", &key3),
+        pem("CERTIFICATE", &cert3)
+    );
+    let r = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_der(&ca_der).expect("test"))
+        .identity(reqwest::Identity::from_pem(identity.as_bytes()).expect("test"))
+        .local_address(ip(3))
+        .no_proxy()
+        .build()
+        .expect("test")
+        .get(format!("https://{}/p2p/v1/blobs/{layer}", a.peer))
+        .header("x-berth-ticket", ticket)
+        .header("range", "bytes=0-1023")
+        .send()
+        .await
+        .expect("node 2's agent accepts node 3's certificate from replica B");
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.expect("test")[..], layer_bytes[..1024]);
+}
+
+#[tokio::test]
+async fn with_encryption_on_the_stored_keys_are_sealed() {
+    let ring = Arc::new(
+        berth_storage::seal::Keyring::new(vec![("k1".into(), [0x42; 32])], "k1").expect("keyring"),
+    );
+    let server = common::start(Setup {
+        encryption: Some(Arc::clone(&ring)),
+        p2p: Some(P2pSettings {
+            bootstrap_token: BOOTSTRAP.into(),
+            ..P2pSettings::default()
+        }),
+        ..Setup::default()
+    })
+    .await;
+    // What is stored (a key is there already, so this only reads it).
+    let (stored, sealed_by) = server
+        .meta
+        .ensure_p2p_key("ticket", b"unused", None)
+        .await
+        .expect("test");
+    assert_eq!(sealed_by.as_deref(), Some("k1"));
+    assert!(TicketKey::from_pkcs8(&stored).is_err(), "not in the clear");
+    let key = TicketKey::from_pkcs8(
+        &ring
+            .unwrap("k1", b"berth-p2p-key\0ticket", &stored)
+            .expect("sealed by k1 for the ticket key"),
+    )
+    .expect("test");
+    let r = client_from(ip(2))
+        .post(server.url("/p2p/v1/enroll"))
+        .bearer_auth(BOOTSTRAP)
+        .json(&serde_json::json!({"node": "node-2", "port": 9, "tls_public_key": tls_key().1}))
+        .send()
+        .await
+        .expect("test");
+    let e: serde_json::Value = r.json().await.expect("test");
+    assert_eq!(e["public_key"], hex::encode(key.public_key()));
+    let (ca, ca_by) = server
+        .meta
+        .ensure_p2p_key("ca", b"unused", None)
+        .await
+        .expect("test");
+    assert_eq!(ca_by.as_deref(), Some("k1"));
+    assert!(ring.unwrap("k1", b"berth-p2p-key\0ca", &ca).is_ok());
+}
+
+#[tokio::test]
+async fn an_agent_renews_its_certificate_before_it_expires() {
+    let server = common::start(Setup {
+        auth: Some((AccessConfig::default(), ChallengeKind::Basic)),
+        p2p: Some(P2pSettings {
+            bootstrap_token: BOOTSTRAP.into(),
+            credential_ttl: Duration::from_secs(3),
+            ..P2pSettings::default()
+        }),
+        ..Setup::default()
+    })
+    .await;
+    let c = Central {
+        server,
+        key: TicketKey::generate().expect("test"),
+        manifest: String::new(),
+        layer: String::new(),
+        layer_bytes: Vec::new(),
+    };
+    // The helpers ask the tracker's status as an administrator.
+    add_users(c.server.access(), &[("admin", true)]).await;
+    let a = node(&c, 2, &[], Duration::from_secs(10)).await;
+    let b = node(&c, 3, &[], Duration::from_secs(10)).await;
+    // Renewed at two thirds of three seconds, again and again; 20 s is a generous bound.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while central_metric(&c, "berth_p2p_enrolled_total").await < 6 {
+        assert!(Instant::now() < deadline, "no renewal");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Past the first certificates' expiry the agents still reach each other over TLS.
+    let r = b
+        .agent
+        .peer_client()
+        .expect("test")
+        .get(format!("https://{}/p2p/v1/blobs/{}", a.peer, "sha256:00"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("a renewed certificate on both ends");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }

@@ -336,14 +336,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(failpoints = ?armed, "failpoints are armed: this server will fail on purpose");
     }
 
-    let registry = open::open_registry(&config).await?.with_p2p(
-        config
-            .p2p
-            .settings()?
-            .map(|s| berth_registry::p2p::P2p::new(s).map(std::sync::Arc::new))
-            .transpose()
+    let registry = open::open_registry(&config).await?;
+    let p2p = match config.p2p.settings()? {
+        Some(s) => Some(std::sync::Arc::new(
+            berth_registry::p2p::P2p::open(
+                s,
+                registry.meta(),
+                registry.encryption().map(|k| k.as_ref()),
+            )
+            .await
             .context("[p2p]")?,
-    );
+        )),
+        None => None,
+    };
+    let registry = registry.with_p2p(p2p);
     let meta = registry.meta().clone();
     let jobs = registry.start_jobs();
     registry

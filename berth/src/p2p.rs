@@ -16,10 +16,14 @@ pub struct P2pConfig {
     pub enabled: bool,
     /// The environment variable holding the bootstrap token agents enroll with.
     pub bootstrap_token_env: String,
-    /// The Ed25519 ticket signing key (PKCS#8 DER, `berth p2p generate-key`); required
-    /// with several replicas, which must all sign with the same key. Unset: a key made at
-    /// start, which a restart replaces (agents enroll again).
+    /// The Ed25519 ticket signing key (PKCS#8 DER, `berth p2p generate-key`). Unset: a
+    /// key made by the first replica to start and kept in the metadata store (sealed when
+    /// `[encryption]` is on), shared by every replica and kept across restarts.
     pub key_file: Option<PathBuf>,
+    /// The ECDSA P-256 key of the CA certifying agents for agent-to-agent TLS (PKCS#8
+    /// DER, `berth p2p generate-key --ca`). Unset: kept in the metadata store, as for
+    /// `key_file`.
+    pub ca_key_file: Option<PathBuf>,
     pub ticket_ttl_secs: u64,
     /// How long after an authorized manifest pull a node's agent may fetch its blobs.
     pub pull_ttl_secs: u64,
@@ -34,6 +38,7 @@ impl Default for P2pConfig {
             enabled: false,
             bootstrap_token_env: "BERTH_P2P_BOOTSTRAP_TOKEN".into(),
             key_file: None,
+            ca_key_file: None,
             ticket_ttl_secs: 600,
             pull_ttl_secs: 3600,
             announce_ttl_secs: 3600,
@@ -59,8 +64,19 @@ impl P2pConfig {
                 Some(std::fs::read(f).with_context(|| format!("[p2p] key_file {}", f.display()))?)
             }
             None => {
-                tracing::warn!(
-                    "[p2p] key_file unset: tickets are signed with a key made at start (one replica only)"
+                tracing::info!(
+                    "[p2p] key_file unset: tickets are signed with the key kept in the metadata store"
+                );
+                None
+            }
+        };
+        let ca_key = match &self.ca_key_file {
+            Some(f) => Some(
+                std::fs::read(f).with_context(|| format!("[p2p] ca_key_file {}", f.display()))?,
+            ),
+            None => {
+                tracing::info!(
+                    "[p2p] ca_key_file unset: agents' TLS certificates are signed by the CA key kept in the metadata store"
                 );
                 None
             }
@@ -68,6 +84,7 @@ impl P2pConfig {
         Ok(Some(berth_registry::p2p::P2pSettings {
             bootstrap_token: token,
             key_pkcs8: key,
+            ca_key_pkcs8: ca_key,
             ticket_ttl: Duration::from_secs(self.ticket_ttl_secs.max(1)),
             pull_ttl: Duration::from_secs(self.pull_ttl_secs.max(1)),
             announce_ttl: Duration::from_secs(self.announce_ttl_secs.max(1)),
@@ -224,13 +241,25 @@ pub enum P2pCommand {
         #[arg(long)]
         json: bool,
     },
-    /// A new Ed25519 ticket signing key (PKCS#8 DER, mode 0600) for `[p2p] key_file`.
-    GenerateKey { out: PathBuf },
+    /// A new Ed25519 ticket signing key (PKCS#8 DER, mode 0600) for `[p2p] key_file`;
+    /// with `--ca`, a new ECDSA P-256 CA key for `[p2p] ca_key_file`.
+    GenerateKey {
+        out: PathBuf,
+        #[arg(long)]
+        ca: bool,
+    },
 }
 
 pub async fn run(cmd: P2pCommand) -> anyhow::Result<()> {
     match cmd {
-        P2pCommand::GenerateKey { out } => {
+        P2pCommand::GenerateKey { out, ca: true } => {
+            let rng = ring::rand::SystemRandom::new();
+            let k = berth_k8s::cert::new_p256_key(&rng).map_err(|e| anyhow::anyhow!("{e}"))?;
+            write_private(&out, &k)?;
+            println!("wrote {} (p2p CA key, ECDSA P-256)", out.display());
+            Ok(())
+        }
+        P2pCommand::GenerateKey { out, ca: false } => {
             let k =
                 berth_auth::ticket::TicketKey::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
             write_private(&out, k.pkcs8())?;

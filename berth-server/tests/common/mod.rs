@@ -231,12 +231,17 @@ pub async fn start(setup: Setup) -> TestServer {
         .with_upstreams(setup.upstreams)
         .expect("upstreams")
         .with_replication(setup.replicas)
-        .with_encryption(setup.encryption)
-        .with_p2p(
-            setup
-                .p2p
-                .map(|s| Arc::new(berth_registry::p2p::P2p::new(s).expect("p2p settings"))),
-        );
+        .with_encryption(setup.encryption.clone());
+    // As `berth serve` does: keys the settings leave unset are shared through the store.
+    let p2p = match setup.p2p {
+        Some(s) => Some(Arc::new(
+            berth_registry::p2p::P2p::open(s, &st.meta, setup.encryption.as_deref())
+                .await
+                .expect("p2p settings"),
+        )),
+        None => None,
+    };
+    let registry = registry.with_p2p(p2p);
     let registry = match setup.catalog {
         Some(c) => registry.with_catalog(c),
         None => registry,
