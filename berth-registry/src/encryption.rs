@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use berth_meta::WrappedKey;
 use berth_oci::{Algorithm, Digest};
-use berth_storage::seal::{DataKey, Keyring, SealError};
+use berth_storage::seal::{DataKey, Keyring, SealError, sealed_len};
 use berth_storage::{HashState, StorageError};
 use bytes::Bytes;
 use futures_util::Stream;
@@ -197,26 +197,6 @@ impl Registry {
         }
     }
 
-    /// The data key `digest` is sealed under, created (and recorded before any byte is
-    /// sealed) if it has none. Racing writers of one digest all get the one recorded.
-    async fn seal_key(&self, keyring: &Keyring, digest: &Digest) -> Result<DataKey> {
-        let context = digest.as_str().as_bytes();
-        if let Some(w) = self.meta.blob_key(digest.as_str()).await? {
-            return keyring
-                .open_data_key(&w.key_id, context, &w.wrapped)
-                .map_err(sealed);
-        }
-        let (key, key_id, wrapped) = keyring.new_data_key(context);
-        let mine = WrappedKey { key_id, wrapped };
-        let stored = self.meta.insert_blob_key(digest.as_str(), &mine).await?;
-        if stored == mine {
-            return Ok(key);
-        }
-        keyring
-            .open_data_key(&stored.key_id, context, &stored.wrapped)
-            .map_err(sealed)
-    }
-
     /// Appends to an upload's data, sealed when encryption is on.
     pub(crate) async fn append_upload<S, E>(
         &self,
@@ -232,7 +212,7 @@ impl Registry {
     {
         match &self.encryption {
             // An upload begun sealed (encryption since turned off) cannot go on as
-            // plaintext: its stored bytes are records, not the blob.
+            // plaintext: its stored bytes are sealed segments.
             None if state.stored().is_some() => Err(StorageError::UploadUnknown(id.to_owned())),
             None => {
                 self.blobs
@@ -285,9 +265,32 @@ impl Registry {
             self.blobs.delete_upload(id).await?;
             return Ok(());
         }
-        let key = self.seal_key(keyring, digest).await?;
+        // Sealed as it arrived under the upload's own key; that key becomes the blob's
+        // data key if it is the first recorded for the digest.
+        let done = self
+            .blobs
+            .complete_sealed_upload(keyring, id, size, state, digest)
+            .await?;
+        let mine = WrappedKey {
+            key_id: done.key_id,
+            wrapped: done.wrapped,
+        };
+        let stored = self.meta.insert_blob_key(digest.as_str(), &mine).await?;
+        if stored == mine {
+            return Ok(self.blobs.place_sealed(id, size, digest).await?);
+        }
+        // Another upload (or `berth encrypt`) recorded its key first. Its bytes in place
+        // are as good as ours; if they are not there yet, ours are sealed again under the
+        // recorded key (fresh nonces, so the two sealings never share a (key, nonce)).
+        if self.blobs.stat(digest).await? == Some(sealed_len(size)) {
+            self.blobs.delete_upload(id).await?;
+            return Ok(());
+        }
+        let key = keyring
+            .open_data_key(&stored.key_id, digest.as_str().as_bytes(), &stored.wrapped)
+            .map_err(sealed)?;
         self.blobs
-            .finish_upload_sealed(keyring, id, size, state, digest, &key)
+            .reseal_upload(id, size, &done.key, digest, &key)
             .await
             .map_err(RegistryError::from)
     }
@@ -398,30 +401,8 @@ impl Registry {
                 let Some(plain) = self.blobs.open(&d, None).await? else {
                     return Ok(false);
                 };
-                let id = uuid::Uuid::new_v4().to_string();
-                self.blobs.create_upload(&id).await?;
-                let sealed_in = async {
-                    let mut state = HashState::new();
-                    let n = self
-                        .blobs
-                        .append_upload_sealed(ring, &id, 0, &mut state, plain.body, u64::MAX)
-                        .await?;
-                    if n != size {
-                        return Err(RegistryError::Internal(format!(
-                            "{digest}: read {n} bytes, {size} expected"
-                        )));
-                    }
-                    // Verifies the digest before anything is sealed under its key.
-                    self.blobs
-                        .finish_upload_sealed(ring, &id, size, &state, &d, &key)
-                        .await?;
-                    Ok(())
-                }
-                .await;
-                if let Err(e) = sealed_in {
-                    let _ = self.blobs.delete_upload(&id).await;
-                    return Err(e);
-                }
+                // Verified against the digest before it is placed.
+                self.blobs.seal_blob(&d, size, &key, plain.body).await?;
             }
         }
         berth_storage::failpoint::hit(berth_storage::failpoint::BEFORE_SEAL_SWITCH)

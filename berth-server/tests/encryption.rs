@@ -330,11 +330,11 @@ async fn tampering(postgres: bool, s3: bool) {
     }
     // 0: a flipped bit in the second segment.
     let mut x = read_stored(&s, &d[0]).await;
-    x[SEG + 16 + 100] ^= 0x04;
+    x[SEG + 28 + 100] ^= 0x04;
     write_stored(&s, &d[0], x).await;
     // 1: cut back to a segment boundary.
     let x = read_stored(&s, &d[1]).await;
-    write_stored(&s, &d[1], x[..2 * (SEG + 16)].to_vec()).await;
+    write_stored(&s, &d[1], x[..2 * (SEG + 28)].to_vec()).await;
     // 2: extended.
     let mut x = read_stored(&s, &d[2]).await;
     x.extend_from_slice(&[0u8; 16]);
@@ -696,19 +696,11 @@ async fn conversion(postgres: bool, s3: bool) {
             .expect("start");
         if seal_bytes {
             let digest: berth_oci::Digest = d[i].parse().expect("digest");
-            let id = format!("convert-{}", berth_testkit::unique());
-            s.blobs.create_upload(&id).await.expect("create");
-            let mut state = berth_storage::HashState::new();
             let body = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(
                 blobs[i].clone(),
             ))]);
-            let n = s
-                .blobs
-                .append_upload_sealed(&ring, &id, 0, &mut state, body, u64::MAX)
-                .await
-                .expect("append");
             s.blobs
-                .finish_upload_sealed(&ring, &id, n, &state, &digest, &fresh)
+                .seal_blob(&digest, blobs[i].len() as u64, &fresh, body)
                 .await
                 .expect("seal");
             assert_ne!(
