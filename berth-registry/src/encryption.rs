@@ -170,6 +170,19 @@ impl Registry {
             .map_err(sealed)
     }
 
+    /// A blob's plaintext size and data key if the metadata store has a key for it (it is
+    /// sealed, or being converted): for copying its stored form elsewhere
+    /// (`migrate-storage`).
+    pub async fn sealed_blob(&self, digest: &Digest) -> Result<Option<(u64, DataKey)>> {
+        let Some((key, _)) = self.read_key(digest).await? else {
+            return Ok(None);
+        };
+        let Some(size) = self.meta.blob(digest.as_str()).await? else {
+            return Ok(None);
+        };
+        Ok(Some((size, key)))
+    }
+
     /// Opens a blob in the form the metadata store says it is stored in. While `berth
     /// encrypt` converts it, the object is either the plaintext or the sealed form, and its
     /// size (the plaintext's, or longer by a tag per segment) says which: the size is read

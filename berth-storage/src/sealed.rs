@@ -585,7 +585,7 @@ impl BlobStore {
 
     /// Moves an upload into place without checking it (sealed bytes, checked by the
     /// caller as plaintext).
-    async fn place_upload(&self, id: &str, size: u64, dest: &Digest) -> Result<()> {
+    pub(crate) async fn place_upload(&self, id: &str, size: u64, dest: &Digest) -> Result<()> {
         match self {
             BlobStore::Fs(s) => s.place_upload(id, size, dest).await,
             BlobStore::S3(s) => s.place_upload(id, size, dest).await,
