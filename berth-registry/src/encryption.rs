@@ -152,6 +152,13 @@ impl Registry {
                 .or_insert_with(|| KeyUse::new(&id))
                 .secrets += n;
         }
+        for (_, _, spec) in self.meta.webhooks().await? {
+            if let Some(id) = sealed_webhook_key(&spec) {
+                out.entry(id.clone())
+                    .or_insert_with(|| KeyUse::new(&id))
+                    .secrets += 1;
+            }
+        }
         Ok(out.into_values().collect())
     }
 
@@ -510,7 +517,49 @@ impl Registry {
             summary.rewrapped += self.meta.rewrap_blob_keys(&changes).await?;
             progress(seen, total.max(seen));
         }
+        self.rewrap_webhook_secrets(ring, &mut summary).await?;
         Ok(summary)
+    }
+
+    /// Re-wraps the sealed secrets of webhooks set through the API with the active key, and
+    /// seals those stored before encryption was turned on.
+    async fn rewrap_webhook_secrets(
+        &self,
+        ring: &Keyring,
+        summary: &mut RewrapSummary,
+    ) -> Result<()> {
+        use crate::events::{format_sealed_secret, parse_sealed_secret, webhook_secret_context};
+        let active = ring.active_id().to_owned();
+        for (tenant, name, spec) in self.meta.webhooks().await? {
+            let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&spec) else {
+                continue;
+            };
+            let Some(secret) = value.get("secret").and_then(|v| v.as_str()) else {
+                continue;
+            };
+            let context = webhook_secret_context(tenant.as_deref(), &name);
+            let rewrapped = match parse_sealed_secret(secret) {
+                Some((id, _)) if id == active => continue,
+                Some((id, wrapped)) => ring.rewrap(id, &context, &wrapped),
+                // Stored before encryption was turned on: sealed now.
+                None => Ok(ring.wrap(&context, secret.as_bytes())),
+            };
+            match rewrapped {
+                Ok((id, wrapped)) => {
+                    value["secret"] =
+                        serde_json::Value::String(format_sealed_secret(&id, &wrapped));
+                    let actor = berth_meta::Actor::named("berth keys rewrap");
+                    self.meta
+                        .put_webhook(tenant.as_deref(), &name, &value.to_string(), &actor)
+                        .await?;
+                    summary.rewrapped += 1;
+                }
+                Err(e) => summary
+                    .failed
+                    .push((format!("webhook {name}"), e.to_string())),
+            }
+        }
+        Ok(())
     }
 
     /// `berth keys retire`: forgets key `id` once nothing uses it. Refused, saying what
@@ -540,6 +589,13 @@ impl Registry {
         self.meta.delete_kek_check(id).await?;
         Ok(())
     }
+}
+
+/// The key id a stored webhook spec's secret is sealed under, if it is sealed.
+fn sealed_webhook_key(spec: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(spec).ok()?;
+    let secret = value.get("secret")?.as_str()?;
+    crate::events::parse_sealed_secret(secret).map(|(id, _)| id.to_owned())
 }
 
 fn sealed(e: SealError) -> RegistryError {
