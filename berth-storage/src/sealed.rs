@@ -27,6 +27,8 @@ use crate::{BlobReader, BlobStore, HashState, Result, StorageError};
 const BATCH: usize = 16;
 /// Batches in flight at once.
 const IN_FLIGHT: usize = 2;
+/// Body chunks queued for an upload's hashing thread.
+const HASH_QUEUE: usize = 32;
 
 type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
@@ -58,7 +60,8 @@ struct Sealing {
 }
 
 /// Seals `body` into stored bytes from segment `batch.first()` (`batch` may already hold
-/// plaintext carried over). `inspect` sees every body chunk first (hashing, limits). With
+/// plaintext carried over). `inspect` sees every body chunk first (hashing, limits), and
+/// `hash_to`, if given, gets every chunk too (a hashing thread, off this task). With
 /// `final_at_end` the last segment is sealed as final; otherwise it is held back in
 /// `shared.tail` for the caller, who writes it as an append of its own.
 fn seal_stream<S, E, F>(
@@ -68,6 +71,7 @@ fn seal_stream<S, E, F>(
     final_at_end: bool,
     shared: Arc<Mutex<Sealing>>,
     inspect: F,
+    hash_to: Option<tokio::sync::mpsc::Sender<Bytes>>,
 ) -> impl Stream<Item = std::result::Result<Bytes, Relayed>> + Send
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Send,
@@ -80,6 +84,7 @@ where
         chunk: Bytes,
         inspect: F,
         shared: Arc<Mutex<Sealing>>,
+        hash_to: Option<tokio::sync::mpsc::Sender<Bytes>>,
     }
     let batches = futures_util::stream::unfold(
         St {
@@ -88,6 +93,7 @@ where
             chunk: Bytes::new(),
             inspect,
             shared,
+            hash_to,
         },
         move |mut st| async move {
             let mut batch = st.batch.take()?;
@@ -108,6 +114,11 @@ where
                     Some(Ok(chunk)) => {
                         if let Err(e) = (st.inspect)(&chunk) {
                             return Some((Err(e), st));
+                        }
+                        if let Some(tx) = &st.hash_to
+                            && tx.send(chunk.clone()).await.is_err()
+                        {
+                            return Some((Err(Relayed("the upload's hasher stopped".into())), st));
                         }
                         lock(&st.shared).plain += chunk.len() as u64;
                         st.chunk = chunk;
@@ -348,9 +359,21 @@ impl BlobStore {
         let mut batch = SegmentBatch::new(index, BATCH);
         batch.push(&head);
         let shared = Arc::new(Mutex::new(Sealing::default()));
+        // SHA-256 on a thread of its own, fed through a short queue: receiving, hashing,
+        // sealing (blocking pool) and writing (the backend's writer) overlap.
+        let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE);
+        let (hashed_tx, hashed_rx) = tokio::sync::oneshot::channel::<HashState>();
         let mut hash = state.clone();
-        let hashed = Arc::new(Mutex::new(None::<HashState>));
-        let (seen, out) = (Arc::clone(&shared), Arc::clone(&hashed));
+        std::thread::Builder::new()
+            .name("berth-upload-hash".into())
+            .spawn(move || {
+                while let Some(chunk) = hash_rx.blocking_recv() {
+                    hash.update(&chunk);
+                }
+                let _ = hashed_tx.send(hash);
+            })
+            .map_err(StorageError::io("starting an upload hasher"))?;
+        let seen = Arc::clone(&shared);
         let mut taken = offset;
         let inspect = move |chunk: &[u8]| {
             taken = taken.saturating_add(chunk.len() as u64);
@@ -358,8 +381,6 @@ impl BlobStore {
                 lock(&seen).too_large = true;
                 return Err(Relayed("upload too large".into()));
             }
-            hash.update(chunk);
-            *lock(&out) = Some(hash.clone());
             Ok(())
         };
         let sealed = seal_stream(
@@ -369,6 +390,7 @@ impl BlobStore {
             false,
             Arc::clone(&shared),
             inspect,
+            Some(hash_tx),
         );
         let mut scratch = HashState::scratch();
         let first = self
@@ -413,7 +435,11 @@ impl BlobStore {
         }
         let plain = lock(&shared).plain;
         let new = offset + plain;
-        let mut next = lock(&hashed).take().unwrap_or_else(|| state.clone());
+        // The sealing stream (and the queue's sender with it) is gone: the hasher has
+        // seen every chunk.
+        let mut next = hashed_rx
+            .await
+            .map_err(|e| StorageError::io("hashing an upload")(std::io::Error::other(e)))?;
         next.set_stored(upload_len(new));
         next.set_upload_key(kid, wrapped);
         *state = next;
@@ -555,6 +581,7 @@ impl BlobStore {
             true,
             Arc::clone(&shared),
             inspect,
+            None,
         );
         let result = async {
             let written = self
