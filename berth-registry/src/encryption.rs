@@ -168,12 +168,12 @@ impl Registry {
         let Some(keyring) = &self.encryption else {
             return Ok(None);
         };
-        let Some((w, converting)) = self.meta.blob_key_state(digest.as_str()).await? else {
+        let Some((w, state)) = self.meta.blob_key_state(digest.as_str()).await? else {
             return Ok(None);
         };
         keyring
             .open_data_key(&w.key_id, digest.as_str().as_bytes(), &w.wrapped)
-            .map(|k| Some((k, converting)))
+            .map(|k| Some((key_in_format(k, digest.as_str(), state), state.converting)))
             .map_err(sealed)
     }
 
@@ -302,9 +302,27 @@ impl Registry {
         // Another upload (or `berth encrypt`) recorded its key first. Its bytes in place
         // are as good as ours; if they are not there yet, ours are sealed again under the
         // recorded key (fresh nonces, so the two sealings never share a (key, nonce)).
-        if self.blobs.stat(digest).await? == Some(sealed_len(size)) {
+        let state = self
+            .meta
+            .blob_key_state(digest.as_str())
+            .await?
+            .map(|(_, s)| s);
+        let format1 = state.is_some_and(|s| s.format1);
+        let in_place = if format1 {
+            berth_storage::seal::legacy::sealed_len(size)
+        } else {
+            sealed_len(size)
+        };
+        if self.blobs.stat(digest).await? == Some(in_place) {
             self.blobs.delete_upload(id).await?;
             return Ok(());
+        }
+        // A format-1 blob whose bytes are gone: ours go back in format 2, so the row says
+        // format 2 first (a reader meanwhile finds no object either way).
+        if format1 && let Some(s) = state {
+            self.meta
+                .move_blob_key_to_format2(digest.as_str(), s.converting)
+                .await?;
         }
         let key = keyring
             .open_data_key(&stored.key_id, digest.as_str().as_bytes(), &stored.wrapped)
@@ -398,7 +416,20 @@ impl Registry {
             ring.open_data_key(&stored.key_id, context, &stored.wrapped)
                 .map_err(sealed)?
         };
-        match self.blobs.stat(&d).await? {
+        let state = self.meta.blob_key_state(digest).await?.map(|(_, s)| s);
+        let stat = self.blobs.stat(&d).await?;
+        // A conversion the previous release began: if its object is still the plaintext,
+        // this run seals it in format 2, so the row says so first; if it was sealed in
+        // format 1 already, it is checked in that format and stays in it.
+        let key = match state {
+            Some(s) if s.format1 && stat == Some(size) => {
+                self.meta.move_blob_key_to_format2(digest, true).await?;
+                key
+            }
+            Some(s) => key_in_format(key, digest, s),
+            None => key,
+        };
+        match stat {
             None => return Ok(false),
             // Sealed already (a run that crashed before its switch, or a push meanwhile):
             // check it whole before the state says so.
@@ -596,6 +627,15 @@ fn sealed_webhook_key(spec: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(spec).ok()?;
     let secret = value.get("secret")?.as_str()?;
     crate::events::parse_sealed_secret(secret).map(|(id, _)| id.to_owned())
+}
+
+/// The key opening a blob in the format the metadata store records for it.
+pub(crate) fn key_in_format(key: DataKey, digest: &str, state: berth_meta::KeyState) -> DataKey {
+    if state.format1 {
+        key.format1(digest)
+    } else {
+        key
+    }
 }
 
 fn sealed(e: SealError) -> RegistryError {

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 
 use crate::hash::Hasher;
-use crate::seal::{DataKey, NONCE, OVERHEAD, SEGMENT, STRIDE, SealError, sealed_len, segments};
+use crate::seal::{DataKey, STRIDE, SealError, segments};
 use crate::{BlobStore, HashState, Result, ScanEntry, StorageError};
 
 /// Which blobs are stored sealed: a digest's plaintext size and data key, from the
@@ -28,12 +28,7 @@ struct SealedCheck {
 
 impl SealedCheck {
     fn want(&self) -> usize {
-        let count = segments(self.total);
-        if self.index + 1 == count {
-            (self.total - (count - 1) * SEGMENT as u64) as usize + OVERHEAD
-        } else {
-            STRIDE
-        }
+        self.key.stored_segment_len(self.total, self.index)
     }
 
     fn push(&mut self, mut data: &[u8]) -> std::result::Result<(), SealError> {
@@ -46,9 +41,10 @@ impl SealedCheck {
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
             if self.buf.len() == want {
-                let last = self.index + 1 == segments(self.total);
-                let n = self.key.open_segment(self.index, last, &mut self.buf)?;
-                self.hasher.update(&self.buf[NONCE..NONCE + n]);
+                let n = self
+                    .key
+                    .open_stored(self.total, self.index, &mut self.buf)?;
+                self.hasher.update(&self.buf[..n]);
                 self.buf.clear();
                 self.index += 1;
             }
@@ -91,10 +87,10 @@ async fn copy_sealed(
             .await?;
         let actual = {
             let mut c = check.lock().unwrap_or_else(|e| e.into_inner());
-            if c.index != segments(size) || !c.buf.is_empty() || stored != sealed_len(size) {
+            let expected = c.key.sealed_len(size);
+            if c.index != segments(size) || !c.buf.is_empty() || stored != expected {
                 return Err(StorageError::Sealed(SealError::Tampered(format!(
-                    "{digest} is stored as {stored} bytes, {} expected",
-                    sealed_len(size)
+                    "{digest} is stored as {stored} bytes, {expected} expected"
                 ))));
             }
             std::mem::replace(&mut c.hasher, Hasher::new(digest.algorithm())).finish()
@@ -149,7 +145,7 @@ pub async fn copy_blob_with(
     }
     // A blob `berth encrypt` is converting may still be plaintext: the stored size says.
     if let Some((size, key)) = sealed
-        && reader.total == sealed_len(size)
+        && reader.total == key.sealed_len(size)
     {
         return copy_sealed(to, digest, reader, size, key).await;
     }

@@ -273,9 +273,23 @@ fn aes_key(bytes: &[u8; KEY_LEN]) -> LessSafeKey {
     }
 }
 
-/// A blob's (or an open upload's) own key, unwrapped.
+pub mod legacy;
+
+/// The format a blob's stored bytes are in, as the metadata store records it with the
+/// blob's key (never guessed from the bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// Format 1 ([`legacy`]), written by the release before format 2; only ever read. Its
+    /// segments are bound to the digest.
+    V1 { digest: Arc<str> },
+    /// Format 2 (this module's), which every new seal writes.
+    V2,
+}
+
+/// A blob's (or an open upload's) own key, unwrapped, with the format of the bytes it
+/// opens. Sealing always writes format 2.
 #[derive(Clone)]
-pub struct DataKey(Arc<LessSafeKey>);
+pub struct DataKey(Arc<LessSafeKey>, Format);
 
 impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -308,7 +322,63 @@ fn segment_aad(index: u64, last: bool) -> [u8; 23] {
 
 impl DataKey {
     fn from_raw(raw: &[u8; KEY_LEN]) -> DataKey {
-        DataKey(Arc::new(aes_key(raw)))
+        DataKey(Arc::new(aes_key(raw)), Format::V2)
+    }
+
+    /// This key, opening the format-1 blob `digest` (the metadata store says it is one).
+    pub fn format1(self, digest: &str) -> DataKey {
+        DataKey(
+            self.0,
+            Format::V1 {
+                digest: Arc::from(digest),
+            },
+        )
+    }
+
+    /// The format of the bytes this key opens.
+    pub fn format(&self) -> &Format {
+        &self.1
+    }
+
+    /// Stored size of a blob of `plain` bytes in this key's format.
+    pub fn sealed_len(&self, plain: u64) -> u64 {
+        match &self.1 {
+            Format::V1 { .. } => legacy::sealed_len(plain),
+            Format::V2 => sealed_len(plain),
+        }
+    }
+
+    /// Where segment `index` starts in this key's format.
+    pub fn segment_offset(&self, index: u64) -> u64 {
+        match &self.1 {
+            Format::V1 { .. } => index * legacy::STRIDE as u64,
+            Format::V2 => segment_offset(index),
+        }
+    }
+
+    /// Stored length of segment `index` of a blob of `total` plaintext bytes in this key's
+    /// format.
+    pub fn stored_segment_len(&self, total: u64, index: u64) -> usize {
+        match &self.1 {
+            Format::V1 { .. } => legacy::stored_segment_len(total, index),
+            Format::V2 => {
+                let count = segments(total);
+                if index + 1 == count {
+                    (total - (count - 1) * SEGMENT as u64) as usize + OVERHEAD
+                } else {
+                    STRIDE
+                }
+            }
+        }
+    }
+
+    /// Opens whole stored segments from `first` in this key's format (see
+    /// [`open_segments`]).
+    pub fn open_stored(&self, total: u64, first: u64, buf: &mut [u8]) -> Result<usize, SealError> {
+        match &self.1 {
+            Format::V1 { digest } => legacy::open_segments(self, digest, total, first, buf),
+            Format::V2 => open_segments(self, total, first, buf),
+        }
     }
 
     /// Seals in place one segment laid out as `nonce space || plaintext || tag space`,

@@ -18,8 +18,8 @@ use futures_util::{Stream, StreamExt};
 
 use crate::hash::Hasher;
 use crate::seal::{
-    DataKey, Keyring, OVERHEAD, SEGMENT, STRIDE, SealError, SegmentBatch, UPLOAD_CONTEXT,
-    open_segments, sealed_len, segment_offset, segments, upload_len,
+    DataKey, Keyring, SEGMENT, STRIDE, SealError, SegmentBatch, UPLOAD_CONTEXT, sealed_len,
+    segment_offset, segments, upload_len,
 };
 use crate::{BlobReader, BlobStore, HashState, Result, StorageError};
 
@@ -152,19 +152,10 @@ where
         .buffered(IN_FLIGHT)
 }
 
-/// Stored length of segment `index` of a blob of `total` plaintext bytes.
-fn stored_segment_len(total: u64, index: u64) -> usize {
-    let count = segments(total);
-    if index + 1 == count {
-        (total - (count - 1) * SEGMENT as u64) as usize + OVERHEAD
-    } else {
-        STRIDE
-    }
-}
-
 /// Reads stored segments a batch at a time.
 struct Batches {
     raw: ByteStream,
+    key: DataKey,
     total: u64,
     index: u64,
     end: u64,
@@ -179,7 +170,7 @@ impl Batches {
         let index = self.index;
         let n = (BATCH as u64).min(self.end - index);
         let want: usize = (index..index + n)
-            .map(|i| stored_segment_len(self.total, i))
+            .map(|i| self.key.stored_segment_len(self.total, i))
             .sum();
         let mut buf = Vec::with_capacity(want);
         loop {
@@ -216,7 +207,8 @@ async fn open_batch(
 ) -> std::io::Result<Bytes> {
     let (mut buf, index) = item?;
     tokio::task::spawn_blocking(move || {
-        let n = open_segments(&key, total, index, &mut buf)
+        let n = key
+            .open_stored(total, index, &mut buf)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         buf.truncate(n);
         Ok(Bytes::from(buf))
@@ -231,6 +223,7 @@ fn open_stream(raw: ByteStream, key: DataKey, total: u64, first: u64, end: u64) 
     let batches = futures_util::stream::unfold(
         Batches {
             raw,
+            key: key.clone(),
             total,
             index: first,
             end,
@@ -633,7 +626,7 @@ impl BlobStore {
         key: &DataKey,
         failures: Option<Arc<AtomicU64>>,
     ) -> Result<Option<BlobReader>> {
-        let total = sealed_len(size);
+        let total = key.sealed_len(size);
         let (first, last) = match range {
             Some((a, b)) if a <= b && b < size => (a, b),
             _ => (0, size.saturating_sub(1)),
@@ -641,8 +634,8 @@ impl BlobStore {
         let len = if size == 0 { 0 } else { last - first + 1 };
         let seg_first = first / SEGMENT as u64;
         let seg_last = if size == 0 { 0 } else { last / SEGMENT as u64 };
-        let ct_first = segment_offset(seg_first);
-        let ct_last = segment_offset(seg_last + 1).min(total) - 1;
+        let ct_first = key.segment_offset(seg_first);
+        let ct_last = key.segment_offset(seg_last + 1).min(total) - 1;
         let count = |failures: &Option<Arc<AtomicU64>>| {
             if let Some(f) = failures {
                 f.fetch_add(1, Ordering::Relaxed);
