@@ -20,12 +20,48 @@ pub struct KeyUse {
     pub blobs: u64,
 }
 
-/// The blob's bytes are sealed under the row's key.
-const SEALED: &str = "sealed";
-/// `berth encrypt` is sealing the blob's plaintext bytes in place: until the row says
-/// `sealed`, the stored object is either the plaintext (its size is the blob's) or the
-/// sealed form (longer by a tag per segment), and readers tell them apart by that size.
-const CONVERTING: &str = "converting";
+/// The blob's bytes are sealed under the row's key, in format 1 (written by the release
+/// before format 2; these rows are only read, never written, now).
+const SEALED_V1: &str = "sealed";
+/// `berth encrypt` of that release was sealing the blob's plaintext in place in format 1:
+/// the stored object is either the plaintext (its size is the blob's) or format 1.
+const CONVERTING_V1: &str = "converting";
+/// The blob's bytes are sealed under the row's key, in format 2 (every new seal).
+const SEALED: &str = "sealed2";
+/// `berth encrypt` is sealing the blob's plaintext bytes in place, in format 2: until the
+/// row says `sealed2`, the stored object is either the plaintext (its size is the blob's)
+/// or the sealed form (longer by a nonce and a tag per segment), and readers tell them
+/// apart by that size.
+const CONVERTING: &str = "converting2";
+
+/// How a blob with a data key is stored, from its `blob_keys.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyState {
+    /// Sealed in format 1 (the previous release's); otherwise format 2.
+    pub format1: bool,
+    /// `berth encrypt` is converting it: the object may still be the plaintext.
+    pub converting: bool,
+}
+
+impl KeyState {
+    fn parse(state: &str) -> std::result::Result<KeyState, crate::MetaError> {
+        let (format1, converting) = match state {
+            SEALED_V1 => (true, false),
+            CONVERTING_V1 => (true, true),
+            SEALED => (false, false),
+            CONVERTING => (false, true),
+            other => {
+                return Err(crate::MetaError::Corrupt(format!(
+                    "blob_keys.state {other:?} is not one this version knows"
+                )));
+            }
+        };
+        Ok(KeyState {
+            format1,
+            converting,
+        })
+    }
+}
 
 impl MetaStore {
     /// The wrapped data key of a sealed blob; `None`: the blob is stored as plaintext.
@@ -44,24 +80,44 @@ impl MetaStore {
             .transpose()?)
     }
 
-    /// The wrapped data key of a blob and whether its conversion from plaintext is still
-    /// under way (`true`: the stored object may be either form).
-    pub async fn blob_key_state(&self, digest: &str) -> Result<Option<(WrappedKey, bool)>> {
+    /// The wrapped data key of a blob, the format its bytes are sealed in, and whether its
+    /// conversion from plaintext is still under way (the stored object may be either form).
+    pub async fn blob_key_state(&self, digest: &str) -> Result<Option<(WrappedKey, KeyState)>> {
         let row = sqlx::query("SELECT key_id, wrapped, state FROM blob_keys WHERE digest = $1")
             .bind(digest)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row
-            .map(|r| {
-                Ok::<_, sqlx::Error>((
-                    WrappedKey {
-                        key_id: r.try_get(0)?,
-                        wrapped: r.try_get(1)?,
-                    },
-                    r.try_get::<String, _>(2)? == CONVERTING,
-                ))
-            })
-            .transpose()?)
+        let Some(r) = row else { return Ok(None) };
+        let state: String = r.try_get(2)?;
+        Ok(Some((
+            WrappedKey {
+                key_id: r.try_get(0)?,
+                wrapped: r.try_get(1)?,
+            },
+            KeyState::parse(&state)?,
+        )))
+    }
+
+    /// Moves a format-1 row to format 2 (its key unchanged) before bytes are sealed anew
+    /// under it: from `converting` (the object is still the plaintext) to `converting2`, or
+    /// from `sealed` (its object is gone, and an upload puts it back) to `sealed2`. Returns
+    /// whether the row was in the expected format-1 state.
+    pub async fn move_blob_key_to_format2(&self, digest: &str, converting: bool) -> Result<bool> {
+        let (from, to) = if converting {
+            (CONVERTING_V1, CONVERTING)
+        } else {
+            (SEALED_V1, SEALED)
+        };
+        let done = sqlx::query(
+            "UPDATE blob_keys SET state = $1, updated_at = $2 WHERE digest = $3 AND state = $4",
+        )
+        .bind(to)
+        .bind(now_micros())
+        .bind(digest)
+        .bind(from)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Starts converting a plaintext blob: records its new data key with the state
@@ -89,14 +145,47 @@ impl MetaStore {
         })
     }
 
-    /// Ends a conversion: the stored object is the sealed form from now on.
+    /// Records a data key row exactly as the release before format 2 wrote it (state
+    /// `sealed`, or `converting` mid-conversion), replacing any row of the digest. For
+    /// tests that reproduce a registry that release left behind; nothing else writes
+    /// format-1 rows.
+    #[doc(hidden)]
+    pub async fn put_format1_blob_key(
+        &self,
+        digest: &str,
+        key: &WrappedKey,
+        converting: bool,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO blob_keys (digest, key_id, wrapped, state, updated_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (digest) DO UPDATE SET key_id = $2, wrapped = $3, state = $4, updated_at = $5",
+        )
+        .bind(digest)
+        .bind(&key.key_id)
+        .bind(&key.wrapped)
+        .bind(if converting { CONVERTING_V1 } else { SEALED_V1 })
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends a conversion: the stored object is the sealed form from now on, in the format
+    /// the conversion was in (a format-1 conversion whose object was sealed before the
+    /// upgrade stays format 1).
     pub async fn finish_blob_conversion(&self, digest: &str) -> Result<()> {
-        sqlx::query("UPDATE blob_keys SET state = $1, updated_at = $2 WHERE digest = $3")
-            .bind(SEALED)
-            .bind(now_micros())
-            .bind(digest)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE blob_keys SET state = CASE state WHEN $1 THEN $2 WHEN $3 THEN $4 ELSE state END, \
+             updated_at = $5 WHERE digest = $6",
+        )
+        .bind(CONVERTING_V1)
+        .bind(SEALED_V1)
+        .bind(CONVERTING)
+        .bind(SEALED)
+        .bind(now_micros())
+        .bind(digest)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -105,10 +194,12 @@ impl MetaStore {
     pub async fn blobs_to_seal(&self, after: &str, limit: u32) -> Result<Vec<(String, u64)>> {
         let rows = sqlx::query(
             "SELECT b.digest, b.size FROM blobs b LEFT JOIN blob_keys k ON k.digest = b.digest \
-             WHERE b.digest > $1 AND (k.digest IS NULL OR k.state <> $2) ORDER BY b.digest LIMIT $3",
+             WHERE b.digest > $1 AND (k.digest IS NULL OR (k.state <> $2 AND k.state <> $3)) \
+             ORDER BY b.digest LIMIT $4",
         )
         .bind(after)
         .bind(SEALED)
+        .bind(SEALED_V1)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -121,9 +212,10 @@ impl MetaStore {
     pub async fn count_blobs_to_seal(&self) -> Result<u64> {
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM blobs b LEFT JOIN blob_keys k ON k.digest = b.digest \
-             WHERE k.digest IS NULL OR k.state <> $1",
+             WHERE k.digest IS NULL OR (k.state <> $1 AND k.state <> $2)",
         )
         .bind(SEALED)
+        .bind(SEALED_V1)
         .fetch_one(&self.pool)
         .await?;
         Ok(crate::to_u64(n))

@@ -34,7 +34,7 @@ use sqlx::{AnyPool, Row, Transaction};
 
 pub use access::{AuditQuery, AuditRecord, RobotRow, TenantRow, UserChange, UserRow};
 pub use catalogs::{CatalogPackage, ImageCatalogRow, LayerCatalogRow};
-pub use encryption::{KeyUse, WrappedKey};
+pub use encryption::{KeyState, KeyUse, WrappedKey};
 pub use fsck::{BlobRow, DanglingRef, ManifestCursor, ManifestRow};
 pub use gc::{GcManifest, RepoGraph};
 pub use jobs::{

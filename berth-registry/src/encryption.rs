@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use berth_meta::WrappedKey;
 use berth_oci::{Algorithm, Digest};
-use berth_storage::seal::{DataKey, Keyring, SealError};
+use berth_storage::seal::{DataKey, Keyring, SealError, sealed_len};
 use berth_storage::{HashState, StorageError};
 use bytes::Bytes;
 use futures_util::Stream;
@@ -152,6 +152,13 @@ impl Registry {
                 .or_insert_with(|| KeyUse::new(&id))
                 .secrets += n;
         }
+        for (_, _, spec) in self.meta.webhooks().await? {
+            if let Some(id) = sealed_webhook_key(&spec) {
+                out.entry(id.clone())
+                    .or_insert_with(|| KeyUse::new(&id))
+                    .secrets += 1;
+            }
+        }
         Ok(out.into_values().collect())
     }
 
@@ -161,13 +168,26 @@ impl Registry {
         let Some(keyring) = &self.encryption else {
             return Ok(None);
         };
-        let Some((w, converting)) = self.meta.blob_key_state(digest.as_str()).await? else {
+        let Some((w, state)) = self.meta.blob_key_state(digest.as_str()).await? else {
             return Ok(None);
         };
         keyring
             .open_data_key(&w.key_id, digest.as_str().as_bytes(), &w.wrapped)
-            .map(|k| Some((k, converting)))
+            .map(|k| Some((key_in_format(k, digest.as_str(), state), state.converting)))
             .map_err(sealed)
+    }
+
+    /// A blob's plaintext size and data key if the metadata store has a key for it (it is
+    /// sealed, or being converted): for copying its stored form elsewhere
+    /// (`migrate-storage`).
+    pub async fn sealed_blob(&self, digest: &Digest) -> Result<Option<(u64, DataKey)>> {
+        let Some((key, _)) = self.read_key(digest).await? else {
+            return Ok(None);
+        };
+        let Some(size) = self.meta.blob(digest.as_str()).await? else {
+            return Ok(None);
+        };
+        Ok(Some((size, key)))
     }
 
     /// Opens a blob in the form the metadata store says it is stored in. While `berth
@@ -197,26 +217,6 @@ impl Registry {
         }
     }
 
-    /// The data key `digest` is sealed under, created (and recorded before any byte is
-    /// sealed) if it has none. Racing writers of one digest all get the one recorded.
-    async fn seal_key(&self, keyring: &Keyring, digest: &Digest) -> Result<DataKey> {
-        let context = digest.as_str().as_bytes();
-        if let Some(w) = self.meta.blob_key(digest.as_str()).await? {
-            return keyring
-                .open_data_key(&w.key_id, context, &w.wrapped)
-                .map_err(sealed);
-        }
-        let (key, key_id, wrapped) = keyring.new_data_key(context);
-        let mine = WrappedKey { key_id, wrapped };
-        let stored = self.meta.insert_blob_key(digest.as_str(), &mine).await?;
-        if stored == mine {
-            return Ok(key);
-        }
-        keyring
-            .open_data_key(&stored.key_id, context, &stored.wrapped)
-            .map_err(sealed)
-    }
-
     /// Appends to an upload's data, sealed when encryption is on.
     pub(crate) async fn append_upload<S, E>(
         &self,
@@ -232,7 +232,7 @@ impl Registry {
     {
         match &self.encryption {
             // An upload begun sealed (encryption since turned off) cannot go on as
-            // plaintext: its stored bytes are records, not the blob.
+            // plaintext: its stored bytes are sealed segments.
             None if state.stored().is_some() => Err(StorageError::UploadUnknown(id.to_owned())),
             None => {
                 self.blobs
@@ -285,9 +285,50 @@ impl Registry {
             self.blobs.delete_upload(id).await?;
             return Ok(());
         }
-        let key = self.seal_key(keyring, digest).await?;
+        // Sealed as it arrived under the upload's own key; that key becomes the blob's
+        // data key if it is the first recorded for the digest.
+        let done = self
+            .blobs
+            .complete_sealed_upload(keyring, id, size, state, digest)
+            .await?;
+        let mine = WrappedKey {
+            key_id: done.key_id,
+            wrapped: done.wrapped,
+        };
+        let stored = self.meta.insert_blob_key(digest.as_str(), &mine).await?;
+        if stored == mine {
+            return Ok(self.blobs.place_sealed(id, size, digest).await?);
+        }
+        // Another upload (or `berth encrypt`) recorded its key first. Its bytes in place
+        // are as good as ours; if they are not there yet, ours are sealed again under the
+        // recorded key (fresh nonces, so the two sealings never share a (key, nonce)).
+        let state = self
+            .meta
+            .blob_key_state(digest.as_str())
+            .await?
+            .map(|(_, s)| s);
+        let format1 = state.is_some_and(|s| s.format1);
+        let in_place = if format1 {
+            berth_storage::seal::legacy::sealed_len(size)
+        } else {
+            sealed_len(size)
+        };
+        if self.blobs.stat(digest).await? == Some(in_place) {
+            self.blobs.delete_upload(id).await?;
+            return Ok(());
+        }
+        // A format-1 blob whose bytes are gone: ours go back in format 2, so the row says
+        // format 2 first (a reader meanwhile finds no object either way).
+        if format1 && let Some(s) = state {
+            self.meta
+                .move_blob_key_to_format2(digest.as_str(), s.converting)
+                .await?;
+        }
+        let key = keyring
+            .open_data_key(&stored.key_id, digest.as_str().as_bytes(), &stored.wrapped)
+            .map_err(sealed)?;
         self.blobs
-            .finish_upload_sealed(keyring, id, size, state, digest, &key)
+            .reseal_upload(id, size, &done.key, digest, &key)
             .await
             .map_err(RegistryError::from)
     }
@@ -375,7 +416,20 @@ impl Registry {
             ring.open_data_key(&stored.key_id, context, &stored.wrapped)
                 .map_err(sealed)?
         };
-        match self.blobs.stat(&d).await? {
+        let state = self.meta.blob_key_state(digest).await?.map(|(_, s)| s);
+        let stat = self.blobs.stat(&d).await?;
+        // A conversion the previous release began: if its object is still the plaintext,
+        // this run seals it in format 2, so the row says so first; if it was sealed in
+        // format 1 already, it is checked in that format and stays in it.
+        let key = match state {
+            Some(s) if s.format1 && stat == Some(size) => {
+                self.meta.move_blob_key_to_format2(digest, true).await?;
+                key
+            }
+            Some(s) => key_in_format(key, digest, s),
+            None => key,
+        };
+        match stat {
             None => return Ok(false),
             // Sealed already (a run that crashed before its switch, or a push meanwhile):
             // check it whole before the state says so.
@@ -398,30 +452,8 @@ impl Registry {
                 let Some(plain) = self.blobs.open(&d, None).await? else {
                     return Ok(false);
                 };
-                let id = uuid::Uuid::new_v4().to_string();
-                self.blobs.create_upload(&id).await?;
-                let sealed_in = async {
-                    let mut state = HashState::new();
-                    let n = self
-                        .blobs
-                        .append_upload_sealed(ring, &id, 0, &mut state, plain.body, u64::MAX)
-                        .await?;
-                    if n != size {
-                        return Err(RegistryError::Internal(format!(
-                            "{digest}: read {n} bytes, {size} expected"
-                        )));
-                    }
-                    // Verifies the digest before anything is sealed under its key.
-                    self.blobs
-                        .finish_upload_sealed(ring, &id, size, &state, &d, &key)
-                        .await?;
-                    Ok(())
-                }
-                .await;
-                if let Err(e) = sealed_in {
-                    let _ = self.blobs.delete_upload(&id).await;
-                    return Err(e);
-                }
+                // Verified against the digest before it is placed.
+                self.blobs.seal_blob(&d, size, &key, plain.body).await?;
             }
         }
         berth_storage::failpoint::hit(berth_storage::failpoint::BEFORE_SEAL_SWITCH)
@@ -516,7 +548,49 @@ impl Registry {
             summary.rewrapped += self.meta.rewrap_blob_keys(&changes).await?;
             progress(seen, total.max(seen));
         }
+        self.rewrap_webhook_secrets(ring, &mut summary).await?;
         Ok(summary)
+    }
+
+    /// Re-wraps the sealed secrets of webhooks set through the API with the active key, and
+    /// seals those stored before encryption was turned on.
+    async fn rewrap_webhook_secrets(
+        &self,
+        ring: &Keyring,
+        summary: &mut RewrapSummary,
+    ) -> Result<()> {
+        use crate::events::{format_sealed_secret, parse_sealed_secret, webhook_secret_context};
+        let active = ring.active_id().to_owned();
+        for (tenant, name, spec) in self.meta.webhooks().await? {
+            let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&spec) else {
+                continue;
+            };
+            let Some(secret) = value.get("secret").and_then(|v| v.as_str()) else {
+                continue;
+            };
+            let context = webhook_secret_context(tenant.as_deref(), &name);
+            let rewrapped = match parse_sealed_secret(secret) {
+                Some((id, _)) if id == active => continue,
+                Some((id, wrapped)) => ring.rewrap(id, &context, &wrapped),
+                // Stored before encryption was turned on: sealed now.
+                None => Ok(ring.wrap(&context, secret.as_bytes())),
+            };
+            match rewrapped {
+                Ok((id, wrapped)) => {
+                    value["secret"] =
+                        serde_json::Value::String(format_sealed_secret(&id, &wrapped));
+                    let actor = berth_meta::Actor::named("berth keys rewrap");
+                    self.meta
+                        .put_webhook(tenant.as_deref(), &name, &value.to_string(), &actor)
+                        .await?;
+                    summary.rewrapped += 1;
+                }
+                Err(e) => summary
+                    .failed
+                    .push((format!("webhook {name}"), e.to_string())),
+            }
+        }
+        Ok(())
     }
 
     /// `berth keys retire`: forgets key `id` once nothing uses it. Refused, saying what
@@ -545,6 +619,22 @@ impl Registry {
         }
         self.meta.delete_kek_check(id).await?;
         Ok(())
+    }
+}
+
+/// The key id a stored webhook spec's secret is sealed under, if it is sealed.
+fn sealed_webhook_key(spec: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(spec).ok()?;
+    let secret = value.get("secret")?.as_str()?;
+    crate::events::parse_sealed_secret(secret).map(|(id, _)| id.to_owned())
+}
+
+/// The key opening a blob in the format the metadata store records for it.
+pub(crate) fn key_in_format(key: DataKey, digest: &str, state: berth_meta::KeyState) -> DataKey {
+    if state.format1 {
+        key.format1(digest)
+    } else {
+        key
     }
 }
 

@@ -1265,6 +1265,33 @@ impl DeliveryFailure {
     }
 }
 
+/// How a webhook secret set through the API is stored with encryption on:
+/// `sealed:v1:<key id>:<base64 of the wrapped secret>`, the wrap bound to the webhook.
+pub(crate) const SEALED_SECRET: &str = "sealed:v1:";
+
+/// What a webhook's sealed secret is bound to: copied to another webhook's row, it does
+/// not open.
+pub(crate) fn webhook_secret_context(tenant: Option<&str>, name: &str) -> Vec<u8> {
+    format!("webhook-secret\0{}\0{name}", tenant.unwrap_or("")).into_bytes()
+}
+
+/// The key id and wrapped bytes of a stored sealed secret, if it is one.
+pub(crate) fn parse_sealed_secret(stored: &str) -> Option<(&str, Vec<u8>)> {
+    use base64::Engine as _;
+    let rest = stored.strip_prefix(SEALED_SECRET)?;
+    let (id, b64) = rest.split_once(':')?;
+    let wrapped = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    Some((id, wrapped))
+}
+
+pub(crate) fn format_sealed_secret(id: &str, wrapped: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "{SEALED_SECRET}{id}:{}",
+        base64::engine::general_purpose::STANDARD.encode(wrapped)
+    )
+}
+
 /// `sha256=<hex>` of HMAC-SHA256 over `<timestamp>.<body>` with the endpoint's secret.
 pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     use hmac::{KeyInit, Mac};
@@ -1295,6 +1322,15 @@ fn check_spec(w: &WebhookSpec) -> Result<()> {
     if w.timeout_secs == 0 || w.timeout_secs > MAX_TIMEOUT_SECS {
         return Err(RegistryError::Invalid(format!(
             "webhook {}: timeout_secs must be 1 to {MAX_TIMEOUT_SECS}",
+            w.name
+        )));
+    }
+    if w.secret
+        .as_deref()
+        .is_some_and(|s| s.starts_with(SEALED_SECRET))
+    {
+        return Err(RegistryError::Invalid(format!(
+            "webhook {}: a secret may not begin with {SEALED_SECRET:?} (the form sealed secrets are stored in)",
             w.name
         )));
     }
@@ -1401,12 +1437,33 @@ impl Registry {
         let mut stored = Vec::new();
         for (tenant, name, spec) in rows {
             match serde_json::from_str::<WebhookSpec>(&spec) {
-                Ok(spec) => stored.push(Endpoint {
-                    queue: queue_name(tenant.as_deref(), &name),
-                    tenant,
-                    spec,
-                    from_config: false,
-                }),
+                Ok(mut spec) => {
+                    if let Some(secret) = spec.secret.as_deref()
+                        && let Some((id, wrapped)) = parse_sealed_secret(secret)
+                    {
+                        let context = webhook_secret_context(tenant.as_deref(), &name);
+                        let opened = match &self.encryption {
+                            Some(ring) => ring
+                                .unwrap(id, &context, &wrapped)
+                                .map_err(|e| e.to_string())
+                                .and_then(|raw| String::from_utf8(raw).map_err(|e| e.to_string())),
+                            None => Err("encryption is not configured".to_owned()),
+                        };
+                        match opened {
+                            Ok(secret) => spec.secret = Some(secret),
+                            Err(e) => {
+                                tracing::warn!(webhook = %name, error = %e, "stored webhook's sealed secret does not open; webhook ignored");
+                                continue;
+                            }
+                        }
+                    }
+                    stored.push(Endpoint {
+                        queue: queue_name(tenant.as_deref(), &name),
+                        tenant,
+                        spec,
+                        from_config: false,
+                    })
+                }
                 Err(e) => {
                     tracing::warn!(webhook = %name, error = %e, "stored webhook unreadable; ignored")
                 }
@@ -1571,8 +1628,16 @@ impl Registry {
                 spec.name
             )));
         }
+        // With encryption on, the secret is stored sealed (it signs deliveries: whoever
+        // reads it can forge them).
+        let mut stored = spec.clone();
+        if let (Some(ring), Some(secret)) = (&self.encryption, spec.secret.as_deref()) {
+            let context = webhook_secret_context(tenant, &spec.name);
+            let (id, wrapped) = ring.wrap(&context, secret.as_bytes());
+            stored.secret = Some(format_sealed_secret(&id, &wrapped));
+        }
         let json =
-            serde_json::to_string(&spec).map_err(|e| RegistryError::Internal(e.to_string()))?;
+            serde_json::to_string(&stored).map_err(|e| RegistryError::Internal(e.to_string()))?;
         if !self
             .meta
             .put_webhook(tenant, &spec.name, &json, &by.actor(source))

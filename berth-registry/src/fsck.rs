@@ -179,16 +179,17 @@ impl Registry {
                 let state = self.meta.blob_key_state(&row.digest).await?;
                 // Mid-conversion the object is either form; its size says which.
                 let state = match state {
-                    Some((_, true))
-                        if self.blobs.stat(&digest).await.ok().flatten() == Some(row.size) =>
+                    Some((_, s))
+                        if s.converting
+                            && self.blobs.stat(&digest).await.ok().flatten() == Some(row.size) =>
                     {
                         None
                     }
-                    other => other.map(|(w, _)| w),
+                    other => other,
                 };
                 let check = match state {
                     None => self.blobs.verify_blob(&digest, &mut count).await,
-                    Some(w) => match &self.encryption {
+                    Some((w, s)) => match &self.encryption {
                         None => Err(berth_storage::StorageError::Config(
                             "the blob is encrypted and no keyring is configured".into(),
                         )),
@@ -196,6 +197,7 @@ impl Registry {
                             match k.open_data_key(&w.key_id, row.digest.as_bytes(), &w.wrapped) {
                                 Err(e) => Err(berth_storage::StorageError::Sealed(e)),
                                 Ok(key) => {
+                                    let key = crate::encryption::key_in_format(key, &row.digest, s);
                                     self.blobs
                                         .verify_sealed(&digest, row.size, &key, &mut count)
                                         .await

@@ -330,11 +330,11 @@ async fn tampering(postgres: bool, s3: bool) {
     }
     // 0: a flipped bit in the second segment.
     let mut x = read_stored(&s, &d[0]).await;
-    x[SEG + 16 + 100] ^= 0x04;
+    x[SEG + 28 + 100] ^= 0x04;
     write_stored(&s, &d[0], x).await;
     // 1: cut back to a segment boundary.
     let x = read_stored(&s, &d[1]).await;
-    write_stored(&s, &d[1], x[..2 * (SEG + 16)].to_vec()).await;
+    write_stored(&s, &d[1], x[..2 * (SEG + 28)].to_vec()).await;
     // 2: extended.
     let mut x = read_stored(&s, &d[2]).await;
     x.extend_from_slice(&[0u8; 16]);
@@ -696,19 +696,11 @@ async fn conversion(postgres: bool, s3: bool) {
             .expect("start");
         if seal_bytes {
             let digest: berth_oci::Digest = d[i].parse().expect("digest");
-            let id = format!("convert-{}", berth_testkit::unique());
-            s.blobs.create_upload(&id).await.expect("create");
-            let mut state = berth_storage::HashState::new();
             let body = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(
                 blobs[i].clone(),
             ))]);
-            let n = s
-                .blobs
-                .append_upload_sealed(&ring, &id, 0, &mut state, body, u64::MAX)
-                .await
-                .expect("append");
             s.blobs
-                .finish_upload_sealed(&ring, &id, n, &state, &digest, &fresh)
+                .seal_blob(&digest, blobs[i].len() as u64, &fresh, body)
                 .await
                 .expect("seal");
             assert_ne!(
@@ -734,13 +726,13 @@ async fn conversion(postgres: bool, s3: bool) {
     assert_eq!(seen.last(), Some(&(4, 4)));
     check_all(&s, &d, &blobs).await;
     for digest in &d {
-        let (_, converting) = s
+        let (_, state) = s
             .meta
             .blob_key_state(digest)
             .await
             .expect("state")
             .expect("sealed");
-        assert!(!converting);
+        assert!(!state.converting && !state.format1, "{state:?}");
         assert!(!holds(&read_stored(&s, digest).await, marker.as_bytes()));
     }
     // Resumed with nothing left: nothing changes.
@@ -771,4 +763,229 @@ async fn plaintext_blobs_are_converted_online_on_fs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_blobs_are_converted_online_on_s3() {
     conversion(true, true).await;
+}
+
+/// What the previous release's code (main before format 2) produced for the fixture blob
+/// below, computed by running its `BlobSealer` and `Keyring::wrap_under` once: the data
+/// key `[0x17; 32]` wrapped by the key-encryption key `old` = `[0x42; 32]` (the wrap has
+/// a random nonce, so it is kept as it came out), and the SHA-256 of the sealed bytes
+/// (format 1 has deterministic nonces, so the bytes themselves are regenerated).
+const FIXTURE_WRAPPED: &str = "12fd0387b5298e5d0ae2342363a7f29db1f9ecbb640691a6bbf21e7d20aa09a47225992e9e8bf6c2a747195aabdfd481a881ea85d91aaaab308f3772";
+const FIXTURE_SEALED_SHA256: &str =
+    "118e8365cf8bcaa5bd9576d615f4a451068afd68f72e42375338d799839c2446";
+const FIXTURE_SEALED_LEN: usize = 150_048;
+
+fn fixture_plain() -> Vec<u8> {
+    (0..150_000u64)
+        .map(|i| ((i * 31 + 7) % 251) as u8)
+        .collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+async fn key_state(s: &Server, digest: &str) -> berth_meta::KeyState {
+    s.meta
+        .blob_key_state(digest)
+        .await
+        .expect("state")
+        .expect("row")
+        .1
+}
+
+async fn check_format1(s: &Server, a: &str, plain: &[u8], d: &[String], others: &[Vec<u8>]) {
+    assert_eq!(get(s, "legacy/app", a, None).await.expect("whole"), plain);
+    for (x, y) in [(SEG - 5, SEG + 5), (2 * SEG - 1, 2 * SEG + 3), (0, 149_999)] {
+        assert_eq!(
+            get(s, "legacy/app", a, Some((x, y))).await.expect("range"),
+            plain[x..=y],
+            "range {x}-{y}"
+        );
+    }
+    for (digest, b) in d.iter().zip(others) {
+        assert_eq!(&get(s, "legacy/app", digest, None).await.expect("GET"), b);
+        assert_eq!(
+            get(s, "legacy/app", digest, Some((SEG - 3, SEG + 3)))
+                .await
+                .expect("range"),
+            b[SEG - 3..=SEG + 3]
+        );
+    }
+    let report = s
+        .registry
+        .fsck(&berth_registry::fsck::NoProgress)
+        .await
+        .expect("fsck");
+    assert!(report.is_clean(), "fsck: {report:?}");
+}
+
+/// A registry the previous release left behind: a blob sealed in format 1, and two
+/// conversions `berth encrypt` of that release left half done (one before its bytes were
+/// sealed, one after). They read whole and by ranges across segment boundaries through
+/// the server, fsck finds them clean, `berth encrypt` finishes the conversions, a key
+/// rotation re-wraps their keys, and a flipped bit is caught.
+async fn format1_blobs(postgres: bool, s3: bool) {
+    use berth_storage::seal::legacy;
+    let ring = Arc::new(
+        Keyring::new(
+            vec![("old".into(), [0x42; 32]), ("k2".into(), [0x43; 32])],
+            "old",
+        )
+        .expect("keyring"),
+    );
+    let s = start(postgres, s3, Some(ring.clone())).await;
+    let anon = common::Cred::Anonymous;
+    let plain = fixture_plain();
+    let a = s.push_blob_as(&anon, "legacy/app", &plain).await;
+    let wrapped = WrappedKey {
+        key_id: "old".into(),
+        wrapped: unhex(FIXTURE_WRAPPED),
+    };
+    let key = ring
+        .open_data_key("old", a.as_bytes(), &wrapped.wrapped)
+        .expect("the fixture's key opens");
+    let sealed = legacy::seal_blob(&key, &a, &plain);
+    assert_eq!(sealed.len(), FIXTURE_SEALED_LEN);
+    assert_eq!(
+        sha256(&sealed).strip_prefix("sha256:").expect("hex"),
+        FIXTURE_SEALED_SHA256,
+        "the preserved format-1 sealer reproduces the previous release's bytes"
+    );
+    s.meta
+        .put_format1_blob_key(&a, &wrapped, false)
+        .await
+        .expect("row");
+    write_stored(&s, &a, sealed.clone()).await;
+
+    // Conversions the previous release left: b still plaintext, c already sealed.
+    let others: Vec<Vec<u8>> = (0..2)
+        .map(|i| marked(2 * SEG + 300 + i, &format!("conv1-{i}-")))
+        .collect();
+    let mut d = Vec::new();
+    for (i, b) in others.iter().enumerate() {
+        let digest = s.push_blob_as(&anon, "legacy/app", b).await;
+        let w = WrappedKey {
+            key_id: "old".into(),
+            wrapped: ring
+                .wrap_under("old", digest.as_bytes(), &[0x30 + i as u8; 32])
+                .expect("wrap"),
+        };
+        let k = ring
+            .open_data_key("old", digest.as_bytes(), &w.wrapped)
+            .expect("key");
+        s.meta
+            .put_format1_blob_key(&digest, &w, true)
+            .await
+            .expect("row");
+        let stored = if i == 0 {
+            b.clone()
+        } else {
+            legacy::seal_blob(&k, &digest, b)
+        };
+        write_stored(&s, &digest, stored).await;
+        d.push(digest);
+    }
+
+    check_format1(&s, &a, &plain, &d, &others).await;
+
+    // `berth encrypt` resumes them: the plaintext one is sealed in format 2 (its row says
+    // so), the one sealed in format 1 is checked and stays in format 1.
+    let summary = s
+        .registry
+        .encrypt_blobs(&mut |_, _| {})
+        .await
+        .expect("encrypt");
+    assert_eq!(summary.sealed, 2, "{summary:?}");
+    assert!(summary.failed.is_empty(), "{summary:?}");
+    let sa = key_state(&s, &a).await;
+    assert!(sa.format1 && !sa.converting, "{sa:?}");
+    let sb = key_state(&s, &d[0]).await;
+    assert!(!sb.format1 && !sb.converting, "{sb:?}");
+    assert_eq!(
+        read_stored(&s, &d[0]).await.len() as u64,
+        berth_storage::seal::sealed_len(others[0].len() as u64)
+    );
+    let sc = key_state(&s, &d[1]).await;
+    assert!(sc.format1 && !sc.converting, "{sc:?}");
+    check_format1(&s, &a, &plain, &d, &others).await;
+
+    // Rotation: every key re-wrapped, the formats unchanged.
+    let cli = berth_meta::Actor::named("cli");
+    s.registry.activate_key("k2", &cli).await.expect("rotate");
+    let summary = s
+        .registry
+        .rewrap_keys(&mut |_, _| {})
+        .await
+        .expect("rewrap");
+    assert_eq!(summary.rewrapped, 3, "{summary:?}");
+    assert_eq!(
+        s.meta.blob_key(&a).await.expect("key").expect("row").key_id,
+        "k2"
+    );
+    assert!(key_state(&s, &a).await.format1);
+    check_format1(&s, &a, &plain, &d, &others).await;
+
+    // migrate-storage copies the stored form as it is, opened and checked in format 1 on
+    // the way.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = BlobStore::Fs(
+        berth_storage::FsStore::new(dir.path())
+            .await
+            .expect("fs store"),
+    );
+    let ad: berth_oci::Digest = a.parse().expect("digest");
+    let lookup = s.registry.sealed_blob(&ad).await.expect("key");
+    assert_eq!(
+        berth_storage::copy_blob_with(&s.blobs, &target, &ad, lookup)
+            .await
+            .expect("copy"),
+        berth_storage::Copied::Bytes(FIXTURE_SEALED_LEN as u64)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join(blob_rel(&a))).expect("copied"),
+        sealed
+    );
+
+    // A flipped bit in the second segment: refused whole and in that segment, the first
+    // segment still reads, fsck names it.
+    let mut x = sealed.clone();
+    x[SEG + 16 + 100] ^= 0x08;
+    write_stored(&s, &a, x).await;
+    assert!(get(&s, "legacy/app", &a, None).await.is_err());
+    assert!(
+        get(&s, "legacy/app", &a, Some((SEG + 50, SEG + 150)))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        get(&s, "legacy/app", &a, Some((10, 20)))
+            .await
+            .expect("first segment"),
+        plain[10..=20]
+    );
+    let report = s
+        .registry
+        .fsck(&berth_registry::fsck::NoProgress)
+        .await
+        .expect("fsck");
+    let corrupt: Vec<_> = report
+        .corrupt_blobs
+        .iter()
+        .map(|c| c.digest.clone())
+        .collect();
+    assert_eq!(corrupt, vec![a.clone()], "fsck: {report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format1_blobs_from_the_previous_release_still_read_on_fs() {
+    format1_blobs(false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format1_blobs_from_the_previous_release_still_read_on_s3_and_postgres() {
+    format1_blobs(true, true).await;
 }

@@ -243,6 +243,7 @@ struct Setup {
     jobs: JobSettings,
     auth: bool,
     public_url: Option<String>,
+    encryption: Option<std::sync::Arc<berth_storage::seal::Keyring>>,
 }
 
 impl Default for Setup {
@@ -253,6 +254,7 @@ impl Default for Setup {
             jobs: fast_jobs(),
             auth: false,
             public_url: None,
+            encryption: None,
         }
     }
 }
@@ -271,7 +273,8 @@ async fn berth(meta: MetaStore, blobs: berth_storage::BlobStore, s: Setup) -> Be
             ..EventSettings::default()
         })
         .expect("events")
-        .with_jobs(s.jobs);
+        .with_jobs(s.jobs)
+        .with_encryption(s.encryption);
     registry.reload_webhooks().await.expect("webhooks");
     let access = if s.auth {
         Some(
@@ -1572,4 +1575,128 @@ async fn signatures_added_and_policy_refusals_are_told() {
         "berth_policy_refusal_events_withheld_total",
     );
     assert_eq!(withheld, 3);
+}
+
+/// Every file under a data directory (the SQLite database, its WAL, blobs).
+fn files_under(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.push((p.display().to_string(), bytes));
+            }
+        }
+    }
+    out
+}
+
+/// With encryption on, a webhook secret set through the API is stored sealed: no file under
+/// the data directory (the database and its WAL) holds it, the webhook still signs with it,
+/// `berth keys rewrap` moves it to a rotated key, and a keyring without the key cannot use
+/// it. Without encryption the same secret is found in the files (what the test looks for
+/// is there to find).
+#[tokio::test]
+async fn webhook_secrets_are_sealed_with_encryption_on() {
+    for encrypted in [false, true] {
+        let ring = std::sync::Arc::new(
+            berth_storage::seal::Keyring::new(
+                vec![("k1".into(), [0x61; 32]), ("k2".into(), [0x62; 32])],
+                "k1",
+            )
+            .expect("keyring"),
+        );
+        let mut rx = Receiver::start().await;
+        let (b, dir) = sqlite_berth(Setup {
+            auth: true,
+            allow_networks: vec!["127.0.0.1/32"],
+            encryption: encrypted.then(|| std::sync::Arc::clone(&ring)),
+            ..Setup::default()
+        })
+        .await;
+        owner_setup(&b).await;
+        let secret = format!("WEBHOOK-SECRET-MARKER-{}", berth_testkit::unique());
+        let r = b
+            .req(Method::PUT, "/api/v1/webhooks/sealed")
+            .json(&json!({"url": rx.url("/sealed"), "events": ["push"], "secret": secret}))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let r = b
+            .req(Method::PUT, "/api/v1/webhooks/sneaky")
+            .json(&json!({"url": rx.url("/x"), "events": ["push"], "secret": "sealed:v1:k1:AAAA"}))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(
+            r.status(),
+            StatusCode::BAD_REQUEST,
+            "the sealed form is reserved"
+        );
+        b.push("team-a/app", "v1", b"signed delivery").await;
+        let got = rx
+            .wait("a signed push", |g| {
+                g.iter().any(|r| r.header("x-test-path") == "/sealed")
+            })
+            .await;
+        let delivery = got
+            .iter()
+            .find(|r| r.header("x-test-path") == "/sealed")
+            .expect("delivery");
+        verify(&secret, delivery);
+        // Everything written is on disk (the WAL included).
+        let leaked: Vec<String> = files_under(dir.path())
+            .into_iter()
+            .filter(|(_, bytes)| bytes.windows(secret.len()).any(|w| w == secret.as_bytes()))
+            .map(|(p, _)| p)
+            .collect();
+        if !encrypted {
+            assert!(
+                !leaked.is_empty(),
+                "without encryption the secret is stored as it is"
+            );
+            rx.stop();
+            continue;
+        }
+        assert!(leaked.is_empty(), "the webhook secret is in {leaked:?}");
+        let uses = b.registry.key_uses().await.expect("uses");
+        assert!(
+            uses.iter().any(|u| u.key_id == "k1" && u.secrets == 1),
+            "{uses:?}"
+        );
+        // Rotation: rewrap moves the secret to k2, after which k1 can go.
+        ring.set_active("k2").expect("k2");
+        b.registry
+            .rewrap_keys(&mut |_, _| {})
+            .await
+            .expect("rewrap");
+        let uses = b.registry.key_uses().await.expect("uses");
+        assert!(
+            uses.iter().any(|u| u.key_id == "k2" && u.secrets == 1),
+            "{uses:?}"
+        );
+        assert!(
+            !uses.iter().any(|u| u.key_id == "k1" && u.secrets > 0),
+            "{uses:?}"
+        );
+        b.registry.reload_webhooks().await.expect("reload");
+        let only_k1 = std::sync::Arc::new(
+            berth_storage::seal::Keyring::new(vec![("k1".into(), [0x61; 32])], "k1")
+                .expect("keyring"),
+        );
+        let without = b.registry.clone().with_encryption(Some(only_k1));
+        let problems = without
+            .check_keyring(without.encryption().map(|k| &**k))
+            .await
+            .expect("check");
+        assert!(
+            problems.iter().any(|p| p.to_string().contains("k2")),
+            "a keyring without k2 is refused: {problems:?}"
+        );
+        rx.stop();
+    }
 }

@@ -3,8 +3,115 @@
 //! digest verifies: a corrupt source blob is refused, never copied.
 
 use berth_oci::Digest;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 
+use crate::hash::Hasher;
+use crate::seal::{DataKey, STRIDE, SealError, segments};
 use crate::{BlobStore, HashState, Result, ScanEntry, StorageError};
+
+/// Which blobs are stored sealed: a digest's plaintext size and data key, from the
+/// metadata store (never guessed from the bytes).
+pub type SealedKeys<'a> =
+    &'a (dyn Fn(Digest) -> BoxFuture<'static, Result<Option<(u64, DataKey)>>> + Send + Sync);
+
+/// Checks sealed bytes as they stream past: every segment must open under the blob's key,
+/// and the plaintext must hash to the digest.
+struct SealedCheck {
+    key: DataKey,
+    total: u64,
+    index: u64,
+    buf: Vec<u8>,
+    hasher: Hasher,
+}
+
+impl SealedCheck {
+    fn want(&self) -> usize {
+        self.key.stored_segment_len(self.total, self.index)
+    }
+
+    fn push(&mut self, mut data: &[u8]) -> std::result::Result<(), SealError> {
+        while !data.is_empty() {
+            if self.index >= segments(self.total) {
+                return Err(SealError::Tampered("bytes past the last segment".into()));
+            }
+            let want = self.want();
+            let take = (want - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == want {
+                let n = self
+                    .key
+                    .open_stored(self.total, self.index, &mut self.buf)?;
+                self.hasher.update(&self.buf[..n]);
+                self.buf.clear();
+                self.index += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies a sealed blob's stored bytes as they are (its data key stays valid: it lives in
+/// the metadata store, bound to the digest), landing them only if every segment opened and
+/// the plaintext hashed to the digest on the way.
+async fn copy_sealed(
+    to: &BlobStore,
+    digest: &Digest,
+    reader: crate::BlobReader,
+    size: u64,
+    key: DataKey,
+) -> Result<Copied> {
+    let id = format!("migrate-{}", &digest.hex()[..48.min(digest.hex().len())]);
+    to.delete_upload(&id).await?;
+    to.create_upload(&id).await?;
+    let check = std::sync::Arc::new(std::sync::Mutex::new(SealedCheck {
+        key,
+        total: size,
+        index: 0,
+        buf: Vec::with_capacity(STRIDE),
+        hasher: Hasher::new(digest.algorithm()),
+    }));
+    let seen = std::sync::Arc::clone(&check);
+    let body = reader.body.map(move |chunk: std::io::Result<Bytes>| {
+        let chunk = chunk?;
+        let mut c = seen.lock().unwrap_or_else(|e| e.into_inner());
+        c.push(&chunk)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let result = async {
+        let stored = to
+            .append_upload(&id, 0, &mut HashState::scratch(), body, u64::MAX)
+            .await?;
+        let actual = {
+            let mut c = check.lock().unwrap_or_else(|e| e.into_inner());
+            let expected = c.key.sealed_len(size);
+            if c.index != segments(size) || !c.buf.is_empty() || stored != expected {
+                return Err(StorageError::Sealed(SealError::Tampered(format!(
+                    "{digest} is stored as {stored} bytes, {expected} expected"
+                ))));
+            }
+            std::mem::replace(&mut c.hasher, Hasher::new(digest.algorithm())).finish()
+        };
+        if &actual != digest {
+            return Err(StorageError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        to.place_upload(&id, stored, digest).await?;
+        Ok(Copied::Bytes(stored))
+    }
+    .await;
+    if result.is_err()
+        && let Err(cleanup) = to.delete_upload(&id).await
+    {
+        tracing::warn!(upload = id, error = %cleanup, "could not remove a failed copy");
+    }
+    result
+}
 
 /// What happened to one blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,11 +126,28 @@ pub enum Copied {
 
 /// Copies `digest` from `from` to `to` unless `to` already has it.
 pub async fn copy_blob(from: &BlobStore, to: &BlobStore, digest: &Digest) -> Result<Copied> {
+    copy_blob_with(from, to, digest, None).await
+}
+
+/// [`copy_blob`] for a store holding sealed blobs: `sealed` (a size and a data key) says
+/// the blob is stored sealed, and then its stored form is copied and checked by opening it.
+pub async fn copy_blob_with(
+    from: &BlobStore,
+    to: &BlobStore,
+    digest: &Digest,
+    sealed: Option<(u64, DataKey)>,
+) -> Result<Copied> {
     let Some(reader) = from.open(digest, None).await? else {
         return Ok(Copied::SourceMissing);
     };
     if to.stat(digest).await? == Some(reader.total) {
         return Ok(Copied::AlreadyThere);
+    }
+    // A blob `berth encrypt` is converting may still be plaintext: the stored size says.
+    if let Some((size, key)) = sealed
+        && reader.total == key.sealed_len(size)
+    {
+        return copy_sealed(to, digest, reader, size, key).await;
     }
     // Deterministic, so a re-run after a crash reuses (and overwrites) the same upload.
     let id = format!("migrate-{}", &digest.hex()[..48.min(digest.hex().len())]);
@@ -85,6 +209,16 @@ pub async fn copy_all_blobs(
     to: &BlobStore,
     on: &mut (dyn FnMut(CopyEvent<'_>) + Send),
 ) -> Result<CopySummary> {
+    copy_all_blobs_with(from, to, None, on).await
+}
+
+/// [`copy_all_blobs`] for a store holding sealed blobs (see [`copy_blob_with`]).
+pub async fn copy_all_blobs_with(
+    from: &BlobStore,
+    to: &BlobStore,
+    keys: Option<SealedKeys<'_>>,
+    on: &mut (dyn FnMut(CopyEvent<'_>) + Send),
+) -> Result<CopySummary> {
     let mut summary = CopySummary::default();
     let mut scan = from.scan_blobs();
     while let Some(batch) = scan.next_batch().await? {
@@ -97,7 +231,22 @@ pub async fn copy_all_blobs(
                     continue;
                 }
             };
-            match copy_blob(from, to, &digest).await {
+            let sealed = match keys {
+                Some(k) => match k(digest.clone()).await {
+                    Ok(s) => s,
+                    Err(error) => {
+                        summary.failed += 1;
+                        on(CopyEvent::Failed {
+                            digest: &digest,
+                            error: &error,
+                        });
+                        on(CopyEvent::Done(&summary));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            match copy_blob_with(from, to, &digest, sealed).await {
                 Ok(Copied::Bytes(n)) => {
                     summary.copied += 1;
                     summary.copied_bytes += n;

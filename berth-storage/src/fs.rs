@@ -286,6 +286,33 @@ impl FsStore {
         Ok(read_chunks(Arc::new(file), 0, size))
     }
 
+    /// The stored bytes of an upload from `start`, at most `max`.
+    pub(crate) async fn read_upload_at(&self, id: &str, start: u64, max: u64) -> Result<Vec<u8>> {
+        let path = self.upload_path(id)?;
+        let read = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::File::open(path)?;
+            let len = file.metadata()?.len();
+            if len < start {
+                return Ok(None);
+            }
+            let want = usize::try_from((len - start).min(max)).unwrap_or(usize::MAX);
+            let mut buf = vec![0u8; want];
+            file.read_exact_at(&mut buf, start)?;
+            Ok::<_, std::io::Error>(Some(buf))
+        })
+        .await
+        .map_err(|e| StorageError::io("reading an upload")(std::io::Error::other(e)))?;
+        match read {
+            Ok(Some(buf)) => Ok(buf),
+            Ok(None) => Err(StorageError::UploadUnknown(id.to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StorageError::UploadUnknown(id.to_owned()))
+            }
+            Err(e) => Err(StorageError::io("reading an upload")(e)),
+        }
+    }
+
     async fn place(&self, id: &str, file: File, expected: &Digest) -> Result<()> {
         file.sync_all()
             .await

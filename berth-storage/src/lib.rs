@@ -31,7 +31,10 @@ use berth_oci::Digest;
 use bytes::Bytes;
 use futures_util::Stream;
 
-pub use copy::{Copied, CopyEvent, CopySummary, copy_all_blobs, copy_blob};
+pub use copy::{
+    Copied, CopyEvent, CopySummary, SealedKeys, copy_all_blobs, copy_all_blobs_with, copy_blob,
+    copy_blob_with,
+};
 pub use fs::FsStore;
 pub use hash::{HashState, digest_of};
 pub use s3::{Credentials as S3Credentials, S3Config, S3Counters, S3Store, S3Tuning};

@@ -1,21 +1,21 @@
 //! Encryption at rest: the keyring of key-encryption keys (KEKs), per-blob data keys, and
-//! the two sealed formats (upload records and blob segments). AES-256-GCM through ring.
+//! the sealed format of uploads and blobs (one format for both). AES-256-GCM through ring.
 //!
-//! Blob format: the plaintext cut into [`SEGMENT`]-byte segments (the last may be shorter,
-//! an empty blob is one empty segment), each stored as its ciphertext and 16-byte tag, back
-//! to back, with nothing else in the file: where segment `i` starts follows from `i`, so a
-//! `Range` read fetches only the segments it needs. The nonce is the segment index and a
-//! final-segment flag; the associated data is the digest, the index and the flag. The data
-//! key is per digest (kept wrapped in the metadata store, the wrap bound to the digest), and
-//! only the bytes that hash to that digest are ever sealed under it, so sealing twice
-//! (a retried completion, two uploads of the same blob racing) writes the same ciphertext
-//! under the same nonces: no (key, nonce) pair ever protects two different plaintexts.
+//! Format: the plaintext cut into [`SEGMENT`]-byte segments (the last may be shorter, an
+//! empty blob is one empty segment), each stored as a random 12-byte nonce, its ciphertext
+//! and its 16-byte tag, back to back, with nothing else in the file: where segment `i`
+//! starts follows from `i`, so a `Range` read fetches only the segments it needs. The
+//! associated data is the segment's index and a final-segment flag. The key is the upload's
+//! own random key: an upload is sealed as it arrives, already in the blob's final form, and
+//! at completion the key is wrapped bound to the digest and recorded in the metadata store
+//! as the blob's data key. So the key identifies the blob (two blobs never share one) and
+//! the wrap binds it to the digest.
 //!
-//! Upload format: each append is a header (a fresh random key for this append, wrapped by
-//! the active KEK) followed by records (a length and a sealed piece of at most [`RECORD`]
-//! bytes, nonce = record counter under that append's key). A retried append gets a new key,
-//! so overwriting unacknowledged bytes never reuses a nonce. The upload is decrypted once,
-//! at completion, and sealed as a blob.
+//! Nonces are random (96 bits) and drawn afresh for every sealing, so re-sealing the
+//! partial last segment of an append when the next append continues it, re-sealing the
+//! last segment as final at completion, retried and cut-back appends never reuse a (key,
+//! nonce) pair (by chance: about 2^-33 after 2^32 sealings under one key, the GCM bound;
+//! that is 256 TiB of segments under one key).
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,15 +27,20 @@ use ring::rand::{SecureRandom, SystemRandom};
 pub const SEGMENT: usize = 64 * 1024;
 /// The GCM tag after every sealed piece.
 pub const TAG: usize = 16;
-/// Plaintext bytes per upload record at most.
-pub const RECORD: usize = 256 * 1024;
+/// The random nonce before every sealed segment.
+pub const NONCE: usize = NONCE_LEN;
+/// Stored bytes per segment beyond its plaintext.
+pub const OVERHEAD: usize = NONCE + TAG;
+/// Stored bytes of a full segment.
+pub const STRIDE: usize = SEGMENT + OVERHEAD;
 /// Length of a key-encryption key and of a data key.
 pub const KEY_LEN: usize = 32;
 
-const UPLOAD_MAGIC: &[u8; 4] = b"BUP1";
+/// What an upload's own key is wrapped for while the upload is open (at completion it is
+/// re-wrapped for the digest).
+pub const UPLOAD_CONTEXT: &[u8] = b"berth-upload-key-v2";
 const WRAP_CONTEXT: &[u8] = b"berth-wrap-v1";
-const BLOB_CONTEXT: &[u8] = b"berth-blob-v1";
-const RECORD_CONTEXT: &[u8] = b"berth-upload-record-v1";
+const SEGMENT_CONTEXT: &[u8; 14] = b"berth-blob-v2\0";
 
 /// Why sealed bytes or keys could not be used.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -268,9 +273,23 @@ fn aes_key(bytes: &[u8; KEY_LEN]) -> LessSafeKey {
     }
 }
 
-/// A blob's (or one append's) own key, unwrapped.
+pub mod legacy;
+
+/// The format a blob's stored bytes are in, as the metadata store records it with the
+/// blob's key (never guessed from the bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// Format 1 ([`legacy`]), written by the release before format 2; only ever read. Its
+    /// segments are bound to the digest.
+    V1 { digest: Arc<str> },
+    /// Format 2 (this module's), which every new seal writes.
+    V2,
+}
+
+/// A blob's (or an open upload's) own key, unwrapped, with the format of the bytes it
+/// opens. Sealing always writes format 2.
 #[derive(Clone)]
-pub struct DataKey(Arc<LessSafeKey>);
+pub struct DataKey(Arc<LessSafeKey>, Format);
 
 impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -278,88 +297,132 @@ impl fmt::Debug for DataKey {
     }
 }
 
+impl Keyring {
+    /// Re-wraps a secret wrapped for `from` so that it is bound to `to` (an upload's key
+    /// becoming its blob's data key), under the active KEK.
+    pub fn rewrap_for(
+        &self,
+        id: &str,
+        from: &[u8],
+        to: &[u8],
+        wrapped: &[u8],
+    ) -> Result<(String, Vec<u8>), SealError> {
+        let raw = self.unwrap(id, from, wrapped)?;
+        Ok(self.wrap(to, &raw))
+    }
+}
+
+fn segment_aad(index: u64, last: bool) -> [u8; 23] {
+    let mut aad = [0u8; 23];
+    aad[..14].copy_from_slice(SEGMENT_CONTEXT);
+    aad[14..22].copy_from_slice(&index.to_be_bytes());
+    aad[22] = u8::from(last);
+    aad
+}
+
 impl DataKey {
     fn from_raw(raw: &[u8; KEY_LEN]) -> DataKey {
-        DataKey(Arc::new(aes_key(raw)))
+        DataKey(Arc::new(aes_key(raw)), Format::V2)
     }
 
-    /// Seals segment `index` of the blob `digest` in place (appending the tag).
-    pub fn seal_segment(&self, digest: &str, index: u64, last: bool, buf: &mut Vec<u8>) {
-        let (nonce, aad) = segment_nonce_aad(digest, index, last);
-        if self
-            .0
-            .seal_in_place_append_tag(nonce, Aad::from(aad), buf)
-            .is_err()
-        {
-            panic!("AES-GCM sealing of a segment failed");
+    /// This key, opening the format-1 blob `digest` (the metadata store says it is one).
+    pub fn format1(self, digest: &str) -> DataKey {
+        DataKey(
+            self.0,
+            Format::V1 {
+                digest: Arc::from(digest),
+            },
+        )
+    }
+
+    /// The format of the bytes this key opens.
+    pub fn format(&self) -> &Format {
+        &self.1
+    }
+
+    /// Stored size of a blob of `plain` bytes in this key's format.
+    pub fn sealed_len(&self, plain: u64) -> u64 {
+        match &self.1 {
+            Format::V1 { .. } => legacy::sealed_len(plain),
+            Format::V2 => sealed_len(plain),
         }
     }
 
-    /// Opens segment `index` of `digest` in place; the plaintext is the first
-    /// `buf.len() - TAG` bytes.
-    pub fn open_segment(
-        &self,
-        digest: &str,
-        index: u64,
-        last: bool,
-        buf: &mut [u8],
-    ) -> Result<usize, SealError> {
-        let (nonce, aad) = segment_nonce_aad(digest, index, last);
-        self.0
-            .open_in_place(nonce, Aad::from(aad), buf)
-            .map(|p| p.len())
-            .map_err(|_| {
-                SealError::Tampered(format!(
-                    "segment {index} of {digest} does not authenticate (altered, moved, truncated or extended)"
-                ))
-            })
-    }
-
-    fn seal_record(&self, counter: u64, buf: &mut Vec<u8>) {
-        if self
-            .0
-            .seal_in_place_append_tag(record_nonce(counter), Aad::from(RECORD_CONTEXT), buf)
-            .is_err()
-        {
-            panic!("AES-GCM sealing of an upload record failed");
+    /// Where segment `index` starts in this key's format.
+    pub fn segment_offset(&self, index: u64) -> u64 {
+        match &self.1 {
+            Format::V1 { .. } => index * legacy::STRIDE as u64,
+            Format::V2 => segment_offset(index),
         }
     }
 
-    fn open_record(&self, counter: u64, buf: &mut [u8]) -> Result<usize, SealError> {
-        self.0
-            .open_in_place(record_nonce(counter), Aad::from(RECORD_CONTEXT), buf)
-            .map(|p| p.len())
-            .map_err(|_| SealError::Tampered(format!("upload record {counter}")))
+    /// Stored length of segment `index` of a blob of `total` plaintext bytes in this key's
+    /// format.
+    pub fn stored_segment_len(&self, total: u64, index: u64) -> usize {
+        match &self.1 {
+            Format::V1 { .. } => legacy::stored_segment_len(total, index),
+            Format::V2 => {
+                let count = segments(total);
+                if index + 1 == count {
+                    (total - (count - 1) * SEGMENT as u64) as usize + OVERHEAD
+                } else {
+                    STRIDE
+                }
+            }
+        }
     }
-}
 
-/// The nonce of segment `index`: its index in the first eight bytes, the final flag in the
-/// ninth. Unique per (key, digest, position, finality); see the module comment.
-pub fn segment_nonce(index: u64, last: bool) -> [u8; NONCE_LEN] {
-    let mut n = [0u8; NONCE_LEN];
-    n[..8].copy_from_slice(&index.to_be_bytes());
-    n[8] = u8::from(last);
-    n
-}
+    /// Opens whole stored segments from `first` in this key's format (see
+    /// [`open_segments`]).
+    pub fn open_stored(&self, total: u64, first: u64, buf: &mut [u8]) -> Result<usize, SealError> {
+        match &self.1 {
+            Format::V1 { digest } => legacy::open_segments(self, digest, total, first, buf),
+            Format::V2 => open_segments(self, total, first, buf),
+        }
+    }
 
-fn segment_nonce_aad(digest: &str, index: u64, last: bool) -> (Nonce, Vec<u8>) {
-    let mut aad = Vec::with_capacity(BLOB_CONTEXT.len() + digest.len() + 11);
-    aad.extend_from_slice(BLOB_CONTEXT);
-    aad.push(0);
-    aad.extend_from_slice(digest.as_bytes());
-    aad.push(0);
-    aad.extend_from_slice(&index.to_be_bytes());
-    aad.push(u8::from(last));
-    (
-        Nonce::assume_unique_for_key(segment_nonce(index, last)),
-        aad,
-    )
-}
+    /// Seals in place one segment laid out as `nonce space || plaintext || tag space`,
+    /// drawing its nonce from `rng`.
+    fn seal_segment(&self, rng: &SystemRandom, index: u64, last: bool, seg: &mut [u8]) {
+        let mut nonce = [0u8; NONCE];
+        // The system generator failing is an unusable machine, not an input condition.
+        if rng.fill(&mut nonce).is_err() {
+            panic!("the system random number generator failed");
+        }
+        let n = seg.len();
+        seg[..NONCE].copy_from_slice(&nonce);
+        let tag = match self.0.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(segment_aad(index, last)),
+            &mut seg[NONCE..n - TAG],
+        ) {
+            Ok(t) => t,
+            Err(_) => panic!("AES-GCM sealing of a segment failed"),
+        };
+        seg[n - TAG..].copy_from_slice(tag.as_ref());
+    }
 
-fn record_nonce(counter: u64) -> Nonce {
-    let mut n = [0u8; NONCE_LEN];
-    n[4..].copy_from_slice(&counter.to_be_bytes());
-    Nonce::assume_unique_for_key(n)
+    /// Opens one stored segment in place; its plaintext is `seg[NONCE..NONCE + n]`.
+    pub fn open_segment(&self, index: u64, last: bool, seg: &mut [u8]) -> Result<usize, SealError> {
+        let bad = || {
+            SealError::Tampered(format!(
+                "segment {index} does not authenticate (altered, moved, truncated or extended)"
+            ))
+        };
+        if seg.len() < OVERHEAD {
+            return Err(bad());
+        }
+        let mut nonce = [0u8; NONCE];
+        nonce.copy_from_slice(&seg[..NONCE]);
+        self.0
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(segment_aad(index, last)),
+                &mut seg[NONCE..],
+            )
+            .map(|p| p.len())
+            .map_err(|_| bad())
+    }
 }
 
 /// Segments of a blob of `plain` bytes (an empty blob has one, empty).
@@ -369,330 +432,180 @@ pub fn segments(plain: u64) -> u64 {
 
 /// Stored size of a sealed blob of `plain` bytes.
 pub fn sealed_len(plain: u64) -> u64 {
-    plain + segments(plain) * TAG as u64
+    plain + segments(plain) * OVERHEAD as u64
 }
 
-/// Where segment `index` starts in the sealed blob.
+/// Stored size of an open upload of `plain` bytes (its last segment not yet final; none
+/// while empty).
+pub fn upload_len(plain: u64) -> u64 {
+    if plain == 0 { 0 } else { sealed_len(plain) }
+}
+
+/// Where segment `index` starts in the sealed form.
 pub fn segment_offset(index: u64) -> u64 {
-    index * (SEGMENT + TAG) as u64
+    index * STRIDE as u64
 }
 
-/// Seals a blob's plaintext, fed in pieces of any size, into its stored form.
-pub struct BlobSealer {
-    key: DataKey,
-    digest: String,
-    total: u64,
-    fed: u64,
-    index: u64,
+/// Plaintext laid out for sealing in place: consecutive segments from `first`, each with
+/// room for its nonce and tag, so sealing costs no copy beyond filling it.
+pub struct SegmentBatch {
+    first: u64,
     buf: Vec<u8>,
+    /// Plaintext bytes in the segment being filled (0: none started).
+    fill: usize,
+    /// Whole segments in `buf`.
+    whole: usize,
+    capacity: usize,
 }
 
-impl BlobSealer {
-    pub fn new(key: DataKey, digest: &str, total: u64) -> BlobSealer {
-        BlobSealer {
-            key,
-            digest: digest.to_owned(),
-            total,
-            fed: 0,
-            index: 0,
-            buf: Vec::with_capacity(SEGMENT + TAG),
+impl SegmentBatch {
+    /// Room for `capacity` segments starting at index `first`.
+    pub fn new(first: u64, capacity: usize) -> SegmentBatch {
+        SegmentBatch {
+            first,
+            buf: Vec::with_capacity(capacity.max(1) * STRIDE),
+            fill: 0,
+            whole: 0,
+            capacity: capacity.max(1),
         }
     }
 
-    /// Feeds plaintext; returns the sealed bytes that are complete. More input than the
-    /// announced total is an error: nothing past it is ever sealed.
-    pub fn push(&mut self, mut data: &[u8]) -> Result<Vec<u8>, SealError> {
-        if self.fed + data.len() as u64 > self.total {
-            return Err(SealError::Tampered(
-                "more plaintext than the blob's size".into(),
-            ));
-        }
-        self.fed += data.len() as u64;
-        let mut out = Vec::new();
-        while !data.is_empty() {
-            let take = (SEGMENT - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            // A full segment is sealed at once unless it is the last one (which is sealed
-            // by `finish`, flagged final).
-            if self.buf.len() == SEGMENT && (!data.is_empty() || self.fed < self.total) {
-                self.seal_one(false, &mut out);
+    /// Index of the first segment.
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// Segments started (whole or not).
+    pub fn started(&self) -> usize {
+        self.whole + usize::from(self.fill > 0)
+    }
+
+    /// Plaintext bytes held.
+    pub fn plain_len(&self) -> usize {
+        self.whole * SEGMENT + self.fill
+    }
+
+    /// Whether every segment is whole and no more fit.
+    pub fn is_full(&self) -> bool {
+        self.whole == self.capacity
+    }
+
+    /// Takes as much of `data` as fits; returns how much.
+    pub fn push(&mut self, data: &[u8]) -> usize {
+        let mut taken = 0;
+        while taken < data.len() && !self.is_full() {
+            if self.fill == 0 {
+                self.buf.extend_from_slice(&[0u8; NONCE]);
+            }
+            let take = (SEGMENT - self.fill).min(data.len() - taken);
+            self.buf.extend_from_slice(&data[taken..taken + take]);
+            taken += take;
+            self.fill += take;
+            if self.fill == SEGMENT {
+                self.buf.extend_from_slice(&[0u8; TAG]);
+                self.whole += 1;
+                self.fill = 0;
             }
         }
-        Ok(out)
+        taken
     }
 
-    fn seal_one(&mut self, last: bool, out: &mut Vec<u8>) {
-        let mut seg = std::mem::replace(&mut self.buf, Vec::with_capacity(SEGMENT + TAG));
-        self.key
-            .seal_segment(&self.digest, self.index, last, &mut seg);
-        self.index += 1;
-        out.extend_from_slice(&seg);
-    }
-
-    /// Seals the final segment; an error if less plaintext came than announced (then
-    /// nothing final is written).
-    pub fn finish(mut self) -> Result<Vec<u8>, SealError> {
-        if self.fed != self.total {
-            return Err(SealError::Tampered(format!(
-                "{} bytes of plaintext, {} announced",
-                self.fed, self.total
-            )));
-        }
-        let mut out = Vec::new();
-        self.seal_one(true, &mut out);
-        Ok(out)
-    }
-}
-
-/// Opens sealed blob bytes starting at segment `first`, fed in pieces of any size.
-pub struct BlobOpener {
-    key: DataKey,
-    digest: String,
-    segments: u64,
-    total: u64,
-    index: u64,
-    buf: Vec<u8>,
-}
-
-impl BlobOpener {
-    /// `total`: the blob's plaintext size (from the metadata store, never from the bytes).
-    pub fn new(key: DataKey, digest: &str, total: u64, first: u64) -> BlobOpener {
-        BlobOpener {
-            key,
-            digest: digest.to_owned(),
-            segments: segments(total),
-            total,
-            index: first,
-            buf: Vec::with_capacity(SEGMENT + TAG),
-        }
-    }
-
-    fn expected(&self, index: u64) -> usize {
-        if index + 1 < self.segments {
-            SEGMENT + TAG
+    /// Removes the last segment started and returns its plaintext.
+    pub fn split_last(&mut self) -> Vec<u8> {
+        if self.fill > 0 {
+            let start = self.buf.len() - self.fill - NONCE;
+            let out = self.buf[start + NONCE..].to_vec();
+            self.buf.truncate(start);
+            self.fill = 0;
+            out
+        } else if self.whole > 0 {
+            let start = self.buf.len() - STRIDE;
+            let out = self.buf[start + NONCE..start + NONCE + SEGMENT].to_vec();
+            self.buf.truncate(start);
+            self.whole -= 1;
+            out
         } else {
-            (self.total - (self.segments - 1) * SEGMENT as u64) as usize + TAG
+            Vec::new()
         }
     }
 
-    /// Feeds sealed bytes; appends the plaintext of every segment completed to `out`.
-    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
-        while !data.is_empty() {
-            if self.index >= self.segments {
-                return Err(SealError::Tampered(format!(
-                    "{} has bytes past its last segment",
-                    self.digest
-                )));
-            }
-            let want = self.expected(self.index);
-            let take = (want - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.buf.len() == want {
-                let last = self.index + 1 == self.segments;
-                let n = self
-                    .key
-                    .open_segment(&self.digest, self.index, last, &mut self.buf)?;
-                out.extend_from_slice(&self.buf[..n]);
-                self.buf.clear();
-                self.index += 1;
-            }
+    /// Seals every segment (an empty batch becomes one empty segment); the last one
+    /// flagged final if `last_is_final`. Returns the stored bytes.
+    pub fn seal(mut self, key: &DataKey, last_is_final: bool) -> Vec<u8> {
+        if self.started() == 0 {
+            self.buf.extend_from_slice(&[0u8; NONCE]);
+            self.fill = 0;
+            self.buf.extend_from_slice(&[0u8; TAG]);
+            self.whole = 1;
+        } else if self.fill > 0 {
+            self.buf.extend_from_slice(&[0u8; TAG]);
+            self.whole += 1;
+            self.fill = 0;
         }
-        Ok(())
-    }
-
-    /// The input ended: it must have ended on a segment boundary.
-    pub fn finish(&self) -> Result<(), SealError> {
-        if !self.buf.is_empty() {
-            return Err(SealError::Tampered(format!(
-                "{} ends inside segment {}",
-                self.digest, self.index
-            )));
+        let rng = SystemRandom::new();
+        let n = self.whole;
+        let len = self.buf.len();
+        for i in 0..n {
+            let start = i * STRIDE;
+            let end = (start + STRIDE).min(len);
+            let last = last_is_final && i + 1 == n;
+            key.seal_segment(&rng, self.first + i as u64, last, &mut self.buf[start..end]);
         }
-        Ok(())
-    }
-
-    /// Segments opened so far, counting from 0.
-    pub fn position(&self) -> u64 {
-        self.index
+        self.buf
     }
 }
 
-/// Seals one append of an upload: a header with this append's own key, then records.
-pub struct UploadSealer {
-    key: DataKey,
-    counter: u64,
-    buf: Vec<u8>,
-    header: Option<Vec<u8>>,
-}
-
-impl UploadSealer {
-    pub fn new(keyring: &Keyring) -> UploadSealer {
-        let (key, id, wrapped) = keyring.new_data_key(UPLOAD_MAGIC);
-        let mut header = UPLOAD_MAGIC.to_vec();
-        header.push(id.len() as u8);
-        header.extend_from_slice(id.as_bytes());
-        header.extend_from_slice(&(wrapped.len() as u16).to_be_bytes());
-        header.extend_from_slice(&wrapped);
-        UploadSealer {
-            key,
-            counter: 0,
-            buf: Vec::with_capacity(RECORD),
-            header: Some(header),
+/// Opens, in place, stored bytes holding whole segments from index `first` of a blob of
+/// `total` plaintext bytes (so which segment is final, and how long it is, come from the
+/// metadata store, never from the bytes), and moves the plaintext to the front of `buf`.
+/// Returns the plaintext length.
+pub fn open_segments(
+    key: &DataKey,
+    total: u64,
+    first: u64,
+    buf: &mut [u8],
+) -> Result<usize, SealError> {
+    let count = segments(total);
+    let mut pos = 0usize;
+    let mut out = 0usize;
+    let mut index = first;
+    while pos < buf.len() {
+        if index >= count {
+            return Err(SealError::Tampered("bytes past the last segment".into()));
         }
-    }
-
-    /// Feeds plaintext; returns the stored bytes ready to write.
-    pub fn push(&mut self, mut data: &[u8]) -> Vec<u8> {
-        let mut out = self.header.take().unwrap_or_default();
-        while !data.is_empty() {
-            let take = (RECORD - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.buf.len() == RECORD {
-                self.seal_record(&mut out);
-            }
+        let last = index + 1 == count;
+        let want = if last {
+            (total - (count - 1) * SEGMENT as u64) as usize + OVERHEAD
+        } else {
+            STRIDE
+        };
+        if buf.len() - pos < want {
+            return Err(SealError::Tampered(format!("segment {index} is cut short")));
         }
-        out
-    }
-
-    fn seal_record(&mut self, out: &mut Vec<u8>) {
-        let mut rec = std::mem::replace(&mut self.buf, Vec::with_capacity(RECORD));
-        let len = rec.len() as u32;
-        self.key.seal_record(self.counter, &mut rec);
-        self.counter += 1;
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&rec);
-    }
-
-    /// The rest: the header if nothing came, and the last partial record.
-    pub fn finish(mut self) -> Vec<u8> {
-        let mut out = self.header.take().unwrap_or_default();
-        if !self.buf.is_empty() {
-            self.seal_record(&mut out);
-        }
-        out
-    }
-}
-
-/// Reads an upload's stored bytes (appends one after the other) back into plaintext.
-pub struct UploadOpener {
-    keyring: Arc<Keyring>,
-    key: Option<DataKey>,
-    counter: u64,
-    buf: Vec<u8>,
-}
-
-impl UploadOpener {
-    pub fn new(keyring: Arc<Keyring>) -> UploadOpener {
-        UploadOpener {
-            keyring,
-            key: None,
-            counter: 0,
-            buf: Vec::new(),
-        }
-    }
-
-    /// Feeds stored bytes; appends the plaintext of every complete record to `out`.
-    pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
-        self.buf.extend_from_slice(data);
-        let mut pos = 0;
-        loop {
-            let rest = &self.buf[pos..];
-            if rest.len() < 4 {
-                break;
-            }
-            if &rest[..4] == UPLOAD_MAGIC {
-                let Some(&idlen) = rest.get(4) else { break };
-                let idlen = idlen as usize;
-                if rest.len() < 5 + idlen + 2 {
-                    break;
-                }
-                let id = std::str::from_utf8(&rest[5..5 + idlen])
-                    .map_err(|_| SealError::Tampered("upload header".into()))?
-                    .to_owned();
-                let wl = u16::from_be_bytes([rest[5 + idlen], rest[6 + idlen]]) as usize;
-                let end = 7 + idlen + wl;
-                if rest.len() < end {
-                    break;
-                }
-                let key = self
-                    .keyring
-                    .open_data_key(&id, UPLOAD_MAGIC, &rest[7 + idlen..end])?;
-                self.key = Some(key);
-                self.counter = 0;
-                pos += end;
-                continue;
-            }
-            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            if len > RECORD {
-                return Err(SealError::Tampered("upload record length".into()));
-            }
-            if rest.len() < 4 + len + TAG {
-                break;
-            }
-            let key = self
-                .key
-                .as_ref()
-                .ok_or_else(|| SealError::Tampered("upload record before a header".into()))?;
-            let mut rec = rest[4..4 + len + TAG].to_vec();
-            let n = key.open_record(self.counter, &mut rec)?;
-            self.counter += 1;
-            out.extend_from_slice(&rec[..n]);
-            pos += 4 + len + TAG;
-        }
-        self.buf.drain(..pos);
-        Ok(())
-    }
-
-    pub fn finish(&self) -> Result<(), SealError> {
-        if !self.buf.is_empty() {
-            return Err(SealError::Tampered("upload ends inside a record".into()));
-        }
-        Ok(())
-    }
-}
-
-/// A record of a stored upload: (its key's fingerprint, its nonce counter, its ciphertext).
-#[doc(hidden)]
-pub type UploadRecord = (Vec<u8>, u64, Vec<u8>);
-
-/// Every record of an upload's stored bytes as (a fingerprint of its key, its nonce
-/// counter, its ciphertext). For tests that check no (key, nonce) pair repeats.
-#[doc(hidden)]
-pub fn upload_records(keyring: &Keyring, stored: &[u8]) -> Result<Vec<UploadRecord>, SealError> {
-    use sha2::Digest as _;
-    let mut out = Vec::new();
-    let mut pos = 0;
-    let mut current: Option<(Vec<u8>, u64)> = None;
-    let bad = || SealError::Tampered("upload bytes do not parse".into());
-    while pos < stored.len() {
-        let rest = &stored[pos..];
-        if rest.len() >= 4 && &rest[..4] == UPLOAD_MAGIC {
-            let idlen = *rest.get(4).ok_or_else(bad)? as usize;
-            let id =
-                std::str::from_utf8(rest.get(5..5 + idlen).ok_or_else(bad)?).map_err(|_| bad())?;
-            let wl = rest.get(5 + idlen..7 + idlen).ok_or_else(bad)?;
-            let wl = u16::from_be_bytes([wl[0], wl[1]]) as usize;
-            let end = 7 + idlen + wl;
-            let raw =
-                keyring.unwrap(id, UPLOAD_MAGIC, rest.get(7 + idlen..end).ok_or_else(bad)?)?;
-            current = Some((sha2::Sha256::digest(&raw).to_vec(), 0));
-            pos += end;
-            continue;
-        }
-        let (fp, counter) = current.as_mut().ok_or_else(bad)?;
-        let len = rest.get(..4).ok_or_else(bad)?;
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let ct = rest.get(4..4 + len + TAG).ok_or_else(bad)?;
-        out.push((fp.clone(), *counter, ct.to_vec()));
-        *counter += 1;
-        pos += 4 + len + TAG;
+        let n = key.open_segment(index, last, &mut buf[pos..pos + want])?;
+        buf.copy_within(pos + NONCE..pos + NONCE + n, out);
+        out += n;
+        pos += want;
+        index += 1;
     }
     Ok(out)
 }
 
+/// Every stored segment in `stored` (an upload's or a blob's bytes from a segment
+/// boundary) as (its nonce, its ciphertext and tag). For tests that check no (key, nonce)
+/// pair repeats.
+#[doc(hidden)]
+pub fn stored_segments(stored: &[u8]) -> Vec<([u8; NONCE], Vec<u8>)> {
+    stored
+        .chunks(STRIDE)
+        .filter(|c| c.len() >= OVERHEAD)
+        .map(|c| {
+            let mut n = [0u8; NONCE];
+            n.copy_from_slice(&c[..NONCE]);
+            (n, c[NONCE..].to_vec())
+        })
+        .collect()
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,31 +614,38 @@ mod tests {
         Keyring::new(vec![("k1".into(), [7; 32]), ("k2".into(), [9; 32])], "k2").expect("ok")
     }
 
-    fn seal(key: &DataKey, digest: &str, data: &[u8], piece: usize) -> Vec<u8> {
-        let mut s = BlobSealer::new(key.clone(), digest, data.len() as u64);
+    fn seal(key: &DataKey, data: &[u8], batch: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        for c in data.chunks(piece.max(1)) {
-            out.extend(s.push(c).expect("ok"));
+        let mut rest = data;
+        let mut first = 0u64;
+        loop {
+            let mut b = SegmentBatch::new(first, batch);
+            let n = b.push(rest);
+            rest = &rest[n..];
+            first += b.started() as u64;
+            let done = rest.is_empty();
+            out.extend(b.seal(key, done));
+            if done {
+                return out;
+            }
         }
-        out.extend(s.finish().expect("ok"));
-        out
     }
 
-    fn open(key: &DataKey, digest: &str, total: u64, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
-        let mut o = BlobOpener::new(key.clone(), digest, total, 0);
-        let mut out = Vec::new();
-        o.push(sealed, &mut out)?;
-        o.finish()?;
-        if o.position() != segments(total) {
-            return Err(SealError::Tampered("short".into()));
+    fn open(key: &DataKey, total: u64, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        if sealed.len() as u64 != sealed_len(total) {
+            return Err(SealError::Tampered("size".into()));
         }
-        Ok(out)
+        let mut buf = sealed.to_vec();
+        let n = open_segments(key, total, 0, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
     }
 
     #[test]
     fn blobs_round_trip_and_detect_tampering() {
         let k = ring();
         let (key, _, _) = k.new_data_key(b"d");
+        let (other, _, _) = k.new_data_key(b"d");
         for len in [
             0,
             1,
@@ -736,71 +656,56 @@ mod tests {
             200_000,
         ] {
             let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-            for piece in [1000, SEGMENT, 7 * SEGMENT] {
-                let s = seal(&key, "d", &data, piece);
+            for batch in [1, 2, 16] {
+                let s = seal(&key, &data, batch);
                 assert_eq!(s.len() as u64, sealed_len(len as u64));
-                assert_eq!(open(&key, "d", len as u64, &s).expect("ok"), data);
-                // Deterministic: sealing again gives the same bytes.
-                assert_eq!(seal(&key, "d", &data, 999), s);
+                assert_eq!(open(&key, len as u64, &s).expect("ok"), data);
+                // Fresh nonces: sealing again gives other bytes.
+                assert_ne!(seal(&key, &data, batch), s);
             }
-            let s = seal(&key, "d", &data, 4096);
+            let s = seal(&key, &data, 4);
             let mut flipped = s.clone();
             let at = flipped.len() / 2;
             flipped[at] ^= 1;
-            assert!(open(&key, "d", len as u64, &flipped).is_err());
-            assert!(
-                open(&key, "other", len as u64, &s).is_err(),
-                "bound to the digest"
-            );
+            assert!(open(&key, len as u64, &flipped).is_err());
+            assert!(open(&other, len as u64, &s).is_err(), "another blob's key");
             let mut longer = s.clone();
-            longer.extend_from_slice(&[0; TAG + 1]);
-            assert!(open(&key, "d", len as u64, &longer).is_err(), "extended");
+            longer.extend_from_slice(&[0; OVERHEAD + 1]);
+            assert!(open(&key, len as u64, &longer).is_err(), "extended");
             if len > SEGMENT {
                 // Cut at a segment boundary: the new last segment was not sealed as final.
-                let cut = &s[..SEGMENT + TAG];
-                assert!(open(&key, "d", SEGMENT as u64, cut).is_err(), "truncated");
-                // Two segments swapped.
+                let mut cut = s[..STRIDE].to_vec();
+                assert!(
+                    open_segments(&key, SEGMENT as u64, 0, &mut cut).is_err(),
+                    "truncated"
+                );
                 let mut swapped = s.clone();
-                let (a, b) = swapped.split_at_mut(SEGMENT + TAG);
-                if b.len() >= SEGMENT + TAG {
-                    a.swap_with_slice(&mut b[..SEGMENT + TAG]);
-                    assert!(open(&key, "d", len as u64, &swapped).is_err(), "reordered");
+                let (a, b) = swapped.split_at_mut(STRIDE);
+                if b.len() >= STRIDE {
+                    a.swap_with_slice(&mut b[..STRIDE]);
+                    assert!(open(&key, len as u64, &swapped).is_err(), "reordered");
                 }
             }
         }
     }
 
     #[test]
-    fn uploads_round_trip_across_appends() {
-        let k = Arc::new(ring());
-        let mut stored = Vec::new();
-        let mut plain = Vec::new();
-        for (n, piece) in [
-            (10usize, 3usize),
-            (RECORD * 2 + 5, 4096),
-            (0, 1),
-            (700_000, 65536),
-        ] {
-            let data: Vec<u8> = (0..n).map(|i| (i % 253) as u8).collect();
-            let mut s = UploadSealer::new(&k);
-            for c in data.chunks(piece) {
-                stored.extend(s.push(c));
+    fn split_last_keeps_the_rest() {
+        let k = ring();
+        let (key, _, _) = k.new_data_key(b"d");
+        for len in [1, SEGMENT, SEGMENT + 5, 3 * SEGMENT] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 249) as u8).collect();
+            let mut b = SegmentBatch::new(0, 8);
+            assert_eq!(b.push(&data), len);
+            let tail = b.split_last();
+            let keep = b.plain_len();
+            assert_eq!(tail, data[keep..]);
+            let mut head = b.seal(&key, false);
+            if keep > 0 {
+                let n = open_segments(&key, len as u64 + SEGMENT as u64, 0, &mut head).expect("ok");
+                assert_eq!(head[..n], data[..keep]);
             }
-            stored.extend(s.finish());
-            plain.extend(data);
         }
-        let mut o = UploadOpener::new(Arc::clone(&k));
-        let mut out = Vec::new();
-        for c in stored.chunks(1234) {
-            o.push(c, &mut out).expect("ok");
-        }
-        o.finish().expect("ok");
-        assert_eq!(out, plain);
-        let mut bad = stored.clone();
-        let at = bad.len() - 3;
-        bad[at] ^= 0x80;
-        let mut o = UploadOpener::new(k);
-        assert!(o.push(&bad, &mut Vec::new()).is_err());
     }
 
     #[test]
@@ -817,5 +722,9 @@ mod tests {
         );
         let other = Keyring::new(vec![("k2".into(), [1; 32])], "k2").expect("ok");
         assert!(other.unwrap(&id, b"sha256:aa", &w).is_err(), "wrong key");
+        let (id2, moved) = k
+            .rewrap_for(&id, b"sha256:aa", b"sha256:cc", &w)
+            .expect("ok");
+        assert_eq!(k.unwrap(&id2, b"sha256:cc", &moved).expect("ok"), b"secret");
     }
 }

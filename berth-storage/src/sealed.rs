@@ -1,32 +1,42 @@
 //! Encrypted uploads and blobs on top of either backend: the backends store sealed bytes
-//! as opaque bytes, and this layer turns plaintext into them and back (formats in
+//! as opaque bytes, and this layer turns plaintext into them and back (format in
 //! [`crate::seal`]).
+//!
+//! An upload is sealed as it arrives, already in its blob's final form, under the upload's
+//! own random key; completion re-seals only the last segment (as final) and records the
+//! key as the blob's data key, so it costs no pass over the bytes. Sealing and opening run
+//! on the blocking pool, a batch of segments at a time, two batches in flight, so AES
+//! overlaps hashing and I/O.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use berth_oci::{Algorithm, Digest};
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures_util::{Stream, StreamExt};
 
 use crate::hash::Hasher;
 use crate::seal::{
-    BlobOpener, BlobSealer, DataKey, Keyring, SEGMENT, SealError, UploadOpener, UploadSealer,
-    sealed_len, segment_offset,
+    DataKey, Keyring, SEGMENT, STRIDE, SealError, SegmentBatch, UPLOAD_CONTEXT, sealed_len,
+    segment_offset, segments, upload_len,
 };
 use crate::{BlobReader, BlobStore, HashState, Result, StorageError};
+
+/// Segments sealed or opened per blocking task (1 MiB of plaintext).
+const BATCH: usize = 16;
+/// Batches in flight at once.
+const IN_FLIGHT: usize = 2;
+/// Body chunks queued for an upload's hashing thread.
+const HASH_QUEUE: usize = 32;
+
+type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
 /// A body error passed through the sealing stream to the backend, which reports it as
 /// [`StorageError::Body`].
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct Relayed(Box<dyn std::error::Error + Send + Sync>);
-
-struct AppendState {
-    hash: HashState,
-    plain: u64,
-    too_large: bool,
-}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -36,10 +46,287 @@ fn tampered(e: SealError) -> StorageError {
     StorageError::Sealed(e)
 }
 
+/// What the sealing stream leaves for its caller once the body ended.
+#[derive(Default)]
+struct Sealing {
+    /// Plaintext bytes taken from the body.
+    plain: u64,
+    /// The last segment's plaintext, held back (appends only).
+    tail: Vec<u8>,
+    /// Segments written to the backend.
+    written: u64,
+    /// The body went past the limit.
+    too_large: bool,
+}
+
+/// Seals `body` into stored bytes from segment `batch.first()` (`batch` may already hold
+/// plaintext carried over). `inspect` sees every body chunk first (hashing, limits), and
+/// `hash_to`, if given, gets every chunk too (a hashing thread, off this task). With
+/// `final_at_end` the last segment is sealed as final; otherwise it is held back in
+/// `shared.tail` for the caller, who writes it as an append of its own.
+fn seal_stream<S, E, F>(
+    body: S,
+    batch: SegmentBatch,
+    key: DataKey,
+    final_at_end: bool,
+    shared: Arc<Mutex<Sealing>>,
+    inspect: F,
+    hash_to: Option<tokio::sync::mpsc::Sender<Bytes>>,
+) -> impl Stream<Item = std::result::Result<Bytes, Relayed>> + Send
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+    E: std::error::Error + Send + Sync + 'static,
+    F: FnMut(&[u8]) -> std::result::Result<(), Relayed> + Send,
+{
+    struct St<S, F> {
+        body: Pin<Box<S>>,
+        batch: Option<SegmentBatch>,
+        chunk: Bytes,
+        inspect: F,
+        shared: Arc<Mutex<Sealing>>,
+        hash_to: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    }
+    let batches = futures_util::stream::unfold(
+        St {
+            body: Box::pin(body),
+            batch: Some(batch),
+            chunk: Bytes::new(),
+            inspect,
+            shared,
+            hash_to,
+        },
+        move |mut st| async move {
+            let mut batch = st.batch.take()?;
+            loop {
+                if !st.chunk.is_empty() {
+                    if batch.is_full() {
+                        // More plaintext follows, so this batch holds no last segment.
+                        let next = SegmentBatch::new(batch.first() + batch.started() as u64, BATCH);
+                        st.batch = Some(next);
+                        lock(&st.shared).written += batch.started() as u64;
+                        return Some((Ok((batch, false)), st));
+                    }
+                    let n = batch.push(&st.chunk);
+                    st.chunk.advance(n);
+                    continue;
+                }
+                match st.body.next().await {
+                    Some(Ok(chunk)) => {
+                        if let Err(e) = (st.inspect)(&chunk) {
+                            return Some((Err(e), st));
+                        }
+                        if let Some(tx) = &st.hash_to
+                            && tx.send(chunk.clone()).await.is_err()
+                        {
+                            return Some((Err(Relayed("the upload's hasher stopped".into())), st));
+                        }
+                        lock(&st.shared).plain += chunk.len() as u64;
+                        st.chunk = chunk;
+                    }
+                    Some(Err(e)) => return Some((Err(Relayed(Box::new(e))), st)),
+                    None => {
+                        if !final_at_end {
+                            let tail = batch.split_last();
+                            lock(&st.shared).tail = tail;
+                            if batch.started() == 0 {
+                                return None;
+                            }
+                        }
+                        lock(&st.shared).written += batch.started().max(1) as u64;
+                        return Some((Ok((batch, final_at_end)), st));
+                    }
+                }
+            }
+        },
+    );
+    batches
+        .map(move |item| {
+            let key = key.clone();
+            async move {
+                let (batch, last) = item?;
+                tokio::task::spawn_blocking(move || Bytes::from(batch.seal(&key, last)))
+                    .await
+                    .map_err(|e| Relayed(Box::new(e)))
+            }
+        })
+        .buffered(IN_FLIGHT)
+}
+
+/// Reads stored segments a batch at a time.
+struct Batches {
+    raw: ByteStream,
+    key: DataKey,
+    total: u64,
+    index: u64,
+    end: u64,
+    carry: Bytes,
+}
+
+impl Batches {
+    async fn next_batch(&mut self) -> Option<std::io::Result<(Vec<u8>, u64)>> {
+        if self.index >= self.end {
+            return None;
+        }
+        let index = self.index;
+        let n = (BATCH as u64).min(self.end - index);
+        let want: usize = (index..index + n)
+            .map(|i| self.key.stored_segment_len(self.total, i))
+            .sum();
+        let mut buf = Vec::with_capacity(want);
+        loop {
+            if !self.carry.is_empty() {
+                let take = (want - buf.len()).min(self.carry.len());
+                buf.extend_from_slice(&self.carry[..take]);
+                self.carry.advance(take);
+            }
+            if buf.len() == want {
+                break;
+            }
+            match self.raw.next().await {
+                Some(Ok(c)) => self.carry = c,
+                Some(Err(e)) => {
+                    self.index = self.end;
+                    return Some(Err(e));
+                }
+                None => {
+                    self.index = self.end;
+                    let e = SealError::Tampered("sealed bytes ended early".into());
+                    return Some(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
+                }
+            }
+        }
+        self.index += n;
+        Some(Ok((buf, index)))
+    }
+}
+
+async fn open_batch(
+    key: DataKey,
+    total: u64,
+    item: std::io::Result<(Vec<u8>, u64)>,
+) -> std::io::Result<Bytes> {
+    let (mut buf, index) = item?;
+    tokio::task::spawn_blocking(move || {
+        let n = key
+            .open_stored(total, index, &mut buf)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        buf.truncate(n);
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Opens the stored bytes of segments `first..end` of a blob of `total` plaintext bytes,
+/// yielding plaintext a batch at a time. Ends after the first error.
+fn open_stream(raw: ByteStream, key: DataKey, total: u64, first: u64, end: u64) -> ByteStream {
+    let batches = futures_util::stream::unfold(
+        Batches {
+            raw,
+            key: key.clone(),
+            total,
+            index: first,
+            end,
+            carry: Bytes::new(),
+        },
+        |mut b| async move { b.next_batch().await.map(|item| (item, b)) },
+    );
+    let opened: ByteStream = Box::pin(
+        batches
+            .map(move |item| open_batch(key.clone(), total, item))
+            .buffered(IN_FLIGHT),
+    );
+    Box::pin(futures_util::stream::unfold(
+        (opened, false),
+        |(mut s, done)| async move {
+            if done {
+                return None;
+            }
+            let item = s.next().await?;
+            let failed = item.is_err();
+            Some((item, (s, failed)))
+        },
+    ))
+}
+
+/// What a completed sealed upload hands the metadata store: its key, wrapped for the
+/// digest.
+pub struct SealedUpload {
+    pub key: DataKey,
+    pub key_id: String,
+    pub wrapped: Vec<u8>,
+}
+
 impl BlobStore {
-    /// [`BlobStore::append_upload`] for an encrypted registry: the body is sealed under a
-    /// fresh key of this append (see [`crate::seal`]) before it reaches the backend.
-    /// `offset` and the returned size count plaintext; `state` also keeps the stored size.
+    /// The upload's own key from its saved state, or a fresh one for an upload's first
+    /// bytes.
+    fn upload_key(
+        keyring: &Keyring,
+        id: &str,
+        offset: u64,
+        state: &HashState,
+    ) -> Result<(DataKey, String, Vec<u8>)> {
+        match state.upload_key() {
+            Some((kid, wrapped)) => {
+                let key = keyring
+                    .open_data_key(kid, UPLOAD_CONTEXT, wrapped)
+                    .map_err(tampered)?;
+                Ok((key, kid.to_owned(), wrapped.to_vec()))
+            }
+            None if offset == 0 => Ok(keyring.new_data_key(UPLOAD_CONTEXT)),
+            // Begun in the earlier record format, or not sealed at all.
+            None => Err(StorageError::UploadUnknown(id.to_owned())),
+        }
+    }
+
+    async fn read_upload_at(&self, id: &str, start: u64, max: u64) -> Result<Vec<u8>> {
+        match self {
+            BlobStore::Fs(s) => s.read_upload_at(id, start, max).await,
+            BlobStore::S3(s) => s.read_upload_at(id, start, max).await,
+        }
+    }
+
+    /// The first `len` plaintext bytes of segment `index` of an open upload. The segment
+    /// stored there may be longer than `len` (an append continued it and was not
+    /// acknowledged), or already final (a completion that failed later): its first `len`
+    /// bytes are the acknowledged ones either way.
+    async fn upload_segment(
+        &self,
+        id: &str,
+        key: &DataKey,
+        index: u64,
+        len: usize,
+    ) -> Result<Vec<u8>> {
+        let stored = self
+            .read_upload_at(id, segment_offset(index), STRIDE as u64)
+            .await?;
+        for last in [false, true] {
+            let mut seg = stored.clone();
+            if let Ok(n) = key.open_segment(index, last, &mut seg)
+                && n >= len
+            {
+                return Ok(seg[crate::seal::NONCE..crate::seal::NONCE + len].to_vec());
+            }
+        }
+        // A torn write (the process died while re-sealing this segment): the acknowledged
+        // bytes are gone, so the client must push again.
+        tracing::warn!(
+            upload = id,
+            segment = index,
+            "an upload's last segment does not authenticate"
+        );
+        Err(StorageError::UploadUnknown(id.to_owned()))
+    }
+
+    /// [`BlobStore::append_upload`] for an encrypted registry: the body is sealed as it
+    /// arrives, in the blob's final format, under the upload's own key (kept wrapped in
+    /// `state`). `offset` and the returned size count plaintext; `state` also keeps the
+    /// stored size.
+    ///
+    /// A partial last segment left by the previous append is read back, opened and sealed
+    /// again (fresh nonce) with the new bytes. The last segment of every append is written
+    /// as an append of its own, so the next append (or completion) that re-seals it starts
+    /// where an object starts on S3.
     pub async fn append_upload_sealed<S, E>(
         &self,
         keyring: &Keyring,
@@ -53,166 +340,258 @@ impl BlobStore {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let stored = match state.stored() {
-            Some(n) => n,
-            None if offset == 0 => 0,
-            None => return Err(StorageError::CorruptHashState),
+        let (key, kid, wrapped) = Self::upload_key(keyring, id, offset, state)?;
+        let index = offset / SEGMENT as u64;
+        let carried = (offset % SEGMENT as u64) as usize;
+        let start = segment_offset(index);
+        let head = if carried > 0 {
+            self.upload_segment(id, &key, index, carried).await?
+        } else {
+            Vec::new()
         };
-        let shared = Arc::new(Mutex::new(AppendState {
-            hash: state.clone(),
-            plain: 0,
-            too_large: false,
-        }));
-        let sealer = UploadSealer::new(keyring);
-        let seen = Arc::clone(&shared);
-        let sealed = futures_util::stream::unfold(
-            (Box::pin(body), Some(sealer)),
-            move |(mut body, sealer)| {
-                let shared = Arc::clone(&seen);
-                async move {
-                    let mut sealer = sealer?;
-                    loop {
-                        match body.next().await {
-                            Some(Ok(chunk)) => {
-                                {
-                                    let mut s = lock(&shared);
-                                    s.plain += chunk.len() as u64;
-                                    if offset.saturating_add(s.plain) > limit {
-                                        s.too_large = true;
-                                        let e = Relayed("upload too large".into());
-                                        return Some((Err(e), (body, None)));
-                                    }
-                                    s.hash.update(&chunk);
-                                }
-                                let out = sealer.push(&chunk);
-                                if !out.is_empty() {
-                                    return Some((Ok(Bytes::from(out)), (body, Some(sealer))));
-                                }
-                            }
-                            Some(Err(e)) => {
-                                return Some((Err(Relayed(Box::new(e))), (body, None)));
-                            }
-                            None => {
-                                let out = sealer.finish();
-                                return Some((Ok(Bytes::from(out)), (body, None)));
-                            }
-                        }
-                    }
+        let mut batch = SegmentBatch::new(index, BATCH);
+        batch.push(&head);
+        let shared = Arc::new(Mutex::new(Sealing::default()));
+        // SHA-256 on a thread of its own, fed through a short queue: receiving, hashing,
+        // sealing (blocking pool) and writing (the backend's writer) overlap.
+        let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<Bytes>(HASH_QUEUE);
+        let (hashed_tx, hashed_rx) = tokio::sync::oneshot::channel::<HashState>();
+        let mut hash = state.clone();
+        std::thread::Builder::new()
+            .name("berth-upload-hash".into())
+            .spawn(move || {
+                while let Some(chunk) = hash_rx.blocking_recv() {
+                    hash.update(&chunk);
                 }
-            },
+                let _ = hashed_tx.send(hash);
+            })
+            .map_err(StorageError::io("starting an upload hasher"))?;
+        let seen = Arc::clone(&shared);
+        let mut taken = offset;
+        let inspect = move |chunk: &[u8]| {
+            taken = taken.saturating_add(chunk.len() as u64);
+            if taken > limit {
+                lock(&seen).too_large = true;
+                return Err(Relayed("upload too large".into()));
+            }
+            Ok(())
+        };
+        let sealed = seal_stream(
+            body,
+            batch,
+            key.clone(),
+            false,
+            Arc::clone(&shared),
+            inspect,
+            Some(hash_tx),
         );
         let mut scratch = HashState::scratch();
-        let appended = self
-            .append_upload(id, stored, &mut scratch, sealed, u64::MAX)
+        let first = self
+            .append_upload(id, start, &mut scratch, sealed, u64::MAX)
             .await;
-        let s = lock(&shared);
-        if s.too_large {
-            return Err(StorageError::TooLarge { limit });
+        let result = async {
+            let written = first?;
+            let (tail, segs) = {
+                let s = lock(&shared);
+                (s.tail.clone(), s.written)
+            };
+            if !tail.is_empty() {
+                let mut last = SegmentBatch::new(index + segs, 1);
+                last.push(&tail);
+                let bytes = Bytes::from(last.seal(&key, false));
+                let once = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes)]);
+                self.append_upload(id, written, &mut HashState::scratch(), once, u64::MAX)
+                    .await?;
+            }
+            Ok(())
         }
-        let new_stored = appended?;
-        let mut hash = s.hash.clone();
-        hash.set_stored(new_stored);
-        *state = hash;
-        Ok(offset + s.plain)
+        .await;
+        if let Err(e) = result {
+            // The first append began by cutting the upload back to where the carried
+            // segment starts: put the acknowledged bytes back (sealed afresh).
+            if !head.is_empty() {
+                let mut back = SegmentBatch::new(index, 1);
+                back.push(&head);
+                let bytes = Bytes::from(back.seal(&key, false));
+                let once = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes)]);
+                if let Err(e) = self
+                    .append_upload(id, start, &mut HashState::scratch(), once, u64::MAX)
+                    .await
+                {
+                    tracing::warn!(upload = id, error = %e, "could not restore an upload's last segment");
+                }
+            }
+            if lock(&shared).too_large {
+                return Err(StorageError::TooLarge { limit });
+            }
+            return Err(e);
+        }
+        let plain = lock(&shared).plain;
+        let new = offset + plain;
+        // The sealing stream (and the queue's sender with it) is gone: the hasher has
+        // seen every chunk.
+        let mut next = hashed_rx
+            .await
+            .map_err(|e| StorageError::io("hashing an upload")(std::io::Error::other(e)))?;
+        next.set_stored(upload_len(new));
+        next.set_upload_key(kid, wrapped);
+        *state = next;
+        Ok(new)
     }
 
-    /// [`BlobStore::finish_upload`] for an encrypted registry: verifies the upload's
-    /// plaintext against `expected`, then seals it once, under the digest's data key `key`,
-    /// as the blob's bytes.
-    pub async fn finish_upload_sealed(
+    /// Completes an encrypted upload of `size` plaintext bytes: checks its digest, seals
+    /// its last segment again as final (the only bytes rewritten), and returns its key
+    /// wrapped for the digest, for the metadata store. Then [`BlobStore::place_sealed`]
+    /// moves it into place if that key is the one recorded.
+    pub async fn complete_sealed_upload(
         &self,
         keyring: &Arc<Keyring>,
         id: &str,
         size: u64,
         state: &HashState,
         expected: &Digest,
+    ) -> Result<SealedUpload> {
+        let (key, kid, wrapped) = Self::upload_key(keyring, id, size, state)?;
+        if expected.algorithm() == Algorithm::Sha256 {
+            let actual = state.digest();
+            if &actual != expected {
+                return Err(StorageError::DigestMismatch {
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+        let index = size.saturating_sub(1) / SEGMENT as u64;
+        let len = (size - index * SEGMENT as u64) as usize;
+        let tail = if size == 0 {
+            Vec::new()
+        } else {
+            self.upload_segment(id, &key, index, len).await?
+        };
+        let mut last = SegmentBatch::new(index, 1);
+        last.push(&tail);
+        let bytes = Bytes::from(last.seal(&key, true));
+        let once = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes)]);
+        self.append_upload(
+            id,
+            segment_offset(index),
+            &mut HashState::scratch(),
+            once,
+            u64::MAX,
+        )
+        .await?;
+        if expected.algorithm() == Algorithm::Sha512 {
+            let mut plain = self.upload_plaintext(id, size, &key).await?;
+            let mut h = Hasher::new(Algorithm::Sha512);
+            while let Some(piece) = plain.next().await {
+                h.update(&piece.map_err(read_error)?);
+            }
+            let actual = h.finish();
+            if &actual != expected {
+                return Err(StorageError::DigestMismatch {
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+        let (key_id, wrapped) = keyring
+            .rewrap_for(&kid, UPLOAD_CONTEXT, expected.as_str().as_bytes(), &wrapped)
+            .map_err(tampered)?;
+        Ok(SealedUpload {
+            key,
+            key_id,
+            wrapped,
+        })
+    }
+
+    /// Moves a completed sealed upload into place as `dest`'s blob.
+    pub async fn place_sealed(&self, id: &str, size: u64, dest: &Digest) -> Result<()> {
+        self.place_upload(id, sealed_len(size), dest).await
+    }
+
+    /// The plaintext of a completed sealed upload.
+    async fn upload_plaintext(&self, id: &str, size: u64, key: &DataKey) -> Result<ByteStream> {
+        let stored = sealed_len(size);
+        let raw: ByteStream = match self {
+            BlobStore::Fs(s) => Box::pin(s.read_upload(id, stored).await?),
+            BlobStore::S3(s) => Box::pin(s.read_upload(id, stored).await?),
+        };
+        Ok(open_stream(raw, key.clone(), size, 0, segments(size)))
+    }
+
+    /// Seals a completed upload again under `key` (another upload of the same digest
+    /// recorded its key first, and its bytes are not in place) and places it.
+    pub async fn reseal_upload(
+        &self,
+        id: &str,
+        size: u64,
+        upload_key: &DataKey,
+        expected: &Digest,
         key: &DataKey,
     ) -> Result<()> {
-        let stored = match state.stored() {
-            Some(n) => n,
-            None if size == 0 => 0,
-            None => return Err(StorageError::CorruptHashState),
-        };
-        let actual = match expected.algorithm() {
-            Algorithm::Sha256 => state.digest(),
-            // Hashed in a pass of its own: nothing is sealed under the digest's key before
-            // the bytes are known to be that digest's.
-            Algorithm::Sha512 => {
-                let mut h = Hasher::new(Algorithm::Sha512);
-                let mut plain = self.upload_plaintext(keyring, id, stored).await?;
-                let mut n = 0u64;
-                while let Some(piece) = plain.next().await {
-                    let piece = piece.map_err(StorageError::io("reading an upload"))?;
-                    n += piece.len() as u64;
-                    h.update(&piece);
-                }
-                if n != size {
-                    return Err(StorageError::UploadUnknown(id.to_owned()));
-                }
-                h.finish()
-            }
-        };
-        if &actual != expected {
-            return Err(StorageError::DigestMismatch {
-                expected: expected.clone(),
-                actual,
-            });
+        let plain = self.upload_plaintext(id, size, upload_key).await?;
+        self.seal_blob(expected, size, key, plain).await?;
+        if let Err(e) = self.delete_upload(id).await {
+            tracing::warn!(upload = id, error = %e, "sealed upload left behind; the stale-upload sweep removes it");
         }
+        Ok(())
+    }
+
+    /// Writes `plain` (`size` bytes that must hash to `digest`) as `digest`'s sealed blob
+    /// under `key`, replacing what is stored (the caller decides that is safe). Nothing is
+    /// placed unless the bytes match.
+    pub async fn seal_blob<S, E>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        key: &DataKey,
+        plain: S,
+    ) -> Result<()>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let target = uuid::Uuid::new_v4().to_string();
         self.create_upload(&target).await?;
+        let shared = Arc::new(Mutex::new(Sealing::default()));
+        let hasher = Arc::new(Mutex::new(Some(Hasher::new(digest.algorithm()))));
+        let h = Arc::clone(&hasher);
+        let mut n = 0u64;
+        let inspect = move |chunk: &[u8]| {
+            n += chunk.len() as u64;
+            if n > size {
+                return Err(Relayed("more bytes than the blob's size".into()));
+            }
+            if let Some(h) = lock(&h).as_mut() {
+                h.update(chunk);
+            }
+            Ok(())
+        };
+        let sealed = seal_stream(
+            plain,
+            SegmentBatch::new(0, BATCH),
+            key.clone(),
+            true,
+            Arc::clone(&shared),
+            inspect,
+            None,
+        );
         let result = async {
-            let plain = self.upload_plaintext(keyring, id, stored).await?;
-            let failure: Arc<Mutex<Option<SealError>>> = Arc::default();
-            let sealer = BlobSealer::new(key.clone(), expected.as_str(), size);
-            let seen = Arc::clone(&failure);
-            let sealed =
-                futures_util::stream::unfold((plain, Some(sealer)), move |(mut plain, sealer)| {
-                    let failure = Arc::clone(&seen);
-                    async move {
-                        let mut sealer = sealer?;
-                        loop {
-                            let out = match plain.next().await {
-                                Some(Ok(piece)) => sealer.push(&piece),
-                                Some(Err(e)) => return Some((Err(e), (plain, None))),
-                                None => match sealer.finish() {
-                                    Ok(out) => {
-                                        return Some((Ok(Bytes::from(out)), (plain, None)));
-                                    }
-                                    Err(e) => {
-                                        *lock(&failure) = Some(e.clone());
-                                        let e = std::io::Error::other(e);
-                                        return Some((Err(e), (plain, None)));
-                                    }
-                                },
-                            };
-                            match out {
-                                Ok(out) if out.is_empty() => {}
-                                Ok(out) => {
-                                    return Some((Ok(Bytes::from(out)), (plain, Some(sealer))));
-                                }
-                                Err(e) => {
-                                    *lock(&failure) = Some(e.clone());
-                                    let e = std::io::Error::other(e);
-                                    return Some((Err(e), (plain, None)));
-                                }
-                            }
-                        }
-                    }
-                });
             let written = self
                 .append_upload(&target, 0, &mut HashState::scratch(), sealed, u64::MAX)
-                .await;
-            if let Some(e) = lock(&failure).take() {
-                return Err(tampered(e));
+                .await?;
+            let got = lock(&shared).plain;
+            let actual = lock(&hasher)
+                .take()
+                .map(Hasher::finish)
+                .ok_or(StorageError::CorruptHashState)?;
+            if got != size || &actual != digest || written != sealed_len(size) {
+                return Err(StorageError::DigestMismatch {
+                    expected: digest.clone(),
+                    actual,
+                });
             }
-            let written = written?;
-            if written != sealed_len(size) {
-                return Err(tampered(SealError::Tampered(format!(
-                    "sealed {written} bytes for {expected}, expected {}",
-                    sealed_len(size)
-                ))));
-            }
-            self.place_upload(&target, written, expected).await
+            self.place_upload(&target, written, digest).await
         }
         .await;
         if let Err(e) = result {
@@ -221,55 +600,12 @@ impl BlobStore {
             }
             return Err(e);
         }
-        if let Err(e) = self.delete_upload(id).await {
-            tracing::warn!(upload = id, error = %e, "sealed upload left behind; the stale-upload sweep removes it");
-        }
         Ok(())
-    }
-
-    /// The plaintext of an encrypted upload's first `stored` stored bytes.
-    async fn upload_plaintext(
-        &self,
-        keyring: &Arc<Keyring>,
-        id: &str,
-        stored: u64,
-    ) -> Result<std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>> {
-        let raw: std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> = match self {
-            BlobStore::Fs(s) => Box::pin(s.read_upload(id, stored).await?),
-            BlobStore::S3(s) => Box::pin(s.read_upload(id, stored).await?),
-        };
-        let opener = UploadOpener::new(Arc::clone(keyring));
-        Ok(Box::pin(futures_util::stream::unfold(
-            (raw, Some(opener)),
-            |(mut raw, opener)| async move {
-                let mut opener = opener?;
-                loop {
-                    match raw.next().await {
-                        Some(Ok(chunk)) => {
-                            let mut out = Vec::new();
-                            if let Err(e) = opener.push(&chunk, &mut out) {
-                                return Some((Err(std::io::Error::other(e)), (raw, None)));
-                            }
-                            if !out.is_empty() {
-                                return Some((Ok(Bytes::from(out)), (raw, Some(opener))));
-                            }
-                        }
-                        Some(Err(e)) => return Some((Err(e), (raw, None))),
-                        None => {
-                            return match opener.finish() {
-                                Ok(()) => None,
-                                Err(e) => Some((Err(std::io::Error::other(e)), (raw, None))),
-                            };
-                        }
-                    }
-                }
-            },
-        )))
     }
 
     /// Moves an upload into place without checking it (sealed bytes, checked by the
     /// caller as plaintext).
-    async fn place_upload(&self, id: &str, size: u64, dest: &Digest) -> Result<()> {
+    pub(crate) async fn place_upload(&self, id: &str, size: u64, dest: &Digest) -> Result<()> {
         match self {
             BlobStore::Fs(s) => s.place_upload(id, size, dest).await,
             BlobStore::S3(s) => s.place_upload(id, size, dest).await,
@@ -290,7 +626,7 @@ impl BlobStore {
         key: &DataKey,
         failures: Option<Arc<AtomicU64>>,
     ) -> Result<Option<BlobReader>> {
-        let total = sealed_len(size);
+        let total = key.sealed_len(size);
         let (first, last) = match range {
             Some((a, b)) if a <= b && b < size => (a, b),
             _ => (0, size.saturating_sub(1)),
@@ -298,58 +634,66 @@ impl BlobStore {
         let len = if size == 0 { 0 } else { last - first + 1 };
         let seg_first = first / SEGMENT as u64;
         let seg_last = if size == 0 { 0 } else { last / SEGMENT as u64 };
-        let ct_first = segment_offset(seg_first);
-        let ct_last = segment_offset(seg_last + 1).min(total) - 1;
-        let fail = |failures: &Option<Arc<AtomicU64>>, e: SealError| {
+        let ct_first = key.segment_offset(seg_first);
+        let ct_last = key.segment_offset(seg_last + 1).min(total) - 1;
+        let count = |failures: &Option<Arc<AtomicU64>>| {
             if let Some(f) = failures {
                 f.fetch_add(1, Ordering::Relaxed);
             }
-            tracing::error!(%digest, error = %e, "sealed blob failed authentication");
-            tampered(e)
         };
         let Some(reader) = self.open(digest, Some((ct_first, ct_last))).await? else {
             return Ok(None);
         };
         if reader.total != total || reader.len != ct_last - ct_first + 1 {
-            return Err(fail(
-                &failures,
-                SealError::Tampered(format!(
-                    "{digest} is stored as {} bytes, {total} expected",
-                    reader.total
-                )),
+            count(&failures);
+            let e = SealError::Tampered(format!(
+                "{digest} is stored as {} bytes, {total} expected",
+                reader.total
             ));
+            tracing::error!(%digest, error = %e, "sealed blob failed authentication");
+            return Err(tampered(e));
         }
-        let mut plain = PlainStream {
-            body: reader.body,
-            opener: BlobOpener::new(key.clone(), digest.as_str(), size, seg_first),
-            skip: first - seg_first * SEGMENT as u64,
-            remaining: len,
-            segments_wanted: seg_last + 1,
-            failures: failures.clone(),
-            done: false,
-        };
-        // Open the first segment now: a tampered blob is an error status, not a cut body.
-        let head = match plain.next_piece().await {
-            Ok(p) => p,
-            Err(e) => {
-                let e = match e.downcast::<SealError>() {
-                    Ok(seal) => fail(&None, seal),
+        let mut opened = open_stream(reader.body, key.clone(), size, seg_first, seg_last + 1);
+        // Open the first batch now: a tampered blob is an error status, not a cut body.
+        let head = match opened.next().await {
+            Some(Ok(b)) => Some(b),
+            Some(Err(e)) => {
+                return Err(match e.downcast::<SealError>() {
+                    Ok(seal) => {
+                        count(&failures);
+                        tracing::error!(%digest, error = %seal, "sealed blob failed authentication");
+                        tampered(seal)
+                    }
                     Err(e) => StorageError::io("reading a sealed blob")(e),
-                };
-                return Err(e);
+                });
             }
+            None => None,
         };
-        let rest = futures_util::stream::unfold(plain, |mut p| async move {
-            match p.next_piece().await {
-                Ok(Some(b)) => Some((Ok(b), p)),
-                Ok(None) => None,
-                Err(e) => {
-                    p.done = true;
-                    Some((Err(e), p))
+        let mut skip = first - seg_first * SEGMENT as u64;
+        let mut remaining = len;
+        let label = digest.to_string();
+        let body = futures_util::stream::iter(head.map(Ok))
+            .chain(opened)
+            .map(move |piece| match piece {
+                Ok(mut p) => {
+                    let s = skip.min(p.len() as u64);
+                    skip -= s;
+                    p.advance(s as usize);
+                    if p.len() as u64 > remaining {
+                        p.truncate(remaining as usize);
+                    }
+                    remaining -= p.len() as u64;
+                    Ok(p)
                 }
-            }
-        });
-        let body = futures_util::stream::iter(head.map(Ok)).chain(rest);
+                Err(e) => {
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        count(&failures);
+                        tracing::error!(digest = %label, error = %e, "sealed blob failed authentication while streaming");
+                    }
+                    Err(e)
+                }
+            })
+            .filter(|p| futures_util::future::ready(!matches!(p, Ok(b) if b.is_empty())));
         Ok(Some(BlobReader {
             len,
             total: size,
@@ -373,10 +717,7 @@ impl BlobStore {
         let mut h = Hasher::new(digest.algorithm());
         let mut n = 0u64;
         while let Some(piece) = r.body.next().await {
-            let piece = piece.map_err(|e| match e.downcast::<SealError>() {
-                Ok(seal) => StorageError::Sealed(seal),
-                Err(e) => StorageError::io("reading a sealed blob")(e),
-            })?;
+            let piece = piece.map_err(read_error)?;
             n += piece.len() as u64;
             h.update(&piece);
             progress(piece.len() as u64);
@@ -388,62 +729,9 @@ impl BlobStore {
     }
 }
 
-struct PlainStream {
-    body: std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>,
-    opener: BlobOpener,
-    skip: u64,
-    remaining: u64,
-    segments_wanted: u64,
-    failures: Option<Arc<AtomicU64>>,
-    done: bool,
-}
-
-impl PlainStream {
-    async fn next_piece(&mut self) -> std::io::Result<Option<Bytes>> {
-        loop {
-            if self.done {
-                return Ok(None);
-            }
-            // Every segment asked for is opened, even when the range needs none of its
-            // bytes (an empty blob's one segment).
-            if self.remaining == 0 && self.opener.position() >= self.segments_wanted {
-                self.done = true;
-                return Ok(None);
-            }
-            let Some(chunk) = self.body.next().await else {
-                self.done = true;
-                let e = SealError::Tampered("sealed blob ended early".into());
-                return Err(self.failed(e));
-            };
-            let chunk = chunk?;
-            let mut out = Vec::new();
-            if let Err(e) = self.opener.push(&chunk, &mut out) {
-                self.done = true;
-                return Err(self.failed(e));
-            }
-            if self.opener.position() > self.segments_wanted {
-                self.done = true;
-                return Err(self.failed(SealError::Tampered("read past the range".into())));
-            }
-            let mut piece = Bytes::from(out);
-            let skip = self.skip.min(piece.len() as u64);
-            self.skip -= skip;
-            piece = piece.slice(skip as usize..);
-            if piece.len() as u64 > self.remaining {
-                piece.truncate(self.remaining as usize);
-            }
-            self.remaining -= piece.len() as u64;
-            if !piece.is_empty() {
-                return Ok(Some(piece));
-            }
-        }
-    }
-
-    fn failed(&self, e: SealError) -> std::io::Error {
-        if let Some(f) = &self.failures {
-            f.fetch_add(1, Ordering::Relaxed);
-        }
-        tracing::error!(error = %e, "sealed blob failed authentication while streaming");
-        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+fn read_error(e: std::io::Error) -> StorageError {
+    match e.downcast::<SealError>() {
+        Ok(seal) => StorageError::Sealed(seal),
+        Err(e) => StorageError::io("reading a sealed blob")(e),
     }
 }

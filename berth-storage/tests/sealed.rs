@@ -1,13 +1,13 @@
 //! Sealed (encrypted) uploads and blobs on both backends: random ranges over random blob
 //! sizes and append layouts read back exactly; across a long chunked upload with failed,
-//! repeated and rewritten appends, no (key, nonce) pair ever seals two different
-//! ciphertexts; and sealing a blob is deterministic under its data key.
+//! repeated and rewritten appends and a retried completion, no (key, nonce) pair ever
+//! seals two different ciphertexts; and an upload is sealed once, as it arrives.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use berth_oci::{Algorithm, Digest};
-use berth_storage::seal::{Keyring, sealed_len, upload_records};
+use berth_storage::seal::{Keyring, sealed_len, stored_segments};
 use berth_storage::{BlobStore, FsStore, HashState, S3Store, digest_of};
 use berth_testkit::s3_config;
 use bytes::Bytes;
@@ -92,12 +92,20 @@ async fn put(store: &BlobStore, keyring: &Arc<Keyring>, blob: &[u8], cuts: &[usi
     }
     assert_eq!(offset, blob.len() as u64);
     let d = digest_of(Algorithm::Sha256, blob);
-    let (key, _, _) = keyring.new_data_key(d.as_str().as_bytes());
-    store
-        .finish_upload_sealed(keyring, &id, offset, &state, &d, &key)
+    let done = store
+        .complete_sealed_upload(keyring, &id, offset, &state, &d)
         .await
-        .expect("finish");
-    // Read back through the key under which it was sealed.
+        .expect("complete");
+    store.place_sealed(&id, offset, &d).await.expect("place");
+    // The wrapped key the metadata store would record opens for this digest only.
+    let key = keyring
+        .open_data_key(&done.key_id, d.as_str().as_bytes(), &done.wrapped)
+        .expect("wrapped for the digest");
+    assert!(
+        keyring
+            .open_data_key(&done.key_id, b"sha256:other", &done.wrapped)
+            .is_err()
+    );
     remember(&d, key);
     d
 }
@@ -195,23 +203,23 @@ async fn no_key_nonce_reuse(store: BlobStore) {
     let mut state = HashState::new();
     let mut offset = 0u64;
     let mut whole = Vec::new();
-    // (key fingerprint, nonce) -> the ciphertext it sealed.
-    let mut seen: HashMap<(Vec<u8>, u64), Vec<u8>> = HashMap::new();
-    let mut keys = std::collections::HashSet::new();
-    let mut record = |stored: Vec<Vec<u8>>, seen: &mut HashMap<(Vec<u8>, u64), Vec<u8>>| {
+    // One key per upload: nonce -> the ciphertext it sealed.
+    let mut seen: HashMap<[u8; 12], Vec<u8>> = HashMap::new();
+    let sealings = std::cell::Cell::new(0usize);
+    let record = |stored: Vec<Vec<u8>>, seen: &mut HashMap<[u8; 12], Vec<u8>>| {
         for bytes in stored {
-            for (fp, nonce, ct) in upload_records(&k, &bytes).expect("parse") {
-                keys.insert(fp.clone());
-                if let Some(before) = seen.insert((fp, nonce), ct.clone()) {
-                    assert_eq!(
+            for (nonce, ct) in stored_segments(&bytes) {
+                match seen.insert(nonce, ct.clone()) {
+                    Some(before) => assert_eq!(
                         before, ct,
                         "a (key, nonce) pair sealed two different ciphertexts"
-                    );
+                    ),
+                    None => sealings.set(sealings.get() + 1),
                 }
             }
         }
     };
-    let mut attempts = 0;
+    let mut upload_key = None;
     for round in 0..30u64 {
         let len = [1, 100, SEG - 1, SEG, SEG + 1, 300_000][round as usize % 6];
         let first = data(len, round * 7 + 1);
@@ -223,7 +231,6 @@ async fn no_key_nonce_reuse(store: BlobStore) {
                 .append_upload_sealed(&k, &id, offset, &mut scratch, body(&first), u64::MAX)
                 .await
                 .expect("unacknowledged append");
-            attempts += 1;
             record(upload_bytes(&store, &id).await, &mut seen);
         }
         // A body that breaks half way.
@@ -240,7 +247,6 @@ async fn no_key_nonce_reuse(store: BlobStore) {
                 )
                 .await;
             assert!(failed.is_err());
-            attempts += 1;
             record(upload_bytes(&store, &id).await, &mut seen);
         }
         let piece = data(len, round * 7 + 3);
@@ -248,53 +254,79 @@ async fn no_key_nonce_reuse(store: BlobStore) {
             .append_upload_sealed(&k, &id, offset, &mut state, body(&piece), u64::MAX)
             .await
             .expect("append");
-        attempts += 1;
         whole.extend_from_slice(&piece);
         record(upload_bytes(&store, &id).await, &mut seen);
+        let this = state.upload_key().map(|(i, w)| (i.to_owned(), w.to_vec()));
+        assert!(this.is_some());
+        if upload_key.is_none() {
+            upload_key = this.clone();
+        }
+        assert_eq!(this, upload_key, "one key for the whole upload");
     }
     assert_eq!(offset, whole.len() as u64);
-    // Every append that reached storage had a key of its own (failed appends that left
-    // nothing behind are not seen, so at most one per attempt).
+    // Partial segments were sealed again many times: more sealings than segments.
+    let segs = whole.len().div_ceil(SEG);
+    let sealings = sealings.get();
     assert!(
-        keys.len() >= 30 && keys.len() <= attempts,
-        "{} keys, {attempts} attempts",
-        keys.len()
+        sealings > segs + 30,
+        "{sealings} sealings of {segs} segments"
     );
-    // The upload completes with the acknowledged bytes only, sealed once.
+    // A completion that fails after sealing the last segment as final (wrong digest), then
+    // the right one: the last segment is sealed afresh each time.
     let d = digest_of(Algorithm::Sha256, &whole);
-    let (key, _, _) = k.new_data_key(d.as_str().as_bytes());
-    store
-        .finish_upload_sealed(&k, &id, offset, &state, &d, &key)
+    let wrong = digest_of(Algorithm::Sha512, b"other bytes");
+    let bad = store
+        .complete_sealed_upload(&k, &id, offset, &state, &wrong)
+        .await;
+    assert!(bad.is_err(), "SHA-512 of other bytes");
+    record(upload_bytes(&store, &id).await, &mut seen);
+    let done = store
+        .complete_sealed_upload(&k, &id, offset, &state, &d)
         .await
-        .expect("finish");
-    remember(&d, key.clone());
+        .expect("complete");
+    record(upload_bytes(&store, &id).await, &mut seen);
+    store.place_sealed(&id, offset, &d).await.expect("place");
+    remember(&d, done.key.clone());
     assert_eq!(read(&store, &d, offset, None).await, whole);
-    // Sealing the same blob again under its key writes the same bytes: nonces that repeat
-    // across sealings protect identical plaintext.
-    let first_copy = read_raw(&store, &d).await;
-    let again = put_with_key(&store, &k, &whole, &key).await;
+    // Completion wrote no pass over the bytes: the blob is the segments sealed on append
+    // plus the final one.
+    let blob = read_raw(&store, &d).await;
+    let mut fresh = 0;
+    for (nonce, ct) in stored_segments(&blob) {
+        match seen.get(&nonce) {
+            Some(before) => assert_eq!(before, &ct),
+            None => fresh += 1,
+        }
+    }
+    assert_eq!(
+        fresh, 0,
+        "every stored segment was written by an append or completion"
+    );
+    // Sealing the same blob again under its key (a racing upload that lost) draws fresh
+    // nonces: no nonce of the first sealing comes back.
+    let again = put_with_key(&store, &whole, &done.key).await;
     assert_eq!(again, d);
-    assert_eq!(read_raw(&store, &d).await, first_copy);
+    let second = read_raw(&store, &d).await;
+    for (nonce, ct) in stored_segments(&second) {
+        assert!(
+            !seen.contains_key(&nonce),
+            "nonce reused under the blob's key"
+        );
+        seen.insert(nonce, ct);
+    }
+    assert_eq!(read(&store, &d, offset, None).await, whole);
 }
 
 async fn put_with_key(
     store: &BlobStore,
-    k: &Arc<Keyring>,
     blob: &[u8],
     key: &berth_storage::seal::DataKey,
 ) -> Digest {
-    let id = uuid::Uuid::new_v4().to_string();
-    store.create_upload(&id).await.expect("create");
-    let mut state = HashState::new();
-    let n = store
-        .append_upload_sealed(k, &id, 0, &mut state, body(blob), u64::MAX)
-        .await
-        .expect("append");
     let d = digest_of(Algorithm::Sha256, blob);
     store
-        .finish_upload_sealed(k, &id, n, &state, &d, key)
+        .seal_blob(&d, blob.len() as u64, key, body(blob))
         .await
-        .expect("finish");
+        .expect("seal");
     d
 }
 
@@ -352,11 +384,11 @@ async fn s3_server_side_encryption_headers_reach_every_object() {
             );
         }
         let d = digest_of(Algorithm::Sha256, &blob);
-        let (key, _, _) = k.new_data_key(d.as_str().as_bytes());
         store
-            .finish_upload_sealed(&k, &id, n, &state, &d, &key)
+            .complete_sealed_upload(&k, &id, n, &state, &d)
             .await
-            .expect("finish");
+            .expect("complete");
+        store.place_sealed(&id, n, &d).await.expect("place");
         let hex = d.hex();
         let rel = format!("blobs/sha256/{}/{hex}", &hex[..2]);
         assert_eq!(

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use berth_storage::{CopyEvent, copy_all_blobs};
+use berth_storage::{CopyEvent, copy_all_blobs_with};
 
 use crate::config::Config;
 
@@ -42,8 +42,36 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<bool> {
         .await
         .context("opening the target blob store")?;
 
+    // With encryption on, sealed blobs are copied in their stored form (their data keys
+    // live in the metadata store, which keeps them or is copied whole) and checked by
+    // opening them on the way; a keyring is needed for that.
+    let registry = match source.keyring()? {
+        Some(_) => Some(
+            crate::open::open_registry(&source)
+                .await
+                .context("opening the metadata store for the blobs' data keys")?,
+        ),
+        None => None,
+    };
+    let lookup = registry.clone().map(|r| {
+        move |d: berth_oci::Digest| -> futures_util::future::BoxFuture<
+            'static,
+            berth_storage::Result<Option<(u64, berth_storage::seal::DataKey)>>,
+        > {
+            let r = r.clone();
+            Box::pin(async move {
+                r.sealed_blob(&d)
+                    .await
+                    .map_err(|e| berth_storage::StorageError::Io {
+                        op: "reading a blob's data key",
+                        source: std::io::Error::other(e.to_string()),
+                    })
+            })
+        }
+    });
+    let keys: Option<berth_storage::SealedKeys<'_>> = lookup.as_ref().map(|l| l as _);
     let started = Instant::now();
-    let summary = copy_all_blobs(&from, &to, &mut |e| match e {
+    let summary = copy_all_blobs_with(&from, &to, keys, &mut |e| match e {
         CopyEvent::Failed { digest, error } => {
             eprintln!("berth migrate-storage: {digest}: {error}");
         }

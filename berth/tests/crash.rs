@@ -1438,6 +1438,316 @@ fn stale_uploads_are_purged() {
     home.fsck_clean();
 }
 
+// ---- f: encryption at rest: `berth encrypt` and `berth keys rewrap` killed ----
+
+const SEG: usize = 65536;
+
+impl Home {
+    /// Rewrites the configuration (the next start and every CLI run read it).
+    fn set_config(&self, extra_config: &str) {
+        std::fs::write(
+            &self.config,
+            format!(
+                "[log]\nformat = \"json\"\nlevel = \"info\"\n{extra_config}\n[catalog]\nenabled = false\n"
+            ),
+        )
+        .expect("write config");
+    }
+
+    /// A key-encryption key file (64 hex digits) in the home directory.
+    fn key_file(&self, id: &str, byte: u8) -> PathBuf {
+        let path = self.root.join(format!("kek-{id}"));
+        std::fs::write(&path, format!("{byte:02x}").repeat(32)).expect("key file");
+        path
+    }
+
+    fn encryption(&self, keys: &[(&str, u8)], active: &str) -> String {
+        let mut c = format!("[encryption]\nactive = \"{active}\"\n");
+        for (id, byte) in keys {
+            let f = self.key_file(id, *byte);
+            c.push_str(&format!(
+                "[[encryption.key]]\nid = \"{id}\"\nfile = {:?}\n",
+                f.display().to_string()
+            ));
+        }
+        c
+    }
+
+    /// `berth <args>` on this home, with `failpoints` armed.
+    fn cli(&self, args: &[&str], failpoints: Option<&str>) -> Command {
+        let mut cmd = Command::new(BERTH);
+        cmd.args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .current_dir(&self.root)
+            .env_remove("BERTH_METADATA_URL")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        match failpoints {
+            Some(f) => cmd.env("BERTH_FAILPOINTS", f),
+            None => cmd.env_remove("BERTH_FAILPOINTS"),
+        };
+        cmd
+    }
+}
+
+/// Blobs of a few segments each, every one starting with a marker that must not be left
+/// in any stored file once it is sealed.
+fn marked_blobs(rng: &mut Rng, n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let mut b = format!("CRASH-PLAINTEXT-MARKER-{i:04}-").into_bytes();
+            let len = 1 + rng.below(3 * SEG as u64 + 1000) as usize;
+            b.extend(rng.bytes(len));
+            (sha256(&b), b)
+        })
+        .collect()
+}
+
+/// Reads every blob whole and in a range across a segment boundary, over and over, until
+/// told to stop: every answer must be exactly the blob's bytes (never ciphertext, never a
+/// mix). Returns how many reads it made.
+fn reader(
+    addr: SocketAddr,
+    repo: &'static str,
+    blobs: Arc<Vec<(String, Vec<u8>)>>,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<u64> {
+    thread::spawn(move || {
+        let mut reads = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            for (digest, data) in blobs.iter() {
+                let path = format!("/v2/{repo}/blobs/{digest}");
+                let r = get(addr, &path).expect("GET blob");
+                assert_eq!(r.status, 200, "GET {digest}: {}", r.text());
+                assert!(r.body == *data, "{digest}: served other bytes");
+                let (a, b) = (SEG as u64 - 7, (data.len() as u64 - 1).min(SEG as u64 + 9));
+                if a < b {
+                    let range = format!("bytes={a}-{b}");
+                    let r = http(addr, "GET", &path, &[("Range", &range)], b"").expect("GET range");
+                    assert_eq!(r.status, 206, "GET {digest} {range}: {}", r.text());
+                    assert!(
+                        r.body == data[a as usize..=b as usize],
+                        "{digest} {range}: served other bytes"
+                    );
+                }
+                reads += 1;
+            }
+        }
+        reads
+    })
+}
+
+/// Every stored blob file, for looking for markers.
+fn blob_files(data: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![data.join("blobs")];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                let bytes = std::fs::read(&p).expect("read blob file");
+                out.push((p, bytes));
+            }
+        }
+    }
+    out
+}
+
+fn holds_marker(bytes: &[u8]) -> bool {
+    bytes
+        .windows(b"CRASH-PLAINTEXT-MARKER-".len())
+        .any(|w| w == b"CRASH-PLAINTEXT-MARKER-")
+}
+
+/// Runs a CLI command and SIGKILLs it after `after`, unless it ended first; whether it
+/// was killed.
+fn kill9_after(mut cmd: Command, after: Duration) -> bool {
+    let mut child = cmd.spawn().expect("spawn berth");
+    let deadline = Instant::now() + after;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return false;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return true;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn kill_9_and_abort_during_berth_encrypt_never_serve_a_mix_and_resume() {
+    let mut rng = Rng::seeded("kill_9_and_abort_during_berth_encrypt_never_serve_a_mix_and_resume");
+    let home = Home::new("");
+    let mut server = home.start(None);
+    let repo = "enc/crash";
+    let blobs = marked_blobs(&mut rng, 60);
+    for (d, b) in &blobs {
+        let r = push_blob(server.addr, repo, b).expect("push");
+        assert_eq!(r.status, 201, "push {d}: {}", r.text());
+    }
+    assert!(
+        blob_files(&home.data).iter().any(|(_, b)| holds_marker(b)),
+        "plaintext before encryption is turned on"
+    );
+    server.kill9();
+    home.set_config(&home.encryption(&[("k1", 0x31)], "k1"));
+    let server = home.start(None);
+    let blobs = Arc::new(blobs);
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| reader(server.addr, repo, Arc::clone(&blobs), Arc::clone(&stop)))
+        .collect();
+
+    // Killed at the exact step between sealing a blob in place and switching its state.
+    let out = home
+        .cli(&["encrypt"], Some("before_seal_switch=abort"))
+        .output()
+        .expect("run berth encrypt");
+    assert_eq!(
+        out.status.signal(),
+        Some(SIGABRT),
+        "encrypt should die at before_seal_switch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Then SIGKILLed at random moments.
+    let mut killed = 0;
+    for _ in 0..6 {
+        let after = Duration::from_millis(20 + rng.below(400));
+        if kill9_after(home.cli(&["encrypt"], None), after) {
+            killed += 1;
+        }
+    }
+    eprintln!("berth encrypt killed {killed} times");
+    let out = home
+        .cli(&["encrypt"], None)
+        .output()
+        .expect("run berth encrypt");
+    assert!(
+        out.status.success(),
+        "the last run finishes: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop.store(true, Ordering::SeqCst);
+    let reads: u64 = readers.into_iter().map(|r| r.join().expect("reader")).sum();
+    assert!(reads > 0);
+    // Everything sealed: no marker in any blob file, every blob exactly right, fsck clean,
+    // and a second run has nothing left to do.
+    for (p, b) in blob_files(&home.data) {
+        assert!(!holds_marker(&b), "{} still holds plaintext", p.display());
+    }
+    for (d, b) in blobs.iter() {
+        assert_blob(server.addr, repo, d, b.len());
+    }
+    home.fsck_clean();
+    let out = home
+        .cli(&["encrypt"], None)
+        .output()
+        .expect("run berth encrypt");
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("sealed 0 blobs"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn kill_9_and_abort_during_keys_rewrap_resume_and_the_old_key_can_go() {
+    let mut rng = Rng::seeded("kill_9_and_abort_during_keys_rewrap_resume_and_the_old_key_can_go");
+    let home = Home::new("");
+    home.set_config(&home.encryption(&[("k1", 0x41)], "k1"));
+    let mut server = home.start(None);
+    let repo = "enc/rewrap";
+    let blobs = marked_blobs(&mut rng, 40);
+    for (d, b) in &blobs {
+        let r = push_blob(server.addr, repo, b).expect("push");
+        assert_eq!(r.status, 201, "push {d}: {}", r.text());
+    }
+    server.kill9();
+    home.set_config(&home.encryption(&[("k1", 0x41), ("k2", 0x42)], "k1"));
+    let server = home.start(None);
+    let out = home
+        .cli(&["keys", "rotate", "--to", "k2"], None)
+        .output()
+        .expect("rotate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let blobs = Arc::new(blobs);
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| reader(server.addr, repo, Arc::clone(&blobs), Arc::clone(&stop)))
+        .collect();
+
+    let out = home
+        .cli(&["keys", "rewrap"], Some("rewrap_batch=abort"))
+        .output()
+        .expect("run rewrap");
+    assert_eq!(
+        out.status.signal(),
+        Some(SIGABRT),
+        "rewrap should die at rewrap_batch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing was committed: k1 cannot be retired yet, and says why.
+    let out = home
+        .cli(&["keys", "retire", "k1"], None)
+        .output()
+        .expect("retire");
+    assert!(!out.status.success(), "k1 still wraps data keys");
+    for _ in 0..4 {
+        let after = Duration::from_millis(20 + rng.below(300));
+        kill9_after(home.cli(&["keys", "rewrap"], None), after);
+    }
+    let out = home
+        .cli(&["keys", "rewrap"], None)
+        .output()
+        .expect("run rewrap");
+    assert!(
+        out.status.success(),
+        "the last run finishes: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        r.join().expect("reader");
+    }
+    home.fsck_clean();
+    let out = home
+        .cli(&["keys", "retire", "k1"], None)
+        .output()
+        .expect("retire");
+    assert!(
+        out.status.success(),
+        "nothing uses k1 any more: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without k1 in the keyring at all, every blob still opens.
+    drop(server);
+    home.set_config(&home.encryption(&[("k2", 0x42)], "k2"));
+    let server = home.start(None);
+    for (d, b) in blobs.iter() {
+        assert_blob(server.addr, repo, d, b.len());
+    }
+    home.fsck_clean();
+}
+
 // ---- fsck itself ----
 
 fn blob_path(data: &Path, digest: &str) -> PathBuf {

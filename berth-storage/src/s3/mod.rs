@@ -498,14 +498,36 @@ impl S3Store {
         let dest = self.blob_key(dest);
         failpoint::hit(failpoint::BEFORE_RENAME)
             .map_err(StorageError::io("moving an upload into place"))?;
-        // Sealing is deterministic per digest: a blob already there is the same bytes.
-        if self.client().head_object(&dest).await? != Some(size) {
-            self.assemble(&dest, &chain, size).await?;
-        }
+        // Always written: sealed forms of one blob differ (fresh nonces), and the caller
+        // places only the form sealed under the key the metadata store records.
+        self.assemble(&dest, &chain, size).await?;
         if let Err(e) = self.delete_keys(listed.into_iter().map(|o| o.key)).await {
             tracing::warn!(upload = id, error = %e, "finished upload left objects behind; the stale-upload sweep removes them");
         }
         Ok(())
+    }
+
+    /// The stored bytes of an upload from `start`, at most `max`: `start` is where an
+    /// append began, so an object of its own starts there.
+    pub(crate) async fn read_upload_at(&self, id: &str, start: u64, max: u64) -> Result<Vec<u8>> {
+        let dir = self.upload_dir(id)?;
+        let key = format!("{dir}{start:020}");
+        let resp = self
+            .client()
+            .get_object(&key, Some((0, max.saturating_sub(1))))
+            .await?
+            .ok_or_else(|| StorageError::UploadUnknown(id.to_owned()))?;
+        let mut out = Vec::new();
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| StorageError::S3Request {
+                op: "GetObject",
+                source: Box::new(e),
+            })?;
+            out.extend_from_slice(&chunk);
+        }
+        out.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+        Ok(out)
     }
 
     /// The first `size` bytes of an upload, as stored, object after object.

@@ -245,3 +245,101 @@ fn migrate_storage_from_the_embedded_default_to_s3_and_postgres() {
     );
     assert_eq!(history.lines().count(), 3, "{history}");
 }
+
+/// With encryption on: a skopeo push and pull compare digests; `berth migrate-storage`
+/// copies the sealed blobs into a bucket in their stored form (checked by opening them on
+/// the way), no object in the bucket holds any of the image's plaintext, and a server over
+/// the same metadata on the bucket serves the image to skopeo.
+#[test]
+fn migrate_storage_of_sealed_blobs_from_fs_to_s3() {
+    let work = tempdir();
+    let data = work.path().join("data");
+    let launch = crate::harness::Launch {
+        data_dir: Some(data.clone()),
+        ..Default::default()
+    };
+    let encryption = "[encryption]\nactive = \"e2e\"\n[[encryption.key]]\nid = \"e2e\"\nenv = \"BERTH_KEK_E2E\"\n";
+    let kek = ("BERTH_KEK_E2E", "5e".repeat(32));
+    let env = [(kek.0, kek.1.as_str())];
+    let berth = Berth::start_launched(encryption, &env, launch.clone());
+    let big = crate::harness::noise(3 << 20);
+    let (src, digest) = push_new_image(
+        &berth,
+        work.path(),
+        &[
+            ("f", unique("sealed, then migrated").into_bytes()),
+            ("big", big),
+        ],
+        "e2e/sealed:v1",
+    );
+    let pulled = Layout::at(work.path().join("pulled"));
+    skopeo_copy(&[], &berth.docker("e2e/sealed:v1"), &pulled.oci("v1"));
+    assert_same_image_blobs(&src, &pulled, &digest);
+
+    let prefix = unique_prefix("e2e-sealed");
+    let target = work.path().join("target.toml");
+    std::fs::write(&target, s3_storage_toml(&prefix, encryption)).expect("target config");
+    let out = run_stdout(
+        berth
+            .cli()
+            .envs(S3_ENV.iter().copied())
+            .arg("migrate-storage")
+            .arg("--to")
+            .arg(&target),
+    );
+    let blobs = src.image_blobs(&digest);
+    assert!(
+        out.starts_with(&format!("copied {} blobs", blobs.len())),
+        "{out}"
+    );
+    assert!(out.contains(" 0 failed"), "{out}");
+    // Stored sealed: 28 bytes more per 64 KiB segment, and none of the plaintext.
+    let objects = bucket_objects(&prefix, "blobs/");
+    assert_eq!(objects.len(), blobs.len(), "{objects:?}");
+    let config = berth_testkit::s3_config(&prefix);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stored: Vec<Vec<u8>> = rt.block_on(async {
+        let store = berth_storage::S3Store::new(config).await.expect("open S3");
+        let mut out = Vec::new();
+        for (key, _) in &objects {
+            out.push(
+                store
+                    .get_raw(key)
+                    .await
+                    .expect("get")
+                    .expect("object")
+                    .to_vec(),
+            );
+        }
+        out
+    });
+    for blob in &blobs {
+        let plain = src.blob(blob);
+        let segments = (plain.len() as u64).div_ceil(65536).max(1);
+        let hex = blob.strip_prefix("sha256:").expect("sha256");
+        let key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
+        assert!(
+            objects.contains(&(key.clone(), plain.len() as u64 + 28 * segments)),
+            "{key} not stored sealed: {objects:?}"
+        );
+        let marker = &plain[plain.len() / 2..(plain.len() / 2 + 48).min(plain.len())];
+        for s in &stored {
+            assert!(
+                marker.len() < 16 || !s.windows(marker.len()).any(|w| w == marker),
+                "plaintext of {blob} in the bucket"
+            );
+        }
+    }
+
+    drop(berth);
+    std::fs::remove_dir_all(data.join("blobs")).expect("remove the old blobs");
+    let mut env = S3_ENV.to_vec();
+    env.push((kek.0, kek.1.as_str()));
+    let moved = Berth::start_launched(&s3_storage_toml(&prefix, encryption), &env, launch);
+    let back = Layout::at(work.path().join("back"));
+    skopeo_copy(&[], &moved.docker("e2e/sealed:v1"), &back.oci("v1"));
+    assert_same_image_blobs(&src, &back, &digest);
+}
