@@ -35,3 +35,40 @@ impl MetaStore {
         Ok(out)
     }
 }
+
+impl MetaStore {
+    /// Every stored p2p key: name, secret (sealed when `sealed_by` is set) and the
+    /// key-encryption key sealing it, for `berth keys status`, `rewrap` and `retire`.
+    pub async fn p2p_keys(&self) -> Result<Vec<(String, Vec<u8>, Option<String>)>> {
+        sqlx::query("SELECT name, secret, sealed_by FROM p2p_keys ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// Replaces the sealed p2p key `name` only if it is still `old` under `old_sealed_by`
+    /// (a replica or another `rewrap` may have changed it since it was read).
+    pub async fn reseal_p2p_key(
+        &self,
+        name: &str,
+        old: &[u8],
+        old_sealed_by: &str,
+        new: &[u8],
+        sealed_by: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE p2p_keys SET secret = $1, sealed_by = $2 WHERE name = $3 AND secret = $4 \
+             AND sealed_by = $5",
+        )
+        .bind(new.to_vec())
+        .bind(sealed_by)
+        .bind(name)
+        .bind(old.to_vec())
+        .bind(old_sealed_by)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

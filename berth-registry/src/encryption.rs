@@ -139,7 +139,7 @@ impl Registry {
     }
 
     /// What each key-encryption key seals: blobs' data keys and stored secrets (token
-    /// signing keys), by key id.
+    /// signing keys, webhook secrets, node-local sharing's keys), by key id.
     pub async fn key_uses(&self) -> Result<Vec<KeyUse>> {
         let mut out: std::collections::BTreeMap<String, KeyUse> = Default::default();
         for u in self.meta.key_uses().await? {
@@ -151,6 +151,13 @@ impl Registry {
             out.entry(id.clone())
                 .or_insert_with(|| KeyUse::new(&id))
                 .secrets += n;
+        }
+        for (_, _, sealed_by) in self.meta.p2p_keys().await? {
+            if let Some(id) = sealed_by {
+                out.entry(id.clone())
+                    .or_insert_with(|| KeyUse::new(&id))
+                    .secrets += 1;
+            }
         }
         for (_, _, spec) in self.meta.webhooks().await? {
             if let Some(id) = sealed_webhook_key(&spec) {
@@ -549,7 +556,37 @@ impl Registry {
             progress(seen, total.max(seen));
         }
         self.rewrap_webhook_secrets(ring, &mut summary).await?;
+        self.rewrap_p2p_keys(ring, &mut summary).await?;
         Ok(summary)
+    }
+
+    /// Re-wraps node-local sharing's stored keys (ticket and CA keys) with the active key,
+    /// so retiring the old key cannot strand them.
+    async fn rewrap_p2p_keys(&self, ring: &Keyring, summary: &mut RewrapSummary) -> Result<()> {
+        let active = ring.active_id().to_owned();
+        for (name, secret, sealed_by) in self.meta.p2p_keys().await? {
+            // Stored in the clear (encryption was off when the first replica made it):
+            // left as it is; the keys are sealed when made under a keyring.
+            let Some(by) = sealed_by else { continue };
+            if by == active {
+                continue;
+            }
+            match ring.rewrap(&by, &crate::p2p::key_context(&name), &secret) {
+                Ok((id, wrapped)) => {
+                    if self
+                        .meta
+                        .reseal_p2p_key(&name, &secret, &by, &wrapped, &id)
+                        .await?
+                    {
+                        summary.rewrapped += 1;
+                    }
+                }
+                Err(e) => summary
+                    .failed
+                    .push((format!("p2p {name} key"), e.to_string())),
+            }
+        }
+        Ok(())
     }
 
     /// Re-wraps the sealed secrets of webhooks set through the API with the active key, and

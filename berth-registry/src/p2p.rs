@@ -215,7 +215,7 @@ fn same_secret(a: &str, b: &str) -> bool {
 }
 
 /// What a stored p2p key's seal is bound to, so a sealed key cannot pass for another.
-fn key_context(name: &str) -> Vec<u8> {
+pub(crate) fn key_context(name: &str) -> Vec<u8> {
     let mut c = b"berth-p2p-key\0".to_vec();
     c.extend_from_slice(name.as_bytes());
     c

@@ -1050,6 +1050,47 @@ async fn with_encryption_on_the_stored_keys_are_sealed() {
         .expect("test");
     assert_eq!(ca_by.as_deref(), Some("k1"));
     assert!(ring.unwrap("k1", b"berth-p2p-key\0ca", &ca).is_ok());
+
+    // Rotation: the old key cannot be retired while it seals the p2p keys, `rewrap` moves
+    // them, then it can, and the keys still open under the new one.
+    let ring2 = Arc::new(
+        berth_storage::seal::Keyring::new(
+            vec![("k1".into(), [0x42; 32]), ("k2".into(), [0x43; 32])],
+            "k2",
+        )
+        .expect("keyring"),
+    );
+    let registry = server
+        .registry
+        .clone()
+        .with_encryption(Some(Arc::clone(&ring2)));
+    registry
+        .activate_key("k2", &berth_meta::Actor::named("test"))
+        .await
+        .expect("rotate");
+    let uses = registry.key_uses().await.expect("uses");
+    let k1 = uses.iter().find(|u| u.key_id == "k1").expect("k1 in use");
+    assert_eq!(k1.secrets, 2, "the ticket and CA keys: {uses:?}");
+    let refused = registry
+        .retire_key("k1")
+        .await
+        .expect_err("k1 still seals the keys");
+    assert!(
+        refused.to_string().contains("2 stored secrets"),
+        "{refused}"
+    );
+    let summary = registry.rewrap_keys(&mut |_, _| {}).await.expect("rewrap");
+    assert_eq!(summary.rewrapped, 2, "{summary:?}");
+    assert!(summary.failed.is_empty(), "{summary:?}");
+    for (name, secret, by) in server.meta.p2p_keys().await.expect("keys") {
+        assert_eq!(by.as_deref(), Some("k2"), "{name}");
+        let context = format!("berth-p2p-key\0{name}");
+        assert!(
+            ring2.unwrap("k2", context.as_bytes(), &secret).is_ok(),
+            "{name}"
+        );
+    }
+    registry.retire_key("k1").await.expect("k1 retires");
 }
 
 #[tokio::test]
