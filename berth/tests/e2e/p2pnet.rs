@@ -530,17 +530,26 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
             ]))
             .stdout;
             assert_refused(&out, &format!("{}'s agent", n.name));
-            // The holder's peer port gives nothing without a ticket.
-            let out = run(n.ns.exec("curl").args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} %{size_download}",
-                &format!("http://{}:5051/p2p/v1/blobs/{b}", t.nodes[0].ip),
-            ]))
-            .stdout;
-            assert_refused(&out, "node-1's peer port");
+            // The holder's peer port speaks only mutual TLS with certificates from the
+            // p2p CA: plain HTTP, and TLS without such a certificate, get no answer and
+            // no bytes.
+            for scheme in ["http", "https"] {
+                let out =
+                    n.ns.exec("curl")
+                        .args([
+                            "-s",
+                            "-k",
+                            "-o",
+                            "/dev/null",
+                            "-w",
+                            "%{http_code} %{size_download}",
+                            &format!("{scheme}://{}:5051/p2p/v1/blobs/{b}", t.nodes[0].ip),
+                        ])
+                        .output()
+                        .expect("curl");
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert_eq!(text, "000 0", "node-1's peer port over {scheme}: {text}");
+            }
         }
     }
     assert_eq!(
