@@ -113,6 +113,26 @@ pub struct Material<'a> {
 }
 
 /// A PEM annotation's certificates, at most `MAX_CHAIN_READ`.
+/// The signing certificate and the chain a signature layer carries in its annotations.
+fn certificates(
+    m: &Material<'_>,
+) -> Result<(CertificateDer<'static>, Vec<CertificateDer<'static>>), Failure> {
+    let leaf = pem_certs(m.certificate, "certificate annotation")?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Failure::Invalid("certificate annotation holds no certificate".into()))?;
+    let chain = match m.chain {
+        Some(c) => pem_certs(c, "chain annotation")?,
+        None => Vec::new(),
+    };
+    Ok((leaf, chain))
+}
+
+fn leaf_key(leaf: &EndEntityCert<'_>) -> Result<PublicKey, Failure> {
+    PublicKey::from_spki(leaf.subject_public_key_info().as_ref())
+        .map_err(|e| Failure::UnsupportedAlgorithm(format!("signing certificate key: {e}")))
+}
+
 fn pem_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, Failure> {
     let mut out = Vec::new();
     for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
@@ -147,18 +167,10 @@ pub fn verify_simple_signing(
     }
     let sig = decode_b64(signature)
         .ok_or_else(|| Failure::Invalid("signature annotation is not base64".into()))?;
-    let leaf_der = pem_certs(m.certificate, "certificate annotation")?
-        .into_iter()
-        .next()
-        .ok_or_else(|| Failure::Invalid("certificate annotation holds no certificate".into()))?;
-    let chain = match m.chain {
-        Some(c) => pem_certs(c, "chain annotation")?,
-        None => Vec::new(),
-    };
+    let (leaf_der, chain) = certificates(m)?;
     let leaf = EndEntityCert::try_from(&leaf_der)
         .map_err(|e| Failure::Invalid(format!("signing certificate: {e:?}")))?;
-    let key = PublicKey::from_spki(leaf.subject_public_key_info().as_ref())
-        .map_err(|e| Failure::UnsupportedAlgorithm(format!("signing certificate key: {e}")))?;
+    let key = leaf_key(&leaf)?;
     if !key.verify_cosign(payload, &sig) {
         return Err(Failure::Tampered(
             "the signature does not verify with its certificate's key".into(),
@@ -225,18 +237,10 @@ pub fn verify_dsse(
             env.signatures.len()
         )));
     }
-    let leaf_der = pem_certs(m.certificate, "certificate annotation")?
-        .into_iter()
-        .next()
-        .ok_or_else(|| Failure::Invalid("certificate annotation holds no certificate".into()))?;
-    let chain = match m.chain {
-        Some(c) => pem_certs(c, "chain annotation")?,
-        None => Vec::new(),
-    };
+    let (leaf_der, chain) = certificates(m)?;
     let leaf = EndEntityCert::try_from(&leaf_der)
         .map_err(|e| Failure::Invalid(format!("signing certificate: {e:?}")))?;
-    let key = PublicKey::from_spki(leaf.subject_public_key_info().as_ref())
-        .map_err(|e| Failure::UnsupportedAlgorithm(format!("signing certificate key: {e}")))?;
+    let key = leaf_key(&leaf)?;
     let message = crate::cosign::pae(&env.payload_type, &payload);
     let sig = env
         .signatures
