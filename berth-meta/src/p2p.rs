@@ -73,6 +73,20 @@ impl MetaStore {
     }
 }
 
+/// The first key of the advisory locks serialising announcements of one blob (the second
+/// is the digest's [`lock_key`]); the migration lock uses the one-key form.
+const ANNOUNCE_LOCK_CLASS: i32 = 0x5032_5031;
+
+/// A key for `digest` that every replica computes alike (FNV-1a, folded to 32 bits).
+fn lock_key(digest: &str) -> i32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in digest.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    ((h >> 32) ^ h) as u32 as i32
+}
+
 /// A manifest pull of a node, as its agent learns it: the blobs its node may now fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct P2pGrant {
@@ -302,6 +316,16 @@ impl MetaStore {
         max: usize,
     ) -> Result<Vec<P2pHolder>> {
         let mut tx = self.write().await?;
+        if self.backend == crate::Backend::Postgres {
+            // Announcements of one blob one at a time, across replicas: otherwise two
+            // nodes announcing at once both read before either wrote, both find no holder
+            // and both fetch from the registry. (SQLite's `BEGIN IMMEDIATE` serialises.)
+            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                .bind(ANNOUNCE_LOCK_CLASS)
+                .bind(lock_key(digest))
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query("DELETE FROM p2p_holders WHERE digest = $1 AND expires_at <= $2")
             .bind(digest)
             .bind(now)
