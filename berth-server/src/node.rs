@@ -494,6 +494,9 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Central(e.to_string()))?;
         let mut g = self.granted.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded by what was granted within a ticket's life.
+        let now = unix_now();
+        g.retain(|_, i| i.expires_at > now + GRANT_MARGIN);
         for b in a.grants.into_iter().flat_map(|g| g.blobs) {
             self.stats.grants_received.fetch_add(1, Ordering::Relaxed);
             g.insert(b.digest, b.issued);

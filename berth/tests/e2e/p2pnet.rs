@@ -816,9 +816,10 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
          for after the replicas were gone",
         after - at_kill
     );
+    // Typically 4 to 6 of the 15; one suffices: its ticket can only come from a grant.
     assert!(
-        asked_after >= 3,
-        "{asked_after} blobs asked for without the central Berth: nothing proved"
+        asked_after >= 1,
+        "no blob was asked for without the central Berth: nothing proved"
     );
     drop(t);
 }
