@@ -128,6 +128,8 @@ pub struct P2p {
     /// Wakes this replica's waiting grants requests when it records a pull (other
     /// replicas' are seen at the next poll of the store).
     granted: tokio::sync::Notify,
+    /// Set when the server shuts down: waiting grants requests are answered at once.
+    closing: std::sync::atomic::AtomicBool,
     pub stats: P2pStats,
 }
 
@@ -341,6 +343,7 @@ impl P2p {
             purged: Mutex::new(None),
             pull_rows: AtomicU64::new(0),
             granted: tokio::sync::Notify::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
             stats: P2pStats::default(),
         })
     }
@@ -392,6 +395,15 @@ impl Registry {
 
     pub fn p2p(&self) -> Option<&Arc<P2p>> {
         self.p2p.as_ref()
+    }
+
+    /// The server is shutting down: grants requests stop waiting (answered empty), so
+    /// they do not hold up the drain of in-flight requests.
+    pub fn p2p_close(&self) {
+        if let Some(p) = &self.p2p {
+            p.closing.store(true, Ordering::Relaxed);
+            p.granted.notify_waiters();
+        }
     }
 
     fn p2p_on(&self) -> Result<&Arc<P2p>> {
@@ -683,7 +695,7 @@ impl Registry {
                 break rows;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || p.closing.load(Ordering::Relaxed) {
                 return Ok(Grants {
                     cursor: after,
                     grants: Vec::new(),

@@ -510,11 +510,15 @@ impl Agent {
         let mut cursor = 0;
         let mut pause = Duration::from_secs(1);
         loop {
+            let asked = Instant::now();
             let r = tokio::select! {
                 r = self.poll_grants(cursor, Duration::from_secs(20)) => r,
                 _ = stopped.changed() => return,
             };
             match r {
+                // A replica shutting down answers at once with nothing: ask again after
+                // a pause rather than at once.
+                Ok(c) if c == cursor && asked.elapsed() < Duration::from_secs(1) => {}
                 Ok(c) => {
                     cursor = c;
                     pause = Duration::from_secs(1);

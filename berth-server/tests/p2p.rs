@@ -1421,3 +1421,18 @@ async fn with_the_central_berth_gone_after_the_manifest_the_layer_comes_from_a_p
     );
     assert_eq!(stat(&late, |s| &s.bytes_from_central), 0);
 }
+
+#[tokio::test]
+async fn stopping_a_replica_does_not_wait_for_agents_grants_requests() {
+    let mut c = central(vec![]).await;
+    let _n = node(&c, 2, &[], Duration::from_secs(10)).await;
+    // The agent's grants request (20 s) is in flight; the drain's grace is 30 s.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    c.server.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the shutdown waited {:?} for a grants request",
+        started.elapsed()
+    );
+}
