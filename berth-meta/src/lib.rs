@@ -42,6 +42,7 @@ pub use jobs::{
 };
 pub use maintenance::MaintenanceRun;
 pub use notify::Invalidation;
+pub use p2p::{P2pGrant, P2pHolder};
 pub use quota::{QuotaExceeded, Reservation, Usage};
 pub use sessions::{TagRow, UiSession};
 pub use tags::{SetTag, TagChange, TagEvent, TagGuard};
@@ -378,6 +379,7 @@ const SQLITE_SCHEMA: &[&str] = &[
     include_str!("../migrations/sqlite/0017_encryption.sql"),
     include_str!("../migrations/sqlite/0018_web_interface.sql"),
     include_str!("../migrations/sqlite/0019_p2p.sql"),
+    include_str!("../migrations/sqlite/0020_p2p_state.sql"),
 ];
 const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0001_core.sql"),
@@ -399,6 +401,7 @@ const POSTGRES_SCHEMA: &[&str] = &[
     include_str!("../migrations/postgres/0017_encryption.sql"),
     include_str!("../migrations/postgres/0018_web_interface.sql"),
     include_str!("../migrations/postgres/0019_p2p.sql"),
+    include_str!("../migrations/postgres/0020_p2p_state.sql"),
 ];
 
 fn to_u64(v: i64) -> u64 {

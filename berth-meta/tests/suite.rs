@@ -1347,7 +1347,7 @@ async fn reserved_users_are_renamed_and_disabled_by_the_migration(db: Db) {
         .expect("rewind the schema version");
     drop(conn);
     let s = MetaStore::connect(&db.url).await.expect("migrates");
-    assert_eq!(s.schema_version().await.expect("version"), (19, 19));
+    assert_eq!(s.schema_version().await.expect("version"), (20, 20));
     assert_eq!(s.user("anonymous").await.expect("get"), None);
     assert_eq!(s.user("cli").await.expect("get"), None);
     let users = s.users().await.expect("users");
@@ -1682,6 +1682,122 @@ async fn quota_counts_manifests_and_open_uploads(db: Db) {
     ));
 }
 
+async fn p2p_state_is_shared_ordered_and_expires(db: Db) {
+    let s = db.store.clone();
+    let d = |i: u32| format!("sha256:{i:064x}");
+    s.p2p_enroll_node("10.0.0.2", "node-2", 5051, 2000)
+        .await
+        .expect("enroll");
+    assert_eq!(
+        s.p2p_node("10.0.0.2", 1000).await.expect("node"),
+        Some(("node-2".to_owned(), 5051))
+    );
+    assert_eq!(s.p2p_node("10.0.0.2", 2000).await.expect("node"), None);
+    // Two manifests pulled; pulling the first again moves its grant past the second.
+    s.p2p_record_pull("10.0.0.2", &d(100), "a/app", &[d(1), d(2)], 1500)
+        .await
+        .expect("pull");
+    s.p2p_record_pull("10.0.0.2", &d(101), "a/other", &[d(2), d(3)], 1600)
+        .await
+        .expect("pull");
+    s.p2p_record_pull("10.0.0.2", &d(100), "a/app", &[d(1), d(2)], 1700)
+        .await
+        .expect("pull");
+    let g = s.p2p_grants("10.0.0.2", 0, 1000).await.expect("grants");
+    let manifests: Vec<&str> = g.iter().map(|g| g.manifest.as_str()).collect();
+    assert_eq!(manifests, [d(101).as_str(), d(100).as_str()]);
+    assert_eq!(g[1].blobs, [d(1), d(2)]);
+    assert!(
+        s.p2p_grants("10.0.0.2", g[1].id, 1000)
+            .await
+            .expect("grants")
+            .is_empty()
+    );
+    assert!(
+        s.p2p_grants("10.0.0.3", 0, 1000)
+            .await
+            .expect("grants")
+            .is_empty()
+    );
+    assert_eq!(
+        s.p2p_pull("10.0.0.2", &d(2), 1000).await.expect("pull"),
+        Some("a/app".to_owned())
+    );
+    assert_eq!(
+        s.p2p_pull("10.0.0.2", &d(3), 1650).await.expect("pull"),
+        None
+    );
+    assert_eq!(
+        s.p2p_pull("10.0.0.3", &d(1), 1000).await.expect("pull"),
+        None
+    );
+
+    // Eight nodes announcing one blob at once are ordered: each is told of those before
+    // it, so exactly one fetches from the registry.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        let digest = d(1);
+        tasks.push(tokio::spawn(async move {
+            s.p2p_announce(
+                &digest,
+                &format!("node-{i}"),
+                &format!("10.0.1.{i}"),
+                &format!("10.0.1.{i}:5051"),
+                i64::from(i),
+                1500,
+                1000,
+                256,
+            )
+            .await
+            .expect("announce")
+            .len()
+        }));
+    }
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.expect("task"));
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..8).collect::<Vec<_>>());
+    // Past the cap, the oldest holder goes.
+    s.p2p_enroll_node("10.0.1.9", "node-9", 5051, 2000)
+        .await
+        .expect("enroll");
+    let earlier = s
+        .p2p_announce(
+            &d(1),
+            "node-9",
+            "10.0.1.9",
+            "10.0.1.9:5051",
+            99,
+            1500,
+            1000,
+            8,
+        )
+        .await
+        .expect("announce");
+    assert_eq!(earlier.len(), 7);
+    assert_eq!(s.p2p_holders(Some(&d(1)), 1000).await.expect("h").len(), 8);
+    // Enrolling another name at a holder's address forgets what it announced.
+    s.p2p_enroll_node("10.0.1.9", "renamed", 5051, 2000)
+        .await
+        .expect("enroll");
+    assert_eq!(s.p2p_holders(Some(&d(1)), 1000).await.expect("h").len(), 7);
+
+    // Expired rows are purged, the others kept.
+    assert_eq!(s.p2p_pull_rows().await.expect("rows"), 3);
+    let purged = s.p2p_purge(1550).await.expect("purge");
+    assert_eq!(purged, 7, "7 holders");
+    assert_eq!(s.p2p_pull_rows().await.expect("rows"), 3);
+    s.p2p_purge(1650).await.expect("purge");
+    assert_eq!(s.p2p_pull_count(0).await.expect("rows"), 2);
+    assert_eq!(s.p2p_grants("10.0.0.2", 0, 0).await.expect("g").len(), 1);
+    s.p2p_purge(2000).await.expect("purge");
+    assert_eq!(s.p2p_pull_rows().await.expect("rows"), 0);
+    assert!(s.p2p_nodes(0).await.expect("nodes").is_empty());
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1727,6 +1843,7 @@ suite!(
     advisories_import_atomically_and_findings_follow_generations,
     distinct_packages_follow_catalog_writes_and_pruning,
     concurrent_writers_of_one_catalog_count_it_once,
+    p2p_state_is_shared_ordered_and_expires,
 );
 
 /// Four replicas (or `berth migrate` init containers) starting at once on one database:

@@ -8,14 +8,15 @@
 //! Berth or from a peer (peers check tickets offline, `berth_auth::ticket`).
 //!
 //! Agents are certified at enrollment for agent-to-agent TLS by the p2p CA. The ticket and
-//! CA keys are shared by every replica through the metadata store ([`P2p::open`]); the
-//! state (enrolled nodes, authorized pulls, the tracker, piece hashes) lives in this
-//! replica's memory: with several replicas, an agent and the kubelet of its node must
-//! reach the same replica (session affinity by client address), or tickets are refused
-//! and containerd falls back to the central Berth.
+//! CA keys are shared by every replica through the metadata store ([`P2p::open`]), and so
+//! is the state (enrolled nodes, authorized pulls and the grants agents learn them from,
+//! the tracker's holders), each row with its expiry: any replica answers any agent, and a
+//! node's kubelet and agent may reach different ones. Only the piece hashes are this
+//! replica's cache (they are recomputed from the blob when missing).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,9 +33,16 @@ use crate::{BlobRead, Registry, RegistryError, Result};
 /// Every blob is hashed in pieces of this size (the last one shorter), so a peer that
 /// sends bad bytes is caught at the piece, not at the end of a 2 GB layer.
 pub const PIECE_SIZE: u64 = 4 << 20;
-/// Authorized pulls remembered at most; past it, the oldest expired ones go first and a
+/// Authorized pulls remembered at most (rows of the shared table, counted by each replica
+/// at its last purge plus what it added since); past it, expired ones are purged and a
 /// pull that finds no room is not shared (its node pulls from the central Berth).
-const MAX_PULLS: usize = 1_000_000;
+const MAX_PULLS: u64 = 1_000_000;
+/// How often a replica purges expired sharing state and recounts the pulls.
+const PURGE_EVERY: Duration = Duration::from_secs(30);
+/// The longest an agent's grants request waits for a new grant.
+pub const MAX_GRANTS_WAIT: Duration = Duration::from_secs(30);
+/// Grants answered at most at once (the agent asks again from the cursor).
+const GRANTS_PER_ANSWER: usize = 16;
 /// Blobs whose piece hashes are kept.
 const MAX_PIECE_LISTS: usize = 4096;
 /// Holders remembered per blob.
@@ -81,27 +89,10 @@ impl Default for P2pSettings {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Node {
-    name: String,
-    port: u16,
-}
-
-#[derive(Debug, Clone)]
-struct Holder {
-    node: String,
-    addr: SocketAddr,
-    at: Instant,
-}
-
+/// This replica's own state: piece hashes only (recomputable; the rest is the metadata
+/// store's, shared by every replica).
 #[derive(Default)]
 struct State {
-    /// Enrolled agents by node address.
-    nodes: HashMap<IpAddr, Node>,
-    /// (node address, blob digest) → the repository it was pulled through, and until when.
-    pulls: HashMap<(IpAddr, String), (RepoName, Instant)>,
-    /// Blob digest → nodes that announced it.
-    holders: HashMap<String, Vec<Holder>>,
     pieces: HashMap<String, Arc<Pieces>>,
 }
 
@@ -118,6 +109,8 @@ pub struct P2pStats {
     pub announces_refused: AtomicU64,
     pub credentials_refused: AtomicU64,
     pub bytes_to_agents: AtomicU64,
+    pub grants_answered: AtomicU64,
+    pub state_errors: AtomicU64,
 }
 
 pub struct P2p {
@@ -128,6 +121,15 @@ pub struct P2p {
     ca_der: Vec<u8>,
     rng: ring::rand::SystemRandom,
     state: Mutex<State>,
+    /// When this replica last purged expired state, and the pulls table's rows then plus
+    /// those it recorded since (what [`MAX_PULLS`] bounds).
+    purged: Mutex<Option<Instant>>,
+    pull_rows: AtomicU64,
+    /// Wakes this replica's waiting grants requests when it records a pull (other
+    /// replicas' are seen at the next poll of the store).
+    granted: tokio::sync::Notify,
+    /// Set when the server shuts down: waiting grants requests are answered at once.
+    closing: std::sync::atomic::AtomicBool,
     pub stats: P2pStats,
 }
 
@@ -172,12 +174,38 @@ pub struct Peer {
     pub addr: SocketAddr,
 }
 
+/// A blob an agent may fetch, learned when its node's manifest pull was recorded: the
+/// ticket, the pieces, and the holders known then (so the transfer can finish from peers
+/// when the central Berth is gone).
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantedBlob {
+    pub digest: String,
+    #[serde(flatten)]
+    pub issued: Issued,
+    pub peers: Vec<Peer>,
+}
+
+/// A manifest pull of the agent's node, with a ticket for each of its blobs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Grant {
+    pub id: i64,
+    pub manifest: String,
+    pub blobs: Vec<GrantedBlob>,
+}
+
+/// The answer to an agent's grants request: resume from `cursor`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Grants {
+    pub cursor: i64,
+    pub grants: Vec<Grant>,
+}
+
 /// The tracker's view, for `berth p2p status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub nodes: Vec<Peer>,
     pub blobs: Vec<BlobHolders>,
-    pub authorized_pulls: usize,
+    pub authorized_pulls: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -312,6 +340,10 @@ impl P2p {
             ca_der,
             rng,
             state: Mutex::default(),
+            purged: Mutex::new(None),
+            pull_rows: AtomicU64::new(0),
+            granted: tokio::sync::Notify::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
             stats: P2pStats::default(),
         })
     }
@@ -337,26 +369,21 @@ impl P2p {
         !self.settings.off.iter().any(|o| o == repo || o == tenant)
     }
 
-    /// The node an agent's credential names, checked against the address it comes from.
-    fn node_of(&self, credential: &str, from: IpAddr) -> Result<NodeClaims> {
-        let c =
-            ticket::verify_node(self.public_key(), credential, from, unix_now()).map_err(|e| {
-                bump(&self.stats.credentials_refused);
-                RegistryError::Unauthorized(format!("node credential refused: {e}"))
-            })?;
-        let enrolled = self
-            .state()
-            .nodes
-            .get(&from.to_canonical())
-            .is_some_and(|n| n.name == c.node);
-        if !enrolled {
-            bump(&self.stats.credentials_refused);
-            return Err(RegistryError::Unauthorized(
-                "node credential refused: not enrolled at this address (enroll again)".into(),
-            ));
-        }
-        Ok(c)
+    /// A failure of the metadata store on the sharing path: counted, and the request
+    /// refused as unavailable (containerd falls back on the registry).
+    fn store_failed(&self, e: berth_meta::MetaError) -> RegistryError {
+        bump(&self.stats.state_errors);
+        tracing::warn!(error = %e, "node-local sharing: metadata store");
+        RegistryError::from(e)
     }
+}
+
+fn addr_key(a: IpAddr) -> String {
+    a.to_canonical().to_string()
+}
+
+fn secs(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
 }
 
 impl Registry {
@@ -370,17 +397,87 @@ impl Registry {
         self.p2p.as_ref()
     }
 
+    /// The server is shutting down: grants requests stop waiting (answered empty), so
+    /// they do not hold up the drain of in-flight requests.
+    pub fn p2p_close(&self) {
+        if let Some(p) = &self.p2p {
+            p.closing.store(true, Ordering::Relaxed);
+            p.granted.notify_waiters();
+        }
+    }
+
     fn p2p_on(&self) -> Result<&Arc<P2p>> {
         self.p2p
             .as_ref()
             .ok_or_else(|| RegistryError::NotFound("node-local sharing is off".into()))
     }
 
+    /// The node an agent's credential names, checked against the address it comes from
+    /// and against the enrollment every replica sees; with its peer port.
+    async fn p2p_node_of(
+        &self,
+        p: &P2p,
+        credential: &str,
+        from: IpAddr,
+    ) -> Result<(NodeClaims, u16)> {
+        let c = ticket::verify_node(p.public_key(), credential, from, unix_now()).map_err(|e| {
+            bump(&p.stats.credentials_refused);
+            RegistryError::Unauthorized(format!("node credential refused: {e}"))
+        })?;
+        let enrolled = self
+            .meta
+            .p2p_node(&addr_key(from), secs(unix_now()))
+            .await
+            .map_err(|e| p.store_failed(e))?;
+        match enrolled {
+            Some((name, port)) if name == c.node => Ok((c, port)),
+            _ => {
+                bump(&p.stats.credentials_refused);
+                Err(RegistryError::Unauthorized(
+                    "node credential refused: not enrolled at this address (enroll again)".into(),
+                ))
+            }
+        }
+    }
+
+    /// Purges expired sharing state and recounts the pulls, at most every
+    /// [`PURGE_EVERY`] on this replica (every replica does, so one that stops leaves no
+    /// growth behind); with `urgent` (the pulls look full) at most every second.
+    async fn p2p_maintain(&self, p: &P2p, urgent: bool) {
+        {
+            let mut at = p.purged.lock().unwrap_or_else(|x| x.into_inner());
+            let every = if urgent {
+                Duration::from_secs(1)
+            } else {
+                PURGE_EVERY
+            };
+            if at.is_some_and(|t| t.elapsed() < every) {
+                return;
+            }
+            *at = Some(Instant::now());
+        }
+        let now = secs(unix_now());
+        match self.meta.p2p_purge(now).await {
+            Ok(n) if n > 0 => tracing::debug!(rows = n, "p2p: expired state purged"),
+            Ok(_) => {}
+            Err(e) => {
+                p.store_failed(e);
+                return;
+            }
+        }
+        match self.meta.p2p_pull_rows().await {
+            Ok(n) => p.pull_rows.store(n, Ordering::Relaxed),
+            Err(e) => {
+                p.store_failed(e);
+            }
+        }
+    }
+
     /// An agent enrolls with the bootstrap token: it is the node at the address it
     /// comes from (so it cannot claim another node's pulls), listening for peers on
     /// `port`, over TLS with a certificate for `tls_public_key` (an uncompressed P-256
     /// point whose private half never leaves the node) that names that address.
-    pub fn p2p_enroll(
+    pub async fn p2p_enroll(
         &self,
         token: &str,
         node: &str,
@@ -421,22 +518,13 @@ impl Registry {
             addr,
             exp: expires_at,
         });
-        {
-            let mut st = p.state();
-            let old = st.nodes.insert(
-                addr,
-                Node {
-                    name: node.to_owned(),
-                    port,
-                },
-            );
-            // Another name at this address: what it held was announced by another agent.
-            if old.is_some_and(|o| o.name != node) {
-                for hs in st.holders.values_mut() {
-                    hs.retain(|h| h.addr.ip() != addr);
-                }
-            }
-        }
+        // Another name at this address: what it held was announced by another agent, and
+        // the store forgets it.
+        self.meta
+            .p2p_enroll_node(&addr_key(addr), node, port, secs(expires_at))
+            .await
+            .map_err(|e| p.store_failed(e))?;
+        self.p2p_maintain(p, false).await;
         bump(&p.stats.enrolled);
         tracing::info!(node, %addr, port, "p2p agent enrolled");
         Ok(Enrollment {
@@ -451,47 +539,88 @@ impl Registry {
     }
 
     /// Called after a manifest was served, with every check passed, to `from`: if that
-    /// is an enrolled node, its agent may fetch the manifest's blobs for `pull_ttl`.
-    pub fn p2p_note_pull(&self, from: IpAddr, repo: &RepoName, content: &[u8], media_type: &str) {
+    /// is an enrolled node, its agent may fetch the manifest's blobs for `pull_ttl`, on
+    /// any replica, and learns so through a grant. A store failure only loses the sharing
+    /// (the node pulls centrally); the manifest is served all the same.
+    pub async fn p2p_note_pull(
+        &self,
+        from: IpAddr,
+        repo: &RepoName,
+        manifest: &Digest,
+        content: &[u8],
+        media_type: &str,
+    ) {
         let Some(p) = &self.p2p else { return };
-        let from = from.to_canonical();
-        if !p.state().nodes.contains_key(&from) || !p.shared(repo.as_str()) {
+        if !p.shared(repo.as_str()) {
             return;
+        }
+        let addr = addr_key(from);
+        match self.meta.p2p_node(&addr, secs(unix_now())).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                p.store_failed(e);
+                return;
+            }
         }
         let Ok(m) = berth_oci::manifest::parse_manifest(content, Some(media_type)) else {
             return;
         };
-        let until = Instant::now() + p.settings.pull_ttl;
-        let digests = m
+        let digests: Vec<String> = m
             .config
             .iter()
             .chain(&m.layers)
             .chain(&m.manifests)
-            .map(|d| d.digest.clone());
-        let mut st = p.state();
-        if st.pulls.len() >= MAX_PULLS {
-            let now = Instant::now();
-            st.pulls.retain(|_, (_, t)| *t > now);
-        }
-        for d in digests {
-            if st.pulls.len() >= MAX_PULLS {
-                bump(&p.stats.pulls_dropped);
-                continue;
+            .map(|d| d.digest.to_string())
+            .collect();
+        let n = digests.len() as u64;
+        self.p2p_maintain(p, false).await;
+        if p.pull_rows.load(Ordering::Relaxed) + n > MAX_PULLS {
+            self.p2p_maintain(p, true).await;
+            if p.pull_rows.load(Ordering::Relaxed) + n > MAX_PULLS {
+                p.stats.pulls_dropped.fetch_add(n, Ordering::Relaxed);
+                return;
             }
-            st.pulls.insert((from, d), (repo.clone(), until));
-            bump(&p.stats.pulls_recorded);
+        }
+        let until = unix_now() + p.settings.pull_ttl.as_secs();
+        match self
+            .meta
+            .p2p_record_pull(
+                &addr,
+                manifest.as_str(),
+                repo.as_str(),
+                &digests,
+                secs(until),
+            )
+            .await
+        {
+            Ok(()) => {
+                p.pull_rows.fetch_add(n, Ordering::Relaxed);
+                p.stats.pulls_recorded.fetch_add(n, Ordering::Relaxed);
+                p.granted.notify_waiters();
+            }
+            Err(e) => {
+                p.store_failed(e);
+                p.stats.pulls_dropped.fetch_add(n, Ordering::Relaxed);
+            }
         }
     }
 
     /// The repository through which node `from` may fetch `digest`, if it may.
-    fn p2p_authorized(&self, p: &P2p, from: IpAddr, digest: &str) -> Option<RepoName> {
-        let st = p.state();
-        match st.pulls.get(&(from.to_canonical(), digest.to_owned())) {
-            Some((repo, until)) if *until > Instant::now() && p.shared(repo.as_str()) => {
-                Some(repo.clone())
-            }
-            _ => None,
-        }
+    async fn p2p_authorized(
+        &self,
+        p: &P2p,
+        from: IpAddr,
+        digest: &str,
+    ) -> Result<Option<RepoName>> {
+        let repo = self
+            .meta
+            .p2p_pull(&addr_key(from), digest, secs(unix_now()))
+            .await
+            .map_err(|e| p.store_failed(e))?;
+        Ok(repo
+            .and_then(|r| RepoName::from_str(&r).ok())
+            .filter(|r| p.shared(r.as_str())))
     }
 
     /// A ticket for `digest` to the agent holding `credential`, with the blob's pieces:
@@ -503,18 +632,28 @@ impl Registry {
         digest: &Digest,
     ) -> Result<Issued> {
         let p = self.p2p_on()?;
-        let node = p.node_of(credential, from)?;
-        let Some(repo) = self.p2p_authorized(p, from, digest.as_str()) else {
+        let (node, _) = self.p2p_node_of(p, credential, from).await?;
+        let Some(repo) = self.p2p_authorized(p, from, digest.as_str()).await? else {
             bump(&p.stats.tickets_refused);
             return Err(RegistryError::Denied(format!(
                 "node {} has no authorized pull of a manifest naming {digest}",
                 node.node
             )));
         };
-        let pieces = self.p2p_pieces(p, &repo, digest).await?;
+        self.p2p_issue(p, &node, &repo, digest).await
+    }
+
+    async fn p2p_issue(
+        &self,
+        p: &P2p,
+        node: &NodeClaims,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Issued> {
+        let pieces = self.p2p_pieces(p, repo, digest).await?;
         let expires_at = unix_now() + p.settings.ticket_ttl.as_secs();
         let ticket = p.key.sign_ticket(&TicketClaims {
-            node: node.node,
+            node: node.node.clone(),
             addr: node.addr,
             digest: digest.to_string(),
             exp: expires_at,
@@ -525,6 +664,105 @@ impl Registry {
             expires_at,
             pieces: (*pieces).clone(),
         })
+    }
+
+    /// The grants of the asking agent's node after `after`: each manifest pull recorded
+    /// for its address (on any replica), with a ticket, the pieces and the holders known
+    /// now for every blob it names, so the agent holds its tickets before containerd asks
+    /// and the transfers can finish from peers if the central Berth goes away. Waits up
+    /// to `wait` (at most [`MAX_GRANTS_WAIT`]) for one to come; none: an empty answer
+    /// with the same cursor.
+    pub async fn p2p_grants(
+        &self,
+        credential: &str,
+        from: IpAddr,
+        after: i64,
+        wait: Duration,
+    ) -> Result<Grants> {
+        let p = self.p2p_on()?;
+        let (node, _) = self.p2p_node_of(p, credential, from).await?;
+        let addr = addr_key(from);
+        let deadline = Instant::now() + wait.min(MAX_GRANTS_WAIT);
+        let rows = loop {
+            // Registered before the store is read, so a pull recorded in between wakes it.
+            let granted = p.granted.notified();
+            let rows = self
+                .meta
+                .p2p_grants(&addr, after, secs(unix_now()))
+                .await
+                .map_err(|e| p.store_failed(e))?;
+            if !rows.is_empty() {
+                break rows;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || p.closing.load(Ordering::Relaxed) {
+                return Ok(Grants {
+                    cursor: after,
+                    grants: Vec::new(),
+                });
+            }
+            // Other replicas' pulls are seen at the next poll.
+            let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), granted).await;
+        };
+        let mut cursor = after;
+        let mut grants = Vec::new();
+        for g in rows.into_iter().take(GRANTS_PER_ANSWER) {
+            cursor = cursor.max(g.id);
+            let Ok(repo) = RepoName::from_str(&g.repo) else {
+                continue;
+            };
+            if !p.shared(repo.as_str()) {
+                continue;
+            }
+            let mut blobs = Vec::new();
+            for d in &g.blobs {
+                let Ok(digest) = Digest::from_str(d) else {
+                    continue;
+                };
+                // An index's child manifests are named too; they are no blobs and get no
+                // ticket (containerd resolves them at the registry).
+                let issued = match self.p2p_issue(p, &node, &repo, &digest).await {
+                    Ok(i) => i,
+                    Err(e) => {
+                        tracing::debug!(%digest, error = %e, "p2p: no grant for this digest");
+                        continue;
+                    }
+                };
+                let mut peers = self.p2p_holders_of(p, &node.node, d).await?;
+                peers.shuffle(&mut rand::rng());
+                peers.truncate(p.settings.peers_per_answer);
+                blobs.push(GrantedBlob {
+                    digest: d.clone(),
+                    issued,
+                    peers,
+                });
+            }
+            grants.push(Grant {
+                id: g.id,
+                manifest: g.manifest,
+                blobs,
+            });
+        }
+        bump(&p.stats.grants_answered);
+        Ok(Grants { cursor, grants })
+    }
+
+    /// The holders of `digest` not expired, but `node`.
+    async fn p2p_holders_of(&self, p: &P2p, node: &str, digest: &str) -> Result<Vec<Peer>> {
+        Ok(self
+            .meta
+            .p2p_holders(Some(digest), secs(unix_now()))
+            .await
+            .map_err(|e| p.store_failed(e))?
+            .into_iter()
+            .filter(|h| h.node != node)
+            .filter_map(|h| {
+                Some(Peer {
+                    addr: h.addr.parse().ok()?,
+                    node: h.node,
+                })
+            })
+            .collect())
     }
 
     async fn p2p_pieces(&self, p: &P2p, repo: &RepoName, digest: &Digest) -> Result<Arc<Pieces>> {
@@ -576,14 +814,14 @@ impl Registry {
     /// fetch (and poison the tracker). The answer is a few of the holders that announced
     /// before it, in random order: asking and announcing in one step orders the nodes
     /// that start at once into a tree (each fetches from earlier ones), never a cycle.
-    pub fn p2p_announce(
+    pub async fn p2p_announce(
         &self,
         credential: &str,
         from: IpAddr,
         ticket_str: &str,
     ) -> Result<Vec<Peer>> {
         let p = self.p2p_on()?;
-        let node = p.node_of(credential, from)?;
+        let (node, port) = self.p2p_node_of(p, credential, from).await?;
         let refuse = |e: TicketError| {
             bump(&p.stats.announces_refused);
             RegistryError::Denied(format!("announcement refused: {e}"))
@@ -596,30 +834,30 @@ impl Registry {
         if c.node != node.node {
             return Err(refuse(TicketError::OtherNode));
         }
-        let mut st = p.state();
-        let Some(port) = st.nodes.get(&node.addr).map(|n| n.port) else {
-            return Err(refuse(TicketError::OtherNode));
-        };
-        let now = Instant::now();
-        let ttl = p.settings.announce_ttl;
-        let hs = st.holders.entry(c.digest).or_default();
-        hs.retain(|h| h.node != node.node && now.duration_since(h.at) < ttl);
-        let mut earlier: Vec<Peer> = hs
-            .iter()
-            .map(|h| Peer {
-                node: h.node.clone(),
-                addr: h.addr,
+        let now = unix_now();
+        let earlier = self
+            .meta
+            .p2p_announce(
+                &c.digest,
+                &node.node,
+                &addr_key(node.addr),
+                &SocketAddr::new(node.addr, port).to_string(),
+                berth_meta::now_micros(),
+                secs(now + p.settings.announce_ttl.as_secs()),
+                secs(now),
+                MAX_HOLDERS,
+            )
+            .await
+            .map_err(|e| p.store_failed(e))?;
+        let mut earlier: Vec<Peer> = earlier
+            .into_iter()
+            .filter_map(|h| {
+                Some(Peer {
+                    addr: h.addr.parse().ok()?,
+                    node: h.node,
+                })
             })
             .collect();
-        if hs.len() >= MAX_HOLDERS {
-            hs.remove(0);
-        }
-        hs.push(Holder {
-            node: node.node,
-            addr: SocketAddr::new(node.addr, port),
-            at: now,
-        });
-        drop(st);
         bump(&p.stats.announces);
         earlier.shuffle(&mut rand::rng());
         earlier.truncate(p.settings.peers_per_answer);
@@ -628,32 +866,26 @@ impl Registry {
 
     /// Who holds `digest`: a few peers, in random order so load spreads, never the asker;
     /// asked only by a node that may fetch the blob itself.
-    pub fn p2p_peers(&self, credential: &str, from: IpAddr, digest: &Digest) -> Result<Vec<Peer>> {
+    pub async fn p2p_peers(
+        &self,
+        credential: &str,
+        from: IpAddr,
+        digest: &Digest,
+    ) -> Result<Vec<Peer>> {
         let p = self.p2p_on()?;
-        let node = p.node_of(credential, from)?;
-        if self.p2p_authorized(p, from, digest.as_str()).is_none() {
+        let (node, _) = self.p2p_node_of(p, credential, from).await?;
+        if self
+            .p2p_authorized(p, from, digest.as_str())
+            .await?
+            .is_none()
+        {
             bump(&p.stats.tickets_refused);
             return Err(RegistryError::Denied(format!(
                 "node {} has no authorized pull of a manifest naming {digest}",
                 node.node
             )));
         }
-        let now = Instant::now();
-        let ttl = p.settings.announce_ttl;
-        let mut peers: Vec<Peer> = p
-            .state()
-            .holders
-            .get(digest.as_str())
-            .map(|hs| {
-                hs.iter()
-                    .filter(|h| h.node != node.node && now.duration_since(h.at) < ttl)
-                    .map(|h| Peer {
-                        node: h.node.clone(),
-                        addr: h.addr,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut peers = self.p2p_holders_of(p, &node.node, digest.as_str()).await?;
         peers.shuffle(&mut rand::rng());
         peers.truncate(p.settings.peers_per_answer);
         Ok(peers)
@@ -681,7 +913,7 @@ impl Registry {
             unix_now(),
         )
         .map_err(refuse)?;
-        let Some(repo) = self.p2p_authorized(p, from, digest.as_str()) else {
+        let Some(repo) = self.p2p_authorized(p, from, digest.as_str()).await? else {
             return Err(refuse(TicketError::OtherNode));
         };
         let read = self.read_blob(&repo, digest, range, true).await?;
@@ -691,41 +923,40 @@ impl Registry {
         Ok(read)
     }
 
-    /// The tracker's view.
-    pub fn p2p_status(&self) -> Result<Status> {
+    /// The tracker's view (every replica's, from the store).
+    pub async fn p2p_status(&self) -> Result<Status> {
         let p = self.p2p_on()?;
-        let st = p.state();
-        let mut nodes: Vec<Peer> = st
-            .nodes
-            .iter()
-            .map(|(a, n)| Peer {
-                node: n.name.clone(),
-                addr: SocketAddr::new(*a, n.port),
+        let now = secs(unix_now());
+        let fail = |e| p.store_failed(e);
+        let nodes = self
+            .meta
+            .p2p_nodes(now)
+            .await
+            .map_err(fail)?
+            .into_iter()
+            .filter_map(|(a, name, port)| {
+                Some(Peer {
+                    node: name,
+                    addr: SocketAddr::new(a.parse().ok()?, port),
+                })
             })
             .collect();
-        nodes.sort_by(|a, b| a.node.cmp(&b.node));
-        let now = Instant::now();
-        let mut blobs: Vec<BlobHolders> = st
-            .holders
-            .iter()
-            .map(|(d, hs)| BlobHolders {
-                digest: d.clone(),
-                holders: hs
-                    .iter()
-                    .filter(|h| now.duration_since(h.at) < p.settings.announce_ttl)
-                    .map(|h| Peer {
-                        node: h.node.clone(),
-                        addr: h.addr,
-                    })
-                    .collect(),
-            })
-            .filter(|b| !b.holders.is_empty())
-            .collect();
-        blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
+        let mut blobs: Vec<BlobHolders> = Vec::new();
+        for h in self.meta.p2p_holders(None, now).await.map_err(fail)? {
+            let Ok(addr) = h.addr.parse() else { continue };
+            let peer = Peer { node: h.node, addr };
+            match blobs.last_mut() {
+                Some(b) if b.digest == h.digest => b.holders.push(peer),
+                _ => blobs.push(BlobHolders {
+                    digest: h.digest,
+                    holders: vec![peer],
+                }),
+            }
+        }
         Ok(Status {
             nodes,
             blobs,
-            authorized_pulls: st.pulls.values().filter(|(_, t)| *t > now).count(),
+            authorized_pulls: self.meta.p2p_pull_count(now).await.map_err(fail)?,
         })
     }
 }

@@ -318,6 +318,16 @@ impl Registry {
                     &s.pulls_dropped,
                 ),
                 (
+                    "p2p_grants_answered",
+                    "Grants requests of node agents answered with at least one new grant",
+                    &s.grants_answered,
+                ),
+                (
+                    "p2p_state_errors",
+                    "Sharing requests that failed because the metadata store did (the node pulls from the registry)",
+                    &s.state_errors,
+                ),
+                (
                     "p2p_tickets_issued",
                     "Tickets signed for node agents",
                     &s.tickets_issued,

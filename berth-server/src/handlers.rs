@@ -964,7 +964,8 @@ async fn get_manifest(
     if with_body && let Some(from) = ctx.source {
         state
             .registry()
-            .p2p_note_pull(from, name, &m.content, &m.media_type);
+            .p2p_note_pull(from, name, &m.digest, &m.content, &m.media_type)
+            .await;
     }
     let len = m.content.len();
     let mut resp = if with_body {

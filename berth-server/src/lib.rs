@@ -347,6 +347,9 @@ async fn serve(
         ));
     }
     drop(listener);
+    // Agents' grants requests wait up to half a minute for news: answered now, they do
+    // not hold the drain up (the agents ask another replica).
+    state.registry().p2p_close();
     tracing::info!("shutting down: waiting for in-flight requests");
     serving.table.close_all();
     drop(drain);

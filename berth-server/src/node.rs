@@ -16,6 +16,12 @@
 //! the piece is fetched from the next source, the central Berth last), and holds back
 //! the last piece until the whole digest is checked. A failure before the first byte is
 //! a 5xx; after it, the body ends with an error: containerd never waits on silence.
+//!
+//! The agent also long-polls its node's grants: as soon as a manifest pull of the node is
+//! recorded (by any replica), it gets tickets, pieces and the holders known then for every
+//! blob of that manifest, and keeps them until they expire. A blob containerd asks for
+//! with such a ticket needs no central round trip, and its transfer can finish from peers
+//! when the central Berth has gone away after the manifest was resolved.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -81,6 +87,11 @@ pub struct AgentStats {
     /// certificate of the p2p CA (plain HTTP, an unknown certificate, none, a stall).
     pub peer_handshakes_refused: AtomicU64,
     pub blobs_evicted: AtomicU64,
+    /// Blobs learned through grants (tickets held before containerd asked).
+    pub grants_received: AtomicU64,
+    /// containerd's blob requests served with a ticket from a grant, without asking the
+    /// central Berth for one.
+    pub tickets_from_grants: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -182,6 +193,8 @@ pub struct Agent {
     held: Mutex<HashMap<String, u64>>,
     /// Blobs being fetched, with the bytes verified so far (served to peers already).
     progress: Mutex<HashMap<String, tokio::sync::watch::Receiver<u64>>>,
+    /// Tickets learned through grants, by digest, kept until they expire.
+    granted: Mutex<HashMap<String, Issued>>,
     pacer: Pacer,
     pub stats: AgentStats,
 }
@@ -208,7 +221,17 @@ struct Issued {
     size: u64,
     piece_size: u64,
     hashes: Vec<String>,
+    /// Unix seconds; 0 when unknown.
+    #[serde(default)]
+    expires_at: u64,
+    /// Holders the central Berth named with a grant: the sources left if it is gone.
+    #[serde(default)]
+    peers: Vec<PeerEntry>,
 }
+
+/// A grant's ticket is used only while it has this long left: a peer checks it on its
+/// own clock, and a fetch takes a while.
+const GRANT_MARGIN: u64 = 15;
 
 #[derive(Deserialize, Debug, Clone)]
 pub struct PeerEntry {
@@ -281,6 +304,7 @@ impl Agent {
             public_key: Mutex::new(None),
             held: Mutex::new(held),
             progress: Mutex::default(),
+            granted: Mutex::default(),
             stats: AgentStats::default(),
         }))
     }
@@ -377,13 +401,22 @@ impl Agent {
     /// A GET to the central Berth with the node credential, enrolling again once if it
     /// was refused (expired, or the central Berth restarted and forgot this node).
     async fn central_get(&self, path: &str) -> Result<reqwest::Response, AgentError> {
+        self.central_get_within(path, self.config.stall_timeout.max(Duration::from_secs(30)))
+            .await
+    }
+
+    async fn central_get_within(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, AgentError> {
         for renew in [false, true] {
             let e = self.enrollment(renew).await?;
             let r = self
                 .http
                 .get(self.central(path))
                 .bearer_auth(&e.credential)
-                .timeout(self.config.stall_timeout.max(Duration::from_secs(30)))
+                .timeout(timeout)
                 .send()
                 .await
                 .map_err(|e| AgentError::Central(e.to_string()))?;
@@ -408,6 +441,96 @@ impl Agent {
                 Err(AgentError::NoTicket(format!("{}", r.status())))
             }
             s => Err(AgentError::Central(format!("ticket: {s}"))),
+        }
+    }
+
+    /// The ticket for `digest`: one learned through a grant while it is fresh enough
+    /// (no central round trip, and it works with the central Berth gone), else one asked
+    /// for now.
+    async fn ticket_for(&self, digest: &str) -> Result<Issued, AgentError> {
+        let cached = {
+            let mut g = self.granted.lock().unwrap_or_else(|p| p.into_inner());
+            let now = unix_now();
+            g.retain(|_, i| i.expires_at > now + GRANT_MARGIN);
+            g.get(digest).cloned()
+        };
+        if let Some(i) = cached {
+            self.stats
+                .tickets_from_grants
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(i);
+        }
+        self.ticket(digest).await
+    }
+
+    /// One long poll of the node's grants after `after`: the next cursor.
+    async fn poll_grants(&self, after: i64, wait: Duration) -> Result<i64, AgentError> {
+        #[derive(Deserialize)]
+        struct Blob {
+            digest: String,
+            #[serde(flatten)]
+            issued: Issued,
+        }
+        #[derive(Deserialize)]
+        struct Grant {
+            blobs: Vec<Blob>,
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            cursor: i64,
+            grants: Vec<Grant>,
+        }
+        let r = self
+            .central_get_within(
+                &format!("/p2p/v1/grants?after={after}&wait={}", wait.as_secs()),
+                wait + self.config.stall_timeout,
+            )
+            .await?;
+        if !r.status().is_success() {
+            return Err(AgentError::Central(format!("grants: {}", r.status())));
+        }
+        let a: Answer = r
+            .json()
+            .await
+            .map_err(|e| AgentError::Central(e.to_string()))?;
+        let mut g = self.granted.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded by what was granted within a ticket's life.
+        let now = unix_now();
+        g.retain(|_, i| i.expires_at > now + GRANT_MARGIN);
+        for b in a.grants.into_iter().flat_map(|g| g.blobs) {
+            self.stats.grants_received.fetch_add(1, Ordering::Relaxed);
+            g.insert(b.digest, b.issued);
+        }
+        Ok(a.cursor)
+    }
+
+    /// Follows the node's grants until `stopped`: each answer as soon as a manifest pull
+    /// of this node is recorded; failures retried after a pause growing to 30 s.
+    async fn follow_grants(self: Arc<Self>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        let mut cursor = 0;
+        let mut pause = Duration::from_secs(1);
+        loop {
+            let asked = Instant::now();
+            let r = tokio::select! {
+                r = self.poll_grants(cursor, Duration::from_secs(20)) => r,
+                _ = stopped.changed() => return,
+            };
+            match r {
+                // A replica shutting down answers at once with nothing: ask again after
+                // a pause rather than at once.
+                Ok(c) if c == cursor && asked.elapsed() < Duration::from_secs(1) => {}
+                Ok(c) => {
+                    cursor = c;
+                    pause = Duration::from_secs(1);
+                    continue;
+                }
+                Err(e) => tracing::debug!(error = %e, "grants: retrying"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stopped.changed() => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(30));
         }
     }
 
@@ -545,6 +668,13 @@ impl Agent {
         // Announced (and the earlier holders learned) only once the spool file exists,
         // so a peer that comes at once finds what to wait on.
         let mut peers = self.announce(&issued.ticket).await;
+        // Holders named with the grant come after the tracker's answer: the sources left
+        // when the central Berth is gone.
+        for p in &issued.peers {
+            if p.node != self.config.node && !peers.iter().any(|q| q.node == p.node) {
+                peers.push(p.clone());
+            }
+        }
         let central_url = self.central(&format!("/p2p/v1/blobs/{digest}"));
         let mut whole = Sha256::new();
         let n = issued.hashes.len();
@@ -748,6 +878,18 @@ impl Agent {
                 g(&s.blobs_evicted),
             ),
             (
+                "berth_node_grants_received",
+                "Blob tickets learned through grants, when the node's manifest pull was recorded",
+                "",
+                g(&s.grants_received),
+            ),
+            (
+                "berth_node_tickets_from_grants",
+                "Blob requests of containerd served with a ticket learned through a grant",
+                "",
+                g(&s.tickets_from_grants),
+            ),
+            (
                 "berth_node_peer_requests_refused",
                 "Peer requests refused with 403 and no bytes (no ticket, a ticket for another blob or node, expired, bad signature)",
                 "",
@@ -860,7 +1002,7 @@ async fn for_containerd(State(agent): State<Arc<Agent>>, req: Request) -> Respon
     };
     let with_body = m == Method::GET;
     // Held already: still only for a node that may have it now.
-    let issued = match agent.ticket(&digest).await {
+    let issued = match agent.ticket_for(&digest).await {
         Ok(t) => t,
         Err(AgentError::NoTicket(why)) => {
             agent.stats.blobs_refused.fetch_add(1, Ordering::Relaxed);
@@ -1153,6 +1295,7 @@ pub async fn run_agent(
         }
     };
     tokio::spawn(renewing);
+    tokio::spawn(Arc::clone(&agent).follow_grants(stopped.clone()));
     let p = serve_peers(agent, peers, stopped);
     tokio::spawn(async move {
         shutdown.await;

@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/tickets/{digest}", get(ticket))
         .route("/peers/{digest}", get(peers))
         .route("/announce", post(announce))
+        .route("/grants", get(grants))
         .route("/blobs/{digest}", get(blob))
         .route("/status", get(status))
 }
@@ -99,7 +100,8 @@ async fn enroll(State(state): State<AppState>, req: Request) -> ApiResult {
     })?;
     let e = state
         .registry()
-        .p2p_enroll(&token, &b.node, from, b.port, &tls_key)?;
+        .p2p_enroll(&token, &b.node, from, b.port, &tls_key)
+        .await?;
     Ok(Json(e))
 }
 
@@ -118,8 +120,41 @@ async fn peers(State(state): State<AppState>, Path(d): Path<String>, req: Reques
     let from = from_of(&state, conn.as_ref(), req.headers())?;
     let peers = state
         .registry()
-        .p2p_peers(bearer(req.headers())?, from, &digest(&d)?)?;
+        .p2p_peers(bearer(req.headers())?, from, &digest(&d)?)
+        .await?;
     Ok(Json(serde_json::json!({ "peers": peers })))
+}
+
+#[derive(Deserialize)]
+struct GrantsQuery {
+    /// The cursor of the last answer (0: every grant not expired).
+    #[serde(default)]
+    after: i64,
+    /// Seconds to wait for a grant when there is none yet (long poll, capped).
+    #[serde(default)]
+    wait: u64,
+}
+
+/// The node's grants (its recorded manifest pulls, each with tickets for its blobs) after
+/// a cursor, waiting a bounded time for one: the agent holds its tickets before containerd
+/// asks for a blob, and keeps them if the central Berth goes away.
+async fn grants(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<GrantsQuery>,
+    req: Request,
+) -> ApiResult {
+    let conn = req.extensions().get::<ConnInfo>().copied();
+    let from = from_of(&state, conn.as_ref(), req.headers())?;
+    let g = state
+        .registry()
+        .p2p_grants(
+            bearer(req.headers())?,
+            from,
+            q.after,
+            std::time::Duration::from_secs(q.wait),
+        )
+        .await?;
+    Ok(Json(g))
 }
 
 #[derive(Deserialize)]
@@ -136,7 +171,10 @@ async fn announce(State(state): State<AppState>, req: Request) -> ApiResult {
         .map_err(|e| ApiError::Registry(RegistryError::Invalid(e.to_string())))?;
     let b: AnnounceBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::Registry(RegistryError::Invalid(e.to_string())))?;
-    let peers = state.registry().p2p_announce(&cred, from, &b.ticket)?;
+    let peers = state
+        .registry()
+        .p2p_announce(&cred, from, &b.ticket)
+        .await?;
     Ok(Json(serde_json::json!({ "peers": peers })))
 }
 
@@ -193,5 +231,5 @@ async fn status(State(state): State<AppState>, req: Request) -> ApiResult {
             "the tracker's view is for administrators".into(),
         )));
     }
-    Ok(Json(state.registry().p2p_status()?))
+    Ok(Json(state.registry().p2p_status().await?))
 }

@@ -1134,3 +1134,305 @@ async fn an_agent_renews_its_certificate_before_it_expires() {
         .expect("a renewed certificate on both ends");
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
+
+/// Two replicas of a central Berth on one PostgreSQL with sharing on (`settings`, the
+/// bootstrap token set here), and the private image of [`central`] pushed through the
+/// first. A short shutdown grace: agents' grants requests wait up to 20 s.
+async fn two_replicas(settings: P2pSettings) -> (Central, Central) {
+    let setup = |stores: Option<common::Stores>| Setup {
+        postgres: stores.is_none(),
+        stores,
+        auth: Some((AccessConfig::default(), ChallengeKind::Basic)),
+        server: berth_server::ServerConfig {
+            shutdown_grace: Duration::from_millis(200),
+            ..berth_server::ServerConfig::default()
+        },
+        p2p: Some(P2pSettings {
+            bootstrap_token: BOOTSTRAP.into(),
+            ..settings.clone()
+        }),
+        ..Setup::default()
+    };
+    let a = common::start(setup(None)).await;
+    let b = common::start(setup(Some(a.stores()))).await;
+    add_users(
+        a.access(),
+        &[("admin", true), ("alice", false), ("bob", false)],
+    )
+    .await;
+    add_tenant(a.access(), "team-a", false, &[("alice", "developer")]).await;
+    add_tenant(a.access(), "team-b", false, &[("bob", "developer")]).await;
+    let layer_bytes: Vec<u8> = (0..(9u32 << 20) + 12345)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let (_, manifest, layer) = a
+        .push_image_as(&Cred::user("admin"), "team-a/app", &["v1"], &layer_bytes)
+        .await;
+    let at = |server| Central {
+        server,
+        key: TicketKey::generate().expect("test"),
+        manifest: manifest.clone(),
+        layer: layer.clone(),
+        layer_bytes: layer_bytes.clone(),
+    };
+    (at(a), at(b))
+}
+
+async fn get_as(c: &Central, n: u8, path: &str, credential: &str) -> reqwest::Response {
+    client_from(ip(n))
+        .get(c.server.url(path))
+        .bearer_auth(credential)
+        .send()
+        .await
+        .expect("test")
+}
+
+async fn announce_at(c: &Central, n: u8, credential: &str, ticket: &str) -> StatusCode {
+    client_from(ip(n))
+        .post(c.server.url("/p2p/v1/announce"))
+        .bearer_auth(credential)
+        .json(&serde_json::json!({ "ticket": ticket }))
+        .send()
+        .await
+        .expect("test")
+        .status()
+}
+
+/// The node names a peer answer (`{"peers": [...]}`) holds.
+fn peer_names(v: &serde_json::Value) -> Vec<String> {
+    v["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .map(|p| p["node"].as_str().expect("node").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn replicas_share_enrollments_pulls_and_the_tracker() {
+    let (ca, cb) = two_replicas(P2pSettings::default()).await;
+    let layer = ca.layer.clone();
+    // Node 2's agent knows replica A only; its kubelet pulls through B.
+    let a = node(&ca, 2, &[], Duration::from_secs(10)).await;
+    assert_eq!(
+        kubelet_pull(&cb, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let (s, bytes) = containerd_get(&a, 2, &layer).await;
+    assert_eq!(s, StatusCode::OK, "A gives a ticket for a pull B recorded");
+    assert!(bytes == ca.layer_bytes);
+
+    // Node 3 enrolls at B, its kubelet pulls through A, B signs its ticket and names
+    // node 2 (which announced at A) as a holder.
+    let e3 = enroll_at(&cb, 3, 9, &tls_key().1).await;
+    let cred3 = e3["credential"].as_str().expect("test");
+    assert_eq!(
+        kubelet_pull(&ca, 3, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let t = get_as(&cb, 3, &format!("/p2p/v1/tickets/{layer}"), cred3).await;
+    assert_eq!(t.status(), StatusCode::OK);
+    let ticket3 = t.json::<serde_json::Value>().await.expect("test")["ticket"]
+        .as_str()
+        .expect("test")
+        .to_owned();
+    let peers: serde_json::Value = get_as(&cb, 3, &format!("/p2p/v1/peers/{layer}"), cred3)
+        .await
+        .json()
+        .await
+        .expect("test");
+    assert_eq!(peer_names(&peers), ["node-2"], "{peers}");
+    // Announced at B, node 3 is named to node 2 by A, and the tracker's view is one.
+    assert_eq!(announce_at(&cb, 3, cred3, &ticket3).await, StatusCode::OK);
+    let cred2 = enroll(&ca, 2).await;
+    let peers: serde_json::Value = get_as(&ca, 2, &format!("/p2p/v1/peers/{layer}"), &cred2)
+        .await
+        .json()
+        .await
+        .expect("test");
+    assert_eq!(peer_names(&peers), ["node-3"], "{peers}");
+    assert_eq!(status(&ca).await["blobs"], status(&cb).await["blobs"]);
+
+    // Refusals hold across replicas. Node 6 enrolled at A; bob (team-b) is refused the
+    // manifest through B from node 6: neither replica gives node 6 a ticket, peers or
+    // bytes, and node 3's ticket and credential do not pass from node 6's address.
+    let cred6 = enroll(&ca, 6).await;
+    assert_ne!(
+        kubelet_pull(&cb, 6, &Cred::user("bob")).await,
+        StatusCode::OK
+    );
+    for c in [&ca, &cb] {
+        for what in ["tickets", "peers"] {
+            let r = get_as(c, 6, &format!("/p2p/v1/{what}/{layer}"), &cred6).await;
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{what}");
+        }
+        assert_eq!(
+            announce_at(c, 6, &cred6, &ticket3).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            announce_at(c, 6, cred3, &ticket3).await,
+            StatusCode::UNAUTHORIZED
+        );
+        let stolen = client_from(ip(6))
+            .get(c.server.url(&format!("/p2p/v1/blobs/{layer}")))
+            .header("x-berth-ticket", &ticket3)
+            .send()
+            .await
+            .expect("test");
+        assert_eq!(stolen.status(), StatusCode::FORBIDDEN);
+    }
+    // A credential of a node that enrolled again under another name at its address is
+    // refused by every replica, and what the old name announced is forgotten.
+    let renamed = client_from(ip(3))
+        .post(cb.server.url("/p2p/v1/enroll"))
+        .bearer_auth(BOOTSTRAP)
+        .json(&serde_json::json!({"node": "other-3", "port": 9, "tls_public_key": tls_key().1}))
+        .send()
+        .await
+        .expect("test");
+    assert_eq!(renamed.status(), StatusCode::OK);
+    let r = get_as(&ca, 3, &format!("/p2p/v1/tickets/{layer}"), cred3).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let peers: serde_json::Value = get_as(&ca, 2, &format!("/p2p/v1/peers/{layer}"), &cred2)
+        .await
+        .json()
+        .await
+        .expect("test");
+    assert!(peer_names(&peers).is_empty(), "{peers}");
+}
+
+#[tokio::test]
+async fn shared_pulls_and_announcements_expire_and_are_purged() {
+    let (ca, cb) = two_replicas(P2pSettings {
+        pull_ttl: Duration::from_secs(2),
+        announce_ttl: Duration::from_secs(2),
+        ..P2pSettings::default()
+    })
+    .await;
+    let layer = ca.layer.clone();
+    let cred2 = enroll(&ca, 2).await;
+    let cred3 = enroll(&cb, 3).await;
+    for n in [2, 3] {
+        assert_eq!(
+            kubelet_pull(&ca, n, &Cred::user("alice")).await,
+            StatusCode::OK
+        );
+    }
+    let t = get_as(&cb, 2, &format!("/p2p/v1/tickets/{layer}"), &cred2).await;
+    assert_eq!(t.status(), StatusCode::OK);
+    let ticket2 = t.json::<serde_json::Value>().await.expect("test")["ticket"]
+        .as_str()
+        .expect("test")
+        .to_owned();
+    assert_eq!(announce_at(&cb, 2, &cred2, &ticket2).await, StatusCode::OK);
+    let peers: serde_json::Value = get_as(&ca, 3, &format!("/p2p/v1/peers/{layer}"), &cred3)
+        .await
+        .json()
+        .await
+        .expect("test");
+    assert_eq!(peer_names(&peers), ["node-2"]);
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The pull expired: no ticket, no peers, no bytes, on either replica.
+    for c in [&ca, &cb] {
+        for what in ["tickets", "peers"] {
+            let r = get_as(c, 3, &format!("/p2p/v1/{what}/{layer}"), &cred3).await;
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{what}");
+        }
+        let r = client_from(ip(2))
+            .get(c.server.url(&format!("/p2p/v1/blobs/{layer}")))
+            .header("x-berth-ticket", &ticket2)
+            .send()
+            .await
+            .expect("test");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(status(c).await["authorized_pulls"], 0);
+    }
+    // Pulled again, node 3 may ask, but node 2's announcement has expired.
+    assert_eq!(
+        kubelet_pull(&cb, 3, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let peers: serde_json::Value = get_as(&ca, 3, &format!("/p2p/v1/peers/{layer}"), &cred3)
+        .await
+        .json()
+        .await
+        .expect("test");
+    assert!(peer_names(&peers).is_empty(), "{peers}");
+    // Expired rows are purged, not kept: only node 3's fresh pull is left.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        kubelet_pull(&ca, 3, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let purged = ca
+        .server
+        .meta
+        .p2p_purge(
+            i64::try_from(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .expect("test")
+                    .as_secs(),
+            )
+            .expect("test"),
+        )
+        .await
+        .expect("test");
+    assert!(purged >= 3, "{purged} expired rows purged");
+    let rows = ca.server.meta.p2p_pull_rows().await.expect("test");
+    assert_eq!(rows, 2, "node 3's config and layer only");
+}
+
+#[tokio::test]
+async fn with_the_central_berth_gone_after_the_manifest_the_layer_comes_from_a_peer() {
+    let (mut ca, mut cb) = two_replicas(P2pSettings::default()).await;
+    let layer = ca.layer.clone();
+    // Node 2 holds the layer (its agent knows A).
+    let seed = node(&ca, 2, &[], Duration::from_secs(5)).await;
+    assert_eq!(
+        kubelet_pull(&ca, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    assert_eq!(containerd_get(&seed, 2, &layer).await.0, StatusCode::OK);
+    // Node 3's agent knows B; its kubelet resolves the manifest at A, and the agent
+    // learns its tickets from B at once.
+    let late = node(&cb, 3, &[], Duration::from_secs(5)).await;
+    assert_eq!(
+        kubelet_pull(&ca, 3, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(&late, |s| &s.grants_received) < 2 {
+        assert!(Instant::now() < deadline, "no grant for node 3's pull");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both replicas go away before containerd asks for the layer.
+    ca.server.stop().await;
+    cb.server.stop().await;
+    let (s, bytes) = containerd_get(&late, 3, &layer).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(bytes == ca.layer_bytes, "node 3 got the layer's bytes");
+    assert_eq!(stat(&late, |s| &s.tickets_from_grants), 1);
+    assert_eq!(
+        stat(&late, |s| &s.bytes_from_peers),
+        ca.layer_bytes.len() as u64
+    );
+    assert_eq!(stat(&late, |s| &s.bytes_from_central), 0);
+}
+
+#[tokio::test]
+async fn stopping_a_replica_does_not_wait_for_agents_grants_requests() {
+    let mut c = central(vec![]).await;
+    let _n = node(&c, 2, &[], Duration::from_secs(10)).await;
+    // The agent's grants request (20 s) is in flight; the drain's grace is 30 s.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    c.server.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the shutdown waited {:?} for a grants request",
+        started.elapsed()
+    );
+}

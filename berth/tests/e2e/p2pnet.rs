@@ -1,12 +1,16 @@
 //! Node-local sharing across network namespaces: a bridge (in a namespace of its own), a
-//! central `berth serve` with `[p2p]` in namespace `c` behind a link limited with `tc tbf`
+//! central Berth of two replicas (`berth serve` with `[p2p]`, one PostgreSQL schema, one
+//! blob directory) in namespace `c` at two addresses, behind a link limited with `tc tbf`
 //! (160 Mbit/s out of the central namespace), and four node namespaces, each with its own
 //! containerd (own root, state and socket) and its own `berth node` agent, which writes the
 //! node's `hosts.toml`. containerd pulls with credentials through that `hosts.toml`
 //! (`ctr image pull --user --hosts-dir`: the same resolver and fetcher the CRI plugin
-//! uses, see ARCHITECTURE.md). Bytes leaving the central Berth are read from its veth's
-//! counters. One replica: the tracker's state is per replica, so two replicas would need
-//! client-IP affinity this topology has no balancer for.
+//! uses, see ARCHITECTURE.md). Nodes 1 and 3 resolve images at replica A and their agents
+//! talk to replica B; nodes 2 and 4 the other way round: every grant, ticket and peer
+//! answer crosses replicas. Bytes leaving the central Berth are read from its veth's
+//! counters. PostgreSQL listens on the root namespace's loopback: the central namespace
+//! reaches it through a veth of its own (not the limited link) and a small proxy thread
+//! of the test.
 //!
 //! Everything created is removed by `Drop` guards, processes before namespaces, also when
 //! an assertion fails.
@@ -23,7 +27,13 @@ use crate::harness::{
 
 const TOKEN: &str = "netns-bootstrap-token-0123456789";
 const CENTRAL_IP: &str = "10.77.0.1";
+/// Replica A; replica B listens on the central namespace's second address.
 const CENTRAL: &str = "10.77.0.1:5000";
+const CENTRAL_B_IP: &str = "10.77.0.2";
+const CENTRAL_B: &str = "10.77.0.2:5000";
+/// The root namespace's end of the central namespace's path to PostgreSQL.
+const PG_ROOT_IP: &str = "10.78.0.1";
+const PG_CENTRAL_IP: &str = "10.78.0.2";
 const NODES: usize = 4;
 /// The central link's rate and each agent's cap on what it serves to peers: slower than
 /// the link, so a transfer from a peer lasts long enough to stop that peer in the middle.
@@ -113,6 +123,8 @@ impl Drop for Proc {
 struct Node {
     name: String,
     ip: String,
+    /// The replica this node's kubelet resolves images at (its agent talks to the other).
+    registry: &'static str,
     // Field order is drop order: the agent and containerd die before their namespace.
     agent: Option<Proc>,
     containerd: Containerd,
@@ -142,6 +154,11 @@ impl Node {
         c
     }
 
+    /// `name:v1` at this node's registry host.
+    fn image(&self, name: &str) -> String {
+        format!("{}/{name}:v1", self.registry)
+    }
+
     fn holds(&self, blob: &str) -> bool {
         exec(self.containerd.ctr("k8s.io").args(["content", "get", blob]))
             .status
@@ -149,10 +166,50 @@ impl Node {
     }
 }
 
+/// A veth of the root namespace, deleted on drop.
+struct RootLink(String);
+
+impl Drop for RootLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Forwards every connection to `listen` to PostgreSQL on the root namespace's loopback,
+/// for as long as the test process lives (the address goes with the veth).
+fn pg_proxy(listen: &str, to: String) -> u16 {
+    let l = std::net::TcpListener::bind((listen, 0)).expect("proxy listener");
+    let port = l.local_addr().expect("proxy address").port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(a) = conn else { return };
+            let Ok(b) = std::net::TcpStream::connect(&to) else {
+                continue;
+            };
+            for (mut from, mut into) in [
+                (a.try_clone().expect("clone"), b.try_clone().expect("clone")),
+                (b, a),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    port
+}
+
 struct Topology {
     nodes: Vec<Node>,
-    central: Proc,
+    /// Replicas A and B.
+    central: Vec<Proc>,
     central_ns: Netns,
+    _pg_link: RootLink,
     _switch: Netns,
     work: tempfile::TempDir,
     admin: String,
@@ -175,6 +232,40 @@ impl Topology {
         switch.ip(&["link", "set", "br0", "up"]);
         let central_ns = Netns::add(format!("{id}-c"));
         attach(&switch, &central_ns, "c", CENTRAL_IP);
+        central_ns.ip(&["addr", "add", &format!("{CENTRAL_B_IP}/24"), "dev", "eth0"]);
+        // The replicas' way to PostgreSQL, beside the limited link (so the link's counters
+        // are the registry's traffic alone).
+        let pg_link = RootLink(format!("{id}pg"));
+        run(cmd("ip").args([
+            "link",
+            "add",
+            &pg_link.0,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "pg0",
+            "netns",
+            &central_ns.0,
+        ]));
+        run(cmd("ip").args([
+            "addr",
+            "add",
+            &format!("{PG_ROOT_IP}/24"),
+            "dev",
+            &pg_link.0,
+        ]));
+        run(cmd("ip").args(["link", "set", &pg_link.0, "up"]));
+        central_ns.ip(&["addr", "add", &format!("{PG_CENTRAL_IP}/24"), "dev", "pg0"]);
+        central_ns.ip(&["link", "set", "pg0", "up"]);
+        let schema = crate::replicas::schema_url();
+        let local = "@127.0.0.1:5432/";
+        assert!(
+            schema.contains(local),
+            "BERTH_TEST_POSTGRES_URL is expected on 127.0.0.1:5432: {schema}"
+        );
+        let port = pg_proxy(PG_ROOT_IP, "127.0.0.1:5432".into());
+        let metadata_url = schema.replacen(local, &format!("@{PG_ROOT_IP}:{port}/"), 1);
         // Everything leaving the central Berth crosses this qdisc.
         run(central_ns.exec("tc").args([
             "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", LINK, "burst", "64kb", "latency",
@@ -182,36 +273,47 @@ impl Topology {
         ]));
 
         let admin = hex::encode(unique("admin").as_bytes())[..32].to_owned();
-        let config = "[auth]\nenabled = true\nchallenge = \"basic\"\n\
-                      [p2p]\nenabled = true\noff = [\"team-off\"]\n\
-                      [catalog]\nenabled = false\n\
-                      [security]\nallow_insecure_http = true\n";
-        std::fs::write(work.path().join("berth.toml"), config).expect("berth.toml");
-        let central = spawn(
-            central_ns
-                .exec(env!("CARGO_BIN_EXE_berth"))
-                .args(["serve", "--listen", CENTRAL, "--data-dir"])
-                .arg(work.path().join("data"))
-                .arg("--config")
-                .arg(work.path().join("berth.toml"))
-                .env("BERTH_ADMIN_PASSWORD", &admin)
-                .env("BERTH_P2P_BOOTSTRAP_TOKEN", TOKEN),
-            &work.path().join("central.log"),
+        let config = format!(
+            "[metadata]\nurl = \"{metadata_url}\"\n\
+             [auth]\nenabled = true\nchallenge = \"basic\"\n\
+             [p2p]\nenabled = true\noff = [\"team-off\"]\n\
+             [catalog]\nenabled = false\n\
+             [security]\nallow_insecure_http = true\n"
         );
-        wait_until(Duration::from_secs(30), "the central Berth", || {
-            exec(
-                central_ns
-                    .exec("curl")
-                    .args(["-sf", &format!("http://{CENTRAL}/healthz")]),
-            )
-            .status
-            .success()
-        });
+        std::fs::write(work.path().join("berth.toml"), config).expect("berth.toml");
+        // One after the other: the first makes the schema, the admin and the p2p keys.
+        let central: Vec<Proc> = [("a", CENTRAL), ("b", CENTRAL_B)]
+            .into_iter()
+            .map(|(r, listen)| {
+                let p = spawn(
+                    central_ns
+                        .exec(env!("CARGO_BIN_EXE_berth"))
+                        .args(["serve", "--listen", listen, "--data-dir"])
+                        .arg(work.path().join("data"))
+                        .arg("--config")
+                        .arg(work.path().join("berth.toml"))
+                        .env("BERTH_ADMIN_PASSWORD", &admin)
+                        .env("BERTH_P2P_BOOTSTRAP_TOKEN", TOKEN),
+                    &work.path().join(format!("central-{r}.log")),
+                );
+                wait_until(Duration::from_secs(30), "a central replica", || {
+                    exec(
+                        central_ns
+                            .exec("curl")
+                            .args(["-sf", &format!("http://{listen}/healthz")]),
+                    )
+                    .status
+                    .success()
+                });
+                p
+            })
+            .collect();
 
         let mut topo = Topology {
             nodes: Vec::new(),
             central,
             central_ns,
+            _pg_link: pg_link,
             _switch: switch,
             work,
             admin,
@@ -226,6 +328,7 @@ impl Topology {
             let mut node = Node {
                 name,
                 ip,
+                registry: if i % 2 == 1 { CENTRAL } else { CENTRAL_B },
                 agent: None,
                 containerd,
                 certs_d,
@@ -243,14 +346,17 @@ impl Topology {
             node.ns
                 .exec(env!("CARGO_BIN_EXE_berth"))
                 .args(["node", "--node", &node.name])
-                .args(["--central", &format!("http://{CENTRAL}")])
+                .args([
+                    "--central",
+                    &format!("http://{}", other_replica(node.registry)),
+                ])
                 .args(["--listen", "127.0.0.1:5050"])
                 .args(["--peer-listen", &format!("{}:5051", node.ip)])
                 .args(["--local-address", &node.ip])
                 .args(["--serve-mbit", SERVE_MBIT, "--stall-timeout-secs", "3"])
                 .arg("--spool")
                 .arg(self.work.path().join(format!("{}-spool", node.name)))
-                .args(["--registry-host", CENTRAL])
+                .args(["--registry-host", node.registry])
                 .arg("--containerd-certs-d")
                 .arg(&node.certs_d)
                 .env("BERTH_P2P_BOOTSTRAP_TOKEN", TOKEN),
@@ -304,29 +410,31 @@ impl Topology {
         (blobs, total)
     }
 
-    /// Bytes out of the central namespace's link, and the central Berth's blob bytes
+    /// Bytes out of the central namespace's link, and both replicas' blob bytes
     /// (`berth_sent_bytes_total`, which counts `/v2` blobs and blobs sent to agents).
     fn central_bytes(&self) -> (u64, u64) {
-        let out = run(self
-            .central_ns
-            .exec("curl")
-            .args(["-sSf", &format!("http://{CENTRAL}/metrics")]))
-        .stdout;
-        let text = String::from_utf8_lossy(&out);
-        (
-            self.central_ns.tx_bytes("eth0"),
-            metric(&text, "berth_sent_bytes_total"),
-        )
+        let sent = [CENTRAL, CENTRAL_B]
+            .iter()
+            .map(|r| {
+                let out = run(self
+                    .central_ns
+                    .exec("curl")
+                    .args(["-sSf", &format!("http://{r}/metrics")]))
+                .stdout;
+                metric(&String::from_utf8_lossy(&out), "berth_sent_bytes_total")
+            })
+            .sum();
+        (self.central_ns.tx_bytes("eth0"), sent)
     }
 
     /// Every node pulls `name` at once; returns the wall time.
     fn pull_all(&self, name: &str, creds: &str) -> Duration {
-        let reference = format!("{CENTRAL}/{name}:v1");
         let start = Instant::now();
         let children: Vec<(String, Child)> = self
             .nodes
             .iter()
             .map(|n| {
+                let reference = n.image(name);
                 let child = n
                     .pull(&reference, Some(creds))
                     .stdin(Stdio::null())
@@ -337,15 +445,23 @@ impl Topology {
                 (n.name.clone(), child)
             })
             .collect();
-        for (name, child) in children {
+        for (node, child) in children {
             let out = child.wait_with_output().expect("ctr output");
             assert!(
                 out.status.success(),
-                "{name}: pull of {reference} failed: {}",
+                "{node}: pull of {name} failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
         start.elapsed()
+    }
+}
+
+fn other_replica(registry: &str) -> &'static str {
+    if registry == CENTRAL {
+        CENTRAL_B
+    } else {
+        CENTRAL
     }
 }
 
@@ -488,8 +604,7 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
 
     // 3. Anonymous and wrong-tenant pulls fail, and their agents get no layer bytes.
     let (private, _) = t.push("team-a/private", 2, 1 << 20);
-    let reference = format!("{CENTRAL}/team-a/private:v1");
-    run(&mut t.nodes[0].pull(&reference, Some(&creds)));
+    run(&mut t.nodes[0].pull(&t.nodes[0].image("team-a/private"), Some(&creds)));
     let before: Vec<(u64, u64)> = t.nodes[1..3]
         .iter()
         .map(|n| {
@@ -500,9 +615,9 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
         })
         .collect();
     let served = t.nodes[0].metric("berth_node_bytes_to_peers_total");
-    let anon = exec(&mut t.nodes[1].pull(&reference, None));
+    let anon = exec(&mut t.nodes[1].pull(&t.nodes[1].image("team-a/private"), None));
     assert!(!anon.status.success(), "an anonymous pull succeeded");
-    let wrong = exec(&mut t.nodes[2].pull(&reference, Some(&outsider)));
+    let wrong = exec(&mut t.nodes[2].pull(&t.nodes[2].image("team-a/private"), Some(&outsider)));
     assert!(!wrong.status.success(), "a wrong-tenant pull succeeded");
     for (n, (p, c)) in t.nodes[1..3].iter().zip(before) {
         assert_eq!(
@@ -561,12 +676,11 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
     // 4. A peer stopped (SIGSTOP) in the middle of serving, and one killed: the pulls that
     // were fetching from them still finish (from another peer or the central Berth).
     let (big, big_size) = t.push("team-a/big", 1, 24 << 20);
-    let reference = format!("{CENTRAL}/team-a/big:v1");
-    run(&mut t.nodes[0].pull(&reference, Some(&creds)));
+    run(&mut t.nodes[0].pull(&t.nodes[0].image("team-a/big"), Some(&creds)));
     let p2 = t.nodes[1].metric("berth_node_bytes_from_peers_total");
     let stopped = t.nodes[0].agent.as_ref().expect("agent");
     let pull2 = t.nodes[1]
-        .pull(&reference, Some(&creds))
+        .pull(&t.nodes[1].image("team-a/big"), Some(&creds))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -596,7 +710,7 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
     // node-3 now has node-1 (stopped) and node-2 as sources; node-2 is killed mid-way.
     let p3 = t.nodes[2].metric("berth_node_bytes_from_peers_total");
     let pull3 = t.nodes[2]
-        .pull(&reference, Some(&creds))
+        .pull(&t.nodes[2].image("team-a/big"), Some(&creds))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -620,24 +734,36 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
     eprintln!("stop/kill case: {big_size}-byte image finished on node-2 and node-3");
     stopped.signal("-CONT");
 
-    // 5. The central Berth dies once every node has its tickets and its layer transfer is
-    // under way: the transfers finish from peers. (Tickets are fetched per blob when
-    // containerd asks for it, so a node that has not asked yet cannot get one then.)
+    // 5. Both central replicas die once every node resolved the manifest: the layers
+    // containerd has not asked for yet are fetched with the tickets the agents learned
+    // from their grants, from the node that holds them. One layer at a time
+    // (`--max-concurrent-downloads 1`), so most are asked for after the replicas are gone.
     let mut t = t;
     let killed = t.nodes[1].agent.take();
     drop(killed);
     t.nodes[1].agent = Some(t.agent(&t.nodes[1]));
-    let (late, _) = t.push("team-a/late", 1, 12 << 20);
-    let reference = format!("{CENTRAL}/team-a/late:v1");
-    run(&mut t.nodes[0].pull(&reference, Some(&creds)));
-    let base: Vec<u64> = t.nodes[1..]
+    // The restarted agent learns its node's earlier grants first, in one answer.
+    wait_until(Duration::from_secs(20), "node-2's earlier grants", || {
+        t.nodes[1].metric("berth_node_grants_received_total") > 0
+    });
+    let (late, _) = t.push("team-a/late", 4, 4 << 20);
+    run(&mut t.nodes[0].pull(&t.nodes[0].image("team-a/late"), Some(&creds)));
+    let served = |n: &Node| n.metric("berth_node_blobs_served_total");
+    let base: Vec<(u64, u64, u64)> = t.nodes[1..]
         .iter()
-        .map(|n| n.metric("berth_node_bytes_from_peers_total"))
+        .map(|n| {
+            (
+                n.metric("berth_node_bytes_from_peers_total"),
+                n.metric("berth_node_grants_received_total"),
+                served(n),
+            )
+        })
         .collect();
     let pulls: Vec<Child> = t.nodes[1..]
         .iter()
         .map(|n| {
-            n.pull(&reference, Some(&creds))
+            n.pull(&n.image("team-a/late"), Some(&creds))
+                .args(["--max-concurrent-downloads", "1"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -646,15 +772,18 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
         .collect();
     wait_until(
         Duration::from_secs(30),
-        "every node's transfer to start",
+        "every node to resolve the manifest, hold its grants and start a transfer",
         || {
-            t.nodes[1..]
-                .iter()
-                .zip(&base)
-                .all(|(n, b)| n.metric("berth_node_bytes_from_peers_total") > b + (256 << 10))
+            t.nodes[1..].iter().zip(&base).all(|(n, (p, g, _))| {
+                n.metric("berth_node_grants_received_total") >= g + late.len() as u64
+                    && n.metric("berth_node_bytes_from_peers_total") > p + (256 << 10)
+            })
         },
     );
-    t.central.signal("-KILL");
+    for c in &t.central {
+        c.signal("-KILL");
+    }
+    let served_at_kill: Vec<u64> = t.nodes[1..].iter().map(served).collect();
     let peer_bytes = |t: &Topology| -> u64 {
         t.nodes[1..]
             .iter()
@@ -675,13 +804,22 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
         }
     }
     let after = peer_bytes(&t);
+    // One blob at a time: what a node had not finished at the kill, but the one in
+    // flight, containerd asked for with the replicas gone (tickets from grants only).
+    let asked_after: u64 = base
+        .iter()
+        .zip(&served_at_kill)
+        .map(|((_, _, before), at)| (late.len() as u64 - (at - before)).saturating_sub(1))
+        .sum();
     eprintln!(
-        "central killed: {} bytes came from peers afterwards",
+        "central killed: {} bytes came from peers afterwards; {asked_after} blobs were asked \
+         for after the replicas were gone",
         after - at_kill
     );
+    // Typically 4 to 6 of the 15; one suffices: its ticket can only come from a grant.
     assert!(
-        after > at_kill,
-        "nothing was left to transfer when the central Berth died"
+        asked_after >= 1,
+        "no blob was asked for without the central Berth: nothing proved"
     );
     drop(t);
 }
