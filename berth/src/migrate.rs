@@ -29,7 +29,9 @@ pub struct MigrateArgs {
     /// Data directory of the current store; overrides `data_dir` in the config.
     #[arg(long, env = "BERTH_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Configuration file whose `[storage]` (and `data_dir`) name the target store.
+    /// Configuration file whose `[storage]` (and `data_dir`) name the target store. With
+    /// `[encryption]` there, plaintext blobs are sealed on the way; without it, a store
+    /// holding encrypted blobs is refused (nothing is decrypted).
     #[arg(long)]
     to: PathBuf,
 }
