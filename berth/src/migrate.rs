@@ -98,6 +98,8 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<bool> {
             }
         }
     };
+    // Sealed into the metadata store the current configuration serves with too.
+    let shared_sealing = target_ring.is_some() && !separate && source.keyring()?.is_none();
     let summary = match target_ring {
         Some(ring) => {
             let url = if separate {
@@ -170,6 +172,15 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<bool> {
         summary.vanished,
         summary.strays,
     );
+    if shared_sealing && summary.copied > 0 {
+        // A server already running on the current configuration keeps serving its
+        // plaintext copies (it ignores the key rows), but no longer starts with it.
+        println!(
+            "the shared metadata store now records encrypted blobs: start servers with the \
+             target configuration (its [encryption] keys); the current one, without \
+             [encryption], is refused at startup from now on"
+        );
+    }
     if separate {
         // Another metadata store too (SQLite to PostgreSQL, or back): copy every table.
         let from = berth_meta::MetaStore::connect(&source.metadata_url())

@@ -503,6 +503,10 @@ fn migrate_storage_seals_plaintext_blobs_into_an_encrypted_bucket_and_resumes() 
         "{out}"
     );
     assert!(out.contains("1 already in the target, 0 failed"), "{out}");
+    assert!(
+        out.contains("refused at startup from now on"),
+        "no word about the shared store: {out}"
+    );
     let again = bucket_contents(&prefix);
     assert_eq!(
         again.iter().find(|(k, _)| *k == first[0].0).map(|o| &o.1),
@@ -741,4 +745,117 @@ fn migrate_storage_refuses_targets_that_could_not_read_the_blobs() {
         };
         assert_eq!(size, plain + 28 * plain.div_ceil(65536).max(1), "{key}");
     }
+}
+
+/// The same on the filesystem: a plaintext data directory migrated into a new one with
+/// `[encryption]` and its own SQLite file. No file under the new data directory (blobs,
+/// uploads, the database and its WAL) holds any of the plaintext; a server on it serves
+/// the image to skopeo and `fsck` is clean.
+#[test]
+fn migrate_storage_seals_into_an_encrypted_data_directory() {
+    let work = tempdir();
+    let data = work.path().join("data");
+    let berth = Berth::start_launched(
+        "",
+        &[],
+        crate::harness::Launch {
+            data_dir: Some(data.clone()),
+            ..Default::default()
+        },
+    );
+    let (src, digest) = push_new_image(
+        &berth,
+        work.path(),
+        &[
+            (
+                "f",
+                unique("plaintext, into a sealed directory").into_bytes(),
+            ),
+            ("big", crate::harness::noise(200_000)),
+        ],
+        "e2e/sealfs:v1",
+    );
+    let blobs = src.image_blobs(&digest);
+    drop(berth);
+
+    let moved_dir = work.path().join("sealed");
+    let kek = ("BERTH_KEK_E2E", "9b".repeat(32));
+    let target_config = format!(
+        "data_dir = \"{dir}\"\n[metadata]\nurl = \"sqlite:{dir}/berth.db\"\n{}",
+        encryption_toml("fs", "BERTH_KEK_E2E"),
+        dir = moved_dir.display()
+    );
+    let target = work.path().join("target.toml");
+    std::fs::write(&target, &target_config).expect("target config");
+    let out = run_stdout(
+        cmd(env!("CARGO_BIN_EXE_berth"))
+            .env(kek.0, &kek.1)
+            .args(["migrate-storage", "--data-dir"])
+            .arg(&data)
+            .arg("--to")
+            .arg(&target),
+    );
+    assert!(
+        out.starts_with(&format!("copied {} blobs", blobs.len())) && out.contains(" 0 failed"),
+        "{out}"
+    );
+
+    let env = [(kek.0, kek.1.as_str())];
+    let moved = Berth::start_launched(
+        &target_config,
+        &env,
+        crate::harness::Launch {
+            data_dir: Some(moved_dir.clone()),
+            ..Default::default()
+        },
+    );
+    let back = Layout::at(work.path().join("back"));
+    skopeo_copy(&[], &moved.docker("e2e/sealfs:v1"), &back.oci("v1"));
+    assert_same_image_blobs(&src, &back, &digest);
+    let fsck = run_stdout(moved.cli().arg("fsck"));
+    assert!(fsck.contains("result: clean"), "{fsck}");
+
+    let mut markers: Vec<Vec<u8>> = Vec::new();
+    for blob in &blobs {
+        let plain = src.blob(blob);
+        for at in [0, plain.len() / 2, plain.len().saturating_sub(48)] {
+            let piece = &plain[at..(at + 48).min(plain.len())];
+            if piece.len() >= 24 {
+                markers.push(piece.to_vec());
+            }
+        }
+    }
+    let mut files = 0;
+    let mut stack = vec![moved_dir.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            files += 1;
+            let bytes = std::fs::read(&path).expect("read");
+            for m in &markers {
+                assert!(
+                    !bytes.windows(m.len()).any(|w| w == m.as_slice()),
+                    "plaintext in {}",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(files > blobs.len(), "{files} files");
+    // The source's blobs hold the plaintext: the check does find it where it is.
+    let source_blob = std::fs::read(
+        data.join("blobs/sha256")
+            .join(&blobs[0][7..9])
+            .join(&blobs[0][7..]),
+    )
+    .expect("a source blob");
+    assert!(
+        markers
+            .iter()
+            .any(|m| source_blob.windows(m.len()).any(|w| w == m.as_slice()))
+    );
 }
