@@ -555,7 +555,8 @@ fn migrate_storage_seals_plaintext_blobs_into_an_encrypted_bucket_and_resumes() 
 
 /// The embedded default (filesystem, SQLite, no encryption) moved to S3 + PostgreSQL with
 /// `[encryption]` in one command: the blobs are sealed into the bucket with their data keys
-/// in the new database, then every other table is copied beside them. A server on the
+/// in the new database, then every other table is copied beside them; a run aborted at
+/// `migrate_seal_switch` (before the metadata copy) is finished by the next. A server on the
 /// target alone serves the image; `keys status` counts every blob; `fsck` is clean; no
 /// object holds plaintext.
 #[test]
@@ -595,21 +596,28 @@ fn migrate_storage_seals_into_an_encrypted_bucket_with_a_new_postgres() {
     );
     let target = work.path().join("target.toml");
     std::fs::write(&target, &target_config).expect("target config");
-    let out = run_stdout(
-        cmd(env!("CARGO_BIN_EXE_berth"))
-            .envs(S3_ENV.iter().copied())
+    let migrate = |failpoints: &str| {
+        let mut c = cmd(env!("CARGO_BIN_EXE_berth"));
+        c.envs(S3_ENV.iter().copied())
             .env(kek.0, &kek.1)
+            .env("BERTH_FAILPOINTS", failpoints)
             .args(["migrate-storage", "--data-dir"])
             .arg(&data)
             .arg("--to")
-            .arg(&target),
-    );
+            .arg(&target);
+        c
+    };
+    // A crash before the first blob's switch, so before the metadata copy: the new
+    // database holds one `converting2` key row and nothing else; the next run finishes.
+    crate::harness::run_fails(&mut migrate("migrate_seal_switch=abort"));
+    assert_eq!(bucket_objects(&prefix, "blobs/").len(), 1);
+    let out = run_stdout(&mut migrate(""));
     assert!(
-        out.starts_with(&format!("copied {} blobs", blobs.len())),
+        out.starts_with(&format!("copied {} blobs", blobs.len() - 1)),
         "{out}"
     );
     assert!(
-        out.contains(" 0 failed") && out.contains("copied the metadata"),
+        out.contains("1 already in the target, 0 failed") && out.contains("copied the metadata"),
         "{out}"
     );
     assert_stored_sealed(&prefix, &src, &blobs);
