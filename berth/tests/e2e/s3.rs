@@ -370,7 +370,10 @@ fn bucket_contents(prefix: &str) -> Vec<(String, Vec<u8>)> {
 /// Pieces of each blob's plaintext (start, middle, end) and `extra`; panics if any bucket
 /// object under `prefix` holds one.
 fn assert_no_plaintext_in_bucket(prefix: &str, src: &Layout, blobs: &[String], extra: &[u8]) {
-    let mut markers: Vec<Vec<u8>> = vec![extra.to_vec()];
+    let mut markers: Vec<Vec<u8>> = Vec::new();
+    if !extra.is_empty() {
+        markers.push(extra.to_vec());
+    }
     for blob in blobs {
         let plain = src.blob(blob);
         for at in [0, plain.len() / 2, plain.len().saturating_sub(48)] {
@@ -380,13 +383,24 @@ fn assert_no_plaintext_in_bucket(prefix: &str, src: &Layout, blobs: &[String], e
             }
         }
     }
+    // Indexed by their first 8 bytes, so a scan is one lookup per byte (debug builds).
+    let mut by_start: std::collections::HashMap<[u8; 8], Vec<&[u8]>> = Default::default();
+    for m in &markers {
+        assert!(m.len() >= 16, "marker too short");
+        let start: [u8; 8] = m[..8].try_into().expect("8 bytes");
+        by_start.entry(start).or_default().push(m);
+    }
     for (key, bytes) in bucket_contents(prefix) {
-        for m in &markers {
-            assert!(
-                !bytes.windows(m.len()).any(|w| w == m.as_slice()),
-                "plaintext ({:?}...) in the bucket object {key}",
-                String::from_utf8_lossy(&m[..16])
-            );
+        for i in 0..bytes.len().saturating_sub(7) {
+            let start: [u8; 8] = bytes[i..i + 8].try_into().expect("8 bytes");
+            if let Some(found) = by_start.get(&start)
+                && let Some(m) = found.iter().find(|m| bytes[i..].starts_with(m))
+            {
+                panic!(
+                    "plaintext ({:?}...) in the bucket object {key}",
+                    String::from_utf8_lossy(&m[..16])
+                );
+            }
         }
     }
 }
@@ -866,4 +880,111 @@ fn migrate_storage_seals_into_an_encrypted_data_directory() {
             .iter()
             .any(|m| source_blob.windows(m.len()).any(|w| w == m.as_slice()))
     );
+}
+
+/// `blob_keys.state` of each digest in the SQLite metadata store at `db` (`None`: no row).
+fn key_states(db: &std::path::Path, digests: &[String]) -> Vec<Option<String>> {
+    let out = run_stdout(
+        cmd("sqlite3")
+            .arg("-readonly")
+            .arg(db)
+            .arg("SELECT digest || ' ' || state FROM blob_keys"),
+    );
+    digests
+        .iter()
+        .map(|d| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{d} ")))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// `migrate-storage` into an encrypted bucket killed with SIGKILL at spread-out moments,
+/// five times, then run to the end: after every kill the bucket holds only sealed objects
+/// of the image's blobs, each with a key row (never an object without one); the last run
+/// leaves every row `sealed2`, one object per blob, `fsck` clean, and a server on the
+/// target serves the image to skopeo.
+#[test]
+fn migrate_storage_into_an_encrypted_bucket_survives_kills() {
+    let work = tempdir();
+    let data = work.path().join("data");
+    let launch = crate::harness::Launch {
+        data_dir: Some(data.clone()),
+        ..Default::default()
+    };
+    let berth = Berth::start_launched("", &[], launch.clone());
+    let layers: Vec<(String, Vec<u8>)> = (0..16)
+        .map(|i| (format!("l{i}"), crate::harness::noise(512 << 10)))
+        .collect();
+    let files: Vec<(&str, &[u8])> = layers
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    let (src, digest) = push_new_image(&berth, work.path(), &files, "e2e/sealkill:v1");
+    let blobs = src.image_blobs(&digest);
+    drop(berth);
+
+    let prefix = unique_prefix("e2e-sealkill");
+    let kek = ("BERTH_KEK_E2E", "6d".repeat(32));
+    let target_config = s3_storage_toml(&prefix, &encryption_toml("e2e", "BERTH_KEK_E2E"));
+    let target = work.path().join("target.toml");
+    std::fs::write(&target, &target_config).expect("target config");
+    let migrate = || {
+        let mut c = cmd(env!("CARGO_BIN_EXE_berth"));
+        c.envs(S3_ENV.iter().copied())
+            .env(kek.0, &kek.1)
+            .env_remove("BERTH_FAILPOINTS")
+            .args(["migrate-storage", "--data-dir"])
+            .arg(&data)
+            .arg("--to")
+            .arg(&target)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    let db = data.join("berth.db");
+    let mut interrupted = 0;
+    for delay_ms in [150u64, 300, 450, 600, 750] {
+        let mut child = migrate().spawn().expect("spawn migrate-storage");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        if child.try_wait().expect("try_wait").is_none() {
+            interrupted += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_stored_sealed(&prefix, &src, &blobs);
+        assert_no_plaintext_in_bucket(&prefix, &src, &blobs, b"");
+        // Every object placed has its key row.
+        let states = key_states(&db, &blobs);
+        for (key, _) in bucket_objects(&prefix, "blobs/") {
+            let i = blobs
+                .iter()
+                .position(|b| key.ends_with(&b[7..]))
+                .expect("a blob");
+            assert!(
+                states[i].is_some(),
+                "{key} placed without a key row (after {delay_ms} ms)"
+            );
+        }
+    }
+    eprintln!("{interrupted} of 5 runs were killed mid-way");
+    assert!(interrupted > 0, "every run finished before its kill");
+
+    let out = run_stdout(migrate().stdout(std::process::Stdio::piped()));
+    assert!(out.contains(" 0 failed"), "{out}");
+    assert_eq!(bucket_objects(&prefix, "blobs/").len(), blobs.len());
+    assert_stored_sealed(&prefix, &src, &blobs);
+    assert_eq!(
+        key_states(&db, &blobs),
+        vec![Some("sealed2".to_owned()); blobs.len()]
+    );
+    let mut env = S3_ENV.to_vec();
+    env.push((kek.0, kek.1.as_str()));
+    let moved = Berth::start_launched(&target_config, &env, launch);
+    let fsck = run_stdout(moved.cli().arg("fsck"));
+    assert!(fsck.contains("result: clean"), "{fsck}");
+    let back = Layout::at(work.path().join("back"));
+    skopeo_copy(&[], &moved.docker("e2e/sealkill:v1"), &back.oci("v1"));
+    assert_same_image_blobs(&src, &back, &digest);
 }
