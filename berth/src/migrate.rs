@@ -57,6 +57,15 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<bool> {
     let from = crate::open::open_blobs(&source, false)
         .await
         .context("opening the current blob store")?;
+    if target_ring.is_some() && same_store(&source, &target) {
+        // Sealing over the very objects the current configuration reads: a server on it
+        // without a keyring would serve ciphertext. That is `berth encrypt`'s job.
+        anyhow::bail!(
+            "{} names the current blob store itself: to encrypt a store in place, add \
+             [encryption] to its configuration and run `berth encrypt`. Nothing was copied.",
+            args.to.display()
+        );
+    }
     // Checked before the target is opened (or created): a refusal writes nothing.
     check_keys(
         &source,
@@ -304,5 +313,24 @@ fn key_id(p: &berth_registry::KeyProblem) -> &str {
         berth_registry::KeyProblem::Wrong { key_id }
         | berth_registry::KeyProblem::Missing { key_id, .. } => key_id,
         berth_registry::KeyProblem::NoKeyring { .. } => "",
+    }
+}
+
+/// Whether two configurations name the same blob store (the same directory, or the same
+/// bucket and prefix at the same endpoint).
+fn same_store(a: &Config, b: &Config) -> bool {
+    use crate::config::storage::StorageKind;
+    match (&a.storage.kind, &b.storage.kind) {
+        (StorageKind::Fs, StorageKind::Fs) => {
+            let dir = |c: &Config| std::fs::canonicalize(&c.data_dir).unwrap_or(c.data_dir.clone());
+            dir(a) == dir(b)
+        }
+        (StorageKind::S3, StorageKind::S3) => {
+            let norm = |p: &str| p.trim_matches('/').to_owned();
+            a.storage.endpoint == b.storage.endpoint
+                && a.storage.bucket == b.storage.bucket
+                && norm(&a.storage.prefix) == norm(&b.storage.prefix)
+        }
+        _ => false,
     }
 }

@@ -656,7 +656,8 @@ fn migrate_storage_seals_into_an_encrypted_bucket_with_a_new_postgres() {
 /// store holding sealed blobs to a target without `[encryption]` (it does not decrypt); to
 /// a target whose keyring lacks the key in use, or holds another key under its id; and
 /// sealing plaintext blobs into a target that shares the metadata store with a current
-/// store that has `[encryption]` (its server would read its plaintext copies as sealed).
+/// store that has `[encryption]` (its server would read its plaintext copies as sealed);
+/// an encrypted target that is the current blob store itself (`berth encrypt`'s job).
 /// Each message names what to do; after `berth encrypt` the same migration runs.
 #[test]
 fn migrate_storage_refuses_targets_that_could_not_read_the_blobs() {
@@ -729,6 +730,19 @@ fn migrate_storage_refuses_targets_that_could_not_read_the_blobs() {
     assert!(
         err.contains("key e2e is not the key that was used under this id before")
             && err.contains("env = BERTH_KEK_TARGET"),
+        "{err}"
+    );
+    let err = refused(
+        "itself",
+        format!(
+            "data_dir = \"{}\"\n{}",
+            data.display(),
+            encryption_toml("e2e", "BERTH_KEK_TARGET")
+        ),
+        &kek.1,
+    );
+    assert!(
+        err.contains("names the current blob store itself") && err.contains("berth encrypt"),
         "{err}"
     );
     let same = s3_storage_toml(&prefix, &encryption_toml("e2e", "BERTH_KEK_TARGET"));
