@@ -519,12 +519,14 @@ impl Registry {
             return Ok(Copied::SourceMissing);
         };
         if let Some(source) = source
-            && let Some((key, _)) = source.read_key(digest).await?
+            && let Some((key, converting)) = source.read_key(digest).await?
         {
-            let size = source.meta.blob(digest.as_str()).await?;
-            if let Some(size) = size
-                && stored == key.sealed_len(size)
-            {
+            let Some(size) = source.meta.blob(digest.as_str()).await? else {
+                return Err(RegistryError::Invalid(format!(
+                    "{digest} is stored encrypted but the current metadata store does not list it (an orphan, which `berth fsck` reports): not copied"
+                )));
+            };
+            if stored == key.sealed_len(size) {
                 return Ok(berth_storage::copy_blob_with(
                     from,
                     &self.blobs,
@@ -533,10 +535,15 @@ impl Registry {
                 )
                 .await?);
             }
-            // Its conversion by `berth encrypt` is under way and the object is still the
-            // plaintext, under a row the metadata copy will carry over as `converting`.
-            return Err(RegistryError::InUse(format!(
-                "{digest} is being converted by `berth encrypt` in the current store: run `berth encrypt` to the end first"
+            if converting {
+                // The object is still the plaintext, under a row that says `converting`
+                // (and that the metadata copy would carry over as such).
+                return Err(RegistryError::InUse(format!(
+                    "{digest} is being converted by `berth encrypt` in the current store: run `berth encrypt` to the end first"
+                )));
+            }
+            return Err(RegistryError::Invalid(format!(
+                "{digest}: the current store's object is not the size of its sealed form (`berth fsck` reports it): not copied"
             )));
         }
         let size = stored;
