@@ -138,6 +138,33 @@ impl Registry {
         Ok(problems)
     }
 
+    /// [`Registry::check_keyring`] without writing anything: whether `keyring` opens what
+    /// this registry stores, by the check values already stored and the key ids in use.
+    /// `migrate-storage` asks this of the current store for the target's keyring before it
+    /// copies anything.
+    pub async fn keyring_fits(&self, keyring: &Keyring) -> Result<Vec<KeyProblem>> {
+        let mut problems = Vec::new();
+        for id in keyring.ids() {
+            if let Some(sealed) = self.meta.kek_check(id).await?
+                && keyring.unwrap(id, CHECK_CONTEXT, &sealed).as_deref() != Ok(CHECK_VALUE)
+            {
+                problems.push(KeyProblem::Wrong {
+                    key_id: id.to_owned(),
+                });
+            }
+        }
+        for u in self.key_uses().await? {
+            if !keyring.has(&u.key_id) {
+                problems.push(KeyProblem::Missing {
+                    key_id: u.key_id,
+                    blobs: u.blobs,
+                    secrets: u.secrets,
+                });
+            }
+        }
+        Ok(problems)
+    }
+
     /// What each key-encryption key seals: blobs' data keys and stored secrets (token
     /// signing keys, webhook secrets, node-local sharing's keys), by key id.
     pub async fn key_uses(&self) -> Result<Vec<KeyUse>> {
@@ -467,6 +494,124 @@ impl Registry {
             .map_err(|e| RegistryError::Internal(e.to_string()))?;
         self.meta.finish_blob_conversion(digest).await?;
         Ok(true)
+    }
+
+    /// `berth migrate-storage` into an encrypted target, one blob. `self` is the target: its
+    /// blob store, the metadata store it will serve with, its keyring. `source` is the
+    /// current registry when it has a keyring (its metadata says which blobs it stores
+    /// sealed). A sealed blob is copied in its stored form (checked by opening it on the
+    /// way; its key row is the source's, shared or copied with the metadata). A plaintext
+    /// blob is sealed on the way, as `berth encrypt` seals in place: its data key is
+    /// recorded first (`converting2`), the sealed form is written through the target's
+    /// upload path and placed only once it verified against the digest, then the state
+    /// becomes `sealed2`. A re-run after a crash finds the row and reuses its key; an
+    /// object already placed is checked whole, not sealed again. Plaintext never reaches
+    /// the target.
+    pub async fn migrate_blob_sealed(
+        &self,
+        from: &berth_storage::BlobStore,
+        source: Option<&Registry>,
+        digest: &Digest,
+    ) -> Result<berth_storage::Copied> {
+        use berth_storage::Copied;
+        let ring = self.keyring()?;
+        let Some(stored) = from.stat(digest).await? else {
+            return Ok(Copied::SourceMissing);
+        };
+        if let Some(source) = source
+            && let Some((key, converting)) = source.read_key(digest).await?
+        {
+            let Some(size) = source.meta.blob(digest.as_str()).await? else {
+                return Err(RegistryError::Invalid(format!(
+                    "{digest} is stored encrypted but the current metadata store does not list it (an orphan, which `berth fsck` reports): not copied"
+                )));
+            };
+            if stored == key.sealed_len(size) {
+                return Ok(berth_storage::copy_blob_with(
+                    from,
+                    &self.blobs,
+                    digest,
+                    Some((size, key)),
+                )
+                .await?);
+            }
+            if converting {
+                // The object is still the plaintext, under a row that says `converting`
+                // (and that the metadata copy would carry over as such).
+                return Err(RegistryError::InUse(format!(
+                    "{digest} is being converted by `berth encrypt` in the current store: run `berth encrypt` to the end first"
+                )));
+            }
+            return Err(RegistryError::Invalid(format!(
+                "{digest}: the current store's object is not the size of its sealed form (`berth fsck` reports it): not copied"
+            )));
+        }
+        let size = stored;
+        let context = digest.as_str().as_bytes();
+        let (key, converting) = match self.meta.blob_key_state(digest.as_str()).await? {
+            Some((_, s)) if s.format1 => {
+                return Err(RegistryError::Invalid(format!(
+                    "{digest} has a format-1 data key in the target's metadata store but is stored as plaintext: run `berth encrypt` first"
+                )));
+            }
+            Some((w, s)) => (
+                ring.open_data_key(&w.key_id, context, &w.wrapped)
+                    .map_err(sealed)?,
+                s.converting,
+            ),
+            None => {
+                let (fresh, key_id, wrapped) = ring.new_data_key(context);
+                let mine = WrappedKey { key_id, wrapped };
+                let stored = self
+                    .meta
+                    .start_blob_conversion(digest.as_str(), &mine)
+                    .await?;
+                let key = if stored == mine {
+                    fresh
+                } else {
+                    ring.open_data_key(&stored.key_id, context, &stored.wrapped)
+                        .map_err(sealed)?
+                };
+                (key, true)
+            }
+        };
+        let sealed_size = key.sealed_len(size);
+        let there = self.blobs.stat(digest).await?;
+        let copied = if there == Some(sealed_size) {
+            if !converting {
+                return Ok(Copied::AlreadyThere);
+            }
+            // Placed by a run that stopped before its switch: checked whole, not sealed
+            // again (a second sealing would differ, and readers may hold the first).
+            match self
+                .blobs
+                .verify_sealed(digest, size, &key, &mut |_| {})
+                .await?
+            {
+                berth_storage::BlobCheck::Present { size: got, actual }
+                    if got == size && &actual == digest => {}
+                _ => {
+                    return Err(RegistryError::Internal(format!(
+                        "{digest}: the target's object is not the sealed form of the blob"
+                    )));
+                }
+            }
+            Copied::AlreadyThere
+        } else {
+            let Some(plain) = from.open(digest, None).await? else {
+                return Ok(Copied::SourceMissing);
+            };
+            // Sealed as it streams, verified against the digest, then placed whole (an
+            // atomic rename, or one object on S3): a missing or wrong object is replaced.
+            self.blobs.seal_blob(digest, size, &key, plain.body).await?;
+            Copied::Bytes(sealed_size)
+        };
+        berth_storage::failpoint::hit(berth_storage::failpoint::MIGRATE_SEAL_SWITCH)
+            .map_err(|e| RegistryError::Internal(e.to_string()))?;
+        if converting {
+            self.meta.finish_blob_conversion(digest.as_str()).await?;
+        }
+        Ok(copied)
     }
 
     /// Follows `berth keys rotate`: makes the key the metadata store names active here, if

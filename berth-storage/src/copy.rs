@@ -219,6 +219,29 @@ pub async fn copy_all_blobs_with(
     keys: Option<SealedKeys<'_>>,
     on: &mut (dyn FnMut(CopyEvent<'_>) + Send),
 ) -> Result<CopySummary> {
+    let copy = |digest: Digest| -> BoxFuture<'_, Result<Copied>> {
+        Box::pin(async move {
+            let sealed = match keys {
+                Some(k) => k(digest.clone()).await?,
+                None => None,
+            };
+            copy_blob_with(from, to, &digest, sealed).await
+        })
+    };
+    copy_all_blobs_by(from, &copy, on).await
+}
+
+/// Copies one blob the way the caller decides (`migrate-storage` into an encrypted target
+/// seals plaintext blobs on the way, which needs the metadata store).
+pub type CopyOne<'a> = &'a (dyn Fn(Digest) -> BoxFuture<'a, Result<Copied>> + Send + Sync);
+
+/// Walks every blob of `from`, a listing batch at a time, copying each with `copy`; the
+/// counting and reporting of [`copy_all_blobs`].
+pub async fn copy_all_blobs_by(
+    from: &BlobStore,
+    copy: CopyOne<'_>,
+    on: &mut (dyn FnMut(CopyEvent<'_>) + Send),
+) -> Result<CopySummary> {
     let mut summary = CopySummary::default();
     let mut scan = from.scan_blobs();
     while let Some(batch) = scan.next_batch().await? {
@@ -231,22 +254,7 @@ pub async fn copy_all_blobs_with(
                     continue;
                 }
             };
-            let sealed = match keys {
-                Some(k) => match k(digest.clone()).await {
-                    Ok(s) => s,
-                    Err(error) => {
-                        summary.failed += 1;
-                        on(CopyEvent::Failed {
-                            digest: &digest,
-                            error: &error,
-                        });
-                        on(CopyEvent::Done(&summary));
-                        continue;
-                    }
-                },
-                None => None,
-            };
-            match copy_blob_with(from, to, &digest, sealed).await {
+            match copy(digest.clone()).await {
                 Ok(Copied::Bytes(n)) => {
                     summary.copied += 1;
                     summary.copied_bytes += n;

@@ -32,11 +32,15 @@ pub const AFTER_MANIFEST_COMMIT: &str = "after_manifest_commit";
 pub const REWRAP_BATCH: &str = "rewrap_batch";
 /// `berth encrypt` sealed a blob in place but has not switched its state to sealed.
 pub const BEFORE_SEAL_SWITCH: &str = "before_seal_switch";
+/// `berth migrate-storage` sealed a plaintext blob into the encrypted target but has not
+/// switched its data key's state to sealed.
+pub const MIGRATE_SEAL_SWITCH: &str = "migrate_seal_switch";
 
 /// Every point there is; a name outside this list is a typo and refused.
 pub const ALL: &[&str] = &[
     REWRAP_BATCH,
     BEFORE_SEAL_SWITCH,
+    MIGRATE_SEAL_SWITCH,
     AFTER_TEMP_WRITE,
     BEFORE_RENAME,
     BEFORE_BLOB_LINK,

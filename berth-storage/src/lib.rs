@@ -32,8 +32,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 pub use copy::{
-    Copied, CopyEvent, CopySummary, SealedKeys, copy_all_blobs, copy_all_blobs_with, copy_blob,
-    copy_blob_with,
+    Copied, CopyEvent, CopyOne, CopySummary, SealedKeys, copy_all_blobs, copy_all_blobs_by,
+    copy_all_blobs_with, copy_blob, copy_blob_with,
 };
 pub use fs::FsStore;
 pub use hash::{HashState, digest_of};
