@@ -136,6 +136,11 @@ impl FsStore {
     /// A file shorter than that lost acknowledged bytes (the machine, not the process,
     /// crashed): the upload cannot be trusted and is reported unknown.
     async fn open_at(&self, id: &str, offset: u64) -> Result<File> {
+        Ok(self.open_cut(id, offset).await?.0)
+    }
+
+    /// [`FsStore::open_at`], and whether it cut bytes off.
+    async fn open_cut(&self, id: &str, offset: u64) -> Result<(File, bool)> {
         let path = self.upload_path(id)?;
         let mut file = match OpenOptions::new().read(true).write(true).open(&path).await {
             Ok(f) => f,
@@ -160,7 +165,7 @@ impl FsStore {
         file.seek(SeekFrom::Start(offset))
             .await
             .map_err(StorageError::io("seeking in an upload"))?;
-        Ok(file)
+        Ok((file, len > offset))
     }
 
     pub async fn append_upload<S, E>(
@@ -175,7 +180,12 @@ impl FsStore {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let file = self.open_at(id, offset).await?.into_std().await;
+        let (file, cut) = self.open_cut(id, offset).await?;
+        if cut {
+            failpoint::hit(failpoint::AFTER_UPLOAD_CUT)
+                .map_err(StorageError::io("writing an upload"))?;
+        }
+        let file = file.into_std().await;
         // Hashing and writing run on a blocking thread, fed through a short queue: the
         // connection's task only receives, so receiving, hashing and disk writes overlap,
         // and a slow disk pushes back on the client instead of filling memory.
