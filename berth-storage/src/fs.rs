@@ -323,6 +323,59 @@ impl FsStore {
         }
     }
 
+    /// Where the stored bytes of an upload's last segment are kept while an append or a
+    /// completion seals that segment again. Upload ids have no dot, so no upload is named
+    /// like it.
+    fn tail_path(&self, id: &str) -> Result<PathBuf> {
+        Ok(self.upload_path(id)?.with_extension("tail"))
+    }
+
+    /// Keeps `stored` (the sealed last segment of an upload, as stored) beside the upload,
+    /// durably, before an append cuts it off to seal it again: until the new bytes are
+    /// durable the upload's file may hold the segment cut off or half written, and
+    /// [`FsStore::kept_upload_tail`] gives it back. Written under a temporary name and
+    /// renamed, so a copy that is there is whole.
+    pub(crate) async fn keep_upload_tail(&self, id: &str, stored: Vec<u8>) -> Result<()> {
+        let path = self.tail_path(id)?;
+        let tmp = path.with_extension("tail-new");
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&stored)?;
+            f.sync_data()?;
+            drop(f);
+            std::fs::rename(&tmp, &path)?;
+            // The new name must be on disk before the upload's file is cut.
+            match path.parent() {
+                Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| {
+            StorageError::io("keeping an upload's last segment")(std::io::Error::other(e))
+        })?
+        .map_err(StorageError::io("keeping an upload's last segment"))
+    }
+
+    /// The copy [`FsStore::keep_upload_tail`] kept, if any.
+    pub(crate) async fn kept_upload_tail(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        match fs::read(self.tail_path(id)?).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::io("reading an upload's last segment")(e)),
+        }
+    }
+
+    /// Drops the kept copy once the segment sealed again is durable in the upload's file.
+    pub(crate) async fn drop_upload_tail(&self, id: &str) -> Result<()> {
+        match fs::remove_file(self.tail_path(id)?).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io("removing an upload's last segment")(e)),
+        }
+    }
+
     async fn place(&self, id: &str, file: File, expected: &Digest) -> Result<()> {
         file.sync_all()
             .await
@@ -341,10 +394,15 @@ impl FsStore {
         fs::rename(self.upload_path(id)?, &dest)
             .await
             .map_err(StorageError::io("moving an upload into place"))?;
-        sync_dir(parent).await
+        sync_dir(parent).await?;
+        if let Err(e) = self.drop_upload_tail(id).await {
+            tracing::warn!(upload = id, error = %e, "an upload's kept last segment stays behind; the stale-upload sweep removes it");
+        }
+        Ok(())
     }
 
     pub async fn delete_upload(&self, id: &str) -> Result<()> {
+        self.drop_upload_tail(id).await?;
         match fs::remove_file(self.upload_path(id)?).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -371,7 +429,9 @@ impl FsStore {
                 .ok()
                 .and_then(|m| now.duration_since(m).ok())
                 .is_some_and(|d| d > age);
-            if stale && fs::remove_file(entry.path()).await.is_ok() {
+            // Kept last segments (`<id>.tail`) go with their upload, uncounted.
+            let upload = !entry.file_name().to_string_lossy().contains('.');
+            if stale && fs::remove_file(entry.path()).await.is_ok() && upload {
                 removed += 1;
             }
         }

@@ -286,30 +286,62 @@ impl BlobStore {
         }
     }
 
-    /// The first `len` plaintext bytes of segment `index` of an open upload. The segment
-    /// stored there may be longer than `len` (an append continued it and was not
-    /// acknowledged), or already final (a completion that failed later): its first `len`
-    /// bytes are the acknowledged ones either way.
+    /// Keeps the stored bytes of an upload's last segment beside it until the segment
+    /// sealed again is durable (filesystem; on S3 the object that holds it is replaced
+    /// whole or not at all).
+    async fn keep_tail(&self, id: &str, stored: &[u8]) -> Result<()> {
+        match self {
+            BlobStore::Fs(s) => s.keep_upload_tail(id, stored.to_vec()).await,
+            BlobStore::S3(_) => Ok(()),
+        }
+    }
+
+    async fn kept_tail(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            BlobStore::Fs(s) => s.kept_upload_tail(id).await,
+            BlobStore::S3(_) => Ok(None),
+        }
+    }
+
+    async fn drop_tail(&self, id: &str) {
+        if let BlobStore::Fs(s) = self
+            && let Err(e) = s.drop_upload_tail(id).await
+        {
+            tracing::warn!(upload = id, error = %e, "an upload's kept last segment stays behind");
+        }
+    }
+
+    /// The first `len` plaintext bytes of segment `index` of an open upload, and the
+    /// segment as stored. The segment stored there may be longer than `len` (an append
+    /// continued it and was not acknowledged), or already final (a completion that failed
+    /// later): its first `len` bytes are the acknowledged ones either way. If it does not
+    /// authenticate (the process died while it was sealed again), the copy kept beside the
+    /// upload is used.
     async fn upload_segment(
         &self,
         id: &str,
         key: &DataKey,
         index: u64,
         len: usize,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
         let stored = self
             .read_upload_at(id, segment_offset(index), STRIDE as u64)
             .await?;
-        for last in [false, true] {
-            let mut seg = stored.clone();
-            if let Ok(n) = key.open_segment(index, last, &mut seg)
-                && n >= len
-            {
-                return Ok(seg[crate::seal::NONCE..crate::seal::NONCE + len].to_vec());
-            }
+        if let Some(found) = open_prefix(key, index, len, &stored) {
+            return Ok(found);
         }
-        // A torn write (the process died while re-sealing this segment): the acknowledged
-        // bytes are gone, so the client must push again.
+        if let Some(kept) = self.kept_tail(id).await?
+            && let Some(found) = open_prefix(key, index, len, &kept)
+        {
+            tracing::info!(
+                upload = id,
+                segment = index,
+                "an upload's last segment was cut off while sealed again; using the copy kept beside it"
+            );
+            return Ok(found);
+        }
+        // Neither the upload nor a kept copy holds the acknowledged bytes (lost with the
+        // machine rather than the process): the client must push again.
         tracing::warn!(
             upload = id,
             segment = index,
@@ -344,10 +376,14 @@ impl BlobStore {
         let index = offset / SEGMENT as u64;
         let carried = (offset % SEGMENT as u64) as usize;
         let start = segment_offset(index);
-        let head = if carried > 0 {
-            self.upload_segment(id, &key, index, carried).await?
+        let (head, kept) = if carried > 0 {
+            let (head, stored) = self.upload_segment(id, &key, index, carried).await?;
+            // The append begins by cutting this segment off: keep it until the segment
+            // sealed again is durable, so a crash in between loses nothing acknowledged.
+            self.keep_tail(id, &stored).await?;
+            (head, Some(stored))
         } else {
-            Vec::new()
+            (Vec::new(), None)
         };
         let mut batch = SegmentBatch::new(index, BATCH);
         batch.push(&head);
@@ -408,23 +444,28 @@ impl BlobStore {
         .await;
         if let Err(e) = result {
             // The first append began by cutting the upload back to where the carried
-            // segment starts: put the acknowledged bytes back (sealed afresh).
-            if !head.is_empty() {
-                let mut back = SegmentBatch::new(index, 1);
-                back.push(&head);
-                let bytes = Bytes::from(back.seal(&key, false));
-                let once = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes)]);
-                if let Err(e) = self
+            // segment starts: put the acknowledged segment back as it was stored (no new
+            // sealing). If that fails too, the kept copy still holds it.
+            if let Some(stored) = kept {
+                let once =
+                    futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(stored))]);
+                match self
                     .append_upload(id, start, &mut HashState::scratch(), once, u64::MAX)
                     .await
                 {
-                    tracing::warn!(upload = id, error = %e, "could not restore an upload's last segment");
+                    Ok(_) => self.drop_tail(id).await,
+                    Err(e) => {
+                        tracing::warn!(upload = id, error = %e, "could not restore an upload's last segment");
+                    }
                 }
             }
             if lock(&shared).too_large {
                 return Err(StorageError::TooLarge { limit });
             }
             return Err(e);
+        }
+        if kept.is_some() {
+            self.drop_tail(id).await;
         }
         let plain = lock(&shared).plain;
         let new = offset + plain;
@@ -466,7 +507,10 @@ impl BlobStore {
         let tail = if size == 0 {
             Vec::new()
         } else {
-            self.upload_segment(id, &key, index, len).await?
+            let (tail, stored) = self.upload_segment(id, &key, index, len).await?;
+            // Cut off and written again as final below: kept until that is durable.
+            self.keep_tail(id, &stored).await?;
+            tail
         };
         let mut last = SegmentBatch::new(index, 1);
         last.push(&tail);
@@ -480,6 +524,9 @@ impl BlobStore {
             u64::MAX,
         )
         .await?;
+        if size > 0 {
+            self.drop_tail(id).await;
+        }
         if expected.algorithm() == Algorithm::Sha512 {
             let mut plain = self.upload_plaintext(id, size, &key).await?;
             let mut h = Hasher::new(Algorithm::Sha512);
@@ -734,4 +781,19 @@ fn read_error(e: std::io::Error) -> StorageError {
         Ok(seal) => StorageError::Sealed(seal),
         Err(e) => StorageError::io("reading a sealed blob")(e),
     }
+}
+
+/// Opens `stored` as segment `index` (not final, or final) holding at least `len`
+/// plaintext bytes: its first `len` plaintext bytes and the segment as stored.
+fn open_prefix(key: &DataKey, index: u64, len: usize, stored: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    for last in [false, true] {
+        let mut seg = stored.to_vec();
+        if let Ok(n) = key.open_segment(index, last, &mut seg)
+            && n >= len
+        {
+            let plain = seg[crate::seal::NONCE..crate::seal::NONCE + len].to_vec();
+            return Some((plain, stored[..n + crate::seal::OVERHEAD].to_vec()));
+        }
+    }
+    None
 }
