@@ -90,18 +90,8 @@ impl FsStore {
         digest: &Digest,
         range: Option<(u64, u64)>,
     ) -> Result<Option<BlobReader>> {
-        let path = self.blob_path(digest);
-        let opened = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(path)?;
-            let total = file.metadata()?.len();
-            Ok::<_, std::io::Error>((file, total))
-        })
-        .await
-        .map_err(|e| StorageError::io("opening a blob")(std::io::Error::other(e)))?;
-        let (file, total) = match opened {
-            Ok(x) => x,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageError::io("opening a blob")(e)),
+        let Some((file, total)) = self.open_file(digest).await? else {
+            return Ok(None);
         };
         let (start, len) = match range {
             Some((first, last)) if first <= last && last < total => (first, last - first + 1),
@@ -110,8 +100,29 @@ impl FsStore {
         Ok(Some(BlobReader {
             len,
             total,
-            body: Box::pin(read_chunks(Arc::new(file), start, len)),
+            body: Box::pin(read_chunks(file, start, len)),
         }))
+    }
+
+    /// A blob's open file and its size, for positioned reads: sealed blobs are read
+    /// straight into the buffers they are opened in.
+    pub(crate) async fn open_file(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(Arc<std::fs::File>, u64)>> {
+        let path = self.blob_path(digest);
+        let opened = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(path)?;
+            let total = file.metadata()?.len();
+            Ok::<_, std::io::Error>((file, total))
+        })
+        .await
+        .map_err(|e| StorageError::io("opening a blob")(std::io::Error::other(e)))?;
+        match opened {
+            Ok((file, total)) => Ok(Some((Arc::new(file), total))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::io("opening a blob")(e)),
+        }
     }
 
     pub async fn delete(&self, digest: &Digest) -> Result<()> {
