@@ -18,6 +18,10 @@ pub const ENV: &str = "BERTH_FAILPOINTS";
 
 /// Upload bytes were written (and flushed to the OS) but not yet fsynced or acknowledged.
 pub const AFTER_TEMP_WRITE: &str = "after_temp_write";
+/// An append cut an upload's file back to where it starts, dropping stored bytes (the
+/// partial last segment a sealed append or completion seals again, or an unacknowledged
+/// append's), before writing anything.
+pub const AFTER_UPLOAD_CUT: &str = "after_upload_cut";
 /// A finished upload was verified and fsynced, but not yet renamed under `blobs/`.
 pub const BEFORE_RENAME: &str = "before_rename";
 /// A blob is in place under `blobs/`, but its metadata row and link are not committed.
@@ -42,6 +46,7 @@ pub const ALL: &[&str] = &[
     BEFORE_SEAL_SWITCH,
     MIGRATE_SEAL_SWITCH,
     AFTER_TEMP_WRITE,
+    AFTER_UPLOAD_CUT,
     BEFORE_RENAME,
     BEFORE_BLOB_LINK,
     AFTER_BLOB_LINK,

@@ -90,18 +90,8 @@ impl FsStore {
         digest: &Digest,
         range: Option<(u64, u64)>,
     ) -> Result<Option<BlobReader>> {
-        let path = self.blob_path(digest);
-        let opened = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(path)?;
-            let total = file.metadata()?.len();
-            Ok::<_, std::io::Error>((file, total))
-        })
-        .await
-        .map_err(|e| StorageError::io("opening a blob")(std::io::Error::other(e)))?;
-        let (file, total) = match opened {
-            Ok(x) => x,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageError::io("opening a blob")(e)),
+        let Some((file, total)) = self.open_file(digest).await? else {
+            return Ok(None);
         };
         let (start, len) = match range {
             Some((first, last)) if first <= last && last < total => (first, last - first + 1),
@@ -110,8 +100,29 @@ impl FsStore {
         Ok(Some(BlobReader {
             len,
             total,
-            body: Box::pin(read_chunks(Arc::new(file), start, len)),
+            body: Box::pin(read_chunks(file, start, len)),
         }))
+    }
+
+    /// A blob's open file and its size, for positioned reads: sealed blobs are read
+    /// straight into the buffers they are opened in.
+    pub(crate) async fn open_file(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(Arc<std::fs::File>, u64)>> {
+        let path = self.blob_path(digest);
+        let opened = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(path)?;
+            let total = file.metadata()?.len();
+            Ok::<_, std::io::Error>((file, total))
+        })
+        .await
+        .map_err(|e| StorageError::io("opening a blob")(std::io::Error::other(e)))?;
+        match opened {
+            Ok((file, total)) => Ok(Some((Arc::new(file), total))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::io("opening a blob")(e)),
+        }
     }
 
     pub async fn delete(&self, digest: &Digest) -> Result<()> {
@@ -136,6 +147,11 @@ impl FsStore {
     /// A file shorter than that lost acknowledged bytes (the machine, not the process,
     /// crashed): the upload cannot be trusted and is reported unknown.
     async fn open_at(&self, id: &str, offset: u64) -> Result<File> {
+        Ok(self.open_cut(id, offset).await?.0)
+    }
+
+    /// [`FsStore::open_at`], and whether it cut bytes off.
+    async fn open_cut(&self, id: &str, offset: u64) -> Result<(File, bool)> {
         let path = self.upload_path(id)?;
         let mut file = match OpenOptions::new().read(true).write(true).open(&path).await {
             Ok(f) => f,
@@ -160,7 +176,7 @@ impl FsStore {
         file.seek(SeekFrom::Start(offset))
             .await
             .map_err(StorageError::io("seeking in an upload"))?;
-        Ok(file)
+        Ok((file, len > offset))
     }
 
     pub async fn append_upload<S, E>(
@@ -175,7 +191,12 @@ impl FsStore {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let file = self.open_at(id, offset).await?.into_std().await;
+        let (file, cut) = self.open_cut(id, offset).await?;
+        if cut {
+            failpoint::hit(failpoint::AFTER_UPLOAD_CUT)
+                .map_err(StorageError::io("writing an upload"))?;
+        }
+        let file = file.into_std().await;
         // Hashing and writing run on a blocking thread, fed through a short queue: the
         // connection's task only receives, so receiving, hashing and disk writes overlap,
         // and a slow disk pushes back on the client instead of filling memory.
@@ -313,6 +334,59 @@ impl FsStore {
         }
     }
 
+    /// Where the stored bytes of an upload's last segment are kept while an append or a
+    /// completion seals that segment again. Upload ids have no dot, so no upload is named
+    /// like it.
+    fn tail_path(&self, id: &str) -> Result<PathBuf> {
+        Ok(self.upload_path(id)?.with_extension("tail"))
+    }
+
+    /// Keeps `stored` (the sealed last segment of an upload, as stored) beside the upload,
+    /// durably, before an append cuts it off to seal it again: until the new bytes are
+    /// durable the upload's file may hold the segment cut off or half written, and
+    /// [`FsStore::kept_upload_tail`] gives it back. Written under a temporary name and
+    /// renamed, so a copy that is there is whole.
+    pub(crate) async fn keep_upload_tail(&self, id: &str, stored: Vec<u8>) -> Result<()> {
+        let path = self.tail_path(id)?;
+        let tmp = path.with_extension("tail-new");
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&stored)?;
+            f.sync_data()?;
+            drop(f);
+            std::fs::rename(&tmp, &path)?;
+            // The new name must be on disk before the upload's file is cut.
+            match path.parent() {
+                Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| {
+            StorageError::io("keeping an upload's last segment")(std::io::Error::other(e))
+        })?
+        .map_err(StorageError::io("keeping an upload's last segment"))
+    }
+
+    /// The copy [`FsStore::keep_upload_tail`] kept, if any.
+    pub(crate) async fn kept_upload_tail(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        match fs::read(self.tail_path(id)?).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::io("reading an upload's last segment")(e)),
+        }
+    }
+
+    /// Drops the kept copy once the segment sealed again is durable in the upload's file.
+    pub(crate) async fn drop_upload_tail(&self, id: &str) -> Result<()> {
+        match fs::remove_file(self.tail_path(id)?).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io("removing an upload's last segment")(e)),
+        }
+    }
+
     async fn place(&self, id: &str, file: File, expected: &Digest) -> Result<()> {
         file.sync_all()
             .await
@@ -331,10 +405,15 @@ impl FsStore {
         fs::rename(self.upload_path(id)?, &dest)
             .await
             .map_err(StorageError::io("moving an upload into place"))?;
-        sync_dir(parent).await
+        sync_dir(parent).await?;
+        if let Err(e) = self.drop_upload_tail(id).await {
+            tracing::warn!(upload = id, error = %e, "an upload's kept last segment stays behind; the stale-upload sweep removes it");
+        }
+        Ok(())
     }
 
     pub async fn delete_upload(&self, id: &str) -> Result<()> {
+        self.drop_upload_tail(id).await?;
         match fs::remove_file(self.upload_path(id)?).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -361,7 +440,9 @@ impl FsStore {
                 .ok()
                 .and_then(|m| now.duration_since(m).ok())
                 .is_some_and(|d| d > age);
-            if stale && fs::remove_file(entry.path()).await.is_ok() {
+            // Kept last segments (`<id>.tail`) go with their upload, uncounted.
+            let upload = !entry.file_name().to_string_lossy().contains('.');
+            if stale && fs::remove_file(entry.path()).await.is_ok() && upload {
                 removed += 1;
             }
         }

@@ -381,6 +381,22 @@ impl DataKey {
         }
     }
 
+    /// Opens whole stored segments from `first` in this key's format in place, moving
+    /// nothing (see [`open_segments_in_place`]).
+    pub fn open_stored_in_place(
+        &self,
+        total: u64,
+        first: u64,
+        buf: &mut [u8],
+    ) -> Result<Vec<(usize, usize)>, SealError> {
+        match &self.1 {
+            Format::V1 { digest } => {
+                legacy::open_segments_in_place(self, digest, total, first, buf)
+            }
+            Format::V2 => open_segments_in_place(self, total, first, buf),
+        }
+    }
+
     /// Seals in place one segment laid out as `nonce space || plaintext || tag space`,
     /// drawing its nonce from `rng`.
     fn seal_segment(&self, rng: &SystemRandom, index: u64, last: bool, seg: &mut [u8]) {
@@ -557,18 +573,19 @@ impl SegmentBatch {
 
 /// Opens, in place, stored bytes holding whole segments from index `first` of a blob of
 /// `total` plaintext bytes (so which segment is final, and how long it is, come from the
-/// metadata store, never from the bytes), and moves the plaintext to the front of `buf`.
-/// Returns the plaintext length.
-pub fn open_segments(
+/// metadata store, never from the bytes). Nothing is moved: returns where each segment's
+/// plaintext lies in `buf`, as (start, length), in order, so a reader can hand out
+/// slices of the one buffer.
+pub fn open_segments_in_place(
     key: &DataKey,
     total: u64,
     first: u64,
     buf: &mut [u8],
-) -> Result<usize, SealError> {
+) -> Result<Vec<(usize, usize)>, SealError> {
     let count = segments(total);
     let mut pos = 0usize;
-    let mut out = 0usize;
     let mut index = first;
+    let mut pieces = Vec::with_capacity(buf.len().div_ceil(STRIDE));
     while pos < buf.len() {
         if index >= count {
             return Err(SealError::Tampered("bytes past the last segment".into()));
@@ -583,12 +600,33 @@ pub fn open_segments(
             return Err(SealError::Tampered(format!("segment {index} is cut short")));
         }
         let n = key.open_segment(index, last, &mut buf[pos..pos + want])?;
-        buf.copy_within(pos + NONCE..pos + NONCE + n, out);
-        out += n;
+        pieces.push((pos + NONCE, n));
         pos += want;
         index += 1;
     }
-    Ok(out)
+    Ok(pieces)
+}
+
+/// [`open_segments_in_place`], then the plaintext moved to the front of `buf`. Returns the
+/// plaintext length.
+pub fn open_segments(
+    key: &DataKey,
+    total: u64,
+    first: u64,
+    buf: &mut [u8],
+) -> Result<usize, SealError> {
+    let pieces = open_segments_in_place(key, total, first, buf)?;
+    Ok(compact(buf, &pieces))
+}
+
+/// Moves `pieces` of `buf` to its front, in order; their total length.
+pub(crate) fn compact(buf: &mut [u8], pieces: &[(usize, usize)]) -> usize {
+    let mut out = 0;
+    for &(start, n) in pieces {
+        buf.copy_within(start..start + n, out);
+        out += n;
+    }
+    out
 }
 
 /// Every stored segment in `stored` (an upload's or a blob's bytes from a segment

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use berth_oci::{Algorithm, Digest};
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
 use crate::hash::Hasher;
@@ -152,18 +152,38 @@ where
         .buffered(IN_FLIGHT)
 }
 
+/// Where a sealed blob's stored bytes come from.
+enum Source {
+    /// A blob file: each batch is read with one positioned read straight into the buffer
+    /// that is opened in place, so its bytes are not copied on the way.
+    File { file: Arc<std::fs::File>, at: u64 },
+    /// A byte stream (S3, uploads), copied into that buffer.
+    Stream { raw: ByteStream, carry: Bytes },
+}
+
+/// One batch of stored segments, to be opened on the blocking pool.
+enum Fill {
+    /// Still on disk: read it there.
+    Read {
+        file: Arc<std::fs::File>,
+        at: u64,
+        len: usize,
+    },
+    /// Already gathered from a stream.
+    Ready(BytesMut),
+}
+
 /// Reads stored segments a batch at a time.
 struct Batches {
-    raw: ByteStream,
+    source: Source,
     key: DataKey,
     total: u64,
     index: u64,
     end: u64,
-    carry: Bytes,
 }
 
 impl Batches {
-    async fn next_batch(&mut self) -> Option<std::io::Result<(Vec<u8>, u64)>> {
+    async fn next_batch(&mut self) -> Option<std::io::Result<(Fill, u64)>> {
         if self.index >= self.end {
             return None;
         }
@@ -172,79 +192,127 @@ impl Batches {
         let want: usize = (index..index + n)
             .map(|i| self.key.stored_segment_len(self.total, i))
             .sum();
-        let mut buf = Vec::with_capacity(want);
-        loop {
-            if !self.carry.is_empty() {
-                let take = (want - buf.len()).min(self.carry.len());
-                buf.extend_from_slice(&self.carry[..take]);
-                self.carry.advance(take);
+        let fill = match &mut self.source {
+            Source::File { file, at } => {
+                let fill = Fill::Read {
+                    file: Arc::clone(file),
+                    at: *at,
+                    len: want,
+                };
+                *at += want as u64;
+                fill
             }
-            if buf.len() == want {
-                break;
-            }
-            match self.raw.next().await {
-                Some(Ok(c)) => self.carry = c,
-                Some(Err(e)) => {
-                    self.index = self.end;
-                    return Some(Err(e));
+            Source::Stream { raw, carry } => {
+                let mut buf = BytesMut::with_capacity(want);
+                loop {
+                    if !carry.is_empty() {
+                        let take = (want - buf.len()).min(carry.len());
+                        buf.extend_from_slice(&carry[..take]);
+                        carry.advance(take);
+                    }
+                    if buf.len() == want {
+                        break;
+                    }
+                    match raw.next().await {
+                        Some(Ok(c)) => *carry = c,
+                        Some(Err(e)) => {
+                            self.index = self.end;
+                            return Some(Err(e));
+                        }
+                        None => {
+                            self.index = self.end;
+                            return Some(Err(ended_early()));
+                        }
+                    }
                 }
-                None => {
-                    self.index = self.end;
-                    let e = SealError::Tampered("sealed bytes ended early".into());
-                    return Some(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
-                }
+                Fill::Ready(buf)
             }
-        }
+        };
         self.index += n;
-        Some(Ok((buf, index)))
+        Some(Ok((fill, index)))
     }
 }
 
+fn ended_early() -> std::io::Error {
+    let e = SealError::Tampered("sealed bytes ended early".into());
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
+/// Reads (if still on disk) and opens one batch in place, and hands out each segment's
+/// plaintext as a slice of that one buffer: no byte is copied after the read.
 async fn open_batch(
     key: DataKey,
     total: u64,
-    item: std::io::Result<(Vec<u8>, u64)>,
-) -> std::io::Result<Bytes> {
-    let (mut buf, index) = item?;
+    item: std::io::Result<(Fill, u64)>,
+) -> std::io::Result<Vec<Bytes>> {
+    let (fill, index) = item?;
     tokio::task::spawn_blocking(move || {
-        let n = key
-            .open_stored(total, index, &mut buf)
+        let mut buf = match fill {
+            Fill::Ready(buf) => buf,
+            Fill::Read { file, at, len } => {
+                use std::os::unix::fs::FileExt;
+                let mut buf = BytesMut::zeroed(len);
+                file.read_exact_at(&mut buf, at).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        ended_early()
+                    } else {
+                        e
+                    }
+                })?;
+                buf
+            }
+        };
+        let pieces = key
+            .open_stored_in_place(total, index, &mut buf)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        buf.truncate(n);
-        Ok(Bytes::from(buf))
+        let mut out = Vec::with_capacity(pieces.len());
+        let mut at = 0;
+        for (start, n) in pieces {
+            buf.advance(start - at);
+            out.push(buf.split_to(n).freeze());
+            at = start + n;
+        }
+        Ok(out)
     })
     .await
     .map_err(std::io::Error::other)?
 }
 
 /// Opens the stored bytes of segments `first..end` of a blob of `total` plaintext bytes,
-/// yielding plaintext a batch at a time. Ends after the first error.
-fn open_stream(raw: ByteStream, key: DataKey, total: u64, first: u64, end: u64) -> ByteStream {
+/// yielding each segment's plaintext. Ends after the first error.
+fn open_stream(source: Source, key: DataKey, total: u64, first: u64, end: u64) -> ByteStream {
     let batches = futures_util::stream::unfold(
         Batches {
-            raw,
+            source,
             key: key.clone(),
             total,
             index: first,
             end,
-            carry: Bytes::new(),
         },
         |mut b| async move { b.next_batch().await.map(|item| (item, b)) },
     );
-    let opened: ByteStream = Box::pin(
+    let opened = Box::pin(
         batches
             .map(move |item| open_batch(key.clone(), total, item))
             .buffered(IN_FLIGHT),
     );
     Box::pin(futures_util::stream::unfold(
-        (opened, false),
-        |(mut s, done)| async move {
+        (opened, Vec::new().into_iter(), false),
+        |(mut s, mut pending, done)| async move {
+            if let Some(piece) = pending.next() {
+                return Some((Ok(piece), (s, pending, done)));
+            }
             if done {
                 return None;
             }
-            let item = s.next().await?;
-            let failed = item.is_err();
-            Some((item, (s, failed)))
+            match s.next().await? {
+                Ok(pieces) => {
+                    let mut pending = pieces.into_iter();
+                    let first = pending.next().unwrap_or_default();
+                    Some((Ok(first), (s, pending, false)))
+                }
+                Err(e) => Some((Err(e), (s, pending, true))),
+            }
         },
     ))
 }
@@ -286,30 +354,62 @@ impl BlobStore {
         }
     }
 
-    /// The first `len` plaintext bytes of segment `index` of an open upload. The segment
-    /// stored there may be longer than `len` (an append continued it and was not
-    /// acknowledged), or already final (a completion that failed later): its first `len`
-    /// bytes are the acknowledged ones either way.
+    /// Keeps the stored bytes of an upload's last segment beside it until the segment
+    /// sealed again is durable (filesystem; on S3 the object that holds it is replaced
+    /// whole or not at all).
+    async fn keep_tail(&self, id: &str, stored: &[u8]) -> Result<()> {
+        match self {
+            BlobStore::Fs(s) => s.keep_upload_tail(id, stored.to_vec()).await,
+            BlobStore::S3(_) => Ok(()),
+        }
+    }
+
+    async fn kept_tail(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            BlobStore::Fs(s) => s.kept_upload_tail(id).await,
+            BlobStore::S3(_) => Ok(None),
+        }
+    }
+
+    async fn drop_tail(&self, id: &str) {
+        if let BlobStore::Fs(s) = self
+            && let Err(e) = s.drop_upload_tail(id).await
+        {
+            tracing::warn!(upload = id, error = %e, "an upload's kept last segment stays behind");
+        }
+    }
+
+    /// The first `len` plaintext bytes of segment `index` of an open upload, and the
+    /// segment as stored. The segment stored there may be longer than `len` (an append
+    /// continued it and was not acknowledged), or already final (a completion that failed
+    /// later): its first `len` bytes are the acknowledged ones either way. If it does not
+    /// authenticate (the process died while it was sealed again), the copy kept beside the
+    /// upload is used.
     async fn upload_segment(
         &self,
         id: &str,
         key: &DataKey,
         index: u64,
         len: usize,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
         let stored = self
             .read_upload_at(id, segment_offset(index), STRIDE as u64)
             .await?;
-        for last in [false, true] {
-            let mut seg = stored.clone();
-            if let Ok(n) = key.open_segment(index, last, &mut seg)
-                && n >= len
-            {
-                return Ok(seg[crate::seal::NONCE..crate::seal::NONCE + len].to_vec());
-            }
+        if let Some(found) = open_prefix(key, index, len, &stored) {
+            return Ok(found);
         }
-        // A torn write (the process died while re-sealing this segment): the acknowledged
-        // bytes are gone, so the client must push again.
+        if let Some(kept) = self.kept_tail(id).await?
+            && let Some(found) = open_prefix(key, index, len, &kept)
+        {
+            tracing::info!(
+                upload = id,
+                segment = index,
+                "an upload's last segment was cut off while sealed again; using the copy kept beside it"
+            );
+            return Ok(found);
+        }
+        // Neither the upload nor a kept copy holds the acknowledged bytes (lost with the
+        // machine rather than the process): the client must push again.
         tracing::warn!(
             upload = id,
             segment = index,
@@ -344,10 +444,14 @@ impl BlobStore {
         let index = offset / SEGMENT as u64;
         let carried = (offset % SEGMENT as u64) as usize;
         let start = segment_offset(index);
-        let head = if carried > 0 {
-            self.upload_segment(id, &key, index, carried).await?
+        let (head, kept) = if carried > 0 {
+            let (head, stored) = self.upload_segment(id, &key, index, carried).await?;
+            // The append begins by cutting this segment off: keep it until the segment
+            // sealed again is durable, so a crash in between loses nothing acknowledged.
+            self.keep_tail(id, &stored).await?;
+            (head, Some(stored))
         } else {
-            Vec::new()
+            (Vec::new(), None)
         };
         let mut batch = SegmentBatch::new(index, BATCH);
         batch.push(&head);
@@ -408,23 +512,28 @@ impl BlobStore {
         .await;
         if let Err(e) = result {
             // The first append began by cutting the upload back to where the carried
-            // segment starts: put the acknowledged bytes back (sealed afresh).
-            if !head.is_empty() {
-                let mut back = SegmentBatch::new(index, 1);
-                back.push(&head);
-                let bytes = Bytes::from(back.seal(&key, false));
-                let once = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes)]);
-                if let Err(e) = self
+            // segment starts: put the acknowledged segment back as it was stored (no new
+            // sealing). If that fails too, the kept copy still holds it.
+            if let Some(stored) = kept {
+                let once =
+                    futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(stored))]);
+                match self
                     .append_upload(id, start, &mut HashState::scratch(), once, u64::MAX)
                     .await
                 {
-                    tracing::warn!(upload = id, error = %e, "could not restore an upload's last segment");
+                    Ok(_) => self.drop_tail(id).await,
+                    Err(e) => {
+                        tracing::warn!(upload = id, error = %e, "could not restore an upload's last segment");
+                    }
                 }
             }
             if lock(&shared).too_large {
                 return Err(StorageError::TooLarge { limit });
             }
             return Err(e);
+        }
+        if kept.is_some() {
+            self.drop_tail(id).await;
         }
         let plain = lock(&shared).plain;
         let new = offset + plain;
@@ -466,7 +575,10 @@ impl BlobStore {
         let tail = if size == 0 {
             Vec::new()
         } else {
-            self.upload_segment(id, &key, index, len).await?
+            let (tail, stored) = self.upload_segment(id, &key, index, len).await?;
+            // Cut off and written again as final below: kept until that is durable.
+            self.keep_tail(id, &stored).await?;
+            tail
         };
         let mut last = SegmentBatch::new(index, 1);
         last.push(&tail);
@@ -480,6 +592,9 @@ impl BlobStore {
             u64::MAX,
         )
         .await?;
+        if size > 0 {
+            self.drop_tail(id).await;
+        }
         if expected.algorithm() == Algorithm::Sha512 {
             let mut plain = self.upload_plaintext(id, size, &key).await?;
             let mut h = Hasher::new(Algorithm::Sha512);
@@ -516,7 +631,11 @@ impl BlobStore {
             BlobStore::Fs(s) => Box::pin(s.read_upload(id, stored).await?),
             BlobStore::S3(s) => Box::pin(s.read_upload(id, stored).await?),
         };
-        Ok(open_stream(raw, key.clone(), size, 0, segments(size)))
+        let source = Source::Stream {
+            raw,
+            carry: Bytes::new(),
+        };
+        Ok(open_stream(source, key.clone(), size, 0, segments(size)))
     }
 
     /// Seals a completed upload again under `key` (another upload of the same digest
@@ -641,19 +760,35 @@ impl BlobStore {
                 f.fetch_add(1, Ordering::Relaxed);
             }
         };
-        let Some(reader) = self.open(digest, Some((ct_first, ct_last))).await? else {
-            return Ok(None);
+        let (source, stored, stored_len) = match self {
+            // Straight from the file into the buffers that are opened in place.
+            BlobStore::Fs(s) => {
+                let Some((file, stored)) = s.open_file(digest).await? else {
+                    return Ok(None);
+                };
+                let source = Source::File { file, at: ct_first };
+                (source, stored, ct_last - ct_first + 1)
+            }
+            BlobStore::S3(_) => {
+                let Some(reader) = self.open(digest, Some((ct_first, ct_last))).await? else {
+                    return Ok(None);
+                };
+                let source = Source::Stream {
+                    raw: reader.body,
+                    carry: Bytes::new(),
+                };
+                (source, reader.total, reader.len)
+            }
         };
-        if reader.total != total || reader.len != ct_last - ct_first + 1 {
+        if stored != total || stored_len != ct_last - ct_first + 1 {
             count(&failures);
             let e = SealError::Tampered(format!(
-                "{digest} is stored as {} bytes, {total} expected",
-                reader.total
+                "{digest} is stored as {stored} bytes, {total} expected"
             ));
             tracing::error!(%digest, error = %e, "sealed blob failed authentication");
             return Err(tampered(e));
         }
-        let mut opened = open_stream(reader.body, key.clone(), size, seg_first, seg_last + 1);
+        let mut opened = open_stream(source, key.clone(), size, seg_first, seg_last + 1);
         // Open the first batch now: a tampered blob is an error status, not a cut body.
         let head = match opened.next().await {
             Some(Ok(b)) => Some(b),
@@ -734,4 +869,19 @@ fn read_error(e: std::io::Error) -> StorageError {
         Ok(seal) => StorageError::Sealed(seal),
         Err(e) => StorageError::io("reading a sealed blob")(e),
     }
+}
+
+/// Opens `stored` as segment `index` (not final, or final) holding at least `len`
+/// plaintext bytes: its first `len` plaintext bytes and the segment as stored.
+fn open_prefix(key: &DataKey, index: u64, len: usize, stored: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    for last in [false, true] {
+        let mut seg = stored.to_vec();
+        if let Ok(n) = key.open_segment(index, last, &mut seg)
+            && n >= len
+        {
+            let plain = seg[crate::seal::NONCE..crate::seal::NONCE + len].to_vec();
+            return Some((plain, stored[..n + crate::seal::OVERHEAD].to_vec()));
+        }
+    }
+    None
 }

@@ -1748,6 +1748,124 @@ fn kill_9_and_abort_during_keys_rewrap_resume_and_the_old_key_can_go() {
     home.fsck_clean();
 }
 
+/// Stored bytes per sealed segment (format 2): a 12-byte nonce, the ciphertext, a 16-byte
+/// tag.
+const SEALED_STRIDE: usize = SEG + 28;
+
+/// Every file under the data directory's `uploads/` (the upload's own file and anything
+/// kept beside it), for the nonces it holds.
+fn upload_files(data: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(data.join("uploads")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            let bytes = std::fs::read(&p).expect("read upload file");
+            (p, bytes)
+        })
+        .collect()
+}
+
+/// Records every sealed segment of `bytes` (stored from a segment boundary) as nonce →
+/// the ciphertext it sealed; one upload is one key, so a nonce seen again with other
+/// ciphertext is a (key, nonce) pair used twice.
+fn record_nonces(seen: &mut std::collections::HashMap<Vec<u8>, Vec<u8>>, what: &str, bytes: &[u8]) {
+    for seg in bytes.chunks(SEALED_STRIDE).filter(|s| s.len() >= 28) {
+        let (nonce, sealed) = seg.split_at(12);
+        if let Some(before) = seen.insert(nonce.to_vec(), sealed.to_vec()) {
+            assert!(
+                before == sealed,
+                "{what}: a (key, nonce) pair sealed two different ciphertexts"
+            );
+        }
+    }
+}
+
+/// Killed (at a failpoint) while the filesystem backend re-seals an upload's partial last
+/// segment: on a PATCH that continues it, or on the PUT that seals it as final. After the
+/// restart the session resumes from the offset the server reports, the blob completes with
+/// the right digest, and no (key, nonce) pair ever sealed two different ciphertexts.
+fn reseal_crash_scenario(at_put: bool) {
+    let test = format!("re-seal crash at {}", if at_put { "PUT" } else { "PATCH" });
+    let mut rng = Rng::seeded(&test);
+    let home = Home::new("");
+    home.set_config(&home.encryption(&[("k1", 0x51)], "k1"));
+    let repo = "enc/reseal";
+    // Both chunks end inside a segment, so the next append (or the PUT) re-seals one.
+    let len = 3 * SEG + 12_345 + rng.below(SEG as u64 / 2) as usize;
+    let data = rng.bytes(len);
+    let digest = sha256(&data);
+    let first = SEG + 1_000 + rng.below(SEG as u64 - 2_000) as usize;
+    let mut seen = std::collections::HashMap::new();
+    let snapshot = |seen: &mut std::collections::HashMap<Vec<u8>, Vec<u8>>, when: &str| {
+        for (p, b) in upload_files(&home.data) {
+            record_nonces(seen, &format!("{test}: {when}: {}", p.display()), &b);
+        }
+    };
+
+    // Armed from the start: the first PATCH cuts nothing back (the file is empty), so it
+    // passes the point; the one that continues its partial segment dies there.
+    let failpoints = "after_upload_cut=abort";
+    let mut server = home.start(Some(failpoints).filter(|_| !at_put));
+    let location = start_upload(server.addr, repo).expect("start upload");
+    let r = patch_chunk(server.addr, &location, 0, &data[..first]).expect("first PATCH");
+    assert_eq!(r.status, 202, "{test}: first PATCH: {}", r.text());
+    snapshot(&mut seen, "after the first PATCH");
+    let died = if at_put {
+        let r = patch_chunk(server.addr, &location, first, &data[first..]).expect("PATCH");
+        assert_eq!(r.status, 202, "{test}: second PATCH: {}", r.text());
+        snapshot(&mut seen, "after the second PATCH");
+        server.kill9();
+        server = home.start(Some(failpoints));
+        finish_upload(server.addr, &location, &digest, b"")
+    } else {
+        patch_chunk(server.addr, &location, first, &data[first..])
+    };
+    assert!(
+        died.is_err(),
+        "{test}: expected the connection to die, got {died:?}"
+    );
+    let status = server.exited(Duration::from_secs(10));
+    assert_eq!(status.signal(), Some(SIGABRT), "{test}: {status:?}");
+    snapshot(&mut seen, "after the crash");
+
+    let server = home.start(None);
+    assert_eq!(
+        resume_upload(server.addr, &location, &data),
+        Session::Resumes,
+        "{test}: the interrupted session must resume"
+    );
+    assert_blob(server.addr, repo, &digest, data.len());
+    assert!(
+        upload_files(&home.data).is_empty(),
+        "{test}: nothing left under uploads/ once the blob is in place"
+    );
+    // The blob's segments: each nonce once in the blob, and never with other ciphertext
+    // than any upload file held under it.
+    let blob = std::fs::read(blob_path(&home.data, &digest)).expect("blob file");
+    let mut own = std::collections::HashMap::new();
+    record_nonces(&mut own, &format!("{test}: the blob"), &blob);
+    assert_eq!(
+        own.len(),
+        data.len().div_ceil(SEG),
+        "{test}: every segment of the blob has a nonce of its own"
+    );
+    record_nonces(&mut seen, &format!("{test}: the blob"), &blob);
+    home.fsck_clean();
+}
+
+#[test]
+fn kill_while_resealing_on_patch_resumes_and_reuses_no_nonce() {
+    reseal_crash_scenario(false);
+}
+
+#[test]
+fn kill_while_resealing_on_put_resumes_and_reuses_no_nonce() {
+    reseal_crash_scenario(true);
+}
+
 // ---- fsck itself ----
 
 fn blob_path(data: &Path, digest: &str) -> PathBuf {

@@ -58,19 +58,19 @@ pub fn stored_segment_len(total: u64, index: u64) -> usize {
 }
 
 /// Opens, in place, stored bytes holding whole format-1 segments from index `first` of the
-/// blob `digest` of `total` plaintext bytes, and moves the plaintext to the front of `buf`.
-/// Returns the plaintext length.
-pub fn open_segments(
+/// blob `digest` of `total` plaintext bytes; where each segment's plaintext lies in `buf`,
+/// as (start, length). Nothing is moved.
+pub fn open_segments_in_place(
     key: &DataKey,
     digest: &str,
     total: u64,
     first: u64,
     buf: &mut [u8],
-) -> Result<usize, SealError> {
+) -> Result<Vec<(usize, usize)>, SealError> {
     let count = segments(total);
     let mut pos = 0usize;
-    let mut out = 0usize;
     let mut index = first;
+    let mut pieces = Vec::with_capacity(buf.len().div_ceil(STRIDE));
     while pos < buf.len() {
         if index >= count {
             return Err(SealError::Tampered("bytes past the last segment".into()));
@@ -93,12 +93,24 @@ pub fn open_segments(
                     "segment {index} of {digest} (format 1) does not authenticate (altered, moved, truncated or extended)"
                 ))
             })?;
-        buf.copy_within(pos..pos + n, out);
-        out += n;
+        pieces.push((pos, n));
         pos += want;
         index += 1;
     }
-    Ok(out)
+    Ok(pieces)
+}
+
+/// [`open_segments_in_place`], then the plaintext moved to the front of `buf`. Returns the
+/// plaintext length.
+pub fn open_segments(
+    key: &DataKey,
+    digest: &str,
+    total: u64,
+    first: u64,
+    buf: &mut [u8],
+) -> Result<usize, SealError> {
+    let pieces = open_segments_in_place(key, digest, total, first, buf)?;
+    Ok(super::compact(buf, &pieces))
 }
 
 /// Seals a whole blob in format 1, as the previous release did. Only for tests that
