@@ -3,7 +3,8 @@
 //! Two faces. For containerd, on the node's loopback, a registry mirror that answers only
 //! `GET`/`HEAD /v2/<name>/blobs/<digest>` (containerd resolves manifests at the central
 //! Berth with the pod's credentials, and uses this mirror with `capabilities = ["pull"]`).
-//! For peers, `GET /p2p/v1/blobs/<digest>` with a ticket, served from the spool over
+//! For peers, `GET /p2p/v1/blobs/<digest>` with a ticket, served from the spool (or,
+//! when configured, from containerd's content store through its content service) over
 //! TLS only, both ends with a certificate of the central Berth's p2p CA (the agent makes
 //! its key at start and gets the certificate, for its node's address, at enrollment).
 //!
@@ -657,7 +658,12 @@ impl Agent {
 
     /// Piece `i` of a blob containerd holds, read through its content service and
     /// checked against the piece's hash.
-    async fn containerd_piece(&self, digest: &str, issued: &Issued, i: u64) -> Result<Bytes, String> {
+    async fn containerd_piece(
+        &self,
+        digest: &str,
+        issued: &Issued,
+        i: u64,
+    ) -> Result<Bytes, String> {
         let Some(store) = &self.content else {
             return Err("containerd is not configured".into());
         };
@@ -675,7 +681,9 @@ impl Agent {
                 e.to_string()
             })?;
         if hex::encode(Sha256::digest(&b)) != *want {
-            return Err(format!("piece {i} read from containerd does not match its hash"));
+            return Err(format!(
+                "piece {i} read from containerd does not match its hash"
+            ));
         }
         Ok(Bytes::from(b))
     }
@@ -1076,9 +1084,8 @@ fn blob_digest(path: &str) -> Option<String> {
 }
 
 fn valid_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-    })
+    d.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// The face for containerd.
@@ -1413,40 +1420,37 @@ async fn serve_from_containerd(
     };
     let a = Arc::clone(&agent);
     let pieces = (first / ps)..=(last / ps);
-    let body = futures_util::stream::unfold(
-        (pieces, Some(head)),
-        move |(mut pieces, mut head)| {
-            let a = Arc::clone(&a);
-            let digest = digest.clone();
-            let issued = issued.clone();
-            async move {
-                let i = pieces.next()?;
-                let piece = match head.take() {
-                    Some(b) => b,
-                    None => match a.containerd_piece(&digest, &issued, i).await {
-                        Ok(b) => b,
-                        Err(why) => {
-                            tracing::warn!(%digest, why, "serving a peer from containerd failed");
-                            a.drop_from_containerd(&digest, &why).await;
-                            // Empty the range so the stream ends after the error.
-                            return Some((Err(std::io::Error::other(why)), (1..=0, None)));
-                        }
-                    },
-                };
-                let start = i * ps;
-                let from = first.max(start) - start;
-                let to = (last + 1).min(start + piece.len() as u64) - start;
-                let part = piece.slice(from as usize..to as usize);
-                a.pacer.take(part.len()).await;
-                let n = part.len() as u64;
-                a.stats.bytes_to_peers.fetch_add(n, Ordering::Relaxed);
-                a.stats
-                    .bytes_to_peers_from_containerd
-                    .fetch_add(n, Ordering::Relaxed);
-                Some((Ok::<_, std::io::Error>(part), (pieces, None)))
-            }
-        },
-    );
+    let body = futures_util::stream::unfold((pieces, Some(head)), move |(mut pieces, mut head)| {
+        let a = Arc::clone(&a);
+        let digest = digest.clone();
+        let issued = issued.clone();
+        async move {
+            let i = pieces.next()?;
+            let piece = match head.take() {
+                Some(b) => b,
+                None => match a.containerd_piece(&digest, &issued, i).await {
+                    Ok(b) => b,
+                    Err(why) => {
+                        tracing::warn!(%digest, why, "serving a peer from containerd failed");
+                        a.drop_from_containerd(&digest, &why).await;
+                        // Empty the range so the stream ends after the error.
+                        return Some((Err(std::io::Error::other(why)), (1..=0, None)));
+                    }
+                },
+            };
+            let start = i * ps;
+            let from = first.max(start) - start;
+            let to = (last + 1).min(start + piece.len() as u64) - start;
+            let part = piece.slice(from as usize..to as usize);
+            a.pacer.take(part.len()).await;
+            let n = part.len() as u64;
+            a.stats.bytes_to_peers.fetch_add(n, Ordering::Relaxed);
+            a.stats
+                .bytes_to_peers_from_containerd
+                .fetch_add(n, Ordering::Relaxed);
+            Some((Ok::<_, std::io::Error>(part), (pieces, None)))
+        }
+    });
     let len = last + 1 - first;
     let mut r = Response::new(Body::from_stream(body));
     r.headers_mut()

@@ -1242,7 +1242,10 @@ async fn an_agent_withdraws_only_its_own_announcement() {
         }
     };
     // Node 2's credential from node 3's address withdraws nothing.
-    assert_eq!(withdraw(3, creds[0].clone()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        withdraw(3, creds[0].clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(holders(status(&c).await), vec!["node-2", "node-3"]);
     assert_eq!(withdraw(2, creds[0].clone()).await, StatusCode::NO_CONTENT);
     assert_eq!(holders(status(&c).await), vec!["node-3"]);

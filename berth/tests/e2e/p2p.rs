@@ -304,8 +304,16 @@ fn layers_containerd_holds_are_served_to_peers_through_its_content_api_until_it_
     let b = agent(&berth, "node-b", "127.0.0.2", work.path());
     pull_through(&berth, "127.0.0.2", &b, &creds, &digest, &src);
     let mb = metrics_of(&b);
-    assert_eq!(metric(&mb, "berth_node_bytes_from_peers_total"), total, "{mb}");
-    assert_eq!(metric(&mb, "berth_node_bytes_from_central_total"), 0, "{mb}");
+    assert_eq!(
+        metric(&mb, "berth_node_bytes_from_peers_total"),
+        total,
+        "{mb}"
+    );
+    assert_eq!(
+        metric(&mb, "berth_node_bytes_from_central_total"),
+        0,
+        "{mb}"
+    );
     let ma = metrics_of(&a);
     assert_eq!(
         metric(&ma, "berth_node_bytes_to_peers_from_containerd_total"),
@@ -313,8 +321,8 @@ fn layers_containerd_holds_are_served_to_peers_through_its_content_api_until_it_
         "{ma}"
     );
     let central_metric = |name: &str| {
-        let text = String::from_utf8(curl(&[&format!("http://{}/metrics", berth.addr())]))
-            .expect("utf-8");
+        let text =
+            String::from_utf8(curl(&[&format!("http://{}/metrics", berth.addr())])).expect("utf-8");
         metric(&text, name)
     };
     assert_eq!(
@@ -324,7 +332,9 @@ fn layers_containerd_holds_are_served_to_peers_through_its_content_api_until_it_
     );
 
     // containerd on A drops the image and its content; A's agent has not listed it since.
-    run(daemon.ctr("p2p").args(["image", "rm", "--sync", &reference]));
+    run(daemon
+        .ctr("p2p")
+        .args(["image", "rm", "--sync", &reference]));
     for blob in &blobs {
         // Gone already when the garbage collector took it.
         let _ = crate::harness::exec(daemon.ctr("p2p").args(["content", "rm", blob]));
@@ -341,7 +351,11 @@ fn layers_containerd_holds_are_served_to_peers_through_its_content_api_until_it_
     let b = agent_with(&berth, "node-b", "127.0.0.2", work.path(), "node-b-2", &[]);
     pull_through(&berth, "127.0.0.2", &b, &creds, &digest, &src);
     let mb = metrics_of(&b);
-    assert_eq!(metric(&mb, "berth_node_bytes_from_central_total"), total, "{mb}");
+    assert_eq!(
+        metric(&mb, "berth_node_bytes_from_central_total"),
+        total,
+        "{mb}"
+    );
     assert_eq!(metric(&mb, "berth_node_bytes_from_peers_total"), 0, "{mb}");
     assert!(
         metric(&mb, "berth_node_peers_dropped_total{reason=\"failed\"}") >= 1,
