@@ -1419,12 +1419,14 @@ async fn serve_from_containerd(
         }
     };
     let a = Arc::clone(&agent);
-    let pieces = (first / ps)..=(last / ps);
-    let body = futures_util::stream::unfold((pieces, Some(head)), move |(mut pieces, mut head)| {
+    // `None` once a read failed: the stream ends after the error.
+    let pieces = Some((first / ps)..=(last / ps));
+    let body = futures_util::stream::unfold((pieces, Some(head)), move |(pieces, mut head)| {
         let a = Arc::clone(&a);
         let digest = digest.clone();
         let issued = issued.clone();
         async move {
+            let mut pieces = pieces?;
             let i = pieces.next()?;
             let piece = match head.take() {
                 Some(b) => b,
@@ -1434,7 +1436,7 @@ async fn serve_from_containerd(
                         tracing::warn!(%digest, why, "serving a peer from containerd failed");
                         a.drop_from_containerd(&digest, &why).await;
                         // Empty the range so the stream ends after the error.
-                        return Some((Err(std::io::Error::other(why)), (1..=0, None)));
+                        return Some((Err(std::io::Error::other(why)), (None, None)));
                     }
                 },
             };
@@ -1448,7 +1450,7 @@ async fn serve_from_containerd(
             a.stats
                 .bytes_to_peers_from_containerd
                 .fetch_add(n, Ordering::Relaxed);
-            Some((Ok::<_, std::io::Error>(part), (pieces, None)))
+            Some((Ok::<_, std::io::Error>(part), (Some(pieces), None)))
         }
     });
     let len = last + 1 - first;
