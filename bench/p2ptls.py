@@ -157,17 +157,16 @@ def main():
     try:
         layout = os.path.join(work, "layout")
         build_image(layout, "v1", 1, args.size_mib << 20)
-        with open(os.path.join(layout, "index.json")) as f:
-            mdesc = json.load(f)["manifests"][0]
-        manifest = mdesc["digest"]
-        with open(os.path.join(layout, "blobs", "sha256", manifest.split(":")[1])) as f:
-            ldesc = json.load(f)["layers"][0]
-        layer, size = ldesc["digest"], ldesc["size"]
-
         central = r.central(tls=False)
         sh(args.binary, "tenant", "add", "team-a", env=r.env)
         sh("skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-creds",
            f"admin:{ADMIN_PASSWORD}", f"oci:{layout}:v1", f"docker://{r.addr}/team-a/app:v1")
+        # As pushed (skopeo may rewrite the manifest): the tag is what nodes resolve.
+        manifest = "v1"
+        ldesc = json.loads(sh("curl", "-sSf", "-u", f"admin:{ADMIN_PASSWORD}", "-H",
+                              "Accept: application/vnd.oci.image.manifest.v1+json",
+                              f"http://{r.addr}/v2/team-a/app/manifests/v1"))["layers"][0]
+        layer, size = ldesc["digest"], ldesc["size"]
 
         # 1. The agent serving peers over mutual TLS, from its spool.
         a, a_mirror = r.agent(1)
