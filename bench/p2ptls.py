@@ -13,11 +13,16 @@ This script measures two things on one machine, over loopback, with the release 
      once with `[tls]` (TLS 1.3, the server's ring provider), RUNS times each: the
      difference of the server's CPU seconds per GiB is the cost of TLS per GiB.
 
-Both are turned into a share of one core at a link rate (--rate-mbit, default 160):
+  3. with --containerd (root): the same as 1, but A's agent restarted with an empty spool
+     and --containerd-socket, so it serves the blob from containerd's content store
+     (which fetched it through A's agent before): A's and containerd's CPU per GiB.
+
+All are turned into a share of one core at a link rate (--rate-mbit, default 160):
 cpu_s_per_gib * (rate_bytes_per_s / 2^30).
 
     cargo build --release -p berth
     python3 bench/p2ptls.py [--size-mib 256] [--runs 3] [--binary target/release/berth]
+        [--containerd]
 
 Needs curl, skopeo and openssl. Everything it starts is stopped at exit.
 """
@@ -120,14 +125,15 @@ class Run:
             capture_output=True).returncode == 0)
         return p
 
-    def agent(self, n):
+    def agent(self, n, run="", extra=()):
         ip = f"127.0.0.{n}"
         mirror = f"{ip}:{free_port(ip)}"
-        logname = f"agent-{n}.log"
+        logname = f"agent-{n}{run}.log"
         p = self.spawn([self.args.binary, "node", "--node", f"node-{n}",
                         "--central", f"http://{self.addr}", "--listen", mirror,
                         "--peer-listen", f"{ip}:{free_port(ip)}", "--local-address", ip,
-                        "--serve-mbit", "0", "--spool", os.path.join(self.work, f"spool-{n}")],
+                        "--serve-mbit", "0", "--spool", os.path.join(self.work, f"spool-{n}{run}"),
+                        *extra],
                        logname, {"BERTH_P2P_BOOTSTRAP_TOKEN": TOKEN})
         path = os.path.join(self.work, logname)
         wait(f"agent {n}", lambda: "enrolled" in open(path).read())
@@ -148,6 +154,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rate-mbit", type=float, default=160)
     ap.add_argument("--binary", default="target/release/berth")
+    ap.add_argument("--containerd", action="store_true")
     args = ap.parse_args()
     args.binary = os.path.abspath(args.binary)
     work = tempfile.mkdtemp(prefix="berth-p2ptls.")
@@ -187,6 +194,50 @@ def main():
             log(f"agent run {i + 1}: {agent_runs[-1]}")
             r.stop(b)
         r.stop(a)
+
+        # 3. A serving the blob from containerd's content store.
+        ctr_runs = []
+        if args.containerd:
+            # A central Berth restarted: the tracker forgets the agents stopped above.
+            r.stop(central)
+            central = r.central(tls=False)
+            cdir = tempfile.mkdtemp(prefix="bbt.", dir="/tmp")
+            with open(os.path.join(cdir, "config.toml"), "w") as f:
+                f.write(f'version = 2\nroot = "{cdir}/root"\nstate = "{cdir}/state"\n'
+                        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+                        f'[grpc]\n  address = "{cdir}/s"\n[ttrpc]\n  address = "{cdir}/s.t"\n'
+                        '[debug]\n  address = ""\n  level = "warn"\n[metrics]\n  address = ""\n'
+                        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{cdir}/opt"\n')
+            ctrd = r.spawn(["containerd", "--config", f"{cdir}/config.toml"], "containerd.log")
+            wait("containerd", lambda: subprocess.run(
+                ["ctr", "--address", f"{cdir}/s", "version"], capture_output=True).returncode == 0)
+            certs = os.path.join(work, "certs.d")
+            a, _ = r.agent(1, "-ctr-fill", ["--registry-host", r.addr, "--containerd-certs-d", certs])
+            sh("ctr", "--address", f"{cdir}/s", "-n", "bench", "content", "fetch", "--user",
+               f"admin:{ADMIN_PASSWORD}", "--hosts-dir", certs, f"{r.addr}/team-a/app:v1")
+            r.stop(a)
+            a, a_mirror = r.agent(1, "-ctr", ["--containerd-socket", f"{cdir}/s",
+                                              "--containerd-namespace", "bench"])
+            wait("A to announce containerd's blobs", lambda: metric(
+                f"http://{a_mirror}/metrics", "berth_node_containerd_announced_total") >= 2)
+            for i in range(args.runs):
+                n = 2 + args.runs + i
+                b, b_mirror = r.agent(n)
+                name = "berth_node_bytes_to_peers_from_containerd_total"
+                served0 = metric(f"http://{a_mirror}/metrics", name)
+                c0, d0 = cpu_seconds(a.pid), cpu_seconds(ctrd.pid)
+                r.pull(n, b_mirror, manifest, layer)
+                c1, d1 = cpu_seconds(a.pid), cpu_seconds(ctrd.pid)
+                served = metric(f"http://{a_mirror}/metrics", name) - served0
+                if served != size:
+                    raise SystemExit(f"agent {n} got {served} bytes from A's containerd, not {size}")
+                ctr_runs.append({"agent_cpu_s_per_gib": round((c1 - c0) / (served / gib), 3),
+                                 "containerd_cpu_s_per_gib": round((d1 - d0) / (served / gib), 3)})
+                log(f"containerd run {i + 1}: {ctr_runs[-1]}")
+                r.stop(b)
+            r.stop(a)
+            r.stop(ctrd)
+            shutil.rmtree(cdir, ignore_errors=True)
         r.stop(central)
 
         # 2. The central Berth serving the same blob, plain and with TLS.
@@ -220,6 +271,11 @@ def main():
             "tls_cpu_s_per_gib": round(tls_gib, 3),
             "tls_cpu_pct_at_link_rate": round(100 * tls_gib * link / gib, 2),
             "link_mbit": args.rate_mbit,
+            "from_containerd": ctr_runs,
+            **({"from_containerd_agent_cpu_s_per_gib_median":
+                med(x["agent_cpu_s_per_gib"] for x in ctr_runs),
+                "from_containerd_containerd_cpu_s_per_gib_median":
+                med(x["containerd_cpu_s_per_gib"] for x in ctr_runs)} if ctr_runs else {}),
         }, indent=2))
     finally:
         for p in r.procs:

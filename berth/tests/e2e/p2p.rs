@@ -239,9 +239,16 @@ fn layers_containerd_holds_are_served_to_peers_through_its_content_api_until_it_
     run(berth.cli().args(["tenant", "add", "team-a"]));
     let work = tempdir();
     let src = Layout::init(work.path().join("src"));
-    // Three pieces and a bit, so piece ranges are read at offsets through containerd.
+    // Incompressible, so the layer is three pieces and a bit after gzip: piece ranges are
+    // read at offsets through containerd.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let big: Vec<u8> = (0..(12u32 << 20) + 777)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
         .collect();
     let digest = src.build(
         "v1",
@@ -256,6 +263,10 @@ fn layers_containerd_holds_are_served_to_peers_through_its_content_api_until_it_
     );
     let blobs = src.image_blobs(&digest);
     let total: u64 = blobs.iter().map(|b| src.blob(b).len() as u64).sum();
+    assert!(
+        blobs.iter().any(|b| src.blob(b).len() > 8 << 20),
+        "a layer of three pieces"
+    );
 
     // Node A's containerd pulls through A's agent.
     let daemon = Containerd::start();
