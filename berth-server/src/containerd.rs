@@ -167,12 +167,13 @@ impl ContentStore {
         if resp.status() != http::StatusCode::OK {
             return Err(ContentError::Transport(format!("HTTP {}", resp.status())));
         }
-        // A call that fails at once answers with headers only ("Trailers-Only").
-        check_status(resp.headers())?;
+        // A call that fails at once, or a stream with no message (an empty List), answers
+        // with headers only ("Trailers-Only"), the status among them.
+        let ended = check_status(resp.headers())?;
         Ok(Messages {
             body: resp.into_body(),
             buf: BytesMut::new(),
-            ended: false,
+            ended,
             timeout: t,
         })
     }

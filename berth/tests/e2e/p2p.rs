@@ -403,4 +403,59 @@ fn layers_containerd_holds_are_served_to_peers_through_its_content_api_until_it_
             assert!(!line.contains("node-a"), "A still named:\n{status}");
         }
     }
+
+    // containerd on A pulls the image again, from the registry itself this time, and A's
+    // agent, restarted to list containerd's content every second, announces it; once
+    // containerd deletes it, the next listing withdraws it without any peer asking.
+    drop(a);
+    run(daemon
+        .ctr("p2p")
+        .args(["image", "pull", "--plain-http", "--user", &creds])
+        .arg(&reference));
+    let a = agent_with(
+        &berth,
+        "node-a",
+        "127.0.0.1",
+        work.path(),
+        "node-a-third",
+        &[
+            "--containerd-socket",
+            &socket,
+            "--containerd-namespace",
+            "p2p",
+            "--containerd-scan-secs",
+            "1",
+        ],
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "A to announce containerd's blobs again",
+        || metric(&metrics_of(&a), "berth_node_containerd_announced_total") >= blobs.len() as u64,
+    );
+    run(daemon
+        .ctr("p2p")
+        .args(["image", "rm", "--sync", &reference]));
+    for blob in &blobs {
+        let _ = crate::harness::exec(daemon.ctr("p2p").args(["content", "rm", blob]));
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "A to withdraw what containerd deleted",
+        || metric(&metrics_of(&a), "berth_node_containerd_withdrawn_total") >= blobs.len() as u64,
+    );
+    let ma = metrics_of(&a);
+    assert_eq!(
+        metric(&ma, "berth_node_bytes_to_peers_total"),
+        0,
+        "no peer asked"
+    );
+    assert_eq!(
+        metric(&ma, "berth_node_containerd_errors_total"),
+        0,
+        "an empty content store is listed without error: {ma}"
+    );
+    assert_eq!(
+        central_metric("berth_p2p_withdrawals_total"),
+        2 * blobs.len() as u64
+    );
 }
