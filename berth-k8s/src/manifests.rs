@@ -1198,7 +1198,9 @@ fn node_namespace_object(o: &Options) -> Value {
     l["app.kubernetes.io/component"] = Value::from("node-agent");
     // The explicit exception to the restricted defaults: host network (a listener on the
     // node's loopback for containerd, and the node's address towards the registry and
-    // peers) and two host paths (containerd's certs.d, the spool).
+    // peers), two host paths (containerd's certs.d, the spool) and containerd's socket
+    // (the content service, read only by the agent, but the socket grants containerd's
+    // whole API: root on the node).
     l["pod-security.kubernetes.io/enforce"] = Value::from("privileged");
     json!({
         "apiVersion": "v1",
@@ -1230,6 +1232,8 @@ fn node_daemon_set(o: &Options, n: &NodeAgent) -> Value {
             "--peer-listen", format!("0.0.0.0:{NODE_PEER_PORT}"),
             "--spool", "/var/lib/berth-node",
             "--serve-mbit", n.serve_mbit.to_string(),
+            "--containerd-socket", "/run/containerd/containerd.sock",
+            "--containerd-namespace", "k8s.io",
         ],
         "env": [
             field("NODE_NAME", "spec.nodeName"),
@@ -1238,8 +1242,9 @@ fn node_daemon_set(o: &Options, n: &NodeAgent) -> Value {
         ],
         "ports": [{"name": "peers", "containerPort": NODE_PEER_PORT, "hostPort": NODE_PEER_PORT, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
-        // Root only to write into containerd's root-owned certs.d and the spool; every
-        // capability dropped, no escalation, a read-only root filesystem.
+        // Root only to write into containerd's root-owned certs.d and the spool and to
+        // connect to containerd's root-owned socket (as its owner, so no capability is
+        // needed); every capability dropped, no escalation, a read-only root filesystem.
         "securityContext": {
             "runAsNonRoot": false,
             "runAsUser": 0,
@@ -1252,6 +1257,7 @@ fn node_daemon_set(o: &Options, n: &NodeAgent) -> Value {
         "volumeMounts": [
             {"name": "certs-d", "mountPath": "/etc/containerd/certs.d"},
             {"name": "spool", "mountPath": "/var/lib/berth-node"},
+            {"name": "containerd-sock", "mountPath": "/run/containerd/containerd.sock"},
         ],
     });
     json!({
@@ -1272,6 +1278,7 @@ fn node_daemon_set(o: &Options, n: &NodeAgent) -> Value {
                     "volumes": [
                         {"name": "certs-d", "hostPath": {"path": "/etc/containerd/certs.d", "type": "DirectoryOrCreate"}},
                         {"name": "spool", "hostPath": {"path": "/var/lib/berth-node", "type": "DirectoryOrCreate"}},
+                        {"name": "containerd-sock", "hostPath": {"path": "/run/containerd/containerd.sock", "type": "Socket"}},
                     ],
                 },
             },

@@ -405,6 +405,17 @@ impl MetaStore {
             .collect()
     }
 
+    /// `node` no longer holds `digest`: it leaves the tracker now, not at its expiry.
+    /// Whether it was named.
+    pub async fn p2p_withdraw(&self, digest: &str, node: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM p2p_holders WHERE digest = $1 AND node = $2")
+            .bind(digest)
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Deletes every expired row of the sharing state; the number deleted.
     pub async fn p2p_purge(&self, now: i64) -> Result<u64> {
         let mut n = 0;

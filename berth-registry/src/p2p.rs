@@ -111,6 +111,10 @@ pub struct P2pStats {
     pub bytes_to_agents: AtomicU64,
     pub grants_answered: AtomicU64,
     pub state_errors: AtomicU64,
+    /// Full reads of a blob to compute its piece hashes (once per blob, however many
+    /// first tickets ask at the same time).
+    pub piece_hash_reads: AtomicU64,
+    pub withdrawals: AtomicU64,
 }
 
 pub struct P2p {
@@ -130,6 +134,9 @@ pub struct P2p {
     granted: tokio::sync::Notify,
     /// Set when the server shuts down: waiting grants requests are answered at once.
     closing: std::sync::atomic::AtomicBool,
+    /// Blobs whose piece hashes are being computed: one gate each, so concurrent first
+    /// tickets for a blob wait for one read instead of each reading it whole.
+    hashing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub stats: P2pStats,
 }
 
@@ -344,6 +351,7 @@ impl P2p {
             pull_rows: AtomicU64::new(0),
             granted: tokio::sync::Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
+            hashing: Mutex::default(),
             stats: P2pStats::default(),
         })
     }
@@ -769,6 +777,40 @@ impl Registry {
         if let Some(x) = p.state().pieces.get(digest.as_str()) {
             return Ok(Arc::clone(x));
         }
+        let gate = Arc::clone(
+            p.hashing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(digest.to_string())
+                .or_default(),
+        );
+        let turn = gate.lock().await;
+        // Whoever held the gate before may have computed them (or failed: then this one
+        // reads the blob itself).
+        let cached = p.state().pieces.get(digest.as_str()).cloned();
+        let r = match cached {
+            Some(x) => Ok(x),
+            None => self.p2p_hash_pieces(p, repo, digest).await,
+        };
+        drop(turn);
+        {
+            let mut h = p.hashing.lock().unwrap_or_else(|e| e.into_inner());
+            // Clones are taken under this lock: only the map's and ours left means
+            // nobody waits on the gate.
+            if Arc::strong_count(&gate) <= 2 {
+                h.remove(digest.as_str());
+            }
+        }
+        r
+    }
+
+    async fn p2p_hash_pieces(
+        &self,
+        p: &P2p,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Arc<Pieces>> {
+        bump(&p.stats.piece_hash_reads);
         let read = self.read_blob(repo, digest, None, true).await?;
         let Some(reader) = read.reader else {
             return Err(RegistryError::Internal("blob read without a body".into()));
@@ -889,6 +931,25 @@ impl Registry {
         peers.shuffle(&mut rand::rng());
         peers.truncate(p.settings.peers_per_answer);
         Ok(peers)
+    }
+
+    /// The agent of the asking node no longer holds `digest` (containerd deleted it): it
+    /// leaves the blob's holders now rather than when its announcement expires. A node
+    /// can withdraw only itself.
+    pub async fn p2p_withdraw(
+        &self,
+        credential: &str,
+        from: IpAddr,
+        digest: &Digest,
+    ) -> Result<()> {
+        let p = self.p2p_on()?;
+        let (node, _) = self.p2p_node_of(p, credential, from).await?;
+        self.meta
+            .p2p_withdraw(digest.as_str(), &node.node)
+            .await
+            .map_err(|e| p.store_failed(e))?;
+        bump(&p.stats.withdrawals);
+        Ok(())
     }
 
     /// The central Berth as the source of last resort for an agent: the blob's bytes for a

@@ -357,6 +357,16 @@ impl Registry {
                     "Blob bytes the central Berth served to node agents for tickets",
                     &s.bytes_to_agents,
                 ),
+                (
+                    "p2p_piece_hash_reads",
+                    "Full reads of a blob to compute its piece hashes (concurrent first tickets for a blob share one)",
+                    &s.piece_hash_reads,
+                ),
+                (
+                    "p2p_withdrawals",
+                    "Withdrawals of node agents that no longer hold a blob (containerd deleted it)",
+                    &s.withdrawals,
+                ),
             ] {
                 out.push(Counter {
                     name,

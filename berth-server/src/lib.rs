@@ -14,6 +14,7 @@ pub mod audit;
 pub mod auth;
 pub mod client;
 mod conn;
+pub mod containerd;
 pub mod endpoint;
 pub mod error;
 mod handlers;

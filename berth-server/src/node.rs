@@ -3,7 +3,8 @@
 //! Two faces. For containerd, on the node's loopback, a registry mirror that answers only
 //! `GET`/`HEAD /v2/<name>/blobs/<digest>` (containerd resolves manifests at the central
 //! Berth with the pod's credentials, and uses this mirror with `capabilities = ["pull"]`).
-//! For peers, `GET /p2p/v1/blobs/<digest>` with a ticket, served from the spool over
+//! For peers, `GET /p2p/v1/blobs/<digest>` with a ticket, served from the spool (or,
+//! when configured, from containerd's content store through its content service) over
 //! TLS only, both ends with a certificate of the central Berth's p2p CA (the agent makes
 //! its key at start and gets the certificate, for its node's address, at enrollment).
 //!
@@ -68,6 +69,33 @@ pub struct AgentConfig {
     /// Failpoints for the tests (`BERTH_NODE_FAILPOINTS`): `serve-corrupt` flips a byte
     /// of every chunk served to peers, `serve-stall` sends peers headers and then nothing.
     pub failpoints: Vec<String>,
+    /// containerd's content store, read to serve peers the blobs containerd holds (once
+    /// the spool dropped them, or when containerd pulled them from the central Berth
+    /// itself). Unset: peers are served from the spool only.
+    pub containerd: Option<ContainerdSettings>,
+}
+
+/// Where containerd's content service is, and how often the agent looks at it.
+#[derive(Debug, Clone)]
+pub struct ContainerdSettings {
+    /// containerd's gRPC socket, e.g. `/run/containerd/containerd.sock`.
+    pub socket: PathBuf,
+    /// kubelet's images are in `k8s.io`.
+    pub namespace: String,
+    /// How often the content store is listed to announce (and withdraw) blobs.
+    pub scan_interval: Duration,
+}
+
+/// A blob containerd holds that was announced, and when (announcements expire at the
+/// central Berth, so they are renewed, with a new ticket, after this).
+const REANNOUNCE_AFTER: Duration = Duration::from_secs(20 * 60);
+/// A blob containerd holds that the central Berth gave no ticket for (a manifest, a blob
+/// of an image this node pulled long ago or not at all) is asked for again after this.
+const NO_TICKET_RETRY: Duration = Duration::from_secs(10 * 60);
+
+struct FromContainerd {
+    issued: Issued,
+    announced: Instant,
 }
 
 /// The agent's counters, served on the containerd listener's `/metrics`.
@@ -92,6 +120,15 @@ pub struct AgentStats {
     /// containerd's blob requests served with a ticket from a grant, without asking the
     /// central Berth for one.
     pub tickets_from_grants: AtomicU64,
+    /// Of `bytes_to_peers`, those read from containerd's content store.
+    pub bytes_to_peers_from_containerd: AtomicU64,
+    /// Blobs of containerd's content store announced to the tracker (renewals included).
+    pub containerd_announced: AtomicU64,
+    /// Announcements withdrawn because containerd no longer holds the blob (or a read of
+    /// it failed or did not match its piece hashes).
+    pub containerd_withdrawn: AtomicU64,
+    /// Calls to containerd's content service that failed (socket, gRPC status, timeout).
+    pub containerd_errors: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -196,6 +233,12 @@ pub struct Agent {
     /// Tickets learned through grants, by digest, kept until they expire.
     granted: Mutex<HashMap<String, Issued>>,
     pacer: Pacer,
+    /// containerd's content store, when configured.
+    content: Option<crate::containerd::ContentStore>,
+    /// Blobs of containerd's content store this agent announced, by digest.
+    from_containerd: Mutex<HashMap<String, FromContainerd>>,
+    /// Blobs of containerd's content store without a ticket, until when not to ask again.
+    no_ticket: Mutex<HashMap<String, Instant>>,
     pub stats: AgentStats,
 }
 
@@ -292,7 +335,17 @@ impl Agent {
         let http = b.build().map_err(|e| AgentError::Central(e.to_string()))?;
         std::fs::create_dir_all(&config.spool)?;
         let held = scan_spool(&config.spool);
+        let content = config.containerd.as_ref().map(|c| {
+            crate::containerd::ContentStore::new(
+                c.socket.clone(),
+                c.namespace.clone(),
+                config.stall_timeout,
+            )
+        });
         Ok(Arc::new(Agent {
+            content,
+            from_containerd: Mutex::default(),
+            no_ticket: Mutex::default(),
             pacer: Pacer {
                 rate: config.serve_rate,
                 next: Mutex::new(Instant::now()),
@@ -537,13 +590,18 @@ impl Agent {
     /// Announces that this node holds or is fetching a blob; the answer names a few of
     /// the nodes that announced it earlier.
     async fn announce(&self, ticket: &str) -> Vec<PeerEntry> {
+        self.try_announce(ticket).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "announcement failed");
+            Vec::new()
+        })
+    }
+
+    async fn try_announce(&self, ticket: &str) -> Result<Vec<PeerEntry>, AgentError> {
         #[derive(Deserialize)]
         struct Answer {
             peers: Vec<PeerEntry>,
         }
-        let Ok(e) = self.enrollment(false).await else {
-            return Vec::new();
-        };
+        let e = self.enrollment(false).await?;
         let r = self
             .http
             .post(self.central("/p2p/v1/announce"))
@@ -551,22 +609,206 @@ impl Agent {
             .json(&serde_json::json!({ "ticket": ticket }))
             .timeout(self.config.stall_timeout)
             .send()
-            .await;
-        match r {
-            Ok(r) if r.status().is_success() => r
-                .json::<Answer>()
-                .await
-                .map(|a| a.peers)
-                .unwrap_or_default(),
-            Ok(r) => {
-                tracing::warn!(status = %r.status(), "announcement refused");
-                Vec::new()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "announcement failed");
-                Vec::new()
-            }
+            .await
+            .map_err(|e| AgentError::Central(e.to_string()))?;
+        if !r.status().is_success() {
+            return Err(AgentError::Central(format!(
+                "announcement refused: {}",
+                r.status()
+            )));
         }
+        r.json::<Answer>()
+            .await
+            .map(|a| a.peers)
+            .map_err(|e| AgentError::Central(e.to_string()))
+    }
+
+    /// Tells the tracker this node no longer holds `digest`, so askers stop being sent
+    /// here before the announcement would expire.
+    async fn withdraw(&self, digest: &str) -> Result<(), AgentError> {
+        let e = self.enrollment(false).await?;
+        let r = self
+            .http
+            .post(self.central("/p2p/v1/withdraw"))
+            .bearer_auth(&e.credential)
+            .json(&serde_json::json!({ "digest": digest }))
+            .timeout(self.config.stall_timeout)
+            .send()
+            .await
+            .map_err(|e| AgentError::Central(e.to_string()))?;
+        if !r.status().is_success() {
+            return Err(AgentError::Central(format!("withdrawal: {}", r.status())));
+        }
+        Ok(())
+    }
+
+    /// The blob of containerd's content store this agent announced: its pieces.
+    fn shared_from_containerd(&self, digest: &str) -> Option<Issued> {
+        self.from_containerd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .map(|s| s.issued.clone())
+    }
+
+    /// containerd no longer serves `digest` (deleted, or a read failed): no longer
+    /// announced, and withdrawn at the tracker.
+    async fn drop_from_containerd(&self, digest: &str, why: &str) {
+        let was = self
+            .from_containerd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(digest)
+            .is_some();
+        if !was {
+            return;
+        }
+        self.stats
+            .containerd_withdrawn
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%digest, why, "blob of containerd withdrawn from the tracker");
+        if let Err(e) = self.withdraw(digest).await {
+            // The announcement then expires at the tracker; askers meanwhile get a 404
+            // here and take the next source.
+            tracing::warn!(%digest, error = %e, "withdrawal failed");
+        }
+    }
+
+    /// Lists containerd's content store: blobs this node may share (the central Berth
+    /// gives a ticket for them) are announced, after an `Info` right before (containerd
+    /// may have deleted them since the listing); blobs gone from it are withdrawn.
+    async fn scan_containerd(&self) {
+        let Some(store) = &self.content else {
+            return;
+        };
+        let listed = match store.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                self.stats.containerd_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "listing containerd's content failed");
+                return;
+            }
+        };
+        let present: HashMap<String, u64> = listed
+            .into_iter()
+            .filter(|i| valid_digest(&i.digest))
+            .map(|i| (i.digest, i.size))
+            .collect();
+        let gone: Vec<String> = self
+            .from_containerd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .filter(|d| !present.contains_key(*d))
+            .cloned()
+            .collect();
+        for d in gone {
+            self.drop_from_containerd(&d, "no longer in containerd's content store")
+                .await;
+        }
+        let now = Instant::now();
+        self.no_ticket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, until| *until > now);
+        for (digest, size) in present {
+            let in_spool = self.held_size(&digest).is_some()
+                || self
+                    .progress
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(&digest);
+            let fresh = self
+                .from_containerd
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&digest)
+                .is_some_and(|s| s.announced.elapsed() < REANNOUNCE_AFTER);
+            let refused = self
+                .no_ticket
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&digest);
+            if in_spool || fresh || refused {
+                continue;
+            }
+            let issued = match self.ticket(&digest).await {
+                Ok(i) => i,
+                Err(AgentError::NoTicket(_)) => {
+                    self.no_ticket
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(digest, now + NO_TICKET_RETRY);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no tickets for containerd's blobs this time");
+                    return;
+                }
+            };
+            if issued.size != size || issued.hashes.is_empty() {
+                continue;
+            }
+            match store.info(&digest).await {
+                Ok(Some(i)) if i.size == issued.size => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    self.stats.containerd_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%digest, error = %e, "containerd Info failed");
+                    continue;
+                }
+            }
+            if let Err(e) = self.try_announce(&issued.ticket).await {
+                tracing::warn!(%digest, error = %e, "announcing a blob of containerd failed");
+                continue;
+            }
+            self.stats
+                .containerd_announced
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%digest, "blob of containerd announced");
+            self.from_containerd
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    digest,
+                    FromContainerd {
+                        issued,
+                        announced: Instant::now(),
+                    },
+                );
+        }
+    }
+
+    /// Piece `i` of a blob containerd holds, read through its content service and
+    /// checked against the piece's hash.
+    async fn containerd_piece(
+        &self,
+        digest: &str,
+        issued: &Issued,
+        i: u64,
+    ) -> Result<Bytes, String> {
+        let Some(store) = &self.content else {
+            return Err("containerd is not configured".into());
+        };
+        let first = i * issued.piece_size;
+        let end = (first + issued.piece_size).min(issued.size);
+        let want = usize::try_from(i)
+            .ok()
+            .and_then(|i| issued.hashes.get(i))
+            .ok_or_else(|| format!("no hash for piece {i}"))?;
+        let b = store
+            .read(digest, first, end.saturating_sub(first))
+            .await
+            .map_err(|e| {
+                self.stats.containerd_errors.fetch_add(1, Ordering::Relaxed);
+                e.to_string()
+            })?;
+        if hex::encode(Sha256::digest(&b)) != *want {
+            return Err(format!(
+                "piece {i} read from containerd does not match its hash"
+            ));
+        }
+        Ok(Bytes::from(b))
     }
 
     fn spool_path(&self, digest: &str) -> PathBuf {
@@ -896,6 +1138,30 @@ impl Agent {
                 g(&s.peer_requests_refused),
             ),
             (
+                "berth_node_bytes_to_peers_from_containerd",
+                "Of the blob bytes served to peers, those read from containerd's content store (each piece checked against its hash first)",
+                "",
+                g(&s.bytes_to_peers_from_containerd),
+            ),
+            (
+                "berth_node_containerd_announced",
+                "Blobs of containerd's content store announced to the tracker (renewals included), each after an Info showed it present at its size",
+                "",
+                g(&s.containerd_announced),
+            ),
+            (
+                "berth_node_containerd_withdrawn",
+                "Announcements of containerd's blobs withdrawn: deleted from containerd, or a read failed or did not match its piece hash",
+                "",
+                g(&s.containerd_withdrawn),
+            ),
+            (
+                "berth_node_containerd_errors",
+                "Calls to containerd's content service that failed (socket, gRPC status, timeout, malformed answer)",
+                "",
+                g(&s.containerd_errors),
+            ),
+            (
                 "berth_node_peer_handshakes_refused",
                 "Connections to the peer port closed before a TLS handshake with a certificate of the p2p CA (plain HTTP, another certificate or none, a stall)",
                 "",
@@ -956,11 +1222,12 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
 /// `/v2/<name>/blobs/<digest>` → the digest.
 fn blob_digest(path: &str) -> Option<String> {
     let (_, d) = path.rsplit_once("/blobs/")?;
-    let ok = path.starts_with("/v2/")
-        && d.strip_prefix("sha256:").is_some_and(|h| {
-            h.len() == 64 && h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-        });
-    ok.then(|| d.to_owned())
+    (path.starts_with("/v2/") && valid_digest(d)).then(|| d.to_owned())
+}
+
+fn valid_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// The face for containerd.
@@ -1182,7 +1449,19 @@ async fn for_peer(
             Some(last) => last + 1,
             None => return not_found(),
         },
-        (None, None) => return not_found(),
+        (None, None) => {
+            return match agent.shared_from_containerd(&digest) {
+                Some(issued) => {
+                    let range = req
+                        .headers()
+                        .get(header::RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    serve_from_containerd(agent, digest, issued, range).await
+                }
+                None => not_found(),
+            };
+        }
     };
     let range = req
         .headers()
@@ -1251,6 +1530,84 @@ async fn for_peer(
     r
 }
 
+/// Serves a peer a range of a blob containerd holds, piece by piece through the content
+/// service, each piece checked against its hash before a byte of it is sent. The first
+/// piece is read before the headers: a blob containerd deleted is a 404, which the asker
+/// takes as a failed source. A read failing later ends the body with an error (never
+/// silence). Either way the announcement is withdrawn.
+async fn serve_from_containerd(
+    agent: Arc<Agent>,
+    digest: String,
+    issued: Issued,
+    range: Option<String>,
+) -> Response {
+    let size = issued.size;
+    let ps = issued.piece_size;
+    if size == 0 || ps == 0 {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
+    }
+    let range = range.and_then(|r| berth_oci::range::resolve_range(&r, size).ok().flatten());
+    let (first, last) = range.unwrap_or((0, size - 1));
+    let head = match agent.containerd_piece(&digest, &issued, first / ps).await {
+        Ok(b) => b,
+        Err(why) => {
+            tracing::warn!(%digest, why, "serving a peer from containerd failed");
+            agent.drop_from_containerd(&digest, &why).await;
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            return r;
+        }
+    };
+    let a = Arc::clone(&agent);
+    // `None` once a read failed: the stream ends after the error.
+    let pieces = Some((first / ps)..=(last / ps));
+    let body = futures_util::stream::unfold((pieces, Some(head)), move |(pieces, mut head)| {
+        let a = Arc::clone(&a);
+        let digest = digest.clone();
+        let issued = issued.clone();
+        async move {
+            let mut pieces = pieces?;
+            let i = pieces.next()?;
+            let piece = match head.take() {
+                Some(b) => b,
+                None => match a.containerd_piece(&digest, &issued, i).await {
+                    Ok(b) => b,
+                    Err(why) => {
+                        tracing::warn!(%digest, why, "serving a peer from containerd failed");
+                        a.drop_from_containerd(&digest, &why).await;
+                        // Empty the range so the stream ends after the error.
+                        return Some((Err(std::io::Error::other(why)), (None, None)));
+                    }
+                },
+            };
+            let start = i * ps;
+            let from = first.max(start) - start;
+            let to = (last + 1).min(start + piece.len() as u64) - start;
+            let part = piece.slice(from as usize..to as usize);
+            a.pacer.take(part.len()).await;
+            let n = part.len() as u64;
+            a.stats.bytes_to_peers.fetch_add(n, Ordering::Relaxed);
+            a.stats
+                .bytes_to_peers_from_containerd
+                .fetch_add(n, Ordering::Relaxed);
+            Some((Ok::<_, std::io::Error>(part), (Some(pieces), None)))
+        }
+    });
+    let len = last + 1 - first;
+    let mut r = Response::new(Body::from_stream(body));
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if range.is_some() {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")) {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    r
+}
+
 /// Runs the agent: enrolls, then serves containerd on `containerd` (bind it to the
 /// node's loopback) and peers on `peers` until `shutdown` resolves.
 pub async fn run_agent(
@@ -1296,6 +1653,20 @@ pub async fn run_agent(
     };
     tokio::spawn(renewing);
     tokio::spawn(Arc::clone(&agent).follow_grants(stopped.clone()));
+    if let Some(c) = &agent.config.containerd {
+        let agent = Arc::clone(&agent);
+        let every = c.scan_interval.max(Duration::from_secs(1));
+        let mut s = stopped.clone();
+        tokio::spawn(async move {
+            loop {
+                agent.scan_containerd().await;
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    _ = s.changed() => return,
+                }
+            }
+        });
+    }
     let p = serve_peers(agent, peers, stopped);
     tokio::spawn(async move {
         shutdown.await;

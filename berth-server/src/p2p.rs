@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/peers/{digest}", get(peers))
         .route("/announce", post(announce))
         .route("/grants", get(grants))
+        .route("/withdraw", post(withdraw))
         .route("/blobs/{digest}", get(blob))
         .route("/status", get(status))
 }
@@ -176,6 +177,27 @@ async fn announce(State(state): State<AppState>, req: Request) -> ApiResult {
         .p2p_announce(&cred, from, &b.ticket)
         .await?;
     Ok(Json(serde_json::json!({ "peers": peers })))
+}
+
+#[derive(Deserialize)]
+struct WithdrawBody {
+    digest: String,
+}
+
+async fn withdraw(State(state): State<AppState>, req: Request) -> ApiResult {
+    let conn = req.extensions().get::<ConnInfo>().copied();
+    let from = from_of(&state, conn.as_ref(), req.headers())?;
+    let cred = bearer(req.headers())?.to_owned();
+    let body = axum::body::to_bytes(req.into_body(), 64 * 1024)
+        .await
+        .map_err(|e| ApiError::Registry(RegistryError::Invalid(e.to_string())))?;
+    let b: WithdrawBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::Registry(RegistryError::Invalid(e.to_string())))?;
+    state
+        .registry()
+        .p2p_withdraw(&cred, from, &digest(&b.digest)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn blob(State(state): State<AppState>, Path(d): Path<String>, req: Request) -> ApiResult {

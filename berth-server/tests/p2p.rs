@@ -108,6 +108,7 @@ async fn node_with_rate(
         local_address: Some(ip(n)),
         central_ca: None,
         failpoints: failpoints.iter().map(|s| s.to_string()).collect(),
+        containerd: None,
     })
     .expect("test");
     let mirror = format!("http://{}", containerd.local_addr().expect("test"));
@@ -1435,4 +1436,131 @@ async fn stopping_a_replica_does_not_wait_for_agents_grants_requests() {
         "the shutdown waited {:?} for a grants request",
         started.elapsed()
     );
+}
+
+async fn ticket_for(c: &Central, n: u8, cred: &str) -> (StatusCode, serde_json::Value) {
+    let r = client_from(ip(n))
+        .get(c.server.url(&format!("/p2p/v1/tickets/{}", c.layer)))
+        .bearer_auth(cred)
+        .send()
+        .await
+        .expect("test");
+    let s = r.status();
+    (s, r.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn concurrent_first_tickets_for_a_blob_read_it_once_for_its_piece_hashes() {
+    let c = central(vec![]).await;
+    let mut creds = Vec::new();
+    for n in 2..10u8 {
+        let cred = enroll(&c, n).await;
+        assert_eq!(
+            kubelet_pull(&c, n, &Cred::user("alice")).await,
+            StatusCode::OK
+        );
+        creds.push((n, cred));
+    }
+    assert_eq!(
+        central_metric(&c, "berth_p2p_piece_hash_reads_total").await,
+        0
+    );
+    // Eight nodes ask for their first ticket of the 9 MiB layer at once.
+    let answers = futures_util::future::join_all(
+        creds
+            .iter()
+            .map(|(n, cred)| ticket_for(&c, *n, cred.as_str())),
+    )
+    .await;
+    let want = c
+        .layer_bytes
+        .chunks(4 << 20)
+        .map(|p| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(p)))
+        .collect::<Vec<_>>();
+    for (s, v) in &answers {
+        assert_eq!(*s, StatusCode::OK, "{v}");
+        let hashes: Vec<String> = serde_json::from_value(v["hashes"].clone()).expect("test");
+        assert_eq!(hashes, want);
+    }
+    assert_eq!(
+        central_metric(&c, "berth_p2p_piece_hash_reads_total").await,
+        1,
+        "one read of the blob for eight concurrent first tickets"
+    );
+    // Later tickets take the hashes kept.
+    let (s, _) = ticket_for(&c, creds[0].0, &creds[0].1).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        central_metric(&c, "berth_p2p_piece_hash_reads_total").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_agent_withdraws_only_its_own_announcement() {
+    let c = central(vec![]).await;
+    let mut creds = Vec::new();
+    for n in [2u8, 3] {
+        let cred = enroll(&c, n).await;
+        assert_eq!(
+            kubelet_pull(&c, n, &Cred::user("alice")).await,
+            StatusCode::OK
+        );
+        let (s, v) = ticket_for(&c, n, &cred).await;
+        assert_eq!(s, StatusCode::OK);
+        let r = client_from(ip(n))
+            .post(c.server.url("/p2p/v1/announce"))
+            .bearer_auth(&cred)
+            .json(&serde_json::json!({ "ticket": v["ticket"] }))
+            .send()
+            .await
+            .expect("test");
+        assert_eq!(r.status(), StatusCode::OK);
+        creds.push(cred);
+    }
+    let holders = |st: serde_json::Value| -> Vec<String> {
+        st["blobs"]
+            .as_array()
+            .expect("test")
+            .iter()
+            .filter(|b| b["digest"] == c.layer.as_str())
+            .flat_map(|b| b["holders"].as_array().cloned().unwrap_or_default())
+            .map(|h| h["node"].as_str().expect("test").to_owned())
+            .collect()
+    };
+    assert_eq!(holders(status(&c).await), vec!["node-2", "node-3"]);
+    let withdraw = |n: u8, cred: String| {
+        let url = c.server.url("/p2p/v1/withdraw");
+        let layer = c.layer.clone();
+        async move {
+            client_from(ip(n))
+                .post(url)
+                .bearer_auth(cred)
+                .json(&serde_json::json!({ "digest": layer }))
+                .send()
+                .await
+                .expect("test")
+                .status()
+        }
+    };
+    // Node 2's credential from node 3's address withdraws nothing.
+    assert_eq!(
+        withdraw(3, creds[0].clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(holders(status(&c).await), vec!["node-2", "node-3"]);
+    assert_eq!(withdraw(2, creds[0].clone()).await, StatusCode::NO_CONTENT);
+    assert_eq!(holders(status(&c).await), vec!["node-3"]);
+    // Node 3 asking who holds the blob is no longer sent to node 2.
+    let peers: serde_json::Value = client_from(ip(3))
+        .get(c.server.url(&format!("/p2p/v1/peers/{}", c.layer)))
+        .bearer_auth(&creds[1])
+        .send()
+        .await
+        .expect("test")
+        .json()
+        .await
+        .expect("test");
+    assert_eq!(peers["peers"], serde_json::json!([]), "{peers}");
+    assert_eq!(central_metric(&c, "berth_p2p_withdrawals_total").await, 1);
 }

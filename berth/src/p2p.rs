@@ -137,6 +137,17 @@ pub struct NodeArgs {
     /// containerd's `config_path`.
     #[arg(long, default_value = "/etc/containerd/certs.d")]
     containerd_certs_d: PathBuf,
+    /// containerd's gRPC socket: blobs containerd holds are served to peers through its
+    /// content service (read only). Unset: peers are served from the spool only.
+    #[arg(long, env = "BERTH_NODE_CONTAINERD_SOCKET")]
+    containerd_socket: Option<PathBuf>,
+    /// containerd's namespace of kubelet's images.
+    #[arg(long, default_value = "k8s.io")]
+    containerd_namespace: String,
+    /// Seconds between listings of containerd's content (announcing what it holds and
+    /// withdrawing what it deleted).
+    #[arg(long, default_value_t = 30)]
+    containerd_scan_secs: u64,
 }
 
 /// containerd's `hosts.toml` for `registry_host`: manifests (resolve) at the registry with
@@ -208,6 +219,13 @@ pub async fn node(args: NodeArgs) -> anyhow::Result<()> {
         local_address: args.local_address,
         central_ca: args.central_ca,
         failpoints,
+        containerd: args
+            .containerd_socket
+            .map(|socket| berth_server::node::ContainerdSettings {
+                socket,
+                namespace: args.containerd_namespace,
+                scan_interval: Duration::from_secs(args.containerd_scan_secs.max(1)),
+            }),
     })?;
     if let Some(host) = &args.registry_host {
         write_hosts_toml(

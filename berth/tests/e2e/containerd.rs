@@ -101,6 +101,12 @@ disabled_plugins = [
         daemon
     }
 
+    /// The daemon's gRPC socket.
+    #[allow(dead_code)]
+    pub fn socket(&self) -> &str {
+        &self.socket
+    }
+
     /// `ctr --address <socket> --namespace <namespace>`, with the native snapshotter.
     pub fn ctr(&self, namespace: &str) -> Command {
         let mut c = match &self.netns {
