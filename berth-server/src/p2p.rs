@@ -87,15 +87,25 @@ struct EnrollBody {
     tls_public_key: String,
 }
 
-async fn enroll(State(state): State<AppState>, req: Request) -> ApiResult {
+/// The asking agent's address, its bearer credential (or bootstrap token) and its JSON
+/// body, which is small: 64 KiB at most.
+async fn node_request<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    req: Request,
+) -> Result<(IpAddr, String, T), ApiError> {
     let conn = req.extensions().get::<ConnInfo>().copied();
-    let from = from_of(&state, conn.as_ref(), req.headers())?;
-    let token = bearer(req.headers())?.to_owned();
+    let from = from_of(state, conn.as_ref(), req.headers())?;
+    let credential = bearer(req.headers())?.to_owned();
     let body = axum::body::to_bytes(req.into_body(), 64 * 1024)
         .await
         .map_err(|e| ApiError::Registry(RegistryError::Invalid(e.to_string())))?;
-    let b: EnrollBody = serde_json::from_slice(&body)
+    let b = serde_json::from_slice(&body)
         .map_err(|e| ApiError::Registry(RegistryError::Invalid(e.to_string())))?;
+    Ok((from, credential, b))
+}
+
+async fn enroll(State(state): State<AppState>, req: Request) -> ApiResult {
+    let (from, token, b) = node_request::<EnrollBody>(&state, req).await?;
     let tls_key = hex::decode(&b.tls_public_key).map_err(|_| {
         ApiError::Registry(RegistryError::Invalid("tls_public_key: not hex".into()))
     })?;
@@ -164,14 +174,7 @@ struct AnnounceBody {
 }
 
 async fn announce(State(state): State<AppState>, req: Request) -> ApiResult {
-    let conn = req.extensions().get::<ConnInfo>().copied();
-    let from = from_of(&state, conn.as_ref(), req.headers())?;
-    let cred = bearer(req.headers())?.to_owned();
-    let body = axum::body::to_bytes(req.into_body(), 64 * 1024)
-        .await
-        .map_err(|e| ApiError::Registry(RegistryError::Invalid(e.to_string())))?;
-    let b: AnnounceBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::Registry(RegistryError::Invalid(e.to_string())))?;
+    let (from, cred, b) = node_request::<AnnounceBody>(&state, req).await?;
     let peers = state
         .registry()
         .p2p_announce(&cred, from, &b.ticket)
@@ -185,14 +188,7 @@ struct WithdrawBody {
 }
 
 async fn withdraw(State(state): State<AppState>, req: Request) -> ApiResult {
-    let conn = req.extensions().get::<ConnInfo>().copied();
-    let from = from_of(&state, conn.as_ref(), req.headers())?;
-    let cred = bearer(req.headers())?.to_owned();
-    let body = axum::body::to_bytes(req.into_body(), 64 * 1024)
-        .await
-        .map_err(|e| ApiError::Registry(RegistryError::Invalid(e.to_string())))?;
-    let b: WithdrawBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::Registry(RegistryError::Invalid(e.to_string())))?;
+    let (from, cred, b) = node_request::<WithdrawBody>(&state, req).await?;
     state
         .registry()
         .p2p_withdraw(&cred, from, &digest(&b.digest)?)
