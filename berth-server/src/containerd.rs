@@ -6,7 +6,7 @@
 //! containerd verified each blob's digest when it committed it; the agent still checks
 //! every piece it reads against the central Berth's piece hashes before serving it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::{Buf as _, Bytes, BytesMut};
@@ -123,60 +123,89 @@ impl ContentStore {
         Ok(out)
     }
 
-    /// One unary or server-streaming call on a connection of its own (a unix socket is
-    /// cheap to open, and no connection state outlives a call).
     async fn call(&self, method: &str, message: Vec<u8>) -> Result<Messages, ContentError> {
-        let t = self.timeout;
-        let bounded = |_: tokio::time::error::Elapsed| ContentError::Timeout(t);
-        let stream = tokio::time::timeout(t, tokio::net::UnixStream::connect(&self.socket))
-            .await
-            .map_err(bounded)?
-            .map_err(|source| ContentError::Connect {
-                path: self.socket.display().to_string(),
-                source,
-            })?;
-        let (mut send, conn) = tokio::time::timeout(
-            t,
-            hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                hyper_util::rt::TokioIo::new(stream),
-            ),
-        )
+        let path = format!("{SERVICE}{method}");
+        open_call(&self.socket, &self.namespace, &path, message, self.timeout).await
+    }
+}
+
+/// One unary call of any containerd gRPC service (`path` is `/<package>.<Service>/<Method>`)
+/// in `namespace`: the answer's single message. Every wait is bounded by `timeout`, which
+/// must cover the whole call, since a unary answer's headers come with its message.
+pub async fn unary(
+    socket: &Path,
+    namespace: &str,
+    path: &str,
+    message: Vec<u8>,
+    timeout: Duration,
+) -> Result<Bytes, ContentError> {
+    let mut s = open_call(socket, namespace, path, message, timeout).await?;
+    let m = s
+        .message()
+        .await?
+        .ok_or(ContentError::Malformed("no answer"))?;
+    s.finish().await?;
+    Ok(m)
+}
+
+/// One unary or server-streaming call on a connection of its own (a unix socket is cheap
+/// to open, and no connection state outlives a call).
+async fn open_call(
+    socket: &Path,
+    namespace: &str,
+    path: &str,
+    message: Vec<u8>,
+    t: Duration,
+) -> Result<Messages, ContentError> {
+    let bounded = |_: tokio::time::error::Elapsed| ContentError::Timeout(t);
+    let stream = tokio::time::timeout(t, tokio::net::UnixStream::connect(socket))
+        .await
+        .map_err(bounded)?
+        .map_err(|source| ContentError::Connect {
+            path: socket.display().to_string(),
+            source,
+        })?;
+    let (mut send, conn) = tokio::time::timeout(
+        t,
+        hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        ),
+    )
+    .await
+    .map_err(bounded)?
+    .map_err(|e| ContentError::Transport(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "containerd connection ended");
+        }
+    });
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let req = http::Request::post(format!("http://localhost{path}"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .header("containerd-namespace", namespace)
+        .body(Full::new(Bytes::from(framed)))
+        .map_err(|e| ContentError::Transport(e.to_string()))?;
+    let resp = tokio::time::timeout(t, send.send_request(req))
         .await
         .map_err(bounded)?
         .map_err(|e| ContentError::Transport(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "containerd connection ended");
-            }
-        });
-        let mut framed = Vec::with_capacity(5 + message.len());
-        framed.push(0);
-        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        framed.extend_from_slice(&message);
-        let req = http::Request::post(format!("http://localhost{SERVICE}{method}"))
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers")
-            .header("containerd-namespace", &self.namespace)
-            .body(Full::new(Bytes::from(framed)))
-            .map_err(|e| ContentError::Transport(e.to_string()))?;
-        let resp = tokio::time::timeout(t, send.send_request(req))
-            .await
-            .map_err(bounded)?
-            .map_err(|e| ContentError::Transport(e.to_string()))?;
-        if resp.status() != http::StatusCode::OK {
-            return Err(ContentError::Transport(format!("HTTP {}", resp.status())));
-        }
-        // A call that fails at once, or a stream with no message (an empty List), answers
-        // with headers only ("Trailers-Only"), the status among them.
-        let ended = check_status(resp.headers())?;
-        Ok(Messages {
-            body: resp.into_body(),
-            buf: BytesMut::new(),
-            ended,
-            timeout: t,
-        })
+    if resp.status() != http::StatusCode::OK {
+        return Err(ContentError::Transport(format!("HTTP {}", resp.status())));
     }
+    // A call that fails at once, or a stream with no message (an empty List), answers
+    // with headers only ("Trailers-Only"), the status among them.
+    let ended = check_status(resp.headers())?;
+    Ok(Messages {
+        body: resp.into_body(),
+        buf: BytesMut::new(),
+        ended,
+        timeout: t,
+    })
 }
 
 /// `grpc-status` (and `grpc-message`) of headers or trailers: `Ok(true)` when they say OK,

@@ -129,6 +129,10 @@ pub struct AgentStats {
     pub containerd_withdrawn: AtomicU64,
     /// Calls to containerd's content service that failed (socket, gRPC status, timeout).
     pub containerd_errors: AtomicU64,
+    /// containerd's requests that carried an `Authorization` header. The agent never asks
+    /// for one (it answers with tickets, never a challenge) and ignores any it gets: a
+    /// pod's credential is meant for the registry host alone.
+    pub containerd_authorization: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -1162,6 +1166,12 @@ impl Agent {
                 g(&s.containerd_errors),
             ),
             (
+                "berth_node_containerd_requests_with_authorization",
+                "containerd's requests to the agent that carried an Authorization header (the agent never challenges; a pod's credential is for the registry host alone)",
+                "",
+                g(&s.containerd_authorization),
+            ),
+            (
                 "berth_node_peer_handshakes_refused",
                 "Connections to the peer port closed before a TLS handshake with a certificate of the p2p CA (plain HTTP, another certificate or none, a stall)",
                 "",
@@ -1248,6 +1258,12 @@ async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
 }
 
 async fn for_containerd(State(agent): State<Arc<Agent>>, req: Request) -> Response {
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        agent
+            .stats
+            .containerd_authorization
+            .fetch_add(1, Ordering::Relaxed);
+    }
     let m = req.method().clone();
     if m != Method::GET && m != Method::HEAD {
         return error_response(

@@ -3,9 +3,13 @@
 //! blob directory) in namespace `c` at two addresses, behind a link limited with `tc tbf`
 //! (160 Mbit/s out of the central namespace), and four node namespaces, each with its own
 //! containerd (own root, state and socket) and its own `berth node` agent, which writes the
-//! node's `hosts.toml`. containerd pulls with credentials through that `hosts.toml`
-//! (`ctr image pull --user --hosts-dir`: the same resolver and fetcher the CRI plugin
-//! uses, see ARCHITECTURE.md). Nodes 1 and 3 resolve images at replica A and their agents
+//! node's `hosts.toml`. Every pull is kubelet's: CRI `runtime.v1.ImageService/PullImage`
+//! on the node's containerd with the pod's credentials in `AuthConfig` (no server address,
+//! as kubelet sends a pull secret's), so the daemon's CRI plugin resolves and fetches through
+//! that `hosts.toml` (its `registry.config_path`), as on a cluster. The credentials reach
+//! the central Berth (which challenges) and never the agent: containerd 1.6 would offer them
+//! to any host of `hosts.toml` that challenged, and the agent never does (its
+//! `berth_node_containerd_requests_with_authorization_total` stays 0). Nodes 1 and 3 resolve images at replica A and their agents
 //! talk to replica B; nodes 2 and 4 the other way round: every grant, ticket and peer
 //! answer crosses replicas. Bytes leaving the central Berth are read from its veth's
 //! counters. PostgreSQL listens on the root namespace's loopback: the central namespace
@@ -20,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::containerd::Containerd;
+use crate::containerd::{Containerd, cri_pull};
 use crate::harness::{
     Layout, cmd, exec, noise, parse_json, require_root, run, tempdir, unique, wait_until,
 };
@@ -142,16 +146,26 @@ impl Node {
         metric(&String::from_utf8_lossy(&out), name)
     }
 
-    /// `ctr image pull` of `reference` with `creds` (none: anonymous), as the kubelet's
-    /// pull would, through this node's hosts.toml.
-    fn pull(&self, reference: &str, creds: Option<&str>) -> Command {
-        let mut c = self.containerd.ctr("k8s.io");
-        c.args(["image", "pull"]);
-        if let Some(creds) = creds {
-            c.args(["--user", creds]);
-        }
-        c.arg("--hosts-dir").arg(&self.certs_d).arg(reference);
-        c
+    /// kubelet's pull of `reference` with a pull secret's `creds` (`user:password`; none:
+    /// anonymous): CRI PullImage on this node's containerd, in a thread of its own.
+    fn pull(&self, reference: &str, creds: Option<&str>) -> PullThread {
+        let socket = PathBuf::from(self.containerd.socket());
+        let reference = reference.to_owned();
+        let creds = creds.map(|c| {
+            let (u, p) = c.split_once(':').expect("user:password");
+            (u.to_owned(), p.to_owned())
+        });
+        std::thread::spawn(move || {
+            let auth = creds.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+            cri_pull(&socket, &reference, auth)
+        })
+    }
+
+    /// A pull that must succeed; the image reference CRI answered.
+    #[track_caller]
+    fn pull_ok(&self, reference: &str, creds: Option<&str>) -> String {
+        let r = self.pull(reference, creds).join().expect("pull thread");
+        r.unwrap_or_else(|e| panic!("{}: CRI pull of {reference} failed: {e}", self.name))
     }
 
     /// `name:v1` at this node's registry host.
@@ -165,6 +179,8 @@ impl Node {
             .success()
     }
 }
+
+type PullThread = std::thread::JoinHandle<Result<String, String>>;
 
 /// A veth of the root namespace, deleted on drop.
 struct RootLink(String);
@@ -323,8 +339,8 @@ impl Topology {
             let ip = format!("10.77.0.{}", 10 + i);
             let ns = Netns::add(format!("{id}-n{i}"));
             attach(&topo._switch, &ns, &format!("n{i}"), &ip);
-            let containerd = Containerd::start_in(Some(&ns.0));
             let certs_d = topo.work.path().join(format!("{name}-certs.d"));
+            let containerd = Containerd::start_in(Some(&ns.0), Some(&certs_d));
             let mut node = Node {
                 name,
                 ip,
@@ -427,33 +443,45 @@ impl Topology {
         (self.central_ns.tx_bytes("eth0"), sent)
     }
 
-    /// Every node pulls `name` at once; returns the wall time.
-    fn pull_all(&self, name: &str, creds: &str) -> Duration {
+    /// Every node pulls `name` at once; returns the wall time and the image references
+    /// CRI answered.
+    fn pull_all(&self, name: &str, creds: &str) -> (Duration, Vec<String>) {
         let start = Instant::now();
-        let children: Vec<(String, Child)> = self
+        let pulls: Vec<(String, PullThread)> = self
             .nodes
             .iter()
-            .map(|n| {
-                let reference = n.image(name);
-                let child = n
-                    .pull(&reference, Some(creds))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("ctr");
-                (n.name.clone(), child)
+            .map(|n| (n.name.clone(), n.pull(&n.image(name), Some(creds))))
+            .collect();
+        let refs = pulls
+            .into_iter()
+            .map(|(node, p)| {
+                p.join()
+                    .expect("pull thread")
+                    .unwrap_or_else(|e| panic!("{node}: pull of {name} failed: {e}"))
             })
             .collect();
-        for (node, child) in children {
-            let out = child.wait_with_output().expect("ctr output");
-            assert!(
-                out.status.success(),
-                "{node}: pull of {name} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        start.elapsed()
+        (start.elapsed(), refs)
+    }
+
+    /// Sum of the central replicas' `berth_http_requests_total` lines holding every one
+    /// of `parts`.
+    fn central_requests(&self, parts: &[&str]) -> u64 {
+        [CENTRAL, CENTRAL_B]
+            .iter()
+            .map(|r| {
+                let out = run(self
+                    .central_ns
+                    .exec("curl")
+                    .args(["-sSf", &format!("http://{r}/metrics")]))
+                .stdout;
+                String::from_utf8_lossy(&out)
+                    .lines()
+                    .filter(|l| l.starts_with("berth_http_requests_total{"))
+                    .filter(|l| parts.iter().all(|p| l.contains(p)))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>() as u64
+            })
+            .sum()
     }
 }
 
@@ -541,12 +569,49 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
     // 1. All nodes pull the same image at once: the central Berth sends it about once.
     let (blobs, size) = t.push("team-a/app", 3, 2 << 20);
     let (link0, app0) = t.central_bytes();
-    let wall = t.pull_all("team-a/app", &creds);
+    let manifests =
+        |status: &str| t.central_requests(&["route=\"manifest\"", &format!("status=\"{status}\"")]);
+    let (challenged0, served0) = (manifests("401"), manifests("200"));
+    let (wall, refs) = t.pull_all("team-a/app", &creds);
     let (link1, app1) = t.central_bytes();
-    for n in &t.nodes {
+    for (n, image_ref) in t.nodes.iter().zip(&refs) {
         for b in &blobs {
             assert!(n.holds(b), "{}: {b} missing in containerd", n.name);
         }
+        // CRI answers the image's id, its config's digest, and labels the image it made
+        // as its own: the pull went through the plugin, not a client of its own.
+        assert_eq!(image_ref, &blobs[0], "{}: PullImage's image_ref", n.name);
+        let images = run(n.containerd.ctr("k8s.io").args(["images", "ls"])).stdout;
+        let images = String::from_utf8_lossy(&images);
+        assert!(
+            images.lines().any(|l| l.starts_with(&n.image("team-a/app"))
+                && l.contains("io.cri-containerd.image=managed")),
+            "{}: no CRI-managed image in\n{images}",
+            n.name
+        );
+    }
+    // The credential boundary: the central Berth challenged each node's resolve and
+    // served the manifest to the credentials that followed; the agents, which serve the
+    // blobs, never got an Authorization header.
+    let (challenged, served) = (manifests("401") - challenged0, manifests("200") - served0);
+    eprintln!("manifest requests at central: {challenged} challenged, {served} served");
+    assert!(
+        challenged >= NODES as u64 && served >= NODES as u64,
+        "each node's manifest request was challenged and then authenticated: \
+         {challenged} 401, {served} 200"
+    );
+    for n in &t.nodes {
+        assert_eq!(
+            n.metric("berth_node_containerd_requests_with_authorization_total"),
+            0,
+            "{}: containerd sent its agent a credential",
+            n.name
+        );
+        assert!(
+            n.metric("berth_node_blobs_served_total") >= blobs.len() as u64 - 1,
+            "{}: the agent served containerd's blob requests",
+            n.name
+        );
     }
     let (link, app) = (link1 - link0, app1 - app0);
     eprintln!(
@@ -604,7 +669,7 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
 
     // 3. Anonymous and wrong-tenant pulls fail, and their agents get no layer bytes.
     let (private, _) = t.push("team-a/private", 2, 1 << 20);
-    run(&mut t.nodes[0].pull(&t.nodes[0].image("team-a/private"), Some(&creds)));
+    t.nodes[0].pull_ok(&t.nodes[0].image("team-a/private"), Some(&creds));
     let before: Vec<(u64, u64)> = t.nodes[1..3]
         .iter()
         .map(|n| {
@@ -615,10 +680,12 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
         })
         .collect();
     let served = t.nodes[0].metric("berth_node_bytes_to_peers_total");
-    let anon = exec(&mut t.nodes[1].pull(&t.nodes[1].image("team-a/private"), None));
-    assert!(!anon.status.success(), "an anonymous pull succeeded");
-    let wrong = exec(&mut t.nodes[2].pull(&t.nodes[2].image("team-a/private"), Some(&outsider)));
-    assert!(!wrong.status.success(), "a wrong-tenant pull succeeded");
+    let anon = t.nodes[1].pull(&t.nodes[1].image("team-a/private"), None);
+    let anon = anon.join().expect("pull thread");
+    assert!(anon.is_err(), "an anonymous pull succeeded: {anon:?}");
+    let wrong = t.nodes[2].pull(&t.nodes[2].image("team-a/private"), Some(&outsider));
+    let wrong = wrong.join().expect("pull thread");
+    assert!(wrong.is_err(), "a wrong-tenant pull succeeded: {wrong:?}");
     for (n, (p, c)) in t.nodes[1..3].iter().zip(before) {
         assert_eq!(
             n.metric("berth_node_bytes_from_peers_total"),
@@ -676,15 +743,10 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
     // 4. A peer stopped (SIGSTOP) in the middle of serving, and one killed: the pulls that
     // were fetching from them still finish (from another peer or the central Berth).
     let (big, big_size) = t.push("team-a/big", 1, 24 << 20);
-    run(&mut t.nodes[0].pull(&t.nodes[0].image("team-a/big"), Some(&creds)));
+    t.nodes[0].pull_ok(&t.nodes[0].image("team-a/big"), Some(&creds));
     let p2 = t.nodes[1].metric("berth_node_bytes_from_peers_total");
     let stopped = t.nodes[0].agent.as_ref().expect("agent");
-    let pull2 = t.nodes[1]
-        .pull(&t.nodes[1].image("team-a/big"), Some(&creds))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ctr");
+    let pull2 = t.nodes[1].pull(&t.nodes[1].image("team-a/big"), Some(&creds));
     // node-2 reads from node-1 at SERVE_MBIT; stop node-1 once bytes flow.
     wait_until(
         Duration::from_secs(20),
@@ -693,12 +755,8 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
     );
     stopped.signal("-STOP");
     let started = Instant::now();
-    let out = pull2.wait_with_output().expect("ctr");
-    assert!(
-        out.status.success(),
-        "node-2's pull with its peer stopped: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = pull2.join().expect("pull thread");
+    assert!(out.is_ok(), "node-2's pull with its peer stopped: {out:?}");
     eprintln!(
         "node-2 finished {:?} after its peer stopped",
         started.elapsed()
@@ -709,12 +767,7 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
     );
     // node-3 now has node-1 (stopped) and node-2 as sources; node-2 is killed mid-way.
     let p3 = t.nodes[2].metric("berth_node_bytes_from_peers_total");
-    let pull3 = t.nodes[2]
-        .pull(&t.nodes[2].image("team-a/big"), Some(&creds))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ctr");
+    let pull3 = t.nodes[2].pull(&t.nodes[2].image("team-a/big"), Some(&creds));
     let deadline = Instant::now() + Duration::from_secs(20);
     while t.nodes[2].metric("berth_node_bytes_from_peers_total") < p3 + (1 << 20)
         && Instant::now() < deadline
@@ -722,11 +775,10 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
         std::thread::sleep(Duration::from_millis(50));
     }
     t.nodes[1].agent.as_ref().expect("agent").signal("-KILL");
-    let out = pull3.wait_with_output().expect("ctr");
+    let out = pull3.join().expect("pull thread");
     assert!(
-        out.status.success(),
-        "node-3's pull with one peer stopped and one killed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        out.is_ok(),
+        "node-3's pull with one peer stopped and one killed: {out:?}"
     );
     for b in &big {
         assert!(t.nodes[2].holds(b), "node-3 lacks {b}");
@@ -737,7 +789,8 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
     // 5. Both central replicas die once every node resolved the manifest: the layers
     // containerd has not asked for yet are fetched with the tickets the agents learned
     // from their grants, from the node that holds them. One layer at a time
-    // (`--max-concurrent-downloads 1`), so most are asked for after the replicas are gone.
+    // (the CRI plugin's `max_concurrent_downloads = 1`), so most are asked for after the
+    // replicas are gone.
     let mut t = t;
     let killed = t.nodes[1].agent.take();
     drop(killed);
@@ -747,7 +800,7 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
         t.nodes[1].metric("berth_node_grants_received_total") > 0
     });
     let (late, _) = t.push("team-a/late", 4, 4 << 20);
-    run(&mut t.nodes[0].pull(&t.nodes[0].image("team-a/late"), Some(&creds)));
+    t.nodes[0].pull_ok(&t.nodes[0].image("team-a/late"), Some(&creds));
     let served = |n: &Node| n.metric("berth_node_blobs_served_total");
     let base: Vec<(u64, u64, u64)> = t.nodes[1..]
         .iter()
@@ -759,16 +812,9 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
             )
         })
         .collect();
-    let pulls: Vec<Child> = t.nodes[1..]
+    let pulls: Vec<PullThread> = t.nodes[1..]
         .iter()
-        .map(|n| {
-            n.pull(&n.image("team-a/late"), Some(&creds))
-                .args(["--max-concurrent-downloads", "1"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("ctr")
-        })
+        .map(|n| n.pull(&n.image("team-a/late"), Some(&creds)))
         .collect();
     wait_until(
         Duration::from_secs(30),
@@ -792,12 +838,11 @@ fn nodes_in_network_namespaces_share_layers_behind_a_limited_link() {
     };
     let at_kill = peer_bytes(&t);
     for (n, p) in t.nodes[1..].iter().zip(pulls) {
-        let out = p.wait_with_output().expect("ctr");
+        let out = p.join().expect("pull thread");
         assert!(
-            out.status.success(),
-            "{}: the pull did not finish without the central Berth: {}",
-            n.name,
-            String::from_utf8_lossy(&out.stderr)
+            out.is_ok(),
+            "{}: the pull did not finish without the central Berth: {out:?}",
+            n.name
         );
         for b in &late {
             assert!(n.holds(b), "{} lacks {b}", n.name);
