@@ -29,4 +29,4 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (unit, integration, metadata suite on SQLite and PostgreSQL, end to end)"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast

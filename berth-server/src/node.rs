@@ -873,20 +873,29 @@ impl Agent {
         Ok(buf)
     }
 
+    /// Marks `digest` as being fetched by this node, unless it is already: the check and
+    /// the mark under one lock, so two requests never fetch into the same spool file.
+    fn claim_fetch(&self, digest: &str) -> Option<tokio::sync::watch::Sender<u64>> {
+        let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        if progress.contains_key(digest) {
+            return None;
+        }
+        let (done, watching) = tokio::sync::watch::channel(0u64);
+        progress.insert(digest.to_owned(), watching);
+        Some(done)
+    }
+
     /// Fetches the blob into the spool, sending each verified piece to `out` as it lands;
     /// the last one only after the whole digest checked. Peers may fetch the verified
     /// pieces meanwhile; a failed transfer leaves nothing.
+    /// `done` is the sender of the receiver `claim_fetch` put in `progress`.
     async fn fetch_blob(
         self: Arc<Self>,
         digest: String,
         issued: Issued,
         out: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+        done: tokio::sync::watch::Sender<u64>,
     ) -> Result<(), AgentError> {
-        let (done, watching) = tokio::sync::watch::channel(0u64);
-        self.progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest.clone(), watching);
         let r = Arc::clone(&self)
             .fetch_pieces(&digest, &issued, &out, &done)
             .await;
@@ -1005,6 +1014,10 @@ impl Agent {
                 }
                 file.sync_all().await?;
                 drop(file);
+                if self.failpoint("rename-race") {
+                    // Waiters are awake and the file has its partial name a while longer.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 tokio::fs::rename(&partial, self.spool_path(&digest)).await?;
                 self.held
                     .lock()
@@ -1335,12 +1348,7 @@ async fn for_containerd(State(agent): State<Arc<Agent>>, req: Request) -> Respon
         headers(&mut r, 0);
         return r;
     }
-    if agent
-        .progress
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains_key(&digest)
-    {
+    let Some(done) = agent.claim_fetch(&digest) else {
         // Another request of this node is fetching it: containerd takes it from the
         // registry this once rather than wait on a second copy.
         return error_response(
@@ -1348,7 +1356,7 @@ async fn for_containerd(State(agent): State<Arc<Agent>>, req: Request) -> Respon
             "UNAVAILABLE",
             "this blob is being fetched already",
         );
-    }
+    };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
     {
         let agent = Arc::clone(&agent);
@@ -1356,7 +1364,7 @@ async fn for_containerd(State(agent): State<Arc<Agent>>, req: Request) -> Respon
         tokio::spawn(async move {
             let failed = tx.clone();
             match Arc::clone(&agent)
-                .fetch_blob(digest.clone(), issued, tx)
+                .fetch_blob(digest.clone(), issued, tx, done)
                 .await
             {
                 Ok(()) => {
@@ -1494,12 +1502,30 @@ async fn for_peer(
         }
     }
     let partial = agent.spool_path(&digest).with_extension("partial");
-    let mut f = match tokio::fs::File::open(agent.spool_path(&digest)).await {
-        Ok(f) => f,
-        Err(_) => match tokio::fs::File::open(&partial).await {
-            Ok(f) => f,
-            Err(_) => return not_found(),
-        },
+    // A fetch renames its partial file into place right after the last piece is
+    // verified, which wakes the waiters: a waiter may miss the final name and then the
+    // partial one. The rename is atomic, so the final name after a missed partial one
+    // finds the file unless the fetch failed.
+    let mut f = None;
+    for (i, path) in [
+        &agent.spool_path(&digest),
+        &partial,
+        &agent.spool_path(&digest),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if let Ok(opened) = tokio::fs::File::open(path).await {
+            f = Some(opened);
+            break;
+        }
+        if i == 0 && agent.failpoint("rename-race") {
+            // The rename lands between this miss and the next open.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    let Some(mut f) = f else {
+        return not_found();
     };
     if f.seek(std::io::SeekFrom::Start(first)).await.is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
