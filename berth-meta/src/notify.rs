@@ -39,6 +39,9 @@ pub enum Invalidation {
     /// Signature verdicts of a repository may have changed (a signature or index came or
     /// went) or, with no repository, the policy itself changed.
     Verdicts { repo: Option<String> },
+    /// A manifest pull was recorded for the node at `addr`: its agent's waiting grants
+    /// request is answered now rather than at its next look at the store.
+    Granted { addr: String },
     /// Notifications may have been missed (the listening connection was lost): drop
     /// everything.
     All,
@@ -53,6 +56,7 @@ impl Invalidation {
             Invalidation::Blob { repo, digest } => format!("b {repo} {digest}"),
             Invalidation::Verdicts { repo: Some(repo) } => format!("v {repo}"),
             Invalidation::Verdicts { repo: None } => "v".to_owned(),
+            Invalidation::Granted { addr } => format!("g {addr}"),
             Invalidation::All => "*".to_owned(),
         }
     }
@@ -63,6 +67,11 @@ impl Invalidation {
         }
         if s == "v" {
             return Some(Invalidation::Verdicts { repo: None });
+        }
+        if let Some(addr) = s.strip_prefix("g ") {
+            return Some(Invalidation::Granted {
+                addr: addr.to_owned(),
+            });
         }
         if let Some(repo) = s.strip_prefix("v ") {
             return Some(Invalidation::Verdicts {
@@ -230,6 +239,12 @@ mod tests {
                 repo: Some("a/b".into()),
             },
             Invalidation::Verdicts { repo: None },
+            Invalidation::Granted {
+                addr: "10.0.0.7".into(),
+            },
+            Invalidation::Granted {
+                addr: "fd00::1".into(),
+            },
             Invalidation::All,
         ] {
             assert_eq!(Invalidation::decode(&inv.encode()), Some(inv));

@@ -230,6 +230,13 @@ impl MetaStore {
         .bind(expires_at)
         .execute(&mut *tx)
         .await?;
+        self.notify(
+            &mut tx,
+            crate::Invalidation::Granted {
+                addr: addr.to_owned(),
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -196,6 +196,8 @@ impl Caches {
             }
             // The policy state forgets verdicts; nothing cached here depends on them.
             I::Verdicts { .. } => {}
+            // For node agents' grants requests, woken by the listener itself.
+            I::Granted { .. } => {}
             // Changes may have been missed: nothing cached until now is served as fresh
             // again, but it stays for stale reads while the store is unavailable.
             I::All => {
@@ -286,9 +288,18 @@ impl Registry {
         let caches = Arc::clone(&self.cache);
         let verdicts = Arc::clone(&self.policy);
         let stats = Arc::clone(&self.stats);
+        let p2p = self.p2p.clone();
         let listening = self
             .meta
             .listen_invalidations(move |inv| {
+                if let Some(p) = &p2p {
+                    match &inv {
+                        berth_meta::Invalidation::Granted { addr } => p.wake_grants(Some(addr)),
+                        // Grants may have been missed meanwhile: every request looks.
+                        berth_meta::Invalidation::All => p.wake_grants(None),
+                        _ => {}
+                    }
+                }
                 match &inv {
                     // The policy itself changed: the poller re-reads it at once.
                     berth_meta::Invalidation::Verdicts { repo: None } => {

@@ -41,6 +41,10 @@ const MAX_PULLS: u64 = 1_000_000;
 const PURGE_EVERY: Duration = Duration::from_secs(30);
 /// The longest an agent's grants request waits for a new grant.
 pub const MAX_GRANTS_WAIT: Duration = Duration::from_secs(30);
+/// How often a waiting grants request reads the store without being woken: only a
+/// backstop, since pulls recorded here or on another replica (PostgreSQL `NOTIFY`) wake
+/// it, and a listener that lost its connection wakes every request once it is back.
+const GRANTS_RECHECK: Duration = Duration::from_secs(10);
 /// Grants answered at most at once (the agent asks again from the cursor).
 const GRANTS_PER_ANSWER: usize = 16;
 /// Blobs whose piece hashes are kept.
@@ -110,6 +114,9 @@ pub struct P2pStats {
     pub credentials_refused: AtomicU64,
     pub bytes_to_agents: AtomicU64,
     pub grants_answered: AtomicU64,
+    /// Reads of the grants table by waiting grants requests: one when a request comes,
+    /// one per wake-up meant for its node, one per [`GRANTS_RECHECK`] otherwise.
+    pub grants_reads: AtomicU64,
     pub state_errors: AtomicU64,
     /// Full reads of a blob to compute its piece hashes (once per blob, however many
     /// first tickets ask at the same time).
@@ -129,9 +136,10 @@ pub struct P2p {
     /// those it recorded since (what [`MAX_PULLS`] bounds).
     purged: Mutex<Option<Instant>>,
     pull_rows: AtomicU64,
-    /// Wakes this replica's waiting grants requests when it records a pull (other
-    /// replicas' are seen at the next poll of the store).
-    granted: tokio::sync::Notify,
+    /// The waiting grants requests by node address: a pull recorded for a node (here,
+    /// or on another replica and heard through the store's notifications) wakes its
+    /// node's requests only, so a burst of pulls across a cluster costs one read each.
+    waiting: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Set when the server shuts down: waiting grants requests are answered at once.
     closing: std::sync::atomic::AtomicBool,
     /// Blobs whose piece hashes are being computed: one gate each, so concurrent first
@@ -349,7 +357,7 @@ impl P2p {
             state: Mutex::default(),
             purged: Mutex::new(None),
             pull_rows: AtomicU64::new(0),
-            granted: tokio::sync::Notify::new(),
+            waiting: Mutex::default(),
             closing: std::sync::atomic::AtomicBool::new(false),
             hashing: Mutex::default(),
             stats: P2pStats::default(),
@@ -363,6 +371,19 @@ impl P2p {
     /// The CA certificate (DER) agents trust for agent-to-agent TLS.
     pub fn ca_certificate(&self) -> &[u8] {
         &self.ca_der
+    }
+
+    /// Wakes the grants requests waiting for `addr`'s node, or every waiting one.
+    pub fn wake_grants(&self, addr: Option<&str>) {
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        match addr {
+            Some(a) => {
+                if let Some(n) = waiting.get(a) {
+                    n.notify_waiters();
+                }
+            }
+            None => waiting.values().for_each(|n| n.notify_waiters()),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -383,6 +404,44 @@ impl P2p {
         bump(&self.stats.state_errors);
         tracing::warn!(error = %e, "node-local sharing: metadata store");
         RegistryError::from(e)
+    }
+}
+
+/// A waiting grants request's registration in [`P2p::waiting`], removed with the last
+/// request of its node (also when the request is dropped mid-wait).
+struct GrantsWaiter<'a> {
+    p: &'a P2p,
+    addr: String,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl<'a> GrantsWaiter<'a> {
+    fn new(p: &'a P2p, addr: &str) -> GrantsWaiter<'a> {
+        let notify = Arc::clone(
+            p.waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(addr.to_owned())
+                .or_default(),
+        );
+        GrantsWaiter {
+            p,
+            addr: addr.to_owned(),
+            notify,
+        }
+    }
+}
+
+impl Drop for GrantsWaiter<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.p.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        // Two references: the map's and this one's; no other request of the node waits.
+        if waiting
+            .get(&self.addr)
+            .is_some_and(|n| Arc::strong_count(n) == 2)
+        {
+            waiting.remove(&self.addr);
+        }
     }
 }
 
@@ -410,7 +469,7 @@ impl Registry {
     pub fn p2p_close(&self) {
         if let Some(p) = &self.p2p {
             p.closing.store(true, Ordering::Relaxed);
-            p.granted.notify_waiters();
+            p.wake_grants(None);
         }
     }
 
@@ -605,7 +664,7 @@ impl Registry {
             Ok(()) => {
                 p.pull_rows.fetch_add(n, Ordering::Relaxed);
                 p.stats.pulls_recorded.fetch_add(n, Ordering::Relaxed);
-                p.granted.notify_waiters();
+                p.wake_grants(Some(&addr));
             }
             Err(e) => {
                 p.store_failed(e);
@@ -691,9 +750,11 @@ impl Registry {
         let (node, _) = self.p2p_node_of(p, credential, from).await?;
         let addr = addr_key(from);
         let deadline = Instant::now() + wait.min(MAX_GRANTS_WAIT);
+        let waiter = GrantsWaiter::new(p, &addr);
         let rows = loop {
             // Registered before the store is read, so a pull recorded in between wakes it.
-            let granted = p.granted.notified();
+            let granted = waiter.notify.notified();
+            bump(&p.stats.grants_reads);
             let rows = self
                 .meta
                 .p2p_grants(&addr, after, secs(unix_now()))
@@ -709,9 +770,9 @@ impl Registry {
                     grants: Vec::new(),
                 });
             }
-            // Other replicas' pulls are seen at the next poll.
-            let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), granted).await;
+            let _ = tokio::time::timeout(left.min(GRANTS_RECHECK), granted).await;
         };
+        drop(waiter);
         let mut cursor = after;
         let mut grants = Vec::new();
         for g in rows.into_iter().take(GRANTS_PER_ANSWER) {

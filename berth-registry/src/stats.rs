@@ -323,6 +323,11 @@ impl Registry {
                     &s.grants_answered,
                 ),
                 (
+                    "p2p_grants_reads",
+                    "Reads of the grants table by waiting grants requests (on arrival, when woken for their node, and every 10 s otherwise)",
+                    &s.grants_reads,
+                ),
+                (
                     "p2p_state_errors",
                     "Sharing requests that failed because the metadata store did (the node pulls from the registry)",
                     &s.state_errors,

@@ -1471,6 +1471,71 @@ async fn with_the_central_berth_gone_after_the_manifest_the_layer_comes_from_a_p
     assert_eq!(stat(&late, |s| &s.bytes_from_central), 0);
 }
 
+/// A grants request waiting at replica B, from the node at `n`: the answer and how
+/// long it took.
+fn wait_for_grants(
+    c: &Central,
+    n: u8,
+    credential: &str,
+) -> tokio::task::JoinHandle<(serde_json::Value, Duration)> {
+    let (url, credential) = (
+        c.server.url("/p2p/v1/grants?after=0&wait=25"),
+        credential.to_owned(),
+    );
+    tokio::spawn(async move {
+        let asked = Instant::now();
+        let r = client_from(ip(n))
+            .get(url)
+            .bearer_auth(credential)
+            .send()
+            .await
+            .expect("test");
+        assert_eq!(r.status(), StatusCode::OK);
+        (r.json().await.expect("test"), asked.elapsed())
+    })
+}
+
+/// Waiting grants requests wait on their own node's pulls, not on the store: a pull
+/// recorded by the other replica answers its node's request at once (PostgreSQL
+/// `NOTIFY`) and wakes no other, and meanwhile each reads the grants table once on
+/// arrival (it used to read it every second).
+#[tokio::test]
+async fn a_pull_on_one_replica_answers_its_nodes_grants_request_waiting_on_the_other() {
+    let (ca, cb) = two_replicas(P2pSettings::default()).await;
+    let (cred2, cred3) = (enroll(&cb, 2).await, enroll(&cb, 3).await);
+    let reads = || central_metric(&cb, "berth_p2p_grants_reads_total");
+    let reads0 = reads().await;
+    let (w2, w3) = (
+        wait_for_grants(&cb, 2, &cred2),
+        wait_for_grants(&cb, 3, &cred3),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!w2.is_finished() && !w3.is_finished());
+    assert_eq!(reads().await - reads0, 2, "one read per request in 3 s");
+
+    assert_eq!(
+        kubelet_pull(&ca, 2, &Cred::user("alice")).await,
+        StatusCode::OK
+    );
+    let (answer, took) = w2.await.expect("test");
+    let granted: Vec<&str> = answer["grants"][0]["blobs"]
+        .as_array()
+        .expect("blobs")
+        .iter()
+        .map(|b| b["digest"].as_str().expect("digest"))
+        .collect();
+    assert!(granted.contains(&ca.layer.as_str()), "{answer}");
+    // Well before the 10 s backstop: the notification woke it.
+    assert!(took < Duration::from_secs(6), "answered after {took:?}");
+    assert_eq!(
+        reads().await - reads0,
+        3,
+        "node 2's request read once more, node 3's was not woken"
+    );
+    assert!(!w3.is_finished());
+    w3.abort();
+}
+
 #[tokio::test]
 async fn stopping_a_replica_does_not_wait_for_agents_grants_requests() {
     let mut c = central(vec![]).await;

@@ -232,6 +232,7 @@ pub async fn start(setup: Setup) -> TestServer {
         .expect("upstreams")
         .with_replication(setup.replicas)
         .with_encryption(setup.encryption.clone());
+    let sharing = setup.p2p.is_some();
     // As `berth serve` does: keys the settings leave unset are shared through the store.
     let p2p = match setup.p2p {
         Some(s) => Some(Arc::new(
@@ -242,6 +243,11 @@ pub async fn start(setup: Setup) -> TestServer {
         None => None,
     };
     let registry = registry.with_p2p(p2p);
+    if sharing {
+        // As under `berth serve`: agents' grants requests hear of pulls other replicas
+        // record.
+        registry.follow_other_replicas().await.expect("listen");
+    }
     let registry = match setup.catalog {
         Some(c) => registry.with_catalog(c),
         None => registry,
